@@ -1,0 +1,1 @@
+"""raredet.engine."""
