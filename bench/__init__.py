@@ -1,0 +1,1 @@
+"""raredet benchmarks: figures printed and saved under bench/results/, never timed assertions."""
