@@ -71,7 +71,7 @@ def test_name_falls_back_to_display_name():
         ('item { name: "a" }', "has no id"),
         ("item { id: 1 }", "neither name nor display_name"),
         ("", "no items"),
-        ('item { id: 1 nmae: "a" }', r"lm\.pbtxt:1:14: .*"nmae"; did you mean 'name'"),
+        ('item { id: 1 nmae: "a" }', r'lm\.pbtxt:1:14: .*"nmae"; did you mean .name.'),
         ('item { id: 1 name: "a" ', r"lm\.pbtxt:1:\d+"),
     ],
 )

@@ -120,7 +120,7 @@ class LabelMap:
 
     def _validate(self) -> None:
         if not self._ids:
-            raise ConfigError(f"{self.path}: the label map has no items; add `item {{ id: 1 name: \"...\" }}`")
+            raise ConfigError(f"{self.path}: the label map has no items; add `item {{ id: 1 name: ... }}`")
         for id_, name in zip(self._ids, self._names, strict=True):
             if id_ <= 0:
                 raise ConfigError(
