@@ -1,0 +1,103 @@
+"""A map-style detection dataset over any reader, and the collate function that pads a batch.
+
+A reader (TFRecordReader, CocoReader, VocReader) has ``__len__``, ``annotations(i)`` (no image decode)
+and ``example(i, draft_size)`` (decoded). The dataset decodes, augments (training only), resizes.
+Augmentations draw from ``numpy.random.default_rng([seed, epoch, index])``, so an example's
+augmentation depends on nothing but those three numbers: the same in any worker, and after a resume.
+Call :meth:`DetectionDataset.set_epoch` before each epoch (DataLoader workers must not be persistent,
+or they keep the epoch they were started with).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from raredet.data.augment import IdentityResizer
+from raredet.data.example import Example
+
+AugmentOp = Callable[[Example, np.random.Generator], Example]
+
+
+class DetectionDataset(torch.utils.data.Dataset[Example]):
+    def __init__(
+        self,
+        reader: Any,
+        label_map: Any,
+        augmentations: Sequence[AugmentOp] = (),
+        resizer: Any = None,
+        training: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.reader = reader
+        self.label_map = label_map
+        self.augmentations = list(augmentations)
+        self.resizer = resizer if resizer is not None else IdentityResizer()
+        self.training = training
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def _draft_size(self, index: int) -> tuple[int, int] | None:
+        # Decoding straight to (about) the output size is only safe when no augmentation needs the
+        # full resolution first (a crop followed by an upscale would lose detail).
+        if self.training and self.augmentations:
+            return None
+        ann = self.reader.annotations(index)
+        return self.resizer.output_size(ann["height"], ann["width"])
+
+    def __getitem__(self, index: int) -> Example:
+        draft = self._draft_size(index)
+        example = self.reader.example(index, draft_size=draft)
+        full_h, full_w = example["original_size"]
+        if self.training:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            for op in self.augmentations:
+                example = op(example, rng)
+            # The losses have no crowd handling: a crowd box is an ignore region (weight 0).
+            example["weights"] = np.where(example["is_crowd"], 0.0, example["weights"]).astype(np.float32)
+        decoded_h, decoded_w = example["image"].shape[:2]
+        example = self.resizer(example)
+        sy, sx = example["scale"]
+        example["scale"] = (sy * decoded_h / full_h, sx * decoded_w / full_w)
+        return example
+
+
+def _pad_stack(arrays: list[np.ndarray], n: int, fill: Any, dtype: Any) -> torch.Tensor:
+    out = np.full((len(arrays), n, *arrays[0].shape[1:]), fill, dtype=dtype)
+    for i, a in enumerate(arrays):  # one copy per image, not per box
+        out[i, : len(a)] = a
+    return torch.from_numpy(out)
+
+
+def collate(examples: Sequence[Example]) -> dict[str, Any]:
+    """Pad images bottom/right and boxes to the batch maximum; see docs/internals.md for the keys."""
+    heights = [e["image"].shape[0] for e in examples]
+    widths = [e["image"].shape[1] for e in examples]
+    images = np.zeros((len(examples), max(heights), max(widths), 3), dtype=np.uint8)
+    for i, e in enumerate(examples):
+        images[i, : heights[i], : widths[i]] = e["image"]
+    n = max([len(e["labels"]) for e in examples] + [1])
+    return {
+        "images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        "boxes": _pad_stack([e["boxes"].reshape(-1, 4) for e in examples], n, 0.0, np.float32),
+        "labels": _pad_stack([e["labels"] for e in examples], n, -1, np.int64),
+        "weights": _pad_stack([e["weights"] for e in examples], n, 0.0, np.float32),
+        "is_crowd": _pad_stack([e["is_crowd"] for e in examples], n, False, bool),
+        "difficult": _pad_stack([e["difficult"] for e in examples], n, False, bool),
+        "num_boxes": torch.tensor([len(e["labels"]) for e in examples], dtype=torch.int64),
+        "image_sizes": torch.tensor(
+            [e.get("image_size", e["image"].shape[:2]) for e in examples], dtype=torch.int64
+        ),
+        "original_sizes": torch.tensor([e["original_size"] for e in examples], dtype=torch.int64),
+        "scales": torch.tensor([e.get("scale", (1.0, 1.0)) for e in examples], dtype=torch.float32),
+        "source_ids": [e["source_id"] for e in examples],
+    }
