@@ -1,0 +1,159 @@
+"""COCO box metrics through faster-coco-eval (the same numbers as pycocotools).
+
+Inputs are plain COCO dicts: a ground-truth dataset (`images`, `annotations`, `categories`) and a
+list of detections (`image_id`, `category_id`, `bbox` xywh, `score`). `check_coco` validates both
+and names the offending record, because COCOeval itself fails with bare asserts or silently drops
+unknown categories.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from faster_coco_eval import COCO, COCOeval_faster
+
+from raredet.errors import DataError
+
+# The 12 standard numbers, in COCOeval.stats order, under the TF OD API's names.
+STAT_NAMES = (
+    "DetectionBoxes_Precision/mAP",
+    "DetectionBoxes_Precision/mAP@.50IOU",
+    "DetectionBoxes_Precision/mAP@.75IOU",
+    "DetectionBoxes_Precision/mAP (small)",
+    "DetectionBoxes_Precision/mAP (medium)",
+    "DetectionBoxes_Precision/mAP (large)",
+    "DetectionBoxes_Recall/AR@1",
+    "DetectionBoxes_Recall/AR@10",
+    "DetectionBoxes_Recall/AR@100",
+    "DetectionBoxes_Recall/AR@100 (small)",
+    "DetectionBoxes_Recall/AR@100 (medium)",
+    "DetectionBoxes_Recall/AR@100 (large)",
+)
+# Per-category keys, and the TF OD API scalar prefix each is reported under.
+CATEGORY_KEYS = {
+    "AP": "DetectionBoxes_PerformanceByCategory/mAP",
+    "AP50": "DetectionBoxes_PerformanceByCategory/mAP@.50IOU",
+    "AP75": "DetectionBoxes_PerformanceByCategory/mAP@.75IOU",
+    "AR@100": "DetectionBoxes_PerformanceByCategory/AR@100",
+}
+
+
+@dataclass
+class CocoResult:
+    """Metrics of one COCO evaluation.
+
+    `stats`: the 12 standard numbers by TF OD API name (-1 where COCOeval has nothing to average, as
+    pycocotools prints). `per_category`: category id -> {AP, AP50, AP75, AR@100}, each None when the
+    category has no ground truth. `recall_thresholds` [101] and `pr_precision` {id: [101]} are the
+    COCO precision-recall curves at IoU 0.5 (area all, 100 detections), None for no ground truth.
+    """
+
+    stats: dict[str, float]
+    per_category: dict[int, dict[str, float | None]]
+    recall_thresholds: np.ndarray
+    pr_precision: dict[int, np.ndarray | None] = field(default_factory=dict)
+
+
+def load_json(path: str | Path, what: str) -> Any:
+    """Read a JSON file, turning a missing or malformed file into a DataError that names it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} file not found; check the path") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: {what} is not valid JSON ({err}); write it as COCO JSON") from None
+
+
+def check_coco(gt: dict, detections: list, gt_name: str = "groundtruth", dt_name: str = "detections") -> None:
+    """Raise DataError naming the record when GT or detections cannot be evaluated."""
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(gt.get(key) if isinstance(gt, dict) else None, list):
+            raise DataError(f"{gt_name}: missing list '{key}'; COCO ground truth needs images, "
+                            "annotations and categories")
+    if not isinstance(detections, list):
+        raise DataError(f"{dt_name}: expected a JSON list of detections (COCO results format)")
+    image_ids = {img.get("id") for img in gt["images"]}
+    cat_ids = {cat.get("id") for cat in gt["categories"]}
+    seen: set = set()
+    for i, ann in enumerate(gt["annotations"]):
+        _check_record(ann, i, gt_name, "annotations", image_ids, cat_ids, ("id", "bbox"))
+        if ann["id"] in seen:
+            raise DataError(f"{gt_name}: annotations[{i}] repeats id {ann['id']!r}; "
+                            "annotation ids must be unique")
+        seen.add(ann["id"])
+    for i, det in enumerate(detections):
+        _check_record(det, i, dt_name, "detection", image_ids, cat_ids, ("bbox", "score"))
+
+
+def _check_record(rec: Any, i: int, file: str, kind: str, image_ids: set, cat_ids: set,
+                  needed: tuple[str, ...]) -> None:
+    if not isinstance(rec, dict):
+        raise DataError(f"{file}: {kind}[{i}] is not an object")
+    for key in ("image_id", "category_id", *needed):
+        if key not in rec:
+            raise DataError(f"{file}: {kind}[{i}] has no '{key}'")
+    if rec["image_id"] not in image_ids:
+        raise DataError(f"{file}: {kind}[{i}] has image_id {rec['image_id']!r}, which is not among the "
+                        "ground truth's images; evaluate against the matching ground truth file")
+    if rec["category_id"] not in cat_ids:
+        raise DataError(f"{file}: {kind}[{i}] has category_id {rec['category_id']!r}, which is not among "
+                        f"the ground truth's categories {sorted(cat_ids)}")
+    bbox = rec["bbox"]
+    if not (isinstance(bbox, list | tuple) and len(bbox) == 4):
+        raise DataError(f"{file}: {kind}[{i}] bbox must be [x, y, width, height]")
+
+
+def prepare_coco(gt: dict, detections: list) -> tuple[COCO, COCO]:
+    """COCO objects for GT and detections (inputs are copied: COCO annotates them in place)."""
+    gt = copy.deepcopy(gt)
+    for ann in gt["annotations"]:
+        # pycocotools reads 'area' for the small/medium/large ranges and 'iscrowd' for crowds.
+        ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
+        ann.setdefault("iscrowd", 0)
+    gt.setdefault("info", {})
+    coco_gt = COCO(gt)
+    coco_dt = coco_gt.loadRes(copy.deepcopy(detections))
+    return coco_gt, coco_dt
+
+
+def _quiet(*_args: Any, **_kwargs: Any) -> None:
+    """Swallows COCOeval's progress prints; raredet prints its own tables."""
+
+
+def evaluate_coco(gt: dict, detections: list) -> CocoResult:
+    """The standard COCO box evaluation of `detections` against `gt` (both COCO dicts, checked)."""
+    coco_gt, coco_dt = prepare_coco(gt, detections)
+    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=_quiet)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    stats = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats[:12], strict=True)}
+    precision = np.asarray(ev.eval["precision"])  # [T, R, K, A, M]
+    recall = np.asarray(ev.eval["recall"])  # [T, K, A, M]
+    iou_index = {round(float(t), 2): i for i, t in enumerate(ev.params.iouThrs)}
+    per_cat: dict[int, dict[str, float | None]] = {}
+    pr: dict[int, np.ndarray | None] = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        p_k = precision[:, :, k, 0, -1]  # area "all", maxDets 100
+        r_k = recall[:, k, 0, -1]
+        per_cat[int(cat_id)] = {
+            "AP": _mean_valid(p_k),
+            "AP50": _mean_valid(p_k[iou_index[0.5]]),
+            "AP75": _mean_valid(p_k[iou_index[0.75]]),
+            "AR@100": _mean_valid(r_k),
+        }
+        curve = p_k[iou_index[0.5]]
+        pr[int(cat_id)] = None if (curve < 0).all() else np.clip(curve, 0, None)
+    return CocoResult(stats, per_cat, np.asarray(ev.params.recThrs, dtype=np.float64), pr)
+
+
+def _mean_valid(values: np.ndarray) -> float | None:
+    """Mean over entries > -1 (COCOeval's 'no ground truth' marker), None when there are none."""
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else None

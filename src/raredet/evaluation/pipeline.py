@@ -1,0 +1,179 @@
+"""Evaluate COCO-format detections and write every output: metrics, table, plots, report.
+
+Shared by `raredet evaluate-detections` (files from any detector) and `engine.evaluate` (a raredet
+model on its eval loader). Outputs into `out_dir`: metrics.json, per_class.{json,csv,md},
+pr_curves.png, confusion_matrix.png, score_histograms.png, report.html.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from raredet.errors import ConfigError, DataError
+from raredet.evaluation import per_class, plots
+from raredet.evaluation.coco import CATEGORY_KEYS, CocoResult, check_coco, evaluate_coco, load_json
+from raredet.evaluation.report import Example, write_report
+from raredet.evaluation.voc import voc_ap_per_class
+
+COCO_SET = "coco_detection_metrics"
+VOC_SET = "pascal_voc_detection_metrics"
+METRICS_SETS = (COCO_SET, VOC_SET)
+VOC_MAP = "PascalBoxes_Precision/mAP@0.5IOU"
+VOC_PER_CATEGORY = "PascalBoxes_PerformanceByCategory/AP@0.5IOU"
+
+
+def check_metrics_sets(metrics_set: str | Sequence[str]) -> list[str]:
+    """The requested metric sets as a list (empty means COCO, the TF OD API default)."""
+    sets = [metrics_set] if isinstance(metrics_set, str) else list(metrics_set)
+    for name in sets:
+        if name not in METRICS_SETS:
+            raise ConfigError(f"eval_config.metrics_set: unknown '{name}'; valid: {', '.join(METRICS_SETS)}")
+    return sets or [COCO_SET]
+
+
+def _coco_metrics(result: CocoResult, names: dict[int, str], per_category: bool) -> dict[str, Any]:
+    out: dict[str, Any] = dict(result.stats)
+    if per_category:
+        for cat, values in result.per_category.items():
+            for key, prefix in CATEGORY_KEYS.items():
+                out[f"{prefix}/{names[cat]}"] = values[key]
+    return out
+
+
+def _voc_metrics(ap: dict[int, float | None], names: dict[int, str], per_category: bool) -> dict[str, Any]:
+    valid = [v for v in ap.values() if v is not None]
+    out: dict[str, Any] = {VOC_MAP: float(np.mean(valid)) if valid else None}
+    if per_category:
+        out.update({f"{VOC_PER_CATEGORY}/{names[c]}": v for c, v in ap.items()})
+    return out
+
+
+def _plots(gt: dict, detections: list, matches: per_class.Matches, coco: CocoResult | None,
+           cats: list[dict], min_score: float, out: Path) -> dict[str, bytes]:
+    ids, names = [c["id"] for c in cats], [c["name"] for c in cats]
+    figures = {
+        "confusion_matrix.png": plots.confusion_figure(
+            plots.confusion_counts(gt, detections, matches, ids, min_score), names, min_score),
+        "score_histograms.png": plots.score_histograms_figure(matches, ids, names, min_score),
+    }
+    if coco is not None:
+        curves = {c["name"]: coco.pr_precision[c["id"]] for c in cats}
+        figures = {"pr_curves.png": plots.pr_curves_figure(coco.recall_thresholds, curves), **figures}
+    for name, fig in figures.items():
+        plots.save_figure(fig, out / name)
+    return {name: (out / name).read_bytes() for name in figures}
+
+
+def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
+                        metrics_set: str | Sequence[str] = COCO_SET, min_score_threshold: float = 0.5,
+                        include_metrics_per_category: bool = True,
+                        class_weights: list[dict[str, Any]] | None = None,
+                        examples: Sequence[Example] = (), title: str = "raredet evaluation",
+                        extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate `detections` (COCO results list) against `gt` (COCO dict); write all outputs.
+
+    Returns the metrics dict (TF OD API names; None where a class has no ground truth), which also
+    goes to `out_dir/metrics.json` together with `extra_metrics` (e.g. validation losses).
+    """
+    sets = check_metrics_sets(metrics_set)
+    check_coco(gt, detections)
+    out = Path(out_dir)
+    cats = sorted(gt["categories"], key=lambda c: c["id"])
+    for c in cats:
+        c.setdefault("name", str(c["id"]))
+    names = {c["id"]: c["name"] for c in cats}
+    coco = evaluate_coco(gt, detections) if COCO_SET in sets else None
+    voc = voc_ap_per_class(gt, detections) if VOC_SET in sets else None
+    metrics: dict[str, Any] = dict(extra_metrics or {})
+    if coco is not None:
+        metrics.update(_coco_metrics(coco, names, include_metrics_per_category))
+    if voc is not None:
+        metrics.update(_voc_metrics(voc, names, include_metrics_per_category))
+    matches = per_class.match_detections(gt, detections)
+    counts = per_class.class_counts(matches, list(names), min_score_threshold)
+    rows = per_class.build_table(cats, counts, coco, voc)
+    meta = {"metrics_set": sets, "min_score_threshold": min_score_threshold}
+    per_class.write_table(rows, out, meta)
+    per_class.atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    pngs = _plots(gt, detections, matches, coco, cats, min_score_threshold, out)
+    write_report(out / "report.html", title=title, metrics=metrics, rows=rows,
+                 plots={k.removesuffix(".png").replace("_", " "): v for k, v in pngs.items()},
+                 class_weights=class_weights or [], examples=examples,
+                 names=[c["name"] for c in cats], min_score_threshold=min_score_threshold)
+    return {"metrics": metrics, "per_class": rows}
+
+
+def _choose_examples(gt: dict, count: int) -> list[Any]:
+    """Up to `count` image ids, those showing the rarest classes first."""
+    n_per_cat: dict[Any, int] = {}
+    for ann in gt["annotations"]:
+        n_per_cat[ann["category_id"]] = n_per_cat.get(ann["category_id"], 0) + 1
+    rarity: dict[Any, int] = {}
+    for ann in gt["annotations"]:
+        img = ann["image_id"]
+        rarity[img] = min(rarity.get(img, 1 << 60), n_per_cat[ann["category_id"]])
+    return sorted(rarity, key=lambda i: rarity[i])[:count]
+
+
+def examples_from_files(gt: dict, detections: list, image_dir: str | Path, count: int) -> list[Example]:
+    """Example panels for `count` images found under `image_dir` by their `file_name`."""
+    index = {c["id"]: i for i, c in enumerate(sorted(gt["categories"], key=lambda c: c["id"]))}
+    images = {img["id"]: img for img in gt["images"]}
+    out = []
+    for image_id in _choose_examples(gt, count):
+        path = Path(image_dir) / str(images[image_id].get("file_name", ""))
+        try:
+            pixels = np.asarray(Image.open(path).convert("RGB"))
+        except OSError as err:
+            raise DataError(f"{path}: cannot read image {image_id} for the report ({err}); "
+                            "check --image_dir or leave it out") from None
+        out.append(_example(pixels, [a for a in gt["annotations"] if a["image_id"] == image_id],
+                            [d for d in detections if d["image_id"] == image_id], index, path.name))
+    return out
+
+
+def _xywh_to_xyxy(records: list[dict]) -> np.ndarray:
+    boxes = np.array([r["bbox"] for r in records], dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+
+
+def _example(pixels: np.ndarray, anns: list[dict], dets: list[dict], index: dict[Any, int],
+             title: str) -> Example:
+    return Example(pixels, _xywh_to_xyxy(anns), np.array([index[a["category_id"]] for a in anns]),
+                   _xywh_to_xyxy(dets), np.array([d["score"] for d in dets], dtype=np.float64),
+                   np.array([index[d["category_id"]] for d in dets]), title)
+
+
+def evaluate_detection_files(groundtruth: str | Path, detections: str | Path, *,
+                             out_dir: str | Path, metrics_set: str | Sequence[str] = COCO_SET,
+                             min_score_threshold: float = 0.5, image_dir: str | Path | None = None,
+                             num_visualizations: int = 8,
+                             echo: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """`raredet evaluate-detections`: read COCO GT and results JSON files, evaluate, write outputs."""
+    gt = load_json(groundtruth, "ground truth")
+    dets = load_json(detections, "detections")
+    if not isinstance(gt, dict):
+        raise DataError(f"{groundtruth}: expected a COCO dataset object with images, annotations, categories")
+    check_coco(gt, dets, str(groundtruth), str(detections))
+    examples = examples_from_files(gt, dets, image_dir, num_visualizations) if image_dir else []
+    result = evaluate_detections(gt, dets, out_dir=out_dir, metrics_set=metrics_set,
+                                 min_score_threshold=min_score_threshold, examples=examples,
+                                 title=f"raredet evaluation of {Path(detections).name}")
+    if echo is not None:
+        echo(per_class.to_markdown(result["per_class"]))
+        echo(_summary(result["metrics"]))
+        echo(f"Wrote metrics, per-class table, plots and report.html into {out_dir}")
+    return result
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    lines = [f"{k}: {v:.4f}" for k, v in metrics.items() if "PerformanceByCategory" not in k
+             and isinstance(v, float)]
+    return "\n".join(lines)
+
