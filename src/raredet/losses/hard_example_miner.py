@@ -1,0 +1,134 @@
+"""Online hard example mining with the TF OD API's algorithm (SSD, Liu et al. 2016; OHEM).
+
+Per image: rank the anchors by loss (`loss_type` BOTH: `cls_loss_weight * cls + loc_loss_weight * loc`),
+run non-maximum suppression on their decoded predicted boxes with those losses as scores, keep at most
+`num_hard_examples`; then, if `max_negatives_per_positive > 0`, keep every positive of that selection
+and its highest-loss negatives, at most `max(min_negatives_per_image,
+max_negatives_per_positive * num_positives)` of them. Anchors in the matcher's ignore band are never
+mined (they take no part in the NMS). Unlike the TF OD API, raredet lets this run with focal loss:
+it then ranks focal losses.
+
+All images are mined at once with the batched greedy NMS of `modeling.postprocess`. NMS only ever needs the
+highest-loss candidates to find the first `num_hard_examples` survivors, so it runs on the top `M`
+anchors per image and doubles `M` only when an image has too few survivors (exact, and cheap).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from raredet.errors import ConfigError
+from raredet.modeling.matcher import IGNORE
+from raredet.modeling.postprocess import nms_mask
+
+LOSS_TYPES = ("BOTH", "CLASSIFICATION", "LOCALIZATION")
+
+
+class MinedLosses(NamedTuple):
+    """What the miner kept: summed losses (scalars), counts `[B]` and the selection mask `[B, A]`."""
+
+    localization_loss: Tensor
+    classification_loss: Tensor
+    num_positives: Tensor
+    num_negatives: Tensor
+    selected: Tensor
+
+
+class HardExampleMiner:
+    """TF OD API hard example miner; keyword arguments named as its proto fields (0 = unlimited)."""
+
+    def __init__(
+        self,
+        num_hard_examples: int | None = 64,
+        iou_threshold: float = 0.7,
+        loss_type: str = "BOTH",
+        cls_loss_weight: float = 0.05,
+        loc_loss_weight: float = 0.06,
+        max_negatives_per_positive: int | None = 0,
+        min_negatives_per_image: int = 0,
+    ) -> None:
+        loss_type = loss_type.upper()
+        if loss_type not in LOSS_TYPES:
+            raise ConfigError(
+                f"hard_example_miner.loss_type: unknown {loss_type!r}; valid: {', '.join(LOSS_TYPES)}"
+            )
+        if min_negatives_per_image < 0:
+            raise ConfigError(
+                f"hard_example_miner.min_negatives_per_image must be >= 0, got {min_negatives_per_image}"
+            )
+        self.num_hard_examples = num_hard_examples or None  # 0 / None: every anchor may be kept
+        self.iou_threshold = iou_threshold
+        self.loss_type = loss_type
+        self.cls_loss_weight = cls_loss_weight
+        self.loc_loss_weight = loc_loss_weight
+        self.max_negatives_per_positive = max_negatives_per_positive or None
+        self.min_negatives_per_image = min_negatives_per_image
+
+    def __call__(
+        self, location_losses: Tensor, cls_losses: Tensor, boxes: Tensor, match: Tensor
+    ) -> MinedLosses:
+        """Mine per image.
+
+        `location_losses [B, A]`, `cls_losses [B, A]` (already weighted per anchor), `boxes [B, A, 4]`
+        decoded predictions (xyxy), `match [B, A]` (>= 0 matched, -1 background, -2 ignored).
+        """
+        scores = self._ranking_losses(location_losses, cls_losses).detach()
+        selected = self._nms_select(boxes.detach(), scores, match != IGNORE)
+        positives = selected & (match >= 0)
+        negatives = selected & (match < 0)
+        if self.max_negatives_per_positive is not None:
+            negatives = self._cap_negatives(negatives, scores, positives.sum(1))
+        selected = positives | negatives
+        return MinedLosses(
+            localization_loss=(location_losses * selected).sum(),
+            classification_loss=(cls_losses * selected).sum(),
+            num_positives=positives.sum(1),
+            num_negatives=negatives.sum(1),
+            selected=selected,
+        )
+
+    def _ranking_losses(self, location_losses: Tensor, cls_losses: Tensor) -> Tensor:
+        if self.loss_type == "CLASSIFICATION":
+            return cls_losses
+        if self.loss_type == "LOCALIZATION":
+            return location_losses
+        return self.cls_loss_weight * cls_losses + self.loc_loss_weight * location_losses
+
+    def _nms_select(self, boxes: Tensor, scores: Tensor, eligible: Tensor) -> Tensor:
+        """Greedy NMS per image, up to `num_hard_examples` survivors -> mask `[B, A]`."""
+        num_anchors = scores.shape[1]
+        limit = self.num_hard_examples or num_anchors
+        scores = scores.masked_fill(~eligible, float("-inf"))
+        num_eligible = eligible.sum(1)
+        m = min(num_anchors, max(4 * limit, 256))
+        while True:
+            selected, num_kept = self._nms_top_m(boxes, scores, m, limit)
+            short = (num_kept < limit) & (num_eligible > m)  # more candidates could still survive
+            if m >= num_anchors or not bool(short.any()):
+                return selected
+            m = min(num_anchors, 4 * m)
+
+    def _nms_top_m(self, boxes: Tensor, scores: Tensor, m: int, limit: int) -> tuple[Tensor, Tensor]:
+        """NMS on each image's `m` highest scores; keeps the best `limit` survivors per image."""
+        top_scores, top_idx = scores.topk(m, dim=1)  # [B, m], descending
+        top_boxes = boxes.gather(1, top_idx[..., None].expand(-1, -1, 4))
+        survived = nms_mask(
+            top_boxes, torch.zeros_like(top_idx), torch.isfinite(top_scores), self.iou_threshold
+        )
+        # Columns are in descending score order, so a cumulative count ranks the survivors.
+        survived &= survived.cumsum(1) <= limit
+        selected = torch.zeros_like(scores, dtype=torch.bool).scatter(1, top_idx, survived)
+        return selected, survived.sum(1)
+
+    def _cap_negatives(self, negatives: Tensor, scores: Tensor, num_positives: Tensor) -> Tensor:
+        """Keep the highest-loss negatives, at most max(min_neg, ratio * num_pos) per image."""
+        assert self.max_negatives_per_positive is not None
+        cap = torch.clamp(self.max_negatives_per_positive * num_positives, min=self.min_negatives_per_image)
+        ranked = scores.masked_fill(~negatives, float("-inf"))
+        order = ranked.argsort(dim=1, descending=True, stable=True)
+        in_order = negatives.gather(1, order)
+        keep_in_order = in_order & (in_order.cumsum(1) <= cap[:, None])
+        return torch.zeros_like(negatives).scatter(1, order, keep_in_order)
