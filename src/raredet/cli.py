@@ -19,9 +19,47 @@ AddVerb = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None
 # ---- verbs (one block each; keep them thin) -------------------------------------------------------
 
 
+def _add_evaluate_detections(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("evaluate-detections", help="COCO/VOC metrics, per-class table, plots and report "
+                       "for any detector's COCO-format results")
+    p.add_argument("--groundtruth", required=True, help="COCO ground-truth JSON")
+    p.add_argument("--detections", required=True, help="COCO results JSON (list of detections)")
+    p.add_argument("--out", default="eval", help="output directory (default: ./eval)")
+    p.add_argument("--min_score_threshold", type=float, default=0.5,
+                   help="score at which precision/recall/TP/FP are counted (default 0.5)")
+    p.add_argument("--metrics_set", action="append", choices=["coco_detection_metrics",
+                   "pascal_voc_detection_metrics"], help="repeatable (default coco_detection_metrics)")
+    p.add_argument("--image_dir", help="folder with the images' file_name, to draw examples in report.html")
+
+    def run(a: argparse.Namespace) -> int:
+        from raredet.evaluation.pipeline import evaluate_detection_files
+
+        evaluate_detection_files(a.groundtruth, a.detections, out_dir=a.out,
+                                 metrics_set=a.metrics_set or [], min_score_threshold=a.min_score_threshold,
+                                 image_dir=a.image_dir)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("compare", help="per-class tables of several runs side by side, rare classes first")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs with eval/per_class.json; the first is "
+                   "the baseline the deltas are taken against")
+    p.add_argument("--out", default="compare", help="where compare.{md,html,png} go (default: ./compare)")
+
+    def run(a: argparse.Namespace) -> int:
+        from raredet.evaluation.compare import compare_runs
+
+        print(compare_runs(a.runs, a.out), end="")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # ---- end of verbs ----------------------------------------------------------------------------------
 
-VERBS: list[AddVerb] = []
+VERBS: list[AddVerb] = [_add_evaluate_detections, _add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:
