@@ -1,0 +1,84 @@
+"""Distributed training helpers: init from torchrun's environment, rank queries, all-reduce.
+
+`torchrun` sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them raredet runs as
+one process and every helper below degrades to the single-process answer. gloo serves CPU tensors,
+NCCL CUDA tensors. Only rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group torchrun describes (if any) and pick this process's device.
+
+    `device`: "cpu", "cuda" or None (cuda when available). Under torchrun on CUDA each process takes
+    GPU `LOCAL_RANK`.
+    """
+    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device(kind, local_rank) if kind == "cuda" else torch.device(kind)
+    if kind == "cuda":
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo")
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of `tensor` over all ranks (a copy; the input is untouched)."""
+    out = tensor.detach().clone()
+    if is_distributed():
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is true on any: a signal seen by one rank stops all of them together."""
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    return bool(all_reduce_sum(value).item() > 0)
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()

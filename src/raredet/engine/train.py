@@ -1,0 +1,395 @@
+"""The training loop: one function, no trainer class, no hooks.
+
+`train(components, model_dir, ...)` runs `components.num_steps` optimizer steps (or until a signal), and
+resumes from the newest checkpoint in `model_dir`. What makes resume exact on CPU: the learning rate is
+a function of the step; each example's augmentation depends only on (seed, epoch, index) (the
+dataset's contract); the sampler's epoch order depends only on (seed, epoch); the position inside the
+epoch, the optimizer and EMA state and the global RNG states are in the checkpoint.
+
+Under torchrun every rank takes its share (`batch_size / world_size`) of the global batch; each rank's
+loss is rescaled so that DDP's gradient average equals the gradient of the loss normalised by the
+*global* number of matches, as one process with the whole batch would compute it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from raredet.engine import checkpoint as ckpt
+from raredet.engine import distributed as dist_utils
+from raredet.engine.logging import TrainLogger, format_class_weight_table
+from raredet.engine.optim import LearningRateSchedule, ModelEma, regularization_loss, set_learning_rate
+from raredet.errors import ConfigError, RaredetError
+
+Criterion = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], dict[str, torch.Tensor]]
+EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
+LOGGED_TERMS = ("classification_loss", "localization_loss", "total_loss")
+
+
+class TrainingDiverged(RaredetError):
+    """The loss or the gradients became NaN or inf; training stopped without saving the bad weights."""
+
+
+@dataclass
+class TrainComponents:
+    """Everything `train` needs, built from a config by `raredet.builders` (or by hand in tests).
+
+    `sampler` yields this rank's dataset indices for one epoch and has `set_epoch(epoch)`; `dataset`
+    may have `set_epoch` too. `batch_size` is the global batch (all ranks together).
+    `metadata` goes into every checkpoint as is (`config_text`, `label_map_text`, `class_weights`).
+    """
+
+    model: nn.Module
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    schedule: LearningRateSchedule
+    dataset: torch.utils.data.Dataset
+    sampler: Any
+    collate_fn: Callable[[list[Any]], dict[str, Any]]
+    batch_size: int
+    num_steps: int
+    class_names: Sequence[str]
+    ema: ModelEma | None = None
+    gradient_clipping_by_norm: float = 0.0
+    keep_checkpoint_max: int = ckpt.DEFAULT_KEEP_CHECKPOINT_MAX
+    num_workers: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    interrupted: bool
+    last_checkpoint: Path | None
+    last_losses: dict[str, float]
+
+
+# ---- RNG and data position ----------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states in types `torch.load(weights_only=True)` accepts (no numpy objects)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, npy["pos"], npy["has_gauss"], npy["gauss"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+
+
+def epoch_batches(components: TrainComponents, epoch: int, per_rank: int) -> list[list[int]]:
+    """This rank's batches of one epoch; a last partial batch is dropped so ranks stay in step."""
+    for obj in (components.sampler, components.dataset):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+    indices = list(iter(components.sampler))
+    full = len(indices) // per_rank
+    return [indices[i * per_rank : (i + 1) * per_rank] for i in range(full)]
+
+
+def batch_stream(
+    components: TrainComponents, epoch: int, batch_in_epoch: int, per_rank: int, seed: int
+) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """Endless (epoch, batch_in_epoch after this batch, batch) from a data position.
+
+    Each epoch's DataLoader gets its own generator seeded by (seed, epoch): creating a loader iterator
+    draws a seed from its generator, and drawing from the global one would make a resumed run's
+    RNG stream differ from an uninterrupted one.
+    """
+    while True:
+        batches = epoch_batches(components, epoch, per_rank)
+        if not batches:
+            raise ConfigError(
+                f"the training set gives fewer examples per process per epoch than one batch of "
+                f"{per_rank}; lower train_config.batch_size or add training data"
+            )
+        loader = torch.utils.data.DataLoader(
+            components.dataset, batch_sampler=batches[batch_in_epoch:], collate_fn=components.collate_fn,
+            num_workers=components.num_workers,
+            generator=torch.Generator().manual_seed(seed * 100003 + epoch),
+        )
+        for i, batch in enumerate(loader, start=batch_in_epoch + 1):
+            yield epoch, i, batch
+        epoch, batch_in_epoch = epoch + 1, 0
+
+
+# ---- signals ------------------------------------------------------------------------------------
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM: the loop finishes the current step, writes a checkpoint and returns."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+
+@contextmanager
+def catch_stop_signals() -> Iterator[StopFlag]:
+    flag = StopFlag()
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, flag)
+    except ValueError:  # not the main thread: leave signals to the caller
+        pass
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ---- one step -----------------------------------------------------------------------------------
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def global_rescale(losses: Mapping[str, torch.Tensor], world_size: int) -> torch.Tensor:
+    """Factor turning this rank's loss (normalised by its own matches) into its share of the global one.
+
+    With `n_r` this rank's normaliser and `N` the sum over ranks, `loss_r * n_r * W / N`, averaged over
+    the W ranks by DDP, equals `sum of all ranks' unnormalised losses / N`.
+    """
+    if world_size == 1 or "num_matches" not in losses:
+        return torch.ones(())
+    local = losses["num_matches"].detach().float().clamp(min=1.0)
+    total = dist_utils.all_reduce_sum(losses["num_matches"].detach().float()).clamp(min=1.0)
+    return local * world_size / total
+
+
+def forward_backward(
+    components: TrainComponents, model: nn.Module, batch: Mapping[str, Any], world_size: int,
+    device: torch.device,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Forward, loss and backward of one batch; returns the loss dict (rescaled) and the grad norm."""
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
+    with autocast:
+        outputs = model(batch["images"])
+    outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
+    losses = components.criterion(outputs, batch)
+    scale = global_rescale(losses, world_size).to(device)
+    (losses["total_loss"] * scale).backward()
+    for key in LOGGED_TERMS:
+        losses[key] = losses[key].detach() * scale
+    params = [p for g in components.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    max_norm = components.gradient_clipping_by_norm
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf)
+    return losses, grad_norm
+
+
+def averaged_terms(losses: Mapping[str, torch.Tensor], grad_norm: torch.Tensor) -> dict[str, float]:
+    """The logged loss terms averaged over ranks (each is a rank's share of the global loss)."""
+    stacked = torch.stack([losses[k].float().reshape(()) for k in LOGGED_TERMS] + [grad_norm.float()])
+    world = dist_utils.get_world_size()
+    values = (dist_utils.all_reduce_sum(stacked) / world).tolist()
+    out = dict(zip(LOGGED_TERMS, values[:-1], strict=True))
+    out["grad_norm"] = values[-1] * 1.0
+    return out
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def checkpoint_state(
+    components: TrainComponents, model: nn.Module, step: int, epoch: int, batch_in_epoch: int
+) -> dict[str, Any]:
+    return {
+        "model": unwrap(model).state_dict(),
+        "optimizer": components.optimizer.state_dict(),
+        "scheduler": {"step": step},
+        "ema": components.ema.state_dict() if components.ema is not None else None,
+        "step": step,
+        "rng": rng_state(),
+        "sampler": {"epoch": epoch, "batch_in_epoch": batch_in_epoch},
+        **components.metadata,
+    }
+
+
+def restore(components: TrainComponents, model: nn.Module, state: Mapping[str, Any]) -> tuple[int, int, int]:
+    """Load a checkpoint's training state; returns (step, epoch, batch_in_epoch)."""
+    unwrap(model).load_state_dict(state["model"])
+    components.optimizer.load_state_dict(state["optimizer"])
+    if components.ema is not None and state.get("ema") is not None:
+        components.ema.load_state_dict(state["ema"])
+    set_rng_state(state["rng"])
+    return int(state["step"]), int(state["sampler"]["epoch"]), int(state["sampler"]["batch_in_epoch"])
+
+
+def save(components: TrainComponents, model: nn.Module, model_dir: Path, step: int, epoch: int,
+         batch_in_epoch: int, info: dist_utils.DistInfo) -> Path | None:
+    path = None
+    if info.is_main:
+        state = checkpoint_state(components, model, step, epoch, batch_in_epoch)
+        path = ckpt.save_checkpoint(model_dir, step, state, components.keep_checkpoint_max)
+    dist_utils.barrier()
+    return path
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+
+def wrap_model(model: nn.Module, info: dist_utils.DistInfo) -> nn.Module:
+    model.to(info.device)
+    if info.world_size == 1:
+        return model
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def per_rank_batch(batch_size: int, world_size: int) -> int:
+    if batch_size % world_size:
+        raise ConfigError(
+            f"train_config.batch_size {batch_size} is the global batch and must divide evenly over "
+            f"{world_size} processes; change batch_size or --nproc_per_node"
+        )
+    return batch_size // world_size
+
+
+def diverged_error(step: int, terms: Mapping[str, float], last: Path | None) -> TrainingDiverged:
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    return TrainingDiverged(
+        f"non-finite loss or gradient at step {step + 1} ({shown}); stopped without saving; {where}. "
+        "Lower the learning rate, add gradient_clipping_by_norm, or check the data for bad boxes"
+    )
+
+
+def train(
+    components: TrainComponents,
+    model_dir: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    device: str | None = None,
+    checkpoint_every_n: int = 1000,
+    eval_every_n_steps: int = 0,
+    eval_fn: EvalFn | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train to `components.num_steps`, resuming from the newest checkpoint in `model_dir`.
+
+    Returns when done or after SIGINT/SIGTERM (a checkpoint is written either way). Raises
+    TrainingDiverged on a non-finite loss or gradient.
+    """
+    info = dist_utils.init_distributed(device)
+    model_dir = Path(model_dir)
+    seed_everything(seed)
+    per_rank_batch(components.batch_size, info.world_size)  # fail before any work
+    components.model.to(info.device)
+    step, epoch, batch_in_epoch, last = 0, 0, 0, None
+    found = ckpt.latest_checkpoint(model_dir, map_location=info.device)
+    if found is not None:
+        last, state = found
+        step, epoch, batch_in_epoch = restore(components, components.model, state)
+    model = wrap_model(components.model, info)
+    logger = TrainLogger(model_dir, components.class_names, components.num_steps, step,
+                         write=info.is_main, progress=progress)
+    if found is not None:
+        logger.message(f"resuming from {last} at step {step}")
+    if components.metadata.get("class_weights"):
+        logger.message(format_class_weight_table(components.metadata["class_weights"]))
+    try:
+        return _loop(components, model, model_dir, info, logger, step, epoch, batch_in_epoch, last,
+                     seed, checkpoint_every_n, eval_every_n_steps, eval_fn)
+    finally:
+        logger.close()
+
+
+def _loop(components: TrainComponents, model: nn.Module, model_dir: Path, info: dist_utils.DistInfo,
+          logger: TrainLogger, step: int, epoch: int, batch_in_epoch: int, last: Path | None,
+          seed: int, checkpoint_every_n: int, eval_every_n_steps: int, eval_fn: EvalFn | None) -> TrainResult:
+    per_rank = per_rank_batch(components.batch_size, info.world_size)
+    terms: dict[str, float] = {}
+    saved_step = step
+    model.train()
+    with catch_stop_signals() as stop:
+        stream = batch_stream(components, epoch, batch_in_epoch, per_rank, seed)
+        while step < components.num_steps:
+            epoch, batch_in_epoch, batch = next(stream)
+            lr = components.schedule(step)
+            set_learning_rate(components.optimizer, lr)
+            components.optimizer.zero_grad(set_to_none=True)
+            losses, grad_norm = forward_backward(components, model, to_device(batch, info.device),
+                                                 info.world_size, info.device)
+            terms = averaged_terms(losses, grad_norm)
+            if not all(math.isfinite(v) for v in terms.values()):
+                raise diverged_error(step, terms, last)
+            components.optimizer.step()
+            if components.ema is not None:
+                components.ema.update(unwrap(model))
+            step += 1
+            terms["regularization_loss"] = regularization_loss(components.optimizer)
+            log_losses = {**losses, **terms}
+            logger.log_step(step, log_losses, lr, components.batch_size)
+            stopping = dist_utils.broadcast_flag(stop.signal is not None, info.device)
+            if stopping or step % checkpoint_every_n == 0 or step == components.num_steps:
+                last = save(components, model, model_dir, step, epoch, batch_in_epoch, info) or last
+                saved_step = step
+            if eval_fn is not None and eval_every_n_steps > 0 and step % eval_every_n_steps == 0:
+                run_eval(components, model, eval_fn, step, logger, info)
+            if stopping:
+                logger.message(f"stopped by signal at step {step}; checkpoint {last}")
+                return TrainResult(step, True, last, terms)
+    if saved_step != step:  # resumed at num_steps already: nothing new to save
+        last = save(components, model, model_dir, step, epoch, batch_in_epoch, info) or last
+    return TrainResult(step, False, last, terms)
+
+
+def run_eval(components: TrainComponents, model: nn.Module, eval_fn: EvalFn, step: int,
+             logger: TrainLogger, info: dist_utils.DistInfo) -> None:
+    """Evaluate on rank 0 (EMA weights when given), then return to training mode."""
+    if info.is_main:
+        target = unwrap(model)
+        if components.ema is not None:
+            backup = {k: v.detach().clone() for k, v in target.state_dict().items()}
+            components.ema.copy_to(target)
+        target.eval()
+        start = time.perf_counter()
+        metrics = eval_fn(target, step)
+        logger.message(f"eval at step {step} ({time.perf_counter() - start:.1f}s): "
+                       + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if components.ema is not None:
+            target.load_state_dict(backup)
+        target.train()
+    dist_utils.barrier()

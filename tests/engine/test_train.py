@@ -1,0 +1,116 @@
+"""The training loop on a toy model: logging, exact resume, NaN stop, signals, two processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from raredet.engine import checkpoint as ckpt
+from raredet.engine.train import TrainingDiverged, train
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("toy_training", HERE / "toy_training.py")
+toy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(toy)
+
+
+def test_trains_logs_and_checkpoints(tmp_path):
+    comps = toy.make_components(10)
+    result = train(comps, tmp_path, checkpoint_every_n=4, progress=False)
+    assert result.step == 10 and not result.interrupted
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [4, 8, 10]
+    records = [json.loads(line) for line in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 11))
+    for tag in ("Loss/classification_loss", "Loss/localization_loss", "Loss/regularization_loss",
+                "Loss/total_loss", "learning_rate", "ClassBalance/matched_anchors/a",
+                "ClassBalance/positive_loss_share/c"):
+        assert tag in records[0]
+    assert records[0]["learning_rate"] == pytest.approx(0.01)  # warmup start of the schedule
+    first = sum(r["Loss/total_loss"] for r in records[:3]) / 3
+    last = sum(r["Loss/total_loss"] for r in records[-3:]) / 3
+    assert last < first
+    assert list((tmp_path / "train").glob("events.out.tfevents.*"))
+    state = ckpt.load_checkpoint(tmp_path / "ckpt-10.pt")
+    assert state["config_text"] == "toy" and state["class_weights"][0]["name"] == "a"
+    assert state["sampler"] == {"epoch": 1, "batch_in_epoch": 5}  # 10 steps = two epochs of 5
+
+
+def test_resume_is_bit_exact(tmp_path):
+    # 10 examples, batch 2: 5 steps per epoch, so the runs cross an epoch boundary; dropout and EMA
+    # make the RNG state and the EMA state matter.
+    straight = toy.make_components(7, dropout=0.3)
+    train(straight, tmp_path / "a", progress=False)
+    first = toy.make_components(3, dropout=0.3)
+    train(first, tmp_path / "b", progress=False)
+    second = toy.make_components(7, dropout=0.3)
+    result = train(second, tmp_path / "b", progress=False)
+    assert result.step == 7
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+    for key, value in straight.ema.state_dict().items():
+        assert torch.equal(value, second.ema.state_dict()[key]), key
+
+
+def test_non_finite_loss_stops_without_bad_checkpoint(tmp_path):
+    comps = toy.make_components(10, loss=toy.ToyLoss(nan_at_call=4))
+    with pytest.raises(TrainingDiverged, match=r"step 4 .*classification_loss=nan.*ckpt-2\.pt"):
+        train(comps, tmp_path, checkpoint_every_n=2, progress=False)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2]
+    assert not ckpt.non_finite_tensors(ckpt.load_checkpoint(tmp_path / "ckpt-2.pt")["model"])
+
+
+def test_resume_skips_truncated_newest(tmp_path):
+    train(toy.make_components(4), tmp_path, checkpoint_every_n=2, progress=False)
+    newest = tmp_path / "ckpt-4.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    comps = toy.make_components(4)
+    with pytest.warns(UserWarning, match="ckpt-4.pt"):
+        result = train(comps, tmp_path, checkpoint_every_n=2, progress=False)
+    assert result.step == 4 and ckpt.load_checkpoint(newest)["step"] == 4
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+# slow-ish: starts subprocesses (a few seconds)
+def test_sigterm_finishes_step_and_checkpoints(tmp_path):
+    proc = subprocess.Popen([sys.executable, str(HERE / "toy_training.py"), str(tmp_path), "100000",
+                             "--sleep", "0.05"], env=_env())
+    log = tmp_path / "train" / "log.jsonl"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and log.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    final = torch.load(tmp_path / "final_params_rank0.pt", weights_only=True)
+    assert final["interrupted"] and 2 <= final["step"] < 100000
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [final["step"]]
+
+
+# slow-ish: starts subprocesses (a few seconds)
+def test_two_process_torchrun_matches_single_process(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           "0", str(HERE / "toy_training.py"), str(tmp_path / "ddp"), "6", "--batch_size", "4"]
+    # --master_port 0 is not portable across versions: use the standalone rendezvous instead.
+    cmd[3:7] = ["--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / "ddp" / f"final_params_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    single = toy.make_components(6, batch_size=4)
+    train(single, tmp_path / "single", progress=False)
+    for key, value in single.model.state_dict().items():
+        assert torch.equal(ranks[0]["params"][key], ranks[1]["params"][key]), key
+        torch.testing.assert_close(ranks[0]["params"][key], value, rtol=1e-5, atol=1e-6)
