@@ -6,9 +6,9 @@ a function of the step; each example's augmentation depends only on (seed, epoch
 dataset's contract); the sampler's epoch order depends only on (seed, epoch); the position inside the
 epoch, the optimizer and EMA state and the global RNG states are in the checkpoint.
 
-Under torchrun every rank takes its share (`batch_size / world_size`) of the global batch; each rank's
-loss is rescaled so that DDP's gradient average equals the gradient of the loss normalised by the
-*global* number of matches, as one process with the whole batch would compute it.
+Under torchrun every rank takes its share (`batch_size / world_size`) of the global batch. The
+criterion normalises by the number of matches summed over ranks and divided by the world size
+(DetectionLoss does, DETR-style), so DDP's gradient average equals one process on the global batch.
 """
 
 from __future__ import annotations
@@ -182,33 +182,18 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def global_rescale(losses: Mapping[str, torch.Tensor], world_size: int) -> torch.Tensor:
-    """Factor turning this rank's loss (normalised by its own matches) into its share of the global one.
-
-    With `n_r` this rank's normaliser and `N` the sum over ranks, `loss_r * n_r * W / N`, averaged over
-    the W ranks by DDP, equals `sum of all ranks' unnormalised losses / N`.
-    """
-    if world_size == 1 or "num_matches" not in losses:
-        return torch.ones(())
-    local = losses["num_matches"].detach().float().clamp(min=1.0)
-    total = dist_utils.all_reduce_sum(losses["num_matches"].detach().float()).clamp(min=1.0)
-    return local * world_size / total
-
-
 def forward_backward(
-    components: TrainComponents, model: nn.Module, batch: Mapping[str, Any], world_size: int,
-    device: torch.device,
+    components: TrainComponents, model: nn.Module, batch: Mapping[str, Any], device: torch.device
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Forward, loss and backward of one batch; returns the loss dict (rescaled) and the grad norm."""
+    """Forward, loss and backward of one batch; returns the loss dict (detached) and the grad norm."""
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
     with autocast:
         outputs = model(batch["images"])
     outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
     losses = components.criterion(outputs, batch)
-    scale = global_rescale(losses, world_size).to(device)
-    (losses["total_loss"] * scale).backward()
+    losses["total_loss"].backward()
     for key in LOGGED_TERMS:
-        losses[key] = losses[key].detach() * scale
+        losses[key] = losses[key].detach()
     params = [p for g in components.optimizer.param_groups for p in g["params"] if p.grad is not None]
     max_norm = components.gradient_clipping_by_norm
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf)
@@ -216,7 +201,8 @@ def forward_backward(
 
 
 def averaged_terms(losses: Mapping[str, torch.Tensor], grad_norm: torch.Tensor) -> dict[str, float]:
-    """The logged loss terms averaged over ranks (each is a rank's share of the global loss)."""
+    """The logged loss terms averaged over ranks: with the criterion's global normaliser, the mean over
+    ranks is the loss of the global batch."""
     stacked = torch.stack([losses[k].float().reshape(()) for k in LOGGED_TERMS] + [grad_norm.float()])
     world = dist_utils.get_world_size()
     values = (dist_utils.all_reduce_sum(stacked) / world).tolist()
@@ -351,7 +337,7 @@ def _loop(components: TrainComponents, model: nn.Module, model_dir: Path, info: 
             set_learning_rate(components.optimizer, lr)
             components.optimizer.zero_grad(set_to_none=True)
             losses, grad_norm = forward_backward(components, model, to_device(batch, info.device),
-                                                 info.world_size, info.device)
+                                                 info.device)
             terms = averaged_terms(losses, grad_norm)
             if not all(math.isfinite(v) for v in terms.values()):
                 raise diverged_error(step, terms, last)
