@@ -9,19 +9,25 @@ values raredet acts on, and warns once about fields it parses but ignores.
 from __future__ import annotations
 
 import difflib
+import glob
+import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 from google.protobuf import descriptor_pool, text_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from raredet.errors import ConfigError
 from raredet.fileio import atomic_write_text
-from raredet.protos import string_int_label_map_pb2
+from raredet.protos import losses_pb2, pipeline_pb2, ssd_pb2, string_int_label_map_pb2
+from raredet.protos.input_reader_pb2 import InputReader
 
 M = TypeVar("M", bound=Message)
 
@@ -244,3 +250,452 @@ def _reject_duplicates(values: Sequence[object], what: str, path: str) -> None:
         if value in seen:
             raise ConfigError(f"{path}: {what} {value!r} appears more than once; each {what} must be unique")
         seen.add(value)
+
+
+# ---- pipeline.config -----------------------------------------------------------------------------
+
+# Fields raredet parses (so TF OD API configs load unchanged) but does not act on. Setting one gives a
+# single warning that lists them all. Keys are "<message full name>.<field>"; this is the one list.
+NOT_ACTED_ON: frozenset[str] = frozenset(
+    "raredet.protos." + name
+    for name in (
+        # TPU / TF1 distribution and graph details: torchrun replaces them.
+        "TrainConfig.sync_replicas",
+        "TrainConfig.startup_delay_steps",
+        "TrainConfig.replicas_to_aggregate",
+        "TrainConfig.use_bfloat16",
+        "TrainConfig.fine_tune_checkpoint_version",
+        "TrainConfig.keep_checkpoint_every_n_hours",
+        "TrainConfig.batch_queue_capacity",
+        "TrainConfig.num_batch_queue_threads",
+        "TrainConfig.prefetch_queue_capacity",
+        "TrainConfig.unpad_groundtruth_tensors",
+        "TrainConfig.retain_original_images",
+        "TrainConfig.summarize_gradients",
+        "TrainConfig.from_detection_checkpoint",
+        "TrainConfig.load_all_detection_checkpoint_vars",
+        "TrainConfig.run_fine_tune_checkpoint_dummy_computation",
+        "TrainConfig.merge_multiple_label_boxes",
+        "TrainConfig.use_multiclass_scores",
+        "TrainConfig.bias_grad_multiplier",
+        "Ssd.inplace_batchnorm_update",
+        "Ssd.return_raw_detections_during_predict",
+        "Ssd.use_confidences_as_targets",
+        "SsdFeatureExtractor.replace_preprocessor_with_placeholder",
+        "ArgMaxMatcher.use_matmul_gather",
+        "BipartiteMatcher.use_matmul_gather",
+        "BatchNonMaxSuppression.use_static_shapes",
+        "BatchNonMaxSuppression.use_partitioned_nms",
+        "BatchNonMaxSuppression.use_combined_nms",
+        "BatchNonMaxSuppression.use_cpu_nms",
+        "Hyperparams.regularize_depthwise",
+        # tf.data queue tuning: raredet uses a torch DataLoader.
+        "InputReader.queue_capacity",
+        "InputReader.min_after_dequeue",
+        "InputReader.prefetch_size",
+        "InputReader.num_parallel_map_calls",
+        "InputReader.read_block_length",
+        "InputReader.num_parallel_batches",
+        "InputReader.num_prefetch_batches",
+        "InputReader.filenames_shuffle_buffer_size",
+        "InputReader.input_type",
+        "InputReader.frame_index",
+        "InputReader.load_context_features",
+        "InputReader.load_dense_pose",
+        "InputReader.load_track_id",
+        "InputReader.expand_labels_hierarchy",
+        # TF1 continuous evaluation loop and TF-graph details.
+        "EvalConfig.eval_interval_secs",
+        "EvalConfig.max_evals",
+        "EvalConfig.num_examples",
+        "EvalConfig.save_graph",
+        "EvalConfig.eval_master",
+        "EvalConfig.eval_instance_masks",
+        "EvalConfig.retain_original_images",
+        "EvalConfig.retain_original_image_additional_channels",
+        "EvalConfig.use_dummy_loss_in_eval",
+    )
+)
+
+
+class ConfigWarning(UserWarning):
+    """A pipeline.config that raredet can use, with something the user should know about."""
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """What `load` returns.
+
+    config: the parsed message, with relative input paths already resolved against `path`'s folder.
+    label_map: the train (else eval) reader's label map, None when no label_map_path is set or the
+        file does not exist (only an error with check_paths=True).
+    path: the config file.  text: its text as read.  warnings: the messages also issued as warnings.
+    """
+
+    config: pipeline_pb2.TrainEvalPipelineConfig
+    label_map: LabelMap | None
+    path: Path
+    text: str
+    warnings: tuple[str, ...] = ()
+
+
+def parse_config(
+    text: str, path: str | os.PathLike[str] = "<pipeline.config>"
+) -> pipeline_pb2.TrainEvalPipelineConfig:
+    """Parse pipeline.config text only (no path resolution, no validation)."""
+    return parse_text(text, pipeline_pb2.TrainEvalPipelineConfig(), path)
+
+
+def load(path: str | os.PathLike[str], check_paths: bool = False) -> LoadedConfig:
+    """Read, parse and validate a pipeline.config; see the module docstring.
+
+    Relative paths in input readers (`label_map_path`, `input_path`, `annotations_path`, `image_dir`,
+    `root`) and `train_config.fine_tune_checkpoint` are resolved against the config file's folder, so
+    a config works from any working directory. With `check_paths`, input paths that do not exist (or
+    globs that match nothing) are an error. Raises ConfigError; warns (ConfigWarning) once about
+    fields raredet parses but does not act on.
+    """
+    path = Path(path)
+    text = _read_text(path, "pipeline config")
+    config = parse_config(text, path)
+    resolve_paths(config, path.resolve().parent)
+    label_map = _load_label_map(config, path)
+    validate(config, label_map, path)
+    if check_paths:
+        check_input_paths(config, path)
+    notes = _not_acted_on_warnings(config, path)
+    for note in notes:
+        warnings.warn(note, ConfigWarning, stacklevel=2)
+    return LoadedConfig(config, label_map, path, text, tuple(notes))
+
+
+def _readers(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[tuple[str, InputReader]]:
+    """(field path, reader) for every input reader present."""
+    readers = []
+    if config.HasField("train_input_reader"):
+        readers.append(("train_input_reader", config.train_input_reader))
+    readers += [(f"eval_input_reader[{i}]", r) for i, r in enumerate(config.eval_input_reader)]
+    return readers
+
+
+def _exists(path: str, kind: str = "any") -> bool:
+    try:
+        p = Path(path)
+        return p.is_file() if kind == "file" else p.is_dir() if kind == "dir" else p.exists()
+    except (OSError, ValueError):  # e.g. an embedded NUL byte: certainly not an existing path
+        return False
+
+
+# ---- relative paths --------------------------------------------------------------------------------
+
+
+def _resolved(value: str, base: Path) -> str:
+    if not value:
+        return value
+    candidate = Path(os.path.expanduser(value))
+    return str(candidate if candidate.is_absolute() else Path(os.path.normpath(base / candidate)))
+
+
+def resolve_paths(config: pipeline_pb2.TrainEvalPipelineConfig, base: Path) -> None:
+    """Make the input paths of `config` absolute, relative ones taken from `base` (in place)."""
+    for _, reader in _readers(config):
+        reader.label_map_path = _resolved(reader.label_map_path, base)
+        paths = reader.tf_record_input_reader.input_path
+        paths[:] = [_resolved(p, base) for p in paths]
+        source = reader.WhichOneof("input_reader")
+        if source == "coco_input_reader":
+            coco = reader.coco_input_reader
+            coco.annotations_path = _resolved(coco.annotations_path, base)
+            coco.image_dir = _resolved(coco.image_dir, base)
+        elif source == "voc_input_reader":
+            reader.voc_input_reader.root = _resolved(reader.voc_input_reader.root, base)
+    train = config.train_config
+    if train.fine_tune_checkpoint:
+        train.fine_tune_checkpoint = _resolved(train.fine_tune_checkpoint, base)
+
+
+# ---- label map of a config ---------------------------------------------------------------------------
+
+
+def _load_label_map(config: pipeline_pb2.TrainEvalPipelineConfig, path: Path) -> LabelMap | None:
+    """The readers' label map; all readers that name an existing one must agree."""
+    found: list[tuple[str, LabelMap]] = []
+    for name, reader in _readers(config):
+        if reader.label_map_path and _exists(reader.label_map_path):
+            found.append((f"{name}.label_map_path", LabelMap.load(reader.label_map_path)))
+    if not found:
+        return None
+    first_field, first = found[0]
+    for field, other in found[1:]:
+        if other != first:
+            raise ConfigError(
+                f"{path}: {field} ({other.path}) differs from {first_field} ({first.path}); "
+                "train and eval must use the same classes — point both at one label map"
+            )
+    return first
+
+
+# ---- semantic validation -----------------------------------------------------------------------------
+
+
+class _Checker:
+    """Raises ConfigError naming the config file and the field path."""
+
+    def __init__(self, path: Path | str, label_map: LabelMap | None) -> None:
+        self.path = path
+        self.label_map = label_map
+
+    def fail(self, field: str, problem: str) -> NoReturn:
+        raise ConfigError(f"{self.path}: {field}: {problem}")
+
+    def number(self, value: float, field: str, low: float = 0.0, high: float = math.inf, *,
+               low_open: bool = False, high_open: bool = False) -> None:
+        """`value` must be finite and within [low, high] (ends open when asked)."""
+        ok = math.isfinite(value) and (value > low if low_open else value >= low)
+        ok = ok and (value < high if high_open else value <= high)
+        if not ok:
+            lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
+            self.fail(field, f"{value!r} is not a finite number in {lo}, {hi}; use a value in that range")
+
+    def class_ref(self, ref: losses_pb2.ClassWeight | losses_pb2.ClassAlpha, field: str) -> int | None:
+        """The contiguous index of the class `ref` names; None when no label map is loaded."""
+        kind = ref.WhichOneof("class_ref")
+        if kind is None:
+            self.fail(field, 'names no class; set `name: "..."` or `id: N`')
+        if self.label_map is None:
+            return None
+        lm = self.label_map
+        if kind == "id":
+            index = int(lm.ids_to_indices(np.array([ref.id]))[0])
+            if index < 0:
+                self.fail(f"{field}.id", f"{ref.id} is not in the label map {lm.path}; its ids are {lm.ids}")
+            return index
+        index = int(lm.names_to_indices([ref.name])[0])
+        if index < 0:
+            known = lm.names + lm.display_names
+            self.fail(f"{field}.name", f"'{ref.name}' is not in the label map {lm.path}"
+                      f"{_did_you_mean(ref.name, known)}; its names are {lm.names}")
+        return index
+
+    def per_class_values(self, refs: Sequence[losses_pb2.ClassWeight | losses_pb2.ClassAlpha],
+                         field: str, high: float) -> None:
+        seen: dict[int, int] = {}
+        for i, ref in enumerate(refs):
+            where = f"{field}[{i}]"
+            index = self.class_ref(ref, where)
+            if not ref.HasField("value"):
+                self.fail(where, "has no value; add `value: <number>`")
+            self.number(ref.value, f"{where}.value", 0.0, high)
+            if index is not None and index in seen:
+                self.fail(where, f"names the same class as {field}[{seen[index]}]; give each class once")
+            if index is not None:
+                seen[index] = i
+
+
+def validate(config: pipeline_pb2.TrainEvalPipelineConfig, label_map: LabelMap | None,
+             path: Path | str = "<pipeline.config>") -> None:
+    """Check the values raredet acts on; raises ConfigError naming `path` and the field path."""
+    check = _Checker(path, label_map)
+    if not config.model.HasField("ssd"):
+        check.fail("model", "has no `ssd { ... }` block; raredet builds SSD-family models only")
+    _validate_ssd(config.model.ssd, check)
+    _validate_loss(config.model.ssd.loss, check)
+    if config.train_config.HasField("batch_size") and config.train_config.batch_size < 1:
+        check.fail("train_config.batch_size", "must be at least 1")
+    for name, reader in _readers(config):
+        _validate_reader(reader, name, check)
+
+
+def _validate_ssd(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
+    if ssd.num_classes < 1:
+        check.fail("model.ssd.num_classes", f"is {ssd.num_classes}; set it to the number of classes "
+                   "in the label map (background not counted)")
+    lm = check.label_map
+    if lm is not None and ssd.num_classes != lm.num_classes:
+        check.fail("model.ssd.num_classes", f"is {ssd.num_classes} but the label map {lm.path} has "
+                   f"{lm.num_classes} classes; make them agree (background is not counted)")
+    check.number(ssd.negative_class_weight, "model.ssd.negative_class_weight", 0.0, 1.0)
+
+
+def _validate_loss(loss: losses_pb2.Loss, check: _Checker) -> None:
+    where = "model.ssd.loss"
+    check.number(loss.classification_weight, f"{where}.classification_weight")
+    check.number(loss.localization_weight, f"{where}.localization_weight")
+    cls = loss.classification_loss
+    kind = cls.WhichOneof("classification_loss")
+    if kind == "weighted_sigmoid_focal":
+        focal_where = f"{where}.classification_loss.weighted_sigmoid_focal"
+        _validate_focal(cls.weighted_sigmoid_focal, focal_where, check)
+    elif kind == "custom":
+        _validate_custom(cls.custom, f"{where}.classification_loss.custom", check)
+    if loss.localization_loss.WhichOneof("localization_loss") == "custom":
+        _validate_custom(loss.localization_loss.custom, f"{where}.localization_loss.custom", check)
+    if loss.HasField("hard_example_miner"):
+        miner = loss.hard_example_miner
+        check.number(miner.iou_threshold, f"{where}.hard_example_miner.iou_threshold", 0.0, 1.0)
+        for name in ("num_hard_examples", "max_negatives_per_positive", "min_negatives_per_image"):
+            check.number(getattr(miner, name), f"{where}.hard_example_miner.{name}")
+    if loss.HasField("class_weights"):
+        _validate_class_weights(loss.class_weights, f"{where}.class_weights", check)
+
+
+def _validate_focal(focal: losses_pb2.SigmoidFocalClassificationLoss, where: str, check: _Checker) -> None:
+    check.number(focal.gamma, f"{where}.gamma")
+    if focal.HasField("alpha"):
+        check.number(focal.alpha, f"{where}.alpha", 0.0, 1.0)
+    check.per_class_values(focal.class_alpha, f"{where}.class_alpha", high=1.0)
+
+
+def _validate_custom(custom: losses_pb2.CustomLoss, where: str, check: _Checker) -> None:
+    if not custom.name or not custom.module:
+        check.fail(where, 'needs both `name: "<registered loss>"` and `module: "<importable.module>"`')
+    for key, value in custom.params.items():
+        if not math.isfinite(value):
+            check.fail(f"{where}.params['{key}']", f"{value!r} is not a finite number")
+
+
+def _validate_class_weights(weights: losses_pb2.ClassWeights, where: str, check: _Checker) -> None:
+    check.per_class_values(weights.weight, f"{where}.weight", high=math.inf)
+    if weights.HasField("auto"):
+        auto = weights.auto
+        check.number(auto.beta, f"{where}.auto.beta", 0.0, 1.0, high_open=True)
+        check.number(auto.max_weight, f"{where}.auto.max_weight")
+    elif not weights.weight:
+        check.fail(where, "is empty; add `weight { name: \"...\" value: ... }` entries or `auto { }`")
+
+
+def _validate_reader(reader: InputReader, where: str, check: _Checker) -> None:
+    if reader.WhichOneof("input_reader") is None:
+        check.fail(where, "has no data source; set one of tf_record_input_reader { input_path }, "
+                   "coco_input_reader { annotations_path image_dir } or voc_input_reader { root }")
+    if reader.HasField("repeat_factor_sampling"):
+        threshold = reader.repeat_factor_sampling.threshold
+        check.number(threshold, f"{where}.repeat_factor_sampling.threshold", 0.0, 1.0, low_open=True)
+    if reader.sample_1_of_n_examples < 1:
+        check.fail(f"{where}.sample_1_of_n_examples", "must be at least 1")
+
+
+# ---- input paths -------------------------------------------------------------------------------------
+
+
+def _reader_paths(reader: InputReader, where: str) -> list[tuple[str, str, str]]:
+    """(field, path, kind) for every input path a reader needs; kind is file, dir or glob."""
+    needed = [(f"{where}.label_map_path", reader.label_map_path, "file")] if reader.label_map_path else []
+    source = reader.WhichOneof("input_reader")
+    if source == "tf_record_input_reader":
+        paths = reader.tf_record_input_reader.input_path
+        if not paths:
+            needed.append((f"{where}.tf_record_input_reader.input_path", "", "glob"))
+        field = f"{where}.tf_record_input_reader.input_path"
+        needed += [(f"{field}[{i}]", p, "glob") for i, p in enumerate(paths)]
+    elif source == "coco_input_reader":
+        coco = reader.coco_input_reader
+        needed.append((f"{where}.coco_input_reader.annotations_path", coco.annotations_path, "file"))
+        needed.append((f"{where}.coco_input_reader.image_dir", coco.image_dir, "dir"))
+    elif source == "voc_input_reader":
+        voc = reader.voc_input_reader
+        root = Path(voc.root) if voc.root else None
+        needed.append((f"{where}.voc_input_reader.root", voc.root, "dir"))
+        if root is not None:
+            needed.append((f"{where}.voc_input_reader.root (Annotations)", str(root / "Annotations"), "dir"))
+            needed.append((f"{where}.voc_input_reader.root (JPEGImages)", str(root / "JPEGImages"), "dir"))
+            image_set = root / "ImageSets" / "Main" / f"{voc.image_set}.txt"
+            needed.append((f"{where}.voc_input_reader.image_set", str(image_set), "file"))
+    return needed
+
+
+def _path_ok(path: str, kind: str) -> bool:
+    if not path:
+        return False
+    if kind == "glob":
+        try:
+            return bool(glob.glob(path)) if glob.has_magic(path) else _exists(path, "file")
+        except (OSError, ValueError):
+            return False
+    return _exists(path, kind)
+
+
+def check_input_paths(
+    config: pipeline_pb2.TrainEvalPipelineConfig, path: Path | str = "<pipeline.config>"
+) -> None:
+    """ConfigError listing every input path that does not exist (globs: that match nothing)."""
+    needed = [item for name, reader in _readers(config) for item in _reader_paths(reader, name)]
+    if config.train_config.fine_tune_checkpoint:
+        needed.append(("train_config.fine_tune_checkpoint", config.train_config.fine_tune_checkpoint, "file"))
+    missing = [f"{field} = {p or '(empty)'}" for field, p, kind in needed if not _path_ok(p, kind)]
+    if missing:
+        raise ConfigError(
+            f"{path}: input paths not found (relative paths are taken from the config's folder): "
+            + "; ".join(missing)
+        )
+
+
+# ---- fields parsed but not acted on ---------------------------------------------------------------------
+
+
+def _set_fields(msg: Message, prefix: str = "") -> Iterator[tuple[str, FieldDescriptor, Any]]:
+    """(field path, descriptor, value) for every field set in `msg`, depth first (maps not entered)."""
+    for fd, value in msg.ListFields():
+        name = f"{prefix}.{fd.name}" if prefix else fd.name
+        yield name, fd, value
+        if fd.message_type is None or fd.message_type.GetOptions().map_entry:
+            continue
+        if fd.is_repeated:
+            for i, item in enumerate(value):
+                yield from _set_fields(item, f"{name}[{i}]")
+        else:
+            yield from _set_fields(value, name)
+
+
+def not_acted_on(config: Message) -> list[str]:
+    """Field paths in `config` that raredet ignores (NOT_ACTED_ON) and that are set to a value other
+    than their default (a default value changes nothing, so it is not worth a warning)."""
+    ignored = []
+    for name, fd, value in _set_fields(config):
+        if fd.full_name in NOT_ACTED_ON and (fd.message_type is not None or value != fd.default_value):
+            ignored.append(name)
+    return ignored
+
+
+def _not_acted_on_warnings(config: Message, path: Path | str) -> list[str]:
+    ignored = not_acted_on(config)
+    if not ignored:
+        return []
+    return [f"{path}: raredet parses but does not act on these fields (they have no effect here): "
+            + ", ".join(ignored)]
+
+
+# ---- effective config --------------------------------------------------------------------------------
+
+
+def _fill_defaults(msg: Message) -> None:
+    """Set every unset scalar that has an explicit default, in `msg` and its set sub-messages.
+    Fields raredet ignores (NOT_ACTED_ON) are not filled in.
+
+    Fields without an explicit default (e.g. focal `alpha`, where unset means "no alpha term") and
+    oneof members stay unset, so the output parses back to the same meaning.
+    """
+    for fd in msg.DESCRIPTOR.fields:
+        if fd.message_type is not None:
+            if fd.message_type.GetOptions().map_entry:
+                continue
+            if fd.is_repeated:
+                for item in getattr(msg, fd.name):
+                    _fill_defaults(item)
+            elif msg.HasField(fd.name):
+                _fill_defaults(getattr(msg, fd.name))
+        elif _fillable(msg, fd):
+            setattr(msg, fd.name, fd.default_value)
+
+
+def _fillable(msg: Message, fd: FieldDescriptor) -> bool:
+    explicit_default = fd.has_default_value and not fd.is_repeated and fd.containing_oneof is None
+    return explicit_default and fd.full_name not in NOT_ACTED_ON and not msg.HasField(fd.name)
+
+
+def effective_config_text(config: Message) -> str:
+    """`config` as protobuf text with every default of the blocks present written out."""
+    filled = type(config)()
+    filled.CopyFrom(config)
+    _fill_defaults(filled)
+    return text_format.MessageToString(filled)
