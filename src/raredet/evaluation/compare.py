@@ -20,8 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from raredet.errors import DataError  # noqa: E402
-from raredet.evaluation.per_class import atomic_write  # noqa: E402
 from raredet.evaluation.report import STYLE, data_uri  # noqa: E402
+from raredet.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 METRICS = ("AP", "AP50", "VOC_AP50", "recall", "missed")
 CHART_METRICS = ("AP50", "VOC_AP50", "AP")  # the first one any run has is charted
@@ -143,7 +143,8 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
     if out_dir is not None:
         out = Path(out_dir)
         chart = bar_chart(labels, order, table)
-        atomic_write(out / "compare.md", markdown)
-        atomic_write(out / "compare.png", chart)
-        atomic_write(out / "compare.html", to_html(labels, [str(r) for r in run_dirs], header, rows, chart))
+        atomic_write_text(out / "compare.md", markdown)
+        atomic_write_bytes(out / "compare.png", chart)
+        page = to_html(labels, [str(r) for r in run_dirs], header, rows, chart)
+        atomic_write_text(out / "compare.html", page)
     return markdown

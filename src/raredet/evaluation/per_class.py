@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ import numpy as np
 from faster_coco_eval import COCOeval_faster
 
 from raredet.evaluation.coco import CocoResult, _quiet, prepare_coco
+from raredet.fileio import atomic_write_json, atomic_write_text
 
 MAX_DETS = 100
 COLUMNS = ("class", "id", "gt_count", "AP", "AP50", "AP75", "AR@100", "VOC_AP50",
@@ -175,26 +173,9 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Write via a temporary file in the same directory, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide reports from other users of a shared run dir
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_table(rows: list[dict[str, Any]], out_dir: str | Path, meta: dict[str, Any]) -> None:
     """per_class.json (rows plus `meta`), per_class.csv and per_class.md into `out_dir`."""
     out = Path(out_dir)
-    atomic_write(out / "per_class.json", json.dumps({**meta, "classes": rows}, indent=2) + "\n")
-    atomic_write(out / "per_class.csv", to_csv(rows))
-    atomic_write(out / "per_class.md", to_markdown(rows))
+    atomic_write_json(out / "per_class.json", {**meta, "classes": rows})
+    atomic_write_text(out / "per_class.csv", to_csv(rows))
+    atomic_write_text(out / "per_class.md", to_markdown(rows))

@@ -7,7 +7,6 @@ pr_curves.png, confusion_matrix.png, score_histograms.png, report.html.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from raredet.evaluation import per_class, plots
 from raredet.evaluation.coco import CATEGORY_KEYS, CocoResult, check_coco, evaluate_coco, load_json
 from raredet.evaluation.report import Example, write_report
 from raredet.evaluation.voc import voc_ap_per_class
+from raredet.fileio import atomic_write_json
 
 COCO_SET = "coco_detection_metrics"
 VOC_SET = "pascal_voc_detection_metrics"
@@ -100,7 +100,7 @@ def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
     rows = per_class.build_table(cats, counts, coco, voc)
     meta = {"metrics_set": sets, "min_score_threshold": min_score_threshold}
     per_class.write_table(rows, out, meta)
-    per_class.atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_json(out / "metrics.json", metrics)
     pngs = _plots(gt, detections, matches, coco, cats, min_score_threshold, out)
     write_report(out / "report.html", title=title, metrics=metrics, rows=rows,
                  plots={k.removesuffix(".png").replace("_", " "): v for k, v in pngs.items()},

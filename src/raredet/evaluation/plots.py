@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from raredet.evaluation.per_class import Matches, atomic_write, coco_match  # noqa: E402
+from raredet.evaluation.per_class import Matches, coco_match  # noqa: E402
+from raredet.fileio import atomic_write_bytes  # noqa: E402
 
 
 def save_figure(fig: Figure, path: str | Path) -> None:
@@ -27,7 +28,7 @@ def save_figure(fig: Figure, path: str | Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _grid(n: int) -> tuple[int, int]:

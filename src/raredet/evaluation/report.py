@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from raredet.evaluation.per_class import _shown_columns, atomic_write, format_cell
+from raredet.evaluation.per_class import _shown_columns, format_cell
+from raredet.fileio import atomic_write_text
 
 # Distinct colours, one per class index (cycled past 12 classes).
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
@@ -133,5 +134,5 @@ def render_report(*, title: str, metrics: dict[str, Any], rows: list[dict[str, A
 
 def write_report(path: str | Path, **kwargs: Any) -> Path:
     """Render (see `render_report`) and write atomically; returns the path."""
-    atomic_write(path, render_report(**kwargs))
+    atomic_write_text(path, render_report(**kwargs))
     return Path(path)
