@@ -64,8 +64,9 @@ def _check_classes(labels: np.ndarray, where: str, label_desc: np.ndarray | None
     bad = np.flatnonzero(np.asarray(labels) < 0)
     if bad.size:
         what = label_desc[bad[0]] if label_desc is not None else "?"
+        what = f"id {int(what)}" if isinstance(what, (int, np.integer)) else repr(str(what))
         raise DataError(
-            f"{where}: object {bad[0]} has class {what!r}, which is not in the label map; "
+            f"{where}: object {bad[0]} has class {what}, which is not in the label map; "
             "add it to label_map.pbtxt or fix the annotation"
         )
 

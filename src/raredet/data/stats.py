@@ -1,0 +1,199 @@
+"""Dataset statistics: per-class box and image counts, box sizes, imbalance, automatic class weights and
+repeat factors, as a table, JSON and a bar chart.
+
+Counts come from the readers' ``annotations(i)``, which never decode an image (a TFRecord's
+``image/encoded`` bytes are skipped over, not decoded). Ignore regions (crowd boxes and boxes of weight
+0) add no loss in training, so they are left out of the counts and reported on their own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raredet.data.sampling import class_repeat_factors, image_repeat_factors
+from raredet.fileio import atomic_write, atomic_write_json, atomic_write_text
+
+AUTO_SCHEMES = ("INVERSE_FREQUENCY", "SQRT_INVERSE_FREQUENCY", "EFFECTIVE_NUMBER")
+
+
+@dataclass
+class DatasetStats:
+    """Counts per contiguous class index; arrays are [K] and indexed like the model's classes."""
+
+    names: list[str]
+    ids: list[int]
+    box_counts: np.ndarray  # int64 [K] boxes that count in training
+    image_counts: np.ndarray  # int64 [K] images with at least one such box of the class
+    median_box_size: np.ndarray  # float64 [K] median sqrt(w * h) in pixels, nan when no boxes
+    num_images: int
+    ignored_boxes: int  # crowd or weight-0 boxes, all classes
+    image_classes: list[np.ndarray] = field(repr=False)  # per image: int64 class indices of its boxes
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.box_counts.sum())
+
+    @property
+    def imbalance_ratio(self) -> float:
+        """Most / least frequent class by boxes; inf when some class has no boxes."""
+        if self.box_counts.size == 0 or self.box_counts.max() == 0:
+            return float("nan")
+        return float(self.box_counts.max() / self.box_counts.min()) if self.box_counts.min() > 0 else math.inf
+
+
+def compute_stats(reader: Any, label_map: Any) -> DatasetStats:
+    """Count boxes and images per class over every record of ``reader`` (annotations only)."""
+    k = label_map.num_classes
+    boxes, images = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    sizes: list[np.ndarray] = []
+    labels_all: list[np.ndarray] = []
+    image_classes, ignored = [], 0
+    for i in range(len(reader)):  # one pass over the records; per-image work is vectorised
+        ann = reader.annotations(i)
+        counts = ~ann["is_crowd"] & (ann["weights"] > 0)
+        ignored += int((~counts).sum())
+        labels = ann["labels"][counts]
+        wh = ann["boxes"][counts, 2:] - ann["boxes"][counts, :2]
+        boxes += np.bincount(labels, minlength=k)
+        present = np.unique(labels)
+        images[present] += 1
+        image_classes.append(present)
+        sizes.append(np.sqrt(np.clip(wh, 0, None).prod(axis=1)))
+        labels_all.append(labels)
+    return DatasetStats(
+        names=list(label_map.names),
+        ids=list(label_map.ids),
+        box_counts=boxes,
+        image_counts=images,
+        median_box_size=_median_by_class(
+            np.concatenate(labels_all + [np.zeros(0, np.int64)]), np.concatenate(sizes + [np.zeros(0)]), k
+        ),
+        num_images=len(reader),
+        ignored_boxes=ignored,
+        image_classes=image_classes,
+    )
+
+
+def _median_by_class(labels: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
+    out = np.full(k, np.nan)
+    for c in np.unique(labels):  # one median per class
+        out[c] = float(np.median(sizes[labels == c]))
+    return out
+
+
+def scheme_weights(stats: DatasetStats, beta: float = 0.999) -> dict[str, list[float]]:
+    """The weight each automatic scheme would give each class (counts by boxes), via the losses'
+    resolver so that what `stats` shows is exactly what training would use."""
+    from raredet.losses.class_weights import resolve_class_weights
+
+    out = {}
+    for scheme in AUTO_SCHEMES:
+        resolved = resolve_class_weights(
+            stats.names,
+            stats.ids,
+            stats.box_counts.tolist(),
+            stats.image_counts.tolist(),
+            {},
+            auto_scheme=scheme,
+            beta=beta,
+        )
+        out[scheme] = [w.weight for w in sorted(resolved, key=lambda w: w.index)]
+    return out
+
+
+def stats_summary(stats: DatasetStats, threshold: float = 0.001) -> dict[str, Any]:
+    """A JSON-ready summary: per-class rows, totals, scheme weights and repeat factors."""
+    weights = scheme_weights(stats)
+    class_r = class_repeat_factors(stats.image_counts, stats.num_images, threshold)
+    image_r = image_repeat_factors(stats.image_classes, len(stats.names), threshold)
+    total = max(stats.num_boxes, 1)
+    rows = [
+        {
+            "index": c,
+            "id": stats.ids[c],
+            "name": stats.names[c],
+            "boxes": int(stats.box_counts[c]),
+            "images": int(stats.image_counts[c]),
+            "share": float(stats.box_counts[c] / total),
+            "median_box_size": None
+            if np.isnan(stats.median_box_size[c])
+            else float(stats.median_box_size[c]),
+            "repeat_factor": float(class_r[c]),
+            **{f"weight_{s.lower()}": weights[s][c] for s in AUTO_SCHEMES},
+        }
+        for c in range(len(stats.names))
+    ]
+    ratio = stats.imbalance_ratio
+    return {
+        "num_images": stats.num_images,
+        "num_boxes": stats.num_boxes,
+        "ignored_boxes": stats.ignored_boxes,
+        "imbalance_ratio": None if not math.isfinite(ratio) else ratio,
+        "empty_classes": [r["name"] for r in rows if r["boxes"] == 0],
+        "repeat_factor_threshold": threshold,
+        "images_per_epoch_with_repeat_factors": float(image_r.sum()),
+        "classes": rows,
+    }
+
+
+def format_stats(summary: dict[str, Any]) -> str:
+    """A plain-text table of :func:`stats_summary`, rarest class first."""
+    head = (
+        f"{'class':<20}{'id':>5}{'boxes':>9}{'images':>9}{'share':>8}{'size':>7}{'repeat':>8}"
+        f"{'w_inv':>8}{'w_sqrt':>8}{'w_eff':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in sorted(summary["classes"], key=lambda r: r["boxes"]):
+        size = "-" if r["median_box_size"] is None else f"{r['median_box_size']:.1f}"
+        lines.append(
+            f"{r['name'][:19]:<20}{r['id']:>5}{r['boxes']:>9}{r['images']:>9}{r['share']:>8.1%}{size:>7}"
+            f"{r['repeat_factor']:>8.2f}{r['weight_inverse_frequency']:>8.3f}"
+            f"{r['weight_sqrt_inverse_frequency']:>8.3f}{r['weight_effective_number']:>8.3f}"
+        )
+    ratio = summary["imbalance_ratio"]
+    lines.append(
+        f"{summary['num_images']} images, {summary['num_boxes']} boxes ({summary['ignored_boxes']} ignore "
+        f"regions not counted); imbalance ratio {'inf' if ratio is None else f'{ratio:.1f}'} (most/least)"
+    )
+    if summary["empty_classes"]:
+        lines.append(f"warning: no training boxes for: {', '.join(summary['empty_classes'])}")
+    return "\n".join(lines)
+
+
+def plot_counts(summary: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Bar chart of boxes and images per class on a log scale, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(summary["classes"], key=lambda r: -r["boxes"])
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 2), 3.5))
+    ax.bar(x - 0.2, [max(r["boxes"], 0.5) for r in rows], 0.4, label="boxes")
+    ax.bar(x + 0.2, [max(r["images"], 0.5) for r in rows], 0.4, label="images")
+    ax.set_yscale("log")
+    ax.set_xticks(x, [r["name"] for r in rows], rotation=45, ha="right")
+    ax.set_ylabel("count (log scale)")
+    ax.legend()
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def write_stats(summary: dict[str, Any], out_dir: str | os.PathLike[str]) -> list[Path]:
+    """stats.json, stats.txt and class_counts.png into ``out_dir``."""
+    out = Path(out_dir)
+    return [
+        atomic_write_json(out / "stats.json", summary),
+        atomic_write_text(out / "stats.txt", format_stats(summary) + "\n"),
+        plot_counts(summary, out / "class_counts.png"),
+    ]
