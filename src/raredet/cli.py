@@ -57,9 +57,35 @@ def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(func=run)
 
 
+def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("config", help="check a pipeline.config (summary or error) or show it with defaults")
+    p.set_defaults(func=lambda a: p.print_help() or 2)
+    verbs = p.add_subparsers(dest="config_verb", metavar="{check,show}")
+    c = verbs.add_parser("check", help="validate; print model, classes, losses, class weights, inputs")
+    c.add_argument("path", metavar="PATH", help="pipeline.config")
+    c.add_argument("--check_paths", action="store_true", help="also fail on input paths that do not exist")
+    s = verbs.add_parser("show", help="print the effective config, every default written out")
+    s.add_argument("path", metavar="PATH", help="pipeline.config")
+
+    def run_check(a: argparse.Namespace) -> int:
+        from raredet.config import check
+
+        print(check(a.path, check_paths=a.check_paths))
+        return 0
+
+    def run_show(a: argparse.Namespace) -> int:
+        from raredet.config import effective_config_text, load
+
+        print(effective_config_text(load(a.path).config), end="")
+        return 0
+
+    c.set_defaults(func=run_check)
+    s.set_defaults(func=run_show)
+
+
 # ---- end of verbs ----------------------------------------------------------------------------------
 
-VERBS: list[AddVerb] = [_add_evaluate_detections, _add_compare]
+VERBS: list[AddVerb] = [_add_config, _add_evaluate_detections, _add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:
