@@ -690,7 +690,8 @@ def _fill_defaults(msg: Message) -> None:
 
 def _fillable(msg: Message, fd: FieldDescriptor) -> bool:
     explicit_default = fd.has_default_value and not fd.is_repeated and fd.containing_oneof is None
-    return explicit_default and fd.full_name not in NOT_ACTED_ON and not msg.HasField(fd.name)
+    unset = not msg.HasField(fd.name) and fd.default_value != ""  # "" means unset: not worth a line
+    return explicit_default and unset and fd.full_name not in NOT_ACTED_ON
 
 
 def effective_config_text(config: Message) -> str:
@@ -699,3 +700,115 @@ def effective_config_text(config: Message) -> str:
     filled.CopyFrom(config)
     _fill_defaults(filled)
     return text_format.MessageToString(filled)
+
+
+# ---- one-screen summary (`raredet config check`) ---------------------------------------------------
+
+
+def check(path: str | os.PathLike[str], check_paths: bool = False) -> str:
+    """Load and validate `path` (ConfigError if unusable); return a one-screen summary of it.
+
+    The not-acted-on warning goes into the summary instead of Python's warning output.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)
+        loaded = load(path, check_paths=check_paths)
+    return summary_text(loaded)
+
+
+def _oneof_text(msg: Message, oneof: str) -> str:
+    """`name { a: 1 b: 2 }` for the member set in `oneof`, or 'none'."""
+    kind = msg.WhichOneof(oneof)
+    if kind is None:
+        return "none"
+    body = text_format.MessageToString(getattr(msg, kind), as_one_line=True)
+    return f"{kind} {{ {body} }}" if body else kind
+
+
+def _model_lines(ssd: ssd_pb2.Ssd) -> list[str]:
+    fe = ssd.feature_extractor
+    fpn = f", fpn levels {fe.fpn.min_level}-{fe.fpn.max_level}" if fe.HasField("fpn") else ""
+    return [
+        f"model:        ssd, feature extractor {fe.type or '(unset)'}{fpn}",
+        f"  resizer:    {_oneof_text(ssd.image_resizer, 'image_resizer_oneof')}",
+        f"  anchors:    {_oneof_text(ssd.anchor_generator, 'anchor_generator_oneof')}",
+        f"  predictor:  {ssd.box_predictor.WhichOneof('box_predictor_oneof') or 'none'}",
+    ]
+
+
+def _class_lines(ssd: ssd_pb2.Ssd, label_map: LabelMap | None) -> list[str]:
+    if label_map is None:
+        return [f"classes:      {ssd.num_classes} (no label map loaded: label_map_path unset or not found)"]
+    shown = ", ".join(f"{i}:{n}" for i, n in zip(label_map.ids, label_map.names, strict=True))
+    if len(shown) > 90:
+        shown = shown[:87] + "..."
+    return [f"classes:      {label_map.num_classes} from {label_map.path}", f"  ids:names:  {shown}"]
+
+
+def _loss_lines(loss: losses_pb2.Loss) -> list[str]:
+    miner = "none"
+    if loss.HasField("hard_example_miner"):
+        miner = text_format.MessageToString(loss.hard_example_miner, as_one_line=True) or "defaults"
+    return [
+        f"losses:       classification {_oneof_text(loss.classification_loss, 'classification_loss')}"
+        f" x {loss.classification_weight:g}",
+        f"              localization {_oneof_text(loss.localization_loss, 'localization_loss')}"
+        f" x {loss.localization_weight:g}",
+        f"  hard example miner: {miner}",
+    ]
+
+
+def _class_weight_lines(weights: losses_pb2.ClassWeights, label_map: LabelMap | None) -> list[str]:
+    if not weights.weight and not weights.HasField("auto"):
+        return ["class weights: none (every class 1.0)"]
+    lines = ["class weights:" + ("" if weights.apply_to_localization else " (classification only)")]
+    if weights.HasField("auto"):
+        auto = weights.auto
+        clip = f" max_weight={auto.max_weight:g}" if auto.max_weight > 0 else ""
+        lines.append(f"  auto: {losses_pb2.AutoClassWeights.Scheme.Name(auto.scheme)} beta={auto.beta:g} "
+                     f"count={losses_pb2.AutoClassWeights.Count.Name(auto.count)}{clip} "
+                     "(computed from the training data at train time)")
+    lines.append(f"  {'id':>4}  {'name':<24} weight")
+    for id_, name, value in _weight_rows(weights, label_map):
+        lines.append(f"  {id_:>4}  {name:<24} {value}")
+    return lines
+
+
+def _weight_rows(weights: losses_pb2.ClassWeights, label_map: LabelMap | None) -> list[tuple[str, str, str]]:
+    """(id, name, weight) per class: every class when a label map is loaded, else the entries given."""
+    if label_map is None:
+        return [_given_row(w) for w in weights.weight]
+    given = {}
+    for w in weights.weight:
+        by_id = w.WhichOneof("class_ref") == "id"
+        given[label_map.index_of_id(w.id) if by_id else label_map.index_of_name(w.name)] = f"{w.value:g}"
+    rest = "auto" if weights.HasField("auto") else "1"
+    return [(str(label_map.id_of_index(i)), label_map.name_of_index(i), given.get(i, rest))
+            for i in range(label_map.num_classes)]
+
+
+def _given_row(weight: losses_pb2.ClassWeight) -> tuple[str, str, str]:
+    by_id = weight.WhichOneof("class_ref") == "id"
+    return (str(weight.id) if by_id else "?", "?" if by_id else weight.name, f"{weight.value:g}")
+
+
+def _input_lines(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[str]:
+    lines = ["inputs:"]
+    for name, reader in _readers(config):
+        source = reader.WhichOneof("input_reader")
+        paths = _reader_paths(reader, name)[1 if reader.label_map_path else 0:]
+        shown = ", ".join(p for _, p, _ in paths[:3]) + (", ..." if len(paths) > 3 else "")
+        lines.append(f"  {name}: {source} {shown}")
+        if reader.HasField("repeat_factor_sampling"):
+            lines.append(f"    repeat factor sampling, threshold {reader.repeat_factor_sampling.threshold:g}")
+    return lines if len(lines) > 1 else ["inputs:       none"]
+
+
+def summary_text(loaded: LoadedConfig) -> str:
+    """A one-screen description: model, classes, losses, class weights table, inputs, warnings."""
+    ssd = loaded.config.model.ssd
+    lines = [f"{loaded.path}: OK"]
+    lines += _model_lines(ssd) + _class_lines(ssd, loaded.label_map) + _loss_lines(ssd.loss)
+    lines += _class_weight_lines(ssd.loss.class_weights, loaded.label_map) + _input_lines(loaded.config)
+    lines += [f"warning: {w}" for w in loaded.warnings]
+    return "\n".join(lines)
