@@ -197,3 +197,30 @@ def write_stats(summary: dict[str, Any], out_dir: str | os.PathLike[str]) -> lis
         atomic_write_text(out / "stats.txt", format_stats(summary) + "\n"),
         plot_counts(summary, out / "class_counts.png"),
     ]
+
+
+def stats_for_config(
+    pipeline_config_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None
+) -> str:
+    """``raredet stats``: statistics of the training input of a pipeline.config, as a printable table;
+    with ``out_dir``, also stats.json, stats.txt and class_counts.png there."""
+    from google.protobuf.json_format import MessageToDict
+
+    from raredet import config as config_lib
+    from raredet.data.readers import build_reader
+    from raredet.errors import ConfigError
+
+    loaded = config_lib.load(pipeline_config_path)
+    reader_config = loaded.config.train_input_reader
+    if loaded.label_map is None:
+        raise ConfigError(f"{pipeline_config_path}: train_input_reader.label_map_path is not set or missing")
+    kind = reader_config.WhichOneof("input_reader")
+    params = MessageToDict(getattr(reader_config, kind), preserving_proto_field_name=True) if kind else {}
+    reader = build_reader(kind, params, loaded.label_map, Path(pipeline_config_path).parent)
+    threshold = 0.001
+    if reader_config.HasField("repeat_factor_sampling"):
+        threshold = reader_config.repeat_factor_sampling.threshold
+    summary = stats_summary(compute_stats(reader, loaded.label_map), threshold)
+    if out_dir is not None:
+        write_stats(summary, out_dir)
+    return format_stats(summary)
