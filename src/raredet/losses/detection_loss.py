@@ -93,7 +93,7 @@ class DetectionLoss:
         cls_w, loc_w = self.anchor_weights(targets, logits.shape[-1], logits.dtype)
         if self.positive_sample_fraction is not None:
             sampled = self._random_sample(cls_w > 0, targets.match >= 0)
-            cls_w, loc_w = cls_w * sampled, loc_w * sampled
+            cls_w, loc_w = cls_w * sampled[..., None], loc_w * sampled
             targets = targets._replace(data_weights=targets.data_weights * sampled)
         cls_losses = self._classification_losses(logits, targets.labels, cls_w)  # [B, A]
         decoded = self.box_coder.decode(deltas, anchors)

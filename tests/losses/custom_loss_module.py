@@ -1,0 +1,19 @@
+"""A user module as a config names it: registers a class-weighted sigmoid cross-entropy."""
+
+import torch
+import torch.nn.functional as F
+
+from raredet.losses import register_classification_loss
+
+CLASS_WEIGHTS = torch.tensor([1.0, 4.0, 0.5])
+
+
+@register_classification_loss("class_weighted_sigmoid")
+def class_weighted_sigmoid(logits, targets, weights):
+    """Sigmoid CE where each anchor is weighted by its target class (background anchors keep 1)."""
+    is_positive = targets.sum(-1, keepdim=True) > 0
+    target_class = targets.argmax(-1, keepdim=True)
+    per_anchor = torch.where(
+        is_positive, CLASS_WEIGHTS.to(logits)[target_class], torch.ones_like(weights[..., :1])
+    )
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights * per_anchor

@@ -1,0 +1,55 @@
+"""Custom losses named in the config: import, lookup, errors, and use inside DetectionLoss."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from raredet.errors import ConfigError
+from raredet.losses import DetectionLoss, get_custom_loss, weighted_smooth_l1
+from raredet.modeling.box_coder import FasterRcnnBoxCoder
+from raredet.modeling.matcher import ArgMaxMatcher
+
+HERE = str(Path(__file__).parent)
+
+
+@pytest.fixture
+def on_path(monkeypatch):
+    monkeypatch.syspath_prepend(HERE)
+    yield
+    sys.modules.pop("custom_loss_module", None)
+
+
+def test_custom_class_weighted_sigmoid_by_hand(on_path):
+    fn = get_custom_loss("classification", "class_weighted_sigmoid", "custom_loss_module")
+    anchors = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]])
+    batch = {
+        "boxes": torch.tensor([[[0.0, 0, 10, 10], [20, 20, 30, 30]]]),
+        "labels": torch.tensor([[1, 2]]),
+        "weights": torch.tensor([[1.0, 1.0]]),
+    }
+    loss = DetectionLoss(
+        matcher=ArgMaxMatcher(),
+        box_coder=FasterRcnnBoxCoder(),
+        classification_loss=fn,
+        localization_loss=weighted_smooth_l1,
+    )
+    out = loss(
+        {"cls_logits": torch.zeros(1, 3, 3), "box_deltas": torch.zeros(1, 3, 4), "anchors": anchors}, batch
+    )
+    # logits 0: 3 columns * log 2 per anchor, weighted 4 (class 1), 0.5 (class 2), 1 (background).
+    assert out["classification_loss"].item() == pytest.approx(3 * math.log(2) * (4 + 0.5 + 1))
+
+
+def test_wrong_module_names_module_and_loss():
+    with pytest.raises(ConfigError, match=r"'no_such_pkg\.losses'.*'my_loss'"):
+        get_custom_loss("classification", "my_loss", "no_such_pkg.losses")
+
+
+def test_wrong_name_lists_registered(on_path):
+    with pytest.raises(ConfigError, match=r"'nope'.*class_weighted_sigmoid"):
+        get_custom_loss("classification", "nope", "custom_loss_module")
+    with pytest.raises(ConfigError, match="localization"):
+        get_custom_loss("localization", "class_weighted_sigmoid", "custom_loss_module")
