@@ -83,9 +83,42 @@ def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s.set_defaults(func=run_show)
 
 
+def _add_stats(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("stats", help="per-class box/image counts, imbalance, automatic class weights, "
+                       "repeat factors and a bar chart for the training input of a pipeline.config")
+    p.add_argument("--pipeline_config_path", required=True, help="pipeline.config")
+    p.add_argument("--out", help="directory for stats.json, stats.txt and class_counts.png")
+
+    def run(a: argparse.Namespace) -> int:
+        from raredet.data.stats import stats_for_config
+
+        print(stats_for_config(a.pipeline_config_path, a.out))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("synth", help="write the synthetic rare-defects dataset with a ready pipeline.config")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--images", type=int, default=1000, help="images in train + val (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--ratios", default="100:20:3", help="box ratio scratch:dent:crack (default 100:20:3)")
+    p.add_argument("--image_size", type=int, default=128, help="square image side in pixels (default 128)")
+    p.add_argument("--num_shards", type=int, default=2, help="TFRecord shards per split (default 2)")
+
+    def run(a: argparse.Namespace) -> int:
+        from raredet.data.synth import synth_command
+
+        print(synth_command(a.out, a.images, a.seed, a.ratios, a.image_size, a.num_shards))
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # ---- end of verbs ----------------------------------------------------------------------------------
 
-VERBS: list[AddVerb] = [_add_config, _add_evaluate_detections, _add_compare]
+VERBS: list[AddVerb] = [_add_config, _add_evaluate_detections, _add_compare, _add_stats, _add_synth]
 
 
 def build_parser() -> argparse.ArgumentParser:
