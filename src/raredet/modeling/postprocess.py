@@ -106,8 +106,19 @@ class BatchNonMaxSuppression:
         max_total_detections: int = 100,
         use_class_agnostic_nms: bool = False,
         max_classes_per_detection: int = 1,
+        soft_nms_sigma: float = 0.0,
+        use_static_shapes: bool = False,
+        use_partitioned_nms: bool = False,
+        use_combined_nms: bool = False,
+        change_coordinate_frame: bool = True,
+        use_hard_nms: bool = False,
+        use_cpu_nms: bool = False,
         pre_nms_top_k: int = 1000,
     ) -> None:
+        # use_static_shapes .. use_cpu_nms choose among TF implementations of the same result; outputs
+        # here are always padded to max_total_detections, so they change nothing.
+        if soft_nms_sigma != 0.0:
+            raise ConfigError("batch_non_max_suppression.soft_nms_sigma: soft NMS is unsupported; remove it")
         if not 0.0 <= iou_threshold <= 1.0:
             raise ConfigError(
                 f"batch_non_max_suppression.iou_threshold must be in [0, 1], got {iou_threshold}"

@@ -1,0 +1,245 @@
+"""ResNet v1 and MobileNetV2 backbones in plain torch, with torchvision's parameter names and shapes.
+
+Because every parameter and buffer is named as in torchvision (``conv1``, ``bn1``, ``layer1.0.conv1``,
+``features.3.conv.1.0`` ...), a torchvision ImageNet state dict loads by name with
+``load_state_dict(strict=False)`` (the classifier, ``fc`` / ``classifier``, is absent here).
+
+ResNet is torchvision's (v1.5: the stride sits on the 3x3 conv of a bottleneck), since that is where
+the weights raredet can load come from. raredet extension: ResNet also takes ``depth_multiplier`` and
+``min_depth`` like MobileNet, scaling every width and rounding it to a multiple of 8 (at least
+``min_depth``); 1.0 gives the standard shapes, and e.g. a ResNet-18 at 0.25 trains on a CPU.
+
+``forward`` returns ``{level: feature map}`` for levels 2..5 (strides 4, 8, 16, 32); ``out_channels``
+gives each level's channel count.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from raredet.modeling.layers import batch_norm
+
+
+def scaled_depth(channels: int, depth_multiplier: float = 1.0, min_depth: int = 16, divisor: int = 8) -> int:
+    """``channels * depth_multiplier`` rounded to the nearest multiple of ``divisor``, at least
+    ``min_depth``, never more than 10% below the unrounded value (MobileNet's rounding rule)."""
+    value = channels * depth_multiplier
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return max(rounded, min_depth)
+
+
+# ---- ResNet v1 ---------------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual connection (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int, frozen_bn: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = batch_norm(planes, frozen_bn)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = batch_norm(planes, frozen_bn)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(inplanes, planes, stride, frozen_bn)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided), 1x1 expand x4, with a residual connection (ResNet-50/101)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int, frozen_bn: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = batch_norm(planes, frozen_bn)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = batch_norm(planes, frozen_bn)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = batch_norm(planes * 4, frozen_bn)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(inplanes, planes * 4, stride, frozen_bn)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+def _shortcut(inplanes: int, outplanes: int, stride: int, frozen_bn: bool) -> nn.Sequential | None:
+    """Projection shortcut (named ``downsample`` as in torchvision) when the shape changes."""
+    if stride == 1 and inplanes == outplanes:
+        return None
+    return nn.Sequential(
+        nn.Conv2d(inplanes, outplanes, 1, stride, bias=False), batch_norm(outplanes, frozen_bn)
+    )
+
+
+RESNET_DEPTHS: dict[int, tuple[type[BasicBlock] | type[Bottleneck], list[int]]] = {
+    18: (BasicBlock, [2, 2, 2, 2]),
+    34: (BasicBlock, [3, 4, 6, 3]),
+    50: (Bottleneck, [3, 4, 6, 3]),
+    101: (Bottleneck, [3, 4, 23, 3]),
+}
+
+
+class ResNet(nn.Module):
+    """ResNet v1 (torchvision layout, no classifier)."""
+
+    def __init__(
+        self,
+        depth: int = 50,
+        depth_multiplier: float = 1.0,
+        min_depth: int = 16,
+        freeze_batchnorm: bool = False,
+    ) -> None:
+        super().__init__()
+        block, counts = RESNET_DEPTHS[depth]
+        widths = [scaled_depth(c, depth_multiplier, min_depth) for c in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = batch_norm(widths[0], freeze_batchnorm)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes, stages = widths[0], []
+        for i, (planes, count) in enumerate(zip(widths, counts, strict=True)):
+            stride = 1 if i == 0 else 2
+            blocks = [
+                block(
+                    inplanes if j == 0 else planes * block.expansion,
+                    planes,
+                    stride if j == 0 else 1,
+                    freeze_batchnorm,
+                )
+                for j in range(count)
+            ]
+            stages.append(nn.Sequential(*blocks))
+            inplanes = planes * block.expansion
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.out_channels = {2 + i: w * block.expansion for i, w in enumerate(widths)}
+        _init_like_torchvision(self)
+
+    def forward(self, x: Tensor) -> dict[int, Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        return {2: c2, 3: c3, 4: c4, 5: self.layer4(c4)}
+
+
+def _init_like_torchvision(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+# ---- MobileNetV2 ---------------------------------------------------------------------------------
+
+
+class ConvBNReLU6(nn.Sequential):
+    """conv -> BN -> ReLU6, indexed ``0``, ``1``, ``2`` as torchvision's ``Conv2dNormActivation``."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int, stride: int, groups: int, frozen_bn: bool
+    ) -> None:
+        conv = nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False)
+        super().__init__(conv, batch_norm(out_ch, frozen_bn), nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expand (skipped when ``expand_ratio`` is 1), 3x3 depthwise, 1x1 linear project, residual when
+    the shape is kept. Submodules under ``conv`` as in torchvision."""
+
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, frozen_bn: bool) -> None:
+        super().__init__()
+        hidden = int(round(inp * expand_ratio))
+        self.use_res_connect = stride == 1 and inp == oup
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(ConvBNReLU6(inp, hidden, 1, 1, 1, frozen_bn))
+        layers += [
+            ConvBNReLU6(hidden, hidden, 3, stride, hidden, frozen_bn),
+            nn.Conv2d(hidden, oup, 1, bias=False),
+            batch_norm(oup, frozen_bn),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+# (expand ratio t, channels c, repeats n, first stride s), Sandler et al. 2018, table 2.
+MOBILENET_V2_SETTINGS = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
+# Index in ``features`` whose output closes each stride level (2: stride 4 ... 5: stride 32).
+MOBILENET_V2_LEVEL_ENDS = {2: 3, 3: 6, 4: 13, 5: 18}
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 (torchvision layout, ``features.0`` .. ``features.18``, no classifier)."""
+
+    def __init__(
+        self, depth_multiplier: float = 1.0, min_depth: int = 16, freeze_batchnorm: bool = False
+    ) -> None:
+        super().__init__()
+        in_ch = scaled_depth(32, depth_multiplier, min_depth)
+        last = scaled_depth(1280, max(1.0, depth_multiplier), min_depth)
+        layers: list[nn.Module] = [ConvBNReLU6(3, in_ch, 3, 2, 1, freeze_batchnorm)]
+        for t, c, n, s in MOBILENET_V2_SETTINGS:
+            out_ch = scaled_depth(c, depth_multiplier, min_depth)
+            for i in range(n):
+                layers.append(InvertedResidual(in_ch, out_ch, s if i == 0 else 1, t, freeze_batchnorm))
+                in_ch = out_ch
+        layers.append(ConvBNReLU6(in_ch, last, 1, 1, 1, freeze_batchnorm))
+        self.features = nn.Sequential(*layers)
+        self.out_channels = {
+            lv: _block_out_channels(self.features[i]) for lv, i in MOBILENET_V2_LEVEL_ENDS.items()
+        }
+        _init_like_torchvision(self)
+
+    def forward(self, x: Tensor) -> dict[int, Tensor]:
+        outputs, start = {}, 0
+        for level, end in MOBILENET_V2_LEVEL_ENDS.items():
+            x = self.features[start : end + 1](x)
+            outputs[level], start = x, end + 1
+        return outputs
+
+    def ssd_features(self, x: Tensor) -> list[Tensor]:
+        """The two maps the TF OD API's non-FPN SSD MobileNetV2 uses: the 1x1 expansion output of the
+        first stride-32 block (``layer_15/expansion_output``, stride 16, 576 channels at 1.0) and the
+        final 1x1 conv (``layer_19``, stride 32, 1280 channels)."""
+        x = self.features[:14](x)
+        block = self.features[14]
+        expansion = block.conv[0](x)
+        x = block.conv[1:](expansion)
+        return [expansion, self.features[15:](x)]
+
+    @property
+    def ssd_channels(self) -> list[int]:
+        return [self.features[14].conv[0][0].out_channels, self.out_channels[5]]
+
+
+def _block_out_channels(block: nn.Module) -> int:
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels

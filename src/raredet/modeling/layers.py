@@ -1,0 +1,206 @@
+"""Building blocks shared by the FPN, the extra SSD layers and the box predictors, set by a TF OD API
+``conv_hyperparams`` message given as a plain dict.
+
+The dict is the message as ``google.protobuf.json_format.MessageToDict(msg,
+preserving_proto_field_name=True)`` writes it: absent keys take the TF OD API's defaults, e.g.
+``{"activation": "RELU_6", "regularizer": {"l2_regularizer": {"weight": 4e-5}},
+"initializer": {"truncated_normal_initializer": {"stddev": 0.03}},
+"batch_norm": {"decay": 0.997, "scale": True, "epsilon": 0.001}}``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from raredet.errors import ConfigError
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "NONE": nn.Identity,
+    "RELU": nn.ReLU,
+    "RELU_6": nn.ReLU6,
+    "SWISH": nn.SiLU,
+}
+
+
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm that always uses its running statistics and never trains (``freeze_batchnorm``).
+
+    A subclass of ``nn.BatchNorm2d`` with the same parameter and buffer names, so state dicts saved
+    with either load into the other.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.weight.requires_grad_(False)
+        self.bias.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+
+
+def batch_norm(channels: int, frozen: bool, eps: float = 1e-5, momentum: float = 0.1) -> nn.BatchNorm2d:
+    """``nn.BatchNorm2d`` or, when ``frozen``, a ``FrozenBatchNorm2d`` with the same names."""
+    cls = FrozenBatchNorm2d if frozen else nn.BatchNorm2d
+    return cls(channels, eps=eps, momentum=momentum)
+
+
+def _oneof(message: Mapping[str, Any], field_name: str, choices: tuple[str, ...]) -> tuple[str, dict]:
+    """The one key of ``choices`` set in ``message`` -> (name, sub-dict); ("", {}) when none is."""
+    chosen = [c for c in choices if c in message]
+    if len(chosen) > 1:
+        raise ConfigError(f"conv_hyperparams.{field_name}: set only one of {chosen}")
+    return (chosen[0], dict(message[chosen[0]] or {})) if chosen else ("", {})
+
+
+@dataclass
+class ConvHyperparams:
+    """The parts of a TF OD API ``Hyperparams`` message raredet acts on (see the module docstring)."""
+
+    activation: str = "RELU"
+    l2_weight: float = 0.0
+    initializer: str = ""  # "" = torch's default initialisation
+    initializer_args: dict[str, Any] = field(default_factory=dict)
+    use_batch_norm: bool = False
+    bn_decay: float = 0.999
+    bn_center: bool = True
+    bn_scale: bool = False
+    bn_epsilon: float = 0.001
+    bn_train: bool = True
+    force_use_bias: bool = False
+    regularize_depthwise: bool = False
+
+    @classmethod
+    def from_dict(cls, message: Mapping[str, Any] | None, where: str = "conv_hyperparams") -> ConvHyperparams:
+        """Parse a ``conv_hyperparams`` dict; ``where`` names the field in error messages."""
+        message = dict(message or {})
+        activation = str(message.get("activation", "RELU"))
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"{where}.activation: unknown {activation!r}; valid: {sorted(ACTIVATIONS)}")
+        regularizers = ("l1_regularizer", "l2_regularizer")
+        reg_name, reg = _oneof(message.get("regularizer") or {}, "regularizer", regularizers)
+        if reg_name == "l1_regularizer":
+            raise ConfigError(f"{where}.regularizer: l1_regularizer is not supported; use l2_regularizer")
+        init_name, init_args = _oneof(message.get("initializer") or {}, "initializer", tuple(INITIALIZERS))
+        norm = message.get("batch_norm", message.get("sync_batch_norm"))
+        if "group_norm" in message:
+            raise ConfigError(f"{where}.group_norm is not supported; use batch_norm")
+        bn = dict(norm or {})
+        return cls(
+            activation=activation,
+            l2_weight=float(reg.get("weight", 1.0)) if reg_name else 0.0,
+            initializer=init_name,
+            initializer_args=init_args,
+            use_batch_norm=norm is not None,
+            bn_decay=float(bn.get("decay", 0.999)),
+            bn_center=bool(bn.get("center", True)),
+            bn_scale=bool(bn.get("scale", False)),
+            bn_epsilon=float(bn.get("epsilon", 0.001)),
+            bn_train=bool(bn.get("train", True)),
+            force_use_bias=bool(message.get("force_use_bias", False)),
+            regularize_depthwise=bool(message.get("regularize_depthwise", False)),
+        )
+
+    def act(self) -> nn.Module:
+        return ACTIVATIONS[self.activation]()
+
+    def norm(self, channels: int, freeze_batchnorm: bool) -> nn.Module:
+        """The batch norm these hyperparams ask for (``Identity`` when none)."""
+        if not self.use_batch_norm:
+            return nn.Identity()
+        bn = batch_norm(channels, freeze_batchnorm or not self.bn_train, self.bn_epsilon, 1.0 - self.bn_decay)
+        # TF's scale: false / center: false mean no gamma / beta: keep them at 1 / 0, untrained.
+        if not self.bn_scale:
+            bn.weight.requires_grad_(False)
+        if not self.bn_center:
+            bn.bias.requires_grad_(False)
+        return bn
+
+    def conv(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+        """A 'same'-padded conv, initialised as these hyperparams say; bias only without batch norm."""
+        bias = self.force_use_bias or not self.use_batch_norm
+        conv = nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=bias)
+        self.initialize(conv)
+        return conv
+
+    def initialize(self, conv: nn.Conv2d) -> None:
+        """Apply the configured initializer to ``conv.weight`` and zero its bias."""
+        if self.initializer:
+            INITIALIZERS[self.initializer](conv.weight, **self.initializer_args)
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+
+
+def _random_normal(weight: Tensor, mean: float = 0.0, stddev: float = 1.0) -> None:
+    nn.init.normal_(weight, float(mean), float(stddev))
+
+
+def _truncated_normal(weight: Tensor, mean: float = 0.0, stddev: float = 1.0) -> None:
+    mean, stddev = float(mean), float(stddev)
+    nn.init.trunc_normal_(weight, mean, stddev, mean - 2 * stddev, mean + 2 * stddev)
+
+
+def _variance_scaling(
+    weight: Tensor, factor: float = 2.0, uniform: bool = False, mode: str = "FAN_IN"
+) -> None:
+    # Keras VarianceScaling, which the TF OD API's Keras builder uses: variance factor / n.
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+    fans = {"FAN_IN": fan_in, "FAN_OUT": fan_out, "FAN_AVG": (fan_in + fan_out) / 2}
+    if mode not in fans:
+        raise ConfigError(f"variance_scaling_initializer.mode: unknown {mode!r}; valid: {sorted(fans)}")
+    variance = float(factor) / max(1.0, fans[mode])
+    if uniform:
+        limit = math.sqrt(3.0 * variance)
+        nn.init.uniform_(weight, -limit, limit)
+    else:
+        # 0.8796... is the stddev of a unit normal truncated at +-2: divide it out, as Keras does.
+        std = math.sqrt(variance) / 0.87962566103423978
+        nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std)
+
+
+INITIALIZERS = {
+    "truncated_normal_initializer": _truncated_normal,
+    "variance_scaling_initializer": _variance_scaling,
+    "random_normal_initializer": _random_normal,
+}
+
+
+class ConvNormAct(nn.Sequential):
+    """conv (or depthwise + pointwise when ``depthwise``) -> batch norm -> activation."""
+
+    def __init__(
+        self,
+        hp: ConvHyperparams,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        stride: int = 1,
+        depthwise: bool = False,
+        freeze_batchnorm: bool = False,
+    ) -> None:
+        if depthwise:
+            convs = [hp.conv(in_ch, in_ch, kernel, stride, groups=in_ch), hp.conv(in_ch, out_ch, 1)]
+        else:
+            convs = [hp.conv(in_ch, out_ch, kernel, stride)]
+        super().__init__(*convs, hp.norm(out_ch, freeze_batchnorm), hp.act())
+
+
+def l2_weights_of(module: nn.Module, hp: ConvHyperparams, prefix: str = "") -> dict[str, float]:
+    """``{parameter name: l2 weight}`` for the conv kernels in ``module`` (biases and norms carry none;
+    depthwise kernels only with ``regularize_depthwise``, as in the TF OD API)."""
+    if hp.l2_weight == 0.0:
+        return {}
+    weights = {}
+    for name, sub in module.named_modules(prefix=prefix):
+        if isinstance(sub, nn.Conv2d):
+            depthwise = sub.groups > 1 and sub.groups == sub.in_channels
+            if not depthwise or hp.regularize_depthwise:
+                weights[f"{name}.weight" if name else "weight"] = hp.l2_weight
+    return weights

@@ -1,0 +1,282 @@
+"""The SSD meta-architecture (RetinaNet when built with an FPN and the weight-shared predictor).
+
+One constructor, which builders call with sub-messages of the TF OD API ``ssd`` message as plain dicts
+(``google.protobuf.json_format.MessageToDict(msg, preserving_proto_field_name=True)`` gives them;
+absent keys take the TF OD API's defaults)::
+
+    SSD(num_classes: int,
+        feature_extractor: dict,   # {"type", "depth_multiplier", "min_depth", "conv_hyperparams",
+                                   #  "use_depthwise", "fpn": {"min_level", "max_level",
+                                   #  "additional_layer_depth"}, "num_layers", ...}
+        box_predictor: dict,       # {"weight_shared_convolutional_box_predictor": {...}} or
+                                   # {"convolutional_box_predictor": {...}}
+        anchor_generator: dict,    # {"multiscale_anchor_generator": {...}}
+        post_processing: dict | None = None,  # {"batch_non_max_suppression": {...},
+                                              #  "score_converter", "logit_scale"}
+        box_coder: dict | None = None,        # {"faster_rcnn_box_coder": {...}}
+        freeze_batchnorm: bool = False)
+
+``forward(images)`` takes ``[B, 3, H, W]`` uint8 or float in 0..255 and normalises inside with the
+ImageNet mean and std (so torchvision ImageNet weights fit, and exported models take raw images);
+it returns ``{"cls_logits" [B, A, K], "box_deltas" [B, A, 4], "anchors" [A, 4]}`` in every mode.
+``postprocess(outputs, image_sizes)`` decodes, clips and runs NMS. ``l2_weights()`` maps parameter
+names to the ``l2_regularizer.weight`` of the conv_hyperparams that built them (for weight decay).
+
+Feature extractors (``FEATURE_EXTRACTORS``; a ``_keras`` suffix is accepted and ignored):
+
+* ``ssd_resnet{18,34,50,101}_v1_fpn``: torchvision ResNet, FPN on C3..C5 and stride-2 levels above.
+* ``ssd_mobilenet_v2_fpn``: MobileNetV2 with FPN on ``features.6`` (stride 8), ``features.13``
+  (stride 16) and ``features.18`` (stride 32, 1280 channels: the standard torchvision layer, where the
+  TF OD API's FPN variant narrows its last layer to 256 — here the FPN projection does that).
+* ``ssd_mobilenet_v2``: the original SSD(Lite) layout: the 576-channel expansion output of the first
+  stride-32 block (stride 16, anchor level 4), the final 1280-channel map (level 5), then
+  ``num_layers - 2`` extra maps of depths 512, 256, 256, 128 (levels 6..). Its anchors must be
+  ``multiscale_anchor_generator`` levels 4 .. ``3 + num_layers``.
+
+The backbone's convs carry the feature extractor's conv_hyperparams L2 weight, but keep torchvision's
+batch-norm settings (epsilon 1e-5) so ImageNet weights behave as trained. ``pad_to_multiple`` and
+``use_explicit_padding`` are not needed: the FPN resizes to whatever size each level has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from raredet.errors import ConfigError
+from raredet.modeling.anchors import MultiscaleAnchorGenerator
+from raredet.modeling.backbones import MobileNetV2, ResNet
+from raredet.modeling.box_coder import FasterRcnnBoxCoder
+from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
+from raredet.modeling.layers import ConvHyperparams, l2_weights_of
+from raredet.modeling.postprocess import BatchNonMaxSuppression, clip_boxes, convert_scores
+from raredet.modeling.predictor import ConvolutionalBoxPredictor, WeightSharedConvolutionalBoxPredictor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Extra map depths of the original SSD after the two backbone maps (TF OD API's layer_depth).
+SSD_EXTRA_DEPTHS = (512, 256, 256, 128)
+
+Config = Mapping[str, Any]
+
+
+class FpnFeatureExtractor(nn.Module):
+    """A backbone followed by an FPN; ``forward(x) -> [map per level min_level..max_level]``."""
+
+    def __init__(self, backbone: nn.Module, fpn: FeaturePyramid, hp: ConvHyperparams) -> None:
+        super().__init__()
+        self.backbone, self.fpn, self.hp = backbone, fpn, hp
+        self.levels = list(range(fpn.min_level, fpn.max_level + 1))
+        self.out_channels = fpn.out_channels
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.fpn(self.backbone(x))
+
+
+class SsdMobileNetV2FeatureExtractor(nn.Module):
+    """MobileNetV2 maps plus the original SSD's extra layers (see the module docstring)."""
+
+    def __init__(self, backbone: MobileNetV2, extra: SsdExtraLayers, depths: list[int], hp: ConvHyperparams):
+        super().__init__()
+        self.backbone, self.extra, self.hp = backbone, extra, hp
+        self.out_channels = backbone.ssd_channels + depths
+        self.levels = list(range(4, 4 + len(self.out_channels)))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        maps = self.backbone.ssd_features(x)
+        return maps + self.extra(maps[-1])
+
+
+def _fpn_extractor(backbone: nn.Module, cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> nn.Module:
+    fpn_cfg = dict(cfg.get("fpn") or {})
+    fpn = FeaturePyramid(
+        backbone.out_channels,
+        hp,
+        min_level=int(fpn_cfg.get("min_level", 3)),
+        max_level=int(fpn_cfg.get("max_level", 7)),
+        additional_layer_depth=int(fpn_cfg.get("additional_layer_depth", 256)),
+        use_depthwise=bool(cfg.get("use_depthwise", False)),
+        freeze_batchnorm=freeze_bn,
+    )
+    return FpnFeatureExtractor(backbone, fpn, hp)
+
+
+def _resnet_fpn(depth: int, cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> nn.Module:
+    multiplier, min_depth = float(cfg.get("depth_multiplier", 1.0)), int(cfg.get("min_depth", 16))
+    return _fpn_extractor(ResNet(depth, multiplier, min_depth, freeze_bn), cfg, hp, freeze_bn)
+
+
+def _mobilenet_v2_fpn(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> nn.Module:
+    multiplier, min_depth = float(cfg.get("depth_multiplier", 1.0)), int(cfg.get("min_depth", 16))
+    return _fpn_extractor(MobileNetV2(multiplier, min_depth, freeze_bn), cfg, hp, freeze_bn)
+
+
+def _mobilenet_v2_ssd(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> nn.Module:
+    multiplier, min_depth = float(cfg.get("depth_multiplier", 1.0)), int(cfg.get("min_depth", 16))
+    num_layers = int(cfg.get("num_layers", 6))
+    if not 2 <= num_layers <= 2 + len(SSD_EXTRA_DEPTHS):
+        raise ConfigError(f"feature_extractor.num_layers must be 2..6 for ssd_mobilenet_v2, got {num_layers}")
+    depths = [max(int(d * multiplier), min_depth) for d in SSD_EXTRA_DEPTHS[: num_layers - 2]]
+    backbone = MobileNetV2(multiplier, min_depth, freeze_bn)
+    use_depthwise = bool(cfg.get("use_depthwise", False))
+    extra = SsdExtraLayers(backbone.out_channels[5], depths, hp, use_depthwise, freeze_bn)
+    return SsdMobileNetV2FeatureExtractor(backbone, extra, depths, hp)
+
+
+FEATURE_EXTRACTORS: dict[str, Callable[[Config, ConvHyperparams, bool], nn.Module]] = {
+    "ssd_resnet18_v1_fpn": partial(_resnet_fpn, 18),
+    "ssd_resnet34_v1_fpn": partial(_resnet_fpn, 34),
+    "ssd_resnet50_v1_fpn": partial(_resnet_fpn, 50),
+    "ssd_resnet101_v1_fpn": partial(_resnet_fpn, 101),
+    "ssd_mobilenet_v2_fpn": _mobilenet_v2_fpn,
+    "ssd_mobilenet_v2": _mobilenet_v2_ssd,
+}
+
+
+def build_feature_extractor(feature_extractor: Config, freeze_batchnorm: bool = False) -> nn.Module:
+    """The feature extractor named by ``feature_extractor["type"]`` (``_keras`` suffix optional)."""
+    name = str(feature_extractor.get("type", ""))
+    key = name.removesuffix("_keras")
+    if key not in FEATURE_EXTRACTORS:
+        valid = ", ".join(sorted(FEATURE_EXTRACTORS))
+        raise ConfigError(
+            f"model.ssd.feature_extractor.type: unknown {name!r}; valid: {valid} (_keras suffix optional)"
+        )
+    hp = ConvHyperparams.from_dict(
+        feature_extractor.get("conv_hyperparams"), "model.ssd.feature_extractor.conv_hyperparams"
+    )
+    return FEATURE_EXTRACTORS[key](feature_extractor, hp, freeze_batchnorm)
+
+
+def _only_choice(
+    message: Config | None, field: str, valid: tuple[str, ...], default: str | None
+) -> tuple[str, dict]:
+    """The one sub-message set in the oneof ``message`` -> (its name, its fields); ``default`` when unset."""
+    keys = list(message or {})
+    if not keys and default is not None:
+        return default, {}
+    if len(keys) != 1 or keys[0] not in valid:
+        raise ConfigError(f"model.ssd.{field}: set exactly one of {list(valid)}; got {keys}")
+    return keys[0], dict((message or {})[keys[0]] or {})
+
+
+def build_box_predictor(
+    box_predictor: Config, num_classes: int, num_anchors: int, in_channels: list[int], freeze_batchnorm: bool
+) -> nn.Module:
+    """The predictor chosen in the ``box_predictor`` oneof."""
+    valid = ("weight_shared_convolutional_box_predictor", "convolutional_box_predictor")
+    name, fields = _only_choice(box_predictor, "box_predictor", valid, None)
+    # Fields that only choose TF implementation details (or that raredet applies elsewhere) are dropped.
+    for ignored in (
+        "score_converter",
+        "box_encodings_clip_range",
+        "apply_sigmoid_to_scores",
+        "apply_conv_hyperparams_to_heads",
+        "apply_conv_hyperparams_pointwise",
+    ):
+        fields.pop(ignored, None)
+    if name == "weight_shared_convolutional_box_predictor":
+        fields.pop("use_dropout", None)
+        fields.pop("dropout_keep_probability", None)
+        cls: type[nn.Module] = WeightSharedConvolutionalBoxPredictor
+    else:
+        cls = ConvolutionalBoxPredictor
+    return cls(
+        num_classes=num_classes,
+        num_anchors_per_location=num_anchors,
+        in_channels=in_channels,
+        freeze_batchnorm=freeze_batchnorm,
+        **fields,
+    )
+
+
+def build_anchor_generator(anchor_generator: Config) -> MultiscaleAnchorGenerator:
+    _, fields = _only_choice(anchor_generator, "anchor_generator", ("multiscale_anchor_generator",), None)
+    fields.pop("normalize_coordinates", None)  # raredet's anchors are always in pixels
+    return MultiscaleAnchorGenerator(**fields)
+
+
+def build_box_coder(box_coder: Config | None) -> FasterRcnnBoxCoder:
+    _, fields = _only_choice(box_coder, "box_coder", ("faster_rcnn_box_coder",), "faster_rcnn_box_coder")
+    return FasterRcnnBoxCoder(**fields)
+
+
+class SSD(nn.Module):
+    """Single-shot detector; see the module docstring for the constructor's arguments."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        feature_extractor: Config,
+        box_predictor: Config,
+        anchor_generator: Config,
+        post_processing: Config | None = None,
+        box_coder: Config | None = None,
+        freeze_batchnorm: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ConfigError(f"model.ssd.num_classes must be at least 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.feature_extractor = build_feature_extractor(feature_extractor, freeze_batchnorm)
+        self.anchor_generator = build_anchor_generator(anchor_generator)
+        self._check_levels()
+        self.box_predictor = build_box_predictor(
+            box_predictor,
+            num_classes,
+            self.anchor_generator.num_anchors_per_location,
+            self.feature_extractor.out_channels,
+            freeze_batchnorm,
+        )
+        self.box_coder = build_box_coder(box_coder)
+        post = dict(post_processing or {})
+        self.score_converter = str(post.get("score_converter", "IDENTITY"))
+        self.logit_scale = float(post.get("logit_scale", 1.0))
+        convert_scores(torch.zeros(1, 1), self.score_converter)  # unknown converter: fail at build time
+        self.non_max_suppression = BatchNonMaxSuppression(**dict(post.get("batch_non_max_suppression") or {}))
+        mean, std = torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
+        self.register_buffer("pixel_mean", mean.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", std.view(1, 3, 1, 1), persistent=False)
+
+    def _check_levels(self) -> None:
+        anchors, levels = self.anchor_generator, self.feature_extractor.levels
+        if [anchors.min_level, anchors.max_level] != [levels[0], levels[-1]]:
+            raise ConfigError(
+                f"model.ssd.anchor_generator.multiscale_anchor_generator: min_level..max_level is "
+                f"{anchors.min_level}..{anchors.max_level} but the feature extractor gives levels "
+                f"{levels[0]}..{levels[-1]}; make them equal (fpn.min_level/max_level, or 4..3+num_layers)"
+            )
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The torchvision-named backbone (where classification checkpoints load)."""
+        return self.feature_extractor.backbone
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """``images [B, 3, H, W]`` uint8 or float in 0..255 -> cls_logits, box_deltas, anchors."""
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        features = self.feature_extractor(x)
+        cls_logits, box_deltas = self.box_predictor(features)
+        sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
+        anchors = self.anchor_generator((int(x.shape[-2]), int(x.shape[-1])), sizes, device=x.device)
+        return {"cls_logits": cls_logits, "box_deltas": box_deltas, "anchors": anchors}
+
+    @torch.no_grad()
+    def postprocess(self, outputs: Mapping[str, Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
+        """Decode, clip to ``image_sizes [B, 2]`` (h, w), score and NMS -> detections padded to
+        ``max_total_detections``: boxes ``[B, D, 4]`` xyxy, scores ``[B, D]``, classes ``[B, D]`` int64
+        (contiguous index), ``num_detections [B]``."""
+        boxes = self.box_coder.decode(outputs["box_deltas"], outputs["anchors"][None])
+        boxes = clip_boxes(boxes, image_sizes.to(boxes.device))
+        scores = convert_scores(outputs["cls_logits"], self.score_converter, self.logit_scale)
+        return self.non_max_suppression(boxes, scores)
+
+    def l2_weights(self) -> dict[str, float]:
+        """``{parameter name: l2_regularizer.weight}`` for every regularised parameter (conv kernels)."""
+        weights = l2_weights_of(self.feature_extractor, self.feature_extractor.hp, "feature_extractor")
+        weights.update(self.box_predictor.l2_weights("box_predictor"))
+        return weights
