@@ -400,10 +400,11 @@ def resolve_paths(config: pipeline_pb2.TrainEvalPipelineConfig, base: Path) -> N
     """Make the input paths of `config` absolute, relative ones taken from `base` (in place)."""
     for _, reader in _readers(config):
         reader.label_map_path = _resolved(reader.label_map_path, base)
-        paths = reader.tf_record_input_reader.input_path
-        paths[:] = [_resolved(p, base) for p in paths]
-        source = reader.WhichOneof("input_reader")
-        if source == "coco_input_reader":
+        source = reader.WhichOneof("input_reader")  # touch only the set member: others would switch it
+        if source == "tf_record_input_reader":
+            paths = reader.tf_record_input_reader.input_path
+            paths[:] = [_resolved(p, base) for p in paths]
+        elif source == "coco_input_reader":
             coco = reader.coco_input_reader
             coco.annotations_path = _resolved(coco.annotations_path, base)
             coco.image_dir = _resolved(coco.image_dir, base)
@@ -689,9 +690,10 @@ def _fill_defaults(msg: Message) -> None:
 
 
 def _fillable(msg: Message, fd: FieldDescriptor) -> bool:
-    explicit_default = fd.has_default_value and not fd.is_repeated and fd.containing_oneof is None
-    unset = not msg.HasField(fd.name) and fd.default_value != ""  # "" means unset: not worth a line
-    return explicit_default and unset and fd.full_name not in NOT_ACTED_ON
+    if fd.is_repeated or fd.containing_oneof is not None or not fd.has_default_value:
+        return False
+    # "" means unset: not worth a line. Ignored fields are not shown as if they had an effect.
+    return not msg.HasField(fd.name) and fd.default_value != "" and fd.full_name not in NOT_ACTED_ON
 
 
 def effective_config_text(config: Message) -> str:
