@@ -1,0 +1,157 @@
+"""COCO JSON and Pascal VOC readers: boxes by hand and against pycocotools; bad input named."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from raredet.data.coco import CocoReader
+from raredet.data.readers import build_reader
+from raredet.data.voc import VocReader
+from raredet.errors import ConfigError, DataError
+
+
+def write_coco(tmp_path, encode_image, annotations=None, images=None):
+    (tmp_path / "imgs").mkdir(exist_ok=True)
+    (tmp_path / "imgs" / "a.png").write_bytes(encode_image(20, 40))
+    (tmp_path / "imgs" / "b.png").write_bytes(encode_image(30, 30, seed=1))
+    data = {
+        "images": images
+        or [
+            {"id": 10, "file_name": "a.png", "height": 20, "width": 40},
+            {"id": 11, "file_name": "b.png", "height": 30, "width": 30},
+        ],
+        "categories": [{"id": 5, "name": "dog"}, {"id": 6, "name": "cat"}],
+        "annotations": annotations
+        if annotations is not None
+        else [
+            {"id": 1, "image_id": 10, "category_id": 5, "bbox": [2, 3, 10, 5], "iscrowd": 0},
+            {"id": 2, "image_id": 10, "category_id": 6, "bbox": [20, 0, 20, 20], "iscrowd": 1, "weight": 0.5},
+        ],
+    }
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_coco_boxes_classes_weights_by_hand(tmp_path, label_map, encode_image):
+    reader = CocoReader(write_coco(tmp_path, encode_image), label_map, tmp_path / "imgs")
+    assert len(reader) == 2
+    ex = reader.example(0)
+    np.testing.assert_allclose(ex["boxes"], [[2, 3, 12, 8], [20, 0, 40, 20]])
+    assert ex["labels"].tolist() == [1, 0]  # matched by name: dog is label-map id 3 (index 1)
+    assert ex["weights"].tolist() == [1.0, 0.5] and ex["is_crowd"].tolist() == [False, True]
+    assert ex["source_id"] == "10" and ex["image"].shape == (20, 40, 3)
+    assert len(reader.annotations(1)["labels"]) == 0  # an image without boxes is a negative
+
+
+def test_coco_boxes_match_pycocotools(tmp_path, label_map, encode_image):
+    from pycocotools.coco import COCO
+
+    path = write_coco(tmp_path, encode_image)
+    reference = COCO(str(path))
+    reader = CocoReader(path, label_map, tmp_path / "imgs")
+    for ann in reference.loadAnns(reference.getAnnIds(imgIds=[10])):
+        x, y, w, h = ann["bbox"]
+        assert [x, y, x + w, y + h] in reader.annotations(0)["boxes"].tolist()
+
+
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [
+        (
+            [{"id": 1, "image_id": 10, "category_id": 99, "bbox": [0, 0, 1, 1]}],
+            "object 0 has class 'category_id 99'",
+        ),
+        (
+            [{"id": 1, "image_id": 10, "category_id": 5, "bbox": [0, 0, 1]}],
+            "annotation 1 has no valid 'bbox'",
+        ),
+        ([{"id": 1, "image_id": 10, "category_id": 5, "bbox": [0, 0, 90, 5]}], "bbox of object 0 .* outside"),
+        (
+            [{"id": 1, "image_id": 10, "category_id": 5, "bbox": [0, 0, 1, 1], "weight": -2}],
+            "'weight' of object 0",
+        ),
+    ],
+)
+def test_coco_bad_annotations(tmp_path, label_map, encode_image, annotations, message):
+    reader = CocoReader(write_coco(tmp_path, encode_image, annotations), label_map, tmp_path / "imgs")
+    with pytest.raises(DataError, match=r"ann\.json, image id 10: " + message):
+        reader.annotations(0)
+
+
+def test_coco_missing_and_corrupt_images(tmp_path, label_map, encode_image):
+    images = [
+        {"id": 1, "file_name": "gone.png", "height": 5, "width": 5},
+        {"id": 2, "file_name": "bad.png", "height": 5, "width": 5},
+    ]
+    path = write_coco(tmp_path, encode_image, [], images)
+    (tmp_path / "imgs" / "bad.png").write_bytes(b"garbage")
+    reader = CocoReader(path, label_map, tmp_path / "imgs")
+    with pytest.raises(DataError, match=r"image id 1: image file .*gone\.png does not exist"):
+        reader.example(0)
+    with pytest.raises(DataError, match=r"image id 2: field 'image' cannot be decoded"):
+        reader.example(1)
+
+
+def write_voc(root, encode_image, objects_xml: str, name: str = "0001"):
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    (root / "JPEGImages").mkdir(exist_ok=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    (root / "JPEGImages" / f"{name}.png").write_bytes(encode_image(20, 40))
+    (root / "Annotations" / f"{name}.xml").write_text(
+        f"<annotation><filename>{name}.png</filename><size><width>40</width><height>20</height>"
+        f"<depth>3</depth></size>{objects_xml}</annotation>"
+    )
+    (root / "ImageSets" / "Main" / "train.txt").write_text(f"{name}\n")
+
+
+VOC_OBJECTS = (
+    "<object><name>cat</name><difficult>1</difficult><bndbox><xmin>5</xmin><ymin>2</ymin><xmax>15</xmax>"
+    "<ymax>12</ymax></bndbox></object>"
+    "<object><name>dog</name><bndbox><xmin>20</xmin><ymin>0</ymin><xmax>40</xmax><ymax>20</ymax></bndbox>"
+    "<weight>3</weight></object>"
+)
+
+
+def test_voc_by_hand(tmp_path, label_map, encode_image):
+    write_voc(tmp_path, encode_image, VOC_OBJECTS)
+    ex = VocReader(tmp_path, label_map, split="train").example(0)
+    np.testing.assert_allclose(ex["boxes"], [[5, 2, 15, 12], [20, 0, 40, 20]])
+    assert ex["labels"].tolist() == [0, 1] and ex["difficult"].tolist() == [True, False]
+    assert ex["weights"].tolist() == [1.0, 3.0] and ex["source_id"] == "0001"
+
+
+@pytest.mark.parametrize(
+    ("objects", "message"),
+    [
+        (VOC_OBJECTS.replace("<name>cat", "<name>cow"), r"0001\.xml: object 0 has class 'cow'"),
+        (VOC_OBJECTS.replace("<xmax>15", "<xmax>3"), r"0001\.xml: bbox of object 0 has xmin > xmax"),
+        (VOC_OBJECTS.replace("<ymin>2</ymin>", ""), r"0001\.xml, object 0: field 'bndbox/ymin' is missing"),
+        (VOC_OBJECTS + "<object", r"0001\.xml: not valid XML"),
+    ],
+)
+def test_voc_bad_input(tmp_path, label_map, encode_image, objects, message):
+    write_voc(tmp_path, encode_image, objects)
+    with pytest.raises(DataError, match=message):
+        VocReader(tmp_path, label_map).annotations(0)
+
+
+def test_voc_missing_image(tmp_path, label_map, encode_image):
+    write_voc(tmp_path, encode_image, VOC_OBJECTS)
+    (tmp_path / "JPEGImages" / "0001.png").unlink()
+    with pytest.raises(DataError, match=r"0001\.xml: image file .* does not exist"):
+        VocReader(tmp_path, label_map).example(0)
+
+
+def test_build_reader_dispatch(tmp_path, label_map, encode_image):
+    write_voc(tmp_path, encode_image, VOC_OBJECTS)
+    assert (
+        len(build_reader("voc_input_reader", {"root": str(tmp_path), "image_set": "train"}, label_map)) == 1
+    )
+    with pytest.raises(ConfigError, match="use one of: tf_record_input_reader, coco_input_reader"):
+        build_reader("csv_input_reader", {}, label_map)
+    with pytest.raises(ConfigError, match="input_path is empty"):
+        build_reader("tf_record_input_reader", {}, label_map)
