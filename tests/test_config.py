@@ -1,0 +1,327 @@
+"""config.load: parsing, path resolution, validation errors, the not-acted-on warning, effective text."""
+
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+
+from raredet import config as cfg
+from raredet.cli import main
+from raredet.errors import ConfigError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "configs"
+WEIGHTED = FIXTURES / "weighted.config"
+ZOO = Path("/work/shared/fixtures/tf2_zoo/ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config")
+ZOO_FILES = [p for p in [ZOO] if p.exists()] + sorted(FIXTURES.glob("zoo_*.config"))
+
+
+def load_quiet(path, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", cfg.ConfigWarning)
+        return cfg.load(path, **kw)
+
+
+def write_variant(tmp_path, old, new, name="pipeline.config"):
+    """A copy of the weighted fixture (with its label map) where `old` is replaced by `new`."""
+    text = WEIGHTED.read_text()
+    assert old in text, old
+    (tmp_path / "label_map.pbtxt").write_text((FIXTURES / "label_map.pbtxt").read_text())
+    path = tmp_path / name
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+# ---- the zoo configs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ZOO_FILES, ids=lambda p: p.name)
+def test_zoo_configs_parse_without_error(path):
+    loaded = load_quiet(path)
+    ssd = loaded.config.model.ssd
+    assert ssd.num_classes == 90
+    assert loaded.label_map is None  # placeholder label map paths: not an error unless asked
+    assert ssd.loss.classification_loss.WhichOneof("classification_loss") == "weighted_sigmoid_focal"
+
+
+@pytest.mark.skipif(not ZOO.exists(), reason="shared zoo fixture not present")
+def test_zoo_values_and_one_warning_listing_ignored_fields():
+    with pytest.warns(cfg.ConfigWarning) as record:
+        loaded = cfg.load(ZOO)
+    assert len(record) == 1
+    expected = [  # the fields the zoo file sets away from their defaults that raredet ignores
+        "model.ssd.matcher.argmax_matcher.use_matmul_gather",
+        "model.ssd.inplace_batchnorm_update",
+        "train_config.sync_replicas",
+        "train_config.startup_delay_steps",
+        "train_config.replicas_to_aggregate",
+        "train_config.unpad_groundtruth_tensors",
+        "train_config.fine_tune_checkpoint_version",
+    ]
+    message = str(record[0].message)
+    assert all(field in message for field in expected)
+    assert loaded.warnings == (message,)
+    train = loaded.config.train_config
+    assert train.optimizer.momentum_optimizer.learning_rate.cosine_decay_learning_rate.learning_rate_base == \
+        pytest.approx(0.08)
+    assert train.data_augmentation_options[1].random_crop_image.max_aspect_ratio == pytest.approx(3.0)
+    assert list(loaded.config.model.ssd.anchor_generator.multiscale_anchor_generator.aspect_ratios) == \
+        [1.0, 2.0, 0.5]
+
+
+@pytest.mark.skipif(not ZOO.exists(), reason="shared zoo fixture not present")
+def test_zoo_placeholder_paths_reported_only_when_checking():
+    with pytest.raises(ConfigError) as info:
+        load_quiet(ZOO, check_paths=True)
+    msg = str(info.value)
+    assert str(ZOO) in msg
+    assert "train_input_reader.label_map_path" in msg
+    assert "train_input_reader.tf_record_input_reader.input_path[0]" in msg
+    assert "eval_input_reader[0].tf_record_input_reader.input_path[0]" in msg
+    assert "train_config.fine_tune_checkpoint" in msg
+
+
+def test_other_zoo_fields_parse():
+    resnet = load_quiet(FIXTURES / "zoo_ssd_resnet50_v1_fpn_640x640.config").config
+    assert resnet.train_config.use_bfloat16 is True
+    assert resnet.train_config.max_number_of_boxes == 100
+    step = resnet.train_config.data_augmentation_options[2].random_scale_crop_and_pad_to_square
+    assert (step.output_size, step.scale_min, step.scale_max) == (1024, pytest.approx(0.1), 2.0)
+    mobilenet = load_quiet(FIXTURES / "zoo_ssd_mobilenet_v2_320x320.config").config
+    assert mobilenet.model.ssd.anchor_generator.ssd_anchor_generator.num_layers == 6
+    assert mobilenet.train_config.data_augmentation_options[1].HasField("ssd_random_crop")
+
+
+# ---- the weighted fixture ------------------------------------------------------------------------
+
+
+def test_weighted_fixture_loads_with_label_map_and_no_warning(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths must not depend on the working directory
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = cfg.load(WEIGHTED)
+    assert loaded.warnings == ()
+    assert loaded.label_map.names == ["scratch", "dent", "crack"]
+    loss = loaded.config.model.ssd.loss
+    assert loss.HasField("hard_example_miner")  # focal + miner is accepted
+    assert [(w.name, w.id, w.value) for w in loss.class_weights.weight] == [("crack", 0, 8.0), ("", 2, 2.0)]
+    assert loss.class_weights.apply_to_localization is True  # the default
+    reader = loaded.config.train_input_reader
+    assert reader.coco_input_reader.annotations_path == str(FIXTURES.resolve() / "data" / "train.json")
+    assert reader.label_map_path == str(FIXTURES.resolve() / "label_map.pbtxt")
+    assert loaded.config.eval_input_reader[0].tf_record_input_reader.input_path[0] == \
+        str(FIXTURES.resolve() / "data" / "val-*.tfrecord")
+    assert reader.repeat_factor_sampling.threshold == pytest.approx(0.3)
+
+
+def test_check_paths_passes_when_inputs_exist(tmp_path):
+    path = write_variant(tmp_path, "threshold: 0.3", "threshold: 0.3")
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "train.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"val-\*\.tfrecord"):  # the glob matches nothing yet
+        load_quiet(path, check_paths=True)
+    (tmp_path / "data" / "val-0.tfrecord").write_bytes(b"")
+    assert load_quiet(path, check_paths=True).label_map.num_classes == 3
+
+
+def test_voc_reader_paths(tmp_path):
+    path = write_variant(tmp_path, 'coco_input_reader { annotations_path: "data/train.json" image_dir: '
+                         '"data/images" }', 'voc_input_reader { root: "voc" image_set: "trainval" }')
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "val-0.tfrecord").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"voc_input_reader\.root = .*voc\b"):
+        load_quiet(path, check_paths=True)
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (tmp_path / "voc" / sub).mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"image_set = .*ImageSets/Main/trainval\.txt"):
+        load_quiet(path, check_paths=True)
+    (tmp_path / "voc" / "ImageSets" / "Main" / "trainval.txt").write_text("a\n")
+    assert load_quiet(path, check_paths=True).config.train_input_reader.voc_input_reader.root == \
+        str(tmp_path / "voc")
+
+
+# ---- errors ----------------------------------------------------------------------------------------
+
+
+def line_col(text, needle):
+    """1-based line and column of the first `needle` in `text` (an independent reference)."""
+    before = text[: text.index(needle)]
+    return before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+
+
+def test_misspelt_field_names_file_line_column_and_nearest(tmp_path):
+    path = write_variant(tmp_path, "num_classes: 3", "num_clases: 3")
+    line, col = line_col(path.read_text(), "num_clases")
+    with pytest.raises(ConfigError) as info:
+        cfg.load(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}:{line}:{col}: ")
+    assert "did you mean 'num_classes'" in msg
+
+
+def test_misspelt_enum_value_suggests_nearest(tmp_path):
+    path = write_variant(tmp_path, "loss_type: CLASSIFICATION", "loss_type: CLASIFICATION")
+    with pytest.raises(ConfigError, match=r"CLASIFICATION.*did you mean CLASSIFICATION"):
+        cfg.load(path)
+
+
+def test_unknown_field_with_nothing_close_lists_valid_fields(tmp_path):
+    path = write_variant(tmp_path, "num_classes: 3", "num_classes: 3 zzzzqqq: 1")
+    with pytest.raises(ConfigError, match=r"valid fields here: .*num_classes"):
+        cfg.load(path)
+
+
+def test_syntax_error_names_line(tmp_path):
+    path = write_variant(tmp_path, "eval_config {", "eval_config {{")
+    line, _ = line_col(path.read_text(), "eval_config {{")
+    with pytest.raises(ConfigError, match=rf"{path.name}:{line}:\d+: "):
+        cfg.load(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        cfg.load(tmp_path / "nope.config")
+
+
+BAD_VALUES = [
+    ("num_classes: 3", "num_classes: 4", r"model\.ssd\.num_classes: is 4 but the label map .* has 3 classes"),
+    ('weight { name: "crack" value: 8.0 }', 'weight { name: "crak" value: 8.0 }',
+     r"class_weights\.weight\[0\]\.name: 'crak' is not in the label map.*did you mean 'crack'"),
+    ("weight { id: 2 value: 2.0 }", "weight { id: 9 value: 2.0 }",
+     r"class_weights\.weight\[1\]\.id: 9 is not in the label map .*\[1, 2, 3\]"),
+    ("weight { id: 2 value: 2.0 }", "weight { id: 2 value: -2.0 }",
+     r"class_weights\.weight\[1\]\.value: -2\.0 is not a finite number in \[0, inf\]"),
+    ("weight { id: 2 value: 2.0 }", "weight { id: 2 value: nan }", r"class_weights\.weight\[1\]\.value: nan"),
+    ("weight { id: 2 value: 2.0 }", "weight { id: 2 value: inf }", r"class_weights\.weight\[1\]\.value: inf"),
+    ("weight { id: 2 value: 2.0 }", "weight { id: 3 value: 2.0 }",
+     r"class_weights\.weight\[1\]: names the same class as model\.ssd\.loss\.class_weights\.weight\[0\]"),
+    ("weight { id: 2 value: 2.0 }", "weight { id: 2 }", r"class_weights\.weight\[1\]: has no value"),
+    ("weight { id: 2 value: 2.0 }", "weight { value: 2.0 }", r"class_weights\.weight\[1\]: names no class"),
+    ("weight { id: 2 value: 2.0 }", "auto { scheme: EFFECTIVE_NUMBER beta: 1.0 }",
+     r"class_weights\.auto\.beta: 1\.0 is not a finite number in \[0, 1\)"),
+    ("weight { id: 2 value: 2.0 }", "auto { beta: -0.1 }", r"class_weights\.auto\.beta: -0\.1"),
+    ("weight { id: 2 value: 2.0 }", "auto { max_weight: -1 }", r"class_weights\.auto\.max_weight: -1\.0"),
+    ("gamma: 2.0", "gamma: -1.0",
+     r"weighted_sigmoid_focal\.gamma: -1\.0 is not a finite number in \[0, inf\]"),
+    ("alpha: 0.25", "alpha: 1.5", r"weighted_sigmoid_focal\.alpha: 1\.5 is not a finite number in \[0, 1\]"),
+    ('class_alpha { name: "crack" value: 0.75 }', 'class_alpha { name: "crack" value: -0.5 }',
+     r"class_alpha\[0\]\.value: -0\.5"),
+    ('class_alpha { name: "crack" value: 0.75 }', 'class_alpha { name: "bump" value: 0.5 }',
+     r"class_alpha\[0\]\.name: 'bump' is not in the label map"),
+    ("localization_loss { weighted_smooth_l1 { } }", 'localization_loss { custom { name: "mine" } }',
+     r"localization_loss\.custom: needs both"),
+    ("repeat_factor_sampling { threshold: 0.3 }", "repeat_factor_sampling { threshold: 0 }",
+     r"train_input_reader\.repeat_factor_sampling\.threshold: 0\.0 is not a finite number in \(0, 1\]"),
+    ('tf_record_input_reader { input_path: "data/val-*.tfrecord" }', "",
+     r"eval_input_reader\[0\]: has no data source"),
+    ("num_classes: 3", "num_classes: 0", r"model\.ssd\.num_classes: is 0"),
+    ("batch_size: 2", "batch_size: 0", r"train_config\.batch_size: must be at least 1"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "pattern"), BAD_VALUES, ids=[b[2][:40] for b in BAD_VALUES])
+def test_bad_values_name_file_and_field(tmp_path, old, new, pattern):
+    path = write_variant(tmp_path, old, new)
+    with pytest.raises(ConfigError, match=pattern) as info:
+        load_quiet(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_bad_label_map_of_config_names_label_map_file(tmp_path):
+    path = write_variant(tmp_path, "num_classes: 3", "num_classes: 3")
+    (tmp_path / "label_map.pbtxt").write_text('item { id: 0 name: "bg" } item { id: 1 name: "a" }')
+    with pytest.raises(ConfigError, match=r"label_map\.pbtxt: item 'bg' has id 0; ids must be >= 1"):
+        cfg.load(path)
+    (tmp_path / "label_map.pbtxt").write_text('item { id: 1 name: "a" } item { id: 1 name: "b" }')
+    with pytest.raises(ConfigError, match=r"label_map\.pbtxt: id 1 appears more than once"):
+        cfg.load(path)
+
+
+def test_train_and_eval_label_maps_must_agree(tmp_path):
+    path = write_variant(tmp_path, '  shuffle: false\n  tf_record_input_reader { input_path: "data/val',
+                         '  label_map_path: "other.pbtxt"\n  shuffle: false\n'
+                         '  tf_record_input_reader { input_path: "data/val')
+    path.write_text(path.read_text().replace('  label_map_path: "label_map.pbtxt"\n  label_map_path: "other',
+                                             '  label_map_path: "other'))
+    (tmp_path / "other.pbtxt").write_text('item { id: 1 name: "x" }')
+    with pytest.raises(ConfigError, match=r"eval_input_reader\[0\]\.label_map_path .*differs"):
+        cfg.load(path)
+
+
+def test_not_acted_on_fields_at_default_values_do_not_warn(tmp_path):
+    path = write_variant(tmp_path, "batch_size: 2", "batch_size: 2 sync_replicas: false use_bfloat16: true")
+    with pytest.warns(cfg.ConfigWarning) as record:
+        loaded = cfg.load(path)
+    assert len(record) == 1
+    assert "train_config.use_bfloat16" in str(record[0].message)
+    assert "sync_replicas" not in str(record[0].message)
+    assert cfg.not_acted_on(loaded.config) == ["train_config.use_bfloat16"]
+
+
+# ---- effective config and summary ---------------------------------------------------------------------
+
+
+def test_effective_config_fills_defaults_but_keeps_meaning():
+    loaded = load_quiet(WEIGHTED)
+    text = cfg.effective_config_text(loaded.config)
+    assert "normalize_loss_by_num_matches: true" in text  # not in the file: the TF OD API default
+    assert "apply_to_localization: true" in text
+    assert "min_score_threshold: 0.5" in text
+    assert "negative_class_weight: 1.0" in text
+    again = cfg.parse_config(text)
+    assert again.model.ssd.num_classes == 3
+    weights = loaded.config.model.ssd.loss.class_weights.weight
+    assert list(again.model.ssd.loss.class_weights.weight) == list(weights)
+    assert again.train_input_reader.WhichOneof("input_reader") == "coco_input_reader"
+    assert not again.model.ssd.loss.HasField("random_example_sampler")  # absent blocks stay absent
+    assert cfg.not_acted_on(again) == []  # ignored fields are not written out as if they mattered
+
+
+def test_effective_config_leaves_focal_alpha_unset_when_unset(tmp_path):
+    path = write_variant(tmp_path, "gamma: 2.0 alpha: 0.25", "gamma: 2.0")
+    text = cfg.effective_config_text(load_quiet(path).config)
+    focal = cfg.parse_config(text).model.ssd.loss.classification_loss.weighted_sigmoid_focal
+    assert not focal.HasField("alpha")  # unset alpha means "no alpha term", not alpha = 0
+    assert focal.gamma == 2.0
+
+
+def test_summary_has_class_weight_table():
+    summary = cfg.check(WEIGHTED)
+    rows = [line.split() for line in summary.splitlines() if line.strip()[:1].isdigit()]
+    assert ["1", "scratch", "1"] in rows
+    assert ["2", "dent", "2"] in rows
+    assert ["3", "crack", "8"] in rows
+    assert "weighted_sigmoid_focal" in summary and "hard example miner: num_hard_examples: 32" in summary
+
+
+def test_summary_auto_weights_marks_unpinned_classes(tmp_path):
+    path = write_variant(tmp_path, "weight { id: 2 value: 2.0 }", "auto { scheme: EFFECTIVE_NUMBER }")
+    summary = cfg.check(path)
+    assert "auto: EFFECTIVE_NUMBER beta=0.999 count=BOXES" in summary
+    rows = [line.split() for line in summary.splitlines() if line.strip()[:1].isdigit()]
+    assert ["1", "scratch", "auto"] in rows and ["3", "crack", "8"] in rows
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------
+
+
+def test_cli_check_ok_and_errors(tmp_path, capsys):
+    assert main(["config", "check", str(WEIGHTED)]) == 0
+    assert "crack" in capsys.readouterr().out
+    bad = write_variant(tmp_path, "num_classes: 3", "num_clases: 3")
+    assert main(["config", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'num_classes'" in err and str(bad) in err
+
+
+def test_cli_show_prints_parseable_effective_config(capsys):
+    assert main(["config", "show", str(WEIGHTED)]) == 0
+    out = capsys.readouterr().out
+    assert cfg.parse_config(out).model.ssd.loss.hard_example_miner.num_hard_examples == 32
+    assert "normalize_loss_by_num_matches: true" in out
+
+
+def test_number_check_rejects_non_finite_even_without_upper_bound():
+    checker = cfg._Checker("p", None)
+    with pytest.raises(ConfigError, match="p: f: inf"):
+        checker.number(math.inf, "f")
