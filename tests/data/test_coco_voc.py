@@ -72,7 +72,7 @@ def test_coco_boxes_match_pycocotools(tmp_path, label_map, encode_image):
         ([{"id": 1, "image_id": 10, "category_id": 5, "bbox": [0, 0, 90, 5]}], "bbox of object 0 .* outside"),
         (
             [{"id": 1, "image_id": 10, "category_id": 5, "bbox": [0, 0, 1, 1], "weight": -2}],
-            "'weight' of object 0",
+            "field 'weight' of object 0 is -2",
         ),
     ],
 )
