@@ -81,8 +81,8 @@ class TrainLogger:
         images_per_s = images / max(now - self._last_time, 1e-9)
         self._last_time = now
         scalars = scalars_for_step(losses, learning_rate, self.class_names)
-        self.bar.update(step - self.bar.n)
         self.bar.set_postfix_str(self._postfix(scalars, images_per_s), refresh=False)
+        self.bar.update(step - self.bar.n)
         if self.writer is not None and self.jsonl is not None:
             for tag, value in scalars.items():
                 self.writer.add_scalar(tag, value, step)
@@ -111,14 +111,3 @@ class TrainLogger:
             self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
-
-
-def format_class_weight_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The resolved class weights as a fixed-width table (index, id, name, count, weight, source)."""
-    header = f"{'index':>5}  {'id':>4}  {'name':<20}  {'count':>8}  {'weight':>10}  source"
-    lines = ["class weights:", header]
-    for r in rows:
-        count = "-" if r.get("count") is None else str(r["count"])
-        lines.append(f"{r['index']:>5}  {r['id']:>4}  {str(r['name'])[:20]:<20}  {count:>8}  "
-                     f"{float(r['weight']):>10.4f}  {r.get('source', '')}")
-    return "\n".join(lines)

@@ -30,9 +30,10 @@ from torch import nn
 
 from raredet.engine import checkpoint as ckpt
 from raredet.engine import distributed as dist_utils
-from raredet.engine.logging import TrainLogger, format_class_weight_table
+from raredet.engine.logging import TrainLogger
 from raredet.engine.optim import LearningRateSchedule, ModelEma, regularization_loss, set_learning_rate
 from raredet.errors import ConfigError, RaredetError
+from raredet.losses.class_weights import ClassWeight, format_class_weight_table
 
 Criterion = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], dict[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
@@ -314,7 +315,8 @@ def train(
     if found is not None:
         logger.message(f"resuming from {last} at step {step}")
     if components.metadata.get("class_weights"):
-        logger.message(format_class_weight_table(components.metadata["class_weights"]))
+        rows = [ClassWeight(**row) for row in components.metadata["class_weights"]]
+        logger.message("class weights:\n" + format_class_weight_table(rows))
     try:
         return _loop(components, model, model_dir, info, logger, step, epoch, batch_in_epoch, last,
                      seed, checkpoint_every_n, eval_every_n_steps, eval_fn)

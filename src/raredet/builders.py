@@ -1,0 +1,366 @@
+"""Config messages -> objects. The only module that reads config messages.
+
+Every choice point in the config (a protobuf `oneof`) is one plain dict from the oneof's field name to
+a constructor; an unset or unsupported choice is a ConfigError that lists the valid keys. Constructors
+take keyword arguments named as the proto fields, so a message's set fields pass straight through
+(`message_kwargs`); unset fields keep the constructors' defaults, which are the TF OD API's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from torch import nn
+
+from raredet.config import LabelMap, LoadedConfig, effective_config_text
+from raredet.data import augment, readers
+from raredet.data.dataset import DetectionDataset, collate
+from raredet.data.sampling import RepeatFactorSampler, image_repeat_factors
+from raredet.data.stats import DatasetStats, compute_stats
+from raredet.engine import optim
+from raredet.engine.train import TrainComponents
+from raredet.errors import ConfigError
+from raredet.losses import (
+    CLASSIFICATION_LOSSES,
+    LOCALIZATION_LOSSES,
+    ClassWeight,
+    DetectionLoss,
+    HardExampleMiner,
+    class_weight_tensor,
+    get_custom_loss,
+    resolve_class_alpha,
+    resolve_class_weights,
+)
+from raredet.modeling.box_coder import FasterRcnnBoxCoder
+from raredet.modeling.box_ops import box_iou
+from raredet.modeling.matcher import ArgMaxMatcher
+from raredet.protos import input_reader_pb2, losses_pb2, ssd_pb2, train_pb2
+
+# Fields the TF OD API has but whose effect raredet does not need (graph or TPU details).
+_INERT_FIELDS = frozenset({"anchorwise_output", "use_matmul_gather"})
+
+
+# ---- generic message helpers --------------------------------------------------------------------
+
+
+def _value(field: FieldDescriptor, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return message_kwargs(value)
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return field.enum_type.values_by_number[value].name
+    if field.type == FieldDescriptor.TYPE_FLOAT:  # float32 in the message: 0.1 -> 0.1, not 0.100000001
+        return float(str(np.float32(value)))
+    return value
+
+
+def message_kwargs(msg: Message, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The fields set in `msg` as plain Python values (enums as names, sub-messages as dicts)."""
+    out: dict[str, Any] = {}
+    for field, value in msg.ListFields():
+        if field.name in skip or field.name in _INERT_FIELDS:
+            continue
+        if field.is_repeated and not _is_map(field):
+            out[field.name] = [_value(field, v) for v in value]
+        elif _is_map(field):
+            out[field.name] = dict(value)
+        else:
+            out[field.name] = _value(field, value)
+    return out
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
+
+
+def oneof_choice(msg: Message, oneof: str, table: Mapping[str, Any], where: str) -> tuple[str, Any, Message]:
+    """(name, table[name], sub-message) of the oneof `oneof` in `msg`; ConfigError listing valid keys."""
+    name = msg.WhichOneof(oneof)
+    if name is None or name not in table:
+        problem = "is not set" if name is None else f"{name!r} is not supported"
+        raise ConfigError(f"{where}: {problem}; valid choices: {', '.join(table)}")
+    return name, table[name], getattr(msg, name)
+
+
+# ---- optimizer, learning rate, EMA --------------------------------------------------------------
+
+LEARNING_RATES: dict[str, Callable[..., optim.LearningRateSchedule]] = {
+    "constant_learning_rate": optim.ConstantLearningRate,
+    "exponential_decay_learning_rate": optim.ExponentialDecayLearningRate,
+    "manual_step_learning_rate": optim.ManualStepLearningRate,
+    "cosine_decay_learning_rate": optim.CosineDecayLearningRate,
+}
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "momentum_optimizer": optim.momentum_optimizer,
+    "adam_optimizer": optim.adam_optimizer,
+    "rms_prop_optimizer": optim.rms_prop_optimizer,
+}
+
+
+def build_learning_rate(msg: Message, where: str) -> optim.LearningRateSchedule:
+    name, make, sub = oneof_choice(msg, "learning_rate", LEARNING_RATES, where)
+    kwargs = message_kwargs(sub)
+    if name == "manual_step_learning_rate":
+        kwargs["schedule"] = list(sub.schedule)  # entries keep their default learning_rate
+    return make(**kwargs)
+
+
+def build_optimizer(
+    train_config: train_pb2.TrainConfig, model: nn.Module, l2_weights: Mapping[str, float]
+) -> tuple[torch.optim.Optimizer, optim.LearningRateSchedule, optim.ModelEma | None]:
+    """Optimizer over the trainable parameters (weight decay per L2 map), its schedule, and EMA."""
+    where = "train_config.optimizer"
+    name, make, sub = oneof_choice(train_config.optimizer, "optimizer", OPTIMIZERS, where)
+    params = optim.trainable_parameters(
+        model, list(train_config.freeze_variables), list(train_config.update_trainable_variables)
+    )
+    groups = optim.weight_decay_groups(params, l2_weights)
+    optimizer = make(groups, **message_kwargs(sub, skip=("learning_rate",)))
+    schedule = build_learning_rate(sub.learning_rate, f"{where}.{name}.learning_rate")
+    opt_msg = train_config.optimizer
+    ema = optim.ModelEma(model, opt_msg.moving_average_decay) if opt_msg.use_moving_average else None
+    return optimizer, schedule, ema
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+def build_reader(msg: input_reader_pb2.InputReader, label_map: LabelMap, where: str) -> Any:
+    """The reader of an input reader message (`tf_record_input_reader`, `coco_input_reader`, ...)."""
+    name = msg.WhichOneof("input_reader")
+    if name is None:
+        raise ConfigError(f"{where}: no input reader is set; valid choices: {', '.join(readers.READERS)}")
+    return readers.build_reader(name, message_kwargs(getattr(msg, name)), label_map)
+
+
+def build_augmentations(train_config: train_pb2.TrainConfig) -> list[Any]:
+    """One op per `data_augmentation_options` entry, its fields passed as keyword arguments."""
+    ops = []
+    for i, step in enumerate(train_config.data_augmentation_options):
+        name = step.WhichOneof("preprocessing_step")
+        if name is None:
+            raise ConfigError(f"train_config.data_augmentation_options[{i}] is empty; name one operation")
+        ops.append(augment.build_augmentation(name, message_kwargs(getattr(step, name))))
+    return ops
+
+
+def build_resizer(ssd: ssd_pb2.Ssd) -> Any:
+    name = ssd.image_resizer.WhichOneof("image_resizer_oneof")
+    if name is None:
+        raise ConfigError(f"model.ssd.image_resizer is not set; valid choices: {', '.join(augment.RESIZERS)}")
+    return augment.build_resizer(name, message_kwargs(getattr(ssd.image_resizer, name)))
+
+
+def _label_map(loaded: LoadedConfig) -> LabelMap:
+    if loaded.label_map is None:
+        raise ConfigError(
+            f"{loaded.path}: train_input_reader.label_map_path is not set or does not exist; "
+            "point it at a label_map.pbtxt"
+        )
+    return loaded.label_map
+
+
+def build_sampler(reader_msg: input_reader_pb2.InputReader, stats: DatasetStats, seed: int,
+                  rank: int = 0, world_size: int = 1) -> RepeatFactorSampler:
+    """Repeat-factor sampler (all factors 1 without `repeat_factor_sampling`), sharded over ranks."""
+    if reader_msg.HasField("repeat_factor_sampling"):
+        factors = image_repeat_factors(stats.image_classes, len(stats.names),
+                                       reader_msg.repeat_factor_sampling.threshold)
+    else:
+        factors = np.ones(stats.num_images)
+    return RepeatFactorSampler(factors, seed=seed, shuffle=reader_msg.shuffle, rank=rank,
+                               world_size=world_size)
+
+
+# ---- class weights and the loss -----------------------------------------------------------------
+
+SIMILARITIES: dict[str, Callable[..., Any]] = {"iou_similarity": lambda: box_iou}
+MATCHERS: dict[str, Callable[..., Any]] = {"argmax_matcher": ArgMaxMatcher}
+BOX_CODERS: dict[str, Callable[..., Any]] = {"faster_rcnn_box_coder": FasterRcnnBoxCoder}
+
+
+def class_index(ref: losses_pb2.ClassWeight | losses_pb2.ClassAlpha, label_map: LabelMap, where: str) -> int:
+    kind = ref.WhichOneof("class_ref")
+    if kind is None:
+        raise ConfigError(f'{where}: names no class; set `name: "..."` or `id: N`')
+    try:
+        return label_map.index_of_id(ref.id) if kind == "id" else label_map.index_of_name(ref.name)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def explicit_class_values(refs: Sequence[Any], label_map: LabelMap, where: str) -> dict[int, float]:
+    """Contiguous class index -> value for `weight { name|id value }` / `class_alpha` entries."""
+    return {class_index(r, label_map, f"{where}[{i}]"): float(r.value) for i, r in enumerate(refs)}
+
+
+def build_class_weights(
+    loss: losses_pb2.Loss, label_map: LabelMap, stats: DatasetStats | None
+) -> list[ClassWeight]:
+    """One resolved weight per class (all 1.0 without `class_weights`)."""
+    cw = loss.class_weights
+    where = "model.ssd.loss.class_weights"
+    explicit = explicit_class_values(cw.weight, label_map, f"{where}.weight")
+    scheme = _enum_name(cw.auto, "scheme") if cw.HasField("auto") else None
+    if scheme is not None and stats is None:
+        raise ConfigError(f"{where}.auto needs the training set's counts; set train_input_reader")
+    k = label_map.num_classes
+    boxes = stats.box_counts.tolist() if stats is not None else [0] * k
+    images = stats.image_counts.tolist() if stats is not None else [0] * k
+    return resolve_class_weights(
+        label_map.names, label_map.ids, boxes, images, explicit,
+        auto_scheme=scheme, beta=cw.auto.beta, count=_enum_name(cw.auto, "count"),
+        max_weight=cw.auto.max_weight or None,
+    )
+
+
+def _enum_name(msg: Message, field: str) -> str:
+    return msg.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number[getattr(msg, field)].name
+
+
+def _classification_loss(loss: losses_pb2.Loss, label_map: LabelMap) -> tuple[Callable[..., Any], dict]:
+    where = "model.ssd.loss.classification_loss"
+    table = {**CLASSIFICATION_LOSSES, "custom": None}
+    name, fn, sub = oneof_choice(loss.classification_loss, "classification_loss", table, where)
+    if name == "custom":
+        return get_custom_loss("classification", sub.name, sub.module), dict(sub.params)
+    params = message_kwargs(sub, skip=("class_alpha",))
+    if name == "weighted_sigmoid_focal" and len(sub.class_alpha):
+        values = explicit_class_values(sub.class_alpha, label_map, f"{where}.{name}.class_alpha")
+        params["class_alpha"] = resolve_class_alpha(label_map.num_classes, values, label_map.names)
+    return fn, params
+
+
+def _localization_loss(loss: losses_pb2.Loss) -> tuple[Callable[..., Any], dict]:
+    where = "model.ssd.loss.localization_loss"
+    table = {**LOCALIZATION_LOSSES, "custom": None}
+    name, fn, sub = oneof_choice(loss.localization_loss, "localization_loss", table, where)
+    if name == "custom":
+        return get_custom_loss("localization", sub.name, sub.module), dict(sub.params)
+    return fn, message_kwargs(sub)
+
+
+def build_box_coder(ssd: ssd_pb2.Ssd) -> Any:
+    _, make, sub = oneof_choice(ssd.box_coder, "box_coder_oneof", BOX_CODERS, "model.ssd.box_coder")
+    return make(**message_kwargs(sub))
+
+
+def build_loss(ssd: ssd_pb2.Ssd, label_map: LabelMap, class_weights: Sequence[ClassWeight]) -> DetectionLoss:
+    """The DetectionLoss of `model.ssd` with the resolved per-class weights."""
+    loss = ssd.loss
+    _, matcher, m_sub = oneof_choice(ssd.matcher, "matcher_oneof", MATCHERS, "model.ssd.matcher")
+    _, similarity, _ = oneof_choice(ssd.similarity_calculator, "region_similarity", SIMILARITIES,
+                                    "model.ssd.similarity_calculator")
+    cls_fn, cls_params = _classification_loss(loss, label_map)
+    loc_fn, loc_params = _localization_loss(loss)
+    miner = None
+    if loss.HasField("hard_example_miner"):
+        miner = HardExampleMiner(**message_kwargs(loss.hard_example_miner),
+                                 cls_loss_weight=loss.classification_weight,
+                                 loc_loss_weight=loss.localization_weight)
+    weights = class_weight_tensor(class_weights) if loss.HasField("class_weights") else None
+    return DetectionLoss(
+        matcher=matcher(**message_kwargs(m_sub)), box_coder=build_box_coder(ssd), similarity=similarity(),
+        classification_loss=cls_fn, classification_loss_params=cls_params,
+        localization_loss=loc_fn, localization_loss_params=loc_params,
+        class_weights=weights, apply_to_localization=loss.class_weights.apply_to_localization,
+        negative_class_weight=ssd.negative_class_weight, hard_example_miner=miner,
+        positive_sample_fraction=(loss.random_example_sampler.positive_sample_fraction
+                                  if loss.HasField("random_example_sampler") else None),
+        normalize_loss_by_num_matches=ssd.normalize_loss_by_num_matches,
+        normalize_loc_loss_by_codesize=ssd.normalize_loc_loss_by_codesize,
+        classification_weight=loss.classification_weight, localization_weight=loss.localization_weight,
+    )
+
+
+def training_stats(loaded: LoadedConfig) -> DatasetStats | None:
+    """Class counts of the training set (annotations only, no image decoded); None without a reader."""
+    reader_msg = loaded.config.train_input_reader
+    if reader_msg.WhichOneof("input_reader") is None:
+        return None
+    label_map = _label_map(loaded)
+    return compute_stats(build_reader(reader_msg, label_map, "train_input_reader"), label_map)
+
+
+def resolve_class_weight_table(loaded: LoadedConfig, stats: DatasetStats | None = None) -> list[ClassWeight]:
+    """The class-weight table training would use (for `raredet config show --resolve_weights`)."""
+    if stats is None:
+        stats = training_stats(loaded)
+    return build_class_weights(loaded.config.model.ssd.loss, _label_map(loaded), stats)
+
+
+# ---- the model ----------------------------------------------------------------------------------
+
+
+def build_model(ssd: ssd_pb2.Ssd) -> tuple[nn.Module, dict[str, float]]:
+    """The SSD of `model.ssd` and its L2 map `{parameter name: l2 weight}` for weight decay."""
+    from raredet.modeling.ssd import SSD  # imported here: model code is heavy and needed only here
+
+    kwargs = message_kwargs(ssd)
+    fields = ("num_classes", "feature_extractor", "box_predictor", "anchor_generator", "post_processing",
+              "box_coder", "freeze_batchnorm")
+    model = SSD(**{k: kwargs[k] for k in fields if k in kwargs})
+    return model, dict(model.l2_weights())
+
+
+# ---- everything training needs ------------------------------------------------------------------
+
+
+def build_train_data(
+    loaded: LoadedConfig, reader: Any, stats: DatasetStats, seed: int, rank: int, world_size: int
+) -> tuple[DetectionDataset, RepeatFactorSampler]:
+    """Training dataset (reader -> augmentations -> resizer) and its sharded, repeat-factor sampler."""
+    cfg = loaded.config
+    label_map = _label_map(loaded)
+    dataset = DetectionDataset(reader, label_map, augmentations=build_augmentations(cfg.train_config),
+                               resizer=build_resizer(cfg.model.ssd), training=True, seed=seed)
+    sampler = build_sampler(cfg.train_input_reader, stats, seed, rank, world_size)
+    return dataset, sampler
+
+
+def _num_steps(train_config: train_pb2.TrainConfig, override: int | None, path: Any) -> int:
+    steps = override if override is not None else train_config.num_steps
+    if steps <= 0:
+        raise ConfigError(f"{path}: train_config.num_steps is 0; set it or pass --num_train_steps N")
+    return int(steps)
+
+
+def build_training(
+    loaded: LoadedConfig,
+    *,
+    seed: int = 0,
+    num_train_steps: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+) -> TrainComponents:
+    """Model, loss (with resolved class weights), optimizer, schedule, EMA, data: `engine.train`'s input."""
+    cfg = loaded.config
+    label_map = _label_map(loaded)
+    if cfg.train_input_reader.WhichOneof("input_reader") is None:
+        raise ConfigError(f"{loaded.path}: train_input_reader has no input reader; add one")
+    torch.manual_seed(seed)  # the model's initial weights depend on the seed only
+    reader = build_reader(cfg.train_input_reader, label_map, "train_input_reader")
+    stats = compute_stats(reader, label_map)
+    class_weights = build_class_weights(cfg.model.ssd.loss, label_map, stats)
+    model, l2_weights = build_model(cfg.model.ssd)
+    optimizer, schedule, ema = build_optimizer(cfg.train_config, model, l2_weights)
+    dataset, sampler = build_train_data(loaded, reader, stats, seed, rank, world_size)
+    return TrainComponents(
+        model=model, criterion=build_loss(cfg.model.ssd, label_map, class_weights), optimizer=optimizer,
+        schedule=schedule, dataset=dataset, sampler=sampler, collate_fn=collate,
+        batch_size=cfg.train_config.batch_size,
+        num_steps=_num_steps(cfg.train_config, num_train_steps, loaded.path),
+        class_names=label_map.names, ema=ema,
+        gradient_clipping_by_norm=cfg.train_config.gradient_clipping_by_norm, num_workers=num_workers,
+        metadata={
+            "config_text": effective_config_text(cfg),
+            "label_map_text": label_map.to_pbtxt(),
+            "class_weights": [dataclasses.asdict(w) for w in class_weights],
+        },
+    )
