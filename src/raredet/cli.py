@@ -116,9 +116,38 @@ def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("train", help="train the model of a pipeline.config; resumes from the newest "
+                       "checkpoint in --model_dir (flags as model_main_tf2.py; works under torchrun)")
+    p.add_argument("--pipeline_config_path", required=True, help="pipeline.config")
+    p.add_argument("--model_dir", required=True, help="checkpoints, train/ and eval/ logs go here")
+    p.add_argument("--num_train_steps", type=int, help="overrides train_config.num_steps")
+    p.add_argument("--checkpoint_every_n", type=int, help="overrides train_config.checkpoint_every_n")
+    p.add_argument("--sample_1_of_n_eval_examples", type=int, help="evaluate on every n-th eval example")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--eval_every_n_steps", type=int, default=0,
+                   help="validation loss and metrics on eval_input_reader every N steps (0: never)")
+
+    def run(a: argparse.Namespace) -> int:
+        from raredet.engine.train import train_from_config
+
+        result = train_from_config(
+            a.pipeline_config_path, a.model_dir, num_train_steps=a.num_train_steps,
+            checkpoint_every_n=a.checkpoint_every_n, seed=a.seed, device=a.device,
+            sample_1_of_n_eval_examples=a.sample_1_of_n_eval_examples,
+            eval_every_n_steps=a.eval_every_n_steps,
+        )
+        return 130 if result.interrupted else 0  # stopped by a signal: checkpoint written, not finished
+
+    p.set_defaults(func=run)
+
+
 # ---- end of verbs ----------------------------------------------------------------------------------
 
-VERBS: list[AddVerb] = [_add_config, _add_evaluate_detections, _add_compare, _add_stats, _add_synth]
+VERBS: list[AddVerb] = [
+    _add_config, _add_evaluate_detections, _add_compare, _add_stats, _add_synth, _add_train,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
