@@ -1,0 +1,161 @@
+"""Statistics by hand; the synthetic dataset: determinism, exact quotas, records == COCO JSON, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from raredet.cli import main
+from raredet.config import LabelMap
+from raredet.data.coco import CocoReader
+from raredet.data.stats import compute_stats, stats_summary
+from raredet.data.synth import class_quotas, deal_labels, make_synthetic_dataset, parse_ratios
+from raredet.data.tfrecord import TFRecordReader, expand_input_paths
+from raredet.errors import ConfigError
+
+
+class BoxesOnly:
+    def __init__(self, images):
+        self.images = images  # list of (boxes, labels, is_crowd)
+
+    def __len__(self):
+        return len(self.images)
+
+    def annotations(self, i):
+        boxes, labels, crowd = self.images[i]
+        n = len(labels)
+        return {
+            "boxes": np.asarray(boxes, np.float32).reshape(n, 4),
+            "labels": np.asarray(labels, np.int64),
+            "weights": np.ones(n, np.float32),
+            "is_crowd": np.asarray(crowd, bool),
+            "difficult": np.zeros(n, bool),
+        }
+
+
+def test_stats_by_hand():
+    reader = BoxesOnly(
+        [
+            ([[0, 0, 2, 2], [0, 0, 4, 4]], [0, 0], [False, False]),  # sizes 2 and 4
+            (
+                [[0, 0, 6, 6], [0, 0, 3, 12], [0, 0, 9, 9]],
+                [0, 1, 1],
+                [False, False, True],
+            ),  # 6; 6 (3x12); crowd
+            ([], [], []),
+        ]
+    )
+    lm = LabelMap.from_names(["a", "b"])
+    stats = compute_stats(reader, lm)
+    assert stats.box_counts.tolist() == [3, 1] and stats.image_counts.tolist() == [2, 1]
+    assert stats.ignored_boxes == 1 and stats.num_images == 3 and stats.imbalance_ratio == 3.0
+    np.testing.assert_allclose(stats.median_box_size, [4.0, 6.0])
+    summary = stats_summary(stats, threshold=0.5)
+    a, b = summary["classes"]
+    # inverse frequency (1/3, 1) rescaled so 3 a + 1 b = 4 boxes: (2/3, 2)
+    assert a["weight_inverse_frequency"] == pytest.approx(2 / 3) and b[
+        "weight_inverse_frequency"
+    ] == pytest.approx(2)
+    k = 4 / (3 / math.sqrt(3) + 1)
+    assert b["weight_sqrt_inverse_frequency"] == pytest.approx(k)
+    eff = [0.001 / (1 - 0.999**3), 1.0]
+    k = 4 / (3 * eff[0] + eff[1])
+    assert a["weight_effective_number"] == pytest.approx(k * eff[0])
+    # class b is in 1 of 3 images: sqrt(0.5 / (1/3)) = sqrt(1.5); a: 2 of 3 -> sqrt(0.75) -> 1
+    assert b["repeat_factor"] == pytest.approx(math.sqrt(1.5)) and a["repeat_factor"] == 1.0
+    assert summary["images_per_epoch_with_repeat_factors"] == pytest.approx(2 + math.sqrt(1.5))
+    assert a["share"] == 0.75
+
+
+def test_class_quotas_by_hand():
+    # 10 boxes at 100:20:3 -> shares 8.13, 1.63, 0.24 -> floors 8, 1, 0; the largest remainder gets the last
+    assert class_quotas(10, np.array([100.0, 20.0, 3.0])).tolist() == [8, 2, 0]
+    assert class_quotas(10, np.array([100.0, 20.0, 3.0]), min_per_class=2).tolist() == [6, 2, 2]
+
+
+def test_deal_labels_exact_counts():
+    rng = np.random.default_rng(0)
+    per_image = deal_labels(rng, 200, np.array([100.0, 20.0, 3.0]))
+    counts = np.bincount(np.concatenate(per_image), minlength=3)
+    assert counts.tolist() == class_quotas(int(counts.sum()), np.array([100.0, 20.0, 3.0])).tolist()
+
+
+def test_parse_ratios():
+    assert parse_ratios("100:20:3") == (100.0, 20.0, 3.0)
+    for bad in ("1:2", "a:b:c", "1:0:1"):
+        with pytest.raises(ConfigError, match="--ratios"):
+            parse_ratios(bad)
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    make_synthetic_dataset(out, images=30, seed=3, image_size=64, min_val_boxes=3, num_steps=10)
+    return out
+
+
+def test_synth_is_deterministic(synth_dir, tmp_path):
+    make_synthetic_dataset(tmp_path / "same", images=30, seed=3, image_size=64, min_val_boxes=3, num_steps=10)
+    make_synthetic_dataset(
+        tmp_path / "other", images=30, seed=4, image_size=64, min_val_boxes=3, num_steps=10
+    )
+    name = "train-00000-of-00002.tfrecord"
+    assert (synth_dir / name).read_bytes() == (tmp_path / "same" / name).read_bytes()
+    assert (synth_dir / name).read_bytes() != (tmp_path / "other" / name).read_bytes()
+
+
+def test_synth_records_match_coco_json(synth_dir):
+    lm = LabelMap.load(synth_dir / "label_map.pbtxt")
+    assert lm.names == ["scratch", "dent", "crack"]
+    for split in ("train", "val"):
+        records = TFRecordReader(expand_input_paths([f"{split}-?????-of-00002.tfrecord"], synth_dir), lm)
+        coco = CocoReader(synth_dir / f"{split}.json", lm)
+        assert len(records) == len(coco) > 0
+        for i in range(len(coco)):
+            a, b = records.annotations(i), coco.annotations(i)
+            np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-3)
+            assert a["labels"].tolist() == b["labels"].tolist()
+        assert np.array_equal(records.example(0)["image"], coco.example(0)["image"])
+    summary = json.loads((synth_dir / "summary.json").read_text())
+    val = list(summary["val"]["boxes"].values())
+    assert val == class_quotas(sum(val), np.array([100.0, 20.0, 3.0]), min_per_class=3).tolist()
+    assert min(val) >= 3
+
+
+def test_synth_defects_are_visible(synth_dir):
+    """Pixels inside a defect box differ from the part around it (the dataset is learnable)."""
+    lm = LabelMap.load(synth_dir / "label_map.pbtxt")
+    reader = CocoReader(synth_dir / "train.json", lm)
+    contrasts = []
+    for i in range(len(reader)):
+        ex = reader.example(i)
+        gray = ex["image"].astype(np.float32).mean(axis=2)
+        for x0, y0, x1, y1 in ex["boxes"].astype(int):
+            patch = gray[y0:y1, x0:x1]
+            contrasts.append(patch.max() - patch.min())
+    assert len(contrasts) > 5 and np.median(contrasts) > 60
+
+
+def test_synth_config_loads_and_stats_cli(synth_dir, tmp_path, capsys):
+    from raredet import config
+
+    loaded = config.load(synth_dir / "pipeline.config", check_paths=True)
+    assert loaded.config.model.ssd.num_classes == 3
+    assert (
+        main(["stats", "--pipeline_config_path", str(synth_dir / "pipeline.config"), "--out", str(tmp_path)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "crack" in out and "imbalance ratio" in out
+    saved = json.loads((tmp_path / "stats.json").read_text())
+    train = json.loads((synth_dir / "summary.json").read_text())["train"]["boxes"]
+    assert {c["name"]: c["boxes"] for c in saved["classes"]} == train
+    assert (tmp_path / "class_counts.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_synth_cli_bad_ratios(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--ratios", "1:2"]) == 2
+    assert "--ratios" in capsys.readouterr().err
