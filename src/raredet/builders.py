@@ -364,3 +364,66 @@ def build_training(
             "class_weights": [dataclasses.asdict(w) for w in class_weights],
         },
     )
+
+
+# ---- fine-tuning and evaluation during training ------------------------------------------------
+
+FINE_TUNE_TARGETS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "classification": lambda model: model.backbone,  # type: ignore[attr-defined]
+    "detection": lambda model: model,
+    "full": lambda model: model,
+}
+
+
+def load_fine_tune_checkpoint(model: nn.Module, train_config: train_pb2.TrainConfig) -> str | None:
+    """Load `fine_tune_checkpoint` (a torchvision-named backbone state dict for "classification", a
+    raredet checkpoint or model state dict for "detection"); returns a one-line report, None if unset."""
+    path = train_config.fine_tune_checkpoint
+    if not path:
+        return None
+    kind = train_config.fine_tune_checkpoint_type or "classification"
+    if kind not in FINE_TUNE_TARGETS:
+        raise ConfigError(f"train_config.fine_tune_checkpoint_type: unknown {kind!r}; "
+                          f"valid: {', '.join(FINE_TUNE_TARGETS)}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # missing file, truncated zip, pickled code: all "unusable"
+        raise ConfigError(f"train_config.fine_tune_checkpoint {path} cannot be loaded: {err}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    target = FINE_TUNE_TARGETS[kind](model)
+    own = target.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ConfigError(f"train_config.fine_tune_checkpoint {path}: no tensor matches the model's "
+                          f"{kind} parameters by name and shape; check fine_tune_checkpoint_type")
+    target.load_state_dict(usable, strict=False)
+    return f"fine-tuning from {path} ({kind}): {len(usable)} of {len(own)} tensors loaded"
+
+
+def build_eval_loader(
+    loaded: LoadedConfig, sample_1_of_n: int | None = None
+) -> torch.utils.data.DataLoader | None:
+    """The eval_input_reader's data (no augmentation), every n-th example; None without a reader."""
+    cfg = loaded.config
+    if not len(cfg.eval_input_reader) or cfg.eval_input_reader[0].WhichOneof("input_reader") is None:
+        return None
+    msg = cfg.eval_input_reader[0]
+    label_map = _label_map(loaded)
+    reader = build_reader(msg, label_map, "eval_input_reader")
+    dataset = DetectionDataset(reader, label_map, resizer=build_resizer(cfg.model.ssd), training=False)
+    every = sample_1_of_n or msg.sample_1_of_n_examples or 1
+    subset = torch.utils.data.Subset(dataset, range(0, len(dataset), every))
+    return torch.utils.data.DataLoader(subset, batch_size=max(cfg.eval_config.batch_size, 1),
+                                       shuffle=False, collate_fn=collate)
+
+
+def eval_options(loaded: LoadedConfig) -> dict[str, Any]:
+    """The `eval_config` fields `engine.evaluate.evaluate` takes, as keyword arguments."""
+    ec = loaded.config.eval_config
+    return {
+        "metrics_set": list(ec.metrics_set) or "coco_detection_metrics",
+        "min_score_threshold": ec.min_score_threshold,
+        "include_metrics_per_category": True,
+        "num_visualizations": ec.num_visualizations,
+    }

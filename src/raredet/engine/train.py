@@ -38,6 +38,8 @@ from raredet.losses.class_weights import ClassWeight, format_class_weight_table
 Criterion = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], dict[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
 LOGGED_TERMS = ("classification_loss", "localization_loss", "total_loss")
+EVAL_SHOWN = ("DetectionBoxes_Precision/mAP", "DetectionBoxes_Precision/mAP@.50IOU", "Loss/total_loss",
+              "PascalBoxes_Precision/mAP@0.5IOU")
 
 
 class TrainingDiverged(RaredetError):
@@ -375,9 +377,75 @@ def run_eval(components: TrainComponents, model: nn.Module, eval_fn: EvalFn, ste
         target.eval()
         start = time.perf_counter()
         metrics = eval_fn(target, step)
+        shown = {k: v for k, v in metrics.items() if k in EVAL_SHOWN}
         logger.message(f"eval at step {step} ({time.perf_counter() - start:.1f}s): "
-                       + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                       + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
+                       + f" (all metrics under model_dir/eval)")
         if components.ema is not None:
             target.load_state_dict(backup)
         target.train()
     dist_utils.barrier()
+
+
+# ---- from a pipeline.config (what `raredet train` calls) ---------------------------------------
+
+
+def _eval_fn(loaded: Any, model_dir: Path, components: TrainComponents, sample_1_of_n: int | None,
+             device: torch.device) -> EvalFn | None:
+    """Validation loss and metrics on `eval_input_reader`, written under `model_dir/eval`."""
+    from raredet import builders
+    from raredet.engine.evaluate import evaluate
+
+    loader = builders.build_eval_loader(loaded, sample_1_of_n)
+    if loader is None:
+        return None
+    writer = None
+
+    def run(model: nn.Module, step: int) -> Mapping[str, float]:
+        nonlocal writer
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(model_dir / "eval"))
+        # Under DDP only rank 0 evaluates, and the loss would all-reduce its normaliser: no eval loss.
+        loss_fn = components.criterion if dist_utils.get_world_size() == 1 else None
+        return evaluate(model, loader, loaded.label_map, out_dir=model_dir / "eval",
+                        loss_fn=loss_fn, device=device,
+                        class_weights=components.metadata.get("class_weights"), writer=writer, step=step,
+                        **builders.eval_options(loaded))
+
+    return run
+
+
+def train_from_config(
+    pipeline_config_path: str | os.PathLike[str],
+    model_dir: str | os.PathLike[str],
+    *,
+    num_train_steps: int | None = None,
+    checkpoint_every_n: int | None = None,
+    sample_1_of_n_eval_examples: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    eval_every_n_steps: int = 0,
+    num_workers: int | None = None,
+) -> TrainResult:
+    """`raredet train`: load the config, build everything, train (resuming from `model_dir`)."""
+    from raredet import builders, config
+
+    loaded = config.load(pipeline_config_path)
+    info = dist_utils.init_distributed(device)
+    workers = num_workers if num_workers is not None else min(4, max((os.cpu_count() or 1) // 2, 0))
+    components = builders.build_training(loaded, seed=seed, num_train_steps=num_train_steps,
+                                         rank=info.rank, world_size=info.world_size, num_workers=workers)
+    report = builders.load_fine_tune_checkpoint(components.model, loaded.config.train_config)
+    if report and info.is_main:
+        print(report)
+    every = checkpoint_every_n or loaded.config.train_config.checkpoint_every_n or 1000
+    eval_fn = None
+    if eval_every_n_steps > 0:
+        eval_fn = _eval_fn(loaded, Path(model_dir), components, sample_1_of_n_eval_examples, info.device)
+    try:
+        return train(components, model_dir, seed=seed, device=device, checkpoint_every_n=every,
+                     eval_every_n_steps=eval_every_n_steps, eval_fn=eval_fn)
+    finally:
+        dist_utils.shutdown()
