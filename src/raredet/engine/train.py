@@ -380,7 +380,7 @@ def run_eval(components: TrainComponents, model: nn.Module, eval_fn: EvalFn, ste
         shown = {k: v for k, v in metrics.items() if k in EVAL_SHOWN}
         logger.message(f"eval at step {step} ({time.perf_counter() - start:.1f}s): "
                        + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
-                       + f" (all metrics under model_dir/eval)")
+                       + " (all metrics under model_dir/eval)")
         if components.ema is not None:
             target.load_state_dict(backup)
         target.train()
