@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import raredet.losses.hard_example_miner as hem
 from raredet.errors import ConfigError
 from raredet.losses import HardExampleMiner
 
@@ -89,17 +90,14 @@ def test_matches_naive_loop(k, iou, ratio, min_neg, loss_type, seed):
     np.testing.assert_array_equal(mined.num_negatives.numpy(), (expect & (match == -1)).sum(1))
 
 
-def test_many_anchors_exercise_the_candidate_growth(monkeypatch):
-    # 600 anchors, k 60: NMS first runs on the top 256 per image; with iou 0.1 fewer than 60 survive
-    # there, so the pool grows to all 600 and must find the same boxes as the naive loop.
+@pytest.mark.parametrize("k", [60, 0])
+def test_blocks_of_candidates_give_the_same_selection(monkeypatch, k):
+    # 600 anchors in blocks of 32: later blocks are suppressed by the survivors of earlier ones.
+    monkeypatch.setattr(hem, "NMS_BLOCK", 32)
     loc, cls, boxes, match = _random_case(2, 600, 3)
-    miner = HardExampleMiner(num_hard_examples=60, iou_threshold=0.1, max_negatives_per_positive=0)
-    pool_sizes = []
-    original = miner._nms_top_m
-    monkeypatch.setattr(miner, "_nms_top_m", lambda *a: (pool_sizes.append(a[2]), original(*a))[1])
-    expect = _naive_mine(loc, cls, boxes, match, 60, 0.1, 0, 0)
+    miner = HardExampleMiner(num_hard_examples=k, iou_threshold=0.1, max_negatives_per_positive=0)
+    expect = _naive_mine(loc, cls, boxes, match, k, 0.1, 0, 0)
     np.testing.assert_array_equal(_run(miner, loc, cls, boxes, match).selected.numpy(), expect)
-    assert pool_sizes == [256, 600]
 
 
 def test_ratio_three_keeps_min_of_three_pos_and_neg():

@@ -8,9 +8,8 @@ max_negatives_per_positive * num_positives)` of them. Anchors in the matcher's i
 mined (they take no part in the NMS). Unlike the TF OD API, raredet lets this run with focal loss:
 it then ranks focal losses.
 
-All images are mined at once with the batched greedy NMS of `modeling.postprocess`. NMS only ever needs the
-highest-loss candidates to find the first `num_hard_examples` survivors, so it runs on the top `M`
-anchors per image and doubles `M` only when an image has too few survivors (exact, and cheap).
+All images are mined at once with the batched greedy NMS of `modeling.postprocess`, over blocks of
+candidates in loss order that stop once every image has `num_hard_examples` survivors.
 """
 
 from __future__ import annotations
@@ -21,10 +20,13 @@ import torch
 from torch import Tensor
 
 from raredet.errors import ConfigError
+from raredet.modeling.box_ops import box_iou
 from raredet.modeling.matcher import IGNORE
 from raredet.modeling.postprocess import nms_mask
 
 LOSS_TYPES = ("BOTH", "CLASSIFICATION", "LOCALIZATION")
+# Candidates per NMS block (see `_nms_select`); a block costs B * NMS_BLOCK² IoU entries.
+NMS_BLOCK = 512
 
 
 class MinedLosses(NamedTuple):
@@ -98,30 +100,38 @@ class HardExampleMiner:
         return self.cls_loss_weight * cls_losses + self.loc_loss_weight * location_losses
 
     def _nms_select(self, boxes: Tensor, scores: Tensor, eligible: Tensor) -> Tensor:
-        """Greedy NMS per image, up to `num_hard_examples` survivors -> mask `[B, A]`."""
-        num_anchors = scores.shape[1]
-        limit = self.num_hard_examples or num_anchors
-        scores = scores.masked_fill(~eligible, float("-inf"))
-        num_eligible = eligible.sum(1)
-        m = min(num_anchors, max(4 * limit, 256))
-        while True:
-            selected, num_kept = self._nms_top_m(boxes, scores, m, limit)
-            short = (num_kept < limit) & (num_eligible > m)  # more candidates could still survive
-            if m >= num_anchors or not bool(short.any()):
-                return selected
-            m = min(num_anchors, 4 * m)
+        """Greedy NMS per image, up to `num_hard_examples` survivors -> mask `[B, A]`.
 
-    def _nms_top_m(self, boxes: Tensor, scores: Tensor, m: int, limit: int) -> tuple[Tensor, Tensor]:
-        """NMS on each image's `m` highest scores; keeps the best `limit` survivors per image."""
-        top_scores, top_idx = scores.topk(m, dim=1)  # [B, m], descending
-        top_boxes = boxes.gather(1, top_idx[..., None].expand(-1, -1, 4))
-        survived = nms_mask(
-            top_boxes, torch.zeros_like(top_idx), torch.isfinite(top_scores), self.iou_threshold
-        )
-        # Columns are in descending score order, so a cumulative count ranks the survivors.
-        survived &= survived.cumsum(1) <= limit
-        selected = torch.zeros_like(scores, dtype=torch.bool).scatter(1, top_idx, survived)
-        return selected, survived.sum(1)
+        Candidates go through in blocks of `NMS_BLOCK` in descending loss order: a block's boxes are
+        first suppressed by the survivors of earlier blocks, then by each other (batched greedy NMS).
+        This is exactly greedy NMS, stops as soon as every image has its survivors, and keeps memory
+        at `B * NMS_BLOCK * survivors` even when `num_hard_examples` is 0 (all anchors).
+        """
+        limit = self.num_hard_examples or scores.shape[1]
+        scores = scores.masked_fill(~eligible, float("-inf"))
+        order = scores.argsort(dim=1, descending=True, stable=True)  # [B, A]
+        selected = torch.zeros_like(eligible)
+        kept_boxes = boxes.new_zeros(boxes.shape[0], 0, 4)
+        kept_valid = eligible.new_zeros(boxes.shape[0], 0)
+        num_kept = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
+        for block in order.split(NMS_BLOCK, dim=1):  # a loop over blocks, not anchors
+            block_boxes = boxes.gather(1, block[..., None].expand(-1, -1, 4))
+            alive = torch.isfinite(scores.gather(1, block)) & (num_kept < limit)[:, None]
+            if not bool(alive.any()):
+                break
+            earlier = (box_iou(block_boxes, kept_boxes) > self.iou_threshold) & kept_valid[:, None, :]
+            alive &= ~earlier.any(-1)
+            keep = nms_mask(block_boxes, torch.zeros_like(block), alive, self.iou_threshold)
+            keep &= num_kept[:, None] + keep.cumsum(1) <= limit  # columns are in descending loss order
+            selected.scatter_(1, block, keep)
+            # Carry only the survivors (moved to the front, padded to the longest image) to later blocks.
+            front = keep.to(torch.int8).argsort(dim=1, descending=True, stable=True)[
+                :, : int(keep.sum(1).max())
+            ]
+            kept_boxes = torch.cat([kept_boxes, block_boxes.gather(1, front[..., None].expand(-1, -1, 4))], 1)
+            kept_valid = torch.cat([kept_valid, keep.gather(1, front)], 1)
+            num_kept += keep.sum(1)
+        return selected
 
     def _cap_negatives(self, negatives: Tensor, scores: Tensor, num_positives: Tensor) -> Tensor:
         """Keep the highest-loss negatives, at most max(min_neg, ratio * num_pos) per image."""
