@@ -8,7 +8,6 @@ unknown categories.
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,15 +109,16 @@ def _check_record(rec: Any, i: int, file: str, kind: str, image_ids: set, cat_id
 
 
 def prepare_coco(gt: dict, detections: list) -> tuple[COCO, COCO]:
-    """COCO objects for GT and detections (inputs are copied: COCO annotates them in place)."""
-    gt = copy.deepcopy(gt)
-    for ann in gt["annotations"]:
-        # pycocotools reads 'area' for the small/medium/large ranges and 'iscrowd' for crowds.
-        ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
-        ann.setdefault("iscrowd", 0)
-    gt.setdefault("info", {})
-    coco_gt = COCO(gt)
-    coco_dt = coco_gt.loadRes(copy.deepcopy(detections))
+    """COCO objects for GT and detections.
+
+    Each record is copied one level deep (COCO adds keys to them in place; boxes are only read), which
+    costs far less than a deep copy of half a million detections.
+    """
+    anns = [{"area": float(a["bbox"][2]) * float(a["bbox"][3]), "iscrowd": 0, **a} for a in gt["annotations"]]
+    # pycocotools reads 'area' for the small/medium/large ranges and 'iscrowd' for crowds.
+    images, cats = [dict(i) for i in gt["images"]], [dict(c) for c in gt["categories"]]
+    coco_gt = COCO({"info": {}, **gt, "annotations": anns, "images": images, "categories": cats})
+    coco_dt = coco_gt.loadRes([dict(d) for d in detections])
     return coco_gt, coco_dt
 
 
@@ -126,9 +126,12 @@ def _quiet(*_args: Any, **_kwargs: Any) -> None:
     """Swallows COCOeval's progress prints; raredet prints its own tables."""
 
 
-def evaluate_coco(gt: dict, detections: list) -> CocoResult:
-    """The standard COCO box evaluation of `detections` against `gt` (both COCO dicts, checked)."""
-    coco_gt, coco_dt = prepare_coco(gt, detections)
+def evaluate_coco(gt: dict, detections: list, prepared: tuple[COCO, COCO] | None = None) -> CocoResult:
+    """The standard COCO box evaluation of `detections` against `gt` (both COCO dicts, checked).
+
+    `prepared`: `prepare_coco(gt, detections)` when the caller already has it (it is reusable).
+    """
+    coco_gt, coco_dt = prepared or prepare_coco(gt, detections)
     ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=_quiet)
     ev.evaluate()
     ev.accumulate()

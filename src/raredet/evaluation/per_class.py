@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from faster_coco_eval import COCOeval_faster
+from faster_coco_eval import COCO, COCOeval_faster
 
 from raredet.evaluation.coco import CocoResult, _quiet, prepare_coco
 from raredet.fileio import atomic_write_json, atomic_write_text
@@ -51,12 +51,14 @@ class Matches:
         return self.det_counted & (self.det_score >= min_score) & (self.det_gt < 0)
 
 
-def coco_match(gt: dict, detections: list, use_cats: bool = True) -> np.ndarray:
+def coco_match(gt: dict, detections: list, use_cats: bool = True,
+               prepared: tuple[COCO, COCO] | None = None) -> np.ndarray:
     """[D] int: the GT annotation index each detection is matched to at IoU 0.5, or -1.
 
     `use_cats=False` matches regardless of class (used for the confusion matrix's second stage).
+    `prepared`: `prepare_coco(gt, detections)` when the caller already has it.
     """
-    coco_gt, coco_dt = prepare_coco(gt, detections)
+    coco_gt, coco_dt = prepared or prepare_coco(gt, detections)
     ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=_quiet, extra_calc=True)
     ev.params.iouThrs = np.array([0.5])
     ev.params.maxDets = [MAX_DETS]
@@ -73,7 +75,7 @@ def coco_match(gt: dict, detections: list, use_cats: bool = True) -> np.ndarray:
     return matched
 
 
-def match_detections(gt: dict, detections: list) -> Matches:
+def match_detections(gt: dict, detections: list, prepared: tuple[COCO, COCO] | None = None) -> Matches:
     """Match status of all detections (see `Matches`)."""
     anns = gt["annotations"]
     gt_cat = np.array([a["category_id"] for a in anns], dtype=np.int64)
@@ -81,7 +83,7 @@ def match_detections(gt: dict, detections: list) -> Matches:
     det_cat = np.array([d["category_id"] for d in detections], dtype=np.int64)
     det_score = np.array([d["score"] for d in detections], dtype=np.float64)
     det_img = np.array([d["image_id"] for d in detections])
-    matched = coco_match(gt, detections) if detections else np.zeros(0, dtype=np.int64)
+    matched = coco_match(gt, detections, prepared=prepared) if detections else np.zeros(0, dtype=np.int64)
     to_crowd = (matched >= 0) & gt_crowd[np.maximum(matched, 0)] if len(anns) else matched < -1
     counted = ~to_crowd & (_rank_in_group(det_img, det_cat, det_score) < MAX_DETS)
     det_gt = np.where(to_crowd, -1, matched)

@@ -16,7 +16,14 @@ from PIL import Image
 
 from raredet.errors import ConfigError, DataError
 from raredet.evaluation import per_class, plots
-from raredet.evaluation.coco import CATEGORY_KEYS, CocoResult, check_coco, evaluate_coco, load_json
+from raredet.evaluation.coco import (
+    CATEGORY_KEYS,
+    CocoResult,
+    check_coco,
+    evaluate_coco,
+    load_json,
+    prepare_coco,
+)
 from raredet.evaluation.report import Example, write_report
 from raredet.evaluation.voc import voc_ap_per_class
 from raredet.fileio import atomic_write_json
@@ -75,27 +82,30 @@ def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
                         include_metrics_per_category: bool = True,
                         class_weights: list[dict[str, Any]] | None = None,
                         examples: Sequence[Example] = (), title: str = "raredet evaluation",
-                        extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+                        extra_metrics: dict[str, Any] | None = None, check: bool = True) -> dict[str, Any]:
     """Evaluate `detections` (COCO results list) against `gt` (COCO dict); write all outputs.
 
     Returns the metrics dict (TF OD API names; None where a class has no ground truth), which also
     goes to `out_dir/metrics.json` together with `extra_metrics` (e.g. validation losses).
+    `check=False` skips `check_coco` for a caller that has already checked (with file names).
     """
     sets = check_metrics_sets(metrics_set)
-    check_coco(gt, detections)
+    if check:
+        check_coco(gt, detections)
     out = Path(out_dir)
     cats = sorted(gt["categories"], key=lambda c: c["id"])
     for c in cats:
         c.setdefault("name", str(c["id"]))
     names = {c["id"]: c["name"] for c in cats}
-    coco = evaluate_coco(gt, detections) if COCO_SET in sets else None
+    prepared = prepare_coco(gt, detections)  # shared by the metrics and the table's matching
+    coco = evaluate_coco(gt, detections, prepared) if COCO_SET in sets else None
     voc = voc_ap_per_class(gt, detections) if VOC_SET in sets else None
     metrics: dict[str, Any] = dict(extra_metrics or {})
     if coco is not None:
         metrics.update(_coco_metrics(coco, names, include_metrics_per_category))
     if voc is not None:
         metrics.update(_voc_metrics(voc, names, include_metrics_per_category))
-    matches = per_class.match_detections(gt, detections)
+    matches = per_class.match_detections(gt, detections, prepared)
     counts = per_class.class_counts(matches, list(names), min_score_threshold)
     rows = per_class.build_table(cats, counts, coco, voc)
     meta = {"metrics_set": sets, "min_score_threshold": min_score_threshold}
@@ -163,7 +173,7 @@ def evaluate_detection_files(groundtruth: str | Path, detections: str | Path, *,
     check_coco(gt, dets, str(groundtruth), str(detections))
     examples = examples_from_files(gt, dets, image_dir, num_visualizations) if image_dir else []
     result = evaluate_detections(gt, dets, out_dir=out_dir, metrics_set=metrics_set,
-                                 min_score_threshold=min_score_threshold, examples=examples,
+                                 min_score_threshold=min_score_threshold, examples=examples, check=False,
                                  title=f"raredet evaluation of {Path(detections).name}")
     if echo is not None:
         echo(per_class.to_markdown(result["per_class"]))

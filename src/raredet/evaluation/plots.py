@@ -26,7 +26,7 @@ from raredet.fileio import atomic_write_bytes  # noqa: E402
 def save_figure(fig: Figure, path: str | Path) -> None:
     """Render `fig` to PNG and write it atomically."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -38,7 +38,7 @@ def _grid(n: int) -> tuple[int, int]:
 
 def pr_curves_figure(recall: np.ndarray, curves: dict[str, np.ndarray | None]) -> Figure:
     """Precision-recall curves at IoU 0.5, one line per class. recall [R]; curves: name -> [R] or None."""
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(7, 5), layout="constrained")
     for name, precision in curves.items():
         if precision is None:
             ax.plot([], [], linestyle=":", label=f"{name} (no ground truth)")
@@ -85,7 +85,7 @@ def confusion_figure(mat: np.ndarray, names: list[str], min_score: float) -> Fig
     """Heat map of `confusion_counts` with the count written in each cell."""
     labels = [*names, "background"]
     size = 2 + 0.6 * len(labels)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig, ax = plt.subplots(figsize=(size + 1, size), layout="constrained")
     im = ax.imshow(mat, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
@@ -102,7 +102,8 @@ def score_histograms_figure(matches: Matches, cat_ids: list[int], names: list[st
                             min_score: float) -> Figure:
     """Per class, histograms of detection scores: true positives vs false positives."""
     rows, cols = _grid(len(cat_ids))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False,
+                             layout="constrained")
     tp, fp = matches.is_tp(-np.inf), matches.is_fp(-np.inf)
     bins = np.linspace(0, 1, 21)
     for ax, cat, name in zip(axes.flat, cat_ids, names, strict=False):
@@ -115,5 +116,4 @@ def score_histograms_figure(matches: Matches, cat_ids: list[int], names: list[st
         ax.axis("off")
     axes.flat[0].legend(fontsize="x-small")
     fig.suptitle("Detection scores per class (dashed: min_score_threshold)")
-    fig.tight_layout()
     return fig
