@@ -325,3 +325,11 @@ def test_number_check_rejects_non_finite_even_without_upper_bound():
     checker = cfg._Checker("p", None)
     with pytest.raises(ConfigError, match="p: f: inf"):
         checker.number(math.inf, "f")
+
+
+def test_invalid_escape_in_string_is_an_error_not_a_python_warning(tmp_path):
+    path = write_variant(tmp_path, 'image_dir: "data/images"', 'image_dir: "C:\\data\\images"')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        with pytest.raises(ConfigError, match=r"invalid escape sequence '\\d'; write a backslash as \\\\"):
+            cfg.load(path)

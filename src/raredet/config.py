@@ -72,7 +72,9 @@ def parse_text(text: str, message: M, path: str | os.PathLike[str]) -> M:
     The error reads `path:line:column: what is wrong; did you mean 'x'?`.
     """
     try:
-        text_format.Parse(text, message)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            text_format.Parse(text, message)
     except text_format.ParseError as err:
         line, column = err.GetLine(), err.GetColumn()
         detail = str(err)
@@ -83,6 +85,11 @@ def parse_text(text: str, message: M, path: str | os.PathLike[str]) -> M:
         raise ConfigError(f"{where}: {detail}{_hint(detail)}") from None
     except (ValueError, TypeError, OverflowError, RecursionError) as err:  # e.g. bad UTF-8 bytes
         raise ConfigError(f"{path}: cannot parse as protobuf text format: {err}") from None
+    for warning in caught:  # protobuf decodes string escapes with Python's codec, which only warns
+        if "invalid escape sequence" in str(warning.message):
+            raise ConfigError(f"{path}: a string has an {warning.message}; write a backslash as \\\\ "
+                              "(or use / in paths)")
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return message
 
 
