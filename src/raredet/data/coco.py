@@ -80,9 +80,10 @@ class CocoReader:
         if height <= 0 or width <= 0:
             raise DataError(f"{where}: fields 'height'/'width' are missing or not positive")
         boxes = self._boxes(anns, where)
-        category_ids = [a.get("category_id") for a in anns]
+        category_ids = [int(a.get("category_id", -1)) for a in anns]
         labels = np.array([self._category_index.get(c, -1) for c in category_ids], dtype=np.int64)
-        desc = np.array([self._category_names.get(c, f"category_id {c}") for c in category_ids], dtype=object)
+        names = [self._category_names.get(c, f"category_id {c}") for c in category_ids]
+        desc = np.array(names, dtype=np.str_)
         checked = checked_annotations(
             boxes=boxes,
             labels=labels,

@@ -118,7 +118,7 @@ def decode_image(
             img.draft("RGB", (draft_size[1], draft_size[0]))
         array = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError as err:
-        raise DataError(f"{where}: image file {source} does not exist; check the image directory") from err
+        raise DataError(f"{where}: image file {source!s} does not exist; check the image directory") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{where}: field 'image' cannot be decoded ({err}); the image is corrupt") from err
     return array, full_size

@@ -63,7 +63,8 @@ class TFRecordFile:
         self._offsets, self._lengths = self._index()
 
     def _index(self) -> tuple[np.ndarray, np.ndarray]:
-        offsets, lengths = [], []
+        offsets: list[int] = []
+        lengths: list[int] = []
         size = self.path.stat().st_size
         with open(self.path, "rb") as f:
             pos = 0
