@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import numpy as np
 from google.protobuf import descriptor_pool, text_format
@@ -683,7 +683,8 @@ def _fill_defaults(msg: Message) -> None:
     Fields without an explicit default (e.g. focal `alpha`, where unset means "no alpha term") and
     oneof members stay unset, so the output parses back to the same meaning.
     """
-    for fd in msg.DESCRIPTOR.fields:
+    fields = cast(Sequence[FieldDescriptor], msg.DESCRIPTOR.fields)  # the stubs name two classes
+    for fd in fields:
         if fd.message_type is not None:
             if fd.message_type.GetOptions().map_entry:
                 continue
