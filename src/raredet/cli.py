@@ -143,10 +143,32 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
+def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("eval", help="evaluate checkpoints on eval_input_reader: COCO/VOC metrics, per-class "
+                       "table, plots, report.html (flags as model_main_tf2.py's evaluation mode)")
+    p.add_argument("--pipeline_config_path", required=True, help="pipeline.config")
+    p.add_argument("--checkpoint_dir", required=True, help="the training run's model_dir (ckpt-<step>.pt)")
+    p.add_argument("--checkpoint", help="evaluate this checkpoint file (default: the newest)")
+    p.add_argument("--wait", action="store_true", help="keep evaluating each new checkpoint as it appears")
+    p.add_argument("--eval_timeout", type=float, default=3600.0,
+                   help="with --wait: stop after this many seconds without a new checkpoint (default 3600)")
+    p.add_argument("--out", help="output directory (default: CHECKPOINT_DIR/eval)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+
+    def run(a: argparse.Namespace) -> int:
+        from raredet.engine.evaluate import eval_from_config
+
+        eval_from_config(a.pipeline_config_path, a.checkpoint_dir, checkpoint=a.checkpoint, wait=a.wait,
+                         eval_timeout=a.eval_timeout, out_dir=a.out, device=a.device)
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # ---- end of verbs ----------------------------------------------------------------------------------
 
 VERBS: list[AddVerb] = [
-    _add_config, _add_evaluate_detections, _add_compare, _add_stats, _add_synth, _add_train,
+    _add_config, _add_evaluate_detections, _add_compare, _add_eval, _add_stats, _add_synth, _add_train,
 ]
 
 
