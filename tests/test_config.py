@@ -333,3 +333,12 @@ def test_invalid_escape_in_string_is_an_error_not_a_python_warning(tmp_path):
         warnings.simplefilter("error", DeprecationWarning)
         with pytest.raises(ConfigError, match=r"invalid escape sequence '\\d'; write a backslash as \\\\"):
             cfg.load(path)
+
+
+def test_not_acted_on_list_names_real_fields():
+    from google.protobuf import descriptor_pool
+
+    pool = descriptor_pool.Default()
+    for full_name in cfg.NOT_ACTED_ON:
+        message, field = full_name.rsplit(".", 1)
+        assert field in pool.FindMessageTypeByName(message).fields_by_name, full_name

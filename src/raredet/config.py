@@ -296,6 +296,14 @@ NOT_ACTED_ON: frozenset[str] = frozenset(
         "BatchNonMaxSuppression.use_combined_nms",
         "BatchNonMaxSuppression.use_cpu_nms",
         "Hyperparams.regularize_depthwise",
+        # Deprecated in the TF OD API: the losses are always per anchor.
+        "WeightedL2LocalizationLoss.anchorwise_output",
+        "WeightedSmoothL1LocalizationLoss.anchorwise_output",
+        "WeightedSigmoidClassificationLoss.anchorwise_output",
+        "SigmoidFocalClassificationLoss.anchorwise_output",
+        "WeightedSoftmaxClassificationLoss.anchorwise_output",
+        "WeightedSoftmaxClassificationAgainstLogitsLoss.anchorwise_output",
+        "BootstrappedSigmoidClassificationLoss.anchorwise_output",
         # tf.data queue tuning: raredet uses a torch DataLoader.
         "InputReader.queue_capacity",
         "InputReader.min_after_dequeue",
