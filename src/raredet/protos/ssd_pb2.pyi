@@ -60,7 +60,7 @@ class Ssd(_message.Message):
     def __init__(self, num_classes: _Optional[int] = ..., image_resizer: _Optional[_Union[_image_resizer_pb2.ImageResizer, _Mapping]] = ..., feature_extractor: _Optional[_Union[SsdFeatureExtractor, _Mapping]] = ..., box_coder: _Optional[_Union[_box_coder_pb2.BoxCoder, _Mapping]] = ..., matcher: _Optional[_Union[_matcher_pb2.Matcher, _Mapping]] = ..., similarity_calculator: _Optional[_Union[_matcher_pb2.RegionSimilarityCalculator, _Mapping]] = ..., encode_background_as_zeros: _Optional[bool] = ..., negative_class_weight: _Optional[float] = ..., box_predictor: _Optional[_Union[_box_predictor_pb2.BoxPredictor, _Mapping]] = ..., anchor_generator: _Optional[_Union[_anchor_generator_pb2.AnchorGenerator, _Mapping]] = ..., post_processing: _Optional[_Union[_post_processing_pb2.PostProcessing, _Mapping]] = ..., normalize_loss_by_num_matches: _Optional[bool] = ..., normalize_loc_loss_by_codesize: _Optional[bool] = ..., loss: _Optional[_Union[_losses_pb2.Loss, _Mapping]] = ..., freeze_batchnorm: _Optional[bool] = ..., inplace_batchnorm_update: _Optional[bool] = ..., add_background_class: _Optional[bool] = ..., explicit_background_class: _Optional[bool] = ..., use_confidences_as_targets: _Optional[bool] = ..., implicit_example_weight: _Optional[float] = ..., return_raw_detections_during_predict: _Optional[bool] = ...) -> None: ...
 
 class SsdFeatureExtractor(_message.Message):
-    __slots__ = ("type", "depth_multiplier", "min_depth", "conv_hyperparams", "override_base_feature_extractor_hyperparams", "pad_to_multiple", "use_explicit_padding", "use_depthwise", "fpn", "replace_preprocessor_with_placeholder", "num_layers")
+    __slots__ = ("type", "depth_multiplier", "min_depth", "conv_hyperparams", "override_base_feature_extractor_hyperparams", "pad_to_multiple", "use_explicit_padding", "use_depthwise", "fpn", "replace_preprocessor_with_placeholder", "num_layers", "bifpn")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     DEPTH_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     MIN_DEPTH_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class SsdFeatureExtractor(_message.Message):
     FPN_FIELD_NUMBER: _ClassVar[int]
     REPLACE_PREPROCESSOR_WITH_PLACEHOLDER_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    BIFPN_FIELD_NUMBER: _ClassVar[int]
     type: str
     depth_multiplier: float
     min_depth: int
@@ -83,7 +84,8 @@ class SsdFeatureExtractor(_message.Message):
     fpn: FeaturePyramidNetworks
     replace_preprocessor_with_placeholder: bool
     num_layers: int
-    def __init__(self, type: _Optional[str] = ..., depth_multiplier: _Optional[float] = ..., min_depth: _Optional[int] = ..., conv_hyperparams: _Optional[_Union[_hyperparams_pb2.Hyperparams, _Mapping]] = ..., override_base_feature_extractor_hyperparams: _Optional[bool] = ..., pad_to_multiple: _Optional[int] = ..., use_explicit_padding: _Optional[bool] = ..., use_depthwise: _Optional[bool] = ..., fpn: _Optional[_Union[FeaturePyramidNetworks, _Mapping]] = ..., replace_preprocessor_with_placeholder: _Optional[bool] = ..., num_layers: _Optional[int] = ...) -> None: ...
+    bifpn: BidirectionalFeaturePyramidNetworks
+    def __init__(self, type: _Optional[str] = ..., depth_multiplier: _Optional[float] = ..., min_depth: _Optional[int] = ..., conv_hyperparams: _Optional[_Union[_hyperparams_pb2.Hyperparams, _Mapping]] = ..., override_base_feature_extractor_hyperparams: _Optional[bool] = ..., pad_to_multiple: _Optional[int] = ..., use_explicit_padding: _Optional[bool] = ..., use_depthwise: _Optional[bool] = ..., fpn: _Optional[_Union[FeaturePyramidNetworks, _Mapping]] = ..., replace_preprocessor_with_placeholder: _Optional[bool] = ..., num_layers: _Optional[int] = ..., bifpn: _Optional[_Union[BidirectionalFeaturePyramidNetworks, _Mapping]] = ...) -> None: ...
 
 class FeaturePyramidNetworks(_message.Message):
     __slots__ = ("min_level", "max_level", "additional_layer_depth")
@@ -94,3 +96,17 @@ class FeaturePyramidNetworks(_message.Message):
     max_level: int
     additional_layer_depth: int
     def __init__(self, min_level: _Optional[int] = ..., max_level: _Optional[int] = ..., additional_layer_depth: _Optional[int] = ...) -> None: ...
+
+class BidirectionalFeaturePyramidNetworks(_message.Message):
+    __slots__ = ("min_level", "max_level", "num_iterations", "num_filters", "combine_method")
+    MIN_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    NUM_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    NUM_FILTERS_FIELD_NUMBER: _ClassVar[int]
+    COMBINE_METHOD_FIELD_NUMBER: _ClassVar[int]
+    min_level: int
+    max_level: int
+    num_iterations: int
+    num_filters: int
+    combine_method: str
+    def __init__(self, min_level: _Optional[int] = ..., max_level: _Optional[int] = ..., num_iterations: _Optional[int] = ..., num_filters: _Optional[int] = ..., combine_method: _Optional[str] = ...) -> None: ...
