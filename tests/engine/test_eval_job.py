@@ -1,0 +1,64 @@
+"""`raredet eval` on the tiny synthetic pipeline: an untrained SSD saved as a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from raredet import builders, config
+from raredet.cli import main
+from raredet.engine.checkpoint import save_checkpoint
+from raredet.engine.evaluate import _weights, eval_from_config
+
+from .tiny_pipeline import make_data, write_config
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    data = tmp_path_factory.mktemp("data")
+    make_data(data, images=8)
+    cfg = write_config(data)
+    torch.manual_seed(0)
+    model, _ = builders.build_model(config.load(cfg).config.model.ssd)
+    model_dir = data / "run"
+    weights = [{"index": 0, "id": 1, "name": "scratch", "count": 3, "weight": 2.0, "source": "explicit"}]
+    save_checkpoint(model_dir, 4, {"model": model.state_dict(), "class_weights": weights})
+    return cfg, model_dir
+
+
+def test_eval_cli_writes_outputs(run_dir: tuple[Path, Path], capsys) -> None:
+    cfg, model_dir = run_dir
+    assert main(["eval", "--pipeline_config_path", str(cfg), "--checkpoint_dir", str(model_dir),
+                 "--device", "cpu"]) == 0
+    out = model_dir / "eval"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["DetectionBoxes_Precision/mAP"] <= 1.0
+    assert metrics["Loss/total_loss"] > 0  # validation loss, from the checkpoint's class weights
+    assert any(p.name.startswith("events.out.tfevents") for p in out.iterdir())
+    assert "scratch" in (out / "report.html").read_text()
+    printed = capsys.readouterr().out
+    assert "== ckpt-4.pt" in printed and "| class |" in printed
+
+
+def test_wait_stops_after_the_final_step(run_dir: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg, model_dir = run_dir  # num_steps is 4 and ckpt-4 exists: evaluate it, then stop
+    metrics = eval_from_config(cfg, model_dir, wait=True, eval_timeout=30, out_dir=tmp_path, device="cpu",
+                               poll_seconds=0.01)
+    assert "DetectionBoxes_Recall/AR@100" in metrics
+
+
+def test_missing_checkpoint_is_a_clear_error(run_dir: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    cfg, _ = run_dir
+    assert main(["eval", "--pipeline_config_path", str(cfg), "--checkpoint_dir", str(tmp_path)]) == 2
+    assert "no ckpt-<step>.pt checkpoint" in capsys.readouterr().err
+
+
+def test_moving_averages_chosen_when_asked() -> None:
+    state = {"model": {"w": 1}, "ema": {"w": 2}}
+    assert _weights(state, True, Path("c")) == {"w": 2}
+    assert _weights(state, False, Path("c")) == {"w": 1}
+    with pytest.warns(UserWarning, match="no moving averages"):
+        assert _weights({"model": {"w": 1}, "ema": None}, True, Path("c")) == {"w": 1}
