@@ -87,8 +87,9 @@ def _reference_batch(boxes, scores, post):
         for c in range(scores.shape[2]):
             s = scores[b, :, c].tolist()
             idx = [i for i in range(len(s)) if s[i] > post.score_threshold]
-            kept = _reference_nms([boxes[b, i].tolist() for i in idx], [s[i] for i in idx], [0] * len(idx),
-                                  post.iou_threshold)[: post.max_detections_per_class]
+            kept = _reference_nms(
+                [boxes[b, i].tolist() for i in idx], [s[i] for i in idx], [0] * len(idx), post.iou_threshold
+            )[: post.max_detections_per_class]
             dets += [(s[idx[k]], c, idx[k]) for k in kept]
         dets.sort(key=lambda d: -d[0])
         out.append(dets[: post.max_total_detections])
@@ -100,8 +101,9 @@ def test_batch_nms_matches_reference_per_class():
     xy = torch.rand(2, 40, 2, generator=gen) * 40
     boxes = torch.cat([xy, xy + torch.rand(2, 40, 2, generator=gen) * 20 + 1], dim=-1)
     scores = torch.rand(2, 40, 3, generator=gen)
-    post = BatchNonMaxSuppression(score_threshold=0.2, iou_threshold=0.4, max_detections_per_class=5,
-                                  max_total_detections=12)
+    post = BatchNonMaxSuppression(
+        score_threshold=0.2, iou_threshold=0.4, max_detections_per_class=5, max_total_detections=12
+    )
     result = post(boxes, scores)
     expected = _reference_batch(boxes, scores, post)
     for b in range(2):
@@ -118,8 +120,9 @@ def test_batch_nms_matches_reference_per_class():
 def test_class_agnostic_and_padding():
     boxes = torch.tensor([[[0.0, 0, 10, 10], [1.0, 0, 11, 10], [30.0, 30, 40, 40]]])
     scores = torch.tensor([[[0.9, 0.1], [0.2, 0.8], [0.05, 0.3]]])
-    post = BatchNonMaxSuppression(score_threshold=0.1, iou_threshold=0.5, max_total_detections=5,
-                                  use_class_agnostic_nms=True)
+    post = BatchNonMaxSuppression(
+        score_threshold=0.1, iou_threshold=0.5, max_total_detections=5, use_class_agnostic_nms=True
+    )
     result = post(boxes, scores)
     # Anchor 1 (class 1, 0.8) overlaps anchor 0 (class 0, 0.9): suppressed across classes.
     assert result["num_detections"].tolist() == [2]

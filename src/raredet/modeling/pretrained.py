@@ -1,0 +1,117 @@
+"""``fine_tune_checkpoint`` loading: torchvision ImageNet backbones and raredet detection checkpoints.
+
+``fine_tune_checkpoint_type``:
+
+* ``"classification"``: a torchvision-format state dict (``.pth``/``.pt`` via ``torch.load`` with
+  ``weights_only=True``, or ``.safetensors``) loaded by name into the backbone; the classifier
+  (``fc.*`` / ``classifier.*``) is reported as unexpected.
+* ``"detection"``: a raredet checkpoint (a dict whose ``"model"`` entry is the state dict) or a bare
+  state dict, loaded by name into the whole model. Tensors whose shape differs (e.g. a class head
+  trained for another number of classes) are skipped and reported, so a detector fine-tunes onto a new
+  label map.
+* ``"full"``: as ``"detection"``, but every parameter must load with its shape.
+
+A ``module.`` prefix (left by ``DistributedDataParallel``) is removed first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from raredet.errors import CheckpointError, ConfigError
+
+CHECKPOINT_TYPES = ("classification", "detection", "full")
+
+
+@dataclass
+class LoadReport:
+    """Which checkpoint entries went where (names in the target module, each list sorted)."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatch: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"loaded {len(self.loaded)}, missing {len(self.missing)}, unexpected {len(self.unexpected)}, "
+            f"shape mismatch {len(self.shape_mismatch)}"
+        )
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The state dict in ``path`` (``.safetensors``, or ``torch.save`` read with ``weights_only=True``);
+    a dict with a ``"model"`` entry (raredet checkpoint) yields that entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: fine_tune_checkpoint not found; check train_config.fine_tune_checkpoint"
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            data = load_file(str(path))
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch/safetensors raise many types; all mean "cannot use this file"
+        raise CheckpointError(
+            f"{path}: cannot read as a state dict ({type(err).__name__}: {err}); give a torchvision .pth, "
+            f"a .safetensors file or a raredet ckpt-N.pt"
+        ) from err
+    if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
+        data = data["model"]
+    if not isinstance(data, Mapping) or not all(isinstance(v, Tensor) for v in data.values()):
+        raise CheckpointError(
+            f"{path}: expected a state dict (name -> tensor) or a dict with a 'model' entry"
+        )
+    return {k.removeprefix("module."): v for k, v in data.items()}
+
+
+def load_state_dict_by_name(module: nn.Module, state: Mapping[str, Tensor]) -> LoadReport:
+    """Copy every entry of ``state`` whose name and shape match into ``module``; report the rest."""
+    own = module.state_dict()
+    report = LoadReport()
+    matching = {}
+    for name, tensor in state.items():
+        if name not in own:
+            report.unexpected.append(name)
+        elif own[name].shape != tensor.shape:
+            report.shape_mismatch.append(name)
+        else:
+            matching[name] = tensor
+    module.load_state_dict(matching, strict=False)
+    report.loaded = sorted(matching)
+    report.unexpected.sort()
+    report.shape_mismatch.sort()
+    report.missing = sorted(set(own) - set(matching) - set(report.shape_mismatch))
+    return report
+
+
+def load_fine_tune_checkpoint(model: nn.Module, path: str | Path, checkpoint_type: str) -> LoadReport:
+    """Load ``path`` into ``model`` (an ``SSD``) as ``checkpoint_type`` says (see the module docstring)."""
+    if checkpoint_type not in CHECKPOINT_TYPES:
+        raise ConfigError(
+            f"train_config.fine_tune_checkpoint_type: unknown {checkpoint_type!r}; "
+            f"valid: {list(CHECKPOINT_TYPES)}"
+        )
+    state = read_state_dict(path)
+    target = model.backbone if checkpoint_type == "classification" else model
+    report = load_state_dict_by_name(target, state)
+    if not report.loaded:
+        raise CheckpointError(
+            f"{path}: no entry matched the model by name and shape ({report.summary()}); is "
+            f"fine_tune_checkpoint_type {checkpoint_type!r} right for this file and feature extractor?"
+        )
+    if checkpoint_type == "full" and (report.missing or report.shape_mismatch):
+        raise CheckpointError(
+            f"{path}: fine_tune_checkpoint_type 'full' needs every parameter ({report.summary()}); first "
+            f"missing/mismatched: {(report.missing + report.shape_mismatch)[:3]}; "
+            "use 'detection' to skip them"
+        )
+    return report

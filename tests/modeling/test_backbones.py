@@ -1,0 +1,77 @@
+"""Backbones: torchvision's names and shapes, strides, widths, frozen batch norm."""
+
+import pytest
+import torch
+
+from raredet.modeling.backbones import MobileNetV2, ResNet, scaled_depth
+from raredet.modeling.layers import FrozenBatchNorm2d
+
+# torchvision's documented parameter counts (resnet18 11,689,512 ...) minus the ImageNet classifier:
+# fc is 512*1000 + 1000 (BasicBlock) or 2048*1000 + 1000 (Bottleneck); MobileNetV2's is 1280*1000 + 1000.
+TORCHVISION_COUNTS = [
+    (lambda: ResNet(18), 11_689_512 - 513_000),
+    (lambda: ResNet(34), 21_797_672 - 513_000),
+    (lambda: ResNet(50), 25_557_032 - 2_049_000),
+    (lambda: MobileNetV2(), 3_504_872 - 1_281_000),
+]
+
+
+@pytest.mark.parametrize(("make", "expected"), TORCHVISION_COUNTS)
+def test_parameter_counts_match_torchvision(make, expected):
+    assert sum(p.numel() for p in make().parameters()) == expected
+
+
+def test_resnet_names_and_shapes():
+    shapes = {k: tuple(v.shape) for k, v in ResNet(50).state_dict().items()}
+    assert shapes["conv1.weight"] == (64, 3, 7, 7)
+    assert shapes["layer1.0.downsample.0.weight"] == (256, 64, 1, 1)
+    assert shapes["layer2.0.conv2.weight"] == (128, 128, 3, 3)  # v1.5: stride on the 3x3
+    assert shapes["layer4.2.conv3.weight"] == (2048, 512, 1, 1)
+    assert shapes["layer3.5.bn3.running_var"] == (1024,)
+    assert "layer1.0.bn1.num_batches_tracked" in shapes
+    assert not any(k.startswith("fc") for k in shapes)
+
+
+def test_mobilenet_names_and_shapes():
+    shapes = {k: tuple(v.shape) for k, v in MobileNetV2().state_dict().items()}
+    assert shapes["features.0.0.weight"] == (32, 3, 3, 3)
+    assert shapes["features.1.conv.0.0.weight"] == (32, 1, 3, 3)  # t=1: depthwise first
+    assert shapes["features.1.conv.1.weight"] == (16, 32, 1, 1)
+    assert shapes["features.2.conv.0.0.weight"] == (96, 16, 1, 1)
+    assert shapes["features.2.conv.3.running_mean"] == (24,)
+    assert shapes["features.17.conv.2.weight"] == (320, 960, 1, 1)
+    assert shapes["features.18.0.weight"] == (1280, 320, 1, 1)
+
+
+def test_levels_have_strides_4_to_32():
+    x = torch.zeros(1, 3, 64, 96)
+    for model in (ResNet(18, 0.25), MobileNetV2(0.35)):
+        out = model.eval()(x)
+        assert {lv: tuple(t.shape[-2:]) for lv, t in out.items()} == {
+            2: (16, 24),
+            3: (8, 12),
+            4: (4, 6),
+            5: (2, 3),
+        }
+        assert {lv: t.shape[1] for lv, t in out.items()} == model.out_channels
+
+
+def test_scaled_depth_rounding():
+    assert [scaled_depth(c, 0.25, 8) for c in (64, 128, 256, 512)] == [16, 32, 64, 128]
+    assert [scaled_depth(c, 0.125, 16) for c in (64, 128, 256, 512)] == [16, 16, 32, 64]
+    assert scaled_depth(32, 0.35, 8) == 16  # 11.2 rounds to 8, < 90% of 11.2, so up to 16
+    assert scaled_depth(1280, 1.0) == 1280
+    assert ResNet(18, 0.25, 8).out_channels == {2: 16, 3: 32, 4: 64, 5: 128}
+
+
+def test_frozen_batchnorm_uses_running_stats_and_does_not_train():
+    model = ResNet(18, 0.25, freeze_batchnorm=True)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(isinstance(m, FrozenBatchNorm2d) for m in bns)
+    assert all(not m.weight.requires_grad and not m.bias.requires_grad for m in bns)
+    x = torch.randn(2, 3, 32, 32)
+    before = bns[0].running_mean.clone()
+    train_out = model.train()(x)[5]
+    eval_out = model.eval()(x)[5]
+    torch.testing.assert_close(train_out, eval_out)
+    assert torch.equal(bns[0].running_mean, before)

@@ -1,0 +1,114 @@
+"""FPN levels and the predictors' output layout (which must match the anchor order)."""
+
+import torch
+from torch import nn
+
+from raredet.modeling.anchors import MultiscaleAnchorGenerator
+from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
+from raredet.modeling.layers import ConvHyperparams
+from raredet.modeling.predictor import (
+    ConvolutionalBoxPredictor,
+    WeightSharedConvolutionalBoxPredictor,
+    focal_prior_bias,
+)
+
+HP = ConvHyperparams.from_dict({"batch_norm": {"scale": True}, "activation": "RELU_6"})
+
+
+def _backbone_maps(size=64):
+    return {lv: torch.randn(1, 4 * lv, size // 2**lv, size // 2**lv) for lv in (2, 3, 4, 5)}
+
+
+def test_fpn_levels_3_to_7_shapes():
+    fpn = FeaturePyramid({2: 8, 3: 12, 4: 16, 5: 20}, HP, 3, 7, 24)
+    out = fpn.eval()(_backbone_maps(64))
+    assert [tuple(t.shape) for t in out] == [
+        (1, 24, 8, 8),
+        (1, 24, 4, 4),
+        (1, 24, 2, 2),
+        (1, 24, 1, 1),
+        (1, 24, 1, 1),
+    ]
+    assert fpn.out_channels == [24] * 5
+    assert len(fpn.extra) == 2 and len(fpn.smoothing) == 2
+
+
+def test_fpn_top_down_reaches_the_finest_level_and_handles_odd_sizes():
+    fpn = FeaturePyramid({3: 4, 4: 4, 5: 4}, HP, 3, 5, 8).eval()
+    maps = {
+        3: torch.zeros(1, 4, 13, 13),
+        4: torch.zeros(1, 4, 7, 7),
+        5: torch.randn(1, 4, 4, 4, requires_grad=True),
+    }
+    out = fpn(maps)
+    assert [t.shape[-1] for t in out] == [13, 7, 4]
+    out[0].sum().backward()
+    assert maps[5].grad.abs().sum() > 0  # P3 depends on C5 through the top-down path
+
+
+def test_fpn_lite_uses_depthwise_convs():
+    fpn = FeaturePyramid({3: 8, 4: 8, 5: 8}, HP, 3, 6, 16, use_depthwise=True)
+    groups = {m.groups for m in fpn.modules() if isinstance(m, nn.Conv2d)}
+    assert 16 in groups
+
+
+def test_ssd_extra_layers_halve_each_time():
+    extra = SsdExtraLayers(32, [24, 16], HP).eval()
+    out = extra(torch.zeros(1, 32, 10, 10))
+    assert [tuple(t.shape) for t in out] == [(1, 24, 5, 5), (1, 16, 3, 3)]
+
+
+def _position_maps(sizes):
+    """One channel per level whose value at (y, x) is 1000 * level + 10 * y + x."""
+    return [
+        (1000 * i + 10 * torch.arange(h)[:, None] + torch.arange(w)[None, :]).float()[None, None]
+        for i, (h, w) in enumerate(sizes)
+    ]
+
+
+def test_weight_shared_layout_matches_anchor_order():
+    n, k = 2, 3
+    pred = WeightSharedConvolutionalBoxPredictor(k, n, [1, 1], HP, kernel_size=1)
+    with torch.no_grad():
+        pred.box_head.weight.fill_(1.0)
+        pred.box_head.bias.copy_(torch.arange(n * 4, dtype=torch.float32))
+        pred.class_head.weight.fill_(0.0)
+        pred.class_head.bias.copy_(torch.arange(n * k, dtype=torch.float32))
+    sizes = [(2, 3), (1, 2)]
+    cls, box = pred(_position_maps(sizes))
+    anchors = MultiscaleAnchorGenerator(3, 4, 1.0, [1.0, 2.0], 1)((16, 24), sizes)
+    assert box.shape == (1, len(anchors), 4) and cls.shape == (1, len(anchors), k)
+    # Anchor order: level, row, column, anchor in cell -> entry = position value + a * 4 + coordinate.
+    i = 0
+    for level, (h, w) in enumerate(sizes):
+        for y in range(h):
+            for x in range(w):
+                for a in range(n):
+                    expected = 1000 * level + 10 * y + x + a * 4 + torch.arange(4.0)
+                    torch.testing.assert_close(box[0, i], expected)
+                    torch.testing.assert_close(cls[0, i], a * k + torch.arange(float(k)))
+                    i += 1
+
+
+def test_class_bias_init_and_shared_tower():
+    pred = WeightSharedConvolutionalBoxPredictor(
+        4,
+        6,
+        [8] * 3,
+        HP,
+        num_layers_before_predictor=2,
+        depth=8,
+        class_prediction_bias_init=focal_prior_bias(0.01),
+        share_prediction_tower=True,
+    ).eval()
+    cls, _ = pred([torch.zeros(1, 8, s, s) for s in (4, 2, 1)])
+    # With zero input and conv without bias before BN (running stats 0/1, beta 0), logits = the bias.
+    torch.testing.assert_close(torch.sigmoid(cls), torch.full_like(cls, 0.01))
+    assert pred.class_tower is None
+    assert len(pred.box_tower.norms) == 3  # one set of batch norms per level, shared convs
+
+
+def test_convolutional_predictor_per_level_shapes():
+    pred = ConvolutionalBoxPredictor(5, 6, [16, 8], HP, kernel_size=3, use_depthwise=True).eval()
+    cls, box = pred([torch.zeros(2, 16, 4, 4), torch.zeros(2, 8, 2, 2)])
+    assert cls.shape == (2, (16 + 4) * 6, 5) and box.shape == (2, (16 + 4) * 6, 4)

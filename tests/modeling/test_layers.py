@@ -1,0 +1,86 @@
+"""conv_hyperparams parsing, initialisers, batch-norm settings and L2 weights."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from raredet.errors import ConfigError
+from raredet.modeling.layers import ConvHyperparams, ConvNormAct, l2_weights_of
+
+
+def test_defaults_are_the_tf_od_api_ones():
+    hp = ConvHyperparams.from_dict({})
+    assert (hp.activation, hp.l2_weight, hp.use_batch_norm) == ("RELU", 0.0, False)
+    bn = ConvHyperparams.from_dict({"batch_norm": {}})
+    assert (bn.bn_decay, bn.bn_center, bn.bn_scale, bn.bn_epsilon, bn.bn_train) == (
+        0.999,
+        True,
+        False,
+        0.001,
+        True,
+    )
+    assert ConvHyperparams.from_dict({"regularizer": {"l2_regularizer": {}}}).l2_weight == 1.0
+
+
+def test_batch_norm_settings():
+    hp = ConvHyperparams.from_dict({"batch_norm": {"decay": 0.97, "epsilon": 0.01}})
+    bn = hp.norm(8, freeze_batchnorm=False)
+    assert bn.momentum == pytest.approx(0.03) and bn.eps == pytest.approx(0.01)
+    assert not bn.weight.requires_grad and bn.bias.requires_grad  # scale: false -> gamma fixed at 1
+    conv = hp.conv(4, 8, 3)
+    assert conv.bias is None  # batch norm supplies the shift
+    assert ConvHyperparams.from_dict({}).conv(4, 8, 3).bias is not None
+
+
+@pytest.mark.parametrize(
+    ("initializer", "expected_std"),
+    [
+        ({"random_normal_initializer": {"stddev": 0.05}}, 0.05),
+        # A normal truncated at +-2 sigma has std 0.8796 sigma.
+        ({"truncated_normal_initializer": {"stddev": 0.1}}, 0.1 * 0.8796),
+        # Keras variance scaling, fan_in = 64 * 3 * 3: std sqrt(2 / 576).
+        ({"variance_scaling_initializer": {"factor": 2.0}}, math.sqrt(2 / 576)),
+        (
+            {"variance_scaling_initializer": {"factor": 1.0, "uniform": True, "mode": "FAN_OUT"}},
+            math.sqrt(1 / 1152),
+        ),
+    ],
+)
+def test_initializers_give_the_stated_spread(initializer, expected_std):
+    torch.manual_seed(0)
+    conv = ConvHyperparams.from_dict({"initializer": initializer}).conv(64, 128, 3)
+    assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.03)
+    assert conv.bias is not None and conv.bias.abs().sum() == 0
+
+
+def test_activations():
+    x = torch.tensor([-1.0, 3.0, 8.0])
+    acts = {
+        name: ConvHyperparams.from_dict({"activation": name}).act()(x) for name in ("NONE", "RELU", "RELU_6")
+    }
+    assert (
+        acts["NONE"].tolist() == [-1, 3, 8]
+        and acts["RELU"].tolist() == [0, 3, 8]
+        and acts["RELU_6"].tolist() == [0, 3, 6]
+    )
+    swish = ConvHyperparams.from_dict({"activation": "SWISH"}).act()(x)
+    torch.testing.assert_close(swish, x * torch.sigmoid(x))
+
+
+def test_bad_hyperparams_name_the_field():
+    with pytest.raises(ConfigError, match=r"box_predictor.*activation.*RELU_6"):
+        ConvHyperparams.from_dict({"activation": "GELU"}, "box_predictor.conv_hyperparams")
+    with pytest.raises(ConfigError, match="l1_regularizer"):
+        ConvHyperparams.from_dict({"regularizer": {"l1_regularizer": {"weight": 1.0}}})
+
+
+def test_l2_weights_cover_conv_kernels_only():
+    hp = ConvHyperparams.from_dict({"regularizer": {"l2_regularizer": {"weight": 0.5}}, "batch_norm": {}})
+    block = nn.Sequential(ConvNormAct(hp, 4, 8, 3, depthwise=True))
+    weights = l2_weights_of(block, hp, "head")
+    # depthwise kernel (0.0) skipped without regularize_depthwise; pointwise (0.1) kept; BN (1) never.
+    assert weights == {"head.0.1.weight": 0.5}
+    hp.regularize_depthwise = True
+    assert set(l2_weights_of(block, hp)) == {"0.0.weight", "0.1.weight"}

@@ -1,0 +1,72 @@
+"""fine_tune_checkpoint loading: state dicts saved here round-trip by name."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from raredet.errors import CheckpointError, ConfigError
+from raredet.modeling.backbones import ResNet
+from raredet.modeling.pretrained import load_fine_tune_checkpoint
+
+
+def _torchvision_like_resnet18_state():
+    """A state dict shaped as torchvision's resnet18 at the tiny width, classifier included."""
+    torch.manual_seed(1)
+    state = {k: v.clone() for k, v in ResNet(18, 0.125, 8).state_dict().items()}
+    for v in state.values():
+        if v.is_floating_point():
+            v.normal_()
+    state["fc.weight"] = torch.randn(1000, 64)
+    state["fc.bias"] = torch.randn(1000)
+    return state
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_classification_round_trip_by_name(tmp_path, tiny_ssd, suffix):
+    state = _torchvision_like_resnet18_state()
+    path = tmp_path / f"resnet18{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    model = tiny_ssd()
+    report = load_fine_tune_checkpoint(model, path, "classification")
+    assert sorted(report.unexpected) == ["fc.bias", "fc.weight"]
+    assert report.missing == [] and report.shape_mismatch == []
+    assert len(report.loaded) == len(state) - 2
+    loaded = model.backbone.state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in report.loaded)
+
+
+def test_detection_checkpoint_onto_other_num_classes(tmp_path, tiny_ssd):
+    source = tiny_ssd(num_classes=3)
+    torch.save({"model": source.state_dict(), "step": 7}, tmp_path / "ckpt-7.pt")
+    target = tiny_ssd(num_classes=5)
+    report = load_fine_tune_checkpoint(target, tmp_path / "ckpt-7.pt", "detection")
+    assert report.shape_mismatch == ["box_predictor.class_head.bias", "box_predictor.class_head.weight"]
+    assert report.missing == [] and report.unexpected == []
+    for name in report.loaded:
+        assert torch.equal(target.state_dict()[name], source.state_dict()[name])
+    with pytest.raises(CheckpointError, match="'full' needs every parameter"):
+        load_fine_tune_checkpoint(target, tmp_path / "ckpt-7.pt", "full")
+
+
+def test_bare_state_dict_with_ddp_prefix(tmp_path, tiny_ssd):
+    source = tiny_ssd()
+    torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, tmp_path / "bare.pt")
+    report = load_fine_tune_checkpoint(tiny_ssd(), tmp_path / "bare.pt", "full")
+    assert len(report.loaded) == len(source.state_dict())
+
+
+def test_bad_files_and_types(tmp_path, tiny_ssd):
+    model = tiny_ssd()
+    with pytest.raises(CheckpointError, match="nowhere.pth: fine_tune_checkpoint not found"):
+        load_fine_tune_checkpoint(model, tmp_path / "nowhere.pth", "classification")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth: cannot read"):
+        load_fine_tune_checkpoint(model, tmp_path / "junk.pth", "classification")
+    torch.save({"other.weight": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="other.pth: no entry matched"):
+        load_fine_tune_checkpoint(model, tmp_path / "other.pth", "classification")
+    with pytest.raises(ConfigError, match="'classification', 'detection', 'full'"):
+        load_fine_tune_checkpoint(model, tmp_path / "other.pth", "fine_tune")

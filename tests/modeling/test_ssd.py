@@ -1,0 +1,212 @@
+"""The SSD module: zoo settings build, anchor counts by the TF OD API's formula, outputs, postprocess."""
+
+import math
+
+import pytest
+import torch
+
+from raredet.errors import ConfigError
+from raredet.modeling.anchors import MultiscaleAnchorGenerator
+from raredet.modeling.ssd import SSD
+
+# Settings of the TF2 model zoo's ssd_mobilenet_v2_fpnlite_320x320 and ssd_resnet50_v1_fpn_640x640
+# (num_classes changed), written as the builders pass them.
+ZOO_ANCHORS = {
+    "multiscale_anchor_generator": {
+        "min_level": 3,
+        "max_level": 7,
+        "anchor_scale": 4.0,
+        "aspect_ratios": [1.0, 2.0, 0.5],
+        "scales_per_octave": 2,
+    }
+}
+ZOO_POST = {
+    "batch_non_max_suppression": {
+        "score_threshold": 1e-8,
+        "iou_threshold": 0.6,
+        "max_detections_per_class": 100,
+        "max_total_detections": 100,
+        "use_static_shapes": False,
+    },
+    "score_converter": "SIGMOID",
+}
+
+
+def _hp(l2, initializer, decay):
+    return {
+        "regularizer": {"l2_regularizer": {"weight": l2}},
+        "initializer": initializer,
+        "activation": "RELU_6",
+        "batch_norm": {"decay": decay, "scale": True, "epsilon": 0.001},
+    }
+
+
+def mobilenet_fpnlite_320(num_classes=5):
+    hp = _hp(4e-5, {"random_normal_initializer": {"mean": 0.0, "stddev": 0.01}}, 0.97)
+    return dict(
+        num_classes=num_classes,
+        feature_extractor={
+            "type": "ssd_mobilenet_v2_fpn_keras",
+            "depth_multiplier": 1.0,
+            "min_depth": 16,
+            "conv_hyperparams": hp,
+            "use_depthwise": True,
+            "override_base_feature_extractor_hyperparams": True,
+            "fpn": {"min_level": 3, "max_level": 7, "additional_layer_depth": 128},
+        },
+        box_predictor={
+            "weight_shared_convolutional_box_predictor": {
+                "conv_hyperparams": hp,
+                "depth": 128,
+                "num_layers_before_predictor": 4,
+                "kernel_size": 3,
+                "class_prediction_bias_init": -4.6,
+                "share_prediction_tower": True,
+                "use_depthwise": True,
+            }
+        },
+        anchor_generator=ZOO_ANCHORS,
+        post_processing=ZOO_POST,
+        box_coder={
+            "faster_rcnn_box_coder": {
+                "y_scale": 10.0,
+                "x_scale": 10.0,
+                "height_scale": 5.0,
+                "width_scale": 5.0,
+            }
+        },
+    )
+
+
+def resnet50_fpn_640(num_classes=5, depth_multiplier=1.0, depth=256):
+    fe_hp = _hp(4e-4, {"truncated_normal_initializer": {"mean": 0.0, "stddev": 0.03}}, 0.997)
+    bp_hp = _hp(4e-4, {"random_normal_initializer": {"mean": 0.0, "stddev": 0.01}}, 0.997)
+    return dict(
+        num_classes=num_classes,
+        feature_extractor={
+            "type": "ssd_resnet50_v1_fpn_keras",
+            "depth_multiplier": depth_multiplier,
+            "min_depth": 16,
+            "conv_hyperparams": fe_hp,
+            "override_base_feature_extractor_hyperparams": True,
+            "fpn": {"min_level": 3, "max_level": 7, "additional_layer_depth": depth},
+        },
+        box_predictor={
+            "weight_shared_convolutional_box_predictor": {
+                "conv_hyperparams": bp_hp,
+                "depth": depth,
+                "num_layers_before_predictor": 4,
+                "kernel_size": 3,
+                "class_prediction_bias_init": -4.6,
+            }
+        },
+        anchor_generator=ZOO_ANCHORS,
+        post_processing=ZOO_POST,
+        box_coder={"faster_rcnn_box_coder": {}},
+    )
+
+
+def _tf_anchor_count(size, levels=range(3, 8), per_cell=6):
+    # TF OD API: sum over levels of ceil(H / 2^l) * ceil(W / 2^l) * (ratios x scales).
+    return sum(math.ceil(size / 2**lv) ** 2 * per_cell for lv in levels)
+
+
+def test_mobilenet_fpnlite_320_anchor_count_and_outputs():
+    model = SSD(**mobilenet_fpnlite_320()).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 320, 320, dtype=torch.uint8))
+    assert _tf_anchor_count(320) == 12804
+    assert out["cls_logits"].shape == (1, 12804, 5)
+    assert out["box_deltas"].shape == (1, 12804, 4)
+    sizes = [(40, 40), (20, 20), (10, 10), (5, 5), (3, 3)]
+    torch.testing.assert_close(
+        out["anchors"], MultiscaleAnchorGenerator(3, 7, 4.0, [1, 2, 0.5], 2)((320, 320), sizes)
+    )
+
+
+def test_resnet50_fpn_640_builds_and_counts():
+    full = SSD(**resnet50_fpn_640()).eval()
+    assert full.backbone.layer4[2].conv3.weight.shape == (2048, 512, 1, 1)
+    with torch.no_grad():
+        assert full(torch.zeros(1, 3, 64, 64))["cls_logits"].shape == (1, _tf_anchor_count(64), 5)
+    # Same architecture, narrowed so a 640x640 forward is cheap on a CPU: the spatial sizes are the same.
+    narrow = SSD(**resnet50_fpn_640(depth_multiplier=0.125, depth=8)).eval()
+    with torch.no_grad():
+        out = narrow(torch.zeros(1, 3, 640, 640))
+    assert out["anchors"].shape[0] == _tf_anchor_count(640) == 51150
+
+
+def test_non_fpn_mobilenet_ssd_levels_4_to_9():
+    kwargs = mobilenet_fpnlite_320()
+    kwargs["feature_extractor"] = {
+        "type": "ssd_mobilenet_v2",
+        "depth_multiplier": 0.35,
+        "min_depth": 16,
+        "use_depthwise": True,
+        "num_layers": 6,
+    }
+    kwargs["box_predictor"] = {"convolutional_box_predictor": {"kernel_size": 3, "use_depthwise": True}}
+    kwargs["anchor_generator"] = {
+        "multiscale_anchor_generator": {"min_level": 4, "max_level": 9, "aspect_ratios": [1.0, 2.0, 0.5]}
+    }
+    model = SSD(**kwargs).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 320, 320))
+    # Maps 20, 10, 5, 3, 2, 1 (strides 16 .. 512), 6 anchors per cell.
+    assert out["cls_logits"].shape[1] == (400 + 100 + 25 + 9 + 4 + 1) * 6
+
+
+def test_unknown_type_lists_valid_ones(tiny_ssd):
+    with pytest.raises(ConfigError, match=r"ssd_resnet7_v1_fpn.*ssd_mobilenet_v2_fpn.*ssd_resnet18_v1_fpn"):
+        tiny_ssd(extractor="ssd_resnet7_v1_fpn")
+
+
+def test_anchor_levels_must_match_the_fpn(tiny_ssd):
+    with pytest.raises(ConfigError, match=r"3\.\.6 but the feature extractor gives levels 3\.\.7"):
+        tiny_ssd(anchor_max_level=6)
+
+
+def test_unsupported_choices_are_config_errors(tiny_ssd):
+    from raredet.modeling.ssd import build_anchor_generator, build_box_coder
+
+    with pytest.raises(ConfigError, match="multiscale_anchor_generator"):
+        build_anchor_generator({"ssd_anchor_generator": {}})
+    with pytest.raises(ConfigError, match="faster_rcnn_box_coder"):
+        build_box_coder({"mean_stddev_box_coder": {}})
+
+
+def test_uint8_and_float_inputs_agree_and_gradients_flow(tiny_ssd):
+    model = tiny_ssd().eval()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    a = model(images)
+    b = model(images.float())
+    torch.testing.assert_close(a["cls_logits"], b["cls_logits"])
+    (a["cls_logits"].sum() + a["box_deltas"].sum()).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_postprocess_hand_made_outputs(tiny_ssd):
+    model = tiny_ssd()
+    anchors = torch.tensor([[10.0, 10, 30, 30], [-4.0, 50, 20, 80], [40.0, 40, 50, 50]])
+    logits = torch.full((1, 3, 3), -20.0)
+    logits[0, 1, 2] = 3.0  # anchor 1, class 2
+    logits[0, 0, 0] = 1.0  # anchor 0, class 0
+    outputs = {"cls_logits": logits, "box_deltas": torch.zeros(1, 3, 4), "anchors": anchors}
+    det = model.postprocess(outputs, torch.tensor([[64, 60]]))
+    assert det["detection_boxes"].shape == (1, 20, 4)
+    scores = det["detection_scores"][0]
+    torch.testing.assert_close(scores[:2], torch.sigmoid(torch.tensor([3.0, 1.0])))
+    assert det["detection_classes"][0, :2].tolist() == [2, 0]
+    # Anchor 1 is clipped to the 60-wide, 64-high image.
+    assert det["detection_boxes"][0, 0].tolist() == [0, 50, 20, 64]
+    assert det["detection_boxes"][0, 1].tolist() == [10, 10, 30, 30]
+
+
+def test_l2_weights_name_real_parameters(tiny_ssd):
+    model = tiny_ssd()
+    weights = model.l2_weights()
+    params = dict(model.named_parameters())
+    assert weights and set(weights) <= set(params)
+    assert all(params[n].dim() == 4 for n in weights) and set(weights.values()) == {4e-5}
+    assert "feature_extractor.backbone.conv1.weight" in weights
+    assert not any(n.endswith("bias") for n in weights)
