@@ -1,1 +1,33 @@
-"""raredet.data."""
+"""raredet.data: readers (TFRecord, COCO, VOC), augmentation, dataset/collate, sampling, stats, synth.
+
+See docs/internals.md "Data" for the example and batch structures and the functions builders call.
+"""
+
+from raredet.data.augment import AUGMENTATIONS, RESIZERS, build_augmentation, build_resizer
+from raredet.data.coco import CocoReader
+from raredet.data.dataset import DetectionDataset, collate
+from raredet.data.readers import READERS, build_reader
+from raredet.data.sampling import RepeatFactorSampler, class_repeat_factors, image_repeat_factors
+from raredet.data.stats import DatasetStats, compute_stats
+from raredet.data.tfrecord import TFRecordReader, expand_input_paths
+from raredet.data.voc import VocReader
+
+__all__ = [
+    "AUGMENTATIONS",
+    "READERS",
+    "RESIZERS",
+    "CocoReader",
+    "DatasetStats",
+    "DetectionDataset",
+    "RepeatFactorSampler",
+    "TFRecordReader",
+    "VocReader",
+    "build_augmentation",
+    "build_reader",
+    "build_resizer",
+    "class_repeat_factors",
+    "collate",
+    "compute_stats",
+    "expand_input_paths",
+    "image_repeat_factors",
+]
