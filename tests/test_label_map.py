@@ -84,3 +84,11 @@ def test_bad_label_maps(text, pattern):
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         LabelMap.load(tmp_path / "nope.pbtxt")
+
+
+def test_tf_od_api_extras_parse_and_are_not_kept():
+    text = """item { id: 1 name: "person" keypoints { id: 0 label: "nose" } frequency: RARE
+                      instance_count: 12 ancestor_ids: 5 }"""
+    lm = LabelMap.parse(text)
+    assert lm.names == ["person"]
+    assert "keypoints" not in lm.to_pbtxt()

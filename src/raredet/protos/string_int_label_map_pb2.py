@@ -24,15 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)raredet/protos/string_int_label_map.proto\x12\x0eraredet.protos\"G\n\x15StringIntLabelMapItem\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x05\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"H\n\x11StringIntLabelMap\x12\x33\n\x04item\x18\x01 \x03(\x0b\x32%.raredet.protos.StringIntLabelMapItem')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)raredet/protos/string_int_label_map.proto\x12\x0eraredet.protos\"\x8b\x03\n\x15StringIntLabelMapItem\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x05\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x44\n\tkeypoints\x18\x04 \x03(\x0b\x32\x31.raredet.protos.StringIntLabelMapItem.KeypointMap\x12\x14\n\x0c\x61ncestor_ids\x18\x05 \x03(\x05\x12\x16\n\x0e\x64\x65scendant_ids\x18\x06 \x03(\x05\x12\x46\n\tfrequency\x18\x07 \x01(\x0e\x32\x33.raredet.protos.StringIntLabelMapItem.LVISFrequency\x12\x16\n\x0einstance_count\x18\x08 \x01(\x05\x1a(\n\x0bKeypointMap\x12\n\n\x02id\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\"D\n\rLVISFrequency\x12\x0f\n\x0bUNSPECIFIED\x10\x00\x12\x0c\n\x08\x46REQUENT\x10\x01\x12\n\n\x06\x43OMMON\x10\x02\x12\x08\n\x04RARE\x10\x03\"H\n\x11StringIntLabelMap\x12\x33\n\x04item\x18\x01 \x03(\x0b\x32%.raredet.protos.StringIntLabelMapItem')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raredet.protos.string_int_label_map_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STRINGINTLABELMAPITEM']._serialized_start=61
-  _globals['_STRINGINTLABELMAPITEM']._serialized_end=132
-  _globals['_STRINGINTLABELMAP']._serialized_start=134
-  _globals['_STRINGINTLABELMAP']._serialized_end=206
+  _globals['_STRINGINTLABELMAPITEM']._serialized_start=62
+  _globals['_STRINGINTLABELMAPITEM']._serialized_end=457
+  _globals['_STRINGINTLABELMAPITEM_KEYPOINTMAP']._serialized_start=347
+  _globals['_STRINGINTLABELMAPITEM_KEYPOINTMAP']._serialized_end=387
+  _globals['_STRINGINTLABELMAPITEM_LVISFREQUENCY']._serialized_start=389
+  _globals['_STRINGINTLABELMAPITEM_LVISFREQUENCY']._serialized_end=457
+  _globals['_STRINGINTLABELMAP']._serialized_start=459
+  _globals['_STRINGINTLABELMAP']._serialized_end=531
 # @@protoc_insertion_point(module_scope)
