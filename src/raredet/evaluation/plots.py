@@ -108,8 +108,11 @@ def score_histograms_figure(matches: Matches, cat_ids: list[int], names: list[st
     bins = np.linspace(0, 1, 21)
     for ax, cat, name in zip(axes.flat, cat_ids, names, strict=False):
         mine = matches.det_cat == cat
-        ax.hist(np.clip(matches.det_score[mine & tp], 0, 1), bins=bins, alpha=0.7, label="true positive")
-        ax.hist(np.clip(matches.det_score[mine & fp], 0, 1), bins=bins, alpha=0.7, label="false positive")
+        # False positives first, true positives on top as an outline: the (often few) TPs stay visible.
+        ax.hist(np.clip(matches.det_score[mine & fp], 0, 1), bins=bins, color="tab:orange", alpha=0.6,
+                label="false positive")
+        ax.hist(np.clip(matches.det_score[mine & tp], 0, 1), bins=bins, color="tab:blue", histtype="step",
+                linewidth=2, label="true positive")
         ax.axvline(min_score, color="black", linestyle="--", linewidth=1)
         ax.set_title(name, fontsize="small")
     for ax in list(axes.flat)[len(cat_ids):]:
