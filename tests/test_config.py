@@ -216,6 +216,14 @@ BAD_VALUES = [
      r"eval_input_reader\[0\]: has no data source"),
     ("num_classes: 3", "num_classes: 0", r"model\.ssd\.num_classes: is 0"),
     ("batch_size: 2", "batch_size: 0", r"train_config\.batch_size: must be at least 1"),
+    ("unmatched_threshold: 0.4", "unmatched_threshold: 0.6",
+     r"argmax_matcher\.unmatched_threshold: 0\.6 is above matched_threshold 0\.5"),
+    ("max_level: 5\n        anchor_scale", "max_level: 6\n        anchor_scale",
+     r"multiscale_anchor_generator: levels 3-6 differ from model\.ssd\.feature_extractor\.fpn levels 3-5"),
+    ("aspect_ratios: [1.0, 2.0, 0.5]", "aspect_ratios: [1.0, -2.0]", r"aspect_ratios\[1\]: -2\.0"),
+    ("height: 64 width: 64", "height: 0 width: 64", r"fixed_shape_resizer: height and width must be"),
+    ("iou_threshold: 0.5 max_detections", "iou_threshold: 1.5 max_detections",
+     r"batch_non_max_suppression\.iou_threshold: 1\.5"),
 ]
 
 

@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 
 from raredet.errors import ConfigError
 from raredet.fileio import atomic_write_text
-from raredet.protos import losses_pb2, pipeline_pb2, ssd_pb2, string_int_label_map_pb2
+from raredet.protos import image_resizer_pb2, losses_pb2, pipeline_pb2, ssd_pb2, string_int_label_map_pb2
 from raredet.protos.input_reader_pb2 import InputReader
 
 M = TypeVar("M", bound=Message)
@@ -531,6 +531,56 @@ def _validate_ssd(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
         check.fail("model.ssd.num_classes", f"is {ssd.num_classes} but the label map {lm.path} has "
                    f"{lm.num_classes} classes; make them agree (background is not counted)")
     check.number(ssd.negative_class_weight, "model.ssd.negative_class_weight", 0.0, 1.0)
+    _validate_matcher(ssd, check)
+    _validate_anchors(ssd, check)
+    _validate_resizer(ssd.image_resizer, check)
+    nms = ssd.post_processing.batch_non_max_suppression
+    check.number(nms.iou_threshold, "model.ssd.post_processing.batch_non_max_suppression.iou_threshold", 0, 1)
+
+
+def _validate_matcher(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
+    if ssd.matcher.WhichOneof("matcher_oneof") != "argmax_matcher":
+        return
+    where = "model.ssd.matcher.argmax_matcher"
+    argmax = ssd.matcher.argmax_matcher
+    check.number(argmax.matched_threshold, f"{where}.matched_threshold", 0.0, 1.0)
+    check.number(argmax.unmatched_threshold, f"{where}.unmatched_threshold", 0.0, 1.0)
+    if not argmax.ignore_thresholds and argmax.unmatched_threshold > argmax.matched_threshold:
+        check.fail(f"{where}.unmatched_threshold", f"{argmax.unmatched_threshold:g} is above "
+                   f"matched_threshold {argmax.matched_threshold:g}; it must be lower or equal")
+
+
+def _validate_anchors(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
+    if ssd.anchor_generator.WhichOneof("anchor_generator_oneof") != "multiscale_anchor_generator":
+        return
+    where = "model.ssd.anchor_generator.multiscale_anchor_generator"
+    anchors = ssd.anchor_generator.multiscale_anchor_generator
+    if anchors.min_level > anchors.max_level:
+        check.fail(where, f"min_level {anchors.min_level} is above max_level {anchors.max_level}")
+    check.number(anchors.anchor_scale, f"{where}.anchor_scale", 0.0, low_open=True)
+    for i, ratio in enumerate(anchors.aspect_ratios):
+        check.number(ratio, f"{where}.aspect_ratios[{i}]", 0.0, low_open=True)
+    if anchors.scales_per_octave < 1:
+        check.fail(f"{where}.scales_per_octave", "must be at least 1")
+    fpn = ssd.feature_extractor.fpn
+    if ssd.feature_extractor.HasField("fpn") and (fpn.min_level, fpn.max_level) != (
+            anchors.min_level, anchors.max_level):
+        check.fail(where, f"levels {anchors.min_level}-{anchors.max_level} differ from "
+                   f"model.ssd.feature_extractor.fpn levels {fpn.min_level}-{fpn.max_level}; "
+                   "anchors need one feature map per level, so make them equal")
+
+
+def _validate_resizer(resizer: image_resizer_pb2.ImageResizer, check: _Checker) -> None:
+    where = "model.ssd.image_resizer"
+    kind = resizer.WhichOneof("image_resizer_oneof")
+    if kind == "fixed_shape_resizer" and min(resizer.fixed_shape_resizer.height,
+                                               resizer.fixed_shape_resizer.width) < 1:
+        check.fail(f"{where}.fixed_shape_resizer", "height and width must be at least 1")
+    if kind == "keep_aspect_ratio_resizer":
+        keep = resizer.keep_aspect_ratio_resizer
+        if not 1 <= keep.min_dimension <= keep.max_dimension:
+            check.fail(f"{where}.keep_aspect_ratio_resizer", "needs 1 <= min_dimension "
+                       f"({keep.min_dimension}) <= max_dimension ({keep.max_dimension})")
 
 
 def _validate_loss(loss: losses_pb2.Loss, check: _Checker) -> None:
