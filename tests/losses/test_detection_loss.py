@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from raredet.errors import DataError
 from raredet.losses import (
     DetectionLoss,
     HardExampleMiner,
@@ -232,3 +233,9 @@ def test_positive_loss_shares_by_hand():
     out = loss(_outputs(torch.zeros(1, 4, 2), torch.zeros(1, 4, 4)), batch)
     assert out["positive_cls_loss_share"].tolist() == pytest.approx([0.25, 0.75])
     assert out["matched_anchors"].tolist() == [1, 1]
+
+
+def test_labels_outside_the_model_are_a_data_error():
+    bad = _batch([[[0.0, 0, 10, 10]]], [[2]], [[1.0]])
+    with pytest.raises(DataError, match="num_classes"):
+        _loss()(_outputs(torch.zeros(1, 4, 2), torch.zeros(1, 4, 4)), bad)

@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from raredet.errors import DataError
 from raredet.losses.classification import weighted_logits_softmax, weighted_softmax
 from raredet.losses.hard_example_miner import HardExampleMiner
 from raredet.losses.localization import weighted_giou, weighted_iou
@@ -89,6 +90,7 @@ class DetectionLoss:
     def __call__(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """`outputs`: the SSD forward dict; `batch`: the collated batch (`boxes`, `labels`, `weights`)."""
         logits, deltas, anchors = outputs["cls_logits"], outputs["box_deltas"], outputs["anchors"]
+        _check_labels(batch["labels"], logits.shape[-1])
         targets = self.assign(anchors, batch, logits.device)
         cls_w, loc_w = self.anchor_weights(targets, logits.shape[-1], logits.dtype)
         if self.positive_sample_fraction is not None:
@@ -223,6 +225,16 @@ class DetectionLoss:
         total = per_class.sum()
         share = per_class / total if total > 0 else torch.zeros_like(per_class)
         return {"matched_anchors": counts, "positive_cls_loss_share": share}
+
+
+def _check_labels(labels: Tensor, num_classes: int) -> None:
+    """Labels are contiguous indices 0..K-1 (-1 = padding); anything else is a data/config mismatch."""
+    if labels.numel() and (int(labels.max()) >= num_classes or int(labels.min()) < -1):
+        raise DataError(
+            f"batch labels span {int(labels.min())}..{int(labels.max())} but the model predicts "
+            f"{num_classes} classes (indices 0..{num_classes - 1}, -1 = padding); make the label map "
+            "and model.ssd.num_classes agree"
+        )
 
 
 def _global_normalizer(local: Tensor) -> Tensor:
