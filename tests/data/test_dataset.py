@@ -96,3 +96,23 @@ def test_empty_batch_boxes():
     batch = collate([DetectionDataset(reader, None)[i] for i in range(2)])
     assert batch["boxes"].shape == (2, 1, 4) and batch["labels"].tolist() == [[-1], [-1]]
     assert batch["num_boxes"].tolist() == [0, 0]
+
+
+def test_draft_decoding_through_the_dataset(tmp_path, label_map, encode_image):
+    from raredet.data.tfrecord import TFRecordReader, detection_example, write_tfrecord
+
+    record = detection_example(
+        encoded=encode_image(64, 96, "JPEG"),
+        image_format="jpeg",
+        height=64,
+        width=96,
+        boxes=np.array([[8.0, 16.0, 48.0, 32.0]]),
+        class_ids=np.array([3]),
+    )
+    reader = TFRecordReader([write_tfrecord(tmp_path / "d.tfrecord", [record])], label_map)
+    resizer = build_resizer("fixed_shape_resizer", {"height": 16, "width": 24})
+    batch = collate([DetectionDataset(reader, label_map, resizer=resizer)[0]])
+    assert batch["images"].shape == (1, 3, 16, 24)
+    assert batch["original_sizes"].tolist() == [[64, 96]] and batch["scales"].tolist() == [[0.25, 0.25]]
+    np.testing.assert_allclose(batch["boxes"][0].numpy(), [[2, 4, 12, 8]], rtol=1e-5)
+    assert batch["labels"].tolist() == [[1]]

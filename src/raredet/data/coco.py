@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from raredet.data.example import Example, checked_annotations, decode_image, finish_example
+from raredet.data.example import DraftSize, Example, checked_annotations, decode_image, finish_example
 from raredet.errors import DataError
 
 
@@ -112,7 +112,7 @@ class CocoReader:
         xywh = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
 
-    def example(self, index: int, draft_size: tuple[int, int] | None = None) -> Example:
+    def example(self, index: int, draft_size: DraftSize = None) -> Example:
         annotations = self.annotations(index)
         path = self.image_dir / annotations["filename"]
         image, full = decode_image(path, annotations["where"], draft_size)

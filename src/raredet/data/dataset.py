@@ -46,16 +46,10 @@ class DetectionDataset(torch.utils.data.Dataset[Example]):
     def __len__(self) -> int:
         return len(self.reader)
 
-    def _draft_size(self, index: int) -> tuple[int, int] | None:
+    def __getitem__(self, index: int) -> Example:
         # Decoding straight to (about) the output size is only safe when no augmentation needs the
         # full resolution first (a crop followed by an upscale would lose detail).
-        if self.training and self.augmentations:
-            return None
-        ann = self.reader.annotations(index)
-        return self.resizer.output_size(ann["height"], ann["width"])
-
-    def __getitem__(self, index: int) -> Example:
-        draft = self._draft_size(index)
+        draft = None if self.training and self.augmentations else self.resizer.output_size
         example = self.reader.example(index, draft_size=draft)
         full_h, full_w = example["original_size"]
         if self.training:

@@ -13,6 +13,7 @@ weight gives the same kind of error whichever format it came from.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,20 +103,25 @@ def _check_boxes(boxes: np.ndarray, height: int, width: int, where: str) -> np.n
     return np.clip(boxes, 0, size)
 
 
+DraftSize = tuple[int, int] | Callable[[int, int], tuple[int, int]] | None
+
+
 def decode_image(
-    source: bytes | Path, where: str, draft_size: tuple[int, int] | None = None
+    source: bytes | Path, where: str, draft_size: DraftSize = None
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode an image file or encoded bytes to uint8 [H, W, 3] RGB.
 
-    ``draft_size`` (h, w): the size the image will be resized to; JPEGs are then decoded at a reduced
-    scale no smaller than it (Pillow's draft mode), which is several times faster for large photos.
-    Returns the array and the full-resolution (h, w), so callers can rescale the boxes.
+    ``draft_size``: the (h, w) the image will be resized to, or a function of the stored (h, w) that
+    gives it (a resizer's ``output_size``); JPEGs are then decoded at a reduced scale no smaller than
+    it (Pillow's draft mode), several times faster for large photos. Returns the array and the stored
+    (h, w), so callers can rescale the boxes.
     """
     try:
         img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         full_size = (img.height, img.width)
         if draft_size is not None and img.format == "JPEG":
-            img.draft("RGB", (draft_size[1], draft_size[0]))
+            target = draft_size(*full_size) if callable(draft_size) else draft_size
+            img.draft("RGB", (target[1], target[0]))
         array = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError as err:
         raise DataError(f"{where}: image file {source!s} does not exist; check the image directory") from err

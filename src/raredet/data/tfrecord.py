@@ -24,7 +24,7 @@ import crc32c
 import numpy as np
 from PIL import Image
 
-from raredet.data.example import Example, checked_annotations, decode_image, finish_example
+from raredet.data.example import DraftSize, Example, checked_annotations, decode_image, finish_example
 from raredet.errors import DataError
 from raredet.fileio import atomic_write
 from raredet.protos import example_pb2
@@ -257,7 +257,7 @@ class TFRecordReader:
         """Boxes, labels, weights, flags, ids and size of record ``index``; the image is not decoded."""
         return self._parse(index)[0]
 
-    def example(self, index: int, draft_size: tuple[int, int] | None = None) -> Example:
+    def example(self, index: int, draft_size: DraftSize = None) -> Example:
         """The decoded example of record ``index`` (see raredet.data.example)."""
         annotations, features = self._parse(index)
         image, full = decode_image(_scalar(features, "image/encoded", b""), annotations["where"], draft_size)

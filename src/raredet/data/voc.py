@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from raredet.data.example import Example, checked_annotations, decode_image, finish_example
+from raredet.data.example import DraftSize, Example, checked_annotations, decode_image, finish_example
 from raredet.errors import DataError
 
 
@@ -117,7 +117,7 @@ class VocReader:
             "where": where,
         }
 
-    def example(self, index: int, draft_size: tuple[int, int] | None = None) -> Example:
+    def example(self, index: int, draft_size: DraftSize = None) -> Example:
         annotations = self.annotations(index)
         image, full = decode_image(
             self.images_dir / annotations["filename"], annotations["where"], draft_size
