@@ -350,3 +350,13 @@ def test_not_acted_on_list_names_real_fields():
     for full_name in cfg.NOT_ACTED_ON:
         message, field = full_name.rsplit(".", 1)
         assert field in pool.FindMessageTypeByName(message).fields_by_name, full_name
+
+
+def test_class_names_that_cannot_be_checked_give_a_warning(tmp_path):
+    path = write_variant(tmp_path, "num_classes: 3", "num_classes: 3")
+    (tmp_path / "label_map.pbtxt").unlink()
+    with pytest.warns(cfg.ConfigWarning, match="cannot be checked until the label map is there"):
+        loaded = cfg.load(path)
+    assert loaded.label_map is None and len(loaded.warnings) == 1
+    with pytest.raises(ConfigError, match=r"train_input_reader\.label_map_path = .*label_map\.pbtxt"):
+        load_quiet(path, check_paths=True)

@@ -378,7 +378,7 @@ def load(path: str | os.PathLike[str], check_paths: bool = False) -> LoadedConfi
     validate(config, label_map, path)
     if check_paths:
         check_input_paths(config, path)
-    notes = _not_acted_on_warnings(config, path)
+    notes = _not_acted_on_warnings(config, path) + _unchecked_classes_warnings(config, label_map, path)
     for note in notes:
         warnings.warn(note, ConfigWarning, stacklevel=2)
     return LoadedConfig(config, label_map, path, text, tuple(notes))
@@ -729,6 +729,16 @@ def _not_acted_on_warnings(config: Message, path: Path | str) -> list[str]:
         return []
     return [f"{path}: raredet parses but does not act on these fields (they have no effect here): "
             + ", ".join(ignored)]
+
+
+def _unchecked_classes_warnings(config: pipeline_pb2.TrainEvalPipelineConfig, label_map: LabelMap | None,
+                                path: Path | str) -> list[str]:
+    loss = config.model.ssd.loss
+    refs = len(loss.class_weights.weight) + len(loss.classification_loss.weighted_sigmoid_focal.class_alpha)
+    if label_map is not None or refs == 0:
+        return []
+    return [f"{path}: no label map was loaded (label_map_path unset or not found), so the classes named in "
+            "model.ssd.loss (class_weights, class_alpha) cannot be checked until the label map is there"]
 
 
 # ---- effective config --------------------------------------------------------------------------------
