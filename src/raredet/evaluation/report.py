@@ -84,9 +84,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _metric_text(value: float) -> str:
+    # COCOeval reports -1 where nothing can be averaged (e.g. no large boxes at all).
+    return "undefined (no ground truth here)" if value == -1 else f"{value:.4f}"
+
+
 def _metrics_section(metrics: dict[str, Any]) -> str:
-    rows = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)]
+    """Overall numbers; the per-category ones are in the per-class table below."""
+    rows = [(k, _metric_text(float(v))) for k, v in metrics.items() if "PerformanceByCategory" not in k
+            and isinstance(v, int | float) and not isinstance(v, bool)]
     return "<h2>Metrics</h2>" + (_table(("metric", "value"), rows) if rows else "<p>No metrics.</p>")
 
 
@@ -115,6 +121,7 @@ def _examples_section(examples: Sequence[Example], names: Sequence[str], min_sco
 
 STYLE = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}
+td:first-child{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}img{max-width:100%}.plot img{max-width:900px}"""
 
 
