@@ -98,23 +98,30 @@ class DetectionLoss:
             cls_w, loc_w = cls_w * sampled[..., None], loc_w * sampled
             targets = targets._replace(data_weights=targets.data_weights * sampled)
         cls_losses = self._classification_losses(logits, targets.labels, cls_w)  # [B, A]
-        decoded = self.box_coder.decode(deltas, anchors)
+        decoded = self.box_coder.decode(deltas, anchors)  # [B, A, 4], for IoU losses and the miner
         loc_losses = self._localization_losses(deltas, decoded, anchors, targets.boxes, loc_w)  # [B, A]
-        if self.hard_example_miner is not None:
-            mined = self.hard_example_miner(loc_losses, cls_losses, decoded, targets.match)
-            loc_sum, cls_sum, selected = mined.localization_loss, mined.classification_loss, mined.selected
-        else:
-            loc_sum, cls_sum, selected = (
-                loc_losses.sum(),
-                cls_losses.sum(),
-                torch.ones_like(targets.match > 0),
-            )
+        loc_sum, cls_sum, selected, mined_counts = self._reduce(
+            loc_losses, cls_losses, decoded, targets.match
+        )
         result = self._normalise(loc_sum, cls_sum, targets.data_weights)
         result.update(self._per_class(cls_losses, targets.labels, selected, logits.shape[-1]))
-        if self.hard_example_miner is not None:
-            result["mined_num_positives"] = mined.num_positives.sum().to(logits.dtype)
-            result["mined_num_negatives"] = mined.num_negatives.sum().to(logits.dtype)
+        result.update({k: v.to(logits.dtype) for k, v in mined_counts.items()})
         return result
+
+    def _reduce(
+        self, loc_losses: Tensor, cls_losses: Tensor, decoded: Tensor, match: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Sum the per-anchor losses `[B, A]`, over the miner's selection when there is a miner.
+
+        Returns (localization sum, classification sum, selection mask `[B, A]`, mined counts)."""
+        if self.hard_example_miner is None:
+            return loc_losses.sum(), cls_losses.sum(), torch.ones_like(match, dtype=torch.bool), {}
+        mined = self.hard_example_miner(loc_losses, cls_losses, decoded, match)
+        counts = {
+            "mined_num_positives": mined.num_positives.sum(),
+            "mined_num_negatives": mined.num_negatives.sum(),
+        }
+        return mined.localization_loss, mined.classification_loss, mined.selected, counts
 
     def assign(self, anchors: Tensor, batch: Mapping[str, Any], device: torch.device) -> Targets:
         """Match each anchor `[A, 4]` to the padded ground truth `boxes [B, N, 4]`, `labels [B, N]`."""
