@@ -360,3 +360,11 @@ def test_class_names_that_cannot_be_checked_give_a_warning(tmp_path):
     assert loaded.label_map is None and len(loaded.warnings) == 1
     with pytest.raises(ConfigError, match=r"train_input_reader\.label_map_path = .*label_map\.pbtxt"):
         load_quiet(path, check_paths=True)
+
+
+def test_second_eval_reader_is_reported_as_unused(tmp_path):
+    reader = 'eval_input_reader {\n  tf_record_input_reader { input_path: "more.tfrecord" }\n}\n'
+    path = write_variant(tmp_path, "eval_input_reader {", reader + "eval_input_reader {")
+    with pytest.warns(cfg.ConfigWarning, match=r"eval_input_reader\[1\] \(only the first"):
+        loaded = cfg.load(path)
+    assert len(loaded.config.eval_input_reader) == 2

@@ -305,6 +305,8 @@ NOT_ACTED_ON: frozenset[str] = frozenset(
         "WeightedSoftmaxClassificationAgainstLogitsLoss.anchorwise_output",
         "BootstrappedSigmoidClassificationLoss.anchorwise_output",
         # tf.data queue tuning: raredet uses a torch DataLoader.
+        "InputReader.num_readers",  # the DataLoader's worker count is the caller's choice
+        "InputReader.shuffle_buffer_size",  # the sampler shuffles the whole dataset
         "InputReader.queue_capacity",
         "InputReader.min_after_dequeue",
         "InputReader.prefetch_size",
@@ -723,8 +725,10 @@ def not_acted_on(config: Message) -> list[str]:
     return ignored
 
 
-def _not_acted_on_warnings(config: Message, path: Path | str) -> list[str]:
+def _not_acted_on_warnings(config: pipeline_pb2.TrainEvalPipelineConfig, path: Path | str) -> list[str]:
     ignored = not_acted_on(config)
+    ignored += [f"eval_input_reader[{i}] (only the first eval_input_reader is evaluated)"
+                for i in range(1, len(config.eval_input_reader))]
     if not ignored:
         return []
     return [f"{path}: raredet parses but does not act on these fields (they have no effect here): "
