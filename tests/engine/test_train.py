@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,24 @@ def test_sigterm_finishes_step_and_checkpoints(tmp_path):
     final = torch.load(tmp_path / "final_params_rank0.pt", weights_only=True)
     assert final["interrupted"] and 2 <= final["step"] < 100000
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [final["step"]]
+
+
+# slow-ish: starts a subprocess (a few seconds)
+def test_kill_9_leaves_a_loadable_checkpoint(tmp_path):
+    proc = subprocess.Popen([sys.executable, str(HERE / "toy_training.py"), str(tmp_path), "100000",
+                             "--sleep", "0.01", "--every", "1"], env=_env())
+    deadline = time.monotonic() + 60
+    while len(ckpt.list_checkpoints(tmp_path)) < 4:
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not checkpoint"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the newest complete file must load, with no skipping
+        path, state = ckpt.latest_checkpoint(tmp_path)
+    assert path.name == f"ckpt-{state['step']}.pt"
+    result = train(toy.make_components(state["step"] + 2), tmp_path, progress=False)
+    assert result.step == state["step"] + 2
 
 
 # slow-ish: starts subprocesses (a few seconds)

@@ -115,13 +115,14 @@ def main() -> None:
     parser.add_argument("steps", type=int)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--every", type=int, default=1000, help="checkpoint_every_n")
     args = parser.parse_args()
     import os
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     comps = make_components(args.steps, rank=rank, world_size=world, loss=ToyLoss(sleep=args.sleep),
                             batch_size=args.batch_size)
-    result = train(comps, args.model_dir, device="cpu", checkpoint_every_n=1000, progress=False)
+    result = train(comps, args.model_dir, device="cpu", checkpoint_every_n=args.every, progress=False)
     state = {k: v.detach().clone() for k, v in comps.model.state_dict().items()}
     torch.save({"params": state, "step": result.step, "interrupted": result.interrupted},
                Path(args.model_dir) / f"final_params_rank{rank}.pt")
