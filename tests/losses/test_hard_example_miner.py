@@ -135,6 +135,11 @@ def test_gradients_flow_only_through_selected():
     assert torch.equal(cls_t.grad, mined.selected.to(cls_t.grad.dtype))
 
 
+@pytest.mark.parametrize("spelling", ["cls", "CLASSIFICATION", 1])
+def test_loss_type_spellings(spelling):
+    assert HardExampleMiner(loss_type=spelling).loss_type == "CLASSIFICATION"
+
+
 def test_bad_loss_type():
     with pytest.raises(ConfigError, match="CLASSIFICATION"):
-        HardExampleMiner(loss_type="CLS")
+        HardExampleMiner(loss_type="CLASS")
