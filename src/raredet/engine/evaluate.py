@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ class ScalarWriter(Protocol):
     """What `evaluate` needs of a TensorBoard SummaryWriter."""
 
     def add_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> None: ...
+
+
+LossFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], Mapping[str, torch.Tensor]]
 
 
 class _Collector:
@@ -107,7 +110,7 @@ def _mean_losses(totals: dict[str, float], count: int) -> dict[str, float]:
 def evaluate(model: nn.Module, dataloader: Iterable[Mapping[str, Any]], label_map: LabelMap, *,
              out_dir: str | Path, metrics_set: str | Sequence[str] = COCO_SET,
              min_score_threshold: float = 0.5, include_metrics_per_category: bool = True,
-             loss_fn: nn.Module | None = None, device: str | torch.device = "cpu",
+             loss_fn: LossFn | None = None, device: str | torch.device = "cpu",
              class_weights: list[dict[str, Any]] | None = None, num_visualizations: int = 10,
              writer: ScalarWriter | None = None, step: int | None = None) -> dict[str, float]:
     """Run `model` over `dataloader`, evaluate, write all outputs into `out_dir`.
@@ -130,7 +133,7 @@ def evaluate(model: nn.Module, dataloader: Iterable[Mapping[str, Any]], label_ma
                 if isinstance(value, torch.Tensor) and value.dim() == 0:  # per-class vectors stay out
                     totals[key] = totals.get(key, 0.0) + float(value)
         batches += 1
-        collector.add(batch, model.postprocess(outputs, on_device["image_sizes"]))
+        collector.add(batch, cast(Any, model).postprocess(outputs, on_device["image_sizes"]))
     model.train(was_training)
     return _finish(collector, label_map, out_dir=out_dir, metrics_set=metrics_set,
                    min_score_threshold=min_score_threshold,
@@ -182,10 +185,12 @@ class EvalJob:
         from raredet import builders, config
 
         self.loaded = config.load(pipeline_config_path)
-        self.loader = builders.build_eval_loader(self.loaded)
-        if self.loader is None:
-            raise ConfigError(f"{pipeline_config_path}: eval_input_reader has no input reader; add one "
-                              "(it names the data to evaluate on)")
+        loader = builders.build_eval_loader(self.loaded)
+        if loader is None or self.loaded.label_map is None:
+            raise ConfigError(f"{pipeline_config_path}: eval_input_reader has no input reader or label map; "
+                              "add one (it names the data to evaluate on)")
+        self.loader: Iterable[Mapping[str, Any]] = loader
+        self.label_map: LabelMap = self.loaded.label_map
         self.model, _ = builders.build_model(self.loaded.config.model.ssd)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
@@ -205,13 +210,13 @@ class EvalJob:
             raise CheckpointError(f"{path} does not fit the model of {self.loaded.path} ({err}); "
                                   "evaluate with the pipeline.config the run was trained with") from None
         weights = _class_weights(state)
-        loss_fn = (builders.build_loss(self.loaded.config.model.ssd, self.loaded.label_map, weights)
+        loss_fn = (builders.build_loss(self.loaded.config.model.ssd, self.label_map, weights)
                    if weights is not None else None)
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.out_dir))
-        metrics = evaluate(self.model, self.loader, self.loaded.label_map, out_dir=self.out_dir,
+        metrics = evaluate(self.model, self.loader, self.label_map, out_dir=self.out_dir,
                            loss_fn=loss_fn, device=self.device, class_weights=state.get("class_weights"),
                            writer=self.writer, step=int(state.get("step", 0)), **self.options)
         self.writer.flush()

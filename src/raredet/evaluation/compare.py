@@ -98,6 +98,10 @@ def to_markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
 
+def _get(row: dict | None, key: str) -> Any:
+    return None if row is None else row.get(key)
+
+
 def bar_chart(labels: list[str], order: list[str], table: dict[str, list[dict | None]]) -> bytes:
     """Grouped bars, one group per class and one bar per run, of the first available chart metric."""
     metric = next((m for m in CHART_METRICS if m in _present(table)), "recall")
@@ -105,7 +109,7 @@ def bar_chart(labels: list[str], order: list[str], table: dict[str, list[dict | 
     width = 0.8 / len(labels)
     x = np.arange(len(order))
     for i, lab in enumerate(labels):
-        vals = [table[n][i].get(metric) if table[n][i] is not None else None for n in order]
+        vals = [_get(table[n][i], metric) for n in order]
         ax.bar(x + (i - (len(labels) - 1) / 2) * width,
                [np.nan if v is None else v for v in vals], width, label=lab)
     ax.set_xticks(x, order, rotation=30, ha="right")
