@@ -176,3 +176,27 @@ def test_resizers_by_hand():
     assert build_resizer("identity_resizer")(ex)["image"].shape == (40, 100, 3)
     with pytest.raises(ConfigError, match="supported: fixed_shape_resizer"):
         build_resizer("bilinear")
+
+
+def test_every_step_builds_from_its_proto_message_with_all_fields():
+    """The constructors accept every field of the schema's messages (as builders pass them)."""
+    from google.protobuf import text_format
+
+    from raredet.builders import message_kwargs
+    from raredet.protos import preprocessor_pb2
+
+    texts = {
+        "random_pad_image": "min_image_height: 40 min_image_width: 50 max_image_height: 60 "
+        "max_image_width: 70 pad_color: [0.5, 0.5, 0.5]",
+        "ssd_random_crop": "operations { min_object_covered: 0.0 min_aspect_ratio: 0.5 max_aspect_ratio: 2.0 "
+        "min_area: 0.2 max_area: 1.0 overlap_thresh: 0.0 random_coef: 0.0 }",
+        "random_jitter_boxes": "ratio: 0.1 jitter_mode: SHRINK",
+    }
+    for name, fields in texts.items():
+        step = text_format.Parse(f"{name} {{ {fields} }}", preprocessor_pb2.PreprocessingStep())
+        op = build_augmentation(name, message_kwargs(getattr(step, name)))
+        out = op(make_example(32, 48, boxes=((4, 4, 20, 20),)), np.random.default_rng(0))
+        assert out["image"].dtype == np.uint8
+    assert op.range == (-1.0, 0.0)  # SHRINK
+    for name in AUGMENTATIONS:  # empty messages: every default from the constructor
+        build_augmentation(name, message_kwargs(getattr(preprocessor_pb2.PreprocessingStep(), name)))

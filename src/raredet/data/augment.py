@@ -178,10 +178,24 @@ class RandomCropImage:
 _SSD_DEFAULT_COVERED = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 
 
+# SSDRandomCropOperation's proto defaults: a field left out of an operation is 0 (clip_boxes true).
+_SSD_OPERATION_DEFAULTS = dict(
+    min_object_covered=0.0,
+    min_aspect_ratio=0.0,
+    max_aspect_ratio=0.0,
+    min_area=0.0,
+    max_area=0.0,
+    overlap_thresh=0.0,
+    clip_boxes=True,
+    random_coef=0.0,
+)
+
+
 class SsdRandomCrop:
-    """Pick one of ``operations`` (dicts of RandomCropImage fields) uniformly, then crop with it."""
+    """Pick one of ``operations`` (dicts of SSDRandomCropOperation fields) uniformly, crop with it."""
 
     def __init__(self, operations: Sequence[dict[str, Any]] = ()) -> None:
+        operations = [{**_SSD_OPERATION_DEFAULTS, **op} for op in operations]
         if not operations:
             operations = [
                 dict(
