@@ -1,6 +1,7 @@
 """config.load: parsing, path resolution, validation errors, the not-acted-on warning, effective text."""
 
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -190,20 +191,22 @@ BAD_VALUES = [
     ("weight { id: 2 value: 2.0 }", "weight { id: 9 value: 2.0 }",
      r"class_weights\.weight\[1\]\.id: 9 is not in the label map .*\[1, 2, 3\]"),
     ("weight { id: 2 value: 2.0 }", "weight { id: 2 value: -2.0 }",
-     r"class_weights\.weight\[1\]\.value: -2\.0 is not a finite number in \[0, inf\]"),
-    ("weight { id: 2 value: 2.0 }", "weight { id: 2 value: nan }", r"class_weights\.weight\[1\]\.value: nan"),
+     r"class_weights\.weight\[1\]\.value: -2\.0 is out of range; it must be a finite number >= 0"),
+    ("weight { id: 2 value: 2.0 }", "weight { id: 2 value: nan }",
+     r"class_weights\.weight\[1\]\.value: nan is not a finite number; it must be"),
     ("weight { id: 2 value: 2.0 }", "weight { id: 2 value: inf }", r"class_weights\.weight\[1\]\.value: inf"),
     ("weight { id: 2 value: 2.0 }", "weight { id: 3 value: 2.0 }",
      r"class_weights\.weight\[1\]: names the same class as model\.ssd\.loss\.class_weights\.weight\[0\]"),
     ("weight { id: 2 value: 2.0 }", "weight { id: 2 }", r"class_weights\.weight\[1\]: has no value"),
     ("weight { id: 2 value: 2.0 }", "weight { value: 2.0 }", r"class_weights\.weight\[1\]: names no class"),
     ("weight { id: 2 value: 2.0 }", "auto { scheme: EFFECTIVE_NUMBER beta: 1.0 }",
-     r"class_weights\.auto\.beta: 1\.0 is not a finite number in \[0, 1\)"),
+     r"class_weights\.auto\.beta: 1\.0 is out of range; it must be in \[0, 1\)"),
     ("weight { id: 2 value: 2.0 }", "auto { beta: -0.1 }", r"class_weights\.auto\.beta: -0\.1"),
     ("weight { id: 2 value: 2.0 }", "auto { max_weight: -1 }", r"class_weights\.auto\.max_weight: -1\.0"),
     ("gamma: 2.0", "gamma: -1.0",
-     r"weighted_sigmoid_focal\.gamma: -1\.0 is not a finite number in \[0, inf\]"),
-    ("alpha: 0.25", "alpha: 1.5", r"weighted_sigmoid_focal\.alpha: 1\.5 is not a finite number in \[0, 1\]"),
+     r"weighted_sigmoid_focal\.gamma: -1\.0 is out of range; it must be a finite number >= 0"),
+    ("alpha: 0.25", "alpha: 1.5",
+     r"weighted_sigmoid_focal\.alpha: 1\.5 is out of range; it must be in \[0, 1\]"),
     ('class_alpha { name: "crack" value: 0.75 }', 'class_alpha { name: "crack" value: -0.5 }',
      r"class_alpha\[0\]\.value: -0\.5"),
     ('class_alpha { name: "crack" value: 0.75 }', 'class_alpha { name: "bump" value: 0.5 }',
@@ -211,7 +214,7 @@ BAD_VALUES = [
     ("localization_loss { weighted_smooth_l1 { } }", 'localization_loss { custom { name: "mine" } }',
      r"localization_loss\.custom: needs both"),
     ("repeat_factor_sampling { threshold: 0.3 }", "repeat_factor_sampling { threshold: 0 }",
-     r"train_input_reader\.repeat_factor_sampling\.threshold: 0\.0 is not a finite number in \(0, 1\]"),
+     r"train_input_reader\.repeat_factor_sampling\.threshold: 0\.0 is out of range; it must be in \(0, 1\]"),
     ('tf_record_input_reader { input_path: "data/val-*.tfrecord" }', "",
      r"eval_input_reader\[0\]: has no data source"),
     ("num_classes: 3", "num_classes: 0", r"model\.ssd\.num_classes: is 0"),
@@ -331,7 +334,8 @@ def test_cli_show_prints_parseable_effective_config(capsys):
 
 def test_number_check_rejects_non_finite_even_without_upper_bound():
     checker = cfg._Checker("p", None)
-    with pytest.raises(ConfigError, match="p: f: inf"):
+    expected = "p: f: inf is not a finite number; it must be a finite number >= 0"
+    with pytest.raises(ConfigError, match=expected):
         checker.number(math.inf, "f")
 
 
@@ -368,3 +372,15 @@ def test_second_eval_reader_is_reported_as_unused(tmp_path):
     with pytest.warns(cfg.ConfigWarning, match=r"eval_input_reader\[1\] \(only the first"):
         loaded = cfg.load(path)
     assert len(loaded.config.eval_input_reader) == 2
+
+
+@pytest.mark.parametrize(("name", "pattern"), [
+    ("bad_typo.config", r"bad_typo\.config:\d+:\d+: .*did you mean 'encode_background_as_zeros'"),
+    ("bad_weight.config", r"class_weights\.weight\[1\]\.value: -2\.0 is out of range"),
+    ("bad_class_name.config", r"'crak' is not in the label map .*did you mean 'crack'"),
+])
+def test_cli_bad_fixture_configs_exit_2(capsys, name, pattern):
+    assert main(["config", "check", str(FIXTURES / name)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(pattern, err), err
+    assert err.count("\n") == 1  # one line

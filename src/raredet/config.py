@@ -471,9 +471,14 @@ class _Checker:
         """`value` must be finite and within [low, high] (ends open when asked)."""
         ok = math.isfinite(value) and (value > low if low_open else value >= low)
         ok = ok and (value < high if high_open else value <= high)
-        if not ok:
-            lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
-            self.fail(field, f"{value!r} is not a finite number in {lo}, {hi}; use a value in that range")
+        if ok:
+            return
+        if math.isinf(high):
+            allowed = f"a finite number {'>' if low_open else '>='} {low:g}"
+        else:
+            allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        problem = "is out of range" if math.isfinite(value) else "is not a finite number"
+        self.fail(field, f"{value!r} {problem}; it must be {allowed}")
 
     def class_ref(self, ref: losses_pb2.ClassWeight | losses_pb2.ClassAlpha, field: str) -> int | None:
         """The contiguous index of the class `ref` names; None when no label map is loaded."""
