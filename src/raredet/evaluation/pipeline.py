@@ -61,17 +61,16 @@ def _voc_metrics(ap: dict[int, float | None], names: dict[int, str], per_categor
     return out
 
 
-def _plots(gt: dict, detections: list, matches: per_class.Matches, coco: CocoResult | None,
+def _plots(gt: dict, detections: list, matches: per_class.Matches, coco: CocoResult,
            cats: list[dict], min_score: float, out: Path) -> dict[str, bytes]:
     ids, names = [c["id"] for c in cats], [c["name"] for c in cats]
+    curves = {c["name"]: coco.pr_precision[c["id"]] for c in cats}
     figures = {
+        "pr_curves.png": plots.pr_curves_figure(coco.recall_thresholds, curves),
         "confusion_matrix.png": plots.confusion_figure(
             plots.confusion_counts(gt, detections, matches, ids, min_score), names, min_score),
         "score_histograms.png": plots.score_histograms_figure(matches, ids, names, min_score),
     }
-    if coco is not None:
-        curves = {c["name"]: coco.pr_precision[c["id"]] for c in cats}
-        figures = {"pr_curves.png": plots.pr_curves_figure(coco.recall_thresholds, curves), **figures}
     for name, fig in figures.items():
         plots.save_figure(fig, out / name)
     return {name: (out / name).read_bytes() for name in figures}
@@ -98,7 +97,8 @@ def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
         c.setdefault("name", str(c["id"]))
     names = {c["id"]: c["name"] for c in cats}
     prepared = prepare_coco(gt, detections)  # shared by the metrics and the table's matching
-    coco = evaluate_coco(gt, detections, prepared) if COCO_SET in sets else None
+    coco_all = evaluate_coco(gt, detections, prepared)  # the PR curves come from it in any case
+    coco = coco_all if COCO_SET in sets else None
     voc = voc_ap_per_class(gt, detections) if VOC_SET in sets else None
     metrics: dict[str, Any] = dict(extra_metrics or {})
     if coco is not None:
@@ -111,7 +111,7 @@ def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
     meta = {"metrics_set": sets, "min_score_threshold": min_score_threshold}
     per_class.write_table(rows, out, meta)
     atomic_write_json(out / "metrics.json", metrics)
-    pngs = _plots(gt, detections, matches, coco, cats, min_score_threshold, out)
+    pngs = _plots(gt, detections, matches, coco_all, cats, min_score_threshold, out)
     write_report(out / "report.html", title=title, metrics=metrics, rows=rows,
                  plots={k.removesuffix(".png").replace("_", " "): v for k, v in pngs.items()},
                  class_weights=class_weights or [], examples=examples,
