@@ -384,3 +384,38 @@ def test_cli_bad_fixture_configs_exit_2(capsys, name, pattern):
     err = capsys.readouterr().err
     assert re.search(pattern, err), err
     assert err.count("\n") == 1  # one line
+
+
+def test_efficientdet_and_tf1_fields_parse():
+    text = """
+    model { ssd {
+      num_classes: 90
+      add_background_class: false
+      image_resizer { keep_aspect_ratio_resizer { min_dimension: 512 max_dimension: 512
+                                                  pad_to_max_dimension: true } }
+      feature_extractor {
+        type: "ssd_efficientnet-b0_bifpn_keras"
+        bifpn { min_level: 3 max_level: 7 num_iterations: 3 num_filters: 64 }
+        conv_hyperparams { force_use_bias: true activation: SWISH batch_norm { decay: 0.99 } }
+      }
+      box_predictor { weight_shared_convolutional_box_predictor { depth: 64 use_depthwise: true } }
+      loss { classification_loss { weighted_sigmoid { } }
+             hard_example_miner { num_hard_examples: 3000 loss_type: CLASSIFICATION } }
+    } }
+    train_config { from_detection_checkpoint: true
+      optimizer { rms_prop_optimizer { learning_rate { exponential_decay_learning_rate {
+        initial_learning_rate: 0.004 decay_steps: 800720 decay_factor: 0.95 } } } } }
+    eval_config { num_examples: 8000 max_evals: 10 }
+    graph_rewriter { quantization { delay: 48000 weight_bits: 8 activation_bits: 8 } }
+    """
+    msg = cfg.parse_config(text)
+    assert msg.model.ssd.feature_extractor.bifpn.num_filters == 64
+    assert msg.model.ssd.image_resizer.keep_aspect_ratio_resizer.pad_to_max_dimension
+    ignored = cfg.not_acted_on(msg)
+    assert "graph_rewriter" in ignored and "eval_config.max_evals" in ignored
+    assert "train_config.from_detection_checkpoint" in ignored
+
+
+def test_other_meta_architectures_get_a_clear_error():
+    with pytest.raises(ConfigError, match=r"x\.config:1:9: .*SSD-family models only"):
+        cfg.parse_config("model { faster_rcnn { num_classes: 3 } }", "x.config")

@@ -46,6 +46,8 @@ def _hint(message: str) -> str:
     """A 'did you mean' suffix for unknown field / enum value errors, else ''."""
     pool = descriptor_pool.Default()
     found = _UNKNOWN_FIELD.search(message)
+    if found and found.group(1) == "raredet.protos.DetectionModel":
+        return "; raredet builds SSD-family models only: model { ssd { ... } } (RetinaNet is an ssd)"
     if found:
         try:
             fields = pool.FindMessageTypeByName(found.group(1)).fields_by_name
@@ -321,6 +323,7 @@ NOT_ACTED_ON: frozenset[str] = frozenset(
         "InputReader.load_dense_pose",
         "InputReader.load_track_id",
         "InputReader.expand_labels_hierarchy",
+        "TrainEvalPipelineConfig.graph_rewriter",
         # TF1 continuous evaluation loop and TF-graph details.
         "EvalConfig.eval_interval_secs",
         "EvalConfig.max_evals",

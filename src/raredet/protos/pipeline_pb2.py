@@ -28,7 +28,7 @@ from raredet.protos import model_pb2 as raredet_dot_protos_dot_model__pb2
 from raredet.protos import train_pb2 as raredet_dot_protos_dot_train__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1draredet/protos/pipeline.proto\x12\x0eraredet.protos\x1a\x19raredet/protos/eval.proto\x1a!raredet/protos/input_reader.proto\x1a\x1araredet/protos/model.proto\x1a\x1araredet/protos/train.proto\"\x9d\x02\n\x17TrainEvalPipelineConfig\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.raredet.protos.DetectionModel\x12\x31\n\x0ctrain_config\x18\x02 \x01(\x0b\x32\x1b.raredet.protos.TrainConfig\x12\x37\n\x12train_input_reader\x18\x03 \x01(\x0b\x32\x1b.raredet.protos.InputReader\x12/\n\x0b\x65val_config\x18\x04 \x01(\x0b\x32\x1a.raredet.protos.EvalConfig\x12\x36\n\x11\x65val_input_reader\x18\x05 \x03(\x0b\x32\x1b.raredet.protos.InputReader')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1draredet/protos/pipeline.proto\x12\x0eraredet.protos\x1a\x19raredet/protos/eval.proto\x1a!raredet/protos/input_reader.proto\x1a\x1araredet/protos/model.proto\x1a\x1araredet/protos/train.proto\"\xd4\x02\n\x17TrainEvalPipelineConfig\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.raredet.protos.DetectionModel\x12\x31\n\x0ctrain_config\x18\x02 \x01(\x0b\x32\x1b.raredet.protos.TrainConfig\x12\x37\n\x12train_input_reader\x18\x03 \x01(\x0b\x32\x1b.raredet.protos.InputReader\x12/\n\x0b\x65val_config\x18\x04 \x01(\x0b\x32\x1a.raredet.protos.EvalConfig\x12\x36\n\x11\x65val_input_reader\x18\x05 \x03(\x0b\x32\x1b.raredet.protos.InputReader\x12\x35\n\x0egraph_rewriter\x18\x06 \x01(\x0b\x32\x1d.raredet.protos.GraphRewriter\"C\n\rGraphRewriter\x12\x32\n\x0cquantization\x18\x01 \x01(\x0b\x32\x1c.raredet.protos.Quantization\"s\n\x0cQuantization\x12\x15\n\x05\x64\x65lay\x18\x01 \x01(\x05:\x06\x35\x30\x30\x30\x30\x30\x12\x16\n\x0bweight_bits\x18\x02 \x01(\x05:\x01\x38\x12\x1a\n\x0f\x61\x63tivation_bits\x18\x03 \x01(\x05:\x01\x38\x12\x18\n\tsymmetric\x18\x04 \x01(\x08:\x05\x66\x61lse')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,5 +36,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raredet.protos.pipeline_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRAINEVALPIPELINECONFIG']._serialized_start=168
-  _globals['_TRAINEVALPIPELINECONFIG']._serialized_end=453
+  _globals['_TRAINEVALPIPELINECONFIG']._serialized_end=508
+  _globals['_GRAPHREWRITER']._serialized_start=510
+  _globals['_GRAPHREWRITER']._serialized_end=577
+  _globals['_QUANTIZATION']._serialized_start=579
+  _globals['_QUANTIZATION']._serialized_end=694
 # @@protoc_insertion_point(module_scope)
