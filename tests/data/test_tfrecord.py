@@ -274,3 +274,12 @@ def test_reader_spans_files_and_draft_decoding(tmp_path, label_map, encode_image
     np.testing.assert_allclose(ex["boxes"], [[2, 4, 12, 8]], rtol=1e-5)
     with pytest.raises(IndexError):
         reader.annotations(6)
+
+
+def test_file_survives_pickling(tmp_path):
+    import pickle
+
+    file = TFRecordFile(write_tfrecord(tmp_path / "p.tfrecord", [b"a", b"bc"]))
+    assert file.read(1) == b"bc"  # opens the cached handle
+    clone = pickle.loads(pickle.dumps(file))
+    assert clone.read(0) == b"a" and file.read(0) == b"a"

@@ -61,6 +61,22 @@ class TFRecordFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._offsets, self._lengths = self._index()
+        self._file: IO[bytes] | None = None
+        self._pid = -1
+
+    def _handle(self) -> IO[bytes]:
+        # One open handle per process: DataLoader workers are forked and must not share a file offset.
+        if self._file is None or self._pid != os.getpid():
+            self._file = open(self.path, "rb")  # kept open for the reader's lifetime
+            self._pid = os.getpid()
+        return self._file
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None, "_pid": -1}
+
+    def __del__(self) -> None:
+        if getattr(self, "_file", None) is not None and self._pid == os.getpid():
+            self._file.close()  # type: ignore[union-attr]
 
     def _index(self) -> tuple[np.ndarray, np.ndarray]:
         offsets: list[int] = []
@@ -97,10 +113,10 @@ class TFRecordFile:
 
     def read(self, index: int) -> bytes:
         """The payload of record ``index``, its data CRC checked."""
-        with open(self.path, "rb") as f:
-            f.seek(int(self._offsets[index]))
-            data = f.read(int(self._lengths[index]))
-            (stored,) = struct.unpack("<I", f.read(4))
+        f = self._handle()
+        f.seek(int(self._offsets[index]))
+        data = f.read(int(self._lengths[index]))
+        (stored,) = struct.unpack("<I", f.read(4))
         if masked_crc(data) != stored:
             raise DataError(f"{self.path}: record {index}: data CRC mismatch; the record is corrupt")
         return data
