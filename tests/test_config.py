@@ -302,7 +302,10 @@ def test_summary_has_class_weight_table():
     assert ["1", "scratch", "1"] in rows
     assert ["2", "dent", "2"] in rows
     assert ["3", "crack", "8"] in rows
-    assert "weighted_sigmoid_focal" in summary and "hard example miner: num_hard_examples: 32" in summary
+    assert "hard example miner: num_hard_examples: 32 iou_threshold: 0.99 loss_type: CLASSIFICATION" \
+        in summary
+    assert 'class_alpha { name: "crack" value: 0.75 }' in summary
+    assert "aspect_ratios: [1, 2, 0.5]" in summary
 
 
 def test_summary_auto_weights_marks_unpinned_classes(tmp_path):

@@ -806,12 +806,37 @@ def check(path: str | os.PathLike[str], check_paths: bool = False) -> str:
     return summary_text(loaded)
 
 
+def _scalar_text(fd: FieldDescriptor, value: Any) -> str:
+    if fd.enum_type is not None:
+        return fd.enum_type.values_by_number[value].name
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"  # float32 fields: 0.800000011920929 reads as 0.8
+    return '"' + value.replace('"', '\\"') + '"' if isinstance(value, str) else str(value)
+
+
+def _one_line(msg: Message) -> str:
+    """Compact text of the set fields: repeated scalars as [a, b], floats to 6 significant digits."""
+    parts = []
+    for fd, value in msg.ListFields():
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            parts.append(f"{fd.name} {dict(value)}")
+        elif fd.message_type is not None:
+            parts += [f"{fd.name} {{ {_one_line(v)} }}" for v in (value if fd.is_repeated else [value])]
+        elif fd.is_repeated:
+            parts.append(f"{fd.name}: [{', '.join(_scalar_text(fd, v) for v in value)}]")
+        else:
+            parts.append(f"{fd.name}: {_scalar_text(fd, value)}")
+    return " ".join(parts)
+
+
 def _oneof_text(msg: Message, oneof: str) -> str:
     """`name { a: 1 b: 2 }` for the member set in `oneof`, or 'none'."""
     kind = msg.WhichOneof(oneof)
     if kind is None:
         return "none"
-    body = text_format.MessageToString(getattr(msg, kind), as_one_line=True)
+    body = _one_line(getattr(msg, kind))
     return f"{kind} {{ {body} }}" if body else kind
 
 
@@ -838,7 +863,7 @@ def _class_lines(ssd: ssd_pb2.Ssd, label_map: LabelMap | None) -> list[str]:
 def _loss_lines(loss: losses_pb2.Loss) -> list[str]:
     miner = "none"
     if loss.HasField("hard_example_miner"):
-        miner = text_format.MessageToString(loss.hard_example_miner, as_one_line=True) or "defaults"
+        miner = _one_line(loss.hard_example_miner) or "defaults"
     return [
         f"losses:       classification {_oneof_text(loss.classification_loss, 'classification_loss')}"
         f" x {loss.classification_weight:g}",
