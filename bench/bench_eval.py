@@ -90,8 +90,10 @@ def raredet_full(gt_path: Path, dt_path: Path, out: Path) -> None:
     evaluate_detection_files(gt_path, dt_path, out_dir=out, echo=None)
 
 
-def run(quick: bool) -> dict[str, Any]:
-    num_images, repeats = (300, 1) if quick else (5000, 3)
+def run(quick: bool, num_images: int | None = None, repeats: int | None = None) -> dict[str, Any]:
+    """Quick: 300 images, 1 run; full: 5,000 images, median of 3 (either overridable)."""
+    default_images, default_repeats = (300, 1) if quick else (5000, 3)
+    num_images, repeats = num_images or default_images, repeats or default_repeats
     with tempfile.TemporaryDirectory() as tmp:
         gt_path, dt_path = synth_files(Path(tmp), num_images, 100)
         ref = pycocotools_eval(gt_path, dt_path)
@@ -122,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="300 images, one run")
-    result = run(parser.parse_args(argv).quick)
+    parser.add_argument("--images", type=int, help="number of images (overrides the mode's)")
+    parser.add_argument("--repeats", type=int, help="timed runs per side (overrides the mode's)")
+    args = parser.parse_args(argv)
+    result = run(args.quick, args.images, args.repeats)
     print(f"wrote {save_result('eval', result)}")
     print("\n".join(result["summary"]))
     return 0
