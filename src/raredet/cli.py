@@ -154,12 +154,14 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="with --wait: stop after this many seconds without a new checkpoint (default 3600)")
     p.add_argument("--out", help="output directory (default: CHECKPOINT_DIR/eval)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--sample_1_of_n_eval_examples", type=int, help="evaluate on every n-th eval example")
 
     def run(a: argparse.Namespace) -> int:
         from raredet.engine.evaluate import eval_from_config
 
         eval_from_config(a.pipeline_config_path, a.checkpoint_dir, checkpoint=a.checkpoint, wait=a.wait,
-                         eval_timeout=a.eval_timeout, out_dir=a.out, device=a.device)
+                         eval_timeout=a.eval_timeout, out_dir=a.out, device=a.device,
+                         sample_1_of_n_eval_examples=a.sample_1_of_n_eval_examples)
         return 0
 
     p.set_defaults(func=run)
