@@ -181,11 +181,12 @@ def _class_weights(state: Mapping[str, Any]) -> list[ClassWeight] | None:
 class EvalJob:
     """Evaluates checkpoints of one pipeline.config; everything built once and reused per checkpoint."""
 
-    def __init__(self, pipeline_config_path: str | Path, out_dir: Path, device: str | None) -> None:
+    def __init__(self, pipeline_config_path: str | Path, out_dir: Path, device: str | None,
+                 sample_1_of_n: int | None = None) -> None:
         from raredet import builders, config
 
         self.loaded = config.load(pipeline_config_path)
-        loader = builders.build_eval_loader(self.loaded)
+        loader = builders.build_eval_loader(self.loaded, sample_1_of_n)
         if loader is None or self.loaded.label_map is None:
             raise ConfigError(f"{pipeline_config_path}: eval_input_reader has no input reader or label map; "
                               "add one (it names the data to evaluate on)")
@@ -236,6 +237,7 @@ def _report(path: Path, metrics: Mapping[str, float], out_dir: Path) -> None:
 def eval_from_config(pipeline_config_path: str | Path, checkpoint_dir: str | Path, *,
                      checkpoint: str | Path | None = None, wait: bool = False, eval_timeout: float = 3600.0,
                      out_dir: str | Path | None = None, device: str | None = None,
+                     sample_1_of_n_eval_examples: int | None = None,
                      poll_seconds: float = POLL_SECONDS) -> dict[str, float]:
     """`raredet eval`: evaluate one checkpoint (given, or the newest), or with `wait` each new one
     as it appears (the TF OD API's continuous evaluation) until `eval_timeout` seconds pass without
@@ -244,7 +246,7 @@ def eval_from_config(pipeline_config_path: str | Path, checkpoint_dir: str | Pat
 
     ckpt_dir = Path(checkpoint_dir)
     out = Path(out_dir) if out_dir is not None else ckpt_dir / "eval"
-    job = EvalJob(pipeline_config_path, out, device)
+    job = EvalJob(pipeline_config_path, out, device, sample_1_of_n_eval_examples)
     if not wait:
         found = list_checkpoints(ckpt_dir)
         if checkpoint is None and not found:
@@ -267,7 +269,11 @@ def _wait_loop(job: EvalJob, ckpt_dir: Path, eval_timeout: float, out: Path,
         found = list_checkpoints(ckpt_dir)
         if found and found[-1][0] > done:
             done, path = found[-1]  # the newest: like the TF OD API, skip ones overtaken meanwhile
-            metrics = job(path)
+            try:
+                metrics = job(path)
+            except CheckpointError as err:  # pruned by training or cut short meanwhile: wait for the next
+                warnings.warn(f"skipping checkpoint: {err}", stacklevel=2)
+                continue
             _report(path, metrics, out)
             last_new = time.monotonic()
             if final_step and done >= final_step:
