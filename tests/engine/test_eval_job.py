@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,13 @@ def test_moving_averages_chosen_when_asked() -> None:
     assert _weights(state, False, Path("c")) == {"w": 1}
     with pytest.warns(UserWarning, match="no moving averages"):
         assert _weights({"model": {"w": 1}, "ema": None}, True, Path("c")) == {"w": 1}
+
+
+def test_wait_gives_up_after_eval_timeout(run_dir: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    cfg, model_dir = run_dir
+    ckpts = tmp_path / "run"
+    ckpts.mkdir()
+    shutil.copy(model_dir / "ckpt-4.pt", ckpts / "ckpt-2.pt")  # step 2 < num_steps 4: keep waiting
+    eval_from_config(cfg, ckpts, wait=True, eval_timeout=0.2, device="cpu", poll_seconds=0.01)
+    printed = capsys.readouterr().out
+    assert "== ckpt-2.pt" in printed and "no new checkpoint" in printed
