@@ -48,7 +48,7 @@ def mutated(draw, text: str):
     return text
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=mutated(BASE), check_paths=st.booleans())
 def test_mutated_configs_raise_only_config_error(text, check_paths):
     with tempfile.TemporaryDirectory() as folder:
@@ -66,7 +66,7 @@ def test_mutated_configs_raise_only_config_error(text, check_paths):
         cfg.summary_text(loaded)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(text=mutated(LABEL_MAP))
 def test_mutated_label_maps_raise_only_config_error(text):
     try:
