@@ -84,3 +84,11 @@ def test_l2_weights_cover_conv_kernels_only():
     assert weights == {"head.0.1.weight": 0.5}
     hp.regularize_depthwise = True
     assert set(l2_weights_of(block, hp)) == {"0.0.weight", "0.1.weight"}
+
+
+def test_training_batch_norm_accepts_a_single_value_per_channel():
+    bn = ConvHyperparams.from_dict({"batch_norm": {"scale": True}}).norm(4, freeze_batchnorm=False).train()
+    x = torch.full((1, 4, 1, 1), 3.0)
+    # Running stats are mean 0, var 1 at start: the value passes through (up to epsilon).
+    torch.testing.assert_close(bn(x), x / math.sqrt(1 + 0.001))
+    assert bn(torch.randn(2, 4, 1, 1)).shape == (2, 4, 1, 1)

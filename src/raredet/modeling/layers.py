@@ -46,9 +46,22 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
         )
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that, given a single value per channel in training (batch 1 on a 1x1 map, e.g.
+    the coarsest level of a small image), normalises with its running statistics instead of raising:
+    one value has no variance to learn from."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
+
+
 def batch_norm(channels: int, frozen: bool, eps: float = 1e-5, momentum: float = 0.1) -> nn.BatchNorm2d:
-    """``nn.BatchNorm2d`` or, when ``frozen``, a ``FrozenBatchNorm2d`` with the same names."""
-    cls = FrozenBatchNorm2d if frozen else nn.BatchNorm2d
+    """A ``BatchNorm2d`` or, when ``frozen``, a ``FrozenBatchNorm2d`` (both named as ``nn.BatchNorm2d``)."""
+    cls = FrozenBatchNorm2d if frozen else BatchNorm2d
     return cls(channels, eps=eps, momentum=momentum)
 
 

@@ -1,0 +1,162 @@
+"""Model cost per feature extractor at 320x320: forward and forward+backward time per image, parameter
+counts and FLOPs (``torch.utils.flop_counter.FlopCounterMode``, forward, one image; a multiply-add
+counts as 2 FLOPs).
+
+Each extractor uses its zoo-style head (FPN ones: 4-layer weight-shared predictor; FPN-lite and SSDLite:
+depthwise). ``ssd_resnet18_v1_fpn@0.25`` is the narrow CPU-demo variant (``depth_multiplier: 0.25``).
+
+    python -m bench.bench_model [--quick]     # writes bench/results/model.json and prints a table
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.common import median_seconds, save_result
+from raredet.modeling.ssd import SSD
+
+SIZE = 320
+NUM_CLASSES = 4
+HP = {
+    "activation": "RELU_6",
+    "regularizer": {"l2_regularizer": {"weight": 4e-5}},
+    "initializer": {"random_normal_initializer": {"stddev": 0.01}},
+    "batch_norm": {"decay": 0.97, "scale": True, "epsilon": 0.001},
+}
+ANCHORS = {"aspect_ratios": [1.0, 2.0, 0.5], "scales_per_octave": 2, "anchor_scale": 4.0}
+
+
+def _fpn(extractor: str, depth: int, multiplier: float = 1.0, depthwise: bool = False) -> dict[str, Any]:
+    return dict(
+        feature_extractor={
+            "type": extractor,
+            "depth_multiplier": multiplier,
+            "conv_hyperparams": HP,
+            "use_depthwise": depthwise,
+            "fpn": {"min_level": 3, "max_level": 7, "additional_layer_depth": depth},
+        },
+        box_predictor={
+            "weight_shared_convolutional_box_predictor": {
+                "conv_hyperparams": HP,
+                "depth": depth,
+                "num_layers_before_predictor": 4,
+                "kernel_size": 3,
+                "class_prediction_bias_init": -4.6,
+                "share_prediction_tower": depthwise,
+                "use_depthwise": depthwise,
+            }
+        },
+        anchor_generator={"multiscale_anchor_generator": {"min_level": 3, "max_level": 7, **ANCHORS}},
+    )
+
+
+def _ssdlite() -> dict[str, Any]:
+    return dict(
+        feature_extractor={"type": "ssd_mobilenet_v2", "conv_hyperparams": HP, "use_depthwise": True},
+        box_predictor={
+            "convolutional_box_predictor": {"conv_hyperparams": HP, "kernel_size": 3, "use_depthwise": True}
+        },
+        anchor_generator={"multiscale_anchor_generator": {"min_level": 4, "max_level": 9, **ANCHORS}},
+    )
+
+
+CONFIGS = {
+    "ssd_resnet18_v1_fpn@0.25": lambda: _fpn("ssd_resnet18_v1_fpn", 64, multiplier=0.25),
+    "ssd_resnet18_v1_fpn": lambda: _fpn("ssd_resnet18_v1_fpn", 256),
+    "ssd_resnet34_v1_fpn": lambda: _fpn("ssd_resnet34_v1_fpn", 256),
+    "ssd_resnet50_v1_fpn": lambda: _fpn("ssd_resnet50_v1_fpn", 256),
+    "ssd_resnet101_v1_fpn": lambda: _fpn("ssd_resnet101_v1_fpn", 256),
+    "ssd_mobilenet_v2_fpn (lite)": lambda: _fpn("ssd_mobilenet_v2_fpn", 128, depthwise=True),
+    "ssd_mobilenet_v2 (SSDLite)": _ssdlite,
+}
+
+
+# The quick run (a smoke test on 2 shared cores) skips the large ResNets.
+QUICK = ["ssd_resnet18_v1_fpn@0.25", "ssd_mobilenet_v2_fpn (lite)", "ssd_mobilenet_v2 (SSDLite)"]
+
+
+def _forward_flops(model: SSD, image: torch.Tensor) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(image)
+    return int(counter.get_total_flops())
+
+
+def measure(name: str, batch: int, repeats: int, device: str, warmup: int = 1) -> dict[str, Any]:
+    model = SSD(num_classes=NUM_CLASSES, **CONFIGS[name]()).to(device)
+    images = torch.randint(0, 256, (batch, 3, SIZE, SIZE), dtype=torch.uint8, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(images)
+        sync()
+
+    def forward_backward() -> None:
+        out = model(images)
+        (out["cls_logits"].sum() + out["box_deltas"].sum()).backward()
+        model.zero_grad(set_to_none=True)
+        sync()
+
+    model.eval()
+    t_fwd = median_seconds(forward, repeats, warmup)
+    model.train()
+    t_fwd_bwd = median_seconds(forward_backward, repeats, warmup)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "backbone_parameters": sum(p.numel() for p in model.backbone.parameters()),
+        "anchors": int(model.eval()(images[:1])["anchors"].shape[0]),
+        "gflops_forward_per_image": _forward_flops(model, images[:1]) / 1e9,
+        "forward_ms_per_image": 1000 * t_fwd / batch,
+        "forward_backward_ms_per_image": 1000 * t_fwd_bwd / batch,
+    }
+
+
+def run(quick: bool, device: str = "cpu") -> dict[str, Any]:
+    batch, repeats, warmup = (1, 1, 0) if quick else (2, 3, 1)
+    names = QUICK if quick else list(CONFIGS)
+    torch.manual_seed(0)
+    results = {name: measure(name, batch, repeats, device, warmup) for name in names}
+    summary = [
+        f"{SIZE}x{SIZE}, batch {batch}, median of {repeats}, {device}, {torch.get_num_threads()} threads:",
+        "",
+        "| feature extractor | params (M) | backbone (M) | anchors | GFLOPs fwd | fwd ms/img "
+        "| fwd+bwd ms/img |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        summary.append(
+            f"| {name} | {r['parameters'] / 1e6:.2f} | {r['backbone_parameters'] / 1e6:.2f} "
+            f"| {r['anchors']} | "
+            f"{r['gflops_forward_per_image']:.2f} | {r['forward_ms_per_image']:.0f} | "
+            f"{r['forward_backward_ms_per_image']:.0f} |"
+        )
+    return {
+        "image_size": SIZE,
+        "batch": batch,
+        "repeats": repeats,
+        "device": device,
+        "extractors": results,
+        "summary": summary,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small extractors only, batch 1, one timed run")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    args = parser.parse_args(argv)
+    result = run(args.quick, args.device)
+    print(f"wrote {save_result('model', result)}")
+    print("\n".join(result["summary"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
