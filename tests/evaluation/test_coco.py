@@ -97,3 +97,21 @@ def test_unknown_category_or_image_names_the_record() -> None:
         check_coco(gt, bad)
     with pytest.raises(DataError, match="missing list 'categories'"):
         check_coco({"images": [], "annotations": []}, [])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"bbox": [0, 0, -2, 5]}, r"detection\[0\] bbox \[0, 0, -2, 5\] must be \[x, y, width, height\]"),
+    ({"bbox": [0, 0, "wide", 5]}, r"detection\[0\] bbox .* must be"),
+    ({"score": float("nan")}, r"detection\[0\] score nan must be a finite number"),
+])
+def test_bad_numbers_name_the_record(change: dict, message: str) -> None:
+    gt, _ = make_data(0)
+    det = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5, **change}
+    with pytest.raises(DataError, match=message):
+        check_coco(gt, [det])
+
+
+def test_string_image_ids_are_refused_clearly() -> None:
+    gt = {"images": [{"id": "a.jpg"}], "categories": [{"id": 1}], "annotations": []}
+    with pytest.raises(DataError, match=r"images\[0\] needs an integer 'id' \(got 'a.jpg'\)"):
+        check_coco(gt, [])

@@ -77,8 +77,10 @@ def check_coco(gt: dict, detections: list, gt_name: str = "groundtruth", dt_name
                             "annotations and categories")
     if not isinstance(detections, list):
         raise DataError(f"{dt_name}: expected a JSON list of detections (COCO results format)")
-    image_ids = {img.get("id") for img in gt["images"]}
-    cat_ids = {cat.get("id") for cat in gt["categories"]}
+    _check_int_ids(gt["images"], gt_name, "images")
+    _check_int_ids(gt["categories"], gt_name, "categories")
+    image_ids = {img["id"] for img in gt["images"]}
+    cat_ids = {cat["id"] for cat in gt["categories"]}
     seen: set = set()
     for i, ann in enumerate(gt["annotations"]):
         _check_record(ann, i, gt_name, "annotations", image_ids, cat_ids, ("id", "bbox"))
@@ -88,6 +90,42 @@ def check_coco(gt: dict, detections: list, gt_name: str = "groundtruth", dt_name
         seen.add(ann["id"])
     for i, det in enumerate(detections):
         _check_record(det, i, dt_name, "detection", image_ids, cat_ids, ("bbox", "score"))
+    _check_numbers([a["bbox"] for a in gt["annotations"]], gt_name, "annotations", "bbox", 4)
+    _check_numbers([d["bbox"] for d in detections], dt_name, "detection", "bbox", 4)
+    _check_numbers([d["score"] for d in detections], dt_name, "detection", "score", 0)
+
+
+def _check_int_ids(records: list, file: str, kind: str) -> None:
+    """COCO ids are integers (faster-coco-eval and pycocotools' C code rely on it)."""
+    for i, rec in enumerate(records):
+        value = rec.get("id") if isinstance(rec, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise DataError(f"{file}: {kind}[{i}] needs an integer 'id' (got {value!r})")
+
+
+def _check_numbers(values: list, file: str, kind: str, field: str, width: int) -> None:
+    """All `values` finite numbers (boxes: [x, y, w, h] with w, h >= 0); else name the first bad record."""
+    try:
+        arr = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    except (TypeError, ValueError):
+        arr = None
+    bad = np.ones(len(values), dtype=bool) if arr is None else ~np.isfinite(arr).all(axis=1)
+    if arr is not None and width == 4 and len(values):
+        bad |= (arr[:, 2:] < 0).any(axis=1)
+    if bad.any():
+        i = _first_bad(values, width) if arr is None else int(np.argmax(bad))
+        what = "[x, y, width, height] with width, height >= 0" if width == 4 else "a finite number"
+        raise DataError(f"{file}: {kind}[{i}] {field} {values[i]!r} must be {what}")
+
+
+def _first_bad(values: list, width: int) -> int:
+    """Index of the first value that does not convert to numbers (slow path, only after a failure)."""
+    for i, v in enumerate(values):
+        try:
+            np.asarray(v, dtype=np.float64).reshape(width or 1)
+        except (TypeError, ValueError):
+            return i
+    return 0
 
 
 def _check_record(rec: Any, i: int, file: str, kind: str, image_ids: set, cat_ids: set,
