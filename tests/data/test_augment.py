@@ -200,3 +200,35 @@ def test_every_step_builds_from_its_proto_message_with_all_fields():
     assert op.range == (-1.0, 0.0)  # SHRINK
     for name in AUGMENTATIONS:  # empty messages: every default from the constructor
         build_augmentation(name, message_kwargs(getattr(preprocessor_pb2.PreprocessingStep(), name)))
+
+
+def test_pad_color_is_in_pixel_units():
+    ex = make_example()  # 4 x 6, box 1 is (0, 1, 6, 4)
+    params = {
+        "min_image_height": 8,
+        "max_image_height": 8,
+        "min_image_width": 10,
+        "max_image_width": 10,
+        "pad_color": [10.0, 20.0, 30.0],
+    }
+    out = build_augmentation("random_pad_image", params)(ex, np.random.default_rng(0))
+    assert out["image"].shape == (8, 10, 3)
+    ox, oy = int(out["boxes"][1, 0]), int(out["boxes"][1, 1]) - 1
+    inside = np.zeros((8, 10), dtype=bool)
+    inside[oy : oy + 4, ox : ox + 6] = True
+    np.testing.assert_array_equal(out["image"][inside].reshape(4, 6, 3), ex["image"])
+    assert (out["image"][~inside] == [10, 20, 30]).all()
+
+
+def test_resizer_grayscale_and_method():
+    ex = make_example(2, 2, boxes=((0, 0, 1, 1),))
+    ex["image"] = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 255]]], dtype=np.uint8)
+    out = build_resizer(
+        "fixed_shape_resizer",
+        {"height": 4, "width": 4, "resize_method": "NEAREST_NEIGHBOR", "convert_to_grayscale": True},
+    )(ex)
+    # ITU-R 601 luma of pure red, green, blue: 76, 150, 29; nearest neighbour doubles each pixel
+    assert out["image"][:, :, 0].tolist() == [[76, 76, 150, 150]] * 2 + [[29, 29, 255, 255]] * 2
+    assert (out["image"][..., 0] == out["image"][..., 2]).all()
+    with pytest.raises(ConfigError, match="resize_method"):
+        build_resizer("fixed_shape_resizer", {"resize_method": "LANCZOS"})

@@ -283,3 +283,22 @@ def test_file_survives_pickling(tmp_path):
     assert file.read(1) == b"bc"  # opens the cached handle
     clone = pickle.loads(pickle.dumps(file))
     assert clone.read(0) == b"a" and file.read(0) == b"a"
+
+
+def test_unpacked_int64_values_parse(tmp_path, label_map, encode_image):
+    """Writers may emit repeated int64s unpacked (one tag per value); the wire format allows both."""
+    unpacked_labels = ld(3, b"".join(varint(1 << 3) + varint(v) for v in (1, 3)))
+    record = hand_example(
+        {
+            "image/encoded": feat_bytes(encode_image(10, 10)),
+            "image/height": feat_ints(10),
+            "image/width": feat_ints(10),
+            "image/object/bbox/xmin": feat_floats(0.0, 0.5),
+            "image/object/bbox/xmax": feat_floats(0.5, 1.0),
+            "image/object/bbox/ymin": feat_floats(0.0, 0.0),
+            "image/object/bbox/ymax": feat_floats(1.0, 1.0),
+            "image/object/class/label": unpacked_labels,
+        }
+    )
+    reader = TFRecordReader([write_tfrecord(tmp_path / "u.tfrecord", [record])], label_map)
+    assert reader.annotations(0)["labels"].tolist() == [0, 1]

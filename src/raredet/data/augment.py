@@ -237,9 +237,7 @@ class RandomPadImage:
         hi = (max(self.max_size[0] or 2 * h, lo[0]), max(self.max_size[1] or 2 * w, lo[1]))
         th, tw = int(rng.integers(lo[0], hi[0] + 1)), int(rng.integers(lo[1], hi[1] + 1))
         oy, ox = int(rng.integers(0, th - h + 1)), int(rng.integers(0, tw - w + 1))
-        color = (
-            np.array(self.pad_color, dtype=np.float32) * 255 if self.pad_color else image.mean(axis=(0, 1))
-        )
+        color = np.array(self.pad_color, dtype=np.float32) if self.pad_color else image.mean(axis=(0, 1))
         canvas = np.empty((th, tw, 3), dtype=np.uint8)
         canvas[:] = np.clip(color + 0.5, 0, 255).astype(np.uint8)
         canvas[oy : oy + h, ox : ox + w] = image
@@ -248,16 +246,24 @@ class RandomPadImage:
         return out
 
 
-def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of uint8 [H, W, 3] to [height, width, 3]."""
+RESIZE_METHODS = {
+    "BILINEAR": Image.Resampling.BILINEAR,
+    "NEAREST_NEIGHBOR": Image.Resampling.NEAREST,
+    "BICUBIC": Image.Resampling.BICUBIC,
+    "AREA": Image.Resampling.BOX,
+}
+
+
+def resize_image(image: np.ndarray, height: int, width: int, method: str = "BILINEAR") -> np.ndarray:
+    """Resize uint8 [H, W, 3] to [height, width, 3] with a TF OD API ``ResizeType`` name."""
     if image.shape[:2] == (height, width):
         return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((width, height), RESIZE_METHODS[method]))
 
 
-def scale_example(example: Example, height: int, width: int) -> Example:
+def scale_example(example: Example, height: int, width: int, method: str = "BILINEAR") -> Example:
     h, w = example["image"].shape[:2]
-    out = dict(example, image=resize_image(example["image"], height, width))
+    out = dict(example, image=resize_image(example["image"], height, width, method))
     out["boxes"] = (example["boxes"] * np.array([width / w, height / h] * 2, dtype=np.float32)).astype(
         np.float32
     )
@@ -486,7 +492,20 @@ def build_augmentation(name: str, params: dict[str, Any] | None = None) -> Any:
 
 class _Resizer:
     """A resizer maps an example to its network input size and records ``image_size`` (h, w of the
-    content before padding) and ``scale`` (sy, sx: resized = input * scale)."""
+    content before padding) and ``scale`` (sy, sx: resized = input * scale).
+
+    ``convert_to_grayscale`` keeps three (equal) channels, so the model's input layout does not change.
+    """
+
+    resize_method = "BILINEAR"
+    convert_to_grayscale = False
+
+    def _set_common(self, resize_method: str, convert_to_grayscale: bool) -> None:
+        if resize_method not in RESIZE_METHODS:
+            raise ConfigError(
+                f"image_resizer.resize_method {resize_method!r}: use one of {', '.join(RESIZE_METHODS)}"
+            )
+        self.resize_method, self.convert_to_grayscale = resize_method, convert_to_grayscale
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         raise NotImplementedError
@@ -494,7 +513,10 @@ class _Resizer:
     def __call__(self, example: Example) -> Example:
         h, w = example["image"].shape[:2]
         oh, ow = self.output_size(h, w)
-        out = scale_example(example, oh, ow)
+        out = scale_example(example, oh, ow, self.resize_method)
+        if self.convert_to_grayscale:
+            gray = np.asarray(Image.fromarray(out["image"]).convert("L"))
+            out["image"] = np.repeat(gray[..., None], 3, axis=2)
         out["image_size"] = (oh, ow)
         out["scale"] = (oh / h, ow / w)
         return out
@@ -509,6 +531,7 @@ class FixedShapeResizer(_Resizer):
         convert_to_grayscale: bool = False,
     ) -> None:
         self.height, self.width = height, width
+        self._set_common(resize_method, convert_to_grayscale)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return self.height, self.width
@@ -528,6 +551,7 @@ class KeepAspectRatioResizer(_Resizer):
         per_channel_pad_value: Sequence[float] = (),
     ) -> None:
         self.min_dimension, self.max_dimension = min_dimension, max_dimension
+        self._set_common(resize_method, convert_to_grayscale)
         self.pad_to_max_dimension = pad_to_max_dimension
         self.pad_value = np.array(list(per_channel_pad_value) or [0.0, 0.0, 0.0], dtype=np.float32)
 
