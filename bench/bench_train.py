@@ -1,0 +1,160 @@
+"""Where a training step's time goes: data wait, forward, DetectionLoss, backward, optimizer.
+
+Built from a pipeline.config through `raredet.builders`, as `raredet train` builds it: the synthetic
+rare-defects TFRecords (written under bench/results/tmp/), a RetinaNet-style SSD (FPN levels 3-7, depth
+128, 4 predictor layers, focal loss, momentum optimizer), for `ssd_resnet18_v1_fpn` and
+`ssd_mobilenet_v2_fpn` at 320x320, batch 8. Each phase is the median over the timed steps (after one
+untimed warm-up step); images/s is batch / median step time. Peak memory: CUDA allocator peak on GPU,
+the process's peak resident set on CPU. Run as `python -m bench.bench_train [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import RESULTS_DIR, save_result
+from raredet import builders, config
+from raredet.data.synth import make_synthetic_dataset
+from raredet.engine.optim import set_learning_rate
+from raredet.engine.train import to_device
+
+MODELS = ("ssd_resnet18_v1_fpn", "ssd_mobilenet_v2_fpn")
+PHASES = ("data_wait", "forward", "loss", "backward", "optimizer")
+
+CONFIG = """
+model {{ ssd {{
+  num_classes: 3
+  image_resizer {{ fixed_shape_resizer {{ height: {size} width: {size} }} }}
+  feature_extractor {{ type: "{model}"
+    conv_hyperparams {{ regularizer {{ l2_regularizer {{ weight: 0.00004 }} }} }}
+    fpn {{ min_level: 3 max_level: 7 additional_layer_depth: 128 }} }}
+  box_coder {{ faster_rcnn_box_coder {{ }} }}
+  matcher {{ argmax_matcher {{ matched_threshold: 0.5 unmatched_threshold: 0.5 }} }}
+  similarity_calculator {{ iou_similarity {{ }} }}
+  anchor_generator {{ multiscale_anchor_generator {{ min_level: 3 max_level: 7 anchor_scale: 4.0
+                      aspect_ratios: [1.0, 2.0, 0.5] scales_per_octave: 2 }} }}
+  box_predictor {{ weight_shared_convolutional_box_predictor {{ depth: 128
+                   num_layers_before_predictor: 4 kernel_size: 3 class_prediction_bias_init: -4.6 }} }}
+  normalize_loss_by_num_matches: true
+  loss {{ classification_loss {{ weighted_sigmoid_focal {{ alpha: 0.25 gamma: 2.0 }} }}
+          localization_loss {{ weighted_smooth_l1 {{ }} }} }}
+}} }}
+train_config {{
+  batch_size: {batch}
+  num_steps: 100
+  data_augmentation_options {{ random_horizontal_flip {{ }} }}
+  optimizer {{ momentum_optimizer {{ learning_rate {{ constant_learning_rate {{ learning_rate: 0.01 }} }} }}
+               use_moving_average: false }}
+}}
+train_input_reader {{ label_map_path: "label_map.pbtxt" tf_record_input_reader {{ input_path: "train-*" }} }}
+"""
+
+
+def _timer(device: torch.device) -> Callable[[], float]:
+    """perf_counter after the device has finished its queued work."""
+
+    def now() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return now
+
+
+def _step_times(comps: Any, loader_iter: Any, device: torch.device) -> dict[str, float]:
+    now = _timer(device)
+    t0 = now()
+    batch = to_device(next(loader_iter), device)
+    t1 = now()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with autocast:
+        outputs = comps.model(batch["images"])
+    outputs = {k: v.float() for k, v in outputs.items()}
+    t2 = now()
+    losses = comps.criterion(outputs, batch)
+    t3 = now()
+    comps.optimizer.zero_grad(set_to_none=True)
+    losses["total_loss"].backward()
+    t4 = now()
+    comps.optimizer.step()
+    t5 = now()
+    return dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True))
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def bench_model(data_dir: Path, model: str, size: int, batch: int, steps: int,
+                device: torch.device) -> dict[str, Any]:
+    cfg_path = data_dir / f"{model}.config"
+    cfg_path.write_text(CONFIG.format(model=model, size=size, batch=batch))
+    comps = builders.build_training(config.load(cfg_path), seed=0, num_workers=2)
+    comps.model.to(device).train()
+    set_learning_rate(comps.optimizer, comps.schedule(0))
+    loader = torch.utils.data.DataLoader(comps.dataset, batch_size=batch, shuffle=True, drop_last=True,
+                                         collate_fn=comps.collate_fn, num_workers=comps.num_workers)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    it = iter(_forever(loader))
+    _step_times(comps, it, device)  # warm-up: allocator, kernels, worker start
+    runs = [_step_times(comps, it, device) for _ in range(steps)]
+    medians = {p: statistics.median(r[p] for r in runs) for p in PHASES}
+    step = statistics.median(sum(r.values()) for r in runs)
+    return {"model": model, "size": size, "batch": batch, "steps": steps, "device": str(device),
+            **{f"{p}_s": v for p, v in medians.items()}, "step_s": step, "images_per_s": batch / step,
+            "peak_memory_mb": _peak_memory_mb(device),
+            "parameters": sum(p.numel() for p in comps.model.parameters())}
+
+
+def _forever(loader: Any) -> Any:
+    while True:
+        yield from loader
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    head = "| model | size | batch | device | " + " | ".join(f"{p} ms" for p in PHASES)
+    lines = [head + " | step ms | images/s | peak MB |", "|" + "---|" * (len(PHASES) + 8)]
+    for r in rows:
+        phases = " | ".join(f"{1000 * r[f'{p}_s']:.0f}" for p in PHASES)
+        lines.append(f"| {r['model']} | {r['size']} | {r['batch']} | {r['device']} | {phases} | "
+                     f"{1000 * r['step_s']:.0f} | {r['images_per_s']:.1f} | {r['peak_memory_mb']:.0f} |")
+    return lines
+
+
+def run(quick: bool, device: str | None = None) -> dict[str, Any]:
+    """Both models at 320x320, batch 8, 5 timed steps; `quick`: 128x128, batch 2, 2 steps."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    size, batch, steps = (128, 2, 2) if quick else (320, 8, 5)
+    data_dir = RESULTS_DIR / "tmp" / f"bench_train_{size}"
+    if not (data_dir / "label_map.pbtxt").exists():
+        make_synthetic_dataset(data_dir, images=4 * batch + 8, image_size=size, num_shards=1,
+                               min_val_boxes=1)
+    rows = [bench_model(data_dir, m, size, batch, steps, dev) for m in MODELS]
+    return {"rows": rows, "summary": _table(rows)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small smoke-sized run")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    args = parser.parse_args(argv)
+    result = run(args.quick, args.device)
+    print("\n".join(result["summary"]))
+    print(f"wrote {save_result('train', result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
