@@ -15,6 +15,8 @@ gives each level's channel count.
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 
 from raredet.modeling.layers import batch_norm
@@ -230,14 +232,15 @@ class MobileNetV2(nn.Module):
         first stride-32 block (``layer_15/expansion_output``, stride 16, 576 channels at 1.0) and the
         final 1x1 conv (``layer_19``, stride 32, 1280 channels)."""
         x = self.features[:14](x)
-        block = self.features[14]
+        block = cast(InvertedResidual, self.features[14])
         expansion = block.conv[0](x)
         x = block.conv[1:](expansion)
         return [expansion, self.features[15:](x)]
 
     @property
     def ssd_channels(self) -> list[int]:
-        return [self.features[14].conv[0][0].out_channels, self.out_channels[5]]
+        expand = cast(nn.Sequential, cast(InvertedResidual, self.features[14]).conv[0])
+        return [cast(nn.Conv2d, expand[0]).out_channels, self.out_channels[5]]
 
 
 def _block_out_channels(block: nn.Module) -> int:

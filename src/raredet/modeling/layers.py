@@ -11,7 +11,7 @@ preserving_proto_field_name=True)`` writes it: absent keys take the TF OD API's 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,7 +178,7 @@ def _variance_scaling(
         nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std)
 
 
-INITIALIZERS = {
+INITIALIZERS: dict[str, Callable[..., None]] = {
     "truncated_normal_initializer": _truncated_normal,
     "variance_scaling_initializer": _variance_scaling,
     "random_normal_initializer": _random_normal,

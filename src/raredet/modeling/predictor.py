@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +30,7 @@ def _head(
     """Prediction conv with a bias (``bias`` its initial value); depthwise-separable on request."""
     conv = nn.Conv2d(in_ch, out_ch, 1 if depthwise else kernel, padding=0 if depthwise else kernel // 2)
     hp.initialize(conv)
-    nn.init.constant_(conv.bias, bias)
+    nn.init.constant_(conv.bias, bias)  # type: ignore[arg-type]  # Conv2d(bias=True) has one
     if not depthwise:
         return conv
     spatial = nn.Conv2d(in_ch, in_ch, kernel, padding=kernel // 2, groups=in_ch, bias=False)
@@ -60,7 +60,7 @@ class _Tower(nn.Module):
         freeze_batchnorm: bool,
     ) -> None:
         super().__init__()
-        convs = []
+        convs: list[nn.Module] = []
         for i in range(num_layers):
             c_in = in_ch if i == 0 else depth
             if use_depthwise:
@@ -75,7 +75,8 @@ class _Tower(nn.Module):
         self.act = hp.act()
 
     def forward(self, x: Tensor, level: int) -> Tensor:
-        for conv, norm in zip(self.convs, self.norms[level], strict=True):
+        norms = cast(nn.ModuleList, self.norms[level])
+        for conv, norm in zip(self.convs, norms, strict=True):
             x = self.act(norm(conv(x)))
         return x
 

@@ -19,11 +19,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from raredet.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from raredet.modeling.ssd import SSD
 
 CHECKPOINT_TYPES = ("classification", "detection", "full")
 
@@ -52,6 +56,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(
             f"{path}: fine_tune_checkpoint not found; check train_config.fine_tune_checkpoint"
         )
+    data: Any
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -93,7 +98,7 @@ def load_state_dict_by_name(module: nn.Module, state: Mapping[str, Tensor]) -> L
     return report
 
 
-def load_fine_tune_checkpoint(model: nn.Module, path: str | Path, checkpoint_type: str) -> LoadReport:
+def load_fine_tune_checkpoint(model: SSD, path: str | Path, checkpoint_type: str) -> LoadReport:
     """Load ``path`` into ``model`` (an ``SSD``) as ``checkpoint_type`` says (see the module docstring)."""
     if checkpoint_type not in CHECKPOINT_TYPES:
         raise ConfigError(

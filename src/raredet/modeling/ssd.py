@@ -67,7 +67,7 @@ Config = Mapping[str, Any]
 class FpnFeatureExtractor(nn.Module):
     """A backbone followed by an FPN; ``forward(x) -> [map per level min_level..max_level]``."""
 
-    def __init__(self, backbone: nn.Module, fpn: FeaturePyramid, hp: ConvHyperparams) -> None:
+    def __init__(self, backbone: ResNet | MobileNetV2, fpn: FeaturePyramid, hp: ConvHyperparams) -> None:
         super().__init__()
         self.backbone, self.fpn, self.hp = backbone, fpn, hp
         self.levels = list(range(fpn.min_level, fpn.max_level + 1))
@@ -91,7 +91,12 @@ class SsdMobileNetV2FeatureExtractor(nn.Module):
         return maps + self.extra(maps[-1])
 
 
-def _fpn_extractor(backbone: nn.Module, cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> nn.Module:
+FeatureExtractor = FpnFeatureExtractor | SsdMobileNetV2FeatureExtractor
+
+
+def _fpn_extractor(
+    backbone: ResNet | MobileNetV2, cfg: Config, hp: ConvHyperparams, freeze_bn: bool
+) -> FeatureExtractor:
     fpn_cfg = dict(cfg.get("fpn") or {})
     fpn = FeaturePyramid(
         backbone.out_channels,
@@ -105,17 +110,17 @@ def _fpn_extractor(backbone: nn.Module, cfg: Config, hp: ConvHyperparams, freeze
     return FpnFeatureExtractor(backbone, fpn, hp)
 
 
-def _resnet_fpn(depth: int, cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> nn.Module:
+def _resnet_fpn(depth: int, cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
     multiplier, min_depth = float(cfg.get("depth_multiplier", 1.0)), int(cfg.get("min_depth", 16))
     return _fpn_extractor(ResNet(depth, multiplier, min_depth, freeze_bn), cfg, hp, freeze_bn)
 
 
-def _mobilenet_v2_fpn(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> nn.Module:
+def _mobilenet_v2_fpn(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
     multiplier, min_depth = float(cfg.get("depth_multiplier", 1.0)), int(cfg.get("min_depth", 16))
     return _fpn_extractor(MobileNetV2(multiplier, min_depth, freeze_bn), cfg, hp, freeze_bn)
 
 
-def _mobilenet_v2_ssd(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> nn.Module:
+def _mobilenet_v2_ssd(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
     multiplier, min_depth = float(cfg.get("depth_multiplier", 1.0)), int(cfg.get("min_depth", 16))
     num_layers = int(cfg.get("num_layers", 6))
     if not 2 <= num_layers <= 2 + len(SSD_EXTRA_DEPTHS):
@@ -127,7 +132,7 @@ def _mobilenet_v2_ssd(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> nn.M
     return SsdMobileNetV2FeatureExtractor(backbone, extra, depths, hp)
 
 
-FEATURE_EXTRACTORS: dict[str, Callable[[Config, ConvHyperparams, bool], nn.Module]] = {
+FEATURE_EXTRACTORS: dict[str, Callable[[Config, ConvHyperparams, bool], FeatureExtractor]] = {
     "ssd_resnet18_v1_fpn": partial(_resnet_fpn, 18),
     "ssd_resnet34_v1_fpn": partial(_resnet_fpn, 34),
     "ssd_resnet50_v1_fpn": partial(_resnet_fpn, 50),
@@ -137,7 +142,7 @@ FEATURE_EXTRACTORS: dict[str, Callable[[Config, ConvHyperparams, bool], nn.Modul
 }
 
 
-def build_feature_extractor(feature_extractor: Config, freeze_batchnorm: bool = False) -> nn.Module:
+def build_feature_extractor(feature_extractor: Config, freeze_batchnorm: bool = False) -> FeatureExtractor:
     """The feature extractor named by ``feature_extractor["type"]`` (``_keras`` suffix optional)."""
     name = str(feature_extractor.get("type", ""))
     key = name.removesuffix("_keras")
@@ -164,9 +169,12 @@ def _only_choice(
     return keys[0], dict((message or {})[keys[0]] or {})
 
 
+BoxPredictor = WeightSharedConvolutionalBoxPredictor | ConvolutionalBoxPredictor
+
+
 def build_box_predictor(
     box_predictor: Config, num_classes: int, num_anchors: int, in_channels: list[int], freeze_batchnorm: bool
-) -> nn.Module:
+) -> BoxPredictor:
     """The predictor chosen in the ``box_predictor`` oneof."""
     valid = ("weight_shared_convolutional_box_predictor", "convolutional_box_predictor")
     name, fields = _only_choice(box_predictor, "box_predictor", valid, None)
@@ -182,7 +190,7 @@ def build_box_predictor(
     if name == "weight_shared_convolutional_box_predictor":
         fields.pop("use_dropout", None)
         fields.pop("dropout_keep_probability", None)
-        cls: type[nn.Module] = WeightSharedConvolutionalBoxPredictor
+        cls: type[BoxPredictor] = WeightSharedConvolutionalBoxPredictor
     else:
         cls = ConvolutionalBoxPredictor
     return cls(
@@ -207,6 +215,11 @@ def build_box_coder(box_coder: Config | None) -> FasterRcnnBoxCoder:
 
 class SSD(nn.Module):
     """Single-shot detector; see the module docstring for the constructor's arguments."""
+
+    pixel_mean: Tensor
+    pixel_std: Tensor
+    feature_extractor: FeatureExtractor
+    box_predictor: BoxPredictor
 
     def __init__(
         self,
@@ -252,7 +265,7 @@ class SSD(nn.Module):
             )
 
     @property
-    def backbone(self) -> nn.Module:
+    def backbone(self) -> ResNet | MobileNetV2:
         """The torchvision-named backbone (where classification checkpoints load)."""
         return self.feature_extractor.backbone
 
