@@ -6,6 +6,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from raredet.data.tfrecord import (
     TFRecordFile,
@@ -302,3 +304,90 @@ def test_unpacked_int64_values_parse(tmp_path, label_map, encode_image):
     )
     reader = TFRecordReader([write_tfrecord(tmp_path / "u.tfrecord", [record])], label_map)
     assert reader.annotations(0)["labels"].tolist() == [0, 1]
+
+
+def _fuzz_reader(path, label_map):
+    reader = TFRecordReader([path], label_map)
+    for i in range(len(reader)):
+        reader.example(i)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_corrupted_files_give_data_errors(tmp_path, label_map, encode_image, data):
+    """Any byte flipped, dropped or appended: a DataError naming the file, or (if harmless) a good read."""
+    record = detection_example(
+        encoded=encode_image(8, 8),
+        image_format="png",
+        height=8,
+        width=8,
+        boxes=np.array([[1.0, 1.0, 4.0, 4.0]]),
+        class_ids=np.array([3]),
+        weights=np.array([0.5]),
+    )
+    raw = bytearray(frame_record(record) * 2)
+    op = data.draw(st.sampled_from(["flip", "cut", "append"]))
+    if op == "flip":
+        raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+    elif op == "cut":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    else:
+        raw += data.draw(st.binary(min_size=1, max_size=20))
+    path = tmp_path / "fuzz.tfrecord"
+    path.write_bytes(bytes(raw))
+    try:
+        _fuzz_reader(path, label_map)
+    except DataError as err:
+        assert "fuzz.tfrecord" in str(err)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.binary(max_size=200))
+def test_fuzz_payloads_give_data_errors(tmp_path, label_map, payload):
+    """Well-framed garbage payloads: a DataError naming the record, never another exception."""
+    path = write_tfrecord(tmp_path / "payload.tfrecord", [payload])
+    try:
+        _fuzz_reader(path, label_map)
+    except DataError as err:
+        assert "payload.tfrecord, record 0" in str(err)
+
+
+_KEYS = [
+    "image/height",
+    "image/width",
+    "image/object/bbox/xmin",
+    "image/object/bbox/ymin",
+    "image/object/bbox/xmax",
+    "image/object/bbox/ymax",
+    "image/object/class/label",
+    "image/object/class/text",
+    "image/object/weight",
+    "image/object/class/weight",
+    "image/object/is_crowd",
+    "image/object/difficult",
+    "image/source_id",
+]
+_VALUE = st.one_of(
+    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=3),
+    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3),
+    st.lists(st.binary(max_size=5), max_size=3),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(features=st.dictionaries(st.sampled_from(_KEYS), _VALUE))
+def test_fuzz_feature_types_and_lengths(tmp_path, label_map, encode_image, features):
+    """Wrong list types, lengths and values in the annotation keys: DataError or a valid example."""
+    typed = {
+        k: (np.asarray(v, np.float32) if v and isinstance(v[0], float) else v) for k, v in features.items()
+    }
+    typed = {k: (v if len(v) else np.zeros(0, np.int64)) for k, v in typed.items()}
+    record = encode_example({"image/encoded": encode_image(8, 8), **typed})
+    path = write_tfrecord(tmp_path / "typed.tfrecord", [record])
+    try:
+        ex = TFRecordReader([path], label_map).example(0)
+    except DataError as err:
+        assert "typed.tfrecord, record 0" in str(err)
+    else:
+        assert len(ex["boxes"]) == len(ex["labels"]) == len(ex["weights"])
+        assert np.isfinite(ex["boxes"]).all() and (ex["weights"] >= 0).all()

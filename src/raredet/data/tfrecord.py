@@ -223,6 +223,35 @@ def detection_example(
     return encode_example(feats)
 
 
+_KINDS = {
+    "image/encoded": "bytes_list",
+    "image/format": "bytes_list",
+    "image/source_id": "bytes_list",
+    "image/filename": "bytes_list",
+    "image/object/class/text": "bytes_list",
+    "image/height": "int64_list",
+    "image/width": "int64_list",
+    "image/object/class/label": "int64_list",
+    "image/object/is_crowd": "int64_list",
+    "image/object/difficult": "int64_list",
+    "image/object/bbox/xmin": "float_list",
+    "image/object/bbox/ymin": "float_list",
+    "image/object/bbox/xmax": "float_list",
+    "image/object/bbox/ymax": "float_list",
+    "image/object/weight": "float_list",
+    "image/object/class/weight": "float_list",
+}
+
+
+def _check_kinds(features: Any, where: str) -> None:
+    """Each key the reader uses must hold the list type the TF OD API writes."""
+    for key, kind in _KINDS.items():
+        if key in features:
+            actual = features[key].WhichOneof("kind")
+            if actual is not None and actual != kind:
+                raise DataError(f"{where}: field '{key}' is a {actual}; the TF OD API stores a {kind}")
+
+
 def _values(features: Any, key: str) -> list[Any]:
     if key not in features:
         return []
@@ -280,6 +309,7 @@ class TFRecordReader:
         return finish_example(annotations, image, full)
 
     def _annotations(self, features: Any, where: str) -> dict[str, Any]:
+        _check_kinds(features, where)
         height, width = self._size(features, where)
         n = len(_values(features, "image/object/bbox/xmin"))
         boxes = self._boxes(features, n, height, width, where)
