@@ -14,6 +14,7 @@ candidates in loss order that stop once every image has `num_hard_examples` surv
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -106,34 +107,29 @@ class HardExampleMiner:
     def _nms_select(self, boxes: Tensor, scores: Tensor, eligible: Tensor) -> Tensor:
         """Greedy NMS per image, up to `num_hard_examples` survivors -> mask `[B, A]`.
 
-        Candidates go through in blocks of `NMS_BLOCK` in descending loss order: a block's boxes are
-        first suppressed by the survivors of earlier blocks, then by each other (batched greedy NMS).
-        This is exactly greedy NMS, stops as soon as every image has its survivors, and keeps memory
-        at `B * NMS_BLOCK * survivors` even when `num_hard_examples` is 0 (all anchors).
+        Candidates go through in blocks in descending loss order: a block's boxes are first
+        suppressed by the survivors of earlier blocks, then by each other (batched greedy NMS). This
+        is exactly greedy NMS, stops as soon as every image has its survivors, and keeps memory at
+        `B * block * survivors` even when `num_hard_examples` is 0 (all anchors).
         """
         limit = self.num_hard_examples or scores.shape[1]
         scores = scores.masked_fill(~eligible, float("-inf"))
-        order = scores.argsort(dim=1, descending=True, stable=True)  # [B, A]
         selected = torch.zeros_like(eligible)
         kept_boxes = boxes.new_zeros(boxes.shape[0], 0, 4)
         kept_valid = eligible.new_zeros(boxes.shape[0], 0)
         num_kept = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
-        for block in order.split(NMS_BLOCK, dim=1):  # a loop over blocks, not anchors
+        for block, finite in _blocks_by_score(scores, min(NMS_BLOCK, max(2 * limit, 64))):  # not anchors
             block_boxes = boxes.gather(1, block[..., None].expand(-1, -1, 4))
-            alive = torch.isfinite(scores.gather(1, block)) & (num_kept < limit)[:, None]
+            alive = finite & (num_kept < limit)[:, None]
             if not bool(alive.any()):
                 break
             earlier = (box_iou(block_boxes, kept_boxes) > self.iou_threshold) & kept_valid[:, None, :]
-            alive &= ~earlier.any(-1)
-            keep = nms_mask(block_boxes, torch.zeros_like(block), alive, self.iou_threshold)
+            keep = nms_mask(
+                block_boxes, torch.zeros_like(block), alive & ~earlier.any(-1), self.iou_threshold
+            )
             keep &= num_kept[:, None] + keep.cumsum(1) <= limit  # columns are in descending loss order
-            selected.scatter_(1, block, keep)
-            # Carry only the survivors (moved to the front, padded to the longest image) to later blocks.
-            front = keep.to(torch.int8).argsort(dim=1, descending=True, stable=True)[
-                :, : int(keep.sum(1).max())
-            ]
-            kept_boxes = torch.cat([kept_boxes, block_boxes.gather(1, front[..., None].expand(-1, -1, 4))], 1)
-            kept_valid = torch.cat([kept_valid, keep.gather(1, front)], 1)
+            selected |= torch.zeros_like(selected).scatter(1, block, keep)  # a masked repeat adds nothing
+            kept_boxes, kept_valid = _append_survivors(kept_boxes, kept_valid, block_boxes, keep)
             num_kept += keep.sum(1)
         return selected
 
@@ -141,8 +137,34 @@ class HardExampleMiner:
         """Keep the highest-loss negatives, at most max(min_neg, ratio * num_pos) per image."""
         assert self.max_negatives_per_positive is not None
         cap = torch.clamp(self.max_negatives_per_positive * num_positives, min=self.min_negatives_per_image)
-        ranked = scores.masked_fill(~negatives, float("-inf"))
-        order = ranked.argsort(dim=1, descending=True, stable=True)
+        # Only the (few) selected negatives need ranking: top-n of the masked scores, n the largest count.
+        n = int(negatives.sum(1).max())
+        _, order = scores.masked_fill(~negatives, float("-inf")).topk(n, dim=1)
         in_order = negatives.gather(1, order)
         keep_in_order = in_order & (in_order.cumsum(1) <= cap[:, None])
         return torch.zeros_like(negatives).scatter(1, order, keep_in_order)
+
+
+def _blocks_by_score(scores: Tensor, size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """(anchor indices `[B, size]`, finite-score mask `[B, size]`) in descending score order, block
+    after block.
+
+    The first block comes from `topk`; the full sort runs only if a second block is needed, with the
+    first block's anchors masked to -inf: one may come again, but then marked not finite.
+    """
+    first = scores.topk(min(size, scores.shape[1]), dim=1).indices
+    yield first, torch.isfinite(scores.gather(1, first))
+    if scores.shape[1] > size:
+        rest_scores = scores.scatter(1, first, float("-inf"))
+        rest = rest_scores.argsort(dim=1, descending=True, stable=True)[:, : scores.shape[1] - size]
+        for block in rest.split(size, dim=1):
+            yield block, torch.isfinite(rest_scores.gather(1, block))
+
+
+def _append_survivors(
+    kept_boxes: Tensor, kept_valid: Tensor, block_boxes: Tensor, keep: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Add a block's survivors (`keep [B, S]`) to `kept_boxes [B, M, 4]`, padded to the longest image."""
+    front = keep.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, : int(keep.sum(1).max())]
+    new_boxes = block_boxes.gather(1, front[..., None].expand(-1, -1, 4))
+    return torch.cat([kept_boxes, new_boxes], 1), torch.cat([kept_valid, keep.gather(1, front)], 1)
