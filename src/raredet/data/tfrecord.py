@@ -216,7 +216,7 @@ def detection_example(
         "image/object/bbox/ymax": boxes[:, 3] / height,
         "image/object/class/label": np.asarray(class_ids, dtype=np.int64),
     }
-    if class_texts is not None:
+    if class_texts is not None and len(class_texts):
         feats["image/object/class/text"] = list(class_texts)
     if weights is not None:
         feats["image/object/weight"] = np.asarray(weights, dtype=np.float32)
@@ -248,7 +248,8 @@ def _check_kinds(features: Any, where: str) -> None:
     for key, kind in _KINDS.items():
         if key in features:
             actual = features[key].WhichOneof("kind")
-            if actual is not None and actual != kind:
+            # An empty list of another type is harmless (some writers type empty lists arbitrarily).
+            if actual is not None and actual != kind and len(getattr(features[key], actual).value):
                 raise DataError(f"{where}: field '{key}' is a {actual}; the TF OD API stores a {kind}")
 
 
