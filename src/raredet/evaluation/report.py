@@ -22,6 +22,7 @@ from raredet.fileio import atomic_write_text
 # Distinct colours, one per class index (cycled past 12 classes).
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
            (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40), (128, 0, 0))
+MIN_PANEL_WIDTH = 256
 
 
 @dataclass
@@ -60,8 +61,11 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, names:
 def example_panel(example: Example, names: Sequence[str], min_score: float) -> Image.Image:
     """Ground truth (left) beside the detections scoring at least `min_score` (right)."""
     keep = np.asarray(example.det_scores) >= min_score
-    left = draw_boxes(example.image, example.gt_boxes, example.gt_classes, names)
-    right = draw_boxes(example.image, np.asarray(example.det_boxes)[keep],
+    # Small training images (64 px) are enlarged (nearest neighbour) so that labels stay readable.
+    zoom = int(min(4, max(1, MIN_PANEL_WIDTH // max(1, example.image.shape[1]))))
+    image = np.repeat(np.repeat(np.asarray(example.image), zoom, axis=0), zoom, axis=1)
+    left = draw_boxes(image, np.asarray(example.gt_boxes) * zoom, example.gt_classes, names)
+    right = draw_boxes(image, np.asarray(example.det_boxes)[keep] * zoom,
                        np.asarray(example.det_classes)[keep], names, np.asarray(example.det_scores)[keep])
     panel = Image.new("RGB", (left.width * 2 + 6, left.height), (255, 255, 255))
     panel.paste(left, (0, 0))
