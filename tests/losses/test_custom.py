@@ -53,3 +53,27 @@ def test_wrong_name_lists_registered(on_path):
         get_custom_loss("classification", "nope", "custom_loss_module")
     with pytest.raises(ConfigError, match="localization"):
         get_custom_loss("localization", "class_weighted_sigmoid", "custom_loss_module")
+
+
+def test_custom_flags_background_column_and_decoded_boxes(on_path):
+    cls_fn = get_custom_loss("classification", "plain_softmax", "custom_loss_module")
+    loc_fn = get_custom_loss("localization", "center_distance", "custom_loss_module")
+    anchors = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    batch = {
+        "boxes": torch.tensor([[[2.0, 0, 12, 10]]]),
+        "labels": torch.tensor([[0]]),
+        "weights": torch.tensor([[1.0]]),
+    }
+    loss = DetectionLoss(
+        matcher=ArgMaxMatcher(),
+        box_coder=FasterRcnnBoxCoder(),
+        classification_loss=cls_fn,
+        localization_loss=loc_fn,
+    )
+    out = loss(
+        {"cls_logits": torch.zeros(1, 2, 2), "box_deltas": torch.zeros(1, 2, 4), "anchors": anchors}, batch
+    )
+    # 2 columns + background, logits 0: log 3 per anchor. Anchor 0 (IoU 8/12) is matched; decoded
+    # box = the anchor, centre (5, 5) against (7, 5): squared distance 4.
+    assert out["classification_loss"].item() == pytest.approx(2 * math.log(3))
+    assert out["localization_loss"].item() == pytest.approx(4.0)

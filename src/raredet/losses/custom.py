@@ -26,22 +26,31 @@ LossFn = Callable[..., Any]
 _CUSTOM_LOSSES: dict[str, dict[str, LossFn]] = {"classification": {}, "localization": {}}
 
 
-def _register(kind: str, name: str) -> Callable[[LossFn], LossFn]:
+def _register(kind: str, name: str, flag: str, value: bool) -> Callable[[LossFn], LossFn]:
     def decorator(fn: LossFn) -> LossFn:
+        if value:
+            setattr(fn, flag, True)  # read by DetectionLoss (see the decorators below)
         _CUSTOM_LOSSES[kind][name] = fn
         return fn
 
     return decorator
 
 
-def register_classification_loss(name: str) -> Callable[[LossFn], LossFn]:
-    """Decorator: make `fn` available as `classification_loss { custom { name: "<name>" ... } }`."""
-    return _register("classification", name)
+def register_classification_loss(name: str, background_column: bool = False) -> Callable[[LossFn], LossFn]:
+    """Decorator: make `fn` available as `classification_loss { custom { name: "<name>" ... } }`.
+
+    `background_column=True` for softmax-style losses: `DetectionLoss` then passes `K + 1` columns,
+    a zero background logit first (as for `weighted_softmax`).
+    """
+    return _register("classification", name, "background_column", background_column)
 
 
-def register_localization_loss(name: str) -> Callable[[LossFn], LossFn]:
-    """Decorator: make `fn` available as `localization_loss { custom { name: "<name>" ... } }`."""
-    return _register("localization", name)
+def register_localization_loss(name: str, decoded_boxes: bool = False) -> Callable[[LossFn], LossFn]:
+    """Decorator: make `fn` available as `localization_loss { custom { name: "<name>" ... } }`.
+
+    `decoded_boxes=True` for losses on `xyxy` boxes (as `weighted_giou`) instead of box encodings.
+    """
+    return _register("localization", name, "decoded_boxes", decoded_boxes)
 
 
 def get_custom_loss(kind: str, name: str, module: str) -> LossFn:

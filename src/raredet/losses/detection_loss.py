@@ -180,7 +180,9 @@ class DetectionLoss:
         """Per-anchor classification loss `[B, A]`, summed over the class columns."""
         num_classes = logits.shape[-1]
         onehot = F.one_hot(labels.clamp(min=0), num_classes).to(logits) * (labels >= 0)[..., None]
-        if self.classification_loss in SOFTMAX_LOSSES:
+        if self.classification_loss in SOFTMAX_LOSSES or getattr(
+            self.classification_loss, "background_column", False
+        ):
             background = (labels < 0).to(logits)[..., None]
             logits = F.pad(logits, (1, 0))  # constant zero background logit, column 0
             onehot = torch.cat([background, onehot], dim=-1)
@@ -191,7 +193,9 @@ class DetectionLoss:
         self, deltas: Tensor, decoded: Tensor, anchors: Tensor, gt_boxes: Tensor, weights: Tensor
     ) -> Tensor:
         """Per-anchor localization loss `[B, A]` on codes, or on decoded boxes for IoU losses."""
-        if self.localization_loss in DECODED_BOX_LOSSES:
+        if self.localization_loss in DECODED_BOX_LOSSES or getattr(
+            self.localization_loss, "decoded_boxes", False
+        ):
             return self.localization_loss(decoded, gt_boxes, weights, **self.localization_loss_params)
         codes = self.box_coder.encode(gt_boxes, anchors[None].to(gt_boxes))
         return self.localization_loss(deltas, codes.to(deltas), weights, **self.localization_loss_params)
