@@ -94,3 +94,17 @@ def test_no_detections_and_no_ground_truth_still_write_everything(tmp_path: Path
     assert "no ground truth" in (tmp_path / "per_class.md").read_text()
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 0 and (tmp_path / "pr_curves.png").exists()
     assert "DetectionBoxes_Precision/mAP" not in (tmp_path / "metrics.json").read_text()  # VOC only
+
+
+def test_panel_draws_ground_truth_left_and_confident_detections_right() -> None:
+    from raredet.evaluation.report import PALETTE, example_panel
+
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    ex = Example(image, np.array([[8, 8, 40, 40]]), np.array([1]), np.array([[8, 8, 40, 40], [2, 2, 6, 6]]),
+                 np.array([0.9, 0.2]), np.array([2, 0]), "x")
+    panel = np.asarray(example_panel(ex, ["a", "b", "c"], 0.5))
+    zoom, right = 4, 64 * 4 + 6  # 64 px images are drawn 4x; the right panel starts after a 6 px gap
+    assert panel.shape == (256, 2 * 256 + 6, 3)
+    assert tuple(panel[20 * zoom, 8 * zoom]) == PALETTE[1]  # GT box edge, class 1's colour
+    assert tuple(panel[20 * zoom, right + 8 * zoom]) == PALETTE[2]  # detection at 0.9, class 2
+    assert tuple(panel[4 * zoom, right + 2 * zoom]) == (0, 0, 0)  # the 0.2 detection is not drawn
