@@ -135,6 +135,16 @@ def test_gradients_flow_only_through_selected():
     assert torch.equal(cls_t.grad, mined.selected.to(cls_t.grad.dtype))
 
 
+def test_without_match_no_ratio_and_per_class_losses_are_summed():
+    loc, cls, boxes, _ = _random_case(2, 30, 6)
+    miner = HardExampleMiner(num_hard_examples=5, iou_threshold=0.5, max_negatives_per_positive=3)
+    cls3 = torch.tensor(cls)[..., None].expand(-1, -1, 3) / 3  # three columns summing to cls
+    mined = miner(torch.tensor(loc), cls3, torch.tensor(boxes))
+    expect = _naive_mine(loc, cls, boxes, np.full(loc.shape, -1), 5, 0.5, 0, 0)
+    np.testing.assert_array_equal(mined.selected.numpy(), expect)
+    assert mined.num_negatives.tolist() == [5, 5] and mined.num_positives.tolist() == [0, 0]
+
+
 @pytest.mark.parametrize("spelling", ["cls", "CLASSIFICATION", 1])
 def test_loss_type_spellings(spelling):
     assert HardExampleMiner(loss_type=spelling).loss_type == "CLASSIFICATION"

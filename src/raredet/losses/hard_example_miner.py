@@ -75,18 +75,25 @@ class HardExampleMiner:
         self.min_negatives_per_image = min_negatives_per_image
 
     def __call__(
-        self, location_losses: Tensor, cls_losses: Tensor, boxes: Tensor, match: Tensor
+        self, location_losses: Tensor, cls_losses: Tensor, boxes: Tensor, match: Tensor | None = None
     ) -> MinedLosses:
         """Mine per image.
 
-        `location_losses [B, A]`, `cls_losses [B, A]` (already weighted per anchor), `boxes [B, A, 4]`
-        decoded predictions (xyxy), `match [B, A]` (>= 0 matched, -1 background, -2 ignored).
+        `location_losses [B, A]`, `cls_losses [B, A]` (or `[B, A, K]`, summed over classes; already
+        weighted per anchor), `boxes [B, A, 4]` decoded predictions (xyxy), `match [B, A]` (>= 0
+        matched, -1 background, -2 ignored). Without `match` (as the TF OD API allows) every anchor
+        counts as a negative candidate and no ratio is enforced.
         """
+        if cls_losses.dim() == 3:
+            cls_losses = cls_losses.sum(-1)
+        enforce_ratio = self.max_negatives_per_positive is not None and match is not None
+        if match is None:
+            match = torch.full_like(location_losses, -1, dtype=torch.int64)
         scores = self._ranking_losses(location_losses, cls_losses).detach()
         selected = self._nms_select(boxes.detach(), scores, match != IGNORE)
         positives = selected & (match >= 0)
         negatives = selected & (match < 0)
-        if self.max_negatives_per_positive is not None:
+        if enforce_ratio:
             negatives = self._cap_negatives(negatives, scores, positives.sum(1))
         selected = positives | negatives
         return MinedLosses(
