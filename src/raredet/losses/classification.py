@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _check_shapes(logits: Tensor, targets: Tensor, weights: Tensor, name: str) -> None:
+def _checked_targets(logits: Tensor, targets: Tensor, weights: Tensor, name: str) -> Tensor:
+    """`targets` as floats of the logits' dtype, after checking the three shapes agree."""
     if logits.shape != targets.shape:
         raise ValueError(f"{name}: logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ")
     if weights.dim() != logits.dim() or weights.shape[-1] not in (1, logits.shape[-1]):
@@ -26,11 +27,12 @@ def _check_shapes(logits: Tensor, targets: Tensor, weights: Tensor, name: str) -
             f"{name}: weights {tuple(weights.shape)} must be [B, A, C] or [B, A, 1] for logits "
             f"{tuple(logits.shape)}"
         )
+    return targets.to(logits.dtype)
 
 
 def weighted_sigmoid(logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
     """Sigmoid cross-entropy per entry, times `weights`. Returns `[B, A, C]`."""
-    _check_shapes(logits, targets, weights, "weighted_sigmoid")
+    targets = _checked_targets(logits, targets, weights, "weighted_sigmoid")
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights
 
 
@@ -48,7 +50,7 @@ def weighted_sigmoid_focal(
     term; `gamma=0` gives plain sigmoid cross-entropy. `class_alpha [C]` (raredet) gives each column
     its own alpha; a NaN entry falls back to `alpha` (or to no alpha term when `alpha` is None).
     """
-    _check_shapes(logits, targets, weights, "weighted_sigmoid_focal")
+    targets = _checked_targets(logits, targets, weights, "weighted_sigmoid_focal")
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p = torch.sigmoid(logits)
     p_t = targets * p + (1 - targets) * (1 - p)
@@ -75,7 +77,7 @@ def weighted_softmax(logits: Tensor, targets: Tensor, weights: Tensor, logit_sca
 
     Returns `[B, A]`.
     """
-    _check_shapes(logits, targets, weights, "weighted_softmax")
+    targets = _checked_targets(logits, targets, weights, "weighted_softmax")
     ce = -(targets * F.log_softmax(logits / logit_scale, dim=-1)).sum(-1)
     return ce * weights.mean(-1)
 
@@ -88,7 +90,7 @@ def weighted_logits_softmax(
     Both `logits` and the target logits are divided by `logit_scale`; targets become
     `softmax(targets / logit_scale)`.
     """
-    _check_shapes(logits, targets, weights, "weighted_logits_softmax")
+    targets = _checked_targets(logits, targets, weights, "weighted_logits_softmax")
     soft_targets = torch.softmax(targets / logit_scale, dim=-1)
     ce = -(soft_targets * F.log_softmax(logits / logit_scale, dim=-1)).sum(-1)
     return ce * weights.mean(-1)
@@ -102,7 +104,7 @@ def bootstrapped_sigmoid(
     The target becomes `alpha * targets + (1 - alpha) * q`, with `q = sigmoid(logits)` (soft) or
     `q = [sigmoid(logits) > 0.5]` (`hard_bootstrap`).
     """
-    _check_shapes(logits, targets, weights, "bootstrapped_sigmoid")
+    targets = _checked_targets(logits, targets, weights, "bootstrapped_sigmoid")
     p = torch.sigmoid(logits)
     q = (p > 0.5).to(logits) if hard_bootstrap else p
     boot = alpha * targets + (1.0 - alpha) * q
