@@ -61,6 +61,17 @@ def _voc_metrics(ap: dict[int, float | None], names: dict[int, str], per_categor
     return out
 
 
+def _metrics(coco: CocoResult | None, voc: dict[int, float | None] | None, names: dict[int, str],
+             per_category: bool, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """metrics.json: `extra` (validation losses), then the requested metric sets."""
+    metrics: dict[str, Any] = dict(extra or {})
+    if coco is not None:
+        metrics.update(_coco_metrics(coco, names, per_category))
+    if voc is not None:
+        metrics.update(_voc_metrics(voc, names, per_category))
+    return metrics
+
+
 def _plots(gt: dict, detections: list, matches: per_class.Matches, coco: CocoResult,
            cats: list[dict], min_score: float, out: Path) -> dict[str, bytes]:
     ids, names = [c["id"] for c in cats], [c["name"] for c in cats]
@@ -92,24 +103,18 @@ def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
     if check:
         check_coco(gt, detections)
     out = Path(out_dir)
-    cats = sorted(gt["categories"], key=lambda c: c["id"])
-    for c in cats:
-        c.setdefault("name", str(c["id"]))
-    names = {c["id"]: c["name"] for c in cats}
+    named = ({**c, "name": c.get("name", str(c["id"]))} for c in gt["categories"])  # copies: gt unchanged
+    cats = sorted(named, key=lambda c: c["id"])
     prepared = prepare_coco(gt, detections)  # shared by the metrics and the table's matching
     coco_all = evaluate_coco(gt, detections, prepared)  # the PR curves come from it in any case
     coco = coco_all if COCO_SET in sets else None
     voc = voc_ap_per_class(gt, detections) if VOC_SET in sets else None
-    metrics: dict[str, Any] = dict(extra_metrics or {})
-    if coco is not None:
-        metrics.update(_coco_metrics(coco, names, include_metrics_per_category))
-    if voc is not None:
-        metrics.update(_voc_metrics(voc, names, include_metrics_per_category))
+    metrics = _metrics(coco, voc, {c["id"]: c["name"] for c in cats}, include_metrics_per_category,
+                       extra_metrics)
     matches = per_class.match_detections(gt, detections, prepared)
-    counts = per_class.class_counts(matches, list(names), min_score_threshold)
+    counts = per_class.class_counts(matches, [c["id"] for c in cats], min_score_threshold)
     rows = per_class.build_table(cats, counts, coco, voc)
-    meta = {"metrics_set": sets, "min_score_threshold": min_score_threshold}
-    per_class.write_table(rows, out, meta)
+    per_class.write_table(rows, out, {"metrics_set": sets, "min_score_threshold": min_score_threshold})
     atomic_write_json(out / "metrics.json", metrics)
     pngs = _plots(gt, detections, matches, coco_all, cats, min_score_threshold, out)
     write_report(out / "report.html", title=title, metrics=metrics, rows=rows,
