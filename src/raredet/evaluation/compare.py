@@ -112,7 +112,8 @@ def bar_chart(labels: list[str], order: list[str], table: dict[str, list[dict | 
         vals = [_get(table[n][i], metric) for n in order]
         ax.bar(x + (i - (len(labels) - 1) / 2) * width,
                [np.nan if v is None else v for v in vals], width, label=lab)
-    ax.set_xticks(x, order, rotation=30, ha="right")
+    counts = [next((r["gt_count"] for r in table[n] if r is not None), "?") for n in order]
+    ax.set_xticks(x, [f"{n} (n={c})" for n, c in zip(order, counts, strict=True)], rotation=30, ha="right")
     ax.set(ylabel=metric, ylim=(0, 1.05), title=f"{metric} per class (rarest first)")
     ax.legend(fontsize="small")
     fig.tight_layout()
