@@ -53,6 +53,7 @@ def _value(field: FieldDescriptor, value: Any) -> Any:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return message_kwargs(value)
     if field.type == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
         return field.enum_type.values_by_number[value].name
     if field.type == FieldDescriptor.TYPE_FLOAT:  # float32 in the message: 0.1 -> 0.1, not 0.100000001
         return float(str(np.float32(value)))
@@ -75,10 +76,10 @@ def message_kwargs(msg: Message, skip: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def _is_map(field: FieldDescriptor) -> bool:
-    return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
+    return field.message_type is not None and bool(field.message_type.GetOptions().map_entry)
 
 
-def oneof_choice(msg: Message, oneof: str, table: Mapping[str, Any], where: str) -> tuple[str, Any, Message]:
+def oneof_choice(msg: Message, oneof: str, table: Mapping[str, Any], where: str) -> tuple[str, Any, Any]:
     """(name, table[name], sub-message) of the oneof `oneof` in `msg`; ConfigError listing valid keys."""
     name = msg.WhichOneof(oneof)
     if name is None or name not in table:
@@ -220,7 +221,9 @@ def build_class_weights(
 
 
 def _enum_name(msg: Message, field: str) -> str:
-    return msg.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number[getattr(msg, field)].name
+    enum = msg.DESCRIPTOR.fields_by_name[field].enum_type
+    assert enum is not None
+    return enum.values_by_number[getattr(msg, field)].name
 
 
 def _classification_loss(loss: losses_pb2.Loss, label_map: LabelMap) -> tuple[Callable[..., Any], dict]:
@@ -368,8 +371,15 @@ def build_training(
 
 # ---- fine-tuning and evaluation during training ------------------------------------------------
 
+def _backbone(model: nn.Module) -> nn.Module:
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        raise ConfigError("fine_tune_checkpoint_type classification needs a model with a backbone")
+    return backbone
+
+
 FINE_TUNE_TARGETS: dict[str, Callable[[nn.Module], nn.Module]] = {
-    "classification": lambda model: model.backbone,  # type: ignore[attr-defined]
+    "classification": _backbone,
     "detection": lambda model: model,
     "full": lambda model: model,
 }

@@ -91,7 +91,9 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Global RNG states in types `torch.load(weights_only=True)` accepts (no numpy objects)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the legacy MT19937 tuple, not a dict
+    _, keys, pos, has_gauss, gauss = np_state
     py_version, py_state, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
