@@ -41,9 +41,9 @@ def _tiny_ssd():
 
 BATCH = {
     "images": torch.randint(
-        0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+        0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     ),
-    "boxes": torch.tensor([[[4.0, 4, 28, 28], [30, 30, 60, 50]], [[10.0, 20, 40, 44], [0, 0, 0, 0]]]),
+    "boxes": torch.tensor([[[2.0, 2, 14, 14], [15, 15, 30, 25]], [[5.0, 10, 20, 22], [0, 0, 0, 0]]]),
     "labels": torch.tensor([[0, 2], [1, -1]]),
     "weights": torch.tensor([[1.0, 0.5], [2.0, 0.0]]),
 }
@@ -56,13 +56,12 @@ BATCH = {
             "weighted_sigmoid_focal",
             "weighted_smooth_l1",
             {"alpha": 0.25, "class_alpha": torch.tensor([0.5, float("nan"), 0.9])},
-            False,
+            True,
         ),
         ("weighted_sigmoid", "weighted_l2", {}, True),
         ("weighted_softmax", "weighted_giou", {"logit_scale": 2.0}, True),
         ("weighted_logits_softmax", "weighted_iou", {}, False),
         ("bootstrapped_sigmoid", "l1_localization_loss", {"alpha": 0.5, "hard_bootstrap": True}, False),
-        ("weighted_sigmoid_focal", "weighted_smooth_l1", {"gamma": 2.0}, True),
     ],
 )
 def test_few_steps_finite(cls_name, loc_name, params, miner):
