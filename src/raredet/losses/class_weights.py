@@ -105,7 +105,7 @@ def resolve_class_weights(
     ids: Sequence[int],
     box_counts: Sequence[int],
     image_counts: Sequence[int],
-    explicit: Mapping[int, float],
+    explicit: Mapping[int, float] | None = None,
     auto_scheme: str | None = None,
     beta: float = 0.999,
     count: str = "BOXES",
@@ -118,6 +118,7 @@ def resolve_class_weights(
     `max_weight` None or 0 means no clipping.
     """
     max_weight = max_weight or None
+    explicit = explicit or {}
     _check_arguments(len(names), box_counts, image_counts, auto_scheme, beta, count, max_weight)
     _check_explicit(explicit, names)
     counts = box_counts if count == "BOXES" else image_counts
