@@ -202,3 +202,10 @@ def test_eval_loader_samples_one_of_n(data_dir):
     assert len(builders.build_eval_loader(loaded, sample_1_of_n=2).dataset) == 2
     empty = pipeline_pb2.TrainEvalPipelineConfig()
     assert builders.build_eval_loader(config.LoadedConfig(empty, None, Path("x"), "")) is None
+
+
+def test_uses_sync_batch_norm():
+    plain = _parse("feature_extractor { conv_hyperparams { batch_norm { } } }", ssd_pb2.Ssd())
+    synced = _parse("box_predictor { weight_shared_convolutional_box_predictor { "
+                    "conv_hyperparams { sync_batch_norm { } } } }", ssd_pb2.Ssd())
+    assert not builders.uses_sync_batch_norm(plain) and builders.uses_sync_batch_norm(synced)

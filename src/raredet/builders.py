@@ -326,6 +326,18 @@ def build_train_data(
     return dataset, sampler
 
 
+def uses_sync_batch_norm(msg: Message) -> bool:
+    """Whether any conv_hyperparams inside `msg` chose `sync_batch_norm`."""
+    for field, value in msg.ListFields():
+        if field.name == "sync_batch_norm":
+            return True
+        if field.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(field):
+            values = value if field.is_repeated else [value]
+            if any(uses_sync_batch_norm(v) for v in values):
+                return True
+    return False
+
+
 def _num_steps(train_config: train_pb2.TrainConfig, override: int | None, path: Any) -> int:
     steps = override if override is not None else train_config.num_steps
     if steps <= 0:
@@ -361,6 +373,7 @@ def build_training(
         num_steps=_num_steps(cfg.train_config, num_train_steps, loaded.path),
         class_names=label_map.names, ema=ema,
         gradient_clipping_by_norm=cfg.train_config.gradient_clipping_by_norm, num_workers=num_workers,
+        sync_batch_norm=uses_sync_batch_norm(cfg.model.ssd),
         metadata={
             "config_text": effective_config_text(cfg),
             "label_map_text": label_map.to_pbtxt(),

@@ -133,3 +133,20 @@ def test_two_process_torchrun_matches_single_process(tmp_path):
     for key, value in single.model.state_dict().items():
         assert torch.equal(ranks[0]["params"][key], ranks[1]["params"][key]), key
         torch.testing.assert_close(ranks[0]["params"][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_to_sync_batch_norm_keeps_state_and_frozen_layers():
+    from torch import nn
+
+    from raredet.engine.train import to_sync_batch_norm
+    from raredet.modeling.layers import FrozenBatchNorm2d
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(FrozenBatchNorm2d(4)))
+    with torch.no_grad():
+        model[1].running_mean.fill_(0.5)
+        model[1].weight.fill_(2.0)
+    model[1].weight.requires_grad_(False)  # a `scale: false` batch norm: gamma stays fixed
+    to_sync_batch_norm(model)
+    assert type(model[1]) is nn.SyncBatchNorm and type(model[2][0]) is FrozenBatchNorm2d
+    assert torch.equal(model[1].running_mean, torch.full((4,), 0.5))
+    assert torch.equal(model[1].weight, torch.full((4,), 2.0)) and not model[1].weight.requires_grad

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from raredet.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -33,6 +35,8 @@ def init_distributed(device: str | None = None) -> DistInfo:
     GPU `LOCAL_RANK`.
     """
     kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -34,6 +34,7 @@ from raredet.engine.logging import TrainLogger
 from raredet.engine.optim import LearningRateSchedule, ModelEma, regularization_loss, set_learning_rate
 from raredet.errors import ConfigError, RaredetError
 from raredet.losses.class_weights import ClassWeight, format_class_weight_table
+from raredet.modeling.layers import FrozenBatchNorm2d
 
 Criterion = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], dict[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
@@ -69,6 +70,7 @@ class TrainComponents:
     gradient_clipping_by_norm: float = 0.0
     keep_checkpoint_max: int = ckpt.DEFAULT_KEEP_CHECKPOINT_MAX
     num_workers: int = 0
+    sync_batch_norm: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -261,10 +263,29 @@ def save(components: TrainComponents, model: nn.Module, model_dir: Path, step: i
 # ---- the loop -----------------------------------------------------------------------------------
 
 
-def wrap_model(model: nn.Module, info: dist_utils.DistInfo) -> nn.Module:
+def to_sync_batch_norm(module: nn.Module) -> nn.Module:
+    """Trainable batch norms -> SyncBatchNorm (statistics over all ranks), in place; frozen ones stay."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, FrozenBatchNorm2d):
+            sync = nn.SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats)
+            sync.load_state_dict(child.state_dict())
+            if child.affine:  # keep which of gamma/beta train (`scale`/`center` in the config)
+                sync.weight.requires_grad_(child.weight.requires_grad)
+                sync.bias.requires_grad_(child.bias.requires_grad)
+            setattr(module, name, sync.to(child.running_mean.device if child.running_mean is not None
+                                          else "cpu"))
+        else:
+            to_sync_batch_norm(child)
+    return module
+
+
+def wrap_model(model: nn.Module, info: dist_utils.DistInfo, sync_batch_norm: bool = False) -> nn.Module:
     model.to(info.device)
     if info.world_size == 1:
         return model
+    if sync_batch_norm and info.device.type == "cuda":  # torch's SyncBatchNorm needs GPUs
+        to_sync_batch_norm(model)
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
@@ -313,7 +334,9 @@ def train(
     if found is not None:
         last, state = found
         step, epoch, batch_in_epoch = restore(components, components.model, state)
-    model = wrap_model(components.model, info)
+    if components.sync_batch_norm and info.world_size > 1 and info.device.type != "cuda" and info.is_main:
+        print("sync_batch_norm: batch statistics stay per process on CPU (torch syncs them on GPUs only)")
+    model = wrap_model(components.model, info, components.sync_batch_norm)
     logger = TrainLogger(model_dir, components.class_names, components.num_steps, step,
                          write=info.is_main, progress=progress)
     if found is not None:
@@ -393,14 +416,15 @@ def run_eval(components: TrainComponents, model: nn.Module, eval_fn: EvalFn, ste
 
 
 def _eval_fn(loaded: Any, model_dir: Path, components: TrainComponents, sample_1_of_n: int | None,
-             device: torch.device) -> EvalFn | None:
+             device: torch.device) -> EvalFn:
     """Validation loss and metrics on `eval_input_reader`, written under `model_dir/eval`."""
     from raredet import builders
     from raredet.engine.evaluate import evaluate
 
     loader = builders.build_eval_loader(loaded, sample_1_of_n)
     if loader is None:
-        return None
+        raise ConfigError(f"{loaded.path}: --eval_every_n_steps needs an eval_input_reader with an input; "
+                          "add one or drop the flag")
     writer = None
 
     def run(model: nn.Module, step: int) -> Mapping[str, float]:
