@@ -160,7 +160,7 @@ def prepare_coco(gt: dict, detections: list) -> tuple[COCO, COCO]:
     return coco_gt, coco_dt
 
 
-def _quiet(*_args: Any, **_kwargs: Any) -> None:
+def silent(*_args: Any, **_kwargs: Any) -> None:
     """Swallows COCOeval's progress prints; raredet prints its own tables."""
 
 
@@ -170,7 +170,7 @@ def evaluate_coco(gt: dict, detections: list, prepared: tuple[COCO, COCO] | None
     `prepared`: `prepare_coco(gt, detections)` when the caller already has it (it is reusable).
     """
     coco_gt, coco_dt = prepared or prepare_coco(gt, detections)
-    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=_quiet)
+    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=silent)
     ev.evaluate()
     ev.accumulate()
     ev.summarize()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
 
-from raredet.evaluation.coco import CocoResult, _quiet, prepare_coco
+from raredet.evaluation.coco import CocoResult, prepare_coco, silent
 from raredet.fileio import atomic_write_json, atomic_write_text
 
 MAX_DETS = 100
@@ -59,7 +59,7 @@ def coco_match(gt: dict, detections: list, use_cats: bool = True,
     `prepared`: `prepare_coco(gt, detections)` when the caller already has it.
     """
     coco_gt, coco_dt = prepared or prepare_coco(gt, detections)
-    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=_quiet, extra_calc=True)
+    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=silent, extra_calc=True)
     ev.params.iouThrs = np.array([0.5])
     ev.params.maxDets = [MAX_DETS]
     ev.params.areaRng = [[0.0, 1e10]]
@@ -152,14 +152,14 @@ def format_cell(value: Any, gt_count: int, column: str) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _shown_columns(rows: list[dict[str, Any]]) -> list[str]:
+def shown_columns(rows: list[dict[str, Any]]) -> list[str]:
     """Drop metric columns that the chosen metrics set did not compute."""
     return [c for c in COLUMNS if c in ("class", "id") or any(r.get(c) is not None for r in rows)
             or c in ("gt_count", "TP", "FP", "missed", "precision", "recall", "F1")]
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    cols = _shown_columns(rows)
+    cols = shown_columns(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(format_cell(r[c], r["gt_count"], c) for c in cols) + " |")

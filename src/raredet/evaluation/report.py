@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from raredet.evaluation.per_class import _shown_columns, format_cell
+from raredet.evaluation.per_class import format_cell, shown_columns
 from raredet.fileio import atomic_write_text
 
 # Distinct colours, one per class index (cycled past 12 classes).
@@ -101,7 +101,7 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
 
 
 def per_class_html(rows: list[dict[str, Any]]) -> str:
-    cols = _shown_columns(rows)
+    cols = shown_columns(rows)
     return _table(cols, [[format_cell(r[c], r["gt_count"], c) for c in cols] for r in rows])
 
 
