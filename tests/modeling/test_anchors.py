@@ -68,3 +68,47 @@ def test_bad_settings_are_config_errors():
         MultiscaleAnchorGenerator(5, 4)
     with pytest.raises(ConfigError, match="aspect_ratios"):
         MultiscaleAnchorGenerator(aspect_ratios=[])
+
+
+def test_ssd_anchor_generator_by_hand():
+    from raredet.modeling.anchors import SsdAnchorGenerator
+
+    gen = SsdAnchorGenerator(num_layers=2, min_scale=0.2, max_scale=0.6, aspect_ratios=[1.0, 4.0])
+    assert gen.num_anchors_per_location == [3, 3]
+    anchors = gen((100, 200), [(2, 4), (1, 2)])
+    assert anchors.shape == ((8 + 2) * 3, 4)
+    # Layer 0 (reduced): (0.1, 1), (0.2, 2), (0.2, 0.5) of min side 100, cell (0, 0) centred at (25, 25).
+    r2 = math.sqrt(2)
+    expected0 = torch.tensor(
+        [
+            [25 - 5, 25 - 5, 25 + 5, 25 + 5],
+            [25 - 10 * r2, 25 - 10 / r2, 25 + 10 * r2, 25 + 10 / r2],
+            [25 - 10 / r2, 25 - 10 * r2, 25 + 10 / r2, 25 + 10 * r2],
+        ]
+    )
+    torch.testing.assert_close(anchors[:3], expected0)
+    # Layer 1: scale 0.6 with ratios 1 and 4, then sqrt(0.6 * 1.0) at ratio 1; cell (0, 1) centred (150, 50).
+    s = math.sqrt(0.6) * 100 / 2
+    expected1 = torch.tensor(
+        [
+            [150 - 30, 50 - 30, 150 + 30, 50 + 30],
+            [150 - 60, 50 - 15, 150 + 60, 50 + 15],
+            [150 - s, 50 - s, 150 + s, 50 + s],
+        ]
+    )
+    torch.testing.assert_close(anchors[-3:], expected1)
+
+
+def test_ssd_anchor_generator_zoo_count_1917_at_300():
+    from raredet.modeling.anchors import SsdAnchorGenerator
+
+    gen = SsdAnchorGenerator()  # zoo defaults: 6 layers, ratios 1, 2, 0.5, 3, 1/3 + interpolated
+    sizes = [(19, 19), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
+    assert gen((300, 300), sizes).shape == (19 * 19 * 3 + (100 + 25 + 9 + 4 + 1) * 6, 4) == (1917, 4)
+
+
+def test_ssd_anchor_generator_bad_lengths():
+    from raredet.modeling.anchors import SsdAnchorGenerator
+
+    with pytest.raises(ConfigError, match="height_stride"):
+        SsdAnchorGenerator(num_layers=3, height_stride=[8, 16])

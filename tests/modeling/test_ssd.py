@@ -125,15 +125,13 @@ def test_mobilenet_fpnlite_320_anchor_count_and_outputs():
 
 
 def test_resnet50_fpn_640_builds_and_counts():
-    full = SSD(**resnet50_fpn_640()).eval()
-    assert full.backbone.layer4[2].conv3.weight.shape == (2048, 512, 1, 1)
-    with torch.no_grad():
-        assert full(torch.zeros(1, 3, 64, 64))["cls_logits"].shape == (1, _tf_anchor_count(64), 5)
-    # Same architecture, narrowed so a 640x640 forward is cheap on a CPU: the spatial sizes are the same.
-    narrow = SSD(**resnet50_fpn_640(depth_multiplier=0.125, depth=8)).eval()
-    with torch.no_grad():
-        out = narrow(torch.zeros(1, 3, 640, 640))
-    assert out["anchors"].shape[0] == _tf_anchor_count(640) == 51150
+    # On the meta device shapes propagate without arithmetic, so the full-size model runs at 640x640.
+    with torch.device("meta"):
+        model = SSD(**resnet50_fpn_640()).eval()
+    assert model.backbone.layer4[2].conv3.weight.shape == (2048, 512, 1, 1)
+    out = model(torch.zeros(1, 3, 640, 640, device="meta"))
+    assert _tf_anchor_count(640) == 51150
+    assert out["cls_logits"].shape == (1, 51150, 5) and out["anchors"].shape == (51150, 4)
 
 
 def test_non_fpn_mobilenet_ssd_levels_4_to_9():
@@ -156,6 +154,28 @@ def test_non_fpn_mobilenet_ssd_levels_4_to_9():
     assert out["cls_logits"].shape[1] == (400 + 100 + 25 + 9 + 4 + 1) * 6
 
 
+def test_zoo_ssd_mobilenet_v2_300_has_1917_anchors():
+    kwargs = mobilenet_fpnlite_320()
+    kwargs["feature_extractor"] = {
+        "type": "ssd_mobilenet_v2_keras",
+        "depth_multiplier": 0.35,
+        "min_depth": 16,
+    }
+    kwargs["box_predictor"] = {"convolutional_box_predictor": {"kernel_size": 1, "use_dropout": False}}
+    kwargs["anchor_generator"] = {
+        "ssd_anchor_generator": {
+            "num_layers": 6,
+            "min_scale": 0.2,
+            "max_scale": 0.95,
+            "aspect_ratios": [1.0, 2.0, 0.5, 3.0, 0.3333],
+        }
+    }
+    with torch.device("meta"):  # shapes only: no arithmetic needed
+        model = SSD(**kwargs).eval()
+    out = model(torch.zeros(1, 3, 300, 300, device="meta"))
+    assert out["cls_logits"].shape == (1, 1917, 5) and out["anchors"].shape == (1917, 4)
+
+
 def test_unknown_type_lists_valid_ones(tiny_ssd):
     with pytest.raises(ConfigError, match=r"ssd_resnet7_v1_fpn.*ssd_mobilenet_v2_fpn.*ssd_resnet18_v1_fpn"):
         tiny_ssd(extractor="ssd_resnet7_v1_fpn")
@@ -166,11 +186,20 @@ def test_anchor_levels_must_match_the_fpn(tiny_ssd):
         tiny_ssd(anchor_max_level=6)
 
 
+def tiny_ssd_kwargs_for_ssd_anchors():
+    kwargs = mobilenet_fpnlite_320()
+    kwargs["anchor_generator"] = {"ssd_anchor_generator": {"num_layers": 5}}
+    return kwargs
+
+
 def test_unsupported_choices_are_config_errors(tiny_ssd):
     from raredet.modeling.ssd import build_anchor_generator, build_box_coder
 
     with pytest.raises(ConfigError, match="multiscale_anchor_generator"):
-        build_anchor_generator({"ssd_anchor_generator": {}})
+        build_anchor_generator({"grid_anchor_generator": {}})
+    with pytest.raises(ConfigError, match="same number of anchors per cell"):
+        kwargs = tiny_ssd_kwargs_for_ssd_anchors()
+        SSD(**kwargs)
     with pytest.raises(ConfigError, match="faster_rcnn_box_coder"):
         build_box_coder({"mean_stddev_box_coder": {}})
 

@@ -15,6 +15,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from raredet.errors import ConfigError
 from raredet.modeling.layers import ConvHyperparams, l2_weights_of
 
 
@@ -36,6 +37,18 @@ def _head(
     spatial = nn.Conv2d(in_ch, in_ch, kernel, padding=kernel // 2, groups=in_ch, bias=False)
     hp.initialize(spatial)
     return nn.Sequential(spatial, conv)
+
+
+def _uniform_count(counts: int | list[int]) -> int:
+    if isinstance(counts, int):
+        return counts
+    if len(set(counts)) != 1:
+        raise ConfigError(
+            f"weight_shared_convolutional_box_predictor needs the same number of anchors per cell on every "
+            f"level, the anchor generator gives {counts} (ssd_anchor_generator: set "
+            f"reduce_boxes_in_lowest_layer: false, or use convolutional_box_predictor)"
+        )
+    return counts[0]
 
 
 def _flatten(maps: list[Tensor], code_size: int) -> Tensor:
@@ -91,7 +104,7 @@ class WeightSharedConvolutionalBoxPredictor(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        num_anchors_per_location: int,
+        num_anchors_per_location: int | list[int],
         in_channels: list[int],
         conv_hyperparams: ConvHyperparams | Mapping[str, Any] | None = None,
         num_layers_before_predictor: int = 0,
@@ -124,7 +137,7 @@ class WeightSharedConvolutionalBoxPredictor(nn.Module):
         )
         self.box_tower = _Tower(*tower_args)
         self.class_tower = None if share_prediction_tower else _Tower(*tower_args)
-        n = num_anchors_per_location
+        n = _uniform_count(num_anchors_per_location)
         self.box_head = _head(self.hp, head_in, n * box_code_size, kernel_size, use_depthwise, 0.0)
         self.class_head = _head(
             self.hp, head_in, n * num_classes, kernel_size, use_depthwise, class_prediction_bias_init
@@ -153,7 +166,7 @@ class ConvolutionalBoxPredictor(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        num_anchors_per_location: int,
+        num_anchors_per_location: int | list[int],
         in_channels: list[int],
         conv_hyperparams: ConvHyperparams | Mapping[str, Any] | None = None,
         min_depth: int = 0,
@@ -170,8 +183,10 @@ class ConvolutionalBoxPredictor(nn.Module):
         super().__init__()
         self.hp = _hyperparams(conv_hyperparams, "convolutional_box_predictor.conv_hyperparams")
         self.num_classes, self.box_code_size = num_classes, box_code_size
-        n, towers, box_heads, class_heads = num_anchors_per_location, [], [], []
-        for in_ch in in_channels:
+        counts = num_anchors_per_location
+        per_level = counts if isinstance(counts, list) else [counts] * len(in_channels)
+        towers, box_heads, class_heads = [], [], []
+        for in_ch, n in zip(in_channels, per_level, strict=True):
             depth = max(min(in_ch, max_depth), min_depth) if max_depth else max(in_ch, min_depth)
             layers = [
                 self._tower_layer(in_ch if i == 0 else depth, depth, freeze_batchnorm)

@@ -10,7 +10,7 @@ absent keys take the TF OD API's defaults)::
                                    #  "additional_layer_depth"}, "num_layers", ...}
         box_predictor: dict,       # {"weight_shared_convolutional_box_predictor": {...}} or
                                    # {"convolutional_box_predictor": {...}}
-        anchor_generator: dict,    # {"multiscale_anchor_generator": {...}}
+        anchor_generator: dict,    # {"multiscale_anchor_generator": {...}} or {"ssd_anchor_generator": {...}}
         post_processing: dict | None = None,  # {"batch_non_max_suppression": {...},
                                               #  "score_converter", "logit_scale"}
         box_coder: dict | None = None,        # {"faster_rcnn_box_coder": {...}}
@@ -30,8 +30,9 @@ Feature extractors (``FEATURE_EXTRACTORS``; a ``_keras`` suffix is accepted and 
   TF OD API's FPN variant narrows its last layer to 256 — here the FPN projection does that).
 * ``ssd_mobilenet_v2``: the original SSD(Lite) layout: the 576-channel expansion output of the first
   stride-32 block (stride 16, anchor level 4), the final 1280-channel map (level 5), then
-  ``num_layers - 2`` extra maps of depths 512, 256, 256, 128 (levels 6..). Its anchors must be
-  ``multiscale_anchor_generator`` levels 4 .. ``3 + num_layers``.
+  ``num_layers - 2`` extra maps of depths 512, 256, 256, 128 (levels 6..). Its anchors are the
+  zoo's ``ssd_anchor_generator`` (``num_layers`` equal) or ``multiscale_anchor_generator`` levels
+  4 .. ``3 + num_layers``.
 
 The backbone's convs carry the feature extractor's conv_hyperparams L2 weight, but keep torchvision's
 batch-norm settings (epsilon 1e-5) so ImageNet weights behave as trained. ``pad_to_multiple`` and
@@ -48,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from raredet.errors import ConfigError
-from raredet.modeling.anchors import MultiscaleAnchorGenerator
+from raredet.modeling.anchors import MultiscaleAnchorGenerator, SsdAnchorGenerator
 from raredet.modeling.backbones import MobileNetV2, ResNet
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
@@ -173,7 +174,11 @@ BoxPredictor = WeightSharedConvolutionalBoxPredictor | ConvolutionalBoxPredictor
 
 
 def build_box_predictor(
-    box_predictor: Config, num_classes: int, num_anchors: int, in_channels: list[int], freeze_batchnorm: bool
+    box_predictor: Config,
+    num_classes: int,
+    num_anchors: int | list[int],
+    in_channels: list[int],
+    freeze_batchnorm: bool,
 ) -> BoxPredictor:
     """The predictor chosen in the ``box_predictor`` oneof."""
     valid = ("weight_shared_convolutional_box_predictor", "convolutional_box_predictor")
@@ -202,10 +207,17 @@ def build_box_predictor(
     )
 
 
-def build_anchor_generator(anchor_generator: Config) -> MultiscaleAnchorGenerator:
-    _, fields = _only_choice(anchor_generator, "anchor_generator", ("multiscale_anchor_generator",), None)
+AnchorGenerator = MultiscaleAnchorGenerator | SsdAnchorGenerator
+ANCHOR_GENERATORS: dict[str, type[AnchorGenerator]] = {
+    "multiscale_anchor_generator": MultiscaleAnchorGenerator,
+    "ssd_anchor_generator": SsdAnchorGenerator,
+}
+
+
+def build_anchor_generator(anchor_generator: Config) -> AnchorGenerator:
+    name, fields = _only_choice(anchor_generator, "anchor_generator", tuple(ANCHOR_GENERATORS), None)
     fields.pop("normalize_coordinates", None)  # raredet's anchors are always in pixels
-    return MultiscaleAnchorGenerator(**fields)
+    return ANCHOR_GENERATORS[name](**fields)
 
 
 def build_box_coder(box_coder: Config | None) -> FasterRcnnBoxCoder:
@@ -220,6 +232,7 @@ class SSD(nn.Module):
     pixel_std: Tensor
     feature_extractor: FeatureExtractor
     box_predictor: BoxPredictor
+    anchor_generator: AnchorGenerator
 
     def __init__(
         self,
@@ -257,6 +270,13 @@ class SSD(nn.Module):
 
     def _check_levels(self) -> None:
         anchors, levels = self.anchor_generator, self.feature_extractor.levels
+        if isinstance(anchors, SsdAnchorGenerator):
+            if anchors.num_layers != len(levels):
+                raise ConfigError(
+                    f"model.ssd.anchor_generator.ssd_anchor_generator.num_layers is {anchors.num_layers} but "
+                    f"the feature extractor gives {len(levels)} feature maps; make them equal"
+                )
+            return
         if [anchors.min_level, anchors.max_level] != [levels[0], levels[-1]]:
             raise ConfigError(
                 f"model.ssd.anchor_generator.multiscale_anchor_generator: min_level..max_level is "
