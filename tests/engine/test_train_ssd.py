@@ -13,6 +13,7 @@ import torch
 from raredet import builders, cli, config
 from raredet.data.dataset import collate
 from raredet.engine import checkpoint as ckpt
+from raredet.engine.train import train
 
 _spec = importlib.util.spec_from_file_location(
     "tiny_pipeline", Path(__file__).resolve().parent / "tiny_pipeline.py"
@@ -103,3 +104,20 @@ def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
     assert cli.main(["train", "--pipeline_config_path", str(bad), "--model_dir", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert "raredet train: error:" in err and "num_clases" in err
+
+
+def test_ssd_resume_is_bit_exact(data_dir, tmp_path):
+    # 7 training images, batch 2: 3 steps per epoch, so 4 steps cross an epoch boundary (new sampler
+    # order, new augmentation draws); random_example_sampler draws from torch's global RNG.
+    block = tiny.LOSS_BLOCK + "random_example_sampler { positive_sample_fraction: 0.25 }"
+    loaded = config.load(tiny.write_config(data_dir, "resume.config", loss=block,
+                                           reader_extra="repeat_factor_sampling { threshold: 0.5 }"))
+    straight = builders.build_training(loaded, seed=5, num_train_steps=4)
+    train(straight, tmp_path / "a", seed=5, device="cpu", progress=False)
+    first = builders.build_training(loaded, seed=5, num_train_steps=2)
+    train(first, tmp_path / "b", seed=5, device="cpu", progress=False)
+    second = builders.build_training(loaded, seed=5, num_train_steps=4)
+    train(second, tmp_path / "b", seed=5, device="cpu", progress=False)
+    expected = straight.model.state_dict()
+    for key, value in second.model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
