@@ -239,3 +239,69 @@ def test_labels_outside_the_model_are_a_data_error():
     bad = _batch([[[0.0, 0, 10, 10]]], [[2]], [[1.0]])
     with pytest.raises(DataError, match="num_classes"):
         _loss()(_outputs(torch.zeros(1, 4, 2), torch.zeros(1, 4, 4)), bad)
+
+
+def _naive_reference(anchors, batch, logits, deltas, class_w, neg_w, alpha, gamma):
+    """DetectionLoss recomputed one anchor at a time with plain Python math (no raredet code)."""
+
+    def iou(a, b):
+        iw, ih = max(0.0, min(a[2], b[2]) - max(a[0], b[0])), max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
+        return iw * ih / union
+
+    def encode(box, anchor):  # (ty, tx, th, tw) with scales 10, 10, 5, 5
+        ha, wa = anchor[3] - anchor[1], anchor[2] - anchor[0]
+        h, w = box[3] - box[1], box[2] - box[0]
+        yc, xc = box[1] + h / 2 - (anchor[1] + ha / 2), box[0] + w / 2 - (anchor[0] + wa / 2)
+        return [10 * yc / ha, 10 * xc / wa, 5 * math.log(h / ha), 5 * math.log(w / wa)]
+
+    def focal(x, t):
+        p = 1 / (1 + math.exp(-x))
+        p_t = p if t else 1 - p
+        return -math.log(p_t) * (1 - p_t) ** gamma * (alpha if t else 1 - alpha)
+
+    cls_total = loc_total = normalizer = 0.0
+    for b, (boxes, labels, weights) in enumerate(
+        zip(batch["boxes"].tolist(), batch["labels"].tolist(), batch["weights"].tolist(), strict=True)
+    ):
+        real = [n for n, label in enumerate(labels) if label >= 0]
+        for a, anchor in enumerate(anchors.tolist()):
+            best = max(real, key=lambda n: iou(boxes[n], anchor), default=None)
+            overlap = iou(boxes[best], anchor) if best is not None else 0.0
+            if 0.4 <= overlap < 0.5:
+                continue  # ignore band
+            label = labels[best] if overlap >= 0.5 else -1
+            w = weights[best] * class_w[label] if label >= 0 else neg_w
+            cls_total += w * sum(focal(logits[b][a][k], k == label) for k in range(len(class_w)))
+            if label >= 0:
+                normalizer += weights[best]
+                diff = [abs(p - t) for p, t in zip(deltas[b][a], encode(boxes[best], anchor), strict=True)]
+                loc_total += w * sum(0.5 * d * d if d <= 1 else d - 0.5 for d in diff)
+    normalizer = max(normalizer, 1.0)
+    return cls_total / normalizer, loc_total / normalizer
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_whole_loss_matches_a_naive_per_anchor_reference(seed):
+    grid, batch, _, _ = _two_class_scene(seed)
+    # Shifted copies: +6 px in x puts anchors in the ignore band (IoU 0.45), +2 px matches more anchors.
+    anchors = torch.cat([grid, grid + torch.tensor([6.0, 0, 6, 0]), grid + 2])
+    g = torch.Generator().manual_seed(seed)
+    logits, deltas = torch.randn(2, 192, 2, generator=g), torch.randn(2, 192, 4, generator=g) * 0.3
+    class_w, neg_w = [1.0, 5.0], 0.7
+    loss = _loss(
+        classification_loss=weighted_sigmoid_focal,
+        classification_loss_params={"alpha": 0.25},
+        class_weights=torch.tensor(class_w),
+        negative_class_weight=neg_w,
+        normalize_loss_by_num_matches=True,
+    )
+    loss.matcher = ArgMaxMatcher(matched_threshold=0.5, unmatched_threshold=0.4)
+    out = loss(_outputs(logits, deltas, anchors), batch)
+    match = loss.assign(anchors, batch, torch.device("cpu")).match
+    assert (match == -2).any() and (match >= 0).sum() > 5  # the scene has every kind of anchor
+    cls_ref, loc_ref = _naive_reference(
+        anchors, batch, logits.tolist(), deltas.tolist(), class_w, neg_w, alpha=0.25, gamma=2.0
+    )
+    assert out["classification_loss"].item() == pytest.approx(cls_ref, rel=1e-5)
+    assert out["localization_loss"].item() == pytest.approx(loc_ref, rel=1e-5)
