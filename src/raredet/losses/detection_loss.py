@@ -12,6 +12,12 @@ gradient averaging over DDP ranks equals one process on the global batch.
 
 Softmax losses see `K + 1` columns, background first: a constant zero logit is prepended (the
 post-processing's SOFTMAX converter does the same) and unmatched anchors target that column.
+
+Order, as the TF OD API's SSD: weights -> optional `random_example_sampler` (every positive, random
+negatives up to `(1 - f) / f` per positive, per image) -> losses -> optional hard example miner on
+the per-anchor losses -> sums / normaliser -> `classification_weight`, `localization_weight`.
+Logged per class (detached, local to the rank): matched anchors, and the share of the positive
+classification loss (over the miner's selection when there is one).
 """
 
 from __future__ import annotations
