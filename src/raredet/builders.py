@@ -371,7 +371,7 @@ def build_training(
         schedule=schedule, dataset=dataset, sampler=sampler, collate_fn=collate,
         batch_size=cfg.train_config.batch_size,
         num_steps=_num_steps(cfg.train_config, num_train_steps, loaded.path),
-        class_names=label_map.names, ema=ema,
+        class_names=label_map.names, ema=ema, evaluate_with_ema=cfg.eval_config.use_moving_averages,
         gradient_clipping_by_norm=cfg.train_config.gradient_clipping_by_norm, num_workers=num_workers,
         sync_batch_norm=uses_sync_batch_norm(cfg.model.ssd),
         metadata={

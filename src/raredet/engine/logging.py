@@ -105,6 +105,12 @@ class TrainLogger:
         if self.write:
             tqdm.write(text)
 
+    def text(self, tag: str, table: str) -> None:
+        """A fixed-width table printed and stored as TensorBoard text (rank 0 only)."""
+        if self.writer is not None:
+            tqdm.write(f"{tag.replace('_', ' ')}:\n{table}")
+            self.writer.add_text(tag, "    " + table.replace("\n", "\n    "), 0)  # Markdown code block
+
     def close(self) -> None:
         self.bar.close()
         if self.writer is not None:

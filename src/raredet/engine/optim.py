@@ -272,6 +272,11 @@ class ModelEma:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow
 
+    def to(self, device: torch.device | str) -> ModelEma:
+        """Keep the shadow on the model's device (updates are elementwise with its tensors)."""
+        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
+        return self
+
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         for key, value in state.items():
             self.shadow[key].copy_(value)

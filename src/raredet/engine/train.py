@@ -67,6 +67,7 @@ class TrainComponents:
     num_steps: int
     class_names: Sequence[str]
     ema: ModelEma | None = None
+    evaluate_with_ema: bool = True  # eval_config.use_moving_averages
     gradient_clipping_by_norm: float = 0.0
     keep_checkpoint_max: int = ckpt.DEFAULT_KEEP_CHECKPOINT_MAX
     num_workers: int = 0
@@ -329,6 +330,8 @@ def train(
     seed_everything(seed)
     per_rank_batch(components.batch_size, info.world_size)  # fail before any work
     components.model.to(info.device)
+    if components.ema is not None:
+        components.ema.to(info.device)
     step, epoch, batch_in_epoch, last = 0, 0, 0, None
     found = ckpt.latest_checkpoint(model_dir, map_location=info.device)
     if found is not None:
@@ -343,7 +346,7 @@ def train(
         logger.message(f"resuming from {last} at step {step}")
     if components.metadata.get("class_weights"):
         rows = [ClassWeight(**row) for row in components.metadata["class_weights"]]
-        logger.message("class weights:\n" + format_class_weight_table(rows))
+        logger.text("class_weights", format_class_weight_table(rows))
     try:
         return _loop(components, model, model_dir, info, logger, step, epoch, batch_in_epoch, last,
                      seed, checkpoint_every_n, eval_every_n_steps, eval_fn)
@@ -393,12 +396,13 @@ def _loop(components: TrainComponents, model: nn.Module, model_dir: Path, info: 
 
 def run_eval(components: TrainComponents, model: nn.Module, eval_fn: EvalFn, step: int,
              logger: TrainLogger, info: dist_utils.DistInfo) -> None:
-    """Evaluate on rank 0 (EMA weights when given), then return to training mode."""
+    """Evaluate on rank 0 (EMA weights when kept and asked for), then return to training mode."""
     if info.is_main:
         target = unwrap(model)
-        if components.ema is not None:
+        use_ema = components.ema is not None and components.evaluate_with_ema
+        if use_ema:
             backup = {k: v.detach().clone() for k, v in target.state_dict().items()}
-            components.ema.copy_to(target)
+            components.ema.copy_to(target)  # type: ignore[union-attr]
         target.eval()
         start = time.perf_counter()
         metrics = eval_fn(target, step)
@@ -406,7 +410,7 @@ def run_eval(components: TrainComponents, model: nn.Module, eval_fn: EvalFn, ste
         logger.message(f"eval at step {step} ({time.perf_counter() - start:.1f}s): "
                        + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
                        + " (all metrics under model_dir/eval)")
-        if components.ema is not None:
+        if use_ema:
             target.load_state_dict(backup)
         target.train()
     dist_utils.barrier()
