@@ -83,7 +83,10 @@ def test_cli_trains_then_resumes(data_dir, tmp_path):
     args = ["train", "--pipeline_config_path", str(cfg), "--model_dir", str(model_dir), "--device", "cpu",
             "--checkpoint_every_n", "2", "--num_train_steps", "2"]
     assert cli.main(args) == 0
-    assert cli.main(args[:-1] + ["3"]) == 0
+    # The resumed run also evaluates at its last step, on every 2nd validation image.
+    assert cli.main(args[:-1] + ["3", "--eval_every_n_steps", "3", "--sample_1_of_n_eval_examples", "2"]) == 0
+    metrics = json.loads((model_dir / "eval" / "metrics.json").read_text())
+    assert "DetectionBoxes_Precision/mAP" in json.dumps(metrics)
     assert [s for s, _ in ckpt.list_checkpoints(model_dir)] == [2, 3]
     records = [json.loads(x) for x in (model_dir / "train" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
