@@ -239,3 +239,15 @@ def test_l2_weights_name_real_parameters(tiny_ssd):
     assert all(params[n].dim() == 4 for n in weights) and set(weights.values()) == {4e-5}
     assert "feature_extractor.backbone.conv1.weight" in weights
     assert not any(n.endswith("bias") for n in weights)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace's own deprecation notice
+def test_traces_with_anchors_as_an_output(tiny_ssd):
+    model = tiny_ssd().eval()
+    images = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    model(images)  # fills the anchor cache first: the trace must still build its own anchors
+    with pytest.warns(torch.jit.TracerWarning):
+        traced = torch.jit.trace(model, images, strict=False)
+    expected, got = model(images), traced(images)
+    for key in ("cls_logits", "box_deltas", "anchors"):
+        torch.testing.assert_close(got[key], expected[key])

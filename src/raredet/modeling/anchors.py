@@ -14,12 +14,29 @@ API's order within a cell). The box predictor flattens its outputs in the same o
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from raredet.errors import ConfigError
+
+
+def _cached(
+    cache: dict[tuple, Tensor],
+    image_size: tuple[int, int],
+    feature_sizes: Sequence[tuple[int, int]],
+    device: torch.device | str,
+    compute: Callable[[], list[Tensor]],
+) -> Tensor:
+    """``cat(compute())`` on ``device``, remembered per (image size, feature sizes, device)."""
+    if torch.jit.is_tracing():
+        # A tensor made before the trace began cannot be a traced output: build the anchors inside it.
+        return torch.cat(compute()).to(device)
+    key = (tuple(image_size), tuple(tuple(s) for s in feature_sizes), str(device))
+    if key not in cache:
+        cache[key] = torch.cat(compute()).to(device)
+    return cache[key]
 
 
 class MultiscaleAnchorGenerator:
@@ -78,13 +95,15 @@ class MultiscaleAnchorGenerator:
             raise ValueError(
                 f"got {len(feature_sizes)} feature maps for levels {self.min_level}..{self.max_level}"
             )
-        key = (tuple(image_size), tuple(tuple(s) for s in feature_sizes), str(device))
-        if key not in self._cache:
-            levels = range(self.min_level, self.max_level + 1)
-            pairs = zip(levels, feature_sizes, strict=True)
-            parts = [self._level(level, image_size, size) for level, size in pairs]
-            self._cache[key] = torch.cat(parts).to(device)
-        return self._cache[key]
+        levels = range(self.min_level, self.max_level + 1)
+        pairs = zip(levels, feature_sizes, strict=True)
+        return _cached(
+            self._cache,
+            image_size,
+            feature_sizes,
+            device,
+            lambda: [self._level(level, image_size, size) for level, size in pairs],
+        )
 
     def _level(self, level: int, image_size: tuple[int, int], feature_size: tuple[int, int]) -> Tensor:
         """``[h * w * n, 4]`` anchors of one level, row-major over cells."""
@@ -183,11 +202,13 @@ class SsdAnchorGenerator:
         """Anchors ``[A, 4]`` xyxy pixels for an image ``(H, W)`` and one ``(h, w)`` per layer."""
         if len(feature_sizes) != self.num_layers:
             raise ValueError(f"got {len(feature_sizes)} feature maps for num_layers {self.num_layers}")
-        key = (tuple(image_size), tuple(tuple(s) for s in feature_sizes), str(device))
-        if key not in self._cache:
-            parts = [self._layer(i, image_size, size) for i, size in enumerate(feature_sizes)]
-            self._cache[key] = torch.cat(parts).to(device)
-        return self._cache[key]
+        return _cached(
+            self._cache,
+            image_size,
+            feature_sizes,
+            device,
+            lambda: [self._layer(i, image_size, size) for i, size in enumerate(feature_sizes)],
+        )
 
     def _layer(self, i: int, image_size: tuple[int, int], grid: tuple[int, int]) -> Tensor:
         """``[h * w * n, 4]`` anchors of layer ``i``, row-major over cells."""
