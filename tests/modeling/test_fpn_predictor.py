@@ -112,3 +112,12 @@ def test_convolutional_predictor_per_level_shapes():
     pred = ConvolutionalBoxPredictor(5, 6, [16, 8], HP, kernel_size=3, use_depthwise=True).eval()
     cls, box = pred([torch.zeros(2, 16, 4, 4), torch.zeros(2, 8, 2, 2)])
     assert cls.shape == (2, (16 + 4) * 6, 5) and box.shape == (2, (16 + 4) * 6, 4)
+
+
+def test_tower_without_depth_is_a_config_error():
+    import pytest
+
+    from raredet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="depth must be positive"):
+        WeightSharedConvolutionalBoxPredictor(2, 6, [8, 8], HP, num_layers_before_predictor=2)

@@ -122,6 +122,11 @@ class WeightSharedConvolutionalBoxPredictor(nn.Module):
             raise ValueError(
                 f"weight-shared predictor needs equal channels on every level, got {in_channels}"
             )
+        if num_layers_before_predictor > 0 and depth <= 0:
+            raise ConfigError(
+                "weight_shared_convolutional_box_predictor: num_layers_before_predictor is "
+                f"{num_layers_before_predictor}, so depth must be positive (got {depth}); set depth"
+            )
         self.num_classes, self.box_code_size = num_classes, box_code_size
         in_ch, levels = in_channels[0], len(in_channels)
         head_in = depth if num_layers_before_predictor > 0 else in_ch
