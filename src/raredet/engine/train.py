@@ -347,51 +347,71 @@ def train(
     if components.metadata.get("class_weights"):
         rows = [ClassWeight(**row) for row in components.metadata["class_weights"]]
         logger.text("class_weights", format_class_weight_table(rows))
+    options = LoopOptions(model_dir, seed, checkpoint_every_n, eval_every_n_steps, eval_fn)
     try:
-        return _loop(components, model, model_dir, info, logger, step, epoch, batch_in_epoch, last,
-                     seed, checkpoint_every_n, eval_every_n_steps, eval_fn)
+        return _loop(components, model, info, logger, Position(step, epoch, batch_in_epoch, last), options)
     finally:
         logger.close()
 
 
-def _loop(components: TrainComponents, model: nn.Module, model_dir: Path, info: dist_utils.DistInfo,
-          logger: TrainLogger, step: int, epoch: int, batch_in_epoch: int, last: Path | None,
-          seed: int, checkpoint_every_n: int, eval_every_n_steps: int, eval_fn: EvalFn | None) -> TrainResult:
+@dataclass
+class Position:
+    """Where training stands: finished steps, data position after them, newest checkpoint."""
+
+    step: int
+    epoch: int
+    batch_in_epoch: int
+    last: Path | None
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    model_dir: Path
+    seed: int
+    checkpoint_every_n: int
+    eval_every_n_steps: int
+    eval_fn: EvalFn | None
+
+
+def _loop(components: TrainComponents, model: nn.Module, info: dist_utils.DistInfo, logger: TrainLogger,
+          pos: Position, opts: LoopOptions) -> TrainResult:
     per_rank = per_rank_batch(components.batch_size, info.world_size)
     terms: dict[str, float] = {}
-    saved_step = step
     model.train()
     with catch_stop_signals() as stop:
-        stream = batch_stream(components, epoch, batch_in_epoch, per_rank, seed)
-        while step < components.num_steps:
-            epoch, batch_in_epoch, batch = next(stream)
-            lr = components.schedule(step)
+        stream = batch_stream(components, pos.epoch, pos.batch_in_epoch, per_rank, opts.seed)
+        while pos.step < components.num_steps:
+            pos.epoch, pos.batch_in_epoch, batch = next(stream)
+            lr = components.schedule(pos.step)
             set_learning_rate(components.optimizer, lr)
             components.optimizer.zero_grad(set_to_none=True)
             losses, grad_norm = forward_backward(components, model, to_device(batch, info.device),
                                                  info.device)
             terms = averaged_terms(losses, grad_norm)
             if not all(math.isfinite(v) for v in terms.values()):
-                raise diverged_error(step, terms, last)
+                raise diverged_error(pos.step, terms, pos.last)
             components.optimizer.step()
             if components.ema is not None:
                 components.ema.update(unwrap(model))
-            step += 1
+            pos.step += 1
             terms["regularization_loss"] = regularization_loss(components.optimizer)
-            log_losses = {**losses, **terms}
-            logger.log_step(step, log_losses, lr, components.batch_size)
+            logger.log_step(pos.step, {**losses, **terms}, lr, components.batch_size)
             stopping = dist_utils.broadcast_flag(stop.signal is not None, info.device)
-            if stopping or step % checkpoint_every_n == 0 or step == components.num_steps:
-                last = save(components, model, model_dir, step, epoch, batch_in_epoch, info) or last
-                saved_step = step
-            if eval_fn is not None and eval_every_n_steps > 0 and step % eval_every_n_steps == 0:
-                run_eval(components, model, eval_fn, step, logger, info)
+            _after_step(components, model, info, logger, pos, opts, stopping)
             if stopping:
-                logger.message(f"stopped by signal at step {step}; checkpoint {last}")
-                return TrainResult(step, True, last, terms)
-    if saved_step != step:  # resumed at num_steps already: nothing new to save
-        last = save(components, model, model_dir, step, epoch, batch_in_epoch, info) or last
-    return TrainResult(step, False, last, terms)
+                logger.message(f"stopped by signal at step {pos.step}; checkpoint {pos.last}")
+                return TrainResult(pos.step, True, pos.last, terms)
+    return TrainResult(pos.step, False, pos.last, terms)
+
+
+def _after_step(components: TrainComponents, model: nn.Module, info: dist_utils.DistInfo,
+                logger: TrainLogger, pos: Position, opts: LoopOptions, stopping: bool) -> None:
+    """Checkpoint (every n steps, at the end, on a signal) and evaluate (every n steps)."""
+    if stopping or pos.step % opts.checkpoint_every_n == 0 or pos.step == components.num_steps:
+        path = save(components, model, opts.model_dir, pos.step, pos.epoch, pos.batch_in_epoch, info)
+        pos.last = path or pos.last
+    if opts.eval_fn is not None and opts.eval_every_n_steps > 0 and pos.step % opts.eval_every_n_steps == 0:
+        run_eval(components, model, opts.eval_fn, pos.step, logger, info)
 
 
 def run_eval(components: TrainComponents, model: nn.Module, eval_fn: EvalFn, step: int,
