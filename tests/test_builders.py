@@ -81,6 +81,9 @@ def test_optimizer_fields_freeze_and_ema():
     decays = {n: g["weight_decay"] for g in opt.param_groups for n in g["param_names"]}
     assert decays == {"1.bias": 0.0, "1.weight": pytest.approx(0.01)}
     assert ema is not None and ema.decay == pytest.approx(0.9999)  # use_moving_average defaults to true
+    tc.add_regularization_loss = False
+    opt, _, _ = builders.build_optimizer(tc, model, {"1.weight": 0.01})
+    assert all(g["weight_decay"] == 0.0 for g in opt.param_groups)
 
 
 def test_explicit_class_weights_by_name_and_id():

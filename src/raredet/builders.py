@@ -120,7 +120,8 @@ def build_optimizer(
     params = optim.trainable_parameters(
         model, list(train_config.freeze_variables), list(train_config.update_trainable_variables)
     )
-    groups = optim.weight_decay_groups(params, l2_weights)
+    # add_regularization_loss: false drops the L2 terms, as the TF OD API leaves them out of the loss.
+    groups = optim.weight_decay_groups(params, l2_weights if train_config.add_regularization_loss else {})
     optimizer = make(groups, **message_kwargs(sub, skip=("learning_rate",)))
     schedule = build_learning_rate(sub.learning_rate, f"{where}.{name}.learning_rate")
     opt_msg = train_config.optimizer
