@@ -146,7 +146,7 @@ def batch_stream(
             )
         loader = torch.utils.data.DataLoader(
             components.dataset, batch_sampler=batches[batch_in_epoch:], collate_fn=components.collate_fn,
-            num_workers=components.num_workers,
+            num_workers=components.num_workers, worker_init_fn=_ignore_sigint,
             generator=torch.Generator().manual_seed(seed * 100003 + epoch),
         )
         for i, batch in enumerate(loader, start=batch_in_epoch + 1):
@@ -155,6 +155,12 @@ def batch_stream(
 
 
 # ---- signals ------------------------------------------------------------------------------------
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: data workers keep serving so that the main process
+    can finish its step and write the checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class StopFlag:
