@@ -235,13 +235,14 @@ def weight_decay_groups(params: Mapping[str, nn.Parameter], l2_weights: Mapping[
 
 def regularization_loss(optimizer: torch.optim.Optimizer) -> float:
     """`sum 0.5 * weight * ||w||^2` over decayed groups: the TF OD API's `Loss/regularization_loss`."""
-    total = 0.0
+    terms = []
     with torch.no_grad():
         for group in optimizer.param_groups:
-            if group.get("weight_decay", 0.0):
-                squares = sum(float(p.detach().float().pow(2).sum()) for p in group["params"])
-                total += 0.5 * group["weight_decay"] * squares
-    return total
+            if group.get("weight_decay", 0.0) and group["params"]:
+                # One device->host copy for the whole model, not one per parameter.
+                squares = torch.stack([p.detach().float().pow(2).sum() for p in group["params"]]).sum()
+                terms.append(0.5 * group["weight_decay"] * squares)
+    return float(torch.stack(terms).sum()) if terms else 0.0
 
 
 # ---- exponential moving average -----------------------------------------------------------------
