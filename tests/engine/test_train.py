@@ -117,6 +117,8 @@ def test_kill_9_leaves_a_loadable_checkpoint(tmp_path):
     assert path.name == f"ckpt-{state['step']}.pt"
     result = train(toy.make_components(state["step"] + 2), tmp_path, progress=False)
     assert result.step == state["step"] + 2
+    steps = [json.loads(x)["step"] for x in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, result.step + 1))  # steps redone after the checkpoint appear once
 
 
 # slow-ish: starts subprocesses (a few seconds)

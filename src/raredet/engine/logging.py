@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from raredet.fileio import atomic_write_text
+
 LOSS_TAGS = {
     "classification_loss": "Loss/classification_loss",
     "localization_loss": "Loss/localization_loss",
@@ -70,6 +72,7 @@ class TrainLogger:
 
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self.writer = SummaryWriter(log_dir=str(self.log_dir))
+            drop_records_after(self.log_dir / "log.jsonl", start_step)
             self.jsonl = open(self.log_dir / "log.jsonl", "a", encoding="utf-8")
         self.bar = tqdm(total=num_steps, initial=start_step, disable=not (progress and write),
                         unit="step", dynamic_ncols=True)
@@ -117,3 +120,19 @@ class TrainLogger:
             self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
+
+
+def drop_records_after(path: Path, step: int) -> None:
+    """Keep the JSON lines of steps <= `step`: a resumed run redoes the steps after its checkpoint, and
+    their first attempt (and a line cut short by a crash) must not stay in the log twice."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
