@@ -71,7 +71,9 @@ class TrainLogger:
             from torch.utils.tensorboard import SummaryWriter  # heavy import, only where used
 
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(log_dir=str(self.log_dir))
+            # purge_step hides events a crashed run wrote after the checkpoint it resumes from.
+            purge = start_step + 1 if start_step else None
+            self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge)
             drop_records_after(self.log_dir / "log.jsonl", start_step)
             self.jsonl = open(self.log_dir / "log.jsonl", "a", encoding="utf-8")
         self.bar = tqdm(total=num_steps, initial=start_step, disable=not (progress and write),
