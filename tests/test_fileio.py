@@ -26,3 +26,12 @@ def test_interrupted_write_keeps_previous_file(tmp_path):
         atomic_write(target, fail_half_way)
     assert json.loads(target.read_text()) == {"mAP": 0.5}
     assert os.listdir(tmp_path) == ["metrics.json"]
+
+
+def test_written_file_has_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "report.html", "<html></html>")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
