@@ -1,0 +1,258 @@
+"""`raredet export`: a trained model as one TorchScript or ONNX file, post-processing included.
+
+The exported module takes a uint8 image batch ``images [B, 3, H, W]`` (RGB, at the config's fixed input
+size: ``fixed_shape_resizer`` height x width, or the ``max_dimension`` square of a padded
+``keep_aspect_ratio_resizer``; the caller resizes) and returns, as the TF OD API's exported models do,
+
+- ``detection_boxes [B, D, 4]`` float32, xyxy in pixels of the input,
+- ``detection_scores [B, D]`` float32, best first,
+- ``detection_classes [B, D]`` int64 **label-map ids** (0 on padding rows),
+- ``num_detections [B]`` int64, the valid rows,
+
+padded to ``D = max_total_detections``. Any batch size works. Normalisation is inside the model.
+
+How it is exported, and why:
+
+- Both formats are traced (``torch.jit.trace``), and the ONNX file comes from torch's TorchScript-based
+  exporter (``dynamo=False``). The NMS (``modeling.postprocess``) iterates a suppression mask to its
+  fixed point and stops when it no longer changes: a data-dependent loop, which ``torch.export`` (the
+  dynamo exporter) refuses and plain tracing would unroll to the count of the example batch. During
+  export that one function is replaced by an equivalent TorchScript-compiled copy
+  (``torch.jit.script_if_tracing``), which both formats keep as a real loop (ONNX ``Loop``).
+- Two ops of the post-processing have no symbolic in that exporter: in-place ``&=`` on masks
+  (exported as ``And``) and stable ``argsort`` (exported as ``TopK``, which ONNX defines to break ties
+  by the lower index: the same order).
+- The label map and the pipeline.config travel inside the file (TorchScript extra files
+  ``label_map.pbtxt``/``pipeline.config``; ONNX ``metadata_props``), so the ids can be named.
+- After writing, the file is loaded back and run on a random batch; the export fails if its detections
+  differ from the PyTorch model's (so a broken export is never left behind silently).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from raredet.errors import ConfigError, RaredetError
+from raredet.fileio import atomic_write, atomic_write_bytes
+from raredet.predict import TrainedModel, load_trained_model
+
+OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+ONNX_OPSET = 17
+BOX_TOLERANCE_PX = 1e-2  # exported vs PyTorch boxes (float reordering only)
+SCORE_TOLERANCE = 1e-4
+
+
+class ExportError(RaredetError):
+    """The exported file could not be written or does not reproduce the model's detections."""
+
+
+class ExportableDetector(nn.Module):
+    """An SSD plus its post-processing for a fixed input size, returning plain tensors (see module
+    docstring) with label-map ids as classes."""
+
+    image_sizes: Tensor
+    class_ids: Tensor
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, int], class_ids: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.input_size = input_size
+        self.register_buffer("image_sizes", torch.tensor([input_size], dtype=torch.int64))
+        self.register_buffer("class_ids", torch.tensor(list(class_ids), dtype=torch.int64))
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``images [B, 3, H, W]`` uint8 -> boxes [B, D, 4], scores [B, D], classes [B, D], num [B]."""
+        outputs = self.model(images)
+        det = self.model.postprocess(outputs, self.image_sizes.expand(images.shape[0], 2))  # type: ignore
+        classes = det["detection_classes"]
+        rows = torch.arange(classes.shape[1], device=classes.device)[None, :]
+        valid = rows < det["num_detections"][:, None]
+        ids = torch.where(valid, self.class_ids[classes], torch.zeros_like(classes))
+        return det["detection_boxes"], det["detection_scores"], ids, det["num_detections"]
+
+
+def input_size(ssd: Any) -> tuple[int, int]:
+    """(H, W) the exported model takes, from the `image_resizer` of a `model.ssd` message."""
+    resizer = ssd.image_resizer
+    kind = resizer.WhichOneof("image_resizer_oneof")
+    if kind == "fixed_shape_resizer":
+        return int(resizer.fixed_shape_resizer.height), int(resizer.fixed_shape_resizer.width)
+    if kind == "keep_aspect_ratio_resizer" and resizer.keep_aspect_ratio_resizer.pad_to_max_dimension:
+        side = int(resizer.keep_aspect_ratio_resizer.max_dimension)
+        return side, side
+    raise ConfigError(f"model.ssd.image_resizer is {kind or 'unset'}: export needs a fixed input size; use "
+                      "fixed_shape_resizer, or keep_aspect_ratio_resizer with pad_to_max_dimension: true")
+
+
+# ---- making the NMS loop exportable ---------------------------------------------------------------
+
+
+def _greedy_keep_scriptable(suppresses: Tensor) -> Tensor:
+    """`postprocess._greedy_keep` in ops both TorchScript and the ONNX exporter accept (`==`/`all`
+    instead of `torch.equal`): ``suppresses [..., N, N]`` bool -> keep ``[..., N]`` bool."""
+    keep = torch.ones(suppresses.shape[:-1], dtype=torch.bool, device=suppresses.device)
+    for _ in range(suppresses.shape[-1]):  # bounded by N; stops at the fixed point
+        new_keep = ~(suppresses & keep.unsqueeze(-2)).any(dim=-1)
+        if bool((new_keep == keep).all()):
+            break
+        keep = new_keep
+    return keep
+
+
+@contextlib.contextmanager
+def exportable_nms() -> Iterator[None]:
+    """While tracing, NMS keeps its data-dependent loop (module docstring)."""
+    from raredet.modeling import postprocess
+
+    scripted = torch.jit.script_if_tracing(_greedy_keep_scriptable)
+    with mock.patch.object(postprocess, "_greedy_keep", scripted):
+        yield
+
+
+def _iand_symbolic(g: Any, a: Any, b: Any) -> Any:
+    return g.op("And", a, b)
+
+
+def _argsort_symbolic(g: Any, x: Any, stable: bool, dim: int, descending: bool) -> Any:
+    """aten::argsort.stable -> TopK over the whole axis (ONNX TopK keeps the lower index first on ties).
+    Input cast to double: ONNX Runtime's TopK has no bool/uint8 kernel; double holds both exactly."""
+    x = g.op("Cast", x, to_i=torch.onnx.TensorProtoDataType.DOUBLE)
+    n = g.op("Gather", g.op("Shape", x), g.op("Constant", value_t=torch.tensor([dim], dtype=torch.int64)))
+    _, indices = g.op("TopK", x, n, axis_i=dim, largest_i=int(descending), sorted_i=1, outputs=2)
+    return indices
+
+
+def _register_onnx_symbolics() -> None:
+    from torch.onnx.symbolic_helper import parse_args
+
+    argsort = parse_args("v", "b", "i", "b")(_argsort_symbolic)  # constants arrive as Python values
+    torch.onnx.register_custom_op_symbolic("aten::__iand_", _iand_symbolic, ONNX_OPSET)
+    torch.onnx.register_custom_op_symbolic("aten::argsort", argsort, ONNX_OPSET)
+
+
+# ---- writing the two formats ------------------------------------------------------------------------
+
+
+def _example_batch(size: tuple[int, int], batch: int = 2, seed: int = 0) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, generator=generator)
+
+
+def _trace(module: ExportableDetector, example: Tensor) -> torch.jit.ScriptModule:
+    with exportable_nms(), torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about every Python int taken from a shape; the input size is fixed by design.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return torch.jit.trace(module, example, check_trace=False)
+
+
+def save_torchscript(module: ExportableDetector, out: Path, extra: dict[str, str]) -> Callable[[Tensor], Any]:
+    """Trace and write atomically; returns the reloaded file as a function of an image batch."""
+    traced = _trace(module, _example_batch(module.input_size))
+    files = {k: v.encode("utf-8") for k, v in extra.items()}
+    atomic_write(out, lambda f: torch.jit.save(traced, f, _extra_files=files))
+    loaded = torch.jit.load(str(out))
+
+    def run(images: Tensor) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [t.numpy() for t in loaded(images)]
+
+    return run
+
+
+def _onnx_bytes(module: ExportableDetector, extra: dict[str, str]) -> bytes:
+    """The ONNX model (dynamic batch axis) with `extra` as metadata_props."""
+    import onnx
+
+    _register_onnx_symbolics()
+    with tempfile.TemporaryDirectory() as tmp, exportable_nms(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings and the exporter's own deprecation notice
+        path = Path(tmp) / "model.onnx"
+        torch.onnx.export(module, (_example_batch(module.input_size),), str(path), dynamo=False,
+                          opset_version=ONNX_OPSET, input_names=["images"], output_names=list(OUTPUT_NAMES),
+                          dynamic_axes={name: {0: "batch"} for name in ("images", *OUTPUT_NAMES)})
+        proto = onnx.load(str(path))
+    for key, value in extra.items():
+        proto.metadata_props.add(key=key, value=value)
+    return proto.SerializeToString()
+
+
+def save_onnx(module: ExportableDetector, out: Path, extra: dict[str, str]) -> Callable[[Tensor], Any]:
+    """Export and write atomically; returns an onnxruntime session of the file as a function."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError as err:
+        raise ExportError(f"--format onnx needs the onnx and onnxruntime packages ({err}); "
+                          "pip install onnx onnxruntime") from None
+    atomic_write_bytes(out, _onnx_bytes(module, extra))
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return lambda images: session.run(list(OUTPUT_NAMES), {"images": images.numpy()})
+
+
+FORMATS: dict[str, Callable[[ExportableDetector, Path, dict[str, str]], Callable[[Tensor], Any]]] = {
+    "torchscript": save_torchscript,
+    "onnx": save_onnx,
+}
+
+
+# ---- checking and the command ---------------------------------------------------------------------
+
+
+def compare_detections(expected: Sequence[Tensor], got: Sequence[np.ndarray]) -> str | None:
+    """None when the exported outputs match the PyTorch ones (counts and classes exactly, boxes and
+    scores within tolerance, on the valid rows), else what differs."""
+    want = [t.numpy() for t in expected]
+    if not np.array_equal(want[3], got[3]):
+        return f"num_detections {got[3].tolist()} instead of {want[3].tolist()}"
+    valid = np.arange(want[1].shape[1])[None, :] < want[3][:, None]
+    if not np.array_equal(want[2][valid], got[2][valid]):
+        return "detection_classes differ"
+    box_diff = float(np.abs(want[0][valid] - got[0][valid]).max(initial=0.0))
+    score_diff = float(np.abs(want[1][valid] - got[1][valid]).max(initial=0.0))
+    if box_diff > BOX_TOLERANCE_PX or score_diff > SCORE_TOLERANCE:
+        return f"boxes differ by up to {box_diff:.3g} px, scores by up to {score_diff:.3g}"
+    return None
+
+
+def _metadata(trained: TrainedModel, size: tuple[int, int]) -> dict[str, str]:
+    info = {"input": f"images uint8 [B, 3, {size[0]}, {size[1]}] RGB", "outputs": list(OUTPUT_NAMES),
+            "classes": "label-map ids (0 on padding rows)", "checkpoint": str(trained.checkpoint),
+            "step": trained.step}
+    return {"label_map.pbtxt": trained.label_map.to_pbtxt(), "pipeline.config": trained.config_text,
+            "raredet.json": json.dumps(info)}
+
+
+def export_model(model_dir: str | os.PathLike[str], format: str, out: str | os.PathLike[str], *,
+                 pipeline_config_path: str | os.PathLike[str] | None = None) -> str:
+    """`raredet export`: write the newest checkpoint of `model_dir` as `format` to `out`, check it
+    against PyTorch, and return a one-paragraph description."""
+    if format not in FORMATS:
+        raise ConfigError(f"--format {format!r}: valid formats are {', '.join(FORMATS)}")
+    trained = load_trained_model(model_dir, pipeline_config_path)
+    size = input_size(trained.config.model.ssd)
+    module = ExportableDetector(trained.model, size, trained.label_map.ids).eval()
+    run_exported = FORMATS[format](module, Path(out), _metadata(trained, size))
+    check = _example_batch(size, batch=3, seed=1)  # another batch size than traced: the axis is dynamic
+    with torch.no_grad():
+        expected = module(check)
+    problem = compare_detections(expected, run_exported(check))
+    if problem is not None:
+        raise ExportError(f"{out}: the exported model does not reproduce the PyTorch detections ({problem}); "
+                          "please report this with the pipeline.config")
+    return (f"wrote {out} ({format}, {Path(out).stat().st_size / 1e6:.1f} MB) from {trained.checkpoint}\n"
+            f"  input:   images uint8 [B, 3, {size[0]}, {size[1]}] RGB (resize first)\n"
+            f"  outputs: {', '.join(OUTPUT_NAMES)} (classes are label-map ids)\n"
+            f"  checked: same detections as PyTorch on a random batch of 3")
+

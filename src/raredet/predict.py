@@ -1,0 +1,274 @@
+"""`raredet predict`: run a trained model on image files; COCO results JSON plus drawn images.
+
+The model is the newest checkpoint of a training run (`model_dir/ckpt-<step>.pt`). Its config and label
+map are the ones saved inside that checkpoint, so a run can be used without its data; a
+`pipeline_config_path` given explicitly replaces them. Images go through the config's `image_resizer`
+(as in evaluation) and detections are mapped back to the pixels of the file as stored.
+
+Outputs in `out_dir`: `detections.json` (a COCO results list: `image_id`, `category_id` = label-map id,
+`bbox` [x, y, w, h] in pixels, `score`), `images.json` (the COCO `images` entries the ids refer to:
+`id`, `file_name`, `height`, `width`), and `drawn/<name>.png` per image. An image that cannot be read is
+reported by name and skipped, and the skipped ones are counted at the end: in a folder of thousands of
+photos one broken file should not cost the other results.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from raredet.config import LabelMap
+from raredet.errors import CheckpointError, ConfigError, DataError
+from raredet.fileio import atomic_write, atomic_write_json
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+MIN_DRAWN_WIDTH = 256  # smaller images are enlarged (nearest neighbour) so that labels stay readable
+
+
+# ---- the trained model ----------------------------------------------------------------------------
+
+
+@dataclass
+class TrainedModel:
+    """A model restored from a training run, ready for inference (eval mode, on CPU)."""
+
+    model: nn.Module  # raredet.modeling.ssd.SSD
+    config: Any  # the TrainEvalPipelineConfig message it was built from
+    label_map: LabelMap
+    checkpoint: Path
+    step: int
+    config_text: str  # the pipeline.config text used (saved in the checkpoint, or the given file)
+
+
+def _config_and_label_map(path: Path, state: dict[str, Any],
+                          pipeline_config_path: str | os.PathLike[str] | None) -> tuple[Any, LabelMap, str]:
+    """The config (given, else saved in the checkpoint) and its label map (the checkpoint's, else the
+    config's label_map_path)."""
+    from raredet import config as config_lib
+
+    if pipeline_config_path is not None:
+        loaded = config_lib.load(pipeline_config_path)
+        cfg, text, where, label_map = loaded.config, loaded.text, str(pipeline_config_path), loaded.label_map
+    else:
+        text = state.get("config_text") or ""
+        if not text:
+            raise CheckpointError(f"{path} has no saved config_text; pass --pipeline_config_path")
+        where = f"{path} (config_text)"
+        cfg, label_map = config_lib.parse_config(text, where), None
+    if state.get("label_map_text"):
+        label_map = LabelMap.parse(state["label_map_text"], f"{path} (label_map_text)")
+    if label_map is None:
+        raise ConfigError(f"{where}: no label map (none saved in {path}, label_map_path unset or missing); "
+                          "pass a --pipeline_config_path whose train_input_reader.label_map_path exists")
+    config_lib.validate(cfg, label_map, where)
+    return cfg, label_map, text
+
+
+def load_trained_model(model_dir: str | os.PathLike[str],
+                       pipeline_config_path: str | os.PathLike[str] | None = None) -> TrainedModel:
+    """The newest loadable checkpoint of `model_dir` as a model in eval mode on CPU.
+
+    Uses the EMA weights when the config's `eval_config.use_moving_averages` is set and the checkpoint
+    has them (as `raredet eval` does).
+    """
+    from raredet import builders
+    from raredet.engine.checkpoint import latest_checkpoint
+
+    found = latest_checkpoint(model_dir)
+    if found is None:
+        raise CheckpointError(f"{model_dir}: no ckpt-<step>.pt checkpoint; train first with "
+                              f"`raredet train --model_dir {model_dir} ...`")
+    path, state = found
+    cfg, label_map, text = _config_and_label_map(path, state, pipeline_config_path)
+    model, _ = builders.build_model(cfg.model.ssd)
+    use_ema = cfg.eval_config.use_moving_averages and state.get("ema") is not None
+    try:
+        model.load_state_dict(state["ema"] if use_ema else state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not fit the model of the config ({err}); use the "
+                              "pipeline.config the run was trained with") from None
+    return TrainedModel(model.eval(), cfg, label_map, path, int(state.get("step", 0)), text)
+
+
+# ---- finding and reading images --------------------------------------------------------------------
+
+
+def _is_pattern(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _expand(text: str) -> tuple[list[Path], str | None]:
+    """The files one command-line path names, or the reason it names none."""
+    path = Path(text)
+    if _is_pattern(text):
+        hits = [Path(p) for p in sorted(glob.glob(text, recursive=True)) if Path(p).is_file()]
+        return hits, None if hits else "the pattern matches no file"
+    if path.is_dir():
+        hits = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return hits, None if hits else f"the folder holds no {'/'.join(sorted(IMAGE_SUFFIXES))} file"
+    return ([path], None) if path.is_file() else ([], "no such file or folder")
+
+
+def find_images(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image files named by `paths` (files; folders: their image files; glob patterns), in order and
+    without repeats; and (path, reason) for each path that names no file."""
+    found: dict[Path, Path] = {}  # resolved -> as given
+    missing: list[tuple[str, str]] = []
+    for text in paths:
+        hits, reason = _expand(text)
+        if reason is not None:
+            missing.append((text, reason))
+        for hit in hits:
+            found.setdefault(hit.resolve(), hit)
+    return list(found.values()), missing
+
+
+def _example(path: Path, resizer: Any) -> dict[str, Any]:
+    """Decode one file (DataError naming it if it cannot be) and resize it as the model expects."""
+    from raredet.data.example import decode_image
+
+    image, size = decode_image(path, str(path))
+    example = {"image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+               "weights": np.zeros(0, np.float32), "is_crowd": np.zeros(0, bool),
+               "difficult": np.zeros(0, bool), "source_id": str(path), "filename": path.name,
+               "original_size": size}
+    return resizer(example) | {"original_image": image}
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+
+@dataclass
+class PredictResult:
+    out_dir: Path
+    num_images: int = 0
+    num_detections: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def summary(self) -> str:
+        lines = [f"{self.num_images} images, {self.num_detections} detections -> "
+                 f"{self.out_dir / 'detections.json'} (drawn images in {self.out_dir / 'drawn'})"]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} unreadable: " + ", ".join(p for p, _ in self.skipped))
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def detect(model: nn.Module, examples: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
+    """Detections of resized examples, in the pixels of each original image: per example `boxes`
+    [D, 4] xyxy, `scores` [D], `classes` [D] (contiguous index), best first."""
+    from raredet.data.dataset import collate
+
+    batch = collate(examples)
+    det = model.postprocess(model(batch["images"]), batch["image_sizes"])  # type: ignore[operator]
+    scales = batch["scales"].double().numpy()  # [B, 2] (sy, sx): resized = original * scale
+    out = []
+    for b, n in enumerate(det["num_detections"].tolist()):
+        to_original = np.array([scales[b, 1], scales[b, 0]] * 2)
+        out.append({"boxes": det["detection_boxes"][b, :n].double().numpy() / to_original,
+                    "scores": det["detection_scores"][b, :n].double().numpy(),
+                    "classes": det["detection_classes"][b, :n].numpy()})
+    return out
+
+
+def coco_results(image_id: int, det: dict[str, np.ndarray], class_ids: np.ndarray) -> list[dict[str, Any]]:
+    """COCO results entries of one image; `class_ids` [K] maps contiguous index -> label-map id."""
+    xywh = np.concatenate([det["boxes"][:, :2], det["boxes"][:, 2:] - det["boxes"][:, :2]], axis=1)
+    return [{"image_id": image_id, "category_id": int(c), "bbox": [round(v, 2) for v in box],
+             "score": round(float(s), 5)}
+            for box, c, s in zip(xywh.tolist(), class_ids[det["classes"]], det["scores"], strict=True)]
+
+
+def draw_detections(image: np.ndarray, det: dict[str, np.ndarray], names: Sequence[str]) -> Any:
+    """The image (uint8 [H, W, 3]) with its detections drawn (evaluation report's drawing), as a PIL
+    image; small images are enlarged first so the labels stay readable."""
+    from raredet.evaluation.report import draw_boxes
+
+    zoom = int(min(4, max(1, MIN_DRAWN_WIDTH // max(1, image.shape[1]))))
+    big = np.repeat(np.repeat(image, zoom, axis=0), zoom, axis=1)
+    return draw_boxes(big, det["boxes"] * zoom, det["classes"], names, det["scores"])
+
+
+def _batches(paths: list[Path], resizer: Any, size: int, skipped: list[tuple[str, str]]
+             ) -> Iterator[tuple[list[dict[str, Any]], int]]:
+    """(decoded and resized examples, files read for them) in batches of `size`; unreadable files go
+    to `skipped` and are reported on stderr."""
+    batch: list[dict[str, Any]] = []
+    files = 0
+    for path in paths:
+        files += 1
+        try:
+            batch.append(_example(path, resizer))
+        except DataError as err:
+            print(f"raredet predict: skipping {path}: {err}", file=sys.stderr)
+            skipped.append((str(path), str(err)))
+        if len(batch) == size:
+            yield batch, files
+            batch, files = [], 0
+    if batch or files:
+        yield batch, files
+
+
+def _drawn_name(path: Path, used: set[str]) -> str:
+    name, n = f"{path.stem}.png", 1
+    while name in used:  # same file name in two folders
+        n += 1
+        name = f"{path.stem}_{n}.png"
+    used.add(name)
+    return name
+
+
+def predict(model_dir: str | os.PathLike[str], images: Sequence[str], out_dir: str | os.PathLike[str], *,
+            min_score: float = 0.5, pipeline_config_path: str | os.PathLike[str] | None = None,
+            batch_size: int = 8) -> PredictResult:
+    """`raredet predict`: detect objects in `images` (files, folders, globs) with the newest checkpoint
+    of `model_dir`; write detections scoring at least `min_score` (module docstring)."""
+    from raredet import builders
+
+    if not 0.0 <= min_score <= 1.0:
+        raise ConfigError(f"--min_score must be in [0, 1], got {min_score}")
+    trained = load_trained_model(model_dir, pipeline_config_path)
+    paths, missing = find_images(images)
+    for text, reason in missing:
+        print(f"raredet predict: skipping {text}: {reason}", file=sys.stderr)
+    result = PredictResult(Path(out_dir), skipped=list(missing))
+    if not paths:
+        raise DataError(f"no image files found in {' '.join(images)}; give files, folders or glob patterns")
+    resizer = builders.build_resizer(trained.config.model.ssd)
+    records, entries = _run(trained, paths, resizer, batch_size, min_score, result)
+    atomic_write_json(result.out_dir / "detections.json", records, indent=None)
+    atomic_write_json(result.out_dir / "images.json", entries)
+    return result
+
+
+def _run(trained: TrainedModel, paths: list[Path], resizer: Any, batch_size: int, min_score: float,
+         result: PredictResult) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Detect, draw and collect COCO entries batch by batch; returns (results list, images list)."""
+    from tqdm import tqdm
+
+    class_ids = np.asarray(trained.label_map.ids, dtype=np.int64)
+    records: list[dict[str, Any]] = []
+    entries: list[dict[str, Any]] = []
+    used: set[str] = set()
+    with tqdm(total=len(paths), unit="image", dynamic_ncols=True) as bar:
+        for batch, files in _batches(paths, resizer, batch_size, result.skipped):
+            for example, det in zip(batch, detect(trained.model, batch) if batch else [], strict=True):
+                det = {k: v[det["scores"] >= min_score] for k, v in det.items()}
+                entries.append({"id": len(entries) + 1, "file_name": example["source_id"],
+                                "height": example["original_size"][0], "width": example["original_size"][1]})
+                records += coco_results(len(entries), det, class_ids)
+                drawn = draw_detections(example["original_image"], det, trained.label_map.display_names)
+                name = _drawn_name(Path(example["source_id"]), used)
+                atomic_write(result.out_dir / "drawn" / name, lambda f, img=drawn: img.save(f, format="PNG"))
+            bar.update(files)
+    result.num_images, result.num_detections = len(entries), len(records)
+    return records, entries
