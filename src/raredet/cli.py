@@ -167,10 +167,48 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
+def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("predict", help="detect objects in image files with a trained model: COCO results "
+                       "JSON and drawn images")
+    p.add_argument("--model_dir", required=True, help="the training run (its newest ckpt-<step>.pt is used)")
+    p.add_argument("--images", required=True, nargs="+", metavar="PATH",
+                   help="image files, folders of images, or glob patterns (quote them)")
+    p.add_argument("--out", required=True, help="output directory: detections.json, images.json, drawn/")
+    p.add_argument("--min_score", type=float, default=0.5, help="keep detections scoring at least this "
+                   "(default 0.5)")
+    p.add_argument("--pipeline_config_path", help="default: the config saved in the checkpoint")
+
+    def run(a: argparse.Namespace) -> int:
+        from raredet.predict import predict
+
+        print(predict(a.model_dir, a.images, a.out, min_score=a.min_score,
+                      pipeline_config_path=a.pipeline_config_path).summary())
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("export", help="write a trained model with its post-processing as TorchScript or ONNX")
+    p.add_argument("--model_dir", required=True, help="the training run (its newest ckpt-<step>.pt is used)")
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="output format")
+    p.add_argument("--out", required=True, help="output file (e.g. model.pt or model.onnx)")
+    p.add_argument("--pipeline_config_path", help="default: the config saved in the checkpoint")
+
+    def run(a: argparse.Namespace) -> int:
+        from raredet.export import export_model
+
+        print(export_model(a.model_dir, a.format, a.out, pipeline_config_path=a.pipeline_config_path))
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # ---- end of verbs ----------------------------------------------------------------------------------
 
 VERBS: list[AddVerb] = [
     _add_config, _add_evaluate_detections, _add_compare, _add_eval, _add_stats, _add_synth, _add_train,
+    _add_predict, _add_export,
 ]
 
 
