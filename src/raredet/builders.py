@@ -167,16 +167,17 @@ def _label_map(loaded: LoadedConfig) -> LabelMap:
     return loaded.label_map
 
 
-def build_sampler(reader_msg: input_reader_pb2.InputReader, stats: DatasetStats, seed: int,
-                  rank: int = 0, world_size: int = 1) -> RepeatFactorSampler:
-    """Repeat-factor sampler (all factors 1 without `repeat_factor_sampling`), sharded over ranks."""
+def build_sampler(
+    reader_msg: input_reader_pb2.InputReader, stats: DatasetStats, seed: int
+) -> RepeatFactorSampler:
+    """Repeat-factor sampler (all factors 1 without `repeat_factor_sampling`) over the whole epoch:
+    every rank draws the same order and the training loop gives each rank its slice of each batch."""
     if reader_msg.HasField("repeat_factor_sampling"):
         factors = image_repeat_factors(stats.image_classes, len(stats.names),
                                        reader_msg.repeat_factor_sampling.threshold)
     else:
         factors = np.ones(stats.num_images)
-    return RepeatFactorSampler(factors, seed=seed, shuffle=reader_msg.shuffle, rank=rank,
-                               world_size=world_size)
+    return RepeatFactorSampler(factors, seed=seed, shuffle=reader_msg.shuffle)
 
 
 # ---- class weights and the loss -----------------------------------------------------------------
@@ -316,14 +317,14 @@ def build_model(ssd: ssd_pb2.Ssd) -> tuple[nn.Module, dict[str, float]]:
 
 
 def build_train_data(
-    loaded: LoadedConfig, reader: Any, stats: DatasetStats, seed: int, rank: int, world_size: int
+    loaded: LoadedConfig, reader: Any, stats: DatasetStats, seed: int
 ) -> tuple[DetectionDataset, RepeatFactorSampler]:
-    """Training dataset (reader -> augmentations -> resizer) and its sharded, repeat-factor sampler."""
+    """Training dataset (reader -> augmentations -> resizer) and its repeat-factor sampler."""
     cfg = loaded.config
     label_map = _label_map(loaded)
     dataset = DetectionDataset(reader, label_map, augmentations=build_augmentations(cfg.train_config),
                                resizer=build_resizer(cfg.model.ssd), training=True, seed=seed)
-    sampler = build_sampler(cfg.train_input_reader, stats, seed, rank, world_size)
+    sampler = build_sampler(cfg.train_input_reader, stats, seed)
     return dataset, sampler
 
 
@@ -351,8 +352,6 @@ def build_training(
     *,
     seed: int = 0,
     num_train_steps: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
     num_workers: int = 0,
 ) -> TrainComponents:
     """Model, loss (with resolved class weights), optimizer, schedule, EMA, data: `engine.train`'s input."""
@@ -366,7 +365,7 @@ def build_training(
     class_weights = build_class_weights(cfg.model.ssd.loss, label_map, stats)
     model, l2_weights = build_model(cfg.model.ssd)
     optimizer, schedule, ema = build_optimizer(cfg.train_config, model, l2_weights)
-    dataset, sampler = build_train_data(loaded, reader, stats, seed, rank, world_size)
+    dataset, sampler = build_train_data(loaded, reader, stats, seed)
     return TrainComponents(
         model=model, criterion=build_loss(cfg.model.ssd, label_map, class_weights), optimizer=optimizer,
         schedule=schedule, dataset=dataset, sampler=sampler, collate_fn=collate,

@@ -152,3 +152,13 @@ def test_to_sync_batch_norm_keeps_state_and_frozen_layers():
     assert type(model[1]) is nn.SyncBatchNorm and type(model[2][0]) is FrozenBatchNorm2d
     assert torch.equal(model[1].running_mean, torch.full((4,), 0.5))
     assert torch.equal(model[1].weight, torch.full((4,), 2.0)) and not model[1].weight.requires_grad
+
+
+def test_epoch_batches_shard_each_global_batch():
+    from raredet.engine.train import epoch_batches
+
+    comps = toy.make_components(1, batch_size=4)
+    comps.sampler = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]  # the epoch's order; 10 // 4 = 2 full global batches
+    assert epoch_batches(comps, 0, 4, 0, 1) == [[9, 8, 7, 6], [5, 4, 3, 2]]
+    assert epoch_batches(comps, 0, 4, 0, 2) == [[9, 8], [5, 4]]
+    assert epoch_batches(comps, 0, 4, 1, 2) == [[7, 6], [3, 2]]

@@ -89,7 +89,7 @@ def collate(examples: list[dict]) -> dict:
             "labels": torch.tensor([[e["label"]] for e in examples])}
 
 
-def make_components(num_steps: int, *, rank: int = 0, world_size: int = 1, dropout: float = 0.0,
+def make_components(num_steps: int, *, dropout: float = 0.0,
                     loss: ToyLoss | None = None, batch_size: int = 2, seed: int = 0) -> TrainComponents:
     torch.manual_seed(1234)
     model = ToyDetector(dropout)
@@ -101,7 +101,7 @@ def make_components(num_steps: int, *, rank: int = 0, world_size: int = 1, dropo
         schedule=optim.CosineDecayLearningRate(learning_rate_base=0.05, total_steps=50, warmup_steps=2,
                                                warmup_learning_rate=0.01),
         dataset=dataset,
-        sampler=RepeatFactorSampler(np.ones(len(dataset)), seed=seed, rank=rank, world_size=world_size),
+        sampler=RepeatFactorSampler(np.ones(len(dataset)), seed=seed),
         collate_fn=collate, batch_size=batch_size, num_steps=num_steps,
         class_names=["a", "b", "c"], ema=optim.ModelEma(model, 0.9), gradient_clipping_by_norm=10.0,
         metadata={"config_text": "toy", "class_weights": [
@@ -119,8 +119,8 @@ def main() -> None:
     args = parser.parse_args()
     import os
 
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    comps = make_components(args.steps, rank=rank, world_size=world, loss=ToyLoss(sleep=args.sleep),
+    rank = int(os.environ.get("RANK", 0))
+    comps = make_components(args.steps, loss=ToyLoss(sleep=args.sleep),
                             batch_size=args.batch_size)
     result = train(comps, args.model_dir, device="cpu", checkpoint_every_n=args.every, progress=False)
     state = {k: v.detach().clone() for k, v in comps.model.state_dict().items()}

@@ -51,8 +51,9 @@ class TrainingDiverged(RaredetError):
 class TrainComponents:
     """Everything `train` needs, built from a config by `raredet.builders` (or by hand in tests).
 
-    `sampler` yields this rank's dataset indices for one epoch and has `set_epoch(epoch)`; `dataset`
-    may have `set_epoch` too. `batch_size` is the global batch (all ranks together).
+    `sampler` yields the dataset indices of one whole epoch (the same order on every rank; the loop
+    shards each global batch) and has `set_epoch(epoch)`; `dataset` may have `set_epoch` too.
+    `batch_size` is the global batch (all ranks together).
     `metadata` goes into every checkpoint as is (`config_text`, `label_map_text`, `class_weights`).
     """
 
@@ -118,18 +119,26 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
 
 
-def epoch_batches(components: TrainComponents, epoch: int, per_rank: int) -> list[list[int]]:
-    """This rank's batches of one epoch; a last partial batch is dropped so ranks stay in step."""
+def epoch_batches(components: TrainComponents, epoch: int, batch_size: int, rank: int,
+                  world_size: int) -> list[list[int]]:
+    """This rank's share of each global batch of one epoch.
+
+    The sampler gives the whole epoch's order, the same on every rank. Global batch `s` is
+    `order[s*B:(s+1)*B]` and rank `r` takes its `r`-th slice of `B / W` examples, so the union over
+    ranks of every step is exactly what one process with the whole batch sees. A last partial global
+    batch is dropped.
+    """
     for obj in (components.sampler, components.dataset):
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
-    indices = list(iter(components.sampler))
-    full = len(indices) // per_rank
-    return [indices[i * per_rank : (i + 1) * per_rank] for i in range(full)]
+    order = list(iter(components.sampler))
+    per_rank = batch_size // world_size
+    starts = range(0, len(order) - batch_size + 1, batch_size)
+    return [order[s + rank * per_rank : s + (rank + 1) * per_rank] for s in starts]
 
 
 def batch_stream(
-    components: TrainComponents, epoch: int, batch_in_epoch: int, per_rank: int, seed: int
+    components: TrainComponents, epoch: int, batch_in_epoch: int, info: dist_utils.DistInfo, seed: int
 ) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """Endless (epoch, batch_in_epoch after this batch, batch) from a data position.
 
@@ -138,11 +147,11 @@ def batch_stream(
     RNG stream differ from an uninterrupted one.
     """
     while True:
-        batches = epoch_batches(components, epoch, per_rank)
+        batches = epoch_batches(components, epoch, components.batch_size, info.rank, info.world_size)
         if not batches:
             raise ConfigError(
-                f"the training set gives fewer examples per process per epoch than one batch of "
-                f"{per_rank}; lower train_config.batch_size or add training data"
+                f"one epoch of the training set has fewer examples than one batch of "
+                f"{components.batch_size}; lower train_config.batch_size or add training data"
             )
         loader = torch.utils.data.DataLoader(
             components.dataset, batch_sampler=batches[batch_in_epoch:], collate_fn=components.collate_fn,
@@ -381,11 +390,10 @@ class LoopOptions:
 
 def _loop(components: TrainComponents, model: nn.Module, info: dist_utils.DistInfo, logger: TrainLogger,
           pos: Position, opts: LoopOptions) -> TrainResult:
-    per_rank = per_rank_batch(components.batch_size, info.world_size)
     terms: dict[str, float] = {}
     model.train()
     with catch_stop_signals() as stop:
-        stream = batch_stream(components, pos.epoch, pos.batch_in_epoch, per_rank, opts.seed)
+        stream = batch_stream(components, pos.epoch, pos.batch_in_epoch, info, opts.seed)
         while pos.step < components.num_steps:
             pos.epoch, pos.batch_in_epoch, batch = next(stream)
             lr = components.schedule(pos.step)
@@ -492,7 +500,7 @@ def train_from_config(
     info = dist_utils.init_distributed(device)
     workers = num_workers if num_workers is not None else min(4, max((os.cpu_count() or 1) // 2, 0))
     components = builders.build_training(loaded, seed=seed, num_train_steps=num_train_steps,
-                                         rank=info.rank, world_size=info.world_size, num_workers=workers)
+                                         num_workers=workers)
     report = builders.load_fine_tune_checkpoint(components.model, loaded.config.train_config)
     if report and info.is_main:
         print(report)
