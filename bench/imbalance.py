@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from google.protobuf import text_format
 from bench.common import RESULTS_DIR, machine, save_result
 from raredet.config import parse_config
 from raredet.data.synth import CLASS_NAMES, make_synthetic_dataset
-from raredet.fileio import atomic_write_text
+from raredet.fileio import atomic_write_json, atomic_write_text
 from raredet.protos import pipeline_pb2
 
 REPO = Path(__file__).resolve().parent.parent
@@ -160,7 +161,8 @@ ORTHOGONAL = ("class_alpha", "repeat_factor_sampling", "focal_miner")
 
 def make_data(work: Path, budget: Budget) -> Path:
     """The synthetic set and its default pipeline.config (the base); returns the data folder."""
-    data = work / "data"
+    b = budget
+    data = work / f"data_{b.images}img_{b.image_size}px_{b.num_steps}steps_seed{b.data_seed}"
     if not (data / "summary.json").exists():
         make_synthetic_dataset(data, images=budget.images, seed=budget.data_seed,
                                image_size=budget.image_size, num_steps=budget.num_steps,
@@ -211,6 +213,18 @@ class RunResult:
     mAP50: float
     seconds: float
     final_losses: dict[str, float] = field(default_factory=dict)
+    diverged: str | None = None  # the TrainingDiverged message: the run counts as 0 AP everywhere
+
+
+def diverged_run(run_dir: Path, strategy: str, seed: int, seconds: float) -> RunResult | None:
+    """A run that stopped with TrainingDiverged (NaN/inf): a result of the study, not a crash."""
+    log = (run_dir / "run.log").read_text(errors="replace") if (run_dir / "run.log").exists() else ""
+    lines = [ln for ln in log.splitlines() if "TrainingDiverged:" in ln]
+    if not lines:
+        return None
+    none: dict[str, float | None] = dict.fromkeys(CLASS_NAMES)
+    return RunResult(strategy=strategy, seed=seed, ap50=none, recall=dict(none), gt_count={}, mAP=0.0,
+                     mAP50=0.0, seconds=seconds, diverged=lines[-1].split("TrainingDiverged:", 1)[1].strip())
 
 
 def read_run(run_dir: Path, strategy: str, seed: int, seconds: float) -> RunResult:
@@ -269,15 +283,18 @@ def run_all(jobs: list[tuple[str, int, Path]], runs_dir: Path, parallel: int, th
             if resume and (run_dir / "eval" / "per_class.json").exists():
                 results[(name, seed)] = read_run(run_dir, name, seed, seconds=float("nan"))
                 continue
+            shutil.rmtree(run_dir, ignore_errors=True)  # else `train` would resume an older run's checkpoint
             active[(name, seed)] = (_child(cfg, run_dir, seed, threads), run_dir, time.perf_counter())
         for key, (proc, run_dir, start) in list(active.items()):
             if proc.poll() is None:
                 continue
             del active[key]
-            if proc.returncode != 0:
+            seconds = time.perf_counter() - start
+            failed = diverged_run(run_dir, *key, seconds) if proc.returncode else None
+            if proc.returncode and failed is None:
                 raise RuntimeError(f"imbalance study: run {run_dir.name} failed (exit {proc.returncode}); "
                                    f"see {run_dir / 'run.log'}")
-            results[key] = read_run(run_dir, *key, seconds=time.perf_counter() - start)
+            results[key] = failed or read_run(run_dir, *key, seconds=seconds)
             print(f"  {key[0]} seed {key[1]}: {RARE} AP50 {_fmt(results[key].ap50[RARE])}, "
                   f"mAP50 {results[key].mAP50:.3f} ({results[key].seconds:.0f} s)", flush=True)
         time.sleep(0.5)
@@ -289,6 +306,10 @@ def run_all(jobs: list[tuple[str, int, Path]], runs_dir: Path, parallel: int, th
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _seed_cell(run: RunResult, cls: str) -> str:
+    return "diverged" if run.diverged else _fmt(run.ap50[cls])
 
 
 def _mean(values: Sequence[float | None]) -> float:
@@ -343,7 +364,7 @@ def results_table(means: dict[str, dict[str, float]], seeds: dict[str, list[RunR
     lines = ["| strategy | " + " | ".join(cols) + f" | Δ AP50 {RARE} |", "|---" * (len(cols) + 2) + "|"]
     base = means["baseline"][f"AP50/{RARE}"]
     for name, m in means.items():
-        ap = [f"{m[f'AP50/{c}']:.1f} ({', '.join(_fmt(r.ap50[c]) for r in seeds[name])})"
+        ap = [f"{m[f'AP50/{c}']:.1f} ({', '.join(_seed_cell(r, c) for r in seeds[name])})"
               for c in CLASS_NAMES]
         rec = [f"{m[f'recall/{c}']:.1f}" for c in CLASS_NAMES]
         lines.append(f"| {name} | " + " | ".join(ap + rec) + f" | {m['mAP']:.1f} | {m['mAP50']:.1f} | "
@@ -412,8 +433,13 @@ def write_doc(section: str, path: Path = DOC) -> None:
 # ---- the study --------------------------------------------------------------------------------------
 
 
-def study(budget: Budget, work: Path, *, parallel: int = 1, threads: int = 2, resume: bool = False,
-          doc: Path | None = DOC, chart_path: Path | None = CHART) -> dict[str, Any]:
+# One torch thread per run and one run per core: this model is so small that two threads per process
+# spend most of their time waiting for each other (20x the CPU time per step on a busy 2-core machine).
+DEFAULT_THREADS, DEFAULT_PARALLEL = 1, max(1, min(os.cpu_count() or 1, 8))
+
+
+def study(budget: Budget, work: Path, *, parallel: int = DEFAULT_PARALLEL, threads: int = DEFAULT_THREADS,
+          resume: bool = False, doc: Path | None = DOC, chart_path: Path | None = CHART) -> dict[str, Any]:
     """Run every strategy (then the combination) at `budget`; returns the report (also its summary)."""
     start = time.perf_counter()
     data = make_data(work, budget)
@@ -470,18 +496,30 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (docs untouched)")
     parser.add_argument("--resume", action="store_true", help="keep runs already evaluated in --work")
-    parser.add_argument("--parallel", type=int, default=1, help="training processes at a time (default 1)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per process (default 2)")
-    parser.add_argument("--steps", type=int, help="override the budget's training steps")
+    parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
+                        help=f"training processes at a time (default {DEFAULT_PARALLEL}: one per core)")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help="torch threads per process (default 1)")
+    parser.add_argument("--num_steps", type=int, help="override the budget's training steps")
+    parser.add_argument("--image_size", type=int, help="override the budget's image size")
+    parser.add_argument("--images", type=int, help="override the budget's image count (train + val)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the budget's seeds")
+    parser.add_argument("--strategies", nargs="+", choices=[*STRATEGIES, "combination"],
+                        help="run only these strategies")
     parser.add_argument("--work", type=Path, help="work folder (default bench/results/tmp/imbalance[_quick])")
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
-    if args.steps:
-        budget = Budget(**{**asdict(budget), "num_steps": args.steps})
+    overrides = {k: getattr(args, k) for k in ("num_steps", "image_size", "images", "seeds", "strategies")}
+    budget = Budget(**(asdict(budget) | {k: tuple(v) if isinstance(v, list) else v
+                                         for k, v in overrides.items() if v}))
+    official = not args.quick and args.work is None and budget == FULL  # only that run writes the docs
     work = args.work or RESULTS_DIR / "tmp" / ("imbalance_quick" if args.quick else "imbalance")
     report = study(budget, work, parallel=args.parallel, threads=args.threads, resume=args.resume,
-                   doc=None if args.quick else DOC, chart_path=None if args.quick else CHART)
-    save_result("imbalance_quick" if args.quick else "imbalance", report)
+                   doc=DOC if official else None, chart_path=CHART if official else work / CHART.name)
+    if official:
+        save_result("imbalance", report)
+    else:
+        atomic_write_json(work / "imbalance.json", {"machine": machine(), **report})
     print("\n".join(report["summary"]))
     return 0
 
