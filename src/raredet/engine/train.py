@@ -421,7 +421,8 @@ def _loop(components: TrainComponents, model: nn.Module, info: dist_utils.DistIn
 def _after_step(components: TrainComponents, model: nn.Module, info: dist_utils.DistInfo,
                 logger: TrainLogger, pos: Position, opts: LoopOptions, stopping: bool) -> None:
     """Checkpoint (every n steps, at the end, on a signal) and evaluate (every n steps)."""
-    if stopping or pos.step % opts.checkpoint_every_n == 0 or pos.step == components.num_steps:
+    every = opts.checkpoint_every_n
+    if stopping or (every > 0 and pos.step % every == 0) or pos.step == components.num_steps:
         path = save(components, model, opts.model_dir, pos.step, pos.epoch, pos.batch_in_epoch, info)
         pos.last = path or pos.last
     if opts.eval_fn is not None and opts.eval_every_n_steps > 0 and pos.step % opts.eval_every_n_steps == 0:
