@@ -204,11 +204,28 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=run)
 
 
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="the main job in minutes: synthetic rare defects, a baseline and a "
+                       "class-weighted run, per-class comparison")
+    p.add_argument("--out", default="demo_out", help="output directory (default: demo_out; a rerun starts "
+                   "fresh)")
+    p.add_argument("--quick", action="store_true", help="a tiny version in about a minute (smoke test)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dataset and of both runs (default 0)")
+
+    def run(a: argparse.Namespace) -> int:
+        from raredet.demo import run_demo
+
+        run_demo(a.out, quick=a.quick, seed=a.seed)
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # ---- end of verbs ----------------------------------------------------------------------------------
 
 VERBS: list[AddVerb] = [
     _add_config, _add_evaluate_detections, _add_compare, _add_eval, _add_stats, _add_synth, _add_train,
-    _add_predict, _add_export,
+    _add_predict, _add_export, _add_demo,
 ]
 
 
