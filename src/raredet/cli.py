@@ -66,6 +66,8 @@ def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     c.add_argument("--check_paths", action="store_true", help="also fail on input paths that do not exist")
     s = verbs.add_parser("show", help="print the effective config, every default written out")
     s.add_argument("path", metavar="PATH", help="pipeline.config")
+    s.add_argument("--resolve_weights", action="store_true",
+                   help="also print the class-weight table training would use (reads the training annotations)")
 
     def run_check(a: argparse.Namespace) -> int:
         from raredet.config import check
@@ -76,7 +78,14 @@ def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     def run_show(a: argparse.Namespace) -> int:
         from raredet.config import effective_config_text, load
 
-        print(effective_config_text(load(a.path).config), end="")
+        loaded = load(a.path)
+        print(effective_config_text(loaded.config), end="")
+        if a.resolve_weights:
+            from raredet.builders import resolve_class_weight_table
+            from raredet.losses.class_weights import format_class_weight_table
+
+            print("\n# resolved class weights (training set counts)")
+            print(format_class_weight_table(resolve_class_weight_table(loaded)))
         return 0
 
     c.set_defaults(func=run_check)

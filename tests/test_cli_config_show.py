@@ -1,0 +1,33 @@
+"""`raredet config show --resolve_weights` prints the table training would use."""
+
+import json
+import math
+from collections import Counter
+
+from raredet.cli import main
+from raredet.data.synth import make_synthetic_dataset
+
+
+def test_show_resolve_weights_prints_the_effective_number_table(tmp_path, capsys):
+    make_synthetic_dataset(tmp_path, images=30, seed=3, image_size=64, min_val_boxes=1)
+    config = (tmp_path / "pipeline.config").read_text()
+    config = config.replace(
+        "classification_weight: 1.0",
+        'classification_weight: 1.0\n class_weights { auto { scheme: EFFECTIVE_NUMBER beta: 0.9 } '
+        'weight { name: "dent" value: 3.5 } }',
+    )
+    (tmp_path / "weighted.config").write_text(config)
+    assert main(["config", "show", str(tmp_path / "weighted.config"), "--resolve_weights"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[2]: line.split() for line in out.splitlines()[-3:]}
+    counts = {name: int(rows[name][3]) for name in ("scratch", "dent", "crack")}
+    coco = json.loads((tmp_path / "train.json").read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    assert counts == dict(Counter(names[a["category_id"]] for a in coco["annotations"]))
+    # By hand: raw_c = (1 - beta) / (1 - beta^n_c), rescaled so that sum_c n_c w_c = sum_c n_c.
+    raw = {c: (1 - 0.9) / (1 - 0.9 ** n) for c, n in counts.items()}
+    scale = sum(counts.values()) / sum(counts[c] * raw[c] for c in counts)
+    assert math.isclose(float(rows["scratch"][4]), raw["scratch"] * scale, rel_tol=1e-3)
+    assert math.isclose(float(rows["crack"][4]), raw["crack"] * scale, rel_tol=1e-3)
+    assert rows["dent"][4:] == ["3.5", "explicit"]
+    assert rows["crack"][5] == "auto:EFFECTIVE_NUMBER"
