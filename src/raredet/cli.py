@@ -67,7 +67,7 @@ def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s = verbs.add_parser("show", help="print the effective config, every default written out")
     s.add_argument("path", metavar="PATH", help="pipeline.config")
     s.add_argument("--resolve_weights", action="store_true",
-                   help="also print the class-weight table training would use (reads the training annotations)")
+                   help="also print the class-weight table that training would use")
 
     def run_check(a: argparse.Namespace) -> int:
         from raredet.config import check
