@@ -134,7 +134,8 @@ def _argsort_symbolic(g: Any, x: Any, stable: bool, dim: int, descending: bool) 
     return indices
 
 
-def _register_onnx_symbolics() -> None:
+def register_onnx_symbolics() -> None:
+    """Symbolics the TorchScript-based ONNX exporter lacks for the post-processing (module docstring)."""
     from torch.onnx.symbolic_helper import parse_args
 
     argsort = parse_args("v", "b", "i", "b")(_argsort_symbolic)  # constants arrive as Python values
@@ -154,6 +155,9 @@ def _trace(module: ExportableDetector, example: Tensor) -> torch.jit.ScriptModul
     with exportable_nms(), torch.no_grad(), warnings.catch_warnings():
         # The tracer warns about every Python int taken from a shape; the input size is fixed by design.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # torch 2.13 deprecates TorchScript, but it is the format asked for, and torch.export cannot
+        # capture the NMS loop (module docstring).
+        warnings.simplefilter("ignore", DeprecationWarning)
         return torch.jit.trace(module, example, check_trace=False)
 
 
@@ -161,8 +165,10 @@ def save_torchscript(module: ExportableDetector, out: Path, extra: dict[str, str
     """Trace and write atomically; returns the reloaded file as a function of an image batch."""
     traced = _trace(module, _example_batch(module.input_size))
     files = {k: v.encode("utf-8") for k, v in extra.items()}
-    atomic_write(out, lambda f: torch.jit.save(traced, f, _extra_files=files))
-    loaded = torch.jit.load(str(out))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: see _trace
+        atomic_write(out, lambda f: torch.jit.save(traced, f, _extra_files=files))
+        loaded = torch.jit.load(str(out))
 
     def run(images: Tensor) -> list[np.ndarray]:
         with torch.no_grad():
@@ -175,7 +181,7 @@ def _onnx_bytes(module: ExportableDetector, extra: dict[str, str]) -> bytes:
     """The ONNX model (dynamic batch axis) with `extra` as metadata_props."""
     import onnx
 
-    _register_onnx_symbolics()
+    register_onnx_symbolics()
     with tempfile.TemporaryDirectory() as tmp, exportable_nms(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings and the exporter's own deprecation notice
         path = Path(tmp) / "model.onnx"
