@@ -11,12 +11,16 @@ depthwise). ``ssd_resnet18_v1_fpn@0.25`` is the narrow CPU-demo variant (``depth
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import median_seconds, save_result
+from bench.common import save_result
 from raredet.modeling.ssd import SSD
 
 SIZE = 320
@@ -79,6 +83,19 @@ CONFIGS = {
 QUICK = ["ssd_resnet18_v1_fpn@0.25", "ssd_mobilenet_v2_fpn (lite)", "ssd_mobilenet_v2 (SSDLite)"]
 
 
+def _seconds(fn: Callable[[], None], repeats: int, warmup: int) -> tuple[float, float]:
+    """(median, minimum) wall time of ``fn`` over ``repeats`` runs after ``warmup`` untimed ones. On a
+    shared CPU the minimum is the steadier figure: other processes only ever add time."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times)
+
+
 def _forward_flops(model: SSD, image: torch.Tensor) -> int:
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -103,9 +120,9 @@ def measure(name: str, batch: int, repeats: int, device: str, warmup: int = 1) -
         sync()
 
     model.eval()
-    t_fwd = median_seconds(forward, repeats, warmup)
+    t_fwd, t_fwd_min = _seconds(forward, repeats, warmup)
     model.train()
-    t_fwd_bwd = median_seconds(forward_backward, repeats, warmup)
+    t_fwd_bwd, t_fwd_bwd_min = _seconds(forward_backward, repeats, warmup)
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "backbone_parameters": sum(p.numel() for p in model.backbone.parameters()),
@@ -113,6 +130,8 @@ def measure(name: str, batch: int, repeats: int, device: str, warmup: int = 1) -
         "gflops_forward_per_image": _forward_flops(model, images[:1]) / 1e9,
         "forward_ms_per_image": 1000 * t_fwd / batch,
         "forward_backward_ms_per_image": 1000 * t_fwd_bwd / batch,
+        "forward_ms_per_image_min": 1000 * t_fwd_min / batch,
+        "forward_backward_ms_per_image_min": 1000 * t_fwd_bwd_min / batch,
     }
 
 
@@ -120,9 +139,13 @@ def run(quick: bool, device: str = "cpu") -> dict[str, Any]:
     batch, repeats, warmup = (1, 1, 0) if quick else (2, 3, 1)
     names = QUICK if quick else list(CONFIGS)
     torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
     results = {name: measure(name, batch, repeats, device, warmup) for name in names}
+    load_after = os.getloadavg()[0]
     summary = [
-        f"{SIZE}x{SIZE}, batch {batch}, median of {repeats}, {device}, {torch.get_num_threads()} threads:",
+        f"{SIZE}x{SIZE}, batch {batch}, median (min) of {repeats}, {device}, {torch.get_num_threads()} "
+        f"threads; 1-minute load average {load_before:.1f} before, {load_after:.1f} after (a shared CPU "
+        "inflates times; the minimum is the steadier figure):",
         "",
         "| feature extractor | params (M) | backbone (M) | anchors | GFLOPs fwd | fwd ms/img "
         "| fwd+bwd ms/img |",
@@ -132,14 +155,17 @@ def run(quick: bool, device: str = "cpu") -> dict[str, Any]:
         summary.append(
             f"| {name} | {r['parameters'] / 1e6:.2f} | {r['backbone_parameters'] / 1e6:.2f} "
             f"| {r['anchors']} | "
-            f"{r['gflops_forward_per_image']:.2f} | {r['forward_ms_per_image']:.0f} | "
-            f"{r['forward_backward_ms_per_image']:.0f} |"
+            f"{r['gflops_forward_per_image']:.2f} | {r['forward_ms_per_image']:.0f} "
+            f"({r['forward_ms_per_image_min']:.0f}) | {r['forward_backward_ms_per_image']:.0f} "
+            f"({r['forward_backward_ms_per_image_min']:.0f}) |"
         )
     return {
         "image_size": SIZE,
         "batch": batch,
         "repeats": repeats,
         "device": device,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "extractors": results,
         "summary": summary,
     }
