@@ -53,8 +53,11 @@ class DemoBudget:
     min_val_boxes: int  # validation boxes of every class at least, so the rare class's AP means something
 
 
-FULL = DemoBudget(images=1000, image_size=64, num_steps=600, batch_size=16, min_val_boxes=60)
+FULL = DemoBudget(images=1000, image_size=64, num_steps=1500, batch_size=16, min_val_boxes=60)
 QUICK = DemoBudget(images=24, image_size=64, num_steps=4, batch_size=4, min_val_boxes=2)
+# Both runs: trained from scratch at the synthetic config's learning rate, an occasional exploding step
+# would otherwise end a run (TrainingDiverged); clipping the gradient norm keeps both runs alive.
+GRADIENT_CLIPPING_BY_NORM = 10.0
 RUNS = ("baseline", "raredet")
 MARKER = ".raredet-demo"  # marks a folder the demo made, so that a rerun may clear it
 POLL_SECONDS = 0.5
@@ -117,6 +120,7 @@ def write_configs(out: Path, data: Path, budget: DemoBudget) -> dict[str, Path]:
     base_path = data / "pipeline.config"
     base = parse_config(base_path.read_text(encoding="utf-8"), base_path)
     base.train_config.batch_size = budget.batch_size
+    base.train_config.gradient_clipping_by_norm = GRADIENT_CLIPPING_BY_NORM
     paths = {}
     for run in RUNS:
         cfg = type(base)()

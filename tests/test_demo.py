@@ -1,0 +1,101 @@
+"""raredet demo: the --quick run end to end, its configs, the strategy really applied, fresh reruns."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from raredet import cli, config
+from raredet.demo import MARKER, QUICK, RUNS, StepWatcher, prepare_out_dir
+from raredet.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """`raredet demo --quick` once; (output folder, what it printed)."""
+    out = tmp_path_factory.mktemp("demo") / "demo_out"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = cli.main(["demo", "--quick", "--out", str(out)])
+    assert code == 0, buffer.getvalue()
+    return out, buffer.getvalue()
+
+
+def _load(path: Path) -> config.LoadedConfig:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the demo's configs use no field raredet ignores
+        return config.load(path)
+
+
+def test_configs_are_real_pipeline_configs_differing_only_in_class_weights(quick_demo):
+    out, _ = quick_demo
+    base, raredet = (_load(out / run / "pipeline.config").config for run in RUNS)
+    focal = base.model.ssd.loss.classification_loss.weighted_sigmoid_focal
+    assert (round(focal.alpha, 6), focal.gamma) == (0.25, 2.0)  # the zoo's RetinaNet recipe
+    assert not base.model.ssd.loss.HasField("class_weights")
+    assert base.train_config.num_steps == QUICK.num_steps and base.train_config.batch_size == QUICK.batch_size
+    auto = raredet.model.ssd.loss.class_weights.auto
+    assert auto.Scheme.Name(auto.scheme) == "EFFECTIVE_NUMBER"
+    raredet.model.ssd.loss.ClearField("class_weights")
+    assert raredet == base
+
+
+def test_the_raredet_run_trained_with_effective_number_weights(quick_demo):
+    """Weights recomputed by hand from the training box counts: w ~ (1 - b) / (1 - b^n), rescaled so
+    that the weights summed over all training boxes equal the box count."""
+    out, _ = quick_demo
+    counts = json.loads((out / "data" / "summary.json").read_text())["train"]["boxes"]
+    beta = 0.999
+    raw = {c: (1 - beta) / (1 - beta ** n) for c, n in counts.items()}
+    scale = sum(counts.values()) / sum(counts[c] * raw[c] for c in counts)
+    state = torch.load(out / "raredet" / f"ckpt-{QUICK.num_steps}.pt", weights_only=True)
+    used = {w["name"]: w["weight"] for w in state["class_weights"]}
+    assert used == pytest.approx({c: raw[c] * scale for c in counts}, rel=1e-4)
+    base = torch.load(out / "baseline" / f"ckpt-{QUICK.num_steps}.pt", weights_only=True)
+    assert {w["weight"] for w in base["class_weights"]} == {1.0}
+
+
+def test_prints_the_stats_the_comparison_rarest_first_and_ends_with_the_report(quick_demo):
+    out, printed = quick_demo
+    assert "imbalance ratio" in printed
+    table = (out / "compare" / "compare.md").read_text()
+    assert table in printed  # the comparison printed is the one written, from both runs' evaluations
+    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert rows == ["crack", "dent", "scratch"]  # ratios 3 : 20 : 100
+    for run in RUNS:
+        assert (out / run / "eval" / "report.html").is_file()
+    assert printed.rstrip().endswith(str(out / "compare" / "compare.html"))
+
+
+def test_rerun_starts_fresh_only_in_a_demo_folder(tmp_path):
+    assert prepare_out_dir(tmp_path / "new") is None
+    stale = tmp_path / "new" / "baseline" / "ckpt-99.pt"
+    stale.parent.mkdir()
+    stale.write_bytes(b"old")
+    mine = tmp_path / "new" / "my_notes.txt"
+    mine.write_text("keep")
+    assert "starting fresh" in prepare_out_dir(tmp_path / "new")
+    assert not stale.exists() and mine.exists() and (tmp_path / "new" / MARKER).exists()
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "thesis.tex").write_text("precious")
+    with pytest.raises(ConfigError, match="not made by raredet demo"):
+        prepare_out_dir(tmp_path / "theirs")
+    assert (tmp_path / "theirs" / "thesis.tex").read_text() == "precious"
+
+
+def test_step_watcher_reads_only_complete_lines(tmp_path):
+    log = tmp_path / "train" / "log.jsonl"
+    watcher = StepWatcher(tmp_path)
+    assert watcher.poll() == 0  # no log yet
+    log.parent.mkdir()
+    log.write_text('{"step": 1}\n{"step": 2}\n{"st')
+    assert watcher.poll() == 2
+    with open(log, "a") as f:
+        f.write('ep": 3}\n')
+    assert watcher.poll() == 3
