@@ -250,25 +250,35 @@ def predict(model_dir: str | os.PathLike[str], images: Sequence[str], out_dir: s
     return result
 
 
+def _write_png(path: Path, image: Any) -> None:
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+def _finish_image(example: dict[str, Any], det: dict[str, np.ndarray], trained: TrainedModel,
+                  min_score: float, entries: list[dict[str, Any]], used: set[str],
+                  out_dir: Path) -> list[dict[str, Any]]:
+    """Keep detections scoring at least `min_score`, add the image to `entries`, write its drawing;
+    returns its COCO results entries."""
+    det = {k: v[det["scores"] >= min_score] for k, v in det.items()}
+    h, w = example["original_size"]
+    entries.append({"id": len(entries) + 1, "file_name": example["source_id"], "height": h, "width": w})
+    drawn = draw_detections(example["original_image"], det, trained.label_map.display_names)
+    _write_png(out_dir / "drawn" / _drawn_name(Path(example["source_id"]), used), drawn)
+    return coco_results(len(entries), det, np.asarray(trained.label_map.ids, dtype=np.int64))
+
+
 def _run(trained: TrainedModel, paths: list[Path], resizer: Any, batch_size: int, min_score: float,
          result: PredictResult) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Detect, draw and collect COCO entries batch by batch; returns (results list, images list)."""
     from tqdm import tqdm
 
-    class_ids = np.asarray(trained.label_map.ids, dtype=np.int64)
     records: list[dict[str, Any]] = []
     entries: list[dict[str, Any]] = []
     used: set[str] = set()
     with tqdm(total=len(paths), unit="image", dynamic_ncols=True) as bar:
         for batch, files in _batches(paths, resizer, batch_size, result.skipped):
             for example, det in zip(batch, detect(trained.model, batch) if batch else [], strict=True):
-                det = {k: v[det["scores"] >= min_score] for k, v in det.items()}
-                entries.append({"id": len(entries) + 1, "file_name": example["source_id"],
-                                "height": example["original_size"][0], "width": example["original_size"][1]})
-                records += coco_results(len(entries), det, class_ids)
-                drawn = draw_detections(example["original_image"], det, trained.label_map.display_names)
-                name = _drawn_name(Path(example["source_id"]), used)
-                atomic_write(result.out_dir / "drawn" / name, lambda f, img=drawn: img.save(f, format="PNG"))
+                records += _finish_image(example, det, trained, min_score, entries, used, result.out_dir)
             bar.update(files)
     result.num_images, result.num_detections = len(entries), len(records)
     return records, entries
