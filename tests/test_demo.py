@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from raredet import cli, config
-from raredet.demo import MARKER, QUICK, RUNS, StepWatcher, prepare_out_dir
-from raredet.errors import ConfigError
+from raredet.demo import MARKER, QUICK, RUNS, StepWatcher, prepare_out_dir, run_both
+from raredet.errors import ConfigError, RaredetError
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,12 @@ def test_step_watcher_reads_only_complete_lines(tmp_path):
     with open(log, "a") as f:
         f.write('ep": 3}\n')
     assert watcher.poll() == 3
+
+
+def test_a_failed_run_is_reported_with_its_log(tmp_path):
+    for run in RUNS:
+        (tmp_path / run).mkdir()
+    configs = {run: tmp_path / "missing.config" for run in RUNS}
+    with pytest.raises(RaredetError, match=r"run failed .*run\.log"):
+        run_both(configs, tmp_path, num_steps=1, seed=0)
+    assert "missing.config" in (tmp_path / "baseline" / "run.log").read_text()

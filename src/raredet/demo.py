@@ -21,6 +21,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -53,7 +54,7 @@ class DemoBudget:
     min_val_boxes: int  # validation boxes of every class at least, so the rare class's AP means something
 
 
-FULL = DemoBudget(images=1000, image_size=64, num_steps=1500, batch_size=16, min_val_boxes=60)
+FULL = DemoBudget(images=1000, image_size=128, num_steps=1000, batch_size=16, min_val_boxes=60)
 QUICK = DemoBudget(images=24, image_size=64, num_steps=4, batch_size=4, min_val_boxes=2)
 # Both runs: trained from scratch at the synthetic config's learning rate, an occasional exploding step
 # would otherwise end a run (TrainingDiverged); clipping the gradient norm keeps both runs alive.
@@ -154,7 +155,9 @@ def train_and_eval(config_path: str, run_dir: str, seed: str) -> None:
     from raredet.engine.train import train_from_config
 
     torch.set_num_threads(1)
-    train_from_config(config_path, run_dir, seed=int(seed), device="cpu", num_workers=0)
+    result = train_from_config(config_path, run_dir, seed=int(seed), device="cpu", num_workers=0)
+    if result.interrupted:  # stopped by a signal (checkpoint written): no evaluation of a partial run
+        raise SystemExit(130)
     eval_from_config(config_path, run_dir, device="cpu")
 
 
@@ -196,19 +199,21 @@ def run_both(configs: dict[str, Path], out: Path, num_steps: int, seed: int) -> 
             for i, run in enumerate(RUNS)}
     watchers = {run: StepWatcher(out / run) for run in RUNS}
     try:
-        while any(p.poll() is None for p in procs.values()):
+        # Until both are done, or one has failed (then there is nothing to compare: stop the other).
+        while any(p.poll() is None for p in procs.values()) and not any(p.poll() for p in procs.values()):
             _update_bars(bars, watchers, procs)
             time.sleep(POLL_SECONDS)
         _update_bars(bars, watchers, procs)
     finally:
-        for p in procs.values():  # interrupted: let the trainers checkpoint and stop
+        for p in procs.values():  # interrupted or failed: let the trainers checkpoint and stop
             if p.poll() is None:
                 p.terminate()
                 p.wait()
         for bar in bars.values():
             bar.close()
+    stopped = (0, 130, -signal.SIGTERM)  # done, or stopped by us because the other run failed
     for run, p in procs.items():
-        if p.returncode != 0:
+        if p.returncode not in stopped:
             raise RaredetError(f"demo: the {run} run failed (exit code {p.returncode}); its output is in "
                                f"{out / run / 'run.log'}")
 
