@@ -384,44 +384,18 @@ def build_training(
 
 # ---- fine-tuning and evaluation during training ------------------------------------------------
 
-def _backbone(model: nn.Module) -> nn.Module:
-    backbone = getattr(model, "backbone", None)
-    if not isinstance(backbone, nn.Module):
-        raise ConfigError("fine_tune_checkpoint_type classification needs a model with a backbone")
-    return backbone
-
-
-FINE_TUNE_TARGETS: dict[str, Callable[[nn.Module], nn.Module]] = {
-    "classification": _backbone,
-    "detection": lambda model: model,
-    "full": lambda model: model,
-}
-
-
 def load_fine_tune_checkpoint(model: nn.Module, train_config: train_pb2.TrainConfig) -> str | None:
-    """Load `fine_tune_checkpoint` (a torchvision-named backbone state dict for "classification", a
-    raredet checkpoint or model state dict for "detection"); returns a one-line report, None if unset."""
+    """Load `fine_tune_checkpoint` as `fine_tune_checkpoint_type` says (a torchvision-named backbone
+    state dict for "classification", a raredet checkpoint or model state dict for "detection"/"full");
+    returns a one-line report, None if unset."""
+    from raredet.modeling.pretrained import load_fine_tune_checkpoint as load_into
+
     path = train_config.fine_tune_checkpoint
     if not path:
         return None
     kind = train_config.fine_tune_checkpoint_type or "classification"
-    if kind not in FINE_TUNE_TARGETS:
-        raise ConfigError(f"train_config.fine_tune_checkpoint_type: unknown {kind!r}; "
-                          f"valid: {', '.join(FINE_TUNE_TARGETS)}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # missing file, truncated zip, pickled code: all "unusable"
-        raise ConfigError(f"train_config.fine_tune_checkpoint {path} cannot be loaded: {err}") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    target = FINE_TUNE_TARGETS[kind](model)
-    own = target.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise ConfigError(f"train_config.fine_tune_checkpoint {path}: no tensor matches the model's "
-                          f"{kind} parameters by name and shape; check fine_tune_checkpoint_type")
-    target.load_state_dict(usable, strict=False)
-    return f"fine-tuning from {path} ({kind}): {len(usable)} of {len(own)} tensors loaded"
+    report = load_into(model, path, kind)  # type: ignore[arg-type]
+    return f"fine-tuning from {path} ({kind}): {report.summary()}"
 
 
 def build_eval_loader(
