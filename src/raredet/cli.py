@@ -59,7 +59,12 @@ def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("config", help="check a pipeline.config (summary or error) or show it with defaults")
-    p.set_defaults(func=lambda a: p.print_help() or 2)
+
+    def usage(_: argparse.Namespace) -> int:  # `raredet config` without check/show
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=usage)
     verbs = p.add_subparsers(dest="config_verb", metavar="{check,show}")
     c = verbs.add_parser("check", help="validate; print model, classes, losses, class weights, inputs")
     c.add_argument("path", metavar="PATH", help="pipeline.config")
