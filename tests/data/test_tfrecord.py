@@ -78,6 +78,19 @@ def test_data_crc_mismatch_names_file_and_record(tmp_path):
         file.read(1)
 
 
+def test_reader_reports_data_crc_mismatch_as_such(tmp_path, label_map, encode_image):
+    # A corrupt payload is a CRC error, said once; not "not a tf.train.Example" wrapping it.
+    path = _write(tmp_path, encoded=encode_image(10, 20))
+    raw = bytearray(path.read_bytes())
+    raw[12] ^= 0xFF  # first payload byte of record 0
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError) as info:
+        TFRecordReader([path], label_map).annotations(0)
+    message = str(info.value)
+    assert "record 0: data CRC mismatch" in message
+    assert "not a tf.train.Example" not in message and message.count("bad.tfrecord") == 1
+
+
 def test_length_crc_mismatch(tmp_path):
     path = write_tfrecord(tmp_path / "l.tfrecord", [b"aaaa"])
     raw = bytearray(path.read_bytes())

@@ -292,8 +292,9 @@ class TFRecordReader:
         file, local = self._locate(index)
         where = f"{file.path}, record {local}"
         example = example_pb2.Example()
+        payload = file.read(local)  # its own DataError (CRC) must not be re-wrapped below
         try:
-            example.ParseFromString(file.read(local))
+            example.ParseFromString(payload)
         except Exception as err:  # protobuf's DecodeError
             raise DataError(f"{where}: not a tf.train.Example ({err})") from err
         features = example.features.feature
