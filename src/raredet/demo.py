@@ -17,6 +17,7 @@ numbers printed are measurements of that run, and every step can be rerun by han
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -25,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,7 @@ class DemoBudget:
     min_val_boxes: int  # validation boxes of every class at least, so the rare class's AP means something
 
 
-FULL = DemoBudget(images=1000, image_size=128, num_steps=1000, batch_size=16, min_val_boxes=60)
+FULL = DemoBudget(images=1000, image_size=128, num_steps=700, batch_size=16, min_val_boxes=60)
 QUICK = DemoBudget(images=24, image_size=64, num_steps=4, batch_size=4, min_val_boxes=2)
 # Both runs: trained from scratch at the synthetic config's learning rate, an occasional exploding step
 # would otherwise end a run (TrainingDiverged); clipping the gradient norm keeps both runs alive.
@@ -190,8 +192,32 @@ class StepWatcher:
         return self.step
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (e.g. `timeout`, `kill`) stops the demo like Ctrl-C does, so the runs are stopped too
+    instead of being left training on their own."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread: leave signals to the caller
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_both(configs: dict[str, Path], out: Path, num_steps: int, seed: int) -> None:
     """Train and evaluate every run side by side with one progress bar each; raise if one fails."""
+    with _sigterm_interrupts():
+        _run_both(configs, out, num_steps, seed)
+
+
+def _run_both(configs: dict[str, Path], out: Path, num_steps: int, seed: int) -> None:
     from tqdm import tqdm
 
     procs = {run: _start(configs[run], out / run, seed) for run in RUNS}
