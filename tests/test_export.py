@@ -151,7 +151,14 @@ def test_compare_detections_reports_what_differs():
     assert compare_detections(want, same) is None
     moved = [t.numpy().copy() for t in want]
     moved[0][0, 0, 2] += 0.5
-    assert "0.5 px" in compare_detections(want, moved)
+    assert "1 detections have no counterpart" in compare_detections(want, moved)
+    relabelled = [t.numpy().copy() for t in want]
+    relabelled[2][0, 0] = 3
+    assert "no counterpart" in compare_detections(want, relabelled)
+    two = [torch.tensor([[[0.0, 0, 5, 5], [9, 9, 20, 20]]]), torch.tensor([[0.5, 0.5]]),
+           torch.tensor([[2, 1]]), torch.tensor([2])]
+    swapped = [t.numpy()[:, ::-1].copy() if t.dim() > 1 else t.numpy() for t in two]  # equal scores
+    assert compare_detections(two, swapped) is None
     fewer = [t.numpy().copy() for t in want]
     fewer[3][0] = 0
     assert "num_detections" in compare_detections(want, fewer)
