@@ -82,6 +82,37 @@ def test_coco_bad_annotations(tmp_path, label_map, encode_image, annotations, me
         reader.annotations(0)
 
 
+@pytest.mark.parametrize(
+    ("annotation", "message"),
+    [
+        ({"weight": "heavy"}, "annotation 1: field 'weight' is 'heavy', not a number"),
+        ({"bbox": [0, "x", 1, 1]}, "annotation 1: field 'bbox' is .*, not 4 numbers"),
+        ({"category_id": "dog"}, "annotation 1: field 'category_id' is 'dog', not an integer"),
+        ({"iscrowd": "yes"}, "annotation 1: field 'iscrowd' is 'yes', not 0 or 1"),
+    ],
+)
+def test_coco_non_numeric_fields_are_data_errors(tmp_path, label_map, encode_image, annotation, message):
+    # json.load gives strings where a number is expected; a bare ValueError would not name the record.
+    ann = {"id": 1, "image_id": 10, "category_id": 5, "bbox": [0, 0, 1, 1], **annotation}
+    reader = CocoReader(write_coco(tmp_path, encode_image, [ann]), label_map, tmp_path / "imgs")
+    with pytest.raises(DataError, match=r"ann\.json, image id 10: " + message):
+        reader.annotations(0)
+
+
+def test_coco_annotation_of_unknown_image_is_an_error(tmp_path, label_map, encode_image):
+    # An annotation whose image_id is not in 'images' would otherwise vanish from training unseen.
+    anns = [{"id": 7, "image_id": 99, "category_id": 5, "bbox": [0, 0, 1, 1]}]
+    with pytest.raises(DataError, match=r"ann\.json: annotation 7 has image_id 99, which is not in 'images'"):
+        CocoReader(write_coco(tmp_path, encode_image, anns), label_map, tmp_path / "imgs")
+
+
+def test_coco_image_size_not_a_number(tmp_path, label_map, encode_image):
+    images = [{"id": 10, "file_name": "a.png", "height": "twenty", "width": 40}]
+    reader = CocoReader(write_coco(tmp_path, encode_image, [], images), label_map, tmp_path / "imgs")
+    with pytest.raises(DataError, match=r"image id 10: fields 'height'/'width' are missing or not positive"):
+        reader.annotations(0)
+
+
 def test_coco_missing_and_corrupt_images(tmp_path, label_map, encode_image):
     images = [
         {"id": 1, "file_name": "gone.png", "height": 5, "width": 5},

@@ -67,6 +67,14 @@ class CocoReader:
         grouped: dict[Any, list[dict[str, Any]]] = {}
         for ann in annotations:  # one pass at load; per-image lists afterwards
             grouped.setdefault(ann.get("image_id"), []).append(ann)
+        orphans = grouped.keys() - {info.get("id") for info in self.images}
+        if orphans:  # otherwise their boxes would silently never be trained on
+            ann = grouped[next(iter(orphans))][0]
+            raise DataError(
+                f"{self.path}: annotation {ann.get('id')} has image_id {ann.get('image_id')!r}, which is not "
+                f"in 'images' ({sum(len(grouped[i]) for i in orphans)} such annotations); add the image or "
+                "remove the annotation"
+            )
         return grouped
 
     def __len__(self) -> int:
@@ -75,25 +83,23 @@ class CocoReader:
     def annotations(self, index: int) -> dict[str, Any]:
         info = self.images[index]
         where = f"{self.path}, image id {info.get('id')}"
-        anns = self._by_image.get(info.get("id"), [])
-        height, width = int(info.get("height", 0)), int(info.get("width", 0))
-        if height <= 0 or width <= 0:
+        height, width = _positive_int(info.get("height")), _positive_int(info.get("width"))
+        if height is None or width is None:
             raise DataError(f"{where}: fields 'height'/'width' are missing or not positive")
-        boxes = self._boxes(anns, where)
-        category_ids = [int(a.get("category_id", -1)) for a in anns]
-        labels = np.array([self._category_index.get(c, -1) for c in category_ids], dtype=np.int64)
+        anns = self._by_image.get(info.get("id"), [])
+        fields = [_annotation_fields(a, k, where) for k, a in enumerate(anns)]
+        category_ids = [f[1] for f in fields]
         names = [self._category_names.get(c, f"category_id {c}") for c in category_ids]
-        desc = np.array(names, dtype=np.str_)
         checked = checked_annotations(
-            boxes=boxes,
-            labels=labels,
-            weights=np.array([a.get("weight", 1.0) for a in anns], dtype=np.float32),
-            is_crowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
-            difficult=np.zeros(len(anns), dtype=bool),
+            boxes=_xywh_to_xyxy(np.array([f[0] for f in fields], dtype=np.float32).reshape(-1, 4)),
+            labels=np.array([self._category_index.get(c, -1) for c in category_ids], dtype=np.int64),
+            weights=np.array([f[2] for f in fields], dtype=np.float32),
+            is_crowd=np.array([f[3] for f in fields], dtype=bool),
+            difficult=np.zeros(len(fields), dtype=bool),
             height=height,
             width=width,
             where=where,
-            label_desc=desc,
+            label_desc=np.array(names, dtype=np.str_),
         )
         return {
             **checked,
@@ -104,16 +110,45 @@ class CocoReader:
             "where": where,
         }
 
-    def _boxes(self, anns: list[dict[str, Any]], where: str) -> np.ndarray:
-        for k, ann in enumerate(anns):
-            bbox = ann.get("bbox")
-            if not isinstance(bbox, list) or len(bbox) != 4:
-                raise DataError(f"{where}: annotation {ann.get('id', k)} has no valid 'bbox' [x, y, w, h]")
-        xywh = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
-        return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-
     def example(self, index: int, draft_size: DraftSize = None) -> Example:
         annotations = self.annotations(index)
         path = self.image_dir / annotations["filename"]
         image, full = decode_image(path, annotations["where"], draft_size)
         return finish_example(annotations, image, full)
+
+
+def _positive_int(value: Any) -> int | None:
+    """``value`` as an int > 0 (a JSON number), else None."""
+    if not _is_number(value) or not value > 0:
+        return None
+    return int(value)
+
+
+def _annotation_fields(ann: dict[str, Any], k: int, where: str) -> tuple[list[float], int, float, bool]:
+    """(bbox [x, y, w, h], category_id, weight, iscrowd) of one annotation, each checked for its JSON type
+    so that a string where a number belongs is named instead of failing inside numpy."""
+    name = f"{where}: annotation {ann.get('id', k)}"
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        raise DataError(f"{name} has no valid 'bbox' [x, y, w, h]")
+    if not all(_is_number(v) for v in bbox):
+        raise DataError(f"{name}: field 'bbox' is {bbox!r}, not 4 numbers [x, y, w, h]")
+    category = ann.get("category_id", -1)
+    if isinstance(category, bool) or not isinstance(category, int):
+        raise DataError(f"{name}: field 'category_id' is {category!r}, not an integer")
+    weight = ann.get("weight", 1.0)
+    if not _is_number(weight):
+        raise DataError(f"{name}: field 'weight' is {weight!r}, not a number")
+    crowd = ann.get("iscrowd", 0)
+    if crowd not in (0, 1):  # True/False compare equal to 1/0 and are fine
+        raise DataError(f"{name}: field 'iscrowd' is {crowd!r}, not 0 or 1")
+    return bbox, category, float(weight), bool(crowd)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
+    """[N, 4] COCO boxes (x, y, w, h) -> [N, 4] xyxy."""
+    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
