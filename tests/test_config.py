@@ -327,6 +327,24 @@ def test_cli_check_ok_and_errors(tmp_path, capsys):
     assert "did you mean 'num_classes'" in err and str(bad) in err
 
 
+@pytest.mark.parametrize(("old", "new", "pattern"), [
+    ('type: "ssd_resnet18_v1_fpn"', 'type: "ssd_resnet19_v1_fpn"',
+     r"feature_extractor\.type: unknown 'ssd_resnet19_v1_fpn'; valid: .*ssd_resnet18_v1_fpn"),
+    ("random_horizontal_flip { }", "random_patch_gaussian { }",
+     r"'random_patch_gaussian' is not supported; supported: .*random_horizontal_flip"),
+    ("localization_loss { weighted_smooth_l1 { } }",
+     'localization_loss { custom { name: "nope" module: "no_such_module_xyz" } }',
+     r"no_such_module_xyz"),
+])
+def test_cli_check_fails_on_what_training_would_refuse(tmp_path, capsys, old, new, pattern):
+    # These parse and validate, but `raredet train` stops on them while building; `config check` must
+    # not call such a config OK.
+    path = write_variant(tmp_path, old, new)
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(pattern, err), err
+
+
 def test_cli_show_prints_parseable_effective_config(capsys):
     assert main(["config", "show", str(WEIGHTED)]) == 0
     out = capsys.readouterr().out

@@ -313,6 +313,23 @@ def build_model(ssd: ssd_pb2.Ssd) -> tuple[nn.Module, dict[str, float]]:
     return model, dict(model.l2_weights())
 
 
+def check_buildable(loaded: LoadedConfig) -> None:
+    """Build every part of training that needs no data — resizer, augmentations, model, optimizer and
+    schedule, loss (class weights all 1, a custom loss's module imported) — so that `raredet config
+    check` refuses what `raredet train` would refuse when it starts. Raises ConfigError."""
+    cfg = loaded.config
+    ssd = cfg.model.ssd
+    build_resizer(ssd)
+    build_augmentations(cfg.train_config)
+    model, l2_weights = build_model(ssd)
+    if cfg.train_config.HasField("optimizer"):
+        build_optimizer(cfg.train_config, model, l2_weights)
+    if loaded.label_map is not None:  # the loss resolves class names (class_alpha) through it
+        lm = loaded.label_map
+        ones = [1] * lm.num_classes  # counts only matter to auto weights, whose values are not checked
+        build_loss(ssd, lm, resolve_class_weights(lm.names, lm.ids, ones, ones))
+
+
 # ---- everything training needs ------------------------------------------------------------------
 
 

@@ -796,13 +796,17 @@ def effective_config_text(config: Message) -> str:
 
 
 def check(path: str | os.PathLike[str], check_paths: bool = False) -> str:
-    """Load and validate `path` (ConfigError if unusable); return a one-screen summary of it.
+    """Load and validate `path` (ConfigError if unusable, including what only building the model,
+    loss, augmentations and optimizer finds); return a one-screen summary of it.
 
     The not-acted-on warning goes into the summary instead of Python's warning output.
     """
+    from raredet.builders import check_buildable  # imported here: builders import this module
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConfigWarning)
         loaded = load(path, check_paths=check_paths)
+    check_buildable(loaded)
     return summary_text(loaded)
 
 
