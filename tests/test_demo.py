@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from raredet import cli, config
+from raredet import cli, config, demo
 from raredet.demo import MARKER, QUICK, RUNS, StepWatcher, prepare_out_dir, run_both
 from raredet.errors import ConfigError, RaredetError
+
+# The strategy under test, fixed here so that these tests do not depend on the one the imbalance study
+# picks for demo.RAREDET_STRATEGY.
+STRATEGY = "model { ssd { loss { class_weights { auto { scheme: EFFECTIVE_NUMBER beta: 0.999 } } } } }"
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +25,8 @@ def quick_demo(tmp_path_factory):
     """`raredet demo --quick` once; (output folder, what it printed)."""
     out = tmp_path_factory.mktemp("demo") / "demo_out"
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(buffer):
+        patch.setattr(demo, "RAREDET_STRATEGY", STRATEGY)
         code = cli.main(["demo", "--quick", "--out", str(out)])
     assert code == 0, buffer.getvalue()
     return out, buffer.getvalue()
