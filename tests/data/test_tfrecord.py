@@ -67,6 +67,22 @@ def test_roundtrip_random_access(tmp_path):
     assert list(file) == records
 
 
+def test_encode_example_is_byte_identical_across_processes():
+    # The feature map's wire order must not depend on the process (protobuf map order is hashed per
+    # process), or `raredet synth` writes different files for the same seed.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from raredet.data.tfrecord import encode_example; "
+        "sys.stdout.write(encode_example({f'key/{k}': k for k in range(20)}).hex())"
+    )
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+               for _ in range(2)}
+    outputs.add(encode_example({f"key/{k}": k for k in range(20)}).hex())  # and this process
+    assert len(outputs) == 1
+
+
 def test_data_crc_mismatch_names_file_and_record(tmp_path):
     path = write_tfrecord(tmp_path / "c.tfrecord", [b"aaaa", b"bbbb"])
     raw = bytearray(path.read_bytes())

@@ -185,7 +185,7 @@ def encode_example(features: dict[str, Any]) -> bytes:
         else:
             feature = _feature(value)
         example.features.feature[key].CopyFrom(feature)
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)  # map order fixed: same bytes every run
 
 
 def detection_example(
