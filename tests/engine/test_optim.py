@@ -118,6 +118,17 @@ def test_freeze_and_update_trainable_variables():
         optim.trainable_parameters(nn.Linear(1, 1), freeze_variables=[".*"])
 
 
+@pytest.mark.parametrize(("field", "pattern"), [
+    ("freeze_variables",
+     r"train_config\.freeze_variables\[1\]: 'backbone\[\(' is not a valid regular expression"),
+    ("update_trainable_variables",
+     r"train_config\.update_trainable_variables\[1\]: 'backbone\[\(' is not a valid regular expression"),
+])
+def test_bad_variable_regex_is_a_config_error(field, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        optim.trainable_parameters(nn.Linear(1, 1), **{field: ["bias", "backbone[("]})
+
+
 def test_ema_hand_values():
     model = nn.Linear(1, 1, bias=False)
     with torch.no_grad():

@@ -198,8 +198,8 @@ def trainable_parameters(
 ) -> dict[str, nn.Parameter]:
     """Parameters to train, by name: `update_trainable_variables` (regexes; empty = all) minus those
     matching `freeze_variables`. Frozen parameters get `requires_grad=False`."""
-    keep = [re.compile(p) for p in update_trainable_variables]
-    freeze = [re.compile(p) for p in freeze_variables]
+    keep = _compile_all(update_trainable_variables, "train_config.update_trainable_variables")
+    freeze = _compile_all(freeze_variables, "train_config.freeze_variables")
     chosen: dict[str, nn.Parameter] = {}
     for name, param in model.named_parameters():
         wanted = not keep or any(p.search(name) for p in keep)
@@ -213,6 +213,19 @@ def trainable_parameters(
             f"freeze={list(freeze_variables)}, update={list(update_trainable_variables)}"
         )
     return chosen
+
+
+def _compile_all(patterns: Sequence[str], field: str) -> list[re.Pattern[str]]:
+    compiled = []
+    for i, pattern in enumerate(patterns):
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as err:
+            raise ConfigError(
+                f"{field}[{i}]: {pattern!r} is not a valid regular expression ({err}); escape special "
+                "characters such as [ ( . with a backslash"
+            ) from None
+    return compiled
 
 
 def weight_decay_groups(params: Mapping[str, nn.Parameter], l2_weights: Mapping[str, float]) -> ParamGroups:
