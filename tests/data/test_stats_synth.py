@@ -156,6 +156,27 @@ def test_synth_config_loads_and_stats_cli(synth_dir, tmp_path, capsys):
     assert (tmp_path / "class_counts.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_stats_uses_the_configs_effective_number_beta(synth_dir, tmp_path, capsys):
+    # A config that sets class_weights.auto.beta must see its own effective-number weights in
+    # `raredet stats`, not those of the default beta 0.999.
+    text = (synth_dir / "pipeline.config").read_text()
+    text = text.replace("localization_weight: 1.0", "localization_weight: 1.0\n"
+                        "      class_weights { auto { scheme: EFFECTIVE_NUMBER beta: 0.9 } }")
+    assert "beta: 0.9" in text
+    (synth_dir / "beta.config").write_text(text)
+    config_path = synth_dir / "beta.config"
+    assert main(["stats", "--pipeline_config_path", str(config_path), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    counts = json.loads((synth_dir / "summary.json").read_text())["train"]["boxes"]
+    effective = {c: 0.1 / (1 - 0.9 ** n) for c, n in counts.items()}  # (1 - beta) / (1 - beta^n)
+    scale = sum(counts.values()) / sum(counts[c] * effective[c] for c in counts)  # mean over boxes = 1
+    rows = json.loads((tmp_path / "stats.json").read_text())["classes"]
+    saved = {c["name"]: c["weight_effective_number"] for c in rows}
+    assert saved == pytest.approx({c: scale * effective[c] for c in counts}, rel=1e-5)  # beta is a float32
+    assert "w_eff: EFFECTIVE_NUMBER (beta 0.9)" in out
+    assert "repeat: class repeat factor at threshold 0.001" in out
+
+
 def test_synth_cli_bad_ratios(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--ratios", "1:2"]) == 2
     assert "--ratios" in capsys.readouterr().err

@@ -107,9 +107,10 @@ def scheme_weights(stats: DatasetStats, beta: float = 0.999) -> dict[str, list[f
     return out
 
 
-def stats_summary(stats: DatasetStats, threshold: float = 0.001) -> dict[str, Any]:
-    """A JSON-ready summary: per-class rows, totals, scheme weights and repeat factors."""
-    weights = scheme_weights(stats)
+def stats_summary(stats: DatasetStats, threshold: float = 0.001, beta: float = 0.999) -> dict[str, Any]:
+    """A JSON-ready summary: per-class rows, totals, scheme weights (effective number with ``beta``)
+    and repeat factors at ``threshold``."""
+    weights = scheme_weights(stats, beta)
     class_r = class_repeat_factors(stats.image_counts, stats.num_images, threshold)
     image_r = image_repeat_factors(stats.image_classes, len(stats.names), threshold)
     total = max(stats.num_boxes, 1)
@@ -137,6 +138,7 @@ def stats_summary(stats: DatasetStats, threshold: float = 0.001) -> dict[str, An
         "imbalance_ratio": None if not math.isfinite(ratio) else ratio,
         "empty_classes": [r["name"] for r in rows if r["boxes"] == 0],
         "repeat_factor_threshold": threshold,
+        "effective_number_beta": beta,
         "images_per_epoch_with_repeat_factors": float(image_r.sum()),
         "classes": rows,
     }
@@ -160,6 +162,12 @@ def format_stats(summary: dict[str, Any]) -> str:
     lines.append(
         f"{summary['num_images']} images, {summary['num_boxes']} boxes ({summary['ignored_boxes']} ignore "
         f"regions not counted); imbalance ratio {'inf' if ratio is None else f'{ratio:.1f}'} (most/least)"
+    )
+    lines.append(
+        "size: median sqrt(w*h) in pixels; repeat: class repeat factor at threshold "
+        f"{summary['repeat_factor_threshold']:g}; automatic weights from box counts, mean over boxes 1 "
+        f"(w_inv: INVERSE_FREQUENCY, w_sqrt: SQRT_INVERSE_FREQUENCY, w_eff: EFFECTIVE_NUMBER (beta "
+        f"{summary['effective_number_beta']:g}))"
     )
     if summary["empty_classes"]:
         lines.append(f"warning: no training boxes for: {', '.join(summary['empty_classes'])}")
@@ -220,7 +228,9 @@ def stats_for_config(
     threshold = 0.001
     if reader_config.HasField("repeat_factor_sampling"):
         threshold = reader_config.repeat_factor_sampling.threshold
-    summary = stats_summary(compute_stats(reader, loaded.label_map), threshold)
+    auto = loaded.config.model.ssd.loss.class_weights.auto
+    beta = auto.beta if auto.HasField("beta") else 0.999  # the config's own beta when it sets one
+    summary = stats_summary(compute_stats(reader, loaded.label_map), threshold, beta)
     if out_dir is not None:
         write_stats(summary, out_dir)
     return format_stats(summary)
