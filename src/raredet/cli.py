@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from raredet.errors import RaredetError
+from raredet.errors import RaredetError, user_message
 
 AddVerb = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RaredetError as err:
-        print(f"raredet {args.verb}: error: {err}", file=sys.stderr)
+        print(f"raredet {args.verb}: error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"raredet {args.verb}: interrupted", file=sys.stderr)
