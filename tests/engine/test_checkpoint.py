@@ -46,8 +46,11 @@ def test_truncated_newest_is_skipped_with_warning(tmp_path):
     data = good2.read_bytes()
     good2.write_bytes(data[: len(data) // 2])
     (tmp_path / ".ckpt-3.pt.abc.tmp").write_bytes(b"partial")
-    with pytest.warns(UserWarning, match="ckpt-2.pt"):
+    with pytest.warns(UserWarning, match="ckpt-2.pt") as caught:
         found = ckpt.latest_checkpoint(tmp_path)
+    # It already falls back, so it must say so, not tell the user to delete the file to fall back.
+    message = str(caught[0].message)
+    assert message.endswith("; using the next older one") and "delete it" not in message
     assert found is not None
     path, state = found
     assert path.name == "ckpt-1.pt" and state["step"] == 1

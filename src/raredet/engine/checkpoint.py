@@ -99,8 +99,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as err:  # truncated zip, pickle error, disallowed type: all "unusable file"
         raise CheckpointError(
-            f"checkpoint {path} cannot be loaded ({type(err).__name__}: {err}); "
-            "delete it to fall back to an older one"
+            f"checkpoint {path} cannot be loaded ({type(err).__name__}: {err}); the file is damaged or "
+            "not a raredet checkpoint"
         ) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path} is not a raredet checkpoint (no 'model' entry)")
@@ -119,5 +119,5 @@ def latest_checkpoint(
         try:
             return path, load_checkpoint(path, map_location)
         except CheckpointError as err:
-            warnings.warn(f"skipping unusable checkpoint: {err}", stacklevel=2)
+            warnings.warn(f"skipping unusable checkpoint: {err}; using the next older one", stacklevel=2)
     return None
