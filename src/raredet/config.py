@@ -306,6 +306,23 @@ NOT_ACTED_ON: frozenset[str] = frozenset(
         "WeightedSoftmaxClassificationLoss.anchorwise_output",
         "WeightedSoftmaxClassificationAgainstLogitsLoss.anchorwise_output",
         "BootstrappedSigmoidClassificationLoss.anchorwise_output",
+        # Parsed, with no effect in raredet (the boxes per image are not capped; no masks; one FPN kind).
+        "TrainConfig.max_number_of_boxes",
+        "InputReader.max_number_of_boxes",
+        "InputReader.use_display_name",
+        "InputReader.load_instance_masks",
+        "InputReader.include_source_id",
+        "Loss.expected_loss_weights",
+        "Loss.equalization_loss",
+        "Ssd.add_background_class",
+        "Ssd.explicit_background_class",
+        "SsdFeatureExtractor.bifpn",
+        "EvalConfig.export_path",
+        "EvalConfig.visualization_export_dir",
+        "EvalConfig.max_num_boxes_to_visualize",
+        "EvalConfig.skip_scores",
+        "EvalConfig.recall_lower_bound",
+        "EvalConfig.force_no_resize",
         # tf.data queue tuning: raredet uses a torch DataLoader.
         "InputReader.num_readers",  # the DataLoader's worker count is the caller's choice
         "InputReader.shuffle_buffer_size",  # the sampler shuffles the whole dataset
