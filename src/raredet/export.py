@@ -201,7 +201,7 @@ def save_onnx(module: ExportableDetector, out: Path, extra: dict[str, str]) -> C
         import onnxruntime
     except ImportError as err:
         raise ExportError(f"--format onnx needs the onnx and onnxruntime packages ({err}); "
-                          "pip install onnx onnxruntime") from None
+                          "pip install 'raredet[export]'") from None
     atomic_write_bytes(out, _onnx_bytes(module, extra))
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     return lambda images: session.run(list(OUTPUT_NAMES), {"images": images.numpy()})
