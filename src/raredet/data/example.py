@@ -126,8 +126,17 @@ def decode_image(
     except FileNotFoundError as err:
         raise DataError(f"{where}: image file {source!s} does not exist; check the image directory") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{where}: field 'image' cannot be decoded ({err}); the image is corrupt") from err
+        raise DataError(f"{where}: {_undecodable(source, err)}; the image is corrupt") from err
     return array, full_size
+
+
+def _undecodable(source: bytes | Path, err: Exception) -> str:
+    """What cannot be decoded and why. Encoded bytes are a record's image/encoded, for which Pillow's
+    "cannot identify image file <_io.BytesIO object at 0x...>" would only name an anonymous buffer."""
+    if not isinstance(source, bytes):
+        return f"field 'image' cannot be decoded ({err})"
+    reason = "not an image format Pillow reads" if isinstance(err, UnidentifiedImageError) else str(err)
+    return f"field 'image/encoded' cannot be decoded ({reason})"
 
 
 def finish_example(annotations: dict[str, Any], image: np.ndarray, full_size: tuple[int, int]) -> Example:
