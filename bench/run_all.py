@@ -1,4 +1,5 @@
-"""`make bench`: run every benchmark, save bench/results/<name>.json and bench/results/SUMMARY.md.
+"""`make bench`: run every benchmark, save bench/results/<name>.json and bench/results/SUMMARY.md
+(<name> without the `bench_` prefix: the file each module also writes when run on its own).
 
 Each benchmark module exposes `run(quick: bool) -> dict` with a `summary` list of Markdown lines.
 `--quick` makes every benchmark small (a smoke run) and writes into bench/results/quick/ instead, so a
@@ -35,13 +36,18 @@ def _run_one(name: str, quick: bool, out_dir: Path) -> tuple[list[str], bool]:
         traceback.print_exc()
         return [f"## {name}", "", "FAILED (see the console output)", ""], False
     seconds = time.perf_counter() - start
-    atomic_write_json(out_dir / f"{name}.json", {"machine": machine(), "seconds": seconds, **result})
+    atomic_write_json(_result_path(out_dir, name), {"machine": machine(), "seconds": seconds, **result})
     return [f"## {name} ({seconds:.0f} s)", "", *result.get("summary", []), ""], True
+
+
+def _result_path(out_dir: Path, name: str) -> Path:
+    """results/<name without bench_>.json: the same file the module writes when run on its own."""
+    return out_dir / f"{name.removeprefix('bench_')}.json"
 
 
 def _saved_section(name: str, out_dir: Path) -> list[str]:
     """The summary of a benchmark not run this time, from its saved JSON (if any)."""
-    path = out_dir / f"{name}.json"
+    path = _result_path(out_dir, name)
     if not path.exists():
         return [f"## {name}", "", "not run yet", ""]
     saved: dict[str, Any] = json.loads(path.read_text())
