@@ -39,10 +39,14 @@ from raredet.fileio import atomic_write_text
 # The raredet run's strategy: a pipeline.config fragment merged into the baseline config (oneof members
 # replace, sub-messages merge, repeated fields append). The imbalance study decides it: paste its best
 # block from docs/imbalance.md here (the demo trains at the study's budget with the study's base config,
-# so the study's seed-0 run of that block is what the demo reproduces). Provisional until then.
+# so the study's seed-0 run of that block is what the demo reproduces). The study's best so far:
+# explicit weights (the automatic schemes with crack weights above ~10 made this small model collapse).
 RAREDET_STRATEGY = """
 model { ssd { loss {
-  class_weights { auto { scheme: EFFECTIVE_NUMBER beta: 0.999 } }
+  class_weights {
+    weight { name: "crack" value: 8.0 }
+    weight { name: "dent" value: 2.0 }
+  }
 } } }
 """
 
