@@ -160,6 +160,24 @@ def prepare_coco(gt: dict, detections: list) -> tuple[COCO, COCO]:
     return coco_gt, coco_dt
 
 
+def subset_prepared(prepared: tuple[COCO, COCO], gt_rows: np.ndarray,
+                    det_rows: np.ndarray) -> tuple[COCO, COCO]:
+    """COCO objects for some GT annotations and detections, built from `prepare_coco`'s output.
+
+    gt_rows [G'] and det_rows [D'] index the original annotation and detection lists. The records
+    are already prepared (area, iscrowd, segmentation), so nothing is recomputed; detections are
+    renumbered from 1 in `det_rows` order, as `loadRes` would number them.
+    """
+    coco_gt, coco_dt = prepared
+    base = {"info": {}, "images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"]}
+    gt_anns = coco_gt.dataset["annotations"]
+    dt_anns = coco_dt.dataset["annotations"]
+    sub_gt = COCO({**base, "annotations": [gt_anns[i] for i in gt_rows]})
+    # Copies: the prepared detections keep their own ids.
+    sub_dt = COCO({**base, "annotations": [{**dt_anns[i], "id": n + 1} for n, i in enumerate(det_rows)]})
+    return sub_gt, sub_dt
+
+
 def silent(*_args: Any, **_kwargs: Any) -> None:
     """Swallows COCOeval's progress prints; raredet prints its own tables."""
 

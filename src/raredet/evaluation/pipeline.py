@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from faster_coco_eval import COCO
 from PIL import Image
 
 from raredet.errors import ConfigError, DataError
@@ -73,13 +74,14 @@ def _metrics(coco: CocoResult | None, voc: dict[int, float | None] | None, names
 
 
 def _plots(gt: dict, detections: list, matches: per_class.Matches, coco: CocoResult,
-           cats: list[dict], min_score: float, out: Path) -> dict[str, bytes]:
+           cats: list[dict], min_score: float, out: Path,
+           prepared: tuple[COCO, COCO] | None = None) -> dict[str, bytes]:
     ids, names = [c["id"] for c in cats], [c["name"] for c in cats]
     curves = {c["name"]: coco.pr_precision[c["id"]] for c in cats}
     figures = {
         "pr_curves.png": plots.pr_curves_figure(coco.recall_thresholds, curves),
         "confusion_matrix.png": plots.confusion_figure(
-            plots.confusion_counts(gt, detections, matches, ids, min_score), names, min_score),
+            plots.confusion_counts(gt, detections, matches, ids, min_score, prepared), names, min_score),
         "score_histograms.png": plots.score_histograms_figure(matches, ids, names, min_score),
     }
     for name, fig in figures.items():
@@ -116,7 +118,7 @@ def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
     rows = per_class.build_table(cats, counts, coco, voc)
     per_class.write_table(rows, out, {"metrics_set": sets, "min_score_threshold": min_score_threshold})
     atomic_write_json(out / "metrics.json", metrics)
-    pngs = _plots(gt, detections, matches, coco_all, cats, min_score_threshold, out)
+    pngs = _plots(gt, detections, matches, coco_all, cats, min_score_threshold, out, prepared)
     write_report(out / "report.html", title=title, metrics=metrics, rows=rows,
                  plots={k.removesuffix(".png").replace("_", " "): v for k, v in pngs.items()},
                  class_weights=class_weights or [], examples=examples,

@@ -17,8 +17,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from faster_coco_eval import COCO  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from raredet.evaluation.coco import subset_prepared  # noqa: E402
 from raredet.evaluation.per_class import Matches, coco_match  # noqa: E402
 from raredet.fileio import atomic_write_bytes  # noqa: E402
 
@@ -52,8 +54,12 @@ def pr_curves_figure(recall: np.ndarray, curves: dict[str, np.ndarray | None]) -
 
 
 def confusion_counts(gt: dict, detections: list, matches: Matches, cat_ids: list[int],
-                     min_score: float) -> np.ndarray:
-    """[K+1, K+1] counts: rows ground-truth class, columns detected class; index K is background."""
+                     min_score: float, prepared: tuple[COCO, COCO] | None = None) -> np.ndarray:
+    """[K+1, K+1] counts: rows ground-truth class, columns detected class; index K is background.
+
+    `prepared`: `prepare_coco(gt, detections)` when the caller already has it; the leftovers' class-
+    agnostic matching then reuses its records instead of preparing the whole ground truth again.
+    """
     k = len(cat_ids)
     col = {c: i for i, c in enumerate(cat_ids)}
     to_index = np.vectorize(lambda c: col[int(c)], otypes=[np.int64])
@@ -68,7 +74,8 @@ def confusion_counts(gt: dict, detections: list, matches: Matches, cat_ids: list
     cross = np.full(left_det.size, -1, dtype=np.int64)
     if left_det.size and left_gt.size:
         sub_gt = {**gt, "annotations": [gt["annotations"][i] for i in left_gt]}
-        cross = coco_match(sub_gt, [detections[i] for i in left_det], use_cats=False)
+        sub_prepared = subset_prepared(prepared, left_gt, left_det) if prepared else None
+        cross = coco_match(sub_gt, [detections[i] for i in left_det], use_cats=False, prepared=sub_prepared)
     hit = cross >= 0
     det_cols = to_index(matches.det_cat[left_det]) if left_det.size else np.zeros(0, np.int64)
     gt_rows = to_index(matches.gt_cat[left_gt[cross[hit]]]) if hit.any() else np.zeros(0, np.int64)
