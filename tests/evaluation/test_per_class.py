@@ -96,3 +96,33 @@ def test_confusion_matrix_by_hand(share_prepared: bool) -> None:
     mat = confusion_counts(gt, dets, per_class.match_detections(gt, dets, prepared), [1, 2], 0.5, prepared)
     # rows: GT a, GT b, background; columns: detected a, detected b, background (missed)
     np.testing.assert_array_equal(mat, [[0, 1, 1], [0, 1, 0], [1, 0, 0]])
+
+
+def test_counts_from_the_metrics_own_matching_by_hand() -> None:
+    # The pipeline reuses evaluate_coco's matching; same hand-checked counts as test_counts_at_two_thresholds.
+    matches = per_class.match_detections(GT, DETS, coco=evaluate_coco(GT, DETS))
+    low = per_class.class_counts(matches, [1, 2, 3], 0.5)
+    assert low == {1: {"gt_count": 2, "TP": 1, "FP": 2, "missed": 1},
+                   2: {"gt_count": 1, "TP": 0, "FP": 0, "missed": 1},
+                   3: {"gt_count": 0, "TP": 0, "FP": 0, "missed": 0}}
+    high = per_class.class_counts(matches, [1, 2, 3], 0.75)
+    assert (high[1]["TP"], high[1]["FP"]) == (1, 0)
+    assert per_class.class_counts(matches, [1, 2, 3], 0.0)[3]["FP"] == 1
+
+
+def test_metrics_matching_equals_a_separate_iou_50_run() -> None:
+    # Reference: coco_match, its own COCOeval run restricted to IoU 0.5, area all, 100 detections.
+    rng = np.random.default_rng(0)
+    images = [{"id": i} for i in range(1, 7)]
+    anns = [{"id": j + 1, "image_id": int(rng.integers(1, 7)), "category_id": int(rng.integers(1, 3)),
+             "bbox": [float(v) for v in rng.uniform(0, 60, 2)] + [float(v) for v in rng.uniform(5, 40, 2)],
+             "iscrowd": int(rng.random() < 0.1)} for j in range(40)]
+    gt = {"images": images, "categories": [{"id": 1}, {"id": 2}], "annotations": anns}
+    dets = [{"image_id": a["image_id"], "category_id": int(rng.integers(1, 3)),
+             "bbox": [v + float(rng.normal(0, 3)) for v in a["bbox"][:2]] + a["bbox"][2:],
+             "score": round(float(rng.random()), 1)} for a in anns for _ in range(3)]  # rounded: ties
+    dets += [{"image_id": 1, "category_id": 1, "bbox": [i / 2, 0, 20, 20], "score": 0.5} for i in range(120)]
+    got = per_class.match_detections(gt, dets, coco=evaluate_coco(gt, dets)).det_gt
+    want = per_class.match_detections(gt, dets).det_gt
+    assert (want >= 0).sum() > 10
+    np.testing.assert_array_equal(got, want)

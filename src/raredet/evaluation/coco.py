@@ -50,12 +50,15 @@ class CocoResult:
     pycocotools prints). `per_category`: category id -> {AP, AP50, AP75, AR@100}, each None when the
     category has no ground truth. `recall_thresholds` [101] and `pr_precision` {id: [101]} are the
     COCO precision-recall curves at IoU 0.5 (area all, 100 detections), None for no ground truth.
+    `det_gt_50` [D] int: the GT annotation index each detection was matched to at IoU 0.5 (area all,
+    the top 100 per image and class; crowd regions included), or -1 — the same run's matching.
     """
 
     stats: dict[str, float]
     per_category: dict[int, dict[str, float | None]]
     recall_thresholds: np.ndarray
     pr_precision: dict[int, np.ndarray | None] = field(default_factory=dict)
+    det_gt_50: np.ndarray | None = None
 
 
 def load_json(path: str | Path, what: str) -> Any:
@@ -188,7 +191,8 @@ def evaluate_coco(gt: dict, detections: list, prepared: tuple[COCO, COCO] | None
     `prepared`: `prepare_coco(gt, detections)` when the caller already has it (it is reusable).
     """
     coco_gt, coco_dt = prepared or prepare_coco(gt, detections)
-    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=silent)
+    # separate_eval keeps the per-image results, from which `det_gt_50` is read (same numbers).
+    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=silent, separate_eval=True)
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
@@ -209,7 +213,49 @@ def evaluate_coco(gt: dict, detections: list, prepared: tuple[COCO, COCO] | None
         }
         curve = p_k[iou_index[0.5]]
         pr[int(cat_id)] = None if (curve < 0).all() else np.clip(curve, 0, None)
-    return CocoResult(stats, per_cat, np.asarray(ev.params.recThrs, dtype=np.float64), pr)
+    return CocoResult(stats, per_cat, np.asarray(ev.params.recThrs, dtype=np.float64), pr,
+                      _matches_at_50(ev, gt, detections))
+
+
+def _matches_at_50(ev: COCOeval_faster, gt: dict, detections: list) -> np.ndarray:
+    """[D] GT annotation index matched to each detection at IoU 0.5 (area all, maxDets 100), or -1.
+
+    faster-coco-eval keeps its per-image results (pycocotools' evalImgs, ordered class, area range,
+    image) in C++ objects whose state starts with detection_matches [T * N] (the matched GT id per
+    IoU threshold and detection, detections in stable descending score order, 0 for none) and
+    ground_truth_matches, then detection_scores [N] (the N <= maxDets kept).
+    """
+    p = ev.params
+    if not detections:
+        return np.zeros(0, dtype=np.int64)
+    if not (float(p.iouThrs[0]) == 0.5 and list(p.areaRng[0]) == [0, 1e10] and p.maxDets[-1] == 100):
+        raise RuntimeError("COCOeval parameters changed: IoU 0.5, area all, maxDets 100 expected first")
+    det_img = np.array([d["image_id"] for d in detections], dtype=np.int64)
+    det_cat = np.array([d["category_id"] for d in detections], dtype=np.int64)
+    score = np.array([d["score"] for d in detections], dtype=np.float64)
+    order = np.lexsort((np.arange(det_img.size), -score, det_cat, det_img))  # groups, best first
+    keys = np.stack([det_img[order], det_cat[order]], axis=1)
+    starts = np.r_[0, np.nonzero((keys[1:] != keys[:-1]).any(axis=1))[0] + 1]
+    img_pos = {int(v): i for i, v in enumerate(p.imgIds)}
+    cat_pos = {int(v): k for k, v in enumerate(p.catIds)}
+    stride = len(p.areaRng) * len(p.imgIds)
+    rows, gt_ids = [], []
+    for start in starts:  # one per (image, class) with detections
+        img, cat = int(keys[start, 0]), int(keys[start, 1])
+        state = ev._evalImgs_cpp[cat_pos[cat] * stride + img_pos[img]].__getstate__()
+        kept = len(state[2])
+        rows.append(order[start:start + kept])
+        gt_ids.extend(state[0][:kept])  # IoU threshold index 0 = 0.5
+    return _gt_rows(np.concatenate(rows), np.array(gt_ids, dtype=np.int64), gt, det_img.size)
+
+
+def _gt_rows(rows: np.ndarray, gt_ids: np.ndarray, gt: dict, n_dets: int) -> np.ndarray:
+    """[n_dets] GT annotation index per detection from (detection row, matched GT id or 0) pairs."""
+    gt_index = {ann["id"]: i for i, ann in enumerate(gt["annotations"])}
+    matched = np.full(n_dets, -1, dtype=np.int64)
+    hit = gt_ids != 0
+    matched[rows[hit]] = np.array([gt_index[int(g)] for g in gt_ids[hit]], dtype=np.int64)
+    return matched
 
 
 def _mean_valid(values: np.ndarray) -> float | None:

@@ -75,15 +75,25 @@ def coco_match(gt: dict, detections: list, use_cats: bool = True,
     return matched
 
 
-def match_detections(gt: dict, detections: list, prepared: tuple[COCO, COCO] | None = None) -> Matches:
-    """Match status of all detections (see `Matches`)."""
+def match_detections(gt: dict, detections: list, prepared: tuple[COCO, COCO] | None = None,
+                     coco: CocoResult | None = None) -> Matches:
+    """Match status of all detections (see `Matches`).
+
+    `coco`: `evaluate_coco(gt, detections)`'s result when the caller has it; its own matching at IoU
+    0.5 is reused instead of a second COCOeval run.
+    """
     anns = gt["annotations"]
     gt_cat = np.array([a["category_id"] for a in anns], dtype=np.int64)
     gt_crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
     det_cat = np.array([d["category_id"] for d in detections], dtype=np.int64)
     det_score = np.array([d["score"] for d in detections], dtype=np.float64)
     det_img = np.array([d["image_id"] for d in detections])
-    matched = coco_match(gt, detections, prepared=prepared) if detections else np.zeros(0, dtype=np.int64)
+    if coco is not None and coco.det_gt_50 is not None:
+        matched = coco.det_gt_50
+    elif detections:
+        matched = coco_match(gt, detections, prepared=prepared)
+    else:
+        matched = np.zeros(0, dtype=np.int64)
     to_crowd = (matched >= 0) & gt_crowd[np.maximum(matched, 0)] if len(anns) else matched < -1
     counted = ~to_crowd & (_rank_in_group(det_img, det_cat, det_score) < MAX_DETS)
     det_gt = np.where(to_crowd, -1, matched)

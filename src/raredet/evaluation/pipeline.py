@@ -113,7 +113,7 @@ def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
     voc = voc_ap_per_class(gt, detections) if VOC_SET in sets else None
     metrics = _metrics(coco, voc, {c["id"]: c["name"] for c in cats}, include_metrics_per_category,
                        extra_metrics)
-    matches = per_class.match_detections(gt, detections, prepared)
+    matches = per_class.match_detections(gt, detections, prepared, coco_all)
     counts = per_class.class_counts(matches, [c["id"] for c in cats], min_score_threshold)
     rows = per_class.build_table(cats, counts, coco, voc)
     per_class.write_table(rows, out, {"metrics_set": sets, "min_score_threshold": min_score_threshold})
