@@ -100,7 +100,7 @@ def test_confusion_matrix_by_hand(share_prepared: bool) -> None:
 
 def test_counts_from_the_metrics_own_matching_by_hand() -> None:
     # The pipeline reuses evaluate_coco's matching; same hand-checked counts as test_counts_at_two_thresholds.
-    matches = per_class.match_detections(GT, DETS, coco=evaluate_coco(GT, DETS))
+    matches = per_class.match_detections(GT, DETS, coco=evaluate_coco(GT, DETS, keep_matches=True))
     low = per_class.class_counts(matches, [1, 2, 3], 0.5)
     assert low == {1: {"gt_count": 2, "TP": 1, "FP": 2, "missed": 1},
                    2: {"gt_count": 1, "TP": 0, "FP": 0, "missed": 1},
@@ -122,7 +122,7 @@ def test_metrics_matching_equals_a_separate_iou_50_run() -> None:
              "bbox": [v + float(rng.normal(0, 3)) for v in a["bbox"][:2]] + a["bbox"][2:],
              "score": round(float(rng.random()), 1)} for a in anns for _ in range(3)]  # rounded: ties
     dets += [{"image_id": 1, "category_id": 1, "bbox": [i / 2, 0, 20, 20], "score": 0.5} for i in range(120)]
-    got = per_class.match_detections(gt, dets, coco=evaluate_coco(gt, dets)).det_gt
+    got = per_class.match_detections(gt, dets, coco=evaluate_coco(gt, dets, keep_matches=True)).det_gt
     want = per_class.match_detections(gt, dets).det_gt
     assert (want >= 0).sum() > 10
     np.testing.assert_array_equal(got, want)

@@ -50,8 +50,8 @@ class CocoResult:
     pycocotools prints). `per_category`: category id -> {AP, AP50, AP75, AR@100}, each None when the
     category has no ground truth. `recall_thresholds` [101] and `pr_precision` {id: [101]} are the
     COCO precision-recall curves at IoU 0.5 (area all, 100 detections), None for no ground truth.
-    `det_gt_50` [D] int: the GT annotation index each detection was matched to at IoU 0.5 (area all,
-    the top 100 per image and class; crowd regions included), or -1 — the same run's matching.
+    `det_gt_50` [D] int (with `keep_matches`, else None): the GT annotation index each detection was
+    matched to at IoU 0.5 (area all, the top 100 per image and class; crowd regions included), or -1.
     """
 
     stats: dict[str, float]
@@ -185,10 +185,12 @@ def silent(*_args: Any, **_kwargs: Any) -> None:
     """Swallows COCOeval's progress prints; raredet prints its own tables."""
 
 
-def evaluate_coco(gt: dict, detections: list, prepared: tuple[COCO, COCO] | None = None) -> CocoResult:
+def evaluate_coco(gt: dict, detections: list, prepared: tuple[COCO, COCO] | None = None,
+                  keep_matches: bool = False) -> CocoResult:
     """The standard COCO box evaluation of `detections` against `gt` (both COCO dicts, checked).
 
     `prepared`: `prepare_coco(gt, detections)` when the caller already has it (it is reusable).
+    `keep_matches`: also fill `det_gt_50` (for the per-class table) from this same run.
     """
     coco_gt, coco_dt = prepared or prepare_coco(gt, detections)
     # separate_eval keeps the per-image results, from which `det_gt_50` is read (same numbers).
@@ -214,7 +216,7 @@ def evaluate_coco(gt: dict, detections: list, prepared: tuple[COCO, COCO] | None
         curve = p_k[iou_index[0.5]]
         pr[int(cat_id)] = None if (curve < 0).all() else np.clip(curve, 0, None)
     return CocoResult(stats, per_cat, np.asarray(ev.params.recThrs, dtype=np.float64), pr,
-                      _matches_at_50(ev, gt, detections))
+                      _matches_at_50(ev, gt, detections) if keep_matches else None)
 
 
 def _matches_at_50(ev: COCOeval_faster, gt: dict, detections: list) -> np.ndarray:

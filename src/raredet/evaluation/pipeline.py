@@ -108,7 +108,7 @@ def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
     named = ({**c, "name": c.get("name", str(c["id"]))} for c in gt["categories"])  # copies: gt unchanged
     cats = sorted(named, key=lambda c: c["id"])
     prepared = prepare_coco(gt, detections)  # shared by the metrics and the table's matching
-    coco_all = evaluate_coco(gt, detections, prepared)  # the PR curves come from it in any case
+    coco_all = evaluate_coco(gt, detections, prepared, keep_matches=True)  # PR curves, table's matches
     coco = coco_all if COCO_SET in sets else None
     voc = voc_ap_per_class(gt, detections) if VOC_SET in sets else None
     metrics = _metrics(coco, voc, {c["id"]: c["name"] for c in cats}, include_metrics_per_category,
