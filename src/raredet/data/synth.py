@@ -427,6 +427,9 @@ train_config {{
     }}
     use_moving_average: false
   }}
+  # Large class weights make some batches' losses ~10x the rest; clipping keeps such runs stable
+  # (docs/imbalance.md: without it, effective-number weights diverged at step 85).
+  gradient_clipping_by_norm: 10.0
 }}
 train_input_reader {{
   label_map_path: "label_map.pbtxt"
