@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import save_result
+from bench.common import run_times, save_result
 from raredet.modeling.ssd import SSD
 
 SIZE = 320
@@ -84,15 +83,9 @@ QUICK = ["ssd_resnet18_v1_fpn@0.25", "ssd_mobilenet_v2_fpn (lite)", "ssd_mobilen
 
 
 def _seconds(fn: Callable[[], None], repeats: int, warmup: int) -> tuple[float, float]:
-    """(median, minimum) wall time of ``fn`` over ``repeats`` runs after ``warmup`` untimed ones. On a
-    shared CPU the minimum is the steadier figure: other processes only ever add time."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    """(median, minimum) wall time of ``fn``. On a shared CPU the minimum is the steadier figure:
+    other processes only ever add time."""
+    times = run_times(fn, repeats, warmup)
     return statistics.median(times), min(times)
 
 

@@ -16,8 +16,8 @@ from raredet.fileio import atomic_write_json
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of `fn()` over `repeats` runs after `warmup` untimed runs."""
+def run_times(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall times of `fn()` over `repeats` runs after `warmup` untimed runs."""
     for _ in range(warmup):
         fn()
     times = []
@@ -25,7 +25,12 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> floa
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of `fn()` over `repeats` runs after `warmup` untimed runs."""
+    return statistics.median(run_times(fn, repeats, warmup))
 
 
 def machine() -> dict[str, Any]:
