@@ -266,8 +266,8 @@ def train_and_eval(config_path: str, run_dir: str, seed: int, threads: int) -> N
     """One run, in this process: `raredet train` then `raredet eval` on the final checkpoint."""
     import torch
 
-    from raredet.engine.evaluate import eval_from_config
-    from raredet.engine.train import train_from_config
+    from raredet.commands.evaluate import eval_from_config
+    from raredet.commands.train import train_from_config
 
     torch.set_num_threads(threads)
     train_from_config(config_path, run_dir, seed=seed, device="cpu", checkpoint_every_n=10**9)

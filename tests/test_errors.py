@@ -41,6 +41,6 @@ def test_cli_prints_worker_errors_as_one_line(worker_error, monkeypatch, capsys)
     def fake_stats(path, out):
         raise worker_error
 
-    monkeypatch.setattr("raredet.data.stats.stats_for_config", fake_stats)
+    monkeypatch.setattr("raredet.commands.stats.stats_for_config", fake_stats)
     assert main(["stats", "--pipeline_config_path", "x.config"]) == 2
     assert capsys.readouterr().err == f"raredet stats: error: {MESSAGE} (in DataLoader worker process 0)\n"

@@ -1,4 +1,5 @@
-"""Command-line front end: argparse only; every verb calls one library function.
+"""Command-line front end: argparse only; every verb calls one function of `raredet.commands` (or, for
+the verbs that need no pipeline.config, of the library).
 
 Each verb has an `_add_<verb>` function that declares its arguments and sets `func`, a callable that
 takes the parsed namespace and returns an exit code. Imports of heavy modules happen inside `func`, so
@@ -75,22 +76,15 @@ def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="also print the class-weight table that training would use")
 
     def run_check(a: argparse.Namespace) -> int:
-        from raredet.config import check
+        from raredet.commands.config import check
 
         print(check(a.path, check_paths=a.check_paths))
         return 0
 
     def run_show(a: argparse.Namespace) -> int:
-        from raredet.config import effective_config_text, load
+        from raredet.commands.config import show
 
-        loaded = load(a.path)
-        print(effective_config_text(loaded.config), end="")
-        if a.resolve_weights:
-            from raredet.builders import resolve_class_weight_table
-            from raredet.losses.class_weights import format_class_weight_table
-
-            print("\n# resolved class weights (training set counts)")
-            print(format_class_weight_table(resolve_class_weight_table(loaded)))
+        print(show(a.path, resolve_weights=a.resolve_weights), end="")
         return 0
 
     c.set_defaults(func=run_check)
@@ -104,7 +98,7 @@ def _add_stats(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--out", help="directory for stats.json, stats.txt and class_counts.png")
 
     def run(a: argparse.Namespace) -> int:
-        from raredet.data.stats import stats_for_config
+        from raredet.commands.stats import stats_for_config
 
         print(stats_for_config(a.pipeline_config_path, a.out))
         return 0
@@ -144,7 +138,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="validation loss and metrics on eval_input_reader every N steps (0: never)")
 
     def run(a: argparse.Namespace) -> int:
-        from raredet.engine.train import train_from_config
+        from raredet.commands.train import train_from_config
 
         result = train_from_config(
             a.pipeline_config_path, a.model_dir, num_train_steps=a.num_train_steps,
@@ -171,7 +165,7 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--sample_1_of_n_eval_examples", type=int, help="evaluate on every n-th eval example")
 
     def run(a: argparse.Namespace) -> int:
-        from raredet.engine.evaluate import eval_from_config
+        from raredet.commands.evaluate import eval_from_config
 
         eval_from_config(a.pipeline_config_path, a.checkpoint_dir, checkpoint=a.checkpoint, wait=a.wait,
                          eval_timeout=a.eval_timeout, out_dir=a.out, device=a.device,
@@ -193,7 +187,7 @@ def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--pipeline_config_path", help="default: the config saved in the checkpoint")
 
     def run(a: argparse.Namespace) -> int:
-        from raredet.predict import predict
+        from raredet.commands.predict import predict
 
         print(predict(a.model_dir, a.images, a.out, min_score=a.min_score,
                       pipeline_config_path=a.pipeline_config_path).summary())
@@ -210,7 +204,7 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--pipeline_config_path", help="default: the config saved in the checkpoint")
 
     def run(a: argparse.Namespace) -> int:
-        from raredet.export import export_model
+        from raredet.commands.export import export_model
 
         print(export_model(a.model_dir, a.format, a.out, pipeline_config_path=a.pipeline_config_path))
         return 0
@@ -227,7 +221,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the dataset and of both runs (default 0)")
 
     def run(a: argparse.Namespace) -> int:
-        from raredet.demo import run_demo
+        from raredet.commands.demo import run_demo
 
         run_demo(a.out, quick=a.quick, seed=a.seed)
         return 0

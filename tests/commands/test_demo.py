@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from raredet import cli, config, demo
-from raredet.demo import MARKER, QUICK, RUNS, StepWatcher, prepare_out_dir, run_both
+from raredet import cli, config
+from raredet.commands import demo
+from raredet.commands.demo import MARKER, QUICK, RUNS, StepWatcher, prepare_out_dir, run_both
 from raredet.errors import ConfigError, RaredetError
 
 # The strategy under test, fixed here so that these tests do not depend on the one the imbalance study

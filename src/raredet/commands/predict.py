@@ -26,77 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from raredet.config import LabelMap
-from raredet.errors import CheckpointError, ConfigError, DataError
+from raredet import builders
+from raredet.commands.trained import TrainedModel, load_trained_model
+from raredet.errors import ConfigError, DataError
 from raredet.fileio import atomic_write, atomic_write_json
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 MIN_DRAWN_WIDTH = 256  # smaller images are enlarged (nearest neighbour) so that labels stay readable
-
-
-# ---- the trained model ----------------------------------------------------------------------------
-
-
-@dataclass
-class TrainedModel:
-    """A model restored from a training run, ready for inference (eval mode, on CPU)."""
-
-    model: nn.Module  # raredet.modeling.ssd.SSD
-    config: Any  # the TrainEvalPipelineConfig message it was built from
-    label_map: LabelMap
-    checkpoint: Path
-    step: int
-    config_text: str  # the pipeline.config text used (saved in the checkpoint, or the given file)
-
-
-def _config_and_label_map(path: Path, state: dict[str, Any],
-                          pipeline_config_path: str | os.PathLike[str] | None) -> tuple[Any, LabelMap, str]:
-    """The config (given, else saved in the checkpoint) and its label map (the checkpoint's, else the
-    config's label_map_path)."""
-    from raredet import config as config_lib
-
-    if pipeline_config_path is not None:
-        loaded = config_lib.load(pipeline_config_path)
-        cfg, text, where, label_map = loaded.config, loaded.text, str(pipeline_config_path), loaded.label_map
-    else:
-        text = state.get("config_text") or ""
-        if not text:
-            raise CheckpointError(f"{path} has no saved config_text; pass --pipeline_config_path")
-        where = f"{path} (config_text)"
-        cfg, label_map = config_lib.parse_config(text, where), None
-    if state.get("label_map_text"):
-        label_map = LabelMap.parse(state["label_map_text"], f"{path} (label_map_text)")
-    if label_map is None:
-        raise ConfigError(f"{where}: no label map (none saved in {path}, label_map_path unset or missing); "
-                          "pass a --pipeline_config_path whose train_input_reader.label_map_path exists")
-    config_lib.validate(cfg, label_map, where)
-    return cfg, label_map, text
-
-
-def load_trained_model(model_dir: str | os.PathLike[str],
-                       pipeline_config_path: str | os.PathLike[str] | None = None) -> TrainedModel:
-    """The newest loadable checkpoint of `model_dir` as a model in eval mode on CPU.
-
-    Uses the EMA weights when the config's `eval_config.use_moving_averages` is set and the checkpoint
-    has them (as `raredet eval` does).
-    """
-    from raredet import builders
-    from raredet.engine.checkpoint import latest_checkpoint
-
-    found = latest_checkpoint(model_dir)
-    if found is None:
-        raise CheckpointError(f"{model_dir}: no ckpt-<step>.pt checkpoint; train first with "
-                              f"`raredet train --model_dir {model_dir} ...`")
-    path, state = found
-    cfg, label_map, text = _config_and_label_map(path, state, pipeline_config_path)
-    model, _ = builders.build_model(cfg.model.ssd)
-    use_ema = cfg.eval_config.use_moving_averages and state.get("ema") is not None
-    try:
-        model.load_state_dict(state["ema"] if use_ema else state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit the model of the config ({err}); use the "
-                              "pipeline.config the run was trained with") from None
-    return TrainedModel(model.eval(), cfg, label_map, path, int(state.get("step", 0)), text)
 
 
 # ---- finding and reading images --------------------------------------------------------------------
@@ -232,8 +168,6 @@ def predict(model_dir: str | os.PathLike[str], images: Sequence[str], out_dir: s
             batch_size: int = 8) -> PredictResult:
     """`raredet predict`: detect objects in `images` (files, folders, globs) with the newest checkpoint
     of `model_dir`; write detections scoring at least `min_score` (module docstring)."""
-    from raredet import builders
-
     if not 0.0 <= min_score <= 1.0:
         raise ConfigError(f"--min_score must be in [0, 1], got {min_score}")
     trained = load_trained_model(model_dir, pipeline_config_path)

@@ -9,9 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from raredet import config as cfg
+from raredet.commands.config import summary_text
 from raredet.errors import ConfigError
 
-FIXTURES = Path(__file__).parent / "fixtures" / "configs"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "configs"
 BASE = (FIXTURES / "weighted.config").read_text()
 LABEL_MAP = (FIXTURES / "label_map.pbtxt").read_text()
 ODD_NUMBERS = ["-1", "0", "nan", "inf", "-inf", "1e40", "99999999999999999999", "-0.5", "0.999", "3", "1.5"]
@@ -63,7 +64,7 @@ def test_mutated_configs_raise_only_config_error(text, check_paths):
             assert str(path) in str(err) or "label_map" in str(err)
             return
         cfg.effective_config_text(loaded.config)  # a config that loads can also be shown
-        cfg.summary_text(loaded)
+        summary_text(loaded)
 
 
 @settings(max_examples=100, deadline=None, database=None)

@@ -44,9 +44,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from raredet.commands.trained import TrainedModel, load_trained_model
 from raredet.errors import ConfigError, RaredetError
 from raredet.fileio import atomic_write, atomic_write_bytes
-from raredet.predict import TrainedModel, load_trained_model
 
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 ONNX_OPSET = 17

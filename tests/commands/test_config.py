@@ -1,11 +1,47 @@
-"""`raredet config show --resolve_weights` prints the table training would use."""
+"""`raredet config check` (the one-screen summary) and `raredet config show --resolve_weights` (the table
+training would use)."""
 
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 from raredet.cli import main
+from raredet.commands.config import check
 from raredet.data.synth import make_synthetic_dataset
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "configs"
+WEIGHTED = FIXTURES / "weighted.config"
+
+
+def write_variant(tmp_path, old, new, name="pipeline.config"):
+    """A copy of the weighted fixture (with its label map) where `old` is replaced by `new`."""
+    text = WEIGHTED.read_text()
+    assert old in text, old
+    (tmp_path / "label_map.pbtxt").write_text((FIXTURES / "label_map.pbtxt").read_text())
+    path = tmp_path / name
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def test_summary_has_class_weight_table():
+    summary = check(WEIGHTED)
+    rows = [line.split() for line in summary.splitlines() if line.strip()[:1].isdigit()]
+    assert ["1", "scratch", "1"] in rows
+    assert ["2", "dent", "2"] in rows
+    assert ["3", "crack", "8"] in rows
+    assert "hard example miner: num_hard_examples: 32 iou_threshold: 0.99 loss_type: CLASSIFICATION" \
+        in summary
+    assert 'class_alpha { name: "crack" value: 0.75 }' in summary
+    assert "aspect_ratios: [1, 2, 0.5]" in summary
+
+
+def test_summary_auto_weights_marks_unpinned_classes(tmp_path):
+    path = write_variant(tmp_path, "weight { id: 2 value: 2.0 }", "auto { scheme: EFFECTIVE_NUMBER }")
+    summary = check(path)
+    assert "auto: EFFECTIVE_NUMBER beta=0.999 count=BOXES" in summary
+    rows = [line.split() for line in summary.splitlines() if line.strip()[:1].isdigit()]
+    assert ["1", "scratch", "auto"] in rows and ["3", "crack", "8"] in rows
 
 
 def test_show_resolve_weights_prints_the_effective_number_table(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -11,10 +12,16 @@ import torch
 
 from raredet import builders, config
 from raredet.cli import main
+from raredet.commands.evaluate import eval_from_config
+from raredet.commands.trained import model_weights
 from raredet.engine.checkpoint import save_checkpoint
-from raredet.engine.evaluate import _weights, eval_from_config
 
-from .tiny_pipeline import make_data, write_config
+_spec = importlib.util.spec_from_file_location(
+    "tiny_pipeline", Path(__file__).resolve().parents[1] / "engine" / "tiny_pipeline.py"
+)
+tiny = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tiny)
+make_data, write_config = tiny.make_data, tiny.write_config
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +66,10 @@ def test_missing_checkpoint_is_a_clear_error(run_dir: tuple[Path, Path], tmp_pat
 
 def test_moving_averages_chosen_when_asked() -> None:
     state = {"model": {"w": 1}, "ema": {"w": 2}}
-    assert _weights(state, True, Path("c")) == {"w": 2}
-    assert _weights(state, False, Path("c")) == {"w": 1}
+    assert model_weights(state, True, Path("c")) == {"w": 2}
+    assert model_weights(state, False, Path("c")) == {"w": 1}
     with pytest.warns(UserWarning, match="no moving averages"):
-        assert _weights({"model": {"w": 1}, "ema": None}, True, Path("c")) == {"w": 1}
+        assert model_weights({"model": {"w": 1}, "ema": None}, True, Path("c")) == {"w": 1}
 
 
 def test_wait_gives_up_after_eval_timeout(run_dir: tuple[Path, Path], tmp_path: Path, capsys) -> None:

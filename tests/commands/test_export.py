@@ -13,16 +13,16 @@ from PIL import Image
 from torch import Tensor, nn
 
 from raredet import cli
-from raredet.errors import ConfigError
-from raredet.export import (
+from raredet.commands.export import (
     ONNX_OPSET,
     compare_detections,
     exportable_nms,
     input_size,
     register_onnx_symbolics,
 )
+from raredet.commands.trained import load_trained_model
+from raredet.errors import ConfigError
 from raredet.modeling.postprocess import nms_mask
-from raredet.predict import load_trained_model
 from raredet.protos import ssd_pb2
 
 # torch 2.13 deprecates TorchScript and the TorchScript-based ONNX exporter; both are what is tested here.

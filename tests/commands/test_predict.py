@@ -12,11 +12,12 @@ import torch
 from PIL import Image
 
 from raredet import builders, cli, config
+from raredet.commands.predict import coco_results, find_images, predict
+from raredet.commands.trained import load_trained_model
 from raredet.data.synth import make_synthetic_dataset
 from raredet.engine.checkpoint import save_checkpoint
 from raredet.errors import CheckpointError, ConfigError, DataError
 from raredet.evaluation.report import PALETTE
-from raredet.predict import coco_results, find_images, load_trained_model, predict
 
 # A tiny SSD on 64x64 inputs; NEAREST_NEIGHBOR resizing makes a 2x pixel-doubled image resize back to
 # exactly the original, which lets a test check the mapping of boxes to the stored image's pixels.

@@ -33,8 +33,15 @@ from typing import Any
 
 from google.protobuf import text_format
 
+from raredet import builders, config
+from raredet.commands.evaluate import eval_from_config
+from raredet.commands.stats import stats_for_config
+from raredet.commands.train import train_from_config
+from raredet.config import parse_config
+from raredet.data.synth import make_synthetic_dataset
 from raredet.errors import ConfigError, RaredetError
 from raredet.fileio import atomic_write_text
+from raredet.losses import format_class_weight_table
 
 # The raredet run's strategy: a pipeline.config fragment merged into the baseline config (oneof members
 # replace, sub-messages merge, repeated fields append). The imbalance study decides it: paste its best
@@ -99,9 +106,6 @@ def prepare_out_dir(out: Path) -> str | None:
 
 def make_data(data: Path, budget: DemoBudget, seed: int) -> str:
     """Write the synthetic dataset; returns its class statistics as a printable table."""
-    from raredet.data.stats import stats_for_config
-    from raredet.data.synth import make_synthetic_dataset
-
     make_synthetic_dataset(data, images=budget.images, seed=seed, image_size=budget.image_size,
                            num_shards=1, min_val_boxes=budget.min_val_boxes, num_steps=budget.num_steps)
     return stats_for_config(data / "pipeline.config", data / "stats")
@@ -118,14 +122,12 @@ def _relative_inputs(cfg: Any, run_dir: Path, data: Path) -> None:
 
 CONFIG_HEADERS = {
     "baseline": "the TF OD API zoo's RetinaNet recipe: focal loss alpha 0.25, gamma 2, no class weights",
-    "raredet": "the baseline plus the class-weighting block RAREDET_STRATEGY of raredet/demo.py",
+    "raredet": "the baseline plus the class-weighting block RAREDET_STRATEGY of raredet/commands/demo.py",
 }
 
 
 def write_configs(out: Path, data: Path, budget: DemoBudget) -> dict[str, Path]:
     """`out/<run>/pipeline.config` for both runs; returns run name -> path."""
-    from raredet.config import parse_config
-
     base_path = data / "pipeline.config"
     base = parse_config(base_path.read_text(encoding="utf-8"), base_path)
     base.train_config.batch_size = budget.batch_size
@@ -146,9 +148,6 @@ def write_configs(out: Path, data: Path, budget: DemoBudget) -> dict[str, Path]:
 
 def class_weight_table(config_path: Path) -> str:
     """The class weights a config resolves to on its training data (what training will use)."""
-    from raredet import builders, config
-    from raredet.losses import format_class_weight_table
-
     return format_class_weight_table(builders.resolve_class_weight_table(config.load(config_path)))
 
 
@@ -159,9 +158,6 @@ def train_and_eval(config_path: str, run_dir: str, seed: str) -> None:
     """One run in this process and one CPU thread: `raredet train`, then `raredet eval`."""
     import torch
 
-    from raredet.engine.evaluate import eval_from_config
-    from raredet.engine.train import train_from_config
-
     torch.set_num_threads(1)
     result = train_from_config(config_path, run_dir, seed=int(seed), device="cpu", num_workers=0)
     if result.interrupted:  # stopped by a signal (checkpoint written): no evaluation of a partial run
@@ -171,7 +167,7 @@ def train_and_eval(config_path: str, run_dir: str, seed: str) -> None:
 
 def _start(config_path: Path, run_dir: Path, seed: int) -> subprocess.Popen[bytes]:
     """A child process running `train_and_eval`, its output in `run_dir/run.log`."""
-    code = "import sys; from raredet.demo import train_and_eval; train_and_eval(*sys.argv[1:])"
+    code = "import sys; from raredet.commands.demo import train_and_eval; train_and_eval(*sys.argv[1:])"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}  # the parent draws the bars
     with open(run_dir / "run.log", "wb") as log:
         return subprocess.Popen([sys.executable, "-c", code, str(config_path), str(run_dir), str(seed)],

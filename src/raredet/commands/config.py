@@ -1,0 +1,165 @@
+"""`raredet config check` (load, build what needs no data, a one-screen summary) and `raredet config show`
+(the effective config, every default written out, optionally with the resolved class-weight table)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from raredet.builders import check_buildable, resolve_class_weight_table
+from raredet.config import ConfigWarning, LabelMap, LoadedConfig, effective_config_text, load
+from raredet.config.load import _reader_paths
+from raredet.config.validate import _readers
+from raredet.losses.class_weights import format_class_weight_table
+from raredet.protos import losses_pb2, pipeline_pb2, ssd_pb2
+
+
+def check(path: str | os.PathLike[str], check_paths: bool = False) -> str:
+    """Load and validate `path` (ConfigError if unusable, including what only building the model,
+    loss, augmentations and optimizer finds); return a one-screen summary of it.
+
+    The not-acted-on warning goes into the summary instead of Python's warning output.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)
+        loaded = load(path, check_paths=check_paths)
+    check_buildable(loaded)
+    return summary_text(loaded)
+
+
+def show(path: str | os.PathLike[str], resolve_weights: bool = False) -> str:
+    """The effective config text of `path`; with `resolve_weights`, followed by the class-weight table
+    training would use (counts from the training set)."""
+    loaded = load(path)
+    text = effective_config_text(loaded.config)
+    if resolve_weights:
+        table = format_class_weight_table(resolve_class_weight_table(loaded))
+        text += f"\n# resolved class weights (training set counts)\n{table}\n"
+    return text
+
+
+def _scalar_text(fd: FieldDescriptor, value: Any) -> str:
+    if fd.enum_type is not None:
+        return fd.enum_type.values_by_number[value].name
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"  # float32 fields: 0.800000011920929 reads as 0.8
+    return '"' + value.replace('"', '\\"') + '"' if isinstance(value, str) else str(value)
+
+
+def _one_line(msg: Message) -> str:
+    """Compact text of the set fields: repeated scalars as [a, b], floats to 6 significant digits."""
+    parts = []
+    for fd, value in msg.ListFields():
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            parts.append(f"{fd.name} {dict(value)}")
+        elif fd.message_type is not None:
+            parts += [f"{fd.name} {{ {_one_line(v)} }}" for v in (value if fd.is_repeated else [value])]
+        elif fd.is_repeated:
+            parts.append(f"{fd.name}: [{', '.join(_scalar_text(fd, v) for v in value)}]")
+        else:
+            parts.append(f"{fd.name}: {_scalar_text(fd, value)}")
+    return " ".join(parts)
+
+
+def _oneof_text(msg: Message, oneof: str) -> str:
+    """`name { a: 1 b: 2 }` for the member set in `oneof`, or 'none'."""
+    kind = msg.WhichOneof(oneof)
+    if kind is None:
+        return "none"
+    body = _one_line(getattr(msg, kind))
+    return f"{kind} {{ {body} }}" if body else kind
+
+
+def _model_lines(ssd: ssd_pb2.Ssd) -> list[str]:
+    fe = ssd.feature_extractor
+    fpn = f", fpn levels {fe.fpn.min_level}-{fe.fpn.max_level}" if fe.HasField("fpn") else ""
+    return [
+        f"model:        ssd, feature extractor {fe.type or '(unset)'}{fpn}",
+        f"  resizer:    {_oneof_text(ssd.image_resizer, 'image_resizer_oneof')}",
+        f"  anchors:    {_oneof_text(ssd.anchor_generator, 'anchor_generator_oneof')}",
+        f"  predictor:  {ssd.box_predictor.WhichOneof('box_predictor_oneof') or 'none'}",
+    ]
+
+
+def _class_lines(ssd: ssd_pb2.Ssd, label_map: LabelMap | None) -> list[str]:
+    if label_map is None:
+        return [f"classes:      {ssd.num_classes} (no label map loaded: label_map_path unset or not found)"]
+    shown = ", ".join(f"{i}:{n}" for i, n in zip(label_map.ids, label_map.names, strict=True))
+    if len(shown) > 90:
+        shown = shown[:87] + "..."
+    return [f"classes:      {label_map.num_classes} from {label_map.path}", f"  ids:names:  {shown}"]
+
+
+def _loss_lines(loss: losses_pb2.Loss) -> list[str]:
+    miner = "none"
+    if loss.HasField("hard_example_miner"):
+        miner = _one_line(loss.hard_example_miner) or "defaults"
+    return [
+        f"losses:       classification {_oneof_text(loss.classification_loss, 'classification_loss')}"
+        f" x {loss.classification_weight:g}",
+        f"              localization {_oneof_text(loss.localization_loss, 'localization_loss')}"
+        f" x {loss.localization_weight:g}",
+        f"  hard example miner: {miner}",
+    ]
+
+
+def _class_weight_lines(weights: losses_pb2.ClassWeights, label_map: LabelMap | None) -> list[str]:
+    if not weights.weight and not weights.HasField("auto"):
+        return ["class weights: none (every class 1.0)"]
+    lines = ["class weights:" + ("" if weights.apply_to_localization else " (classification only)")]
+    if weights.HasField("auto"):
+        auto = weights.auto
+        clip = f" max_weight={auto.max_weight:g}" if auto.max_weight > 0 else ""
+        lines.append(f"  auto: {losses_pb2.AutoClassWeights.Scheme.Name(auto.scheme)} beta={auto.beta:g} "
+                     f"count={losses_pb2.AutoClassWeights.Count.Name(auto.count)}{clip} "
+                     "(computed from the training data at train time)")
+    lines.append(f"  {'id':>4}  {'name':<24} weight")
+    for id_, name, value in _weight_rows(weights, label_map):
+        lines.append(f"  {id_:>4}  {name:<24} {value}")
+    return lines
+
+
+def _weight_rows(weights: losses_pb2.ClassWeights, label_map: LabelMap | None) -> list[tuple[str, str, str]]:
+    """(id, name, weight) per class: every class when a label map is loaded, else the entries given."""
+    if label_map is None:
+        return [_given_row(w) for w in weights.weight]
+    given = {}
+    for w in weights.weight:
+        by_id = w.WhichOneof("class_ref") == "id"
+        given[label_map.index_of_id(w.id) if by_id else label_map.index_of_name(w.name)] = f"{w.value:g}"
+    rest = "auto" if weights.HasField("auto") else "1"
+    return [(str(label_map.id_of_index(i)), label_map.name_of_index(i), given.get(i, rest))
+            for i in range(label_map.num_classes)]
+
+
+def _given_row(weight: losses_pb2.ClassWeight) -> tuple[str, str, str]:
+    by_id = weight.WhichOneof("class_ref") == "id"
+    return (str(weight.id) if by_id else "?", "?" if by_id else weight.name, f"{weight.value:g}")
+
+
+def _input_lines(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[str]:
+    lines = ["inputs:"]
+    for name, reader in _readers(config):
+        source = reader.WhichOneof("input_reader")
+        paths = _reader_paths(reader, name)[1 if reader.label_map_path else 0:]
+        shown = ", ".join(p for _, p, _ in paths[:3]) + (", ..." if len(paths) > 3 else "")
+        lines.append(f"  {name}: {source} {shown}")
+        if reader.HasField("repeat_factor_sampling"):
+            lines.append(f"    repeat factor sampling, threshold {reader.repeat_factor_sampling.threshold:g}")
+    return lines if len(lines) > 1 else ["inputs:       none"]
+
+
+def summary_text(loaded: LoadedConfig) -> str:
+    """A one-screen description: model, classes, losses, class weights table, inputs, warnings."""
+    ssd = loaded.config.model.ssd
+    lines = [f"{loaded.path}: OK"]
+    lines += _model_lines(ssd) + _class_lines(ssd, loaded.label_map) + _loss_lines(ssd.loss)
+    lines += _class_weight_lines(ssd.loss.class_weights, loaded.label_map) + _input_lines(loaded.config)
+    lines += [f"warning: {w}" for w in loaded.warnings]
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""`raredet eval`: evaluate checkpoints of a pipeline.config, one or each new one as it appears."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from raredet import builders, config
+from raredet.commands.trained import model_weights
+from raredet.config import LabelMap
+from raredet.engine.checkpoint import list_checkpoints, load_checkpoint
+from raredet.engine.evaluate import evaluate
+from raredet.errors import CheckpointError, ConfigError
+from raredet.losses import ClassWeight
+
+POLL_SECONDS = 5.0
+
+
+def _class_weights(state: Mapping[str, Any]) -> list[ClassWeight] | None:
+    """The class weights training used, as saved in the checkpoint (None if it has none)."""
+    saved = state.get("class_weights")
+    return [ClassWeight(**w) for w in saved] if saved else None
+
+
+class EvalJob:
+    """Evaluates checkpoints of one pipeline.config; everything built once and reused per checkpoint."""
+
+    def __init__(self, pipeline_config_path: str | Path, out_dir: Path, device: str | None,
+                 sample_1_of_n: int | None = None) -> None:
+        self.loaded = config.load(pipeline_config_path)
+        loader = builders.build_eval_loader(self.loaded, sample_1_of_n)
+        if loader is None or self.loaded.label_map is None:
+            raise ConfigError(f"{pipeline_config_path}: eval_input_reader has no input reader or label map; "
+                              "add one (it names the data to evaluate on)")
+        self.loader: Iterable[Mapping[str, Any]] = loader
+        self.label_map: LabelMap = self.loaded.label_map
+        self.model, _ = builders.build_model(self.loaded.config.model.ssd)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        self.options = builders.eval_options(self.loaded)
+        self.out_dir = out_dir
+        self.writer: Any = None
+
+    def __call__(self, path: Path) -> dict[str, float]:
+        state = load_checkpoint(path, map_location=self.device)
+        use_ema = self.loaded.config.eval_config.use_moving_averages
+        try:
+            self.model.load_state_dict(model_weights(state, use_ema, path))
+        except RuntimeError as err:
+            raise CheckpointError(f"{path} does not fit the model of {self.loaded.path} ({err}); "
+                                  "evaluate with the pipeline.config the run was trained with") from None
+        weights = _class_weights(state)
+        loss_fn = (builders.build_loss(self.loaded.config.model.ssd, self.label_map, weights)
+                   if weights is not None else None)
+        if self.writer is None:
+            self.writer = SummaryWriter(log_dir=str(self.out_dir))
+        metrics = evaluate(self.model, self.loader, self.label_map, out_dir=self.out_dir,
+                           loss_fn=loss_fn, device=self.device, class_weights=state.get("class_weights"),
+                           writer=self.writer, step=int(state.get("step", 0)), **self.options)
+        self.writer.flush()
+        return metrics
+
+
+def _report(path: Path, metrics: Mapping[str, float], out_dir: Path) -> None:
+    print(f"== {path.name}")
+    print((out_dir / "per_class.md").read_text(), end="")
+    for key in ("DetectionBoxes_Precision/mAP", "DetectionBoxes_Precision/mAP@.50IOU",
+                "DetectionBoxes_Recall/AR@100", "PascalBoxes_Precision/mAP@0.5IOU", "Loss/total_loss"):
+        if key in metrics:
+            print(f"{key}: {metrics[key]:.4f}")
+    print(f"outputs in {out_dir}")
+
+
+def eval_from_config(pipeline_config_path: str | Path, checkpoint_dir: str | Path, *,
+                     checkpoint: str | Path | None = None, wait: bool = False, eval_timeout: float = 3600.0,
+                     out_dir: str | Path | None = None, device: str | None = None,
+                     sample_1_of_n_eval_examples: int | None = None,
+                     poll_seconds: float = POLL_SECONDS) -> dict[str, float]:
+    """`raredet eval`: evaluate one checkpoint (given, or the newest), or with `wait` each new one
+    as it appears (the TF OD API's continuous evaluation) until `eval_timeout` seconds pass without
+    one or the final training step is evaluated. Returns the last metrics."""
+    ckpt_dir = Path(checkpoint_dir)
+    out = Path(out_dir) if out_dir is not None else ckpt_dir / "eval"
+    job = EvalJob(pipeline_config_path, out, device, sample_1_of_n_eval_examples)
+    if not wait:
+        found = list_checkpoints(ckpt_dir)
+        if checkpoint is None and not found:
+            raise CheckpointError(f"{ckpt_dir}: no ckpt-<step>.pt checkpoint; train first "
+                                  "or pass --checkpoint")
+        path = Path(checkpoint) if checkpoint is not None else found[-1][1]
+        metrics = job(path)
+        _report(path, metrics, out)
+        return metrics
+    return _wait_loop(job, ckpt_dir, eval_timeout, out, poll_seconds)
+
+
+def _wait_loop(job: EvalJob, ckpt_dir: Path, eval_timeout: float, out: Path,
+               poll_seconds: float) -> dict[str, float]:
+    final_step = job.loaded.config.train_config.num_steps
+    done, metrics, last_new = -1, {}, time.monotonic()
+    while True:
+        found = list_checkpoints(ckpt_dir)
+        if found and found[-1][0] > done:
+            done, path = found[-1]  # the newest: like the TF OD API, skip ones overtaken meanwhile
+            try:
+                metrics = job(path)
+            except CheckpointError as err:  # pruned by training or cut short meanwhile: wait for the next
+                warnings.warn(f"skipping checkpoint: {err}", stacklevel=2)
+                continue
+            _report(path, metrics, out)
+            last_new = time.monotonic()
+            if final_step and done >= final_step:
+                return metrics
+        elif time.monotonic() - last_new > eval_timeout:
+            print(f"no new checkpoint in {ckpt_dir} for {eval_timeout:g} s; stopping")
+            return metrics
+        else:
+            time.sleep(poll_seconds)

@@ -1,0 +1,74 @@
+"""`raredet train`: load a pipeline.config, build everything, run `engine.train.train` (resuming)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from raredet import builders, config
+from raredet.config import LoadedConfig
+from raredet.engine import distributed as dist_utils
+from raredet.engine.evaluate import evaluate
+from raredet.engine.train import EvalFn, TrainComponents, TrainResult, train
+from raredet.errors import ConfigError
+
+
+def _eval_fn(loaded: LoadedConfig, model_dir: Path, components: TrainComponents, sample_1_of_n: int | None,
+             device: torch.device) -> EvalFn:
+    """Validation loss and metrics on `eval_input_reader`, written under `model_dir/eval`."""
+    loader = builders.build_eval_loader(loaded, sample_1_of_n)
+    label_map = loaded.label_map  # never None once the loader is built (builders require a label map)
+    if loader is None or label_map is None:
+        raise ConfigError(f"{loaded.path}: --eval_every_n_steps needs an eval_input_reader with an input; "
+                          "add one or drop the flag")
+    writer = None
+
+    def run(model: nn.Module, step: int) -> Mapping[str, float]:
+        nonlocal writer
+        if writer is None:
+            writer = SummaryWriter(log_dir=str(model_dir / "eval"))
+        # Under DDP only rank 0 evaluates, and the loss would all-reduce its normaliser: no eval loss.
+        loss_fn = components.criterion if dist_utils.get_world_size() == 1 else None
+        return evaluate(model, loader, label_map, out_dir=model_dir / "eval",
+                        loss_fn=loss_fn, device=device,
+                        class_weights=components.metadata.get("class_weights"), writer=writer, step=step,
+                        **builders.eval_options(loaded))
+
+    return run
+
+
+def train_from_config(
+    pipeline_config_path: str | os.PathLike[str],
+    model_dir: str | os.PathLike[str],
+    *,
+    num_train_steps: int | None = None,
+    checkpoint_every_n: int | None = None,
+    sample_1_of_n_eval_examples: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    eval_every_n_steps: int = 0,
+    num_workers: int | None = None,
+) -> TrainResult:
+    """`raredet train`: load the config, build everything, train (resuming from `model_dir`)."""
+    loaded = config.load(pipeline_config_path)
+    info = dist_utils.init_distributed(device)
+    workers = num_workers if num_workers is not None else min(4, max((os.cpu_count() or 1) // 2, 0))
+    components = builders.build_training(loaded, seed=seed, num_train_steps=num_train_steps,
+                                         num_workers=workers)
+    report = builders.load_fine_tune_checkpoint(components.model, loaded.config.train_config)
+    if report and info.is_main:
+        print(report)
+    every = checkpoint_every_n or loaded.config.train_config.checkpoint_every_n or 1000
+    eval_fn = None
+    if eval_every_n_steps > 0:
+        eval_fn = _eval_fn(loaded, Path(model_dir), components, sample_1_of_n_eval_examples, info.device)
+    try:
+        return train(components, model_dir, seed=seed, device=device, checkpoint_every_n=every,
+                     eval_every_n_steps=eval_every_n_steps, eval_fn=eval_fn)
+    finally:
+        dist_utils.shutdown()

@@ -1,0 +1,38 @@
+"""Reading `pipeline.config` and `label_map.pbtxt`: parsing, validation, LabelMap, effective config.
+
+`load(path)` is the only way the rest of raredet gets a config: it parses the protobuf text format,
+turns every syntax error or misspelt field into a `ConfigError` naming file, line, column and the
+nearest valid field name, resolves relative paths against the config file's directory, checks the
+values raredet acts on, and warns once about fields it parses but ignores.
+
+One module per concern: `text` (parsing and hints), `label_map` (`LabelMap`), `load` (`load`, paths,
+the config's label map, effective config) and `validate` (value checks, `NOT_ACTED_ON`). The one-screen
+summary of `raredet config check` is a verb and lives in `raredet.commands.config`.
+"""
+
+from raredet.config.label_map import LabelMap
+from raredet.config.load import (
+    LoadedConfig,
+    check_input_paths,
+    effective_config_text,
+    load,
+    parse_config,
+    resolve_paths,
+)
+from raredet.config.text import parse_text
+from raredet.config.validate import NOT_ACTED_ON, ConfigWarning, not_acted_on, validate
+
+__all__ = [
+    "NOT_ACTED_ON",
+    "ConfigWarning",
+    "LabelMap",
+    "LoadedConfig",
+    "check_input_paths",
+    "effective_config_text",
+    "load",
+    "not_acted_on",
+    "parse_config",
+    "parse_text",
+    "resolve_paths",
+    "validate",
+]

@@ -1,0 +1,368 @@
+"""Checking the values raredet acts on, and the fields it parses but ignores (`NOT_ACTED_ON`).
+
+`validate` raises ConfigError naming the config file and the field path; `not_acted_on` lists the set
+fields that have no effect in raredet, for the one warning `load` gives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from raredet.config.label_map import LabelMap
+from raredet.config.text import _did_you_mean
+from raredet.errors import ConfigError
+from raredet.protos import image_resizer_pb2, losses_pb2, pipeline_pb2, ssd_pb2
+from raredet.protos.input_reader_pb2 import InputReader
+
+# Fields raredet parses (so TF OD API configs load unchanged) but does not act on. Setting one gives a
+# single warning that lists them all. Keys are "<message full name>.<field>"; this is the one list.
+NOT_ACTED_ON: frozenset[str] = frozenset(
+    "raredet.protos." + name
+    for name in (
+        # TPU / TF1 distribution and graph details: torchrun replaces them.
+        "TrainConfig.sync_replicas",
+        "TrainConfig.startup_delay_steps",
+        "TrainConfig.replicas_to_aggregate",
+        "TrainConfig.use_bfloat16",
+        "TrainConfig.fine_tune_checkpoint_version",
+        "TrainConfig.keep_checkpoint_every_n_hours",
+        "TrainConfig.batch_queue_capacity",
+        "TrainConfig.num_batch_queue_threads",
+        "TrainConfig.prefetch_queue_capacity",
+        "TrainConfig.unpad_groundtruth_tensors",
+        "TrainConfig.retain_original_images",
+        "TrainConfig.summarize_gradients",
+        "TrainConfig.from_detection_checkpoint",
+        "TrainConfig.load_all_detection_checkpoint_vars",
+        "TrainConfig.run_fine_tune_checkpoint_dummy_computation",
+        "TrainConfig.merge_multiple_label_boxes",
+        "TrainConfig.use_multiclass_scores",
+        "TrainConfig.bias_grad_multiplier",
+        "Ssd.inplace_batchnorm_update",
+        "Ssd.return_raw_detections_during_predict",
+        "Ssd.use_confidences_as_targets",
+        "SsdFeatureExtractor.replace_preprocessor_with_placeholder",
+        "ArgMaxMatcher.use_matmul_gather",
+        "BipartiteMatcher.use_matmul_gather",
+        "BatchNonMaxSuppression.use_static_shapes",
+        "BatchNonMaxSuppression.use_partitioned_nms",
+        "BatchNonMaxSuppression.use_combined_nms",
+        "BatchNonMaxSuppression.use_cpu_nms",
+        "Hyperparams.regularize_depthwise",
+        # Deprecated in the TF OD API: the losses are always per anchor.
+        "WeightedL2LocalizationLoss.anchorwise_output",
+        "WeightedSmoothL1LocalizationLoss.anchorwise_output",
+        "WeightedSigmoidClassificationLoss.anchorwise_output",
+        "SigmoidFocalClassificationLoss.anchorwise_output",
+        "WeightedSoftmaxClassificationLoss.anchorwise_output",
+        "WeightedSoftmaxClassificationAgainstLogitsLoss.anchorwise_output",
+        "BootstrappedSigmoidClassificationLoss.anchorwise_output",
+        # Parsed, with no effect in raredet (the boxes per image are not capped; no masks; one FPN kind).
+        "TrainConfig.max_number_of_boxes",
+        "InputReader.max_number_of_boxes",
+        "InputReader.use_display_name",
+        "InputReader.load_instance_masks",
+        "InputReader.include_source_id",
+        "Loss.expected_loss_weights",
+        "Loss.equalization_loss",
+        "Ssd.add_background_class",
+        "Ssd.explicit_background_class",
+        "SsdFeatureExtractor.bifpn",
+        "EvalConfig.export_path",
+        "EvalConfig.visualization_export_dir",
+        "EvalConfig.max_num_boxes_to_visualize",
+        "EvalConfig.skip_scores",
+        "EvalConfig.recall_lower_bound",
+        "EvalConfig.force_no_resize",
+        # tf.data queue tuning: raredet uses a torch DataLoader.
+        "InputReader.num_readers",  # the DataLoader's worker count is the caller's choice
+        "InputReader.shuffle_buffer_size",  # the sampler shuffles the whole dataset
+        "InputReader.queue_capacity",
+        "InputReader.min_after_dequeue",
+        "InputReader.prefetch_size",
+        "InputReader.num_parallel_map_calls",
+        "InputReader.read_block_length",
+        "InputReader.num_parallel_batches",
+        "InputReader.num_prefetch_batches",
+        "InputReader.filenames_shuffle_buffer_size",
+        "InputReader.input_type",
+        "InputReader.frame_index",
+        "InputReader.load_context_features",
+        "InputReader.load_dense_pose",
+        "InputReader.load_track_id",
+        "InputReader.expand_labels_hierarchy",
+        "TrainEvalPipelineConfig.graph_rewriter",
+        # TF1 continuous evaluation loop and TF-graph details.
+        "EvalConfig.eval_interval_secs",
+        "EvalConfig.max_evals",
+        "EvalConfig.num_examples",
+        "EvalConfig.save_graph",
+        "EvalConfig.eval_master",
+        "EvalConfig.eval_instance_masks",
+        "EvalConfig.retain_original_images",
+        "EvalConfig.retain_original_image_additional_channels",
+        "EvalConfig.use_dummy_loss_in_eval",
+    )
+)
+
+
+class ConfigWarning(UserWarning):
+    """A pipeline.config that raredet can use, with something the user should know about."""
+
+
+def _readers(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[tuple[str, InputReader]]:
+    """(field path, reader) for every input reader present."""
+    readers = []
+    if config.HasField("train_input_reader"):
+        readers.append(("train_input_reader", config.train_input_reader))
+    readers += [(f"eval_input_reader[{i}]", r) for i, r in enumerate(config.eval_input_reader)]
+    return readers
+
+
+# ---- semantic validation -----------------------------------------------------------------------------
+
+
+class _Checker:
+    """Raises ConfigError naming the config file and the field path."""
+
+    def __init__(self, path: Path | str, label_map: LabelMap | None) -> None:
+        self.path = path
+        self.label_map = label_map
+
+    def fail(self, field: str, problem: str) -> NoReturn:
+        raise ConfigError(f"{self.path}: {field}: {problem}")
+
+    def number(self, value: float, field: str, low: float = 0.0, high: float = math.inf, *,
+               low_open: bool = False, high_open: bool = False) -> None:
+        """`value` must be finite and within [low, high] (ends open when asked)."""
+        ok = math.isfinite(value) and (value > low if low_open else value >= low)
+        ok = ok and (value < high if high_open else value <= high)
+        if ok:
+            return
+        if math.isinf(high):
+            allowed = f"a finite number {'>' if low_open else '>='} {low:g}"
+        else:
+            allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        problem = "is out of range" if math.isfinite(value) else "is not a finite number"
+        self.fail(field, f"{value!r} {problem}; it must be {allowed}")
+
+    def class_ref(self, ref: losses_pb2.ClassWeight | losses_pb2.ClassAlpha, field: str) -> int | None:
+        """The contiguous index of the class `ref` names; None when no label map is loaded."""
+        kind = ref.WhichOneof("class_ref")
+        if kind is None:
+            self.fail(field, 'names no class; set `name: "..."` or `id: N`')
+        if self.label_map is None:
+            return None
+        lm = self.label_map
+        if kind == "id":
+            index = int(lm.ids_to_indices(np.array([ref.id]))[0])
+            if index < 0:
+                self.fail(f"{field}.id", f"{ref.id} is not in the label map {lm.path}; its ids are {lm.ids}")
+            return index
+        index = int(lm.names_to_indices([ref.name])[0])
+        if index < 0:
+            known = lm.names + lm.display_names
+            self.fail(f"{field}.name", f"'{ref.name}' is not in the label map {lm.path}"
+                      f"{_did_you_mean(ref.name, known)}; its names are {lm.names}")
+        return index
+
+    def per_class_values(self, refs: Sequence[losses_pb2.ClassWeight | losses_pb2.ClassAlpha],
+                         field: str, high: float) -> None:
+        seen: dict[int, int] = {}
+        for i, ref in enumerate(refs):
+            where = f"{field}[{i}]"
+            index = self.class_ref(ref, where)
+            if not ref.HasField("value"):
+                self.fail(where, "has no value; add `value: <number>`")
+            self.number(ref.value, f"{where}.value", 0.0, high)
+            if index is not None and index in seen:
+                self.fail(where, f"names the same class as {field}[{seen[index]}]; give each class once")
+            if index is not None:
+                seen[index] = i
+
+
+def validate(config: pipeline_pb2.TrainEvalPipelineConfig, label_map: LabelMap | None,
+             path: Path | str = "<pipeline.config>") -> None:
+    """Check the values raredet acts on; raises ConfigError naming `path` and the field path."""
+    check = _Checker(path, label_map)
+    if not config.model.HasField("ssd"):
+        check.fail("model", "has no `ssd { ... }` block; raredet builds SSD-family models only")
+    _validate_ssd(config.model.ssd, check)
+    _validate_loss(config.model.ssd.loss, check)
+    if config.train_config.HasField("batch_size") and config.train_config.batch_size < 1:
+        check.fail("train_config.batch_size", "must be at least 1")
+    for name, reader in _readers(config):
+        _validate_reader(reader, name, check)
+
+
+def _validate_ssd(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
+    if ssd.num_classes < 1:
+        check.fail("model.ssd.num_classes", f"is {ssd.num_classes}; set it to the number of classes "
+                   "in the label map (background not counted)")
+    lm = check.label_map
+    if lm is not None and ssd.num_classes != lm.num_classes:
+        check.fail("model.ssd.num_classes", f"is {ssd.num_classes} but the label map {lm.path} has "
+                   f"{lm.num_classes} classes; make them agree (background is not counted)")
+    check.number(ssd.negative_class_weight, "model.ssd.negative_class_weight", 0.0, 1.0)
+    _validate_matcher(ssd, check)
+    _validate_anchors(ssd, check)
+    _validate_resizer(ssd.image_resizer, check)
+    nms = ssd.post_processing.batch_non_max_suppression
+    check.number(nms.iou_threshold, "model.ssd.post_processing.batch_non_max_suppression.iou_threshold", 0, 1)
+
+
+def _validate_matcher(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
+    if ssd.matcher.WhichOneof("matcher_oneof") != "argmax_matcher":
+        return
+    where = "model.ssd.matcher.argmax_matcher"
+    argmax = ssd.matcher.argmax_matcher
+    check.number(argmax.matched_threshold, f"{where}.matched_threshold", 0.0, 1.0)
+    check.number(argmax.unmatched_threshold, f"{where}.unmatched_threshold", 0.0, 1.0)
+    if not argmax.ignore_thresholds and argmax.unmatched_threshold > argmax.matched_threshold:
+        check.fail(f"{where}.unmatched_threshold", f"{argmax.unmatched_threshold:g} is above "
+                   f"matched_threshold {argmax.matched_threshold:g}; it must be lower or equal")
+
+
+def _validate_anchors(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
+    if ssd.anchor_generator.WhichOneof("anchor_generator_oneof") != "multiscale_anchor_generator":
+        return
+    where = "model.ssd.anchor_generator.multiscale_anchor_generator"
+    anchors = ssd.anchor_generator.multiscale_anchor_generator
+    if anchors.min_level > anchors.max_level:
+        check.fail(where, f"min_level {anchors.min_level} is above max_level {anchors.max_level}")
+    check.number(anchors.anchor_scale, f"{where}.anchor_scale", 0.0, low_open=True)
+    for i, ratio in enumerate(anchors.aspect_ratios):
+        check.number(ratio, f"{where}.aspect_ratios[{i}]", 0.0, low_open=True)
+    if anchors.scales_per_octave < 1:
+        check.fail(f"{where}.scales_per_octave", "must be at least 1")
+    fpn = ssd.feature_extractor.fpn
+    if ssd.feature_extractor.HasField("fpn") and (fpn.min_level, fpn.max_level) != (
+            anchors.min_level, anchors.max_level):
+        check.fail(where, f"levels {anchors.min_level}-{anchors.max_level} differ from "
+                   f"model.ssd.feature_extractor.fpn levels {fpn.min_level}-{fpn.max_level}; "
+                   "anchors need one feature map per level, so make them equal")
+
+
+def _validate_resizer(resizer: image_resizer_pb2.ImageResizer, check: _Checker) -> None:
+    where = "model.ssd.image_resizer"
+    kind = resizer.WhichOneof("image_resizer_oneof")
+    if kind == "fixed_shape_resizer" and min(resizer.fixed_shape_resizer.height,
+                                               resizer.fixed_shape_resizer.width) < 1:
+        check.fail(f"{where}.fixed_shape_resizer", "height and width must be at least 1")
+    if kind == "keep_aspect_ratio_resizer":
+        keep = resizer.keep_aspect_ratio_resizer
+        if not 1 <= keep.min_dimension <= keep.max_dimension:
+            check.fail(f"{where}.keep_aspect_ratio_resizer", "needs 1 <= min_dimension "
+                       f"({keep.min_dimension}) <= max_dimension ({keep.max_dimension})")
+
+
+def _validate_loss(loss: losses_pb2.Loss, check: _Checker) -> None:
+    where = "model.ssd.loss"
+    check.number(loss.classification_weight, f"{where}.classification_weight")
+    check.number(loss.localization_weight, f"{where}.localization_weight")
+    cls = loss.classification_loss
+    kind = cls.WhichOneof("classification_loss")
+    if kind == "weighted_sigmoid_focal":
+        focal_where = f"{where}.classification_loss.weighted_sigmoid_focal"
+        _validate_focal(cls.weighted_sigmoid_focal, focal_where, check)
+    elif kind == "custom":
+        _validate_custom(cls.custom, f"{where}.classification_loss.custom", check)
+    if loss.localization_loss.WhichOneof("localization_loss") == "custom":
+        _validate_custom(loss.localization_loss.custom, f"{where}.localization_loss.custom", check)
+    if loss.HasField("hard_example_miner"):
+        miner = loss.hard_example_miner
+        check.number(miner.iou_threshold, f"{where}.hard_example_miner.iou_threshold", 0.0, 1.0)
+        for name in ("num_hard_examples", "max_negatives_per_positive", "min_negatives_per_image"):
+            check.number(getattr(miner, name), f"{where}.hard_example_miner.{name}")
+    if loss.HasField("class_weights"):
+        _validate_class_weights(loss.class_weights, f"{where}.class_weights", check)
+
+
+def _validate_focal(focal: losses_pb2.SigmoidFocalClassificationLoss, where: str, check: _Checker) -> None:
+    check.number(focal.gamma, f"{where}.gamma")
+    if focal.HasField("alpha"):
+        check.number(focal.alpha, f"{where}.alpha", 0.0, 1.0)
+    check.per_class_values(focal.class_alpha, f"{where}.class_alpha", high=1.0)
+
+
+def _validate_custom(custom: losses_pb2.CustomLoss, where: str, check: _Checker) -> None:
+    if not custom.name or not custom.module:
+        check.fail(where, 'needs both `name: "<registered loss>"` and `module: "<importable.module>"`')
+    for key, value in custom.params.items():
+        if not math.isfinite(value):
+            check.fail(f"{where}.params['{key}']", f"{value!r} is not a finite number")
+
+
+def _validate_class_weights(weights: losses_pb2.ClassWeights, where: str, check: _Checker) -> None:
+    check.per_class_values(weights.weight, f"{where}.weight", high=math.inf)
+    if weights.HasField("auto"):
+        auto = weights.auto
+        check.number(auto.beta, f"{where}.auto.beta", 0.0, 1.0, high_open=True)
+        check.number(auto.max_weight, f"{where}.auto.max_weight")
+    elif not weights.weight:
+        check.fail(where, "is empty; add `weight { name: \"...\" value: ... }` entries or `auto { }`")
+
+
+def _validate_reader(reader: InputReader, where: str, check: _Checker) -> None:
+    if reader.WhichOneof("input_reader") is None:
+        check.fail(where, "has no data source; set one of tf_record_input_reader { input_path }, "
+                   "coco_input_reader { annotations_path image_dir } or voc_input_reader { root }")
+    if reader.HasField("repeat_factor_sampling"):
+        threshold = reader.repeat_factor_sampling.threshold
+        check.number(threshold, f"{where}.repeat_factor_sampling.threshold", 0.0, 1.0, low_open=True)
+    if reader.sample_1_of_n_examples < 1:
+        check.fail(f"{where}.sample_1_of_n_examples", "must be at least 1")
+
+
+# ---- fields parsed but not acted on ---------------------------------------------------------------------
+
+
+def _set_fields(msg: Message, prefix: str = "") -> Iterator[tuple[str, FieldDescriptor, Any]]:
+    """(field path, descriptor, value) for every field set in `msg`, depth first (maps not entered)."""
+    for fd, value in msg.ListFields():
+        name = f"{prefix}.{fd.name}" if prefix else fd.name
+        yield name, fd, value
+        if fd.message_type is None or fd.message_type.GetOptions().map_entry:
+            continue
+        if fd.is_repeated:
+            for i, item in enumerate(value):
+                yield from _set_fields(item, f"{name}[{i}]")
+        else:
+            yield from _set_fields(value, name)
+
+
+def not_acted_on(config: Message) -> list[str]:
+    """Field paths in `config` that raredet ignores (NOT_ACTED_ON) and that are set to a value other
+    than their default (a default value changes nothing, so it is not worth a warning)."""
+    ignored = []
+    for name, fd, value in _set_fields(config):
+        if fd.full_name in NOT_ACTED_ON and (fd.message_type is not None or value != fd.default_value):
+            ignored.append(name)
+    return ignored
+
+
+def _not_acted_on_warnings(config: pipeline_pb2.TrainEvalPipelineConfig, path: Path | str) -> list[str]:
+    ignored = not_acted_on(config)
+    ignored += [f"eval_input_reader[{i}] (only the first eval_input_reader is evaluated)"
+                for i in range(1, len(config.eval_input_reader))]
+    if not ignored:
+        return []
+    return [f"{path}: raredet parses but does not act on these fields (they have no effect here): "
+            + ", ".join(ignored)]
+
+
+def _unchecked_classes_warnings(config: pipeline_pb2.TrainEvalPipelineConfig, label_map: LabelMap | None,
+                                path: Path | str) -> list[str]:
+    loss = config.model.ssd.loss
+    refs = len(loss.class_weights.weight) + len(loss.classification_loss.weighted_sigmoid_focal.class_alpha)
+    if label_map is not None or refs == 0:
+        return []
+    return [f"{path}: no label map was loaded (label_map_path unset or not found), so the classes named in "
+            "model.ssd.loss (class_weights, class_alpha) cannot be checked until the label map is there"]
