@@ -8,7 +8,6 @@ take keyword arguments named as the proto fields, so a message's set fields pass
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -390,12 +389,8 @@ def build_training(
         num_steps=_num_steps(cfg.train_config, num_train_steps, loaded.path),
         class_names=label_map.names, ema=ema, evaluate_with_ema=cfg.eval_config.use_moving_averages,
         gradient_clipping_by_norm=cfg.train_config.gradient_clipping_by_norm, num_workers=num_workers,
-        sync_batch_norm=uses_sync_batch_norm(cfg.model.ssd),
-        metadata={
-            "config_text": effective_config_text(cfg),
-            "label_map_text": label_map.to_pbtxt(),
-            "class_weights": [dataclasses.asdict(w) for w in class_weights],
-        },
+        sync_batch_norm=uses_sync_batch_norm(cfg.model.ssd), class_weights=class_weights,
+        metadata={"config_text": effective_config_text(cfg), "label_map_text": label_map.to_pbtxt()},
     )
 
 

@@ -112,3 +112,36 @@ def test_stats_uses_the_configs_effective_number_beta(synth_dir, tmp_path, capsy
     assert saved == pytest.approx({c: scale * effective[c] for c in counts}, rel=1e-5)  # beta is a float32
     assert "w_eff: EFFECTIVE_NUMBER (beta 0.9)" in out
     assert "repeat: class repeat factor at threshold 0.001" in out
+
+
+def test_stats_shows_the_class_weight_table_training_will_use(synth_dir, tmp_path, capsys):
+    # Explicit crack 8, the rest INVERSE_FREQUENCY on training box counts n_c, rescaled so that the
+    # total weight of the training boxes equals their number (DESIGN.md "Class weighting semantics").
+    text = (synth_dir / "pipeline.config").read_text().replace(
+        "localization_weight: 1.0", "localization_weight: 1.0\n      class_weights { "
+        'weight { name: "crack" value: 8.0 } auto { scheme: INVERSE_FREQUENCY } }')
+    (synth_dir / "weighted.config").write_text(text)
+    assert main(["stats", "--pipeline_config_path", str(synth_dir / "weighted.config"),
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    counts = json.loads((synth_dir / "summary.json").read_text())["train"]["boxes"]
+    assert counts["scratch"] > 0 and counts["dent"] > 0
+    raw = {c: 1 / n for c, n in counts.items() if n > 0}
+    scale = sum(counts.values()) / sum(counts[c] * raw[c] for c in raw)
+    expected = {c: scale * raw[c] for c in ("scratch", "dent")} | {"crack": 8.0}
+    table = json.loads((tmp_path / "stats.json").read_text())["class_weights"]
+    saved = {w["name"]: w["weight"] for w in table}
+    assert saved == pytest.approx(expected, rel=1e-6)
+    assert "class weights training will use (model.ssd.loss.class_weights):" in out
+    rows = {line.split()[2]: line.split() for line in out.split("training will use")[1].splitlines()[3:]}
+    assert rows["crack"][4:] == ["8", "explicit"]
+    assert float(rows["dent"][4]) == pytest.approx(expected["dent"], rel=1e-3)
+    assert rows["dent"][5] == "auto:INVERSE_FREQUENCY"
+    assert (tmp_path / "stats.txt").read_text() == out  # the file holds the same report
+
+
+def test_stats_without_class_weights_shows_no_table(synth_dir, tmp_path, capsys):
+    assert main(["stats", "--pipeline_config_path", str(synth_dir / "pipeline.config"),
+                 "--out", str(tmp_path)]) == 0
+    assert "training will use" not in capsys.readouterr().out
+    assert "class_weights" not in json.loads((tmp_path / "stats.json").read_text())

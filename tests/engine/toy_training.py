@@ -17,6 +17,7 @@ from torch import nn
 from raredet.data.sampling import RepeatFactorSampler
 from raredet.engine import optim
 from raredet.engine.train import TrainComponents, train
+from raredet.losses import ClassWeight
 
 NUM_CLASSES = 3
 
@@ -104,8 +105,8 @@ def make_components(num_steps: int, *, dropout: float = 0.0,
         sampler=RepeatFactorSampler(np.ones(len(dataset)), seed=seed),
         collate_fn=collate, batch_size=batch_size, num_steps=num_steps,
         class_names=["a", "b", "c"], ema=optim.ModelEma(model, 0.9), gradient_clipping_by_norm=10.0,
-        metadata={"config_text": "toy", "class_weights": [
-            {"index": 0, "id": 1, "name": "a", "count": 4, "weight": 1.0, "source": "default"}]},
+        class_weights=[ClassWeight(index=0, id=1, name="a", count=4, weight=1.0, source="default")],
+        metadata={"config_text": "toy"},
     )
 
 

@@ -23,7 +23,8 @@ POLL_SECONDS = 5.0
 
 
 def _class_weights(state: Mapping[str, Any]) -> list[ClassWeight] | None:
-    """The class weights training used, as saved in the checkpoint (None if it has none)."""
+    """The class weights training used, as saved in the checkpoint (None if it has none); the one place
+    they are read back (`engine.train.checkpoint_state` is the one place they are written)."""
     saved = state.get("class_weights")
     return [ClassWeight(**w) for w in saved] if saved else None
 
@@ -61,7 +62,7 @@ class EvalJob:
         if self.writer is None:
             self.writer = SummaryWriter(log_dir=str(self.out_dir))
         metrics = evaluate(self.model, self.loader, self.label_map, out_dir=self.out_dir,
-                           loss_fn=loss_fn, device=self.device, class_weights=state.get("class_weights"),
+                           loss_fn=loss_fn, device=self.device, class_weights=weights,
                            writer=self.writer, step=int(state.get("step", 0)), **self.options)
         self.writer.flush()
         return metrics

@@ -3,21 +3,22 @@ factors, as a table, JSON and a bar chart (the counting itself is `raredet.data.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from google.protobuf.json_format import MessageToDict
 
+from raredet import builders
 from raredet import config as config_lib
-from raredet.data.readers import build_reader
 from raredet.data.sampling import class_repeat_factors, image_repeat_factors
-from raredet.data.stats import DatasetStats, compute_stats
+from raredet.data.stats import DatasetStats
 from raredet.errors import ConfigError
 from raredet.fileio import atomic_write, atomic_write_json, atomic_write_text
-from raredet.losses.class_weights import resolve_class_weights
+from raredet.losses.class_weights import ClassWeight, format_class_weight_table, resolve_class_weights
 
 AUTO_SCHEMES = ("INVERSE_FREQUENCY", "SQRT_INVERSE_FREQUENCY", "EFFECTIVE_NUMBER")
 
@@ -77,8 +78,9 @@ def stats_summary(stats: DatasetStats, threshold: float = 0.001, beta: float = 0
     }
 
 
-def format_stats(summary: dict[str, Any]) -> str:
-    """A plain-text table of :func:`stats_summary`, rarest class first."""
+def format_stats(summary: dict[str, Any], class_weights: Sequence[ClassWeight] = ()) -> str:
+    """A plain-text table of :func:`stats_summary`, rarest class first; then ``class_weights`` (the
+    table training will use) when given."""
     head = (
         f"{'class':<20}{'id':>5}{'boxes':>9}{'images':>9}{'share':>8}{'size':>7}{'repeat':>8}"
         f"{'w_inv':>8}{'w_sqrt':>8}{'w_eff':>8}"
@@ -104,6 +106,9 @@ def format_stats(summary: dict[str, Any]) -> str:
     )
     if summary["empty_classes"]:
         lines.append(f"warning: no training boxes for: {', '.join(summary['empty_classes'])}")
+    if class_weights:
+        lines += ["", "class weights training will use (model.ssd.loss.class_weights):",
+                  format_class_weight_table(class_weights)]
     return "\n".join(lines)
 
 
@@ -130,12 +135,17 @@ def plot_counts(summary: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         plt.close(fig)
 
 
-def write_stats(summary: dict[str, Any], out_dir: str | os.PathLike[str]) -> list[Path]:
-    """stats.json, stats.txt and class_counts.png into ``out_dir``."""
+def write_stats(summary: dict[str, Any], out_dir: str | os.PathLike[str],
+                class_weights: Sequence[ClassWeight] = ()) -> list[Path]:
+    """stats.json, stats.txt and class_counts.png into ``out_dir``; ``class_weights`` (the table
+    training will use), when given, is in stats.json under "class_weights" and in stats.txt."""
     out = Path(out_dir)
+    saved = dict(summary)
+    if class_weights:
+        saved["class_weights"] = [dataclasses.asdict(w) for w in class_weights]
     return [
-        atomic_write_json(out / "stats.json", summary),
-        atomic_write_text(out / "stats.txt", format_stats(summary) + "\n"),
+        atomic_write_json(out / "stats.json", saved),
+        atomic_write_text(out / "stats.txt", format_stats(summary, class_weights) + "\n"),
         plot_counts(summary, out / "class_counts.png"),
     ]
 
@@ -144,20 +154,24 @@ def stats_for_config(
     pipeline_config_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None
 ) -> str:
     """``raredet stats``: statistics of the training input of a pipeline.config, as a printable table;
-    with ``out_dir``, also stats.json, stats.txt and class_counts.png there."""
+    with ``out_dir``, also stats.json, stats.txt and class_counts.png there. When the config sets
+    ``model.ssd.loss.class_weights``, the report ends with the table training will use (resolved by the
+    same builder as ``raredet train``, on the same counts)."""
     loaded = config_lib.load(pipeline_config_path)
     reader_config = loaded.config.train_input_reader
     if loaded.label_map is None:
         raise ConfigError(f"{pipeline_config_path}: train_input_reader.label_map_path is not set or missing")
-    kind = reader_config.WhichOneof("input_reader")
-    params = MessageToDict(getattr(reader_config, kind), preserving_proto_field_name=True) if kind else {}
-    reader = build_reader(kind, params, loaded.label_map, Path(pipeline_config_path).parent)
+    stats = builders.training_stats(loaded)
+    if stats is None:
+        raise ConfigError(f"{pipeline_config_path}: train_input_reader has no input reader; add one")
     threshold = 0.001
     if reader_config.HasField("repeat_factor_sampling"):
         threshold = reader_config.repeat_factor_sampling.threshold
-    auto = loaded.config.model.ssd.loss.class_weights.auto
+    loss = loaded.config.model.ssd.loss
+    auto = loss.class_weights.auto
     beta = auto.beta if auto.HasField("beta") else 0.999  # the config's own beta when it sets one
-    summary = stats_summary(compute_stats(reader, loaded.label_map), threshold, beta)
+    summary = stats_summary(stats, threshold, beta)
+    table = builders.resolve_class_weight_table(loaded, stats) if loss.HasField("class_weights") else []
     if out_dir is not None:
-        write_stats(summary, out_dir)
-    return format_stats(summary)
+        write_stats(summary, out_dir, table)
+    return format_stats(summary, table)

@@ -36,7 +36,7 @@ def _eval_fn(loaded: LoadedConfig, model_dir: Path, components: TrainComponents,
         loss_fn = components.criterion if dist_utils.get_world_size() == 1 else None
         return evaluate(model, loader, label_map, out_dir=model_dir / "eval",
                         loss_fn=loss_fn, device=device,
-                        class_weights=components.metadata.get("class_weights"), writer=writer, step=step,
+                        class_weights=components.class_weights, writer=writer, step=step,
                         **builders.eval_options(loaded))
 
     return run

@@ -8,6 +8,7 @@ batches: labels become label-map ids, crowd boxes stay crowd regions.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -19,6 +20,7 @@ from torch import nn
 from raredet.config import LabelMap
 from raredet.evaluation.pipeline import COCO_SET, evaluate_detections
 from raredet.evaluation.report import Example
+from raredet.losses import ClassWeight
 
 
 class ScalarWriter(Protocol):
@@ -107,13 +109,14 @@ def evaluate(model: nn.Module, dataloader: Iterable[Mapping[str, Any]], label_ma
              out_dir: str | Path, metrics_set: str | Sequence[str] = COCO_SET,
              min_score_threshold: float = 0.5, include_metrics_per_category: bool = True,
              loss_fn: LossFn | None = None, device: str | torch.device = "cpu",
-             class_weights: list[dict[str, Any]] | None = None, num_visualizations: int = 10,
+             class_weights: Sequence[ClassWeight] | None = None, num_visualizations: int = 10,
              writer: ScalarWriter | None = None, step: int | None = None) -> dict[str, float]:
     """Run `model` over `dataloader`, evaluate, write all outputs into `out_dir`.
 
     Returns the metrics that are defined (TF OD API names, floats; a class without ground truth has no
     entry here and shows as "no ground truth" in the table), plus `Loss/<name>` means when `loss_fn`
     (a DetectionLoss: `(outputs, batch) -> dict`) is given. Writes each as a scalar to `writer`.
+    `class_weights` (the table training used) is shown in report.html.
     """
     device = torch.device(device)
     was_training = model.training
@@ -134,7 +137,8 @@ def evaluate(model: nn.Module, dataloader: Iterable[Mapping[str, Any]], label_ma
     return _finish(collector, label_map, out_dir=out_dir, metrics_set=metrics_set,
                    min_score_threshold=min_score_threshold,
                    include_metrics_per_category=include_metrics_per_category,
-                   class_weights=class_weights, extra=_mean_losses(totals, batches), writer=writer, step=step)
+                   class_weights=[dataclasses.asdict(w) for w in class_weights or []],
+                   extra=_mean_losses(totals, batches), writer=writer, step=step)
 
 
 def _finish(collector: _Collector, label_map: LabelMap, *, extra: dict[str, float],

@@ -13,6 +13,7 @@ criterion normalises by the number of matches summed over ranks and divided by t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -54,7 +55,9 @@ class TrainComponents:
     `sampler` yields the dataset indices of one whole epoch (the same order on every rank; the loop
     shards each global batch) and has `set_epoch(epoch)`; `dataset` may have `set_epoch` too.
     `batch_size` is the global batch (all ranks together).
-    `metadata` goes into every checkpoint as is (`config_text`, `label_map_text`, `class_weights`).
+    `class_weights` is the resolved table the criterion applies (logged when training starts, and saved
+    in every checkpoint as a list of dicts, the one place it is serialised). `metadata` goes into every
+    checkpoint as is (`config_text`, `label_map_text`).
     """
 
     model: nn.Module
@@ -73,6 +76,7 @@ class TrainComponents:
     keep_checkpoint_max: int = ckpt.DEFAULT_KEEP_CHECKPOINT_MAX
     num_workers: int = 0
     sync_batch_norm: bool = False
+    class_weights: list[ClassWeight] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -253,6 +257,8 @@ def checkpoint_state(
         "rng": rng_state(),
         "sampler": {"epoch": epoch, "batch_in_epoch": batch_in_epoch},
         **components.metadata,
+        **({"class_weights": [dataclasses.asdict(w) for w in components.class_weights]}
+           if components.class_weights else {}),
     }
 
 
@@ -359,9 +365,8 @@ def train(
                          write=info.is_main, progress=progress)
     if found is not None:
         logger.message(f"resuming from {last} at step {step}")
-    if components.metadata.get("class_weights"):
-        rows = [ClassWeight(**row) for row in components.metadata["class_weights"]]
-        logger.text("class_weights", format_class_weight_table(rows))
+    if components.class_weights:
+        logger.text("class_weights", format_class_weight_table(components.class_weights))
     options = LoopOptions(model_dir, seed, checkpoint_every_n, eval_every_n_steps, eval_fn)
     try:
         return _loop(components, model, info, logger, Position(step, epoch, batch_in_epoch, last), options)
