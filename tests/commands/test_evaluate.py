@@ -51,11 +51,15 @@ def test_eval_cli_writes_outputs(run_dir: tuple[Path, Path], capsys) -> None:
     assert "== ckpt-4.pt" in printed and "| class |" in printed
 
 
-def test_wait_stops_after_the_final_step(run_dir: tuple[Path, Path], tmp_path: Path) -> None:
-    cfg, model_dir = run_dir  # num_steps is 4 and ckpt-4 exists: evaluate it, then stop
-    metrics = eval_from_config(cfg, model_dir, wait=True, eval_timeout=30, out_dir=tmp_path, device="cpu",
+def test_wait_stops_after_the_final_step(run_dir: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    cfg, model_dir = run_dir  # num_steps is 4 and ckpt-4 exists: evaluate it, then stop at once
+    metrics = eval_from_config(cfg, model_dir, wait=True, eval_timeout=0.5, out_dir=tmp_path, device="cpu",
                                poll_seconds=0.01)
     assert "DetectionBoxes_Recall/AR@100" in metrics
+    printed = capsys.readouterr().out
+    assert printed.count("== ckpt-4.pt") == 1
+    # Without the final-step stop the loop would wait out eval_timeout and say so before returning.
+    assert "no new checkpoint" not in printed
 
 
 def test_missing_checkpoint_is_a_clear_error(run_dir: tuple[Path, Path], tmp_path: Path, capsys) -> None:
