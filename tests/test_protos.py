@@ -50,6 +50,7 @@ def test_generated_code_is_current(tmp_path):
     assert not stale, f"stale generated protos {stale}: run `make protos` and commit"
 
 
+@pytest.mark.slow
 def test_generated_modules_import_without_warnings():
     # A fresh interpreter, so modules already imported by other tests do not hide a warning.
     code = "import importlib\n" + "".join(f"importlib.import_module('raredet.protos.{m}')\n" for m in MODULES)

@@ -16,6 +16,8 @@ from raredet.commands import demo
 from raredet.commands.demo import MARKER, QUICK, RUNS, StepWatcher, prepare_out_dir, run_both
 from raredet.errors import ConfigError, RaredetError
 
+pytestmark = pytest.mark.slow  # runs `raredet demo --quick` end to end (child processes)
+
 # The strategy under test, fixed here so that these tests do not depend on the one the imbalance study
 # picks for demo.RAREDET_STRATEGY.
 STRATEGY = "model { ssd { loss { class_weights { auto { scheme: EFFECTIVE_NUMBER beta: 0.999 } } } } }"

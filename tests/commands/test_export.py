@@ -25,8 +25,9 @@ from raredet.errors import ConfigError
 from raredet.modeling.postprocess import nms_mask
 from raredet.protos import ssd_pb2
 
-# torch 2.13 deprecates TorchScript and the TorchScript-based ONNX exporter; both are what is tested here.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# slow: TorchScript and ONNX export, checked with onnxruntime. torch 2.13 deprecates TorchScript and the
+# TorchScript-based ONNX exporter; both are what is tested here.
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 _spec = importlib.util.spec_from_file_location("predict_tests", Path(__file__).with_name("test_predict.py"))
 predict_tests = importlib.util.module_from_spec(_spec)

@@ -5,12 +5,15 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from raredet import config as cfg
 from raredet.commands.config import summary_text
 from raredet.errors import ConfigError
+
+pytestmark = pytest.mark.slow  # hypothesis: 250 generated configs and label maps
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "configs"
 BASE = (FIXTURES / "weighted.config").read_text()

@@ -67,6 +67,7 @@ def test_roundtrip_random_access(tmp_path):
     assert list(file) == records
 
 
+@pytest.mark.slow  # child processes
 def test_encode_example_is_byte_identical_across_processes():
     # The feature map's wire order must not depend on the process (protobuf map order is hashed per
     # process), or `raredet synth` writes different files for the same seed.
@@ -343,6 +344,7 @@ def _fuzz_reader(path, label_map):
         reader.example(i)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_corrupted_files_give_data_errors(tmp_path, label_map, encode_image, data):
@@ -372,6 +374,7 @@ def test_fuzz_corrupted_files_give_data_errors(tmp_path, label_map, encode_image
         assert "fuzz.tfrecord" in str(err)
 
 
+@pytest.mark.slow
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=st.binary(max_size=200))
 def test_fuzz_payloads_give_data_errors(tmp_path, label_map, payload):
@@ -405,6 +408,7 @@ _VALUE = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(features=st.dictionaries(st.sampled_from(_KEYS), _VALUE))
 def test_fuzz_feature_types_and_lengths(tmp_path, label_map, encode_image, features):

@@ -86,6 +86,7 @@ def _env() -> dict[str, str]:
 
 
 # slow-ish: starts subprocesses (a few seconds)
+@pytest.mark.slow
 def test_sigterm_finishes_step_and_checkpoints(tmp_path):
     proc = subprocess.Popen([sys.executable, str(HERE / "toy_training.py"), str(tmp_path), "100000",
                              "--sleep", "0.05"], env=_env())
@@ -102,6 +103,7 @@ def test_sigterm_finishes_step_and_checkpoints(tmp_path):
 
 
 # slow-ish: starts a subprocess (a few seconds)
+@pytest.mark.slow
 def test_kill_9_leaves_a_loadable_checkpoint(tmp_path):
     proc = subprocess.Popen([sys.executable, str(HERE / "toy_training.py"), str(tmp_path), "100000",
                              "--sleep", "0.01", "--every", "1"], env=_env())
@@ -122,6 +124,7 @@ def test_kill_9_leaves_a_loadable_checkpoint(tmp_path):
 
 
 # slow-ish: starts subprocesses (a few seconds)
+@pytest.mark.slow
 def test_two_process_torchrun_matches_single_process(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            "0", str(HERE / "toy_training.py"), str(tmp_path / "ddp"), "6", "--batch_size", "4"]

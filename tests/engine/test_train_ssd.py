@@ -21,6 +21,8 @@ _spec = importlib.util.spec_from_file_location(
 tiny = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny)
 
+pytestmark = pytest.mark.slow  # trains and resumes SSDs end to end, through the CLI too
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

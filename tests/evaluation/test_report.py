@@ -48,6 +48,7 @@ def test_report_is_self_contained(tmp_path: Path) -> None:
     assert "crack" in text and "8.0" in text  # the class weights table
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (.ci/run installs it)")
 def test_report_renders_in_chromium(tmp_path: Path) -> None:
     tiny_run(tmp_path)

@@ -15,6 +15,8 @@ from raredet.losses import DetectionLoss, weighted_sigmoid, weighted_smooth_l1
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.matcher import ArgMaxMatcher
 
+pytestmark = pytest.mark.slow  # two gloo ranks in subprocesses
+
 
 def _scene():
     xs = torch.arange(0, 64, 8.0)
