@@ -337,8 +337,7 @@ def build_train_data(
 ) -> tuple[DetectionDataset, RepeatFactorSampler]:
     """Training dataset (reader -> augmentations -> resizer) and its repeat-factor sampler."""
     cfg = loaded.config
-    label_map = _label_map(loaded)
-    dataset = DetectionDataset(reader, label_map, augmentations=build_augmentations(cfg.train_config),
+    dataset = DetectionDataset(reader, augmentations=build_augmentations(cfg.train_config),
                                resizer=build_resizer(cfg.model.ssd), training=True, seed=seed)
     sampler = build_sampler(cfg.train_input_reader, stats, seed)
     return dataset, sampler
@@ -420,7 +419,7 @@ def build_eval_loader(
     msg = cfg.eval_input_reader[0]
     label_map = _label_map(loaded)
     reader = build_reader(msg, label_map, "eval_input_reader")
-    dataset = DetectionDataset(reader, label_map, resizer=build_resizer(cfg.model.ssd), training=False)
+    dataset = DetectionDataset(reader, resizer=build_resizer(cfg.model.ssd), training=False)
     every = sample_1_of_n or msg.sample_1_of_n_examples or 1
     subset = torch.utils.data.Subset(dataset, range(0, len(dataset), every))
     return torch.utils.data.DataLoader(subset, batch_size=max(cfg.eval_config.batch_size, 1),

@@ -45,7 +45,7 @@ class FakeReader:
 
 
 def test_collate_pads_images_and_boxes_by_hand():
-    ds = DetectionDataset(FakeReader(), None)
+    ds = DetectionDataset(FakeReader())
     batch = collate([ds[0], ds[1]])
     assert batch["images"].shape == (2, 3, 20, 30) and batch["images"].dtype == torch.uint8
     assert (batch["images"][1, :, 10:, :] == 0).all() and (batch["images"][1, :, :, 10:] == 0).all()
@@ -64,13 +64,13 @@ def test_collate_pads_images_and_boxes_by_hand():
 
 
 def test_training_makes_crowd_an_ignore_region():
-    ds = DetectionDataset(FakeReader(), None, training=True)
+    ds = DetectionDataset(FakeReader(), training=True)
     assert ds[1]["weights"].tolist() == [2.0, 0.0]
 
 
 def test_resizer_scale_is_relative_to_the_original():
     ds = DetectionDataset(
-        FakeReader(), None, resizer=build_resizer("fixed_shape_resizer", {"height": 40, "width": 15})
+        FakeReader(), resizer=build_resizer("fixed_shape_resizer", {"height": 40, "width": 15})
     )
     ex = ds[0]
     assert ex["image"].shape == (40, 15, 3) and ex["scale"] == (2.0, 0.5)
@@ -78,7 +78,7 @@ def test_resizer_scale_is_relative_to_the_original():
 
 
 def test_augmentation_depends_only_on_seed_epoch_index():
-    ds = DetectionDataset(FakeReader(), None, [RandomHorizontalFlip()], training=True, seed=7)
+    ds = DetectionDataset(FakeReader(), augmentations=[RandomHorizontalFlip()], training=True, seed=7)
     flips = []
     for epoch in range(12):
         ds.set_epoch(epoch)
@@ -93,7 +93,7 @@ def test_augmentation_depends_only_on_seed_epoch_index():
 def test_empty_batch_boxes():
     reader = FakeReader()
     reader.boxes = [np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32)]
-    batch = collate([DetectionDataset(reader, None)[i] for i in range(2)])
+    batch = collate([DetectionDataset(reader)[i] for i in range(2)])
     assert batch["boxes"].shape == (2, 1, 4) and batch["labels"].tolist() == [[-1], [-1]]
     assert batch["num_boxes"].tolist() == [0, 0]
 
@@ -111,7 +111,7 @@ def test_draft_decoding_through_the_dataset(tmp_path, label_map, encode_image):
     )
     reader = TFRecordReader([write_tfrecord(tmp_path / "d.tfrecord", [record])], label_map)
     resizer = build_resizer("fixed_shape_resizer", {"height": 16, "width": 24})
-    batch = collate([DetectionDataset(reader, label_map, resizer=resizer)[0]])
+    batch = collate([DetectionDataset(reader, resizer=resizer)[0]])
     assert batch["images"].shape == (1, 3, 16, 24)
     assert batch["original_sizes"].tolist() == [[64, 96]] and batch["scales"].tolist() == [[0.25, 0.25]]
     np.testing.assert_allclose(batch["boxes"][0].numpy(), [[2, 4, 12, 8]], rtol=1e-5)

@@ -95,7 +95,8 @@ def test_synth_records_match_coco_json(synth_dir):
     lm = LabelMap.load(synth_dir / "label_map.pbtxt")
     assert lm.names == ["scratch", "dent", "crack"]
     for split in ("train", "val"):
-        records = TFRecordReader(expand_input_paths([f"{split}-?????-of-00002.tfrecord"], synth_dir), lm)
+        shards = str(synth_dir / f"{split}-?????-of-00002.tfrecord")
+        records = TFRecordReader(expand_input_paths([shards]), lm)
         coco = CocoReader(synth_dir / f"{split}.json", lm)
         assert len(records) == len(coco) > 0
         for i in range(len(coco)):

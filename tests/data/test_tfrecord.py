@@ -128,13 +128,13 @@ def test_truncated_file(tmp_path, cut):
 def test_expand_input_paths_glob_and_shards(tmp_path):
     for s in range(3):
         write_tfrecord(tmp_path / f"train-{s:05d}-of-00003", [b"x"])
-    found = expand_input_paths(["train-?????-of-00003"], tmp_path)
+    found = expand_input_paths([str(tmp_path / "train-?????-of-00003")])
     assert [p.name for p in found] == [f"train-{s:05d}-of-00003" for s in range(3)]
     (tmp_path / "train-00001-of-00003").unlink()
     with pytest.raises(DataError, match="found 2 of 3 shards"):
-        expand_input_paths(["train-?????-of-00003"], tmp_path)
+        expand_input_paths([str(tmp_path / "train-?????-of-00003")])
     with pytest.raises(DataError, match="matches no file"):
-        expand_input_paths(["val-*"], tmp_path)
+        expand_input_paths([str(tmp_path / "val-*")])
 
 
 # ---- tf.Example by hand at the wire level --------------------------------------------------------

@@ -1,5 +1,7 @@
 """FPN levels and the predictors' output layout (which must match the anchor order)."""
 
+import math
+
 import torch
 from torch import nn
 
@@ -9,7 +11,6 @@ from raredet.modeling.layers import ConvHyperparams
 from raredet.modeling.predictor import (
     ConvolutionalBoxPredictor,
     WeightSharedConvolutionalBoxPredictor,
-    focal_prior_bias,
 )
 
 HP = ConvHyperparams.from_dict({"batch_norm": {"scale": True}, "activation": "RELU_6"})
@@ -98,7 +99,7 @@ def test_class_bias_init_and_shared_tower():
         HP,
         num_layers_before_predictor=2,
         depth=8,
-        class_prediction_bias_init=focal_prior_bias(0.01),
+        class_prediction_bias_init=-math.log((1 - 0.01) / 0.01),  # sigmoid(b) = 0.01 (Lin et al. 2017, 4.1)
         share_prediction_tower=True,
     ).eval()
     cls, _ = pred([torch.zeros(1, 8, s, s) for s in (4, 2, 1)])

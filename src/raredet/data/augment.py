@@ -578,22 +578,10 @@ class IdentityResizer(_Resizer):
         return height, width
 
 
-def fixed_shape_resizer(**kwargs: Any) -> FixedShapeResizer:
-    return FixedShapeResizer(**kwargs)
-
-
-def keep_aspect_ratio_resizer(**kwargs: Any) -> KeepAspectRatioResizer:
-    return KeepAspectRatioResizer(**kwargs)
-
-
-def identity_resizer(**kwargs: Any) -> IdentityResizer:
-    return IdentityResizer()
-
-
-RESIZERS: dict[str, Any] = {
-    "fixed_shape_resizer": fixed_shape_resizer,
-    "keep_aspect_ratio_resizer": keep_aspect_ratio_resizer,
-    "identity_resizer": identity_resizer,
+RESIZERS: dict[str, type[_Resizer]] = {
+    "fixed_shape_resizer": FixedShapeResizer,
+    "keep_aspect_ratio_resizer": KeepAspectRatioResizer,
+    "identity_resizer": IdentityResizer,
 }
 
 

@@ -26,14 +26,13 @@ class DetectionDataset(torch.utils.data.Dataset[Example]):
     def __init__(
         self,
         reader: Any,
-        label_map: Any,
+        *,
         augmentations: Sequence[AugmentOp] = (),
         resizer: Any = None,
         training: bool = False,
         seed: int = 0,
     ) -> None:
         self.reader = reader
-        self.label_map = label_map
         self.augmentations = list(augmentations)
         self.resizer = resizer if resizer is not None else IdentityResizer()
         self.training = training

@@ -3,7 +3,7 @@
 ``build_reader("tf_record_input_reader", {"input_path": [...]}, label_map)`` and likewise for
 ``coco_input_reader`` (``annotations_path``, ``image_dir``) and ``voc_input_reader`` (``root``,
 ``image_set``): keyword arguments are the proto fields, so a builder passes a message's fields through.
-Relative paths resolve against ``base_dir`` (config.load already makes them absolute).
+Paths are used as given: ``config.load`` has already made a config's relative paths absolute.
 """
 
 from __future__ import annotations
@@ -21,32 +21,24 @@ from raredet.errors import ConfigError
 PathLike = str | os.PathLike[str]
 
 
-def tf_record_input_reader(
-    label_map: Any, input_path: Sequence[str] = (), base_dir: PathLike | None = None
-) -> TFRecordReader:
+def tf_record_input_reader(label_map: Any, input_path: Sequence[str] = ()) -> TFRecordReader:
     if not input_path:
         raise ConfigError(
             "tf_record_input_reader.input_path is empty; give the TFRecord files (globs allowed)"
         )
-    return TFRecordReader(expand_input_paths(list(input_path), base_dir), label_map)
+    return TFRecordReader(expand_input_paths(list(input_path)), label_map)
 
 
-def coco_input_reader(
-    label_map: Any, annotations_path: str = "", image_dir: str = "", base_dir: PathLike | None = None
-) -> CocoReader:
+def coco_input_reader(label_map: Any, annotations_path: str = "", image_dir: str = "") -> CocoReader:
     if not annotations_path:
         raise ConfigError("coco_input_reader.annotations_path is empty; give the COCO JSON file")
-    base = Path(base_dir) if base_dir is not None else Path()
-    return CocoReader(base / annotations_path, label_map, base / image_dir if image_dir else None)
+    return CocoReader(Path(annotations_path), label_map, Path(image_dir) if image_dir else None)
 
 
-def voc_input_reader(
-    label_map: Any, root: str = "", image_set: str = "train", base_dir: PathLike | None = None
-) -> VocReader:
+def voc_input_reader(label_map: Any, root: str = "", image_set: str = "train") -> VocReader:
     if not root:
         raise ConfigError("voc_input_reader.root is empty; give the Pascal VOC folder")
-    base = Path(base_dir) if base_dir is not None else Path()
-    return VocReader(base / root, label_map, split=image_set or None)
+    return VocReader(Path(root), label_map, split=image_set or None)
 
 
 READERS: dict[str, Any] = {
@@ -56,13 +48,11 @@ READERS: dict[str, Any] = {
 }
 
 
-def build_reader(
-    name: str | None, params: dict[str, Any], label_map: Any, base_dir: PathLike | None = None
-) -> Any:
+def build_reader(name: str | None, params: dict[str, Any], label_map: Any) -> Any:
     """The reader for input reader kind ``name`` with proto fields ``params``."""
     if name not in READERS:
         raise ConfigError(f"input reader {name!r} is not supported; use one of: {', '.join(READERS)}")
     try:
-        return READERS[name](label_map, base_dir=base_dir, **params)
+        return READERS[name](label_map, **params)
     except TypeError as err:
         raise ConfigError(f"{name}: {err}") from err

@@ -128,15 +128,15 @@ class TFRecordFile:
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})")
 
 
-def expand_input_paths(patterns: Sequence[str], base_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+def expand_input_paths(patterns: Sequence[str]) -> list[Path]:
     """Expand ``input_path`` entries: globs and TF-style shard names (``train-?????-of-00010``).
 
-    Relative paths resolve against ``base_dir`` (the config file's directory). A pattern that matches
-    nothing, or a shard set with missing shards, is an error.
+    Relative paths are taken from the working directory (``config.load`` has already made a config's
+    paths absolute). A pattern that matches nothing, or a shard set with missing shards, is an error.
     """
     found: list[Path] = []
     for pattern in patterns:
-        full = str(Path(base_dir) / pattern) if base_dir is not None else pattern
+        full = pattern
         matches = sorted(glob.glob(os.path.expanduser(full)))
         if not matches:
             raise DataError(f"input_path {pattern!r} ({full}) matches no file; check the path")

@@ -60,10 +60,6 @@ def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum of `tensor` over all ranks (a copy; the input is untouched)."""
     out = tensor.detach().clone()

@@ -25,8 +25,7 @@ from raredet.modeling.box_ops import box_iou
 from raredet.modeling.matcher import IGNORE
 from raredet.modeling.postprocess import nms_mask
 
-LOSS_TYPES = ("BOTH", "CLASSIFICATION", "LOCALIZATION")
-_LOSS_TYPE_ALIASES = {"CLS": "CLASSIFICATION", "LOC": "LOCALIZATION"}
+LOSS_TYPES = ("BOTH", "CLASSIFICATION", "LOCALIZATION")  # the proto enum names, as builders pass them
 # Candidates per NMS block (see `_nms_select`); a block costs B * NMS_BLOCK² IoU entries.
 NMS_BLOCK = 512
 
@@ -48,16 +47,12 @@ class HardExampleMiner:
         self,
         num_hard_examples: int | None = 64,
         iou_threshold: float = 0.7,
-        loss_type: str | int = "BOTH",
+        loss_type: str = "BOTH",
         cls_loss_weight: float = 0.05,
         loc_loss_weight: float = 0.06,
         max_negatives_per_positive: int | None = 0,
         min_negatives_per_image: int = 0,
     ) -> None:
-        # Also the TF OD API's Python spellings ('both', 'cls', 'loc') and the proto enum numbers.
-        if isinstance(loss_type, int) and 0 <= loss_type < len(LOSS_TYPES):
-            loss_type = LOSS_TYPES[loss_type]
-        loss_type = _LOSS_TYPE_ALIASES.get(str(loss_type).upper(), str(loss_type).upper())
         if loss_type not in LOSS_TYPES:
             raise ConfigError(
                 f"hard_example_miner.loss_type: unknown {loss_type!r}; valid: {', '.join(LOSS_TYPES)}"

@@ -34,19 +34,3 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
     """
     inter, union = _intersection_and_union(a, b)
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
-
-
-def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """Generalised IoU (Rezatofighi et al. 2019) of every pair -> ``[..., N, M]``, in ``[-1, 1]``.
-
-    GIoU = IoU - (area of the smallest enclosing box - union) / area of the enclosing box.
-    """
-    inter, union = _intersection_and_union(a, b)
-    tiny = torch.finfo(union.dtype).tiny
-    iou = torch.where(union > 0, inter / union.clamp(min=tiny), 0.0)
-    top_left = torch.minimum(a[..., :, None, :2], b[..., None, :, :2])
-    bottom_right = torch.maximum(a[..., :, None, 2:], b[..., None, :, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    enclosing = wh[..., 0] * wh[..., 1]
-    penalty = torch.where(enclosing > 0, (enclosing - union) / enclosing.clamp(min=tiny), 0.0)
-    return iou - penalty

@@ -1,8 +1,8 @@
 """Building blocks shared by the FPN, the extra SSD layers and the box predictors, set by a TF OD API
 ``conv_hyperparams`` message given as a plain dict.
 
-The dict is the message as ``google.protobuf.json_format.MessageToDict(msg,
-preserving_proto_field_name=True)`` writes it: absent keys take the TF OD API's defaults, e.g.
+The dict is the message as ``builders.message_kwargs(msg)`` gives it (the set fields, enums by name):
+absent keys take the TF OD API's defaults, e.g.
 ``{"activation": "RELU_6", "regularizer": {"l2_regularizer": {"weight": 4e-5}},
 "initializer": {"truncated_normal_initializer": {"stddev": 0.03}},
 "batch_norm": {"decay": 0.997, "scale": True, "epsilon": 0.001}}``.

@@ -8,7 +8,6 @@ in the order of ``anchors.MultiscaleAnchorGenerator``: level, row, column, ancho
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -228,7 +227,3 @@ class ConvolutionalBoxPredictor(nn.Module):
     def l2_weights(self, prefix: str = "") -> dict[str, float]:
         return l2_weights_of(self, self.hp, prefix)
 
-
-def focal_prior_bias(prior: float) -> float:
-    """The class bias that makes every initial sigmoid score ``prior`` (Lin et al. 2017, section 4.1)."""
-    return -math.log((1.0 - prior) / prior)

@@ -1,8 +1,8 @@
 """The SSD meta-architecture (RetinaNet when built with an FPN and the weight-shared predictor).
 
 One constructor, which builders call with sub-messages of the TF OD API ``ssd`` message as plain dicts
-(``google.protobuf.json_format.MessageToDict(msg, preserving_proto_field_name=True)`` gives them;
-absent keys take the TF OD API's defaults)::
+(``builders.message_kwargs(msg)`` gives them: the set fields, enums by name; absent keys take the
+TF OD API's defaults)::
 
     SSD(num_classes: int,
         feature_extractor: dict,   # {"type", "depth_multiplier", "min_depth", "conv_hyperparams",
