@@ -17,7 +17,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from torch import nn
 
-from raredet.config import LabelMap, LoadedConfig, effective_config_text
+from raredet.config import LabelMap, LoadedConfig, class_index, effective_config_text
 from raredet.data import augment, readers
 from raredet.data.dataset import DetectionDataset, collate
 from raredet.data.sampling import RepeatFactorSampler, image_repeat_factors
@@ -184,16 +184,6 @@ def build_sampler(
 SIMILARITIES: dict[str, Callable[..., Any]] = {"iou_similarity": lambda: box_iou}
 MATCHERS: dict[str, Callable[..., Any]] = {"argmax_matcher": ArgMaxMatcher}
 BOX_CODERS: dict[str, Callable[..., Any]] = {"faster_rcnn_box_coder": FasterRcnnBoxCoder}
-
-
-def class_index(ref: losses_pb2.ClassWeight | losses_pb2.ClassAlpha, label_map: LabelMap, where: str) -> int:
-    kind = ref.WhichOneof("class_ref")
-    if kind is None:
-        raise ConfigError(f'{where}: names no class; set `name: "..."` or `id: N`')
-    try:
-        return label_map.index_of_id(ref.id) if kind == "id" else label_map.index_of_name(ref.name)
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
 
 
 def explicit_class_values(refs: Sequence[Any], label_map: LabelMap, where: str) -> dict[int, float]:

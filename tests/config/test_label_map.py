@@ -92,3 +92,21 @@ def test_tf_od_api_extras_parse_and_are_not_kept():
     lm = LabelMap.parse(text)
     assert lm.names == ["person"]
     assert "keypoints" not in lm.to_pbtxt()
+
+
+def test_class_index_resolves_ids_names_and_display_names_with_the_field_in_errors():
+    from raredet.config import class_index
+    from raredet.protos import losses_pb2
+
+    lm = LabelMap.parse('item { id: 2 name: "dent" }\nitem { id: 5 name: "crack" display_name: "Crack" }\n',
+                        "lm.pbtxt")
+    assert class_index(losses_pb2.ClassWeight(id=5), lm, "w[0]") == 1
+    assert class_index(losses_pb2.ClassWeight(name="dent"), lm, "w[0]") == 0
+    assert class_index(losses_pb2.ClassWeight(name="Crack"), lm, "w[0]") == 1
+    expected = r"^w\[1\]\.id: 3 is not in the label map lm\.pbtxt; its ids are \[2, 5\]"
+    with pytest.raises(ConfigError, match=expected):
+        class_index(losses_pb2.ClassWeight(id=3), lm, "w[1]")
+    with pytest.raises(ConfigError, match=r"^w\[1\]\.name: 'crak' is not in .*did you mean 'crack'"):
+        class_index(losses_pb2.ClassWeight(name="crak"), lm, "w[1]")
+    with pytest.raises(ConfigError, match=r"^w\[2\]: names no class"):
+        class_index(losses_pb2.ClassWeight(value=1.0), lm, "w[2]")

@@ -11,7 +11,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from raredet.builders import check_buildable, resolve_class_weight_table
-from raredet.config import ConfigWarning, LabelMap, LoadedConfig, effective_config_text, load
+from raredet.config import ConfigWarning, LabelMap, LoadedConfig, class_index, effective_config_text, load
 from raredet.config.load import _reader_paths
 from raredet.config.validate import _readers
 from raredet.losses.class_weights import format_class_weight_table
@@ -129,10 +129,8 @@ def _weight_rows(weights: losses_pb2.ClassWeights, label_map: LabelMap | None) -
     """(id, name, weight) per class: every class when a label map is loaded, else the entries given."""
     if label_map is None:
         return [_given_row(w) for w in weights.weight]
-    given = {}
-    for w in weights.weight:
-        by_id = w.WhichOneof("class_ref") == "id"
-        given[label_map.index_of_id(w.id) if by_id else label_map.index_of_name(w.name)] = f"{w.value:g}"
+    given = {class_index(w, label_map, "model.ssd.loss.class_weights.weight"): f"{w.value:g}"
+             for w in weights.weight}
     rest = "auto" if weights.HasField("auto") else "1"
     return [(str(label_map.id_of_index(i)), label_map.name_of_index(i), given.get(i, rest))
             for i in range(label_map.num_classes)]

@@ -20,7 +20,7 @@ from raredet.config.load import (
     resolve_paths,
 )
 from raredet.config.text import parse_text
-from raredet.config.validate import NOT_ACTED_ON, ConfigWarning, not_acted_on, validate
+from raredet.config.validate import NOT_ACTED_ON, ConfigWarning, class_index, not_acted_on, validate
 
 __all__ = [
     "NOT_ACTED_ON",
@@ -28,6 +28,7 @@ __all__ = [
     "LabelMap",
     "LoadedConfig",
     "check_input_paths",
+    "class_index",
     "effective_config_text",
     "load",
     "not_acted_on",

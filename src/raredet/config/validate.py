@@ -129,6 +129,26 @@ def _readers(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[tuple[str, In
 # ---- semantic validation -----------------------------------------------------------------------------
 
 
+def class_index(ref: losses_pb2.ClassWeight | losses_pb2.ClassAlpha, label_map: LabelMap, field: str) -> int:
+    """The contiguous index of the class `ref` names (`id` or `name`/`display_name`); a ConfigError
+    naming `field` otherwise. The one resolution of class references: validation and builders use it."""
+    kind = ref.WhichOneof("class_ref")
+    if kind is None:
+        raise ConfigError(f'{field}: names no class; set `name: "..."` or `id: N`')
+    lm = label_map
+    if kind == "id":
+        index = int(lm.ids_to_indices(np.array([ref.id]))[0])
+        if index < 0:
+            raise ConfigError(f"{field}.id: {ref.id} is not in the label map {lm.path}; its ids are {lm.ids}")
+        return index
+    index = int(lm.names_to_indices([ref.name])[0])
+    if index < 0:
+        known = lm.names + lm.display_names
+        raise ConfigError(f"{field}.name: '{ref.name}' is not in the label map {lm.path}"
+                          f"{_did_you_mean(ref.name, known)}; its names are {lm.names}")
+    return index
+
+
 class _Checker:
     """Raises ConfigError naming the config file and the field path."""
 
@@ -155,23 +175,14 @@ class _Checker:
 
     def class_ref(self, ref: losses_pb2.ClassWeight | losses_pb2.ClassAlpha, field: str) -> int | None:
         """The contiguous index of the class `ref` names; None when no label map is loaded."""
-        kind = ref.WhichOneof("class_ref")
-        if kind is None:
+        if ref.WhichOneof("class_ref") is None:
             self.fail(field, 'names no class; set `name: "..."` or `id: N`')
         if self.label_map is None:
             return None
-        lm = self.label_map
-        if kind == "id":
-            index = int(lm.ids_to_indices(np.array([ref.id]))[0])
-            if index < 0:
-                self.fail(f"{field}.id", f"{ref.id} is not in the label map {lm.path}; its ids are {lm.ids}")
-            return index
-        index = int(lm.names_to_indices([ref.name])[0])
-        if index < 0:
-            known = lm.names + lm.display_names
-            self.fail(f"{field}.name", f"'{ref.name}' is not in the label map {lm.path}"
-                      f"{_did_you_mean(ref.name, known)}; its names are {lm.names}")
-        return index
+        try:
+            return class_index(ref, self.label_map, field)
+        except ConfigError as err:
+            raise ConfigError(f"{self.path}: {err}") from None
 
     def per_class_values(self, refs: Sequence[losses_pb2.ClassWeight | losses_pb2.ClassAlpha],
                          field: str, high: float) -> None:
