@@ -1,3 +1,4 @@
+from raredet.protos import calibration_pb2 as _calibration_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -37,7 +38,7 @@ class BatchNonMaxSuppression(_message.Message):
     def __init__(self, score_threshold: _Optional[float] = ..., iou_threshold: _Optional[float] = ..., max_detections_per_class: _Optional[int] = ..., max_total_detections: _Optional[int] = ..., use_static_shapes: _Optional[bool] = ..., use_class_agnostic_nms: _Optional[bool] = ..., max_classes_per_detection: _Optional[int] = ..., soft_nms_sigma: _Optional[float] = ..., use_partitioned_nms: _Optional[bool] = ..., use_combined_nms: _Optional[bool] = ..., change_coordinate_frame: _Optional[bool] = ..., use_hard_nms: _Optional[bool] = ..., use_cpu_nms: _Optional[bool] = ...) -> None: ...
 
 class PostProcessing(_message.Message):
-    __slots__ = ("batch_non_max_suppression", "score_converter", "logit_scale")
+    __slots__ = ("batch_non_max_suppression", "score_converter", "logit_scale", "calibration_config")
     class ScoreConverter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         IDENTITY: _ClassVar[PostProcessing.ScoreConverter]
@@ -49,7 +50,9 @@ class PostProcessing(_message.Message):
     BATCH_NON_MAX_SUPPRESSION_FIELD_NUMBER: _ClassVar[int]
     SCORE_CONVERTER_FIELD_NUMBER: _ClassVar[int]
     LOGIT_SCALE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_CONFIG_FIELD_NUMBER: _ClassVar[int]
     batch_non_max_suppression: BatchNonMaxSuppression
     score_converter: PostProcessing.ScoreConverter
     logit_scale: float
-    def __init__(self, batch_non_max_suppression: _Optional[_Union[BatchNonMaxSuppression, _Mapping]] = ..., score_converter: _Optional[_Union[PostProcessing.ScoreConverter, str]] = ..., logit_scale: _Optional[float] = ...) -> None: ...
+    calibration_config: _calibration_pb2.CalibrationConfig
+    def __init__(self, batch_non_max_suppression: _Optional[_Union[BatchNonMaxSuppression, _Mapping]] = ..., score_converter: _Optional[_Union[PostProcessing.ScoreConverter, str]] = ..., logit_scale: _Optional[float] = ..., calibration_config: _Optional[_Union[_calibration_pb2.CalibrationConfig, _Mapping]] = ...) -> None: ...
