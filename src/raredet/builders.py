@@ -9,7 +9,7 @@ take keyword arguments named as the proto fields, so a message's set fields pass
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from torch import nn
 
-from raredet.config import LabelMap, LoadedConfig, class_index, effective_config_text
+from raredet.config import LabelMap, LoadedConfig, check_calibration, class_index, effective_config_text
 from raredet.data import augment, readers
 from raredet.data.dataset import DetectionDataset, collate
 from raredet.data.sampling import RepeatFactorSampler, image_repeat_factors
@@ -37,9 +37,10 @@ from raredet.losses import (
     resolve_class_weights,
 )
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
+from raredet.modeling.calibration import Calibration
 from raredet.modeling.box_ops import box_iou
 from raredet.modeling.matcher import ArgMaxMatcher
-from raredet.protos import input_reader_pb2, losses_pb2, ssd_pb2, train_pb2
+from raredet.protos import calibration_pb2, input_reader_pb2, losses_pb2, post_processing_pb2, ssd_pb2, train_pb2
 
 # Fields the TF OD API has but whose effect raredet does not need (graph or TPU details).
 _INERT_FIELDS = frozenset({"anchorwise_output", "use_matmul_gather"})
@@ -291,15 +292,93 @@ def resolve_class_weight_table(loaded: LoadedConfig, stats: DatasetStats | None 
 # ---- the model ----------------------------------------------------------------------------------
 
 
-def build_model(ssd: ssd_pb2.Ssd) -> tuple[nn.Module, dict[str, float]]:
-    """The SSD of `model.ssd` and its L2 map `{parameter name: l2 weight}` for weight decay."""
+def build_model(ssd: ssd_pb2.Ssd, class_ids: Sequence[int] | None = None) -> tuple[nn.Module, dict[str, float]]:
+    """The SSD of `model.ssd` and its L2 map `{parameter name: l2 weight}` for weight decay.
+
+    `class_ids`: the label-map ids in index order (default 1..num_classes), which the keys of a
+    per-class `calibration_config` name.
+    """
     from raredet.modeling.ssd import SSD  # imported here: model code is heavy and needed only here
 
     kwargs = message_kwargs(ssd)
     fields = ("num_classes", "feature_extractor", "box_predictor", "anchor_generator", "post_processing",
               "box_coder", "freeze_batchnorm")
-    model = SSD(**{k: kwargs[k] for k in fields if k in kwargs})
+    calibration = None
+    if ssd.post_processing.HasField("calibration_config"):
+        calibration = build_calibration(ssd.post_processing.calibration_config, ssd.num_classes, class_ids)
+    model = SSD(**{k: kwargs[k] for k in fields if k in kwargs}, calibration=calibration)
     return model, dict(model.l2_weights())
+
+
+CALIBRATION_WHERE = "model.ssd.post_processing.calibration_config"
+
+
+def build_calibration(msg: calibration_pb2.CalibrationConfig, num_classes: int,
+                      class_ids: Sequence[int] | None = None, where: str = CALIBRATION_WHERE) -> Calibration:
+    """The `Calibration` of a `calibration_config` for `num_classes` score columns.
+
+    Per-class keys are label-map ids: `class_ids[k]` is column k's id (default k + 1, which is also
+    the TF OD API's class id: its column 0 is background). ConfigError with the field path for maps
+    that cannot be applied (see `config.check_calibration`).
+    """
+    ids = list(class_ids) if class_ids is not None else list(range(1, num_classes + 1))
+    if len(ids) != num_classes:
+        raise ConfigError(f"{where}: {len(ids)} label-map ids given for {num_classes} classes")
+
+    def fail(field: str, problem: str) -> NoReturn:
+        raise ConfigError(f"{field}: {problem}")
+
+    check_calibration(msg, where, ids, fail)
+    column = {id_: k for k, id_ in enumerate(ids)}
+    kind = msg.WhichOneof("calibrator")
+    if kind == "temperature_scaling_calibration":
+        return Calibration.temperature_scaling(num_classes, msg.temperature_scaling_calibration.scaler)
+    if kind == "function_approximation":
+        x, y = _xy(msg.function_approximation.x_y_pairs)
+        return Calibration.piecewise_linear_all(num_classes, x, y)
+    if kind == "class_id_function_approximations":
+        pairs = msg.class_id_function_approximations.class_id_xy_pairs_map
+        return Calibration.piecewise_linear(num_classes, {column[i]: _xy(pairs[i]) for i in pairs})
+    if kind == "sigmoid_calibration":
+        params = msg.sigmoid_calibration.sigmoid_parameters
+        return Calibration.platt_all(num_classes, params.a, params.b)
+    per_class = msg.class_id_sigmoid_calibrations.class_id_sigmoid_parameters_map
+    return Calibration.platt(num_classes, {column[i]: (per_class[i].a, per_class[i].b) for i in per_class})
+
+
+def _xy(pairs: calibration_pb2.XYPairs) -> tuple[list[float], list[float]]:
+    return [p.x for p in pairs.x_y_pair], [p.y for p in pairs.x_y_pair]
+
+
+def build_score_converter(post_processing: post_processing_pb2.PostProcessing,
+                          num_classes: int | None = None,
+                          class_ids: Sequence[int] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Logits `[B, A, K]` -> calibrated scores `[B, A, K]`, as `post_processing` says (score converter,
+    `logit_scale`, `calibration_config`; TF OD API order). Column k is label-map id k + 1 unless
+    `class_ids` says otherwise. Without `num_classes`, K is read from the logits at each call (and a
+    per-class key beyond K is a ConfigError then)."""
+    from raredet.modeling.postprocess import ScoreConverter
+
+    converter = _enum_name(post_processing, "score_converter")
+    scale = post_processing.logit_scale
+
+    def make(k: int) -> ScoreConverter:
+        calibration = (build_calibration(post_processing.calibration_config, k, class_ids,
+                                         "post_processing.calibration_config")
+                       if post_processing.HasField("calibration_config") else None)
+        return ScoreConverter(converter, scale, calibration, k)
+
+    if num_classes is not None:
+        return make(num_classes)
+    built: dict[int, ScoreConverter] = {}
+
+    def convert(logits: torch.Tensor) -> torch.Tensor:
+        k = int(logits.shape[-1])
+        if k not in built:
+            built[k] = make(k)
+        return built[k](logits)
+
+    return convert
 
 
 def check_buildable(loaded: LoadedConfig) -> None:

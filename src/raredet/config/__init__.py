@@ -20,13 +20,21 @@ from raredet.config.load import (
     resolve_paths,
 )
 from raredet.config.text import parse_text
-from raredet.config.validate import NOT_ACTED_ON, ConfigWarning, class_index, not_acted_on, validate
+from raredet.config.validate import (
+    NOT_ACTED_ON,
+    ConfigWarning,
+    check_calibration,
+    class_index,
+    not_acted_on,
+    validate,
+)
 
 __all__ = [
     "NOT_ACTED_ON",
     "ConfigWarning",
     "LabelMap",
     "LoadedConfig",
+    "check_calibration",
     "check_input_paths",
     "class_index",
     "effective_config_text",

@@ -7,7 +7,7 @@ fields that have no effect in raredet, for the one warning `load` gives.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from raredet.config.label_map import LabelMap
 from raredet.config.text import _did_you_mean
 from raredet.errors import ConfigError
-from raredet.protos import image_resizer_pb2, losses_pb2, pipeline_pb2, ssd_pb2
+from raredet.protos import calibration_pb2, image_resizer_pb2, losses_pb2, pipeline_pb2, ssd_pb2
 from raredet.protos.input_reader_pb2 import InputReader
 
 # Fields raredet parses (so TF OD API configs load unchanged) but does not act on. Setting one gives a
@@ -227,6 +227,10 @@ def _validate_ssd(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
     _validate_resizer(ssd.image_resizer, check)
     nms = ssd.post_processing.batch_non_max_suppression
     check.number(nms.iou_threshold, "model.ssd.post_processing.batch_non_max_suppression.iou_threshold", 0, 1)
+    if ssd.post_processing.HasField("calibration_config"):
+        ids = lm.ids if lm is not None else list(range(1, ssd.num_classes + 1))
+        check_calibration(ssd.post_processing.calibration_config,
+                          "model.ssd.post_processing.calibration_config", ids, check.fail)
 
 
 def _validate_matcher(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
@@ -319,6 +323,71 @@ def _validate_class_weights(weights: losses_pb2.ClassWeights, where: str, check:
         check.number(auto.max_weight, f"{where}.auto.max_weight")
     elif not weights.weight:
         check.fail(where, "is empty; add `weight { name: \"...\" value: ... }` entries or `auto { }`")
+
+
+CALIBRATORS = ("function_approximation", "class_id_function_approximations", "sigmoid_calibration",
+               "class_id_sigmoid_calibrations", "temperature_scaling_calibration")
+
+
+def check_calibration(calibration: calibration_pb2.CalibrationConfig, where: str, class_ids: Sequence[int],
+                      fail: Callable[[str, str], NoReturn]) -> None:
+    """A `calibration_config` raredet (and the TF OD API) can apply: maps with x strictly increasing
+    and x, y in [0, 1], class ids that are label-map ids (`class_ids`), a negative sigmoid slope `a`
+    (so the map keeps the score order) and a positive temperature. Calls `fail(field, problem)`."""
+    kind = calibration.WhichOneof("calibrator")
+    if kind is None:
+        fail(where, f"sets no calibrator; set one of {', '.join(CALIBRATORS)}, or remove the block")
+    sub = getattr(calibration, kind)
+    here = f"{where}.{kind}"
+    if kind == "function_approximation":
+        _check_xy_pairs(sub.x_y_pairs, f"{here}.x_y_pairs", fail)
+    elif kind == "temperature_scaling_calibration":
+        if not (math.isfinite(sub.scaler) and sub.scaler > 0):
+            fail(f"{here}.scaler", f"is {sub.scaler:g}; the temperature must be a number > 0 "
+                 "(the logits are divided by it)")
+    elif kind == "sigmoid_calibration":
+        _check_sigmoid(sub.sigmoid_parameters, f"{here}.sigmoid_parameters", fail)
+    else:
+        per_class = (sub.class_id_xy_pairs_map if kind == "class_id_function_approximations"
+                     else sub.class_id_sigmoid_parameters_map)
+        field = "class_id_xy_pairs_map" if kind == "class_id_function_approximations" else \
+            "class_id_sigmoid_parameters_map"
+        for class_id in sorted(per_class):
+            entry = f"{here}.{field}[{class_id}]"
+            if class_id not in class_ids:
+                extra = " (0 is the TF OD API's background column, which raredet's model does not have)" \
+                    if class_id == 0 else ""
+                fail(entry, f"class id {class_id} is not a label-map id{extra}; the key is the class's "
+                     f"label-map id, one of {list(class_ids)}")
+            if kind == "class_id_function_approximations":
+                _check_xy_pairs(per_class[class_id], entry, fail)
+            else:
+                _check_sigmoid(per_class[class_id], entry, fail)
+
+
+def _check_xy_pairs(pairs: calibration_pb2.XYPairs, where: str, fail: Callable[[str, str], NoReturn]) -> None:
+    if not pairs.x_y_pair:
+        fail(where, "has no x_y_pair; give at least one `x_y_pair { x: ... y: ... }`")
+    previous = -math.inf
+    for i, pair in enumerate(pairs.x_y_pair):
+        for name in ("x", "y"):
+            value = getattr(pair, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                fail(f"{where}.x_y_pair[{i}].{name}", f"{value!r} is outside [0, 1]; calibration maps "
+                     "take and give scores, which lie in [0, 1]")
+        if not pair.x > previous:
+            fail(f"{where}.x_y_pair[{i}].x", f"{pair.x:g} is not above the previous x ({previous:g}); "
+                 "list the pairs with x strictly increasing")
+        previous = pair.x
+
+
+def _check_sigmoid(params: calibration_pb2.SigmoidParameters, where: str,
+                   fail: Callable[[str, str], NoReturn]) -> None:
+    if not (math.isfinite(params.a) and params.a < 0):
+        fail(f"{where}.a", f"is {params.a!r}; it must be a negative number, so that the sigmoid "
+             "1 / (1 + exp(a * score + b)) rises with the score (keeps the score order)")
+    if not math.isfinite(params.b):
+        fail(f"{where}.b", f"{params.b!r} is not a finite number")
 
 
 def _validate_reader(reader: InputReader, where: str, check: _Checker) -> None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from raredet.errors import ConfigError
 from raredet.modeling.box_ops import box_iou
+from raredet.modeling.calibration import Calibration
 
 
 def _sigmoid(logits: Tensor) -> Tensor:
@@ -44,6 +45,23 @@ def convert_scores(logits: Tensor, score_converter: str = "IDENTITY", logit_scal
             f"valid: {sorted(SCORE_CONVERTERS)}"
         )
     return SCORE_CONVERTERS[score_converter](logits / logit_scale)
+
+
+class ScoreConverter(nn.Module):
+    """Logits ``[..., K]`` -> calibrated scores ``[..., K]``, in the TF OD API's order: temperature
+    scaling (if any) divides the logits, then ``logits / logit_scale`` goes through the score
+    converter, then every other calibration kind maps the converted scores (before NMS)."""
+
+    def __init__(self, score_converter: str = "IDENTITY", logit_scale: float = 1.0,
+                 calibration: Calibration | None = None, num_classes: int = 1) -> None:
+        super().__init__()
+        convert_scores(torch.zeros(1, 1), score_converter)  # an unknown converter fails here
+        self.score_converter, self.logit_scale = score_converter, float(logit_scale)
+        self.calibration = calibration if calibration is not None else Calibration.identity(num_classes)
+
+    def forward(self, logits: Tensor) -> Tensor:
+        scores = convert_scores(self.calibration.temperature(logits), self.score_converter, self.logit_scale)
+        return self.calibration(scores)
 
 
 def _greedy_keep(suppresses: Tensor) -> Tensor:

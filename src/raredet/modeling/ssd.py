@@ -14,12 +14,15 @@ TF OD API's defaults)::
         post_processing: dict | None = None,  # {"batch_non_max_suppression": {...},
                                               #  "score_converter", "logit_scale"}
         box_coder: dict | None = None,        # {"faster_rcnn_box_coder": {...}}
-        freeze_batchnorm: bool = False)
+        freeze_batchnorm: bool = False,
+        calibration: Calibration | None = None)  # post_processing.calibration_config, built
+                                                 # (builders.build_calibration); None = identity
 
 ``forward(images)`` takes ``[B, 3, H, W]`` uint8 or float in 0..255 and normalises inside with the
 ImageNet mean and std (so torchvision ImageNet weights fit, and exported models take raw images);
 it returns ``{"cls_logits" [B, A, K], "box_deltas" [B, A, 4], "anchors" [A, 4]}`` in every mode.
-``postprocess(outputs, image_sizes)`` decodes, clips and runs NMS. ``l2_weights()`` maps parameter
+``postprocess(outputs, image_sizes)`` decodes, clips, scores (converter and calibration:
+``model.score_converter``, replaceable with ``set_calibration``) and runs NMS. ``l2_weights()`` maps parameter
 names to the ``l2_regularizer.weight`` of the conv_hyperparams that built them (for weight decay).
 
 Feature extractors (``FEATURE_EXTRACTORS``; a ``_keras`` suffix is accepted and ignored):
@@ -54,7 +57,8 @@ from raredet.modeling.backbones import MobileNetV2, ResNet
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
 from raredet.modeling.layers import ConvHyperparams, l2_weights_of
-from raredet.modeling.postprocess import BatchNonMaxSuppression, clip_boxes, convert_scores
+from raredet.modeling.calibration import Calibration
+from raredet.modeling.postprocess import BatchNonMaxSuppression, ScoreConverter, clip_boxes
 from raredet.modeling.predictor import ConvolutionalBoxPredictor, WeightSharedConvolutionalBoxPredictor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -243,6 +247,7 @@ class SSD(nn.Module):
         post_processing: Config | None = None,
         box_coder: Config | None = None,
         freeze_batchnorm: bool = False,
+        calibration: Calibration | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -260,9 +265,9 @@ class SSD(nn.Module):
         )
         self.box_coder = build_box_coder(box_coder)
         post = dict(post_processing or {})
-        self.score_converter = str(post.get("score_converter", "IDENTITY"))
-        self.logit_scale = float(post.get("logit_scale", 1.0))
-        convert_scores(torch.zeros(1, 1), self.score_converter)  # unknown converter: fail at build time
+        post.pop("calibration_config", None)  # arrives built, as `calibration`
+        self.score_converter = ScoreConverter(str(post.get("score_converter", "IDENTITY")),
+                                              float(post.get("logit_scale", 1.0)), calibration, num_classes)
         self.non_max_suppression = BatchNonMaxSuppression(**dict(post.get("batch_non_max_suppression") or {}))
         mean, std = torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
         self.register_buffer("pixel_mean", mean.view(1, 3, 1, 1), persistent=False)
@@ -305,8 +310,14 @@ class SSD(nn.Module):
         (contiguous index), ``num_detections [B]``."""
         boxes = self.box_coder.decode(outputs["box_deltas"], outputs["anchors"][None])
         boxes = clip_boxes(boxes, image_sizes.to(boxes.device))
-        scores = convert_scores(outputs["cls_logits"], self.score_converter, self.logit_scale)
+        scores = self.score_converter(outputs["cls_logits"])
         return self.non_max_suppression(boxes, scores)
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        """Replace the score calibration (e.g. with per-class operating points) after building."""
+        if calibration.num_classes != self.num_classes:
+            raise ValueError(f"calibration for {calibration.num_classes} classes, model has {self.num_classes}")
+        self.score_converter.calibration = calibration.to(self.pixel_mean.device)
 
     def l2_weights(self) -> dict[str, float]:
         """``{parameter name: l2_regularizer.weight}`` for every regularised parameter (conv kernels)."""
