@@ -37,10 +37,17 @@ from raredet.losses import (
     resolve_class_weights,
 )
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
-from raredet.modeling.calibration import Calibration
 from raredet.modeling.box_ops import box_iou
+from raredet.modeling.calibration import Calibration
 from raredet.modeling.matcher import ArgMaxMatcher
-from raredet.protos import calibration_pb2, input_reader_pb2, losses_pb2, post_processing_pb2, ssd_pb2, train_pb2
+from raredet.protos import (
+    calibration_pb2,
+    input_reader_pb2,
+    losses_pb2,
+    post_processing_pb2,
+    ssd_pb2,
+    train_pb2,
+)
 
 # Fields the TF OD API has but whose effect raredet does not need (graph or TPU details).
 _INERT_FIELDS = frozenset({"anchorwise_output", "use_matmul_gather"})
@@ -292,7 +299,8 @@ def resolve_class_weight_table(loaded: LoadedConfig, stats: DatasetStats | None 
 # ---- the model ----------------------------------------------------------------------------------
 
 
-def build_model(ssd: ssd_pb2.Ssd, class_ids: Sequence[int] | None = None) -> tuple[nn.Module, dict[str, float]]:
+def build_model(ssd: ssd_pb2.Ssd,
+                class_ids: Sequence[int] | None = None) -> tuple[nn.Module, dict[str, float]]:
     """The SSD of `model.ssd` and its L2 map `{parameter name: l2 weight}` for weight decay.
 
     `class_ids`: the label-map ids in index order (default 1..num_classes), which the keys of a

@@ -101,13 +101,17 @@ def test_sigmoid_calibration_is_platt_on_the_converted_score():
     torch.testing.assert_close(got[0, :, 0], torch.tensor([0.5, 1 / (1 + math.exp(0.5))]))
     torch.testing.assert_close(got[0, :, 1], torch.tensor([0.5, 0.25]))  # id 2: unchanged
     # The class-agnostic form with the TF OD API's defaults a = -1, b = 0: 1 / (1 + e^-s).
-    post = _post("score_converter: IDENTITY calibration_config { sigmoid_calibration { sigmoid_parameters { } } }")
+    post = _post("score_converter: IDENTITY "
+                 "calibration_config { sigmoid_calibration { sigmoid_parameters { } } }")
     got = build_score_converter(post)(_columns([0.5], k=2))
     torch.testing.assert_close(got, torch.full((1, 1, 2), 1 / (1 + math.exp(-0.5))))
 
 
+TEMPERATURE = "calibration_config { temperature_scaling_calibration { scaler: 2 } } score_converter: "
+
+
 def test_temperature_divides_the_logits_before_the_converter():
-    post = _post("score_converter: SIGMOID calibration_config { temperature_scaling_calibration { scaler: 2 } }")
+    post = _post(TEMPERATURE + "SIGMOID")
     got = build_score_converter(post)(torch.tensor([[[2.0, -4.0]]]))
     torch.testing.assert_close(got, torch.tensor([[[1 / (1 + math.exp(-1)), 1 / (1 + math.exp(2))]]]))
     # With logit_scale 2 as well: (logit / 2) / 2.
@@ -115,7 +119,7 @@ def test_temperature_divides_the_logits_before_the_converter():
     got = build_score_converter(post)(torch.tensor([[[4.0]]]))
     torch.testing.assert_close(got, torch.tensor([[[1 / (1 + math.exp(-1))]]]))
     # SOFTMAX with the implicit background logit 0: logits (2, 0) / 2 = (1, 0) -> e / (1 + e + 1).
-    post = _post("score_converter: SOFTMAX calibration_config { temperature_scaling_calibration { scaler: 2 } }")
+    post = _post(TEMPERATURE + "SOFTMAX")
     got = build_score_converter(post)(torch.tensor([[[2.0, 0.0]]]))
     e = math.e
     torch.testing.assert_close(got, torch.tensor([[[e / (e + 2), 1 / (e + 2)]]]))
@@ -159,7 +163,8 @@ PIPELINE = """model {{ ssd {{ num_classes: 2
 
 def test_validate_names_the_file_and_field_and_uses_the_label_map():
     label_map = LabelMap([3, 7], ["scratch", "crack"], ["scratch", "crack"])
-    good = "class_id_function_approximations { class_id_xy_pairs_map { key: 7 value { x_y_pair { x: 0 y: 0 } } } }"
+    good = ("class_id_function_approximations { class_id_xy_pairs_map "
+            "{ key: 7 value { x_y_pair { x: 0 y: 0 } } } }")
     validate(parse_config(PIPELINE.format(calibration=good)), label_map, "p.config")
     bad = good.replace("key: 7", "key: 2")
     with pytest.raises(ConfigError) as err:
@@ -188,7 +193,8 @@ def test_proto_matches_the_tf_od_api_numbers():
 
 
 def _calibrated_converter() -> ScoreConverter:
-    cal = Calibration.piecewise_linear(3, {0: ([0.0, 0.3, 1.0], [0.0, 0.5, 1.0]), 2: ([0.1, 0.9], [0.2, 0.6])})
+    maps = {0: ([0.0, 0.3, 1.0], [0.0, 0.5, 1.0]), 2: ([0.1, 0.9], [0.2, 0.6])}
+    cal = Calibration.piecewise_linear(3, maps)
     return ScoreConverter("SIGMOID", 1.0, cal, 3)
 
 

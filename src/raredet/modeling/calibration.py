@@ -122,7 +122,8 @@ class Calibration(nn.Module):
         if self.kind == PIECEWISE_LINEAR:
             return torch.where(self.mapped, self._interpolate(scores), scores)
         if self.kind == SIGMOID:
-            return torch.where(self.mapped, torch.sigmoid(-(self.sigmoid_a * scores + self.sigmoid_b)), scores)
+            platt = torch.sigmoid(-(self.sigmoid_a * scores + self.sigmoid_b))  # 1 / (1 + exp(a s + b))
+            return torch.where(self.mapped, platt, scores)
         return scores
 
     def _interpolate(self, scores: Tensor) -> Tensor:

@@ -55,9 +55,9 @@ from raredet.errors import ConfigError
 from raredet.modeling.anchors import MultiscaleAnchorGenerator, SsdAnchorGenerator
 from raredet.modeling.backbones import MobileNetV2, ResNet
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
+from raredet.modeling.calibration import Calibration
 from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
 from raredet.modeling.layers import ConvHyperparams, l2_weights_of
-from raredet.modeling.calibration import Calibration
 from raredet.modeling.postprocess import BatchNonMaxSuppression, ScoreConverter, clip_boxes
 from raredet.modeling.predictor import ConvolutionalBoxPredictor, WeightSharedConvolutionalBoxPredictor
 
@@ -316,7 +316,8 @@ class SSD(nn.Module):
     def set_calibration(self, calibration: Calibration) -> None:
         """Replace the score calibration (e.g. with per-class operating points) after building."""
         if calibration.num_classes != self.num_classes:
-            raise ValueError(f"calibration for {calibration.num_classes} classes, model has {self.num_classes}")
+            raise ValueError(f"calibration for {calibration.num_classes} classes, the model has "
+                             f"{self.num_classes}")
         self.score_converter.calibration = calibration.to(self.pixel_mean.device)
 
     def l2_weights(self) -> dict[str, float]:
