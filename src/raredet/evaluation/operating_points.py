@@ -1,0 +1,340 @@
+"""Per-class operating points: a score threshold per class, chosen on evaluation results by a rule.
+
+Input is the COCO matching at IoU 0.5 that the per-class table already has (`per_class.Matches`:
+area "all", the top 100 detections per image and class; a detection matched to a crowd region or
+ranked past 100 is neither a true nor a false positive). For each class the detections, best first,
+give a **curve**: one point per distinct score ``s`` (all detections scoring ``>= s`` kept), with
+cumulative true positives ``TP(s)`` and false positives ``FP(s)``; precision ``TP / (TP + FP)``,
+recall ``TP / G`` (``G`` non-crowd ground-truth boxes), ``F1 = 2 TP / (TP + FP + G)``.
+
+Rules (`Rule`):
+
+- ``max_f1``: the point with the highest F1.
+- ``target_precision P``: the highest recall among points with precision ``>= P``.
+- ``target_recall R``: among points with recall ``>= R``, the highest threshold (fewest false
+  positives for that recall).
+
+Ties go to the higher threshold (fewer detections for the same figure). When a target cannot be met
+the class gets the best it can (``reached`` false): the most precise point (then the one with more
+recall), or the point with the most recall. A class with no ground truth on the evaluated images, or
+with no detections, or (``max_f1``) with no true positive at any threshold, gets no operating point:
+its threshold stays the global one, and `note` says why in plain words.
+
+A threshold ``t`` keeps a detection when its score is **above** ``t`` (the strict ``>`` of
+``batch_non_max_suppression.score_threshold``, in raredet and the TF OD API). It is placed halfway
+between the lowest score kept and the highest score dropped (or the lowest score the evaluation could
+see, `score_floor`), so the detections that chose it fall on the same side after float32 rounding.
+
+An optional review band (``review_precision Q``): a second, lower threshold at the highest recall with
+precision ``>= Q``; detections between the two go to a person instead of being dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from raredet.evaluation.per_class import Matches
+
+RULES = ("max_f1", "target_precision", "target_recall")
+# Precisions at which every class's best recall is recorded (for `raredet compare`).
+PRECISION_LEVELS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How to choose one class's threshold. `target`: P or R for the target rules, None for max_f1.
+    `review_precision`: precision of the lower review threshold, None for no review band."""
+
+    kind: str = "max_f1"
+    target: float | None = None
+    review_precision: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in RULES:
+            raise ValueError(f"unknown operating point rule {self.kind!r}; valid: {', '.join(RULES)}")
+        if (self.kind == "max_f1") != (self.target is None):
+            raise ValueError(f"{self.kind} {'takes no' if self.kind == 'max_f1' else 'needs a'} target")
+        for name, value in (("target", self.target), ("review_precision", self.review_precision)):
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+
+    def describe(self) -> str:
+        text = "max F1" if self.kind == "max_f1" else f"{self.kind.replace('_', ' ')} {self.target:g}"
+        if self.review_precision is not None:
+            text += f", review band at precision {self.review_precision:g}"
+        return text
+
+
+@dataclass
+class Curve:
+    """One class's curve, one point per distinct score, best first: `scores [P]` descending,
+    cumulative `tp [P]` and `fp [P]`; `num_gt` non-crowd ground truth boxes; `lowest_dropped`: the
+    score a threshold below the last point falls back on (the evaluation's floor)."""
+
+    scores: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    num_gt: int
+    lowest_dropped: float = 0.0
+
+    @property
+    def precision(self) -> np.ndarray:
+        return self.tp / np.maximum(self.tp + self.fp, 1)
+
+    @property
+    def recall(self) -> np.ndarray:
+        return self.tp / self.num_gt if self.num_gt else np.zeros(len(self.tp))
+
+    @property
+    def f1(self) -> np.ndarray:
+        return 2 * self.tp / np.maximum(self.tp + self.fp + self.num_gt, 1)
+
+
+def class_curve(matches: Matches, cat_id: int, score_floor: float = 0.0) -> Curve:
+    """The curve of category `cat_id` from the IoU-0.5 matches (counted detections only)."""
+    mine = matches.det_counted & (matches.det_cat == cat_id)
+    scores = matches.det_score[mine]
+    hit = matches.det_gt[mine] >= 0
+    num_gt = int(((matches.gt_cat == cat_id) & ~matches.gt_crowd).sum())
+    order = np.argsort(-scores, kind="stable")
+    scores, hit = scores[order], hit[order]
+    tp, fp = np.cumsum(hit), np.cumsum(~hit)
+    last_of_score = np.r_[scores[1:] != scores[:-1], True] if scores.size else np.zeros(0, dtype=bool)
+    return Curve(scores[last_of_score], tp[last_of_score].astype(np.int64),
+                 fp[last_of_score].astype(np.int64), num_gt, float(score_floor))
+
+
+@dataclass
+class Counts:
+    """A class's figures with the detections above one threshold kept."""
+
+    threshold: float | None
+    precision: float | None
+    recall: float | None
+    F1: float | None
+    TP: int
+    FP: int
+    FN: int
+    FP_per_image: float | None
+
+
+def counts(tp: int, fp: int, num_gt: int, num_images: int, threshold: float | None) -> Counts:
+    """Figures from raw counts (None where undefined: no detection kept, or no ground truth)."""
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / num_gt if num_gt else None
+    f1 = 2 * tp / (tp + fp + num_gt) if num_gt else None
+    return Counts(threshold, precision, recall, f1, int(tp), int(fp), int(num_gt - tp),
+                  fp / num_images if num_images else None)
+
+
+def counts_above(curve: Curve, threshold: float, num_images: int, inclusive: bool = False) -> Counts:
+    """Figures with the detections scoring above `threshold` kept (`inclusive`: at or above)."""
+    kept = curve.scores >= threshold if inclusive else curve.scores > threshold
+    n = int(kept.sum())  # scores descend, so the kept points are the first n
+    tp, fp = (int(curve.tp[n - 1]), int(curve.fp[n - 1])) if n else (0, 0)
+    return counts(tp, fp, curve.num_gt, num_images, threshold)
+
+
+@dataclass
+class OperatingPoint:
+    """One class's operating point and the same figures at the global threshold.
+
+    `threshold`: keep detections scoring above it; None = no operating point (the global threshold
+    applies). `reached`: whether the rule's target was met (None for max_f1). `review_threshold`:
+    the lower threshold of the review band (None: no band); `review` the figures with the band kept
+    too, `review_band` the detections inside the band (TP, FP) only.
+    """
+
+    class_name: str
+    class_id: int
+    rule: Rule
+    threshold: float | None
+    reached: bool | None
+    note: str
+    at_threshold: Counts | None
+    at_global: Counts
+    review_threshold: float | None = None
+    review: Counts | None = None
+    review_band: dict[str, int] | None = None
+    recall_at_precision: dict[str, float | None] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "rule": {**asdict(self.rule), "text": self.rule.describe()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> OperatingPoint:
+        """Inverse of `to_json` (KeyError/TypeError/ValueError on a malformed record)."""
+        rule = {k: v for k, v in data["rule"].items() if k != "text"}
+        fields = {k: data[k] for k in ("class_name", "class_id", "threshold", "reached", "note",
+                                       "review_threshold", "review_band", "recall_at_precision")}
+        return cls(rule=Rule(**rule), at_threshold=_counts(data["at_threshold"]),
+                   at_global=Counts(**data["at_global"]), review=_counts(data["review"]), **fields)
+
+
+def _counts(data: Mapping[str, Any] | None) -> Counts | None:
+    return None if data is None else Counts(**data)
+
+
+def _threshold_below(curve: Curve, index: int) -> float:
+    """A threshold that keeps points 0..index: halfway to the next score down (module docstring)."""
+    kept = np.float32(curve.scores[index])
+    lower = np.float32(curve.scores[index + 1] if index + 1 < len(curve.scores) else curve.lowest_dropped)
+    if lower >= kept:  # the floor is not below the lowest score: any threshold under it will do
+        lower = np.nextafter(kept, np.float32(-np.inf))
+    middle = np.float32((np.float64(kept) + np.float64(lower)) / 2)
+    return float(middle if lower <= middle < kept else lower)
+
+
+def _best(candidates: np.ndarray, key: np.ndarray) -> int:
+    """Index of the highest `key` among `candidates` (bool), the lowest index (highest score) on ties."""
+    masked = np.where(candidates, key, -np.inf)
+    return int(np.argmax(masked))  # argmax returns the first maximum
+
+
+def _precision_point(curve: Curve, p: float, start: int = 0) -> int | None:
+    """Highest recall with precision >= p among points `start`.., or None."""
+    ok = curve.precision >= p - 1e-12
+    ok[:start] = False
+    return _best(ok, curve.tp.astype(np.float64)) if ok.any() else None
+
+
+def choose(curve: Curve, rule: Rule) -> tuple[int | None, bool | None, str]:
+    """(point index or None, reached, note) for one class; see the module docstring."""
+    if curve.num_gt == 0:
+        return None, None, "no ground truth on the evaluated images: the global threshold stays"
+    if curve.scores.size == 0:
+        return None, False if rule.target is not None else None, \
+            "no detections on the evaluated images: the global threshold stays"
+    if rule.kind == "max_f1":
+        if curve.tp[-1] == 0:
+            return None, None, ("no detection is correct at IoU 0.5 at any threshold: "
+                                "the global threshold stays")
+        return _best(np.ones(len(curve.scores), dtype=bool), curve.f1), None, "max F1"
+    assert rule.target is not None
+    if rule.kind == "target_precision":
+        index = _precision_point(curve, rule.target)
+        if index is not None and curve.tp[index] > 0:
+            return index, True, f"highest recall at precision >= {rule.target:g}"
+        # Best it can: the most precise point, then the one with the most recall.
+        best = _best(curve.precision == curve.precision.max(), curve.tp.astype(np.float64))
+        return best, False, (f"cannot reach precision {rule.target:g}: the best is "
+                             f"{curve.precision[best]:.3f} (at recall {curve.recall[best]:.3f})")
+    reach = curve.recall >= rule.target - 1e-12
+    if reach.any():
+        return int(np.argmax(reach)), True, f"fewest false positives at recall >= {rule.target:g}"
+    best = _best(curve.tp == curve.tp.max(), np.zeros(len(curve.tp)))
+    return best, False, (f"cannot reach recall {rule.target:g}: the most is {curve.recall[best]:.3f} "
+                         f"(at precision {curve.precision[best]:.3f})")
+
+
+def recall_at_precision(curve: Curve, levels: Sequence[float] = PRECISION_LEVELS) -> dict[str, float | None]:
+    """Per precision level: the highest recall with at least that precision (0.0 when none; None
+    without ground truth)."""
+    out: dict[str, float | None] = {}
+    for p in levels:
+        index = _precision_point(curve, p) if curve.num_gt else None
+        if not curve.num_gt:
+            out[f"{p:g}"] = None
+        else:
+            out[f"{p:g}"] = float(curve.recall[index]) if index is not None else 0.0
+    return out
+
+
+def operating_point(curve: Curve, rule: Rule, name: str, cat_id: int, num_images: int,
+                    min_score_threshold: float) -> OperatingPoint:
+    """Choose `curve`'s threshold by `rule`; figures there and at the global `min_score_threshold`
+    (kept at or above it, as the per-class table counts)."""
+    index, reached, note = choose(curve, rule)
+    at_global = counts_above(curve, min_score_threshold, num_images, inclusive=True)
+    point = OperatingPoint(name, cat_id, rule, None, reached, note, None, at_global,
+                           recall_at_precision=recall_at_precision(curve))
+    if index is None:
+        return point
+    point.threshold = _threshold_below(curve, index)
+    point.at_threshold = counts_above(curve, point.threshold, num_images)
+    if rule.review_precision is not None:
+        _add_review_band(point, curve, rule.review_precision, index, num_images)
+    return point
+
+
+def _add_review_band(point: OperatingPoint, curve: Curve, q: float, index: int, num_images: int) -> None:
+    review = _precision_point(curve, q, start=index + 1)
+    if review is None or curve.tp[review] <= curve.tp[index]:
+        point.note += f"; no review band: no lower threshold adds recall at precision >= {q:g}"
+        return
+    point.review_threshold = _threshold_below(curve, review)
+    point.review = counts_above(curve, point.review_threshold, num_images)
+    point.review_band = {"TP": int(curve.tp[review] - curve.tp[index]),
+                         "FP": int(curve.fp[review] - curve.fp[index])}
+
+
+def operating_points(matches: Matches, categories: Sequence[Mapping[str, Any]], rules: Mapping[str, Rule],
+                     default: Rule, num_images: int, min_score_threshold: float,
+                     score_floor: float = 0.0) -> list[OperatingPoint]:
+    """Operating points of every category (``{"id", "name"}``), each by `rules[name]` or `default`."""
+    return [operating_point(class_curve(matches, int(c["id"]), score_floor),
+                            rules.get(str(c["name"]), default), str(c["name"]), int(c["id"]), num_images,
+                            min_score_threshold)
+            for c in categories]
+
+
+def apply_operating_points(matches: Matches, points: Sequence[OperatingPoint], num_images: int,
+                           min_score_threshold: float, chosen_on: str) -> list[OperatingPoint]:
+    """The thresholds of `points` (chosen on other images) graded on `matches`: same thresholds and
+    rules, figures recomputed here; `reached` says whether the target still holds on these images."""
+    out = []
+    for p in points:
+        curve = class_curve(matches, p.class_id)
+        at_global = counts_above(curve, min_score_threshold, num_images, inclusive=True)
+        graded = OperatingPoint(p.class_name, p.class_id, p.rule, p.threshold, None,
+                                f"threshold chosen on {chosen_on}", None, at_global,
+                                recall_at_precision=recall_at_precision(curve))
+        if p.threshold is not None:
+            graded.at_threshold = counts_above(curve, p.threshold, num_images)
+            graded.reached = _still_reached(p.rule, graded.at_threshold)
+        if p.review_threshold is not None:
+            graded.review_threshold = p.review_threshold
+            graded.review = counts_above(curve, p.review_threshold, num_images)
+            if graded.at_threshold is not None:
+                graded.review_band = {"TP": graded.review.TP - graded.at_threshold.TP,
+                                      "FP": graded.review.FP - graded.at_threshold.FP}
+        out.append(graded)
+    return out
+
+
+def _still_reached(rule: Rule, at: Counts) -> bool | None:
+    """Whether `rule`'s target holds for `at` (None for max_f1, which has no target)."""
+    if rule.target is None:
+        return None
+    got = at.precision if rule.kind == "target_precision" else at.recall
+    return got is not None and got >= rule.target - 1e-12
+
+
+# ---- deployment: one common score threshold ----------------------------------------------------------
+
+
+def threshold_map(threshold: float, common: float, review_threshold: float | None = None,
+                  review_common: float | None = None) -> tuple[list[float], list[float]]:
+    """x/y pairs of a monotone piecewise-linear map sending `threshold` to `common` (and
+    `review_threshold` to `review_common`), 0 to 0 and 1 to 1: a score is above `common` after the
+    map exactly when it was above `threshold` before.
+
+    With `review_common` but no `review_threshold` (a class without a band while others have one), the
+    float32 number just below `threshold` goes to `review_common`, so no score of this class lands in
+    the review band (`review_common`, `common`].
+    """
+    if not 0.0 < common < 1.0 or (review_common is not None and not 0.0 < review_common < common):
+        raise ValueError(f"common thresholds must satisfy 0 < review ({review_common}) < accept "
+                         f"({common}) < 1")
+    knots = [(threshold, common)]
+    if review_common is not None:
+        below = review_threshold if review_threshold is not None else \
+            float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+        knots.insert(0, (below, review_common))
+    knots = [(0.0, 0.0)] + [k for k in knots if 0.0 < k[0] < 1.0] + [(1.0, 1.0)]
+    xs, ys = [k[0] for k in knots], [k[1] for k in knots]
+    return xs, ys

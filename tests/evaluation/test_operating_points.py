@@ -1,0 +1,259 @@
+"""Operating points on small hand-made curves; every expected figure is worked out in the comments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raredet.evaluation.operating_points import (
+    OperatingPoint,
+    Rule,
+    apply_operating_points,
+    class_curve,
+    operating_point,
+    operating_points,
+    threshold_map,
+)
+from raredet.evaluation.per_class import Matches
+from raredet.modeling.calibration import Calibration
+
+F32 = np.float32
+
+
+def _matches(dets: list[tuple[int, float, bool]], gts: dict[int, int],
+             uncounted: list[tuple[int, float]] = ()) -> Matches:
+    """dets: (category, score, is a true positive); gts: category -> ground-truth count;
+    uncounted: (category, score) detections COCO ignores (matched to a crowd region)."""
+    gt_cat = np.array([c for c, n in gts.items() for _ in range(n)], dtype=np.int64)
+    det_gt = []
+    next_gt = {c: int(np.flatnonzero(gt_cat == c)[0]) if (gt_cat == c).any() else -1 for c in gts}
+    for c, _, hit in dets:
+        det_gt.append(next_gt[c] if hit else -1)
+        if hit:
+            next_gt[c] += 1
+    det_gt += [-1] * len(uncounted)
+    all_dets = [(c, s) for c, s, _ in dets] + list(uncounted)
+    return Matches(det_cat=np.array([c for c, _ in all_dets], dtype=np.int64),
+                   det_score=np.array([s for _, s in all_dets], dtype=np.float64),
+                   det_gt=np.array(det_gt, dtype=np.int64),
+                   det_counted=np.array([True] * len(dets) + [False] * len(uncounted), dtype=bool),
+                   gt_cat=gt_cat, gt_crowd=np.zeros(len(gt_cat), dtype=bool))
+
+
+# Class 1, 4 ground-truth boxes. Score, hit, then the cumulative point
+# (TP, FP, precision, recall, F1 = 2TP/(TP+FP+4)):
+#   0.9 TP  (1, 0, 1.00, 0.25, 0.400)
+#   0.8 TP  (2, 0, 1.00, 0.50, 0.667)
+#   0.7 FP  (2, 1, 0.67, 0.50, 0.571)
+#   0.6 TP  (3, 1, 0.75, 0.75, 0.750)   <- max F1
+#   0.5 FP  (3, 2, 0.60, 0.75, 0.667)
+#   0.4 FP  (3, 3, 0.50, 0.75, 0.600)
+#   0.3 TP  (4, 3, 0.57, 1.00, 0.727)
+CLASS1 = [(1, 0.9, True), (1, 0.8, True), (1, 0.7, False), (1, 0.6, True), (1, 0.5, False),
+          (1, 0.4, False), (1, 0.3, True)]
+
+
+def _point(rule: Rule, dets=CLASS1, gts=None, num_images: int = 5, uncounted=()) -> OperatingPoint:
+    m = _matches(dets, gts or {1: 4}, uncounted)
+    return operating_point(class_curve(m, 1), rule, "crack", 1, num_images, 0.5)
+
+
+def test_curve_points_one_per_distinct_score_and_crowd_matches_ignored():
+    curve = class_curve(_matches(CLASS1, {1: 4}, uncounted=[(1, 0.65)]), 1)
+    assert curve.scores.tolist() == [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
+    assert curve.tp.tolist() == [1, 2, 2, 3, 3, 3, 4]
+    assert curve.fp.tolist() == [0, 0, 1, 1, 2, 3, 3]
+
+
+def test_max_f1_picks_the_best_f1_and_places_the_threshold_halfway_down():
+    p = _point(Rule())
+    assert p.threshold == float(F32(0.55))  # halfway between 0.6 (kept) and 0.5 (dropped)
+    at = p.at_threshold
+    assert (at.TP, at.FP, at.FN) == (3, 1, 1)
+    assert at.precision == pytest.approx(0.75) and at.recall == pytest.approx(0.75)
+    assert at.F1 == pytest.approx(0.75) and at.FP_per_image == pytest.approx(1 / 5)
+    # At the global 0.5 (kept at or above it): 0.5 is in, so TP 3, FP 2.
+    g = p.at_global
+    assert (g.TP, g.FP, g.FN) == (3, 2, 1)
+    assert g.precision == pytest.approx(0.6) and g.F1 == pytest.approx(6 / 9)
+    assert p.reached is None
+
+
+@pytest.mark.parametrize(("rule", "threshold", "tp", "fp"), [
+    (Rule("target_precision", 0.9), (0.8 + 0.7) / 2, 2, 0),  # precision 1.0 up to 0.8; most recall there
+    (Rule("target_precision", 1.0), (0.8 + 0.7) / 2, 2, 0),
+    (Rule("target_precision", 0.7), (0.6 + 0.5) / 2, 3, 1),  # 0.75 at 0.6 beats 1.0 at 0.8 on recall
+    (Rule("target_recall", 0.7), (0.6 + 0.5) / 2, 3, 1),  # first point with recall >= 0.7
+    (Rule("target_recall", 1.0), (0.3 + 0.0) / 2, 4, 3),  # the last point; halfway to the floor 0
+])
+def test_target_rules(rule, threshold, tp, fp):
+    p = _point(rule)
+    assert p.threshold == float(F32(threshold))
+    assert (p.at_threshold.TP, p.at_threshold.FP) == (tp, fp)
+    assert p.reached is True
+
+
+def test_score_ties_move_together():
+    # Class 1, 2 GT: 0.8 TP, then three detections at 0.6 (TP, FP, FP... here TP and FP), 0.4 FP.
+    # Points: 0.8 (1, 0, F1 2/3), 0.6 (2, 1, F1 4/5), 0.4 (2, 2, F1 4/6): max F1 at the 0.6 group, and
+    # the threshold keeps both 0.6 detections (halfway to 0.4).
+    dets = [(1, 0.8, True), (1, 0.6, True), (1, 0.6, False), (1, 0.4, False)]
+    p = _point(Rule(), dets, {1: 2})
+    assert p.threshold == float(F32(0.5))
+    assert (p.at_threshold.TP, p.at_threshold.FP) == (2, 1)
+
+
+def test_f1_ties_go_to_the_higher_threshold():
+    # 4 GT: 0.9 TP (F1 2/5 = 0.4), 0.8..0.5 FP (F1 2/6, 2/7, 2/8, 2/9), 0.4 TP (2, 4: 4/10 = 0.4): a tie.
+    dets = [(1, 0.9, True)] + [(1, s, False) for s in (0.8, 0.7, 0.6, 0.5)] + [(1, 0.4, True)]
+    p = _point(Rule(), dets)
+    assert p.threshold == float(F32(0.85))
+    assert (p.at_threshold.TP, p.at_threshold.FP) == (1, 0)
+
+
+def test_a_target_that_cannot_be_reached_gives_the_best_and_says_so():
+    # 2 GT: 0.9 FP (precision 0), 0.8 TP (1, 1: precision 0.5, recall 0.5), 0.7 FP (1, 2: 0.33).
+    dets = [(1, 0.9, False), (1, 0.8, True), (1, 0.7, False)]
+    p = _point(Rule("target_precision", 0.9), dets, {1: 2})
+    assert p.reached is False and p.threshold == float(F32(0.75))
+    assert "cannot reach precision 0.9" in p.note and "0.500" in p.note
+    q = _point(Rule("target_recall", 0.9), dets, {1: 2})
+    assert q.reached is False and q.threshold == float(F32(0.75))  # most recall (0.5), fewest FP
+    assert "cannot reach recall 0.9" in q.note
+
+
+def test_class_without_detections_or_ground_truth_keeps_the_global_threshold():
+    no_dets = _point(Rule("target_recall", 0.5), dets=[], gts={1: 3})
+    assert no_dets.threshold is None and "no detections" in no_dets.note and no_dets.reached is False
+    assert (no_dets.at_global.TP, no_dets.at_global.FN, no_dets.at_global.recall) == (0, 3, 0.0)
+    no_gt = _point(Rule(), dets=[(1, 0.9, False)], gts={1: 0})
+    assert no_gt.threshold is None and "no ground truth" in no_gt.note
+    assert no_gt.at_global.FP == 1 and no_gt.at_global.precision == 0.0 and no_gt.at_global.recall is None
+    no_tp = _point(Rule(), dets=[(1, 0.9, False)], gts={1: 1})
+    assert no_tp.threshold is None and "no detection is correct" in no_tp.note
+
+
+def test_review_band_is_the_most_recall_at_the_review_precision_below_the_threshold():
+    # Accept at max F1 (0.6 kept). Below it, precision >= 0.55 at 0.5 (3, 2: 0.60) and 0.3 (4, 3:
+    # 0.571): the most recall is at 0.3, so the review threshold is halfway to the floor, 0.15; the
+    # band holds 1 TP (the 0.3) and 2 FP (0.5 and 0.4).
+    p = _point(Rule(review_precision=0.55))
+    assert p.threshold == float(F32(0.55)) and p.review_threshold == float(F32(0.15))
+    assert p.review_band == {"TP": 1, "FP": 2}
+    assert (p.review.TP, p.review.FP) == (4, 3)
+    # At review precision 0.8 nothing below the accept threshold qualifies: no band, said plainly.
+    q = _point(Rule(review_precision=0.8))
+    assert q.review_threshold is None and "no review band" in q.note
+
+
+def test_per_class_rules_by_name_and_recall_at_precision():
+    m = _matches(CLASS1 + [(2, 0.9, True), (2, 0.2, True)], {1: 4, 2: 2})
+    cats = [{"id": 1, "name": "crack"}, {"id": 2, "name": "scratch"}]
+    points = operating_points(m, cats, {"scratch": Rule("target_recall", 1.0)}, Rule(), 5, 0.5)
+    assert points[0].rule == Rule() and points[0].threshold == float(F32(0.55))
+    assert points[1].threshold == float(F32(0.1))  # recall 1 needs the 0.2 detection
+    # Crack: precision >= 0.9 reaches recall 0.5; >= 0.7 reaches 0.75; >= 0.5 reaches 1.0.
+    assert points[0].recall_at_precision["0.9"] == 0.5
+    assert points[0].recall_at_precision["0.7"] == 0.75 and points[0].recall_at_precision["0.5"] == 1.0
+
+
+def test_json_round_trip_and_grading_on_other_images():
+    m = _matches(CLASS1, {1: 4})
+    [chosen] = operating_points(m, [{"id": 1, "name": "crack"}], {}, Rule("target_precision", 0.7), 5, 0.5)
+    again = OperatingPoint.from_json(chosen.to_json())
+    assert again == chosen
+    # Other images, 2 GT: 0.95 TP, 0.58 FP, 0.52 TP. Threshold 0.55 keeps 0.95 and 0.58: precision 0.5
+    # < 0.7, so the target no longer holds there.
+    other = _matches([(1, 0.95, True), (1, 0.58, False), (1, 0.52, True)], {1: 2})
+    [graded] = apply_operating_points(other, [chosen], 3, 0.5, "val (5 images)")
+    assert graded.threshold == chosen.threshold
+    assert (graded.at_threshold.TP, graded.at_threshold.FP, graded.at_threshold.FN) == (1, 1, 1)
+    assert graded.reached is False and "val (5 images)" in graded.note
+    assert graded.at_threshold.FP_per_image == pytest.approx(1 / 3)
+
+
+def test_threshold_map_sends_each_threshold_to_the_common_one():
+    xs, ys = threshold_map(0.55, 0.5)
+    assert (xs, ys) == ([0.0, 0.55, 1.0], [0.0, 0.5, 1.0])
+    xs, ys = threshold_map(0.55, 0.5, 0.15, 0.25)
+    assert (xs, ys) == ([0.0, 0.15, 0.55, 1.0], [0.0, 0.25, 0.5, 1.0])
+    # Applied: 0.6 -> 0.5 + 0.05 / 0.45 * 0.5; 0.3 -> 0.25 + 0.15 / 0.4 * 0.25 = 0.34375 (review band).
+    cal = Calibration.piecewise_linear(1, {0: (xs, ys)})
+    out = cal(torch.tensor([[0.6], [0.3], [0.1]]))
+    torch.testing.assert_close(out[:, 0], torch.tensor([0.5 + 0.05 / 0.45 * 0.5, 0.34375, 0.1 / 0.15 * 0.25]))
+    # A class without a band while others have one: nothing of it lands in (0.25, 0.5].
+    xs, ys = threshold_map(0.55, 0.5, None, 0.25)
+    assert xs[1] == float(np.nextafter(F32(0.55), F32(0))) and ys[1] == 0.25
+    out = Calibration.piecewise_linear(1, {0: (xs, ys)})(torch.tensor([[0.5499], [0.55], [0.56]]))
+    assert out[0, 0] <= 0.25 and out[1, 0] == 0.5 and out[2, 0] > 0.5
+
+
+# ---- against pycocotools' own matching --------------------------------------------------------------
+
+
+def _reference_points(gt: dict, dets: list, cat_id: int) -> list[tuple[float, bool]]:
+    """(score, is TP) of every detection of `cat_id` that pycocotools counts at IoU 0.5 (area all, 100
+    per image), and the number of ground-truth boxes it counts."""
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.coco import COCO as RefCOCO
+    from pycocotools.cocoeval import COCOeval as RefEval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = RefCOCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        ev = RefEval(coco_gt, coco_gt.loadRes(copy.deepcopy(dets)), "bbox")
+        ev.params.iouThrs = np.array([0.5])
+        ev.params.maxDets = [100]
+        ev.params.areaRng, ev.params.areaRngLbl = [[0, 1e10]], ["all"]
+        ev.evaluate()
+    points, num_gt = [], 0
+    for e in ev.evalImgs:
+        if e is None or e["category_id"] != cat_id:
+            continue
+        num_gt += int((~np.asarray(e["gtIgnore"], dtype=bool)).sum())
+        for score, matched, ignored in zip(e["dtScores"], e["dtMatches"][0], e["dtIgnore"][0], strict=True):
+            if not ignored:
+                points.append((float(score), bool(matched)))
+    return points, num_gt
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_operating_points_match_a_recount_with_pycocotools(seed):
+    import importlib.util
+    from pathlib import Path
+
+    from raredet.evaluation.coco import evaluate_coco, prepare_coco
+    from raredet.evaluation.per_class import match_detections
+
+    spec = importlib.util.spec_from_file_location("coco_tests", Path(__file__).with_name("test_coco.py"))
+    coco_tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(coco_tests)
+    gt, dets = coco_tests.make_data(seed)
+    prepared = prepare_coco(gt, dets)
+    matches = match_detections(gt, dets, prepared, evaluate_coco(gt, dets, prepared, keep_matches=True))
+    for rule in (Rule(), Rule("target_precision", 0.8), Rule("target_recall", 0.6)):
+        points = operating_points(matches, gt["categories"], {}, rule, len(gt["images"]), 0.5)
+        for p in points:
+            ref, num_gt = _reference_points(gt, dets, p.class_id)
+            if p.threshold is None:
+                assert num_gt == 0 or not ref or rule.kind == "max_f1"
+                continue
+            tp = sum(hit for s, hit in ref if s > p.threshold)
+            fp = sum(not hit for s, hit in ref if s > p.threshold)
+            assert (p.at_threshold.TP, p.at_threshold.FP, p.at_threshold.FN) == (tp, fp, num_gt - tp)
+            assert p.at_threshold.precision == pytest.approx(tp / (tp + fp))
+            assert p.at_threshold.recall == pytest.approx(tp / num_gt)
+            # The rule's choice is the best over every threshold pycocotools' points allow.
+            cuts = sorted({s for s, _ in ref}, reverse=True)
+            options = [(sum(h for s, h in ref if s >= c), sum(not h for s, h in ref if s >= c)) for c in cuts]
+            if rule.kind == "max_f1":
+                assert p.at_threshold.F1 == pytest.approx(max(2 * t / (t + f + num_gt) for t, f in options))
+            elif rule.kind == "target_precision" and p.reached:
+                assert tp == max(t for t, f in options if t / (t + f) >= 0.8)
+            elif rule.kind == "target_recall" and p.reached:
+                assert fp == min(f for t, f in options if t / num_gt >= 0.6)
