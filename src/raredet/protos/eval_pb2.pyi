@@ -1,13 +1,13 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EvalConfig(_message.Message):
-    __slots__ = ("batch_size", "num_visualizations", "num_examples", "eval_interval_secs", "max_evals", "save_graph", "visualization_export_dir", "eval_master", "metrics_set", "export_path", "ignore_groundtruth", "use_moving_averages", "eval_instance_masks", "min_score_threshold", "max_num_boxes_to_visualize", "skip_scores", "skip_labels", "visualize_groundtruth_boxes", "groundtruth_box_visualization_color", "keep_image_id_for_visualization_export", "retain_original_images", "include_metrics_per_category", "all_metrics_per_category", "recall_lower_bound", "recall_upper_bound", "retain_original_image_additional_channels", "force_no_resize", "use_dummy_loss_in_eval", "skip_predictions_for_unlabeled_class")
+    __slots__ = ("batch_size", "num_visualizations", "num_examples", "eval_interval_secs", "max_evals", "save_graph", "visualization_export_dir", "eval_master", "metrics_set", "export_path", "ignore_groundtruth", "use_moving_averages", "eval_instance_masks", "min_score_threshold", "max_num_boxes_to_visualize", "skip_scores", "skip_labels", "visualize_groundtruth_boxes", "groundtruth_box_visualization_color", "keep_image_id_for_visualization_export", "retain_original_images", "include_metrics_per_category", "all_metrics_per_category", "recall_lower_bound", "recall_upper_bound", "retain_original_image_additional_channels", "force_no_resize", "use_dummy_loss_in_eval", "skip_predictions_for_unlabeled_class", "operating_points")
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_VISUALIZATIONS_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class EvalConfig(_message.Message):
     FORCE_NO_RESIZE_FIELD_NUMBER: _ClassVar[int]
     USE_DUMMY_LOSS_IN_EVAL_FIELD_NUMBER: _ClassVar[int]
     SKIP_PREDICTIONS_FOR_UNLABELED_CLASS_FIELD_NUMBER: _ClassVar[int]
+    OPERATING_POINTS_FIELD_NUMBER: _ClassVar[int]
     batch_size: int
     num_visualizations: int
     num_examples: int
@@ -66,4 +67,33 @@ class EvalConfig(_message.Message):
     force_no_resize: bool
     use_dummy_loss_in_eval: bool
     skip_predictions_for_unlabeled_class: bool
-    def __init__(self, batch_size: _Optional[int] = ..., num_visualizations: _Optional[int] = ..., num_examples: _Optional[int] = ..., eval_interval_secs: _Optional[int] = ..., max_evals: _Optional[int] = ..., save_graph: _Optional[bool] = ..., visualization_export_dir: _Optional[str] = ..., eval_master: _Optional[str] = ..., metrics_set: _Optional[_Iterable[str]] = ..., export_path: _Optional[str] = ..., ignore_groundtruth: _Optional[bool] = ..., use_moving_averages: _Optional[bool] = ..., eval_instance_masks: _Optional[bool] = ..., min_score_threshold: _Optional[float] = ..., max_num_boxes_to_visualize: _Optional[int] = ..., skip_scores: _Optional[bool] = ..., skip_labels: _Optional[bool] = ..., visualize_groundtruth_boxes: _Optional[bool] = ..., groundtruth_box_visualization_color: _Optional[str] = ..., keep_image_id_for_visualization_export: _Optional[bool] = ..., retain_original_images: _Optional[bool] = ..., include_metrics_per_category: _Optional[bool] = ..., all_metrics_per_category: _Optional[bool] = ..., recall_lower_bound: _Optional[float] = ..., recall_upper_bound: _Optional[float] = ..., retain_original_image_additional_channels: _Optional[bool] = ..., force_no_resize: _Optional[bool] = ..., use_dummy_loss_in_eval: _Optional[bool] = ..., skip_predictions_for_unlabeled_class: _Optional[bool] = ...) -> None: ...
+    operating_points: OperatingPoints
+    def __init__(self, batch_size: _Optional[int] = ..., num_visualizations: _Optional[int] = ..., num_examples: _Optional[int] = ..., eval_interval_secs: _Optional[int] = ..., max_evals: _Optional[int] = ..., save_graph: _Optional[bool] = ..., visualization_export_dir: _Optional[str] = ..., eval_master: _Optional[str] = ..., metrics_set: _Optional[_Iterable[str]] = ..., export_path: _Optional[str] = ..., ignore_groundtruth: _Optional[bool] = ..., use_moving_averages: _Optional[bool] = ..., eval_instance_masks: _Optional[bool] = ..., min_score_threshold: _Optional[float] = ..., max_num_boxes_to_visualize: _Optional[int] = ..., skip_scores: _Optional[bool] = ..., skip_labels: _Optional[bool] = ..., visualize_groundtruth_boxes: _Optional[bool] = ..., groundtruth_box_visualization_color: _Optional[str] = ..., keep_image_id_for_visualization_export: _Optional[bool] = ..., retain_original_images: _Optional[bool] = ..., include_metrics_per_category: _Optional[bool] = ..., all_metrics_per_category: _Optional[bool] = ..., recall_lower_bound: _Optional[float] = ..., recall_upper_bound: _Optional[float] = ..., retain_original_image_additional_channels: _Optional[bool] = ..., force_no_resize: _Optional[bool] = ..., use_dummy_loss_in_eval: _Optional[bool] = ..., skip_predictions_for_unlabeled_class: _Optional[bool] = ..., operating_points: _Optional[_Union[OperatingPoints, _Mapping]] = ...) -> None: ...
+
+class OperatingPoints(_message.Message):
+    __slots__ = ("max_f1", "target_precision", "target_recall", "review_precision", "class_rule")
+    MAX_F1_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RECALL_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    CLASS_RULE_FIELD_NUMBER: _ClassVar[int]
+    max_f1: bool
+    target_precision: float
+    target_recall: float
+    review_precision: float
+    class_rule: _containers.RepeatedCompositeFieldContainer[ClassOperatingPoint]
+    def __init__(self, max_f1: _Optional[bool] = ..., target_precision: _Optional[float] = ..., target_recall: _Optional[float] = ..., review_precision: _Optional[float] = ..., class_rule: _Optional[_Iterable[_Union[ClassOperatingPoint, _Mapping]]] = ...) -> None: ...
+
+class ClassOperatingPoint(_message.Message):
+    __slots__ = ("name", "max_f1", "target_precision", "target_recall", "review_precision")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_F1_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RECALL_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    max_f1: bool
+    target_precision: float
+    target_recall: float
+    review_precision: float
+    def __init__(self, name: _Optional[str] = ..., max_f1: _Optional[bool] = ..., target_precision: _Optional[float] = ..., target_recall: _Optional[float] = ..., review_precision: _Optional[float] = ...) -> None: ...
