@@ -36,6 +36,7 @@ from raredet.losses import (
     resolve_class_alpha,
     resolve_class_weights,
 )
+from raredet.evaluation.operating_points import Rule
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.box_ops import box_iou
 from raredet.modeling.calibration import Calibration
@@ -397,13 +398,69 @@ def check_buildable(loaded: LoadedConfig) -> None:
     ssd = cfg.model.ssd
     build_resizer(ssd)
     build_augmentations(cfg.train_config)
-    model, l2_weights = build_model(ssd)
+    model, l2_weights = build_model(ssd, loaded.label_map.ids if loaded.label_map is not None else None)
+    build_operating_point_rules(cfg.eval_config, loaded.label_map)
     if cfg.train_config.HasField("optimizer"):
         build_optimizer(cfg.train_config, model, l2_weights)
     if loaded.label_map is not None:  # the loss resolves class names (class_alpha) through it
         lm = loaded.label_map
         ones = [1] * lm.num_classes  # counts only matter to auto weights, whose values are not checked
         build_loss(ssd, lm, resolve_class_weights(lm.names, lm.ids, ones, ones))
+
+
+# ---- evaluation -----------------------------------------------------------------------------------
+
+OPERATING_POINTS_WHERE = "eval_config.operating_points"
+
+
+def _float32(value: float) -> float:
+    """A float field as written in the config (0.9, not 0.8999999761581421)."""
+    return float(str(np.float32(value)))
+
+
+def _rule(msg: Any, where: str, default: Rule | None) -> Rule:
+    """The Rule of an OperatingPoints / ClassOperatingPoint message; unset parts from `default`."""
+    kind = msg.WhichOneof("rule")
+    base = default or Rule()
+    target: float | None = None
+    if kind in ("target_precision", "target_recall"):
+        target = _float32(getattr(msg, kind))
+        if not (0.0 < target <= 1.0):
+            raise ConfigError(f"{where}.{kind}: {target:g} is outside (0, 1]; give a fraction such as 0.9")
+    elif kind is None:
+        kind, target = base.kind, base.target
+    review = _float32(msg.review_precision) if msg.HasField("review_precision") else base.review_precision
+    if review is not None and not (0.0 < review <= 1.0):
+        raise ConfigError(f"{where}.review_precision: {review:g} is outside (0, 1]; give a fraction such as 0.5")
+    return Rule(kind, target, review)
+
+
+def build_operating_point_rules(eval_config: Message, label_map: LabelMap | None,
+                                override: Rule | None = None) -> tuple[Rule, dict[str, Rule]]:
+    """(rule for every class, {label-map name: rule}) from `eval_config.operating_points`.
+
+    `override` (the `--operating_point` flag) replaces the rule for every class, per-class rules
+    included. Class names must be label-map names (ConfigError with the field path)."""
+    msg = eval_config.operating_points
+    default = _rule(msg, OPERATING_POINTS_WHERE, None)
+    per_class: dict[str, Rule] = {}
+    for i, entry in enumerate(msg.class_rule):
+        where = f"{OPERATING_POINTS_WHERE}.class_rule[{i}]"
+        if not entry.name:
+            raise ConfigError(f"{where}.name: is empty; give the class's label-map name")
+        name = entry.name
+        if label_map is not None:  # evaluation names classes by display name
+            index = int(label_map.names_to_indices([name])[0])
+            if index < 0:
+                raise ConfigError(f"{where}.name: '{name}' is not a name in the label map {label_map.path}; "
+                                  f"its names are {label_map.names}")
+            name = label_map.display_names[index]
+        if name in per_class:
+            raise ConfigError(f"{where}.name: '{entry.name}' has a rule already; give each class once")
+        per_class[name] = _rule(entry, where, default)
+    if override is not None:
+        return override, {}
+    return default, per_class
 
 
 # ---- everything training needs ------------------------------------------------------------------

@@ -33,11 +33,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from raredet.errors import DataError
 from raredet.evaluation.per_class import Matches
+from raredet.fileio import atomic_write_json, atomic_write_text
 
 RULES = ("max_f1", "target_precision", "target_recall")
 # Precisions at which every class's best recall is recorded (for `raredet compare`).
@@ -338,3 +341,135 @@ def threshold_map(threshold: float, common: float, review_threshold: float | Non
     knots = [(0.0, 0.0)] + [k for k in knots if 0.0 < k[0] < 1.0] + [(1.0, 1.0)]
     xs, ys = [k[0] for k in knots], [k[1] for k in knots]
     return xs, ys
+
+
+def common_thresholds(min_score_threshold: float, points: Sequence[OperatingPoint]) -> tuple[float, float | None]:
+    """(accept, review) score thresholds after the per-class maps: the global `min_score_threshold`
+    (0.5 when it is not strictly between 0 and 1), and half of it when some class has a review band."""
+    accept = min_score_threshold if 0.0 < min_score_threshold < 1.0 else 0.5
+    review = accept / 2 if any(p.review_threshold is not None for p in points) else None
+    return accept, review
+
+
+def deployment_maps(points: Sequence[OperatingPoint], accept: float,
+                    review: float | None) -> dict[int, tuple[list[float], list[float]]]:
+    """Label-map id -> x/y pairs (`threshold_map`) for every class with a threshold. Classes without
+    one get no map: their scores pass unchanged, so they keep the global threshold `accept`."""
+    return {p.class_id: threshold_map(p.threshold, accept, p.review_threshold, review)
+            for p in points if p.threshold is not None}
+
+
+# ---- files -------------------------------------------------------------------------------------------
+
+JSON_NAME = "operating_points.json"
+MARKDOWN_NAME = "operating_points.md"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _figures(c: Counts | None) -> list[str]:
+    if c is None:
+        return ["-"] * 8
+    return [_cell(v) for v in (c.threshold, c.precision, c.recall, c.F1, c.TP, c.FP, c.FN, c.FP_per_image)]
+
+
+def table(points: Sequence[OperatingPoint], min_score_threshold: float) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: per class the operating point's figures, its review band, then the same
+    figures at the global threshold (kept at or above it), and the note."""
+    figures = ("threshold", "precision", "recall", "F1", "TP", "FP", "FN", "FP/image")
+    header = ["class", "rule", *figures, "review threshold", "review TP", "review FP",
+              *(f"{f} @{min_score_threshold:g}" for f in figures[1:]), "note"]
+    rows = []
+    for p in points:
+        band = p.review_band or {}
+        rows.append([p.class_name, p.rule.describe(), *_figures(p.at_threshold), _cell(p.review_threshold),
+                     _cell(band.get("TP")), _cell(band.get("FP")), *_figures(p.at_global)[1:], p.note])
+    return header, rows
+
+
+def to_markdown(points: Sequence[OperatingPoint], min_score_threshold: float) -> str:
+    header, rows = table(points, min_score_threshold)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def where_sentence(content: Mapping[str, Any]) -> str:
+    """Which images chose the thresholds, and which measured the figures when they differ."""
+    chosen, graded = content["chosen_on"], content["graded_on"]
+    text = f"Thresholds chosen on {chosen.get('description', 'the evaluated images')}"
+    if graded != chosen:
+        text += f"; figures measured on {graded.get('description', 'other images')}"
+    return text + "."
+
+
+def operating_points_json(points: Sequence[OperatingPoint], *, min_score_threshold: float,
+                          chosen_on: Mapping[str, Any], graded_on: Mapping[str, Any] | None = None,
+                          ) -> dict[str, Any]:
+    """The content of operating_points.json: the points, which images chose the thresholds (and,
+    when applied elsewhere, which images graded them), and the per-class maps for deployment."""
+    accept, review = common_thresholds(min_score_threshold, points)
+    maps = deployment_maps(points, accept, review)
+    return {
+        "iou_threshold": 0.5,
+        "min_score_threshold": min_score_threshold,
+        "chosen_on": dict(chosen_on),
+        "graded_on": dict(graded_on) if graded_on is not None else dict(chosen_on),
+        "score_threshold": accept,
+        "review_score_threshold": review,
+        "calibration": {str(i): {"x": xs, "y": ys} for i, (xs, ys) in maps.items()},
+        "classes": [p.to_json() for p in points],
+    }
+
+
+def load_operating_points(path: str | Path) -> dict[str, Any]:
+    """operating_points.json with `classes` as OperatingPoint objects; DataError naming the file."""
+    from raredet.evaluation.coco import load_json
+
+    data = load_json(path, "operating points")
+    try:
+        data["classes"] = [OperatingPoint.from_json(c) for c in data["classes"]]
+        data["calibration"] = {int(k): (list(v["x"]), list(v["y"])) for k, v in data["calibration"].items()}
+        float(data["score_threshold"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise DataError(f"{path}: not a raredet operating_points.json ({type(err).__name__}: {err}); "
+                        "use the file `raredet eval` writes") from None
+    return data
+
+
+def write_operating_points(out_dir: str | Path, content: Mapping[str, Any]) -> None:
+    """operating_points.json and operating_points.md into `out_dir`."""
+    out = Path(out_dir)
+    atomic_write_json(out / JSON_NAME, dict(content))
+    points = [OperatingPoint.from_json(c) for c in content["classes"]]
+    text = where_sentence(content) + "\n\n" + to_markdown(points, content["min_score_threshold"])
+    atomic_write_text(out / MARKDOWN_NAME, text)
+
+
+def scalars(points: Sequence[OperatingPoint]) -> dict[str, float]:
+    """TensorBoard / metrics.json scalars: per class, precision, recall and threshold at its point."""
+    out: dict[str, float] = {}
+    for p in points:
+        if p.at_threshold is None:
+            continue
+        for key in ("precision", "recall"):
+            value = getattr(p.at_threshold, key)
+            if value is not None:
+                out[f"OperatingPoint/{key}/{p.class_name}"] = float(value)
+        out[f"OperatingPoint/threshold/{p.class_name}"] = float(p.threshold)  # type: ignore[arg-type]
+    return out
+
+
+def parse_rule(text: str) -> Rule:
+    """`max_f1`, `target_precision=P` or `target_recall=R` (a `:` works too) -> Rule; ValueError."""
+    kind, _, value = text.replace(":", "=").partition("=")
+    kind = kind.strip()
+    if kind == "max_f1" and not value:
+        return Rule()
+    if kind in ("target_precision", "target_recall") and value:
+        return Rule(kind, float(value))
+    raise ValueError(f"{text!r}: write max_f1, target_precision=P or target_recall=R (P, R in (0, 1])")

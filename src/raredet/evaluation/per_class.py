@@ -23,7 +23,8 @@ from raredet.fileio import atomic_write_json, atomic_write_text
 
 MAX_DETS = 100
 COLUMNS = ("class", "id", "gt_count", "AP", "AP50", "AP75", "AR@100", "VOC_AP50",
-           "precision", "recall", "F1", "TP", "missed", "FP")
+           "precision", "recall", "F1", "TP", "missed", "FP",
+           "op_threshold", "op_precision", "op_recall")  # at the class's operating point (IoU 0.5)
 
 
 @dataclass
@@ -148,6 +149,7 @@ def build_table(categories: list[dict], counts: dict[int, dict[str, int]], coco:
             "AR@100": per_cat.get("AR@100"), "VOC_AP50": (voc_ap or {}).get(cat["id"]),
             "precision": precision, "recall": recall, "F1": f1,
             "TP": c["TP"], "missed": c["missed"], "FP": c["FP"],
+            "op_threshold": None, "op_precision": None, "op_recall": None,
         })
     rows.sort(key=lambda r: (r["gt_count"], str(r["class"])))
     return rows

@@ -2,12 +2,12 @@
 
 Shared by `raredet evaluate-detections` (files from any detector) and `engine.evaluate` (a raredet
 model on its eval loader). Outputs into `out_dir`: metrics.json, per_class.{json,csv,md},
-pr_curves.png, confusion_matrix.png, score_histograms.png, report.html.
+operating_points.{json,md}, pr_curves.png, confusion_matrix.png, score_histograms.png, report.html.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from faster_coco_eval import COCO
 from PIL import Image
 
 from raredet.errors import ConfigError, DataError
+from raredet.evaluation import operating_points as ops
 from raredet.evaluation import per_class, plots
 from raredet.evaluation.coco import (
     CATEGORY_KEYS,
@@ -73,13 +74,25 @@ def _metrics(coco: CocoResult | None, voc: dict[int, float | None] | None, names
     return metrics
 
 
+def _markers(points: Sequence[ops.OperatingPoint]) -> dict[str, list[tuple[float, float, str]]]:
+    """Per class: its operating point, review threshold and global threshold on the PR curve."""
+    out: dict[str, list[tuple[float, float, str]]] = {}
+    for p in points:
+        marks = [(c.recall, c.precision, kind) for c, kind in
+                 ((p.at_threshold, "operating point"), (p.review, "review"), (p.at_global, "global threshold"))
+                 if c is not None and c.recall is not None and c.precision is not None]
+        out[p.class_name] = marks
+    return out
+
+
 def _plots(gt: dict, detections: list, matches: per_class.Matches, coco: CocoResult,
            cats: list[dict], min_score: float, out: Path,
-           prepared: tuple[COCO, COCO] | None = None) -> dict[str, bytes]:
+           prepared: tuple[COCO, COCO] | None = None,
+           points: Sequence[ops.OperatingPoint] = ()) -> dict[str, bytes]:
     ids, names = [c["id"] for c in cats], [c["name"] for c in cats]
     curves = {c["name"]: coco.pr_precision[c["id"]] for c in cats}
     figures = {
-        "pr_curves.png": plots.pr_curves_figure(coco.recall_thresholds, curves),
+        "pr_curves.png": plots.pr_curves_figure(coco.recall_thresholds, curves, _markers(points)),
         "confusion_matrix.png": plots.confusion_figure(
             plots.confusion_counts(gt, detections, matches, ids, min_score, prepared), names, min_score),
         "score_histograms.png": plots.score_histograms_figure(matches, ids, names, min_score),
@@ -94,12 +107,24 @@ def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
                         include_metrics_per_category: bool = True,
                         class_weights: list[dict[str, Any]] | None = None,
                         examples: Sequence[Example] = (), title: str = "raredet evaluation",
-                        extra_metrics: dict[str, Any] | None = None, check: bool = True) -> dict[str, Any]:
+                        extra_metrics: dict[str, Any] | None = None, check: bool = True,
+                        operating_point_rule: ops.Rule | None = None,
+                        class_rules: Mapping[str, ops.Rule] | None = None,
+                        apply_operating_points: Mapping[str, Any] | None = None,
+                        images_description: str = "", score_floor: float = 0.0) -> dict[str, Any]:
     """Evaluate `detections` (COCO results list) against `gt` (COCO dict); write all outputs.
 
-    Returns the metrics dict (TF OD API names; None where a class has no ground truth), which also
-    goes to `out_dir/metrics.json` together with `extra_metrics` (e.g. validation losses).
+    Returns {"metrics", "per_class", "operating_points"}: the metrics dict (TF OD API names; None
+    where a class has no ground truth, plus `OperatingPoint/...` scalars), which also goes to
+    `out_dir/metrics.json` together with `extra_metrics` (e.g. validation losses); the table rows;
+    the content of operating_points.json.
     `check=False` skips `check_coco` for a caller that has already checked (with file names).
+
+    Operating points: chosen per class by `class_rules[name]` or `operating_point_rule` (default
+    max F1) on these detections, or, with `apply_operating_points` (a loaded operating_points.json
+    from other images), those thresholds graded here. `images_description` says which images these
+    are (it goes into the files); `score_floor`: the lowest score a detection could have had here
+    (the model's NMS score_threshold).
     """
     sets = check_metrics_sets(metrics_set)
     if check:
@@ -116,14 +141,56 @@ def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
     matches = per_class.match_detections(gt, detections, prepared, coco_all)
     counts = per_class.class_counts(matches, [c["id"] for c in cats], min_score_threshold)
     rows = per_class.build_table(cats, counts, coco, voc)
+    here = {"description": images_description or f"{len(gt['images'])} evaluated images",
+            "images": len(gt["images"])}
+    content = _operating_points(matches, cats, len(gt["images"]), min_score_threshold, here,
+                                operating_point_rule, class_rules, apply_operating_points, score_floor)
+    points = [ops.OperatingPoint.from_json(c) for c in content["classes"]]
+    _add_operating_columns(rows, points)
+    metrics.update(ops.scalars(points))
+    ops.write_operating_points(out, content)
     per_class.write_table(rows, out, {"metrics_set": sets, "min_score_threshold": min_score_threshold})
     atomic_write_json(out / "metrics.json", metrics)
-    pngs = _plots(gt, detections, matches, coco_all, cats, min_score_threshold, out, prepared)
+    pngs = _plots(gt, detections, matches, coco_all, cats, min_score_threshold, out, prepared, points)
     write_report(out / "report.html", title=title, metrics=metrics, rows=rows,
                  plots={k.removesuffix(".png").replace("_", " "): v for k, v in pngs.items()},
                  class_weights=class_weights or [], examples=examples,
-                 names=[c["name"] for c in cats], min_score_threshold=min_score_threshold)
-    return {"metrics": metrics, "per_class": rows}
+                 names=[c["name"] for c in cats], min_score_threshold=min_score_threshold,
+                 operating_points=(ops.where_sentence(content), *ops.table(points, min_score_threshold)))
+    return {"metrics": metrics, "per_class": rows, "operating_points": content}
+
+
+def _operating_points(matches: per_class.Matches, cats: list[dict], num_images: int, min_score: float,
+                      here: dict[str, Any], rule: ops.Rule | None, class_rules: Mapping[str, ops.Rule] | None,
+                      chosen: Mapping[str, Any] | None, score_floor: float) -> dict[str, Any]:
+    """operating_points.json's content: chosen here, or `chosen` (loaded) graded here."""
+    if chosen is None:
+        points = ops.operating_points(matches, cats, class_rules or {}, rule or ops.Rule(), num_images,
+                                      min_score, score_floor)
+        return ops.operating_points_json(points, min_score_threshold=min_score, chosen_on=here)
+    names = {c["id"]: c["name"] for c in cats}
+    for p in chosen["classes"]:
+        if names.get(p.class_id) != p.class_name:
+            raise DataError(f"operating points: class {p.class_name!r} (id {p.class_id}) is not a class of "
+                            f"these images ({names}); apply operating points chosen with the same label map")
+    graded = ops.apply_operating_points(matches, chosen["classes"], num_images, min_score,
+                                        chosen["chosen_on"].get("description", "other images"))
+    content = ops.operating_points_json(graded, min_score_threshold=min_score,
+                                        chosen_on=chosen["chosen_on"], graded_on=here)
+    # The deployment maps stay those of the evaluation that chose them.
+    content["calibration"] = {str(k): {"x": xs, "y": ys} for k, (xs, ys) in chosen["calibration"].items()}
+    content["score_threshold"] = chosen["score_threshold"]
+    content["review_score_threshold"] = chosen["review_score_threshold"]
+    return content
+
+
+def _add_operating_columns(rows: list[dict[str, Any]], points: Sequence[ops.OperatingPoint]) -> None:
+    by_name = {p.class_name: p for p in points}
+    for row in rows:
+        p = by_name.get(str(row["class"]))
+        if p is not None and p.at_threshold is not None:
+            row.update(op_threshold=p.threshold, op_precision=p.at_threshold.precision,
+                       op_recall=p.at_threshold.recall)
 
 
 def _choose_examples(gt: dict, count: int) -> list[Any]:

@@ -38,14 +38,24 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(max(1, n) / cols), cols
 
 
-def pr_curves_figure(recall: np.ndarray, curves: dict[str, np.ndarray | None]) -> Figure:
-    """Precision-recall curves at IoU 0.5, one line per class. recall [R]; curves: name -> [R] or None."""
+def pr_curves_figure(recall: np.ndarray, curves: dict[str, np.ndarray | None],
+                     markers: dict[str, list[tuple[float, float, str]]] | None = None) -> Figure:
+    """Precision-recall curves at IoU 0.5, one line per class. recall [R]; curves: name -> [R] or None.
+    markers: name -> [(recall, precision, kind)], kind "operating point" (a filled circle), "review"
+    (a triangle) or "global threshold" (a cross), drawn in the class's colour."""
     fig, ax = plt.subplots(figsize=(7, 5), layout="constrained")
+    styles = {"operating point": "o", "review": "v", "global threshold": "x"}
     for name, precision in curves.items():
         if precision is None:
             ax.plot([], [], linestyle=":", label=f"{name} (no ground truth)")
-        else:
-            ax.plot(recall, precision, label=name)
+            continue
+        (line,) = ax.plot(recall, precision, label=name)
+        for r, p, kind in (markers or {}).get(name, []):
+            ax.plot([r], [p], marker=styles.get(kind, "o"), color=line.get_color(), markersize=8,
+                    linestyle="none")
+    if markers:
+        for kind, style in styles.items():
+            ax.plot([], [], marker=style, color="gray", linestyle="none", label=kind)
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
            title="Precision-recall at IoU 0.5 (COCO, 101 points)")
     ax.grid(alpha=0.3)

@@ -131,14 +131,22 @@ td:first-child{text-align:left}
 
 def render_report(*, title: str, metrics: dict[str, Any], rows: list[dict[str, Any]],
                   plots: dict[str, bytes], class_weights: list[dict[str, Any]],
-                  examples: Sequence[Example], names: Sequence[str], min_score_threshold: float) -> str:
-    """The report as one HTML string. plots: caption -> PNG bytes."""
+                  examples: Sequence[Example], names: Sequence[str], min_score_threshold: float,
+                  operating_points: tuple[str, Sequence[str], Sequence[Sequence[str]]] | None = None) -> str:
+    """The report as one HTML string. plots: caption -> PNG bytes. operating_points: (sentence,
+    header, rows) of the operating-point table."""
+    op_html = ""
+    if operating_points is not None:
+        sentence, header, op_rows = operating_points
+        op_html = (f"<h2>Operating points (per-class thresholds, IoU 0.5)</h2><p>{html.escape(sentence)}</p>"
+                   f"{_table(header, op_rows)}")
     plot_html = "".join(f'<div class="plot"><h3>{html.escape(cap)}</h3><img alt="{html.escape(cap)}" '
                         f'src="{data_uri(png)}"></div>' for cap, png in plots.items())
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
             f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"{_metrics_section(metrics)}<h2>Per-class results (rarest first)</h2>"
-            f"<p>Counts at min_score_threshold = {min_score_threshold:g}, IoU 0.5.</p>{per_class_html(rows)}"
+            f"<p>Counts at min_score_threshold = {min_score_threshold:g}, IoU 0.5; op_*: at the class's "
+            f"operating point.</p>{per_class_html(rows)}{op_html}"
             f"<h2>Plots</h2>{plot_html}{_weights_section(class_weights)}"
             f"{_examples_section(examples, names, min_score_threshold)}</body></html>\n")
 
