@@ -25,6 +25,7 @@ from raredet.data.stats import DatasetStats, compute_stats
 from raredet.engine import optim
 from raredet.engine.train import TrainComponents
 from raredet.errors import ConfigError
+from raredet.evaluation.operating_points import Rule
 from raredet.losses import (
     CLASSIFICATION_LOSSES,
     LOCALIZATION_LOSSES,
@@ -36,7 +37,6 @@ from raredet.losses import (
     resolve_class_alpha,
     resolve_class_weights,
 )
-from raredet.evaluation.operating_points import Rule
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.box_ops import box_iou
 from raredet.modeling.calibration import Calibration
@@ -431,7 +431,8 @@ def _rule(msg: Any, where: str, default: Rule | None) -> Rule:
         kind, target = base.kind, base.target
     review = _float32(msg.review_precision) if msg.HasField("review_precision") else base.review_precision
     if review is not None and not (0.0 < review <= 1.0):
-        raise ConfigError(f"{where}.review_precision: {review:g} is outside (0, 1]; give a fraction such as 0.5")
+        raise ConfigError(f"{where}.review_precision: {review:g} is outside (0, 1]; "
+                          "give a fraction such as 0.5")
     return Rule(kind, target, review)
 
 

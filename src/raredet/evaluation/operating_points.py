@@ -343,7 +343,8 @@ def threshold_map(threshold: float, common: float, review_threshold: float | Non
     return xs, ys
 
 
-def common_thresholds(min_score_threshold: float, points: Sequence[OperatingPoint]) -> tuple[float, float | None]:
+def common_thresholds(min_score_threshold: float,
+                      points: Sequence[OperatingPoint]) -> tuple[float, float | None]:
     """(accept, review) score thresholds after the per-class maps: the global `min_score_threshold`
     (0.5 when it is not strictly between 0 and 1), and half of it when some class has a review band."""
     accept = min_score_threshold if 0.0 < min_score_threshold < 1.0 else 0.5

@@ -78,8 +78,8 @@ def _markers(points: Sequence[ops.OperatingPoint]) -> dict[str, list[tuple[float
     """Per class: its operating point, review threshold and global threshold on the PR curve."""
     out: dict[str, list[tuple[float, float, str]]] = {}
     for p in points:
-        marks = [(c.recall, c.precision, kind) for c, kind in
-                 ((p.at_threshold, "operating point"), (p.review, "review"), (p.at_global, "global threshold"))
+        at = ((p.at_threshold, "operating point"), (p.review, "review"), (p.at_global, "global threshold"))
+        marks = [(c.recall, c.precision, kind) for c, kind in at
                  if c is not None and c.recall is not None and c.precision is not None]
         out[p.class_name] = marks
     return out
