@@ -48,11 +48,14 @@ def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs with eval/per_class.json; the first is "
                    "the baseline the deltas are taken against")
     p.add_argument("--out", default="compare", help="where compare.{md,html,png} go (default: ./compare)")
+    p.add_argument("--precision", type=float, default=None,
+                   help="compare each class's recall at this precision (IoU 0.5; default: the runs' common "
+                        "target_precision rule, else 0.9)")
 
     def run(a: argparse.Namespace) -> int:
         from raredet.evaluation.compare import compare_runs
 
-        print(compare_runs(a.runs, a.out), end="")
+        print(compare_runs(a.runs, a.out, a.precision), end="")
         return 0
 
     p.set_defaults(func=run)

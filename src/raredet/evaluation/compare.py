@@ -2,6 +2,11 @@
 
 Each run is a directory holding `eval/per_class.json` (as `raredet eval` writes) or `per_class.json`
 (as `raredet evaluate-detections --out RUN` writes). Classes are matched by name.
+
+Where a run has `operating_points.json` next to its table, the first column is each class's recall at
+one precision for every run (`recall@P0.9`: the highest recall whose precision is at least 0.9, at
+IoU 0.5): the figure an imbalance method should move, compared at the same precision. The precision is
+`precision`, else the runs' common `target_precision` rule, else 0.9.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from raredet.errors import DataError  # noqa: E402
+from raredet.evaluation.operating_points import DEFAULT_COMPARE_PRECISION  # noqa: E402
 from raredet.evaluation.report import STYLE, data_uri  # noqa: E402
 from raredet.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
 
@@ -29,15 +35,43 @@ CHART_METRICS = ("AP50", "VOC_AP50", "AP")  # the first one any run has is chart
 
 def load_run(run_dir: str | Path) -> list[dict[str, Any]]:
     """The per-class rows of one run directory."""
+    return _load_run(run_dir)[0]
+
+
+def _load_run(run_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(per-class rows, operating_points.json content or None) of one run directory."""
     run = Path(run_dir)
     for path in (run / "eval" / "per_class.json", run / "per_class.json"):
         if path.is_file():
             try:
-                return list(json.loads(path.read_text(encoding="utf-8"))["classes"])
+                rows = list(json.loads(path.read_text(encoding="utf-8"))["classes"])
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise DataError(f"{path}: not a raredet per_class.json ({err}); "
                                 "re-run raredet eval") from None
+            ops_path = path.with_name("operating_points.json")
+            ops = json.loads(ops_path.read_text(encoding="utf-8")) if ops_path.is_file() else None
+            return rows, ops
     raise DataError(f"{run}: no eval/per_class.json or per_class.json; run `raredet eval` on it first")
+
+
+def compare_precision(ops: list[dict[str, Any] | None], precision: float | None) -> float:
+    """The precision to compare recall at (module docstring)."""
+    if precision is not None:
+        return precision
+    targets = {c["rule"]["target"] for o in ops if o is not None for c in o.get("classes", [])
+               if c["rule"].get("kind") == "target_precision"}
+    return float(f"{targets.pop():.2f}") if len(targets) == 1 else DEFAULT_COMPARE_PRECISION
+
+
+def add_recall_at_precision(rows: list[dict[str, Any]], ops: dict[str, Any] | None, precision: float) -> str:
+    """Put each class's recall at `precision` into its row (None where the run has no operating
+    points); returns the column name."""
+    key = f"{round(precision, 2):g}"
+    column = f"recall@P{key}"
+    by_name = {c["class_name"]: c.get("recall_at_precision", {}) for c in (ops or {}).get("classes", [])}
+    for row in rows:
+        row[column] = by_name.get(str(row["class"]), {}).get(key)
+    return column
 
 
 def run_labels(run_dirs: list[str | Path]) -> list[str]:
@@ -56,9 +90,9 @@ def combine(runs: list[list[dict[str, Any]]]) -> tuple[list[str], dict[str, list
     return order, {name: [b.get(name) for b in by_name] for name in order}
 
 
-def _present(table: dict[str, list[dict | None]]) -> list[str]:
-    return [m for m in METRICS if any(r is not None and r.get(m) is not None
-                                      for rows in table.values() for r in rows)]
+def _present(table: dict[str, list[dict | None]], extra: tuple[str, ...] = ()) -> list[str]:
+    return [m for m in (*extra, *METRICS) if any(r is not None and r.get(m) is not None
+                                                 for rows in table.values() for r in rows)]
 
 
 def _cell(value: Any) -> str:
@@ -74,11 +108,12 @@ def _delta(value: Any, base: Any) -> str:
     return f"{d:+.3f}" if isinstance(d, float) else f"{d:+d}"
 
 
-def comparison_rows(labels: list[str], order: list[str],
-                    table: dict[str, list[dict | None]]) -> tuple[list[str], list[list[str]]]:
-    """Header and text rows: per metric, each run's value, then each later run's delta to the first."""
+def comparison_rows(labels: list[str], order: list[str], table: dict[str, list[dict | None]],
+                    extra: tuple[str, ...] = ()) -> tuple[list[str], list[list[str]]]:
+    """Header and text rows: per metric (`extra` ones first), each run's value, then each later run's
+    delta to the first."""
     header = ["class", "GT"]
-    metrics = _present(table)
+    metrics = _present(table, extra)
     for m in metrics:
         header += [f"{m} {lab}" for lab in labels] + [f"Δ{m} {lab}" for lab in labels[1:]]
     rows = []
@@ -136,14 +171,20 @@ def to_html(labels: list[str], run_dirs: list[str], header: list[str], rows: lis
             f'<img alt="per-class chart" src="{data_uri(chart)}"></body></html>\n')
 
 
-def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> str:
+def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None,
+                 precision: float | None = None) -> str:
     """Compare runs; write compare.md, compare.html and compare.png into `out_dir` (if given).
-    Returns the Markdown table."""
+    Returns the Markdown table. `precision`: where recall is compared (module docstring)."""
     if not run_dirs:
         raise DataError("compare: give at least one run directory")
+    if precision is not None and not 0.01 <= precision <= 1.0:
+        raise DataError(f"compare: --precision must be in [0.01, 1], got {precision}")
     labels = run_labels(run_dirs)
-    order, table = combine([load_run(r) for r in run_dirs])
-    header, rows = comparison_rows(labels, order, table)
+    loaded = [_load_run(r) for r in run_dirs]
+    p = compare_precision([ops for _, ops in loaded], precision)
+    columns = {add_recall_at_precision(rows, ops, p) for rows, ops in loaded}
+    order, table = combine([rows for rows, _ in loaded])
+    header, rows = comparison_rows(labels, order, table, tuple(columns))
     markdown = to_markdown(header, rows)
     if out_dir is not None:
         out = Path(out_dir)

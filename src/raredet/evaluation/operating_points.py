@@ -43,8 +43,9 @@ from raredet.evaluation.per_class import Matches
 from raredet.fileio import atomic_write_json, atomic_write_text
 
 RULES = ("max_f1", "target_precision", "target_recall")
-# Precisions at which every class's best recall is recorded (for `raredet compare`).
-PRECISION_LEVELS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+# Precisions at which every class's best recall is recorded (for `raredet compare`): 0.01 .. 1.00.
+PRECISION_LEVELS = tuple(round(0.01 * i, 2) for i in range(1, 101))
+DEFAULT_COMPARE_PRECISION = 0.9
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,76 @@
+"""Operating points through `raredet evaluate-detections` and `raredet compare`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from raredet.cli import main
+from raredet.evaluation.compare import compare_runs
+
+from .test_coco import make_data
+from .test_operating_points import _reference_points
+
+
+def _evaluate(tmp_path: Path, name: str, gt: dict, dets: list) -> Path:
+    (tmp_path / f"{name}.gt.json").write_text(json.dumps(gt))
+    (tmp_path / f"{name}.dt.json").write_text(json.dumps(dets))
+    out = tmp_path / name
+    assert main(["evaluate-detections", "--groundtruth", str(tmp_path / f"{name}.gt.json"),
+                 "--detections", str(tmp_path / f"{name}.dt.json"), "--out", str(out)]) == 0
+    return out
+
+
+def _recall_at_precision(ref: list[tuple[float, bool]], num_gt: int, p: float) -> float:
+    """Highest recall over all score cuts with precision >= p, from pycocotools' matches."""
+    best = 0.0
+    for cut in {s for s, _ in ref}:
+        tp = sum(h for s, h in ref if s >= cut)
+        fp = sum(not h for s, h in ref if s >= cut)
+        if tp / (tp + fp) >= p:
+            best = max(best, tp / num_gt)
+    return best
+
+
+def test_evaluate_detections_writes_operating_points_and_compare_shows_recall_at_precision(tmp_path, capsys):
+    gt, dets = make_data(0)
+    worse = [{**d, "score": d["score"] * (0.5 if d["category_id"] == 2 else 1.0)} for d in dets]
+    # Lower the rare class's true detections below some false ones of the same class: a different ranking.
+    worse += [{"image_id": 13, "category_id": 2, "score": 0.99, "bbox": [5.0, 5.0, 20.0, 20.0]}]
+    base, other = _evaluate(tmp_path, "base", gt, dets), _evaluate(tmp_path, "other", gt, worse)
+    content = json.loads((base / "operating_points.json").read_text())
+    assert content["chosen_on"]["images"] == len(gt["images"])
+    assert {c["class_name"] for c in content["classes"]} == {"common", "rare", "undetected", "ghost"}
+    assert "operating point" in (base / "report.html").read_text()
+    assert "| class | rule | threshold |" in (base / "operating_points.md").read_text()
+    metrics = json.loads((base / "metrics.json").read_text())
+    rare = next(c for c in content["classes"] if c["class_name"] == "rare")
+    assert metrics["OperatingPoint/recall/rare"] == rare["at_threshold"]["recall"]
+    md = compare_runs([base, other], tmp_path / "cmp", precision=0.9)
+    header = [h.strip() for h in md.splitlines()[0].strip("|").split("|")]
+    assert header[2:5] == ["recall@P0.9 base", "recall@P0.9 other", "Δrecall@P0.9 other"]
+    line = next(row for row in md.splitlines() if row.startswith("| rare "))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    want = [_recall_at_precision(*_reference_points(g, d, 2), 0.9) for g, d in ((gt, dets), (gt, worse))]
+    assert cells[2:4] == [f"{want[0]:.3f}", f"{want[1]:.3f}"]
+    assert cells[4] == f"{want[1] - want[0]:+.3f}"
+    assert want[0] != want[1]
+
+
+def test_compare_precision_follows_the_runs_target_precision(tmp_path):
+    def run(name: str, recall: float) -> Path:
+        row = {"class": "crack", "id": 1, "gt_count": 5, "AP50": 0.5, "recall": 0.4, "missed": 3}
+        op = {"class_name": "crack", "rule": {"kind": "target_precision", "target": 0.8,
+                                             "review_precision": None},
+              "recall_at_precision": {"0.8": recall, "0.9": 0.0}}
+        (tmp_path / name / "eval").mkdir(parents=True)
+        (tmp_path / name / "eval" / "per_class.json").write_text(json.dumps({"classes": [row]}))
+        (tmp_path / name / "eval" / "operating_points.json").write_text(json.dumps({"classes": [op]}))
+        return tmp_path / name
+
+    md = compare_runs([run("a", 0.2), run("b", 0.6)])
+    assert "recall@P0.8 a" in md and "| crack | 5 | 0.200 | 0.600 | +0.400 |" in md
+    with pytest.raises(Exception, match="precision"):
+        compare_runs([tmp_path / "a"], precision=1.5)
