@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 import torch
+from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from torch import nn
@@ -513,7 +514,7 @@ def build_training(
     reader = build_reader(cfg.train_input_reader, label_map, "train_input_reader")
     stats = compute_stats(reader, label_map)
     class_weights = build_class_weights(cfg.model.ssd.loss, label_map, stats)
-    model, l2_weights = build_model(cfg.model.ssd)
+    model, l2_weights = build_model(cfg.model.ssd, label_map.ids)
     optimizer, schedule, ema = build_optimizer(cfg.train_config, model, l2_weights)
     dataset, sampler = build_train_data(loaded, reader, stats, seed)
     return TrainComponents(
@@ -561,12 +562,71 @@ def build_eval_loader(
                                        shuffle=False, collate_fn=collate)
 
 
-def eval_options(loaded: LoadedConfig) -> dict[str, Any]:
-    """The `eval_config` fields `engine.evaluate.evaluate` takes, as keyword arguments."""
+def eval_options(loaded: LoadedConfig, operating_point: Rule | None = None) -> dict[str, Any]:
+    """The `eval_config` fields `engine.evaluate.evaluate` takes, as keyword arguments.
+
+    `operating_point`: a rule for every class that replaces `eval_config.operating_points`' rules
+    (the `--operating_point` flag)."""
     ec = loaded.config.eval_config
+    rule, class_rules = build_operating_point_rules(ec, loaded.label_map, operating_point)
     return {
         "metrics_set": list(ec.metrics_set) or "coco_detection_metrics",
         "min_score_threshold": ec.min_score_threshold,
         "include_metrics_per_category": True,
         "num_visualizations": ec.num_visualizations,
+        "operating_point_rule": rule,
+        "class_rules": class_rules,
+        "score_floor": loaded.config.model.ssd.post_processing.batch_non_max_suppression.score_threshold,
+        "images_description": _eval_data_description(loaded),
     }
+
+
+def _eval_data_description(loaded: LoadedConfig) -> str:
+    """`eval_input_reader[0]` in a few words: its kind and paths."""
+    if not len(loaded.config.eval_input_reader):
+        return ""
+    reader = loaded.config.eval_input_reader[0]
+    source = reader.WhichOneof("input_reader")
+    if source is None:
+        return ""
+    paths = {"tf_record_input_reader": lambda r: list(r.input_path),
+             "coco_input_reader": lambda r: [r.annotations_path],
+             "voc_input_reader": lambda r: [r.root]}.get(source, lambda r: [])(getattr(reader, source))
+    every = f", every {reader.sample_1_of_n_examples}th" if reader.sample_1_of_n_examples > 1 else ""
+    return f"eval_input_reader ({', '.join(paths)}{every}) of {loaded.path}"
+
+
+def operating_points_config(loaded: LoadedConfig, content: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(pipeline.config text, note): `loaded`'s config whose post-processing applies the per-class
+    thresholds of `content` (operating_points.json) in the TF OD API's own terms: a per-class
+    `calibration_config.class_id_function_approximations` map sending each class's threshold to the
+    common `batch_non_max_suppression.score_threshold`. None (and why) where that cannot be written."""
+    cfg = type(loaded.config)()
+    cfg.CopyFrom(loaded.config)  # input paths are absolute here: the file works from any folder
+    post = cfg.model.ssd.post_processing
+    if post.HasField("calibration_config"):
+        kind = post.calibration_config.WhichOneof("calibrator")
+        return None, (f"not written: model.ssd.post_processing already has calibration_config ({kind}), and "
+                      "the TF OD API takes one calibrator; apply operating_points.json with "
+                      "--operating_points")
+    if post.score_converter == post_processing_pb2.PostProcessing.IDENTITY:
+        return None, ("not written: score_converter is IDENTITY, so scores are not in [0, 1] where "
+                      "calibration maps work; use SIGMOID or SOFTMAX")
+    post.batch_non_max_suppression.score_threshold = float(content["score_threshold"])
+    maps = post.calibration_config.class_id_function_approximations.class_id_xy_pairs_map
+    for class_id, xy in content["calibration"].items():
+        entry = maps[int(class_id)]
+        entry.training_data_type = calibration_pb2.CLASS_SPECIFIC
+        xs, ys = (xy["x"], xy["y"]) if isinstance(xy, Mapping) else xy
+        for x, y in zip(xs, ys, strict=True):
+            entry.x_y_pair.add(x=x, y=y)
+    if not maps:  # no class has a threshold: an empty map is identity (and the oneof must be set)
+        post.calibration_config.class_id_function_approximations.SetInParent()
+    chosen = content["chosen_on"].get("description", "")
+    review = content.get("review_score_threshold")
+    band = (f"; its review threshold to {review:g} (lower score_threshold to that to see the review band)"
+            if review is not None else "")
+    header = [f"# Written by raredet eval: per-class operating points chosen on {chosen}.",
+              f"# Each class's threshold maps to score_threshold {content['score_threshold']:g}{band}.",
+              "# Classes without a map keep that threshold as it is."]
+    return "\n".join(header) + "\n" + text_format.MessageToString(cfg), "written"

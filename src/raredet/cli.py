@@ -166,13 +166,22 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", help="output directory (default: CHECKPOINT_DIR/eval)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--sample_1_of_n_eval_examples", type=int, help="evaluate on every n-th eval example")
+    p.add_argument("--operating_point", metavar="RULE", help="how each class's threshold is chosen: max_f1, "
+                   "target_precision=P or target_recall=R (replaces eval_config.operating_points' rules)")
+    p.add_argument("--review_precision", type=float, metavar="Q", help="add a review band: a lower "
+                   "threshold at the highest recall with precision >= Q")
+    p.add_argument("--operating_points_from", metavar="FILE", help="grade the thresholds of another "
+                   "evaluation's operating_points.json (e.g. chosen on val) on these images instead of "
+                   "choosing new ones")
 
     def run(a: argparse.Namespace) -> int:
         from raredet.commands.evaluate import eval_from_config
 
         eval_from_config(a.pipeline_config_path, a.checkpoint_dir, checkpoint=a.checkpoint, wait=a.wait,
                          eval_timeout=a.eval_timeout, out_dir=a.out, device=a.device,
-                         sample_1_of_n_eval_examples=a.sample_1_of_n_eval_examples)
+                         sample_1_of_n_eval_examples=a.sample_1_of_n_eval_examples,
+                         operating_point=a.operating_point, review_precision=a.review_precision,
+                         operating_points_from=a.operating_points_from)
         return 0
 
     p.set_defaults(func=run)
@@ -185,15 +194,18 @@ def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--images", required=True, nargs="+", metavar="PATH",
                    help="image files, folders of images, or glob patterns (quote them)")
     p.add_argument("--out", required=True, help="output directory: detections.json, images.json, drawn/")
-    p.add_argument("--min_score", type=float, default=0.5, help="keep detections scoring at least this "
+    p.add_argument("--min_score", type=float, default=None, help="keep detections scoring at least this "
                    "(default 0.5)")
+    p.add_argument("--operating_points", metavar="FILE", help="operating_points.json of `raredet eval`: keep "
+                   "each class's detections above its own threshold; mark the review band")
     p.add_argument("--pipeline_config_path", help="default: the config saved in the checkpoint")
 
     def run(a: argparse.Namespace) -> int:
         from raredet.commands.predict import predict
 
         print(predict(a.model_dir, a.images, a.out, min_score=a.min_score,
-                      pipeline_config_path=a.pipeline_config_path).summary())
+                      pipeline_config_path=a.pipeline_config_path,
+                      operating_points=a.operating_points).summary())
         return 0
 
     p.set_defaults(func=run)
@@ -205,11 +217,14 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="output format")
     p.add_argument("--out", required=True, help="output file (e.g. model.pt or model.onnx)")
     p.add_argument("--pipeline_config_path", help="default: the config saved in the checkpoint")
+    p.add_argument("--operating_points", metavar="FILE", help="operating_points.json of `raredet eval`: "
+                   "put each class's threshold into the exported graph")
 
     def run(a: argparse.Namespace) -> int:
         from raredet.commands.export import export_model
 
-        print(export_model(a.model_dir, a.format, a.out, pipeline_config_path=a.pipeline_config_path))
+        print(export_model(a.model_dir, a.format, a.out, pipeline_config_path=a.pipeline_config_path,
+                           operating_points=a.operating_points))
         return 0
 
     p.set_defaults(func=run)

@@ -1,7 +1,14 @@
-"""`raredet eval`: evaluate checkpoints of a pipeline.config, one or each new one as it appears."""
+"""`raredet eval`: evaluate checkpoints of a pipeline.config, one or each new one as it appears.
+
+Besides the evaluation outputs, each evaluation writes the per-class operating points
+(`operating_points.json`/`.md`, chosen by `eval_config.operating_points` or `--operating_point`, or
+with `--operating_points_from` those of another evaluation graded here) and
+`pipeline.operating_points.config`: the run's config whose `calibration_config` applies them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -17,9 +24,13 @@ from raredet.config import LabelMap
 from raredet.engine.checkpoint import list_checkpoints, load_checkpoint
 from raredet.engine.evaluate import evaluate
 from raredet.errors import CheckpointError, ConfigError
+from raredet.evaluation import operating_points as ops
+from raredet.evaluation.coco import load_json
+from raredet.fileio import atomic_write_text
 from raredet.losses import ClassWeight
 
 POLL_SECONDS = 5.0
+OPERATING_CONFIG = "pipeline.operating_points.config"
 
 
 def _class_weights(state: Mapping[str, Any]) -> list[ClassWeight] | None:
@@ -33,7 +44,9 @@ class EvalJob:
     """Evaluates checkpoints of one pipeline.config; everything built once and reused per checkpoint."""
 
     def __init__(self, pipeline_config_path: str | Path, out_dir: Path, device: str | None,
-                 sample_1_of_n: int | None = None) -> None:
+                 sample_1_of_n: int | None = None, operating_point: ops.Rule | None = None,
+                 review_precision: float | None = None,
+                 operating_points_from: str | Path | None = None) -> None:
         self.loaded = config.load(pipeline_config_path)
         loader = builders.build_eval_loader(self.loaded, sample_1_of_n)
         if loader is None or self.loaded.label_map is None:
@@ -41,10 +54,17 @@ class EvalJob:
                               "add one (it names the data to evaluate on)")
         self.loader: Iterable[Mapping[str, Any]] = loader
         self.label_map: LabelMap = self.loaded.label_map
-        self.model, _ = builders.build_model(self.loaded.config.model.ssd)
+        self.model, _ = builders.build_model(self.loaded.config.model.ssd, self.label_map.ids)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
-        self.options = builders.eval_options(self.loaded)
+        self.options = builders.eval_options(self.loaded, operating_point)
+        if review_precision is not None:  # the flag adds (or replaces) every class's review band
+            self.options["operating_point_rule"] = dataclasses.replace(
+                self.options["operating_point_rule"], review_precision=review_precision)
+            self.options["class_rules"] = {k: dataclasses.replace(r, review_precision=review_precision)
+                                           for k, r in self.options["class_rules"].items()}
+        if operating_points_from is not None:
+            self.options["apply_operating_points"] = ops.load_operating_points(operating_points_from)
         self.out_dir = out_dir
         self.writer: Any = None
 
@@ -61,16 +81,32 @@ class EvalJob:
                    if weights is not None else None)
         if self.writer is None:
             self.writer = SummaryWriter(log_dir=str(self.out_dir))
+        options = {**self.options, "images_description": f"{self.options['images_description']}, "
+                                                          f"checkpoint {path}"}
         metrics = evaluate(self.model, self.loader, self.label_map, out_dir=self.out_dir,
                            loss_fn=loss_fn, device=self.device, class_weights=weights,
-                           writer=self.writer, step=int(state.get("step", 0)), **self.options)
+                           writer=self.writer, step=int(state.get("step", 0)), **options)
         self.writer.flush()
+        self._write_operating_points_config()
         return metrics
+
+    def _write_operating_points_config(self) -> None:
+        """pipeline.operating_points.config next to operating_points.json (or say why not)."""
+        content = load_json(self.out_dir / ops.JSON_NAME, "operating points")
+        text, note = builders.operating_points_config(self.loaded, content)
+        path = self.out_dir / OPERATING_CONFIG
+        if text is None:
+            print(f"{path.name}: {note}")
+            path.unlink(missing_ok=True)  # an older one would not match these thresholds
+            return
+        atomic_write_text(path, text)
 
 
 def _report(path: Path, metrics: Mapping[str, float], out_dir: Path) -> None:
     print(f"== {path.name}")
     print((out_dir / "per_class.md").read_text(), end="")
+    if (out_dir / ops.MARKDOWN_NAME).is_file():
+        print("\nOperating points (IoU 0.5). " + (out_dir / ops.MARKDOWN_NAME).read_text(), end="")
     for key in ("DetectionBoxes_Precision/mAP", "DetectionBoxes_Precision/mAP@.50IOU",
                 "DetectionBoxes_Recall/AR@100", "PascalBoxes_Precision/mAP@0.5IOU", "Loss/total_loss"):
         if key in metrics:
@@ -82,13 +118,28 @@ def eval_from_config(pipeline_config_path: str | Path, checkpoint_dir: str | Pat
                      checkpoint: str | Path | None = None, wait: bool = False, eval_timeout: float = 3600.0,
                      out_dir: str | Path | None = None, device: str | None = None,
                      sample_1_of_n_eval_examples: int | None = None,
-                     poll_seconds: float = POLL_SECONDS) -> dict[str, float]:
+                     poll_seconds: float = POLL_SECONDS, operating_point: str | None = None,
+                     review_precision: float | None = None,
+                     operating_points_from: str | Path | None = None) -> dict[str, float]:
     """`raredet eval`: evaluate one checkpoint (given, or the newest), or with `wait` each new one
     as it appears (the TF OD API's continuous evaluation) until `eval_timeout` seconds pass without
-    one or the final training step is evaluated. Returns the last metrics."""
+    one or the final training step is evaluated. Returns the last metrics.
+
+    `operating_point` (`max_f1`, `target_precision=P`, `target_recall=R`) and `review_precision`
+    replace the config's operating-point rules; `operating_points_from` (another evaluation's
+    operating_points.json) grades those thresholds here instead of choosing new ones."""
     ckpt_dir = Path(checkpoint_dir)
     out = Path(out_dir) if out_dir is not None else ckpt_dir / "eval"
-    job = EvalJob(pipeline_config_path, out, device, sample_1_of_n_eval_examples)
+    rule = None
+    if operating_point is not None:
+        try:
+            rule = ops.parse_rule(operating_point)
+        except ValueError as err:
+            raise ConfigError(f"--operating_point {err}") from None
+    if review_precision is not None and not 0.0 < review_precision <= 1.0:
+        raise ConfigError(f"--review_precision must be in (0, 1], got {review_precision}")
+    job = EvalJob(pipeline_config_path, out, device, sample_1_of_n_eval_examples, rule, review_precision,
+                  operating_points_from)
     if not wait:
         found = list_checkpoints(ckpt_dir)
         if checkpoint is None and not found:

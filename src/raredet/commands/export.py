@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from raredet.commands.trained import TrainedModel, load_trained_model
+from raredet.commands.trained import TrainedModel, apply_operating_points, load_trained_model
 from raredet.errors import ConfigError, RaredetError
 from raredet.fileio import atomic_write, atomic_write_bytes
 
@@ -239,24 +239,33 @@ def compare_detections(expected: Sequence[Tensor], got: Sequence[np.ndarray]) ->
     return None
 
 
-def _metadata(trained: TrainedModel, size: tuple[int, int]) -> dict[str, str]:
+def _metadata(trained: TrainedModel, size: tuple[int, int],
+              operating_points: str | os.PathLike[str] | None = None) -> dict[str, str]:
     info = {"input": f"images uint8 [B, 3, {size[0]}, {size[1]}] RGB", "outputs": list(OUTPUT_NAMES),
             "classes": "label-map ids (0 on padding rows)", "checkpoint": str(trained.checkpoint),
             "step": trained.step}
-    return {"label_map.pbtxt": trained.label_map.to_pbtxt(), "pipeline.config": trained.config_text,
-            "raredet.json": json.dumps(info)}
+    extra = {"label_map.pbtxt": trained.label_map.to_pbtxt(), "pipeline.config": trained.config_text}
+    if operating_points is not None:
+        info["operating_points"] = str(operating_points)
+        extra["operating_points.json"] = Path(operating_points).read_text(encoding="utf-8")
+    return {**extra, "raredet.json": json.dumps(info)}
 
 
 def export_model(model_dir: str | os.PathLike[str], format: str, out: str | os.PathLike[str], *,
-                 pipeline_config_path: str | os.PathLike[str] | None = None) -> str:
+                 pipeline_config_path: str | os.PathLike[str] | None = None,
+                 operating_points: str | os.PathLike[str] | None = None) -> str:
     """`raredet export`: write the newest checkpoint of `model_dir` as `format` to `out`, check it
-    against PyTorch, and return a one-paragraph description."""
+    against PyTorch, and return a one-paragraph description. `operating_points` (an
+    operating_points.json of `raredet eval`) puts its per-class thresholds into the graph: scores are
+    mapped so that each class's threshold lands on the file's `score_threshold`, the NMS threshold."""
     if format not in FORMATS:
         raise ConfigError(f"--format {format!r}: valid formats are {', '.join(FORMATS)}")
     trained = load_trained_model(model_dir, pipeline_config_path)
+    if operating_points is not None:
+        apply_operating_points(trained, operating_points, review=False)
     size = input_size(trained.config.model.ssd)
     module = ExportableDetector(trained.model, size, trained.label_map.ids).eval()
-    run_exported = FORMATS[format](module, Path(out), _metadata(trained, size))
+    run_exported = FORMATS[format](module, Path(out), _metadata(trained, size, operating_points))
     check = _example_batch(size, batch=3, seed=1)  # another batch size than traced: the axis is dynamic
     with torch.no_grad():
         expected = module(check)

@@ -10,6 +10,13 @@ Outputs in `out_dir`: `detections.json` (a COCO results list: `image_id`, `categ
 `id`, `file_name`, `height`, `width`), and `drawn/<name>.png` per image. An image that cannot be read is
 reported by name and skipped, and the skipped ones are counted at the end: in a folder of thousands of
 photos one broken file should not cost the other results.
+
+With `operating_points` (an operating_points.json of `raredet eval`), each class keeps the detections
+above its own threshold instead of `min_score`: the model's scores are mapped so that every class's
+threshold lands on the file's common `score_threshold` (the map `pipeline.operating_points.config`
+carries). Scores in the output are those mapped scores. Where the file has a review band, detections
+between a class's two thresholds are kept too, with `"review": true` in detections.json and drawn
+with their class name followed by "?".
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import torch
 from torch import nn
 
 from raredet import builders
-from raredet.commands.trained import TrainedModel, load_trained_model
+from raredet.commands.trained import TrainedModel, apply_operating_points, load_trained_model
 from raredet.errors import ConfigError, DataError
 from raredet.fileio import atomic_write, atomic_write_json
 
@@ -163,14 +170,41 @@ def _drawn_name(path: Path, used: set[str]) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class ScoreFilter:
+    """Which detections to keep: scores at or above `min_score`; or, with operating points, above
+    `accept`, and above `review` (when set) as the review band."""
+
+    min_score: float = 0.5
+    accept: float | None = None
+    review: float | None = None
+
+    def __call__(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(kept [D], in the review band [D]) for `scores [D]`."""
+        if self.accept is None:
+            return scores >= self.min_score, np.zeros(scores.shape, dtype=bool)
+        accepted = scores > self.accept
+        band = ~accepted & (scores > self.review) if self.review is not None else np.zeros_like(accepted)
+        return accepted | band, band
+
+
 def predict(model_dir: str | os.PathLike[str], images: Sequence[str], out_dir: str | os.PathLike[str], *,
-            min_score: float = 0.5, pipeline_config_path: str | os.PathLike[str] | None = None,
-            batch_size: int = 8) -> PredictResult:
+            min_score: float | None = None, pipeline_config_path: str | os.PathLike[str] | None = None,
+            batch_size: int = 8, operating_points: str | os.PathLike[str] | None = None) -> PredictResult:
     """`raredet predict`: detect objects in `images` (files, folders, globs) with the newest checkpoint
-    of `model_dir`; write detections scoring at least `min_score` (module docstring)."""
+    of `model_dir`; write detections scoring at least `min_score` (default 0.5), or above each class's
+    threshold in `operating_points` (module docstring)."""
+    if operating_points is not None and min_score is not None:
+        raise ConfigError("give --min_score or --operating_points, not both: the operating points set a "
+                          "threshold per class")
+    min_score = 0.5 if min_score is None else min_score
     if not 0.0 <= min_score <= 1.0:
         raise ConfigError(f"--min_score must be in [0, 1], got {min_score}")
     trained = load_trained_model(model_dir, pipeline_config_path)
+    keep = ScoreFilter(min_score)
+    if operating_points is not None:
+        content = apply_operating_points(trained, operating_points, review=True)
+        keep = ScoreFilter(accept=content["score_threshold"], review=content["review_score_threshold"])
     paths, missing = find_images(images)
     for text, reason in missing:
         print(f"raredet predict: skipping {text}: {reason}", file=sys.stderr)
@@ -178,7 +212,7 @@ def predict(model_dir: str | os.PathLike[str], images: Sequence[str], out_dir: s
     if not paths:
         raise DataError(f"no image files found in {' '.join(images)}; give files, folders or glob patterns")
     resizer = builders.build_resizer(trained.config.model.ssd)
-    records, entries = _run(trained, paths, resizer, batch_size, min_score, result)
+    records, entries = _run(trained, paths, resizer, batch_size, keep, result)
     atomic_write_json(result.out_dir / "detections.json", records, indent=None)
     atomic_write_json(result.out_dir / "images.json", entries)
     return result
@@ -189,19 +223,28 @@ def _write_png(path: Path, image: Any) -> None:
 
 
 def _finish_image(example: dict[str, Any], det: dict[str, np.ndarray], trained: TrainedModel,
-                  min_score: float, entries: list[dict[str, Any]], used: set[str],
+                  keep: ScoreFilter, entries: list[dict[str, Any]], used: set[str],
                   out_dir: Path) -> list[dict[str, Any]]:
-    """Keep detections scoring at least `min_score`, add the image to `entries`, write its drawing;
-    returns its COCO results entries."""
-    det = {k: v[det["scores"] >= min_score] for k, v in det.items()}
+    """Keep the detections `keep` keeps, add the image to `entries`, write its drawing; returns its
+    COCO results entries (review-band ones marked)."""
+    kept, band = keep(det["scores"])
+    det = {k: v[kept] for k, v in det.items()}
+    band = band[kept]
     h, w = example["original_size"]
     entries.append({"id": len(entries) + 1, "file_name": example["source_id"], "height": h, "width": w})
-    drawn = draw_detections(example["original_image"], det, trained.label_map.display_names)
+    names = trained.label_map.display_names
+    # Review-band detections are drawn as a class of their own, "<name>?" (indices K..2K-1).
+    shown = {**det, "classes": np.where(band, det["classes"] + len(names), det["classes"])}
+    drawn = draw_detections(example["original_image"], shown, names + [f"{n}?" for n in names])
     _write_png(out_dir / "drawn" / _drawn_name(Path(example["source_id"]), used), drawn)
-    return coco_results(len(entries), det, np.asarray(trained.label_map.ids, dtype=np.int64))
+    records = coco_results(len(entries), det, np.asarray(trained.label_map.ids, dtype=np.int64))
+    if keep.review is not None:
+        for record, in_band in zip(records, band.tolist(), strict=True):
+            record["review"] = in_band
+    return records
 
 
-def _run(trained: TrainedModel, paths: list[Path], resizer: Any, batch_size: int, min_score: float,
+def _run(trained: TrainedModel, paths: list[Path], resizer: Any, batch_size: int, keep: ScoreFilter,
          result: PredictResult) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Detect, draw and collect COCO entries batch by batch; returns (results list, images list)."""
     from tqdm import tqdm
@@ -212,7 +255,7 @@ def _run(trained: TrainedModel, paths: list[Path], resizer: Any, batch_size: int
     with tqdm(total=len(paths), unit="image", dynamic_ncols=True) as bar:
         for batch, files in _batches(paths, resizer, batch_size, result.skipped):
             for example, det in zip(batch, detect(trained.model, batch) if batch else [], strict=True):
-                records += _finish_image(example, det, trained, min_score, entries, used, result.out_dir)
+                records += _finish_image(example, det, trained, keep, entries, used, result.out_dir)
             bar.update(files)
     result.num_images, result.num_detections = len(entries), len(records)
     return records, entries

@@ -11,13 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from raredet import builders
 from raredet import config as config_lib
 from raredet.config import LabelMap
 from raredet.engine.checkpoint import latest_checkpoint
-from raredet.errors import CheckpointError, ConfigError
+from raredet.errors import CheckpointError, ConfigError, DataError
+from raredet.evaluation import operating_points as ops
+from raredet.modeling.calibration import Calibration
 
 
 @dataclass
@@ -79,7 +82,7 @@ def load_trained_model(model_dir: str | os.PathLike[str],
                               f"`raredet train --model_dir {model_dir} ...`")
     path, state = found
     cfg, label_map, text = _config_and_label_map(path, state, pipeline_config_path)
-    model, _ = builders.build_model(cfg.model.ssd)
+    model, _ = builders.build_model(cfg.model.ssd, label_map.ids)
     try:
         model.load_state_dict(model_weights(state, cfg.eval_config.use_moving_averages, path))
     except RuntimeError as err:
@@ -87,3 +90,26 @@ def load_trained_model(model_dir: str | os.PathLike[str],
                               "pipeline.config the run was trained with") from None
     return TrainedModel(model.eval(), cfg, label_map, path, int(state.get("step", 0)), text)
 
+
+
+def apply_operating_points(trained: TrainedModel, path: str | os.PathLike[str],
+                           review: bool) -> dict[str, Any]:
+    """Give `trained.model` the per-class thresholds of an operating_points.json (`raredet eval`): its
+    scores are mapped so that each class's threshold lands on the file's `score_threshold`, which
+    becomes NMS's score threshold (the review one with `review` and a review band). Returns the file's
+    content. DataError when the file's classes are not the model's."""
+    content = ops.load_operating_points(path)
+    lm = trained.label_map
+    for point in content["classes"]:
+        index = int(lm.ids_to_indices(np.array([point.class_id]))[0])
+        if index < 0 or point.class_name not in (lm.display_names[index], lm.names[index]):
+            raise DataError(f"{path}: class {point.class_name!r} (id {point.class_id}) is not in the model's "
+                            f"label map (ids {lm.ids}, names {lm.display_names}); use operating points "
+                            "chosen for this model")
+    maps = {lm.index_of_id(class_id): xy for class_id, xy in content["calibration"].items()}
+    threshold = content["score_threshold"]
+    if review and content["review_score_threshold"] is not None:
+        threshold = content["review_score_threshold"]
+    trained.model.set_operating_points(  # type: ignore[operator]
+        Calibration.piecewise_linear(lm.num_classes, maps), float(threshold))
+    return content

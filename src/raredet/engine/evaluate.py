@@ -110,13 +110,17 @@ def evaluate(model: nn.Module, dataloader: Iterable[Mapping[str, Any]], label_ma
              min_score_threshold: float = 0.5, include_metrics_per_category: bool = True,
              loss_fn: LossFn | None = None, device: str | torch.device = "cpu",
              class_weights: Sequence[ClassWeight] | None = None, num_visualizations: int = 10,
-             writer: ScalarWriter | None = None, step: int | None = None) -> dict[str, float]:
+             writer: ScalarWriter | None = None, step: int | None = None,
+             **operating_points: Any) -> dict[str, float]:
     """Run `model` over `dataloader`, evaluate, write all outputs into `out_dir`.
 
     Returns the metrics that are defined (TF OD API names, floats; a class without ground truth has no
     entry here and shows as "no ground truth" in the table), plus `Loss/<name>` means when `loss_fn`
     (a DetectionLoss: `(outputs, batch) -> dict`) is given. Writes each as a scalar to `writer`.
     `class_weights` (the table training used) is shown in report.html.
+    `operating_points`: the operating-point options of `evaluation.pipeline.evaluate_detections`
+    (`operating_point_rule`, `class_rules`, `apply_operating_points`, `images_description`,
+    `score_floor`).
     """
     device = torch.device(device)
     was_training = model.training
@@ -138,7 +142,7 @@ def evaluate(model: nn.Module, dataloader: Iterable[Mapping[str, Any]], label_ma
                    min_score_threshold=min_score_threshold,
                    include_metrics_per_category=include_metrics_per_category,
                    class_weights=[dataclasses.asdict(w) for w in class_weights or []],
-                   extra=_mean_losses(totals, batches), writer=writer, step=step)
+                   extra=_mean_losses(totals, batches), writer=writer, step=step, **operating_points)
 
 
 def _finish(collector: _Collector, label_map: LabelMap, *, extra: dict[str, float],

@@ -141,8 +141,9 @@ def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
     matches = per_class.match_detections(gt, detections, prepared, coco_all)
     counts = per_class.class_counts(matches, [c["id"] for c in cats], min_score_threshold)
     rows = per_class.build_table(cats, counts, coco, voc)
-    here = {"description": images_description or f"{len(gt['images'])} evaluated images",
-            "images": len(gt["images"])}
+    n_images = len(gt["images"])
+    here = {"description": f"{n_images} images" + (f" of {images_description}" if images_description else ""),
+            "images": n_images}
     content = _operating_points(matches, cats, len(gt["images"]), min_score_threshold, here,
                                 operating_point_rule, class_rules, apply_operating_points, score_floor)
     points = [ops.OperatingPoint.from_json(c) for c in content["classes"]]

@@ -50,7 +50,9 @@ def convert_scores(logits: Tensor, score_converter: str = "IDENTITY", logit_scal
 class ScoreConverter(nn.Module):
     """Logits ``[..., K]`` -> calibrated scores ``[..., K]``, in the TF OD API's order: temperature
     scaling (if any) divides the logits, then ``logits / logit_scale`` goes through the score
-    converter, then every other calibration kind maps the converted scores (before NMS)."""
+    converter, then every other calibration kind maps the converted scores (before NMS).
+    ``thresholds`` (identity unless set: per-class operating points given apart from the config) maps
+    the calibrated scores once more."""
 
     def __init__(self, score_converter: str = "IDENTITY", logit_scale: float = 1.0,
                  calibration: Calibration | None = None, num_classes: int = 1) -> None:
@@ -58,10 +60,11 @@ class ScoreConverter(nn.Module):
         convert_scores(torch.zeros(1, 1), score_converter)  # an unknown converter fails here
         self.score_converter, self.logit_scale = score_converter, float(logit_scale)
         self.calibration = calibration if calibration is not None else Calibration.identity(num_classes)
+        self.thresholds = Calibration.identity(num_classes)
 
     def forward(self, logits: Tensor) -> Tensor:
         scores = convert_scores(self.calibration.temperature(logits), self.score_converter, self.logit_scale)
-        return self.calibration(scores)
+        return self.thresholds(self.calibration(scores))
 
 
 def _greedy_keep(suppresses: Tensor) -> Tensor:

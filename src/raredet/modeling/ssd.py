@@ -22,8 +22,9 @@ TF OD API's defaults)::
 ImageNet mean and std (so torchvision ImageNet weights fit, and exported models take raw images);
 it returns ``{"cls_logits" [B, A, K], "box_deltas" [B, A, 4], "anchors" [A, 4]}`` in every mode.
 ``postprocess(outputs, image_sizes)`` decodes, clips, scores (converter and calibration:
-``model.score_converter``, replaceable with ``set_calibration``) and runs NMS. ``l2_weights()`` maps parameter
-names to the ``l2_regularizer.weight`` of the conv_hyperparams that built them (for weight decay).
+``model.score_converter``; ``set_operating_points`` adds per-class thresholds) and runs NMS.
+``l2_weights()`` maps parameter names to the ``l2_regularizer.weight`` of the conv_hyperparams that
+built them (for weight decay).
 
 Feature extractors (``FEATURE_EXTRACTORS``; a ``_keras`` suffix is accepted and ignored):
 
@@ -313,12 +314,14 @@ class SSD(nn.Module):
         scores = self.score_converter(outputs["cls_logits"])
         return self.non_max_suppression(boxes, scores)
 
-    def set_calibration(self, calibration: Calibration) -> None:
-        """Replace the score calibration (e.g. with per-class operating points) after building."""
-        if calibration.num_classes != self.num_classes:
-            raise ValueError(f"calibration for {calibration.num_classes} classes, the model has "
+    def set_operating_points(self, thresholds: Calibration, score_threshold: float) -> None:
+        """Apply per-class operating points: `thresholds` maps the (calibrated) scores so that every
+        class's threshold lands on `score_threshold`, which becomes NMS's score threshold."""
+        if thresholds.num_classes != self.num_classes:
+            raise ValueError(f"operating points for {thresholds.num_classes} classes, the model has "
                              f"{self.num_classes}")
-        self.score_converter.calibration = calibration.to(self.pixel_mean.device)
+        self.score_converter.thresholds = thresholds.to(self.pixel_mean.device)
+        self.non_max_suppression.score_threshold = score_threshold
 
     def l2_weights(self) -> dict[str, float]:
         """``{parameter name: l2_regularizer.weight}`` for every regularised parameter (conv kernels)."""
