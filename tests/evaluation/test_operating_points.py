@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from raredet.evaluation import operating_points as ops
 from raredet.evaluation.operating_points import (
     OperatingPoint,
     Rule,
@@ -132,6 +133,9 @@ def test_class_without_detections_or_ground_truth_keeps_the_global_threshold():
     assert no_gt.at_global.FP == 1 and no_gt.at_global.precision == 0.0 and no_gt.at_global.recall is None
     no_tp = _point(Rule(), dets=[(1, 0.9, False)], gts={1: 1})
     assert no_tp.threshold is None and "no detection is correct" in no_tp.note
+    # A target rule says it was not reached, and keeps no false positives for nothing.
+    no_tp = _point(Rule("target_recall", 0.5), dets=[(1, 0.9, False)], gts={1: 1})
+    assert no_tp.threshold is None and no_tp.reached is False and "no detection is correct" in no_tp.note
 
 
 def test_review_band_is_the_most_recall_at_the_review_precision_below_the_threshold():
@@ -257,3 +261,20 @@ def test_operating_points_match_a_recount_with_pycocotools(seed):
                 assert tp == max(t for t, f in options if t / (t + f) >= 0.8)
             elif rule.kind == "target_recall" and p.reached:
                 assert fp == min(f for t, f in options if t / num_gt >= 0.6)
+
+
+def test_deployment_maps_keep_classes_without_a_threshold_out_of_the_review_band():
+    m = _matches(CLASS1 + [(2, 0.9, False)], {1: 4, 2: 0})
+    cats = [{"id": 1, "name": "crack"}, {"id": 2, "name": "ghost"}]
+    points = operating_points(m, cats, {}, Rule(review_precision=0.55), 5, 0.5)
+    accept, review = ops.common_thresholds(0.5, points)
+    assert (accept, review) == (0.5, 0.25)
+    maps = ops.deployment_maps(points, accept, review)
+    assert maps[1] == ([0.0, float(F32(0.15)), float(F32(0.55)), 1.0], [0.0, 0.25, 0.5, 1.0])
+    # "ghost" has no threshold: identity from 0.5 up, everything below lands at or under 0.25.
+    xs, ys = maps[2]
+    out = Calibration.piecewise_linear(1, {0: (xs, ys)})(torch.tensor([[0.3], [0.49], [0.5], [0.7]]))
+    assert (out[:2, 0] <= 0.25).all() and out[2, 0] == 0.5 and out[3, 0] == pytest.approx(0.7)
+    # Without any review band, classes without a threshold get no map at all.
+    plain = operating_points(m, cats, {}, Rule(), 5, 0.5)
+    assert set(ops.deployment_maps(plain, *ops.common_thresholds(0.5, plain))) == {1}

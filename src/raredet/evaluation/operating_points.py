@@ -17,7 +17,7 @@ Rules (`Rule`):
 Ties go to the higher threshold (fewer detections for the same figure). When a target cannot be met
 the class gets the best it can (``reached`` false): the most precise point (then the one with more
 recall), or the point with the most recall. A class with no ground truth on the evaluated images, or
-with no detections, or (``max_f1``) with no true positive at any threshold, gets no operating point:
+with no detections, or with no true positive at any threshold, gets no operating point:
 its threshold stays the global one, and `note` says why in plain words.
 
 A threshold ``t`` keeps a detection when its score is **above** ``t`` (the strict ``>`` of
@@ -213,10 +213,10 @@ def choose(curve: Curve, rule: Rule) -> tuple[int | None, bool | None, str]:
     if curve.scores.size == 0:
         return None, False if rule.target is not None else None, \
             "no detections on the evaluated images: the global threshold stays"
+    if curve.tp[-1] == 0:  # every threshold gives recall 0: none is better than the global one
+        return None, False if rule.target is not None else None, \
+            "no detection is correct at IoU 0.5 at any threshold: the global threshold stays"
     if rule.kind == "max_f1":
-        if curve.tp[-1] == 0:
-            return None, None, ("no detection is correct at IoU 0.5 at any threshold: "
-                                "the global threshold stays")
         return _best(np.ones(len(curve.scores), dtype=bool), curve.f1), None, "max F1"
     assert rule.target is not None
     if rule.kind == "target_precision":
@@ -356,9 +356,16 @@ def common_thresholds(min_score_threshold: float,
 def deployment_maps(points: Sequence[OperatingPoint], accept: float,
                     review: float | None) -> dict[int, tuple[list[float], list[float]]]:
     """Label-map id -> x/y pairs (`threshold_map`) for every class with a threshold. Classes without
-    one get no map: their scores pass unchanged, so they keep the global threshold `accept`."""
-    return {p.class_id: threshold_map(p.threshold, accept, p.review_threshold, review)
-            for p in points if p.threshold is not None}
+    one keep the global threshold `accept`: no map (their scores pass unchanged), or, when some class
+    has a review band, a map that is the identity from `accept` up and keeps every lower score out of
+    the band."""
+    maps = {}
+    for p in points:
+        if p.threshold is not None:
+            maps[p.class_id] = threshold_map(p.threshold, accept, p.review_threshold, review)
+        elif review is not None:
+            maps[p.class_id] = threshold_map(accept, accept, None, review)
+    return maps
 
 
 # ---- files -------------------------------------------------------------------------------------------

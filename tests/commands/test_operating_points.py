@@ -1,0 +1,186 @@
+"""Operating points end to end on a tiny trained run: `raredet eval` writes them (figures recounted with
+pycocotools), the written config passes `config check`, `predict` with it (or with the JSON) keeps exactly
+the detections above each class's threshold and marks the review band, and the ONNX export with them
+reproduces PyTorch's detections."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raredet.cli import main
+from raredet.commands.trained import apply_operating_points, load_trained_model
+from raredet.evaluation import operating_points as ops
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's TorchScript/ONNX exporter
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tiny = _module("tiny_pipeline", _HERE.parent / "engine" / "tiny_pipeline.py")
+op_tests = _module("op_tests", _HERE.parent / "evaluation" / "test_operating_points.py")
+
+OPERATING_POINTS = ('eval_config { metrics_set: "coco_detection_metrics" operating_points { max_f1: true '
+                    'class_rule { name: "crack" target_recall: 0.5 } } }')
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run trained for 12 steps, evaluated by the CLI; returns (data, config, eval dir, gt, detections)."""
+    data = tmp_path_factory.mktemp("op")
+    tiny.make_data(data, images=24)
+    cfg = tiny.write_config(data, lr=0.005, train_extra="  gradient_clipping_by_norm: 5.0")
+    text = cfg.read_text().replace("class_prediction_bias_init: -4.6", "class_prediction_bias_init: -1.0")
+    # Caps far above the candidates (252 anchors x 3 classes), so that they never decide what is kept.
+    text = text.replace("max_detections_per_class: 20 max_total_detections: 20",
+                        "max_detections_per_class: 300 max_total_detections: 900")
+    text = text.replace("num_steps: 4", "num_steps: 12")
+    cfg.write_text(text.replace('eval_config { metrics_set: "coco_detection_metrics" }', OPERATING_POINTS))
+    assert main(["train", "--pipeline_config_path", str(cfg), "--model_dir", str(data / "run")]) == 0
+    seen = {}
+    import raredet.engine.evaluate as engine_evaluate
+
+    original = engine_evaluate.evaluate_detections
+
+    def capture(gt, detections, **kwargs):
+        seen["gt"], seen["detections"] = gt, detections
+        return original(gt, detections, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine_evaluate, "evaluate_detections", capture)
+        assert main(["eval", "--pipeline_config_path", str(cfg), "--checkpoint_dir", str(data / "run")]) == 0
+    return data, cfg, data / "run" / "eval", seen["gt"], seen["detections"]
+
+
+def test_eval_writes_operating_points_that_pycocotools_recounts(run):
+    _, _, out, gt, dets = run
+    content = json.loads((out / ops.JSON_NAME).read_text())
+    chosen = content["chosen_on"]["description"]
+    assert "val-*.tfrecord" in chosen and "ckpt-12.pt" in chosen
+    assert content["chosen_on"]["images"] == len(gt["images"])
+    points = [ops.OperatingPoint.from_json(c) for c in content["classes"]]
+    assert [p.rule.describe() for p in points] == ["max F1", "max F1", "target recall 0.5"]
+    assert any(p.threshold is not None for p in points)
+    for p in points:
+        ref, num_gt = op_tests._reference_points(gt, dets, p.class_id)
+        g_tp = sum(h for s, h in ref if s >= 0.5)
+        g_fp = sum(not h for s, h in ref if s >= 0.5)
+        assert (p.at_global.TP, p.at_global.FP, p.at_global.FN) == (g_tp, g_fp, num_gt - g_tp)
+        if p.threshold is None:
+            assert sum(h for _, h in ref) == 0 or num_gt == 0  # no TP anywhere (or no GT): no point
+            continue
+        tp = sum(h for s, h in ref if s > p.threshold)
+        fp = sum(not h for s, h in ref if s > p.threshold)
+        assert (p.at_threshold.TP, p.at_threshold.FP, p.at_threshold.FN) == (tp, fp, num_gt - tp)
+        assert p.at_threshold.precision == pytest.approx(tp / (tp + fp))
+        assert p.at_threshold.recall == pytest.approx(tp / num_gt)
+        assert p.at_threshold.FP_per_image == pytest.approx(fp / len(gt["images"]))
+    # Seen where people look: table columns, markdown, report, TensorBoard-bound metrics.
+    rows = json.loads((out / "per_class.json").read_text())["classes"]
+    assert {"op_threshold", "op_precision", "op_recall"} <= set(rows[0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    for p in points:
+        if p.threshold is not None:
+            assert metrics[f"OperatingPoint/recall/{p.class_name}"] == pytest.approx(p.at_threshold.recall)
+    assert "Operating points" in (out / "report.html").read_text()
+
+
+def test_written_config_passes_config_check(run, capsys):
+    _, _, out, _, _ = run
+    path = out / "pipeline.operating_points.config"
+    assert main(["config", "check", "--check_paths", str(path)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def _predict(tmp: Path, data: Path, name: str, *args: str) -> list[dict]:
+    images = sorted(str(p) for p in (data / "images").glob("val_*.jpg"))
+    out = tmp / name
+    argv = ["predict", "--model_dir", str(data / "run"), "--images", *images, "--out", str(out), *args]
+    assert main(argv) == 0
+    files = {e["id"]: e["file_name"] for e in json.loads((out / "images.json").read_text())}
+    return [{**d, "file": files[d["image_id"]]} for d in json.loads((out / "detections.json").read_text())]
+
+
+def _key(d: dict) -> tuple:
+    return d["file"], d["category_id"], tuple(d["bbox"])
+
+
+@pytest.fixture(scope="module")
+def raw(run, tmp_path_factory):
+    """Every detection of the plain config (min_score 0) on the val images."""
+    return _predict(tmp_path_factory.mktemp("raw"), run[0], "raw", "--min_score", "0")
+
+
+def test_predict_keeps_exactly_the_detections_above_each_class_threshold(run, raw, tmp_path):
+    data, _, out, _, _ = run
+    content = json.loads((out / ops.JSON_NAME).read_text())
+    thresholds = {c["class_id"]: c["threshold"] for c in content["classes"]}
+    # Classes without a threshold keep the common one (0.5), as the identity map leaves them.
+    limit = {k: 0.5 if v is None else v for k, v in thresholds.items()}
+    want = {_key(d) for d in raw if d["score"] > limit[d["category_id"]]}
+    dropped = {_key(d) for d in raw} - want
+    assert want and dropped  # the check has something on both sides
+    with_config = _predict(tmp_path, data, "config", "--pipeline_config_path",
+                           str(out / "pipeline.operating_points.config"), "--min_score", "0")
+    assert {_key(d) for d in with_config} == want
+    with_json = _predict(tmp_path, data, "json", "--operating_points", str(out / ops.JSON_NAME))
+    assert {_key(d) for d in with_json} == want
+    assert all("review" not in d for d in with_json)  # no review band in this file
+
+
+def test_predict_marks_the_review_band(run, raw, tmp_path):
+    data, _, out, _, _ = run
+    content = json.loads((out / ops.JSON_NAME).read_text())
+    points = [ops.OperatingPoint.from_json(c) for c in content["classes"]]
+    # A review band set by hand for the first class with a threshold: between 0.6 x and x.
+    point = next(p for p in points if p.threshold is not None)
+    point.review_threshold = float(np.float32(point.threshold * 0.6))
+    banded = ops.operating_points_json(points, min_score_threshold=0.5, chosen_on=content["chosen_on"])
+    path = tmp_path / "banded.json"
+    path.write_text(json.dumps(banded))
+    got = _predict(tmp_path, data, "banded", "--operating_points", str(path))
+    limits = {p.class_id: (p.threshold if p.threshold is not None else 0.5) for p in points}
+    review = {_key(d) for d in raw if d["category_id"] == point.class_id
+              and point.review_threshold < d["score"] <= point.threshold}
+    accept = {_key(d) for d in raw if d["score"] > limits[d["category_id"]]}
+    assert review  # the band holds detections
+    assert {_key(d) for d in got if d["review"]} == review
+    assert {_key(d) for d in got if not d["review"]} == accept
+
+
+def test_onnx_export_with_operating_points_matches_pytorch(run, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    data, _, out, _, _ = run
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", "--model_dir", str(data / "run"), "--format", "onnx", "--out", str(onnx_file),
+                 "--operating_points", str(out / ops.JSON_NAME)]) == 0
+    from PIL import Image
+
+    files = sorted((data / "images").glob("val_*.jpg"))
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
+    images = images.permute(0, 3, 1, 2).contiguous()
+    trained = load_trained_model(data / "run")
+    apply_operating_points(trained, out / ops.JSON_NAME, review=False)
+    with torch.no_grad():
+        det = trained.model.postprocess(trained.model(images), torch.tensor([[64, 64]] * len(files)))
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    boxes, scores, classes, num = session.run(None, {"images": images.numpy()})
+    assert num.tolist() == det["num_detections"].tolist() and num.sum() > 0
+    ids = np.asarray(trained.label_map.ids)
+    for b, n in enumerate(num):
+        np.testing.assert_array_equal(classes[b, :n], ids[det["detection_classes"][b, :n].numpy()])
+        np.testing.assert_allclose(scores[b, :n], det["detection_scores"][b, :n].numpy(), atol=1e-5)
+        np.testing.assert_allclose(boxes[b, :n], det["detection_boxes"][b, :n].numpy(), atol=1e-3)
+        assert (scores[b, :n] > 0.5).all()  # above the common threshold, every class
