@@ -17,7 +17,8 @@ from raredet.cli import main
 from raredet.commands.trained import apply_operating_points, load_trained_model
 from raredet.evaluation import operating_points as ops
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's TorchScript/ONNX exporter
+# slow: trains, evaluates, predicts and exports through the CLI (about a minute on 2 CPU cores).
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 _HERE = Path(__file__).resolve().parent
 

@@ -205,6 +205,7 @@ def test_calibration_traces_into_torchscript():
     torch.testing.assert_close(traced(logits), converter(logits), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_calibration_exports_to_onnx(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
