@@ -44,6 +44,7 @@ from raredet.modeling.calibration import Calibration
 from raredet.modeling.matcher import ArgMaxMatcher
 from raredet.protos import (
     calibration_pb2,
+    eval_pb2,
     input_reader_pb2,
     losses_pb2,
     post_processing_pb2,
@@ -437,7 +438,7 @@ def _rule(msg: Any, where: str, default: Rule | None) -> Rule:
     return Rule(kind, target, review)
 
 
-def build_operating_point_rules(eval_config: Message, label_map: LabelMap | None,
+def build_operating_point_rules(eval_config: eval_pb2.EvalConfig, label_map: LabelMap | None,
                                 override: Rule | None = None) -> tuple[Rule, dict[str, Rule]]:
     """(rule for every class, {label-map name: rule}) from `eval_config.operating_points`.
 

@@ -31,6 +31,7 @@ precision ``>= Q``; detections between the two go to a person instead of being d
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -435,11 +436,11 @@ def operating_points_json(points: Sequence[OperatingPoint], *, min_score_thresho
     }
 
 
-def load_operating_points(path: str | Path) -> dict[str, Any]:
+def load_operating_points(path: str | os.PathLike[str]) -> dict[str, Any]:
     """operating_points.json with `classes` as OperatingPoint objects; DataError naming the file."""
     from raredet.evaluation.coco import load_json
 
-    data = load_json(path, "operating points")
+    data = load_json(Path(path), "operating points")
     try:
         data["classes"] = [OperatingPoint.from_json(c) for c in data["classes"]]
         data["calibration"] = {int(k): (list(v["x"]), list(v["y"])) for k, v in data["calibration"].items()}
