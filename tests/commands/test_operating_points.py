@@ -102,7 +102,9 @@ def test_written_config_passes_config_check(run, capsys):
     _, _, out, _, _ = run
     path = out / "pipeline.operating_points.config"
     assert main(["config", "check", "--check_paths", str(path)]) == 0
-    assert "OK" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "OK" in out and "NMS score_threshold 0.5" in out
+    assert "calibration: class_id_function_approximations for class ids" in out
 
 
 def _predict(tmp: Path, data: Path, name: str, *args: str) -> list[dict]:

@@ -15,7 +15,7 @@ from raredet.config import ConfigWarning, LabelMap, LoadedConfig, class_index, e
 from raredet.config.load import _reader_paths
 from raredet.config.validate import _readers
 from raredet.losses.class_weights import format_class_weight_table
-from raredet.protos import losses_pb2, pipeline_pb2, ssd_pb2
+from raredet.protos import losses_pb2, pipeline_pb2, post_processing_pb2, ssd_pb2
 
 
 def check(path: str | os.PathLike[str], check_paths: bool = False) -> str:
@@ -85,6 +85,31 @@ def _model_lines(ssd: ssd_pb2.Ssd) -> list[str]:
         f"  anchors:    {_oneof_text(ssd.anchor_generator, 'anchor_generator_oneof')}",
         f"  predictor:  {ssd.box_predictor.WhichOneof('box_predictor_oneof') or 'none'}",
     ]
+
+
+def _post_processing_lines(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[str]:
+    """Score converter, NMS threshold, calibration (per-class thresholds) and the operating-point rule."""
+    post = config.model.ssd.post_processing
+    converter = post_processing_pb2.PostProcessing.ScoreConverter.Name(post.score_converter)
+    lines = [f"scores:       {converter}, NMS score_threshold "
+             f"{post.batch_non_max_suppression.score_threshold:g}"]
+    if post.HasField("calibration_config"):
+        cal = post.calibration_config
+        kind = cal.WhichOneof("calibrator") or "none"
+        ids = ""
+        if kind == "class_id_function_approximations":
+            ids = f" for class ids {sorted(cal.class_id_function_approximations.class_id_xy_pairs_map)}"
+        elif kind == "class_id_sigmoid_calibrations":
+            keys = cal.class_id_sigmoid_calibrations.class_id_sigmoid_parameters_map
+            ids = f" for class ids {sorted(keys)}"
+        lines.append(f"  calibration: {kind}{ids}")
+    ops = config.eval_config.operating_points
+    kind = ops.WhichOneof("rule")
+    rule = "max_f1" if kind in (None, "max_f1") else f"{kind} {getattr(ops, kind):g}"
+    extra = f", review_precision {ops.review_precision:g}" if ops.HasField("review_precision") else ""
+    per_class = f", {len(ops.class_rule)} per-class rule(s)" if ops.class_rule else ""
+    lines.append(f"  operating points (raredet eval): {rule}{extra}{per_class}")
+    return lines
 
 
 def _class_lines(ssd: ssd_pb2.Ssd, label_map: LabelMap | None) -> list[str]:
@@ -158,6 +183,7 @@ def summary_text(loaded: LoadedConfig) -> str:
     ssd = loaded.config.model.ssd
     lines = [f"{loaded.path}: OK"]
     lines += _model_lines(ssd) + _class_lines(ssd, loaded.label_map) + _loss_lines(ssd.loss)
+    lines += _post_processing_lines(loaded.config)
     lines += _class_weight_lines(ssd.loss.class_weights, loaded.label_map) + _input_lines(loaded.config)
     lines += [f"warning: {w}" for w in loaded.warnings]
     return "\n".join(lines)
