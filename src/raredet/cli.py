@@ -31,13 +31,24 @@ def _add_evaluate_detections(sub: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("--metrics_set", action="append", choices=["coco_detection_metrics",
                    "pascal_voc_detection_metrics"], help="repeatable (default coco_detection_metrics)")
     p.add_argument("--image_dir", help="folder with the images' file_name, to draw examples in report.html")
+    p.add_argument("--operating_point", metavar="RULE", help="per-class thresholds by max_f1 (default), "
+                   "target_precision=P or target_recall=R")
+    p.add_argument("--operating_points_from", metavar="FILE", help="grade the thresholds of another "
+                   "evaluation's operating_points.json on these detections instead of choosing new ones")
 
     def run(a: argparse.Namespace) -> int:
+        from raredet.errors import ConfigError
+        from raredet.evaluation.operating_points import parse_rule
         from raredet.evaluation.pipeline import evaluate_detection_files
 
+        try:
+            rule = parse_rule(a.operating_point) if a.operating_point else None
+        except ValueError as err:
+            raise ConfigError(f"--operating_point {err}") from None
         evaluate_detection_files(a.groundtruth, a.detections, out_dir=a.out,
                                  metrics_set=a.metrics_set or [], min_score_threshold=a.min_score_threshold,
-                                 image_dir=a.image_dir)
+                                 image_dir=a.image_dir, operating_point_rule=rule,
+                                 operating_points_from=a.operating_points_from)
         return 0
 
     p.set_defaults(func=run)

@@ -74,3 +74,41 @@ def test_compare_precision_follows_the_runs_target_precision(tmp_path):
     assert "recall@P0.8 a" in md and "| crack | 5 | 0.200 | 0.600 | +0.400 |" in md
     with pytest.raises(Exception, match="precision"):
         compare_runs([tmp_path / "a"], precision=1.5)
+
+
+def test_thresholds_chosen_on_one_split_are_graded_on_another(tmp_path, capsys):
+    val_gt, val_dets = make_data(0)
+    test_gt, test_dets = make_data(1)
+    for name, data in (("val_gt", val_gt), ("val_dt", val_dets), ("test_gt", test_gt), ("test_dt", test_dets)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+
+    def evaluate(split: str, *extra: str) -> dict:
+        assert main(["evaluate-detections", "--groundtruth", str(tmp_path / f"{split}_gt.json"),
+                     "--detections", str(tmp_path / f"{split}_dt.json"), "--out", str(tmp_path / split),
+                     *extra]) == 0
+        return json.loads((tmp_path / split / "operating_points.json").read_text())
+
+    val = evaluate("val", "--operating_point", "target_precision=0.8")
+    test = evaluate("test", "--operating_points_from", str(tmp_path / "val" / "operating_points.json"))
+    assert "val_gt.json" in test["chosen_on"]["description"]
+    assert "test_gt.json" in test["graded_on"]["description"]
+    assert test["calibration"] == val["calibration"] and test["score_threshold"] == val["score_threshold"]
+    first_line = (tmp_path / "test" / "operating_points.md").read_text().splitlines()[0]
+    assert "val_gt.json" in first_line and "measured on" in first_line and "test_gt.json" in first_line
+    graded = 0
+    for v, t in zip(val["classes"], test["classes"], strict=True):
+        assert t["threshold"] == v["threshold"] and t["rule"] == v["rule"]
+        if t["threshold"] is None:
+            continue
+        ref, num_gt = _reference_points(test_gt, test_dets, t["class_id"])
+        tp = sum(h for s, h in ref if s > t["threshold"])
+        fp = sum(not h for s, h in ref if s > t["threshold"])
+        assert (t["at_threshold"]["TP"], t["at_threshold"]["FP"]) == (tp, fp)
+        assert t["reached"] == (tp + fp > 0 and tp / (tp + fp) >= 0.8)
+        graded += 1
+    assert graded >= 2
+    with pytest.raises(SystemExit):
+        main(["evaluate-detections", "--operating_point"])  # argparse: a value is needed
+    assert main(["evaluate-detections", "--groundtruth", str(tmp_path / "val_gt.json"), "--detections",
+                 str(tmp_path / "val_dt.json"), "--out", str(tmp_path / "x"), "--operating_point", "best"]) == 2
+    assert "--operating_point 'best'" in capsys.readouterr().err

@@ -239,19 +239,29 @@ def evaluate_detection_files(groundtruth: str | Path, detections: str | Path, *,
                              out_dir: str | Path, metrics_set: str | Sequence[str] = COCO_SET,
                              min_score_threshold: float = 0.5, image_dir: str | Path | None = None,
                              num_visualizations: int = 8,
-                             echo: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """`raredet evaluate-detections`: read COCO GT and results JSON files, evaluate, write outputs."""
+                             echo: Callable[[str], None] | None = print,
+                             operating_point_rule: ops.Rule | None = None,
+                             operating_points_from: str | Path | None = None) -> dict[str, Any]:
+    """`raredet evaluate-detections`: read COCO GT and results JSON files, evaluate, write outputs.
+    Operating points by `operating_point_rule` (default max F1), or those of `operating_points_from`
+    (another evaluation's operating_points.json) graded on these detections."""
     gt = load_json(groundtruth, "ground truth")
     dets = load_json(detections, "detections")
     if not isinstance(gt, dict):
         raise DataError(f"{groundtruth}: expected a COCO dataset object with images, annotations, categories")
     check_coco(gt, dets, str(groundtruth), str(detections))
     examples = examples_from_files(gt, dets, image_dir, num_visualizations) if image_dir else []
+    chosen = ops.load_operating_points(operating_points_from) if operating_points_from is not None else None
     result = evaluate_detections(gt, dets, out_dir=out_dir, metrics_set=metrics_set,
                                  min_score_threshold=min_score_threshold, examples=examples, check=False,
-                                 title=f"raredet evaluation of {Path(detections).name}")
+                                 title=f"raredet evaluation of {Path(detections).name}",
+                                 operating_point_rule=operating_point_rule, apply_operating_points=chosen,
+                                 images_description=f"{groundtruth} with detections {detections}")
     if echo is not None:
         echo(per_class.to_markdown(result["per_class"]))
+        echo(ops.where_sentence(result["operating_points"]) + "\n")
+        echo(ops.to_markdown([ops.OperatingPoint.from_json(c) for c in result["operating_points"]["classes"]],
+                             min_score_threshold))
         echo(_summary(result["metrics"]))
         echo(f"Wrote metrics, per-class table, plots and report.html into {out_dir}")
     return result
