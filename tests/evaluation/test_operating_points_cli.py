@@ -79,7 +79,8 @@ def test_compare_precision_follows_the_runs_target_precision(tmp_path):
 def test_thresholds_chosen_on_one_split_are_graded_on_another(tmp_path, capsys):
     val_gt, val_dets = make_data(0)
     test_gt, test_dets = make_data(1)
-    for name, data in (("val_gt", val_gt), ("val_dt", val_dets), ("test_gt", test_gt), ("test_dt", test_dets)):
+    files = {"val_gt": val_gt, "val_dt": val_dets, "test_gt": test_gt, "test_dt": test_dets}
+    for name, data in files.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(data))
 
     def evaluate(split: str, *extra: str) -> dict:
@@ -109,6 +110,7 @@ def test_thresholds_chosen_on_one_split_are_graded_on_another(tmp_path, capsys):
     assert graded >= 2
     with pytest.raises(SystemExit):
         main(["evaluate-detections", "--operating_point"])  # argparse: a value is needed
-    assert main(["evaluate-detections", "--groundtruth", str(tmp_path / "val_gt.json"), "--detections",
-                 str(tmp_path / "val_dt.json"), "--out", str(tmp_path / "x"), "--operating_point", "best"]) == 2
+    argv = ["evaluate-detections", "--groundtruth", str(tmp_path / "val_gt.json"), "--detections",
+            str(tmp_path / "val_dt.json"), "--out", str(tmp_path / "x"), "--operating_point", "best"]
+    assert main(argv) == 2
     assert "--operating_point 'best'" in capsys.readouterr().err
