@@ -610,7 +610,8 @@ def operating_points_config(loaded: LoadedConfig, content: Mapping[str, Any]) ->
         return None, (f"not written: model.ssd.post_processing already has calibration_config ({kind}), and "
                       "the TF OD API takes one calibrator; apply operating_points.json with "
                       "--operating_points")
-    if post.score_converter == post_processing_pb2.PostProcessing.IDENTITY:
+    identity = post.score_converter == post_processing_pb2.PostProcessing.IDENTITY
+    if identity or not content.get("deployable", True):
         return None, ("not written: score_converter is IDENTITY, so scores are not in [0, 1] where "
                       "calibration maps work; use SIGMOID or SOFTMAX")
     post.batch_non_max_suppression.score_threshold = float(content["score_threshold"])

@@ -278,3 +278,14 @@ def test_deployment_maps_keep_classes_without_a_threshold_out_of_the_review_band
     # Without any review band, classes without a threshold get no map at all.
     plain = operating_points(m, cats, {}, Rule(), 5, 0.5)
     assert set(ops.deployment_maps(plain, *ops.common_thresholds(0.5, plain))) == {1}
+
+
+def test_thresholds_outside_0_1_make_a_file_for_reading_only():
+    # Logit-valued scores (score_converter IDENTITY): 2.5 TP, 1.5 FP, -0.5 TP. Max F1 keeps all three
+    # (F1 4/5), so the threshold lies halfway to the floor 0 below -0.5... the floor is not below it,
+    # so it sits just under -0.5: outside (0, 1), no map can carry it.
+    m = _matches([(1, 2.5, True), (1, 1.5, False), (1, -0.5, True)], {1: 2})
+    [p] = operating_points(m, [{"id": 1, "name": "crack"}], {}, Rule(), 1, 0.5)
+    assert p.threshold < -0.5 and p.at_threshold.TP == 2
+    content = ops.operating_points_json([p], min_score_threshold=0.5, chosen_on={"description": "x"})
+    assert content["deployable"] is False and content["calibration"] == {}

@@ -99,6 +99,10 @@ def apply_operating_points(trained: TrainedModel, path: str | os.PathLike[str],
     becomes NMS's score threshold (the review one with `review` and a review band). Returns the file's
     content. DataError when the file's classes are not the model's."""
     content = ops.load_operating_points(path)
+    if not content.get("deployable", True):
+        raise DataError(f"{path}: these thresholds lie outside (0, 1) (scores that are not probabilities, "
+                        "e.g. score_converter IDENTITY), so no score map can carry them; use SIGMOID or "
+                        "SOFTMAX")
     lm = trained.label_map
     for point in content["classes"]:
         index = int(lm.ids_to_indices(np.array([point.class_id]))[0])

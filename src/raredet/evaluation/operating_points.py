@@ -423,8 +423,13 @@ def operating_points_json(points: Sequence[OperatingPoint], *, min_score_thresho
     """The content of operating_points.json: the points, which images chose the thresholds (and,
     when applied elsewhere, which images graded them), and the per-class maps for deployment."""
     accept, review = common_thresholds(min_score_threshold, points)
-    maps = deployment_maps(points, accept, review)
+    # Maps work on scores in [0, 1]; thresholds outside (raw logits, e.g. score_converter IDENTITY)
+    # cannot be carried by one, so such a file is for reading only.
+    thresholds = [t for p in points for t in (p.threshold, p.review_threshold) if t is not None]
+    deployable = all(0.0 < t < 1.0 for t in thresholds)
+    maps = deployment_maps(points, accept, review) if deployable else {}
     return {
+        "deployable": deployable,
         "iou_threshold": 0.5,
         "min_score_threshold": min_score_threshold,
         "chosen_on": dict(chosen_on),
