@@ -166,15 +166,15 @@ class GradientRatioStatistics:
     the loss actually optimised (normaliser, weights and miner included) at the logits. 1 before any
     gradient was seen, so the first step is plain focal loss.
 
-    `decay` 1 (default) accumulates over all of training, as the paper does. `decay` d < 1 is raredet's
+    `gradient_decay` 1 (default) accumulates over all of training, as the paper does. d < 1 is raredet's
     opt-in deviation: before each update both sums are multiplied by d, an exponential moving window of
     about 1 / (1 - d) steps, so early statistics do not dominate for ever.
     """
 
-    def __init__(self, num_classes: int, decay: float = 1.0) -> None:
-        if not 0 < decay <= 1:
-            raise ValueError(f"decay must be in (0, 1], got {decay}")
-        self.decay = float(decay)
+    def __init__(self, num_classes: int, gradient_decay: float = 1.0) -> None:
+        if not 0 < gradient_decay <= 1:
+            raise ValueError(f"gradient_decay must be in (0, 1], got {gradient_decay}")
+        self.decay = float(gradient_decay)
         self.positive = torch.zeros(num_classes, dtype=torch.float64)
         self.negative = torch.zeros(num_classes, dtype=torch.float64)
 
@@ -219,14 +219,18 @@ class GradientRatioStatistics:
         _load_tensor(self.negative, state, "negative", "equalized_focal")
 
 
+STATISTICS_OPTIONS = frozenset({"warmup_steps", "gradient_decay"})
+
+
 def statistics_for(loss: Any, num_classes: int, **options: Any) -> LossStatistics | None:
     """The state holder a classification loss function needs (None for the stateless ones).
 
-    `options`: `warmup_steps` (confusion_gated_focal), `decay` (equalized_focal)."""
+    `options`: `warmup_steps` (confusion_gated_focal), `gradient_decay` (equalized_focal): the config
+    fields of those losses that set up their statistics rather than the loss function."""
     if loss is seesaw_sigmoid_focal:
         return SeesawStatistics(num_classes)
     if loss is confusion_gated_focal:
         return ConfusionGateSchedule(num_classes, warmup_steps=options.get("warmup_steps", 0))
     if loss is equalized_focal:
-        return GradientRatioStatistics(num_classes, decay=options.get("decay", 1.0))
+        return GradientRatioStatistics(num_classes, gradient_decay=options.get("gradient_decay", 1.0))
     return None
