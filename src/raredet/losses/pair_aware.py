@@ -191,7 +191,12 @@ class GradientRatioStatistics:
         ratio = self.gradient_ratio()
         if training:
             positive = targets.detach() > 0
-            logits.register_hook(lambda grad: self._collect(grad, positive))
+
+            def collect(grad: Tensor) -> None:
+                handle.remove()  # once per loss call, even if the same logits tensor is reused
+                self._collect(grad, positive)
+
+            handle = logits.register_hook(collect)
         return {"gradient_ratio": ratio.to(logits.dtype)}
 
     def _collect(self, grad: Tensor, positive: Tensor) -> None:
