@@ -59,7 +59,8 @@ def _loss(name, miner=False):
         classification_statistics=statistics_for(fn, K, **options),
         localization_loss=weighted_smooth_l1,
         class_weights=torch.tensor([1.0, 5.0, 2.0]),
-        hard_example_miner=HardExampleMiner(num_hard_examples=20, max_negatives_per_positive=3) if miner else None,
+        hard_example_miner=(HardExampleMiner(num_hard_examples=20, max_negatives_per_positive=3)
+                            if miner else None),
         normalize_loss_by_num_matches=True,
     )
 
@@ -109,7 +110,8 @@ def test_seesaw_counts_positive_anchors_with_weight_on_training_calls_only():
     assert out["class_balance/seesaw_count"].tolist() == [5, 2, 2]
     # Mitigation logged per column j: sum_i N_i M_ij / sum_i N_i over i != j.
     m = lambda nj, ni: (nj / ni) ** 0.8 if ni > nj else 1.0  # noqa: E731
-    expect = [(2 * m(5, 2) + 2 * m(5, 2)) / 4, (5 * m(2, 5) + 2 * m(2, 2)) / 7, (5 * m(2, 5) + 2 * m(2, 2)) / 7]
+    expect = [(2 * m(5, 2) + 2 * m(5, 2)) / 4,  # column 0 (N 5): never mitigated
+              (5 * m(2, 5) + 2 * m(2, 2)) / 7, (5 * m(2, 5) + 2 * m(2, 2)) / 7]
     torch.testing.assert_close(out["class_balance/seesaw_mitigation"],
                                torch.tensor(expect, dtype=torch.float64))
 

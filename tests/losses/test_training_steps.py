@@ -64,7 +64,8 @@ BATCH = {
         ("weighted_logits_softmax", "weighted_iou", {}, False),
         ("bootstrapped_sigmoid", "l1_localization_loss", {"alpha": 0.5, "hard_bootstrap": True}, False),
         ("seesaw_sigmoid_focal", "weighted_smooth_l1", {"compensation_score_floor": 0.01}, True),
-        ("confusion_gated_focal", "weighted_smooth_l1", {"gate_threshold": 0.02, "gate_sharpness": 50.0}, True),
+        ("confusion_gated_focal", "weighted_smooth_l1", {"gate_threshold": 0.02, "gate_sharpness": 50.0},
+         True),
         ("equalized_focal", "weighted_giou", {"scale": 8.0}, True),
     ],
 )
