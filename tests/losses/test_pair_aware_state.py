@@ -220,3 +220,26 @@ def test_ddp_two_ranks_equal_one_process(tmp_path):
         for key, value in single.state_dict().items():
             assert torch.equal(ranks[0][name]["params"][key], ranks[1][name]["params"][key])
             torch.testing.assert_close(ranks[0][name]["params"][key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_statistics_stay_full_precision_under_bf16_autocast(name):
+    # As engine.train: the model runs under bf16 autocast, its outputs are cast to float32 for the loss.
+    # The statistics keep their own dtypes (int64 counts, float64 sums) whatever the model's.
+    model, loss = Head(), _loss(name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(FEATURES)
+    assert outputs["cls_logits"].dtype == torch.bfloat16
+    logits = outputs["cls_logits"].float()
+    logits.retain_grad()
+    out = loss({**outputs, "cls_logits": logits, "box_deltas": outputs["box_deltas"].float()}, BATCH)
+    out["total_loss"].backward()
+    state = loss.state_dict()["classification_statistics"]
+    dtypes = {k: v.dtype for k, v in state.items() if isinstance(v, torch.Tensor)}
+    assert dtypes == {"seesaw": {"class_counts": torch.int64}, "gated": {"kept_fraction": torch.float64},
+                      "efl": {"positive": torch.float64, "negative": torch.float64}}[name]
+    if name == "efl":  # the sums are the float32 gradient at the logits, accumulated in float64
+        targets = loss.assign(_anchors(), BATCH, logits.device)
+        labels = targets.labels
+        onehot = torch.nn.functional.one_hot(labels.clamp(min=0), K) * (labels >= 0)[..., None]
+        torch.testing.assert_close(state["positive"], (logits.grad.double().abs() * onehot).sum((0, 1)))
