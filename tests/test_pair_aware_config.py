@@ -10,6 +10,7 @@ import torch
 
 from raredet import builders
 from raredet import config as cfg
+from raredet.commands.config import check
 from raredet.errors import ConfigError
 from raredet.losses import (
     ConfusionGateSchedule,
@@ -90,20 +91,20 @@ def test_builders_wire_function_params_and_statistics(tmp_path, block, fn, param
 def test_bad_parameters_are_config_errors_with_the_field_path(tmp_path, block, field, allowed):
     path = variant(tmp_path, block)
     with pytest.raises(ConfigError) as err:
-        cfg.check(path)
+        check(path)
     message = str(err.value)
     assert f"model.ssd.loss.classification_loss.{field}" in message and str(path) in message
     assert allowed in message
 
 
 def test_config_check_shows_the_loss_and_every_parameter_in_effect(tmp_path):
-    summary = cfg.check(variant(tmp_path, "confusion_gated_focal { warmup_steps: 500 }"))
+    summary = check(variant(tmp_path, "confusion_gated_focal { warmup_steps: 500 }"))
     assert ("classification confusion_gated_focal { gate_threshold: 0.7 gamma: 2 alpha: 0.25 "
             "warmup_steps: 500 gate_sharpness: 0 }") in summary
-    summary = cfg.check(variant(tmp_path, "equalized_focal { }"))
+    summary = check(variant(tmp_path, "equalized_focal { }"))
     assert ("classification equalized_focal { gamma_base: 2 scale: 4 alpha: 0.25 gradient_decay: 1 }"
             in summary)
-    summary = cfg.check(variant(tmp_path, "seesaw_sigmoid_focal { }"))
+    summary = check(variant(tmp_path, "seesaw_sigmoid_focal { }"))
     assert ("classification seesaw_sigmoid_focal { gamma: 2 alpha: 0.25 mitigation_power: 0.8 "
             "compensation_power: 2 compensation_score_floor: 0 }") in summary
 
