@@ -201,7 +201,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
         dist.destroy_process_group()
 
 
-# slow-ish: two gloo processes (a few seconds)
+@pytest.mark.slow  # two gloo processes
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_ddp_two_ranks_equal_one_process(tmp_path):
     mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
