@@ -162,6 +162,14 @@ def test_seesaw_compensation_floor_bounds_the_factor():
     torch.testing.assert_close(got, torch.tensor([e], dtype=torch.float64), rtol=1e-12, atol=0)
 
 
+def test_statistics_may_be_plain_sequences():
+    counts, ratio = [100, 4, 25], [1.0, 0.25, 0.5]
+    assert torch.equal(seesaw_sigmoid_focal(LOGITS, TARGETS, ONES, counts),
+                       seesaw_sigmoid_focal(LOGITS, TARGETS, ONES, torch.tensor(counts)))
+    assert torch.equal(equalized_focal(LOGITS, TARGETS, ONES, ratio),
+                       equalized_focal(LOGITS, TARGETS, ONES, torch.tensor(ratio)))
+
+
 def test_shape_errors_name_the_argument():
     logits, targets, weights = _random(3)
     with pytest.raises(ValueError, match="class_counts"):

@@ -14,6 +14,7 @@ softmax losses see (background first). The functions here accept any `C`; they d
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -140,7 +141,7 @@ def seesaw_sigmoid_focal(
     logits: Tensor,
     targets: Tensor,
     weights: Tensor,
-    class_counts: Tensor,
+    class_counts: Tensor | Sequence[float],
     gamma: float = 2.0,
     alpha: float | None = 0.25,
     mitigation_power: float = 0.8,
@@ -161,6 +162,7 @@ def seesaw_sigmoid_focal(
     """
     targets = _checked_targets(logits, targets, weights, "seesaw_sigmoid_focal")
     num_classes = logits.shape[-1]
+    class_counts = torch.as_tensor(class_counts)
     if class_counts.shape != (num_classes,):
         raise ValueError(f"seesaw_sigmoid_focal: class_counts has shape {tuple(class_counts.shape)}, "
                          f"expected [{num_classes}]")
@@ -210,7 +212,7 @@ def equalized_focal(
     logits: Tensor,
     targets: Tensor,
     weights: Tensor,
-    gradient_ratio: Tensor,
+    gradient_ratio: Tensor | Sequence[float],
     gamma_base: float = 2.0,
     scale: float = 4.0,
     alpha: float | None = 0.25,
@@ -223,6 +225,7 @@ def equalized_focal(
     """
     targets = _checked_targets(logits, targets, weights, "equalized_focal")
     num_classes = logits.shape[-1]
+    gradient_ratio = torch.as_tensor(gradient_ratio)
     if gradient_ratio.shape != (num_classes,):
         raise ValueError(f"equalized_focal: gradient_ratio has shape {tuple(gradient_ratio.shape)}, "
                          f"expected [{num_classes}]")
