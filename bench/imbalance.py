@@ -295,7 +295,8 @@ def _child(config_path: Path, run_dir: Path, seed: int, threads: int) -> subproc
     log = (run_dir / "run.log").open("wb")
     code = ("import sys; from bench.imbalance import train_and_eval; "
             "train_and_eval(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))")
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
+    # This checkout's src first: the children measure the code beside this file, not an installed copy.
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     return subprocess.Popen([sys.executable, "-c", code, str(config_path), str(run_dir), str(seed),
                              str(threads)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
 
