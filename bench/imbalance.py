@@ -141,6 +141,19 @@ def focal_miner(cfg: Config) -> None:
     _miner(cfg)
 
 
+def _pair_aware(name: str, **fields: float) -> Callable[[Config], None]:
+    def edit(cfg: Config) -> None:
+        cls = _loss(cfg).classification_loss
+        sub = getattr(cls, name)
+        sub.SetInParent()  # replaces weighted_sigmoid_focal (same gamma 2, alpha 0.25 defaults)
+        for field_name, value in fields.items():
+            setattr(sub, field_name, value)
+
+    shown = " ".join(f"{k}: {v:g}" for k, v in fields.items())
+    edit.__doc__ = f"classification_loss {{ {name} {{ {shown} }} }} (raredet's pair-aware losses)"
+    return edit
+
+
 def baseline(cfg: Config) -> None:
     """The base config unchanged: focal alpha 0.25, gamma 2, no class weights."""
 
@@ -155,6 +168,9 @@ STRATEGIES: dict[str, Callable[[Config], None]] = {
     "repeat_factor_sampling": repeat_factor_sampling,
     "sigmoid_miner": sigmoid_miner,
     "focal_miner": focal_miner,
+    "seesaw_sigmoid_focal": _pair_aware("seesaw_sigmoid_focal", compensation_score_floor=0.01),
+    "confusion_gated_focal": _pair_aware("confusion_gated_focal", warmup_steps=200),
+    "equalized_focal": _pair_aware("equalized_focal"),
 }
 WEIGHTING = ("explicit_weights", "auto_inverse_frequency", "auto_sqrt_inverse_frequency",
              "auto_effective_number")
@@ -279,7 +295,8 @@ def _child(config_path: Path, run_dir: Path, seed: int, threads: int) -> subproc
     log = (run_dir / "run.log").open("wb")
     code = ("import sys; from bench.imbalance import train_and_eval; "
             "train_and_eval(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))")
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
+    # This checkout's src first: the children measure the code beside this file, not an installed copy.
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     return subprocess.Popen([sys.executable, "-c", code, str(config_path), str(run_dir), str(seed),
                              str(threads)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
 

@@ -25,7 +25,13 @@ from google.protobuf.message import Message
 
 from raredet import builders
 from raredet.data import augment, readers
-from raredet.losses import CLASSIFICATION_LOSSES, LOCALIZATION_LOSSES, HardExampleMiner
+from raredet.losses import (
+    CLASSIFICATION_LOSSES,
+    LOCALIZATION_LOSSES,
+    ConfusionGateSchedule,
+    GradientRatioStatistics,
+    HardExampleMiner,
+)
 from raredet.modeling import anchors, fpn, postprocess, predictor
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.layers import ConvHyperparams
@@ -98,6 +104,9 @@ PAIRS: list[tuple[str, Any, Descriptor]] = [
     *oneof_pairs(builders.MATCHERS, matcher_pb2.Matcher),
     *oneof_pairs(builders.BOX_CODERS, box_coder_pb2.BoxCoder),
     ("HardExampleMiner", HardExampleMiner, losses_pb2.HardExampleMiner.DESCRIPTOR),
+    # The statistics of the pair-aware losses take the fields the loss functions do not.
+    ("ConfusionGateSchedule", ConfusionGateSchedule, losses_pb2.ConfusionGatedFocalLoss.DESCRIPTOR),
+    ("GradientRatioStatistics", GradientRatioStatistics, losses_pb2.EqualizedFocalLoss.DESCRIPTOR),
     ("ArgMaxMatcher", ArgMaxMatcher, matcher_pb2.ArgMaxMatcher.DESCRIPTOR),
     ("FasterRcnnBoxCoder", FasterRcnnBoxCoder, box_coder_pb2.FasterRcnnBoxCoder.DESCRIPTOR),
     # SSD parts: built by modeling.ssd from the model.ssd sub-messages.

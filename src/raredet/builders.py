@@ -37,7 +37,9 @@ from raredet.losses import (
     get_custom_loss,
     resolve_class_alpha,
     resolve_class_weights,
+    statistics_for,
 )
+from raredet.losses.pair_aware import STATISTICS_OPTIONS
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.box_ops import box_iou
 from raredet.modeling.calibration import Calibration
@@ -262,6 +264,10 @@ def build_loss(ssd: ssd_pb2.Ssd, label_map: LabelMap, class_weights: Sequence[Cl
     _, similarity, _ = oneof_choice(ssd.similarity_calculator, "region_similarity", SIMILARITIES,
                                     "model.ssd.similarity_calculator")
     cls_fn, cls_params = _classification_loss(loss, label_map)
+    cls_statistics = None
+    if statistics_for(cls_fn, 1) is not None:  # a pair-aware loss: some fields set up its statistics
+        options = {k: cls_params.pop(k) for k in STATISTICS_OPTIONS & cls_params.keys()}
+        cls_statistics = statistics_for(cls_fn, label_map.num_classes, **options)
     loc_fn, loc_params = _localization_loss(loss)
     miner = None
     if loss.HasField("hard_example_miner"):
@@ -280,6 +286,7 @@ def build_loss(ssd: ssd_pb2.Ssd, label_map: LabelMap, class_weights: Sequence[Cl
         normalize_loss_by_num_matches=ssd.normalize_loss_by_num_matches,
         normalize_loc_loss_by_codesize=ssd.normalize_loc_loss_by_codesize,
         classification_weight=loss.classification_weight, localization_weight=loss.localization_weight,
+        classification_statistics=cls_statistics,
     )
 
 

@@ -8,6 +8,7 @@ from raredet.losses import (
     LOCALIZATION_LOSSES,
     DetectionLoss,
     HardExampleMiner,
+    statistics_for,
 )
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.matcher import ArgMaxMatcher
@@ -62,6 +63,10 @@ BATCH = {
         ("weighted_softmax", "weighted_giou", {"logit_scale": 2.0}, True),
         ("weighted_logits_softmax", "weighted_iou", {}, False),
         ("bootstrapped_sigmoid", "l1_localization_loss", {"alpha": 0.5, "hard_bootstrap": True}, False),
+        ("seesaw_sigmoid_focal", "weighted_smooth_l1", {"compensation_score_floor": 0.01}, True),
+        ("confusion_gated_focal", "weighted_smooth_l1", {"gate_threshold": 0.02, "gate_sharpness": 50.0},
+         True),
+        ("equalized_focal", "weighted_giou", {"scale": 8.0}, True),
     ],
 )
 def test_few_steps_finite(cls_name, loc_name, params, miner):
@@ -71,6 +76,7 @@ def test_few_steps_finite(cls_name, loc_name, params, miner):
         box_coder=FasterRcnnBoxCoder(),
         classification_loss=CLASSIFICATION_LOSSES[cls_name],
         classification_loss_params=params,
+        classification_statistics=statistics_for(CLASSIFICATION_LOSSES[cls_name], 3, warmup_steps=1),
         localization_loss=LOCALIZATION_LOSSES[loc_name],
         class_weights=torch.tensor([1.0, 4.0, 2.0]),
         hard_example_miner=HardExampleMiner(num_hard_examples=16, max_negatives_per_positive=3)

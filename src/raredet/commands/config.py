@@ -12,8 +12,8 @@ from google.protobuf.message import Message
 
 from raredet.builders import check_buildable, resolve_class_weight_table
 from raredet.config import ConfigWarning, LabelMap, LoadedConfig, class_index, effective_config_text, load
-from raredet.config.load import _reader_paths
-from raredet.config.validate import _readers
+from raredet.config.load import _fill_defaults, _reader_paths
+from raredet.config.validate import PAIR_AWARE_RANGES, _readers
 from raredet.losses.class_weights import format_class_weight_table
 from raredet.protos import losses_pb2, pipeline_pb2, post_processing_pb2, ssd_pb2
 
@@ -125,8 +125,13 @@ def _loss_lines(loss: losses_pb2.Loss) -> list[str]:
     miner = "none"
     if loss.HasField("hard_example_miner"):
         miner = _one_line(loss.hard_example_miner) or "defaults"
+    cls = loss.classification_loss
+    if cls.WhichOneof("classification_loss") in PAIR_AWARE_RANGES:  # show every parameter in effect
+        cls = type(cls)()
+        cls.CopyFrom(loss.classification_loss)
+        _fill_defaults(cls)
     return [
-        f"losses:       classification {_oneof_text(loss.classification_loss, 'classification_loss')}"
+        f"losses:       classification {_oneof_text(cls, 'classification_loss')}"
         f" x {loss.classification_weight:g}",
         f"              localization {_oneof_text(loss.localization_loss, 'localization_loss')}"
         f" x {loss.localization_weight:g}",

@@ -79,6 +79,12 @@ class EvalJob:
         weights = _class_weights(state)
         loss_fn = (builders.build_loss(self.loaded.config.model.ssd, self.label_map, weights)
                    if weights is not None else None)
+        if loss_fn is not None and state.get("loss"):  # a pair-aware loss: its statistics at this step
+            try:
+                loss_fn.load_state_dict(state["loss"])
+            except ValueError as err:
+                raise CheckpointError(f"{path}: {err}; evaluate with the pipeline.config the run was "
+                                      "trained with") from None
         if self.writer is None:
             self.writer = SummaryWriter(log_dir=str(self.out_dir))
         options = {**self.options, "images_description": f"{self.options['images_description']}, "

@@ -289,6 +289,8 @@ def _validate_loss(loss: losses_pb2.Loss, check: _Checker) -> None:
         _validate_focal(cls.weighted_sigmoid_focal, focal_where, check)
     elif kind == "custom":
         _validate_custom(cls.custom, f"{where}.classification_loss.custom", check)
+    elif kind in PAIR_AWARE_RANGES:
+        _validate_pair_aware(getattr(cls, kind), kind, f"{where}.classification_loss.{kind}", check)
     if loss.localization_loss.WhichOneof("localization_loss") == "custom":
         _validate_custom(loss.localization_loss.custom, f"{where}.localization_loss.custom", check)
     if loss.HasField("hard_example_miner"):
@@ -305,6 +307,32 @@ def _validate_focal(focal: losses_pb2.SigmoidFocalClassificationLoss, where: str
     if focal.HasField("alpha"):
         check.number(focal.alpha, f"{where}.alpha", 0.0, 1.0)
     check.per_class_values(focal.class_alpha, f"{where}.class_alpha", high=1.0)
+
+
+# raredet's pair-aware losses: field -> (low, high, low open, high open).
+PAIR_AWARE_RANGES: dict[str, dict[str, tuple[float, float, bool, bool]]] = {
+    "seesaw_sigmoid_focal": {
+        "gamma": (0.0, math.inf, False, False), "alpha": (0.0, 1.0, False, False),
+        "mitigation_power": (0.0, math.inf, False, False),
+        "compensation_power": (0.0, math.inf, False, False),
+        "compensation_score_floor": (0.0, 1.0, False, True),
+    },
+    "confusion_gated_focal": {
+        "gate_threshold": (0.0, 1.0, False, False), "gamma": (0.0, math.inf, False, False),
+        "alpha": (0.0, 1.0, False, False), "warmup_steps": (0.0, math.inf, False, False),
+        "gate_sharpness": (0.0, math.inf, False, False),
+    },
+    "equalized_focal": {
+        "gamma_base": (0.0, math.inf, True, False), "scale": (0.0, math.inf, False, False),
+        "alpha": (0.0, 1.0, False, False), "gradient_decay": (0.0, 1.0, True, False),
+    },
+}
+
+
+def _validate_pair_aware(msg: Message, kind: str, where: str, check: _Checker) -> None:
+    for field, (low, high, low_open, high_open) in PAIR_AWARE_RANGES[kind].items():
+        check.number(getattr(msg, field), f"{where}.{field}", low, high, low_open=low_open,
+                     high_open=high_open)
 
 
 def _validate_custom(custom: losses_pb2.CustomLoss, where: str, check: _Checker) -> None:

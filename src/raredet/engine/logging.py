@@ -3,7 +3,9 @@
 Scalar names follow the TF OD API (`Loss/classification_loss`, `Loss/localization_loss`,
 `Loss/regularization_loss`, `Loss/total_loss`, `learning_rate`), so dashboards made for it keep working.
 raredet adds, per class, `ClassBalance/matched_anchors/<name>` and `ClassBalance/positive_loss_share/<name>`
-so a user can see that a rare class is being heard.
+so a user can see that a rare class is being heard, and for a pair-aware classification loss what it
+does to each class (`ClassBalance/seesaw_mitigation/<name>`, `ClassBalance/efl_gamma/<name>`, ...: every
+`class_balance/<stat>` entry of the loss dict).
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ def scalars_for_step(
 ) -> dict[str, float]:
     """The TensorBoard scalars of one step, keyed by tag.
 
-    `losses`: the DetectionLoss dict (scalar tensors or floats, plus `matched_anchors [K]` and
-    `positive_cls_loss_share [K]`) and `regularization_loss`.
+    `losses`: the DetectionLoss dict (scalar tensors or floats, plus `matched_anchors [K]`,
+    `positive_cls_loss_share [K]` and any `class_balance/<stat> [K]`) and `regularization_loss`.
     """
     out = {tag: float(losses[key]) for key, tag in LOSS_TAGS.items() if key in losses}
     out["learning_rate"] = float(learning_rate)
-    for key, prefix in (("matched_anchors", "matched_anchors"), ("positive_cls_loss_share",
-                                                                  "positive_loss_share")):
+    per_class = [("matched_anchors", "matched_anchors"), ("positive_cls_loss_share", "positive_loss_share")]
+    per_class += [(k, k.removeprefix("class_balance/")) for k in losses if k.startswith("class_balance/")]
+    for key, prefix in per_class:
         if key in losses:
             values = torch.as_tensor(losses[key]).detach().float().cpu().tolist()
             pairs = zip(class_names, values, strict=True)

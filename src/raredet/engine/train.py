@@ -256,10 +256,17 @@ def checkpoint_state(
         "step": step,
         "rng": rng_state(),
         "sampler": {"epoch": epoch, "batch_in_epoch": batch_in_epoch},
+        # The criterion's running statistics (pair-aware losses); {} for a stateless one.
+        "loss": criterion_state(components.criterion),
         **components.metadata,
         **({"class_weights": [dataclasses.asdict(w) for w in components.class_weights]}
            if components.class_weights else {}),
     }
+
+
+def criterion_state(criterion: Criterion) -> dict[str, Any]:
+    state_dict = getattr(criterion, "state_dict", None)
+    return state_dict() if callable(state_dict) else {}
 
 
 def restore(components: TrainComponents, model: nn.Module, state: Mapping[str, Any]) -> tuple[int, int, int]:
@@ -268,6 +275,13 @@ def restore(components: TrainComponents, model: nn.Module, state: Mapping[str, A
     components.optimizer.load_state_dict(state["optimizer"])
     if components.ema is not None and state.get("ema") is not None:
         components.ema.load_state_dict(state["ema"])
+    load_state = getattr(components.criterion, "load_state_dict", None)
+    if callable(load_state):
+        try:
+            load_state(state.get("loss", {}))
+        except ValueError as err:
+            raise ConfigError(f"cannot resume the loss from this checkpoint: {err}; train into a new "
+                              "--model_dir or restore the checkpoint's classification loss") from None
     set_rng_state(state["rng"])
     return int(state["step"]), int(state["sampler"]["epoch"]), int(state["sampler"]["batch_in_epoch"])
 

@@ -16,6 +16,9 @@ from raredet.losses.class_weights import (
 )
 from raredet.losses.classification import (
     bootstrapped_sigmoid,
+    confusion_gated_focal,
+    equalized_focal,
+    seesaw_sigmoid_focal,
     weighted_logits_softmax,
     weighted_sigmoid,
     weighted_sigmoid_focal,
@@ -31,6 +34,13 @@ from raredet.losses.localization import (
     weighted_l2,
     weighted_smooth_l1,
 )
+from raredet.losses.pair_aware import (
+    ConfusionGateSchedule,
+    GradientRatioStatistics,
+    LossStatistics,
+    SeesawStatistics,
+    statistics_for,
+)
 
 CLASSIFICATION_LOSSES: dict[str, Callable[..., Tensor]] = {
     "weighted_sigmoid": weighted_sigmoid,
@@ -38,6 +48,10 @@ CLASSIFICATION_LOSSES: dict[str, Callable[..., Tensor]] = {
     "weighted_softmax": weighted_softmax,
     "weighted_logits_softmax": weighted_logits_softmax,
     "bootstrapped_sigmoid": bootstrapped_sigmoid,
+    # raredet: pair-aware losses (their statistics: raredet.losses.pair_aware)
+    "seesaw_sigmoid_focal": seesaw_sigmoid_focal,
+    "confusion_gated_focal": confusion_gated_focal,
+    "equalized_focal": equalized_focal,
 }
 LOCALIZATION_LOSSES: dict[str, Callable[..., Tensor]] = {
     "weighted_smooth_l1": weighted_smooth_l1,
@@ -51,11 +65,17 @@ __all__ = [
     "CLASSIFICATION_LOSSES",
     "LOCALIZATION_LOSSES",
     "ClassWeight",
+    "ConfusionGateSchedule",
     "DetectionLoss",
+    "GradientRatioStatistics",
     "HardExampleMiner",
+    "LossStatistics",
     "MinedLosses",
+    "SeesawStatistics",
     "bootstrapped_sigmoid",
     "class_weight_tensor",
+    "confusion_gated_focal",
+    "equalized_focal",
     "format_class_weight_table",
     "get_custom_loss",
     "l1_localization_loss",
@@ -63,6 +83,8 @@ __all__ = [
     "register_localization_loss",
     "resolve_class_alpha",
     "resolve_class_weights",
+    "seesaw_sigmoid_focal",
+    "statistics_for",
     "weighted_giou",
     "weighted_iou",
     "weighted_l2",

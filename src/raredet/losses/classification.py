@@ -13,6 +13,9 @@ softmax losses see (background first). The functions here accept any `C`; they d
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -109,3 +112,131 @@ def bootstrapped_sigmoid(
     q = (p > 0.5).to(logits) if hard_bootstrap else p
     boot = alpha * targets + (1.0 - alpha) * q
     return F.binary_cross_entropy_with_logits(logits, boot, reduction="none") * weights
+
+
+# ---- pair-aware losses (raredet) -------------------------------------------------------------------
+#
+# All three extend `weighted_sigmoid_focal` (alpha on target=1 entries, 1 - alpha on target=0 entries)
+# by a per-entry factor that is a constant for autograd (computed from detached scores and from
+# statistics). `targets` rows are one-hot (an anchor matched to class i) or all zero (background); the
+# statistics come in as arguments, the caller (`DetectionLoss` with a `raredet.losses.pair_aware` state)
+# keeps them. docs/class_weighting.md explains what each does and when to use which.
+
+
+def _focal_terms(logits: Tensor, targets: Tensor, gamma: float) -> Tensor:
+    """`ce * (1 - p_t)^gamma` per entry, computed as weighted_sigmoid_focal computes it."""
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = targets * p + (1 - targets) * (1 - p)
+    return ce * (1 - p_t).pow(gamma) if gamma else ce
+
+
+def _foreground_negatives(targets: Tensor) -> Tensor:
+    """Bool `[B, A, C]`: target-0 entries of anchors matched to a class (a one-hot row)."""
+    foreground = targets.sum(-1, keepdim=True) > 0
+    return foreground & (targets == 0)
+
+
+def seesaw_sigmoid_focal(
+    logits: Tensor,
+    targets: Tensor,
+    weights: Tensor,
+    class_counts: Tensor | Sequence[float],
+    gamma: float = 2.0,
+    alpha: float | None = 0.25,
+    mitigation_power: float = 0.8,
+    compensation_power: float = 2.0,
+    compensation_score_floor: float = 0.0,
+) -> Tensor:
+    """Seesaw (Wang et al. 2021) adapted to a sigmoid focal loss. Returns `[B, A, C]`.
+
+    For an anchor matched to class i, the negative term of column j != i is multiplied by
+    `M_ij * C_ij`: mitigation `M_ij = (N_j / N_i)^p` when `N_i > N_j`, else 1, with `N = class_counts
+    [C]` (positives seen so far in training); compensation `C_ij = (s_j / s_i)^q` when `s_j > s_i`,
+    else 1, with `s = sigmoid(logits)` detached. Positive terms and background anchors are plain focal
+    loss. The ratios are taken in float64 (counts) and in log space (scores).
+
+    `C_ij` has no upper bound: an anchor whose own class scores 1e-4 and column j 0.9 gets 8.1e7.
+    `compensation_score_floor` f > 0 (raredet; MMDetection's softmax Seesaw uses 0.01) takes
+    `max(s_i, f)` in the ratio, so `C_ij <= f^-q`; 0 keeps the formula above.
+    """
+    targets = _checked_targets(logits, targets, weights, "seesaw_sigmoid_focal")
+    num_classes = logits.shape[-1]
+    class_counts = torch.as_tensor(class_counts)
+    if class_counts.shape != (num_classes,):
+        raise ValueError(f"seesaw_sigmoid_focal: class_counts has shape {tuple(class_counts.shape)}, "
+                         f"expected [{num_classes}]")
+    counts = class_counts.detach().to(logits.device, torch.float64)
+    n_i, n_j = counts[:, None], counts[None, :]
+    # Where N_i > N_j, N_i > 0: the division is safe; elsewhere the factor is 1.
+    mitigation = torch.where(n_i > n_j, (n_j / n_i.clamp(min=1e-300)).pow(mitigation_power), 1.0)
+    matched = targets.argmax(-1)  # [B, A]; only read on foreground rows
+    factor = mitigation.to(logits.dtype)[matched]  # [B, A, C]: row i of M for an anchor of class i
+    log_s = F.logsigmoid(logits.detach())
+    log_s_i = log_s.gather(-1, matched[..., None])
+    if compensation_score_floor > 0:
+        log_s_i = log_s_i.clamp(min=math.log(compensation_score_floor))
+    compensation = torch.where(log_s > log_s_i, ((log_s - log_s_i) * compensation_power).exp(), 1.0)
+    factor = torch.where(_foreground_negatives(targets), factor * compensation, 1.0)
+    return _focal_terms(logits, targets, gamma) * factor * _alpha_factor(targets, alpha, None) * weights
+
+
+def confusion_gated_focal(
+    logits: Tensor,
+    targets: Tensor,
+    weights: Tensor,
+    gate_threshold: float = 0.7,
+    gamma: float = 2.0,
+    alpha: float | None = 0.25,
+    gate_sharpness: float = 0.0,
+) -> Tensor:
+    """Focal loss with ACSL's confusion gate (Wang et al. 2021). Returns `[B, A, C]`.
+
+    For an anchor matched to class i, the negative term of column j != i is kept where `s_j >=
+    gate_threshold` (the model confuses i with j) and dropped elsewhere, `s = sigmoid(logits)`
+    detached. `gate_sharpness` k > 0 replaces the step by the soft gate `sigmoid(k (s_j - threshold))`.
+    Positive terms and background anchors are plain focal loss. The plain-focal warm-up is the
+    caller's (`gate_threshold=0` with the hard gate keeps every term: plain focal loss exactly).
+    """
+    targets = _checked_targets(logits, targets, weights, "confusion_gated_focal")
+    s = torch.sigmoid(logits.detach())
+    if gate_sharpness > 0:
+        gate = torch.sigmoid(gate_sharpness * (s - gate_threshold))
+    else:
+        gate = (s >= gate_threshold).to(logits.dtype)
+    factor = torch.where(_foreground_negatives(targets), gate, 1.0)
+    return _focal_terms(logits, targets, gamma) * factor * _alpha_factor(targets, alpha, None) * weights
+
+
+def equalized_focal(
+    logits: Tensor,
+    targets: Tensor,
+    weights: Tensor,
+    gradient_ratio: Tensor | Sequence[float],
+    gamma_base: float = 2.0,
+    scale: float = 4.0,
+    alpha: float | None = 0.25,
+) -> Tensor:
+    """Equalized focal loss (Li et al. 2022), the one-stage form. Returns `[B, A, C]`.
+
+    Column j uses `gamma_j = gamma_base + scale * (1 - g_j)` and the weight `gamma_j / gamma_base` on
+    both its positive and negative terms, `g_j = gradient_ratio [C]` (in [0, 1]: accumulated positive
+    over negative gradient magnitude of column j; 1 = balanced, plain focal loss).
+    """
+    targets = _checked_targets(logits, targets, weights, "equalized_focal")
+    num_classes = logits.shape[-1]
+    gradient_ratio = torch.as_tensor(gradient_ratio)
+    if gradient_ratio.shape != (num_classes,):
+        raise ValueError(f"equalized_focal: gradient_ratio has shape {tuple(gradient_ratio.shape)}, "
+                         f"expected [{num_classes}]")
+    if gamma_base <= 0:
+        raise ValueError(f"equalized_focal: gamma_base must be > 0, got {gamma_base}")
+    g = gradient_ratio.detach().to(logits)
+    gamma = gamma_base + scale * (1 - g)  # [C]
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p = torch.sigmoid(logits)
+    one_minus_p_t = 1 - (targets * p + (1 - targets) * (1 - p))
+    # pow by a tensor exponent rounds differently from pow by the number: a column at g = 1 takes the
+    # number, so neutral statistics give weighted_sigmoid_focal bit for bit.
+    modulator = torch.where(g == 1, one_minus_p_t.pow(gamma_base), one_minus_p_t.pow(gamma))
+    return ce * modulator * (gamma / gamma_base) * _alpha_factor(targets, alpha, None) * weights

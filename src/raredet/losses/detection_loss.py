@@ -18,6 +18,12 @@ negatives up to `(1 - f) / f` per positive, per image) -> losses -> optional har
 the per-anchor losses -> sums / normaliser -> `classification_weight`, `localization_weight`.
 Logged per class (detached, local to the rank): matched anchors, and the share of the positive
 classification loss (over the miner's selection when there is one).
+
+A pair-aware classification loss (`seesaw_sigmoid_focal`, `confusion_gated_focal`, `equalized_focal`)
+takes its running statistics from `classification_statistics` (`raredet.losses.pair_aware`), which this
+object owns: updated on training calls only (gradients enabled and the logits require them; the
+evaluation runs under no_grad), logged per class as `class_balance/<name>` `[K]` entries of the result
+(identical on every rank), saved and restored through `state_dict` / `load_state_dict`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from raredet.errors import DataError
 from raredet.losses.classification import weighted_logits_softmax, weighted_softmax
 from raredet.losses.hard_example_miner import HardExampleMiner
 from raredet.losses.localization import weighted_giou, weighted_iou
+from raredet.losses.pair_aware import LossStatistics, statistics_for
 from raredet.modeling.box_ops import box_iou
 
 # Losses that need the background column, and losses computed on decoded boxes instead of codes.
@@ -55,6 +62,8 @@ class DetectionLoss:
 
     `class_weights [K]` (None = all 1), `positive_sample_fraction` is `random_example_sampler`'s
     field (None = no sampling), `hard_example_miner` a `HardExampleMiner` or None.
+    `classification_statistics`: the state of a pair-aware classification loss (required with one;
+    `raredet.losses.pair_aware.statistics_for(loss, num_classes, ...)` makes it).
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class DetectionLoss:
         normalize_loc_loss_by_codesize: bool = False,
         classification_weight: float = 1.0,
         localization_weight: float = 1.0,
+        classification_statistics: LossStatistics | None = None,
     ) -> None:
         if positive_sample_fraction is not None and not 0 < positive_sample_fraction <= 1:
             raise ValueError(f"positive_sample_fraction must be in (0, 1], got {positive_sample_fraction}")
@@ -92,6 +102,10 @@ class DetectionLoss:
         self.normalize_loc_loss_by_codesize = normalize_loc_loss_by_codesize
         self.classification_weight = classification_weight
         self.localization_weight = localization_weight
+        if classification_statistics is None and statistics_for(classification_loss, 1) is not None:
+            raise ValueError(f"{classification_loss.__name__} keeps running statistics: pass "
+                             "classification_statistics=raredet.losses.pair_aware.statistics_for(...)")
+        self.classification_statistics = classification_statistics
 
     def __call__(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """`outputs`: the SSD forward dict; `batch`: the collated batch (`boxes`, `labels`, `weights`)."""
@@ -112,7 +126,28 @@ class DetectionLoss:
         result = self._normalise(loc_sum, cls_sum, targets.data_weights)
         result.update(self._per_class(cls_losses, targets.labels, selected, logits.shape[-1]))
         result.update({k: v.to(logits.dtype) for k, v in mined_counts.items()})
+        if self.classification_statistics is not None:
+            logged = self.classification_statistics.logged(self.classification_loss_params)
+            result.update({f"class_balance/{k}": v.detach() for k, v in logged.items()})
         return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running statistics of the classification loss (empty without them), for checkpoints."""
+        if self.classification_statistics is None:
+            return {}
+        return {"classification_statistics": self.classification_statistics.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict()`'s output; ValueError when it belongs to another loss setup."""
+        stats = self.classification_statistics
+        saved = state.get("classification_statistics")
+        if stats is None and saved is None:
+            return
+        if stats is None or saved is None:
+            has, hasnt = ("has", "has not") if saved is not None else ("has not", "has")
+            raise ValueError(f"the saved loss state {has} running statistics but this classification "
+                             f"loss {hasnt}: the classification loss changed since the checkpoint")
+        stats.load_state_dict(saved)
 
     def _reduce(
         self, loc_losses: Tensor, cls_losses: Tensor, decoded: Tensor, match: Tensor
@@ -192,7 +227,12 @@ class DetectionLoss:
             background = (labels < 0).to(logits)[..., None]
             logits = F.pad(logits, (1, 0))  # constant zero background logit, column 0
             onehot = torch.cat([background, onehot], dim=-1)
-        losses = self.classification_loss(logits, onehot, weights, **self.classification_loss_params)
+        params = self.classification_loss_params
+        if self.classification_statistics is not None:
+            training = torch.is_grad_enabled() and logits.requires_grad
+            extra = self.classification_statistics.loss_arguments(logits, onehot, weights, params, training)
+            params = {**params, **extra}
+        losses = self.classification_loss(logits, onehot, weights, **params)
         return losses.sum(-1) if losses.dim() == 3 else losses
 
     def _localization_losses(

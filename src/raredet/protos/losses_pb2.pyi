@@ -147,20 +147,66 @@ class WeightedGIOULocalizationLoss(_message.Message):
     def __init__(self) -> None: ...
 
 class ClassificationLoss(_message.Message):
-    __slots__ = ("weighted_sigmoid", "weighted_softmax", "weighted_logits_softmax", "bootstrapped_sigmoid", "weighted_sigmoid_focal", "custom")
+    __slots__ = ("weighted_sigmoid", "weighted_softmax", "weighted_logits_softmax", "bootstrapped_sigmoid", "weighted_sigmoid_focal", "custom", "seesaw_sigmoid_focal", "confusion_gated_focal", "equalized_focal")
     WEIGHTED_SIGMOID_FIELD_NUMBER: _ClassVar[int]
     WEIGHTED_SOFTMAX_FIELD_NUMBER: _ClassVar[int]
     WEIGHTED_LOGITS_SOFTMAX_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAPPED_SIGMOID_FIELD_NUMBER: _ClassVar[int]
     WEIGHTED_SIGMOID_FOCAL_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_FIELD_NUMBER: _ClassVar[int]
+    SEESAW_SIGMOID_FOCAL_FIELD_NUMBER: _ClassVar[int]
+    CONFUSION_GATED_FOCAL_FIELD_NUMBER: _ClassVar[int]
+    EQUALIZED_FOCAL_FIELD_NUMBER: _ClassVar[int]
     weighted_sigmoid: WeightedSigmoidClassificationLoss
     weighted_softmax: WeightedSoftmaxClassificationLoss
     weighted_logits_softmax: WeightedSoftmaxClassificationAgainstLogitsLoss
     bootstrapped_sigmoid: BootstrappedSigmoidClassificationLoss
     weighted_sigmoid_focal: SigmoidFocalClassificationLoss
     custom: CustomLoss
-    def __init__(self, weighted_sigmoid: _Optional[_Union[WeightedSigmoidClassificationLoss, _Mapping]] = ..., weighted_softmax: _Optional[_Union[WeightedSoftmaxClassificationLoss, _Mapping]] = ..., weighted_logits_softmax: _Optional[_Union[WeightedSoftmaxClassificationAgainstLogitsLoss, _Mapping]] = ..., bootstrapped_sigmoid: _Optional[_Union[BootstrappedSigmoidClassificationLoss, _Mapping]] = ..., weighted_sigmoid_focal: _Optional[_Union[SigmoidFocalClassificationLoss, _Mapping]] = ..., custom: _Optional[_Union[CustomLoss, _Mapping]] = ...) -> None: ...
+    seesaw_sigmoid_focal: SeesawSigmoidFocalLoss
+    confusion_gated_focal: ConfusionGatedFocalLoss
+    equalized_focal: EqualizedFocalLoss
+    def __init__(self, weighted_sigmoid: _Optional[_Union[WeightedSigmoidClassificationLoss, _Mapping]] = ..., weighted_softmax: _Optional[_Union[WeightedSoftmaxClassificationLoss, _Mapping]] = ..., weighted_logits_softmax: _Optional[_Union[WeightedSoftmaxClassificationAgainstLogitsLoss, _Mapping]] = ..., bootstrapped_sigmoid: _Optional[_Union[BootstrappedSigmoidClassificationLoss, _Mapping]] = ..., weighted_sigmoid_focal: _Optional[_Union[SigmoidFocalClassificationLoss, _Mapping]] = ..., custom: _Optional[_Union[CustomLoss, _Mapping]] = ..., seesaw_sigmoid_focal: _Optional[_Union[SeesawSigmoidFocalLoss, _Mapping]] = ..., confusion_gated_focal: _Optional[_Union[ConfusionGatedFocalLoss, _Mapping]] = ..., equalized_focal: _Optional[_Union[EqualizedFocalLoss, _Mapping]] = ...) -> None: ...
+
+class SeesawSigmoidFocalLoss(_message.Message):
+    __slots__ = ("gamma", "alpha", "mitigation_power", "compensation_power", "compensation_score_floor")
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    MITIGATION_POWER_FIELD_NUMBER: _ClassVar[int]
+    COMPENSATION_POWER_FIELD_NUMBER: _ClassVar[int]
+    COMPENSATION_SCORE_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    gamma: float
+    alpha: float
+    mitigation_power: float
+    compensation_power: float
+    compensation_score_floor: float
+    def __init__(self, gamma: _Optional[float] = ..., alpha: _Optional[float] = ..., mitigation_power: _Optional[float] = ..., compensation_power: _Optional[float] = ..., compensation_score_floor: _Optional[float] = ...) -> None: ...
+
+class ConfusionGatedFocalLoss(_message.Message):
+    __slots__ = ("gate_threshold", "gamma", "alpha", "warmup_steps", "gate_sharpness")
+    GATE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_STEPS_FIELD_NUMBER: _ClassVar[int]
+    GATE_SHARPNESS_FIELD_NUMBER: _ClassVar[int]
+    gate_threshold: float
+    gamma: float
+    alpha: float
+    warmup_steps: int
+    gate_sharpness: float
+    def __init__(self, gate_threshold: _Optional[float] = ..., gamma: _Optional[float] = ..., alpha: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., gate_sharpness: _Optional[float] = ...) -> None: ...
+
+class EqualizedFocalLoss(_message.Message):
+    __slots__ = ("gamma_base", "scale", "alpha", "gradient_decay")
+    GAMMA_BASE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    gamma_base: float
+    scale: float
+    alpha: float
+    gradient_decay: float
+    def __init__(self, gamma_base: _Optional[float] = ..., scale: _Optional[float] = ..., alpha: _Optional[float] = ..., gradient_decay: _Optional[float] = ...) -> None: ...
 
 class WeightedSigmoidClassificationLoss(_message.Message):
     __slots__ = ("anchorwise_output",)

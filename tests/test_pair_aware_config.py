@@ -1,0 +1,121 @@
+"""The pair-aware losses from a pipeline.config: builders, validation errors, `raredet config check`."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from raredet import builders
+from raredet import config as cfg
+from raredet.commands.config import check
+from raredet.errors import ConfigError
+from raredet.losses import (
+    ConfusionGateSchedule,
+    GradientRatioStatistics,
+    SeesawStatistics,
+    confusion_gated_focal,
+    equalized_focal,
+    seesaw_sigmoid_focal,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "configs"
+WEIGHTED = FIXTURES / "weighted.config"
+FOCAL = 'weighted_sigmoid_focal { gamma: 2.0 alpha: 0.25 class_alpha { name: "crack" value: 0.75 } }'
+
+
+def variant(tmp_path: Path, block: str) -> Path:
+    text = WEIGHTED.read_text()
+    assert FOCAL in text
+    (tmp_path / "label_map.pbtxt").write_text((FIXTURES / "label_map.pbtxt").read_text())
+    path = tmp_path / "pipeline.config"
+    path.write_text(text.replace(FOCAL, block, 1))
+    return path
+
+
+def build(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", cfg.ConfigWarning)
+        loaded = cfg.load(path)
+    ssd, lm = loaded.config.model.ssd, loaded.label_map
+    return builders.build_loss(ssd, lm, builders.build_class_weights(ssd.loss, lm, None))
+
+
+@pytest.mark.parametrize(
+    ("block", "fn", "params", "stats_type"),
+    [
+        ("seesaw_sigmoid_focal { mitigation_power: 0.5 compensation_score_floor: 0.01 }",
+         seesaw_sigmoid_focal, {"mitigation_power": 0.5, "compensation_score_floor": 0.01}, SeesawStatistics),
+        ("confusion_gated_focal { gate_threshold: 0.6 warmup_steps: 100 gate_sharpness: 20 }",
+         confusion_gated_focal, {"gate_threshold": 0.6, "gate_sharpness": 20.0}, ConfusionGateSchedule),
+        ("equalized_focal { scale: 8 alpha: 0.5 gradient_decay: 0.99 }", equalized_focal,
+         {"scale": 8.0, "alpha": 0.5}, GradientRatioStatistics),
+        ("equalized_focal { }", equalized_focal, {}, GradientRatioStatistics),
+    ],
+)
+def test_builders_wire_function_params_and_statistics(tmp_path, block, fn, params, stats_type):
+    loss = build(variant(tmp_path, block))
+    assert loss.classification_loss is fn
+    assert loss.classification_loss_params == params  # fields that set up statistics are not passed on
+    stats = loss.classification_statistics
+    assert isinstance(stats, stats_type)
+    if isinstance(stats, ConfusionGateSchedule):
+        assert stats.warmup_steps == 100
+    if isinstance(stats, GradientRatioStatistics):
+        assert stats.decay == pytest.approx(0.99 if "decay" in block else 1.0)
+    if isinstance(stats, SeesawStatistics):
+        assert stats.class_counts.shape == (3,)
+    # The fixture's miner and class weights (crack 8, dent 2) stay as they are.
+    assert loss.hard_example_miner is not None
+    assert loss.class_weights.tolist() == [1.0, 2.0, 8.0]
+
+
+@pytest.mark.parametrize(
+    ("block", "field", "allowed"),
+    [
+        ("seesaw_sigmoid_focal { mitigation_power: -1 }", "seesaw_sigmoid_focal.mitigation_power", ">= 0"),
+        ("seesaw_sigmoid_focal { alpha: 1.5 }", "seesaw_sigmoid_focal.alpha", "[0, 1]"),
+        ("seesaw_sigmoid_focal { compensation_score_floor: 1 }",
+         "seesaw_sigmoid_focal.compensation_score_floor", "[0, 1)"),
+        ("confusion_gated_focal { gate_threshold: 1.2 }", "confusion_gated_focal.gate_threshold", "[0, 1]"),
+        ("confusion_gated_focal { warmup_steps: -5 }", "confusion_gated_focal.warmup_steps", ">= 0"),
+        ("confusion_gated_focal { gate_sharpness: -1 }", "confusion_gated_focal.gate_sharpness", ">= 0"),
+        ("equalized_focal { gamma_base: 0 }", "equalized_focal.gamma_base", "> 0"),
+        ("equalized_focal { scale: -2 }", "equalized_focal.scale", ">= 0"),
+        ("equalized_focal { gradient_decay: 0 }", "equalized_focal.gradient_decay", "(0, 1]"),
+        ("equalized_focal { gradient_decay: 1.5 }", "equalized_focal.gradient_decay", "(0, 1]"),
+    ],
+)
+def test_bad_parameters_are_config_errors_with_the_field_path(tmp_path, block, field, allowed):
+    path = variant(tmp_path, block)
+    with pytest.raises(ConfigError) as err:
+        check(path)
+    message = str(err.value)
+    assert f"model.ssd.loss.classification_loss.{field}" in message and str(path) in message
+    assert allowed in message
+
+
+def test_config_check_shows_the_loss_and_every_parameter_in_effect(tmp_path):
+    summary = check(variant(tmp_path, "confusion_gated_focal { warmup_steps: 500 }"))
+    assert ("classification confusion_gated_focal { gate_threshold: 0.7 gamma: 2 alpha: 0.25 "
+            "warmup_steps: 500 gate_sharpness: 0 }") in summary
+    summary = check(variant(tmp_path, "equalized_focal { }"))
+    assert ("classification equalized_focal { gamma_base: 2 scale: 4 alpha: 0.25 gradient_decay: 1 }"
+            in summary)
+    summary = check(variant(tmp_path, "seesaw_sigmoid_focal { }"))
+    assert ("classification seesaw_sigmoid_focal { gamma: 2 alpha: 0.25 mitigation_power: 0.8 "
+            "compensation_power: 2 compensation_score_floor: 0 }") in summary
+
+
+def test_built_loss_trains_on_a_batch_with_miner_and_class_weights(tmp_path):
+    loss = build(variant(tmp_path, "seesaw_sigmoid_focal { }"))
+    anchors = torch.tensor([[0.0, 0, 16, 16], [16, 16, 32, 32], [0, 16, 16, 32], [40, 40, 60, 60]])
+    logits = torch.zeros(1, 4, 3, requires_grad=True)
+    batch = {"boxes": torch.tensor([[[0.0, 0, 16, 16], [16, 16, 32, 32]]]), "labels": torch.tensor([[0, 2]]),
+             "weights": torch.ones(1, 2)}
+    out = loss({"cls_logits": logits, "box_deltas": torch.zeros(1, 4, 4), "anchors": anchors}, batch)
+    out["total_loss"].backward()
+    assert torch.isfinite(logits.grad).all()
+    assert loss.classification_statistics.class_counts.tolist() == [1, 0, 1]
