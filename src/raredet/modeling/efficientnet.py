@@ -74,6 +74,8 @@ LEVEL_TAPS: dict[int, tuple[int, int]] = {1: (1, 0), 2: (2, 1), 3: (3, 1), 4: (5
 # L2 weight of the TF EfficientNet's own conv kernels (keras l2(5e-6) = 0.5 * 1e-5 * ||w||^2, the
 # convention of raredet's l2 maps).
 EFFICIENTNET_L2_WEIGHT = 1e-5
+# Each conv also records its kernel's L2 weight under this attribute, for scans that read it per conv.
+L2_ATTR = "l2_weight"
 
 
 def _width(channels: int, width: float) -> int:
@@ -216,7 +218,7 @@ class EfficientNet(nn.Module):
         weights = {}
         for name, module in self.named_modules():
             if isinstance(module, nn.Conv2d):
-                if not (module.groups > 1 and module.groups == module.in_channels):
+                if getattr(module, L2_ATTR, 0.0):
                     weights[f"{dot}{name}.weight"] = EFFICIENTNET_L2_WEIGHT
                 if module.bias is not None:
                     weights[f"{dot}{name}.bias"] = EFFICIENTNET_L2_WEIGHT
@@ -237,6 +239,8 @@ def init_like_tf(model: nn.Module) -> None:
             nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+            depthwise = m.groups > 1 and m.groups == m.in_channels
+            setattr(m, L2_ATTR, 0.0 if depthwise else EFFICIENTNET_L2_WEIGHT)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

@@ -24,56 +24,17 @@ def _hyperparams(conv_hyperparams: ConvHyperparams | Mapping[str, Any] | None, w
     return ConvHyperparams.from_dict(conv_hyperparams, where)
 
 
-# Attribute set on a conv whose kernel's L2 membership differs from ``l2_weights_of``'s rule (True:
-# regularised even if depthwise; False: not regularised), as the TF OD API's separable convs have it.
-L2_TAG = "raredet_l2"
-
-
-def _tag(conv: nn.Conv2d, regularized: bool) -> nn.Conv2d:
-    setattr(conv, L2_TAG, regularized)
-    return conv
-
-
-def keras_glorot_uniform_(conv: nn.Conv2d) -> None:
-    """Keras' default kernel initializer, with Keras' fans (a depthwise kxk kernel: fan-in ``C k k``,
-    fan-out ``k k``): uniform in +-sqrt(6 / (fan_in + fan_out))."""
-    w = conv.weight
-    area = w.shape[2] * w.shape[3]
-    fan_in, fan_out = w.shape[1] * conv.groups * area, (w.shape[0] // conv.groups) * area
-    limit = math.sqrt(6.0 / (fan_in + fan_out))
-    nn.init.uniform_(w, -limit, limit)
-
-
 def _head(
-    hp: ConvHyperparams,
-    in_ch: int,
-    out_ch: int,
-    kernel: int,
-    depthwise: bool,
-    bias: float,
-    hyperparams_on_separable: bool | None = None,
+    hp: ConvHyperparams, in_ch: int, out_ch: int, kernel: int, depthwise: bool, bias: float
 ) -> nn.Module:
-    """Prediction conv with a bias (``bias`` its initial value); depthwise-separable on request.
-
-    ``hyperparams_on_separable`` (weight-shared heads only) follows the TF OD API's Keras
-    ``SeparableConv2D`` head: True (``apply_conv_hyperparams_to_heads``) initialises and regularises
-    both kernels as ``hp`` says; False leaves them at Keras' glorot-uniform default, unregularised.
-    None keeps ``hp``'s initializer and ``l2_weights_of``'s rule (the per-level predictor).
-    """
+    """Prediction conv with a bias (``bias`` its initial value); depthwise-separable on request."""
     conv = nn.Conv2d(in_ch, out_ch, 1 if depthwise else kernel, padding=0 if depthwise else kernel // 2)
     hp.initialize(conv)
+    nn.init.constant_(conv.bias, bias)  # type: ignore[arg-type]  # Conv2d(bias=True) has one
     if not depthwise:
-        nn.init.constant_(conv.bias, bias)  # type: ignore[arg-type]  # Conv2d(bias=True) has one
         return conv
     spatial = nn.Conv2d(in_ch, in_ch, kernel, padding=kernel // 2, groups=in_ch, bias=False)
     hp.initialize(spatial)
-    if hyperparams_on_separable is False:
-        for c in (spatial, conv):
-            keras_glorot_uniform_(c)
-    if hyperparams_on_separable is not None:
-        _tag(spatial, hyperparams_on_separable)
-        _tag(conv, hyperparams_on_separable)
-    nn.init.constant_(conv.bias, bias)  # type: ignore[arg-type]
     return nn.Sequential(spatial, conv)
 
 
@@ -109,29 +70,15 @@ class _Tower(nn.Module):
         num_levels: int,
         use_depthwise: bool,
         freeze_batchnorm: bool,
-        hyperparams_pointwise: bool = False,
     ) -> None:
         super().__init__()
         convs: list[nn.Module] = []
-        # The TF OD API asks for no bias when the tower has batch norm, whatever force_use_bias says.
-        bias = not hp.use_batch_norm
         for i in range(num_layers):
             c_in = in_ch if i == 0 else depth
             if use_depthwise:
-                # Keras SeparableConv2D as the TF OD API builds it: the depthwise kernel gets the
-                # hyperparams' initializer and regularizer, the pointwise one only with
-                # apply_conv_hyperparams_pointwise (else Keras' glorot-uniform default, no L2).
-                spatial = nn.Conv2d(c_in, c_in, kernel, padding=kernel // 2, groups=c_in, bias=False)
-                point = nn.Conv2d(c_in, depth, 1, bias=bias)
-                hp.initialize(spatial)
-                hp.initialize(point)
-                if not hyperparams_pointwise:
-                    keras_glorot_uniform_(point)
-                convs.append(nn.Sequential(_tag(spatial, True), _tag(point, hyperparams_pointwise)))
+                convs.append(nn.Sequential(hp.conv(c_in, c_in, kernel, groups=c_in), hp.conv(c_in, depth, 1)))
             else:
-                conv = nn.Conv2d(c_in, depth, kernel, padding=kernel // 2, bias=bias)
-                hp.initialize(conv)
-                convs.append(conv)
+                convs.append(hp.conv(c_in, depth, kernel))
         self.convs = nn.ModuleList(convs)
         self.norms = nn.ModuleList(
             nn.ModuleList(hp.norm(depth, freeze_batchnorm) for _ in range(num_layers))
@@ -167,8 +114,6 @@ class WeightSharedConvolutionalBoxPredictor(nn.Module):
         share_prediction_tower: bool = False,
         use_depthwise: bool = False,
         freeze_batchnorm: bool = False,
-        apply_conv_hyperparams_to_heads: bool = False,
-        apply_conv_hyperparams_pointwise: bool = False,
     ) -> None:
         super().__init__()
         self.hp = _hyperparams(conv_hyperparams, "weight_shared_convolutional_box_predictor.conv_hyperparams")
@@ -193,15 +138,13 @@ class WeightSharedConvolutionalBoxPredictor(nn.Module):
             levels,
             use_depthwise,
             freeze_batchnorm,
-            apply_conv_hyperparams_pointwise,
         )
         self.box_tower = _Tower(*tower_args)
         self.class_tower = None if share_prediction_tower else _Tower(*tower_args)
         n = _uniform_count(num_anchors_per_location)
-        on_heads = apply_conv_hyperparams_to_heads
-        self.box_head = _head(self.hp, head_in, n * box_code_size, kernel_size, use_depthwise, 0.0, on_heads)
+        self.box_head = _head(self.hp, head_in, n * box_code_size, kernel_size, use_depthwise, 0.0)
         self.class_head = _head(
-            self.hp, head_in, n * num_classes, kernel_size, use_depthwise, class_prediction_bias_init, on_heads
+            self.hp, head_in, n * num_classes, kernel_size, use_depthwise, class_prediction_bias_init
         )
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -215,15 +158,7 @@ class WeightSharedConvolutionalBoxPredictor(nn.Module):
         return _flatten(classes, self.num_classes), _flatten(boxes, self.box_code_size)
 
     def l2_weights(self, prefix: str = "") -> dict[str, float]:
-        weights = l2_weights_of(self, self.hp, prefix)
-        for name, module in self.named_modules(prefix=prefix):
-            tag = getattr(module, L2_TAG, None)
-            key = f"{name}.weight" if name else "weight"
-            if tag is True and self.hp.l2_weight:
-                weights[key] = self.hp.l2_weight
-            elif tag is False:
-                weights.pop(key, None)
-        return weights
+        return l2_weights_of(self, self.hp, prefix)
 
 
 class ConvolutionalBoxPredictor(nn.Module):

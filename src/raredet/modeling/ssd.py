@@ -269,6 +269,8 @@ def build_box_predictor(
         "score_converter",
         "box_encodings_clip_range",
         "apply_sigmoid_to_scores",
+        "apply_conv_hyperparams_to_heads",
+        "apply_conv_hyperparams_pointwise",
     ):
         fields.pop(ignored, None)
     if name == "weight_shared_convolutional_box_predictor":
@@ -276,8 +278,6 @@ def build_box_predictor(
         fields.pop("dropout_keep_probability", None)
         cls: type[BoxPredictor] = WeightSharedConvolutionalBoxPredictor
     else:
-        fields.pop("apply_conv_hyperparams_to_heads", None)
-        fields.pop("apply_conv_hyperparams_pointwise", None)
         cls = ConvolutionalBoxPredictor
     return cls(
         num_classes=num_classes,
