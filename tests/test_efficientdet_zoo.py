@@ -37,8 +37,9 @@ EFFICIENTDETS = {
 
 
 def _parse(name: str) -> pipeline_pb2.TrainEvalPipelineConfig:
-    return cfg.parse_text((ZOO / name).read_text(encoding="utf-8"), pipeline_pb2.TrainEvalPipelineConfig(),
-                          ZOO / name)
+    return cfg.parse_text(
+        (ZOO / name).read_text(encoding="utf-8"), pipeline_pb2.TrainEvalPipelineConfig(), ZOO / name
+    )
 
 
 @pytest.mark.parametrize("name", sorted(EFFICIENTDETS))
@@ -90,8 +91,8 @@ def test_add_background_class_false_needs_background_as_zeros(tmp_path):
 
 
 def test_add_background_class_false_refuses_softmax(tmp_path):
-    path = _variant(tmp_path, "weighted_sigmoid_focal {\n          alpha: 0.25\n          gamma: 1.5\n        }",
-                    "weighted_softmax { }")
+    focal = "weighted_sigmoid_focal {\n          alpha: 0.25\n          gamma: 1.5\n        }"
+    path = _variant(tmp_path, focal, "weighted_softmax { }")
     with pytest.raises(ConfigError, match="add_background_class: is false, but weighted_softmax needs"):
         cfg.load(path)
 
@@ -116,8 +117,10 @@ def _small_d0(data_dir: Path, size: int = 128) -> Path:
     msg.train_config.batch_size = 2
     msg.train_config.ClearField("fine_tune_checkpoint")
     msg.train_config.ClearField("fine_tune_checkpoint_type")
-    for reader, pattern in ((msg.train_input_reader, "train-*.tfrecord"),
-                            (msg.eval_input_reader[0], "val-*.tfrecord")):
+    for reader, pattern in (
+        (msg.train_input_reader, "train-*.tfrecord"),
+        (msg.eval_input_reader[0], "val-*.tfrecord"),
+    ):
         reader.label_map_path = "label_map.pbtxt"
         reader.tf_record_input_reader.ClearField("input_path")
         reader.tf_record_input_reader.input_path.append(pattern)
@@ -133,8 +136,22 @@ def test_zoo_d0_trains_two_steps_from_the_cli(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", cfg.ConfigWarning)
         assert main(["config", "check", str(config)]) == 0
-        assert main(["train", "--pipeline_config_path", str(config), "--model_dir", str(tmp_path / "run"),
-                     "--num_train_steps", "2", "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--pipeline_config_path",
+                    str(config),
+                    "--model_dir",
+                    str(tmp_path / "run"),
+                    "--num_train_steps",
+                    "2",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
     rows = [json.loads(line) for line in (tmp_path / "run" / "train" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["Loss/total_loss"]) and r["Loss/regularization_loss"] > 0 for r in rows)

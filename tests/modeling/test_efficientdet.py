@@ -89,13 +89,16 @@ def test_levels_strides_and_channels():
     with torch.device("meta"):  # b3 = width 1.2: 40 -> 48, 112 -> 134.4 -> 136, 320 -> 384
         b3 = EfficientNet("b3")
     assert [b3.out_channels[lv] for lv in (3, 4, 5)] == [48, 136, 384]
-    assert [b3.features[s][b].block[-1][0].out_channels for s, b in ((3, 1), (5, 2), (7, 0))] == [48, 136, 384]
+    taps = ((3, 1), (5, 2), (7, 0))
+    assert [b3.features[s][b].block[-1][0].out_channels for s, b in taps] == [48, 136, 384]
 
 
 def test_torchvision_state_dict_loads_into_an_efficientdet_by_name(tmp_path):
     torch.manual_seed(2)
-    state = {k: torch.randn_like(v, dtype=torch.float32) if v.is_floating_point() else v
-             for k, v in EfficientNet("b0", full=True).state_dict().items()}
+    state = {
+        k: torch.randn_like(v, dtype=torch.float32) if v.is_floating_point() else v
+        for k, v in EfficientNet("b0", full=True).state_dict().items()
+    }
     state["classifier.1.weight"], state["classifier.1.bias"] = torch.randn(1000, 1280), torch.randn(1000)
     torch.save(state, tmp_path / "efficientnet_b0.pth")
     model = SSD(**efficientdet_kwargs())
@@ -169,8 +172,10 @@ def test_bifpn_output_shapes_per_level_and_odd_sizes():
 def test_bifpn_projects_every_backbone_input_and_only_those():
     # A backbone map whose channels already equal num_filters still gets its 1x1 conv (TF's rule).
     bifpn = BiFPN({3: 16, 4: 16, 5: 16}, HP, 3, 7, num_iterations=1, num_filters=16)
-    projected = {name: [r.project is not None for r in node.inputs]
-                 for name, node in zip(bifpn.names[3:], bifpn.nodes, strict=True)}
+    projected = {
+        name: [r.project is not None for r in node.inputs]
+        for name, node in zip(bifpn.names[3:], bifpn.nodes, strict=True)
+    }
     assert projected["0_up_lvl_6"] == [True]  # from level 5 (backbone)
     assert projected["0_up_lvl_7"] == [False]  # from 0_up_lvl_6 (already 16 channels)
     assert projected["1_up_lvl_4"] == [True, False, False]
@@ -249,8 +254,11 @@ def efficientdet_kwargs(variant="b0", iterations=1, filters=16, depth=16, layers
         },
         anchor_generator={
             "multiscale_anchor_generator": {
-                "min_level": 3, "max_level": 7, "anchor_scale": 4.0,
-                "aspect_ratios": [1.0, 2.0, 0.5], "scales_per_octave": 3,
+                "min_level": 3,
+                "max_level": 7,
+                "anchor_scale": 4.0,
+                "aspect_ratios": [1.0, 2.0, 0.5],
+                "scales_per_octave": 3,
             }
         },
         post_processing={"score_converter": "SIGMOID"},
@@ -295,7 +303,7 @@ def test_efficientdet_regularised_set_is_the_tf_od_apis():
 def test_efficientdet_unsupported_fields_are_config_errors():
     kwargs = efficientdet_kwargs()
     kwargs["feature_extractor"] = dict(kwargs["feature_extractor"], use_depthwise=True)
-    with pytest.raises(ConfigError, match="feature_extractor.use_depthwise: not supported by ssd_efficientnet"):
+    with pytest.raises(ConfigError, match="use_depthwise: not supported by ssd_efficientnet-b0_bifpn"):
         SSD(**kwargs)
     kwargs["feature_extractor"] = dict(efficientdet_kwargs()["feature_extractor"], depth_multiplier=0.5)
     with pytest.raises(ConfigError, match="feature_extractor.depth_multiplier"):

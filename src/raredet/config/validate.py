@@ -240,9 +240,10 @@ def _validate_background(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
     if ssd.add_background_class:
         return
     if not ssd.encode_background_as_zeros:
-        check.fail("model.ssd.add_background_class", "is false while encode_background_as_zeros is false: the "
-                   "TF OD API then trains unmatched anchors as the first class (a label map with an explicit "
-                   "background class, which raredet does not support); set encode_background_as_zeros: true")
+        check.fail("model.ssd.add_background_class", "is false while encode_background_as_zeros is false: "
+                   "the TF OD API then trains unmatched anchors as the first class (a label map with an "
+                   "explicit background class, which raredet does not support); set "
+                   "encode_background_as_zeros: true")
     kind = ssd.loss.classification_loss.WhichOneof("classification_loss")
     if kind in _SOFTMAX_LOSSES:
         check.fail("model.ssd.add_background_class", f"is false, but {kind} needs the background class "

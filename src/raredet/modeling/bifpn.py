@@ -48,10 +48,13 @@ BACKBONE_MAX_LEVEL = 5
 FAST_ATTENTION_EPSILON = 1e-4
 
 
-def bifpn_nodes(min_level: int, max_level: int, input_max_level: int, num_iterations: int) -> list[tuple[str, int, list[str]]]:
+Node = tuple[str, int, list[str]]  # (name, level, input names)
+
+
+def bifpn_nodes(min_level: int, max_level: int, input_max_level: int, num_iterations: int) -> list[Node]:
     """The TF OD API's BiFPN node list ``[(name, level, input names)]`` after the input nodes
     ``0_up_lvl_{min_level..input_max_level}`` (see the module docstring)."""
-    nodes: list[tuple[str, int, list[str]]] = []
+    nodes: list[Node] = []
     for level in range(input_max_level + 1, max_level + 1):
         nodes.append((f"0_up_lvl_{level}", level, [f"0_up_lvl_{level - 1}"]))
     for i in range(1, num_iterations + 1):
@@ -165,7 +168,9 @@ class BiFpnNode(nn.Module):
         self.post: nn.Module | None = None
         if self.combine is not None:
             self.post = nn.Sequential(
-                hp.act(), SeparableConv2d(hp, num_filters, num_filters, 3), hp.norm(num_filters, freeze_batchnorm)
+                hp.act(),
+                SeparableConv2d(hp, num_filters, num_filters, 3),
+                hp.norm(num_filters, freeze_batchnorm),
             )
 
     def forward(self, inputs: list[Tensor], size: tuple[int, int]) -> Tensor:
@@ -196,8 +201,9 @@ class BiFPN(nn.Module):
         wanted = list(range(min_level, self.input_max_level + 1))
         if max_level <= min_level or not set(wanted) <= set(in_channels):
             raise ConfigError(
-                f"feature_extractor.bifpn: min_level..max_level is {min_level}..{max_level}; max_level must "
-                f"exceed min_level and the backbone must give levels {wanted} (it gives {sorted(in_channels)})"
+                f"feature_extractor.bifpn: min_level..max_level is {min_level}..{max_level}; max_level "
+                f"must exceed min_level and the backbone must give levels {wanted} (it gives "
+                f"{sorted(in_channels)})"
             )
         if num_iterations < 1 or num_filters < 1:
             raise ConfigError(

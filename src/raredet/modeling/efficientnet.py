@@ -39,6 +39,7 @@ block count instead. Initialisation is the TF model's: truncated normal with var
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -164,7 +165,8 @@ class EfficientNet(nn.Module):
     ) -> None:
         super().__init__()
         if variant not in EFFICIENTNET_VARIANTS:
-            raise ConfigError(f"EfficientNet variant: unknown {variant!r}; valid: {sorted(EFFICIENTNET_VARIANTS)}")
+            valid = sorted(EFFICIENTNET_VARIANTS)
+            raise ConfigError(f"EfficientNet variant: unknown {variant!r}; valid: {valid}")
         if not levels or not set(levels) <= set(LEVEL_TAPS):
             raise ConfigError(f"EfficientNet levels must be among {sorted(LEVEL_TAPS)}, got {list(levels)}")
         width, depth = EFFICIENTNET_VARIANTS[variant]
@@ -182,8 +184,15 @@ class EfficientNet(nn.Module):
                 if not full and (s, b) > (last_stage, last_block):
                     break
                 blocks.append(
-                    MBConv(in_ch, out_ch, ratio, kernel, stride if b == 0 else 1,
-                           drop_connect_rate * index / B0_BLOCKS, norm)
+                    MBConv(
+                        in_ch,
+                        out_ch,
+                        ratio,
+                        kernel,
+                        stride if b == 0 else 1,
+                        drop_connect_rate * index / B0_BLOCKS,
+                        norm,
+                    )
                 )
                 in_ch, index = out_ch, index + 1
             if blocks:
@@ -192,16 +201,14 @@ class EfficientNet(nn.Module):
             layers.append(ConvNormSiLU(in_ch, 4 * in_ch, 1, 1, 1, norm))
         self.features = nn.Sequential(*layers)
         self._taps = {LEVEL_TAPS[lv]: lv for lv in self.levels}
-        self.out_channels = {
-            lv: _width(B0_STAGES[LEVEL_TAPS[lv][0] - 1][4], width) for lv in self.levels
-        }
+        self.out_channels = {lv: _width(B0_STAGES[LEVEL_TAPS[lv][0] - 1][4], width) for lv in self.levels}
         init_like_tf(self)
 
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         outputs: dict[int, Tensor] = {}
         x = self.features[0](x)
         for s in range(1, min(len(self.features), len(B0_STAGES) + 1)):
-            for b, block in enumerate(self.features[s]):
+            for b, block in enumerate(cast(nn.Sequential, self.features[s])):
                 x = block(x)
                 level = self._taps.get((s, b))
                 if level is not None:
