@@ -129,7 +129,7 @@ def _small_d0(data_dir: Path, size: int = 128) -> Path:
     return path
 
 
-# slow-ish: builds and trains EfficientDet-D0 (3.9M parameters) for two steps at 128 x 128
+@pytest.mark.slow  # end-to-end CLI: builds and trains EfficientDet-D0 (3.9M parameters) at 128 x 128
 def test_zoo_d0_trains_two_steps_from_the_cli(tmp_path):
     make_synthetic_dataset(tmp_path, images=6, image_size=64, num_shards=1, min_val_boxes=1, val_fraction=0.3)
     config = _small_d0(tmp_path)

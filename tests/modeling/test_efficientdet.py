@@ -169,6 +169,14 @@ def test_bifpn_output_shapes_per_level_and_odd_sizes():
     assert [tuple(o.shape[-2:]) for o in bifpn(odd)] == [(13, 10), (7, 5), (4, 3), (2, 2), (1, 1)]
 
 
+def test_bifpn_without_extra_levels():
+    # max_level 5 = the backbone's top: no 0_up_lvl_6/7; the first top-down node reads 0_up_lvl_5.
+    assert bifpn_nodes(3, 5, 5, 1)[0] == ("1_dn_lvl_4", 4, ["0_up_lvl_4", "0_up_lvl_5"])
+    bifpn = BiFPN({3: 24, 4: 40, 5: 80}, HP, 3, 5, num_iterations=2, num_filters=16)
+    maps = {3: torch.randn(1, 24, 8, 8), 4: torch.randn(1, 40, 4, 4), 5: torch.randn(1, 80, 2, 2)}
+    assert [tuple(o.shape) for o in bifpn(maps)] == [(1, 16, 8, 8), (1, 16, 4, 4), (1, 16, 2, 2)]
+
+
 def test_bifpn_projects_every_backbone_input_and_only_those():
     # A backbone map whose channels already equal num_filters still gets its 1x1 conv (TF's rule).
     bifpn = BiFPN({3: 16, 4: 16, 5: 16}, HP, 3, 7, num_iterations=1, num_filters=16)

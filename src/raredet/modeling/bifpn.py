@@ -60,7 +60,10 @@ def bifpn_nodes(min_level: int, max_level: int, input_max_level: int, num_iterat
     for i in range(1, num_iterations + 1):
         for level in range(max_level - 1, min_level - 1, -1):
             same = f"{i - 1}_up_lvl_{level}" if level > min_level or i == 1 else f"{i - 1}_dn_lvl_{level}"
-            nodes.append((f"{i}_dn_lvl_{level}", level, [same, nodes[-1][0]]))
+            # Without extra levels the first top-down node reads the top input (where the TF OD API,
+            # which always has extra levels in its configs, would fail).
+            above = nodes[-1][0] if nodes else f"0_up_lvl_{max_level}"
+            nodes.append((f"{i}_dn_lvl_{level}", level, [same, above]))
         for level in range(min_level + 1, max_level + 1):
             inputs = [f"{i - 1}_up_lvl_{level}"]
             if level < max_level:
