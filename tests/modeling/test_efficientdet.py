@@ -316,3 +316,26 @@ def test_efficientdet_unsupported_fields_are_config_errors():
     kwargs["feature_extractor"] = dict(efficientdet_kwargs()["feature_extractor"], depth_multiplier=0.5)
     with pytest.raises(ConfigError, match="feature_extractor.depth_multiplier"):
         SSD(**kwargs)
+
+
+@pytest.mark.parametrize("variant", ["b0", "b3", "b7"])
+def test_same_names_shapes_and_outputs_as_torchvision_when_installed(variant):
+    # torchvision is not a raredet dependency; where it is installed this checks against the real thing.
+    tv_efficientnet = pytest.importorskip("torchvision.models.efficientnet")
+    with torch.device("meta"):
+        ref = getattr(tv_efficientnet, f"efficientnet_{variant}")()
+        mine = EfficientNet(variant, full=True)
+    shapes = {k: tuple(t.shape) for k, t in ref.state_dict().items() if not k.startswith("classifier.")}
+    assert shapes == {k: tuple(t.shape) for k, t in mine.state_dict().items()}
+    if variant != "b0":
+        return
+    torch.manual_seed(0)
+    ref, mine = tv_efficientnet.efficientnet_b0().eval(), EfficientNet("b0", levels=(5,), full=True).eval()
+    with torch.no_grad():
+        for k, t in ref.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand_like(t) + 0.5 if "running_var" in k else torch.randn_like(t) * 0.2)
+    mine.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("classifier.")})
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(mine(x)[5], ref.features[:8](x))
