@@ -308,6 +308,13 @@ def test_efficientdet_regularised_set_is_the_tf_od_apis():
     )
 
 
+def test_bifpn_on_another_extractor_is_a_config_error():
+    kwargs = efficientdet_kwargs()
+    kwargs["feature_extractor"]["type"] = "ssd_resnet18_v1_fpn"
+    with pytest.raises(ConfigError, match="bifpn: only the EfficientDet .* not 'ssd_resnet18_v1_fpn'"):
+        SSD(**kwargs)
+
+
 def test_efficientdet_unsupported_fields_are_config_errors():
     kwargs = efficientdet_kwargs()
     kwargs["feature_extractor"] = dict(kwargs["feature_extractor"], use_depthwise=True)

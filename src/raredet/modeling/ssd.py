@@ -233,6 +233,11 @@ def build_feature_extractor(feature_extractor: Config, freeze_batchnorm: bool = 
         raise ConfigError(
             f"model.ssd.feature_extractor.type: unknown {name!r}; valid: {valid} (_keras suffix optional)"
         )
+    if "bifpn" in feature_extractor and not key.startswith("ssd_efficientnet-"):
+        raise ConfigError(
+            f"model.ssd.feature_extractor.bifpn: only the EfficientDet extractors "
+            f"(ssd_efficientnet-b0..b7_bifpn) build a BiFPN, not {name!r}; remove the bifpn block"
+        )
     hp = ConvHyperparams.from_dict(
         feature_extractor.get("conv_hyperparams"), "model.ssd.feature_extractor.conv_hyperparams"
     )
