@@ -156,3 +156,28 @@ def test_zoo_d0_trains_two_steps_from_the_cli(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["Loss/total_loss"]) and r["Loss/regularization_loss"] > 0 for r in rows)
     assert (tmp_path / "run" / "ckpt-2.pt").exists()
+
+
+@pytest.mark.slow  # end-to-end CLI: three short D0 runs
+def test_zoo_d0_resume_is_bit_exact_with_drop_connect(tmp_path):
+    make_synthetic_dataset(tmp_path, images=6, image_size=64, num_shards=1, min_val_boxes=1, val_fraction=0.3)
+    config = str(_small_d0(tmp_path))
+
+    def train(run: str, steps: int) -> None:
+        args = ["train", "--pipeline_config_path", config, "--model_dir", str(tmp_path / run)]
+        assert main([*args, "--num_train_steps", str(steps), "--device", "cpu"]) == 0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", cfg.ConfigWarning)
+        train("straight", 4)
+        train("resumed", 2)
+        train("resumed", 4)
+    straight = torch.load(tmp_path / "straight" / "ckpt-4.pt", weights_only=False)["model"]
+    resumed = torch.load(tmp_path / "resumed" / "ckpt-4.pt", weights_only=False)["model"]
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    # Drop-connect is on in those blocks: a residual block after the first has a nonzero rate.
+    with torch.device("meta"):
+        model, _ = builders.build_model(_parse(D0).model.ssd)
+    blocks = [b for stage in model.backbone.features[1:] for b in stage]
+    assert any(b.use_res_connect and b.drop_prob > 0 for b in blocks)
