@@ -151,14 +151,15 @@ DICT_DEFAULTS: dict[str, Descriptor] = {
     **{f: ssd_pb2.FeaturePyramidNetworks.DESCRIPTOR for f in ("min_level", "max_level",
                                                               "additional_layer_depth")},
     **{f: ssd_pb2.SsdFeatureExtractor.DESCRIPTOR for f in ("type", "depth_multiplier", "min_depth",
-                                                           "num_layers", "use_depthwise",
-                                                           "use_explicit_padding",
-                                                           "override_base_feature_extractor_hyperparams")},
+                                                           "num_layers", "use_depthwise")},
     **{f: post_processing_pb2.PostProcessing.DESCRIPTOR for f in ("score_converter", "logit_scale")},
     **{f: hyperparams_pb2.Hyperparams.DESCRIPTOR for f in ("activation", "force_use_bias",
                                                            "regularize_depthwise")},
     **{f: hyperparams_pb2.BatchNorm.DESCRIPTOR for f in ("decay", "center", "scale", "epsilon", "train")},
     "weight": hyperparams_pb2.L2Regularizer.DESCRIPTOR,
+    # Fields the EfficientDet builder refuses when set (ssd.py, `_efficientdet`).
+    **{f: ssd_pb2.SsdFeatureExtractor.DESCRIPTOR for f in ("use_explicit_padding",
+                                                           "override_base_feature_extractor_hyperparams")},
 }
 
 
