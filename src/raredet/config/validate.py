@@ -236,7 +236,7 @@ def _validate_background(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
     """`add_background_class`: raredet's model has one column per class and an implicit background.
     That is the TF OD API's `add_background_class: false` with `encode_background_as_zeros: true`
     exactly; with `add_background_class: true` the TF OD API adds a background column that raredet
-    does not need (docs/models.md). The combinations whose TF meaning raredet cannot give are errors."""
+    does not need (docs/efficientdet.md). The combinations whose TF meaning raredet cannot give are errors."""
     if ssd.add_background_class:
         return
     if not ssd.encode_background_as_zeros:

@@ -1,4 +1,5 @@
-"""The SSD meta-architecture (RetinaNet when built with an FPN and the weight-shared predictor).
+"""The SSD meta-architecture (RetinaNet when built with an FPN and the weight-shared predictor;
+EfficientDet with an ``ssd_efficientnet-b0..b7_bifpn`` extractor: EfficientNet + BiFPN, docs/efficientdet.md).
 
 One constructor, which builders call with sub-messages of the TF OD API ``ssd`` message as plain dicts
 (``builders.message_kwargs(msg)`` gives them: the set fields, enums by name; absent keys take the
