@@ -82,6 +82,61 @@ CONFIGS = {
 QUICK = ["ssd_resnet18_v1_fpn@0.25", "ssd_mobilenet_v2_fpn (lite)", "ssd_mobilenet_v2 (SSDLite)"]
 
 
+# ---- EfficientDet D0-D7 as the TF2 zoo configs build them ----------------------------------------------
+# (native size, EfficientNet variant, BiFPN iterations, BiFPN filters, combine, predictor layers);
+# D7 is b6 with D6's BiFPN at a larger size.
+EFFICIENTDETS = {
+    "d0": (512, "b0", 3, 64, "fast_attention", 3),
+    "d1": (640, "b1", 4, 88, "fast_attention", 3),
+    "d2": (768, "b2", 5, 112, "fast_attention", 3),
+    "d3": (896, "b3", 6, 160, "fast_attention", 4),
+    "d4": (1024, "b4", 7, 224, "fast_attention", 4),
+    "d5": (1280, "b5", 7, 288, "fast_attention", 4),
+    "d6": (1408, "b6", 8, 384, "sum", 5),
+    "d7": (1536, "b6", 8, 384, "sum", 5),
+}
+EFFDET_HP = {
+    "force_use_bias": True,
+    "activation": "SWISH",
+    "regularizer": {"l2_regularizer": {"weight": 4e-5}},
+    "initializer": {"truncated_normal_initializer": {"stddev": 0.03}},
+    "batch_norm": {"scale": True, "decay": 0.99, "epsilon": 0.001},
+}
+
+
+def _efficientdet(d: str) -> dict[str, Any]:
+    _, variant, iterations, filters, combine, layers = EFFICIENTDETS[d]
+    head_hp = dict(EFFDET_HP, initializer={"random_normal_initializer": {"stddev": 0.01}})
+    return dict(
+        feature_extractor={
+            "type": f"ssd_efficientnet-{variant}_bifpn",
+            "conv_hyperparams": EFFDET_HP,
+            "bifpn": {"min_level": 3, "max_level": 7, "num_iterations": iterations, "num_filters": filters,
+                      "combine_method": combine},
+        },
+        box_predictor={
+            "weight_shared_convolutional_box_predictor": {
+                "conv_hyperparams": head_hp,
+                "depth": filters,
+                "num_layers_before_predictor": layers,
+                "kernel_size": 3,
+                "class_prediction_bias_init": -4.6,
+                "use_depthwise": True,
+            }
+        },
+        anchor_generator={
+            "multiscale_anchor_generator": {"min_level": 3, "max_level": 7, "anchor_scale": 4.0,
+                                            "aspect_ratios": [1.0, 2.0, 0.5], "scales_per_octave": 3}
+        },
+    )
+
+
+# Rows "ssd_efficientdet_d0 (b0)" ...; time them at their native size (EFFICIENTDETS[d][0]).
+CONFIGS.update(
+    {f"ssd_efficientdet_{d} ({v[1]})": (lambda d=d: _efficientdet(d)) for d, v in EFFICIENTDETS.items()}
+)
+
+
 def _seconds(fn: Callable[[], None], repeats: int, warmup: int) -> tuple[float, float]:
     """(median, minimum) wall time of ``fn``. On a shared CPU the minimum is the steadier figure:
     other processes only ever add time."""

@@ -166,6 +166,9 @@ DICT_DEFAULTS: dict[str, Descriptor] = {
                                                            "regularize_depthwise")},
     **{f: hyperparams_pb2.BatchNorm.DESCRIPTOR for f in ("decay", "center", "scale", "epsilon", "train")},
     "weight": hyperparams_pb2.L2Regularizer.DESCRIPTOR,
+    # Fields the EfficientDet builder refuses when set (ssd.py, `_efficientdet`).
+    **{f: ssd_pb2.SsdFeatureExtractor.DESCRIPTOR for f in ("use_explicit_padding",
+                                                           "override_base_feature_extractor_hyperparams")},
 }
 
 

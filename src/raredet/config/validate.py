@@ -72,9 +72,7 @@ NOT_ACTED_ON: frozenset[str] = frozenset(
         "InputReader.include_source_id",
         "Loss.expected_loss_weights",
         "Loss.equalization_loss",
-        "Ssd.add_background_class",
         "Ssd.explicit_background_class",
-        "SsdFeatureExtractor.bifpn",
         "EvalConfig.export_path",
         "EvalConfig.visualization_export_dir",
         "EvalConfig.max_num_boxes_to_visualize",
@@ -222,6 +220,7 @@ def _validate_ssd(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
         check.fail("model.ssd.num_classes", f"is {ssd.num_classes} but the label map {lm.path} has "
                    f"{lm.num_classes} classes; make them agree (background is not counted)")
     check.number(ssd.negative_class_weight, "model.ssd.negative_class_weight", 0.0, 1.0)
+    _validate_background(ssd, check)
     _validate_matcher(ssd, check)
     _validate_anchors(ssd, check)
     _validate_resizer(ssd.image_resizer, check)
@@ -231,6 +230,29 @@ def _validate_ssd(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
         ids = lm.ids if lm is not None else list(range(1, ssd.num_classes + 1))
         check_calibration(ssd.post_processing.calibration_config,
                           "model.ssd.post_processing.calibration_config", ids, check.fail)
+
+
+# Losses that need a background column (raredet gives them a constant zero logit, see docs/models.md).
+_SOFTMAX_LOSSES = ("weighted_softmax", "weighted_logits_softmax")
+
+
+def _validate_background(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
+    """`add_background_class`: raredet's model has one column per class and an implicit background.
+    That is the TF OD API's `add_background_class: false` with `encode_background_as_zeros: true`
+    exactly; with `add_background_class: true` the TF OD API adds a background column that raredet
+    does not need (docs/efficientdet.md). The combinations whose TF meaning raredet cannot give are errors."""
+    if ssd.add_background_class:
+        return
+    if not ssd.encode_background_as_zeros:
+        check.fail("model.ssd.add_background_class", "is false while encode_background_as_zeros is false: "
+                   "the TF OD API then trains unmatched anchors as the first class (a label map with an "
+                   "explicit background class, which raredet does not support); set "
+                   "encode_background_as_zeros: true")
+    kind = ssd.loss.classification_loss.WhichOneof("classification_loss")
+    if kind in _SOFTMAX_LOSSES:
+        check.fail("model.ssd.add_background_class", f"is false, but {kind} needs the background class "
+                   "(a softmax over the foreground classes alone cannot say 'nothing here'); set it to true "
+                   "or use weighted_sigmoid_focal / weighted_sigmoid")
 
 
 def _validate_matcher(ssd: ssd_pb2.Ssd, check: _Checker) -> None:

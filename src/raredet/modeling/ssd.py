@@ -1,4 +1,5 @@
-"""The SSD meta-architecture (RetinaNet when built with an FPN and the weight-shared predictor).
+"""The SSD meta-architecture (RetinaNet when built with an FPN and the weight-shared predictor;
+EfficientDet with an ``ssd_efficientnet-b0..b7_bifpn`` extractor: EfficientNet + BiFPN, docs/efficientdet.md).
 
 One constructor, which builders call with sub-messages of the TF OD API ``ssd`` message as plain dicts
 (``builders.message_kwargs(msg)`` gives them: the set fields, enums by name; absent keys take the
@@ -55,8 +56,10 @@ from torch import Tensor, nn
 from raredet.errors import ConfigError
 from raredet.modeling.anchors import MultiscaleAnchorGenerator, SsdAnchorGenerator
 from raredet.modeling.backbones import MobileNetV2, ResNet
+from raredet.modeling.bifpn import BiFPN
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.calibration import Calibration
+from raredet.modeling.efficientnet import EFFICIENTNET_VARIANTS, LEVEL_TAPS, EfficientNet
 from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
 from raredet.modeling.layers import ConvHyperparams, l2_weights_of
 from raredet.modeling.postprocess import BatchNonMaxSuppression, ScoreConverter, clip_boxes
@@ -97,7 +100,29 @@ class SsdMobileNetV2FeatureExtractor(nn.Module):
         return maps + self.extra(maps[-1])
 
 
-FeatureExtractor = FpnFeatureExtractor | SsdMobileNetV2FeatureExtractor
+class EfficientDetFeatureExtractor(nn.Module):
+    """EfficientNet followed by a BiFPN (EfficientDet); ``forward(x) -> [map per level]``."""
+
+    def __init__(self, backbone: EfficientNet, bifpn: BiFPN, hp: ConvHyperparams) -> None:
+        super().__init__()
+        self.backbone, self.bifpn, self.hp = backbone, bifpn, hp
+        self.levels = list(range(bifpn.min_level, bifpn.max_level + 1))
+        self.out_channels = bifpn.out_channels
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.bifpn(self.backbone(x))
+
+    def l2_weights(self, prefix: str = "") -> dict[str, float]:
+        """The TF OD API's regularised set: the EfficientNet's own (its conv kernels but the depthwise
+        ones, and the squeeze-excitation biases, at 1e-5) and every BiFPN conv kernel at the
+        conv_hyperparams' weight."""
+        dot = f"{prefix}." if prefix else ""
+        weights = self.backbone.l2_weights(f"{dot}backbone")
+        weights.update(self.bifpn.l2_weights(self.hp.l2_weight, f"{dot}bifpn"))
+        return weights
+
+
+FeatureExtractor = FpnFeatureExtractor | SsdMobileNetV2FeatureExtractor | EfficientDetFeatureExtractor
 
 
 def _fpn_extractor(
@@ -138,7 +163,64 @@ def _mobilenet_v2_ssd(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> Feat
     return SsdMobileNetV2FeatureExtractor(backbone, extra, depths, hp)
 
 
+# EfficientDet-D<N>'s BiFPN when the config gives no ``bifpn`` block (the TF OD API's class defaults):
+# variant -> (num_iterations, num_filters, combine_method). D7 is b6 with D6's BiFPN at a larger size.
+EFFICIENTDET_BIFPN_DEFAULTS: dict[str, tuple[int, int, str]] = {
+    "b0": (3, 64, "fast_attention"),
+    "b1": (4, 88, "fast_attention"),
+    "b2": (5, 112, "fast_attention"),
+    "b3": (6, 160, "fast_attention"),
+    "b4": (7, 224, "fast_attention"),
+    "b5": (7, 288, "fast_attention"),
+    "b6": (8, 384, "sum"),
+    "b7": (8, 384, "sum"),
+}
+
+
+def _efficientdet(variant: str, cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
+    where = "model.ssd.feature_extractor"
+    # The TF OD API refuses these for EfficientDet; so does raredet, naming the field.
+    unsupported = {
+        "depth_multiplier": float(cfg.get("depth_multiplier", 1.0)) != 1.0,
+        "use_explicit_padding": bool(cfg.get("use_explicit_padding", False)),
+        "use_depthwise": bool(cfg.get("use_depthwise", False)),
+        "override_base_feature_extractor_hyperparams": bool(
+            cfg.get("override_base_feature_extractor_hyperparams", False)
+        ),
+        "fpn": "fpn" in cfg,
+    }
+    for field, bad in unsupported.items():
+        if bad:
+            raise ConfigError(
+                f"{where}.{field}: not supported by {cfg.get('type')} (EfficientDet: the BiFPN is set in "
+                f"`bifpn {{ ... }}`, the EfficientNet's width is fixed by its variant); remove it"
+            )
+    iterations, filters, combine = EFFICIENTDET_BIFPN_DEFAULTS[variant]
+    bifpn = dict(cfg.get("bifpn") or {})
+    min_level, max_level = int(bifpn.get("min_level", 3)), int(bifpn.get("max_level", 7))
+    levels = tuple(range(min_level, min(max_level, 5) + 1))
+    if not levels or not set(levels) <= set(LEVEL_TAPS):
+        raise ConfigError(
+            f"{where}.bifpn.min_level: {min_level} with max_level {max_level}; EfficientNet gives levels "
+            f"{sorted(LEVEL_TAPS)} (strides 2..32), so min_level must be 1..5 and at most max_level"
+        )
+    backbone = EfficientNet(variant, levels, freeze_batchnorm=freeze_bn)
+    pyramid = BiFPN(
+        backbone.out_channels,
+        hp,
+        min_level=min_level,
+        max_level=max_level,
+        num_iterations=int(bifpn.get("num_iterations", iterations)),
+        # The TF OD API's floor: max(num_filters, min_depth).
+        num_filters=max(int(bifpn.get("num_filters", filters)), int(cfg.get("min_depth", 16))),
+        combine_method=str(bifpn.get("combine_method", combine)),
+        freeze_batchnorm=freeze_bn,
+    )
+    return EfficientDetFeatureExtractor(backbone, pyramid, hp)
+
+
 FEATURE_EXTRACTORS: dict[str, Callable[[Config, ConvHyperparams, bool], FeatureExtractor]] = {
+    **{f"ssd_efficientnet-{v}_bifpn": partial(_efficientdet, v) for v in EFFICIENTNET_VARIANTS},
     "ssd_resnet18_v1_fpn": partial(_resnet_fpn, 18),
     "ssd_resnet34_v1_fpn": partial(_resnet_fpn, 34),
     "ssd_resnet50_v1_fpn": partial(_resnet_fpn, 50),
@@ -156,6 +238,11 @@ def build_feature_extractor(feature_extractor: Config, freeze_batchnorm: bool = 
         valid = ", ".join(sorted(FEATURE_EXTRACTORS))
         raise ConfigError(
             f"model.ssd.feature_extractor.type: unknown {name!r}; valid: {valid} (_keras suffix optional)"
+        )
+    if "bifpn" in feature_extractor and not key.startswith("ssd_efficientnet-"):
+        raise ConfigError(
+            f"model.ssd.feature_extractor.bifpn: only the EfficientDet extractors "
+            f"(ssd_efficientnet-b0..b7_bifpn) build a BiFPN, not {name!r}; remove the bifpn block"
         )
     hp = ConvHyperparams.from_dict(
         feature_extractor.get("conv_hyperparams"), "model.ssd.feature_extractor.conv_hyperparams"
@@ -291,7 +378,7 @@ class SSD(nn.Module):
             )
 
     @property
-    def backbone(self) -> ResNet | MobileNetV2:
+    def backbone(self) -> ResNet | MobileNetV2 | EfficientNet:
         """The torchvision-named backbone (where classification checkpoints load)."""
         return self.feature_extractor.backbone
 
@@ -325,6 +412,10 @@ class SSD(nn.Module):
 
     def l2_weights(self) -> dict[str, float]:
         """``{parameter name: l2_regularizer.weight}`` for every regularised parameter (conv kernels)."""
-        weights = l2_weights_of(self.feature_extractor, self.feature_extractor.hp, "feature_extractor")
+        extractor = self.feature_extractor
+        if isinstance(extractor, EfficientDetFeatureExtractor):
+            weights = extractor.l2_weights("feature_extractor")
+        else:
+            weights = l2_weights_of(extractor, extractor.hp, "feature_extractor")
         weights.update(self.box_predictor.l2_weights("box_predictor"))
         return weights
