@@ -72,7 +72,12 @@ def _pad_stack(arrays: list[np.ndarray], n: int, fill: Any, dtype: Any) -> torch
 
 
 def collate(examples: Sequence[Example]) -> dict[str, Any]:
-    """Pad images bottom/right and boxes to the batch maximum; see docs/internals.md for the keys."""
+    """Pad images bottom/right and boxes to the batch maximum; see docs/internals.md for the keys.
+
+    ``images`` is ``[B, 3, H, W]`` uint8 stored channels-last (a permuted view of the ``[B, H, W, 3]``
+    buffer the decoded images are written into): the model runs channels-last, so no copy into NCHW
+    and back is made.
+    """
     heights = [e["image"].shape[0] for e in examples]
     widths = [e["image"].shape[1] for e in examples]
     images = np.zeros((len(examples), max(heights), max(widths), 3), dtype=np.uint8)
@@ -80,7 +85,7 @@ def collate(examples: Sequence[Example]) -> dict[str, Any]:
         images[i, : heights[i], : widths[i]] = e["image"]
     n = max([len(e["labels"]) for e in examples] + [1])
     return {
-        "images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        "images": torch.from_numpy(images).permute(0, 3, 1, 2),
         "boxes": _pad_stack([e["boxes"].reshape(-1, 4) for e in examples], n, 0.0, np.float32),
         "labels": _pad_stack([e["labels"] for e in examples], n, -1, np.int64),
         "weights": _pad_stack([e["weights"] for e in examples], n, 0.0, np.float32),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch.nn.functional as F
@@ -20,10 +21,13 @@ from torch import Tensor, nn
 
 from raredet.errors import ConfigError
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
+# ReLU and ReLU6 run in place: every activation here follows a conv or a batch norm, whose backward
+# needs its input, not its output, and the ReLU(6) backward needs only its own output (the same mask).
+# SiLU's backward needs its input, so it stays out of place.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "NONE": nn.Identity,
-    "RELU": nn.ReLU,
-    "RELU_6": nn.ReLU6,
+    "RELU": partial(nn.ReLU, inplace=True),
+    "RELU_6": partial(nn.ReLU6, inplace=True),
     "SWISH": nn.SiLU,
 }
 
