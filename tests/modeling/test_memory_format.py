@@ -92,6 +92,20 @@ def test_in_place_activations_change_nothing():
         assert torch.equal(grads_a[name], grads_b[name]), name
 
 
+def test_only_relu_and_relu6_run_in_place():
+    from raredet.modeling.layers import ConvHyperparams
+
+    def act(name: str, inplace: bool) -> nn.Module:
+        return ConvHyperparams.from_dict({"activation": name}).act(inplace=inplace)
+
+    assert act("RELU_6", True).inplace and act("RELU", True).inplace
+    assert not act("RELU_6", False).inplace
+    assert not act("SWISH", True).inplace  # SiLU's backward needs its input
+    x = torch.tensor([-1.0, 3.0, 8.0])
+    act("RELU_6", True)(x)
+    assert x.tolist() == [0.0, 3.0, 6.0]  # overwritten: the point of in place
+
+
 def test_collate_gives_channels_last_images_without_copying_into_nchw():
     rng = np.random.default_rng(0)
     examples = []

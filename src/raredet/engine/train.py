@@ -6,6 +6,12 @@ a function of the step; each example's augmentation depends only on (seed, epoch
 dataset's contract); the sampler's epoch order depends only on (seed, epoch); the position inside the
 epoch, the optimizer and EMA state and the global RNG states are in the checkpoint.
 
+Speed (docs/benchmarks.md): the model trains channels-last (the loader's batches already are, so no
+layout is converted on the way); intra-op threads are the cores of this process's share of the node
+and inter-op threads 1, so that torchrun's processes and the data workers do not oversubscribe the
+cores; on CUDA the loader pins memory and the copies to the GPU do not block. `precision` chooses
+fp32 or bf16 autocast (`PRECISIONS`).
+
 Under torchrun every rank takes its share (`batch_size / world_size`) of the global batch. The
 criterion normalises by the number of matches summed over ranks and divided by the world size
 (DetectionLoss does, DETR-style), so DDP's gradient average equals one process on the global batch.
@@ -20,7 +26,7 @@ import random
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,9 @@ from raredet.modeling.layers import FrozenBatchNorm2d
 Criterion = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], dict[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
 LOGGED_TERMS = ("classification_loss", "localization_loss", "total_loss")
+# "auto": bf16 autocast on CUDA (raredet's behaviour before the choice existed; not re-measured here),
+# fp32 on CPU (bf16 changes the numbers, and the CPU default keeps them); "fp32" / "bf16" force one.
+PRECISIONS = ("auto", "fp32", "bf16")
 EVAL_SHOWN = ("DetectionBoxes_Precision/mAP", "DetectionBoxes_Precision/mAP@.50IOU", "Loss/total_loss",
               "PascalBoxes_Precision/mAP@0.5IOU")
 
@@ -77,6 +86,7 @@ class TrainComponents:
     num_workers: int = 0
     sync_batch_norm: bool = False
     class_weights: list[ClassWeight] = field(default_factory=list)
+    precision: str = "auto"  # one of PRECISIONS; builders: "bf16" when train_config.use_bfloat16
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -159,8 +169,9 @@ def batch_stream(
             )
         loader = torch.utils.data.DataLoader(
             components.dataset, batch_sampler=batches[batch_in_epoch:], collate_fn=components.collate_fn,
-            num_workers=components.num_workers, worker_init_fn=_ignore_sigint,
+            num_workers=components.num_workers, worker_init_fn=_init_worker,
             generator=torch.Generator().manual_seed(seed * 100003 + epoch),
+            pin_memory=info.device.type == "cuda",  # page-locked batches: the copy to the GPU can overlap
         )
         for i, batch in enumerate(loader, start=batch_in_epoch + 1):
             yield epoch, i, batch
@@ -170,10 +181,12 @@ def batch_stream(
 # ---- signals ------------------------------------------------------------------------------------
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Ctrl-C reaches the whole process group: data workers keep serving so that the main process
-    can finish its step and write the checkpoint."""
+def _init_worker(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: data workers ignore it and keep serving so that the
+    main process can finish its step and write the checkpoint. One thread per worker (torch's default
+    there too): the training threads keep the cores."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
 
 
 class StopFlag:
@@ -205,16 +218,68 @@ def catch_stop_signals() -> Iterator[StopFlag]:
 # ---- one step -----------------------------------------------------------------------------------
 
 
-def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def to_device(batch: Mapping[str, Any], device: torch.device, channels_last: bool = True) -> dict[str, Any]:
+    """The batch's tensors on `device`; `images` channels-last (no copy when they already are, as
+    `collate` makes them) unless not `channels_last`. Asynchronous to CUDA (the loader pins memory)."""
+    non_blocking = device.type == "cuda"
+    out = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+           for k, v in batch.items()}
+    images = out.get("images")
+    if isinstance(images, torch.Tensor) and images.dim() == 4:
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        out["images"] = images.contiguous(memory_format=memory_format)
+    return out
+
+
+def autocast_for(device: torch.device, precision: str) -> AbstractContextManager[Any]:
+    """The autocast context of `precision` (see PRECISIONS) on `device`."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def configure_threads(local_world_size: int = 1) -> int:
+    """Intra-op threads = this process's share of the usable cores, inter-op threads 1; returns the
+    intra-op count. An explicit OMP_NUM_THREADS wins (torchrun sets 1 for several processes per node).
+
+    On 2 cores, 2 processes of 2 threads each (or threads plus a busy data worker) spin at each
+    parallel region's barrier whenever a partner thread is not scheduled: more CPU-seconds, no speed.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // max(1, local_world_size))
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)  # no inter-op parallelism in this loop; one idle pool fewer
+    except RuntimeError:  # already started (set once per process): keep what it is
+        pass
+    return threads
+
+
+def default_num_workers(device: torch.device, local_world_size: int = 1) -> int:
+    """DataLoader workers per process: on CPU `min(4, cores // 2)` (the model needs the cores, and a
+    320x320 batch of 8 decodes in ~30 ms of one core against a step of ~1 s); on CUDA every core of
+    this process's share but one (decoding must keep up with the GPU), at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cuda":
+        return max(1, min(8, cores // max(1, local_world_size) - 1))
+    return min(4, cores // 2)
+
+
+def eval_workers(device: torch.device) -> int:
+    """Evaluation's loader workers: on CUDA as for training (the GPU must not wait for decoding); on
+    CPU none (the model needs the cores, and a worker's start costs more than it saves there)."""
+    return default_num_workers(device) if device.type == "cuda" else 0
 
 
 def forward_backward(
     components: TrainComponents, model: nn.Module, batch: Mapping[str, Any], device: torch.device
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Forward, loss and backward of one batch; returns the loss dict (detached) and the grad norm."""
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
-    with autocast:
+    with autocast_for(device, components.precision):
         outputs = model(batch["images"])
     outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
     losses = components.criterion(outputs, batch)
@@ -354,17 +419,22 @@ def train(
     eval_every_n_steps: int = 0,
     eval_fn: EvalFn | None = None,
     progress: bool = True,
+    channels_last: bool = True,
 ) -> TrainResult:
     """Train to `components.num_steps`, resuming from the newest checkpoint in `model_dir`.
 
     Returns when done or after SIGINT/SIGTERM (a checkpoint is written either way). Raises
-    TrainingDiverged on a non-finite loss or gradient.
+    TrainingDiverged on a non-finite loss or gradient. `channels_last`: the model's 4-d weights (and
+    so its activations) in NHWC memory order, faster on CPUs and on GPUs with bf16; the same results
+    up to float rounding (other kernels sum in another order).
     """
     info = dist_utils.init_distributed(device)
     model_dir = Path(model_dir)
     seed_everything(seed)
     per_rank_batch(components.batch_size, info.world_size)  # fail before any work
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     components.model.to(info.device)
+    components.model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's stubs lack it
     if components.ema is not None:
         components.ema.to(info.device)
     step, epoch, batch_in_epoch, last = 0, 0, 0, None
@@ -381,7 +451,7 @@ def train(
         logger.message(f"resuming from {last} at step {step}")
     if components.class_weights:
         logger.text("class_weights", format_class_weight_table(components.class_weights))
-    options = LoopOptions(model_dir, seed, checkpoint_every_n, eval_every_n_steps, eval_fn)
+    options = LoopOptions(model_dir, seed, checkpoint_every_n, eval_every_n_steps, eval_fn, channels_last)
     try:
         return _loop(components, model, info, logger, Position(step, epoch, batch_in_epoch, last), options)
     finally:
@@ -405,6 +475,7 @@ class LoopOptions:
     checkpoint_every_n: int
     eval_every_n_steps: int
     eval_fn: EvalFn | None
+    channels_last: bool = True
 
 
 def _loop(components: TrainComponents, model: nn.Module, info: dist_utils.DistInfo, logger: TrainLogger,
@@ -418,8 +489,8 @@ def _loop(components: TrainComponents, model: nn.Module, info: dist_utils.DistIn
             lr = components.schedule(pos.step)
             set_learning_rate(components.optimizer, lr)
             components.optimizer.zero_grad(set_to_none=True)
-            losses, grad_norm = forward_backward(components, model, to_device(batch, info.device),
-                                                 info.device)
+            on_device = to_device(batch, info.device, opts.channels_last)
+            losses, grad_norm = forward_backward(components, model, on_device, info.device)
             terms = averaged_terms(losses, grad_norm)
             if not all(math.isfinite(v) for v in terms.values()):
                 raise diverged_error(pos.step, terms, pos.last)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch.nn.functional as F
@@ -21,15 +20,15 @@ from torch import Tensor, nn
 
 from raredet.errors import ConfigError
 
-# ReLU and ReLU6 run in place: every activation here follows a conv or a batch norm, whose backward
-# needs its input, not its output, and the ReLU(6) backward needs only its own output (the same mask).
-# SiLU's backward needs its input, so it stays out of place.
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+ACTIVATIONS: dict[str, type[nn.Module]] = {
     "NONE": nn.Identity,
-    "RELU": partial(nn.ReLU, inplace=True),
-    "RELU_6": partial(nn.ReLU6, inplace=True),
+    "RELU": nn.ReLU,
+    "RELU_6": nn.ReLU6,
     "SWISH": nn.SiLU,
 }
+# Activations whose backward needs only their output (the same mask), so they may overwrite their
+# input. SiLU's backward needs its input: never in place.
+IN_PLACE_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):
@@ -125,8 +124,11 @@ class ConvHyperparams:
             regularize_depthwise=bool(message.get("regularize_depthwise", False)),
         )
 
-    def act(self) -> nn.Module:
-        return ACTIVATIONS[self.activation]()
+    def act(self, inplace: bool = False) -> nn.Module:
+        """The activation; ``inplace`` where the caller's input is not needed afterwards (after a conv or
+        a batch norm, whose backward needs their input, not their output) and the activation allows."""
+        cls = ACTIVATIONS[self.activation]
+        return cls(inplace=True) if inplace and issubclass(cls, IN_PLACE_ACTIVATIONS) else cls()
 
     def norm(self, channels: int, freeze_batchnorm: bool) -> nn.Module:
         """The batch norm these hyperparams ask for (``Identity`` when none)."""
@@ -206,7 +208,7 @@ class ConvNormAct(nn.Sequential):
             convs = [hp.conv(in_ch, in_ch, kernel, stride, groups=in_ch), hp.conv(in_ch, out_ch, 1)]
         else:
             convs = [hp.conv(in_ch, out_ch, kernel, stride)]
-        super().__init__(*convs, hp.norm(out_ch, freeze_batchnorm), hp.act())
+        super().__init__(*convs, hp.norm(out_ch, freeze_batchnorm), hp.act(inplace=True))
 
 
 def l2_weights_of(module: nn.Module, hp: ConvHyperparams, prefix: str = "") -> dict[str, float]:

@@ -84,7 +84,7 @@ class _Tower(nn.Module):
             nn.ModuleList(hp.norm(depth, freeze_batchnorm) for _ in range(num_layers))
             for _ in range(num_levels)
         )
-        self.act = hp.act()
+        self.act = hp.act(inplace=True)  # after a conv or a batch norm
 
     def forward(self, x: Tensor, level: int) -> Tensor:
         norms = cast(nn.ModuleList, self.norms[level])
@@ -210,7 +210,9 @@ class ConvolutionalBoxPredictor(nn.Module):
 
     def _tower_layer(self, in_ch: int, out_ch: int, freeze_batchnorm: bool) -> nn.Module:
         return nn.Sequential(
-            self.hp.conv(in_ch, out_ch, 1), self.hp.norm(out_ch, freeze_batchnorm), self.hp.act()
+            self.hp.conv(in_ch, out_ch, 1),
+            self.hp.norm(out_ch, freeze_batchnorm),
+            self.hp.act(inplace=True),
         )
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
