@@ -533,6 +533,7 @@ def build_training(
         class_names=label_map.names, ema=ema, evaluate_with_ema=cfg.eval_config.use_moving_averages,
         gradient_clipping_by_norm=cfg.train_config.gradient_clipping_by_norm, num_workers=num_workers,
         sync_batch_norm=uses_sync_batch_norm(cfg.model.ssd), class_weights=class_weights,
+        precision="bf16" if cfg.train_config.use_bfloat16 else "auto",
         metadata={"config_text": effective_config_text(cfg), "label_map_text": label_map.to_pbtxt()},
     )
 
@@ -554,9 +555,10 @@ def load_fine_tune_checkpoint(model: nn.Module, train_config: train_pb2.TrainCon
 
 
 def build_eval_loader(
-    loaded: LoadedConfig, sample_1_of_n: int | None = None
+    loaded: LoadedConfig, sample_1_of_n: int | None = None, num_workers: int = 0
 ) -> torch.utils.data.DataLoader | None:
-    """The eval_input_reader's data (no augmentation), every n-th example; None without a reader."""
+    """The eval_input_reader's data (no augmentation), every n-th example, decoded by `num_workers`
+    processes; None without a reader."""
     cfg = loaded.config
     if not len(cfg.eval_input_reader) or cfg.eval_input_reader[0].WhichOneof("input_reader") is None:
         return None
@@ -567,7 +569,7 @@ def build_eval_loader(
     every = sample_1_of_n or msg.sample_1_of_n_examples or 1
     subset = torch.utils.data.Subset(dataset, range(0, len(dataset), every))
     return torch.utils.data.DataLoader(subset, batch_size=max(cfg.eval_config.batch_size, 1),
-                                       shuffle=False, collate_fn=collate)
+                                       shuffle=False, collate_fn=collate, num_workers=num_workers)
 
 
 def eval_options(loaded: LoadedConfig, operating_point: Rule | None = None) -> dict[str, Any]:

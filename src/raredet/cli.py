@@ -150,6 +150,9 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--eval_every_n_steps", type=int, default=0,
                    help="validation loss and metrics on eval_input_reader every N steps (0: never)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="autocast precision; default: bf16 if train_config.use_bfloat16, else auto "
+                        "(bf16 on CUDA, fp32 on CPU)")
 
     def run(a: argparse.Namespace) -> int:
         from raredet.commands.train import train_from_config
@@ -158,7 +161,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             a.pipeline_config_path, a.model_dir, num_train_steps=a.num_train_steps,
             checkpoint_every_n=a.checkpoint_every_n, seed=a.seed, device=a.device,
             sample_1_of_n_eval_examples=a.sample_1_of_n_eval_examples,
-            eval_every_n_steps=a.eval_every_n_steps,
+            eval_every_n_steps=a.eval_every_n_steps, precision=a.precision,
         )
         return 130 if result.interrupted else 0  # stopped by a signal: checkpoint written, not finished
 

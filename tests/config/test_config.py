@@ -260,13 +260,15 @@ def test_train_and_eval_label_maps_must_agree(tmp_path):
 
 
 def test_not_acted_on_fields_at_default_values_do_not_warn(tmp_path):
-    path = write_variant(tmp_path, "batch_size: 2", "batch_size: 2 sync_replicas: false use_bfloat16: true")
+    # (use_bfloat16 served here until it became acted on: it now chooses the autocast precision)
+    path = write_variant(tmp_path, "batch_size: 2",
+                         "batch_size: 2 sync_replicas: false summarize_gradients: true")
     with pytest.warns(cfg.ConfigWarning) as record:
         loaded = cfg.load(path)
     assert len(record) == 1
-    assert "train_config.use_bfloat16" in str(record[0].message)
+    assert "train_config.summarize_gradients" in str(record[0].message)
     assert "sync_replicas" not in str(record[0].message)
-    assert cfg.not_acted_on(loaded.config) == ["train_config.use_bfloat16"]
+    assert cfg.not_acted_on(loaded.config) == ["train_config.summarize_gradients"]
 
 
 # ---- effective config and summary ---------------------------------------------------------------------

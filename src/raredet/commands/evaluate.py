@@ -23,6 +23,7 @@ from raredet.commands.trained import model_weights
 from raredet.config import LabelMap
 from raredet.engine.checkpoint import list_checkpoints, load_checkpoint
 from raredet.engine.evaluate import evaluate
+from raredet.engine.train import eval_workers
 from raredet.errors import CheckpointError, ConfigError
 from raredet.evaluation import operating_points as ops
 from raredet.evaluation.coco import load_json
@@ -48,14 +49,14 @@ class EvalJob:
                  review_precision: float | None = None,
                  operating_points_from: str | Path | None = None) -> None:
         self.loaded = config.load(pipeline_config_path)
-        loader = builders.build_eval_loader(self.loaded, sample_1_of_n)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        loader = builders.build_eval_loader(self.loaded, sample_1_of_n, num_workers=eval_workers(self.device))
         if loader is None or self.loaded.label_map is None:
             raise ConfigError(f"{pipeline_config_path}: eval_input_reader has no input reader or label map; "
                               "add one (it names the data to evaluate on)")
         self.loader: Iterable[Mapping[str, Any]] = loader
         self.label_map: LabelMap = self.loaded.label_map
         self.model, _ = builders.build_model(self.loaded.config.model.ssd, self.label_map.ids)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
         self.options = builders.eval_options(self.loaded, operating_point)
         if review_precision is not None:  # the flag adds (or replaces) every class's review band

@@ -14,14 +14,22 @@ from raredet import builders, config
 from raredet.config import LoadedConfig
 from raredet.engine import distributed as dist_utils
 from raredet.engine.evaluate import evaluate
-from raredet.engine.train import EvalFn, TrainComponents, TrainResult, train
+from raredet.engine.train import (
+    EvalFn,
+    TrainComponents,
+    TrainResult,
+    configure_threads,
+    default_num_workers,
+    eval_workers,
+    train,
+)
 from raredet.errors import ConfigError
 
 
 def _eval_fn(loaded: LoadedConfig, model_dir: Path, components: TrainComponents, sample_1_of_n: int | None,
              device: torch.device) -> EvalFn:
     """Validation loss and metrics on `eval_input_reader`, written under `model_dir/eval`."""
-    loader = builders.build_eval_loader(loaded, sample_1_of_n)
+    loader = builders.build_eval_loader(loaded, sample_1_of_n, num_workers=eval_workers(device))
     label_map = loaded.label_map  # never None once the loader is built (builders require a label map)
     if loader is None or label_map is None:
         raise ConfigError(f"{loaded.path}: --eval_every_n_steps needs an eval_input_reader with an input; "
@@ -53,13 +61,23 @@ def train_from_config(
     device: str | None = None,
     eval_every_n_steps: int = 0,
     num_workers: int | None = None,
+    precision: str | None = None,
 ) -> TrainResult:
-    """`raredet train`: load the config, build everything, train (resuming from `model_dir`)."""
+    """`raredet train`: load the config, build everything, train (resuming from `model_dir`).
+
+    Threads and data workers are sized to this process's share of the node (`engine.train.
+    configure_threads`, `default_num_workers`); `precision` (see `engine.train.PRECISIONS`) overrides
+    the config's `train_config.use_bfloat16`.
+    """
     loaded = config.load(pipeline_config_path)
     info = dist_utils.init_distributed(device)
-    workers = num_workers if num_workers is not None else min(4, max((os.cpu_count() or 1) // 2, 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    configure_threads(local_world)
+    workers = num_workers if num_workers is not None else default_num_workers(info.device, local_world)
     components = builders.build_training(loaded, seed=seed, num_train_steps=num_train_steps,
                                          num_workers=workers)
+    if precision is not None:
+        components.precision = precision
     report = builders.load_fine_tune_checkpoint(components.model, loaded.config.train_config)
     if report and info.is_main:
         print(report)

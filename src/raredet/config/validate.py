@@ -30,7 +30,6 @@ NOT_ACTED_ON: frozenset[str] = frozenset(
         "TrainConfig.sync_replicas",
         "TrainConfig.startup_delay_steps",
         "TrainConfig.replicas_to_aggregate",
-        "TrainConfig.use_bfloat16",
         "TrainConfig.fine_tune_checkpoint_version",
         "TrainConfig.keep_checkpoint_every_n_hours",
         "TrainConfig.batch_queue_capacity",
