@@ -4,8 +4,15 @@ Built from a pipeline.config through `raredet.builders`, as `raredet train` buil
 rare-defects TFRecords (written under bench/results/tmp/), a RetinaNet-style SSD (FPN levels 3-7, depth
 128, 4 predictor layers, focal loss, momentum optimizer), for `ssd_resnet18_v1_fpn` and
 `ssd_mobilenet_v2_fpn` at 320x320, batch 8. Each phase is the median over the timed steps (after one
-untimed warm-up step); images/s is batch / median step time. Peak memory: CUDA allocator peak on GPU,
-the process's peak resident set on CPU. Run as `python -m bench.bench_train [--quick]`.
+untimed warm-up step); images/s is batch / median step time; data wait % is the median data wait over
+the median step. Peak memory: CUDA allocator peak on GPU, the process's peak resident set on CPU.
+As `raredet train` runs: channels-last model and batches, `--precision` as `raredet train --precision`
+(default auto: bf16 autocast on CUDA, fp32 on CPU), the loader's workers as `default_num_workers` sizes
+them, pinned memory and non-blocking copies on CUDA. Run as
+`python -m bench.bench_train [--quick] [--device cuda] [--precision fp32|bf16]`.
+
+`--device cuda` has not been run by the engineer who wrote it (no GPU was lent to that task); the
+code path is the CPU one plus CUDA synchronisation before each timestamp.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from bench.common import RESULTS_DIR, save_result
 from raredet import builders, config
 from raredet.data.synth import make_synthetic_dataset
 from raredet.engine.optim import set_learning_rate
-from raredet.engine.train import to_device
+from raredet.engine.train import autocast_for, default_num_workers, to_device
 
 MODELS = ("ssd_resnet18_v1_fpn", "ssd_mobilenet_v2_fpn")
 PHASES = ("data_wait", "forward", "loss", "backward", "optimizer")
@@ -70,13 +77,12 @@ def _timer(device: torch.device) -> Callable[[], float]:
     return now
 
 
-def _step_times(comps: Any, loader_iter: Any, device: torch.device) -> dict[str, float]:
+def _step_times(comps: Any, loader_iter: Any, device: torch.device, precision: str) -> dict[str, float]:
     now = _timer(device)
     t0 = now()
     batch = to_device(next(loader_iter), device)
     t1 = now()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with autocast:
+    with autocast_for(device, precision):
         outputs = comps.model(batch["images"])
     outputs = {k: v.float() for k, v in outputs.items()}
     t2 = now()
@@ -97,22 +103,25 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def bench_model(data_dir: Path, model: str, size: int, batch: int, steps: int,
-                device: torch.device) -> dict[str, Any]:
+                device: torch.device, precision: str = "auto") -> dict[str, Any]:
     cfg_path = data_dir / f"{model}.config"
     cfg_path.write_text(CONFIG.format(model=model, size=size, batch=batch))
-    comps = builders.build_training(config.load(cfg_path), seed=0, num_workers=2)
-    comps.model.to(device).train()
+    workers = default_num_workers(device)
+    comps = builders.build_training(config.load(cfg_path), seed=0, num_workers=workers)
+    comps.model.to(device, memory_format=torch.channels_last).train()
     set_learning_rate(comps.optimizer, comps.schedule(0))
     loader = torch.utils.data.DataLoader(comps.dataset, batch_size=batch, shuffle=True, drop_last=True,
-                                         collate_fn=comps.collate_fn, num_workers=comps.num_workers)
+                                         collate_fn=comps.collate_fn, num_workers=comps.num_workers,
+                                         pin_memory=device.type == "cuda")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     it = iter(_forever(loader))
-    _step_times(comps, it, device)  # warm-up: allocator, kernels, worker start
-    runs = [_step_times(comps, it, device) for _ in range(steps)]
+    _step_times(comps, it, device, precision)  # warm-up: allocator, kernels, worker start
+    runs = [_step_times(comps, it, device, precision) for _ in range(steps)]
     medians = {p: statistics.median(r[p] for r in runs) for p in PHASES}
     step = statistics.median(sum(r.values()) for r in runs)
     return {"model": model, "size": size, "batch": batch, "steps": steps, "device": str(device),
+            "precision": precision, "workers": workers, "data_wait_share": medians["data_wait"] / step,
             **{f"{p}_s": v for p, v in medians.items()}, "step_s": step, "images_per_s": batch / step,
             "peak_memory_mb": _peak_memory_mb(device),
             "parameters": sum(p.numel() for p in comps.model.parameters())}
@@ -124,16 +133,17 @@ def _forever(loader: Any) -> Any:
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
-    head = "| model | size | batch | device | " + " | ".join(f"{p} ms" for p in PHASES)
-    lines = [head + " | step ms | images/s | peak MB |", "|" + "---|" * (len(PHASES) + 8)]
+    head = "| model | size | batch | device | precision | " + " | ".join(f"{p} ms" for p in PHASES)
+    lines = [head + " | step ms | images/s | data wait % | peak MB |", "|" + "---|" * (len(PHASES) + 9)]
     for r in rows:
         phases = " | ".join(f"{1000 * r[f'{p}_s']:.0f}" for p in PHASES)
-        lines.append(f"| {r['model']} | {r['size']} | {r['batch']} | {r['device']} | {phases} | "
-                     f"{1000 * r['step_s']:.0f} | {r['images_per_s']:.1f} | {r['peak_memory_mb']:.0f} |")
+        lines.append(f"| {r['model']} | {r['size']} | {r['batch']} | {r['device']} | {r['precision']} | "
+                     f"{phases} | {1000 * r['step_s']:.0f} | {r['images_per_s']:.1f} | "
+                     f"{100 * r['data_wait_share']:.1f} | {r['peak_memory_mb']:.0f} |")
     return lines
 
 
-def run(quick: bool, device: str | None = None) -> dict[str, Any]:
+def run(quick: bool, device: str | None = None, precision: str = "auto") -> dict[str, Any]:
     """Both models at 320x320, batch 8, 5 timed steps; `quick`: 128x128, batch 2, 2 steps."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     size, batch, steps = (128, 2, 2) if quick else (320, 8, 5)
@@ -141,7 +151,7 @@ def run(quick: bool, device: str | None = None) -> dict[str, Any]:
     if not (data_dir / "label_map.pbtxt").exists():
         make_synthetic_dataset(data_dir, images=4 * batch + 8, image_size=size, num_shards=1,
                                min_val_boxes=1)
-    rows = [bench_model(data_dir, m, size, batch, steps, dev) for m in MODELS]
+    rows = [bench_model(data_dir, m, size, batch, steps, dev, precision) for m in MODELS]
     return {"rows": rows, "summary": _table(rows)}
 
 
@@ -149,10 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small smoke-sized run")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="autocast precision (default auto: bf16 on CUDA, fp32 on CPU)")
     args = parser.parse_args(argv)
-    result = run(args.quick, args.device)
+    result = run(args.quick, args.device, args.precision)
     print("\n".join(result["summary"]))
-    print(f"wrote {save_result('train', result)}")
+    print(f"wrote {save_result('quick/train' if args.quick else 'train', result)}")
     return 0
 
 

@@ -20,8 +20,8 @@ from typing import Any
 from bench.common import RESULTS_DIR, machine
 from raredet.fileio import atomic_write_json, atomic_write_text
 
-BENCHMARKS = ["bench_tfrecord", "bench_model", "bench_loss", "bench_postprocess", "bench_train", "bench_eval",
-              "imbalance"]
+BENCHMARKS = ["bench_zoo", "bench_tfrecord", "bench_model", "bench_loss", "bench_postprocess", "bench_train",
+              "bench_eval", "imbalance"]
 
 
 def _run_one(name: str, quick: bool, out_dir: Path) -> tuple[list[str], bool]:

@@ -1,0 +1,270 @@
+"""The TF2 zoo's `ssd_mobilenet_v2_fpnlite_320x320` trained on the CPU through `raredet train`'s own path
+(`train_from_config`: loader with its workers, threads, channels-last, logging), next to issue 15's
+reference figures for this 2-core machine kind.
+
+The config is the zoo file (tests/fixtures/configs/ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config)
+with only what a local run must change: `num_classes` 3 and the synthetic rare-defects TFRecords
+(320x320, written under bench/results/tmp/), `batch_size` 8, no `fine_tune_checkpoint`. Each run is a
+fresh process; a global optimizer-step hook stamps every step. Reported per run: the median step time
+over the steps after the warm-up, the CPU-seconds per step over the same steps (the process and its
+data workers, read from /proc), the FLOPs of one training step (3x the forward's, counted by
+`FlopCounterMode`: convolutions and matmuls, a multiply-add = 2 FLOPs) and so the achieved GFLOP/s,
+which shows the ratio on a machine of another speed.
+
+`--compare-src OLD/src`: alternate runs of this tree and of another checkout's `src` (e.g. the commit
+before a speed change, unpacked with `git archive`), same config, same data, and print both medians and
+their ratio. Speed needs a quiet machine; the 1-minute load average before and after each run is
+recorded with it.
+
+    python -m bench.bench_zoo [--quick] [--steps N] [--runs R] [--compare-src DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS_DIR, save_result
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO_CONFIG = ROOT / "tests" / "fixtures" / "configs" / "ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config"
+# Issue 15, measured side by side on this machine kind (2 cores), batch 8, 200 steps per run.
+REFERENCE = {
+    "tf_od_api_s_per_step": 0.541,
+    "tf_od_api_cpu_s_per_step": 250 / 200,  # 250 CPU-seconds per 200-step run (start-up included)
+    "raredet_before_s_per_step": 1.045,
+}
+SIZE, BATCH = 320, 8
+
+
+def make_config(data_dir: Path) -> Path:
+    """The zoo config pointed at the synthetic data in `data_dir` (written there as zoo.config)."""
+    from google.protobuf import text_format
+
+    from raredet.config import parse_config
+    from raredet.data.synth import make_synthetic_dataset
+
+    if not (data_dir / "label_map.pbtxt").exists():
+        make_synthetic_dataset(data_dir, images=120, image_size=SIZE, num_shards=2, min_val_boxes=1)
+    cfg = parse_config(ZOO_CONFIG.read_text(), ZOO_CONFIG)
+    cfg.model.ssd.num_classes = 3
+    cfg.train_config.batch_size = BATCH
+    for name in ("fine_tune_checkpoint", "fine_tune_checkpoint_type", "fine_tune_checkpoint_version"):
+        cfg.train_config.ClearField(name)  # type: ignore[arg-type]
+    for reader, split in [(cfg.train_input_reader, "train"), (cfg.eval_input_reader[0], "val")]:
+        reader.label_map_path = str(data_dir / "label_map.pbtxt")
+        del reader.tf_record_input_reader.input_path[:]
+        reader.tf_record_input_reader.input_path.append(str(data_dir / f"{split}-*"))
+    path = data_dir / "zoo.config"
+    path.write_text(text_format.MessageToString(cfg))
+    return path
+
+
+# ---- one run (in its own process) ---------------------------------------------------------------
+
+
+def _cpu_seconds_of_tree(pid: int) -> float:
+    """user + system CPU of `pid`, its reaped children and its live descendants (/proc, Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:  # exited meanwhile
+                continue
+            stats[int(entry.name)] = text[text.rindex(")") + 2 :].split()  # fields from 3 (state) on
+    children: dict[int, list[int]] = {}
+    for p, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(p)
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:  # utime, stime, cutime, cstime are fields 14-17 (index 11-14 here)
+            total += sum(int(v) for v in stats[p][11:15]) / tick
+        todo += children.get(p, [])
+    return total
+
+
+def _step_flops(config_path: Path) -> int:
+    """FLOPs of one training step: 3x the model's forward on a batch (the backward computes a gradient
+    for the input and one for the weights, each as costly as the forward). Counted forward only:
+    FlopCounterMode counts a depthwise conv's weight gradient as a dense conv's, 100x too high here."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from raredet import builders, config
+
+    comps = builders.build_training(config.load(config_path), seed=0, num_workers=0)
+    batch = comps.collate_fn([comps.dataset[i] for i in range(BATCH)])
+    comps.model.train()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        comps.model(batch["images"])
+    return 3 * int(counter.get_total_flops())
+
+
+def one_run(config_path: Path, steps: int, warmup: int, out: Path) -> None:
+    """`raredet train` for `steps` steps in this process; writes the timings to `out` (JSON)."""
+    import warnings
+
+    import torch
+
+    from raredet.engine.train import train_from_config
+
+    warnings.simplefilter("ignore")  # the zoo config's TPU fields: one known warning
+    os.environ["TQDM_DISABLE"] = "1"
+    stamps: list[float] = []
+    cpu: dict[int, float] = {}
+
+    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        stamps.append(time.perf_counter())
+        if len(stamps) in (warmup, steps):
+            cpu[len(stamps)] = _cpu_seconds_of_tree(os.getpid())
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(hook)
+    with tempfile.TemporaryDirectory() as model_dir:
+        train_from_config(config_path, model_dir, num_train_steps=steps, checkpoint_every_n=10**9,
+                          device="cpu")
+        lines = (Path(model_dir) / "train" / "log.jsonl").read_text().splitlines()
+        log = [json.loads(line) for line in lines]
+    handle.remove()
+    times = [b - a for a, b in zip(stamps[warmup - 1 : -1], stamps[warmup:], strict=True)]
+    result = {
+        "step_times_s": times,
+        "step_s": statistics.median(times),
+        "cpu_s_per_step": (cpu[steps] - cpu[warmup]) / (steps - warmup),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "first_loss": log[0]["Loss/total_loss"],
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    out.write_text(json.dumps(result))
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _spawn(src: Path, config_path: Path, steps: int, warmup: int) -> dict[str, Any]:
+    """One run in a fresh process whose `raredet` comes from `src`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(ROOT)])}
+        env.pop("OMP_NUM_THREADS", None)  # the code under test picks its threads
+        code = ("import sys; from pathlib import Path; from bench.bench_zoo import one_run; "
+                "one_run(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))")
+        load_before = _load()
+        subprocess.run([sys.executable, "-c", code, str(config_path), str(steps), str(warmup), str(out)],
+                       env=env, check=True, cwd=tmp)
+        result: dict[str, Any] = json.loads(out.read_text())
+    result["load_before"], result["load_after"] = load_before, _load()
+    return result
+
+
+# ---- the benchmark ------------------------------------------------------------------------------
+
+
+def _summary(variants: dict[str, list[dict[str, Any]]], gflop: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, runs in variants.items():
+        step = statistics.median(r["step_s"] for r in runs)
+        out[name] = {
+            "step_s_median": step,
+            "step_s_runs": [r["step_s"] for r in runs],
+            "cpu_s_per_step_median": statistics.median(r["cpu_s_per_step"] for r in runs),
+            "gflop_per_s": gflop / step,
+            "first_loss": [r["first_loss"] for r in runs],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "load": [(r["load_before"], r["load_after"]) for r in runs],
+            "threads": runs[0]["threads"],
+        }
+    return out
+
+
+def _table(summary: dict[str, Any], gflop: float, steps: int, warmup: int) -> list[str]:
+    ref = REFERENCE
+    lines = [
+        f"ssd_mobilenet_v2_fpnlite_320x320 (zoo config, 3 classes), batch {BATCH}, CPU, "
+        f"{gflop:.1f} GFLOP per step (3x the forward's convs and matmuls); median step over steps "
+        f"{warmup + 1}-{steps} of each run",
+        "",
+        "| what | s/step | CPU-s/step | GFLOP/s | vs TF OD API 0.541 s/step |",
+        "|---|---|---|---|---|",
+        f"| TF OD API 2.15.1 (issue 15, same machine kind) | {ref['tf_od_api_s_per_step']:.3f} | "
+        f"{ref['tf_od_api_cpu_s_per_step']:.2f} (incl. start-up) | {gflop / ref['tf_od_api_s_per_step']:.1f} "
+        "(at raredet's FLOP count) | 1.00x |",
+        f"| raredet before (issue 15) | {ref['raredet_before_s_per_step']:.3f} | 2.2-2.4 (incl. start-up) | "
+        f"{gflop / ref['raredet_before_s_per_step']:.1f} | "
+        f"{ref['raredet_before_s_per_step'] / ref['tf_od_api_s_per_step']:.2f}x |",
+    ]
+    for name, s in summary.items():
+        loads = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in s["load"])
+        lines.append(
+            f"| raredet {name}, measured now (runs: {', '.join(f'{t:.3f}' for t in s['step_s_runs'])}; "
+            f"1-min load before/after: {loads}) | {s['step_s_median']:.3f} | "
+            f"{s['cpu_s_per_step_median']:.2f} | {s['gflop_per_s']:.1f} | "
+            f"{s['step_s_median'] / ref['tf_od_api_s_per_step']:.2f}x |"
+        )
+    if len(summary) == 2:
+        (a, sa), (b, sb) = summary.items()
+        step_ratio = sa["step_s_median"] / sb["step_s_median"]
+        cpu_ratio = sa["cpu_s_per_step_median"] / sb["cpu_s_per_step_median"]
+        lines += ["", f"{a} / {b}, same-run medians: step time {step_ratio:.3f}; "
+                      f"CPU-s per step {cpu_ratio:.3f}"]
+    return lines
+
+
+def run(quick: bool, steps: int | None = None, runs: int | None = None,
+        compare_src: Path | None = None) -> dict[str, Any]:
+    """`runs` runs of `steps` steps (3 warm-up) each; `quick`: 1 run of 5 steps (2 warm-up)."""
+    warmup = 2 if quick else 3
+    steps = steps or (5 if quick else 13)
+    runs = runs or (1 if quick else 3)
+    data_dir = RESULTS_DIR / "tmp" / f"zoo_{SIZE}"
+    config_path = make_config(data_dir)
+    gflop = _step_flops(config_path) / 1e9
+    sources = {"this tree": ROOT / "src"}
+    if compare_src is not None:
+        sources["compared"] = compare_src.resolve()
+    variants: dict[str, list[dict[str, Any]]] = {name: [] for name in sources}
+    for _ in range(runs):  # alternate, so load changes hit every variant alike
+        for name, src in sources.items():
+            variants[name].append(_spawn(src, config_path, steps, warmup))
+    summary = _summary(variants, gflop)
+    return {"steps": steps, "warmup": warmup, "gflop_per_step": gflop, "reference": REFERENCE,
+            "variants": summary, "runs": variants, "summary": _table(summary, gflop, steps, warmup)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one run of 5 steps")
+    parser.add_argument("--steps", type=int, help="steps per run (default 13; the first 3 are warm-up)")
+    parser.add_argument("--runs", type=int, help="runs per variant (default 3)")
+    parser.add_argument("--compare-src", type=Path, help="another checkout's src/ to alternate with")
+    args = parser.parse_args(argv)
+    result = run(args.quick, args.steps, args.runs, args.compare_src)
+    print("\n".join(result["summary"]))
+    name = "zoo_compare" if args.compare_src else ("quick/zoo" if args.quick else "zoo")
+    print(f"wrote {save_result(name, result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
