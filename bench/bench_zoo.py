@@ -117,7 +117,7 @@ def one_run(config_path: Path, steps: int, warmup: int, out: Path) -> None:
 
     import torch
 
-    from raredet.engine.train import train_from_config
+    from raredet.commands.train import train_from_config
 
     warnings.simplefilter("ignore")  # the zoo config's TPU fields: one known warning
     os.environ["TQDM_DISABLE"] = "1"
@@ -161,12 +161,14 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
-def _spawn(src: Path, config_path: Path, steps: int, warmup: int) -> dict[str, Any]:
-    """One run in a fresh process whose `raredet` comes from `src`."""
+def _spawn(src: Path, config_path: Path, steps: int, warmup: int, threads: int | None) -> dict[str, Any]:
+    """One run in a fresh process whose `raredet` comes from `src` (OMP_NUM_THREADS=`threads` if set)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(ROOT)])}
-        env.pop("OMP_NUM_THREADS", None)  # the code under test picks its threads
+        env.pop("OMP_NUM_THREADS", None)  # the code under test picks its threads ...
+        if threads:  # ... unless asked: one thread has no barrier spinning, so CPU-s are load-proof
+            env["OMP_NUM_THREADS"] = str(threads)
         code = ("import sys; from pathlib import Path; from bench.bench_zoo import one_run; "
                 "one_run(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))")
         load_before = _load()
@@ -231,7 +233,7 @@ def _table(summary: dict[str, Any], gflop: float, steps: int, warmup: int) -> li
 
 
 def run(quick: bool, steps: int | None = None, runs: int | None = None,
-        compare_src: Path | None = None) -> dict[str, Any]:
+        compare_src: Path | None = None, threads: int | None = None) -> dict[str, Any]:
     """`runs` runs of `steps` steps (3 warm-up) each; `quick`: 1 run of 5 steps (2 warm-up)."""
     warmup = 2 if quick else 3
     steps = steps or (5 if quick else 13)
@@ -245,10 +247,11 @@ def run(quick: bool, steps: int | None = None, runs: int | None = None,
     variants: dict[str, list[dict[str, Any]]] = {name: [] for name in sources}
     for _ in range(runs):  # alternate, so load changes hit every variant alike
         for name, src in sources.items():
-            variants[name].append(_spawn(src, config_path, steps, warmup))
+            variants[name].append(_spawn(src, config_path, steps, warmup, threads))
     summary = _summary(variants, gflop)
-    return {"steps": steps, "warmup": warmup, "gflop_per_step": gflop, "reference": REFERENCE,
-            "variants": summary, "runs": variants, "summary": _table(summary, gflop, steps, warmup)}
+    return {"steps": steps, "warmup": warmup, "omp_num_threads": threads, "gflop_per_step": gflop,
+            "reference": REFERENCE, "variants": summary, "runs": variants,
+            "summary": _table(summary, gflop, steps, warmup)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,10 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="steps per run (default 13; the first 3 are warm-up)")
     parser.add_argument("--runs", type=int, help="runs per variant (default 3)")
     parser.add_argument("--compare-src", type=Path, help="another checkout's src/ to alternate with")
+    parser.add_argument("--threads", type=int,
+                        help="OMP_NUM_THREADS for the runs (default: the code's own choice)")
     args = parser.parse_args(argv)
-    result = run(args.quick, args.steps, args.runs, args.compare_src)
+    result = run(args.quick, args.steps, args.runs, args.compare_src, args.threads)
     print("\n".join(result["summary"]))
     name = "zoo_compare" if args.compare_src else ("quick/zoo" if args.quick else "zoo")
+    name += f"_threads{args.threads}" if args.threads else ""
     print(f"wrote {save_result(name, result)}")
     return 0
 
