@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -34,7 +35,7 @@ def _params(model_dir: Path, rank: int) -> dict[str, torch.Tensor]:
     return dict(saved["params"])
 
 
-# slow-ish: starts four torchrun processes (about ten seconds)
+@pytest.mark.slow  # starts four torchrun processes (about ten seconds)
 def test_two_nodes_match_one_node_with_two_processes(tmp_path):
     script = [str(HERE / "toy_training.py")]
     port = _free_port()
