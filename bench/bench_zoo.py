@@ -111,8 +111,9 @@ def _step_flops(config_path: Path) -> int:
     return 3 * int(counter.get_total_flops())
 
 
-def one_run(config_path: Path, steps: int, warmup: int, out: Path) -> None:
-    """`raredet train` for `steps` steps in this process; writes the timings to `out` (JSON)."""
+def one_run(config_path: Path, steps: int, warmup: int, out: Path, precision: str = "") -> None:
+    """`raredet train` for `steps` steps in this process (`--precision` if given); writes the timings to
+    `out` (JSON)."""
     import warnings
 
     import torch
@@ -133,8 +134,9 @@ def one_run(config_path: Path, steps: int, warmup: int, out: Path) -> None:
 
     handle = register_optimizer_step_post_hook(hook)
     with tempfile.TemporaryDirectory() as model_dir:
+        options = {"precision": precision} if precision else {}  # older checkouts lack the argument
         train_from_config(config_path, model_dir, num_train_steps=steps, checkpoint_every_n=10**9,
-                          device="cpu")
+                          device="cpu", **options)
         lines = (Path(model_dir) / "train" / "log.jsonl").read_text().splitlines()
         log = [json.loads(line) for line in lines]
     handle.remove()
@@ -161,7 +163,8 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
-def _spawn(src: Path, config_path: Path, steps: int, warmup: int, threads: int | None) -> dict[str, Any]:
+def _spawn(src: Path, config_path: Path, steps: int, warmup: int, threads: int | None,
+           precision: str = "") -> dict[str, Any]:
     """One run in a fresh process whose `raredet` comes from `src` (OMP_NUM_THREADS=`threads` if set)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
@@ -169,11 +172,11 @@ def _spawn(src: Path, config_path: Path, steps: int, warmup: int, threads: int |
         env.pop("OMP_NUM_THREADS", None)  # the code under test picks its threads ...
         if threads:  # ... unless asked: one thread has no barrier spinning, so CPU-s are load-proof
             env["OMP_NUM_THREADS"] = str(threads)
-        code = ("import sys; from pathlib import Path; from bench.bench_zoo import one_run; "
-                "one_run(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))")
+        code = ("import sys; from pathlib import Path; from bench.bench_zoo import one_run; a = sys.argv; "
+                "one_run(Path(a[1]), int(a[2]), int(a[3]), Path(a[4]), a[5])")
         load_before = _load()
-        subprocess.run([sys.executable, "-c", code, str(config_path), str(steps), str(warmup), str(out)],
-                       env=env, check=True, cwd=tmp)
+        args = [str(config_path), str(steps), str(warmup), str(out), precision]
+        subprocess.run([sys.executable, "-c", code, *args], env=env, check=True, cwd=tmp)
         result: dict[str, Any] = json.loads(out.read_text())
     result["load_before"], result["load_after"] = load_before, _load()
     return result
@@ -233,8 +236,9 @@ def _table(summary: dict[str, Any], gflop: float, steps: int, warmup: int) -> li
 
 
 def run(quick: bool, steps: int | None = None, runs: int | None = None,
-        compare_src: Path | None = None, threads: int | None = None) -> dict[str, Any]:
-    """`runs` runs of `steps` steps (3 warm-up) each; `quick`: 1 run of 5 steps (2 warm-up)."""
+        compare_src: Path | None = None, threads: int | None = None, precision: str = "") -> dict[str, Any]:
+    """`runs` runs of `steps` steps (3 warm-up) each; `quick`: 1 run of 5 steps (2 warm-up).
+    `precision` (this tree's runs only): `raredet train --precision`."""
     warmup = 2 if quick else 3
     steps = steps or (5 if quick else 13)
     runs = runs or (1 if quick else 3)
@@ -247,9 +251,11 @@ def run(quick: bool, steps: int | None = None, runs: int | None = None,
     variants: dict[str, list[dict[str, Any]]] = {name: [] for name in sources}
     for _ in range(runs):  # alternate, so load changes hit every variant alike
         for name, src in sources.items():
-            variants[name].append(_spawn(src, config_path, steps, warmup, threads))
+            variants[name].append(_spawn(src, config_path, steps, warmup, threads,
+                                         precision if name == "this tree" else ""))
     summary = _summary(variants, gflop)
-    return {"steps": steps, "warmup": warmup, "omp_num_threads": threads, "gflop_per_step": gflop,
+    return {"steps": steps, "warmup": warmup, "omp_num_threads": threads,
+            "precision": precision or "default", "gflop_per_step": gflop,
             "reference": REFERENCE, "variants": summary, "runs": variants,
             "summary": _table(summary, gflop, steps, warmup)}
 
@@ -263,11 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-src", type=Path, help="another checkout's src/ to alternate with")
     parser.add_argument("--threads", type=int,
                         help="OMP_NUM_THREADS for the runs (default: the code's own choice)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="",
+                        help="raredet train --precision for this tree's runs (default: the config's)")
     args = parser.parse_args(argv)
-    result = run(args.quick, args.steps, args.runs, args.compare_src, args.threads)
+    result = run(args.quick, args.steps, args.runs, args.compare_src, args.threads, args.precision)
     print("\n".join(result["summary"]))
     name = "zoo_compare" if args.compare_src else ("quick/zoo" if args.quick else "zoo")
     name += f"_threads{args.threads}" if args.threads else ""
+    name += f"_{args.precision}" if args.precision else ""
     print(f"wrote {save_result(name, result)}")
     return 0
 

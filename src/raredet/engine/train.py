@@ -247,15 +247,15 @@ def configure_threads(local_world_size: int = 1) -> int:
     On 2 cores, 2 processes of 2 threads each (or threads plus a busy data worker) spin at each
     parallel region's barrier whenever a partner thread is not scheduled: more CPU-seconds, no speed.
     """
+    try:
+        torch.set_num_interop_threads(1)  # no inter-op parallelism in this loop; one idle pool fewer
+    except RuntimeError:  # already started (set once per process): keep what it is
+        pass
     if "OMP_NUM_THREADS" in os.environ:
         return torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // max(1, local_world_size))
     torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)  # no inter-op parallelism in this loop; one idle pool fewer
-    except RuntimeError:  # already started (set once per process): keep what it is
-        pass
     return threads
 
 
