@@ -36,6 +36,7 @@ def _run_one(name: str, quick: bool, out_dir: Path) -> tuple[list[str], bool]:
         traceback.print_exc()
         return [f"## {name}", "", "FAILED (see the console output)", ""], False
     seconds = time.perf_counter() - start
+    print("\n".join(result.get("summary", [])), flush=True)  # e.g. bench_zoo's table next to issue 15's
     atomic_write_json(_result_path(out_dir, name), {"machine": machine(), "seconds": seconds, **result})
     return [f"## {name} ({seconds:.0f} s)", "", *result.get("summary", []), ""], True
 
