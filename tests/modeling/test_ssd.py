@@ -9,6 +9,8 @@ from raredet.errors import ConfigError
 from raredet.modeling.anchors import MultiscaleAnchorGenerator
 from raredet.modeling.ssd import SSD
 
+from .conftest import tiny_ssd_kwargs
+
 # Settings of the TF2 model zoo's ssd_mobilenet_v2_fpnlite_320x320 and ssd_resnet50_v1_fpn_640x640
 # (num_classes changed), written as the builders pass them.
 ZOO_ANCHORS = {
@@ -236,9 +238,16 @@ def test_l2_weights_name_real_parameters(tiny_ssd):
     weights = model.l2_weights()
     params = dict(model.named_parameters())
     assert weights and set(weights) <= set(params)
-    assert all(params[n].dim() == 4 for n in weights) and set(weights.values()) == {4e-5}
+    assert all(params[n].dim() == 4 for n in weights) and not any(n.endswith("bias") for n in weights)
+    # No override_base_feature_extractor_hyperparams: the backbone keeps the TF OD API Keras ResNet's
+    # own l2(1e-4), i.e. 2e-4 as a conv_hyperparams weight; the rest has the config's 4e-5.
+    backbone = {w for n, w in weights.items() if n.startswith("feature_extractor.backbone.")}
+    rest = {w for n, w in weights.items() if not n.startswith("feature_extractor.backbone.")}
+    assert backbone == {2e-4} and rest == {4e-5}
     assert "feature_extractor.backbone.conv1.weight" in weights
-    assert not any(n.endswith("bias") for n in weights)
+    kwargs = tiny_ssd_kwargs()
+    kwargs["feature_extractor"]["override_base_feature_extractor_hyperparams"] = True
+    assert set(SSD(**kwargs).l2_weights().values()) == {4e-5}
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace's own deprecation notice
