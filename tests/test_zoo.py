@@ -89,9 +89,11 @@ def test_readme_lists_exactly_the_configs_that_train(statuses):
 
 
 def test_every_refusal_names_what_raredet_supports():
-    for name in ("faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config",
-                 "centernet_hourglass104_512x512_coco17_tpu-8.config",
-                 "ssd_efficientdet_d0_512x512_coco17_tpu-8.config"):
+    for name in (
+        "faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config",
+        "centernet_hourglass104_512x512_coco17_tpu-8.config",
+        "ssd_efficientdet_d0_512x512_coco17_tpu-8.config",
+    ):
         with pytest.raises(ConfigError) as err:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", cfg.ConfigWarning)
@@ -136,13 +138,17 @@ def _mobilenet_v1_fpn_regularised() -> tuple[set[str], int]:
     count = 3 * 32 * 3 * 3
     for i, (c_in, c_out) in enumerate(zip(V1_WIDTHS[:-1], V1_WIDTHS[1:], strict=True)):
         # override_base_feature_extractor_hyperparams: depthwise and pointwise kernels both.
-        names |= {f"feature_extractor.backbone.blocks.{i}.depthwise.0.weight",
-                  f"feature_extractor.backbone.blocks.{i}.pointwise.0.weight"}
+        names |= {
+            f"feature_extractor.backbone.blocks.{i}.depthwise.0.weight",
+            f"feature_extractor.backbone.blocks.{i}.pointwise.0.weight",
+        }
         count += c_in * 9 + c_in * c_out
     fpn = "feature_extractor.fpn"
     names |= {f"{fpn}.projections.{i}.weight" for i in range(3)}  # 1x1 from 256, 512, 1024 channels
     count += (256 + 512 + 1024) * 256
-    names |= {f"{fpn}.smoothing.{i}.0.weight" for i in range(2)} | {f"{fpn}.extra.{i}.0.weight" for i in range(2)}
+    names |= {f"{fpn}.smoothing.{i}.0.weight" for i in range(2)} | {
+        f"{fpn}.extra.{i}.0.weight" for i in range(2)
+    }
     count += 4 * 256 * 256 * 9
     for tower in ("box_tower", "class_tower"):  # 4 layers each, not shared
         names |= {f"box_predictor.{tower}.convs.{i}.weight" for i in range(4)}
@@ -154,7 +160,9 @@ def _mobilenet_v1_fpn_regularised() -> tuple[set[str], int]:
 
 def test_mobilenet_v1_fpn_regularised_set_and_step0_loss():
     torch.manual_seed(0)
-    model, l2 = builders.build_model(_load_zoo("ssd_mobilenet_v1_fpn_640x640_coco17_tpu-8.config").config.model.ssd)
+    model, l2 = builders.build_model(
+        _load_zoo("ssd_mobilenet_v1_fpn_640x640_coco17_tpu-8.config").config.model.ssd
+    )
     names, count = _mobilenet_v1_fpn_regularised()
     assert set(l2) == names and set(l2.values()) == {4e-5}
     params = dict(model.named_parameters())
@@ -179,7 +187,8 @@ def test_fpnlite_regularises_what_the_tf_od_api_does():
     # FPN: projections yes; each separable smoothing / extra conv: depthwise (.0) yes, pointwise (.1) no.
     fpn = {n.removeprefix("feature_extractor.fpn.") for n in l2 if n.startswith("feature_extractor.fpn.")}
     assert fpn == {f"projections.{i}.weight" for i in range(3)} | {
-        f"{part}.{i}.0.weight" for part, k in (("smoothing", 2), ("extra", 2)) for i in range(k)}
+        f"{part}.{i}.0.weight" for part, k in (("smoothing", 2), ("extra", 2)) for i in range(k)
+    }
     # Shared tower: depthwise yes, pointwise no (apply_conv_hyperparams_pointwise is false); the
     # depthwise heads (Keras SeparableConv2D without remapping) no.
     head = {n.removeprefix("box_predictor.") for n in l2 if n.startswith("box_predictor.")}
@@ -209,15 +218,19 @@ def data_dir(tmp_path_factory):
 def _small_copy(name: str, data_dir: Path, size: int = 128) -> Path:
     """The zoo config with only what a user changes: classes, data paths, a small batch and image size,
     and no fine_tune_checkpoint (there is no TF checkpoint to load)."""
-    msg = cfg.parse_text((ZOO / name).read_text(encoding="utf-8"), pipeline_pb2.TrainEvalPipelineConfig(),
-                         ZOO / name)
+    msg = cfg.parse_text(
+        (ZOO / name).read_text(encoding="utf-8"), pipeline_pb2.TrainEvalPipelineConfig(), ZOO / name
+    )
     msg.model.ssd.num_classes = 3
     msg.model.ssd.image_resizer.fixed_shape_resizer.height = size
     msg.model.ssd.image_resizer.fixed_shape_resizer.width = size
     msg.train_config.batch_size = 2
     msg.train_config.ClearField("fine_tune_checkpoint")
     msg.train_config.ClearField("fine_tune_checkpoint_type")
-    for reader, pattern in ((msg.train_input_reader, "train-*.tfrecord"), (msg.eval_input_reader[0], "val-*.tfrecord")):
+    for reader, pattern in (
+        (msg.train_input_reader, "train-*.tfrecord"),
+        (msg.eval_input_reader[0], "val-*.tfrecord"),
+    ):
         reader.label_map_path = "label_map.pbtxt"
         reader.tf_record_input_reader.ClearField("input_path")
         reader.tf_record_input_reader.input_path.append(pattern)
@@ -227,17 +240,29 @@ def _small_copy(name: str, data_dir: Path, size: int = 128) -> Path:
 
 
 @pytest.mark.parametrize(
-    "name", ["ssd_mobilenet_v1_fpn_640x640_coco17_tpu-8.config", "ssd_resnet152_v1_fpn_640x640_coco17_tpu-8.config"]
+    "name",
+    ["ssd_mobilenet_v1_fpn_640x640_coco17_tpu-8.config", "ssd_resnet152_v1_fpn_640x640_coco17_tpu-8.config"],
 )
 def test_zoo_config_trains_two_steps_from_the_cli(name, data_dir, tmp_path):
     torch.set_num_threads(1)
     path = _small_copy(name, data_dir)
     assert cli.main(["config", "check", str(path)]) == 0
     model_dir = tmp_path / "run"
-    args = ["train", "--pipeline_config_path", str(path), "--model_dir", str(model_dir), "--device", "cpu",
-            "--num_train_steps", "2"]
+    args = [
+        "train",
+        "--pipeline_config_path",
+        str(path),
+        "--model_dir",
+        str(model_dir),
+        "--device",
+        "cpu",
+        "--num_train_steps",
+        "2",
+    ]
     assert cli.main(args) == 0
     records = [json.loads(x) for x in (model_dir / "train" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     assert all(math.isfinite(r["Loss/total_loss"]) for r in records)
-    assert math.isfinite(records[0]["Loss/regularization_loss"]) and records[0]["Loss/regularization_loss"] > 0
+    assert (
+        math.isfinite(records[0]["Loss/regularization_loss"]) and records[0]["Loss/regularization_loss"] > 0
+    )

@@ -98,7 +98,12 @@ def test_mobilenet_v1_names_levels_and_widths():
     assert shapes["blocks.12.pointwise.1.running_var"] == (1024,)
     assert model.out_channels == {2: 128, 3: 256, 4: 512, 5: 1024}
     out = model.eval()(torch.zeros(1, 3, 64, 96))
-    assert {lv: tuple(t.shape[-2:]) for lv, t in out.items()} == {2: (16, 24), 3: (8, 12), 4: (4, 6), 5: (2, 3)}
+    assert {lv: tuple(t.shape[-2:]) for lv, t in out.items()} == {
+        2: (16, 24),
+        3: (8, 12),
+        4: (4, 6),
+        5: (2, 3),
+    }
     # TF OD API widths: max(int(c * multiplier), min_depth), no rounding to 8; FPN-lite narrows the top.
     narrow = MobileNetV1(0.3, min_depth=16, top_depths=(512, 256))
     assert narrow.out_channels == {2: 38, 3: 76, 4: 153, 5: 76}

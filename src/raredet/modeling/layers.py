@@ -206,7 +206,9 @@ def _random_normal(weight: Tensor, mean: float = 0.0, stddev: float = 1.0, fans:
     nn.init.normal_(weight, float(mean), float(stddev))
 
 
-def _truncated_normal(weight: Tensor, mean: float = 0.0, stddev: float = 1.0, fans: Fans | None = None) -> None:
+def _truncated_normal(
+    weight: Tensor, mean: float = 0.0, stddev: float = 1.0, fans: Fans | None = None
+) -> None:
     # TF's truncated_normal_initializer: redraw beyond 2 stddev, stddev not rescaled.
     mean, stddev = float(mean), float(stddev)
     nn.init.trunc_normal_(weight, mean, stddev, mean - 2 * stddev, mean + 2 * stddev)

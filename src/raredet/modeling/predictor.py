@@ -91,7 +91,9 @@ class _Tower(nn.Module):
             c_in = in_ch if i == 0 else depth
             if use_depthwise:  # the 1x1 takes hp only with apply_conv_hyperparams_pointwise
                 convs.append(
-                    nn.Sequential(*hp.separable(c_in, depth, kernel, depthwise_hp=True, pointwise_hp=pointwise_hp))
+                    nn.Sequential(
+                        *hp.separable(c_in, depth, kernel, depthwise_hp=True, pointwise_hp=pointwise_hp)
+                    )
                 )
             else:
                 convs.append(hp.conv(c_in, depth, kernel))
@@ -221,7 +223,12 @@ class ConvolutionalBoxPredictor(nn.Module):
             )
             class_heads.append(
                 _head(
-                    self.hp, head_in, n * num_classes, kernel_size, use_depthwise, class_prediction_bias_init,
+                    self.hp,
+                    head_in,
+                    n * num_classes,
+                    kernel_size,
+                    use_depthwise,
+                    class_prediction_bias_init,
                     pointwise_hp=True,
                 )
             )

@@ -205,7 +205,9 @@ def _mobilenet_v1_fpn(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> Feat
     multiplier, min_depth = float(cfg.get("depth_multiplier", 1.0)), int(cfg.get("min_depth", 16))
     backbone_hp = _backbone_hyperparams(cfg, hp, "mobilenet")
     # The backbone's batch norms: the conv_hyperparams' under the override, else Keras MobileNet's.
-    epsilon, decay = (backbone_hp.bn_epsilon, backbone_hp.bn_decay) if backbone_hp.use_batch_norm else (1e-3, 0.9997)
+    epsilon, decay = (
+        (backbone_hp.bn_epsilon, backbone_hp.bn_decay) if backbone_hp.use_batch_norm else (1e-3, 0.9997)
+    )
     use_depthwise = bool(cfg.get("use_depthwise", False))
     backbone = MobileNetV1(
         multiplier,
