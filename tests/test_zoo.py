@@ -21,6 +21,7 @@ from google.protobuf import text_format
 
 from raredet import builders, cli
 from raredet import config as cfg
+from raredet.commands.config import check as config_check
 from raredet.errors import ConfigError
 from raredet.protos import pipeline_pb2
 
@@ -42,7 +43,7 @@ def _status(path: Path) -> str:
     try:
         with warnings.catch_warnings(), torch.device("meta"):  # shapes only: the full-size models are big
             warnings.simplefilter("ignore", cfg.ConfigWarning)
-            cfg.check(path)
+            config_check(path)
         return "trains"
     except ConfigError as err:
         text = str(err)
@@ -97,7 +98,7 @@ def test_every_refusal_names_what_raredet_supports():
         with pytest.raises(ConfigError) as err:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", cfg.ConfigWarning)
-                cfg.check(ZOO / name)
+                config_check(ZOO / name)
         assert "ssd_resnet152_v1_fpn" in str(err.value) and "ssd_mobilenet_v1_fpn" in str(err.value)
 
 
@@ -243,6 +244,7 @@ def _small_copy(name: str, data_dir: Path, size: int = 128) -> Path:
     "name",
     ["ssd_mobilenet_v1_fpn_640x640_coco17_tpu-8.config", "ssd_resnet152_v1_fpn_640x640_coco17_tpu-8.config"],
 )
+@pytest.mark.filterwarnings("ignore::raredet.config.validate.ConfigWarning")  # the zoo's TPU fields
 def test_zoo_config_trains_two_steps_from_the_cli(name, data_dir, tmp_path):
     torch.set_num_threads(1)
     path = _small_copy(name, data_dir)
