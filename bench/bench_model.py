@@ -35,14 +35,18 @@ HP = {
 ANCHORS = {"aspect_ratios": [1.0, 2.0, 0.5], "scales_per_octave": 2, "anchor_scale": 4.0}
 
 
-def _fpn(extractor: str, depth: int, multiplier: float = 1.0, depthwise: bool = False) -> dict[str, Any]:
+def _fpn(
+    extractor: str, depth: int, multiplier: float = 1.0, depthwise: bool = False, fpn_depth: int = 0
+) -> dict[str, Any]:
+    """``depth`` for the predictor; the FPN's is ``max(int(fpn_depth * multiplier), 16)`` (the TF OD API's
+    rule), ``fpn_depth`` defaulting to ``depth``."""
     return dict(
         feature_extractor={
             "type": extractor,
             "depth_multiplier": multiplier,
             "conv_hyperparams": HP,
             "use_depthwise": depthwise,
-            "fpn": {"min_level": 3, "max_level": 7, "additional_layer_depth": depth},
+            "fpn": {"min_level": 3, "max_level": 7, "additional_layer_depth": fpn_depth or depth},
         },
         box_predictor={
             "weight_shared_convolutional_box_predictor": {
@@ -70,7 +74,7 @@ def _ssdlite() -> dict[str, Any]:
 
 
 CONFIGS = {
-    "ssd_resnet18_v1_fpn@0.25": lambda: _fpn("ssd_resnet18_v1_fpn", 64, multiplier=0.25),
+    "ssd_resnet18_v1_fpn@0.25": lambda: _fpn("ssd_resnet18_v1_fpn", 64, multiplier=0.25, fpn_depth=256),
     "ssd_resnet18_v1_fpn": lambda: _fpn("ssd_resnet18_v1_fpn", 256),
     "ssd_resnet34_v1_fpn": lambda: _fpn("ssd_resnet34_v1_fpn", 256),
     "ssd_resnet50_v1_fpn": lambda: _fpn("ssd_resnet50_v1_fpn", 256),
