@@ -244,6 +244,7 @@ def _small_copy(name: str, data_dir: Path, size: int = 128) -> Path:
     "name",
     ["ssd_mobilenet_v1_fpn_640x640_coco17_tpu-8.config", "ssd_resnet152_v1_fpn_640x640_coco17_tpu-8.config"],
 )
+@pytest.mark.slow  # end-to-end CLI runs; ResNet-152 takes ~30 s on 2 shared cores
 @pytest.mark.filterwarnings("ignore::raredet.config.validate.ConfigWarning")  # the zoo's TPU fields
 def test_zoo_config_trains_two_steps_from_the_cli(name, data_dir, tmp_path):
     torch.set_num_threads(1)
