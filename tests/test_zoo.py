@@ -269,3 +269,21 @@ def test_zoo_config_trains_two_steps_from_the_cli(name, data_dir, tmp_path):
     assert (
         math.isfinite(records[0]["Loss/regularization_loss"]) and records[0]["Loss/regularization_loss"] > 0
     )
+
+
+def _table_markdown() -> str:
+    """The rows of the docs/migrating.md table as they should read now (for updating the docs)."""
+    rows = []
+    for path in ZOO_CONFIGS:
+        text = path.read_text(encoding="utf-8")
+        meta = re.search(r"model\s*\{\s*(\w+)", text)
+        kind = meta.group(1) if meta else "?"
+        if kind == "ssd":
+            extractor = re.search(r"type:\s*['\"]([^'\"]+)", text)
+            kind = f"ssd, `{extractor.group(1) if extractor else '?'}`"
+        rows.append(f"| `{path.name}` | {kind} | {_status(path)} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # PYTHONPATH=src python tests/test_zoo.py: the table rows to paste
+    print(_table_markdown())
