@@ -115,7 +115,9 @@ class WeightSharedConvolutionalBoxPredictor(nn.Module):
     """RetinaNet's head: one box tower and one class tower applied to every level with shared weights.
 
     ``class_prediction_bias_init`` is the focal-loss prior, ``-log((1 - pi) / pi)`` for prior ``pi``
-    (about -4.6 for 0.01). ``in_channels`` must be equal across levels (an FPN's are).
+    (about -4.6 for 0.01). ``in_channels`` must be equal across levels (an FPN's are). With
+    ``use_depthwise``, ``apply_conv_hyperparams_pointwise`` gives the towers' 1x1 kernels the
+    conv_hyperparams' initializer and L2 weight (else Keras' defaults, as in the TF OD API).
     """
 
     def __init__(
