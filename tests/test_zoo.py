@@ -244,7 +244,11 @@ def _small_copy(name: str, data_dir: Path, size: int = 128) -> Path:
 
 @pytest.mark.parametrize(
     "name",
-    ["ssd_mobilenet_v1_fpn_640x640_coco17_tpu-8.config", "ssd_resnet152_v1_fpn_640x640_coco17_tpu-8.config"],
+    [
+        "ssd_mobilenet_v1_fpn_640x640_coco17_tpu-8.config",
+        "ssd_resnet152_v1_fpn_640x640_coco17_tpu-8.config",
+        "ssd_resnet152_v1_fpn_1024x1024_coco17_tpu-8.config",  # differs in image size and steps only
+    ],
 )
 @pytest.mark.slow  # end-to-end CLI runs; ResNet-152 takes ~30 s on 2 shared cores
 @pytest.mark.filterwarnings("ignore::raredet.config.validate.ConfigWarning")  # the zoo's TPU fields
