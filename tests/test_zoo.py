@@ -90,17 +90,24 @@ def test_readme_lists_exactly_the_configs_that_train(statuses):
     assert listed == {name for name, status in statuses.items() if status == "trains"}
 
 
-def test_every_refusal_names_what_raredet_supports():
-    for name in (
-        "faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config",
-        "centernet_hourglass104_512x512_coco17_tpu-8.config",
-        "ssd_efficientdet_d0_512x512_coco17_tpu-8.config",
+def test_every_refusal_names_what_raredet_supports(tmp_path):
+    # A TF OD API SSD extractor raredet does not build, in an otherwise unchanged zoo config.
+    other = tmp_path / "ssd_inception_v2.config"
+    text = (ZOO / "ssd_resnet50_v1_fpn_640x640_coco17_tpu-8.config").read_text(encoding="utf-8")
+    other.write_text(text.replace("ssd_resnet50_v1_fpn_keras", "ssd_inception_v2_keras"), encoding="utf-8")
+    for path, named in (
+        (ZOO / "faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config", "model.faster_rcnn"),
+        (ZOO / "centernet_hourglass104_512x512_coco17_tpu-8.config", "model.center_net"),
+        (other, "'ssd_inception_v2_keras'"),
     ):
         with pytest.raises(ConfigError) as err:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", cfg.ConfigWarning)
-                config_check(ZOO / name)
-        assert "ssd_resnet152_v1_fpn" in str(err.value) and "ssd_mobilenet_v1_fpn" in str(err.value)
+                config_check(path)
+        message = str(err.value)
+        assert named in message
+        assert "ssd_resnet152_v1_fpn" in message and "ssd_mobilenet_v1_fpn" in message
+        assert "ssd_efficientnet-b0_bifpn" in message
 
 
 # ---- anchors --------------------------------------------------------------------------------------
