@@ -6,6 +6,8 @@ Each extractor uses its zoo-style head (FPN ones: 4-layer weight-shared predicto
 depthwise). ``ssd_resnet18_v1_fpn@0.25`` is the narrow CPU-demo variant (``depth_multiplier: 0.25``).
 
     python -m bench.bench_model [--quick]     # writes bench/results/model.json and prints a table
+    python -m bench.bench_model --only ssd_resnet152_v1_fpn ssd_mobilenet_v1_fpn ssd_resnet50_v1_fpn \
+        --size 640 --batch 1 --repeats 2      # chosen extractors at another size -> model_640.json
 """
 
 from __future__ import annotations
@@ -33,14 +35,18 @@ HP = {
 ANCHORS = {"aspect_ratios": [1.0, 2.0, 0.5], "scales_per_octave": 2, "anchor_scale": 4.0}
 
 
-def _fpn(extractor: str, depth: int, multiplier: float = 1.0, depthwise: bool = False) -> dict[str, Any]:
+def _fpn(
+    extractor: str, depth: int, multiplier: float = 1.0, depthwise: bool = False, fpn_depth: int = 0
+) -> dict[str, Any]:
+    """``depth`` for the predictor; the FPN's is ``max(int(fpn_depth * multiplier), 16)`` (the TF OD API's
+    rule), ``fpn_depth`` defaulting to ``depth``."""
     return dict(
         feature_extractor={
             "type": extractor,
             "depth_multiplier": multiplier,
             "conv_hyperparams": HP,
             "use_depthwise": depthwise,
-            "fpn": {"min_level": 3, "max_level": 7, "additional_layer_depth": depth},
+            "fpn": {"min_level": 3, "max_level": 7, "additional_layer_depth": fpn_depth or depth},
         },
         box_predictor={
             "weight_shared_convolutional_box_predictor": {
@@ -68,11 +74,13 @@ def _ssdlite() -> dict[str, Any]:
 
 
 CONFIGS = {
-    "ssd_resnet18_v1_fpn@0.25": lambda: _fpn("ssd_resnet18_v1_fpn", 64, multiplier=0.25),
+    "ssd_resnet18_v1_fpn@0.25": lambda: _fpn("ssd_resnet18_v1_fpn", 64, multiplier=0.25, fpn_depth=256),
     "ssd_resnet18_v1_fpn": lambda: _fpn("ssd_resnet18_v1_fpn", 256),
     "ssd_resnet34_v1_fpn": lambda: _fpn("ssd_resnet34_v1_fpn", 256),
     "ssd_resnet50_v1_fpn": lambda: _fpn("ssd_resnet50_v1_fpn", 256),
     "ssd_resnet101_v1_fpn": lambda: _fpn("ssd_resnet101_v1_fpn", 256),
+    "ssd_resnet152_v1_fpn": lambda: _fpn("ssd_resnet152_v1_fpn", 256),
+    "ssd_mobilenet_v1_fpn": lambda: _fpn("ssd_mobilenet_v1_fpn", 256),
     "ssd_mobilenet_v2_fpn (lite)": lambda: _fpn("ssd_mobilenet_v2_fpn", 128, depthwise=True),
     "ssd_mobilenet_v2 (SSDLite)": _ssdlite,
 }
@@ -151,9 +159,11 @@ def _forward_flops(model: SSD, image: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def measure(name: str, batch: int, repeats: int, device: str, warmup: int = 1) -> dict[str, Any]:
+def measure(
+    name: str, batch: int, repeats: int, device: str, warmup: int = 1, size: int = SIZE
+) -> dict[str, Any]:
     model = SSD(num_classes=NUM_CLASSES, **CONFIGS[name]()).to(device)
-    images = torch.randint(0, 256, (batch, 3, SIZE, SIZE), dtype=torch.uint8, device=device)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def forward() -> None:
@@ -183,15 +193,23 @@ def measure(name: str, batch: int, repeats: int, device: str, warmup: int = 1) -
     }
 
 
-def run(quick: bool, device: str = "cpu") -> dict[str, Any]:
-    batch, repeats, warmup = (1, 1, 0) if quick else (2, 3, 1)
-    names = QUICK if quick else list(CONFIGS)
+def run(
+    quick: bool,
+    device: str = "cpu",
+    only: list[str] | None = None,
+    size: int = SIZE,
+    batch: int | None = None,
+    repeats: int | None = None,
+) -> dict[str, Any]:
+    default_batch, default_repeats, warmup = (1, 1, 0) if quick else (2, 3, 1)
+    batch, repeats = batch or default_batch, repeats or default_repeats
+    names = only or (QUICK if quick else list(CONFIGS))
     torch.manual_seed(0)
     load_before = os.getloadavg()[0]
-    results = {name: measure(name, batch, repeats, device, warmup) for name in names}
+    results = {name: measure(name, batch, repeats, device, warmup, size) for name in names}
     load_after = os.getloadavg()[0]
     summary = [
-        f"{SIZE}x{SIZE}, batch {batch}, median (min) of {repeats}, {device}, {torch.get_num_threads()} "
+        f"{size}x{size}, batch {batch}, median (min) of {repeats}, {device}, {torch.get_num_threads()} "
         f"threads; 1-minute load average {load_before:.1f} before, {load_after:.1f} after (a shared CPU "
         "inflates times; the minimum is the steadier figure):",
         "",
@@ -208,7 +226,7 @@ def run(quick: bool, device: str = "cpu") -> dict[str, Any]:
             f"({r['forward_backward_ms_per_image_min']:.0f}) |"
         )
     return {
-        "image_size": SIZE,
+        "image_size": size,
         "batch": batch,
         "repeats": repeats,
         "device": device,
@@ -225,9 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small extractors only, batch 1, one timed run")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="these extractors only")
+    parser.add_argument("--size", type=int, default=SIZE, help=f"square image size (default {SIZE})")
+    parser.add_argument("--batch", type=int, help="images per timed call (default 2; 1 with --quick)")
+    parser.add_argument("--repeats", type=int, help="timed runs (default 3; 1 with --quick)")
     args = parser.parse_args(argv)
-    result = run(args.quick, args.device)
-    print(f"wrote {save_result('model', result)}")
+    result = run(args.quick, args.device, args.only, args.size, args.batch, args.repeats)
+    name = "model" if args.size == SIZE and not args.only else f"model_{args.size}"
+    print(f"wrote {save_result(name, result)}")
     print("\n".join(result["summary"]))
     return 0
 

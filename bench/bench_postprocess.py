@@ -29,7 +29,7 @@ def _model(num_classes: int) -> SSD:
     return SSD(
         num_classes=num_classes,
         feature_extractor={"type": "ssd_resnet18_v1_fpn", "depth_multiplier": 0.25, "min_depth": 16,
-                           "fpn": {"min_level": 3, "max_level": 7, "additional_layer_depth": 32}},
+                           "fpn": {"min_level": 3, "max_level": 7, "additional_layer_depth": 128}},  # 32
         box_predictor={"weight_shared_convolutional_box_predictor": {"depth": 32,
                                                                      "num_layers_before_predictor": 1}},
         anchor_generator={"multiscale_anchor_generator": {

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from raredet.modeling.backbones import MobileNetV2, ResNet, scaled_depth
+from raredet.modeling.backbones import MobileNetV1, MobileNetV2, ResNet, scaled_depth
 from raredet.modeling.layers import FrozenBatchNorm2d
 
 # torchvision's documented parameter counts (resnet18 11,689,512 ...) minus the ImageNet classifier:
@@ -12,6 +12,7 @@ TORCHVISION_COUNTS = [
     (lambda: ResNet(18), 11_689_512 - 513_000),
     (lambda: ResNet(34), 21_797_672 - 513_000),
     (lambda: ResNet(50), 25_557_032 - 2_049_000),
+    (lambda: ResNet(152), 60_192_808 - 2_049_000),
     (lambda: MobileNetV2(), 3_504_872 - 1_281_000),
 ]
 
@@ -75,3 +76,35 @@ def test_frozen_batchnorm_uses_running_stats_and_does_not_train():
     eval_out = model.eval()(x)[5]
     torch.testing.assert_close(train_out, eval_out)
     assert torch.equal(bns[0].running_mean, before)
+
+
+def test_mobilenet_v1_matches_keras_mobilenet_count():
+    # Keras documents MobileNet (alpha 1.0, 224) at 4,253,864 parameters: that counts the classifier
+    # (a 1x1 conv 1024 -> 1000 with bias: 1,025,000) and the batch norms' moving mean and variance,
+    # which are buffers here. Batch-normalised channels: 32 after the stem, then each block's depthwise
+    # (its input width) and pointwise (its output width).
+    widths = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]
+    bn_channels = 32 + sum(c_in + c_out for c_in, c_out in zip(widths[:-1], widths[1:], strict=True))
+    expected = 4_253_864 - 1_025_000 - 2 * bn_channels
+    assert sum(p.numel() for p in MobileNetV1().parameters()) == expected
+
+
+def test_mobilenet_v1_names_levels_and_widths():
+    model = MobileNetV1()
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes["stem.0.weight"] == (32, 3, 3, 3)
+    assert shapes["blocks.0.depthwise.0.weight"] == (32, 1, 3, 3)  # Keras conv_dw_1
+    assert shapes["blocks.0.pointwise.0.weight"] == (64, 32, 1, 1)  # Keras conv_pw_1
+    assert shapes["blocks.12.pointwise.1.running_var"] == (1024,)
+    assert model.out_channels == {2: 128, 3: 256, 4: 512, 5: 1024}
+    out = model.eval()(torch.zeros(1, 3, 64, 96))
+    assert {lv: tuple(t.shape[-2:]) for lv, t in out.items()} == {
+        2: (16, 24),
+        3: (8, 12),
+        4: (4, 6),
+        5: (2, 3),
+    }
+    # TF OD API widths: max(int(c * multiplier), min_depth), no rounding to 8; FPN-lite narrows the top.
+    narrow = MobileNetV1(0.3, min_depth=16, top_depths=(512, 256))
+    assert narrow.out_channels == {2: 38, 3: 76, 4: 153, 5: 76}
+    assert narrow.stem[0].out_channels == 16  # int(32 * 0.3) = 9 -> min_depth

@@ -78,12 +78,33 @@ def test_bad_hyperparams_name_the_field():
 
 def test_l2_weights_cover_conv_kernels_only():
     hp = ConvHyperparams.from_dict({"regularizer": {"l2_regularizer": {"weight": 0.5}}, "batch_norm": {}})
+    # TF OD API FPN rule (Keras SeparableConv2D with kernel_* remapped to depthwise_* only): the
+    # depthwise kernel (0.0) is regularised, the pointwise one (0.1) is not; BN (1) never.
     block = nn.Sequential(ConvNormAct(hp, 4, 8, 3, depthwise=True))
-    weights = l2_weights_of(block, hp, "head")
-    # depthwise kernel (0.0) skipped without regularize_depthwise; pointwise (0.1) kept; BN (1) never.
-    assert weights == {"head.0.1.weight": 0.5}
-    hp.regularize_depthwise = True
-    assert set(l2_weights_of(block, hp)) == {"0.0.weight", "0.1.weight"}
+    assert l2_weights_of(block, "head") == {"head.0.0.weight": 0.5}
+    # SSD extra-layer rule: the other way round. regularize_depthwise plays no part (Keras ignores it).
+    block = nn.Sequential(ConvNormAct(hp, 4, 8, 3, depthwise=True, depthwise_hp=False, pointwise_hp=True))
+    assert l2_weights_of(block) == {"0.1.weight": 0.5}
+    assert l2_weights_of(nn.Sequential(ConvNormAct(hp, 4, 8, 3))) == {"0.0.weight": 0.5}
+
+
+def test_kernels_without_hyperparams_take_keras_glorot_uniform():
+    torch.manual_seed(0)
+    hp = ConvHyperparams.from_dict({"initializer": {"random_normal_initializer": {"stddev": 1e-4}}})
+    depthwise, pointwise = hp.separable(64, 32, 3, depthwise_hp=False, pointwise_hp=False)
+    # Keras fans: depthwise kernel [3, 3, 64, 1] -> fan_in 576, fan_out 9; pointwise [1, 1, 64, 32].
+    for conv, limit in ((depthwise, math.sqrt(6 / (576 + 9))), (pointwise, math.sqrt(6 / (64 + 32)))):
+        assert conv.weight.abs().max().item() <= limit
+        assert conv.weight.abs().max().item() > 0.95 * limit  # uniform fills the range
+    assert l2_weights_of(nn.Sequential(depthwise, pointwise)) == {}
+
+
+def test_variance_scaling_on_a_depthwise_kernel_uses_keras_fan_in():
+    torch.manual_seed(0)
+    hp = ConvHyperparams.from_dict({"initializer": {"variance_scaling_initializer": {"factor": 2.0}}})
+    depthwise = hp.conv(256, 256, 3, groups=256)
+    # Keras reads the kernel [3, 3, 256, 1]: fan_in = 3 * 3 * 256 (torch would say 9).
+    assert depthwise.weight.std().item() == pytest.approx(math.sqrt(2 / 2304), rel=0.03)
 
 
 def test_training_batch_norm_accepts_a_single_value_per_channel():

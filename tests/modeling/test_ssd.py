@@ -9,6 +9,8 @@ from raredet.errors import ConfigError
 from raredet.modeling.anchors import MultiscaleAnchorGenerator
 from raredet.modeling.ssd import SSD
 
+from .conftest import tiny_ssd_kwargs
+
 # Settings of the TF2 model zoo's ssd_mobilenet_v2_fpnlite_320x320 and ssd_resnet50_v1_fpn_640x640
 # (num_classes changed), written as the builders pass them.
 ZOO_ANCHORS = {
@@ -236,9 +238,16 @@ def test_l2_weights_name_real_parameters(tiny_ssd):
     weights = model.l2_weights()
     params = dict(model.named_parameters())
     assert weights and set(weights) <= set(params)
-    assert all(params[n].dim() == 4 for n in weights) and set(weights.values()) == {4e-5}
+    assert all(params[n].dim() == 4 for n in weights) and not any(n.endswith("bias") for n in weights)
+    # No override_base_feature_extractor_hyperparams: the backbone keeps the TF OD API Keras ResNet's
+    # own l2(1e-4), i.e. 2e-4 as a conv_hyperparams weight; the rest has the config's 4e-5.
+    backbone = {w for n, w in weights.items() if n.startswith("feature_extractor.backbone.")}
+    rest = {w for n, w in weights.items() if not n.startswith("feature_extractor.backbone.")}
+    assert backbone == {2e-4} and rest == {4e-5}
     assert "feature_extractor.backbone.conv1.weight" in weights
-    assert not any(n.endswith("bias") for n in weights)
+    kwargs = tiny_ssd_kwargs()
+    kwargs["feature_extractor"]["override_base_feature_extractor_hyperparams"] = True
+    assert set(SSD(**kwargs).l2_weights().values()) == {4e-5}
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace's own deprecation notice
@@ -251,3 +260,31 @@ def test_traces_with_anchors_as_an_output(tiny_ssd):
     expected, got = model(images), traced(images)
     for key in ("cls_logits", "box_deltas", "anchors"):
         torch.testing.assert_close(got[key], expected[key])
+
+
+def test_backbone_initialisation_follows_the_override():
+    torch.manual_seed(0)
+    kwargs = tiny_ssd_kwargs(extractor="ssd_resnet50_v1_fpn")
+    kwargs["feature_extractor"]["depth_multiplier"] = 1.0
+    layer = SSD(**kwargs).backbone.layer3[0].conv2.weight  # 256 x 256 x 3 x 3
+    # No override: the TF OD API Keras ResNet's own variance scaling, factor 1, fan in 256 * 9
+    # (truncated normal, rescaled so the std is the target).
+    assert layer.std().item() == pytest.approx(math.sqrt(1 / 2304), rel=0.03)
+    kwargs["feature_extractor"]["override_base_feature_extractor_hyperparams"] = True
+    layer = SSD(**kwargs).backbone.layer3[0].conv2.weight
+    assert layer.std().item() == pytest.approx(0.01, rel=0.03)  # the config's random_normal(0.01)
+
+
+def test_mobilenet_v1_fpn_depthwise_narrows_the_top_and_scales_the_fpn():
+    kwargs = tiny_ssd_kwargs(extractor="ssd_mobilenet_v1_fpn_keras", depth=64)
+    kwargs["feature_extractor"].update(depth_multiplier=0.5, min_depth=8, use_depthwise=True)
+    model = SSD(**kwargs)
+    # use_depthwise: the last two pointwise convs are 512 and 256 (x 0.5), as the TF OD API's FPN-lite.
+    assert model.backbone.out_channels == {2: 64, 3: 128, 4: 256, 5: 128}
+    # FPN depth: max(int(64 * 0.5), 8) = 32; separable smoothing (depthwise + pointwise).
+    assert model.feature_extractor.out_channels == [32] * 5
+    smoothing = model.feature_extractor.fpn.smoothing[0]
+    assert smoothing[0].groups == 32 and smoothing[1].kernel_size == (1, 1)
+    with torch.no_grad():
+        out = model.eval()(torch.zeros(1, 3, 128, 128))
+    assert out["cls_logits"].shape == (1, 6 * (16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1), 3)

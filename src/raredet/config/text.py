@@ -32,8 +32,6 @@ def _hint(message: str) -> str:
     """A 'did you mean' suffix for unknown field / enum value errors, else ''."""
     pool = descriptor_pool.Default()
     found = _UNKNOWN_FIELD.search(message)
-    if found and found.group(1) == "raredet.protos.DetectionModel":
-        return "; raredet builds SSD-family models only: model { ssd { ... } } (RetinaNet is an ssd)"
     if found:
         try:
             fields = pool.FindMessageTypeByName(found.group(1)).fields_by_name
@@ -54,6 +52,29 @@ def _hint(message: str) -> str:
     return ""
 
 
+# TF OD API meta-architectures (the `model` oneof) that raredet does not build, by their config name.
+OTHER_META_ARCHITECTURES = {
+    "faster_rcnn": "Faster R-CNN / Mask R-CNN (two-stage)",
+    "center_net": "CenterNet",
+    "experimental_model": "experimental",
+}
+
+
+def unsupported_model_message(name: str) -> str:
+    """What raredet says about `model { <name> { ... } }` when `name` is not `ssd`: the meta-architecture
+    it is and what raredet builds instead."""
+    from raredet.modeling.ssd import FEATURE_EXTRACTORS  # imported here: only this error needs it
+
+    kind = OTHER_META_ARCHITECTURES.get(name)
+    what = f"'{name}' is the TF OD API's {kind} meta-architecture, which" if kind else f"'{name}'"
+    return (
+        f"{what} raredet does not build. raredet trains the SSD family only: model {{ ssd {{ ... }} }} "
+        "(RetinaNet is an ssd with an FPN and the weight-shared predictor), with feature_extractor.type "
+        f"one of {', '.join(sorted(FEATURE_EXTRACTORS))} (a _keras suffix is accepted); "
+        "docs/migrating.md lists which TF2 model-zoo configs train"
+    )
+
+
 def parse_text(text: str, message: M, path: str | os.PathLike[str]) -> M:
     """Parse protobuf text `text` into `message`; any failure becomes a ConfigError naming `path`.
 
@@ -70,6 +91,10 @@ def parse_text(text: str, message: M, path: str | os.PathLike[str]) -> M:
             detail = re.sub(r"^\d+:\d+ : ", "", detail)
         detail = detail.rstrip(".")
         where = f"{path}:{line}:{column}" if line is not None else str(path)
+        other_model = _UNKNOWN_FIELD.search(detail)
+        if other_model and other_model.group(1) == "raredet.protos.DetectionModel":
+            name = other_model.group(2)
+            raise ConfigError(f"{where}: model.{name}: {unsupported_model_message(name)}") from None
         raise ConfigError(f"{where}: {detail}{_hint(detail)}") from None
     except (ValueError, TypeError, OverflowError, RecursionError) as err:  # e.g. bad UTF-8 bytes
         raise ConfigError(f"{path}: cannot parse as protobuf text format: {err}") from None

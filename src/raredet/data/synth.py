@@ -359,7 +359,10 @@ model {{
       type: "ssd_resnet18_v1_fpn"
       depth_multiplier: 0.25
       min_depth: 16
-      fpn {{ min_level: 3 max_level: 5 additional_layer_depth: 64 }}
+      # The TF OD API scales the FPN depth by depth_multiplier too: 256 x 0.25 = 64 channels.
+      fpn {{ min_level: 3 max_level: 5 additional_layer_depth: 256 }}
+      # The backbone keeps its own (torchvision) initialisation and no L2: no conv_hyperparams here.
+      override_base_feature_extractor_hyperparams: true
     }}
     box_coder {{ faster_rcnn_box_coder {{ y_scale: 10.0 x_scale: 10.0 height_scale: 5.0 width_scale: 5.0 }} }}
     matcher {{

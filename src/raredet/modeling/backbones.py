@@ -1,4 +1,5 @@
-"""ResNet v1 and MobileNetV2 backbones in plain torch, with torchvision's parameter names and shapes.
+"""ResNet v1 and MobileNetV2 backbones in plain torch, with torchvision's parameter names and shapes, and
+MobileNetV1 (which torchvision does not have; its names are described on ``MobileNetV1``).
 
 Because every parameter and buffer is named as in torchvision (``conv1``, ``bn1``, ``layer1.0.conv1``,
 ``features.3.conv.1.0`` ...), a torchvision ImageNet state dict loads by name with
@@ -15,6 +16,7 @@ gives each level's channel count.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 from torch import Tensor, nn
@@ -56,7 +58,7 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand x4, with a residual connection (ResNet-50/101)."""
+    """1x1 reduce, 3x3 (strided), 1x1 expand x4, with a residual connection (ResNet-50/101/152)."""
 
     expansion = 4
 
@@ -92,6 +94,7 @@ RESNET_DEPTHS: dict[int, tuple[type[BasicBlock] | type[Bottleneck], list[int]]] 
     34: (BasicBlock, [3, 4, 6, 3]),
     50: (Bottleneck, [3, 4, 6, 3]),
     101: (Bottleneck, [3, 4, 23, 3]),
+    152: (Bottleneck, [3, 8, 36, 3]),
 }
 
 
@@ -246,3 +249,107 @@ class MobileNetV2(nn.Module):
 def _block_out_channels(block: nn.Module) -> int:
     convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
     return convs[-1].out_channels
+
+
+# ---- MobileNetV1 ---------------------------------------------------------------------------------
+
+# (pointwise output channels, depthwise stride) of the 13 depthwise-separable blocks, Howard et al. 2017,
+# table 1.
+MOBILENET_V1_BLOCKS = [
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+]
+# Index in ``blocks`` whose output closes each stride level: the TF OD API's Conv2d_3_pointwise,
+# Conv2d_5_pointwise, Conv2d_11_pointwise and Conv2d_13_pointwise (Keras conv_pw_3/5/11/13_relu).
+MOBILENET_V1_LEVEL_ENDS = {2: 2, 3: 4, 4: 10, 5: 12}
+
+
+class ConvBNAct(nn.Sequential):
+    """conv -> BN -> ReLU6, indexed ``0``, ``1``, ``2``."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int, stride: int, groups: int, norm: Callable[[int], nn.Module]
+    ) -> None:
+        conv = nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False)
+        super().__init__(conv, norm(out_ch), nn.ReLU6(inplace=True))
+
+
+class DepthwiseSeparable(nn.Module):
+    """One MobileNetV1 block: ``depthwise`` (3x3 per channel, strided) then ``pointwise`` (1x1), each a
+    ``ConvBNAct``."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: Callable[[int], nn.Module]) -> None:
+        super().__init__()
+        self.depthwise = ConvBNAct(in_ch, in_ch, 3, stride, in_ch, norm)
+        self.pointwise = ConvBNAct(in_ch, out_ch, 1, 1, 1, norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+class MobileNetV1(nn.Module):
+    """MobileNetV1 (Howard et al. 2017) as the TF OD API's Keras ``mobilenet_v1`` builds it, no classifier.
+
+    Parameter names (torchvision has no MobileNetV1, so these are raredet's): ``stem`` is the first 3x3
+    stride-2 conv (Keras ``conv1``), ``blocks.{i}`` the 13 depthwise-separable blocks, with
+    ``blocks.{i}.depthwise`` = Keras ``conv_dw_{i+1}`` and ``blocks.{i}.pointwise`` = Keras
+    ``conv_pw_{i+1}``; inside each, ``.0`` is the conv, ``.1`` the batch norm (``.2`` the ReLU6).
+
+    Widths are ``max(int(c * depth_multiplier), min_depth)`` for every conv, the TF OD API's rule (no
+    rounding to a multiple of 8, unlike MobileNetV2). ``top_depths`` are the nominal output channels of
+    the last two pointwise convs (blocks 12 and 13, before the multiplier): the paper's (1024, 1024), or
+    (512, 256) for the TF OD API's FPN with ``use_depthwise``, which narrows them. Batch norms use
+    ``bn_epsilon`` and ``bn_momentum`` (torch's momentum, ``1 - decay``); there are no torchvision
+    weights to match, so the defaults are the TF OD API's (epsilon 0.001, decay 0.9997).
+
+    ``forward`` returns ``{level: map}`` for levels 2..5 (strides 4, 8, 16, 32; blocks 3, 5, 11, 13).
+    """
+
+    def __init__(
+        self,
+        depth_multiplier: float = 1.0,
+        min_depth: int = 16,
+        freeze_batchnorm: bool = False,
+        top_depths: tuple[int, int] = (1024, 1024),
+        bn_epsilon: float = 0.001,
+        bn_momentum: float = 0.0003,
+    ) -> None:
+        super().__init__()
+
+        def width(channels: int) -> int:
+            return max(int(channels * depth_multiplier), min_depth)
+
+        def norm(channels: int) -> nn.Module:
+            return batch_norm(channels, freeze_batchnorm, bn_epsilon, bn_momentum)
+
+        settings = MOBILENET_V1_BLOCKS[:-2] + [(top_depths[0], 2), (top_depths[1], 1)]
+        in_ch = width(32)
+        self.stem = ConvBNAct(3, in_ch, 3, 2, 1, norm)
+        blocks = []
+        for channels, stride in settings:
+            blocks.append(DepthwiseSeparable(in_ch, width(channels), stride, norm))
+            in_ch = width(channels)
+        self.blocks = nn.Sequential(*blocks)
+        self.out_channels = {
+            lv: _block_out_channels(self.blocks[i]) for lv, i in MOBILENET_V1_LEVEL_ENDS.items()
+        }
+        _init_like_torchvision(self)
+
+    def forward(self, x: Tensor) -> dict[int, Tensor]:
+        x = self.stem(x)
+        outputs, start = {}, 0
+        for level, end in MOBILENET_V1_LEVEL_ENDS.items():
+            x = self.blocks[start : end + 1](x)
+            outputs[level], start = x, end + 1
+        return outputs

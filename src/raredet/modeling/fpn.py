@@ -93,7 +93,18 @@ class SsdExtraLayers(nn.Module):
             blocks.append(
                 nn.Sequential(
                     ConvNormAct(hp, in_channels, depth // 2, 1, 1, False, freeze_batchnorm),
-                    ConvNormAct(hp, depth // 2, depth, 3, 2, use_depthwise, freeze_batchnorm),
+                    # Keras' DepthwiseConv2D gets no remapped hyperparams here, the 1x1 does.
+                    ConvNormAct(
+                        hp,
+                        depth // 2,
+                        depth,
+                        3,
+                        2,
+                        use_depthwise,
+                        freeze_batchnorm,
+                        depthwise_hp=False,
+                        pointwise_hp=True,
+                    ),
                 )
             )
             in_channels = depth

@@ -91,7 +91,6 @@ class ConvHyperparams:
     bn_epsilon: float = 0.001
     bn_train: bool = True
     force_use_bias: bool = False
-    regularize_depthwise: bool = False
 
     @classmethod
     def from_dict(cls, message: Mapping[str, Any] | None, where: str = "conv_hyperparams") -> ConvHyperparams:
@@ -121,7 +120,6 @@ class ConvHyperparams:
             bn_epsilon=float(bn.get("epsilon", 0.001)),
             bn_train=bool(bn.get("train", True)),
             force_use_bias=bool(message.get("force_use_bias", False)),
-            regularize_depthwise=bool(message.get("regularize_depthwise", False)),
         )
 
     def act(self, inplace: bool = False) -> nn.Module:
@@ -143,38 +141,93 @@ class ConvHyperparams:
         return bn
 
     def conv(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-        """A 'same'-padded conv, initialised as these hyperparams say; bias only without batch norm."""
+        """A 'same'-padded conv, initialised and L2-regularised as these hyperparams say; bias only
+        without batch norm."""
         bias = self.force_use_bias or not self.use_batch_norm
         conv = nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=bias)
         self.initialize(conv)
         return conv
 
     def initialize(self, conv: nn.Conv2d) -> None:
-        """Apply the configured initializer to ``conv.weight`` and zero its bias."""
+        """Apply the configured initializer to ``conv.weight``, zero its bias, and record this
+        L2 weight on the conv (``L2_ATTR``) for ``l2_weights_of``: the hyperparams that build a kernel
+        decide its regularisation, as Keras' ``kernel_regularizer`` does in the TF OD API."""
         if self.initializer:
-            INITIALIZERS[self.initializer](conv.weight, **self.initializer_args)
+            INITIALIZERS[self.initializer](conv.weight, **self.initializer_args, fans=keras_fans(conv))
         if conv.bias is not None:
             nn.init.zeros_(conv.bias)
+        setattr(conv, L2_ATTR, self.l2_weight)
+
+    def separable(
+        self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, *, depthwise_hp: bool, pointwise_hp: bool
+    ) -> list[nn.Conv2d]:
+        """Depthwise ``kernel`` x ``kernel`` then pointwise 1x1 conv (Keras' ``SeparableConv2D``).
+
+        Each of the two kernels gets these hyperparams' initializer and L2 weight only where the TF OD
+        API hands them to it (``depthwise_hp`` / ``pointwise_hp``); the other keeps Keras' default,
+        glorot_uniform and no regularizer (``keras_default_init``). See docs/models.md, "Parity"."""
+        depthwise = nn.Conv2d(in_ch, in_ch, kernel, stride, kernel // 2, groups=in_ch, bias=False)
+        pointwise = nn.Conv2d(in_ch, out_ch, 1, bias=self.force_use_bias or not self.use_batch_norm)
+        for conv, configured in ((depthwise, depthwise_hp), (pointwise, pointwise_hp)):
+            if configured:
+                self.initialize(conv)
+            else:
+                keras_default_init(conv)
+        return [depthwise, pointwise]
 
 
-def _random_normal(weight: Tensor, mean: float = 0.0, stddev: float = 1.0) -> None:
+# Name of the attribute where a conv records the L2 weight of the hyperparams that built it.
+L2_ATTR = "l2_weight"
+
+Fans = tuple[float, float]
+
+
+def keras_fans(conv: nn.Conv2d) -> Fans:
+    """(fan_in, fan_out) of ``conv.weight`` as Keras computes them from its kernel shape
+    ``[kh, kw, in, out]`` (``[kh, kw, in, multiplier]`` for a depthwise kernel): for a depthwise conv
+    that is ``(C * kh * kw, kh * kw)``, the reverse of torch's reading of ``[C, 1, kh, kw]``."""
+    receptive = conv.weight[0, 0].numel()
+    if conv.groups > 1 and conv.groups == conv.in_channels:
+        return float(conv.in_channels * receptive), float(conv.out_channels // conv.groups * receptive)
+    return float(conv.in_channels // conv.groups * receptive), float(conv.out_channels * receptive)
+
+
+def keras_default_init(conv: nn.Conv2d) -> None:
+    """Keras' default for a kernel given no initializer (glorot_uniform, Keras fans), bias zero, no L2."""
+    fan_in, fan_out = keras_fans(conv)
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    nn.init.uniform_(conv.weight, -limit, limit)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    setattr(conv, L2_ATTR, 0.0)
+
+
+def _random_normal(weight: Tensor, mean: float = 0.0, stddev: float = 1.0, fans: Fans | None = None) -> None:
     nn.init.normal_(weight, float(mean), float(stddev))
 
 
-def _truncated_normal(weight: Tensor, mean: float = 0.0, stddev: float = 1.0) -> None:
+def _truncated_normal(
+    weight: Tensor, mean: float = 0.0, stddev: float = 1.0, fans: Fans | None = None
+) -> None:
+    # TF's truncated_normal_initializer: redraw beyond 2 stddev, stddev not rescaled.
     mean, stddev = float(mean), float(stddev)
     nn.init.trunc_normal_(weight, mean, stddev, mean - 2 * stddev, mean + 2 * stddev)
 
 
 def _variance_scaling(
-    weight: Tensor, factor: float = 2.0, uniform: bool = False, mode: str = "FAN_IN"
+    weight: Tensor,
+    factor: float = 2.0,
+    uniform: bool = False,
+    mode: str = "FAN_IN",
+    fans: Fans | None = None,
 ) -> None:
-    # Keras VarianceScaling, which the TF OD API's Keras builder uses: variance factor / n.
-    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
-    fans = {"FAN_IN": fan_in, "FAN_OUT": fan_out, "FAN_AVG": (fan_in + fan_out) / 2}
-    if mode not in fans:
-        raise ConfigError(f"variance_scaling_initializer.mode: unknown {mode!r}; valid: {sorted(fans)}")
-    variance = float(factor) / max(1.0, fans[mode])
+    # Keras VarianceScaling, which the TF OD API's Keras builder uses: variance factor / n, n from
+    # Keras' fans (``keras_fans``; torch's own reading when no conv is known).
+    fan_in, fan_out = fans or nn.init._calculate_fan_in_and_fan_out(weight)
+    by_mode = {"FAN_IN": fan_in, "FAN_OUT": fan_out, "FAN_AVG": (fan_in + fan_out) / 2}
+    if mode not in by_mode:
+        raise ConfigError(f"variance_scaling_initializer.mode: unknown {mode!r}; valid: {sorted(by_mode)}")
+    variance = float(factor) / max(1.0, by_mode[mode])
     if uniform:
         limit = math.sqrt(3.0 * variance)
         nn.init.uniform_(weight, -limit, limit)
@@ -192,7 +245,11 @@ INITIALIZERS: dict[str, Callable[..., None]] = {
 
 
 class ConvNormAct(nn.Sequential):
-    """conv (or depthwise + pointwise when ``depthwise``) -> batch norm -> activation."""
+    """conv (or depthwise + pointwise when ``depthwise``) -> batch norm -> activation.
+
+    With ``depthwise``, which of the two kernels take the hyperparams' initializer and L2 weight is
+    ``depthwise_hp`` / ``pointwise_hp`` (see ``ConvHyperparams.separable``): the TF OD API's FPN gives
+    them to the depthwise kernel only, its SSD extra layers to the pointwise one only."""
 
     def __init__(
         self,
@@ -203,23 +260,26 @@ class ConvNormAct(nn.Sequential):
         stride: int = 1,
         depthwise: bool = False,
         freeze_batchnorm: bool = False,
+        depthwise_hp: bool = True,
+        pointwise_hp: bool = False,
     ) -> None:
         if depthwise:
-            convs = [hp.conv(in_ch, in_ch, kernel, stride, groups=in_ch), hp.conv(in_ch, out_ch, 1)]
+            convs = hp.separable(
+                in_ch, out_ch, kernel, stride, depthwise_hp=depthwise_hp, pointwise_hp=pointwise_hp
+            )
         else:
             convs = [hp.conv(in_ch, out_ch, kernel, stride)]
         super().__init__(*convs, hp.norm(out_ch, freeze_batchnorm), hp.act(inplace=True))
 
 
-def l2_weights_of(module: nn.Module, hp: ConvHyperparams, prefix: str = "") -> dict[str, float]:
-    """``{parameter name: l2 weight}`` for the conv kernels in ``module`` (biases and norms carry none;
-    depthwise kernels only with ``regularize_depthwise``, as in the TF OD API)."""
-    if hp.l2_weight == 0.0:
-        return {}
+def l2_weights_of(module: nn.Module, prefix: str = "") -> dict[str, float]:
+    """``{parameter name: l2 weight}`` for the conv kernels in ``module`` that were built with a nonzero
+    L2 weight (recorded by ``ConvHyperparams.initialize``). Biases and batch norms carry none; Keras
+    ignores ``regularize_depthwise``, so whether a depthwise kernel is regularised depends only on
+    whether the TF OD API hands it the hyperparams (see ``ConvHyperparams.separable``)."""
     weights = {}
     for name, sub in module.named_modules(prefix=prefix):
-        if isinstance(sub, nn.Conv2d):
-            depthwise = sub.groups > 1 and sub.groups == sub.in_channels
-            if not depthwise or hp.regularize_depthwise:
-                weights[f"{name}.weight" if name else "weight"] = hp.l2_weight
+        l2 = float(getattr(sub, L2_ATTR, 0.0)) if isinstance(sub, nn.Conv2d) else 0.0
+        if l2 != 0.0:
+            weights[f"{name}.weight" if name else "weight"] = l2
     return weights

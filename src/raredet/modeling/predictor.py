@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from raredet.errors import ConfigError
-from raredet.modeling.layers import ConvHyperparams, l2_weights_of
+from raredet.modeling.layers import ConvHyperparams, keras_default_init, l2_weights_of
 
 
 def _hyperparams(conv_hyperparams: ConvHyperparams | Mapping[str, Any] | None, where: str) -> ConvHyperparams:
@@ -25,16 +25,29 @@ def _hyperparams(conv_hyperparams: ConvHyperparams | Mapping[str, Any] | None, w
 
 
 def _head(
-    hp: ConvHyperparams, in_ch: int, out_ch: int, kernel: int, depthwise: bool, bias: float
+    hp: ConvHyperparams,
+    in_ch: int,
+    out_ch: int,
+    kernel: int,
+    depthwise: bool,
+    bias: float,
+    pointwise_hp: bool = False,
 ) -> nn.Module:
-    """Prediction conv with a bias (``bias`` its initial value); depthwise-separable on request."""
+    """Prediction conv with a bias (``bias`` its initial value); depthwise-separable on request.
+
+    Without ``depthwise`` the conv takes ``hp``'s initializer and L2 weight. With it, the TF OD API's
+    Keras heads hand ``hp`` to neither kernel of the weight-shared head's ``SeparableConv2D`` and to the
+    1x1 only of the per-level head (``pointwise_hp``); the others keep Keras' defaults."""
     conv = nn.Conv2d(in_ch, out_ch, 1 if depthwise else kernel, padding=0 if depthwise else kernel // 2)
-    hp.initialize(conv)
+    if depthwise and not pointwise_hp:
+        keras_default_init(conv)
+    else:
+        hp.initialize(conv)
     nn.init.constant_(conv.bias, bias)  # type: ignore[arg-type]  # Conv2d(bias=True) has one
     if not depthwise:
         return conv
     spatial = nn.Conv2d(in_ch, in_ch, kernel, padding=kernel // 2, groups=in_ch, bias=False)
-    hp.initialize(spatial)
+    keras_default_init(spatial)
     return nn.Sequential(spatial, conv)
 
 
@@ -70,13 +83,18 @@ class _Tower(nn.Module):
         num_levels: int,
         use_depthwise: bool,
         freeze_batchnorm: bool,
+        pointwise_hp: bool = False,
     ) -> None:
         super().__init__()
         convs: list[nn.Module] = []
         for i in range(num_layers):
             c_in = in_ch if i == 0 else depth
-            if use_depthwise:
-                convs.append(nn.Sequential(hp.conv(c_in, c_in, kernel, groups=c_in), hp.conv(c_in, depth, 1)))
+            if use_depthwise:  # the 1x1 takes hp only with apply_conv_hyperparams_pointwise
+                convs.append(
+                    nn.Sequential(
+                        *hp.separable(c_in, depth, kernel, depthwise_hp=True, pointwise_hp=pointwise_hp)
+                    )
+                )
             else:
                 convs.append(hp.conv(c_in, depth, kernel))
         self.convs = nn.ModuleList(convs)
@@ -97,7 +115,9 @@ class WeightSharedConvolutionalBoxPredictor(nn.Module):
     """RetinaNet's head: one box tower and one class tower applied to every level with shared weights.
 
     ``class_prediction_bias_init`` is the focal-loss prior, ``-log((1 - pi) / pi)`` for prior ``pi``
-    (about -4.6 for 0.01). ``in_channels`` must be equal across levels (an FPN's are).
+    (about -4.6 for 0.01). ``in_channels`` must be equal across levels (an FPN's are). With
+    ``use_depthwise``, ``apply_conv_hyperparams_pointwise`` gives the towers' 1x1 kernels the
+    conv_hyperparams' initializer and L2 weight (else Keras' defaults, as in the TF OD API).
     """
 
     def __init__(
@@ -113,6 +133,7 @@ class WeightSharedConvolutionalBoxPredictor(nn.Module):
         class_prediction_bias_init: float = 0.0,
         share_prediction_tower: bool = False,
         use_depthwise: bool = False,
+        apply_conv_hyperparams_pointwise: bool = False,
         freeze_batchnorm: bool = False,
     ) -> None:
         super().__init__()
@@ -138,6 +159,7 @@ class WeightSharedConvolutionalBoxPredictor(nn.Module):
             levels,
             use_depthwise,
             freeze_batchnorm,
+            apply_conv_hyperparams_pointwise,
         )
         self.box_tower = _Tower(*tower_args)
         self.class_tower = None if share_prediction_tower else _Tower(*tower_args)
@@ -158,7 +180,7 @@ class WeightSharedConvolutionalBoxPredictor(nn.Module):
         return _flatten(classes, self.num_classes), _flatten(boxes, self.box_code_size)
 
     def l2_weights(self, prefix: str = "") -> dict[str, float]:
-        return l2_weights_of(self, self.hp, prefix)
+        return l2_weights_of(self, prefix)
 
 
 class ConvolutionalBoxPredictor(nn.Module):
@@ -198,10 +220,18 @@ class ConvolutionalBoxPredictor(nn.Module):
             ]
             head_in = depth if num_layers_before_predictor else in_ch
             towers.append(nn.Sequential(*layers))
-            box_heads.append(_head(self.hp, head_in, n * box_code_size, kernel_size, use_depthwise, 0.0))
+            box_heads.append(
+                _head(self.hp, head_in, n * box_code_size, kernel_size, use_depthwise, 0.0, pointwise_hp=True)
+            )
             class_heads.append(
                 _head(
-                    self.hp, head_in, n * num_classes, kernel_size, use_depthwise, class_prediction_bias_init
+                    self.hp,
+                    head_in,
+                    n * num_classes,
+                    kernel_size,
+                    use_depthwise,
+                    class_prediction_bias_init,
+                    pointwise_hp=True,
                 )
             )
         self.towers = nn.ModuleList(towers)
@@ -227,5 +257,5 @@ class ConvolutionalBoxPredictor(nn.Module):
         return _flatten(classes, self.num_classes), _flatten(boxes, self.box_code_size)
 
     def l2_weights(self, prefix: str = "") -> dict[str, float]:
-        return l2_weights_of(self, self.hp, prefix)
+        return l2_weights_of(self, prefix)
 

@@ -29,7 +29,10 @@ built them (for weight decay).
 
 Feature extractors (``FEATURE_EXTRACTORS``; a ``_keras`` suffix is accepted and ignored):
 
-* ``ssd_resnet{18,34,50,101}_v1_fpn``: torchvision ResNet, FPN on C3..C5 and stride-2 levels above.
+* ``ssd_resnet{18,34,50,101,152}_v1_fpn``: torchvision ResNet, FPN on C3..C5 and stride-2 levels above.
+* ``ssd_mobilenet_v1_fpn``: MobileNetV1 (``backbones.MobileNetV1``) with the FPN on its blocks 5, 11
+  and 13 (Conv2d_5/11/13_pointwise: strides 8, 16, 32) for levels 3..5 (block 3 for a level 2); with
+  ``use_depthwise`` the last two pointwise convs narrow to 512 and 256 channels as in the TF OD API.
 * ``ssd_mobilenet_v2_fpn``: MobileNetV2 with FPN on ``features.6`` (stride 8), ``features.13``
   (stride 16) and ``features.18`` (stride 32, 1280 channels: the standard torchvision layer, where the
   TF OD API's FPN variant narrows its last layer to 256 — here the FPN projection does that).
@@ -39,9 +42,15 @@ Feature extractors (``FEATURE_EXTRACTORS``; a ``_keras`` suffix is accepted and 
   zoo's ``ssd_anchor_generator`` (``num_layers`` equal) or ``multiscale_anchor_generator`` levels
   4 .. ``3 + num_layers``.
 
-The backbone's convs carry the feature extractor's conv_hyperparams L2 weight, but keep torchvision's
-batch-norm settings (epsilon 1e-5) so ImageNet weights behave as trained. ``pad_to_multiple`` and
-``use_explicit_padding`` are not needed: the FPN resizes to whatever size each level has.
+Initialisation and L2 follow the TF OD API's Keras models (docs/models.md, "Parity with the TF OD
+API"): with ``override_base_feature_extractor_hyperparams`` the backbone's conv and depthwise kernels
+take the feature extractor's conv_hyperparams initializer and L2 weight; without it, the TF OD API's
+own backbone defaults (``BACKBONE_DEFAULTS``). The FPN width is ``max(int(additional_layer_depth *
+depth_multiplier), min_depth)``. ResNet and MobileNetV2 keep torchvision's batch-norm settings
+(epsilon 1e-5) and activations so ImageNet weights behave as trained; MobileNetV1, which has no
+torchvision weights, takes the conv_hyperparams' batch norm under the override. ``pad_to_multiple``
+and ``use_explicit_padding`` are not needed: convs pad symmetrically (what ``use_explicit_padding``
+does in the TF OD API; output sizes are the same either way) and the FPN resizes to each level's size.
 """
 
 from __future__ import annotations
@@ -55,7 +64,7 @@ from torch import Tensor, nn
 
 from raredet.errors import ConfigError
 from raredet.modeling.anchors import MultiscaleAnchorGenerator, SsdAnchorGenerator
-from raredet.modeling.backbones import MobileNetV2, ResNet
+from raredet.modeling.backbones import MobileNetV1, MobileNetV2, ResNet
 from raredet.modeling.bifpn import BiFPN
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.calibration import Calibration
@@ -76,7 +85,7 @@ Config = Mapping[str, Any]
 class FpnFeatureExtractor(nn.Module):
     """A backbone followed by an FPN; ``forward(x) -> [map per level min_level..max_level]``."""
 
-    def __init__(self, backbone: ResNet | MobileNetV2, fpn: FeaturePyramid, hp: ConvHyperparams) -> None:
+    def __init__(self, backbone: Backbone, fpn: FeaturePyramid, hp: ConvHyperparams) -> None:
         super().__init__()
         self.backbone, self.fpn, self.hp = backbone, fpn, hp
         self.levels = list(range(fpn.min_level, fpn.max_level + 1))
@@ -123,18 +132,55 @@ class EfficientDetFeatureExtractor(nn.Module):
 
 
 FeatureExtractor = FpnFeatureExtractor | SsdMobileNetV2FeatureExtractor | EfficientDetFeatureExtractor
+Backbone = ResNet | MobileNetV1 | MobileNetV2
+
+# The TF OD API's Keras backbones' own initializer and L2 weight, used without
+# override_base_feature_extractor_hyperparams. The L2 weights are written as conv_hyperparams weights
+# (loss 0.5 * weight * sum(w^2)): Keras' ResNet regularizer l2(1e-4) is 1e-4 * sum(w^2), i.e. 2e-4 here;
+# the MobileNets' l2(0.00004 * 0.5) is 4e-5 here.
+BACKBONE_DEFAULTS: dict[str, Config] = {
+    "resnet": {
+        "regularizer": {"l2_regularizer": {"weight": 2e-4}},
+        "initializer": {"variance_scaling_initializer": {"factor": 1.0, "mode": "FAN_IN"}},
+    },
+    "mobilenet": {
+        "regularizer": {"l2_regularizer": {"weight": 4e-5}},
+        "initializer": {"truncated_normal_initializer": {"stddev": 0.09}},
+    },
+}
 
 
-def _fpn_extractor(
-    backbone: ResNet | MobileNetV2, cfg: Config, hp: ConvHyperparams, freeze_bn: bool
-) -> FeatureExtractor:
+def _backbone_hyperparams(cfg: Config, hp: ConvHyperparams, family: str) -> ConvHyperparams:
+    """The hyperparams the TF OD API builds the backbone's kernels with: the feature extractor's under
+    ``override_base_feature_extractor_hyperparams``, else the backbone's own defaults."""
+    if bool(cfg.get("override_base_feature_extractor_hyperparams", False)):
+        return hp
+    return ConvHyperparams.from_dict(BACKBONE_DEFAULTS[family], "model.ssd.feature_extractor (backbone)")
+
+
+def _initialize_backbone(backbone: Backbone, hp: ConvHyperparams) -> Backbone:
+    """Every conv and depthwise kernel of the backbone initialised and L2-weighted by ``hp`` (the TF OD
+    API's Keras MobileNets hand the hyperparams to depthwise kernels too)."""
+    for module in backbone.modules():
+        if isinstance(module, nn.Conv2d):
+            hp.initialize(module)
+    return backbone
+
+
+def _depth(cfg: Config) -> Callable[[int], int]:
+    """The TF OD API's depth_fn: ``max(int(d * depth_multiplier), min_depth)``."""
+    multiplier, min_depth = float(cfg.get("depth_multiplier", 1.0)), int(cfg.get("min_depth", 16))
+    return lambda d: max(int(d * multiplier), min_depth)
+
+
+def _fpn_extractor(backbone: Backbone, cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
     fpn_cfg = dict(cfg.get("fpn") or {})
     fpn = FeaturePyramid(
         backbone.out_channels,
         hp,
         min_level=int(fpn_cfg.get("min_level", 3)),
         max_level=int(fpn_cfg.get("max_level", 7)),
-        additional_layer_depth=int(fpn_cfg.get("additional_layer_depth", 256)),
+        additional_layer_depth=_depth(cfg)(int(fpn_cfg.get("additional_layer_depth", 256))),
         use_depthwise=bool(cfg.get("use_depthwise", False)),
         freeze_batchnorm=freeze_bn,
     )
@@ -143,12 +189,36 @@ def _fpn_extractor(
 
 def _resnet_fpn(depth: int, cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
     multiplier, min_depth = float(cfg.get("depth_multiplier", 1.0)), int(cfg.get("min_depth", 16))
-    return _fpn_extractor(ResNet(depth, multiplier, min_depth, freeze_bn), cfg, hp, freeze_bn)
+    backbone = ResNet(depth, multiplier, min_depth, freeze_bn)
+    _initialize_backbone(backbone, _backbone_hyperparams(cfg, hp, "resnet"))
+    return _fpn_extractor(backbone, cfg, hp, freeze_bn)
 
 
 def _mobilenet_v2_fpn(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
     multiplier, min_depth = float(cfg.get("depth_multiplier", 1.0)), int(cfg.get("min_depth", 16))
-    return _fpn_extractor(MobileNetV2(multiplier, min_depth, freeze_bn), cfg, hp, freeze_bn)
+    backbone = MobileNetV2(multiplier, min_depth, freeze_bn)
+    _initialize_backbone(backbone, _backbone_hyperparams(cfg, hp, "mobilenet"))
+    return _fpn_extractor(backbone, cfg, hp, freeze_bn)
+
+
+def _mobilenet_v1_fpn(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
+    multiplier, min_depth = float(cfg.get("depth_multiplier", 1.0)), int(cfg.get("min_depth", 16))
+    backbone_hp = _backbone_hyperparams(cfg, hp, "mobilenet")
+    # The backbone's batch norms: the conv_hyperparams' under the override, else Keras MobileNet's.
+    epsilon, decay = (
+        (backbone_hp.bn_epsilon, backbone_hp.bn_decay) if backbone_hp.use_batch_norm else (1e-3, 0.9997)
+    )
+    use_depthwise = bool(cfg.get("use_depthwise", False))
+    backbone = MobileNetV1(
+        multiplier,
+        min_depth,
+        freeze_bn or (backbone_hp.use_batch_norm and not backbone_hp.bn_train),
+        top_depths=(512, 256) if use_depthwise else (1024, 1024),
+        bn_epsilon=epsilon,
+        bn_momentum=1.0 - decay,
+    )
+    _initialize_backbone(backbone, backbone_hp)
+    return _fpn_extractor(backbone, cfg, hp, freeze_bn)
 
 
 def _mobilenet_v2_ssd(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
@@ -158,6 +228,7 @@ def _mobilenet_v2_ssd(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> Feat
         raise ConfigError(f"feature_extractor.num_layers must be 2..6 for ssd_mobilenet_v2, got {num_layers}")
     depths = [max(int(d * multiplier), min_depth) for d in SSD_EXTRA_DEPTHS[: num_layers - 2]]
     backbone = MobileNetV2(multiplier, min_depth, freeze_bn)
+    _initialize_backbone(backbone, _backbone_hyperparams(cfg, hp, "mobilenet"))
     use_depthwise = bool(cfg.get("use_depthwise", False))
     extra = SsdExtraLayers(backbone.out_channels[5], depths, hp, use_depthwise, freeze_bn)
     return SsdMobileNetV2FeatureExtractor(backbone, extra, depths, hp)
@@ -225,6 +296,8 @@ FEATURE_EXTRACTORS: dict[str, Callable[[Config, ConvHyperparams, bool], FeatureE
     "ssd_resnet34_v1_fpn": partial(_resnet_fpn, 34),
     "ssd_resnet50_v1_fpn": partial(_resnet_fpn, 50),
     "ssd_resnet101_v1_fpn": partial(_resnet_fpn, 101),
+    "ssd_resnet152_v1_fpn": partial(_resnet_fpn, 152),
+    "ssd_mobilenet_v1_fpn": _mobilenet_v1_fpn,
     "ssd_mobilenet_v2_fpn": _mobilenet_v2_fpn,
     "ssd_mobilenet_v2": _mobilenet_v2_ssd,
 }
@@ -281,9 +354,10 @@ def build_box_predictor(
         "box_encodings_clip_range",
         "apply_sigmoid_to_scores",
         "apply_conv_hyperparams_to_heads",
-        "apply_conv_hyperparams_pointwise",
     ):
         fields.pop(ignored, None)
+    if name == "convolutional_box_predictor":
+        fields.pop("apply_conv_hyperparams_pointwise", None)  # a weight-shared tower's setting
     if name == "weight_shared_convolutional_box_predictor":
         fields.pop("use_dropout", None)
         fields.pop("dropout_keep_probability", None)
@@ -378,7 +452,7 @@ class SSD(nn.Module):
             )
 
     @property
-    def backbone(self) -> ResNet | MobileNetV2 | EfficientNet:
+    def backbone(self) -> Backbone | EfficientNet:
         """The torchvision-named backbone (where classification checkpoints load)."""
         return self.feature_extractor.backbone
 
@@ -414,8 +488,9 @@ class SSD(nn.Module):
         """``{parameter name: l2_regularizer.weight}`` for every regularised parameter (conv kernels)."""
         extractor = self.feature_extractor
         if isinstance(extractor, EfficientDetFeatureExtractor):
+            # EfficientNet's own regularised set (docs/efficientdet.md), then the predictor's kernels.
             weights = extractor.l2_weights("feature_extractor")
-        else:
-            weights = l2_weights_of(extractor, extractor.hp, "feature_extractor")
-        weights.update(self.box_predictor.l2_weights("box_predictor"))
-        return weights
+            weights.update(l2_weights_of(self.box_predictor, "box_predictor"))
+            return weights
+        # Every other kernel records the L2 weight of the hyperparams that built it (docs/models.md).
+        return l2_weights_of(self)
