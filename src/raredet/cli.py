@@ -153,6 +153,9 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="autocast precision; default: bf16 if train_config.use_bfloat16, else auto "
                         "(bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--channels_last", action="store_true",
+                   help="NHWC memory order (faster on CPUs; off by default: its float32 gradients differ "
+                        "from NCHW's on some models, see docs/benchmarks.md)")
 
     def run(a: argparse.Namespace) -> int:
         from raredet.commands.train import train_from_config
@@ -162,6 +165,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             checkpoint_every_n=a.checkpoint_every_n, seed=a.seed, device=a.device,
             sample_1_of_n_eval_examples=a.sample_1_of_n_eval_examples,
             eval_every_n_steps=a.eval_every_n_steps, precision=a.precision,
+            channels_last=a.channels_last,
         )
         return 130 if result.interrupted else 0  # stopped by a signal: checkpoint written, not finished
 

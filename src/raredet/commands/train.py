@@ -62,12 +62,14 @@ def train_from_config(
     eval_every_n_steps: int = 0,
     num_workers: int | None = None,
     precision: str | None = None,
+    channels_last: bool = False,
 ) -> TrainResult:
     """`raredet train`: load the config, build everything, train (resuming from `model_dir`).
 
     Threads and data workers are sized to this process's share of the node (`engine.train.
     configure_threads`, `default_num_workers`); `precision` (see `engine.train.PRECISIONS`) overrides
-    the config's `train_config.use_bfloat16`.
+    the config's `train_config.use_bfloat16`; `channels_last` opts in to NHWC memory order
+    (`engine.train.train`).
     """
     loaded = config.load(pipeline_config_path)
     info = dist_utils.init_distributed(device)
@@ -87,6 +89,7 @@ def train_from_config(
         eval_fn = _eval_fn(loaded, Path(model_dir), components, sample_1_of_n_eval_examples, info.device)
     try:
         return train(components, model_dir, seed=seed, device=device, checkpoint_every_n=every,
-                     eval_every_n_steps=eval_every_n_steps, eval_fn=eval_fn)
+                     eval_every_n_steps=eval_every_n_steps, eval_fn=eval_fn,
+                     channels_last=channels_last)
     finally:
         dist_utils.shutdown()

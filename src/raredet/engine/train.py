@@ -419,14 +419,15 @@ def train(
     eval_every_n_steps: int = 0,
     eval_fn: EvalFn | None = None,
     progress: bool = True,
-    channels_last: bool = True,
+    channels_last: bool = False,
 ) -> TrainResult:
     """Train to `components.num_steps`, resuming from the newest checkpoint in `model_dir`.
 
     Returns when done or after SIGINT/SIGTERM (a checkpoint is written either way). Raises
     TrainingDiverged on a non-finite loss or gradient. `channels_last`: the model's 4-d weights (and
-    so its activations) in NHWC memory order, faster on CPUs and on GPUs with bf16; the same results
-    up to float rounding (other kernels sum in another order).
+    so its activations) in NHWC memory order, faster on CPUs and on GPUs with bf16. Off by default: on
+    the zoo's FPN-lite model with the TF OD API's initializers, float32 gradients in NHWC differ from the
+    NCHW ones (which match float64) by up to 12 % at some levels (docs/benchmarks.md)
     """
     info = dist_utils.init_distributed(device)
     model_dir = Path(model_dir)
@@ -475,7 +476,7 @@ class LoopOptions:
     checkpoint_every_n: int
     eval_every_n_steps: int
     eval_fn: EvalFn | None
-    channels_last: bool = True
+    channels_last: bool = False
 
 
 def _loop(components: TrainComponents, model: nn.Module, info: dist_utils.DistInfo, logger: TrainLogger,
