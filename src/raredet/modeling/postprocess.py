@@ -157,7 +157,8 @@ class BatchNonMaxSuppression:
         self.pre_nms_top_k = pre_nms_top_k
 
     def __call__(self, boxes: Tensor, scores: Tensor) -> dict[str, Tensor]:
-        """``boxes [B, A, 4]`` xyxy, ``scores [B, A, K]`` -> padded detections (see ``SSD.postprocess``)."""
+        """``boxes [B, A, 4]`` (or ``[B, A, K, 4]``, a box per class) xyxy, ``scores [B, A, K]`` ->
+        padded detections (see ``SSD.postprocess``)."""
         cand_boxes, cand_scores, cand_classes = self._candidates(boxes, scores)
         valid = cand_scores > self.score_threshold
         groups = torch.zeros_like(cand_classes) if self.use_class_agnostic_nms else cand_classes
@@ -178,7 +179,11 @@ class BatchNonMaxSuppression:
             anchor_idx, top_classes = top_idx, classes.gather(1, top_idx)
         else:
             anchor_idx, top_classes = top_idx // num_classes, top_idx % num_classes
-        top_boxes = boxes.gather(1, anchor_idx[..., None].expand(-1, -1, 4))
+        if boxes.dim() == 4:  # a box per class (Faster R-CNN's second stage): [B, A, K, 4]
+            flat = boxes.flatten(1, 2)
+            top_boxes = flat.gather(1, (anchor_idx * num_classes + top_classes)[..., None].expand(-1, -1, 4))
+        else:
+            top_boxes = boxes.gather(1, anchor_idx[..., None].expand(-1, -1, 4))
         return top_boxes, top_scores, top_classes
 
     def _pad(self, boxes: Tensor, scores: Tensor, classes: Tensor, keep: Tensor) -> dict[str, Tensor]:

@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AnchorGenerator(_message.Message):
-    __slots__ = ("ssd_anchor_generator", "multiscale_anchor_generator")
+    __slots__ = ("grid_anchor_generator", "ssd_anchor_generator", "multiscale_anchor_generator")
+    GRID_ANCHOR_GENERATOR_FIELD_NUMBER: _ClassVar[int]
     SSD_ANCHOR_GENERATOR_FIELD_NUMBER: _ClassVar[int]
     MULTISCALE_ANCHOR_GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    grid_anchor_generator: GridAnchorGenerator
     ssd_anchor_generator: SsdAnchorGenerator
     multiscale_anchor_generator: MultiscaleAnchorGenerator
-    def __init__(self, ssd_anchor_generator: _Optional[_Union[SsdAnchorGenerator, _Mapping]] = ..., multiscale_anchor_generator: _Optional[_Union[MultiscaleAnchorGenerator, _Mapping]] = ...) -> None: ...
+    def __init__(self, grid_anchor_generator: _Optional[_Union[GridAnchorGenerator, _Mapping]] = ..., ssd_anchor_generator: _Optional[_Union[SsdAnchorGenerator, _Mapping]] = ..., multiscale_anchor_generator: _Optional[_Union[MultiscaleAnchorGenerator, _Mapping]] = ...) -> None: ...
 
 class MultiscaleAnchorGenerator(_message.Message):
     __slots__ = ("min_level", "max_level", "anchor_scale", "aspect_ratios", "scales_per_octave", "normalize_coordinates")
@@ -59,3 +61,23 @@ class SsdAnchorGenerator(_message.Message):
     height_offset: _containers.RepeatedScalarFieldContainer[int]
     width_offset: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, num_layers: _Optional[int] = ..., min_scale: _Optional[float] = ..., max_scale: _Optional[float] = ..., scales: _Optional[_Iterable[float]] = ..., aspect_ratios: _Optional[_Iterable[float]] = ..., interpolated_scale_aspect_ratio: _Optional[float] = ..., reduce_boxes_in_lowest_layer: _Optional[bool] = ..., base_anchor_height: _Optional[float] = ..., base_anchor_width: _Optional[float] = ..., height_stride: _Optional[_Iterable[int]] = ..., width_stride: _Optional[_Iterable[int]] = ..., height_offset: _Optional[_Iterable[int]] = ..., width_offset: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GridAnchorGenerator(_message.Message):
+    __slots__ = ("height", "width", "height_stride", "width_stride", "height_offset", "width_offset", "scales", "aspect_ratios")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_STRIDE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_STRIDE_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
+    ASPECT_RATIOS_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    width: int
+    height_stride: int
+    width_stride: int
+    height_offset: int
+    width_offset: int
+    scales: _containers.RepeatedScalarFieldContainer[float]
+    aspect_ratios: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., height_stride: _Optional[int] = ..., width_stride: _Optional[int] = ..., height_offset: _Optional[int] = ..., width_offset: _Optional[int] = ..., scales: _Optional[_Iterable[float]] = ..., aspect_ratios: _Optional[_Iterable[float]] = ...) -> None: ...
