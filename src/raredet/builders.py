@@ -47,8 +47,10 @@ from raredet.modeling.matcher import ArgMaxMatcher
 from raredet.protos import (
     calibration_pb2,
     eval_pb2,
+    faster_rcnn_pb2,
     input_reader_pb2,
     losses_pb2,
+    pipeline_pb2,
     post_processing_pb2,
     ssd_pb2,
     train_pb2,
@@ -163,10 +165,11 @@ def build_augmentations(train_config: train_pb2.TrainConfig) -> list[Any]:
     return ops
 
 
-def build_resizer(ssd: ssd_pb2.Ssd) -> Any:
+def build_resizer(ssd: ModelMessage) -> Any:
     name = ssd.image_resizer.WhichOneof("image_resizer_oneof")
     if name is None:
-        raise ConfigError(f"model.ssd.image_resizer is not set; valid choices: {', '.join(augment.RESIZERS)}")
+        kind = "faster_rcnn" if isinstance(ssd, faster_rcnn_pb2.FasterRcnn) else "ssd"
+        raise ConfigError(f"model.{kind}.image_resizer is not set; valid choices: {', '.join(augment.RESIZERS)}")
     return augment.build_resizer(name, message_kwargs(getattr(ssd.image_resizer, name)))
 
 
@@ -204,12 +207,31 @@ def explicit_class_values(refs: Sequence[Any], label_map: LabelMap, where: str) 
     return {class_index(r, label_map, f"{where}[{i}]"): float(r.value) for i, r in enumerate(refs)}
 
 
+ModelMessage = ssd_pb2.Ssd | faster_rcnn_pb2.FasterRcnn
+
+
+def model_message(config: pipeline_pb2.TrainEvalPipelineConfig) -> ModelMessage:
+    """The model the config chose: `model.ssd` or `model.faster_rcnn`."""
+    return getattr(config.model, config.model.WhichOneof("model") or "ssd")  # type: ignore[no-any-return]
+
+
+def class_weights_field(msg: ModelMessage) -> tuple[losses_pb2.ClassWeights, str, bool]:
+    """(the `class_weights` message of a model, its field path, whether it is set)."""
+    if isinstance(msg, faster_rcnn_pb2.FasterRcnn):
+        return (msg.second_stage_class_weights, "model.faster_rcnn.second_stage_class_weights",
+                msg.HasField("second_stage_class_weights"))
+    return msg.loss.class_weights, "model.ssd.loss.class_weights", msg.loss.HasField("class_weights")
+
+
 def build_class_weights(
-    loss: losses_pb2.Loss, label_map: LabelMap, stats: DatasetStats | None
+    loss: losses_pb2.Loss | ModelMessage, label_map: LabelMap, stats: DatasetStats | None
 ) -> list[ClassWeight]:
-    """One resolved weight per class (all 1.0 without `class_weights`)."""
-    cw = loss.class_weights
-    where = "model.ssd.loss.class_weights"
+    """One resolved weight per class (all 1.0 without `class_weights`); `loss` is `model.ssd.loss` or
+    the model message itself."""
+    if isinstance(loss, losses_pb2.Loss):
+        cw, where = loss.class_weights, "model.ssd.loss.class_weights"
+    else:
+        cw, where, _ = class_weights_field(loss)
     explicit = explicit_class_values(cw.weight, label_map, f"{where}.weight")
     scheme = _enum_name(cw.auto, "scheme") if cw.HasField("auto") else None
     if scheme is not None and stats is None:
@@ -257,8 +279,29 @@ def build_box_coder(ssd: ssd_pb2.Ssd) -> Any:
     return make(**message_kwargs(sub))
 
 
-def build_loss(ssd: ssd_pb2.Ssd, label_map: LabelMap, class_weights: Sequence[ClassWeight]) -> DetectionLoss:
-    """The DetectionLoss of `model.ssd` with the resolved per-class weights."""
+def build_faster_rcnn_loss(msg: faster_rcnn_pb2.FasterRcnn, class_weights: Sequence[ClassWeight]) -> Any:
+    """The FasterRcnnLoss of `model.faster_rcnn` with the resolved per-class weights."""
+    from raredet.losses.faster_rcnn import FasterRcnnLoss
+
+    fields = ("first_stage_minibatch_size", "first_stage_positive_balance_fraction",
+              "first_stage_localization_loss_weight", "first_stage_objectness_loss_weight",
+              "second_stage_batch_size", "second_stage_balance_fraction",
+              "second_stage_localization_loss_weight", "second_stage_classification_loss_weight")
+    set_weights = msg.HasField("second_stage_class_weights")
+    softmax = msg.second_stage_classification_loss.weighted_softmax
+    return FasterRcnnLoss(
+        num_classes=msg.num_classes, **{f: getattr(msg, f) for f in fields},
+        class_weights=class_weight_tensor(class_weights) if set_weights else None,
+        apply_to_localization=msg.second_stage_class_weights.apply_to_localization,
+        logit_scale=softmax.logit_scale,
+        seesaw=message_kwargs(msg.second_stage_seesaw_loss) if msg.HasField("second_stage_seesaw_loss") else None,
+    )
+
+
+def build_loss(ssd: ModelMessage, label_map: LabelMap, class_weights: Sequence[ClassWeight]) -> Any:
+    """The loss of `model.ssd` (DetectionLoss) or `model.faster_rcnn` with the resolved per-class weights."""
+    if isinstance(ssd, faster_rcnn_pb2.FasterRcnn):
+        return build_faster_rcnn_loss(ssd, class_weights)
     loss = ssd.loss
     _, matcher, m_sub = oneof_choice(ssd.matcher, "matcher_oneof", MATCHERS, "model.ssd.matcher")
     _, similarity, _ = oneof_choice(ssd.similarity_calculator, "region_similarity", SIMILARITIES,
@@ -303,19 +346,35 @@ def resolve_class_weight_table(loaded: LoadedConfig, stats: DatasetStats | None 
     """The class-weight table training would use (for `raredet config show --resolve_weights`)."""
     if stats is None:
         stats = training_stats(loaded)
-    return build_class_weights(loaded.config.model.ssd.loss, _label_map(loaded), stats)
+    return build_class_weights(model_message(loaded.config), _label_map(loaded), stats)
 
 
 # ---- the model ----------------------------------------------------------------------------------
 
 
-def build_model(ssd: ssd_pb2.Ssd,
-                class_ids: Sequence[int] | None = None) -> tuple[nn.Module, dict[str, float]]:
-    """The SSD of `model.ssd` and its L2 map `{parameter name: l2 weight}` for weight decay.
+FASTER_RCNN_MODEL_FIELDS = (
+    "num_classes", "feature_extractor", "first_stage_anchor_generator", "first_stage_box_predictor_conv_hyperparams",
+    "first_stage_atrous_rate", "first_stage_box_predictor_kernel_size", "first_stage_box_predictor_depth",
+    "first_stage_nms_score_threshold", "first_stage_nms_iou_threshold", "first_stage_max_proposals",
+    "initial_crop_size", "maxpool_kernel_size", "maxpool_stride", "second_stage_box_predictor",
+    "second_stage_post_processing", "clip_anchors_to_image", "number_of_stages",
+)
 
-    `class_ids`: the label-map ids in index order (default 1..num_classes), which the keys of a
+
+def build_model(ssd: ModelMessage,
+                class_ids: Sequence[int] | None = None) -> tuple[nn.Module, dict[str, float]]:
+    """The model of `model.ssd` (SSD) or `model.faster_rcnn` (FasterRCNN) and its L2 map
+    `{parameter name: l2 weight}` for weight decay.
+
+    `class_ids`: the label-map ids in index order (default 1..num_classes), which the keys of an SSD's
     per-class `calibration_config` name.
     """
+    if isinstance(ssd, faster_rcnn_pb2.FasterRcnn):
+        from raredet.modeling.faster_rcnn import FasterRCNN
+
+        kwargs = message_kwargs(ssd)
+        frcnn = FasterRCNN(**{k: kwargs[k] for k in FASTER_RCNN_MODEL_FIELDS if k in kwargs})
+        return frcnn, dict(frcnn.l2_weights())
     from raredet.modeling.ssd import SSD  # imported here: model code is heavy and needed only here
 
     kwargs = message_kwargs(ssd)
@@ -404,7 +463,7 @@ def check_buildable(loaded: LoadedConfig) -> None:
     schedule, loss (class weights all 1, a custom loss's module imported) — so that `raredet config
     check` refuses what `raredet train` would refuse when it starts. Raises ConfigError."""
     cfg = loaded.config
-    ssd = cfg.model.ssd
+    ssd = model_message(cfg)
     build_resizer(ssd)
     build_augmentations(cfg.train_config)
     model, l2_weights = build_model(ssd, loaded.label_map.ids if loaded.label_map is not None else None)
@@ -482,7 +541,7 @@ def build_train_data(
     """Training dataset (reader -> augmentations -> resizer) and its repeat-factor sampler."""
     cfg = loaded.config
     dataset = DetectionDataset(reader, augmentations=build_augmentations(cfg.train_config),
-                               resizer=build_resizer(cfg.model.ssd), training=True, seed=seed)
+                               resizer=build_resizer(model_message(cfg)), training=True, seed=seed)
     sampler = build_sampler(cfg.train_input_reader, stats, seed)
     return dataset, sampler
 
@@ -521,18 +580,18 @@ def build_training(
     torch.manual_seed(seed)  # the model's initial weights depend on the seed only
     reader = build_reader(cfg.train_input_reader, label_map, "train_input_reader")
     stats = compute_stats(reader, label_map)
-    class_weights = build_class_weights(cfg.model.ssd.loss, label_map, stats)
-    model, l2_weights = build_model(cfg.model.ssd, label_map.ids)
+    class_weights = build_class_weights(model_message(cfg), label_map, stats)
+    model, l2_weights = build_model(model_message(cfg), label_map.ids)
     optimizer, schedule, ema = build_optimizer(cfg.train_config, model, l2_weights)
     dataset, sampler = build_train_data(loaded, reader, stats, seed)
     return TrainComponents(
-        model=model, criterion=build_loss(cfg.model.ssd, label_map, class_weights), optimizer=optimizer,
+        model=model, criterion=build_loss(model_message(cfg), label_map, class_weights), optimizer=optimizer,
         schedule=schedule, dataset=dataset, sampler=sampler, collate_fn=collate,
         batch_size=cfg.train_config.batch_size,
         num_steps=_num_steps(cfg.train_config, num_train_steps, loaded.path),
         class_names=label_map.names, ema=ema, evaluate_with_ema=cfg.eval_config.use_moving_averages,
         gradient_clipping_by_norm=cfg.train_config.gradient_clipping_by_norm, num_workers=num_workers,
-        sync_batch_norm=uses_sync_batch_norm(cfg.model.ssd), class_weights=class_weights,
+        sync_batch_norm=uses_sync_batch_norm(model_message(cfg)), class_weights=class_weights,
         precision="bf16" if cfg.train_config.use_bfloat16 else "auto",
         metadata={"config_text": effective_config_text(cfg), "label_map_text": label_map.to_pbtxt()},
     )
@@ -565,7 +624,7 @@ def build_eval_loader(
     msg = cfg.eval_input_reader[0]
     label_map = _label_map(loaded)
     reader = build_reader(msg, label_map, "eval_input_reader")
-    dataset = DetectionDataset(reader, resizer=build_resizer(cfg.model.ssd), training=False)
+    dataset = DetectionDataset(reader, resizer=build_resizer(model_message(cfg)), training=False)
     every = sample_1_of_n or msg.sample_1_of_n_examples or 1
     subset = torch.utils.data.Subset(dataset, range(0, len(dataset), every))
     return torch.utils.data.DataLoader(subset, batch_size=max(cfg.eval_config.batch_size, 1),

@@ -15,7 +15,7 @@ from raredet.config import ConfigWarning, LabelMap, LoadedConfig, class_index, e
 from raredet.config.load import _fill_defaults, _reader_paths
 from raredet.config.validate import PAIR_AWARE_RANGES, _readers
 from raredet.losses.class_weights import format_class_weight_table
-from raredet.protos import losses_pb2, pipeline_pb2, post_processing_pb2, ssd_pb2
+from raredet.protos import faster_rcnn_pb2, losses_pb2, pipeline_pb2, post_processing_pb2, ssd_pb2
 
 
 def check(path: str | os.PathLike[str], check_paths: bool = False) -> str:
@@ -112,7 +112,20 @@ def _post_processing_lines(config: pipeline_pb2.TrainEvalPipelineConfig) -> list
     return lines
 
 
-def _class_lines(ssd: ssd_pb2.Ssd, label_map: LabelMap | None) -> list[str]:
+def _faster_rcnn_lines(frcnn: faster_rcnn_pb2.FasterRcnn) -> list[str]:
+    cls = "seesaw (softmax)" if frcnn.HasField("second_stage_seesaw_loss") else "weighted_softmax"
+    return [
+        f"model:        faster_rcnn, feature extractor {frcnn.feature_extractor.type or '(unset)'}",
+        f"  resizer:    {_oneof_text(frcnn.image_resizer, 'image_resizer_oneof')}",
+        f"  anchors:    {_oneof_text(frcnn.first_stage_anchor_generator, 'anchor_generator_oneof')}",
+        f"  stage 1:    {frcnn.first_stage_minibatch_size} anchors/image (positive fraction "
+        f"{frcnn.first_stage_positive_balance_fraction:g}), {frcnn.first_stage_max_proposals} proposals",
+        f"  stage 2:    {frcnn.second_stage_batch_size} proposals/image (positive fraction "
+        f"{frcnn.second_stage_balance_fraction:g}), crop {frcnn.initial_crop_size}, loss {cls}",
+    ]
+
+
+def _class_lines(ssd: ssd_pb2.Ssd | faster_rcnn_pb2.FasterRcnn, label_map: LabelMap | None) -> list[str]:
     if label_map is None:
         return [f"classes:      {ssd.num_classes} (no label map loaded: label_map_path unset or not found)"]
     shown = ", ".join(f"{i}:{n}" for i, n in zip(label_map.ids, label_map.names, strict=True))
@@ -185,10 +198,16 @@ def _input_lines(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[str]:
 
 def summary_text(loaded: LoadedConfig) -> str:
     """A one-screen description: model, classes, losses, class weights table, inputs, warnings."""
-    ssd = loaded.config.model.ssd
     lines = [f"{loaded.path}: OK"]
-    lines += _model_lines(ssd) + _class_lines(ssd, loaded.label_map) + _loss_lines(ssd.loss)
-    lines += _post_processing_lines(loaded.config)
-    lines += _class_weight_lines(ssd.loss.class_weights, loaded.label_map) + _input_lines(loaded.config)
+    if loaded.config.model.WhichOneof("model") == "faster_rcnn":
+        frcnn = loaded.config.model.faster_rcnn
+        lines += _faster_rcnn_lines(frcnn) + _class_lines(frcnn, loaded.label_map)
+        lines += _class_weight_lines(frcnn.second_stage_class_weights, loaded.label_map)
+    else:
+        ssd = loaded.config.model.ssd
+        lines += _model_lines(ssd) + _class_lines(ssd, loaded.label_map) + _loss_lines(ssd.loss)
+        lines += _post_processing_lines(loaded.config)
+        lines += _class_weight_lines(ssd.loss.class_weights, loaded.label_map)
+    lines += _input_lines(loaded.config)
     lines += [f"warning: {w}" for w in loaded.warnings]
     return "\n".join(lines)

@@ -56,7 +56,7 @@ class EvalJob:
                               "add one (it names the data to evaluate on)")
         self.loader: Iterable[Mapping[str, Any]] = loader
         self.label_map: LabelMap = self.loaded.label_map
-        self.model, _ = builders.build_model(self.loaded.config.model.ssd, self.label_map.ids)
+        self.model, _ = builders.build_model(builders.model_message(self.loaded.config), self.label_map.ids)
         self.model.to(self.device)
         self.options = builders.eval_options(self.loaded, operating_point)
         if review_precision is not None:  # the flag adds (or replaces) every class's review band
@@ -78,7 +78,7 @@ class EvalJob:
             raise CheckpointError(f"{path} does not fit the model of {self.loaded.path} ({err}); "
                                   "evaluate with the pipeline.config the run was trained with") from None
         weights = _class_weights(state)
-        loss_fn = (builders.build_loss(self.loaded.config.model.ssd, self.label_map, weights)
+        loss_fn = (builders.build_loss(builders.model_message(self.loaded.config), self.label_map, weights)
                    if weights is not None else None)
         if loss_fn is not None and state.get("loss"):  # a pair-aware loss: its statistics at this step
             try:

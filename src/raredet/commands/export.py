@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from raredet import builders
 from raredet.commands.trained import TrainedModel, apply_operating_points, load_trained_model
 from raredet.errors import ConfigError, RaredetError
 from raredet.fileio import atomic_write, atomic_write_bytes
@@ -84,7 +85,7 @@ class ExportableDetector(nn.Module):
 
 
 def input_size(ssd: Any) -> tuple[int, int]:
-    """(H, W) the exported model takes, from the `image_resizer` of a `model.ssd` message."""
+    """(H, W) the exported model takes, from the `image_resizer` of the model message."""
     resizer = ssd.image_resizer
     kind = resizer.WhichOneof("image_resizer_oneof")
     if kind == "fixed_shape_resizer":
@@ -263,7 +264,7 @@ def export_model(model_dir: str | os.PathLike[str], format: str, out: str | os.P
     trained = load_trained_model(model_dir, pipeline_config_path)
     if operating_points is not None:
         apply_operating_points(trained, operating_points, review=False)
-    size = input_size(trained.config.model.ssd)
+    size = input_size(builders.model_message(trained.config))
     module = ExportableDetector(trained.model, size, trained.label_map.ids).eval()
     run_exported = FORMATS[format](module, Path(out), _metadata(trained, size, operating_points))
     check = _example_batch(size, batch=3, seed=1)  # another batch size than traced: the axis is dynamic

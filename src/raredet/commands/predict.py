@@ -211,7 +211,7 @@ def predict(model_dir: str | os.PathLike[str], images: Sequence[str], out_dir: s
     result = PredictResult(Path(out_dir), skipped=list(missing))
     if not paths:
         raise DataError(f"no image files found in {' '.join(images)}; give files, folders or glob patterns")
-    resizer = builders.build_resizer(trained.config.model.ssd)
+    resizer = builders.build_resizer(builders.model_message(trained.config))
     records, entries = _run(trained, paths, resizer, batch_size, keep, result)
     atomic_write_json(result.out_dir / "detections.json", records, indent=None)
     atomic_write_json(result.out_dir / "images.json", entries)

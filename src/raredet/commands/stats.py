@@ -167,11 +167,11 @@ def stats_for_config(
     threshold = 0.001
     if reader_config.HasField("repeat_factor_sampling"):
         threshold = reader_config.repeat_factor_sampling.threshold
-    loss = loaded.config.model.ssd.loss
-    auto = loss.class_weights.auto
+    class_weights, _, weights_set = builders.class_weights_field(builders.model_message(loaded.config))
+    auto = class_weights.auto
     beta = auto.beta if auto.HasField("beta") else 0.999  # the config's own beta when it sets one
     summary = stats_summary(stats, threshold, beta)
-    table = builders.resolve_class_weight_table(loaded, stats) if loss.HasField("class_weights") else []
+    table = builders.resolve_class_weight_table(loaded, stats) if weights_set else []
     if out_dir is not None:
         write_stats(summary, out_dir, table)
     return format_stats(summary, table)

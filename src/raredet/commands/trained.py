@@ -82,7 +82,7 @@ def load_trained_model(model_dir: str | os.PathLike[str],
                               f"`raredet train --model_dir {model_dir} ...`")
     path, state = found
     cfg, label_map, text = _config_and_label_map(path, state, pipeline_config_path)
-    model, _ = builders.build_model(cfg.model.ssd, label_map.ids)
+    model, _ = builders.build_model(builders.model_message(cfg), label_map.ids)
     try:
         model.load_state_dict(model_weights(state, cfg.eval_config.use_moving_averages, path))
     except RuntimeError as err:

@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from raredet.config.label_map import LabelMap
 from raredet.config.text import _did_you_mean
 from raredet.errors import ConfigError
-from raredet.protos import calibration_pb2, image_resizer_pb2, losses_pb2, pipeline_pb2, ssd_pb2
+from raredet.protos import calibration_pb2, faster_rcnn_pb2, image_resizer_pb2, losses_pb2, pipeline_pb2, ssd_pb2
 from raredet.protos.input_reader_pb2 import InputReader
 
 # Fields raredet parses (so TF OD API configs load unchanged) but does not act on. Setting one gives a
@@ -45,6 +45,29 @@ NOT_ACTED_ON: frozenset[str] = frozenset(
         "TrainConfig.use_multiclass_scores",
         "TrainConfig.bias_grad_multiplier",
         "Ssd.inplace_batchnorm_update",
+        # Faster R-CNN: TF implementation choices (static shapes, matmul variants of the same ops),
+        # Mask R-CNN's mask fields (predict_instance_masks itself is refused) and TPU batch-norm details.
+        "FasterRcnn.inplace_batchnorm_update",
+        "FasterRcnn.use_matmul_crop_and_resize",
+        "FasterRcnn.use_matmul_gather_in_matcher",
+        "FasterRcnn.use_static_balanced_label_sampler",
+        "FasterRcnn.use_static_shapes",
+        "FasterRcnn.use_static_shapes_for_eval",
+        "FasterRcnn.use_partitioned_nms_in_first_stage",
+        "FasterRcnn.use_combined_nms_in_first_stage",
+        "FasterRcnn.return_raw_detections_during_predict",
+        "FasterRcnn.output_final_box_features",
+        "FasterRcnn.output_final_box_rpn_features",
+        "FasterRcnn.resize_masks",
+        "FasterRcnn.second_stage_mask_prediction_loss_weight",
+        "FasterRcnnFeatureExtractor.pad_to_multiple",
+        "MaskRCNNBoxPredictor.conv_hyperparams",
+        "MaskRCNNBoxPredictor.mask_prediction_conv_depth",
+        "MaskRCNNBoxPredictor.mask_height",
+        "MaskRCNNBoxPredictor.mask_width",
+        "MaskRCNNBoxPredictor.mask_prediction_num_conv_layers",
+        "MaskRCNNBoxPredictor.masks_are_class_agnostic",
+        "MaskRCNNBoxPredictor.convert_to_grayscale",
         "Ssd.return_raw_detections_during_predict",
         "Ssd.use_confidences_as_targets",
         "SsdFeatureExtractor.replace_preprocessor_with_placeholder",
@@ -200,10 +223,15 @@ def validate(config: pipeline_pb2.TrainEvalPipelineConfig, label_map: LabelMap |
              path: Path | str = "<pipeline.config>") -> None:
     """Check the values raredet acts on; raises ConfigError naming `path` and the field path."""
     check = _Checker(path, label_map)
-    if not config.model.HasField("ssd"):
-        check.fail("model", "has no `ssd { ... }` block; raredet builds SSD-family models only")
-    _validate_ssd(config.model.ssd, check)
-    _validate_loss(config.model.ssd.loss, check)
+    kind = config.model.WhichOneof("model")
+    if kind is None:
+        check.fail("model", "has no `ssd { ... }` or `faster_rcnn { ... }` block; raredet builds the SSD "
+                   "family and Faster R-CNN")
+    if kind == "faster_rcnn":
+        _validate_faster_rcnn(config.model.faster_rcnn, check)
+    else:
+        _validate_ssd(config.model.ssd, check)
+        _validate_loss(config.model.ssd.loss, check)
     if config.train_config.HasField("batch_size") and config.train_config.batch_size < 1:
         check.fail("train_config.batch_size", "must be at least 1")
     for name, reader in _readers(config):
@@ -254,6 +282,49 @@ def _validate_background(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
                    "or use weighted_sigmoid_focal / weighted_sigmoid")
 
 
+def _validate_num_classes(num_classes: int, where: str, check: _Checker) -> None:
+    if num_classes < 1:
+        check.fail(where, f"is {num_classes}; set it to the number of classes "
+                   "in the label map (background not counted)")
+    lm = check.label_map
+    if lm is not None and num_classes != lm.num_classes:
+        check.fail(where, f"is {num_classes} but the label map {lm.path} has "
+                   f"{lm.num_classes} classes; make them agree (background is not counted)")
+
+
+def _validate_faster_rcnn(frcnn: faster_rcnn_pb2.FasterRcnn, check: _Checker) -> None:
+    where = "model.faster_rcnn"
+    _validate_num_classes(frcnn.num_classes, f"{where}.num_classes", check)
+    predictor = frcnn.second_stage_box_predictor.mask_rcnn_box_predictor
+    if predictor.predict_instance_masks or frcnn.feature_extractor.type.startswith("mask_rcnn"):
+        check.fail(f"{where}.second_stage_box_predictor.mask_rcnn_box_predictor.predict_instance_masks",
+                   "Mask R-CNN is not supported; raredet builds Faster R-CNN (set it false, or use a "
+                   "faster_rcnn_resnet{50,101,152}_v1 zoo config) and the SSD family")
+    _validate_resizer(frcnn.image_resizer, check, f"{where}.image_resizer")
+    for name in ("first_stage_positive_balance_fraction", "second_stage_balance_fraction"):
+        check.number(getattr(frcnn, name), f"{where}.{name}", 0.0, 1.0, low_open=True)
+    for name in ("first_stage_nms_iou_threshold", "first_stage_nms_score_threshold"):
+        check.number(getattr(frcnn, name), f"{where}.{name}", 0.0, 1.0)
+    for name in ("first_stage_minibatch_size", "second_stage_batch_size", "first_stage_max_proposals"):
+        if getattr(frcnn, name) < 1:
+            check.fail(f"{where}.{name}", "must be at least 1")
+    for name in ("first_stage_localization_loss_weight", "first_stage_objectness_loss_weight",
+                 "second_stage_localization_loss_weight", "second_stage_classification_loss_weight"):
+        check.number(getattr(frcnn, name), f"{where}.{name}")
+    nms = frcnn.second_stage_post_processing.batch_non_max_suppression
+    check.number(nms.iou_threshold,
+                 f"{where}.second_stage_post_processing.batch_non_max_suppression.iou_threshold", 0, 1)
+    loss = frcnn.second_stage_classification_loss.WhichOneof("classification_loss")
+    if loss not in (None, "weighted_softmax"):
+        check.fail(f"{where}.second_stage_classification_loss", f"{loss} is not supported in the second "
+                   "stage; use weighted_softmax (the default), or second_stage_seesaw_loss")
+    if frcnn.HasField("hard_example_miner"):
+        check.fail(f"{where}.hard_example_miner", "is not supported for Faster R-CNN; remove it (the "
+                   "second stage samples second_stage_batch_size proposals instead)")
+    if frcnn.HasField("second_stage_class_weights"):
+        _validate_class_weights(frcnn.second_stage_class_weights, f"{where}.second_stage_class_weights", check)
+
+
 def _validate_matcher(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
     if ssd.matcher.WhichOneof("matcher_oneof") != "argmax_matcher":
         return
@@ -286,8 +357,8 @@ def _validate_anchors(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
                    "anchors need one feature map per level, so make them equal")
 
 
-def _validate_resizer(resizer: image_resizer_pb2.ImageResizer, check: _Checker) -> None:
-    where = "model.ssd.image_resizer"
+def _validate_resizer(resizer: image_resizer_pb2.ImageResizer, check: _Checker,
+                     where: str = "model.ssd.image_resizer") -> None:
     kind = resizer.WhichOneof("image_resizer_oneof")
     if kind == "fixed_shape_resizer" and min(resizer.fixed_shape_resizer.height,
                                                resizer.fixed_shape_resizer.width) < 1:
@@ -491,7 +562,8 @@ def _unchecked_classes_warnings(config: pipeline_pb2.TrainEvalPipelineConfig, la
                                 path: Path | str) -> list[str]:
     loss = config.model.ssd.loss
     refs = len(loss.class_weights.weight) + len(loss.classification_loss.weighted_sigmoid_focal.class_alpha)
+    refs += len(config.model.faster_rcnn.second_stage_class_weights.weight)
     if label_map is not None or refs == 0:
         return []
     return [f"{path}: no label map was loaded (label_map_path unset or not found), so the classes named in "
-            "model.ssd.loss (class_weights, class_alpha) cannot be checked until the label map is there"]
+            "model.ssd.loss (class_weights, class_alpha) or model.faster_rcnn.second_stage_class_weights cannot be checked until the label map is there"]
