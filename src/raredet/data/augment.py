@@ -11,6 +11,8 @@ Photometric ops follow the TF OD API: they work on the image scaled to [0, 1] an
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -305,6 +307,47 @@ class RandomScaleCropAndPadToSquare:
         return out
 
 
+def _crop_border(border: int, size: int) -> int:
+    """The TF OD API's border for square-crop centres: ``border / 2^k`` with the least ``k`` that
+    keeps it below half of ``size``."""
+    if border <= 0:
+        return 0
+    divisor = 2.0 ** math.ceil(math.log2(2.0 * border / size))
+    return border // int(min(max(divisor, 1.0), border))
+
+
+class RandomSquareCropByScale:
+    """A square crop of side ``scale * max(h, w)`` (scale one of ``num_scales`` values evenly spaced
+    in ``[scale_min, scale_max]``) centred on a random pixel at least the ``max_border``-derived
+    border from the image edges; the part outside the image is zeros. Boxes are moved into the
+    crop, dropped when completely outside it and clipped (as the TF OD API)."""
+
+    def __init__(self, max_border: int = 128, scale_min: float = 0.6, scale_max: float = 1.3,
+                 num_scales: int = 8) -> None:
+        if num_scales < 1 or not 0 < scale_min <= scale_max:
+            raise ConfigError("random_square_crop_by_scale: needs num_scales >= 1 and 0 < scale_min <= scale_max")
+        self.max_border, self.scales = int(max_border), np.linspace(scale_min, scale_max, num_scales)
+
+    def __call__(self, example: Example, rng: np.random.Generator) -> Example:
+        image = example["image"]
+        h, w = image.shape[:2]
+        size = max(1, int(self.scales[rng.integers(len(self.scales))] * max(h, w)))
+        hb, wb = _crop_border(self.max_border, h), _crop_border(self.max_border, w)
+        yc = int(rng.integers(min(hb, h), max(h - hb, hb) + 1))
+        xc = int(rng.integers(min(wb, w), max(w - wb, wb) + 1))
+        y0, x0 = yc - size // 2, xc - size // 2
+        ys, ye, xs, xe = max(y0, 0), min(y0 + size, h), max(x0, 0), min(x0 + size, w)
+        canvas = np.zeros((size, size) + image.shape[2:], dtype=image.dtype)
+        if ye > ys and xe > xs:
+            canvas[ys - y0:ye - y0, xs - x0:xe - x0] = image[ys:ye, xs:xe]
+        b = example["boxes"] - np.array([x0, y0, x0, y0], dtype=np.float32)
+        outside = (b[:, 2] <= 0) | (b[:, 3] <= 0) | (b[:, 0] >= size) | (b[:, 1] >= size)
+        out = keep_boxes({**example, "boxes": b}, ~outside)
+        out["boxes"] = np.clip(out["boxes"], 0, size).astype(np.float32)
+        out["image"] = canvas
+        return out
+
+
 class RandomJitterBoxes:
     """Move each box corner by up to ``ratio`` of the box size (boxes only, not the image)."""
 
@@ -463,6 +506,7 @@ AUGMENTATIONS: dict[str, type] = {
     "ssd_random_crop": SsdRandomCrop,
     "random_pad_image": RandomPadImage,
     "random_scale_crop_and_pad_to_square": RandomScaleCropAndPadToSquare,
+    "random_square_crop_by_scale": RandomSquareCropByScale,
     "random_adjust_brightness": RandomAdjustBrightness,
     "random_adjust_contrast": RandomAdjustContrast,
     "random_adjust_saturation": RandomAdjustSaturation,
