@@ -1,0 +1,80 @@
+"""The TF2 zoo's Faster R-CNN configs: each passes `config check` and trains two steps on CPU with a
+small batch and small images (a test copy with sizes, classes and paths overridden)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from raredet.commands import config as config_cmd
+from raredet.commands.train import train_from_config
+from raredet.errors import ConfigError
+from tests.engine.tiny_pipeline import make_data
+
+ZOO = Path("/work/shared/fixtures/tf2_zoo")
+if not ZOO.is_dir():
+    ZOO = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tf2_zoo"
+BUILT = sorted(p.name for p in ZOO.glob("faster_rcnn_*.config") if "_fpn_" not in p.name)
+FPN = sorted(p.name for p in ZOO.glob("faster_rcnn_*_fpn_*.config"))
+
+
+def small_copy(name: str, data_dir: Path) -> Path:
+    """The zoo config with 64-pixel images, 3 classes, batch 2, 16 proposals and the synthetic data."""
+    text = (ZOO / name).read_text()
+    text = re.sub(r"(min_dimension|max_dimension|height|width): \d+", r"\1: 64", text)
+    text = re.sub(r"num_classes: \d+", "num_classes: 3", text)
+    text = re.sub(r"batch_size: \d+", "batch_size: 2", text)
+    text = re.sub(r"first_stage_max_proposals: \d+", "first_stage_max_proposals: 16", text)
+    text = re.sub(r'fine_tune_checkpoint(_type)?: "[^"]*"', "", text)
+    text = text.replace("PATH_TO_BE_CONFIGURED/label_map.txt", "label_map.pbtxt")
+    text = re.sub(r'"PATH_TO_BE_CONFIGURED/train[^"]*"', '"train-*.tfrecord"', text)
+    text = re.sub(r'"PATH_TO_BE_CONFIGURED/val[^"]*"', '"val-*.tfrecord"', text)
+    out = data_dir / name
+    out.write_text(text)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("frcnn_data")
+    make_data(out, images=6)
+    return out
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_zoo_config_checks(name):
+    assert len(BUILT) == 9
+    report = config_cmd.check(ZOO / name)
+    assert "faster_rcnn" in report and "OK" in report
+
+
+def test_fpn_and_mask_rcnn_are_refused_by_name():
+    assert FPN == ["faster_rcnn_resnet50_v1_fpn_640x640_coco17_tpu-8.config"]
+    with pytest.raises(ConfigError, match="FPN variant is not built"):
+        config_cmd.check(ZOO / FPN[0])
+    with pytest.raises(ConfigError, match="Mask R-CNN is not supported"):
+        config_cmd.check(ZOO / "mask_rcnn_inception_resnet_v2_1024x1024_coco17_gpu-8.config")
+    with pytest.raises(ConfigError, match="CenterNet and Mask R-CNN are not supported"):
+        config_cmd.check(ZOO / "centernet_hourglass104_512x512_coco17_tpu-8.config")
+
+
+def _train_two_steps(name: str, data_dir: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    config = small_copy(name, data_dir)
+    result = train_from_config(config, tmp_path / "run", num_train_steps=2, num_workers=0, device="cpu")
+    assert result.step == 2
+    assert (tmp_path / "run" / "ckpt-2.pt").exists()
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.last_losses.values())
+
+
+def test_resnet50_640_trains_two_steps(data_dir, tmp_path):
+    _train_two_steps("faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config", data_dir, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in BUILT if "resnet50_v1_640x640" not in n])
+def test_every_zoo_config_trains_two_steps(name, data_dir, tmp_path):
+    _train_two_steps(name, data_dir, tmp_path)
