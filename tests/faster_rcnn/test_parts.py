@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from raredet.losses.faster_rcnn import FasterRcnnLoss, balanced_sample, seesaw_cross_entropy
+from raredet.modeling.faster_rcnn import fpn_levels_of_boxes
 from raredet.modeling.grid_anchors import GridAnchorGenerator
 from raredet.modeling.roi_ops import crop_and_resize
 
@@ -158,3 +159,11 @@ def test_seesaw_reduces_to_softmax_with_equal_counts_and_mitigates_rare_negative
     m = (1 / 100) ** 0.8  # column of the rare class for a frequent-class row
     assert got.item() == pytest.approx(-math.log(1 / (1 + 1 + m + 1)), rel=1e-6)
     assert plain.shape == (4,)
+
+
+def test_fpn_crop_levels_by_hand():
+    # floor(log2(side / 224)) + num_levels - 2 with 4 maps: 111 -> -2 + 2 = 0, 113 -> -1 + 2 = 1,
+    # 223 -> 1, 225 -> 0 + 2 = 2, 449 -> 1 + 2 = 3, 2000 -> clamped to 3, 10 -> clamped to 0
+    sides = torch.tensor([111.0, 113.0, 223.0, 225.0, 449.0, 2000.0, 10.0])
+    boxes = torch.stack([torch.zeros(7), torch.zeros(7), sides, sides], dim=-1)[None]
+    assert fpn_levels_of_boxes(boxes, (640, 640), 4).tolist() == [[0, 1, 1, 2, 3, 3, 0]]

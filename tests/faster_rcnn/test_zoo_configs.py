@@ -1,4 +1,4 @@
-"""The TF2 zoo's Faster R-CNN configs: each passes `config check` and trains two steps on CPU with a
+"""The TF2 zoo's 10 Faster R-CNN configs: each passes `config check` and trains two steps on CPU with a
 small batch and small images (a test copy with sizes, classes and paths overridden)."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from tests.engine.tiny_pipeline import make_data
 ZOO = Path("/work/shared/fixtures/tf2_zoo")
 if not ZOO.is_dir():
     ZOO = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tf2_zoo"
-BUILT = sorted(p.name for p in ZOO.glob("faster_rcnn_*.config") if "_fpn_" not in p.name)
-FPN = sorted(p.name for p in ZOO.glob("faster_rcnn_*_fpn_*.config"))
+BUILT = sorted(p.name for p in ZOO.glob("faster_rcnn_*.config"))
+FAST = ["faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config", "faster_rcnn_resnet50_v1_fpn_640x640_coco17_tpu-8.config"]
 
 
 def small_copy(name: str, data_dir: Path) -> Path:
@@ -46,15 +46,12 @@ def data_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("name", BUILT)
 def test_zoo_config_checks(name):
-    assert len(BUILT) == 9
+    assert len(BUILT) == 10
     report = config_cmd.check(ZOO / name)
     assert "faster_rcnn" in report and "OK" in report
 
 
-def test_fpn_and_mask_rcnn_are_refused_by_name():
-    assert FPN == ["faster_rcnn_resnet50_v1_fpn_640x640_coco17_tpu-8.config"]
-    with pytest.raises(ConfigError, match="FPN variant is not built"):
-        config_cmd.check(ZOO / FPN[0])
+def test_mask_rcnn_and_centernet_are_refused_by_name():
     with pytest.raises(ConfigError, match="Mask R-CNN is not supported"):
         config_cmd.check(ZOO / "mask_rcnn_inception_resnet_v2_1024x1024_coco17_gpu-8.config")
     with pytest.raises(ConfigError, match="CenterNet and Mask R-CNN are not supported"):
@@ -70,11 +67,12 @@ def _train_two_steps(name: str, data_dir: Path, tmp_path: Path) -> None:
     assert all(torch.isfinite(torch.tensor(v)) for v in result.last_losses.values())
 
 
-def test_resnet50_640_trains_two_steps(data_dir, tmp_path):
-    _train_two_steps("faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config", data_dir, tmp_path)
+@pytest.mark.parametrize("name", FAST)
+def test_resnet50_and_fpn_640_train_two_steps(name, data_dir, tmp_path):
+    _train_two_steps(name, data_dir, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in BUILT if "resnet50_v1_640x640" not in n])
+@pytest.mark.parametrize("name", [n for n in BUILT if n not in FAST])
 def test_every_zoo_config_trains_two_steps(name, data_dir, tmp_path):
     _train_two_steps(name, data_dir, tmp_path)

@@ -61,6 +61,7 @@ NOT_ACTED_ON: frozenset[str] = frozenset(
         "FasterRcnn.resize_masks",
         "FasterRcnn.second_stage_mask_prediction_loss_weight",
         "FasterRcnnFeatureExtractor.pad_to_multiple",
+        "FasterRcnnFeatureExtractor.override_base_feature_extractor_hyperparams",  # backbones keep torchvision BN
         "MaskRCNNBoxPredictor.conv_hyperparams",
         "MaskRCNNBoxPredictor.mask_prediction_conv_depth",
         "MaskRCNNBoxPredictor.mask_height",

@@ -17,6 +17,11 @@ One constructor, which builders call with the fields of the ``faster_rcnn`` mess
 * **Second stage.** ``backbone.layer4`` (conv5, stride 2) on the crops, spatial mean, then the
   ``mask_rcnn_box_predictor`` fc layers: ``K + 1`` class logits (background first) and 4 box codes,
   shared by all classes (``share_box_across_classes``) or one set per class.
+* **FPN variant** (``faster_rcnn_resnet{50,101,152}_fpn``): the SSD family's ``FeaturePyramid`` on
+  C2..C5 plus stride-2 levels up to ``fpn.max_level`` (``feature_extractor.conv_hyperparams``), one
+  RPN conv shared by the levels with 1x1 heads per level, ``multiscale_anchor_generator`` anchors; each
+  proposal is cropped on the level ``fpn_levels_of_boxes`` picks (TF's ``fpn_feature_levels``), and
+  the box classifier is flatten, fc 1024 + ReLU, batch norm, fc 1024 + ReLU (the TF OD API's).
 
 ``forward(images)`` takes ``[B, 3, H, W]`` in 0..255, normalises with the ImageNet mean/std and
 returns, in every mode, ``rpn_objectness [B, A, 2]``, ``rpn_box_deltas [B, A, 4]``, ``anchors
@@ -39,10 +44,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raredet.errors import ConfigError
+from raredet.modeling.anchors import MultiscaleAnchorGenerator
 from raredet.modeling.backbones import ResNet
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
+from raredet.modeling.fpn import FeaturePyramid
 from raredet.modeling.grid_anchors import GridAnchorGenerator
-from raredet.modeling.layers import ConvHyperparams
+from raredet.modeling.layers import ConvHyperparams, l2_weights_of
 from raredet.modeling.postprocess import BatchNonMaxSuppression, clip_boxes
 from raredet.modeling.roi_ops import crop_and_resize
 
@@ -56,58 +63,115 @@ WHERE = "model.faster_rcnn"
 
 Config = Mapping[str, Any]
 
-FEATURE_EXTRACTORS: dict[str, int] = {
-    "faster_rcnn_resnet50": 50,
-    "faster_rcnn_resnet101": 101,
-    "faster_rcnn_resnet152": 152,
+# type (without `_keras`) -> (ResNet depth, with an FPN)
+FEATURE_EXTRACTORS: dict[str, tuple[int, bool]] = {
+    "faster_rcnn_resnet50": (50, False),
+    "faster_rcnn_resnet101": (101, False),
+    "faster_rcnn_resnet152": (152, False),
+    "faster_rcnn_resnet50_fpn": (50, True),
+    "faster_rcnn_resnet101_fpn": (101, True),
+    "faster_rcnn_resnet152_fpn": (152, True),
 }
+# Width of the FPN variant's two fully connected box-classifier layers (the TF OD API's).
+FPN_FC_DEPTH = 1024
 
 
-def _feature_extractor_depth(cfg: Config) -> int:
+def _feature_extractor_kind(cfg: Config) -> tuple[int, bool]:
     name = str(cfg.get("type", ""))
     key = name.removesuffix("_keras")
     if key not in FEATURE_EXTRACTORS:
         valid = ", ".join(f"{k}_keras" for k in FEATURE_EXTRACTORS)
-        extra = (" (the FPN variant is not built by raredet yet)" if key.endswith("_fpn") else "")
-        raise ConfigError(f"{WHERE}.feature_extractor.type: {name!r} is not supported{extra}; "
+        raise ConfigError(f"{WHERE}.feature_extractor.type: {name!r} is not supported; "
                           f"valid: {valid} (_keras suffix optional)")
+    depth, fpn = FEATURE_EXTRACTORS[key]
     stride = int(cfg.get("first_stage_features_stride", 16))
-    if stride != 16:
+    if stride != 16 and not fpn:
         raise ConfigError(f"{WHERE}.feature_extractor.first_stage_features_stride is {stride}; the ResNet "
                           "feature extractors have stride 16 (conv4), as in the TF OD API's Keras models")
-    return FEATURE_EXTRACTORS[key]
+    return depth, fpn
 
 
-def _grid_anchor_generator(cfg: Config | None) -> GridAnchorGenerator:
+AnchorGenerator = GridAnchorGenerator | MultiscaleAnchorGenerator
+
+
+def _anchor_generator(cfg: Config | None, fpn_levels: tuple[int, int] | None) -> AnchorGenerator:
     keys = list(cfg or {})
-    if keys != ["grid_anchor_generator"]:
-        raise ConfigError(f"{WHERE}.first_stage_anchor_generator: set grid_anchor_generator (got {keys or 'none'}); "
-                          "multiscale anchors belong to the FPN variant, which raredet does not build yet")
-    return GridAnchorGenerator(**dict((cfg or {})["grid_anchor_generator"] or {}))
+    where = f"{WHERE}.first_stage_anchor_generator"
+    want = "multiscale_anchor_generator" if fpn_levels else "grid_anchor_generator"
+    if keys != [want]:
+        kind = "the FPN feature extractors" if fpn_levels else "the single-map ResNet feature extractors"
+        raise ConfigError(f"{where}: {kind} take {want} (got {keys or 'none'})")
+    fields = dict((cfg or {})[want] or {})
+    if fpn_levels is None:
+        return GridAnchorGenerator(**fields)
+    fields.pop("normalize_coordinates", None)  # anchors are always in pixels here
+    anchors = MultiscaleAnchorGenerator(**fields)
+    if (anchors.min_level, anchors.max_level) != fpn_levels:
+        raise ConfigError(f"{where}.multiscale_anchor_generator: levels {anchors.min_level}..{anchors.max_level} "
+                          f"differ from feature_extractor.fpn levels {fpn_levels[0]}..{fpn_levels[1]}; make them equal")
+    return anchors
+
+
+def fpn_levels_of_boxes(boxes: Tensor, image_hw: tuple[int, int], num_levels: int) -> Tensor:
+    """The TF OD API's ``fpn_feature_levels`` for cropping: ``boxes [B, P, 4]`` xyxy pixels -> index
+    ``[B, P]`` into the cropped maps, ``floor(log2(sqrt(w h) / 224)) + num_levels - 2`` clamped to
+    ``0 .. num_levels - 1`` (224-pixel boxes at the second-coarsest map, Lin et al. 2017 §4.2)."""
+    del image_hw  # TF: sqrt of the normalised area times sqrt(H W) / 224, i.e. the side in pixels / 224
+    size = ((boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)).sqrt()
+    levels = torch.floor(torch.log2((size / 224.0).clamp(min=1e-6))) + (num_levels - 2)
+    return levels.clamp(0, num_levels - 1).long()
 
 
 class RpnHead(nn.Module):
-    """conv ``kernel x kernel`` (dilated by ``atrous_rate``) + activation, then 1x1 convs for
-    ``2 n`` objectness logits and ``4 n`` box codes; outputs ``[B, H*W*n, 2]`` and ``[B, H*W*n, 4]``."""
+    """conv ``kernel x kernel`` (dilated by ``atrous_rate``) + activation shared by every map, then
+    per map 1x1 convs for ``2 n`` objectness logits and ``4 n`` box codes (as the TF OD API's first
+    stage predictor); outputs ``[B, A, 2]`` and ``[B, A, 4]``, maps in order, each cell-major."""
 
     def __init__(self, in_channels: int, num_anchors: int, hp: ConvHyperparams, kernel_size: int = 3,
-                 depth: int = 512, atrous_rate: int = 1) -> None:
+                 depth: int = 512, atrous_rate: int = 1, num_maps: int = 1) -> None:
         super().__init__()
         pad = atrous_rate * (kernel_size // 2)
         self.conv = nn.Conv2d(in_channels, depth, kernel_size, padding=pad, dilation=atrous_rate)
         self.act = hp.act()
-        self.objectness = nn.Conv2d(depth, 2 * num_anchors, 1)
-        self.box = nn.Conv2d(depth, 4 * num_anchors, 1)
-        for conv in (self.conv, self.objectness, self.box):
-            hp.initialize(conv)
+        self.objectness = nn.ModuleList(nn.Conv2d(depth, 2 * num_anchors, 1) for _ in range(num_maps))
+        self.box = nn.ModuleList(nn.Conv2d(depth, 4 * num_anchors, 1) for _ in range(num_maps))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                hp.initialize(module)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.act(self.conv(x))
-        b = x.shape[0]
-        # [B, n*c, H, W] -> [B, H, W, n*c] -> [B, H*W*n, c]: cell-major, anchor-minor like the anchors
-        objectness = self.objectness(h).permute(0, 2, 3, 1).reshape(b, -1, 2)
-        boxes = self.box(h).permute(0, 2, 3, 1).reshape(b, -1, 4)
-        return objectness, boxes
+    def forward(self, maps: list[Tensor]) -> tuple[Tensor, Tensor]:
+        objectness, boxes = [], []
+        for x, obj_conv, box_conv in zip(maps, self.objectness, self.box, strict=True):
+            h = self.act(self.conv(x))
+            b = x.shape[0]
+            # [B, n*c, H, W] -> [B, H, W, n*c] -> [B, H*W*n, c]: cell-major, anchor-minor like the anchors
+            objectness.append(obj_conv(h).permute(0, 2, 3, 1).reshape(b, -1, 2))
+            boxes.append(box_conv(h).permute(0, 2, 3, 1).reshape(b, -1, 4))
+        return torch.cat(objectness, dim=1), torch.cat(boxes, dim=1)
+
+
+class FpnBoxClassifier(nn.Module):
+    """The FPN variant's box classifier on ``[N, C, S, S]`` crops: flatten, fc 1024 + ReLU, batch norm
+    (the feature extractor's conv_hyperparams), fc 1024 + ReLU -> ``[N, 1024]``."""
+
+    def __init__(self, in_features: int, hp: ConvHyperparams, freeze_batchnorm: bool) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, FPN_FC_DEPTH)
+        self.fc2 = nn.Linear(FPN_FC_DEPTH, FPN_FC_DEPTH)
+        eps, momentum = hp.bn_epsilon, 1.0 - hp.bn_decay
+        self.norm = nn.BatchNorm1d(FPN_FC_DEPTH, eps=eps, momentum=momentum) if hp.use_batch_norm else nn.Identity()
+        if isinstance(self.norm, nn.BatchNorm1d) and (freeze_batchnorm or not hp.bn_train):
+            self.norm.requires_grad_(False)
+        self.frozen_norm = freeze_batchnorm or not hp.bn_train
+
+    def forward(self, crops: Tensor) -> Tensor:
+        x = torch.relu(self.fc1(crops.flatten(1)))
+        if isinstance(self.norm, nn.BatchNorm1d) and (self.frozen_norm or not self.training or x.shape[0] == 1):
+            x = F.batch_norm(x, self.norm.running_mean, self.norm.running_var, self.norm.weight, self.norm.bias,
+                             False, 0.0, self.norm.eps)
+        else:
+            x = self.norm(x)
+        return torch.relu(self.fc2(x))
 
 
 def _fc_init(layer: nn.Linear, hp: ConvHyperparams) -> nn.Linear:
@@ -181,15 +245,29 @@ class FasterRCNN(nn.Module):
                 raise ConfigError(f"{WHERE}.{name} is {value}; set it to a positive value (the zoo uses "
                                   "initial_crop_size 14, maxpool_kernel_size 2, maxpool_stride 2)")
         self.num_classes = num_classes
-        depth = _feature_extractor_depth(feature_extractor)
+        depth, use_fpn = _feature_extractor_kind(feature_extractor)
         frozen = not bool(feature_extractor.get("batch_norm_trainable", False))
         self.backbone = ResNet(depth, freeze_batchnorm=frozen)
-        self.anchor_generator = _grid_anchor_generator(first_stage_anchor_generator)
+        self.fpn: FeaturePyramid | None = None
+        self.fpn_hp = ConvHyperparams.from_dict(feature_extractor.get("conv_hyperparams"),
+                                                f"{WHERE}.feature_extractor.conv_hyperparams")
+        fpn_levels = None
+        if use_fpn:
+            fpn_cfg = dict(feature_extractor.get("fpn") or {})
+            self.fpn = FeaturePyramid(self.backbone.out_channels, self.fpn_hp,
+                                      min_level=int(fpn_cfg.get("min_level", 3)),
+                                      max_level=int(fpn_cfg.get("max_level", 7)),
+                                      additional_layer_depth=int(fpn_cfg.get("additional_layer_depth", 256)),
+                                      freeze_batchnorm=frozen)
+            fpn_levels = (self.fpn.min_level, self.fpn.max_level)
+        self.anchor_generator = _anchor_generator(first_stage_anchor_generator, fpn_levels)
         rpn_hp = ConvHyperparams.from_dict(first_stage_box_predictor_conv_hyperparams,
                                            f"{WHERE}.first_stage_box_predictor_conv_hyperparams")
-        self.rpn = RpnHead(self.backbone.out_channels[4], self.anchor_generator.num_anchors_per_location,
+        map_channels = self.fpn.out_channels[0] if self.fpn is not None else self.backbone.out_channels[4]
+        num_maps = len(self.fpn.out_channels) if self.fpn is not None else 1
+        self.rpn = RpnHead(map_channels, self.anchor_generator.num_anchors_per_location,
                            rpn_hp, first_stage_box_predictor_kernel_size, first_stage_box_predictor_depth,
-                           first_stage_atrous_rate)
+                           first_stage_atrous_rate, num_maps)
         self.rpn_hp = rpn_hp
         self.clip_anchors_to_image = clip_anchors_to_image
         self.max_proposals = int(first_stage_max_proposals)
@@ -202,8 +280,13 @@ class FasterRCNN(nn.Module):
         if list(predictor) != ["mask_rcnn_box_predictor"]:
             raise ConfigError(f"{WHERE}.second_stage_box_predictor: set mask_rcnn_box_predictor (got "
                               f"{list(predictor) or 'none'}); rfcn_box_predictor is not supported")
-        self.box_head = MaskRcnnBoxHead(self.backbone.out_channels[5], num_classes,
-                                        dict(predictor["mask_rcnn_box_predictor"] or {}))
+        self.box_classifier: FpnBoxClassifier | None = None
+        head_in = self.backbone.out_channels[5]
+        if self.fpn is not None:
+            pooled = (initial_crop_size - maxpool_kernel_size) // maxpool_stride + 1
+            self.box_classifier = FpnBoxClassifier(map_channels * pooled * pooled, self.fpn_hp, frozen)
+            head_in = FPN_FC_DEPTH
+        self.box_head = MaskRcnnBoxHead(head_in, num_classes, dict(predictor["mask_rcnn_box_predictor"] or {}))
         self.box_coder = FasterRcnnBoxCoder()  # the TF OD API's Faster R-CNN coder: scales 10, 10, 5, 5
         post = dict(second_stage_post_processing or {})
         self.score_converter = str(post.get("score_converter", "IDENTITY"))
@@ -221,19 +304,29 @@ class FasterRCNN(nn.Module):
         backbone carries none, as the TF OD API's Keras ResNet feature extractor)."""
         out: dict[str, float] = {}
         if self.rpn_hp.l2_weight:
-            out.update({f"rpn.{n}.weight": self.rpn_hp.l2_weight for n in ("conv", "objectness", "box")})
+            out.update(l2_weights_of(self.rpn, self.rpn_hp, "rpn"))
+        if self.fpn is not None:
+            out.update(l2_weights_of(self.fpn, self.fpn_hp, "fpn"))
+        if self.box_classifier is not None and self.fpn_hp.l2_weight:
+            out.update({f"box_classifier.{n}.weight": self.fpn_hp.l2_weight for n in ("fc1", "fc2")})
         if self.box_head.hp.l2_weight:
             out.update({f"box_head.{n}.weight": self.box_head.hp.l2_weight for n in ("cls", "box")})
         return out
 
-    def _conv4(self, x: Tensor) -> Tensor:
+    def _feature_maps(self, x: Tensor) -> list[Tensor]:
+        """The maps the RPN sees and the crops come from: conv4, or the FPN levels."""
+        if self.fpn is not None:
+            return self.fpn(self.backbone(x))
         b = self.backbone
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        return b.layer3(b.layer2(b.layer1(x)))
+        return [b.layer3(b.layer2(b.layer1(x)))]
 
-    def _anchors(self, feature_size: tuple[int, int], image_hw: tuple[int, int], device: torch.device
+    def _anchors(self, sizes: list[tuple[int, int]], image_hw: tuple[int, int], device: torch.device
                  ) -> tuple[Tensor, Tensor]:
-        anchors = self.anchor_generator(feature_size, device)
+        if isinstance(self.anchor_generator, MultiscaleAnchorGenerator):
+            anchors = self.anchor_generator(image_hw, sizes, device)
+        else:
+            anchors = self.anchor_generator(sizes[0], device)
         h, w = image_hw
         if self.clip_anchors_to_image:
             limits = anchors.new_tensor([w, h, w, h])
@@ -259,17 +352,17 @@ class FasterRCNN(nn.Module):
         """``images [B, 3, H, W]`` in 0..255 -> the dict of the module docstring."""
         x = (images.float() - self.pixel_mean) / self.pixel_std
         image_hw = (int(x.shape[-2]), int(x.shape[-1]))
-        features = self._conv4(x)
-        objectness, rpn_deltas = self.rpn(features)
-        anchors, anchor_valid = self._anchors((int(features.shape[-2]), int(features.shape[-1])), image_hw,
-                                              x.device)
+        maps = self._feature_maps(x)
+        objectness, rpn_deltas = self.rpn(maps)
+        sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in maps]
+        anchors, anchor_valid = self._anchors(sizes, image_hw, x.device)
         proposals, proposal_valid = self._proposals(objectness.detach(), rpn_deltas.detach(), anchors,
                                                     anchor_valid, image_hw)
-        h, w = image_hw
-        normalised = proposals[..., [1, 0, 3, 2]] / proposals.new_tensor([h, w, h, w])
-        crops = crop_and_resize(features, normalised, self.crop_size)
-        crops = F.max_pool2d(crops, self.pool_kernel, self.pool_stride)
-        pooled = self.backbone.layer4(crops).mean(dim=(2, 3))  # [B * P, C5]
+        crops = F.max_pool2d(self._crops(maps, proposals, image_hw), self.pool_kernel, self.pool_stride)
+        if self.box_classifier is not None:
+            pooled = self.box_classifier(crops)  # [B * P, 1024]
+        else:
+            pooled = self.backbone.layer4(crops).mean(dim=(2, 3))  # [B * P, C5]
         cls_logits, box_deltas = self.box_head(pooled)
         b, p = proposals.shape[:2]
         return {
@@ -277,6 +370,20 @@ class FasterRCNN(nn.Module):
             "anchor_valid": anchor_valid, "proposals": proposals, "proposal_valid": proposal_valid,
             "cls_logits": cls_logits.reshape(b, p, -1), "box_deltas": box_deltas.reshape(b, p, -1, 4),
         }
+
+    def _crops(self, maps: list[Tensor], proposals: Tensor, image_hw: tuple[int, int]) -> Tensor:
+        """``crop_and_resize`` of each proposal on its map (one map, or the FPN level its size picks)
+        -> ``[B * P, C, S, S]``."""
+        h, w = image_hw
+        normalised = proposals[..., [1, 0, 3, 2]] / proposals.new_tensor([h, w, h, w])
+        if len(maps) == 1:
+            return crop_and_resize(maps[0], normalised, self.crop_size)
+        levels = fpn_levels_of_boxes(proposals, image_hw, len(maps)).reshape(-1)  # [B * P]
+        crops = crop_and_resize(maps[0], normalised, self.crop_size)
+        for index in range(1, len(maps)):  # a handful of levels; every box is cropped on each
+            crops = torch.where((levels == index)[:, None, None, None],
+                                crop_and_resize(maps[index], normalised, self.crop_size), crops)
+        return crops
 
     def scores(self, cls_logits: Tensor) -> Tensor:
         """Second-stage ``[..., K + 1]`` logits -> ``[..., K]`` class scores (background dropped)."""
