@@ -8,6 +8,10 @@ depthwise). ``ssd_resnet18_v1_fpn@0.25`` is the narrow CPU-demo variant (``depth
     python -m bench.bench_model [--quick]     # writes bench/results/model.json and prints a table
     python -m bench.bench_model --only ssd_resnet152_v1_fpn ssd_mobilenet_v1_fpn ssd_resnet50_v1_fpn \
         --size 640 --batch 1 --repeats 2      # chosen extractors at another size -> model_640.json
+
+The Faster R-CNN rows (``faster_rcnn_resnet50``, ``faster_rcnn_resnet50_fpn``: the zoo's settings, 300
+proposals; timed without targets, so the second stage runs on every proposal, as at inference) are in
+the full run.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import run_times, save_result
+from raredet.modeling.faster_rcnn import FasterRCNN
 from raredet.modeling.ssd import SSD
 
 SIZE = 320
@@ -85,6 +90,33 @@ CONFIGS = {
     "ssd_mobilenet_v2 (SSDLite)": _ssdlite,
 }
 
+
+
+def _frcnn(extractor: str, fpn: bool) -> dict[str, Any]:
+    """The zoo's Faster R-CNN settings (grid anchors, or the FPN config's levels 2-6), 300 proposals."""
+    anchors: dict[str, Any] = (
+        {"multiscale_anchor_generator": {"min_level": 2, "max_level": 6, **ANCHORS}} if fpn else
+        {"grid_anchor_generator": {"scales": [0.25, 0.5, 1.0, 2.0], "aspect_ratios": [0.5, 1.0, 2.0]}})
+    extractor_cfg: dict[str, Any] = {"type": extractor, "batch_norm_trainable": True}
+    if fpn:
+        extractor_cfg.update(fpn={"min_level": 2, "max_level": 6}, conv_hyperparams=HP)
+    return dict(feature_extractor=extractor_cfg, first_stage_anchor_generator=anchors,
+                first_stage_max_proposals=300, initial_crop_size=14, maxpool_kernel_size=2, maxpool_stride=2,
+                second_stage_box_predictor={"mask_rcnn_box_predictor": {"share_box_across_classes": not fpn}},
+                second_stage_post_processing={"score_converter": "SOFTMAX"}, clip_anchors_to_image=True)
+
+
+# Two-stage rows: the second stage runs on all 300 proposals per image (see docs/faster_rcnn.md).
+FRCNN_CONFIGS = {
+    "faster_rcnn_resnet50": lambda: _frcnn("faster_rcnn_resnet50_keras", fpn=False),
+    "faster_rcnn_resnet50_fpn": lambda: _frcnn("faster_rcnn_resnet50_fpn_keras", fpn=True),
+}
+
+
+def _build(name: str) -> SSD | FasterRCNN:
+    if name in FRCNN_CONFIGS:
+        return FasterRCNN(num_classes=NUM_CLASSES, **FRCNN_CONFIGS[name]())
+    return SSD(num_classes=NUM_CLASSES, **CONFIGS[name]())
 
 # The quick run (a smoke test on 2 shared cores) skips the large ResNets.
 QUICK = ["ssd_resnet18_v1_fpn@0.25", "ssd_mobilenet_v2_fpn (lite)", "ssd_mobilenet_v2 (SSDLite)"]
@@ -152,7 +184,7 @@ def _seconds(fn: Callable[[], None], repeats: int, warmup: int) -> tuple[float, 
     return statistics.median(times), min(times)
 
 
-def _forward_flops(model: SSD, image: torch.Tensor) -> int:
+def _forward_flops(model: SSD | FasterRCNN, image: torch.Tensor) -> int:
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(image)
@@ -162,7 +194,7 @@ def _forward_flops(model: SSD, image: torch.Tensor) -> int:
 def measure(
     name: str, batch: int, repeats: int, device: str, warmup: int = 1, size: int = SIZE
 ) -> dict[str, Any]:
-    model = SSD(num_classes=NUM_CLASSES, **CONFIGS[name]()).to(device)
+    model = _build(name).to(device)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
@@ -173,7 +205,10 @@ def measure(
 
     def forward_backward() -> None:
         out = model(images)
-        (out["cls_logits"].sum() + out["box_deltas"].sum()).backward()
+        loss = out["cls_logits"].sum() + out["box_deltas"].sum()
+        if "rpn_objectness" in out:  # two-stage: the first stage's outputs too
+            loss = loss + out["rpn_objectness"].sum() + out["rpn_box_deltas"].sum()
+        loss.backward()
         model.zero_grad(set_to_none=True)
         sync()
 
@@ -203,7 +238,7 @@ def run(
 ) -> dict[str, Any]:
     default_batch, default_repeats, warmup = (1, 1, 0) if quick else (2, 3, 1)
     batch, repeats = batch or default_batch, repeats or default_repeats
-    names = only or (QUICK if quick else list(CONFIGS))
+    names = only or (QUICK if quick else list(CONFIGS) + list(FRCNN_CONFIGS))
     torch.manual_seed(0)
     load_before = os.getloadavg()[0]
     results = {name: measure(name, batch, repeats, device, warmup, size) for name in names}
@@ -243,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small extractors only, batch 1, one timed run")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="these extractors only")
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS) + list(FRCNN_CONFIGS), help="these extractors only")
     parser.add_argument("--size", type=int, default=SIZE, help=f"square image size (default {SIZE})")
     parser.add_argument("--batch", type=int, help="images per timed call (default 2; 1 with --quick)")
     parser.add_argument("--repeats", type=int, help="timed runs (default 3; 1 with --quick)")

@@ -1,0 +1,67 @@
+"""The Faster R-CNN model: torchvision-named backbones (ResNet-152 too), stride-16 first stage, output
+shapes, shared vs per-class boxes, classification fine-tuning into the backbone, config errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raredet.errors import ConfigError
+from raredet.modeling.backbones import ResNet
+from raredet.modeling.faster_rcnn import FasterRCNN
+from raredet.modeling.pretrained import load_fine_tune_checkpoint
+
+GRID = {"grid_anchor_generator": {"scales": [0.25, 0.5], "aspect_ratios": [0.5, 1.0, 2.0]}}
+
+
+def _model(extractor: str = "faster_rcnn_resnet50_keras", share: bool = True, **kwargs) -> FasterRCNN:
+    base = dict(num_classes=3, feature_extractor={"type": extractor}, first_stage_anchor_generator=GRID,
+                first_stage_max_proposals=8, initial_crop_size=6, maxpool_kernel_size=2, maxpool_stride=2,
+                second_stage_box_predictor={"mask_rcnn_box_predictor": {"share_box_across_classes": share}},
+                second_stage_post_processing={"score_converter": "SOFTMAX"})
+    return FasterRCNN(**{**base, **kwargs})
+
+
+def test_resnet152_parameter_count_matches_torchvision():
+    # torchvision's documented resnet152 count minus the ImageNet classifier (2048 * 1000 + 1000)
+    assert sum(p.numel() for p in ResNet(152).parameters()) == 60_192_808 - 2_049_000
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_shapes_stride_16_and_box_sharing(share):
+    torch.manual_seed(0)
+    model = _model(share=share)
+    out = model(torch.rand(2, 3, 64, 96) * 255)
+    # conv4 at stride 16: a 4 x 6 map, 6 anchors per cell
+    assert out["anchors"].shape == (4 * 6 * 6, 4)
+    assert out["rpn_objectness"].shape == (2, 144, 2) and out["rpn_box_deltas"].shape == (2, 144, 4)
+    assert out["proposals"].shape == (2, 8, 4)
+    assert out["cls_logits"].shape == (2, 8, 4)  # K + 1, background first
+    assert out["box_deltas"].shape == (2, 8, 1 if share else 3, 4)
+    det = model.eval().postprocess(model(torch.rand(1, 3, 64, 96) * 255), torch.tensor([[50, 96]]))
+    n = int(det["num_detections"][0])
+    assert n > 0 and (det["detection_boxes"][0, :n, 3] <= 50).all()  # clipped to the true image
+
+
+def test_classification_checkpoint_loads_every_backbone_tensor(tmp_path):
+    torch.manual_seed(1)
+    backbone = ResNet(50)
+    path = tmp_path / "resnet50.pth"
+    torch.save({**backbone.state_dict(), "fc.weight": torch.zeros(1000, 2048)}, path)
+    model = _model()
+    report = load_fine_tune_checkpoint(model, path, "classification")
+    assert report.missing == [] and report.unexpected == ["fc.weight"]
+    assert torch.equal(model.backbone.layer4[2].conv3.weight, backbone.layer4[2].conv3.weight)  # conv5 too
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match=r"feature_extractor\.type: 'faster_rcnn_inception_v2'"):
+        _model("faster_rcnn_inception_v2")
+    with pytest.raises(ConfigError, match="first_stage_features_stride is 8"):
+        _model(feature_extractor={"type": "faster_rcnn_resnet50", "first_stage_features_stride": 8})
+    with pytest.raises(ConfigError, match="take multiscale_anchor_generator"):
+        _model("faster_rcnn_resnet50_fpn_keras")
+    with pytest.raises(ConfigError, match="predict_instance_masks: Mask R-CNN"):
+        _model(second_stage_box_predictor={"mask_rcnn_box_predictor": {"predict_instance_masks": True}})
+    with pytest.raises(ConfigError, match="initial_crop_size is 0"):
+        _model(initial_crop_size=0)
