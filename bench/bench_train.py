@@ -4,7 +4,8 @@ Built from a pipeline.config through `raredet.builders`, as `raredet train` buil
 rare-defects TFRecords (written under bench/results/tmp/), a RetinaNet-style SSD (FPN levels 3-7, depth
 128, 4 predictor layers, focal loss, momentum optimizer), for `ssd_resnet18_v1_fpn` and
 `ssd_mobilenet_v2_fpn` at 320x320, batch 8. Each phase is the median over the timed steps (after one
-untimed warm-up step); images/s is batch / median step time; data wait % is the median data wait over
+untimed warm-up step); `faster_rcnn_resnet50` is the zoo's Faster R-CNN (the loss phase includes
+both stages' target assignment and sampling); images/s is batch / median step time; data wait % is the median data wait over
 the median step. Peak memory: CUDA allocator peak on GPU, the process's peak resident set on CPU.
 As `raredet train` runs: channels-last model and batches, `--precision` as `raredet train --precision`
 (default auto: bf16 autocast on CUDA, fp32 on CPU), the loader's workers as `default_num_workers` sizes
@@ -34,7 +35,7 @@ from raredet.data.synth import make_synthetic_dataset
 from raredet.engine.optim import set_learning_rate
 from raredet.engine.train import autocast_for, default_num_workers, to_device
 
-MODELS = ("ssd_resnet18_v1_fpn", "ssd_mobilenet_v2_fpn")
+MODELS = ("ssd_resnet18_v1_fpn", "ssd_mobilenet_v2_fpn", "faster_rcnn_resnet50")
 PHASES = ("data_wait", "forward", "loss", "backward", "optimizer")
 
 CONFIG = """
@@ -65,6 +66,38 @@ train_config {{
 train_input_reader {{ label_map_path: "label_map.pbtxt" tf_record_input_reader {{ input_path: "train-*" }} }}
 """
 
+# The Faster R-CNN row: the zoo's faster_rcnn_resnet50_v1 settings (grid anchors, 300 proposals, 14x14
+# crops, 256 / 64 sampled anchors / proposals) at the bench's size and batch.
+FASTER_RCNN_CONFIG = """
+model {{ faster_rcnn {{
+  num_classes: 3
+  image_resizer {{ fixed_shape_resizer {{ height: {size} width: {size} }} }}
+  feature_extractor {{ type: "{model}_keras" batch_norm_trainable: true }}
+  first_stage_anchor_generator {{ grid_anchor_generator {{ scales: [0.25, 0.5, 1.0, 2.0]
+      aspect_ratios: [0.5, 1.0, 2.0] height_stride: 16 width_stride: 16 }} }}
+  first_stage_box_predictor_conv_hyperparams {{ op: CONV
+      initializer {{ truncated_normal_initializer {{ stddev: 0.01 }} }} }}
+  first_stage_max_proposals: 300
+  first_stage_localization_loss_weight: 2.0
+  initial_crop_size: 14 maxpool_kernel_size: 2 maxpool_stride: 2
+  second_stage_box_predictor {{ mask_rcnn_box_predictor {{ fc_hyperparams {{ op: FC
+      initializer {{ variance_scaling_initializer {{ factor: 1.0 uniform: true mode: FAN_AVG }} }} }}
+      share_box_across_classes: true }} }}
+  second_stage_post_processing {{ batch_non_max_suppression {{ iou_threshold: 0.6
+      max_detections_per_class: 100 max_total_detections: 300 }} score_converter: SOFTMAX }}
+  second_stage_localization_loss_weight: 2.0
+  clip_anchors_to_image: true
+}} }}
+train_config {{
+  batch_size: {batch}
+  num_steps: 100
+  data_augmentation_options {{ random_horizontal_flip {{ }} }}
+  optimizer {{ momentum_optimizer {{ learning_rate {{ constant_learning_rate {{ learning_rate: 0.01 }} }} }}
+               use_moving_average: false }}
+}}
+train_input_reader {{ label_map_path: "label_map.pbtxt" tf_record_input_reader {{ input_path: "train-*" }} }}
+"""
+
 
 def _timer(device: torch.device) -> Callable[[], float]:
     """perf_counter after the device has finished its queued work."""
@@ -84,7 +117,7 @@ def _step_times(comps: Any, loader_iter: Any, device: torch.device, precision: s
     t1 = now()
     with autocast_for(device, precision):
         outputs = comps.model(batch["images"])
-    outputs = {k: v.float() for k, v in outputs.items()}
+    outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
     t2 = now()
     losses = comps.criterion(outputs, batch)
     t3 = now()
@@ -105,7 +138,8 @@ def _peak_memory_mb(device: torch.device) -> float:
 def bench_model(data_dir: Path, model: str, size: int, batch: int, steps: int,
                 device: torch.device, precision: str = "auto") -> dict[str, Any]:
     cfg_path = data_dir / f"{model}.config"
-    cfg_path.write_text(CONFIG.format(model=model, size=size, batch=batch))
+    template = FASTER_RCNN_CONFIG if model.startswith("faster_rcnn") else CONFIG
+    cfg_path.write_text(template.format(model=model, size=size, batch=batch))
     workers = default_num_workers(device)
     comps = builders.build_training(config.load(cfg_path), seed=0, num_workers=workers)
     comps.model.to(device, memory_format=torch.channels_last).train()

@@ -160,8 +160,10 @@ class FpnBoxClassifier(nn.Module):
         self.fc2 = nn.Linear(FPN_FC_DEPTH, FPN_FC_DEPTH)
         eps, momentum = hp.bn_epsilon, 1.0 - hp.bn_decay
         self.norm = nn.BatchNorm1d(FPN_FC_DEPTH, eps=eps, momentum=momentum) if hp.use_batch_norm else nn.Identity()
-        if isinstance(self.norm, nn.BatchNorm1d) and (freeze_batchnorm or not hp.bn_train):
-            self.norm.requires_grad_(False)
+        if isinstance(self.norm, nn.BatchNorm1d):
+            # TF's scale: false / center: false mean no gamma / beta (kept at 1 / 0, untrained)
+            self.norm.weight.requires_grad_(hp.bn_scale and not freeze_batchnorm and hp.bn_train)
+            self.norm.bias.requires_grad_(hp.bn_center and not freeze_batchnorm and hp.bn_train)
         self.frozen_norm = freeze_batchnorm or not hp.bn_train
 
     def forward(self, crops: Tensor) -> Tensor:

@@ -36,8 +36,11 @@ def crop_and_resize(features: Tensor, boxes: Tensor, crop_size: int, extrapolati
     gy = ys * (2.0 / max(h - 1, 1)) - 1.0
     gx = xs * (2.0 / max(w - 1, 1)) - 1.0
     grid = torch.stack(torch.broadcast_tensors(gx[..., None, :], gy[..., :, None]), dim=-1)  # [B,N,S,S,2]
-    grid = grid.reshape(b, n * crop_size, crop_size, 2).to(features.dtype)
-    sampled = F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    grid = grid.reshape(b, n * crop_size, crop_size, 2).float()
+    # float32 sampling positions whatever the features' dtype (bfloat16 would move them by up to
+    # 1/128 of the map); the crops come back in the features' dtype
+    sampled = F.grid_sample(features.float(), grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=True).to(features.dtype)
     crops = sampled.reshape(b, c, n, crop_size, crop_size).transpose(1, 2)  # [B, N, C, S, S]
     crops = torch.where(inside[:, :, None], crops, torch.full_like(crops, extrapolation_value))
     return crops.reshape(b * n, c, crop_size, crop_size)
