@@ -78,7 +78,8 @@ def stats_summary(stats: DatasetStats, threshold: float = 0.001, beta: float = 0
     }
 
 
-def format_stats(summary: dict[str, Any], class_weights: Sequence[ClassWeight] = ()) -> str:
+def format_stats(summary: dict[str, Any], class_weights: Sequence[ClassWeight] = (),
+                 weights_field: str = "model.ssd.loss.class_weights") -> str:
     """A plain-text table of :func:`stats_summary`, rarest class first; then ``class_weights`` (the
     table training will use) when given."""
     head = (
@@ -107,7 +108,7 @@ def format_stats(summary: dict[str, Any], class_weights: Sequence[ClassWeight] =
     if summary["empty_classes"]:
         lines.append(f"warning: no training boxes for: {', '.join(summary['empty_classes'])}")
     if class_weights:
-        lines += ["", "class weights training will use (model.ssd.loss.class_weights):",
+        lines += ["", f"class weights training will use ({weights_field}):",
                   format_class_weight_table(class_weights)]
     return "\n".join(lines)
 
@@ -136,7 +137,8 @@ def plot_counts(summary: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 
 
 def write_stats(summary: dict[str, Any], out_dir: str | os.PathLike[str],
-                class_weights: Sequence[ClassWeight] = ()) -> list[Path]:
+                class_weights: Sequence[ClassWeight] = (),
+                weights_field: str = "model.ssd.loss.class_weights") -> list[Path]:
     """stats.json, stats.txt and class_counts.png into ``out_dir``; ``class_weights`` (the table
     training will use), when given, is in stats.json under "class_weights" and in stats.txt."""
     out = Path(out_dir)
@@ -145,7 +147,7 @@ def write_stats(summary: dict[str, Any], out_dir: str | os.PathLike[str],
         saved["class_weights"] = [dataclasses.asdict(w) for w in class_weights]
     return [
         atomic_write_json(out / "stats.json", saved),
-        atomic_write_text(out / "stats.txt", format_stats(summary, class_weights) + "\n"),
+        atomic_write_text(out / "stats.txt", format_stats(summary, class_weights, weights_field) + "\n"),
         plot_counts(summary, out / "class_counts.png"),
     ]
 
@@ -167,11 +169,11 @@ def stats_for_config(
     threshold = 0.001
     if reader_config.HasField("repeat_factor_sampling"):
         threshold = reader_config.repeat_factor_sampling.threshold
-    class_weights, _, weights_set = builders.class_weights_field(builders.model_message(loaded.config))
+    class_weights, weights_field, weights_set = builders.class_weights_field(builders.model_message(loaded.config))
     auto = class_weights.auto
     beta = auto.beta if auto.HasField("beta") else 0.999  # the config's own beta when it sets one
     summary = stats_summary(stats, threshold, beta)
     table = builders.resolve_class_weight_table(loaded, stats) if weights_set else []
     if out_dir is not None:
-        write_stats(summary, out_dir, table)
-    return format_stats(summary, table)
+        write_stats(summary, out_dir, table, weights_field)
+    return format_stats(summary, table, weights_field)
