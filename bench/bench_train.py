@@ -33,7 +33,7 @@ from bench.common import RESULTS_DIR, save_result
 from raredet import builders, config
 from raredet.data.synth import make_synthetic_dataset
 from raredet.engine.optim import set_learning_rate
-from raredet.engine.train import autocast_for, default_num_workers, to_device
+from raredet.engine.train import autocast_for, default_num_workers, model_inputs, to_device
 
 MODELS = ("ssd_resnet18_v1_fpn", "ssd_mobilenet_v2_fpn", "faster_rcnn_resnet50")
 PHASES = ("data_wait", "forward", "loss", "backward", "optimizer")
@@ -116,7 +116,7 @@ def _step_times(comps: Any, loader_iter: Any, device: torch.device, precision: s
     batch = to_device(next(loader_iter), device)
     t1 = now()
     with autocast_for(device, precision):
-        outputs = comps.model(batch["images"])
+        outputs = comps.model(*model_inputs(comps.model, batch))
     outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
     t2 = now()
     losses = comps.criterion(outputs, batch)

@@ -65,3 +65,18 @@ def test_config_errors_name_the_field():
         _model(second_stage_box_predictor={"mask_rcnn_box_predictor": {"predict_instance_masks": True}})
     with pytest.raises(ConfigError, match="initial_crop_size is 0"):
         _model(initial_crop_size=0)
+
+
+def test_training_forward_with_targets_runs_the_second_stage_on_the_sampled_minibatch():
+    torch.manual_seed(0)
+    model = _model(second_stage_batch_size=4).train()
+    targets = {"boxes": torch.tensor([[[8.0, 8.0, 40.0, 40.0]], [[0.0, 0.0, 0.0, 0.0]]]),
+               "labels": torch.tensor([[1], [-1]]), "weights": torch.tensor([[1.0], [0.0]])}
+    images = torch.rand(2, 3, 64, 64) * 255
+    everything = model(images)  # no targets: every proposal (batch norms are frozen: same features)
+    assert everything["proposals"].shape == (2, 8, 4)
+    out = model(images, targets)
+    assert out["proposals"].shape == (2, 4, 4) and out["cls_logits"].shape == (2, 4, 4)
+    # every valid proposal is eligible (image 1 has no box: all background): min(4, valid) are sampled
+    expected = everything["proposal_valid"].sum(1).clamp(max=4)
+    assert torch.equal(out["proposal_valid"].sum(1), expected)

@@ -167,3 +167,26 @@ def test_fpn_crop_levels_by_hand():
     sides = torch.tensor([111.0, 113.0, 223.0, 225.0, 449.0, 2000.0, 10.0])
     boxes = torch.stack([torch.zeros(7), torch.zeros(7), sides, sides], dim=-1)[None]
     assert fpn_levels_of_boxes(boxes, (640, 640), 4).tolist() == [[0, 1, 1, 2, 3, 3, 0]]
+
+
+def test_second_stage_minibatch_is_sampled_before_the_crops():
+    from raredet.losses.faster_rcnn import sample_proposals
+
+    torch.manual_seed(0)
+    positives = torch.tensor([[0.0, 0.0, 10.0, 12.0]]).repeat(10, 1)  # IoU 1 with the box
+    negatives = torch.tensor([[50.0, 50.0, 60.0, 60.0]]).repeat(50, 1)
+    invalid = torch.zeros(3, 4)
+    proposals = torch.cat([positives, negatives, invalid])[None]
+    valid = torch.tensor([[True] * 60 + [False] * 3])
+    sampled, sampled_valid = sample_proposals(proposals, valid, GT, batch_size=16, positive_fraction=0.25)
+    assert sampled.shape == (1, 16, 4) and sampled_valid.all()
+    # int(0.25 * 16) = 4 positives, 12 negatives, none of the invalid ones
+    assert int((sampled[0, :, 2] == 10).sum()) == 4 and int((sampled[0, :, 2] == 60).sum()) == 12
+    # the loss samples the sampled set again and keeps all of it: normaliser 16
+    out = {"proposals": sampled, "proposal_valid": sampled_valid, "cls_logits": torch.zeros(1, 16, 3),
+           "box_deltas": torch.zeros(1, 16, 1, 4)}
+    cls, _ = _loss(second_stage_batch_size=16, second_stage_balance_fraction=0.25).second_stage(out, GT)
+    assert cls.item() == pytest.approx(math.log(3), rel=1e-6)
+    # fewer proposals than the batch size: all of them, padding marked invalid
+    few, few_valid = sample_proposals(proposals[:, 58:], valid[:, 58:], GT, batch_size=16, positive_fraction=0.25)
+    assert few.shape == (1, 5, 4) and few_valid.tolist() == [[True, True, False, False, False]]

@@ -275,12 +275,20 @@ def eval_workers(device: torch.device) -> int:
     return default_num_workers(device) if device.type == "cuda" else 0
 
 
+def model_inputs(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The training forward's arguments: the images, and the ground truth for models that sample
+    with it inside forward (``takes_targets``: Faster R-CNN's second-stage minibatch)."""
+    if getattr(unwrap(model), "takes_targets", False):
+        return batch["images"], {k: batch[k] for k in ("boxes", "labels", "weights")}
+    return (batch["images"],)
+
+
 def forward_backward(
     components: TrainComponents, model: nn.Module, batch: Mapping[str, Any], device: torch.device
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Forward, loss and backward of one batch; returns the loss dict (detached) and the grad norm."""
     with autocast_for(device, components.precision):
-        outputs = model(batch["images"])
+        outputs = model(*model_inputs(model, batch))
     outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
     losses = components.criterion(outputs, batch)
     losses["total_loss"].backward()

@@ -57,6 +57,38 @@ def balanced_sample(eligible: Tensor, positive: Tensor, batch_size: int, positiv
     return take_pos | (neg & (neg_rank < num_neg))
 
 
+# The TF OD API's second-stage target assigner: IoU >= 0.5 matches, everything else is background.
+PROPOSAL_MATCHER = ArgMaxMatcher(0.5, 0.5)
+
+GroundTruth = tuple[Tensor, Tensor, Tensor]  # boxes [B, N, 4], labels [B, N] (-1 padding), weights [B, N]
+
+
+def assign_proposals(proposals: Tensor, proposal_valid: Tensor, gt: GroundTruth) -> tuple[Tensor, Tensor, Tensor]:
+    """Second-stage targets: ``proposals [B, P, 4]`` -> class target ``[B, P]`` in ``0..K`` (0 =
+    background, ``-1`` = invalid proposal), matched box ``[B, P, 4]``, data weight ``[B, P]`` (1 for
+    background)."""
+    boxes, labels, weights = gt
+    match = PROPOSAL_MATCHER(box_iou(boxes, proposals), labels >= 0)  # [B, P]
+    idx = match.clamp(min=0)
+    matched = match >= 0
+    cls_target = torch.where(matched, labels.gather(1, idx) + 1, 0)
+    cls_target = torch.where(proposal_valid, cls_target, -1)
+    data_w = torch.where(matched, weights.gather(1, idx), 1.0)
+    return cls_target, boxes.gather(1, idx[..., None].expand(-1, -1, 4)), data_w
+
+
+def sample_proposals(proposals: Tensor, proposal_valid: Tensor, gt: GroundTruth, batch_size: int,
+                     positive_fraction: float) -> tuple[Tensor, Tensor]:
+    """The TF OD API's second-stage minibatch: ``balanced_sample`` of the valid proposals, moved to the
+    front -> ``[B, S, 4]`` proposals and ``[B, S]`` validity, ``S = min(batch_size, P)``. Sampling it
+    again (the loss does) keeps every proposal: it has at most the positives and the size allowed."""
+    target, _, data_w = assign_proposals(proposals, proposal_valid, gt)
+    sampled = balanced_sample((target >= 0) & (data_w > 0), target > 0, batch_size, positive_fraction)
+    size = min(batch_size, proposals.shape[1])
+    order = (~sampled).to(torch.uint8).argsort(dim=1, stable=True)[:, :size]  # sampled first, in order
+    return proposals.gather(1, order[..., None].expand(-1, -1, 4)), sampled.gather(1, order)
+
+
 def seesaw_cross_entropy(logits: Tensor, labels: Tensor, class_counts: Tensor, p: float = 0.8, q: float = 2.0,
                          eps: float = 1e-2) -> Tensor:
     """Softmax Seesaw loss (Wang et al. 2021) per row: ``logits [N, K + 1]`` (background first),
@@ -78,6 +110,19 @@ def seesaw_cross_entropy(logits: Tensor, labels: Tensor, class_counts: Tensor, p
     factor = torch.where((labels > 0)[:, None], factor, torch.ones_like(factor))  # background rows: 1
     adjusted = torch.cat([logits[:, :1], logits[:, 1:] + factor.log()], dim=-1)
     return F.cross_entropy(adjusted, labels, reduction="none")
+
+
+def ground_truth(batch: Mapping[str, Any], device: torch.device) -> GroundTruth:
+    """``boxes``, ``labels``, ``weights`` of a collated batch on ``device`` (one padding row when no
+    image has a box, so that gathers stay valid)."""
+    boxes = batch["boxes"].to(device, torch.float32)
+    labels = batch["labels"].to(device)
+    weights = batch["weights"].to(device, torch.float32)
+    if boxes.shape[1] == 0:
+        boxes = boxes.new_zeros(boxes.shape[0], 1, 4)
+        labels = labels.new_full((labels.shape[0], 1), -1)
+        weights = weights.new_zeros(weights.shape[0], 1)
+    return boxes, labels, weights
 
 
 class FasterRcnnLoss:
@@ -119,7 +164,6 @@ class FasterRcnnLoss:
         self.logit_scale, self.seesaw = logit_scale, dict(seesaw) if seesaw is not None else None
         self.box_coder = FasterRcnnBoxCoder()
         self.rpn_matcher = ArgMaxMatcher(0.7, 0.3, force_match_for_each_row=True)
-        self.box_matcher = ArgMaxMatcher(0.5, 0.5)
         # Seesaw's cumulative positives per class: state training depends on, saved with the model
         # by the engine through `state_dict` / `load_state_dict` here.
         self.seesaw_counts = torch.zeros(num_classes, dtype=torch.float64)
@@ -131,18 +175,10 @@ class FasterRcnnLoss:
         self.seesaw_counts = state["seesaw_counts"].to(torch.float64).clone()
 
     def __call__(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        device = outputs["cls_logits"].device
-        boxes = batch["boxes"].to(device, torch.float32)
-        labels = batch["labels"].to(device)
-        weights = batch["weights"].to(device, torch.float32)
-        if labels.numel() and int(labels.max()) >= self.num_classes:
-            raise DataError(f"a box has class index {int(labels.max())} but the model has "
+        gt = ground_truth(batch, outputs["cls_logits"].device)
+        if gt[1].numel() and int(gt[1].max()) >= self.num_classes:
+            raise DataError(f"a box has class index {int(gt[1].max())} but the model has "
                             f"{self.num_classes} classes; check the label map against the records")
-        if boxes.shape[1] == 0:  # no box in the batch: one padding row keeps the gathers valid
-            boxes = boxes.new_zeros(boxes.shape[0], 1, 4)
-            labels = labels.new_full((labels.shape[0], 1), -1)
-            weights = weights.new_zeros(weights.shape[0], 1)
-        gt = (boxes, labels, weights)
         rpn_obj, rpn_loc = self.first_stage(outputs, gt)
         box_cls, box_loc = self.second_stage(outputs, gt)
         out = {
@@ -156,7 +192,7 @@ class FasterRcnnLoss:
         out["total_loss"] = out["classification_loss"] + out["localization_loss"]
         return out
 
-    def first_stage(self, outputs: Mapping[str, Tensor], gt: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    def first_stage(self, outputs: Mapping[str, Tensor], gt: GroundTruth) -> tuple[Tensor, Tensor]:
         """-> (objectness loss, localization loss), each normalised, before the loss weights."""
         boxes, labels, weights = gt
         anchors = outputs["anchors"].to(boxes)
@@ -176,20 +212,12 @@ class FasterRcnnLoss:
         loc = weighted_smooth_l1(outputs["rpn_box_deltas"].float(), codes, sampled * matched * data_w)
         return (obj.sum(1) / normaliser).mean(), (loc.sum(1) / normaliser).mean()
 
-    def assign_proposals(self, proposals: Tensor, proposal_valid: Tensor, gt: tuple[Tensor, Tensor, Tensor]
+    def assign_proposals(self, proposals: Tensor, proposal_valid: Tensor, gt: GroundTruth
                          ) -> tuple[Tensor, Tensor, Tensor]:
-        """Second-stage targets: ``proposals [B, P, 4]`` -> class target ``[B, P]`` in ``0..K``
-        (0 = background, ``-1`` = invalid proposal), matched box ``[B, P, 4]``, data weight ``[B, P]``."""
-        boxes, labels, weights = gt
-        match = self.box_matcher(box_iou(boxes, proposals), labels >= 0)  # [B, P]
-        idx = match.clamp(min=0)
-        matched = match >= 0
-        cls_target = torch.where(matched, labels.gather(1, idx) + 1, 0)
-        cls_target = torch.where(proposal_valid, cls_target, -1)
-        data_w = torch.where(matched, weights.gather(1, idx), 1.0)
-        return cls_target, boxes.gather(1, idx[..., None].expand(-1, -1, 4)), data_w
+        """``assign_proposals`` (module function)."""
+        return assign_proposals(proposals, proposal_valid, gt)
 
-    def second_stage(self, outputs: Mapping[str, Tensor], gt: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    def second_stage(self, outputs: Mapping[str, Tensor], gt: GroundTruth) -> tuple[Tensor, Tensor]:
         """-> (classification loss, localization loss), each normalised, before the loss weights."""
         proposals = outputs["proposals"].to(gt[0])
         cls_target, gt_boxes, data_w = self.assign_proposals(proposals, outputs["proposal_valid"], gt)

@@ -23,15 +23,15 @@ One constructor, which builders call with the fields of the ``faster_rcnn`` mess
   proposal is cropped on the level ``fpn_levels_of_boxes`` picks (TF's ``fpn_feature_levels``), and
   the box classifier is flatten, fc 1024 + ReLU, batch norm, fc 1024 + ReLU (the TF OD API's).
 
-``forward(images)`` takes ``[B, 3, H, W]`` in 0..255, normalises with the ImageNet mean/std and
-returns, in every mode, ``rpn_objectness [B, A, 2]``, ``rpn_box_deltas [B, A, 4]``, ``anchors
-[A, 4]``, ``anchor_valid [A]``, ``proposals [B, P, 4]`` (xyxy pixels), ``proposal_valid [B, P]``,
-``cls_logits [B, P, K + 1]``, ``box_deltas [B, P, 1 or K, 4]``. The second stage runs on all ``P``
-proposals; in training the loss samples ``second_stage_batch_size`` of them (``losses.faster_rcnn``)
-— the TF OD API crops only the sampled ones. The gradients are the same (unsampled proposals carry
-no loss) but training computes more, and batch norm in conv5 (``batch_norm_trainable``) sees all
-proposals' statistics. ``postprocess(outputs, image_sizes)`` decodes per proposal, clips, converts
-scores (softmax over the K + 1 logits, background dropped) and runs the batched NMS.
+``forward(images, targets=None)`` takes ``[B, 3, H, W]`` in 0..255, normalises with the ImageNet
+mean/std and returns ``rpn_objectness [B, A, 2]``, ``rpn_box_deltas [B, A, 4]``, ``anchors [A, 4]``,
+``anchor_valid [A]``, ``proposals [B, P, 4]`` (xyxy pixels), ``proposal_valid [B, P]``, ``cls_logits
+[B, P, K + 1]``, ``box_deltas [B, P, 1 or K, 4]``. In training with ``targets`` (the batch's
+``boxes``, ``labels``, ``weights``; the engine passes them to models with ``takes_targets``) the
+second stage runs, as in the TF OD API, only on the ``second_stage_batch_size`` proposals per image
+that the balanced sampler draws (``P`` is then that size); otherwise on all
+``first_stage_max_proposals``. ``postprocess(outputs, image_sizes)`` decodes per proposal, clips,
+converts scores (softmax over the K + 1 logits, background dropped) and runs the batched NMS.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raredet.errors import ConfigError
+from raredet.losses.faster_rcnn import ground_truth, sample_proposals
 from raredet.modeling.anchors import MultiscaleAnchorGenerator
 from raredet.modeling.backbones import ResNet
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
@@ -214,6 +215,7 @@ class FasterRCNN(nn.Module):
 
     pixel_mean: Tensor
     pixel_std: Tensor
+    takes_targets = True  # the engine passes the batch's boxes to forward in training
 
     def __init__(
         self,
@@ -234,6 +236,8 @@ class FasterRCNN(nn.Module):
         second_stage_post_processing: Config | None = None,
         clip_anchors_to_image: bool = False,
         number_of_stages: int = 2,
+        second_stage_batch_size: int = 64,
+        second_stage_balance_fraction: float = 0.25,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -247,6 +251,8 @@ class FasterRCNN(nn.Module):
                 raise ConfigError(f"{WHERE}.{name} is {value}; set it to a positive value (the zoo uses "
                                   "initial_crop_size 14, maxpool_kernel_size 2, maxpool_stride 2)")
         self.num_classes = num_classes
+        self.second_stage_batch_size = int(second_stage_batch_size)
+        self.second_stage_balance_fraction = float(second_stage_balance_fraction)
         depth, use_fpn = _feature_extractor_kind(feature_extractor)
         frozen = not bool(feature_extractor.get("batch_norm_trainable", False))
         self.backbone = ResNet(depth, freeze_batchnorm=frozen)
@@ -350,8 +356,9 @@ class FasterRCNN(nn.Module):
         rows = torch.arange(self.max_proposals, device=boxes.device)[None]
         return det["detection_boxes"], rows < det["num_detections"][:, None]
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """``images [B, 3, H, W]`` in 0..255 -> the dict of the module docstring."""
+    def forward(self, images: Tensor, targets: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """``images [B, 3, H, W]`` in 0..255 (and in training the batch's ``boxes``, ``labels``,
+        ``weights``) -> the dict of the module docstring."""
         x = (images.float() - self.pixel_mean) / self.pixel_std
         image_hw = (int(x.shape[-2]), int(x.shape[-1]))
         maps = self._feature_maps(x)
@@ -360,6 +367,11 @@ class FasterRCNN(nn.Module):
         anchors, anchor_valid = self._anchors(sizes, image_hw, x.device)
         proposals, proposal_valid = self._proposals(objectness.detach(), rpn_deltas.detach(), anchors,
                                                     anchor_valid, image_hw)
+        if self.training and targets is not None:
+            with torch.no_grad():
+                proposals, proposal_valid = sample_proposals(
+                    proposals, proposal_valid, ground_truth(targets, proposals.device),
+                    self.second_stage_batch_size, self.second_stage_balance_fraction)
         crops = F.max_pool2d(self._crops(maps, proposals, image_hw), self.pool_kernel, self.pool_stride)
         if self.box_classifier is not None:
             pooled = self.box_classifier(crops)  # [B * P, 1024]
