@@ -36,7 +36,7 @@ def model_dir(tmp_path_factory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     model, _ = builders.build_model(builders.model_message(loaded.config))
     state = model.state_dict()
-    for key in ("box_head.cls.weight", "box_head.box.weight", "rpn.box.weight"):
+    for key in ("box_head.cls.weight", "box_head.box.weight", "rpn.box.0.weight"):
         state[key] = state[key] * 0.01  # boxes near their anchors / proposals: no degenerate ties
     run = data / "run"
     save_checkpoint(run, 1, {"model": state, "config_text": config.effective_config_text(loaded.config),
