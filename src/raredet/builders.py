@@ -646,9 +646,16 @@ def eval_options(loaded: LoadedConfig, operating_point: Rule | None = None) -> d
         "num_visualizations": ec.num_visualizations,
         "operating_point_rule": rule,
         "class_rules": class_rules,
-        "score_floor": loaded.config.model.ssd.post_processing.batch_non_max_suppression.score_threshold,
+        "score_floor": post_processing_of(model_message(loaded.config)).batch_non_max_suppression.score_threshold,
         "images_description": _eval_data_description(loaded),
     }
+
+
+def post_processing_of(msg: ModelMessage) -> post_processing_pb2.PostProcessing:
+    """`model.ssd.post_processing` or `model.faster_rcnn.second_stage_post_processing`."""
+    if isinstance(msg, faster_rcnn_pb2.FasterRcnn):
+        return msg.second_stage_post_processing
+    return msg.post_processing
 
 
 def _eval_data_description(loaded: LoadedConfig) -> str:
@@ -671,6 +678,9 @@ def operating_points_config(loaded: LoadedConfig, content: Mapping[str, Any]) ->
     thresholds of `content` (operating_points.json) in the TF OD API's own terms: a per-class
     `calibration_config.class_id_function_approximations` map sending each class's threshold to the
     common `batch_non_max_suppression.score_threshold`. None (and why) where that cannot be written."""
+    if loaded.config.model.WhichOneof("model") == "faster_rcnn":
+        return None, ("not written: raredet's Faster R-CNN does not read second_stage_post_processing."
+                      "calibration_config; apply operating_points.json with --operating_points")
     cfg = type(loaded.config)()
     cfg.CopyFrom(loaded.config)  # input paths are absolute here: the file works from any folder
     post = cfg.model.ssd.post_processing

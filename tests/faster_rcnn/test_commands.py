@@ -97,4 +97,4 @@ def test_resume_is_bit_exact_with_seesaw_and_class_weights(tmp_path):
     assert straight.criterion.seesaw_counts.sum() > 0
     assert torch.equal(straight.criterion.seesaw_counts, resumed.criterion.seesaw_counts)
     saved = load_checkpoint(tmp_path / "b" / "ckpt-4.pt")
-    assert torch.equal(saved["criterion"]["seesaw_counts"], straight.criterion.seesaw_counts)
+    assert torch.equal(saved["loss"]["seesaw_counts"], straight.criterion.seesaw_counts)

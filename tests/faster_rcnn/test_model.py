@@ -80,3 +80,14 @@ def test_training_forward_with_targets_runs_the_second_stage_on_the_sampled_mini
     # every valid proposal is eligible (image 1 has no box: all background): min(4, valid) are sampled
     expected = everything["proposal_valid"].sum(1).clamp(max=4)
     assert torch.equal(out["proposal_valid"].sum(1), expected)
+
+
+def test_operating_points_map_the_softmax_scores_and_set_the_nms_threshold():
+    from raredet.modeling.calibration import Calibration
+
+    model = _model()
+    model.set_operating_points(Calibration.piecewise_linear(3, {0: ([0.0, 0.2, 1.0], [0.0, 0.5, 1.0])}), 0.5)
+    scores = model.scores(torch.zeros(1, 4))  # softmax of 4 equal logits: 0.25 per column
+    # class 0: 0.25 in [0.2, 1): a = 0.05 / 0.8, 0.5 + a * 0.5 = 0.53125; classes 1, 2 unchanged
+    assert torch.allclose(scores, torch.tensor([[0.53125, 0.25, 0.25]]))
+    assert model.non_max_suppression.score_threshold == 0.5

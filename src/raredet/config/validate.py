@@ -312,6 +312,10 @@ def _validate_faster_rcnn(frcnn: faster_rcnn_pb2.FasterRcnn, check: _Checker) ->
     for name in ("first_stage_localization_loss_weight", "first_stage_objectness_loss_weight",
                  "second_stage_localization_loss_weight", "second_stage_classification_loss_weight"):
         check.number(getattr(frcnn, name), f"{where}.{name}")
+    if frcnn.second_stage_post_processing.HasField("calibration_config"):
+        check.fail(f"{where}.second_stage_post_processing.calibration_config", "is not supported for Faster "
+                   "R-CNN yet (the SSD family's post_processing takes it); remove it, or apply per-class "
+                   "operating points with --operating_points")
     nms = frcnn.second_stage_post_processing.batch_non_max_suppression
     check.number(nms.iou_threshold,
                  f"{where}.second_stage_post_processing.batch_non_max_suppression.iou_threshold", 0, 1)

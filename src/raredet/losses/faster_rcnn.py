@@ -164,15 +164,27 @@ class FasterRcnnLoss:
         self.logit_scale, self.seesaw = logit_scale, dict(seesaw) if seesaw is not None else None
         self.box_coder = FasterRcnnBoxCoder()
         self.rpn_matcher = ArgMaxMatcher(0.7, 0.3, force_match_for_each_row=True)
-        # Seesaw's cumulative positives per class: state training depends on, saved with the model
-        # by the engine through `state_dict` / `load_state_dict` here.
+        # Seesaw's cumulative positives per class: state training depends on, which the engine saves
+        # and restores through `state_dict` / `load_state_dict`.
         self.seesaw_counts = torch.zeros(num_classes, dtype=torch.float64)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seesaw_counts": self.seesaw_counts.clone()}
+        """The Seesaw counts (the engine saves them in each checkpoint under ``loss``); {} without Seesaw."""
+        return {"seesaw_counts": self.seesaw_counts.clone()} if self.seesaw is not None else {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.seesaw_counts = state["seesaw_counts"].to(torch.float64).clone()
+        """Restore ``state_dict()``'s counts; ValueError when Seesaw is on and they are missing or
+        have another number of classes."""
+        if self.seesaw is None:
+            return
+        counts = state.get("seesaw_counts")
+        if counts is None:
+            raise ValueError("the checkpoint has no Seesaw counts (it was trained without "
+                             "model.faster_rcnn.second_stage_seesaw_loss)")
+        if tuple(counts.shape) != (self.num_classes,):
+            raise ValueError(f"the checkpoint's Seesaw counts are for {tuple(counts.shape)} classes, the model "
+                             f"has {self.num_classes}")
+        self.seesaw_counts = counts.to(torch.float64).clone()
 
     def __call__(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
         gt = ground_truth(batch, outputs["cls_logits"].device)

@@ -48,6 +48,7 @@ from raredet.losses.faster_rcnn import ground_truth, sample_proposals
 from raredet.modeling.anchors import MultiscaleAnchorGenerator
 from raredet.modeling.backbones import ResNet
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
+from raredet.modeling.calibration import Calibration
 from raredet.modeling.fpn import FeaturePyramid
 from raredet.modeling.grid_anchors import GridAnchorGenerator
 from raredet.modeling.layers import ConvHyperparams, l2_weights_of
@@ -303,6 +304,8 @@ class FasterRCNN(nn.Module):
                               f"{self.score_converter!r}; valid: SOFTMAX, SIGMOID, IDENTITY")
         self.logit_scale = float(post.get("logit_scale", 1.0))
         self.non_max_suppression = BatchNonMaxSuppression(**dict(post.get("batch_non_max_suppression") or {}))
+        # per-class operating points (raredet eval's operating_points.json), identity until set
+        self.thresholds = Calibration.identity(num_classes)
         mean, std = torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
         self.register_buffer("pixel_mean", mean.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", std.view(1, 3, 1, 1), persistent=False)
@@ -403,10 +406,21 @@ class FasterRCNN(nn.Module):
         """Second-stage ``[..., K + 1]`` logits -> ``[..., K]`` class scores (background dropped)."""
         logits = cls_logits / self.logit_scale
         if self.score_converter == "SOFTMAX":
-            return torch.softmax(logits, dim=-1)[..., 1:]
-        if self.score_converter == "SIGMOID":
-            return torch.sigmoid(logits)[..., 1:]
-        return logits[..., 1:]
+            scores = torch.softmax(logits, dim=-1)[..., 1:]
+        elif self.score_converter == "SIGMOID":
+            scores = torch.sigmoid(logits)[..., 1:]
+        else:
+            scores = logits[..., 1:]
+        return self.thresholds(scores)
+
+    def set_operating_points(self, thresholds: Calibration, score_threshold: float) -> None:
+        """Per-class operating points, as ``SSD.set_operating_points``: ``thresholds`` maps the scores so
+        that every class's threshold lands on ``score_threshold``, which becomes NMS's score threshold."""
+        if thresholds.num_classes != self.num_classes:
+            raise ValueError(f"operating points for {thresholds.num_classes} classes, the model has "
+                             f"{self.num_classes}")
+        self.thresholds = thresholds.to(self.pixel_mean.device)
+        self.non_max_suppression.score_threshold = score_threshold
 
     @torch.no_grad()
     def postprocess(self, outputs: Mapping[str, Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
