@@ -14,9 +14,8 @@ from raredet.commands.train import train_from_config
 from raredet.errors import ConfigError
 from tests.engine.tiny_pipeline import make_data
 
-ZOO = Path("/work/shared/fixtures/tf2_zoo")
-if not ZOO.is_dir():
-    ZOO = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tf2_zoo"
+# The zoo configs, verbatim (with the EfficientDet ones, tests/test_efficientdet_zoo.py).
+ZOO = Path(__file__).resolve().parents[1] / "fixtures" / "configs" / "tf2_zoo"
 BUILT = sorted(p.name for p in ZOO.glob("faster_rcnn_*.config"))
 FAST = ["faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config", "faster_rcnn_resnet50_v1_fpn_640x640_coco17_tpu-8.config"]
 
