@@ -51,7 +51,7 @@ from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.calibration import Calibration
 from raredet.modeling.fpn import FeaturePyramid
 from raredet.modeling.grid_anchors import GridAnchorGenerator
-from raredet.modeling.layers import ConvHyperparams, l2_weights_of
+from raredet.modeling.layers import INITIALIZERS, ConvHyperparams, l2_weights_of
 from raredet.modeling.postprocess import BatchNonMaxSuppression, clip_boxes
 from raredet.modeling.roi_ops import crop_and_resize
 
@@ -179,7 +179,10 @@ class FpnBoxClassifier(nn.Module):
 
 
 def _fc_init(layer: nn.Linear, hp: ConvHyperparams) -> nn.Linear:
-    hp.initialize(layer)  # type: ignore[arg-type]  # uses .weight and .bias only
+    """``fc_hyperparams``' initializer on a dense layer (fans of a ``[out, in]`` kernel), bias zero."""
+    if hp.initializer:
+        INITIALIZERS[hp.initializer](layer.weight, **hp.initializer_args)
+    nn.init.zeros_(layer.bias)
     return layer
 
 
@@ -314,10 +317,9 @@ class FasterRCNN(nn.Module):
         """``{parameter name: l2 weight}``: the RPN convs' and the fc layers' regularizers (the
         backbone carries none, as the TF OD API's Keras ResNet feature extractor)."""
         out: dict[str, float] = {}
-        if self.rpn_hp.l2_weight:
-            out.update(l2_weights_of(self.rpn, self.rpn_hp, "rpn"))
+        out.update(l2_weights_of(self.rpn, "rpn"))  # the L2 weight each conv was built with
         if self.fpn is not None:
-            out.update(l2_weights_of(self.fpn, self.fpn_hp, "fpn"))
+            out.update(l2_weights_of(self.fpn, "fpn"))
         if self.box_classifier is not None and self.fpn_hp.l2_weight:
             out.update({f"box_classifier.{n}.weight": self.fpn_hp.l2_weight for n in ("fc1", "fc2")})
         if self.box_head.hp.l2_weight:
