@@ -639,12 +639,14 @@ def study(budget: Budget, work: Path, *, parallel: int = DEFAULT_PARALLEL, threa
     if "combination" in wanted:
         combo = combination(strategy_figures(results))
         try:
-            configs["combination"] = write_config(base, [c for c in combo if c != "baseline"], data,
-                                                  "combination", budget)
+            if combo == ["baseline"]:
+                raise Skipped("no block helped the rare class on its own within the tolerance")
+            configs["combination"] = write_config(base, combo, data, "combination", budget)
             results += run_all([("combination", s, configs["combination"]) for s in budget.seeds],
                                work / "runs", parallel, threads, resume)
         except Skipped as why:
             skipped["combination"] = str(why)
+            print(f"imbalance study: skipping combination: {why}", flush=True)
     return _report(results, base, configs, combo, skipped, budget, time.perf_counter() - start, parallel,
                    resume, doc, chart_path)
 
