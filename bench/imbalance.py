@@ -173,8 +173,9 @@ def write_config(base: Config, names: Sequence[str], data: Path, out_name: str, 
         try:
             text_format.Merge(strategy_block(name), cfg)
         except text_format.ParseError as err:
+            needs = " (the pair-aware losses come with issue 13)" if name in LOSSES else ""
             raise Skipped(f"its block `{strategy_block(name)}` does not parse with this raredet's "
-                          f"schema ({err}); it needs the branch that adds it") from None
+                          f"schema ({err}): this raredet does not have that field{needs}") from None
     path = data / f"study_{out_name}.config"
     atomic_write_text(path, f"# imbalance study: {' + '.join(names)}\n" + text_format.MessageToString(cfg))
     try:
