@@ -328,7 +328,10 @@ def train_and_eval(config_path: str, run_dir: str, seed: int, threads: int) -> N
     from raredet.commands.train import train_from_config
 
     torch.set_num_threads(threads)
-    train_from_config(config_path, run_dir, seed=seed, device="cpu", checkpoint_every_n=10**9, num_workers=0)
+    result = train_from_config(config_path, run_dir, seed=seed, device="cpu", checkpoint_every_n=10**9,
+                               num_workers=0)
+    if result.interrupted:  # stopped by a signal (checkpoint written): a partial run is not evaluated
+        raise SystemExit(130)
     keep_eval_inputs(Path(run_dir) / "eval")
     eval_from_config(config_path, run_dir, device="cpu")
 
@@ -346,7 +349,10 @@ def _child(config_path: Path, run_dir: Path, seed: int, threads: int) -> subproc
 
 
 def _done(run_dir: Path) -> bool:
-    return all((run_dir / "eval" / n).exists() for n in ("per_class.json", "detections.json"))
+    """Trained to the end and evaluated: `seconds.json` is written by the study once a run has exited
+    successfully, so a run stopped part-way (even one evaluated by an older study) is never kept."""
+    return (run_dir / "seconds.json").exists() and all(
+        (run_dir / "eval" / n).exists() for n in ("per_class.json", "detections.json"))
 
 
 def run_all(jobs: list[tuple[str, int, Path]], runs_dir: Path, parallel: int, threads: int,
@@ -363,8 +369,7 @@ def run_all(jobs: list[tuple[str, int, Path]], runs_dir: Path, parallel: int, th
             name, seed, cfg = pending.pop(0)
             run_dir = runs_dir / f"{name}_seed{seed}"
             if resume and _done(run_dir):
-                timing = run_dir / "seconds.json"
-                seconds = json.loads(timing.read_text()) if timing.exists() else float("nan")
+                seconds = json.loads((run_dir / "seconds.json").read_text())
                 results[(name, seed)] = read_run(run_dir, name, seed, seconds=seconds)
                 print(f"  {name} seed {seed}: kept from {run_dir}", flush=True)
                 continue
