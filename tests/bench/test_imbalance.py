@@ -76,3 +76,13 @@ def test_quick_study_runs_skips_what_does_not_parse_and_resumes(tmp_path, capsys
     again = imbalance.study(imbalance.QUICK, tmp_path, parallel=1, resume=True, doc=None, chart_path=None)
     assert "kept from" in capsys.readouterr().out
     assert json.dumps(again["figures"], sort_keys=True) == json.dumps(report["figures"], sort_keys=True)
+
+
+def test_resume_keeps_only_runs_the_study_saw_finish(tmp_path):
+    run = tmp_path / "baseline_seed0"
+    (run / "eval").mkdir(parents=True)
+    for name in ("per_class.json", "detections.json"):
+        (run / "eval" / name).write_text("{}")
+    assert not imbalance._done(run)  # evaluated, but no seconds.json: stopped part-way, or by an older study
+    (run / "seconds.json").write_text("12.5")
+    assert imbalance._done(run)
