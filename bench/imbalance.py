@@ -518,7 +518,7 @@ def goal_table(figs: dict[str, dict[str, Spread]]) -> list[str]:
     d = deltas(figs)
     lines = [f"| strategy | Δ {RARE} AP50 | Δ {RARE} recall at precision {TARGET_PRECISION:g} | "
              + " | ".join(f"Δ {c} AP50" for c in COMMON) + " | mAP50 | goal |",
-             "|---" * (4 + len(COMMON)) + "|"]
+             "|---" * (5 + len(COMMON)) + "|"]
     for n, f in figs.items():
         lines.append(f"| {n} | {d[n][RARE]:+.1f} | {d[n][f'R@P0.9/{RARE}']:+.1f} | "
                      + " | ".join(f"{d[n][c]:+.1f}" for c in COMMON)
