@@ -72,6 +72,8 @@ def test_quick_study_runs_skips_what_does_not_parse_and_resumes(tmp_path, capsys
     fig = report["figures"]["baseline"]["AP50/crack"]
     assert fig["low"] <= fig["mean"] <= fig["high"]
     assert any("| baseline |" in line for line in report["goal_table"])
+    for table in (report["goal_table"], *report["class_tables"].values()):
+        assert table[0].count("|") == table[1].count("|") == table[2].count("|")  # header, rule, row
     capsys.readouterr()
     again = imbalance.study(imbalance.QUICK, tmp_path, parallel=1, resume=True, doc=None, chart_path=None)
     assert "kept from" in capsys.readouterr().out
