@@ -127,3 +127,18 @@ def test_synth_defects_are_visible(synth_dir):
 def test_synth_cli_bad_ratios(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--ratios", "1:2"]) == 2
     assert "--ratios" in capsys.readouterr().err
+
+
+def test_synth_box_is_grown_to_the_minimum_side_and_clipped():
+    """A 1-px horizontal line's tight box is 1 px tall; the box drawn is 8 % of the image (5.12 px at
+    64 px) tall, centred on the line, and clipped at the image's edge."""
+    from raredet.data.synth import MIN_BOX_FRACTION, _alpha_box
+
+    assert MIN_BOX_FRACTION == 0.08
+    alpha = np.zeros((64, 64))
+    alpha[20, 10:41] = 1.0  # tight box x 10..41, y 20..21
+    np.testing.assert_allclose(_alpha_box(alpha), [10, 20 - 2.06, 41, 21 + 2.06], atol=1e-5)
+    edge = np.zeros((64, 64))
+    edge[0, 60:] = 1.0  # tight box x 60..64, y 0..1: grown by 0.56 and 2.06 per side, then clipped
+    np.testing.assert_allclose(_alpha_box(edge), [60 - 0.56, 0, 64, 1 + 2.06], atol=1e-5)
+    assert _alpha_box(np.full((64, 64), 0.2)) is None  # nothing above the 0.3 coverage: no box

@@ -35,6 +35,13 @@ CLASS_NAMES = ("scratch", "dent", "crack")
 DEFAULT_RATIOS = (100.0, 20.0, 3.0)
 DEFECTS_PER_IMAGE = np.array([0, 1, 2, 3, 4])
 DEFECTS_PER_IMAGE_P = np.array([0.1, 0.35, 0.3, 0.15, 0.1])
+# Calibrated at 128 px (docs/imbalance.md, "The data"): line widths in pixels; a crack is about twice as
+# wide and darker than a scratch, and turns by up to CRACK_TURN radians per step; boxes are at least
+# MIN_BOX_FRACTION of the image on a side.
+SCRATCH_WIDTH = (0.7, 1.2)
+CRACK_WIDTH = (1.6, 2.4)
+CRACK_TURN = 0.9
+MIN_BOX_FRACTION = 0.08
 
 
 @dataclass
@@ -102,33 +109,35 @@ def draw_part(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
 
 
 def _scratch(rng: np.random.Generator, center: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """A straight hairline, bright (a polished groove) or grey-dark: never as wide or as dark as a crack."""
     length = rng.uniform(0.1, 0.3) * size
     angle = rng.uniform(0, np.pi)
     d = np.array([np.cos(angle), np.sin(angle)]) * length / 2
-    alpha = segments_alpha((center - d)[None], (center + d)[None], rng.uniform(0.9, 1.5), size)
-    return alpha, (0.95 if rng.random() < 0.5 else 0.12)
+    alpha = segments_alpha((center - d)[None], (center + d)[None], rng.uniform(*SCRATCH_WIDTH), size)
+    return alpha, (0.95 if rng.random() < 0.5 else 0.22)
 
 
 def _crack_path(
     rng: np.random.Generator, start: np.ndarray, angle: float, steps: int, step: float
 ) -> np.ndarray:
-    turns = angle + np.cumsum(rng.uniform(-0.7, 0.7, steps))
+    turns = angle + np.cumsum(rng.uniform(-CRACK_TURN, CRACK_TURN, steps))
     moves = np.stack([np.cos(turns), np.sin(turns)], axis=1) * step
     return np.concatenate([start[None], start + np.cumsum(moves, axis=0)])
 
 
 def _crack(rng: np.random.Generator, center: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """A jagged near-black line with one to three side branches, about twice a scratch's width."""
     step = size * 0.03
     angle = rng.uniform(0, 2 * np.pi)
     main = _crack_path(rng, center, angle, int(rng.integers(5, 9)), step)
     paths = [main]
-    for _ in range(int(rng.integers(1, 3))):
+    for _ in range(int(rng.integers(1, 4))):
         root = main[int(rng.integers(1, len(main) - 1))]
         branch_angle = angle + rng.choice([-1.0, 1.0]) * rng.uniform(0.6, 1.2)
         paths.append(_crack_path(rng, root, branch_angle, int(rng.integers(2, 4)), step))
     starts = np.concatenate([p[:-1] for p in paths])
     ends = np.concatenate([p[1:] for p in paths])
-    return segments_alpha(starts, ends, rng.uniform(0.9, 1.4), size), 0.05
+    return segments_alpha(starts, ends, rng.uniform(*CRACK_WIDTH), size), 0.04
 
 
 def _dent(rng: np.random.Generator, center: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -147,11 +156,19 @@ def _dent(rng: np.random.Generator, center: np.ndarray, size: int) -> tuple[np.n
 
 
 def _alpha_box(alpha: np.ndarray) -> np.ndarray | None:
+    """The box an inspector would draw: the defect's tight box (coverage > 0.3) grown to at least
+    ``MIN_BOX_FRACTION`` of the image on each side, centred on the defect and clipped to the image.
+
+    Why: a near-horizontal hairline's tight box is 2 px tall, so one pixel of error halves its IoU and
+    no anchor overlaps it at 0.5; AP50 then measures pixel jitter, not whether the defect was found."""
     rows = np.flatnonzero((alpha > 0.3).any(axis=1))
     cols = np.flatnonzero((alpha > 0.3).any(axis=0))
     if rows.size == 0:
         return None
-    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float32)
+    size = alpha.shape[0]
+    box = np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float32)
+    grow = np.maximum(MIN_BOX_FRACTION * size - (box[2:] - box[:2]), 0.0) / 2  # [2] (x, y)
+    return np.clip(np.concatenate([box[:2] - grow, box[2:] + grow]), 0, size).astype(np.float32)
 
 
 def _apply_defect(

@@ -1,0 +1,90 @@
+"""The imbalance study: per-class operating points by hand, and `--quick` end to end (skip, resume)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from bench.imbalance import OperatingPoint, class_operating_points, operating_point
+
+from bench import imbalance
+
+# Six detections of one class, already in score order; two share the score 0.8.
+SCORES = np.array([0.9, 0.8, 0.8, 0.7, 0.6, 0.5])
+IS_TP = np.array([True, True, False, True, False, True])
+
+
+def test_operating_point_by_hand():
+    # Cut after each distinct score: kept (TP, FP) = (1,0) (2,1) (3,1) (3,2) (4,2); a cut between the
+    # two 0.8s is not a threshold. Precisions: 1, 2/3, 3/4, 3/5, 4/6. 5 boxes, 4 images.
+    assert operating_point(SCORES, IS_TP, 5, 4, 0.9) == OperatingPoint(0.9, 1.0, 0.2, 1, 0, 0.0)
+    assert operating_point(SCORES, IS_TP, 5, 4, 0.7) == OperatingPoint(0.7, 0.75, 0.6, 3, 1, 0.25)
+    got = operating_point(SCORES, IS_TP, 5, 4, 0.6)
+    assert (got.threshold, got.recall, got.tp, got.fp, got.fp_per_image) == (0.5, 0.8, 4, 2, 0.5)
+    assert got.precision == pytest.approx(4 / 6)
+
+
+def test_operating_point_order_does_not_matter_and_ties_go_together():
+    perm = np.array([3, 0, 5, 2, 1, 4])
+    assert operating_point(SCORES[perm], IS_TP[perm], 5, 4, 0.7) == operating_point(SCORES, IS_TP, 5, 4, 0.7)
+    # The TP at 0.8 alone would give precision 1 at recall 2/5; with its tied FP it is 2/3 < 0.9.
+    assert operating_point(SCORES, IS_TP, 5, 4, 0.9).recall == 0.2
+
+
+def test_unreachable_target_no_detections_or_no_boxes_switch_the_class_off():
+    off = OperatingPoint(None, None, 0.0, 0, 0, 0.0)
+    assert operating_point(np.array([0.9, 0.8]), np.array([False, True]), 3, 2, 0.9) == off
+    assert operating_point(np.zeros(0), np.zeros(0, dtype=bool), 3, 2, 0.9) == off
+    assert operating_point(np.array([0.9]), np.array([False]), 0, 2, 0.9) == off
+
+
+def test_class_operating_points_use_coco_matches_at_iou_half():
+    gt = {"images": [{"id": 1, "height": 100, "width": 100}, {"id": 2, "height": 100, "width": 100}],
+          "categories": [{"id": 1, "name": "scratch"}, {"id": 3, "name": "crack"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 20, 20], "area": 400,
+                           "iscrowd": 0}]}
+    dets = [  # IoU 0.6 with the crack (overlap 20x15 = 300 over 400 + 400 - 300): a match
+        {"image_id": 1, "category_id": 3, "bbox": [10, 15, 20, 20], "score": 0.8},
+        # IoU 1/3 (overlap 10x20 = 200 over 600): a false positive, scored higher
+        {"image_id": 1, "category_id": 3, "bbox": [20, 10, 20, 20], "score": 0.9},
+        {"image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.95},  # scratch: no box at all
+    ]
+    at_half = class_operating_points(gt, dets, target_precision=0.5)
+    assert at_half["crack"] == OperatingPoint(0.8, 0.5, 1.0, 1, 1, 0.5)
+    assert at_half["scratch"] == OperatingPoint(None, None, 0.0, 0, 0, 0.0)
+    assert class_operating_points(gt, dets, target_precision=0.9)["crack"].threshold is None
+
+
+def test_quick_study_runs_skips_what_does_not_parse_and_resumes(tmp_path, capsys):
+    report = imbalance.study(imbalance.QUICK, tmp_path, parallel=1, doc=None, chart_path=None)
+    ran = {r["strategy"] for r in report["runs"]}
+    assert {"baseline", "explicit_weights"} <= ran
+    # The pair-aware losses come with another branch: until it is merged they are skipped, saying why.
+    if "seesaw_sigmoid_focal" not in ran:
+        assert "seesaw_sigmoid_focal" in report["skipped"]
+        assert "does not parse" in report["skipped"]["seesaw_sigmoid_focal"]
+    for run in report["runs"]:
+        for cls in ("scratch", "dent", "crack"):
+            op = run["op"][cls]
+            assert 0.0 <= op["recall"] <= 1.0 and op["fp_per_image"] >= 0.0
+            assert op["threshold"] is None or op["precision"] >= imbalance.TARGET_PRECISION
+    fig = report["figures"]["baseline"]["AP50/crack"]
+    assert fig["low"] <= fig["mean"] <= fig["high"]
+    assert any("| baseline |" in line for line in report["goal_table"])
+    for table in (report["goal_table"], *report["class_tables"].values()):
+        assert table[0].count("|") == table[1].count("|") == table[2].count("|")  # header, rule, row
+    capsys.readouterr()
+    again = imbalance.study(imbalance.QUICK, tmp_path, parallel=1, resume=True, doc=None, chart_path=None)
+    assert "kept from" in capsys.readouterr().out
+    assert json.dumps(again["figures"], sort_keys=True) == json.dumps(report["figures"], sort_keys=True)
+
+
+def test_resume_keeps_only_runs_the_study_saw_finish(tmp_path):
+    run = tmp_path / "baseline_seed0"
+    (run / "eval").mkdir(parents=True)
+    for name in ("per_class.json", "detections.json"):
+        (run / "eval" / name).write_text("{}")
+    assert not imbalance._done(run)  # evaluated, but no seconds.json: stopped part-way, or by an older study
+    (run / "seconds.json").write_text("12.5")
+    assert imbalance._done(run)
