@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
+from tests.data.test_stats_synth import BoxesOnly  # the same annotations-only reader
 
 from raredet.cli import main
 from raredet.commands.stats import stats_summary
@@ -20,25 +20,6 @@ def synth_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     make_synthetic_dataset(out, images=30, seed=3, image_size=64, min_val_boxes=3, num_steps=10)
     return out
-
-
-class BoxesOnly:
-    def __init__(self, images):
-        self.images = images  # list of (boxes, labels, is_crowd)
-
-    def __len__(self):
-        return len(self.images)
-
-    def annotations(self, i):
-        boxes, labels, crowd = self.images[i]
-        n = len(labels)
-        return {
-            "boxes": np.asarray(boxes, np.float32).reshape(n, 4),
-            "labels": np.asarray(labels, np.int64),
-            "weights": np.ones(n, np.float32),
-            "is_crowd": np.asarray(crowd, bool),
-            "difficult": np.zeros(n, bool),
-        }
 
 
 def by_hand_stats():
