@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from google.protobuf import text_format
+from tests.test_zoo import small_copy
 
 from raredet import builders
 from raredet import config as cfg
@@ -105,28 +105,8 @@ def test_add_background_class_true_is_accepted(tmp_path):
 
 
 def _small_d0(data_dir: Path, size: int = 128) -> Path:
-    """The zoo D0 config with only what a user changes: classes, data paths, a small batch and image
-    size, and no fine_tune_checkpoint (there is no TF checkpoint to load)."""
-    msg = _parse(D0)
-    msg.model.ssd.num_classes = 3
-    resizer = msg.model.ssd.image_resizer.keep_aspect_ratio_resizer
-    resizer.min_dimension = resizer.max_dimension = size
-    for step in msg.train_config.data_augmentation_options:
-        if step.HasField("random_scale_crop_and_pad_to_square"):
-            step.random_scale_crop_and_pad_to_square.output_size = size
-    msg.train_config.batch_size = 2
-    msg.train_config.ClearField("fine_tune_checkpoint")
-    msg.train_config.ClearField("fine_tune_checkpoint_type")
-    for reader, pattern in (
-        (msg.train_input_reader, "train-*.tfrecord"),
-        (msg.eval_input_reader[0], "val-*.tfrecord"),
-    ):
-        reader.label_map_path = "label_map.pbtxt"
-        reader.tf_record_input_reader.ClearField("input_path")
-        reader.tf_record_input_reader.input_path.append(pattern)
-    path = data_dir / "d0_small.config"
-    path.write_text(text_format.MessageToString(msg), encoding="utf-8")
-    return path
+    """The zoo D0 config with only what a user changes (tests/test_zoo.py's `small_copy`)."""
+    return small_copy(D0, data_dir, size)
 
 
 @pytest.mark.slow  # end-to-end CLI: builds and trains EfficientDet-D0 (3.9M parameters) at 128 x 128

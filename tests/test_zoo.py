@@ -109,7 +109,8 @@ def test_every_refusal_names_what_raredet_supports(tmp_path):
         assert named in message
         assert "ssd_resnet152_v1_fpn" in message and "ssd_mobilenet_v1_fpn" in message
         assert "ssd_efficientnet-b0_bifpn" in message
-    with pytest.raises(ConfigError, match=r"predict_instance_masks: Mask R-CNN is not supported.*faster_rcnn_resnet"):
+    refused = r"predict_instance_masks: Mask R-CNN is not supported.*faster_rcnn_resnet"
+    with pytest.raises(ConfigError, match=refused):
         config_check(ZOO / "mask_rcnn_inception_resnet_v2_1024x1024_coco17_gpu-8.config")
 
 
@@ -228,7 +229,7 @@ def data_dir(tmp_path_factory):
     return out
 
 
-def _small_copy(name: str, data_dir: Path, size: int = 128) -> Path:
+def small_copy(name: str, data_dir: Path, size: int = 128) -> Path:
     """The zoo config with only what a user changes: classes, data paths, a small batch and image size,
     and no fine_tune_checkpoint (there is no TF checkpoint to load)."""
     msg = cfg.parse_text(
@@ -242,6 +243,9 @@ def _small_copy(name: str, data_dir: Path, size: int = 128) -> Path:
     else:
         model.image_resizer.fixed_shape_resizer.height = size
         model.image_resizer.fixed_shape_resizer.width = size
+    for step in msg.train_config.data_augmentation_options:  # EfficientDet's crop, to the same size
+        if step.HasField("random_scale_crop_and_pad_to_square"):
+            step.random_scale_crop_and_pad_to_square.output_size = size
     msg.train_config.batch_size = 2
     msg.train_config.ClearField("fine_tune_checkpoint")
     msg.train_config.ClearField("fine_tune_checkpoint_type")
@@ -268,7 +272,7 @@ def _trains_in_the_table() -> list[str]:
 @pytest.mark.filterwarnings("ignore::raredet.config.validate.ConfigWarning")  # the zoo's TPU fields
 def test_zoo_config_trains_two_steps_from_the_cli(name, data_dir, tmp_path):
     torch.set_num_threads(1)
-    path = _small_copy(name, data_dir)
+    path = small_copy(name, data_dir)
     assert cli.main(["config", "check", str(path)]) == 0
     model_dir = tmp_path / "run"
     args = [
