@@ -5,9 +5,10 @@ rare-defects TFRecords (written under bench/results/tmp/), a RetinaNet-style SSD
 128, 4 predictor layers, focal loss, momentum optimizer), for `ssd_resnet18_v1_fpn` and
 `ssd_mobilenet_v2_fpn` at 320x320, batch 8. Each phase is the median over the timed steps (after one
 untimed warm-up step); `faster_rcnn_resnet50` is the zoo's Faster R-CNN (the loss phase includes
-both stages' target assignment and sampling); images/s is batch / median step time; data wait % is the median data wait over
-the median step. Peak memory: CUDA allocator peak on GPU, the process's peak resident set on CPU.
-As `raredet train` runs: channels-last model and batches, `--precision` as `raredet train --precision`
+both stages' target assignment and sampling); images/s is batch / median step time; data wait % is
+the median data wait over the median step. Peak memory: CUDA allocator peak on GPU, the process's
+peak resident set on CPU. As `raredet train --channels_last` runs (channels-last is opt-in, see
+docs/benchmarks.md): channels-last model and batches, `--precision` as `raredet train --precision`
 (default auto: bf16 autocast on CUDA, fp32 on CPU), the loader's workers as `default_num_workers` sizes
 them, pinned memory and non-blocking copies on CUDA. Run as
 `python -m bench.bench_train [--quick] [--device cuda] [--precision fp32|bf16]`.
@@ -113,7 +114,7 @@ def _timer(device: torch.device) -> Callable[[], float]:
 def _step_times(comps: Any, loader_iter: Any, device: torch.device, precision: str) -> dict[str, float]:
     now = _timer(device)
     t0 = now()
-    batch = to_device(next(loader_iter), device)
+    batch = to_device(next(loader_iter), device, channels_last=True)  # as the model above
     t1 = now()
     with autocast_for(device, precision):
         outputs = comps.model(*model_inputs(comps.model, batch))

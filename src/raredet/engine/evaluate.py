@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from raredet.config import LabelMap
+from raredet.engine.train import to_device
 from raredet.evaluation.pipeline import COCO_SET, evaluate_detections
 from raredet.evaluation.report import Example
 from raredet.losses import ClassWeight
@@ -95,10 +96,6 @@ def _xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
 
 
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 def _mean_losses(totals: dict[str, float], count: int) -> dict[str, float]:
     """Validation losses under the TF OD API's `Loss/<name>` tags."""
     return {f"Loss/{k}": v / count for k, v in totals.items()} if count else {}
@@ -129,7 +126,7 @@ def evaluate(model: nn.Module, dataloader: Iterable[Mapping[str, Any]], label_ma
     totals: dict[str, float] = {}
     batches = 0
     for batch in dataloader:
-        on_device = _to_device(batch, device)
+        on_device = to_device(batch, device)  # NCHW images, as training by default
         outputs = model(on_device["images"])
         if loss_fn is not None:
             for key, value in loss_fn(outputs, on_device).items():

@@ -218,9 +218,9 @@ def catch_stop_signals() -> Iterator[StopFlag]:
 # ---- one step -----------------------------------------------------------------------------------
 
 
-def to_device(batch: Mapping[str, Any], device: torch.device, channels_last: bool = True) -> dict[str, Any]:
-    """The batch's tensors on `device`; `images` channels-last (no copy when they already are, as
-    `collate` makes them) unless not `channels_last`. Asynchronous to CUDA (the loader pins memory)."""
+def to_device(batch: Mapping[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
+    """The batch's tensors on `device`; `images` channels-last with `channels_last` (no copy: `collate`
+    makes them so), else NCHW. Asynchronous to CUDA (the loader pins memory)."""
     non_blocking = device.type == "cuda"
     out = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
            for k, v in batch.items()}
