@@ -99,7 +99,7 @@ class EvalJob:
 
     def _write_operating_points_config(self) -> None:
         """pipeline.operating_points.config next to operating_points.json (or say why not)."""
-        content = load_json(self.out_dir / ops.JSON_NAME, "operating points")
+        content = load_json(self.out_dir / ops.JSON_NAME, "operating points", ops.OPERATING_POINTS_FIX)
         text, note = builders.operating_points_config(self.loaded, content)
         path = self.out_dir / OPERATING_CONFIG
         if text is None:

@@ -169,7 +169,8 @@ def stats_for_config(
     threshold = 0.001
     if reader_config.HasField("repeat_factor_sampling"):
         threshold = reader_config.repeat_factor_sampling.threshold
-    class_weights, weights_field, weights_set = builders.class_weights_field(builders.model_message(loaded.config))
+    model = builders.model_message(loaded.config)
+    class_weights, weights_field, weights_set = builders.class_weights_field(model)
     auto = class_weights.auto
     beta = auto.beta if auto.HasField("beta") else 0.999  # the config's own beta when it sets one
     summary = stats_summary(stats, threshold, beta)

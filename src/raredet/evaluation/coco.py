@@ -61,15 +61,16 @@ class CocoResult:
     det_gt_50: np.ndarray | None = None
 
 
-def load_json(path: str | Path, what: str) -> Any:
-    """Read a JSON file, turning a missing or malformed file into a DataError that names it."""
+def load_json(path: str | Path, what: str, fix: str = "write it as COCO JSON") -> Any:
+    """Read a JSON file, turning a missing or malformed file into a DataError that names it and says
+    how to `fix` it."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         raise DataError(f"{path}: {what} file not found; check the path") from None
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}: {what} is not valid JSON ({err}); write it as COCO JSON") from None
+        raise DataError(f"{path}: {what} is not valid JSON ({err}); {fix}") from None
 
 
 def check_coco(gt: dict, detections: list, gt_name: str = "groundtruth", dt_name: str = "detections") -> None:

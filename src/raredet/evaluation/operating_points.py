@@ -372,6 +372,8 @@ def deployment_maps(points: Sequence[OperatingPoint], accept: float,
 # ---- files -------------------------------------------------------------------------------------------
 
 JSON_NAME = "operating_points.json"
+# What a user is told to do about an unreadable operating-points file.
+OPERATING_POINTS_FIX = "use the operating_points.json that raredet eval wrote (eval/)"
 MARKDOWN_NAME = "operating_points.md"
 
 
@@ -445,7 +447,7 @@ def load_operating_points(path: str | os.PathLike[str]) -> dict[str, Any]:
     """operating_points.json with `classes` as OperatingPoint objects; DataError naming the file."""
     from raredet.evaluation.coco import load_json
 
-    data = load_json(Path(path), "operating points")
+    data = load_json(Path(path), "operating points", OPERATING_POINTS_FIX)
     try:
         data["classes"] = [OperatingPoint.from_json(c) for c in data["classes"]]
         data["calibration"] = {int(k): (list(v["x"]), list(v["y"])) for k, v in data["calibration"].items()}
