@@ -118,7 +118,10 @@ STRATEGIES: dict[str, str] = {
     "confusion_gated_focal": _loss_block("classification_loss { confusion_gated_focal { "
                                          "warmup_steps: 200 } }"),
     "equalized_focal": _loss_block("classification_loss { equalized_focal { } }"),
+    # LVIS's threshold (0.3: a class in under 30 % of the images is repeated sqrt(0.3 / f) times) and a
+    # stronger one (1.0: every class is repeated sqrt(1 / f) times, the rare class's images ~3x).
     "repeat_factor_sampling": "train_input_reader { repeat_factor_sampling { threshold: 0.3 } }",
+    "repeat_factor_sampling_strong": "train_input_reader { repeat_factor_sampling { threshold: 1.0 } }",
     "focal_miner": _loss_block(MINER),
     # Not in the issue's list; runnable with --strategies.
     "class_alpha": _loss_block('classification_loss { weighted_sigmoid_focal { alpha: 0.25 gamma: 2.0 '
@@ -129,7 +132,8 @@ DEFAULT_STRATEGIES = tuple(n for n in STRATEGIES if n != "class_alpha")
 LOSSES = ("seesaw_sigmoid_focal", "confusion_gated_focal", "equalized_focal")
 WEIGHTING = ("explicit_weights", "auto_inverse_frequency", "auto_sqrt_inverse_frequency",
              "auto_effective_number")
-ORTHOGONAL = ("class_alpha", "repeat_factor_sampling", "focal_miner")
+SAMPLING = ("repeat_factor_sampling", "repeat_factor_sampling_strong")
+ORTHOGONAL = ("class_alpha", "focal_miner")
 
 
 def strategy_block(name: str) -> str:
@@ -320,32 +324,35 @@ def keep_eval_inputs(out_dir: Path) -> None:
     engine_evaluate.evaluate_detections = keep  # type: ignore[assignment]
 
 
-def train_and_eval(config_path: str, run_dir: str, seed: int, threads: int) -> None:
-    """One run, in this process: `raredet train` then `raredet eval` on the final checkpoint."""
+def train_and_eval(config_path: str, run_dir: str, seed: int, threads: int, device: str = "cpu") -> None:
+    """One run, in this process: `raredet train` then `raredet eval` on the final checkpoint. On a GPU
+    the run is float32 (TF32 convolutions as torch allows by default), not bf16, so that its figures
+    answer the same question as the CPU's."""
     import torch
 
     from raredet.commands.evaluate import eval_from_config
     from raredet.commands.train import train_from_config
 
     torch.set_num_threads(threads)
-    result = train_from_config(config_path, run_dir, seed=seed, device="cpu", checkpoint_every_n=10**9,
-                               num_workers=0)
+    result = train_from_config(config_path, run_dir, seed=seed, device=device, checkpoint_every_n=10**9,
+                               num_workers=0, precision="fp32")
     if result.interrupted:  # stopped by a signal (checkpoint written): a partial run is not evaluated
         raise SystemExit(130)
     keep_eval_inputs(Path(run_dir) / "eval")
-    eval_from_config(config_path, run_dir, device="cpu")
+    eval_from_config(config_path, run_dir, device=device)
 
 
-def _child(config_path: Path, run_dir: Path, seed: int, threads: int) -> subprocess.Popen[bytes]:
+def _child(config_path: Path, run_dir: Path, seed: int, threads: int, device: str) -> subprocess.Popen[bytes]:
     run_dir.mkdir(parents=True, exist_ok=True)
     log = (run_dir / "run.log").open("wb")
     code = ("import sys; from bench.imbalance import train_and_eval; "
-            "train_and_eval(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))")
+            "train_and_eval(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])")
     # This checkout's src first: the children measure the code beside this file, not an installed copy.
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO),
+                                          *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.Popen([sys.executable, "-c", code, str(config_path), str(run_dir), str(seed),
-                             str(threads)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+                             str(threads), device], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
 
 
 def _done(run_dir: Path) -> bool:
@@ -356,7 +363,7 @@ def _done(run_dir: Path) -> bool:
 
 
 def run_all(jobs: list[tuple[str, int, Path]], runs_dir: Path, parallel: int, threads: int,
-            resume: bool) -> list[RunResult]:
+            resume: bool, device: str = "cpu") -> list[RunResult]:
     """Run (strategy, seed, config) jobs, `parallel` child processes at a time; a failed run raises.
 
     With `resume`, a run whose evaluation is complete in `runs_dir` is read, not rerun; any other run
@@ -374,7 +381,7 @@ def run_all(jobs: list[tuple[str, int, Path]], runs_dir: Path, parallel: int, th
                 print(f"  {name} seed {seed}: kept from {run_dir}", flush=True)
                 continue
             shutil.rmtree(run_dir, ignore_errors=True)
-            active[(name, seed)] = (_child(cfg, run_dir, seed, threads), run_dir, time.perf_counter())
+            active[(name, seed)] = (_child(cfg, run_dir, seed, threads, device), run_dir, time.perf_counter())
         for key, (proc, run_dir, start) in list(active.items()):
             if proc.poll() is None:
                 continue
@@ -483,11 +490,11 @@ def best_strategy(figs: dict[str, dict[str, Spread]]) -> tuple[str, bool]:
 
 
 def combination(figs: dict[str, dict[str, Spread]]) -> list[str]:
-    """The best pair-aware loss and the best weighting block, each only if it helped on its own, plus
-    every other block that helped on its own."""
+    """The best pair-aware loss, the best weighting block and the best sampling block, each only if it
+    helped on its own, plus every other block that helped on its own."""
     d = deltas(figs)
     edits = []
-    for group in (LOSSES, WEIGHTING):
+    for group in (LOSSES, WEIGHTING, SAMPLING):
         good = [n for n in group if n in figs and helps(d[n])]
         edits += [max(good, key=lambda n: _rare_key(figs, n))] if good else []
     edits += [n for n in ORTHOGONAL if n in figs and helps(d[n])]
@@ -630,7 +637,8 @@ def _configs(base: Config, names: Sequence[str], data: Path, budget: Budget,
 
 
 def study(budget: Budget, work: Path, *, parallel: int = DEFAULT_PARALLEL, threads: int = DEFAULT_THREADS,
-          resume: bool = False, doc: Path | None = DOC, chart_path: Path | None = CHART) -> dict[str, Any]:
+          resume: bool = False, device: str = "cpu", doc: Path | None = DOC,
+          chart_path: Path | None = CHART) -> dict[str, Any]:
     """Run every strategy (then the combination) at `budget`; returns the report (also its summary)."""
     start = time.perf_counter()
     data = make_data(work, budget)
@@ -640,7 +648,7 @@ def study(budget: Budget, work: Path, *, parallel: int = DEFAULT_PARALLEL, threa
     skipped: dict[str, str] = {}
     configs = _configs(base, names, data, budget, skipped)
     jobs = [(n, s, configs[n]) for n in configs for s in budget.seeds]
-    results = run_all(jobs, work / "runs", parallel, threads, resume)
+    results = run_all(jobs, work / "runs", parallel, threads, resume, device)
     combo: list[str] = []
     if "combination" in wanted:
         combo = combination(strategy_figures(results))
@@ -649,17 +657,17 @@ def study(budget: Budget, work: Path, *, parallel: int = DEFAULT_PARALLEL, threa
                 raise Skipped("no block helped the rare class on its own within the tolerance")
             configs["combination"] = write_config(base, combo, data, "combination", budget)
             results += run_all([("combination", s, configs["combination"]) for s in budget.seeds],
-                               work / "runs", parallel, threads, resume)
+                               work / "runs", parallel, threads, resume, device)
         except Skipped as why:
             skipped["combination"] = str(why)
             print(f"imbalance study: skipping combination: {why}", flush=True)
     return _report(results, base, configs, combo, skipped, budget, time.perf_counter() - start, parallel,
-                   resume, doc, chart_path)
+                   resume, doc, chart_path, device)
 
 
 def _report(results: list[RunResult], base: Config, configs: dict[str, Path], combo: list[str],
             skipped: dict[str, str], budget: Budget, seconds: float, parallel: int, resumed: bool,
-            doc: Path | None, chart_path: Path | None) -> dict[str, Any]:
+            doc: Path | None, chart_path: Path | None, device: str = "cpu") -> dict[str, Any]:
     figs = strategy_figures(results)
     seeds = {n: [r for r in results if r.strategy == n] for n in figs}
     best, met = best_strategy(figs)
@@ -668,7 +676,9 @@ def _report(results: list[RunResult], base: Config, configs: dict[str, Path], co
         "budget": {k: v for k, v in asdict(budget).items() if k != "strategies"} | {
             "model": "the synth default config (raredet.data.synth.pipeline_config_text)"},
         "wall_seconds": seconds, "parallel": parallel, "resumed": resumed,
-        "machine": machine()["processor"] + f", {os.cpu_count()} cores",
+        "machine": machine()["processor"] + f", {os.cpu_count()} cores"
+        + (f", {machine()['cuda']}" if device.startswith("cuda") else ""),
+        "device": device,
         "runs": [asdict(r) for r in results],
         "figures": {n: {k: asdict(v) for k, v in f.items()} for n, f in figs.items()},
         "deltas": deltas(figs), "combination": combo, "skipped": skipped, "best": best, "goal_met": met,
@@ -707,6 +717,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"training processes at a time (default {DEFAULT_PARALLEL}: one per core)")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                         help="torch threads per process (default 1)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of every run (default cpu; `cuda`: many runs share one GPU, fp32)")
     parser.add_argument("--num_steps", type=int, help="override the budget's training steps")
     parser.add_argument("--image_size", type=int, help="override the budget's image size")
     parser.add_argument("--images", type=int, help="override the budget's image count (train + val)")
@@ -725,9 +737,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides["ratios"] = parse_ratios(args.ratios)
     budget = Budget(**(asdict(budget) | {k: tuple(v) if isinstance(v, list) else v
                                          for k, v in overrides.items() if v}))
-    official = not args.quick and args.work is None and budget == FULL  # only that run writes the docs
+    # Only the full study writes the docs (the committed figures: `make bench` reruns it on the CPU).
+    official = not args.quick and args.work in (None, RESULTS_DIR / "tmp" / "imbalance") and budget == FULL
     work = args.work or RESULTS_DIR / "tmp" / ("imbalance_quick" if args.quick else "imbalance")
     report = study(budget, work, parallel=args.parallel, threads=args.threads, resume=args.resume,
+                   device=args.device,
                    doc=DOC if official else None, chart_path=CHART if official else work / CHART.name)
     if official:
         save_result("imbalance", report)
