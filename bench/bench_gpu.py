@@ -38,7 +38,7 @@ from bench.common import RESULTS_DIR, machine, save_result
 from raredet import builders, config
 from raredet.data.synth import make_synthetic_dataset
 from raredet.engine.optim import set_learning_rate
-from raredet.engine.train import default_num_workers, forward_backward, to_device
+from raredet.engine.train import forward_backward, to_device
 from raredet.fileio import atomic_write_json
 from raredet.protos import pipeline_pb2
 
@@ -111,9 +111,6 @@ def model_only(cfg_path: Path, batch: int, device: torch.device, precision: str,
         torch.cuda.reset_peak_memory_stats(device)
     times = _blocks(step, device, steps, repeats, warmup)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    del comps, on_device
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return {"kind": "model-only", "precision": precision, "channels_last": channels_last,
             "step_s": statistics.median(times), "images_per_s": batch / statistics.median(times),
             "blocks_s_per_step": times, "peak_memory_mb": peak}
@@ -146,7 +143,6 @@ def torchvision_retinanet(size: int, batch: int, device: torch.device, precision
         opt.step()
 
     times = _blocks(step, device, steps, repeats, warmup)
-    del model, opt
     return {"kind": "torchvision retinanet_resnet50_fpn", "precision": precision, "channels_last": False,
             "step_s": statistics.median(times), "images_per_s": batch / statistics.median(times),
             "blocks_s_per_step": times}
@@ -189,7 +185,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             print(json.dumps(rows[-1]), flush=True)
             atomic_write_json(out, {"machine": machine(), "rows": rows})
         best = max((r for r in rows if r["config"] == name), key=lambda r: r["images_per_s"])
-        for precision, channels_last in dict.fromkeys([("auto", False), (best["precision"], best["channels_last"])]):
+        fastest = (best["precision"], best["channels_last"])
+        for precision, channels_last in dict.fromkeys([("auto", False), fastest]):
             rows.append(base | cli(cfg_path, batch, device.type, precision, channels_last,
                                    steps=6 if quick else 60, skip=2 if quick else 20, work=data / "runs"))
             print(json.dumps(rows[-1]), flush=True)
@@ -205,7 +202,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
     parser.add_argument("--out", type=Path, help="also write the rows here as they come")
     args = parser.parse_args(argv)

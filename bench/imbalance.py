@@ -104,7 +104,8 @@ def _loss_block(inner: str) -> str:
 
 RFS_STRONG = "train_input_reader { repeat_factor_sampling { threshold: 1.0 } }"
 CLASS_ALPHA = _loss_block('classification_loss { weighted_sigmoid_focal { alpha: 0.25 gamma: 2.0 '
-                          'class_alpha { name: "crack" value: 0.75 } class_alpha { name: "dent" value: 0.5 } } }')
+                          'class_alpha { name: "crack" value: 0.75 } '
+                          'class_alpha { name: "dent" value: 0.5 } } }')
 
 
 # name -> block. Oneof members replace (a loss block replaces weighted_sigmoid_focal), sub-messages
@@ -270,6 +271,7 @@ class RunResult:
     seconds: float
     final_losses: dict[str, float] = field(default_factory=dict)
     diverged: str | None = None  # the TrainingDiverged message: the run counts as 0 everywhere
+    machine: str = ""  # where the run trained (its machine.json), e.g. "x86_64, 16 cores, NVIDIA H200"
 
 
 def diverged_run(run_dir: Path, strategy: str, seed: int, seconds: float) -> RunResult | None:
@@ -301,7 +303,20 @@ def read_run(run_dir: Path, strategy: str, seed: int, seconds: float) -> RunResu
         op={c: asdict(ops[c]) for c in CLASS_NAMES}, gt_count={c: rows[c]["gt_count"] for c in CLASS_NAMES},
         mAP=metrics["DetectionBoxes_Precision/mAP"], mAP50=metrics["DetectionBoxes_Precision/mAP@.50IOU"],
         seconds=seconds, final_losses={k: v for k, v in last.items() if k.startswith("Loss/")},
+        machine=run_machine(run_dir),
     )
+
+
+def machine_line(device: str) -> str:
+    m = machine()
+    gpu = f", {m['cuda']}" if device.startswith("cuda") else ""
+    return f"{m['processor']}, {os.cpu_count()} cores{gpu}"
+
+
+def run_machine(run_dir: Path) -> str:
+    """The machine a run trained on, as its child wrote it (`machine.json`); "" for older runs."""
+    path = run_dir / "machine.json"
+    return json.loads(path.read_text())["machine"] if path.exists() else ""
 
 
 def _pts(value: float | None) -> str:
@@ -344,6 +359,8 @@ def train_and_eval(config_path: str, run_dir: str, seed: int, threads: int, devi
     from raredet.commands.train import train_from_config
 
     torch.set_num_threads(threads)
+    atomic_write_json(Path(run_dir) / "machine.json",
+                      {"machine": machine_line(device), "torch": torch.__version__})
     result = train_from_config(config_path, run_dir, seed=seed, device=device, checkpoint_every_n=10**9,
                                num_workers=0, precision="fp32")
     if result.interrupted:  # stopped by a signal (checkpoint written): a partial run is not evaluated
@@ -586,9 +603,11 @@ def doc_section(report: dict[str, Any]) -> str:
         f"{TOLERANCE:g}: {verdict}).", "",
         "```", report["best_config_block"] or "(the base config as is)", "```", "", "## Budget", "",
         *(f"- {k}: {v}" for k, v in report["budget"].items()),
-        f"- wall time of {'this --resume invocation' if report['resumed'] else 'the study'}: "
-        f"{report['wall_seconds'] / 60:.1f} min on `{report['machine']}` ({report['parallel']} runs at a "
-        f"time; the runs' own times add up to {sum(r['seconds'] for r in report['runs']) / 60:.0f} min)",
+        f"- runs trained on `{report['machine']}`; their own times add up to "
+        f"{sum(r['seconds'] for r in report['runs']) / 60:.0f} min; wall time of "
+        + ("this --resume invocation (runs already evaluated are read, not rerun)" if report["resumed"]
+           else "the study")
+        + f": {report['wall_seconds'] / 60:.1f} min, {report['parallel']} runs at a time",
         *(f"- skipped: {n}: {why}" for n, why in report["skipped"].items()),
         "", "## Results (points; mean over the seeds, range in brackets)", "",
         "Changes against the baseline's means:", "", *report["goal_table"], "",
@@ -665,6 +684,9 @@ def study(budget: Budget, work: Path, *, parallel: int = DEFAULT_PARALLEL, threa
         try:
             if combo == ["baseline"]:
                 raise Skipped("no block helped the rare class on its own within the tolerance")
+            if len(combo) == 1:
+                raise Skipped(f"only {combo[0]} helped within the tolerance in its group: the combination "
+                              "would be that run again")
             configs["combination"] = write_config(base, combo, data, "combination", budget)
             results += run_all([("combination", s, configs["combination"]) for s in budget.seeds],
                                work / "runs", parallel, threads, resume, device)
@@ -686,8 +708,8 @@ def _report(results: list[RunResult], base: Config, configs: dict[str, Path], co
         "budget": {k: v for k, v in asdict(budget).items() if k != "strategies"} | {
             "model": "the synth default config (raredet.data.synth.pipeline_config_text)"},
         "wall_seconds": seconds, "parallel": parallel, "resumed": resumed,
-        "machine": machine()["processor"] + f", {os.cpu_count()} cores"
-        + (f", {machine()['cuda']}" if device.startswith("cuda") else ""),
+        # Where the runs trained (a --resume may read runs trained elsewhere), else this machine.
+        "machine": "; ".join(sorted({r.machine for r in results if r.machine})) or machine_line(device),
         "device": device,
         "runs": [asdict(r) for r in results],
         "figures": {n: {k: asdict(v) for k, v in f.items()} for n, f in figs.items()},
