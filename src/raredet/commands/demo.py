@@ -1,18 +1,28 @@
 """`raredet demo`: the main job end to end on the synthetic rare-defects dataset, in minutes on a CPU.
 
-1. Write the dataset (`raredet.data.synth`: scratch : dent : crack boxes = 100 : 20 : 3) and print its
-   class statistics.
+1. Write the dataset (`raredet.data.synth`: scratch : dent : crack boxes = 100 : 20 : 3; train, val
+   and a held-out test split) and print its class statistics.
 2. Write two real `pipeline.config` files: the **baseline**, the TF OD API model zoo's RetinaNet recipe
    (focal loss alpha 0.25, gamma 2, no class weights), and **raredet**, the same plus
-   `RAREDET_STRATEGY`, the class-weighting block that the imbalance study (`bench/imbalance.py`,
-   `docs/imbalance.md`) found to work best.
+   `RAREDET_STRATEGY`, raredet's best configuration as found by the imbalance study
+   (`bench/imbalance.py`, `docs/imbalance.md`). Both evaluate with per-class operating points at
+   precision 0.9 (`eval_config.operating_points.target_precision`).
 3. Train both with the same seed (so they differ only in the strategy) side by side, one process and
    one CPU thread each — for a model this small, two threads in one process mostly wait for each other,
-   while two processes keep both cores busy — then evaluate each on the validation split.
-4. Print the per-class comparison, rarest class first, and the paths of the HTML reports.
+   while two processes keep both cores busy. Then evaluate each on the **val** split, which chooses the
+   thresholds (`RUN/eval/`), and on the **test** split, which counts at them
+   (`raredet eval --operating_points_from RUN/eval/operating_points.json`, into `RUN/eval_test/`).
+4. Print one table, rarest class first: the test boxes found at precision >= 0.9 by (a) the baseline
+   with ONE threshold for every class (the TF OD API's way: `single_threshold` of
+   operating_points.json, the lowest threshold at which every class reaches precision 0.9 on val, or
+   the lowest at which the most classes do), (b) the same trained model at its per-class operating
+   points (each class's lowest threshold with precision >= 0.9 on val), (c) the raredet run at its
+   per-class operating points; with each run's AP50 on test. Then the reports and the operating-points
+   config of the raredet run.
 
-Each run is exactly `raredet train` + `raredet eval` on its config (the same library calls), so the
-numbers printed are measurements of that run, and every step can be rerun by hand.
+Each run is exactly `raredet train` + `raredet eval` (twice) on its configs (the same library calls),
+every figure printed is read from those evaluations' files (`found_table`), and every step can be
+rerun by hand.
 """
 
 from __future__ import annotations
@@ -26,28 +36,29 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import text_format
 
-from raredet import builders, config
-from raredet.commands.evaluate import eval_from_config
+from raredet.commands.evaluate import OPERATING_CONFIG, eval_from_config
 from raredet.commands.stats import stats_for_config
 from raredet.commands.train import train_from_config
 from raredet.config import parse_config
 from raredet.data.synth import make_synthetic_dataset
 from raredet.errors import ConfigError, RaredetError
+from raredet.evaluation import operating_points as ops
+from raredet.evaluation.coco import CATEGORY_KEYS
 from raredet.fileio import atomic_write_text
-from raredet.losses import format_class_weight_table
 
-# The raredet run's strategy: a pipeline.config fragment merged into the baseline config (oneof members
-# replace, sub-messages merge, repeated fields append). The imbalance study decides it: paste its best
-# block from docs/imbalance.md here (the demo trains at the study's budget with the study's base config,
-# so the study's seed-0 run of that block is what the demo reproduces). The study's best so far:
-# explicit weights (the automatic schemes with crack weights above ~10 made this small model collapse).
+# raredet's best configuration: a pipeline.config fragment merged into the baseline config (oneof
+# members replace, sub-messages merge, repeated fields append); any block works, the screen prints it.
+# The imbalance study decides it: paste its best block from docs/imbalance.md here (the demo trains at
+# the study's budget with the study's base config, so the study's seed-0 run of that block is what the
+# demo reproduces). The study's best so far: explicit weights (the automatic schemes with crack weights
+# above ~10 made this small model collapse).
 RAREDET_STRATEGY = """
 model { ssd { loss {
   class_weights {
@@ -63,6 +74,7 @@ class DemoBudget:
     """Dataset size and training length; the model is the synthetic set's default config."""
 
     images: int  # train + val
+    test_images: int  # the held-out split the printed counts are measured on
     image_size: int
     num_steps: int
     batch_size: int
@@ -72,12 +84,18 @@ class DemoBudget:
 # Calibrated (docs/imbalance.md, "The data and the budget"): at 128 px a crack is visibly not a scratch,
 # and one run of 900 steps takes ~2.6 min on one idle core (0.17 s/step measured), so two side by side
 # fit `make demo`'s 10 minutes with the installation. The imbalance study trains at this same budget.
-FULL = DemoBudget(images=1000, image_size=128, num_steps=900, batch_size=16, min_val_boxes=60)
-QUICK = DemoBudget(images=24, image_size=64, num_steps=4, batch_size=4, min_val_boxes=2)
+# The test split (as large as val, with the same floor of boxes per class) costs one more evaluation
+# per run, a few seconds, and no training.
+FULL = DemoBudget(images=1000, test_images=200, image_size=128, num_steps=900, batch_size=16,
+                  min_val_boxes=60)
+QUICK = DemoBudget(images=24, test_images=6, image_size=64, num_steps=4, batch_size=4, min_val_boxes=2)
 # Both runs: trained from scratch at the synthetic config's learning rate, an occasional exploding step
 # would otherwise end a run (TrainingDiverged); clipping the gradient norm keeps both runs alive.
 GRADIENT_CLIPPING_BY_NORM = 10.0
 RUNS = ("baseline", "raredet")
+TARGET_PRECISION = 0.9  # the precision the operating points and the one global threshold are chosen for
+TEST_CONFIG = "pipeline.test.config"  # a run's config evaluating on the test split
+TEST_EVAL = "eval_test"  # where a run's test evaluation goes (its val evaluation: eval/)
 MARKER = ".raredet-demo"  # marks a folder the demo made, so that a rerun may clear it
 POLL_SECONDS = 0.5
 
@@ -110,7 +128,8 @@ def prepare_out_dir(out: Path) -> str | None:
 def make_data(data: Path, budget: DemoBudget, seed: int) -> str:
     """Write the synthetic dataset; returns its class statistics as a printable table."""
     make_synthetic_dataset(data, images=budget.images, seed=seed, image_size=budget.image_size,
-                           num_shards=1, min_val_boxes=budget.min_val_boxes, num_steps=budget.num_steps)
+                           num_shards=1, min_val_boxes=budget.min_val_boxes, num_steps=budget.num_steps,
+                           test_images=budget.test_images)
     return stats_for_config(data / "pipeline.config", data / "stats")
 
 
@@ -125,16 +144,18 @@ def _relative_inputs(cfg: Any, run_dir: Path, data: Path) -> None:
 
 CONFIG_HEADERS = {
     "baseline": "the TF OD API zoo's RetinaNet recipe: focal loss alpha 0.25, gamma 2, no class weights",
-    "raredet": "the baseline plus the class-weighting block RAREDET_STRATEGY of raredet/commands/demo.py",
+    "raredet": "the baseline plus raredet's best configuration, RAREDET_STRATEGY of raredet/commands/demo.py",
 }
 
 
 def write_configs(out: Path, data: Path, budget: DemoBudget) -> dict[str, Path]:
-    """`out/<run>/pipeline.config` for both runs; returns run name -> path."""
+    """`out/<run>/pipeline.config` for both runs (evaluating on val) and `out/<run>/pipeline.test.config`
+    (the same, evaluating on test); returns run name -> pipeline.config path."""
     base_path = data / "pipeline.config"
     base = parse_config(base_path.read_text(encoding="utf-8"), base_path)
     base.train_config.batch_size = budget.batch_size
     base.train_config.gradient_clipping_by_norm = GRADIENT_CLIPPING_BY_NORM
+    base.eval_config.operating_points.target_precision = TARGET_PRECISION
     paths = {}
     for run in RUNS:
         cfg = type(base)()
@@ -143,22 +164,28 @@ def write_configs(out: Path, data: Path, budget: DemoBudget) -> dict[str, Path]:
             text_format.Merge(RAREDET_STRATEGY, cfg)
         run_dir = out / run
         _relative_inputs(cfg, run_dir, data)
+        config_path, test_path = run_dir / "pipeline.config", run_dir / TEST_CONFIG
         header = (f"# raredet demo, run '{run}': {CONFIG_HEADERS[run]}.\n# Rerun: raredet train "
-                  f"--pipeline_config_path {run_dir / 'pipeline.config'} --model_dir {run_dir}\n")
-        paths[run] = atomic_write_text(run_dir / "pipeline.config", header + text_format.MessageToString(cfg))
+                  f"--pipeline_config_path {config_path} --model_dir {run_dir}\n"
+                  f"# then: raredet eval --pipeline_config_path {config_path} --checkpoint_dir {run_dir}\n")
+        paths[run] = atomic_write_text(config_path, header + text_format.MessageToString(cfg))
+        reader = cfg.eval_input_reader[0]
+        reader.tf_record_input_reader.input_path[:] = [
+            str(Path(os.path.relpath(data, run_dir)) / "test-?????-of-*.tfrecord")]
+        test_header = (f"# raredet demo, run '{run}' evaluated on the held-out test split with the "
+                       f"thresholds chosen on val:\n# raredet eval --pipeline_config_path {test_path} "
+                       f"--checkpoint_dir {run_dir} --out {run_dir / TEST_EVAL} "
+                       f"--operating_points_from {run_dir / 'eval' / ops.JSON_NAME}\n")
+        atomic_write_text(test_path, test_header + text_format.MessageToString(cfg))
     return paths
-
-
-def class_weight_table(config_path: Path) -> str:
-    """The class weights a config resolves to on its training data (what training will use)."""
-    return format_class_weight_table(builders.resolve_class_weight_table(config.load(config_path)))
 
 
 # ---- the runs ------------------------------------------------------------------------------------
 
 
 def train_and_eval(config_path: str, run_dir: str, seed: str) -> None:
-    """One run in this process and one CPU thread: `raredet train`, then `raredet eval`."""
+    """One run in this process and one CPU thread: `raredet train`, then `raredet eval` on val (which
+    chooses the thresholds) and on test (which is graded at them)."""
     import torch
 
     torch.set_num_threads(1)
@@ -166,6 +193,9 @@ def train_and_eval(config_path: str, run_dir: str, seed: str) -> None:
     if result.interrupted:  # stopped by a signal (checkpoint written): no evaluation of a partial run
         raise SystemExit(130)
     eval_from_config(config_path, run_dir, device="cpu")
+    eval_from_config(Path(config_path).with_name(TEST_CONFIG), run_dir, device="cpu",
+                     out_dir=Path(run_dir) / TEST_EVAL,
+                     operating_points_from=Path(run_dir) / "eval" / ops.JSON_NAME)
 
 
 def _start(config_path: Path, run_dir: Path, seed: int) -> subprocess.Popen[bytes]:
@@ -258,21 +288,84 @@ def _update_bars(bars: dict[str, Any], watchers: dict[str, StepWatcher],
             bar.set_postfix_str("evaluating" if procs[run].poll() is None else "done", refresh=True)
 
 
+# ---- the screen -------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RaredetError(f"demo: cannot read {path} ({err}); the run's evaluation did not finish: "
+                           "see its run.log") from None
+
+
+def found_cell(reached_on_val: bool, graded: Mapping[str, Any] | None, target: float) -> str:
+    """"N of M (p P)": the test boxes found (TP at IoU 0.5) of all (TP + FN) at a threshold chosen on
+    val, with the precision measured on test; or that the threshold choice never reached `target`."""
+    if not reached_on_val or graded is None:
+        return f"precision {target:g} not reached"
+    kept = f"p {graded['precision']:.2f}" if graded["precision"] is not None else "none kept"
+    return f"{graded['TP']} of {graded['TP'] + graded['FN']} ({kept})"
+
+
+def found_table(val_dirs: Mapping[str, Path], test_dirs: Mapping[str, Path], order: Sequence[str],
+                target: float = TARGET_PRECISION) -> str:
+    """The demo's result, read from the runs' evaluations: `val_dirs` / `test_dirs` map "baseline" and
+    "raredet" to the folders of their val evaluation (which chose the thresholds) and test evaluation
+    (`--operating_points_from` the val one); `order` lists the class names, rarest first.
+
+    (a) the baseline at the one threshold for every class (operating_points.json `single_threshold`),
+    (b) the baseline at its per-class operating points, (c) the raredet run at its per-class operating
+    points; each run's AP50 on test."""
+    val = {run: _read_json(d / ops.JSON_NAME) for run, d in val_dirs.items()}
+    test = {run: _read_json(d / ops.JSON_NAME) for run, d in test_dirs.items()}
+    metrics = {run: _read_json(d / "metrics.json") for run, d in test_dirs.items()}
+    single_val, single_test = val["baseline"]["single_threshold"], test["baseline"]["single_threshold"]
+    chose, counted = val["baseline"]["chosen_on"]["images"], test["baseline"]["graded_on"]["images"]
+    threshold = single_val["threshold"]
+    lines = [
+        f"test boxes found at precision >= {target:g} (IoU 0.5), rarest class first: thresholds chosen on "
+        f"the val split ({chose} images), boxes counted on the test split ({counted} images)",
+        "  (a) TF OD API recipe (baseline run), ONE threshold for every class: "
+        + (f"{threshold:.3f}, {single_val['note']} on val" if threshold is not None
+           else f"none ({single_val['note']} on val)"),
+        f"  (b) the same trained model, a threshold per class: each class's lowest with precision >= "
+        f"{target:g} on val",
+        "  (c) raredet's best configuration (raredet run, the block above), per-class thresholds chosen the "
+        "same way",
+    ]
+    width = max(len(f"precision {target:g} not reached"), 18)
+    header = f"  {'class':<10}{'boxes':>6}  {'(a) one threshold':<{width}}  " \
+             f"{'(b) per class':<{width}}  {'AP50':>5}  {'(c) per class':<{width}}  {'AP50':>5}"
+    rows = [header]
+    for name in order:
+        cells = []
+        for run in RUNS:
+            point_val = {c["class_name"]: c for c in val[run]["classes"]}[name]
+            point_test = {c["class_name"]: c for c in test[run]["classes"]}[name]
+            if run == "baseline":
+                cells.append(found_cell(name in single_val["classes_reaching"],
+                                        single_test["classes"][name], target))
+            cells.append(found_cell(bool(point_val["reached"]), point_test["at_threshold"], target))
+            ap50 = metrics[run].get(f"{CATEGORY_KEYS['AP50']}/{name}")
+            cells.append(f"{ap50:.3f}" if isinstance(ap50, int | float) and ap50 >= 0 else "-")
+        boxes = {c["class_name"]: c for c in test["baseline"]["classes"]}[name]["at_global"]
+        m = boxes["TP"] + boxes["FN"]
+        rows.append(f"  {name:<10}{m:>6}  {cells[0]:<{width}}  {cells[1]:<{width}}  {cells[2]:>5}  "
+                    f"{cells[3]:<{width}}  {cells[4]:>5}")
+    lines += rows
+    lines.append(f"  found N of M (p P): N of the M test boxes detected above the threshold, at precision P "
+                 f"on test (chosen on val, it may miss {target:g} here); AP50 on test")
+    return "\n".join(lines) + "\n"
+
+
 # ---- the whole demo ------------------------------------------------------------------------------
-
-
-def _overall(run_dir: Path) -> str:
-    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))
-    metrics = metrics.get("metrics", metrics)
-    return ", ".join(f"{name} {metrics[key]:.3f}" for key, name in (
-        ("DetectionBoxes_Precision/mAP", "mAP"), ("DetectionBoxes_Precision/mAP@.50IOU", "mAP@.50"))
-        if isinstance(metrics.get(key), int | float))
 
 
 def run_demo(out_dir: str | os.PathLike[str] = "demo_out", *, quick: bool = False, seed: int = 0,
              budget: DemoBudget | None = None) -> Path:
-    """`raredet demo`: everything in the module docstring, printed as it goes; returns the comparison's
-    HTML page."""
+    """`raredet demo`: everything in the module docstring, printed as it goes; returns the raredet
+    run's operating-points config."""
     from raredet.evaluation.compare import compare_runs
 
     budget = budget or (QUICK if quick else FULL)
@@ -281,32 +374,44 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo_out", *, quick: bool = Fals
     print(f"raredet demo{' --quick' if quick else ''}: rare defects on manufactured parts -> {out}/")
     if note:
         print(f"note: {note}")
-    print(f"\n[1/4] synthetic dataset ({budget.images} images of {budget.image_size} px) in {out / 'data'}")
+    print(f"\n[1/4] synthetic dataset ({budget.images} train+val and {budget.test_images} test images of "
+          f"{budget.image_size} px) in {out / 'data'}; the training split:")
     print(make_data(out / "data", budget, seed))
     configs = write_configs(out, out / "data", budget)
-    print(f"\n[2/4] configs (both: {budget.num_steps} steps of batch {budget.batch_size}, seed {seed})")
+    print(f"\n[2/4] two runs, {budget.num_steps} steps of batch {budget.batch_size}, seed {seed}")
     for run in RUNS:
-        print(f"  {configs[run]}: {CONFIG_HEADERS[run]}")
+        print(f"  {run:<8} {configs[run]}: {CONFIG_HEADERS[run]}")
     strategy = RAREDET_STRATEGY.strip().replace("\n", "\n    ")
-    print(f"  the raredet run adds:\n    {strategy}\n  which resolves to:")
-    print("    " + class_weight_table(configs["raredet"]).replace("\n", "\n    "))
-    print("\n[3/4] training both runs side by side (one CPU thread each), then evaluating on the val split")
+    print(f"  raredet's best configuration, merged into the baseline:\n    {strategy}")
+    print("\n[3/4] training both side by side (one CPU thread each); evaluating each on val (choosing "
+          "thresholds) and test (counting)")
     train_start = time.perf_counter()
     run_both(configs, out, budget.num_steps, seed)
     train_seconds = time.perf_counter() - train_start
-    for run in RUNS:
-        print(f"  {run}: {_overall(out / run)}")
-    print("\n[4/4] per-class comparison, rarest class first (Δ: raredet minus baseline)")
-    print(compare_runs([out / run for run in RUNS], out / "compare"), end="")
-    _print_footer(out, time.perf_counter() - start, train_seconds)
-    return out / "compare" / "compare.html"
+    print("\n[4/4] " + found_table({run: out / run / "eval" for run in RUNS},
+                                   {run: out / run / TEST_EVAL for run in RUNS},
+                                   _rarest_first(out / "data")), end="")
+    compare_runs([out / run for run in RUNS], out / "compare")
+    return _print_footer(out, time.perf_counter() - start, train_seconds)
 
 
-def _print_footer(out: Path, total: float, train_seconds: float) -> None:
+def _rarest_first(data: Path) -> list[str]:
+    """Class names by training box count, rarest first (val and test have a floor per class)."""
+    boxes = _read_json(data / "summary.json")["train"]["boxes"]
+    return sorted(boxes, key=lambda name: boxes[name])
+
+
+def _print_footer(out: Path, total: float, train_seconds: float) -> Path:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(f"\ntime: {total / 60:.1f} min in all, {train_seconds / 60:.1f} min of it training and evaluating "
           f"(CPU time of the runs: {(children.ru_utime + children.ru_stime) / 60:.1f} min)")
-    print("reports (open in a browser):")
+    print("reports (open in a browser): test split, where the table's figures come from:")
     for run in RUNS:
-        print(f"  {run}: {out / run / 'eval' / 'report.html'}")
-    print(f"  comparison: {out / 'compare' / 'compare.html'}")
+        print(f"  {run}: {out / run / TEST_EVAL / 'report.html'}")
+    print(f"  val split (where the thresholds were chosen): {out / RUNS[0] / 'eval' / 'report.html'}, "
+          f"{out / RUNS[1] / 'eval' / 'report.html'}")
+    print(f"  both runs side by side (val): {out / 'compare' / 'compare.html'}")
+    config_path = out / "raredet" / "eval" / OPERATING_CONFIG
+    print("operating-points config (the raredet run with its per-class thresholds, for raredet "
+          f"predict/export and the TF OD API):\n  {config_path}")
+    return config_path

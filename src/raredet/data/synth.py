@@ -321,19 +321,29 @@ def make_synthetic_dataset(
     num_shards: int = 2,
     min_val_boxes: int = 30,
     num_steps: int = 1500,
+    test_images: int = 0,
 ) -> dict[str, Any]:
-    """Write the dataset into ``out_dir``; returns (and saves as ``summary.json``) the box counts."""
-    if images < 2 or not 0 < val_fraction < 1 or image_size < 32:
+    """Write the dataset into ``out_dir``; returns (and saves as ``summary.json``) the box counts.
+
+    ``test_images`` > 0 adds a held-out ``test`` split (``test-*.tfrecord``, ``test.json``) drawn like
+    the validation split (the same ``min_val_boxes`` floor) from its own random stream, so that the
+    train and val splits are the same with or without it: thresholds chosen on val can be graded on
+    images that did not choose them (`raredet eval --operating_points_from`).
+    """
+    if images < 2 or not 0 < val_fraction < 1 or image_size < 32 or test_images < 0:
         raise ConfigError(
-            f"synth: need images >= 2 (got {images}), 0 < val_fraction < 1 (got {val_fraction}) and "
-            f"image_size >= 32 (got {image_size})"
+            f"synth: need images >= 2 (got {images}), 0 < val_fraction < 1 (got {val_fraction}), "
+            f"image_size >= 32 (got {image_size}) and test_images >= 0 (got {test_images})"
         )
     out = Path(out_dir)
     ratio_arr = np.asarray(ratios, dtype=np.float64)
     num_val = max(1, round(images * val_fraction))
     summary: dict[str, Any] = {"classes": list(CLASS_NAMES), "seed": seed, "image_size": image_size}
-    for split, n, floor in (("train", images - num_val, 0), ("val", num_val, min_val_boxes)):
-        rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    splits = [("train", images - num_val, 0), ("val", num_val, min_val_boxes)]
+    if test_images:
+        splits.append(("test", test_images, min_val_boxes))
+    for stream, (split, n, floor) in enumerate(splits):
+        rng = np.random.default_rng([seed, stream])  # train 0, val 1, test 2: independent streams
         records, coco, files = _split_records(rng, split, n, ratio_arr, image_size, floor)
         shards = _write_shards(out, split, records, min(num_shards, n))
         for rel, data in files:

@@ -319,6 +319,81 @@ def _still_reached(rule: Rule, at: Counts) -> bool | None:
     return got is not None and got >= rule.target - 1e-12
 
 
+# ---- one threshold for every class --------------------------------------------------------------------
+
+
+def single_threshold(curves: Sequence[Curve], target: float) -> tuple[int | None, int, int]:
+    """The one score threshold, the same for every class, chosen by precision `target`: the lowest at
+    which every class with ground truth reaches precision >= `target` with at least one true positive
+    (a detector with one global threshold, as the TF OD API's `score_threshold`). When no threshold
+    does, the lowest of those at which the most classes reach it.
+
+    Candidates are the distinct scores of all classes (keeping the detections at or above one).
+    Returns (index into the descending union of scores or None when no class ever reaches the target,
+    classes reaching it there, classes with ground truth); `single_threshold_value` turns the index
+    into a threshold.
+    """
+    judged = [c for c in curves if c.num_gt]
+    union = np.unique(np.concatenate([c.scores for c in judged] or [np.zeros(0)]))[::-1]
+    if not judged or not union.size:
+        return None, 0, len(judged)
+    reached = np.zeros((len(judged), union.size), dtype=bool)
+    for k, c in enumerate(judged):  # one row per class, vectorised over the candidates
+        kept = np.searchsorted(-c.scores, -union, side="right")  # points with score >= candidate
+        tp, fp = np.r_[0, c.tp][kept], np.r_[0, c.fp][kept]
+        reached[k] = (tp > 0) & (tp / np.maximum(tp + fp, 1) >= target - 1e-12)
+    count = reached.sum(axis=0)
+    if count.max() == 0:
+        return None, 0, len(judged)
+    index = int(np.flatnonzero(count == count.max())[-1])  # the lowest threshold among the best
+    return index, int(count[index]), len(judged)
+
+
+def single_threshold_value(curves: Sequence[Curve], index: int, score_floor: float = 0.0) -> float:
+    """The threshold keeping the union's points 0..index (halfway to the next score down, as
+    `_threshold_below` places per-class thresholds)."""
+    union = np.unique(np.concatenate([c.scores for c in curves if c.num_gt]))[::-1]
+    empty = np.zeros(union.size, dtype=np.int64)
+    return _threshold_below(Curve(union, empty, empty, 0, score_floor), index)
+
+
+def single_threshold_json(curves: Sequence[Curve], names: Sequence[str], target: float, num_images: int,
+                          score_floor: float = 0.0, chosen: Mapping[str, Any] | None = None,
+                          ) -> dict[str, Any]:
+    """operating_points.json's `single_threshold`: the threshold (chosen here by `single_threshold`,
+    or `chosen`'s graded here), how many classes reach `target` at it, and every class's figures."""
+    if chosen is None:
+        index, reached, judged = single_threshold(curves, target)
+        threshold = None if index is None else single_threshold_value(curves, index, score_floor)
+        if index is None:
+            note = f"no class reaches precision {target:g} at any threshold"
+        elif reached == judged:
+            note = f"the lowest threshold at which every class reaches precision {target:g}"
+        else:
+            note = (f"no single threshold gets every class to precision {target:g}: the lowest at which "
+                    f"the most classes ({reached} of {judged}) reach it")
+    else:
+        threshold, target = chosen["threshold"], float(chosen["target_precision"])
+        note = f"{chosen['note']}, on the images that chose it"
+    per_class = {}
+    for name, curve in zip(names, curves, strict=True):
+        figures = counts_above(curve, threshold, num_images) if threshold is not None else None
+        per_class[name] = None if figures is None else asdict(figures)
+    reaching = [n for n, c in per_class.items() if c is not None and c["precision"] is not None
+                and c["TP"] > 0 and c["precision"] >= target - 1e-12]
+    judged_names = [n for n, c in zip(names, curves, strict=True) if c.num_gt]
+    return {"target_precision": target, "threshold": threshold, "note": note,
+            "classes_reaching": [n for n in judged_names if n in reaching], "classes_judged": judged_names,
+            "classes": per_class}
+
+
+def single_threshold_target(rule: Rule) -> float:
+    """The precision the single threshold is chosen for: the rule's target precision, else 0.9 (the
+    precision `raredet compare` compares at)."""
+    return rule.target if rule.kind == "target_precision" and rule.target is not None \
+        else DEFAULT_COMPARE_PRECISION
+
+
 # ---- deployment: one common score threshold ----------------------------------------------------------
 
 
@@ -458,12 +533,25 @@ def load_operating_points(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def single_threshold_sentence(single: Mapping[str, Any]) -> str:
+    """The one threshold for every class in a sentence: value, rule, classes reaching the target."""
+    target = single["target_precision"]
+    if single["threshold"] is None:
+        return f"One threshold for every class: none ({single['note']})."
+    reaching, judged = single["classes_reaching"], single["classes_judged"]
+    return (f"One threshold for every class: {single['threshold']:.3f} ({single['note']}); here "
+            f"{len(reaching)} of {len(judged)} classes reach precision {target:g} at it"
+            + (f" ({', '.join(reaching)})." if reaching else "."))
+
+
 def write_operating_points(out_dir: str | Path, content: Mapping[str, Any]) -> None:
     """operating_points.json and operating_points.md into `out_dir`."""
     out = Path(out_dir)
     atomic_write_json(out / JSON_NAME, dict(content))
     points = [OperatingPoint.from_json(c) for c in content["classes"]]
     text = where_sentence(content) + "\n\n" + to_markdown(points, content["min_score_threshold"])
+    if content.get("single_threshold") is not None:
+        text += "\n" + single_threshold_sentence(content["single_threshold"]) + "\n"
     atomic_write_text(out / MARKDOWN_NAME, text)
 
 

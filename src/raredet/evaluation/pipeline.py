@@ -164,11 +164,17 @@ def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
 def _operating_points(matches: per_class.Matches, cats: list[dict], num_images: int, min_score: float,
                       here: dict[str, Any], rule: ops.Rule | None, class_rules: Mapping[str, ops.Rule] | None,
                       chosen: Mapping[str, Any] | None, score_floor: float) -> dict[str, Any]:
-    """operating_points.json's content: chosen here, or `chosen` (loaded) graded here."""
+    """operating_points.json's content: chosen here, or `chosen` (loaded) graded here; with the one
+    threshold for every class (`single_threshold`) next to the per-class ones."""
+    curves = [ops.class_curve(matches, int(c["id"]), score_floor) for c in cats]
+    class_names = [str(c["name"]) for c in cats]
     if chosen is None:
         points = ops.operating_points(matches, cats, class_rules or {}, rule or ops.Rule(), num_images,
                                       min_score, score_floor)
-        return ops.operating_points_json(points, min_score_threshold=min_score, chosen_on=here)
+        content = ops.operating_points_json(points, min_score_threshold=min_score, chosen_on=here)
+        content["single_threshold"] = ops.single_threshold_json(
+            curves, class_names, ops.single_threshold_target(rule or ops.Rule()), num_images, score_floor)
+        return content
     names = {c["id"]: c["name"] for c in cats}
     for p in chosen["classes"]:
         if names.get(p.class_id) != p.class_name:
@@ -182,6 +188,9 @@ def _operating_points(matches: per_class.Matches, cats: list[dict], num_images: 
     content["calibration"] = {str(k): {"x": xs, "y": ys} for k, (xs, ys) in chosen["calibration"].items()}
     content["score_threshold"] = chosen["score_threshold"]
     content["review_score_threshold"] = chosen["review_score_threshold"]
+    if chosen.get("single_threshold") is not None:  # files written before it have none
+        content["single_threshold"] = ops.single_threshold_json(
+            curves, class_names, 0.0, num_images, chosen=chosen["single_threshold"])
     return content
 
 
