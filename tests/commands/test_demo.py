@@ -1,4 +1,6 @@
-"""raredet demo: the --quick run end to end, its configs, the strategy really applied, fresh reruns."""
+"""raredet demo: the --quick run end to end, its configs, the strategy really applied, the screen read
+from the runs' own evaluations (val chose, test counted), fresh reruns. The table's counts against a
+hand recount: test_demo_table.py."""
 
 from __future__ import annotations
 
@@ -13,8 +15,19 @@ import torch
 
 from raredet import cli, config
 from raredet.commands import demo
-from raredet.commands.demo import MARKER, QUICK, RUNS, StepWatcher, prepare_out_dir, run_both
+from raredet.commands.demo import (
+    MARKER,
+    QUICK,
+    RUNS,
+    TEST_CONFIG,
+    TEST_EVAL,
+    StepWatcher,
+    found_table,
+    prepare_out_dir,
+    run_both,
+)
 from raredet.errors import ConfigError, RaredetError
+from raredet.evaluation import operating_points as ops
 
 pytestmark = pytest.mark.slow  # runs `raredet demo --quick` end to end (child processes)
 
@@ -52,6 +65,19 @@ def test_configs_are_real_pipeline_configs_differing_only_in_class_weights(quick
     assert auto.Scheme.Name(auto.scheme) == "EFFECTIVE_NUMBER"
     raredet.model.ssd.loss.ClearField("class_weights")
     assert raredet == base
+    assert round(base.eval_config.operating_points.target_precision, 6) == 0.9  # what the screen counts at
+
+
+def test_the_test_config_differs_only_in_the_split_it_evaluates(quick_demo):
+    out, _ = quick_demo
+    for run in RUNS:
+        val, test = (_load(out / run / name) for name in ("pipeline.config", TEST_CONFIG))
+        assert [Path(p).name for p in val.config.eval_input_reader[0].tf_record_input_reader.input_path] == \
+            ["val-?????-of-*.tfrecord"]
+        assert [Path(p).name for p in test.config.eval_input_reader[0].tf_record_input_reader.input_path] == \
+            ["test-?????-of-*.tfrecord"]
+        test.config.eval_input_reader[0].CopyFrom(val.config.eval_input_reader[0])
+        assert test.config == val.config
 
 
 def test_the_raredet_run_trained_with_effective_number_weights(quick_demo):
@@ -69,16 +95,26 @@ def test_the_raredet_run_trained_with_effective_number_weights(quick_demo):
     assert {w["weight"] for w in base["class_weights"]} == {1.0}
 
 
-def test_prints_the_stats_the_comparison_rarest_first_and_ends_with_the_report(quick_demo):
+def test_prints_the_stats_the_block_and_the_table_read_from_the_runs_evaluations(quick_demo):
     out, printed = quick_demo
     assert "imbalance ratio" in printed
-    table = (out / "compare" / "compare.md").read_text()
-    assert table in printed  # the comparison printed is the one written, from both runs' evaluations
-    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert STRATEGY in printed  # whatever the block, the screen shows it
+    table = found_table({run: out / run / "eval" for run in RUNS},
+                        {run: out / run / TEST_EVAL for run in RUNS}, ["crack", "dent", "scratch"])
+    assert table in printed  # the table printed is the one the runs' val and test evaluations give
+    rows = [line.split()[0] for line in table.splitlines()[5:-1]]
     assert rows == ["crack", "dent", "scratch"]  # ratios 3 : 20 : 100
-    for run in RUNS:
-        assert (out / run / "eval" / "report.html").is_file()
-    assert printed.rstrip().endswith(str(out / "compare" / "compare.html"))
+    summary = json.loads((out / "data" / "summary.json").read_text())
+    assert summary["test"]["images"] == QUICK.test_images
+    for run in RUNS:  # thresholds chosen on val, graded on test, the reports of both
+        val, test = (json.loads((out / run / d / ops.JSON_NAME).read_text()) for d in ("eval", TEST_EVAL))
+        assert "val-" in val["chosen_on"]["description"] and "test-" in test["graded_on"]["description"]
+        assert test["chosen_on"] == val["chosen_on"]
+        assert test["single_threshold"]["threshold"] == val["single_threshold"]["threshold"]
+        for folder in ("eval", TEST_EVAL):
+            assert (out / run / folder / "report.html").is_file()
+    config_path = out / "raredet" / "eval" / "pipeline.operating_points.config"
+    assert config_path.is_file() and printed.rstrip().endswith(str(config_path))
 
 
 def test_rerun_starts_fresh_only_in_a_demo_folder(tmp_path):

@@ -289,3 +289,69 @@ def test_thresholds_outside_0_1_make_a_file_for_reading_only():
     assert p.threshold < -0.5 and p.at_threshold.TP == 2
     content = ops.operating_points_json([p], min_score_threshold=0.5, chosen_on={"description": "x"})
     assert content["deployable"] is False and content["calibration"] == {}
+
+
+# ---- one threshold for every class ---------------------------------------------------------------
+# Class 2, 3 ground-truth boxes: 0.85 TP, 0.75 TP, 0.65 TP, 0.55 FP, 0.45 FP: precision 1 down to 0.65
+# (TP 3), then 0.75 at 0.55. Class 3, 2 boxes: 0.95 FP, 0.5 TP, 0.35 TP: precision 0, 0.5, 0.67, never
+# 0.9. Class 1 (CLASS1) has precision >= 0.9 down to 0.8 (TP 2) only.
+CLASS2 = [(2, 0.85, True), (2, 0.75, True), (2, 0.65, True), (2, 0.55, False), (2, 0.45, False)]
+CLASS3 = [(3, 0.95, False), (3, 0.5, True), (3, 0.35, True)]
+
+
+def _curves(dets, gts):
+    m = _matches(dets, gts)
+    return [class_curve(m, c) for c in gts]
+
+
+def test_single_threshold_is_the_lowest_at_which_every_class_reaches_the_precision():
+    # Candidates (all scores, high to low): 0.9 0.85 0.8 0.75 0.7 0.65 0.6 0.55 0.5 0.45 0.4 0.3.
+    # Class 1 reaches 0.9 at 0.9 .. 0.75 (keeping 0.9, 0.8; at 0.7 precision 2/3); class 2 at
+    # 0.85 .. 0.6 (at 0.9 it keeps nothing). Both: 0.85, 0.8, 0.75; the lowest is 0.75 (index 3),
+    # and the threshold lies halfway to the next score down, 0.7: 0.725.
+    curves = _curves(CLASS1 + CLASS2, {1: 4, 2: 3})
+    assert ops.single_threshold(curves, 0.9) == (3, 2, 2)
+    assert ops.single_threshold_value(curves, 3) == pytest.approx(0.725, abs=1e-6)
+    single = ops.single_threshold_json(curves, ["dent", "crack"], 0.9, num_images=5)
+    assert single["classes_reaching"] == ["dent", "crack"] and "every class" in single["note"]
+    # At 0.725 class 2 keeps 0.85, 0.75: 2 of 3, where its own operating point (0.6) finds 3 of 3.
+    assert (single["classes"]["crack"]["TP"], single["classes"]["crack"]["FN"]) == (2, 1)
+    assert (single["classes"]["dent"]["TP"], single["classes"]["dent"]["FP"]) == (2, 0)
+
+
+def test_single_threshold_when_no_threshold_suits_every_class_takes_the_most_classes_and_says_so():
+    # Class 3 never reaches 0.9, so at most 2 of 3 classes do: again at 0.85, 0.8, 0.75 (class 3's
+    # scores add candidates 0.95, 0.5, 0.35 but none where classes 1 and 2 both reach it lower down).
+    curves = _curves(CLASS1 + CLASS2 + CLASS3, {1: 4, 2: 3, 3: 2})
+    index, reached, judged = ops.single_threshold(curves, 0.9)
+    assert (reached, judged) == (2, 3)
+    assert ops.single_threshold_value(curves, index) == pytest.approx(0.725, abs=1e-6)
+    single = ops.single_threshold_json(curves, ["dent", "crack", "scratch"], 0.9, num_images=5)
+    assert single["classes_reaching"] == ["dent", "crack"]
+    assert "no single threshold gets every class" in single["note"] and "2 of 3" in single["note"]
+    # Precision 0.6 (keeping the scores >= each candidate): class 1 reaches it from 0.9 down to 0.45
+    # (3/5 at 0.5 and 0.45; 3/6 at 0.4), class 2 from 0.85 down to the last candidate 0.3 (3/5 = 0.6),
+    # class 3 only at 0.35 and 0.3 (2/3). Never all three; two at 0.9 .. 0.45 (1 and 2) and at 0.35,
+    # 0.3 (2 and 3): the lowest of those is 0.3.
+    index, reached, _ = ops.single_threshold(curves, 0.6)
+    union = sorted({s for _, s, _ in CLASS1 + CLASS2 + CLASS3}, reverse=True)
+    assert (union[index], reached) == (0.3, 2)
+
+
+def test_single_threshold_none_when_no_class_reaches_it_and_classes_without_ground_truth_not_judged():
+    curves = _curves(CLASS3 + [(4, 0.99, False)], {3: 2, 4: 0})
+    assert ops.single_threshold(curves, 0.9) == (None, 0, 1)
+    single = ops.single_threshold_json(curves, ["scratch", "other"], 0.9, num_images=5)
+    assert single["threshold"] is None and single["classes"] == {"scratch": None, "other": None}
+    assert single["classes_judged"] == ["scratch"] and "no class reaches" in single["note"]
+
+
+def test_single_threshold_graded_on_other_images():
+    chosen = ops.single_threshold_json(_curves(CLASS1 + CLASS2, {1: 4, 2: 3}), ["dent", "crack"], 0.9, 5)
+    # Other images: class 1 (2 GT) 0.95 TP, 0.73 FP, 0.72 TP: 0.725 keeps 0.95, 0.73 -> TP 1, FP 1,
+    # precision 0.5; class 2 (1 GT) 0.8 TP -> 1 of 1.
+    other = _curves([(1, 0.95, True), (1, 0.73, False), (1, 0.72, True), (2, 0.8, True)], {1: 2, 2: 1})
+    graded = ops.single_threshold_json(other, ["dent", "crack"], 0.0, 3, chosen=chosen)
+    assert graded["threshold"] == chosen["threshold"] and graded["target_precision"] == 0.9
+    assert (graded["classes"]["dent"]["TP"], graded["classes"]["dent"]["FP"]) == (1, 1)
+    assert graded["classes_reaching"] == ["crack"] and "on the images that chose it" in graded["note"]
