@@ -91,6 +91,23 @@ def test_synth_is_deterministic(synth_dir, tmp_path):
     assert (synth_dir / name).read_bytes() != (tmp_path / "other" / name).read_bytes()
 
 
+def test_synth_test_split_is_held_out_and_leaves_train_and_val_unchanged(synth_dir, tmp_path):
+    make_synthetic_dataset(tmp_path / "t", images=30, seed=3, image_size=64, min_val_boxes=3, num_steps=10,
+                           test_images=8)
+    for name in ("train-00000-of-00002.tfrecord", "val-00000-of-00002.tfrecord", "val.json"):
+        assert (tmp_path / "t" / name).read_bytes() == (synth_dir / name).read_bytes()
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["test"]["images"] == 8 and min(summary["test"]["boxes"].values()) >= 3  # val's floor
+    assert "test" not in json.loads((synth_dir / "summary.json").read_text())
+    lm = LabelMap.load(synth_dir / "label_map.pbtxt")
+    records = TFRecordReader(expand_input_paths([str(tmp_path / "t" / "test-?????-of-00002.tfrecord")]), lm)
+    test_images = [records.example(i)["image"] for i in range(len(records))]
+    val = TFRecordReader(expand_input_paths([str(synth_dir / "val-?????-of-00002.tfrecord")]), lm)
+    assert len(test_images) == 8 and not np.array_equal(test_images[0], val.example(0)["image"])
+    with pytest.raises(ConfigError, match="test_images >= 0"):
+        make_synthetic_dataset(tmp_path / "bad", images=30, test_images=-1)
+
+
 def test_synth_records_match_coco_json(synth_dir):
     lm = LabelMap.load(synth_dir / "label_map.pbtxt")
     assert lm.names == ["scratch", "dent", "crack"]
