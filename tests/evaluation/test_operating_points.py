@@ -355,3 +355,14 @@ def test_single_threshold_graded_on_other_images():
     assert graded["threshold"] == chosen["threshold"] and graded["target_precision"] == 0.9
     assert (graded["classes"]["dent"]["TP"], graded["classes"]["dent"]["FP"]) == (1, 1)
     assert graded["classes_reaching"] == ["crack"] and "on the images that chose it" in graded["note"]
+
+
+def test_single_threshold_ties_go_to_the_higher_threshold_as_per_class_points_do():
+    # 10 boxes found at 0.99 .. 0.90, then a false positive at 0.5: precision 10/11 = 0.91 >= 0.9 there
+    # too, but it finds nothing more. Both rules take the point at 0.90: threshold halfway to 0.5, 0.7.
+    dets = [(1, 0.99 - 0.01 * i, True) for i in range(10)] + [(1, 0.5, False)]
+    curves = _curves(dets, {1: 10})
+    index, reached, judged = ops.single_threshold(curves, 0.9)
+    assert (index, reached, judged) == (9, 1, 1)
+    per_class = operating_point(curves[0], Rule("target_precision", 0.9), "crack", 1, 5, 0.5)
+    assert ops.single_threshold_value(curves, index) == per_class.threshold == pytest.approx(0.7, abs=1e-6)
