@@ -331,11 +331,14 @@ def test_single_threshold_when_no_threshold_suits_every_class_takes_the_most_cla
     assert "no single threshold gets every class" in single["note"] and "2 of 3" in single["note"]
     # Precision 0.6 (keeping the scores >= each candidate): class 1 reaches it from 0.9 down to 0.45
     # (3/5 at 0.5 and 0.45; 3/6 at 0.4), class 2 from 0.85 down to the last candidate 0.3 (3/5 = 0.6),
-    # class 3 only at 0.35 and 0.3 (2/3). Never all three; two at 0.9 .. 0.45 (1 and 2) and at 0.35,
-    # 0.3 (2 and 3): the lowest of those is 0.3.
+    # class 3 only at 0.35 and 0.3 (2/3). Never all three; two at 0.9 .. 0.45 (classes 1 and 2) and at
+    # 0.35, 0.3 (2 and 3). Boxes found in the two: class 1 finds 3 from 0.6 down, class 2 3 from 0.65
+    # down, so 6 at 0.6, 0.55, 0.5, 0.45 (5 at 0.65); at 0.35 and 0.3, 3 + 2 = 5. Of the four finding 6
+    # (only false positives between them) the highest, 0.6; the threshold lies halfway to 0.55.
     index, reached, _ = ops.single_threshold(curves, 0.6)
     union = sorted({s for _, s, _ in CLASS1 + CLASS2 + CLASS3}, reverse=True)
-    assert (union[index], reached) == (0.3, 2)
+    assert (union[index], reached) == (0.6, 2)
+    assert ops.single_threshold_value(curves, index) == pytest.approx(0.575, abs=1e-6)
 
 
 def test_single_threshold_none_when_no_class_reaches_it_and_classes_without_ground_truth_not_judged():
@@ -366,3 +369,13 @@ def test_single_threshold_ties_go_to_the_higher_threshold_as_per_class_points_do
     assert (index, reached, judged) == (9, 1, 1)
     per_class = operating_point(curves[0], Rule("target_precision", 0.9), "crack", 1, 5, 0.5)
     assert ops.single_threshold_value(curves, index) == per_class.threshold == pytest.approx(0.7, abs=1e-6)
+
+
+def test_single_threshold_prefers_the_classes_it_finds_more_of_not_merely_a_lower_threshold():
+    # Class 1 (CLASS1) reaches 0.9 at 0.9 and 0.8, finding 2 of 4; class 2 has one detection,
+    # 0.2 TP, so it reaches 0.9 only at 0.2, where class 1 has fallen to 4/7. One class either way: at
+    # 0.8 (2 boxes of class 1) rather than at 0.2 (1 box of class 2), a lower threshold though it is.
+    curves = _curves(CLASS1 + [(2, 0.2, True)], {1: 4, 2: 1})
+    index, reached, judged = ops.single_threshold(curves, 0.9)
+    assert (reached, judged) == (1, 2)
+    assert ops.single_threshold_value(curves, index) == pytest.approx(0.75, abs=1e-6)  # 0.8 .. 0.7

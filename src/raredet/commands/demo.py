@@ -15,7 +15,7 @@
 4. Print one table, rarest class first: the test boxes found at precision >= 0.9 by (a) the baseline
    with ONE threshold for every class (the TF OD API's way: `single_threshold` of
    operating_points.json, the lowest threshold at which every class reaches precision 0.9 on val, or
-   the lowest at which the most classes do), (b) the same trained model at its per-class operating
+   the one at which the most classes do), (b) the same trained model at its per-class operating
    points (each class's lowest threshold with precision >= 0.9 on val), (c) the raredet run at its
    per-class operating points; with each run's AP50 on test. Then the reports and the operating-points
    config of the raredet run.

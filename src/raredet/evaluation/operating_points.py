@@ -326,8 +326,9 @@ def single_threshold(curves: Sequence[Curve], target: float) -> tuple[int | None
     """The one score threshold, the same for every class, chosen by precision `target`: the lowest at
     which every class with ground truth reaches precision >= `target` with at least one true positive
     (a detector with one global threshold, as the TF OD API's `score_threshold`). When no threshold
-    does, the lowest of those at which the most classes reach it. Ties as in `choose`: of thresholds
-    that find the same boxes (only false positives between them), the highest.
+    does, the one at which the most classes reach it, and of those the one finding the most boxes of
+    those classes. Ties as in `choose`: of thresholds finding the same boxes (only false positives
+    between them), the highest.
 
     Candidates are the distinct scores of all classes (keeping the detections at or above one).
     Returns (index into the descending union of scores or None when no class ever reaches the target,
@@ -339,20 +340,21 @@ def single_threshold(curves: Sequence[Curve], target: float) -> tuple[int | None
     if not judged or not union.size:
         return None, 0, len(judged)
     reached = np.zeros((len(judged), union.size), dtype=bool)
-    found = np.zeros(union.size, dtype=np.int64)  # true positives of all classes at each candidate
+    found = np.zeros(union.size, dtype=np.int64)  # true positives of the classes reaching the target
     for k, c in enumerate(judged):  # one row per class, vectorised over the candidates
         kept = np.searchsorted(-c.scores, -union, side="right")  # points with score >= candidate
         tp, fp = np.r_[0, c.tp][kept], np.r_[0, c.fp][kept]
         reached[k] = (tp > 0) & (tp / np.maximum(tp + fp, 1) >= target - 1e-12)
-        found += tp
+        found += np.where(reached[k], tp, 0)
     count = reached.sum(axis=0)
     if count.max() == 0:
         return None, 0, len(judged)
-    best = count == count.max()
-    lowest = int(np.flatnonzero(best)[-1])  # the lowest threshold among the best finds the most
-    # A higher one finding exactly as much (only false positives in between) is preferred, as the
-    # per-class target_precision rule breaks its ties: the same boxes with fewer false positives.
-    index = int(np.flatnonzero(best & (found == found[lowest]))[0])
+    # The most classes, then the most boxes found in them (when every class reaches the target, true
+    # positives only grow as the threshold falls: the lowest such threshold); of thresholds finding
+    # the same boxes (only false positives between them) the highest, as the per-class
+    # target_precision rule breaks its ties.
+    best = np.where(count == count.max(), found, -1)
+    index = int(np.argmax(best))  # the first maximum: the highest threshold
     return index, int(count[index]), len(judged)
 
 
@@ -377,8 +379,8 @@ def single_threshold_json(curves: Sequence[Curve], names: Sequence[str], target:
         elif reached == judged:
             note = f"the lowest threshold at which every class reaches precision {target:g}"
         else:
-            note = (f"no single threshold gets every class to precision {target:g}: the lowest at which "
-                    f"the most classes ({reached} of {judged}) reach it")
+            note = (f"no single threshold gets every class to precision {target:g}: the one at which "
+                    f"the most classes ({reached} of {judged}) reach it, finding the most of their boxes")
     else:
         threshold, target = chosen["threshold"], float(chosen["target_precision"])
         note = f"{chosen['note']}, on the images that chose it"
