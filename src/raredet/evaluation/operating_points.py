@@ -383,7 +383,7 @@ def single_threshold_json(curves: Sequence[Curve], names: Sequence[str], target:
                     f"the most classes ({reached} of {judged}) reach it, finding the most of their boxes")
     else:
         threshold, target = chosen["threshold"], float(chosen["target_precision"])
-        note = f"{chosen['note']}, on the images that chose it"
+        note = f"{chosen['note']} (on the images that chose it)"
     per_class = {}
     for name, curve in zip(names, curves, strict=True):
         figures = counts_above(curve, threshold, num_images) if threshold is not None else None
