@@ -414,4 +414,8 @@ def _print_footer(out: Path, total: float, train_seconds: float) -> Path:
     config_path = out / "raredet" / "eval" / OPERATING_CONFIG
     print("operating-points config (the raredet run with its per-class thresholds, for raredet "
           f"predict/export and the TF OD API):\n  {config_path}")
+    if not config_path.is_file():  # e.g. a block with its own calibration_config: raredet eval said why
+        run_dir = out / "raredet"
+        print(f"  (not written: see {run_dir / 'run.log'}; {run_dir / 'eval' / ops.JSON_NAME} holds the "
+              "thresholds)")
     return config_path
