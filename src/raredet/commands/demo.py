@@ -55,17 +55,14 @@ from raredet.fileio import atomic_write_text
 
 # raredet's best configuration: a pipeline.config fragment merged into the baseline config (oneof
 # members replace, sub-messages merge, repeated fields append); any block works, the screen prints it.
-# The imbalance study decides it: paste its best block from docs/imbalance.md here (the demo trains at
-# the study's budget with the study's base config, so the study's seed-0 run of that block is what the
-# demo reproduces). The study's best so far: explicit weights (the automatic schemes with crack weights
-# above ~10 made this small model collapse).
+# The imbalance study decides it (docs/imbalance.md; the demo trains at the study's budget with the
+# study's base config, so the study's seed-0 run of this block is what the demo reproduces). Its best,
+# 3 seeds: images with a crack repeated ~4.7x (repeat factors at threshold 1.0) and square-root
+# inverse-frequency class weights (crack 4.4, dent 1.7, scratch 0.76): crack AP50 +55, crack recall at
+# precision 0.9 +44 points, scratch -1.8, dent +13.6 over the zoo recipe.
 RAREDET_STRATEGY = """
-model { ssd { loss {
-  class_weights {
-    weight { name: "crack" value: 8.0 }
-    weight { name: "dent" value: 2.0 }
-  }
-} } }
+train_input_reader { repeat_factor_sampling { threshold: 1.0 } }
+model { ssd { loss { class_weights { auto { scheme: SQRT_INVERSE_FREQUENCY } } } } }
 """
 
 
