@@ -86,7 +86,7 @@ CONFIGS = {
     "ssd_resnet101_v1_fpn": lambda: _fpn("ssd_resnet101_v1_fpn", 256),
     "ssd_resnet152_v1_fpn": lambda: _fpn("ssd_resnet152_v1_fpn", 256),
     "ssd_mobilenet_v1_fpn": lambda: _fpn("ssd_mobilenet_v1_fpn", 256),
-    "ssd_mobilenet_v2_fpn (lite)": lambda: _fpn("ssd_mobilenet_v2_fpn", 128, depthwise=True),
+    "ssd_mobilenet_v2_fpn (lite)": lambda: _fpn("ssd_mobilenet_v2_fpn_keras", 128, depthwise=True),
     "ssd_mobilenet_v2 (SSDLite)": _ssdlite,
 }
 

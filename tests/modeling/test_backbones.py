@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from raredet.modeling.backbones import MobileNetV1, MobileNetV2, ResNet, scaled_depth
+from raredet.modeling.backbones import MobileNetV1, MobileNetV2, ResNet, mobilenet_v2_last_depth, scaled_depth
 from raredet.modeling.layers import FrozenBatchNorm2d
 
 # torchvision's documented parameter counts (resnet18 11,689,512 ...) minus the ImageNet classifier:
@@ -108,3 +108,18 @@ def test_mobilenet_v1_names_levels_and_widths():
     narrow = MobileNetV1(0.3, min_depth=16, top_depths=(512, 256))
     assert narrow.out_channels == {2: 38, 3: 76, 4: 153, 5: 76}
     assert narrow.stem[0].out_channels == 16  # int(32 * 0.3) = 9 -> min_depth
+
+
+def test_mobilenet_v2_last_conv_width_is_the_tf_od_apis():
+    # Keras (the *_keras extractors): the layer override sets Conv_1 to 1280 and scales it only by a
+    # multiplier below 1, make_divisible(1280 * a, 8): 0.5 -> 640, 0.35 -> 448, 0.75 -> 960; 1.4 -> 1280.
+    widths = [mobilenet_v2_last_depth(a, 16) for a in (1.0, 0.5, 0.35, 0.75, 1.4)]
+    assert widths == [1280, 640, 448, 960, 1280]
+    assert mobilenet_v2_last_depth(0.01, 16) == 16  # 12.8 -> 16 (rounding), then the min_depth floor
+    assert mobilenet_v2_last_depth(0.001, 24) == 24  # 1.28 -> 8 -> min_depth 24
+    # TF1 slim: V2_DEF's last op scaled by any multiplier; the FPN-lite narrowing makes it 256 first.
+    assert mobilenet_v2_last_depth(1.4, 16, keras=False) == 1792  # 1280 * 1.4
+    assert mobilenet_v2_last_depth(1.0, 16, keras=False, narrow=True) == 256
+    assert mobilenet_v2_last_depth(0.5, 16, keras=False, narrow=True) == 128
+    model = MobileNetV2(0.5, 16, last_depth=mobilenet_v2_last_depth(0.5, 16))
+    assert model.out_channels[5] == 640 and model.features[18][0].weight.shape == (640, 160, 1, 1)

@@ -1,12 +1,17 @@
 """fine_tune_checkpoint loading: state dicts saved here round-trip by name."""
 
+import warnings
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from raredet.errors import CheckpointError, ConfigError
-from raredet.modeling.backbones import ResNet
-from raredet.modeling.pretrained import load_fine_tune_checkpoint
+from raredet.modeling.backbones import MobileNetV2, ResNet
+from raredet.modeling.pretrained import CheckpointShapeWarning, load_fine_tune_checkpoint
+from raredet.modeling.ssd import SSD
+
+from .conftest import tiny_ssd_kwargs
 
 
 def _torchvision_like_resnet18_state():
@@ -70,3 +75,37 @@ def test_bad_files_and_types(tmp_path, tiny_ssd):
         load_fine_tune_checkpoint(model, tmp_path / "other.pth", "classification")
     with pytest.raises(ConfigError, match="'classification', 'detection', 'full'"):
         load_fine_tune_checkpoint(model, tmp_path / "other.pth", "fine_tune")
+
+
+def _mobilenet_v2_fpn(extractor: str) -> SSD:
+    kwargs = tiny_ssd_kwargs(extractor=extractor, depth=16)
+    kwargs["feature_extractor"].update(depth_multiplier=1.0, use_depthwise=True)
+    return SSD(**kwargs)
+
+
+def test_a_narrowed_backbone_layer_is_named_with_both_shapes(tmp_path):
+    # The TF1 slim FPN-lite (ssd_mobilenet_v2_fpn + use_depthwise) builds the last 1x1 conv 256 wide;
+    # torchvision's ImageNet MobileNetV2 has it 1280 wide: those tensors cannot load, the rest do.
+    source = MobileNetV2()  # torchvision's shapes
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    state["classifier.1.weight"], state["classifier.1.bias"] = torch.randn(1000, 1280), torch.randn(1000)
+    torch.save(state, tmp_path / "mobilenet_v2.pth")
+    model = _mobilenet_v2_fpn("ssd_mobilenet_v2_fpn")
+    with pytest.warns(CheckpointShapeWarning) as caught:
+        report = load_fine_tune_checkpoint(model, tmp_path / "mobilenet_v2.pth", "classification")
+    narrowed = ["features.18.0.weight", *(f"features.18.1.{b}" for b in ("bias", "running_mean",
+                                                                            "running_var", "weight"))]
+    assert report.shape_mismatch == sorted(narrowed)
+    assert report.mismatched_shapes["features.18.0.weight"] == ((1280, 320, 1, 1), (256, 320, 1, 1))
+    message = str(caught[0].message)
+    assert "features.18.0.weight (file [1280, 320, 1, 1], model [256, 320, 1, 1])" in message
+    assert "features.18.1.running_var (file [1280], model [256])" in message
+    assert "features.18.0.weight (file [1280, 320, 1, 1]" in report.summary()
+    assert report.missing == [] and report.unexpected == ["classifier.1.bias", "classifier.1.weight"]
+    assert len(report.loaded) == len(state) - 2 - len(narrowed)
+    # The Keras extractor keeps torchvision's 1280: everything loads, no warning.
+    keras = _mobilenet_v2_fpn("ssd_mobilenet_v2_fpn_keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CheckpointShapeWarning)
+        report = load_fine_tune_checkpoint(keras, tmp_path / "mobilenet_v2.pth", "classification")
+    assert report.shape_mismatch == [] and report.missing == []

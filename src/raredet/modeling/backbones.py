@@ -201,15 +201,39 @@ MOBILENET_V2_SETTINGS = [
 MOBILENET_V2_LEVEL_ENDS = {2: 3, 3: 6, 4: 13, 5: 18}
 
 
+def mobilenet_v2_last_depth(
+    depth_multiplier: float, min_depth: int, *, keras: bool = True, narrow: bool = False
+) -> int:
+    """Width of MobileNetV2's last 1x1 conv (``features.18``; Keras ``Conv_1``, slim ``layer_19``) as
+    the TF OD API builds it.
+
+    Keras (the ``*_keras`` extractors): 1280, scaled only by a multiplier below 1 (its layer override
+    resets the Keras application's widening above 1). TF1 slim: 1280 scaled by any multiplier, or 256
+    scaled (``narrow``: the slim ``ssd_mobilenet_v2_fpn`` with ``use_depthwise``, its
+    ``_create_modified_mobilenet_config``). The Keras FPN extractor defines the same 256 but never
+    passes it to its backbone, so no Keras model is narrowed. Always at least ``min_depth``.
+    (torchvision: 1280 scaled only above 1.)"""
+    if keras:
+        return scaled_depth(1280, min(1.0, depth_multiplier), min_depth)
+    return scaled_depth(256 if narrow else 1280, depth_multiplier, min_depth)
+
+
 class MobileNetV2(nn.Module):
-    """MobileNetV2 (torchvision layout, ``features.0`` .. ``features.18``, no classifier)."""
+    """MobileNetV2 (torchvision layout, ``features.0`` .. ``features.18``, no classifier).
+
+    ``last_depth``: the last 1x1 conv's width (``mobilenet_v2_last_depth``); default the TF OD API's
+    Keras rule."""
 
     def __init__(
-        self, depth_multiplier: float = 1.0, min_depth: int = 16, freeze_batchnorm: bool = False
+        self,
+        depth_multiplier: float = 1.0,
+        min_depth: int = 16,
+        freeze_batchnorm: bool = False,
+        last_depth: int | None = None,
     ) -> None:
         super().__init__()
         in_ch = scaled_depth(32, depth_multiplier, min_depth)
-        last = scaled_depth(1280, max(1.0, depth_multiplier), min_depth)
+        last = last_depth or mobilenet_v2_last_depth(depth_multiplier, min_depth)
         layers: list[nn.Module] = [ConvBNReLU6(3, in_ch, 3, 2, 1, freeze_batchnorm)]
         for t, c, n, s in MOBILENET_V2_SETTINGS:
             out_ch = scaled_depth(c, depth_multiplier, min_depth)

@@ -16,6 +16,7 @@ A ``module.`` prefix (left by ``DistributedDataParallel``) is removed first.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from raredet.errors import CheckpointError, ConfigError
+
+
+class CheckpointShapeWarning(UserWarning):
+    """Some fine_tune_checkpoint tensors were skipped because their shape differs from the model's."""
 
 if TYPE_CHECKING:
     from raredet.modeling.ssd import SSD
@@ -40,12 +45,24 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatch: list[str] = field(default_factory=list)
+    # name -> (shape in the file, shape in the model), for each entry of shape_mismatch
+    mismatched_shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (
+        text = (
             f"loaded {len(self.loaded)}, missing {len(self.missing)}, unexpected {len(self.unexpected)}, "
             f"shape mismatch {len(self.shape_mismatch)}"
         )
+        return text + (f"; {self.mismatch_details()}" if self.shape_mismatch else "")
+
+    def mismatch_details(self, limit: int = 6) -> str:
+        """The tensors not loaded for their shape, each with the file's and the model's shape."""
+        shown = []
+        for name in self.shape_mismatch[:limit]:
+            file_shape, model_shape = self.mismatched_shapes.get(name, ((), ()))
+            shown.append(f"{name} (file {list(file_shape)}, model {list(model_shape)})")
+        more = len(self.shape_mismatch) - limit
+        return "not loaded, shape differs: " + ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -88,6 +105,7 @@ def load_state_dict_by_name(module: nn.Module, state: Mapping[str, Tensor]) -> L
             report.unexpected.append(name)
         elif own[name].shape != tensor.shape:
             report.shape_mismatch.append(name)
+            report.mismatched_shapes[name] = (tuple(tensor.shape), tuple(own[name].shape))
         else:
             matching[name] = tensor
     module.load_state_dict(matching, strict=False)
@@ -118,5 +136,15 @@ def load_fine_tune_checkpoint(model: SSD, path: str | Path, checkpoint_type: str
             f"{path}: fine_tune_checkpoint_type 'full' needs every parameter ({report.summary()}); first "
             f"missing/mismatched: {(report.missing + report.shape_mismatch)[:3]}; "
             "use 'detection' to skip them"
+        )
+    if checkpoint_type == "classification" and report.shape_mismatch:
+        # A backbone layer the config builds at another width than the file's (a depth_multiplier, or
+        # the TF1 ssd_mobilenet_v2_fpn with use_depthwise, whose last conv is 256 wide): it keeps its
+        # initializer's weights, as the TF OD API skips variables whose shape differs from the checkpoint.
+        warnings.warn(
+            f"{path}: {len(report.shape_mismatch)} backbone tensor(s) keep their initial weights because "
+            f"the config builds them at another shape than the checkpoint's: {report.mismatch_details()}",
+            CheckpointShapeWarning,
+            stacklevel=2,
         )
     return report

@@ -27,15 +27,18 @@ it returns ``{"cls_logits" [B, A, K], "box_deltas" [B, A, 4], "anchors" [A, 4]}`
 ``l2_weights()`` maps parameter names to the ``l2_regularizer.weight`` of the conv_hyperparams that
 built them (for weight decay).
 
-Feature extractors (``FEATURE_EXTRACTORS``; a ``_keras`` suffix is accepted and ignored):
+Feature extractors (``FEATURE_EXTRACTORS``; a ``_keras`` suffix is accepted and ignored except for
+MobileNetV2's last conv width, below):
 
 * ``ssd_resnet{18,34,50,101,152}_v1_fpn``: torchvision ResNet, FPN on C3..C5 and stride-2 levels above.
 * ``ssd_mobilenet_v1_fpn``: MobileNetV1 (``backbones.MobileNetV1``) with the FPN on its blocks 5, 11
   and 13 (Conv2d_5/11/13_pointwise: strides 8, 16, 32) for levels 3..5 (block 3 for a level 2); with
   ``use_depthwise`` the last two pointwise convs narrow to 512 and 256 channels as in the TF OD API.
 * ``ssd_mobilenet_v2_fpn``: MobileNetV2 with FPN on ``features.6`` (stride 8), ``features.13``
-  (stride 16) and ``features.18`` (stride 32, 1280 channels: the standard torchvision layer, where the
-  TF OD API's FPN variant narrows its last layer to 256 — here the FPN projection does that).
+  (stride 16) and ``features.18`` (stride 32). ``features.18`` has 1280 channels for the Keras
+  ``ssd_mobilenet_v2_fpn_keras`` (which defines a 256-wide FPN-lite variant but never passes it to its
+  backbone) and 256 for the TF1 slim ``ssd_mobilenet_v2_fpn`` with ``use_depthwise`` (which does):
+  the one place where the ``_keras`` suffix matters (``backbones.mobilenet_v2_last_depth``).
 * ``ssd_mobilenet_v2``: the original SSD(Lite) layout: the 576-channel expansion output of the first
   stride-32 block (stride 16, anchor level 4), the final 1280-channel map (level 5), then
   ``num_layers - 2`` extra maps of depths 512, 256, 256, 128 (levels 6..). Its anchors are the
@@ -64,7 +67,7 @@ from torch import Tensor, nn
 
 from raredet.errors import ConfigError
 from raredet.modeling.anchors import MultiscaleAnchorGenerator, SsdAnchorGenerator
-from raredet.modeling.backbones import MobileNetV1, MobileNetV2, ResNet
+from raredet.modeling.backbones import MobileNetV1, MobileNetV2, ResNet, mobilenet_v2_last_depth
 from raredet.modeling.bifpn import BiFPN
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.calibration import Calibration
@@ -194,9 +197,22 @@ def _resnet_fpn(depth: int, cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -
     return _fpn_extractor(backbone, cfg, hp, freeze_bn)
 
 
-def _mobilenet_v2_fpn(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
+def _is_keras(cfg: Config) -> bool:
+    """Whether the config names the TF OD API's Keras (TF2) extractor rather than the TF1 slim one."""
+    return str(cfg.get("type", "")).endswith("_keras")
+
+
+def _mobilenet_v2(cfg: Config, freeze_bn: bool, fpn: bool) -> MobileNetV2:
+    """MobileNetV2 with its last conv as the named TF OD API extractor builds it (``_keras``: 1280; TF1
+    slim ``ssd_mobilenet_v2_fpn`` with ``use_depthwise``: 256; see ``mobilenet_v2_last_depth``)."""
     multiplier, min_depth = float(cfg.get("depth_multiplier", 1.0)), int(cfg.get("min_depth", 16))
-    backbone = MobileNetV2(multiplier, min_depth, freeze_bn)
+    narrow = fpn and bool(cfg.get("use_depthwise", False))
+    last = mobilenet_v2_last_depth(multiplier, min_depth, keras=_is_keras(cfg), narrow=narrow)
+    return MobileNetV2(multiplier, min_depth, freeze_bn, last_depth=last)
+
+
+def _mobilenet_v2_fpn(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
+    backbone = _mobilenet_v2(cfg, freeze_bn, fpn=True)
     _initialize_backbone(backbone, _backbone_hyperparams(cfg, hp, "mobilenet"))
     return _fpn_extractor(backbone, cfg, hp, freeze_bn)
 
@@ -227,7 +243,7 @@ def _mobilenet_v2_ssd(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> Feat
     if not 2 <= num_layers <= 2 + len(SSD_EXTRA_DEPTHS):
         raise ConfigError(f"feature_extractor.num_layers must be 2..6 for ssd_mobilenet_v2, got {num_layers}")
     depths = [max(int(d * multiplier), min_depth) for d in SSD_EXTRA_DEPTHS[: num_layers - 2]]
-    backbone = MobileNetV2(multiplier, min_depth, freeze_bn)
+    backbone = _mobilenet_v2(cfg, freeze_bn, fpn=False)
     _initialize_backbone(backbone, _backbone_hyperparams(cfg, hp, "mobilenet"))
     use_depthwise = bool(cfg.get("use_depthwise", False))
     extra = SsdExtraLayers(backbone.out_channels[5], depths, hp, use_depthwise, freeze_bn)
