@@ -9,6 +9,7 @@ import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tests.test_zoo import small_copy
@@ -17,6 +18,7 @@ from raredet import builders
 from raredet import config as cfg
 from raredet.cli import main
 from raredet.commands.config import check as config_check
+from raredet.commands.trained import load_trained_model
 from raredet.data.synth import make_synthetic_dataset
 from raredet.errors import ConfigError
 from raredet.protos import pipeline_pb2
@@ -136,6 +138,39 @@ def test_zoo_d0_trains_two_steps_from_the_cli(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["Loss/total_loss"]) and r["Loss/regularization_loss"] > 0 for r in rows)
     assert (tmp_path / "run" / "ckpt-2.pt").exists()
+    _check_onnx_export(tmp_path / "run", tmp_path / "d0.onnx")
+
+
+def _check_onnx_export(model_dir: Path, out: Path) -> None:
+    """`raredet export --format onnx` of the 2-step D0 (whose scores nearly all tie at the prior's 0.01),
+    and the file run in ONNX Runtime against the PyTorch model: the same number of detections and the
+    same sorted scores per image, and every exported detection one of PyTorch's scored candidates
+    (that class's score within 1e-4 at an anchor whose decoded box is within 0.01 px)."""
+    ort = pytest.importorskip("onnxruntime")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notices
+        assert main(["export", "--model_dir", str(model_dir), "--format", "onnx", "--out", str(out)]) == 0
+    trained = load_trained_model(model_dir)
+    model = trained.model.eval()
+    generator = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8, generator=generator)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    boxes, scores, classes, num = session.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        outputs = model(images)
+        sizes = torch.tensor([[128, 128]] * 2)
+        want = model.postprocess(outputs, sizes)
+        cand_boxes, cand_scores = (t.numpy() for t in model.scored_boxes(outputs, sizes))
+    assert num.tolist() == want["num_detections"].tolist() and num.min() > 0
+    ids = np.asarray(trained.label_map.ids)
+    for b, n in enumerate(num.tolist()):
+        np.testing.assert_allclose(np.sort(scores[b, :n]), np.sort(want["detection_scores"][b, :n].numpy()),
+                                   atol=1e-5)
+        for j in range(n):  # at most 100 detections
+            column = int(np.flatnonzero(ids == classes[b, j])[0])
+            genuine = (np.abs(cand_scores[b, :, column] - scores[b, j]) <= 1e-4) & (
+                np.abs(cand_boxes[b] - boxes[b, j]).max(axis=-1) <= 1e-2)
+            assert genuine.any(), (b, j)
 
 
 @pytest.mark.slow  # end-to-end CLI: three short D0 runs

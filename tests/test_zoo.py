@@ -213,6 +213,54 @@ def test_fpnlite_regularises_what_the_tf_od_api_does():
     assert pointwise.weight.std() > 3 * 0.01  # not the config's random_normal(0.01)
 
 
+# MobileNetV2 (Sandler et al. 2018, table 2): (expansion t, output channels c, repeats n) per stage.
+V2_STAGES = [(1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3), (6, 160, 3), (6, 320, 1)]
+
+
+def _fpnlite_tf_regularised_count() -> int:
+    """Elements of the kernels the TF OD API's Keras ssd_mobilenet_v2_fpnlite_320x320 regularises,
+    from its layer shapes (TF 2.x source, read by hand):
+
+    - Keras MobileNetV2 at alpha 1 under override_base_feature_extractor_hyperparams: every Conv2D
+      kernel and every DepthwiseConv2D kernel (remapped to depthwise_regularizer). Conv1 3x3x3x32;
+      per block the 1x1 expand (absent in block 0), the 3x3 depthwise, the 1x1 project; Conv_1 1x1
+      320 -> 1280 (the FPN extractor builds its 256-wide FPN-lite conv_defs but never passes them on).
+    - KerasFpnTopDownFeatureMaps, depth 128, levels 3..5 from block_5_add (32 ch), block_12_add (96)
+      and out_relu (1280): three 1x1 projections (kernel regularised), two 3x3 SeparableConv2D
+      smoothings with only the depthwise kernel regularised (create_conv_block's remap); levels 6, 7:
+      two more such separable convs.
+    - Weight-shared predictor, depth 128, 4 tower layers, share_prediction_tower, use_depthwise: each
+      tower layer's depthwise 3x3x128 kernel; the pointwise kernels and the separable heads get none.
+    """
+    count, c_in = 3 * 3 * 3 * 32, 32
+    for t, c_out, n in V2_STAGES:
+        for _ in range(n):
+            hidden = c_in * t
+            count += (c_in * hidden if t != 1 else 0) + 9 * hidden + hidden * c_out
+            c_in = c_out
+    count += 320 * 1280
+    count += (32 + 96 + 1280) * 128 + 4 * 9 * 128  # FPN projections, smoothing + coarse depthwise
+    count += 4 * 9 * 128  # shared tower depthwise kernels
+    return count
+
+
+def test_fpnlite_step0_regularization_loss_is_the_tf_od_apis_expected_value():
+    count = _fpnlite_tf_regularised_count()
+    assert count == 2_379_200
+    torch.manual_seed(0)
+    ssd = _load_zoo("ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config").config.model.ssd
+    model, l2 = builders.build_model(ssd)
+    params = dict(model.named_parameters())
+    assert params["feature_extractor.backbone.features.18.0.weight"].shape == (1280, 320, 1, 1)
+    assert sum(params[n].numel() for n in l2) == count and set(l2.values()) == {4e-5}
+    # TF: Keras l2(0.5 * 4e-5) on kernels drawn from random_normal(0, 0.01) (not truncated):
+    # E[loss] = 0.5 * 4e-5 * 0.01^2 * count = 0.00476, spread ~ sqrt(2 / count) = 1e-3 relative.
+    expected = 0.5 * 4e-5 * 0.01**2 * count
+    optimizer = torch.optim.SGD(optim.weight_decay_groups(params, l2), lr=0.0)
+    assert optim.regularization_loss(optimizer) == pytest.approx(expected, rel=0.01)
+    assert expected == pytest.approx(0.00476, abs=1e-5)
+
+
 # ---- the new extractors train from the CLI ----------------------------------------------------------
 
 _spec = importlib.util.spec_from_file_location(

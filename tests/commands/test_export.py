@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from raredet import cli
 from raredet.commands.export import (
     ONNX_OPSET,
+    Candidates,
     compare_detections,
     exportable_nms,
     input_size,
@@ -163,3 +164,36 @@ def test_compare_detections_reports_what_differs():
     fewer = [t.numpy().copy() for t in want]
     fewer[3][0] = 0
     assert "num_detections" in compare_detections(want, fewer)
+
+
+def test_compare_detections_accepts_tied_alternatives_only_with_the_candidates():
+    # PyTorch's candidates: 3 anchors, 2 classes (label-map ids 1, 2). Anchors 0 and 1 tie on class 1.
+    cand = Candidates(
+        boxes=np.array([[[0.0, 0, 5, 5], [10, 10, 15, 15], [20, 20, 30, 30]]], dtype=np.float32),
+        scores=np.array([[[0.3, 0.1], [0.3, 0.1], [0.2, 0.9]]], dtype=np.float32),
+        class_ids=np.array([1, 2]),
+    )
+    # PyTorch kept anchor 2 (id 2) and anchor 0 (id 1); the export kept anchor 1 instead of 0.
+    want = [torch.tensor([[[20.0, 20, 30, 30], [0, 0, 5, 5]]]), torch.tensor([[0.9, 0.3]]),
+            torch.tensor([[2, 1]]), torch.tensor([2])]
+    tied = [np.array([[[20.0, 20, 30, 30], [10, 10, 15, 15]]]), np.array([[0.9, 0.3]]),
+            np.array([[2, 1]]), np.array([2])]
+    assert "1 detections have no counterpart" in compare_detections(want, tied)
+    assert compare_detections(want, tied, cand) is None
+    # Not a candidate: anchor 1's box for a score it does not have, or under another class.
+    wrong_score = [a.copy() for a in tied]
+    wrong_score[1][0, 1] = 0.2
+    assert "no counterpart" in compare_detections(want, wrong_score, cand)
+    wrong_class = [a.copy() for a in tied]
+    wrong_class[2][0, 1] = 2
+    assert "no counterpart" in compare_detections(want, wrong_class, cand)
+    # A box no anchor has, even at the tied score.
+    made_up = [a.copy() for a in tied]
+    made_up[0][0, 1] = [40, 40, 50, 50]
+    assert "no counterpart" in compare_detections(want, made_up, cand)
+    # Anchor 2's class-1 score 0.2 is unique: swapping it in is a real difference, not a tie.
+    unique = Candidates(cand.boxes, np.array([[[0.3, 0.1], [0.25, 0.1], [0.2, 0.9]]], dtype=np.float32),
+                        cand.class_ids)
+    other = [a.copy() for a in tied]
+    other[0][0, 1], other[1][0, 1] = [10, 10, 15, 15], 0.25
+    assert "no counterpart" in compare_detections(want, other, unique)

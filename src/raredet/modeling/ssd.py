@@ -486,10 +486,14 @@ class SSD(nn.Module):
         """Decode, clip to ``image_sizes [B, 2]`` (h, w), score and NMS -> detections padded to
         ``max_total_detections``: boxes ``[B, D, 4]`` xyxy, scores ``[B, D]``, classes ``[B, D]`` int64
         (contiguous index), ``num_detections [B]``."""
+        return self.non_max_suppression(*self.scored_boxes(outputs, image_sizes))
+
+    def scored_boxes(self, outputs: Mapping[str, Tensor], image_sizes: Tensor) -> tuple[Tensor, Tensor]:
+        """The candidates NMS chooses from: every anchor's decoded box clipped to ``image_sizes [B, 2]``
+        ``[B, A, 4]`` xyxy, and its scores ``[B, A, K]`` (converted and calibrated)."""
         boxes = self.box_coder.decode(outputs["box_deltas"], outputs["anchors"][None])
         boxes = clip_boxes(boxes, image_sizes.to(boxes.device))
-        scores = self.score_converter(outputs["cls_logits"])
-        return self.non_max_suppression(boxes, scores)
+        return boxes, self.score_converter(outputs["cls_logits"])
 
     def set_operating_points(self, thresholds: Calibration, score_threshold: float) -> None:
         """Apply per-class operating points: `thresholds` maps the (calibrated) scores so that every
