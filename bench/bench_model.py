@@ -8,6 +8,8 @@ depthwise). ``ssd_resnet18_v1_fpn@0.25`` is the narrow CPU-demo variant (``depth
     python -m bench.bench_model [--quick]     # writes bench/results/model.json and prints a table
     python -m bench.bench_model --only ssd_resnet152_v1_fpn ssd_mobilenet_v1_fpn ssd_resnet50_v1_fpn \
         --size 640 --batch 1 --repeats 2      # chosen extractors at another size -> model_640.json
+    python -m bench.bench_model --native --batch 1 --max_train_gflops 100 --only \
+        "ssd_efficientdet_d0 (b0)" ...        # each row at its zoo size -> model_native.json
 
 The Faster R-CNN rows (``faster_rcnn_resnet50``, ``faster_rcnn_resnet50_fpn``: the zoo's settings, 300
 proposals; timed without targets, so the second stage runs on every proposal, as at inference) are in
@@ -191,9 +193,21 @@ def _forward_flops(model: SSD | FasterRCNN, image: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+def native_size(name: str) -> int:
+    """The zoo config's image size for a row: EfficientDet D<N> its own, ResNet-152 and MobileNetV1 FPN
+    640 (their smaller zoo configs), the rest 320."""
+    for d, spec in EFFICIENTDETS.items():
+        if name.startswith(f"ssd_efficientdet_{d} "):
+            return spec[0]
+    return 640 if name in ("ssd_resnet152_v1_fpn", "ssd_mobilenet_v1_fpn") else SIZE
+
+
 def measure(
-    name: str, batch: int, repeats: int, device: str, warmup: int = 1, size: int = SIZE
+    name: str, batch: int, repeats: int, device: str, warmup: int = 1, size: int = SIZE,
+    max_train_gflops: float | None = None,
 ) -> dict[str, Any]:
+    """One row. ``max_train_gflops``: skip forward+backward (None in the row) for models whose forward
+    needs more GFLOPs per image than this (the large EfficientDets at native size on a CPU)."""
     model = _build(name).to(device)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -213,18 +227,24 @@ def measure(
         sync()
 
     model.eval()
+    gflops = _forward_flops(model, images[:1]) / 1e9
+    with torch.no_grad():
+        anchors = int(model(images[:1])["anchors"].shape[0])
     t_fwd, t_fwd_min = _seconds(forward, repeats, warmup)
-    model.train()
-    t_fwd_bwd, t_fwd_bwd_min = _seconds(forward_backward, repeats, warmup)
+    train = max_train_gflops is None or gflops <= max_train_gflops
+    if train:
+        model.train()
+        t_fwd_bwd, t_fwd_bwd_min = _seconds(forward_backward, repeats, warmup)
     return {
+        "image_size": size,
         "parameters": sum(p.numel() for p in model.parameters()),
         "backbone_parameters": sum(p.numel() for p in model.backbone.parameters()),
-        "anchors": int(model.eval()(images[:1])["anchors"].shape[0]),
-        "gflops_forward_per_image": _forward_flops(model, images[:1]) / 1e9,
+        "anchors": anchors,
+        "gflops_forward_per_image": gflops,
         "forward_ms_per_image": 1000 * t_fwd / batch,
-        "forward_backward_ms_per_image": 1000 * t_fwd_bwd / batch,
+        "forward_backward_ms_per_image": 1000 * t_fwd_bwd / batch if train else None,
         "forward_ms_per_image_min": 1000 * t_fwd_min / batch,
-        "forward_backward_ms_per_image_min": 1000 * t_fwd_bwd_min / batch,
+        "forward_backward_ms_per_image_min": 1000 * t_fwd_bwd_min / batch if train else None,
     }
 
 
@@ -235,32 +255,44 @@ def run(
     size: int = SIZE,
     batch: int | None = None,
     repeats: int | None = None,
+    native: bool = False,
+    max_train_gflops: float | None = None,
+    warmup: int | None = None,
 ) -> dict[str, Any]:
-    default_batch, default_repeats, warmup = (1, 1, 0) if quick else (2, 3, 1)
+    """``native``: each row at its zoo config's size (``native_size``) instead of ``size``."""
+    default_batch, default_repeats, default_warmup = (1, 1, 0) if quick else (2, 3, 1)
     batch, repeats = batch or default_batch, repeats or default_repeats
+    warmup = default_warmup if warmup is None else warmup
     names = only or (QUICK if quick else list(CONFIGS) + list(FRCNN_CONFIGS))
     torch.manual_seed(0)
     load_before = os.getloadavg()[0]
-    results = {name: measure(name, batch, repeats, device, warmup, size) for name in names}
+    results = {}
+    for name in names:
+        results[name] = measure(name, batch, repeats, device, warmup, native_size(name) if native else size,
+                                max_train_gflops)
+        results[name]["load_average_after"] = os.getloadavg()[0]
     load_after = os.getloadavg()[0]
+    where = "native sizes" if native else f"{size}x{size}"
     summary = [
-        f"{size}x{size}, batch {batch}, median (min) of {repeats}, {device}, {torch.get_num_threads()} "
-        f"threads; 1-minute load average {load_before:.1f} before, {load_after:.1f} after (a shared CPU "
-        "inflates times; the minimum is the steadier figure):",
+        f"{where}, batch {batch}, median (min) of {repeats} after {warmup} warm-up, {device}, "
+        f"{torch.get_num_threads()} threads; 1-minute load average {load_before:.1f} before, "
+        f"{load_after:.1f} after (a shared CPU inflates times; the minimum is the steadier figure):",
         "",
-        "| feature extractor | params (M) | backbone (M) | anchors | GFLOPs fwd | fwd ms/img "
+        "| feature extractor | size | params (M) | backbone (M) | anchors | GFLOPs fwd | fwd ms/img "
         "| fwd+bwd ms/img |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
+        train = (f"{r['forward_backward_ms_per_image']:.0f} ({r['forward_backward_ms_per_image_min']:.0f})"
+                 if r["forward_backward_ms_per_image"] is not None else "not timed")
         summary.append(
-            f"| {name} | {r['parameters'] / 1e6:.2f} | {r['backbone_parameters'] / 1e6:.2f} "
-            f"| {r['anchors']} | "
+            f"| {name} | {r['image_size']} | {r['parameters'] / 1e6:.2f} "
+            f"| {r['backbone_parameters'] / 1e6:.2f} | {r['anchors']} | "
             f"{r['gflops_forward_per_image']:.2f} | {r['forward_ms_per_image']:.0f} "
-            f"({r['forward_ms_per_image_min']:.0f}) | {r['forward_backward_ms_per_image']:.0f} "
-            f"({r['forward_backward_ms_per_image_min']:.0f}) |"
+            f"({r['forward_ms_per_image_min']:.0f}) | {train} |"
         )
     return {
+        "native_sizes": native,
         "image_size": size,
         "batch": batch,
         "repeats": repeats,
@@ -278,13 +310,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small extractors only, batch 1, one timed run")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--only", nargs="+", choices=list(CONFIGS) + list(FRCNN_CONFIGS), help="these extractors only")
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS) + list(FRCNN_CONFIGS),
+                        help="these extractors only")
     parser.add_argument("--size", type=int, default=SIZE, help=f"square image size (default {SIZE})")
     parser.add_argument("--batch", type=int, help="images per timed call (default 2; 1 with --quick)")
     parser.add_argument("--repeats", type=int, help="timed runs (default 3; 1 with --quick)")
+    parser.add_argument("--warmup", type=int, help="untimed runs first (default 1; 0 with --quick)")
+    parser.add_argument("--native", action="store_true",
+                        help="each row at its zoo config's size (EfficientDet D<N>: its own; ResNet-152 and "
+                             "MobileNetV1 FPN: 640; the rest 320) instead of --size")
+    parser.add_argument("--max_train_gflops", type=float,
+                        help="time forward+backward only for rows whose forward is at most this many GFLOPs")
+    parser.add_argument("--name", help="results file bench/results/<name>.json (default: model, model_<size> "
+                                       "or model_native)")
     args = parser.parse_args(argv)
-    result = run(args.quick, args.device, args.only, args.size, args.batch, args.repeats)
-    name = "model" if args.size == SIZE and not args.only else f"model_{args.size}"
+    result = run(args.quick, args.device, args.only, args.size, args.batch, args.repeats, args.native,
+                 args.max_train_gflops, args.warmup)
+    name = args.name or ("model_native" if args.native else
+                         "model" if args.size == SIZE and not args.only else f"model_{args.size}")
     print(f"wrote {save_result(name, result)}")
     print("\n".join(result["summary"]))
     return 0

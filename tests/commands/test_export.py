@@ -197,3 +197,9 @@ def test_compare_detections_accepts_tied_alternatives_only_with_the_candidates()
     other = [a.copy() for a in tied]
     other[0][0, 1], other[1][0, 1] = [10, 10, 15, 15], 0.25
     assert "no counterpart" in compare_detections(want, other, unique)
+    # Within the score tolerance (1e-4) but not a tie (1e-6): a real difference.
+    close = Candidates(cand.boxes, np.array([[[0.3, 0.1], [0.30005, 0.1], [0.2, 0.9]]], dtype=np.float32),
+                       cand.class_ids)
+    nearly = [a.copy() for a in tied]
+    nearly[1][0, 1] = 0.30005
+    assert "no counterpart" in compare_detections(want, nearly, close)

@@ -53,6 +53,8 @@ OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num
 ONNX_OPSET = 17
 BOX_TOLERANCE_PX = 1e-2  # exported vs PyTorch boxes (float reordering only)
 SCORE_TOLERANCE = 1e-4
+# Scores this close are ties: ONNX Runtime's and PyTorch's sigmoids differ by up to ~5e-8 (measured).
+TIE_TOLERANCE = 1e-6
 
 
 class ExportError(RaredetError):
@@ -240,18 +242,18 @@ class Candidates(NamedTuple):
 def _tie_alternatives(got: Sequence[np.ndarray], b: int, rows: np.ndarray, candidates: Candidates) -> int:
     """How many of image `b`'s exported detections `rows` are equally good alternatives to PyTorch's:
     a candidate of PyTorch's own (that class, a box within BOX_TOLERANCE_PX, a score within
-    SCORE_TOLERANCE) whose score ties with at least one other candidate's, so that which of them NMS
-    keeps is down to float rounding and the tie order of top-k (not to the export)."""
+    TIE_TOLERANCE) whose score ties (within TIE_TOLERANCE) with at least one other candidate's, so that
+    which of them NMS keeps is down to float rounding and the tie order of top-k (not to the export)."""
     flat = np.sort(candidates.scores[b].ravel())
     good = 0
     for j in rows:  # only the detections without a counterpart: usually none, at most D
         score, box, label = got[1][b, j], got[0][b, j], got[2][b, j]
-        near = np.searchsorted(flat, score + SCORE_TOLERANCE, "right") - np.searchsorted(
-            flat, score - SCORE_TOLERANCE, "left")
+        near = np.searchsorted(flat, score + TIE_TOLERANCE, "right") - np.searchsorted(
+            flat, score - TIE_TOLERANCE, "left")
         column = np.flatnonzero(candidates.class_ids == label)
         if near < 2 or not column.size:
             continue
-        same = (np.abs(candidates.scores[b, :, column[0]] - score) <= SCORE_TOLERANCE) & (
+        same = (np.abs(candidates.scores[b, :, column[0]] - score) <= TIE_TOLERANCE) & (
             np.abs(candidates.boxes[b] - box).max(axis=-1) <= BOX_TOLERANCE_PX)
         good += int(same.any())
     return good
