@@ -261,6 +261,41 @@ def test_fpnlite_step0_regularization_loss_is_the_tf_od_apis_expected_value():
     assert expected == pytest.approx(0.00476, abs=1e-5)
 
 
+def test_ssd_mobilenet_v2_step0_regularization_loss_is_the_tf_od_apis_expected_value():
+    """ssd_mobilenet_v2_320x320: its feature extractor's kernels (MobileNetV2 under the override, the
+    SSD extra layers) are drawn from truncated_normal(0.03), the per-level 1x1 heads from
+    random_normal(0.01); all at L2 weight 4e-5. TF OD API layer shapes, by hand:"""
+    backbone = 2_189_760  # as in the FPN-lite count above (Conv_1 320 -> 1280)
+    # KerasMultiResolutionFeatureMaps from layer_19 (1280): 1x1 to half depth, 3x3 stride 2 to depth
+    # 512, 256, 256, 128 (not depthwise in this config).
+    extra = 0
+    c_in = 1280
+    for depth in (512, 256, 256, 128):
+        extra += c_in * (depth // 2) + 9 * (depth // 2) * depth
+        c_in = depth
+    assert extra == 2_285_568
+    # ConvolutionalBoxPredictor, kernel_size 1, no tower: on maps of 576 (layer_15 expansion), 1280,
+    # 512, 256, 256, 128 channels with 3, 6, 6, 6, 6, 6 anchors (5 ratios + 1, the lowest layer reduced).
+    channel_anchors = 576 * 3 + (1280 + 512 + 256 + 256 + 128) * 6
+    box_head = channel_anchors * 4
+    tf_class_head = channel_anchors * 91  # add_background_class (default true): 90 + 1 columns
+    # truncated_normal(stddev) cuts at 2 stddev: E[w^2] = stddev^2 * (1 - 4 phi(2) / (2 Phi(2) - 1)).
+    phi2 = math.exp(-2.0) / math.sqrt(2 * math.pi)
+    big_phi2 = 0.5 * (1 + math.erf(2 / math.sqrt(2)))
+    truncated = 0.03**2 * (1 - 4 * phi2 / (2 * big_phi2 - 1))
+    assert truncated == pytest.approx(0.03**2 * 0.7737, rel=1e-4)
+    tf_expected = 0.5 * 4e-5 * ((backbone + extra) * truncated + (box_head + tf_class_head) * 0.01**2)
+    assert tf_expected == pytest.approx(0.0654, abs=1e-4)
+    torch.manual_seed(0)
+    ssd = _load_zoo("ssd_mobilenet_v2_320x320_coco17_tpu-8.config").config.model.ssd
+    model, l2 = builders.build_model(ssd)
+    params = dict(model.named_parameters())
+    # raredet has no background column: 90 class columns, the one difference in the regularised set.
+    assert sum(params[n].numel() for n in l2) == backbone + extra + box_head + channel_anchors * 90
+    optimizer = torch.optim.SGD(optim.weight_decay_groups(params, l2), lr=0.0)
+    assert optim.regularization_loss(optimizer) == pytest.approx(tf_expected, rel=0.01)
+
+
 # ---- the new extractors train from the CLI ----------------------------------------------------------
 
 _spec = importlib.util.spec_from_file_location(
