@@ -190,3 +190,30 @@ def test_second_stage_minibatch_is_sampled_before_the_crops():
     # fewer proposals than the batch size: all of them, padding marked invalid
     few, few_valid = sample_proposals(proposals[:, 58:], valid[:, 58:], GT, batch_size=16, positive_fraction=0.25)
     assert few.shape == (1, 5, 4) and few_valid.tolist() == [[True, True, False, False, False]]
+
+
+def test_sampling_draws_per_image_whatever_the_split():
+    """The engine's per-image seeds (seed, step, index in the global batch) give each image the same
+    keys whether one process holds the batch of 4 or two processes 2 images each; the sites differ."""
+    from raredet.engine.train import sampling_seeds
+    from raredet.losses.faster_rcnn import FIRST_STAGE, PROPOSALS, random_keys
+
+    whole = sampling_seeds(7, 3, rank=0, count=4)
+    halves = torch.cat([sampling_seeds(7, 3, rank=r, count=2) for r in (0, 1)])
+    assert torch.equal(whole, halves) and len(set(whole.tolist())) == 4
+    assert not torch.equal(whole, sampling_seeds(7, 4, rank=0, count=4))  # the next step draws anew
+    keys = random_keys((4, 50), whole, FIRST_STAGE, torch.device("cpu"))
+    split = torch.cat([random_keys((2, 50), whole[:2], FIRST_STAGE, torch.device("cpu")),
+                       random_keys((2, 50), whole[2:], FIRST_STAGE, torch.device("cpu"))])
+    assert torch.equal(keys, split)
+    torch.rand(10)  # the global generator plays no part
+    assert torch.equal(keys, random_keys((4, 50), whole, FIRST_STAGE, torch.device("cpu")))
+    assert not torch.equal(keys, random_keys((4, 50), whole, PROPOSALS, torch.device("cpu")))
+    eligible, positive = torch.ones(4, 50, dtype=torch.bool), torch.arange(50).expand(4, 50) < 10
+    sampled = balanced_sample(eligible, positive, 8, 0.5, keys)
+    assert sampled.sum(1).tolist() == [8] * 4 and (sampled & positive).sum(1).tolist() == [4] * 4
+    # keys order the draw: the 4 positives and 4 negatives with the lowest keys
+    for row in range(4):
+        want_pos = keys[row, :10].argsort()[:4]
+        want_neg = keys[row, 10:].argsort()[:4] + 10
+        assert set(sampled[row].nonzero().flatten().tolist()) == set(want_pos.tolist() + want_neg.tolist())

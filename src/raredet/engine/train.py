@@ -4,7 +4,10 @@
 resumes from the newest checkpoint in `model_dir`. What makes resume exact on CPU: the learning rate is
 a function of the step; each example's augmentation depends only on (seed, epoch, index) (the
 dataset's contract); the sampler's epoch order depends only on (seed, epoch); the position inside the
-epoch, the optimizer and EMA state and the global RNG states are in the checkpoint.
+epoch, the optimizer and EMA state and the global RNG states are in the checkpoint; models that draw
+per image (Faster R-CNN's samplers) draw from generators seeded by (seed, step, image index in the
+global batch), the batch's `sampling_seeds`, which also makes their draws independent of the split
+over processes.
 
 Speed (docs/benchmarks.md): the model trains channels-last (the loader's batches already are, so no
 layout is converted on the way); intra-op threads are the cores of this process's share of the node
@@ -105,6 +108,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def sampling_seeds(seed: int, step: int, rank: int, count: int) -> torch.Tensor:
+    """``[count]`` int64: a seed for each image of this rank's share of the global batch of ``step``,
+    from (seed, step, the image's index in the global batch). Models that draw per image (Faster
+    R-CNN's balanced samplers, ``losses.faster_rcnn.random_keys``) so draw the same however the batch
+    is split over processes, and a resumed run as an uninterrupted one (the step is in the checkpoint)."""
+    first = rank * count  # every rank holds the same number of images (per_rank_batch)
+    base = (seed * 1_000_003 + step) * 1_000_003
+    return torch.tensor([(base + first + i) % 2**61 for i in range(count)], dtype=torch.int64)
 
 
 def rng_state() -> dict[str, Any]:
@@ -276,10 +289,12 @@ def eval_workers(device: torch.device) -> int:
 
 
 def model_inputs(model: nn.Module, batch: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The training forward's arguments: the images, and the ground truth for models that sample
-    with it inside forward (``takes_targets``: Faster R-CNN's second-stage minibatch)."""
+    """The training forward's arguments: the images, and the ground truth (and per-image
+    ``sampling_seeds`` when the batch has them) for models that sample with it inside forward
+    (``takes_targets``: Faster R-CNN's second-stage minibatch)."""
     if getattr(unwrap(model), "takes_targets", False):
-        return batch["images"], {k: batch[k] for k in ("boxes", "labels", "weights")}
+        keys = ("boxes", "labels", "weights", "sampling_seeds")
+        return batch["images"], {k: batch[k] for k in keys if k in batch}
     return (batch["images"],)
 
 
@@ -499,6 +514,8 @@ def _loop(components: TrainComponents, model: nn.Module, info: dist_utils.DistIn
             set_learning_rate(components.optimizer, lr)
             components.optimizer.zero_grad(set_to_none=True)
             on_device = to_device(batch, info.device, opts.channels_last)
+            on_device["sampling_seeds"] = sampling_seeds(opts.seed, pos.step, info.rank,
+                                                         int(on_device["images"].shape[0]))
             losses, grad_norm = forward_backward(components, model, on_device, info.device)
             terms = averaged_terms(losses, grad_norm)
             if not all(math.isfinite(v) for v in terms.values()):

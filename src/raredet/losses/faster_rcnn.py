@@ -43,13 +43,35 @@ from raredet.modeling.box_ops import box_iou
 from raredet.modeling.matcher import ArgMaxMatcher
 
 
-def balanced_sample(eligible: Tensor, positive: Tensor, batch_size: int, positive_fraction: float) -> Tensor:
+# Sampling sites, each with its own random stream per image (`random_keys`).
+FIRST_STAGE, PROPOSALS, SECOND_STAGE = 0, 1, 2
+
+
+def random_keys(shape: tuple[int, int], seeds: Tensor | None, site: int, device: torch.device) -> Tensor:
+    """``[B, N]`` uniform keys for one sampling site. With ``seeds [B]`` (the engine's
+    ``sampling_seeds``: one per image of the global batch, from (seed, step, image index)), row ``b``
+    comes from its own generator seeded by ``(seeds[b], site)``, so it does not depend on which
+    rank holds the image or on what else was drawn; without them, from the global generator."""
+    if seeds is None:
+        return torch.rand(shape, device=device)
+    if seeds.shape != (shape[0],):
+        raise ValueError(f"sampling_seeds has shape {tuple(seeds.shape)}, expected [{shape[0]}]")
+    # One generator per image (a handful per step), each drawing all of its row at once.
+    rows = [torch.rand(shape[1], generator=torch.Generator().manual_seed(int(s) * 4 + site))
+            for s in seeds.tolist()]
+    return torch.stack(rows).to(device) if rows else torch.zeros(shape, device=device)
+
+
+def balanced_sample(eligible: Tensor, positive: Tensor, batch_size: int, positive_fraction: float,
+                    keys: Tensor | None = None) -> Tensor:
     """The TF OD API's ``BalancedPositiveNegativeSampler``, per row: at most
     ``int(positive_fraction * batch_size)`` random eligible positives, then random eligible negatives
-    up to ``batch_size`` in all. ``eligible, positive [B, N]`` bool -> sampled ``[B, N]`` bool."""
+    up to ``batch_size`` in all. ``eligible, positive [B, N]`` bool -> sampled ``[B, N]`` bool.
+    ``keys [B, N]`` in [0, 1) order the draw (the lowest first; default: the global generator)."""
     pos = eligible & positive
     neg = eligible & ~positive
-    keys = torch.rand(eligible.shape, device=eligible.device)
+    if keys is None:
+        keys = torch.rand(eligible.shape, device=eligible.device)
     pos_rank = keys.masked_fill(~pos, 2.0).argsort(1).argsort(1)
     take_pos = pos & (pos_rank < int(positive_fraction * batch_size))
     num_neg = batch_size - take_pos.sum(1, keepdim=True)
@@ -78,12 +100,14 @@ def assign_proposals(proposals: Tensor, proposal_valid: Tensor, gt: GroundTruth)
 
 
 def sample_proposals(proposals: Tensor, proposal_valid: Tensor, gt: GroundTruth, batch_size: int,
-                     positive_fraction: float) -> tuple[Tensor, Tensor]:
+                     positive_fraction: float, seeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The TF OD API's second-stage minibatch: ``balanced_sample`` of the valid proposals, moved to the
     front -> ``[B, S, 4]`` proposals and ``[B, S]`` validity, ``S = min(batch_size, P)``. Sampling it
-    again (the loss does) keeps every proposal: it has at most the positives and the size allowed."""
+    again (the loss does) keeps every proposal: it has at most the positives and the size allowed.
+    ``seeds [B]``: per-image sampling seeds (``random_keys``)."""
     target, _, data_w = assign_proposals(proposals, proposal_valid, gt)
-    sampled = balanced_sample((target >= 0) & (data_w > 0), target > 0, batch_size, positive_fraction)
+    keys = random_keys(tuple(target.shape), seeds, PROPOSALS, target.device)
+    sampled = balanced_sample((target >= 0) & (data_w > 0), target > 0, batch_size, positive_fraction, keys)
     size = min(batch_size, proposals.shape[1])
     order = (~sampled).to(torch.uint8).argsort(dim=1, stable=True)[:, :size]  # sampled first, in order
     return proposals.gather(1, order[..., None].expand(-1, -1, 4)), sampled.gather(1, order)
@@ -110,6 +134,12 @@ def seesaw_cross_entropy(logits: Tensor, labels: Tensor, class_counts: Tensor, p
     factor = torch.where((labels > 0)[:, None], factor, torch.ones_like(factor))  # background rows: 1
     adjusted = torch.cat([logits[:, :1], logits[:, 1:] + factor.log()], dim=-1)
     return F.cross_entropy(adjusted, labels, reduction="none")
+
+
+def sampling_seeds(batch: Mapping[str, Any]) -> Tensor | None:
+    """The batch's per-image ``sampling_seeds [B]`` (the training loop adds them), else None."""
+    seeds = batch.get("sampling_seeds")
+    return seeds if isinstance(seeds, Tensor) else None
 
 
 def ground_truth(batch: Mapping[str, Any], device: torch.device) -> GroundTruth:
@@ -191,8 +221,9 @@ class FasterRcnnLoss:
         if gt[1].numel() and int(gt[1].max()) >= self.num_classes:
             raise DataError(f"a box has class index {int(gt[1].max())} but the model has "
                             f"{self.num_classes} classes; check the label map against the records")
-        rpn_obj, rpn_loc = self.first_stage(outputs, gt)
-        box_cls, box_loc = self.second_stage(outputs, gt)
+        seeds = sampling_seeds(batch)
+        rpn_obj, rpn_loc = self.first_stage(outputs, gt, seeds)
+        box_cls, box_loc = self.second_stage(outputs, gt, seeds)
         out = {
             "rpn_objectness_loss": self.rpn_obj_weight * rpn_obj,
             "rpn_localization_loss": self.rpn_loc_weight * rpn_loc,
@@ -204,8 +235,10 @@ class FasterRcnnLoss:
         out["total_loss"] = out["classification_loss"] + out["localization_loss"]
         return out
 
-    def first_stage(self, outputs: Mapping[str, Tensor], gt: GroundTruth) -> tuple[Tensor, Tensor]:
-        """-> (objectness loss, localization loss), each normalised, before the loss weights."""
+    def first_stage(self, outputs: Mapping[str, Tensor], gt: GroundTruth, seeds: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor]:
+        """-> (objectness loss, localization loss), each normalised, before the loss weights.
+        ``seeds [B]``: per-image sampling seeds (``random_keys``; None: the global generator)."""
         boxes, labels, weights = gt
         anchors = outputs["anchors"].to(boxes)
         valid_gt = labels >= 0
@@ -214,7 +247,8 @@ class FasterRcnnLoss:
         matched = match >= 0
         data_w = torch.where(matched, weights.gather(1, idx), 1.0)
         eligible = (match != -2) & outputs["anchor_valid"][None] & (data_w > 0)
-        sampled = balanced_sample(eligible, matched, self.rpn_batch, self.rpn_fraction).to(boxes.dtype)
+        keys = random_keys(tuple(eligible.shape), seeds, FIRST_STAGE, eligible.device)
+        sampled = balanced_sample(eligible, matched, self.rpn_batch, self.rpn_fraction, keys).to(boxes.dtype)
         normaliser = sampled.sum(1).clamp(min=1.0)  # [B]
         targets = F.one_hot(matched.long(), 2).to(boxes.dtype)
         obj = -(targets * F.log_softmax(outputs["rpn_objectness"].float(), dim=-1)).sum(-1)  # [B, A]
@@ -229,13 +263,16 @@ class FasterRcnnLoss:
         """``assign_proposals`` (module function)."""
         return assign_proposals(proposals, proposal_valid, gt)
 
-    def second_stage(self, outputs: Mapping[str, Tensor], gt: GroundTruth) -> tuple[Tensor, Tensor]:
-        """-> (classification loss, localization loss), each normalised, before the loss weights."""
+    def second_stage(self, outputs: Mapping[str, Tensor], gt: GroundTruth, seeds: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor]:
+        """-> (classification loss, localization loss), each normalised, before the loss weights.
+        ``seeds [B]``: as ``first_stage``."""
         proposals = outputs["proposals"].to(gt[0])
         cls_target, gt_boxes, data_w = self.assign_proposals(proposals, outputs["proposal_valid"], gt)
         positive = cls_target > 0
         eligible = (cls_target >= 0) & (data_w > 0)
-        sampled = balanced_sample(eligible, positive, self.box_batch, self.box_fraction).to(proposals.dtype)
+        keys = random_keys(tuple(eligible.shape), seeds, SECOND_STAGE, eligible.device)
+        sampled = balanced_sample(eligible, positive, self.box_batch, self.box_fraction, keys).to(proposals.dtype)
         normaliser = sampled.sum(1).clamp(min=1.0)
         class_w = torch.ones_like(data_w)
         if self.class_weights is not None:
