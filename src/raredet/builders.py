@@ -215,6 +215,15 @@ def model_message(config: pipeline_pb2.TrainEvalPipelineConfig) -> ModelMessage:
     return getattr(config.model, config.model.WhichOneof("model") or "ssd")  # type: ignore[no-any-return]
 
 
+def post_processing_field(msg: ModelMessage) -> tuple[post_processing_pb2.PostProcessing, str]:
+    """(the post-processing message of a model, the field path of its `calibration_config`): SSD's
+    `post_processing`, Faster R-CNN's `second_stage_post_processing` (the TF OD API's own places)."""
+    if isinstance(msg, faster_rcnn_pb2.FasterRcnn):
+        return (msg.second_stage_post_processing,
+                "model.faster_rcnn.second_stage_post_processing.calibration_config")
+    return msg.post_processing, CALIBRATION_WHERE
+
+
 def class_weights_field(msg: ModelMessage) -> tuple[losses_pb2.ClassWeights, str, bool]:
     """(the `class_weights` message of a model, its field path, whether it is set)."""
     if isinstance(msg, faster_rcnn_pb2.FasterRcnn):
@@ -367,23 +376,26 @@ def build_model(ssd: ModelMessage,
     """The model of `model.ssd` (SSD) or `model.faster_rcnn` (FasterRCNN) and its L2 map
     `{parameter name: l2 weight}` for weight decay.
 
-    `class_ids`: the label-map ids in index order (default 1..num_classes), which the keys of an SSD's
+    `class_ids`: the label-map ids in index order (default 1..num_classes), which the keys of a
     per-class `calibration_config` name.
     """
+    post, where = post_processing_field(ssd)
+    calibration = None
+    if post.HasField("calibration_config"):
+        calibration = build_calibration(post.calibration_config, ssd.num_classes, class_ids, where)
     if isinstance(ssd, faster_rcnn_pb2.FasterRcnn):
         from raredet.modeling.faster_rcnn import FasterRCNN
 
         kwargs = message_kwargs(ssd)
-        frcnn = FasterRCNN(**{k: kwargs[k] for k in FASTER_RCNN_MODEL_FIELDS if k in kwargs})
+        kwargs.get("second_stage_post_processing", {}).pop("calibration_config", None)  # arrives built
+        frcnn = FasterRCNN(**{k: kwargs[k] for k in FASTER_RCNN_MODEL_FIELDS if k in kwargs},
+                           calibration=calibration)
         return frcnn, dict(frcnn.l2_weights())
     from raredet.modeling.ssd import SSD  # imported here: model code is heavy and needed only here
 
     kwargs = message_kwargs(ssd)
     fields = ("num_classes", "feature_extractor", "box_predictor", "anchor_generator", "post_processing",
               "box_coder", "freeze_batchnorm")
-    calibration = None
-    if ssd.post_processing.HasField("calibration_config"):
-        calibration = build_calibration(ssd.post_processing.calibration_config, ssd.num_classes, class_ids)
     model = SSD(**{k: kwargs[k] for k in fields if k in kwargs}, calibration=calibration)
     return model, dict(model.l2_weights())
 
@@ -678,15 +690,13 @@ def operating_points_config(loaded: LoadedConfig, content: Mapping[str, Any]) ->
     thresholds of `content` (operating_points.json) in the TF OD API's own terms: a per-class
     `calibration_config.class_id_function_approximations` map sending each class's threshold to the
     common `batch_non_max_suppression.score_threshold`. None (and why) where that cannot be written."""
-    if loaded.config.model.WhichOneof("model") == "faster_rcnn":
-        return None, ("not written: raredet's Faster R-CNN does not read second_stage_post_processing."
-                      "calibration_config; apply operating_points.json with --operating_points")
     cfg = type(loaded.config)()
     cfg.CopyFrom(loaded.config)  # input paths are absolute here: the file works from any folder
-    post = cfg.model.ssd.post_processing
+    post, where = post_processing_field(model_message(cfg))
     if post.HasField("calibration_config"):
         kind = post.calibration_config.WhichOneof("calibrator")
-        return None, (f"not written: model.ssd.post_processing already has calibration_config ({kind}), and "
+        owner = where.removesuffix(".calibration_config")
+        return None, (f"not written: {owner} already has calibration_config ({kind}), and "
                       "the TF OD API takes one calibrator; apply operating_points.json with "
                       "--operating_points")
     identity = post.score_converter == post_processing_pb2.PostProcessing.IDENTITY

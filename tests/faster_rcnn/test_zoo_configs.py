@@ -75,3 +75,13 @@ def test_resnet50_and_fpn_640_train_two_steps(name, data_dir, tmp_path):
 @pytest.mark.parametrize("name", [n for n in BUILT if n not in FAST])
 def test_every_zoo_config_trains_two_steps(name, data_dir, tmp_path):
     _train_two_steps(name, data_dir, tmp_path)
+
+
+def test_a_bad_second_stage_calibration_names_its_field(tmp_path):
+    text = (ZOO / FAST[0]).read_text().replace("score_converter: SOFTMAX", """score_converter: SOFTMAX
+      calibration_config { class_id_function_approximations { class_id_xy_pairs_map {
+        key: 91 value { x_y_pair { x: 0.0 y: 0.0 } x_y_pair { x: 1.0 y: 1.0 } } } } }""")
+    path = tmp_path / "bad.config"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"model\.faster_rcnn\.second_stage_post_processing\.calibration_config"):
+        config_cmd.check(path)

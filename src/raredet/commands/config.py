@@ -89,7 +89,8 @@ def _model_lines(ssd: ssd_pb2.Ssd) -> list[str]:
 
 def _post_processing_lines(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[str]:
     """Score converter, NMS threshold, calibration (per-class thresholds) and the operating-point rule."""
-    post = config.model.ssd.post_processing
+    post = config.model.faster_rcnn.second_stage_post_processing if config.model.WhichOneof("model") == \
+        "faster_rcnn" else config.model.ssd.post_processing
     converter = post_processing_pb2.PostProcessing.ScoreConverter.Name(post.score_converter)
     lines = [f"scores:       {converter}, NMS score_threshold "
              f"{post.batch_non_max_suppression.score_threshold:g}"]
@@ -202,6 +203,7 @@ def summary_text(loaded: LoadedConfig) -> str:
     if loaded.config.model.WhichOneof("model") == "faster_rcnn":
         frcnn = loaded.config.model.faster_rcnn
         lines += _faster_rcnn_lines(frcnn) + _class_lines(frcnn, loaded.label_map)
+        lines += _post_processing_lines(loaded.config)
         lines += _class_weight_lines(frcnn.second_stage_class_weights, loaded.label_map)
     else:
         ssd = loaded.config.model.ssd

@@ -313,9 +313,10 @@ def _validate_faster_rcnn(frcnn: faster_rcnn_pb2.FasterRcnn, check: _Checker) ->
                  "second_stage_localization_loss_weight", "second_stage_classification_loss_weight"):
         check.number(getattr(frcnn, name), f"{where}.{name}")
     if frcnn.second_stage_post_processing.HasField("calibration_config"):
-        check.fail(f"{where}.second_stage_post_processing.calibration_config", "is not supported for Faster "
-                   "R-CNN yet (the SSD family's post_processing takes it); remove it, or apply per-class "
-                   "operating points with --operating_points")
+        lm = check.label_map
+        ids = lm.ids if lm is not None else list(range(1, frcnn.num_classes + 1))
+        check_calibration(frcnn.second_stage_post_processing.calibration_config,
+                          f"{where}.second_stage_post_processing.calibration_config", ids, check.fail)
     nms = frcnn.second_stage_post_processing.batch_non_max_suppression
     check.number(nms.iou_threshold,
                  f"{where}.second_stage_post_processing.batch_non_max_suppression.iou_threshold", 0, 1)

@@ -242,6 +242,7 @@ class FasterRCNN(nn.Module):
         number_of_stages: int = 2,
         second_stage_batch_size: int = 64,
         second_stage_balance_fraction: float = 0.25,
+        calibration: Calibration | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -307,6 +308,11 @@ class FasterRCNN(nn.Module):
                               f"{self.score_converter!r}; valid: SOFTMAX, SIGMOID, IDENTITY")
         self.logit_scale = float(post.get("logit_scale", 1.0))
         self.non_max_suppression = BatchNonMaxSuppression(**dict(post.get("batch_non_max_suppression") or {}))
+        # second_stage_post_processing.calibration_config, built (builders.build_calibration); as in the
+        # TF OD API it is part of the score conversion: temperature before the converter, maps after
+        self.calibration = calibration if calibration is not None else Calibration.identity(num_classes)
+        if self.calibration.num_classes != num_classes:
+            raise ValueError(f"calibration for {self.calibration.num_classes} classes, the model has {num_classes}")
         # per-class operating points (raredet eval's operating_points.json), identity until set
         self.thresholds = Calibration.identity(num_classes)
         mean, std = torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
@@ -405,15 +411,18 @@ class FasterRCNN(nn.Module):
         return crops
 
     def scores(self, cls_logits: Tensor) -> Tensor:
-        """Second-stage ``[..., K + 1]`` logits -> ``[..., K]`` class scores (background dropped)."""
-        logits = cls_logits / self.logit_scale
+        """Second-stage ``[..., K + 1]`` logits -> ``[..., K]`` class scores (background dropped):
+        ``logit_scale``, the calibration's temperature (all K + 1 columns), the converter, the
+        calibration's maps (column k is label-map id k + 1, the TF OD API's class id; its background
+        column 0 is dropped here first, which the maps never read), then the operating points."""
+        logits = self.calibration.temperature(cls_logits / self.logit_scale)
         if self.score_converter == "SOFTMAX":
             scores = torch.softmax(logits, dim=-1)[..., 1:]
         elif self.score_converter == "SIGMOID":
             scores = torch.sigmoid(logits)[..., 1:]
         else:
             scores = logits[..., 1:]
-        return self.thresholds(scores)
+        return self.thresholds(self.calibration(scores))
 
     def set_operating_points(self, thresholds: Calibration, score_threshold: float) -> None:
         """Per-class operating points, as ``SSD.set_operating_points``: ``thresholds`` maps the scores so

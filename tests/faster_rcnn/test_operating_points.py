@@ -1,0 +1,145 @@
+"""Per-class operating points for Faster R-CNN, end to end through the CLI: `raredet eval` writes
+`pipeline.operating_points.config` (the thresholds as `second_stage_post_processing.calibration_config`,
+where the TF OD API reads it for Faster R-CNN), `config check` accepts it, `predict` with it keeps
+exactly the detections above each class's threshold, and the TorchScript and ONNX exports with the
+calibration reproduce PyTorch's detections."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raredet import builders, config
+from raredet.cli import main
+from raredet.commands.trained import load_trained_model
+from raredet.engine.checkpoint import save_checkpoint
+from raredet.evaluation import operating_points as ops
+from tests.engine.tiny_pipeline import make_data
+from tests.faster_rcnn.test_zoo_configs import small_copy
+
+ZOO_NAME = "faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config"
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    """(data folder, config) with a checkpoint in data/run: the untrained small zoo model with its
+    class and box layers scaled by 0.01 (scores spread around 1/4, boxes near their proposals), as
+    tests/faster_rcnn/test_commands.py."""
+    torch.set_num_threads(1)
+    data = tmp_path_factory.mktemp("frcnn_op")
+    make_data(data, images=8)
+    path = small_copy(ZOO_NAME, data)
+    loaded = config.load(path)
+    torch.manual_seed(0)
+    model, _ = builders.build_model(builders.model_message(loaded.config))
+    state = model.state_dict()
+    for key in ("box_head.cls.weight", "box_head.box.weight", "rpn.box.0.weight"):
+        state[key] = state[key] * 0.01
+    save_checkpoint(data / "run", 1, {"model": state, "config_text": config.effective_config_text(loaded.config),
+                                      "label_map_text": loaded.label_map.to_pbtxt()})
+    return data, path
+
+
+def _predict(tmp: Path, data: Path, name: str, *args: str) -> list[dict]:
+    images = sorted(str(p) for p in (data / "images").glob("val_*.jpg"))
+    out = tmp / name
+    argv = ["predict", "--model_dir", str(data / "run"), "--images", *images, "--out", str(out), *args]
+    assert main(argv) == 0
+    files = {e["id"]: e["file_name"] for e in json.loads((out / "images.json").read_text())}
+    return [{**d, "file": files[d["image_id"]]} for d in json.loads((out / "detections.json").read_text())]
+
+
+def _key(d: dict) -> tuple:
+    return d["file"], d["category_id"], tuple(d["bbox"])
+
+
+@pytest.fixture(scope="module")
+def chosen(run, tmp_path_factory):
+    """Every raw detection (the zoo's NMS score_threshold 0, min_score 0), and the eval folder of a
+    `raredet eval --operating_points_from` whose file puts each class's threshold between two of its
+    raw scores near the median (an untrained model has no true positives to choose from)."""
+    data, path = run
+    tmp = tmp_path_factory.mktemp("frcnn_op_eval")
+    raw = _predict(tmp, data, "raw", "--min_score", "0")
+    assert main(["eval", "--pipeline_config_path", str(path), "--checkpoint_dir", str(data / "run"),
+                 "--out", str(tmp / "first")]) == 0
+    content = json.loads((tmp / "first" / ops.JSON_NAME).read_text())
+    points = [ops.OperatingPoint.from_json(c) for c in content["classes"]]
+    for point in points:
+        scores = sorted({d["score"] for d in raw if d["category_id"] == point.class_id})
+        assert len(scores) >= 4  # detections on both sides of the threshold
+        mid = len(scores) // 2
+        point.threshold = float(np.float32((scores[mid - 1] + scores[mid]) / 2))
+    handmade = ops.operating_points_json(points, min_score_threshold=0.5, chosen_on=content["chosen_on"])
+    (tmp / "chosen.json").write_text(json.dumps(handmade))
+    assert main(["eval", "--pipeline_config_path", str(path), "--checkpoint_dir", str(data / "run"),
+                 "--out", str(tmp / "eval"), "--operating_points_from", str(tmp / "chosen.json")]) == 0
+    return raw, tmp / "eval"
+
+
+def test_eval_writes_the_config_and_config_check_accepts_it(run, chosen, capsys):
+    _, eval_dir = chosen
+    path = eval_dir / "pipeline.operating_points.config"
+    text = path.read_text()
+    assert "second_stage_post_processing" in text and "class_id_function_approximations" in text
+    loaded = config.load(path)
+    post = loaded.config.model.faster_rcnn.second_stage_post_processing
+    assert sorted(post.calibration_config.class_id_function_approximations.class_id_xy_pairs_map) == [1, 2, 3]
+    assert post.batch_non_max_suppression.score_threshold == pytest.approx(0.5)
+    capsys.readouterr()
+    assert main(["config", "check", "--check_paths", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "SOFTMAX, NMS score_threshold 0.5" in out
+    assert "calibration: class_id_function_approximations for class ids [1, 2, 3]" in out
+
+
+def test_predict_with_the_written_config_keeps_exactly_the_detections_above_each_threshold(run, chosen, tmp_path):
+    data, _ = run
+    raw, eval_dir = chosen
+    thresholds = {c["class_id"]: c["threshold"] for c in json.loads((eval_dir / ops.JSON_NAME).read_text())["classes"]}
+    want = {_key(d) for d in raw if d["score"] > thresholds[d["category_id"]]}
+    assert want and len(want) < len(raw)  # something on both sides
+    got = _predict(tmp_path, data, "config", "--pipeline_config_path",
+                   str(eval_dir / "pipeline.operating_points.config"), "--min_score", "0")
+    assert {_key(d) for d in got} == want
+    with_json = _predict(tmp_path, data, "json", "--operating_points", str(eval_dir / ops.JSON_NAME))
+    assert {_key(d) for d in with_json} == want
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_with_the_calibration_matches_pytorch(run, chosen, tmp_path, fmt):
+    data, _ = run
+    _, eval_dir = chosen
+    written = eval_dir / "pipeline.operating_points.config"
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", "--model_dir", str(data / "run"), "--format", fmt, "--out", str(out),
+                 "--pipeline_config_path", str(written)]) == 0
+    from PIL import Image
+
+    files = sorted((data / "images").glob("val_*.jpg"))
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
+    images = images.permute(0, 3, 1, 2).contiguous()
+    trained = load_trained_model(data / "run", written)
+    assert trained.model.calibration.mapped.all()  # the written maps are in the PyTorch model
+    with torch.no_grad():
+        det = trained.model.postprocess(trained.model(images), torch.tensor([[64, 64]] * len(files)))
+    if fmt == "onnx":
+        ort = pytest.importorskip("onnxruntime")
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        boxes, scores, classes, num = session.run(None, {"images": images.numpy()})
+    else:
+        with torch.no_grad():
+            boxes, scores, classes, num = (t.numpy() for t in torch.jit.load(str(out))(images))
+    assert num.tolist() == det["num_detections"].tolist() and num.sum() > 0
+    ids = np.asarray(trained.label_map.ids)
+    for b, n in enumerate(num):
+        np.testing.assert_array_equal(classes[b, :n], ids[det["detection_classes"][b, :n].numpy()])
+        np.testing.assert_allclose(scores[b, :n], det["detection_scores"][b, :n].numpy(), atol=1e-5)
+        np.testing.assert_allclose(boxes[b, :n], det["detection_boxes"][b, :n].numpy(), atol=1e-3)
+        assert (scores[b, :n] > 0.5).all()  # every kept detection is above its class's threshold
