@@ -20,6 +20,7 @@ code path is the CPU one plus CUDA synchronisation before each timestamp.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -178,16 +179,21 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def run(quick: bool, device: str | None = None, precision: str = "auto") -> dict[str, Any]:
-    """Both models at 320x320, batch 8, 5 timed steps; `quick`: 128x128, batch 2, 2 steps."""
+def run(quick: bool, device: str | None = None, precision: str = "auto",
+        only: list[str] | None = None) -> dict[str, Any]:
+    """The models at 320x320, batch 8, 5 timed steps; `quick`: 128x128, batch 2, 2 steps; `only`:
+    these models (in this order) instead of all of MODELS."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     size, batch, steps = (128, 2, 2) if quick else (320, 8, 5)
     data_dir = RESULTS_DIR / "tmp" / f"bench_train_{size}"
     if not (data_dir / "label_map.pbtxt").exists():
         make_synthetic_dataset(data_dir, images=4 * batch + 8, image_size=size, num_shards=1,
                                min_val_boxes=1)
-    rows = [bench_model(data_dir, m, size, batch, steps, dev, precision) for m in MODELS]
-    return {"rows": rows, "summary": _table(rows)}
+    load_before = os.getloadavg()[0]
+    rows = [bench_model(data_dir, m, size, batch, steps, dev, precision) for m in (only or MODELS)]
+    load = (f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; "
+            f"{torch.get_num_threads()} threads")
+    return {"rows": rows, "load": load, "summary": [load, "", *_table(rows)]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="autocast precision (default auto: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--only", nargs="+", choices=MODELS, help="these models only (written to train_only.json)")
     args = parser.parse_args(argv)
-    result = run(args.quick, args.device, args.precision)
+    result = run(args.quick, args.device, args.precision, args.only)
     print("\n".join(result["summary"]))
-    print(f"wrote {save_result('quick/train' if args.quick else 'train', result)}")
+    name = "train_only" if args.only else "train"
+    print(f"wrote {save_result('quick/' + name if args.quick else name, result)}")
     return 0
 
 
