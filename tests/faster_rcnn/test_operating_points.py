@@ -2,7 +2,7 @@
 `pipeline.operating_points.config` (the thresholds as `second_stage_post_processing.calibration_config`,
 where the TF OD API reads it for Faster R-CNN), `config check` accepts it, `predict` with it keeps
 exactly the detections above each class's threshold, and the TorchScript and ONNX exports with the
-calibration reproduce PyTorch's detections."""
+calibration (or `--operating_points`) reproduce PyTorch's detections."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 
 from raredet import builders, config
 from raredet.cli import main
-from raredet.commands.trained import load_trained_model
+from raredet.commands.trained import apply_operating_points, load_trained_model
 from raredet.engine.checkpoint import save_checkpoint
 from raredet.evaluation import operating_points as ops
 from tests.engine.tiny_pipeline import make_data
@@ -112,21 +112,30 @@ def test_predict_with_the_written_config_keeps_exactly_the_detections_above_each
     assert {_key(d) for d in with_json} == want
 
 
+@pytest.mark.parametrize("source", ["config", "json"])
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_export_with_the_calibration_matches_pytorch(run, chosen, tmp_path, fmt):
+def test_export_with_the_thresholds_matches_pytorch(run, chosen, tmp_path, fmt, source):
+    """The thresholds from the written config (calibration_config) or from operating_points.json
+    (`export --operating_points`) in the graph: the exported model's detections are PyTorch's."""
     data, _ = run
     _, eval_dir = chosen
     written = eval_dir / "pipeline.operating_points.config"
     out = tmp_path / f"model.{fmt}"
-    assert main(["export", "--model_dir", str(data / "run"), "--format", fmt, "--out", str(out),
-                 "--pipeline_config_path", str(written)]) == 0
+    given = (["--pipeline_config_path", str(written)] if source == "config"
+             else ["--operating_points", str(eval_dir / ops.JSON_NAME)])
+    assert main(["export", "--model_dir", str(data / "run"), "--format", fmt, "--out", str(out), *given]) == 0
     from PIL import Image
 
     files = sorted((data / "images").glob("val_*.jpg"))
     images = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
     images = images.permute(0, 3, 1, 2).contiguous()
-    trained = load_trained_model(data / "run", written)
-    assert trained.model.calibration.mapped.all()  # the written maps are in the PyTorch model
+    if source == "config":
+        trained = load_trained_model(data / "run", written)
+        assert trained.model.calibration.mapped.all()  # the written maps are in the PyTorch model
+    else:
+        trained = load_trained_model(data / "run")
+        apply_operating_points(trained, eval_dir / ops.JSON_NAME, review=False)
+        assert trained.model.thresholds.mapped.all()
     with torch.no_grad():
         det = trained.model.postprocess(trained.model(images), torch.tensor([[64, 64]] * len(files)))
     if fmt == "onnx":
