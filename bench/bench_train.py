@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="autocast precision (default auto: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--only", nargs="+", choices=MODELS, help="these models only (written to train_only.json)")
+    parser.add_argument("--only", nargs="+", choices=MODELS,
+                        help="these models only (written to train_only.json)")
     args = parser.parse_args(argv)
     result = run(args.quick, args.device, args.precision, args.only)
     print("\n".join(result["summary"]))

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.engine.tiny_pipeline import make_data
+from tests.faster_rcnn.test_zoo_configs import small_copy
 
 from raredet import builders
 from raredet import config as config_lib
 from raredet.engine.checkpoint import load_checkpoint
-from tests.engine.tiny_pipeline import make_data
-from tests.faster_rcnn.test_zoo_configs import small_copy
 
 ZOO_NAME = "faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config"
 STEPS = 3

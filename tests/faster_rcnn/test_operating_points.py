@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.engine.tiny_pipeline import make_data
+from tests.faster_rcnn.test_zoo_configs import small_copy
 
 from raredet import builders, config
 from raredet.cli import main
 from raredet.commands.trained import apply_operating_points, load_trained_model
 from raredet.engine.checkpoint import save_checkpoint
 from raredet.evaluation import operating_points as ops
-from tests.engine.tiny_pipeline import make_data
-from tests.faster_rcnn.test_zoo_configs import small_copy
 
 ZOO_NAME = "faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config"
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -41,7 +41,8 @@ def run(tmp_path_factory) -> tuple[Path, Path]:
     state = model.state_dict()
     for key in ("box_head.cls.weight", "box_head.box.weight", "rpn.box.0.weight"):
         state[key] = state[key] * 0.01
-    save_checkpoint(data / "run", 1, {"model": state, "config_text": config.effective_config_text(loaded.config),
+    text = config.effective_config_text(loaded.config)
+    save_checkpoint(data / "run", 1, {"model": state, "config_text": text,
                                       "label_map_text": loaded.label_map.to_pbtxt()})
     return data, path
 
@@ -99,10 +100,12 @@ def test_eval_writes_the_config_and_config_check_accepts_it(run, chosen, capsys)
     assert "calibration: class_id_function_approximations for class ids [1, 2, 3]" in out
 
 
-def test_predict_with_the_written_config_keeps_exactly_the_detections_above_each_threshold(run, chosen, tmp_path):
+def test_predict_with_the_written_config_keeps_exactly_the_detections_above_each_threshold(
+        run, chosen, tmp_path):
     data, _ = run
     raw, eval_dir = chosen
-    thresholds = {c["class_id"]: c["threshold"] for c in json.loads((eval_dir / ops.JSON_NAME).read_text())["classes"]}
+    content = json.loads((eval_dir / ops.JSON_NAME).read_text())
+    thresholds = {c["class_id"]: c["threshold"] for c in content["classes"]}
     want = {_key(d) for d in raw if d["score"] > thresholds[d["category_id"]]}
     assert want and len(want) < len(raw)  # something on both sides
     got = _predict(tmp_path, data, "config", "--pipeline_config_path",

@@ -202,13 +202,13 @@ def test_sampling_draws_per_image_whatever_the_split():
     halves = torch.cat([sampling_seeds(7, 3, rank=r, count=2) for r in (0, 1)])
     assert torch.equal(whole, halves) and len(set(whole.tolist())) == 4
     assert not torch.equal(whole, sampling_seeds(7, 4, rank=0, count=4))  # the next step draws anew
-    keys = random_keys((4, 50), whole, FIRST_STAGE, torch.device("cpu"))
-    split = torch.cat([random_keys((2, 50), whole[:2], FIRST_STAGE, torch.device("cpu")),
-                       random_keys((2, 50), whole[2:], FIRST_STAGE, torch.device("cpu"))])
+    keys = random_keys(torch.zeros(4, 50), whole, FIRST_STAGE)
+    split = torch.cat([random_keys(torch.zeros(2, 50), whole[:2], FIRST_STAGE),
+                       random_keys(torch.zeros(2, 50), whole[2:], FIRST_STAGE)])
     assert torch.equal(keys, split)
     torch.rand(10)  # the global generator plays no part
-    assert torch.equal(keys, random_keys((4, 50), whole, FIRST_STAGE, torch.device("cpu")))
-    assert not torch.equal(keys, random_keys((4, 50), whole, PROPOSALS, torch.device("cpu")))
+    assert torch.equal(keys, random_keys(torch.zeros(4, 50), whole, FIRST_STAGE))
+    assert not torch.equal(keys, random_keys(torch.zeros(4, 50), whole, PROPOSALS))
     eligible, positive = torch.ones(4, 50, dtype=torch.bool), torch.arange(50).expand(4, 50) < 10
     sampled = balanced_sample(eligible, positive, 8, 0.5, keys)
     assert sampled.sum(1).tolist() == [8] * 4 and (sampled & positive).sum(1).tolist() == [4] * 4

@@ -83,5 +83,6 @@ def test_a_bad_second_stage_calibration_names_its_field(tmp_path):
         key: 91 value { x_y_pair { x: 0.0 y: 0.0 } x_y_pair { x: 1.0 y: 1.0 } } } } }""")
     path = tmp_path / "bad.config"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=r"model\.faster_rcnn\.second_stage_post_processing\.calibration_config"):
+    where = r"model\.faster_rcnn\.second_stage_post_processing\.calibration_config"
+    with pytest.raises(ConfigError, match=where):
         config_cmd.check(path)

@@ -42,24 +42,24 @@ from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.box_ops import box_iou
 from raredet.modeling.matcher import ArgMaxMatcher
 
-
 # Sampling sites, each with its own random stream per image (`random_keys`).
 FIRST_STAGE, PROPOSALS, SECOND_STAGE = 0, 1, 2
 
 
-def random_keys(shape: tuple[int, int], seeds: Tensor | None, site: int, device: torch.device) -> Tensor:
-    """``[B, N]`` uniform keys for one sampling site. With ``seeds [B]`` (the engine's
-    ``sampling_seeds``: one per image of the global batch, from (seed, step, image index)), row ``b``
-    comes from its own generator seeded by ``(seeds[b], site)``, so it does not depend on which
-    rank holds the image or on what else was drawn; without them, from the global generator."""
+def random_keys(like: Tensor, seeds: Tensor | None, site: int) -> Tensor:
+    """Uniform keys shaped as ``like [B, N]`` (on its device) for one sampling site. With ``seeds [B]``
+    (the engine's ``sampling_seeds``: one per image of the global batch, from (seed, step, image
+    index)), row ``b`` comes from its own generator seeded by ``(seeds[b], site)``, so it does not
+    depend on which rank holds the image or on what else was drawn; without them, from the global
+    generator."""
+    b, n = like.shape
     if seeds is None:
-        return torch.rand(shape, device=device)
-    if seeds.shape != (shape[0],):
-        raise ValueError(f"sampling_seeds has shape {tuple(seeds.shape)}, expected [{shape[0]}]")
+        return torch.rand((b, n), device=like.device)
+    if seeds.shape != (b,):
+        raise ValueError(f"sampling_seeds has shape {tuple(seeds.shape)}, expected [{b}]")
     # One generator per image (a handful per step), each drawing all of its row at once.
-    rows = [torch.rand(shape[1], generator=torch.Generator().manual_seed(int(s) * 4 + site))
-            for s in seeds.tolist()]
-    return torch.stack(rows).to(device) if rows else torch.zeros(shape, device=device)
+    rows = [torch.rand(n, generator=torch.Generator().manual_seed(int(s) * 4 + site)) for s in seeds.tolist()]
+    return torch.stack(rows).to(like.device) if rows else torch.zeros((b, n), device=like.device)
 
 
 def balanced_sample(eligible: Tensor, positive: Tensor, batch_size: int, positive_fraction: float,
@@ -106,7 +106,7 @@ def sample_proposals(proposals: Tensor, proposal_valid: Tensor, gt: GroundTruth,
     again (the loss does) keeps every proposal: it has at most the positives and the size allowed.
     ``seeds [B]``: per-image sampling seeds (``random_keys``)."""
     target, _, data_w = assign_proposals(proposals, proposal_valid, gt)
-    keys = random_keys(tuple(target.shape), seeds, PROPOSALS, target.device)
+    keys = random_keys(target, seeds, PROPOSALS)
     sampled = balanced_sample((target >= 0) & (data_w > 0), target > 0, batch_size, positive_fraction, keys)
     size = min(batch_size, proposals.shape[1])
     order = (~sampled).to(torch.uint8).argsort(dim=1, stable=True)[:, :size]  # sampled first, in order
@@ -247,7 +247,7 @@ class FasterRcnnLoss:
         matched = match >= 0
         data_w = torch.where(matched, weights.gather(1, idx), 1.0)
         eligible = (match != -2) & outputs["anchor_valid"][None] & (data_w > 0)
-        keys = random_keys(tuple(eligible.shape), seeds, FIRST_STAGE, eligible.device)
+        keys = random_keys(eligible, seeds, FIRST_STAGE)
         sampled = balanced_sample(eligible, matched, self.rpn_batch, self.rpn_fraction, keys).to(boxes.dtype)
         normaliser = sampled.sum(1).clamp(min=1.0)  # [B]
         targets = F.one_hot(matched.long(), 2).to(boxes.dtype)
@@ -271,8 +271,9 @@ class FasterRcnnLoss:
         cls_target, gt_boxes, data_w = self.assign_proposals(proposals, outputs["proposal_valid"], gt)
         positive = cls_target > 0
         eligible = (cls_target >= 0) & (data_w > 0)
-        keys = random_keys(tuple(eligible.shape), seeds, SECOND_STAGE, eligible.device)
-        sampled = balanced_sample(eligible, positive, self.box_batch, self.box_fraction, keys).to(proposals.dtype)
+        keys = random_keys(eligible, seeds, SECOND_STAGE)
+        sampled = balanced_sample(eligible, positive, self.box_batch, self.box_fraction, keys)
+        sampled = sampled.to(proposals.dtype)
         normaliser = sampled.sum(1).clamp(min=1.0)
         class_w = torch.ones_like(data_w)
         if self.class_weights is not None:

@@ -312,7 +312,8 @@ class FasterRCNN(nn.Module):
         # TF OD API it is part of the score conversion: temperature before the converter, maps after
         self.calibration = calibration if calibration is not None else Calibration.identity(num_classes)
         if self.calibration.num_classes != num_classes:
-            raise ValueError(f"calibration for {self.calibration.num_classes} classes, the model has {num_classes}")
+            raise ValueError(f"calibration for {self.calibration.num_classes} classes, the model has "
+                             f"{num_classes}")
         # per-class operating points (raredet eval's operating_points.json), identity until set
         self.thresholds = Calibration.identity(num_classes)
         mean, std = torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
@@ -382,7 +383,8 @@ class FasterRCNN(nn.Module):
             with torch.no_grad():
                 proposals, proposal_valid = sample_proposals(
                     proposals, proposal_valid, ground_truth(targets, proposals.device),
-                    self.second_stage_batch_size, self.second_stage_balance_fraction, sampling_seeds(targets))
+                    self.second_stage_batch_size, self.second_stage_balance_fraction,
+                    sampling_seeds(targets))
         crops = F.max_pool2d(self._crops(maps, proposals, image_hw), self.pool_kernel, self.pool_stride)
         if self.box_classifier is not None:
             pooled = self.box_classifier(crops)  # [B * P, 1024]
