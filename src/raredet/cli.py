@@ -153,9 +153,9 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="autocast precision; default: bf16 if train_config.use_bfloat16, else auto "
                         "(bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--channels_last", action="store_true",
-                   help="NHWC memory order (faster on CPUs; off by default: its float32 gradients differ "
-                        "from NCHW's on some models, see docs/benchmarks.md)")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory order; default: on with --device cpu (~25 %% fewer CPU-seconds per "
+                        "step), off on CUDA (docs/benchmarks.md)")
 
     def run(a: argparse.Namespace) -> int:
         from raredet.commands.train import train_from_config

@@ -18,6 +18,7 @@ from raredet.engine.train import (
     EvalFn,
     TrainComponents,
     TrainResult,
+    configure_allocator,
     configure_threads,
     default_num_workers,
     eval_workers,
@@ -62,19 +63,20 @@ def train_from_config(
     eval_every_n_steps: int = 0,
     num_workers: int | None = None,
     precision: str | None = None,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
 ) -> TrainResult:
     """`raredet train`: load the config, build everything, train (resuming from `model_dir`).
 
     Threads and data workers are sized to this process's share of the node (`engine.train.
     configure_threads`, `default_num_workers`); `precision` (see `engine.train.PRECISIONS`) overrides
-    the config's `train_config.use_bfloat16`; `channels_last` opts in to NHWC memory order
-    (`engine.train.train`).
+    the config's `train_config.use_bfloat16`; `channels_last` chooses NHWC memory order
+    (default: on CPU; `engine.train.train`).
     """
     loaded = config.load(pipeline_config_path)
     info = dist_utils.init_distributed(device)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     configure_threads(local_world)
+    configure_allocator()
     workers = num_workers if num_workers is not None else default_num_workers(info.device, local_world)
     components = builders.build_training(loaded, seed=seed, num_train_steps=num_train_steps,
                                          num_workers=workers)

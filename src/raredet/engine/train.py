@@ -9,9 +9,10 @@ per image (Faster R-CNN's samplers) draw from generators seeded by (seed, step, 
 global batch), the batch's `sampling_seeds`, which also makes their draws independent of the split
 over processes.
 
-Speed (docs/benchmarks.md): the model trains channels-last (the loader's batches already are, so no
-layout is converted on the way); intra-op threads are the cores of this process's share of the node
-and inter-op threads 1, so that torchrun's processes and the data workers do not oversubscribe the
+Speed (docs/benchmarks.md): on CPU the model trains channels-last (the loader's batches already are, so
+no layout is converted on the way) and `raredet train` has glibc keep freed activations for reuse
+(`configure_allocator`); intra-op threads are the cores of this process's share of the node and
+inter-op threads 1, so that torchrun's processes and the data workers do not oversubscribe the
 cores; on CUDA the loader pins memory and the copies to the GPU do not block. `precision` chooses
 fp32 or bf16 autocast (`PRECISIONS`).
 
@@ -272,6 +273,32 @@ def configure_threads(local_world_size: int = 1) -> int:
     return threads
 
 
+def configure_allocator() -> bool:
+    """Make glibc's malloc keep freed memory for the next step; returns whether it applied (Linux with
+    glibc only; elsewhere nothing changes).
+
+    By default glibc serves every block over 32 MB (and, its threshold permitting, many smaller ones)
+    with a fresh mmap and unmaps it on free, so each training step faults every page of its large
+    activations in again: 190,000 page faults and 0.34 CPU-s of kernel time per step of the zoo's
+    FPN-lite at batch 8 (a quarter of the step's CPU time; docs/benchmarks.md). With mmap off
+    (`M_MMAP_MAX` 0) and the heap not trimmed below 1 GiB (`M_TRIM_THRESHOLD`), the freed activations
+    are reused: the peak resident set stays the step's peak, which it is anyway. Forked data workers
+    inherit the setting.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
+    return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_max, 0))
+
+
 def default_num_workers(device: torch.device, local_world_size: int = 1) -> int:
     """DataLoader workers per process: on CPU `min(4, cores // 2)` (the model needs the cores, and a
     320x320 batch of 8 decodes in ~30 ms of one core against a step of ~1 s); on CUDA every core of
@@ -442,20 +469,22 @@ def train(
     eval_every_n_steps: int = 0,
     eval_fn: EvalFn | None = None,
     progress: bool = True,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
 ) -> TrainResult:
     """Train to `components.num_steps`, resuming from the newest checkpoint in `model_dir`.
 
     Returns when done or after SIGINT/SIGTERM (a checkpoint is written either way). Raises
     TrainingDiverged on a non-finite loss or gradient. `channels_last`: the model's 4-d weights (and
-    so its activations) in NHWC memory order, faster on CPUs and on GPUs with bf16. Off by default: on
-    the zoo's FPN-lite model with the TF OD API's initializers, float32 gradients in NHWC differ from the
-    NCHW ones (which match float64) by up to 12 % at some levels (docs/benchmarks.md)
+    so its activations) in NHWC memory order; default (None): on CPU, where it takes ~25 % fewer
+    CPU-seconds per step, off on CUDA (not measured there). Its float32 gradients equal NCHW's to
+    rounding (tests/modeling/test_memory_format.py; docs/benchmarks.md, "channels-last and float32").
     """
     info = dist_utils.init_distributed(device)
     model_dir = Path(model_dir)
     seed_everything(seed)
     per_rank_batch(components.batch_size, info.world_size)  # fail before any work
+    if channels_last is None:
+        channels_last = info.device.type == "cpu"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     components.model.to(info.device)
     components.model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's stubs lack it

@@ -15,15 +15,55 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raredet.errors import ConfigError
 
+class _ClampInPlace06(torch.autograd.Function):
+    """ReLU6 that overwrites its input and saves its output for the backward: `hardtanh_backward` on the
+    output (0 < out < 6 exactly where 0 < x < 6), as torch's own `hardtanh_` does, so the gradient is the
+    same bit for bit. Why not `F.relu6(x, inplace=True)`: on CPU (torch 2.13) it clones its input and
+    copies the result back, two extra passes over the activation (~0.2 s of a zoo FPN-lite step)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        x.clamp_(0.0, 6.0)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.hardtanh_backward(grad, out, 0.0, 6.0)
+
+
+class ReLU6(nn.ReLU6):
+    """``nn.ReLU6`` whose in-place form clamps in place without torch's extra copies (`_ClampInPlace06`);
+    same outputs and gradients, same (empty) state dict."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.inplace and x.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing():
+            return _ClampInPlace06.apply(x)  # (the JIT cannot trace a custom in-place Function)
+        return super().forward(x)
+
+
+def use_fast_relu6(model: nn.Module) -> nn.Module:
+    """Every in-place ``nn.ReLU6`` of `model` (e.g. the MobileNet backbones' own) replaced by `ReLU6`;
+    returns `model`."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is nn.ReLU6 and child.inplace:
+                setattr(parent, name, ReLU6(inplace=True))
+    return model
+
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "NONE": nn.Identity,
     "RELU": nn.ReLU,
-    "RELU_6": nn.ReLU6,
+    "RELU_6": ReLU6,
     "SWISH": nn.SiLU,
 }
 # Activations whose backward needs only their output (the same mask), so they may overwrite their

@@ -73,7 +73,7 @@ from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.calibration import Calibration
 from raredet.modeling.efficientnet import EFFICIENTNET_VARIANTS, LEVEL_TAPS, EfficientNet
 from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
-from raredet.modeling.layers import ConvHyperparams, l2_weights_of
+from raredet.modeling.layers import ConvHyperparams, l2_weights_of, use_fast_relu6
 from raredet.modeling.postprocess import BatchNonMaxSuppression, ScoreConverter, clip_boxes
 from raredet.modeling.predictor import ConvolutionalBoxPredictor, WeightSharedConvolutionalBoxPredictor
 
@@ -450,6 +450,7 @@ class SSD(nn.Module):
         mean, std = torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
         self.register_buffer("pixel_mean", mean.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", std.view(1, 3, 1, 1), persistent=False)
+        use_fast_relu6(self)  # the backbones' in-place ReLU6 too
 
     def _check_levels(self) -> None:
         anchors, levels = self.anchor_generator, self.feature_extractor.levels
