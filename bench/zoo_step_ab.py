@@ -83,7 +83,8 @@ def one_variant(variant: str, steps: int = 3) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="*", default=VARIANTS)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant, print JSON

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from raredet.errors import ConfigError
 
+
 class _ClampInPlace06(torch.autograd.Function):
     """ReLU6 that overwrites its input and saves its output for the backward: `hardtanh_backward` on the
     output (0 < out < 6 exactly where 0 < x < 6), as torch's own `hardtanh_` does, so the gradient is the
