@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from raredet.data.dataset import collate
+from raredet.modeling.layers import ReLU6
 from raredet.modeling.ssd import SSD
 
 HP = {
@@ -54,8 +55,8 @@ def _images(batch: int = 2, size: int = 64) -> torch.Tensor:
 
 
 class _PinnedReLU6Pattern:
-    """Forward hooks on every ReLU6/ReLU call that record which inputs were on the linear piece
-    (`record`) or make the backward use a recorded pattern instead of the run's own (`pin`).
+    """Forward hooks on every ReLU6/ReLU call that record which inputs were on the linear piece and,
+    given `pinned` (another run's record), make the backward use that pattern instead of the run's own.
 
     Why: a float32 pre-activation within a few ulps of ReLU6's kinks (0 and 6) lands on either side
     depending on the order of the sums before it, which NHWC and NCHW kernels do differently. One such
@@ -162,6 +163,7 @@ def test_in_place_activations_change_nothing():
     # tower's one (conv_hyperparams' RELU_6): all 40 in place.
     assert sum(isinstance(m, nn.ReLU6) for m in fast.backbone.modules()) == 1 + 1 + 16 * 2 + 1
     assert len(in_place) == 35 + 2 + 2 + 1
+    assert all(type(m) is ReLU6 for m in in_place)  # torch's hardtanh_ copies; ours clamps in place
     assert any(isinstance(m, nn.ReLU6) and m.inplace for m in fast.box_predictor.modules())
     plain = copy.deepcopy(fast)
     for module in plain.modules():
