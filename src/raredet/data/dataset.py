@@ -4,8 +4,9 @@ A reader (TFRecordReader, CocoReader, VocReader) has ``__len__``, ``annotations(
 and ``example(i, draft_size)`` (decoded). The dataset decodes, augments (training only), resizes.
 Augmentations draw from ``numpy.random.default_rng([seed, epoch, index])``, so an example's
 augmentation depends on nothing but those three numbers: the same in any worker, and after a resume.
-Call :meth:`DetectionDataset.set_epoch` before each epoch (DataLoader workers must not be persistent,
-or they keep the epoch they were started with).
+Call :meth:`DetectionDataset.set_epoch` before each epoch (a persistent DataLoader worker keeps the
+epoch it was started with unless the epoch travels with each index, as `engine.train.batch_stream`
+does).
 """
 
 from __future__ import annotations

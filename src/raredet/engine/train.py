@@ -23,6 +23,7 @@ criterion normalises by the number of matches summed over ranks and divided by t
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -165,31 +166,62 @@ def epoch_batches(components: TrainComponents, epoch: int, batch_size: int, rank
     return [order[s + rank * per_rank : s + (rank + 1) * per_rank] for s in starts]
 
 
+class _EpochIndexed(torch.utils.data.Dataset[Any]):
+    """`dataset[(epoch, index)]` = `dataset[index]` in epoch `epoch` (its `set_epoch` first, in whichever
+    process reads it): the epoch travels with each index, so one set of workers serves every epoch."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
 def batch_stream(
     components: TrainComponents, epoch: int, batch_in_epoch: int, info: dist_utils.DistInfo, seed: int
 ) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """Endless (epoch, batch_in_epoch after this batch, batch) from a data position.
 
-    Each epoch's DataLoader gets its own generator seeded by (seed, epoch): creating a loader iterator
-    draws a seed from its generator, and drawing from the global one would make a resumed run's
-    RNG stream differ from an uninterrupted one.
+    One DataLoader, and so one set of workers, for the whole run: its batch sampler walks the epochs
+    (`epoch_batches`, in this process) and tags each index with its epoch (`_EpochIndexed`). A loader
+    per epoch would fork new workers from the ~2 GB training process at every epoch, and the next step's
+    writes would then copy-on-write fault every page they shared: ~3 s per epoch on 2 cores
+    (docs/benchmarks.md). The loader's generator is seeded by (seed, first epoch): creating its
+    iterator draws a seed from it, and drawing from the global one would make a resumed run's RNG
+    stream differ from an uninterrupted one. The workers' own seeds reach no example: augmentations
+    draw from (seed, epoch, index) only.
     """
-    while True:
-        batches = epoch_batches(components, epoch, components.batch_size, info.rank, info.world_size)
-        if not batches:
-            raise ConfigError(
-                f"one epoch of the training set has fewer examples than one batch of "
-                f"{components.batch_size}; lower train_config.batch_size or add training data"
-            )
-        loader = torch.utils.data.DataLoader(
-            components.dataset, batch_sampler=batches[batch_in_epoch:], collate_fn=components.collate_fn,
-            num_workers=components.num_workers, worker_init_fn=_init_worker,
-            generator=torch.Generator().manual_seed(seed * 100003 + epoch),
-            pin_memory=info.device.type == "cuda",  # page-locked batches: the copy to the GPU can overlap
+    if not epoch_batches(components, epoch, components.batch_size, info.rank, info.world_size):
+        raise ConfigError(
+            f"one epoch of the training set has fewer examples than one batch of "
+            f"{components.batch_size}; lower train_config.batch_size or add training data"
         )
-        for i, batch in enumerate(loader, start=batch_in_epoch + 1):
-            yield epoch, i, batch
-        epoch, batch_in_epoch = epoch + 1, 0
+    positions: collections.deque[tuple[int, int]] = collections.deque()
+
+    def batches() -> Iterator[list[tuple[int, int]]]:
+        e, start = epoch, batch_in_epoch
+        while True:
+            chunks = epoch_batches(components, e, components.batch_size, info.rank, info.world_size)
+            for i in range(start, len(chunks)):
+                positions.append((e, i + 1))  # the loader delivers batches in this order
+                yield [(e, index) for index in chunks[i]]
+            e, start = e + 1, 0
+
+    loader = torch.utils.data.DataLoader(
+        _EpochIndexed(components.dataset), batch_sampler=batches(), collate_fn=components.collate_fn,
+        num_workers=components.num_workers, worker_init_fn=_init_worker,
+        generator=torch.Generator().manual_seed(seed * 100003 + epoch),
+        pin_memory=info.device.type == "cuda",  # page-locked batches: the copy to the GPU can overlap
+    )
+    for batch in loader:
+        e, i = positions.popleft()
+        yield e, i, batch
 
 
 # ---- signals ------------------------------------------------------------------------------------
