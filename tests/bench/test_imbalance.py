@@ -88,3 +88,37 @@ def test_resume_keeps_only_runs_the_study_saw_finish(tmp_path):
     assert not imbalance._done(run)  # evaluated, but no seconds.json: stopped part-way, or by an older study
     (run / "seconds.json").write_text("12.5")
     assert imbalance._done(run)
+
+
+def _figs(rows: dict[str, tuple[float, float, float, float]]) -> dict[str, dict[str, imbalance.Spread]]:
+    """Hand-made study figures: strategy -> (scratch AP50, dent AP50, crack AP50, crack R@P0.9)."""
+    out = {}
+    for name, (scratch, dent, crack, recall) in rows.items():
+        row = {f"{f}/{c}": imbalance.Spread(0.0, 0.0, 0.0) for f in imbalance.FIGURES
+               for c in imbalance.CLASS_NAMES}
+        for key, value in (("AP50/scratch", scratch), ("AP50/dent", dent), ("AP50/crack", crack),
+                           ("R@P0.9/crack", recall)):
+            row[key] = imbalance.Spread(value, value, value)
+        row["mAP"] = row["mAP50"] = imbalance.Spread(0.0, 0.0, 0.0)
+        out[name] = row
+    return out
+
+
+def test_best_strategy_prefers_the_widest_common_margin_among_those_meeting_the_goal():
+    figs = _figs({
+        "baseline": (70.0, 30.0, 10.0, 0.0),
+        # meets the goal (+55 / +44), scratch -1.8: at the tolerance's edge
+        "edge": (68.2, 43.6, 65.0, 44.0),
+        # meets the goal (+40 / +25), every common class up: the widest margin (+1.0)
+        "safe": (71.0, 40.0, 50.0, 25.0),
+        # the largest rare gain of all, but scratch -10: outside the tolerance
+        "costly": (60.0, 30.0, 80.0, 60.0),
+    })
+    assert imbalance.best_strategy(figs) == ("safe", True)
+    # With none meeting the goal (recall +15 at most), the best rare class within the tolerance wins.
+    short = _figs({"baseline": (70.0, 30.0, 10.0, 0.0), "a": (69.0, 31.0, 30.0, 15.0),
+                   "b": (70.5, 30.5, 25.0, 10.0), "costly": (60.0, 30.0, 80.0, 60.0)})
+    assert imbalance.best_strategy(short) == ("a", False)
+    # With nothing helping within the tolerance, the baseline.
+    assert imbalance.best_strategy(_figs({"baseline": (70.0, 30.0, 10.0, 0.0),
+                                          "costly": (60.0, 30.0, 80.0, 60.0)})) == ("baseline", False)
