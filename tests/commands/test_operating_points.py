@@ -115,7 +115,9 @@ def test_written_config_passes_config_check(run, capsys):
     assert "calibration: class_id_function_approximations for class ids" in out
 
 
-def _predict(tmp: Path, data: Path, name: str, *args: str) -> list[dict]:
+def predict_files(tmp: Path, data: Path, name: str, *args: str) -> list[dict]:
+    """`raredet predict` of the model in data/run on data's val images, into tmp/name; the detections
+    with their image's file name."""
     images = sorted(str(p) for p in (data / "images").glob("val_*.jpg"))
     out = tmp / name
     argv = ["predict", "--model_dir", str(data / "run"), "--images", *images, "--out", str(out), *args]
@@ -124,14 +126,15 @@ def _predict(tmp: Path, data: Path, name: str, *args: str) -> list[dict]:
     return [{**d, "file": files[d["image_id"]]} for d in json.loads((out / "detections.json").read_text())]
 
 
-def _key(d: dict) -> tuple:
+def detection_key(d: dict) -> tuple:
     return d["file"], d["category_id"], tuple(d["bbox"])
+
 
 
 @pytest.fixture(scope="module")
 def raw(run, tmp_path_factory):
     """Every detection of the plain config (min_score 0) on the val images."""
-    return _predict(tmp_path_factory.mktemp("raw"), run[0], "raw", "--min_score", "0")
+    return predict_files(tmp_path_factory.mktemp("raw"), run[0], "raw", "--min_score", "0")
 
 
 def test_predict_keeps_exactly_the_detections_above_each_class_threshold(run, raw, tmp_path):
@@ -140,14 +143,14 @@ def test_predict_keeps_exactly_the_detections_above_each_class_threshold(run, ra
     thresholds = {c["class_id"]: c["threshold"] for c in content["classes"]}
     # Classes without a threshold keep the common one (0.5), as the identity map leaves them.
     limit = {k: 0.5 if v is None else v for k, v in thresholds.items()}
-    want = {_key(d) for d in raw if d["score"] > limit[d["category_id"]]}
-    dropped = {_key(d) for d in raw} - want
+    want = {detection_key(d) for d in raw if d["score"] > limit[d["category_id"]]}
+    dropped = {detection_key(d) for d in raw} - want
     assert want and dropped  # the check has something on both sides
-    with_config = _predict(tmp_path, data, "config", "--pipeline_config_path",
+    with_config = predict_files(tmp_path, data, "config", "--pipeline_config_path",
                            str(out / "pipeline.operating_points.config"), "--min_score", "0")
-    assert {_key(d) for d in with_config} == want
-    with_json = _predict(tmp_path, data, "json", "--operating_points", str(out / ops.JSON_NAME))
-    assert {_key(d) for d in with_json} == want
+    assert {detection_key(d) for d in with_config} == want
+    with_json = predict_files(tmp_path, data, "json", "--operating_points", str(out / ops.JSON_NAME))
+    assert {detection_key(d) for d in with_json} == want
     assert all("review" not in d for d in with_json)  # no review band in this file
 
 
@@ -161,14 +164,14 @@ def test_predict_marks_the_review_band(run, raw, tmp_path):
     banded = ops.operating_points_json(points, min_score_threshold=0.5, chosen_on=content["chosen_on"])
     path = tmp_path / "banded.json"
     path.write_text(json.dumps(banded))
-    got = _predict(tmp_path, data, "banded", "--operating_points", str(path))
+    got = predict_files(tmp_path, data, "banded", "--operating_points", str(path))
     limits = {p.class_id: (p.threshold if p.threshold is not None else 0.5) for p in points}
-    review = {_key(d) for d in raw if d["category_id"] == point.class_id
+    review = {detection_key(d) for d in raw if d["category_id"] == point.class_id
               and point.review_threshold < d["score"] <= point.threshold}
-    accept = {_key(d) for d in raw if d["score"] > limits[d["category_id"]]}
+    accept = {detection_key(d) for d in raw if d["score"] > limits[d["category_id"]]}
     assert review  # the band holds detections
-    assert {_key(d) for d in got if d["review"]} == review
-    assert {_key(d) for d in got if not d["review"]} == accept
+    assert {detection_key(d) for d in got if d["review"]} == review
+    assert {detection_key(d) for d in got if not d["review"]} == accept
 
 
 def test_onnx_export_with_operating_points_matches_pytorch(run, tmp_path):

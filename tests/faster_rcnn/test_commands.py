@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.engine.tiny_pipeline import make_data
+from tests.faster_rcnn.test_zoo_configs import small_copy
 
 from raredet import builders, config
 from raredet.commands.evaluate import eval_from_config
@@ -15,33 +17,35 @@ from raredet.commands.export import export_model
 from raredet.commands.predict import predict
 from raredet.engine.checkpoint import load_checkpoint, save_checkpoint
 from raredet.engine.train import train
-from tests.engine.tiny_pipeline import make_data
-from tests.faster_rcnn.test_zoo_configs import small_copy
 
 ZOO_NAME = "faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config"
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> tuple[Path, Path]:
-    """A checkpoint of the untrained small zoo model whose class and box layers are scaled by 0.01, so
-    scores spread around 1/4 (an untrained ResNet's pooled features are large) and boxes stay near
-    their anchors: distinct detections to compare."""
+def scaled_checkpoint(data: Path, images: int) -> tuple[Path, Path]:
+    """(checkpoint folder data/run, config): synthetic data in `data` and a checkpoint of the untrained
+    small zoo model whose class and box layers are scaled by 0.01, so scores spread around 1/4 (an
+    untrained ResNet's pooled features are large) and boxes stay near their anchors / proposals:
+    distinct detections to compare, no degenerate ties."""
     torch.set_num_threads(1)
-    data = tmp_path_factory.mktemp("frcnn_cmd")
-    make_data(data, images=6)
+    make_data(data, images=images)
     path = small_copy(ZOO_NAME, data)
     loaded = config.load(path)
     torch.manual_seed(0)
     model, _ = builders.build_model(builders.model_message(loaded.config))
     state = model.state_dict()
     for key in ("box_head.cls.weight", "box_head.box.weight", "rpn.box.0.weight"):
-        state[key] = state[key] * 0.01  # boxes near their anchors / proposals: no degenerate ties
+        state[key] = state[key] * 0.01
     run = data / "run"
     save_checkpoint(run, 1, {"model": state, "config_text": config.effective_config_text(loaded.config),
                              "label_map_text": loaded.label_map.to_pbtxt()})
     return run, path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> tuple[Path, Path]:
+    return scaled_checkpoint(tmp_path_factory.mktemp("frcnn_cmd"), images=6)
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])

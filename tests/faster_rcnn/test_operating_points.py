@@ -12,52 +12,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.engine.tiny_pipeline import make_data
-from tests.faster_rcnn.test_zoo_configs import small_copy
+from tests.commands.test_operating_points import detection_key, predict_files
+from tests.faster_rcnn.test_commands import scaled_checkpoint
 
-from raredet import builders, config
+from raredet import config
 from raredet.cli import main
 from raredet.commands.trained import apply_operating_points, load_trained_model
-from raredet.engine.checkpoint import save_checkpoint
 from raredet.evaluation import operating_points as ops
 
-ZOO_NAME = "faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config"
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path]:
-    """(data folder, config) with a checkpoint in data/run: the untrained small zoo model with its
-    class and box layers scaled by 0.01 (scores spread around 1/4, boxes near their proposals), as
-    tests/faster_rcnn/test_commands.py."""
-    torch.set_num_threads(1)
+    """(data folder, config) with a checkpoint in data/run (tests/faster_rcnn/test_commands.py's)."""
     data = tmp_path_factory.mktemp("frcnn_op")
-    make_data(data, images=8)
-    path = small_copy(ZOO_NAME, data)
-    loaded = config.load(path)
-    torch.manual_seed(0)
-    model, _ = builders.build_model(builders.model_message(loaded.config))
-    state = model.state_dict()
-    for key in ("box_head.cls.weight", "box_head.box.weight", "rpn.box.0.weight"):
-        state[key] = state[key] * 0.01
-    text = config.effective_config_text(loaded.config)
-    save_checkpoint(data / "run", 1, {"model": state, "config_text": text,
-                                      "label_map_text": loaded.label_map.to_pbtxt()})
-    return data, path
+    return data, scaled_checkpoint(data, images=8)[1]
 
-
-def _predict(tmp: Path, data: Path, name: str, *args: str) -> list[dict]:
-    images = sorted(str(p) for p in (data / "images").glob("val_*.jpg"))
-    out = tmp / name
-    argv = ["predict", "--model_dir", str(data / "run"), "--images", *images, "--out", str(out), *args]
-    assert main(argv) == 0
-    files = {e["id"]: e["file_name"] for e in json.loads((out / "images.json").read_text())}
-    return [{**d, "file": files[d["image_id"]]} for d in json.loads((out / "detections.json").read_text())]
-
-
-def _key(d: dict) -> tuple:
-    return d["file"], d["category_id"], tuple(d["bbox"])
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +39,7 @@ def chosen(run, tmp_path_factory):
     raw scores near the median (an untrained model has no true positives to choose from)."""
     data, path = run
     tmp = tmp_path_factory.mktemp("frcnn_op_eval")
-    raw = _predict(tmp, data, "raw", "--min_score", "0")
+    raw = predict_files(tmp, data, "raw", "--min_score", "0")
     assert main(["eval", "--pipeline_config_path", str(path), "--checkpoint_dir", str(data / "run"),
                  "--out", str(tmp / "first")]) == 0
     content = json.loads((tmp / "first" / ops.JSON_NAME).read_text())
@@ -106,13 +78,13 @@ def test_predict_with_the_written_config_keeps_exactly_the_detections_above_each
     raw, eval_dir = chosen
     content = json.loads((eval_dir / ops.JSON_NAME).read_text())
     thresholds = {c["class_id"]: c["threshold"] for c in content["classes"]}
-    want = {_key(d) for d in raw if d["score"] > thresholds[d["category_id"]]}
+    want = {detection_key(d) for d in raw if d["score"] > thresholds[d["category_id"]]}
     assert want and len(want) < len(raw)  # something on both sides
-    got = _predict(tmp_path, data, "config", "--pipeline_config_path",
+    got = predict_files(tmp_path, data, "config", "--pipeline_config_path",
                    str(eval_dir / "pipeline.operating_points.config"), "--min_score", "0")
-    assert {_key(d) for d in got} == want
-    with_json = _predict(tmp_path, data, "json", "--operating_points", str(eval_dir / ops.JSON_NAME))
-    assert {_key(d) for d in with_json} == want
+    assert {detection_key(d) for d in got} == want
+    with_json = predict_files(tmp_path, data, "json", "--operating_points", str(eval_dir / ops.JSON_NAME))
+    assert {detection_key(d) for d in with_json} == want
 
 
 @pytest.mark.parametrize("source", ["config", "json"])

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.engine.tiny_pipeline import make_data
 
 from raredet.commands import config as config_cmd
 from raredet.commands.train import train_from_config
 from raredet.errors import ConfigError
-from tests.engine.tiny_pipeline import make_data
 
 # The zoo configs, verbatim (with the EfficientDet ones, tests/test_efficientdet_zoo.py).
 ZOO = Path(__file__).resolve().parents[1] / "fixtures" / "configs" / "tf2_zoo"

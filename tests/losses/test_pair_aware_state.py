@@ -1,6 +1,7 @@
 """The pair-aware losses inside DetectionLoss: statistics updated on training calls only, taken from
 the real gradient, logged, saved and restored, and equal across DDP ranks to one process."""
 
+import gc
 import os
 
 import pytest
@@ -183,20 +184,28 @@ def test_load_state_dict_refuses_another_loss():
         seesaw.load_state_dict({})
 
 
+def _ddp_results(rank):
+    """Each loss trained under DDP on this rank's half of the batch. The DDP wrappers die when this
+    returns, while the process group is alive: a gloo group destroyed first makes a wrapper's
+    destructor wait for the group's threads for ever."""
+    results = {}
+    for name in sorted(LOSSES):
+        model = nn.parallel.DistributedDataParallel(Head())
+        _, loss, outs = _train(name, slice(2 * rank, 2 * rank + 2), 4, model=model)
+        results[name] = {
+            "params": {k: v.detach().clone() for k, v in model.module.state_dict().items()},
+            "stats": loss.state_dict()["classification_statistics"],
+            "logged": {k: v for k, v in outs[-1].items() if k.startswith("class_balance/")},
+        }
+    return results
+
+
 def _ddp_worker(rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        results = {}
-        for name in sorted(LOSSES):
-            model = nn.parallel.DistributedDataParallel(Head())
-            _, loss, outs = _train(name, slice(2 * rank, 2 * rank + 2), 4, model=model)
-            results[name] = {
-                "params": {k: v.detach().clone() for k, v in model.module.state_dict().items()},
-                "stats": loss.state_dict()["classification_statistics"],
-                "logged": {k: v for k, v in outs[-1].items() if k.startswith("class_balance/")},
-            }
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(_ddp_results(rank), os.path.join(out_dir, f"rank{rank}.pt"))
+        gc.collect()  # any wrapper kept alive by a reference cycle goes before the group, too
     finally:
         dist.destroy_process_group()
 
