@@ -126,6 +126,20 @@ def predict_files(tmp: Path, data: Path, name: str, *args: str) -> list[dict]:
     return [{**d, "file": files[d["image_id"]]} for d in json.loads((out / "detections.json").read_text())]
 
 
+def assert_exported_equal_pytorch(exported, det, ids) -> None:
+    """The exported model's (boxes, scores, classes as label-map ids, num_detections) equal PyTorch's
+    post-processed `det`, and every kept detection is above the common threshold 0.5 (where the
+    per-class maps put each class's own threshold)."""
+    boxes, scores, classes, num = exported
+    assert num.tolist() == det["num_detections"].tolist() and num.sum() > 0
+    ids = np.asarray(ids)
+    for b, n in enumerate(num):
+        np.testing.assert_array_equal(classes[b, :n], ids[det["detection_classes"][b, :n].numpy()])
+        np.testing.assert_allclose(scores[b, :n], det["detection_scores"][b, :n].numpy(), atol=1e-5)
+        np.testing.assert_allclose(boxes[b, :n], det["detection_boxes"][b, :n].numpy(), atol=1e-3)
+        assert (scores[b, :n] > 0.5).all()
+
+
 def detection_key(d: dict) -> tuple:
     return d["file"], d["category_id"], tuple(d["bbox"])
 
@@ -191,10 +205,4 @@ def test_onnx_export_with_operating_points_matches_pytorch(run, tmp_path):
         det = trained.model.postprocess(trained.model(images), torch.tensor([[64, 64]] * len(files)))
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     boxes, scores, classes, num = session.run(None, {"images": images.numpy()})
-    assert num.tolist() == det["num_detections"].tolist() and num.sum() > 0
-    ids = np.asarray(trained.label_map.ids)
-    for b, n in enumerate(num):
-        np.testing.assert_array_equal(classes[b, :n], ids[det["detection_classes"][b, :n].numpy()])
-        np.testing.assert_allclose(scores[b, :n], det["detection_scores"][b, :n].numpy(), atol=1e-5)
-        np.testing.assert_allclose(boxes[b, :n], det["detection_boxes"][b, :n].numpy(), atol=1e-3)
-        assert (scores[b, :n] > 0.5).all()  # above the common threshold, every class
+    assert_exported_equal_pytorch((boxes, scores, classes, num), det, trained.label_map.ids)

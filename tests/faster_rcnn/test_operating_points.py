@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.commands.test_operating_points import detection_key, predict_files
+from tests.commands.test_operating_points import assert_exported_equal_pytorch, detection_key, predict_files
 from tests.faster_rcnn.test_commands import scaled_checkpoint
 
 from raredet import config
@@ -120,10 +120,4 @@ def test_export_with_the_thresholds_matches_pytorch(run, chosen, tmp_path, fmt, 
     else:
         with torch.no_grad():
             boxes, scores, classes, num = (t.numpy() for t in torch.jit.load(str(out))(images))
-    assert num.tolist() == det["num_detections"].tolist() and num.sum() > 0
-    ids = np.asarray(trained.label_map.ids)
-    for b, n in enumerate(num):
-        np.testing.assert_array_equal(classes[b, :n], ids[det["detection_classes"][b, :n].numpy()])
-        np.testing.assert_allclose(scores[b, :n], det["detection_scores"][b, :n].numpy(), atol=1e-5)
-        np.testing.assert_allclose(boxes[b, :n], det["detection_boxes"][b, :n].numpy(), atol=1e-3)
-        assert (scores[b, :n] > 0.5).all()  # every kept detection is above its class's threshold
+    assert_exported_equal_pytorch((boxes, scores, classes, num), det, trained.label_map.ids)
