@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -32,43 +33,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from google.protobuf import text_format
 
-from bench.common import RESULTS_DIR, machine, save_result
+from bench.common import RESULTS_DIR, machine, save_result, zoo_user_copy
 from raredet import builders, config
 from raredet.data.synth import make_synthetic_dataset
 from raredet.engine.optim import set_learning_rate
 from raredet.engine.train import forward_backward, to_device
 from raredet.fileio import atomic_write_json
-from raredet.protos import pipeline_pb2
 
-REPO = Path(__file__).resolve().parent.parent
-ZOO = REPO / "tests" / "fixtures" / "configs" / "tf2_zoo"
 CASES = (("ssd_resnet50_v1_fpn_640x640_coco17_tpu-8.config", 640, 16),
          ("ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config", 320, 128))
 QUICK_CASES = (("ssd_resnet50_v1_fpn_640x640_coco17_tpu-8.config", 128, 2),
                ("ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config", 128, 2))
 VARIANTS = (("fp32", False), ("bf16", False), ("fp32", True), ("bf16", True))  # (precision, channels_last)
-
-
-def user_copy(name: str, data_dir: Path, size: int, batch: int) -> Path:
-    """The zoo config as a user edits it: 3 classes, the data paths, the batch (and the size for
-    --quick); no fine_tune_checkpoint (none can be downloaded)."""
-    msg = config.parse_text((ZOO / name).read_text(encoding="utf-8"),
-                            pipeline_pb2.TrainEvalPipelineConfig(), ZOO / name)
-    msg.model.ssd.num_classes = 3
-    msg.model.ssd.image_resizer.fixed_shape_resizer.height = size
-    msg.model.ssd.image_resizer.fixed_shape_resizer.width = size
-    msg.train_config.batch_size = batch
-    msg.train_config.ClearField("fine_tune_checkpoint")
-    msg.train_config.ClearField("fine_tune_checkpoint_type")
-    for reader, pattern in ((msg.train_input_reader, "train-*"), (msg.eval_input_reader[0], "val-*")):
-        reader.label_map_path = str(data_dir / "label_map.pbtxt")
-        reader.tf_record_input_reader.ClearField("input_path")
-        reader.tf_record_input_reader.input_path.append(str(data_dir / pattern))
-    path = data_dir / f"{name.split('_coco17')[0]}_b{batch}.config"
-    path.write_text(text_format.MessageToString(msg), encoding="utf-8")
-    return path
 
 
 def _sync(device: torch.device) -> None:
@@ -154,10 +131,9 @@ def cli(cfg_path: Path, batch: int, device: str, precision: str, channels_last: 
     model_dir = work / f"{cfg_path.stem}_{precision}{'_cl' if channels_last else ''}"
     cmd = [sys.executable, "-m", "raredet", "train", "--pipeline_config_path", str(cfg_path),
            "--model_dir", str(model_dir), "--num_train_steps", str(steps), "--device", device,
-           "--precision", precision] + (["--channels_last"] if channels_last else [])
+           "--precision", precision, "--channels_last" if channels_last else "--no-channels_last"]
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ,
-                                                                   "TQDM_DISABLE": "1"})
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     lines = [json.loads(x) for x in (model_dir / "train" / "log.jsonl").read_text().splitlines()]
@@ -177,7 +153,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
         if not (data / "label_map.pbtxt").exists():
             make_synthetic_dataset(data, images=(3 * batch if quick else max(256, 4 * batch)),
                                    image_size=size, num_shards=4, min_val_boxes=1)
-        cfg_path = user_copy(name, data, size, batch)
+        cfg_path = zoo_user_copy(name, data, batch=batch, size=size, absolute_paths=True)
         base = {"config": name, "size": size, "batch": batch}
         for precision, channels_last in VARIANTS:
             rows.append(base | model_only(cfg_path, batch, device, precision, channels_last, steps, repeats,

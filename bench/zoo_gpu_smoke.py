@@ -31,8 +31,6 @@ import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-ZOO = ROOT / "tests" / "fixtures" / "configs" / "tf2_zoo"
 CONFIGS = {
     "d5": "ssd_efficientdet_d5_1280x1280_coco17_tpu-32.config",
     "d6": "ssd_efficientdet_d6_1408x1408_coco17_tpu-32.config",
@@ -41,36 +39,10 @@ CONFIGS = {
 
 
 def small_copy(name: str, data_dir: Path, batch: int, size: int | None) -> Path:
-    """The zoo config `name` with 3 classes, the data in `data_dir`, `batch` and no fine_tune_checkpoint;
-    `size` (if given) replaces the native image size in the resizer and the square crop."""
-    from google.protobuf import text_format
+    """The zoo config `name` as a user edits it (`bench.common.zoo_user_copy`), absolute data paths."""
+    from bench.common import zoo_user_copy
 
-    from raredet import config as cfg
-    from raredet.protos import pipeline_pb2
-
-    text = (ZOO / name).read_text(encoding="utf-8")
-    msg = cfg.parse_text(text, pipeline_pb2.TrainEvalPipelineConfig(), ZOO / name)
-    ssd = msg.model.ssd
-    ssd.num_classes = 3
-    if size is not None:
-        ssd.image_resizer.keep_aspect_ratio_resizer.min_dimension = size
-        ssd.image_resizer.keep_aspect_ratio_resizer.max_dimension = size
-        for step in msg.train_config.data_augmentation_options:
-            if step.HasField("random_scale_crop_and_pad_to_square"):
-                step.random_scale_crop_and_pad_to_square.output_size = size
-    msg.train_config.batch_size = batch
-    for field in ("fine_tune_checkpoint", "fine_tune_checkpoint_type", "fine_tune_checkpoint_version"):
-        msg.train_config.ClearField(field)
-    for reader, pattern in (
-        (msg.train_input_reader, "train-*.tfrecord"),
-        (msg.eval_input_reader[0], "val-*.tfrecord"),
-    ):
-        reader.label_map_path = str(data_dir / "label_map.pbtxt")
-        reader.tf_record_input_reader.ClearField("input_path")
-        reader.tf_record_input_reader.input_path.append(str(data_dir / pattern))
-    path = data_dir / name
-    path.write_text(text_format.MessageToString(msg), encoding="utf-8")
-    return path
+    return zoo_user_copy(name, data_dir, batch=batch, size=size, absolute_paths=True)
 
 
 def native_size(name: str) -> int:

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from google.protobuf import text_format
+from bench.common import zoo_user_copy
 
 from raredet import builders, cli
 from raredet import config as cfg
 from raredet.commands.config import check as config_check
 from raredet.engine import optim
 from raredet.errors import ConfigError
-from raredet.protos import pipeline_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = Path(__file__).resolve().parent / "fixtures" / "configs" / "tf2_zoo"
@@ -313,35 +312,8 @@ def data_dir(tmp_path_factory):
 
 
 def small_copy(name: str, data_dir: Path, size: int = 128) -> Path:
-    """The zoo config with only what a user changes: classes, data paths, a small batch and image size,
-    and no fine_tune_checkpoint (there is no TF checkpoint to load)."""
-    msg = cfg.parse_text(
-        (ZOO / name).read_text(encoding="utf-8"), pipeline_pb2.TrainEvalPipelineConfig(), ZOO / name
-    )
-    model = getattr(msg.model, msg.model.WhichOneof("model"))  # ssd or faster_rcnn
-    model.num_classes = 3
-    if model.image_resizer.HasField("keep_aspect_ratio_resizer"):  # the Faster R-CNN 640 / 800x1333 ones
-        model.image_resizer.keep_aspect_ratio_resizer.min_dimension = size
-        model.image_resizer.keep_aspect_ratio_resizer.max_dimension = size
-    else:
-        model.image_resizer.fixed_shape_resizer.height = size
-        model.image_resizer.fixed_shape_resizer.width = size
-    for step in msg.train_config.data_augmentation_options:  # EfficientDet's crop, to the same size
-        if step.HasField("random_scale_crop_and_pad_to_square"):
-            step.random_scale_crop_and_pad_to_square.output_size = size
-    msg.train_config.batch_size = 2
-    msg.train_config.ClearField("fine_tune_checkpoint")
-    msg.train_config.ClearField("fine_tune_checkpoint_type")
-    for reader, pattern in (
-        (msg.train_input_reader, "train-*.tfrecord"),
-        (msg.eval_input_reader[0], "val-*.tfrecord"),
-    ):
-        reader.label_map_path = "label_map.pbtxt"
-        reader.tf_record_input_reader.ClearField("input_path")
-        reader.tf_record_input_reader.input_path.append(pattern)
-    path = data_dir / name
-    path.write_text(text_format.MessageToString(msg), encoding="utf-8")
-    return path
+    """The zoo config as a user edits it (bench.common.zoo_user_copy), batch 2 at `size`."""
+    return zoo_user_copy(name, data_dir, batch=2, size=size)
 
 
 def _trains_in_the_table() -> list[str]:
