@@ -40,6 +40,18 @@ from raredet.engine.train import autocast_for, default_num_workers, model_inputs
 MODELS = ("ssd_resnet18_v1_fpn", "ssd_mobilenet_v2_fpn", "faster_rcnn_resnet50")
 PHASES = ("data_wait", "forward", "loss", "backward", "optimizer")
 
+# Both models train the same way: the zoo's momentum optimizer at a constant rate, flips only.
+TRAIN_TAIL = """
+train_config {{
+  batch_size: {batch}
+  num_steps: 100
+  data_augmentation_options {{ random_horizontal_flip {{ }} }}
+  optimizer {{ momentum_optimizer {{ learning_rate {{ constant_learning_rate {{ learning_rate: 0.01 }} }} }}
+               use_moving_average: false }}
+}}
+train_input_reader {{ label_map_path: "label_map.pbtxt" tf_record_input_reader {{ input_path: "train-*" }} }}
+"""
+
 CONFIG = """
 model {{ ssd {{
   num_classes: 3
@@ -58,14 +70,6 @@ model {{ ssd {{
   loss {{ classification_loss {{ weighted_sigmoid_focal {{ alpha: 0.25 gamma: 2.0 }} }}
           localization_loss {{ weighted_smooth_l1 {{ }} }} }}
 }} }}
-train_config {{
-  batch_size: {batch}
-  num_steps: 100
-  data_augmentation_options {{ random_horizontal_flip {{ }} }}
-  optimizer {{ momentum_optimizer {{ learning_rate {{ constant_learning_rate {{ learning_rate: 0.01 }} }} }}
-               use_moving_average: false }}
-}}
-train_input_reader {{ label_map_path: "label_map.pbtxt" tf_record_input_reader {{ input_path: "train-*" }} }}
 """
 
 # The Faster R-CNN row: the zoo's faster_rcnn_resnet50_v1 settings (grid anchors, 300 proposals, 14x14
@@ -90,14 +94,6 @@ model {{ faster_rcnn {{
   second_stage_localization_loss_weight: 2.0
   clip_anchors_to_image: true
 }} }}
-train_config {{
-  batch_size: {batch}
-  num_steps: 100
-  data_augmentation_options {{ random_horizontal_flip {{ }} }}
-  optimizer {{ momentum_optimizer {{ learning_rate {{ constant_learning_rate {{ learning_rate: 0.01 }} }} }}
-               use_moving_average: false }}
-}}
-train_input_reader {{ label_map_path: "label_map.pbtxt" tf_record_input_reader {{ input_path: "train-*" }} }}
 """
 
 
@@ -140,7 +136,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 def bench_model(data_dir: Path, model: str, size: int, batch: int, steps: int,
                 device: torch.device, precision: str = "auto") -> dict[str, Any]:
     cfg_path = data_dir / f"{model}.config"
-    template = FASTER_RCNN_CONFIG if model.startswith("faster_rcnn") else CONFIG
+    template = (FASTER_RCNN_CONFIG if model.startswith("faster_rcnn") else CONFIG) + TRAIN_TAIL
     cfg_path.write_text(template.format(model=model, size=size, batch=batch))
     workers = default_num_workers(device)
     comps = builders.build_training(config.load(cfg_path), seed=0, num_workers=workers)
