@@ -70,7 +70,8 @@ def unsupported_model_message(name: str) -> str:
     return (
         f"{what} raredet does not build. raredet trains the SSD family: model {{ ssd {{ ... }} }} "
         "(RetinaNet is an ssd with an FPN and the weight-shared predictor), with feature_extractor.type "
-        f"one of {', '.join(sorted(FEATURE_EXTRACTORS))}, and Faster R-CNN: model {{ faster_rcnn {{ ... }} }} "
+        f"one of {', '.join(sorted(FEATURE_EXTRACTORS))}, and Faster R-CNN: "
+        "model { faster_rcnn { ... } } "
         f"with one of {', '.join(sorted(FASTER_RCNN_EXTRACTORS))} (a _keras suffix is accepted); "
         "docs/migrating.md lists which TF2 model-zoo configs train"
     )

@@ -18,7 +18,14 @@ from google.protobuf.message import Message
 from raredet.config.label_map import LabelMap
 from raredet.config.text import _did_you_mean
 from raredet.errors import ConfigError
-from raredet.protos import calibration_pb2, faster_rcnn_pb2, image_resizer_pb2, losses_pb2, pipeline_pb2, ssd_pb2
+from raredet.protos import (
+    calibration_pb2,
+    faster_rcnn_pb2,
+    image_resizer_pb2,
+    losses_pb2,
+    pipeline_pb2,
+    ssd_pb2,
+)
 from raredet.protos.input_reader_pb2 import InputReader
 
 # Fields raredet parses (so TF OD API configs load unchanged) but does not act on. Setting one gives a
@@ -61,7 +68,8 @@ NOT_ACTED_ON: frozenset[str] = frozenset(
         "FasterRcnn.resize_masks",
         "FasterRcnn.second_stage_mask_prediction_loss_weight",
         "FasterRcnnFeatureExtractor.pad_to_multiple",
-        "FasterRcnnFeatureExtractor.override_base_feature_extractor_hyperparams",  # backbones keep torchvision BN
+        # backbones keep torchvision BN
+        "FasterRcnnFeatureExtractor.override_base_feature_extractor_hyperparams",
         "MaskRCNNBoxPredictor.conv_hyperparams",
         "MaskRCNNBoxPredictor.mask_prediction_conv_depth",
         "MaskRCNNBoxPredictor.mask_height",
@@ -328,7 +336,9 @@ def _validate_faster_rcnn(frcnn: faster_rcnn_pb2.FasterRcnn, check: _Checker) ->
         check.fail(f"{where}.hard_example_miner", "is not supported for Faster R-CNN; remove it (the "
                    "second stage samples second_stage_batch_size proposals instead)")
     if frcnn.HasField("second_stage_class_weights"):
-        _validate_class_weights(frcnn.second_stage_class_weights, f"{where}.second_stage_class_weights", check)
+        _validate_class_weights(
+            frcnn.second_stage_class_weights, f"{where}.second_stage_class_weights", check
+        )
 
 
 def _validate_matcher(ssd: ssd_pb2.Ssd, check: _Checker) -> None:
@@ -572,4 +582,5 @@ def _unchecked_classes_warnings(config: pipeline_pb2.TrainEvalPipelineConfig, la
     if label_map is not None or refs == 0:
         return []
     return [f"{path}: no label map was loaded (label_map_path unset or not found), so the classes named in "
-            "model.ssd.loss (class_weights, class_alpha) or model.faster_rcnn.second_stage_class_weights cannot be checked until the label map is there"]
+            "model.ssd.loss (class_weights, class_alpha) or model.faster_rcnn.second_stage_class_weights "
+            "cannot be checked until the label map is there"]
