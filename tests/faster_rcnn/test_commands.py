@@ -77,11 +77,13 @@ def test_resume_is_bit_exact_with_seesaw_and_class_weights(tmp_path):
     data = tmp_path / "data"
     make_data(data, images=6)
     path = small_copy(ZOO_NAME, data)
-    text = path.read_text().replace("    use_static_shapes: true", SEESAW_AND_WEIGHTS + "    use_static_shapes: true")
+    text = path.read_text().replace("    use_static_shapes: true",
+                                    SEESAW_AND_WEIGHTS + "    use_static_shapes: true")
     # The synthetic boxes are 3-13 pixels in 64-pixel images: upscale to 256, anchors of 16 and 32
     # pixels, RPN codes near 0 at the start (proposals near anchors) and 64 proposals, so that the
     # second stage samples positives (and the Seesaw counts move) within 4 steps.
-    text = text.replace("min_dimension: 64", "min_dimension: 256").replace("max_dimension: 64", "max_dimension: 256")
+    text = text.replace("min_dimension: 64", "min_dimension: 256")
+    text = text.replace("max_dimension: 64", "max_dimension: 256")
     text = text.replace("stddev: 0.01", "stddev: 0.0001")
     text = text.replace("scales: [0.25, 0.5, 1.0, 2.0]", "scales: [0.0625, 0.125]")
     text = text.replace("first_stage_max_proposals: 16", "first_stage_max_proposals: 64")

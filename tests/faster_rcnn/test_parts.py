@@ -113,7 +113,8 @@ def test_second_stage_loss_normalisation_and_class_weight():
     tw = 5 * math.log(1.2)
     assert loc.item() == pytest.approx(3 * (0.5 + 0.5 * tw**2) / 4, rel=1e-5)
     # apply_to_localization false: the box loss carries no class weight
-    _, loc_plain = _loss(class_weights=torch.tensor([1.0, 3.0]), apply_to_localization=False).second_stage(out, GT)
+    plain = _loss(class_weights=torch.tensor([1.0, 3.0]), apply_to_localization=False)
+    _, loc_plain = plain.second_stage(out, GT)
     assert loc_plain.item() == pytest.approx((0.5 + 0.5 * tw**2) / 4, rel=1e-5)
 
 
@@ -188,7 +189,8 @@ def test_second_stage_minibatch_is_sampled_before_the_crops():
     cls, _ = _loss(second_stage_batch_size=16, second_stage_balance_fraction=0.25).second_stage(out, GT)
     assert cls.item() == pytest.approx(math.log(3), rel=1e-6)
     # fewer proposals than the batch size: all of them, padding marked invalid
-    few, few_valid = sample_proposals(proposals[:, 58:], valid[:, 58:], GT, batch_size=16, positive_fraction=0.25)
+    few, few_valid = sample_proposals(proposals[:, 58:], valid[:, 58:], GT, batch_size=16,
+                                      positive_fraction=0.25)
     assert few.shape == (1, 5, 4) and few_valid.tolist() == [[True, True, False, False, False]]
 
 

@@ -17,7 +17,8 @@ from raredet.errors import ConfigError
 # The zoo configs, verbatim (with the EfficientDet ones, tests/test_efficientdet_zoo.py).
 ZOO = Path(__file__).resolve().parents[1] / "fixtures" / "configs" / "tf2_zoo"
 BUILT = sorted(p.name for p in ZOO.glob("faster_rcnn_*.config"))
-FAST = ["faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config", "faster_rcnn_resnet50_v1_fpn_640x640_coco17_tpu-8.config"]
+FAST = ["faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config",
+        "faster_rcnn_resnet50_v1_fpn_640x640_coco17_tpu-8.config"]
 
 
 def small_copy(name: str, data_dir: Path) -> Path:
@@ -53,7 +54,8 @@ def test_zoo_config_checks(name):
 def test_mask_rcnn_and_centernet_are_refused_by_name():
     with pytest.raises(ConfigError, match="Mask R-CNN is not supported"):
         config_cmd.check(ZOO / "mask_rcnn_inception_resnet_v2_1024x1024_coco17_gpu-8.config")
-    with pytest.raises(ConfigError, match="CenterNet meta-architecture, which raredet does not build.*faster_rcnn"):
+    with pytest.raises(ConfigError,
+                       match="CenterNet meta-architecture, which raredet does not build.*faster_rcnn"):
         config_cmd.check(ZOO / "centernet_hourglass104_512x512_coco17_tpu-8.config")
 
 

@@ -85,7 +85,9 @@ PROPOSAL_MATCHER = ArgMaxMatcher(0.5, 0.5)
 GroundTruth = tuple[Tensor, Tensor, Tensor]  # boxes [B, N, 4], labels [B, N] (-1 padding), weights [B, N]
 
 
-def assign_proposals(proposals: Tensor, proposal_valid: Tensor, gt: GroundTruth) -> tuple[Tensor, Tensor, Tensor]:
+def assign_proposals(
+    proposals: Tensor, proposal_valid: Tensor, gt: GroundTruth
+) -> tuple[Tensor, Tensor, Tensor]:
     """Second-stage targets: ``proposals [B, P, 4]`` -> class target ``[B, P]`` in ``0..K`` (0 =
     background, ``-1`` = invalid proposal), matched box ``[B, P, 4]``, data weight ``[B, P]`` (1 for
     background)."""
@@ -183,10 +185,12 @@ class FasterRcnnLoss:
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
         if class_weights is not None and class_weights.shape != (num_classes,):
-            raise ValueError(f"class_weights has shape {tuple(class_weights.shape)}, expected [{num_classes}]")
+            raise ValueError(f"class_weights has shape {tuple(class_weights.shape)}, "
+                             f"expected [{num_classes}]")
         self.num_classes = num_classes
         self.rpn_batch, self.rpn_fraction = first_stage_minibatch_size, first_stage_positive_balance_fraction
-        self.rpn_loc_weight, self.rpn_obj_weight = first_stage_localization_loss_weight, first_stage_objectness_loss_weight
+        self.rpn_loc_weight = first_stage_localization_loss_weight
+        self.rpn_obj_weight = first_stage_objectness_loss_weight
         self.box_batch, self.box_fraction = second_stage_batch_size, second_stage_balance_fraction
         self.box_loc_weight = second_stage_localization_loss_weight
         self.box_cls_weight = second_stage_classification_loss_weight
@@ -212,8 +216,8 @@ class FasterRcnnLoss:
             raise ValueError("the checkpoint has no Seesaw counts (it was trained without "
                              "model.faster_rcnn.second_stage_seesaw_loss)")
         if tuple(counts.shape) != (self.num_classes,):
-            raise ValueError(f"the checkpoint's Seesaw counts are for {tuple(counts.shape)} classes, the model "
-                             f"has {self.num_classes}")
+            raise ValueError(f"the checkpoint's Seesaw counts are for {tuple(counts.shape)} classes, "
+                             f"the model has {self.num_classes}")
         self.seesaw_counts = counts.to(torch.float64).clone()
 
     def __call__(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:

@@ -109,8 +109,9 @@ def _anchor_generator(cfg: Config | None, fpn_levels: tuple[int, int] | None) ->
     fields.pop("normalize_coordinates", None)  # anchors are always in pixels here
     anchors = MultiscaleAnchorGenerator(**fields)
     if (anchors.min_level, anchors.max_level) != fpn_levels:
-        raise ConfigError(f"{where}.multiscale_anchor_generator: levels {anchors.min_level}..{anchors.max_level} "
-                          f"differ from feature_extractor.fpn levels {fpn_levels[0]}..{fpn_levels[1]}; make them equal")
+        raise ConfigError(f"{where}.multiscale_anchor_generator: levels "
+                          f"{anchors.min_level}..{anchors.max_level} differ from feature_extractor.fpn "
+                          f"levels {fpn_levels[0]}..{fpn_levels[1]}; make them equal")
     return anchors
 
 
@@ -118,8 +119,11 @@ def fpn_levels_of_boxes(boxes: Tensor, image_hw: tuple[int, int], num_levels: in
     """The TF OD API's ``fpn_feature_levels`` for cropping: ``boxes [B, P, 4]`` xyxy pixels -> index
     ``[B, P]`` into the cropped maps, ``floor(log2(sqrt(w h) / 224)) + num_levels - 2`` clamped to
     ``0 .. num_levels - 1`` (224-pixel boxes at the second-coarsest map, Lin et al. 2017 §4.2)."""
-    del image_hw  # TF: sqrt of the normalised area times sqrt(H W) / 224, i.e. the side in pixels / 224
-    size = ((boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)).sqrt()
+    # TF: sqrt of the normalised area times sqrt(H W) / 224, i.e. the side in pixels / 224
+    del image_hw
+    width = (boxes[..., 2] - boxes[..., 0]).clamp(min=0)
+    height = (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    size = (width * height).sqrt()
     levels = torch.floor(torch.log2((size / 224.0).clamp(min=1e-6))) + (num_levels - 2)
     return levels.clamp(0, num_levels - 1).long()
 
@@ -161,7 +165,8 @@ class FpnBoxClassifier(nn.Module):
         self.fc1 = nn.Linear(in_features, FPN_FC_DEPTH)
         self.fc2 = nn.Linear(FPN_FC_DEPTH, FPN_FC_DEPTH)
         eps, momentum = hp.bn_epsilon, 1.0 - hp.bn_decay
-        self.norm = nn.BatchNorm1d(FPN_FC_DEPTH, eps=eps, momentum=momentum) if hp.use_batch_norm else nn.Identity()
+        self.norm = (nn.BatchNorm1d(FPN_FC_DEPTH, eps=eps, momentum=momentum) if hp.use_batch_norm
+                     else nn.Identity())
         if isinstance(self.norm, nn.BatchNorm1d):
             # TF's scale: false / center: false mean no gamma / beta (kept at 1 / 0, untrained)
             self.norm.weight.requires_grad_(hp.bn_scale and not freeze_batchnorm and hp.bn_train)
@@ -170,9 +175,10 @@ class FpnBoxClassifier(nn.Module):
 
     def forward(self, crops: Tensor) -> Tensor:
         x = torch.relu(self.fc1(crops.flatten(1)))
-        if isinstance(self.norm, nn.BatchNorm1d) and (self.frozen_norm or not self.training or x.shape[0] == 1):
-            x = F.batch_norm(x, self.norm.running_mean, self.norm.running_var, self.norm.weight, self.norm.bias,
-                             False, 0.0, self.norm.eps)
+        use_running_stats = self.frozen_norm or not self.training or x.shape[0] == 1
+        if isinstance(self.norm, nn.BatchNorm1d) and use_running_stats:
+            x = F.batch_norm(x, self.norm.running_mean, self.norm.running_var, self.norm.weight,
+                             self.norm.bias, False, 0.0, self.norm.eps)
         else:
             x = self.norm(x)
         return torch.relu(self.fc2(x))
@@ -195,7 +201,8 @@ class MaskRcnnBoxHead(nn.Module):
         for field in ("predict_instance_masks", "predict_keypoints"):
             if cfg.get(field):
                 raise ConfigError(f"{WHERE}.second_stage_box_predictor.mask_rcnn_box_predictor.{field}: "
-                                  "Mask R-CNN (masks, keypoints) is not supported; raredet builds Faster R-CNN")
+                                  "Mask R-CNN (masks, keypoints) is not supported; "
+                                  "raredet builds Faster R-CNN")
         code = int(cfg.get("box_code_size", 4))
         if code != 4:
             raise ConfigError(f"{WHERE}.second_stage_box_predictor.mask_rcnn_box_predictor.box_code_size "
@@ -249,9 +256,10 @@ class FasterRCNN(nn.Module):
             raise ConfigError(f"{WHERE}.num_classes must be at least 1, got {num_classes}")
         if number_of_stages != 2:
             raise ConfigError(f"{WHERE}.number_of_stages is {number_of_stages}; raredet builds 2 stages only")
-        for name, value in (("initial_crop_size", initial_crop_size), ("maxpool_kernel_size", maxpool_kernel_size),
-                            ("maxpool_stride", maxpool_stride), ("first_stage_max_proposals",
-                                                                 first_stage_max_proposals)):
+        for name, value in (("initial_crop_size", initial_crop_size),
+                            ("maxpool_kernel_size", maxpool_kernel_size),
+                            ("maxpool_stride", maxpool_stride),
+                            ("first_stage_max_proposals", first_stage_max_proposals)):
             if value < 1:
                 raise ConfigError(f"{WHERE}.{name} is {value}; set it to a positive value (the zoo uses "
                                   "initial_crop_size 14, maxpool_kernel_size 2, maxpool_stride 2)")
@@ -288,7 +296,8 @@ class FasterRCNN(nn.Module):
             score_threshold=first_stage_nms_score_threshold, iou_threshold=first_stage_nms_iou_threshold,
             max_detections_per_class=self.max_proposals, max_total_detections=self.max_proposals,
             pre_nms_top_k=RPN_PRE_NMS_TOP_K)
-        self.crop_size, self.pool_kernel, self.pool_stride = initial_crop_size, maxpool_kernel_size, maxpool_stride
+        self.crop_size = initial_crop_size
+        self.pool_kernel, self.pool_stride = maxpool_kernel_size, maxpool_stride
         predictor = dict(second_stage_box_predictor or {})
         if list(predictor) != ["mask_rcnn_box_predictor"]:
             raise ConfigError(f"{WHERE}.second_stage_box_predictor: set mask_rcnn_box_predictor (got "
@@ -299,7 +308,8 @@ class FasterRCNN(nn.Module):
             pooled = (initial_crop_size - maxpool_kernel_size) // maxpool_stride + 1
             self.box_classifier = FpnBoxClassifier(map_channels * pooled * pooled, self.fpn_hp, frozen)
             head_in = FPN_FC_DEPTH
-        self.box_head = MaskRcnnBoxHead(head_in, num_classes, dict(predictor["mask_rcnn_box_predictor"] or {}))
+        box_predictor = dict(predictor["mask_rcnn_box_predictor"] or {})
+        self.box_head = MaskRcnnBoxHead(head_in, num_classes, box_predictor)
         self.box_coder = FasterRcnnBoxCoder()  # the TF OD API's Faster R-CNN coder: scales 10, 10, 5, 5
         post = dict(second_stage_post_processing or {})
         self.score_converter = str(post.get("score_converter", "IDENTITY"))

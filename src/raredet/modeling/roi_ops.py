@@ -23,7 +23,9 @@ def _sample_positions(lo: Tensor, hi: Tensor, size: int, crop: int) -> Tensor:
     return (lo * scale)[..., None] + steps * ((hi - lo) * scale)[..., None]
 
 
-def crop_and_resize(features: Tensor, boxes: Tensor, crop_size: int, extrapolation_value: float = 0.0) -> Tensor:
+def crop_and_resize(
+    features: Tensor, boxes: Tensor, crop_size: int, extrapolation_value: float = 0.0
+) -> Tensor:
     """``features [B, C, H, W]``, ``boxes [B, N, 4]`` normalised (y1, x1, y2, x2) -> crops
     ``[B * N, C, crop_size, crop_size]`` (box-major within each image, images in order)."""
     b, c, h, w = features.shape
