@@ -54,6 +54,20 @@ def test_class_operating_points_use_coco_matches_at_iou_half():
     assert at_half["crack"] == OperatingPoint(0.8, 0.5, 1.0, 1, 1, 0.5)
     assert at_half["scratch"] == OperatingPoint(None, None, 0.0, 0, 0, 0.0)
     assert class_operating_points(gt, dets, target_precision=0.9)["crack"].threshold is None
+    # Thresholds chosen elsewhere (on val), counted here: 0.85 keeps only the false positive at 0.9
+    # (precision 0, recall 0, 1 FP over 2 images); no threshold (None) keeps nothing.
+    graded = class_operating_points(gt, dets, thresholds={"crack": 0.85, "scratch": None})
+    assert graded["crack"] == OperatingPoint(0.85, 0.0, 0.0, 0, 1, 0.5)
+    assert graded["scratch"] == OperatingPoint(None, None, 0.0, 0, 0, 0.0)
+
+
+def test_a_threshold_chosen_elsewhere_counted_by_hand():
+    # >= 0.8 keeps 0.9 (TP), 0.8 (TP), 0.8 (FP): precision 2/3, recall 2/5, 1 FP over 4 images.
+    got = imbalance.at_threshold(SCORES, IS_TP, 0.8, 5, 4)
+    assert (got.threshold, got.tp, got.fp, got.recall, got.fp_per_image) == (0.8, 2, 1, 0.4, 0.25)
+    assert got.precision == pytest.approx(2 / 3)
+    assert imbalance.at_threshold(SCORES, IS_TP, 0.95, 5, 4) == OperatingPoint(0.95, None, 0.0, 0, 0, 0.0)
+    assert imbalance.at_threshold(SCORES, IS_TP, None, 5, 4) == OperatingPoint(None, None, 0.0, 0, 0, 0.0)
 
 
 def test_quick_study_runs_skips_what_does_not_parse_and_resumes(tmp_path, capsys):
@@ -78,6 +92,37 @@ def test_quick_study_runs_skips_what_does_not_parse_and_resumes(tmp_path, capsys
     again = imbalance.study(imbalance.QUICK, tmp_path, parallel=1, resume=True, doc=None, chart_path=None)
     assert "kept from" in capsys.readouterr().out
     assert json.dumps(again["figures"], sort_keys=True) == json.dumps(report["figures"], sort_keys=True)
+
+
+def test_quick_study_with_a_test_split_grades_val_thresholds_on_test(tmp_path):
+    from dataclasses import replace
+
+    budget = replace(imbalance.QUICK, test_images=6, strategies=("baseline",))
+    report = imbalance.study(budget, tmp_path, parallel=1, doc=None, chart_path=None)
+    data = imbalance.make_data(tmp_path, budget)
+    summary = json.loads((data / "summary.json").read_text())
+    assert report["gt_count"] == summary["test"]["boxes"]  # the figures count the test split's boxes
+    run_dir = tmp_path / "runs" / "baseline_seed0"
+    assert imbalance._done(run_dir, test=True)
+    val = class_operating_points(*imbalance._eval_inputs(run_dir / "eval"))
+    test_gt, test_dets = imbalance._eval_inputs(run_dir / imbalance.TEST_EVAL)
+    assert len(test_gt["images"]) == 6
+    run = report["runs"][0]
+    for cls, op in run["op"].items():
+        assert op["threshold"] == val[cls].threshold  # chosen on val ...
+        assert OperatingPoint(**op) == imbalance.at_threshold(  # ... counted on test
+            *_class_dets(test_gt, test_dets, cls), val[cls].threshold, summary["test"]["boxes"][cls], 6)
+    assert report["class_tables"]["crack"][0].count("|") == report["class_tables"]["crack"][2].count("|")
+
+
+def _class_dets(gt: dict, dets: list, cls: str) -> tuple[np.ndarray, np.ndarray]:
+    """One class's detection scores and whether each matches at IoU 0.5 (COCO's matching)."""
+    from raredet.evaluation.per_class import match_detections
+
+    cat = next(c["id"] for c in gt["categories"] if c["name"] == cls)
+    m = match_detections(gt, dets)
+    mine = m.det_counted & (m.det_cat == cat)
+    return m.det_score[mine], (m.det_gt >= 0)[mine]
 
 
 def test_resume_keeps_only_runs_the_study_saw_finish(tmp_path):
