@@ -267,8 +267,9 @@ def at_threshold(scores: np.ndarray, is_tp: np.ndarray, threshold: float | None,
         return OperatingPoint(None, None, 0.0, 0, 0, 0.0)
     kept = scores >= threshold
     tp, fp = int((kept & is_tp).sum()), int((kept & ~is_tp).sum())
-    return OperatingPoint(float(threshold), tp / (tp + fp) if tp + fp else None, tp / num_gt if num_gt else 0.0,
-                          tp, fp, fp / max(num_images, 1))
+    precision = tp / (tp + fp) if tp + fp else None
+    return OperatingPoint(float(threshold), precision, tp / num_gt if num_gt else 0.0, tp, fp,
+                          fp / max(num_images, 1))
 
 
 def class_operating_points(gt: dict[str, Any], detections: list[dict[str, Any]],
@@ -607,8 +608,9 @@ def class_table(figs: dict[str, dict[str, Spread]], cls: str, test: bool = False
     shown = FIGURES if test else FIGURES[:-1]
     at = (f"recall at the val threshold for precision ≥ {TARGET_PRECISION:g}" if test
           else f"recall at precision ≥ {TARGET_PRECISION:g}")
-    lines = [f"| strategy | AP50 | {at} | FP per image there | recall at score ≥ 0.5 | precision at score ≥ 0.5 |"
-             + (" precision reached there on test |" if test else ""), "|---" * (len(shown) + 1) + "|"]
+    lines = [f"| strategy | AP50 | {at} | FP per image there | recall at score ≥ 0.5 | "
+             "precision at score ≥ 0.5 |" + (" precision reached there on test |" if test else ""),
+             "|---" * (len(shown) + 1) + "|"]
     for name, f in figs.items():
         lines.append(f"| {name} | " + " | ".join(
             f[f"{fig}/{cls}"].cell(2 if fig.startswith("FP") else 1) for fig in shown) + " |")
