@@ -167,3 +167,20 @@ def test_best_strategy_prefers_the_widest_common_margin_among_those_meeting_the_
     # With nothing helping within the tolerance, the baseline.
     assert imbalance.best_strategy(_figs({"baseline": (70.0, 30.0, 10.0, 0.0),
                                           "costly": (60.0, 30.0, 80.0, 60.0)})) == ("baseline", False)
+
+
+def test_seeds_agree_only_when_every_goal_figure_spans_no_more_than_its_tolerance():
+    def figs(dent_high: float) -> dict[str, dict[str, imbalance.Spread]]:
+        out = _figs({"baseline": (70.0, 30.0, 10.0, 0.0), "best": (71.0, 40.0, 50.0, 25.0)})
+        spans = {"AP50/crack": (5.0, 14.9), "R@P0.9/crack": (0.0, 19.5), "AP50/scratch": (70.0, 72.0),
+                 "AP50/dent": (30.0, dent_high)}
+        for row in out.values():
+            for key, (low, high) in spans.items():
+                row[key] = imbalance.Spread(row[key].mean, low, high)
+        return out
+
+    lines, ok = imbalance.seed_agreement(figs(32.0), ["baseline", "best"])  # every spread at or under
+    assert ok and not any("✗" in line for line in lines)
+    lines, ok = imbalance.seed_agreement(figs(32.5), ["baseline", "best"])  # dent spans 2.5 > 2
+    assert not ok
+    assert lines[2].split(" | ")[-1] == "2.5 ✗ |" and lines[0].count("|") == lines[2].count("|")
