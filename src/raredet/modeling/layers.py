@@ -26,7 +26,14 @@ class _ClampInPlace06(torch.autograd.Function):
     """ReLU6 that overwrites its input and saves its output for the backward: `hardtanh_backward` on the
     output (0 < out < 6 exactly where 0 < x < 6), as torch's own `hardtanh_` does, so the gradient is the
     same bit for bit. Why not `F.relu6(x, inplace=True)`: on CPU (torch 2.13) it clones its input and
-    copies the result back, two extra passes over the activation (~0.2 s of a zoo FPN-lite step)."""
+    copies the result back, two extra passes over the activation (~0.2 s of a zoo FPN-lite step).
+
+    The backward writes the gradient into the saved output's memory instead of a new tensor: when it
+    runs, every consumer of the output has run its own backward (autograd orders it so), so nothing
+    needs the activation any more, and the write touches memory the read has just brought into cache
+    (a fresh tensor costs an allocation and a pass of first-touch writes; docs/benchmarks.md, wave 4).
+    A second backward through the same graph (`retain_graph=True`) then fails loudly: the saved
+    output's version changed. Views keep the allocating form (their base may be shared)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
@@ -38,7 +45,9 @@ class _ClampInPlace06(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         (out,) = ctx.saved_tensors
-        return torch.ops.aten.hardtanh_backward(grad, out, 0.0, 6.0)
+        if out._base is not None:  # a view: leave the storage alone
+            return torch.ops.aten.hardtanh_backward(grad, out, 0.0, 6.0)
+        return torch.ops.aten.hardtanh_backward.grad_input(grad, out, 0.0, 6.0, grad_input=out)
 
 
 class ReLU6(nn.ReLU6):
