@@ -113,3 +113,21 @@ def test_training_batch_norm_accepts_a_single_value_per_channel():
     # Running stats are mean 0, var 1 at start: the value passes through (up to epsilon).
     torch.testing.assert_close(bn(x), x / math.sqrt(1 + 0.001))
     assert bn(torch.randn(2, 4, 1, 1)).shape == (2, 4, 1, 1)
+
+
+def test_in_place_relu6_gradient_reuses_the_activation_and_a_second_backward_fails_loudly():
+    from raredet.modeling.layers import ReLU6
+
+    x = torch.tensor([-1.0, 2.0, 7.0, 3.0, 0.5], requires_grad=True)
+    y = ReLU6(inplace=True)(x * 2)  # pre-activations -2, 4, 14, 6, 1: only 4 and 1 lie strictly inside
+    weights = torch.tensor([1.0, 10.0, 100.0, 1000.0, 10000.0])
+    (y * weights).sum().backward(retain_graph=True)
+    assert x.grad is not None and x.grad.tolist() == [0.0, 20.0, 0.0, 0.0, 20000.0]  # 2 * weight inside
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (y * weights).sum().backward()  # the activation's memory now holds its gradient
+
+    base = torch.tensor([[-1.0, 2.0], [7.0, 3.0]], requires_grad=True) * 1.0
+    view = base[:, 1]  # a view: the backward must leave the base's storage alone
+    out = ReLU6(inplace=True)(view)
+    (out * torch.tensor([1.0, 10.0])).sum().backward()
+    assert base.tolist() == [[-1.0, 2.0], [7.0, 3.0]]

@@ -33,7 +33,7 @@ class _ClampInPlace06(torch.autograd.Function):
     needs the activation any more, and the write touches memory the read has just brought into cache
     (a fresh tensor costs an allocation and a pass of first-touch writes; docs/benchmarks.md, wave 4).
     A second backward through the same graph (`retain_graph=True`) then fails loudly: the saved
-    output's version changed. Views keep the allocating form (their base may be shared)."""
+    output's version changed. A view of part of a tensor keeps the allocating form."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
@@ -45,9 +45,15 @@ class _ClampInPlace06(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         (out,) = ctx.saved_tensors
-        if out._base is not None:  # a view: leave the storage alone
+        if not _fills_its_storage(out):  # part of a larger tensor: leave the rest alone
             return torch.ops.aten.hardtanh_backward(grad, out, 0.0, 6.0)
         return torch.ops.aten.hardtanh_backward.grad_input(grad, out, 0.0, 6.0, grad_input=out)
+
+
+def _fills_its_storage(t: Tensor) -> bool:
+    """Whether `t` covers all of its storage, each element once (a view of part of a tensor does not)."""
+    dense = t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+    return dense and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
 
 
 class ReLU6(nn.ReLU6):
