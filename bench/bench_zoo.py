@@ -16,7 +16,10 @@ before a speed change, unpacked with `git archive`), same config, same data, and
 their ratio. Speed needs a quiet machine; the 1-minute load average before and after each run is
 recorded with it.
 
-    python -m bench.bench_zoo [--quick] [--steps N] [--runs R] [--compare-src DIR]
+`--env KEY=VALUE`: an environment variable for this tree's runs only (e.g. OMP_WAIT_POLICY=PASSIVE, which
+OpenMP reads when torch loads); `--compare-src src` then measures it against the same tree without.
+
+    python -m bench.bench_zoo [--quick] [--steps N] [--runs R] [--compare-src DIR] [--env KEY=VALUE]
 """
 
 from __future__ import annotations
@@ -164,11 +167,12 @@ def _load() -> float:
 
 
 def _spawn(src: Path, config_path: Path, steps: int, warmup: int, threads: int | None,
-           precision: str = "") -> dict[str, Any]:
-    """One run in a fresh process whose `raredet` comes from `src` (OMP_NUM_THREADS=`threads` if set)."""
+           precision: str = "", extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One run in a fresh process whose `raredet` comes from `src` (OMP_NUM_THREADS=`threads` if set,
+    and `extra_env` on top)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(ROOT)])}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(ROOT)]), **(extra_env or {})}
         env.pop("OMP_NUM_THREADS", None)  # the code under test picks its threads ...
         if threads:  # ... unless asked: one thread has no barrier spinning, so CPU-s are load-proof
             env["OMP_NUM_THREADS"] = str(threads)
@@ -236,9 +240,11 @@ def _table(summary: dict[str, Any], gflop: float, steps: int, warmup: int) -> li
 
 
 def run(quick: bool, steps: int | None = None, runs: int | None = None,
-        compare_src: Path | None = None, threads: int | None = None, precision: str = "") -> dict[str, Any]:
+        compare_src: Path | None = None, threads: int | None = None, precision: str = "",
+        extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """`runs` runs of `steps` steps (3 warm-up) each; `quick`: 1 run of 5 steps (2 warm-up).
-    `precision` (this tree's runs only): `raredet train --precision`."""
+    `precision` and `extra_env` (environment variables, e.g. OMP_WAIT_POLICY) apply to this tree's runs
+    only, so `--compare-src src` measures them against the same tree without."""
     warmup = 2 if quick else 3
     steps = steps or (5 if quick else 13)
     runs = runs or (1 if quick else 3)
@@ -251,11 +257,12 @@ def run(quick: bool, steps: int | None = None, runs: int | None = None,
     variants: dict[str, list[dict[str, Any]]] = {name: [] for name in sources}
     for _ in range(runs):  # alternate, so load changes hit every variant alike
         for name, src in sources.items():
-            variants[name].append(_spawn(src, config_path, steps, warmup, threads,
-                                         precision if name == "this tree" else ""))
+            mine = name == "this tree"
+            variants[name].append(_spawn(src, config_path, steps, warmup, threads, precision if mine else "",
+                                         extra_env if mine else None))
     summary = _summary(variants, gflop)
     return {"steps": steps, "warmup": warmup, "omp_num_threads": threads,
-            "precision": precision or "default", "gflop_per_step": gflop,
+            "precision": precision or "default", "env": extra_env or {}, "gflop_per_step": gflop,
             "reference": REFERENCE, "variants": summary, "runs": variants,
             "summary": _table(summary, gflop, steps, warmup)}
 
@@ -271,12 +278,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="OMP_NUM_THREADS for the runs (default: the code's own choice)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="",
                         help="raredet train --precision for this tree's runs (default: the config's)")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for this tree's runs only (repeatable), e.g. "
+                             "OMP_WAIT_POLICY=PASSIVE; with --compare-src src it is measured against itself")
     args = parser.parse_args(argv)
-    result = run(args.quick, args.steps, args.runs, args.compare_src, args.threads, args.precision)
+    bad = [item for item in args.env if "=" not in item]
+    if bad:
+        parser.error(f"--env takes KEY=VALUE, got {bad[0]!r}")
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    result = run(args.quick, args.steps, args.runs, args.compare_src, args.threads, args.precision, extra_env)
     print("\n".join(result["summary"]))
     name = "zoo_compare" if args.compare_src else ("quick/zoo" if args.quick else "zoo")
     name += f"_threads{args.threads}" if args.threads else ""
     name += f"_{args.precision}" if args.precision else ""
+    name += "".join(f"_{k}_{v}".lower() for k, v in extra_env.items())
     print(f"wrote {save_result(name, result)}")
     return 0
 
