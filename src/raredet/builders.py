@@ -169,7 +169,8 @@ def build_resizer(ssd: ModelMessage) -> Any:
     name = ssd.image_resizer.WhichOneof("image_resizer_oneof")
     if name is None:
         kind = "faster_rcnn" if isinstance(ssd, faster_rcnn_pb2.FasterRcnn) else "ssd"
-        raise ConfigError(f"model.{kind}.image_resizer is not set; valid choices: {', '.join(augment.RESIZERS)}")
+        raise ConfigError(f"model.{kind}.image_resizer is not set; "
+                          f"valid choices: {', '.join(augment.RESIZERS)}")
     return augment.build_resizer(name, message_kwargs(getattr(ssd.image_resizer, name)))
 
 
@@ -303,7 +304,8 @@ def build_faster_rcnn_loss(msg: faster_rcnn_pb2.FasterRcnn, class_weights: Seque
         class_weights=class_weight_tensor(class_weights) if set_weights else None,
         apply_to_localization=msg.second_stage_class_weights.apply_to_localization,
         logit_scale=softmax.logit_scale,
-        seesaw=message_kwargs(msg.second_stage_seesaw_loss) if msg.HasField("second_stage_seesaw_loss") else None,
+        seesaw=(message_kwargs(msg.second_stage_seesaw_loss)
+                if msg.HasField("second_stage_seesaw_loss") else None),
     )
 
 
@@ -362,7 +364,8 @@ def resolve_class_weight_table(loaded: LoadedConfig, stats: DatasetStats | None 
 
 
 FASTER_RCNN_MODEL_FIELDS = (
-    "num_classes", "feature_extractor", "first_stage_anchor_generator", "first_stage_box_predictor_conv_hyperparams",
+    "num_classes", "feature_extractor", "first_stage_anchor_generator",
+    "first_stage_box_predictor_conv_hyperparams",
     "first_stage_atrous_rate", "first_stage_box_predictor_kernel_size", "first_stage_box_predictor_depth",
     "first_stage_nms_score_threshold", "first_stage_nms_iou_threshold", "first_stage_max_proposals",
     "initial_crop_size", "maxpool_kernel_size", "maxpool_stride", "second_stage_box_predictor",
@@ -658,7 +661,8 @@ def eval_options(loaded: LoadedConfig, operating_point: Rule | None = None) -> d
         "num_visualizations": ec.num_visualizations,
         "operating_point_rule": rule,
         "class_rules": class_rules,
-        "score_floor": post_processing_of(model_message(loaded.config)).batch_non_max_suppression.score_threshold,
+        "score_floor":
+            post_processing_of(model_message(loaded.config)).batch_non_max_suppression.score_threshold,
         "images_description": _eval_data_description(loaded),
     }
 

@@ -12,7 +12,6 @@ Photometric ops follow the TF OD API: they work on the image scaled to [0, 1] an
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 from typing import Any
 
@@ -325,7 +324,8 @@ class RandomSquareCropByScale:
     def __init__(self, max_border: int = 128, scale_min: float = 0.6, scale_max: float = 1.3,
                  num_scales: int = 8) -> None:
         if num_scales < 1 or not 0 < scale_min <= scale_max:
-            raise ConfigError("random_square_crop_by_scale: needs num_scales >= 1 and 0 < scale_min <= scale_max")
+            raise ConfigError("random_square_crop_by_scale: needs num_scales >= 1 and "
+                              "0 < scale_min <= scale_max")
         self.max_border, self.scales = int(max_border), np.linspace(scale_min, scale_max, num_scales)
 
     def __call__(self, example: Example, rng: np.random.Generator) -> Example:
