@@ -217,12 +217,11 @@ def model_message(config: pipeline_pb2.TrainEvalPipelineConfig) -> ModelMessage:
 
 
 def post_processing_field(msg: ModelMessage) -> tuple[post_processing_pb2.PostProcessing, str]:
-    """(the post-processing message of a model, the field path of its `calibration_config`): SSD's
-    `post_processing`, Faster R-CNN's `second_stage_post_processing` (the TF OD API's own places)."""
+    """(the post-processing message of a model (`post_processing_of`), the field path of its
+    `calibration_config`)."""
     if isinstance(msg, faster_rcnn_pb2.FasterRcnn):
-        return (msg.second_stage_post_processing,
-                "model.faster_rcnn.second_stage_post_processing.calibration_config")
-    return msg.post_processing, CALIBRATION_WHERE
+        return post_processing_of(msg), "model.faster_rcnn.second_stage_post_processing.calibration_config"
+    return post_processing_of(msg), CALIBRATION_WHERE
 
 
 def class_weights_field(msg: ModelMessage) -> tuple[losses_pb2.ClassWeights, str, bool]:
@@ -668,7 +667,8 @@ def eval_options(loaded: LoadedConfig, operating_point: Rule | None = None) -> d
 
 
 def post_processing_of(msg: ModelMessage) -> post_processing_pb2.PostProcessing:
-    """`model.ssd.post_processing` or `model.faster_rcnn.second_stage_post_processing`."""
+    """`model.ssd.post_processing` or `model.faster_rcnn.second_stage_post_processing` (the TF OD API's
+    own places)."""
     if isinstance(msg, faster_rcnn_pb2.FasterRcnn):
         return msg.second_stage_post_processing
     return msg.post_processing

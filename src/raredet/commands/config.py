@@ -10,7 +10,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from raredet.builders import check_buildable, resolve_class_weight_table
+from raredet.builders import check_buildable, model_message, post_processing_of, resolve_class_weight_table
 from raredet.config import ConfigWarning, LabelMap, LoadedConfig, class_index, effective_config_text, load
 from raredet.config.load import _fill_defaults, _reader_paths
 from raredet.config.validate import PAIR_AWARE_RANGES, _readers
@@ -89,8 +89,7 @@ def _model_lines(ssd: ssd_pb2.Ssd) -> list[str]:
 
 def _post_processing_lines(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[str]:
     """Score converter, NMS threshold, calibration (per-class thresholds) and the operating-point rule."""
-    post = config.model.faster_rcnn.second_stage_post_processing if config.model.WhichOneof("model") == \
-        "faster_rcnn" else config.model.ssd.post_processing
+    post = post_processing_of(model_message(config))
     converter = post_processing_pb2.PostProcessing.ScoreConverter.Name(post.score_converter)
     lines = [f"scores:       {converter}, NMS score_threshold "
              f"{post.batch_non_max_suppression.score_threshold:g}"]
