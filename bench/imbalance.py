@@ -32,6 +32,7 @@ and `docs/imbalance_rare_ap50.png`. Run as `python -m bench.imbalance [--quick] 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -39,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,30 +382,27 @@ def _json_default(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
-_KEEP_IN: list[Path] = []  # where keep_eval_inputs' wrapper writes (the latest folder given)
-
-
-def keep_eval_inputs(out_dir: Path) -> None:
-    """Make this process's `raredet eval` also write the ground truth and the detections it scores
-    (`groundtruth.json`, `detections.json` in `out_dir`): the per-class operating points are computed
-    from them. Wraps the evaluation entry point the eval loop calls, so the files are exactly its input.
-    Called again, the next evaluations write into the new folder (the entry point is wrapped once)."""
+@contextlib.contextmanager
+def keep_eval_inputs(out_dir: Path) -> Iterator[None]:
+    """Within the block, this process's `raredet eval` also writes the ground truth and the detections
+    it scores (`groundtruth.json`, `detections.json` in `out_dir`): the per-class operating points are
+    computed from them. Wraps the evaluation entry point the eval loop calls (restored on exit), so the
+    files are exactly its input."""
     import raredet.engine.evaluate as engine_evaluate
 
-    first = not _KEEP_IN
-    _KEEP_IN[:] = [out_dir]
-    if not first:
-        return
     original = engine_evaluate.evaluate_detections
 
     def keep(gt: dict[str, Any], detections: list[dict[str, Any]], **options: Any) -> Any:
-        target = _KEEP_IN[0]
-        target.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         for name, obj in (("groundtruth.json", gt), ("detections.json", detections)):
-            atomic_write_text(target / name, json.dumps(obj, default=_json_default))
+            atomic_write_text(out_dir / name, json.dumps(obj, default=_json_default))
         return original(gt, detections, **options)
 
     engine_evaluate.evaluate_detections = keep  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        engine_evaluate.evaluate_detections = original  # type: ignore[assignment]
 
 
 def train_and_eval(config_path: str, run_dir: str, seed: int, threads: int, device: str = "cpu") -> None:
@@ -423,12 +421,12 @@ def train_and_eval(config_path: str, run_dir: str, seed: int, threads: int, devi
                                num_workers=0, precision="fp32")
     if result.interrupted:  # stopped by a signal (checkpoint written): a partial run is not evaluated
         raise SystemExit(130)
-    keep_eval_inputs(Path(run_dir) / "eval")
-    eval_from_config(config_path, run_dir, device=device)
+    with keep_eval_inputs(Path(run_dir) / "eval"):
+        eval_from_config(config_path, run_dir, device=device)
     test_path = test_config(Path(config_path))
     if test_path.exists():  # the budget has a test split: the same checkpoint graded there
-        keep_eval_inputs(Path(run_dir) / TEST_EVAL)
-        eval_from_config(test_path, run_dir, device=device, out_dir=Path(run_dir) / TEST_EVAL)
+        with keep_eval_inputs(Path(run_dir) / TEST_EVAL):
+            eval_from_config(test_path, run_dir, device=device, out_dir=Path(run_dir) / TEST_EVAL)
 
 
 def _child(config_path: Path, run_dir: Path, seed: int, threads: int, device: str) -> subprocess.Popen[bytes]:
