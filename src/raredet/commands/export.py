@@ -261,7 +261,14 @@ def _tie_alternatives(got: Sequence[np.ndarray], b: int, rows: np.ndarray, candi
 
 def compare_detections(expected: Sequence[Tensor], got: Sequence[np.ndarray],
                        candidates: Candidates | None = None) -> str | None:
-    """None when the exported outputs match the PyTorch ones, else what differs.
+    """None when the exported outputs match the PyTorch ones, else what differs (`checked_detections`)."""
+    return checked_detections(expected, got, candidates)[0]
+
+
+def checked_detections(expected: Sequence[Tensor], got: Sequence[np.ndarray],
+                       candidates: Candidates | None = None) -> tuple[str | None, int]:
+    """(None when the exported outputs match the PyTorch ones, else what differs; how many of `got`'s
+    detections passed as tied alternatives).
 
     Match: the same number of detections per image, each with a counterpart of the same class, box and
     score within tolerance. With `candidates` (PyTorch's boxes and scores before NMS), a detection without
@@ -272,12 +279,12 @@ def compare_detections(expected: Sequence[Tensor], got: Sequence[np.ndarray],
     to the kernel)."""
     want = [t.numpy() for t in expected]
     if not np.array_equal(want[3], got[3]):
-        return f"num_detections {got[3].tolist()} instead of {want[3].tolist()}"
-    missing, _ = _differences(want, got, candidates)
+        return f"num_detections {got[3].tolist()} instead of {want[3].tolist()}", 0
+    missing, ties = _differences(want, got, candidates)
     if missing:
         return (f"{missing} detections have no counterpart within {BOX_TOLERANCE_PX} px and score "
-                f"{SCORE_TOLERANCE} of the same class")
-    return None
+                f"{SCORE_TOLERANCE} of the same class"), ties
+    return None, ties
 
 
 def _differences(want: Sequence[np.ndarray], got: Sequence[np.ndarray],
@@ -338,11 +345,10 @@ def export_model(model_dir: str | os.PathLike[str], format: str, out: str | os.P
     with torch.no_grad():
         expected = module(check)
     got, candidates = run_exported(check), model_candidates(module, check)
-    problem = compare_detections(expected, got, candidates)
+    problem, ties = checked_detections(expected, got, candidates)
     if problem is not None:
         raise ExportError(f"{out}: the exported model does not reproduce the PyTorch detections ({problem}); "
                           "please report this with the pipeline.config")
-    _, ties = _differences([t.numpy() for t in expected], got, candidates)
     total = int(expected[3].sum())
     checked = f"the same {total} detections as PyTorch on a random batch of 3"
     if ties:  # a barely trained model: many anchors share the best scores

@@ -138,7 +138,7 @@ def seesaw_cross_entropy(logits: Tensor, labels: Tensor, class_counts: Tensor, p
     return F.cross_entropy(adjusted, labels, reduction="none")
 
 
-def sampling_seeds(batch: Mapping[str, Any]) -> Tensor | None:
+def batch_sampling_seeds(batch: Mapping[str, Any]) -> Tensor | None:
     """The batch's per-image ``sampling_seeds [B]`` (the training loop adds them), else None."""
     seeds = batch.get("sampling_seeds")
     return seeds if isinstance(seeds, Tensor) else None
@@ -225,7 +225,7 @@ class FasterRcnnLoss:
         if gt[1].numel() and int(gt[1].max()) >= self.num_classes:
             raise DataError(f"a box has class index {int(gt[1].max())} but the model has "
                             f"{self.num_classes} classes; check the label map against the records")
-        seeds = sampling_seeds(batch)
+        seeds = batch_sampling_seeds(batch)
         rpn_obj, rpn_loc = self.first_stage(outputs, gt, seeds)
         box_cls, box_loc = self.second_stage(outputs, gt, seeds)
         out = {

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raredet.errors import ConfigError
-from raredet.losses.faster_rcnn import ground_truth, sample_proposals, sampling_seeds
+from raredet.losses.faster_rcnn import batch_sampling_seeds, ground_truth, sample_proposals
 from raredet.modeling.anchors import MultiscaleAnchorGenerator
 from raredet.modeling.backbones import ResNet
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
@@ -394,7 +394,7 @@ class FasterRCNN(nn.Module):
                 proposals, proposal_valid = sample_proposals(
                     proposals, proposal_valid, ground_truth(targets, proposals.device),
                     self.second_stage_batch_size, self.second_stage_balance_fraction,
-                    sampling_seeds(targets))
+                    batch_sampling_seeds(targets))
         crops = F.max_pool2d(self._crops(maps, proposals, image_hw), self.pool_kernel, self.pool_stride)
         if self.box_classifier is not None:
             pooled = self.box_classifier(crops)  # [B * P, 1024]
