@@ -648,6 +648,31 @@ def seed_agreement(figs: dict[str, dict[str, Spread]], names: Sequence[str]) -> 
     return lines, ok
 
 
+def paired_lifts(seeds: dict[str, list[RunResult]], name: str) -> tuple[list[str], bool]:
+    """Markdown: `name`'s lift over the baseline trained with the same seed (the same initial weights),
+    per seed and goal figure, with the lifts' spread over the seeds against the figure's tolerance; and
+    whether every spread is within it (None-free: seeds missing from either side are left out). The
+    goal judges lifts; seed noise that both sides share (e.g. the initial weights) cancels here."""
+    label = {f"AP50/{c}": f"Δ {c} AP50" for c in CLASS_NAMES} | {f"R@P0.9/{RARE}": f"Δ {RARE} R@P0.9"}
+    base = {r.seed: r for r in seeds.get("baseline", [])}
+    runs = sorted((r for r in seeds.get(name, []) if r.seed in base), key=lambda r: r.seed)
+    lines = [f"| {name} − baseline, same seed | " + " | ".join(label[k] for k in AGREEMENT) + " |",
+             "|---" * (len(AGREEMENT) + 1) + "|"]
+    lifts = {k: [] for k in AGREEMENT}
+    for r in runs:
+        for key in AGREEMENT:
+            fig_name, cls = key.split("/")
+            lifts[key].append(figure(r, fig_name, cls) - figure(base[r.seed], fig_name, cls))
+        lines.append(f"| seed {r.seed} | " + " | ".join(f"{lifts[k][-1]:+.1f}" for k in AGREEMENT) + " |")
+    ok, cells = len(runs) >= 3, []
+    for key, tol in AGREEMENT.items():
+        width = max(lifts[key]) - min(lifts[key]) if lifts[key] else 0.0
+        ok &= width <= tol
+        cells.append(f"{width:.1f} (≤ {tol:g})" + ("" if width <= tol else " ✗"))
+    lines.append("| spread | " + " | ".join(cells) + " |")
+    return lines, ok
+
+
 def goal_table(figs: dict[str, dict[str, Spread]]) -> list[str]:
     """Markdown: the goal's four figures per strategy, as changes against the baseline's means."""
     d = deltas(figs)
@@ -717,6 +742,10 @@ def doc_section(report: dict[str, Any]) -> str:
         + ("they agree." if report["seeds_agree"] else "they do **not** all agree at this budget"
            + ("." if len(report["budget"]["seeds"]) >= 3 else " (that needs at least 3 seeds).")), "",
         *report["agreement_table"], "",
+        "The same, seed by seed: the best configuration's lift over the baseline trained with the same "
+        "seed (so from the same initial weights): "
+        + ("the lifts agree." if report["paired_lifts_agree"] else "the lifts do **not** all agree."), "",
+        *report["paired_table"], "",
         "The zoo baseline with its one global threshold, and the same models at their per-class operating "
         "points (no retraining):", "", *report["operating_points"], "",
     ]
@@ -812,6 +841,7 @@ def _report(results: list[RunResult], base: Config, configs: dict[str, Path], co
     best, met = best_strategy(figs)
     base_runs = seeds["baseline"]
     agreement = seed_agreement(figs, list(dict.fromkeys(["baseline", best])))
+    paired = paired_lifts(seeds, best)
     report = {
         "budget": {k: v for k, v in asdict(budget).items() if k != "strategies"} | {
             "model": "the synth default config (raredet.data.synth.pipeline_config_text)"},
@@ -828,6 +858,7 @@ def _report(results: list[RunResult], base: Config, configs: dict[str, Path], co
         "goal_table": goal_table(figs), "operating_points": operating_points_lines(figs["baseline"]),
         "agreement_table": agreement[0],
         "seeds_agree": agreement[1] and len(budget.seeds) >= 3,  # fewer seeds cannot show agreement
+        "paired_table": paired[0], "paired_lifts_agree": paired[1],
         "class_tables": {c: class_table(figs, c, test=bool(budget.test_images)) for c in CLASS_NAMES},
     }
     if chart_path is not None:
@@ -839,6 +870,8 @@ def _report(results: list[RunResult], base: Config, configs: dict[str, Path], co
         f"{budget.batch_size}, seeds {list(budget.seeds)}.", "", *report["goal_table"], "",
         f"Seeds agree within the goal's tolerances: {'yes' if report['seeds_agree'] else 'no'}.", "",
         *report["agreement_table"], "",
+        f"Lifts over the same seed's baseline agree: {'yes' if report['paired_lifts_agree'] else 'no'}.", "",
+        *report["paired_table"], "",
         f"{RARE}:", "", *report["class_tables"][RARE], "",
         *(f"skipped {n}: {why}" for n, why in skipped.items()),
         f"Best: {best} (goal {'met' if met else 'not met'})."]
@@ -850,6 +883,27 @@ def run(quick: bool) -> dict[str, Any]:
     if quick:
         return study(QUICK, RESULTS_DIR / "tmp" / "imbalance_quick", doc=None, chart_path=None)
     return study(FULL, RESULTS_DIR / "tmp" / "imbalance", resume=True)
+
+
+def agreement_of(path: Path) -> list[str]:
+    """`--agreement_of`: the "Do the seeds agree?" tables of a saved study report, for its best
+    configuration and the repeat-factor pairs it ran (their spreads over seeds, and their lifts over the
+    same seed's baseline)."""
+    try:
+        saved = json.loads(path.read_text())
+        runs = [RunResult(**r) for r in saved["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"{path}: not a saved imbalance study report ({e}); give the imbalance.json a "
+                         "study wrote") from e
+    figs = strategy_figures(runs)
+    seeds = {n: [r for r in runs if r.strategy == n] for n in figs}
+    names = [n for n in dict.fromkeys([saved.get("best", ""), *STRATEGIES]) if "+" in n and n in seeds]
+    lines = [f"{path}: seeds {sorted({r.seed for r in runs})}", "",
+             *seed_agreement(figs, ["baseline", *names])[0]]
+    for n in names:
+        table, ok = paired_lifts(seeds, n)
+        lines += ["", *table, f"lifts agree: {'yes' if ok else 'no'}"]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -873,7 +927,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategies", nargs="+", choices=[*STRATEGIES, "combination"],
                         help="run only these strategies (the baseline always runs: deltas need it)")
     parser.add_argument("--work", type=Path, help="work folder (default bench/results/tmp/imbalance[_quick])")
+    parser.add_argument("--agreement_of", type=Path, metavar="JSON",
+                        help="train nothing: print the seed-agreement and same-seed lift tables of a saved "
+                             "study (its imbalance.json) for the baseline and the two repeat-factor pairs")
     args = parser.parse_args(argv)
+    if args.agreement_of:
+        print("\n".join(agreement_of(args.agreement_of)))
+        return 0
     budget = QUICK if args.quick else FULL
     overrides: dict[str, Any] = {k: getattr(args, k) for k in
                                  ("num_steps", "image_size", "images", "seeds", "strategies", "test_images")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -184,3 +185,47 @@ def test_seeds_agree_only_when_every_goal_figure_spans_no_more_than_its_toleranc
     lines, ok = imbalance.seed_agreement(figs(32.5), ["baseline", "best"])  # dent spans 2.5 > 2
     assert not ok
     assert lines[2].split(" | ")[-1] == "2.5 ✗ |" and lines[0].count("|") == lines[2].count("|")
+
+
+def _run(strategy: str, seed: int, ap50: dict[str, float], crack_recall: float) -> imbalance.RunResult:
+    """A run with the given AP50 per class and crack recall at precision 0.9 (fractions)."""
+    op = {c: {"recall": crack_recall if c == "crack" else 0.0, "precision": None, "fp_per_image": 0.0}
+          for c in ap50}
+    return imbalance.RunResult(strategy, seed, ap50, dict.fromkeys(ap50), dict.fromkeys(ap50), op,
+                               dict.fromkeys(ap50, 1), 0.0, 0.0, 1.0)
+
+
+def test_paired_lifts_are_taken_seed_by_seed_against_the_same_seeds_baseline():
+    # Absolute dent AP50 spans 10 points over the seeds on both sides, but the best lifts it by 9-10 at
+    # every seed: the lifts agree where the absolute figures do not. Hand-computed lifts below.
+    base = [_run("baseline", s, {"scratch": sc, "dent": d, "crack": c}, r) for s, sc, d, c, r in
+            ((0, .86, .60, .40, .20), (1, .87, .65, .50, .15), (2, .86, .70, .35, .30))]
+    best = [_run("best", s, {"scratch": sc, "dent": d, "crack": c}, r) for s, sc, d, c, r in
+            ((2, .855, .80, .40, .48), (0, .87, .70, .45, .40), (1, .865, .74, .58, .33))]
+    lines, ok = imbalance.paired_lifts({"baseline": base, "best": best}, "best")
+    # columns follow AGREEMENT: crack AP50, crack R@P0.9, scratch AP50, dent AP50
+    assert list(imbalance.AGREEMENT) == ["AP50/crack", "R@P0.9/crack", "AP50/scratch", "AP50/dent"]
+    assert lines[2] == "| seed 0 | +5.0 | +20.0 | +1.0 | +10.0 |"
+    assert lines[3] == "| seed 1 | +8.0 | +18.0 | -0.5 | +9.0 |"
+    assert lines[4] == "| seed 2 | +5.0 | +18.0 | -0.5 | +10.0 |"
+    assert lines[5] == "| spread | 3.0 (≤ 10) | 2.0 (≤ 20) | 1.5 (≤ 2) | 1.0 (≤ 2) |"
+    assert ok
+    # A seed whose scratch lift is 2.5 away from another's: not agreed; two seeds are never enough.
+    best[0] = _run("best", 2, {"scratch": .88, "dent": .80, "crack": .40}, .48)
+    lines, ok = imbalance.paired_lifts({"baseline": base, "best": best}, "best")
+    assert not ok and lines[5].split(" | ")[3] == "2.5 (≤ 2) ✗"
+    assert not imbalance.paired_lifts({"baseline": base[:2], "best": best}, "best")[1]
+
+
+def test_agreement_of_a_saved_report_and_a_clear_error_for_anything_else(tmp_path, capsys):
+    base = [_run("baseline", s, {"scratch": .86, "dent": .6, "crack": .4}, .2) for s in (0, 1, 2)]
+    name = "repeat_factor_sampling_strong+class_alpha"
+    pair = [_run(name, s, {"scratch": .86, "dent": .7, "crack": .6}, .5) for s in (0, 1, 2)]
+    saved = tmp_path / "imbalance.json"
+    saved.write_text(json.dumps({"best": pair[0].strategy, "runs": [asdict(r) for r in base + pair]}))
+    assert imbalance.main(["--agreement_of", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "| seed 1 | +20.0 | +30.0 | +0.0 | +10.0 |" in out and "lifts agree: yes" in out
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(SystemExit, match="other.json: not a saved imbalance study report"):
+        imbalance.main(["--agreement_of", str(tmp_path / "other.json")])
