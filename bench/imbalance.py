@@ -411,7 +411,6 @@ def train_and_eval(config_path: str, run_dir: str, seed: int, threads: int, devi
     answer the same question as the CPU's."""
     import torch
 
-    from raredet.commands.evaluate import eval_from_config
     from raredet.commands.train import train_from_config
 
     torch.set_num_threads(threads)
@@ -421,6 +420,13 @@ def train_and_eval(config_path: str, run_dir: str, seed: int, threads: int, devi
                                num_workers=0, precision="fp32")
     if result.interrupted:  # stopped by a signal (checkpoint written): a partial run is not evaluated
         raise SystemExit(130)
+    evaluate_run(config_path, run_dir, device)
+
+
+def evaluate_run(config_path: str, run_dir: str, device: str = "cpu") -> None:
+    """`raredet eval` of a run's final checkpoint on val and, where the budget has one, on test."""
+    from raredet.commands.evaluate import eval_from_config
+
     with keep_eval_inputs(Path(run_dir) / "eval"):
         eval_from_config(config_path, run_dir, device=device)
     test_path = test_config(Path(config_path))
@@ -833,6 +839,35 @@ def study(budget: Budget, work: Path, *, parallel: int = DEFAULT_PARALLEL, threa
                    resume, doc, chart_path, device)
 
 
+def regrade(source: Path, budget: Budget, work: Path, device: str = "cpu") -> dict[str, Any]:
+    """Train nothing: the runs `source` (another study's work folder, at this budget but for its test
+    split) trained, their final checkpoints evaluated again on this budget's test split (train and val
+    are drawn from their own random streams, so they are the same), one after another. Separates what
+    the test images decide from what training did: a larger split shrinks the first only."""
+    start = time.perf_counter()
+    data = make_data(work, budget)
+    base = base_config(data, budget)
+    names = [n for n in STRATEGIES if n in (budget.strategies or DEFAULT_STRATEGIES) or n == "baseline"]
+    skipped: dict[str, str] = {}
+    configs = _configs(base, names, data, budget, skipped)
+    results = []
+    for name, config in configs.items():
+        for seed in budget.seeds:
+            src, run_dir = source / "runs" / f"{name}_seed{seed}", work / "runs" / f"{name}_seed{seed}"
+            if not (src / "seconds.json").exists():
+                raise SystemExit(f"{src}: no finished run to regrade (train it first, or leave "
+                                 f"{name} out with --strategies)")
+            if not _done(run_dir, test=True):
+                shutil.rmtree(run_dir, ignore_errors=True)
+                shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("eval", TEST_EVAL))
+                evaluate_run(str(config), str(run_dir), device)
+            seconds = json.loads((run_dir / "seconds.json").read_text())
+            results.append(read_run(run_dir, name, seed, seconds=seconds))
+            print(f"  {name} seed {seed}: regraded from {src}", flush=True)
+    return _report(results, base, configs, [], skipped, budget, time.perf_counter() - start, 1, True,
+                   None, work / CHART.name, device)
+
+
 def _report(results: list[RunResult], base: Config, configs: dict[str, Path], combo: list[str],
             skipped: dict[str, str], budget: Budget, seconds: float, parallel: int, resumed: bool,
             doc: Path | None, chart_path: Path | None, device: str = "cpu") -> dict[str, Any]:
@@ -930,6 +965,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agreement_of", type=Path, metavar="JSON",
                         help="train nothing: print the seed-agreement and same-seed lift tables of a saved "
                              "study (its imbalance.json) for the baseline and the two repeat-factor pairs")
+    parser.add_argument("--regrade_from", type=Path, metavar="WORK",
+                        help="train nothing: evaluate the runs another study trained in WORK (same budget "
+                             "but --test_images) again on this budget's test split; results in --work")
     args = parser.parse_args(argv)
     if args.agreement_of:
         print("\n".join(agreement_of(args.agreement_of)))
@@ -946,6 +984,13 @@ def main(argv: list[str] | None = None) -> int:
     # Only the full study writes the docs (the committed figures: `make bench` reruns it on the CPU).
     official = not args.quick and args.work in (None, RESULTS_DIR / "tmp" / "imbalance") and budget == FULL
     work = args.work or RESULTS_DIR / "tmp" / ("imbalance_quick" if args.quick else "imbalance")
+    if args.regrade_from:
+        if not budget.test_images or args.work is None:
+            raise SystemExit("--regrade_from needs --test_images N (the split to grade on) and --work DIR")
+        report = regrade(args.regrade_from, budget, work, args.device)
+        atomic_write_json(work / "imbalance.json", {"machine": machine(), **report})
+        print("\n".join(report["summary"]))
+        return 0
     report = study(budget, work, parallel=args.parallel, threads=args.threads, resume=args.resume,
                    device=args.device,
                    doc=DOC if official else None, chart_path=CHART if official else work / CHART.name)

@@ -115,6 +115,22 @@ def test_quick_study_with_a_test_split_grades_val_thresholds_on_test(tmp_path):
             *_class_dets(test_gt, test_dets, cls), val[cls].threshold, summary["test"]["boxes"][cls], 6)
     assert report["class_tables"]["crack"][0].count("|") == report["class_tables"]["crack"][2].count("|")
 
+    # Regraded on a larger test split: the same checkpoint (not retrained), the same val thresholds,
+    # counted on the new split's images.
+    larger = replace(budget, test_images=9)
+    again = imbalance.regrade(tmp_path, larger, tmp_path / "regraded")
+    regraded = tmp_path / "regraded" / "runs" / "baseline_seed0"
+    ckpts = sorted(p.name for p in run_dir.glob("ckpt-*.pt"))
+    assert ckpts and sorted(p.name for p in regraded.glob("ckpt-*.pt")) == ckpts
+    assert (regraded / "seconds.json").read_text() == (run_dir / "seconds.json").read_text()
+    assert len(imbalance._eval_inputs(regraded / imbalance.TEST_EVAL)[0]["images"]) == 9
+    larger_data = imbalance.make_data(tmp_path / "regraded", larger)
+    assert again["gt_count"] == json.loads((larger_data / "summary.json").read_text())["test"]["boxes"]
+    for cls, op in again["runs"][0]["op"].items():
+        assert op["threshold"] == val[cls].threshold
+    with pytest.raises(SystemExit, match="no finished run to regrade"):
+        imbalance.regrade(tmp_path / "nothing", larger, tmp_path / "regraded2")
+
 
 def _class_dets(gt: dict, dets: list, cls: str) -> tuple[np.ndarray, np.ndarray]:
     """One class's detection scores and whether each matches at IoU 0.5 (COCO's matching)."""
