@@ -128,3 +128,34 @@ def test_class_agnostic_and_padding():
     assert result["num_detections"].tolist() == [2]
     assert result["detection_classes"][0, :2].tolist() == [0, 1]
     torch.testing.assert_close(result["detection_scores"][0], torch.tensor([0.9, 0.3, 0, 0, 0]))
+
+
+@pytest.mark.parametrize("score_threshold", [0.0, 0.5, 0.9, 0.999])
+def test_batch_nms_cut_after_the_last_valid_candidate_matches_reference(score_threshold):
+    """Images with many, few and no candidates above the threshold in one batch: NMS runs on the
+    candidates up to the last valid one of any image only, and still equals the brute-force reference
+    (and a traced module, which keeps every candidate)."""
+    gen = torch.Generator().manual_seed(7)
+    xy = torch.rand(3, 300, 2, generator=gen) * 60
+    boxes = torch.cat([xy, xy + torch.rand(3, 300, 2, generator=gen) * 25 + 1], dim=-1)
+    scores = torch.rand(3, 300, 2, generator=gen) * torch.tensor([1.0, 0.95, 0.3])[:, None, None]
+    post = BatchNonMaxSuppression(score_threshold=score_threshold, iou_threshold=0.5,
+                                  max_detections_per_class=20, max_total_detections=30, pre_nms_top_k=500)
+    result = post(boxes, scores)
+    expected = _reference_batch(boxes, scores, post)
+    for b in range(3):
+        n = int(result["num_detections"][b])
+        assert n == len(expected[b])
+        assert result["detection_classes"][b, :n].tolist() == [d[1] for d in expected[b]]
+        torch.testing.assert_close(result["detection_boxes"][b, :n], boxes[b, [d[2] for d in expected[b]]])
+    assert result["detection_boxes"].shape == (3, 30, 4)
+
+    class Module(torch.nn.Module):
+        def forward(self, boxes, scores):
+            out = post(boxes, scores)
+            return out["detection_boxes"], out["detection_scores"], out["num_detections"]
+
+    traced = torch.jit.trace(Module(), (boxes, scores), check_trace=False)
+    for got, want in zip(traced(boxes, scores), (result["detection_boxes"], result["detection_scores"],
+                                                 result["num_detections"]), strict=True):
+        torch.testing.assert_close(got, want)

@@ -110,6 +110,20 @@ def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
     return torch.minimum(boxes.clamp(min=0), limits)
 
 
+def _past_last_valid_dropped(boxes: Tensor, scores: Tensor, classes: Tensor,
+                             valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The candidates ``[B, N, ...]`` cut after the last valid one of any image: an invalid candidate is
+    neither kept nor suppresses, so the cut changes no output, and NMS's pairwise IoU shrinks from N^2
+    to the valid candidates' (N = ``pre_nms_top_k``, 1000 by default, against tens to hundreds above a
+    score threshold of a trained model). Not while tracing or scripting (an export's graph must not
+    bake in one input's count); one device-to-host read of the count otherwise."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or valid.shape[-1] == 0:
+        return boxes, scores, classes, valid
+    positions = torch.arange(1, valid.shape[-1] + 1, device=valid.device)
+    n = max(1, int((valid * positions).amax()))  # 1 + the index of the last valid candidate anywhere
+    return boxes[:, :n], scores[:, :n], classes[:, :n], valid[:, :n]
+
+
 class BatchNonMaxSuppression:
     """The TF OD API's ``batch_non_max_suppression`` over a batch, with no loop over images or boxes.
 
@@ -161,6 +175,8 @@ class BatchNonMaxSuppression:
         padded detections (see ``SSD.postprocess``)."""
         cand_boxes, cand_scores, cand_classes = self._candidates(boxes, scores)
         valid = cand_scores > self.score_threshold
+        cand_boxes, cand_scores, cand_classes, valid = _past_last_valid_dropped(
+            cand_boxes, cand_scores, cand_classes, valid)
         groups = torch.zeros_like(cand_classes) if self.use_class_agnostic_nms else cand_classes
         keep = nms_mask(cand_boxes, groups, valid, self.iou_threshold)
         keep &= _rank_within_group(keep, groups) < self.max_detections_per_class
