@@ -96,6 +96,19 @@ def _reference_batch(boxes, scores, post):
     return out
 
 
+def _assert_matches_reference(result, boxes, scores, post):
+    """Each image's detections: the brute-force reference's, in order, then zero padding."""
+    expected = _reference_batch(boxes, scores, post)
+    for b in range(boxes.shape[0]):
+        n = int(result["num_detections"][b])
+        assert n == len(expected[b])
+        assert result["detection_classes"][b, :n].tolist() == [d[1] for d in expected[b]]
+        expected_scores = torch.tensor([d[0] for d in expected[b]])
+        torch.testing.assert_close(result["detection_scores"][b, :n], expected_scores)
+        torch.testing.assert_close(result["detection_boxes"][b, :n], boxes[b, [d[2] for d in expected[b]]])
+        assert result["detection_scores"][b, n:].eq(0).all()
+
+
 def test_batch_nms_matches_reference_per_class():
     gen = torch.Generator().manual_seed(3)
     xy = torch.rand(2, 40, 2, generator=gen) * 40
@@ -105,15 +118,7 @@ def test_batch_nms_matches_reference_per_class():
         score_threshold=0.2, iou_threshold=0.4, max_detections_per_class=5, max_total_detections=12
     )
     result = post(boxes, scores)
-    expected = _reference_batch(boxes, scores, post)
-    for b in range(2):
-        n = int(result["num_detections"][b])
-        assert n == len(expected[b])
-        assert result["detection_classes"][b, :n].tolist() == [d[1] for d in expected[b]]
-        expected_scores = torch.tensor([d[0] for d in expected[b]])
-        torch.testing.assert_close(result["detection_scores"][b, :n], expected_scores)
-        torch.testing.assert_close(result["detection_boxes"][b, :n], boxes[b, [d[2] for d in expected[b]]])
-        assert result["detection_scores"][b, n:].eq(0).all()
+    _assert_matches_reference(result, boxes, scores, post)
     assert result["detection_boxes"].shape == (2, 12, 4)
 
 
@@ -142,12 +147,7 @@ def test_batch_nms_cut_after_the_last_valid_candidate_matches_reference(score_th
     post = BatchNonMaxSuppression(score_threshold=score_threshold, iou_threshold=0.5,
                                   max_detections_per_class=20, max_total_detections=30, pre_nms_top_k=500)
     result = post(boxes, scores)
-    expected = _reference_batch(boxes, scores, post)
-    for b in range(3):
-        n = int(result["num_detections"][b])
-        assert n == len(expected[b])
-        assert result["detection_classes"][b, :n].tolist() == [d[1] for d in expected[b]]
-        torch.testing.assert_close(result["detection_boxes"][b, :n], boxes[b, [d[2] for d in expected[b]]])
+    _assert_matches_reference(result, boxes, scores, post)
     assert result["detection_boxes"].shape == (3, 30, 4)
 
     class Module(torch.nn.Module):
