@@ -115,9 +115,11 @@ def _past_last_valid_dropped(boxes: Tensor, scores: Tensor, classes: Tensor,
     """The candidates ``[B, N, ...]`` cut after the last valid one of any image: an invalid candidate is
     neither kept nor suppresses, so the cut changes no output, and NMS's pairwise IoU shrinks from N^2
     to the valid candidates' (N = ``pre_nms_top_k``, 1000 by default, against tens to hundreds above a
-    score threshold of a trained model). Not while tracing or scripting (an export's graph must not
-    bake in one input's count); one device-to-host read of the count otherwise."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or valid.shape[-1] == 0:
+    score threshold of a trained model). On the CPU only: elsewhere reading the count is a host sync,
+    and Faster R-CNN's proposal NMS runs every training step (a GPU's IoU matrix is cheap anyway). Not
+    while tracing or scripting either (an export's graph must not bake in one input's count)."""
+    if (valid.device.type != "cpu" or torch.jit.is_tracing() or torch.jit.is_scripting()
+            or valid.shape[-1] == 0):
         return boxes, scores, classes, valid
     positions = torch.arange(1, valid.shape[-1] + 1, device=valid.device)
     n = max(1, int((valid * positions).amax()))  # 1 + the index of the last valid candidate anywhere
