@@ -448,13 +448,26 @@ def _child(config_path: Path, run_dir: Path, seed: int, threads: int, device: st
                              str(threads), device], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
 
 
-def _done(run_dir: Path, test: bool = False) -> bool:
-    """Trained to the end and evaluated (on test too when `test`): `seconds.json` is written by the
-    study once a run has exited successfully, so a run stopped part-way (even one evaluated by an older
-    study) is never kept."""
-    folders = ("eval", TEST_EVAL) if test else ("eval",)
-    return (run_dir / "seconds.json").exists() and all(
-        (run_dir / f / n).exists() for f in folders for n in ("per_class.json", "detections.json"))
+def _done(run_dir: Path, test_images: int = 0) -> bool:
+    """Trained to the end and evaluated (with `test_images`, on a test split of that many images too):
+    `seconds.json` is written by the study once a run has exited successfully, so a run stopped
+    part-way (even one evaluated by an older study) is never kept; nor is a test evaluation of another
+    split (a work folder reused with another --test_images)."""
+    folders = ("eval", TEST_EVAL) if test_images else ("eval",)
+    if not (run_dir / "seconds.json").exists() or not all(
+            (run_dir / f / n).exists() for f in folders for n in ("per_class.json", "detections.json")):
+        return False
+    if not test_images:
+        return True
+    return len(json.loads((run_dir / TEST_EVAL / "groundtruth.json").read_text())["images"]) == test_images
+
+
+def _test_images(config_path: Path) -> int:
+    """The size of the test split `config_path`'s study evaluates on (0 without one), from its data
+    folder's summary.json."""
+    if not test_config(config_path).exists():
+        return 0
+    return int(json.loads((config_path.parent / "summary.json").read_text())["test"]["images"])
 
 
 def run_all(jobs: list[tuple[str, int, Path]], runs_dir: Path, parallel: int, threads: int,
@@ -470,7 +483,7 @@ def run_all(jobs: list[tuple[str, int, Path]], runs_dir: Path, parallel: int, th
         while pending and len(active) < parallel:
             name, seed, cfg = pending.pop(0)
             run_dir = runs_dir / f"{name}_seed{seed}"
-            if resume and _done(run_dir, test=test_config(cfg).exists()):
+            if resume and _done(run_dir, _test_images(cfg)):
                 seconds = json.loads((run_dir / "seconds.json").read_text())
                 results[(name, seed)] = read_run(run_dir, name, seed, seconds=seconds)
                 print(f"  {name} seed {seed}: kept from {run_dir}", flush=True)
@@ -857,7 +870,7 @@ def regrade(source: Path, budget: Budget, work: Path, device: str = "cpu") -> di
             if not (src / "seconds.json").exists():
                 raise SystemExit(f"{src}: no finished run to regrade (train it first, or leave "
                                  f"{name} out with --strategies)")
-            if not _done(run_dir, test=True):
+            if not _done(run_dir, budget.test_images):
                 shutil.rmtree(run_dir, ignore_errors=True)
                 shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("eval", TEST_EVAL))
                 evaluate_run(str(config), str(run_dir), device)

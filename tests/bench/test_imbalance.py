@@ -104,7 +104,8 @@ def test_quick_study_with_a_test_split_grades_val_thresholds_on_test(tmp_path):
     summary = json.loads((data / "summary.json").read_text())
     assert report["gt_count"] == summary["test"]["boxes"]  # the figures count the test split's boxes
     run_dir = tmp_path / "runs" / "baseline_seed0"
-    assert imbalance._done(run_dir, test=True)
+    assert imbalance._done(run_dir, test_images=6)
+    assert not imbalance._done(run_dir, test_images=9)  # graded on another split: not kept by --resume
     val = class_operating_points(*imbalance._eval_inputs(run_dir / "eval"))
     test_gt, test_dets = imbalance._eval_inputs(run_dir / imbalance.TEST_EVAL)
     assert len(test_gt["images"]) == 6
