@@ -647,23 +647,26 @@ def operating_points_lines(base: dict[str, Spread]) -> list[str]:
 # goal judges spanning (max - min over the seeds) no more than that figure's tolerance in the goal.
 AGREEMENT = {f"AP50/{RARE}": GOAL_AP50_LIFT, f"R@P0.9/{RARE}": GOAL_RECALL_LIFT,
              **{f"AP50/{c}": TOLERANCE for c in COMMON}}
+AGREEMENT_LABELS = {k: f"{k.split('/')[1]} {k.split('/')[0]}" for k in AGREEMENT}  # e.g. "crack AP50"
+
+
+def _spread_cell(width: float, tol: float, show_tol: bool = False) -> tuple[str, bool]:
+    """A spread (max - min over the seeds) as a table cell, ✗ when wider than `tol`; and whether it is not."""
+    ok = width <= tol
+    return f"{width:.1f}" + (f" (≤ {tol:g})" if show_tol else "") + ("" if ok else " ✗"), ok
 
 
 def seed_agreement(figs: dict[str, dict[str, Spread]], names: Sequence[str]) -> tuple[list[str], bool]:
     """Markdown: per strategy in `names`, each goal figure's spread over the seeds against its
     tolerance; and whether every one is within it."""
-    label = {f"AP50/{c}": f"{c} AP50" for c in CLASS_NAMES} | {f"R@P0.9/{RARE}": f"{RARE} R@P0.9"}
-    head = " | ".join(f"{label[k]} spread (≤ {t:g})" for k, t in AGREEMENT.items())
+    head = " | ".join(f"{AGREEMENT_LABELS[k]} spread (≤ {t:g})" for k, t in AGREEMENT.items())
     lines = [f"| strategy | {head} |",
              "|---" * (len(AGREEMENT) + 1) + "|"]
     ok = True
     for n in names:
-        cells = []
-        for key, tol in AGREEMENT.items():
-            width = figs[n][key].high - figs[n][key].low
-            ok &= width <= tol
-            cells.append(f"{width:.1f}" + ("" if width <= tol else " ✗"))
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        cells = [_spread_cell(figs[n][key].high - figs[n][key].low, tol) for key, tol in AGREEMENT.items()]
+        ok &= all(within for _, within in cells)
+        lines.append(f"| {n} | " + " | ".join(cell for cell, _ in cells) + " |")
     return lines, ok
 
 
@@ -672,24 +675,20 @@ def paired_lifts(seeds: dict[str, list[RunResult]], name: str) -> tuple[list[str
     per seed and goal figure, with the lifts' spread over the seeds against the figure's tolerance; and
     whether every spread is within it (None-free: seeds missing from either side are left out). The
     goal judges lifts; seed noise that both sides share (e.g. the initial weights) cancels here."""
-    label = {f"AP50/{c}": f"Δ {c} AP50" for c in CLASS_NAMES} | {f"R@P0.9/{RARE}": f"Δ {RARE} R@P0.9"}
     base = {r.seed: r for r in seeds.get("baseline", [])}
     runs = sorted((r for r in seeds.get(name, []) if r.seed in base), key=lambda r: r.seed)
-    lines = [f"| {name} − baseline, same seed | " + " | ".join(label[k] for k in AGREEMENT) + " |",
-             "|---" * (len(AGREEMENT) + 1) + "|"]
+    lines = [f"| {name} − baseline, same seed | " + " | ".join(f"Δ {AGREEMENT_LABELS[k]}" for k in AGREEMENT)
+             + " |", "|---" * (len(AGREEMENT) + 1) + "|"]
     lifts = {k: [] for k in AGREEMENT}
     for r in runs:
         for key in AGREEMENT:
             fig_name, cls = key.split("/")
             lifts[key].append(figure(r, fig_name, cls) - figure(base[r.seed], fig_name, cls))
         lines.append(f"| seed {r.seed} | " + " | ".join(f"{lifts[k][-1]:+.1f}" for k in AGREEMENT) + " |")
-    ok, cells = len(runs) >= 3, []
-    for key, tol in AGREEMENT.items():
-        width = max(lifts[key]) - min(lifts[key]) if lifts[key] else 0.0
-        ok &= width <= tol
-        cells.append(f"{width:.1f} (≤ {tol:g})" + ("" if width <= tol else " ✗"))
-    lines.append("| spread | " + " | ".join(cells) + " |")
-    return lines, ok
+    cells = [_spread_cell(max(v) - min(v) if (v := lifts[key]) else 0.0, tol, show_tol=True)
+             for key, tol in AGREEMENT.items()]
+    lines.append("| spread | " + " | ".join(cell for cell, _ in cells) + " |")
+    return lines, len(runs) >= 3 and all(within for _, within in cells)
 
 
 def goal_table(figs: dict[str, dict[str, Spread]]) -> list[str]:
