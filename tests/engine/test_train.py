@@ -70,6 +70,35 @@ def test_non_finite_loss_stops_without_bad_checkpoint(tmp_path):
     assert not ckpt.non_finite_tensors(ckpt.load_checkpoint(tmp_path / "ckpt-2.pt")["model"])
 
 
+def test_non_finite_loss_between_checkpoints_is_reported_with_its_step(tmp_path):
+    # A step's figures are read after the next step is queued (no host sync inside a step), but
+    # before any checkpoint: a NaN at step 3 (checkpoints every 2) must stop before ckpt-4 exists,
+    # with step 3's number, and a NaN at step 3 of a run checkpointing every 5 must name no checkpoint.
+    comps = toy.make_components(10, loss=toy.ToyLoss(nan_at_call=3))
+    with pytest.raises(TrainingDiverged, match=r"step 3 .*classification_loss=nan.*ckpt-2\.pt"):
+        train(comps, tmp_path / "a", checkpoint_every_n=2, progress=False)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "a")] == [2]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "a" / "train" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]  # the bad step is not logged
+    comps = toy.make_components(10, loss=toy.ToyLoss(nan_at_call=3))
+    with pytest.raises(TrainingDiverged, match=r"step 3 .*no checkpoint was written yet"):
+        train(comps, tmp_path / "b", checkpoint_every_n=5, progress=False)
+    assert ckpt.list_checkpoints(tmp_path / "b") == []
+
+
+def test_logged_regularization_loss_is_that_of_the_updated_weights(tmp_path):
+    # The toy's only decayed weight is conv.weight (0.01): the last step's logged value must be
+    # 0.5 * 0.01 * ||conv.weight||^2 of the final weights, written out here from the saved checkpoint.
+    comps = toy.make_components(4)
+    result = train(comps, tmp_path, progress=False)
+    weight = ckpt.load_checkpoint(tmp_path / "ckpt-4.pt")["model"]["conv.weight"].double()
+    expected = 0.5 * 0.01 * float((weight**2).sum())
+    last = json.loads((tmp_path / "train" / "log.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 4
+    assert last["Loss/regularization_loss"] == pytest.approx(expected, rel=1e-6)
+    assert result.last_losses["regularization_loss"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_resume_skips_truncated_newest(tmp_path):
     train(toy.make_components(4), tmp_path, checkpoint_every_n=2, progress=False)
     newest = tmp_path / "ckpt-4.pt"

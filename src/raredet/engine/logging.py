@@ -40,14 +40,21 @@ def scalars_for_step(
     """
     out = {tag: float(losses[key]) for key, tag in LOSS_TAGS.items() if key in losses}
     out["learning_rate"] = float(learning_rate)
-    per_class = [("matched_anchors", "matched_anchors"), ("positive_cls_loss_share", "positive_loss_share")]
-    per_class += [(k, k.removeprefix("class_balance/")) for k in losses if k.startswith("class_balance/")]
-    for key, prefix in per_class:
-        if key in losses:
-            values = torch.as_tensor(losses[key]).detach().float().cpu().tolist()
-            pairs = zip(class_names, values, strict=True)
-            out.update({f"ClassBalance/{prefix}/{n}": float(v) for n, v in pairs})
+    for key in per_class_keys(losses):
+        prefix = PER_CLASS_PREFIX.get(key, key.removeprefix("class_balance/"))
+        values = torch.as_tensor(losses[key]).detach().float().cpu().tolist()
+        pairs = zip(class_names, values, strict=True)
+        out.update({f"ClassBalance/{prefix}/{n}": float(v) for n, v in pairs})
     return out
+
+
+PER_CLASS_PREFIX = {"matched_anchors": "matched_anchors", "positive_cls_loss_share": "positive_loss_share"}
+
+
+def per_class_keys(losses: Mapping[str, Any]) -> list[str]:
+    """The keys of `losses` logged as one scalar per class, in logging order."""
+    balance = [k for k in losses if k.startswith("class_balance/")]
+    return [k for k in PER_CLASS_PREFIX if k in losses] + balance
 
 
 class TrainLogger:

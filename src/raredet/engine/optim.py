@@ -246,16 +246,24 @@ def weight_decay_groups(params: Mapping[str, nn.Parameter], l2_weights: Mapping[
     ]
 
 
-def regularization_loss(optimizer: torch.optim.Optimizer) -> float:
-    """`sum 0.5 * weight * ||w||^2` over decayed groups: the TF OD API's `Loss/regularization_loss`."""
+def regularization_loss_tensor(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """`sum 0.5 * weight * ||w||^2` over decayed groups, as a 0-d float32 tensor on the parameters'
+    device (no host synchronisation): the TF OD API's `Loss/regularization_loss`."""
     terms = []
     with torch.no_grad():
         for group in optimizer.param_groups:
             if group.get("weight_decay", 0.0) and group["params"]:
-                # One device->host copy for the whole model, not one per parameter.
                 squares = torch.stack([p.detach().float().pow(2).sum() for p in group["params"]]).sum()
                 terms.append(0.5 * group["weight_decay"] * squares)
-    return float(torch.stack(terms).sum()) if terms else 0.0
+    if terms:
+        return torch.stack(terms).sum()
+    first = next((p for g in optimizer.param_groups for p in g["params"]), None)
+    return torch.zeros((), device=first.device if first is not None else None)
+
+
+def regularization_loss(optimizer: torch.optim.Optimizer) -> float:
+    """`regularization_loss_tensor` as a Python float."""
+    return float(regularization_loss_tensor(optimizer))
 
 
 # ---- exponential moving average -----------------------------------------------------------------

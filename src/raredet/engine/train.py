@@ -43,16 +43,17 @@ from torch import nn
 from raredet.engine import checkpoint as ckpt
 from raredet.engine import distributed as dist_utils
 from raredet.engine.logging import TrainLogger
-from raredet.engine.optim import LearningRateSchedule, ModelEma, regularization_loss, set_learning_rate
+from raredet.engine.optim import LearningRateSchedule, ModelEma, set_learning_rate
+from raredet.engine.step_record import LOGGED_TERMS, StepRecord
 from raredet.errors import ConfigError, RaredetError
 from raredet.losses.class_weights import ClassWeight, format_class_weight_table
 from raredet.modeling.layers import FrozenBatchNorm2d
 
 Criterion = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], dict[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
-LOGGED_TERMS = ("classification_loss", "localization_loss", "total_loss")
-# "auto": bf16 autocast on CUDA (raredet's behaviour before the choice existed; not re-measured here),
-# fp32 on CPU (bf16 changes the numbers, and the CPU default keeps them); "fp32" / "bf16" force one.
+# "auto": bf16 autocast on CUDA (with the channels-last default, faster than fp32 for both zoo models
+# measured on an H200: docs/benchmarks.md, "GPU"), fp32 on CPU (bf16 changes the numbers, and the CPU
+# default keeps them); "fp32" / "bf16" force one.
 PRECISIONS = ("auto", "fp32", "bf16")
 EVAL_SHOWN = ("DetectionBoxes_Precision/mAP", "DetectionBoxes_Precision/mAP@.50IOU", "Loss/total_loss",
               "PascalBoxes_Precision/mAP@0.5IOU")
@@ -138,11 +139,14 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore `rng_state()`'s states. A checkpoint loaded with `map_location=cuda` holds them on the
+    GPU, and torch takes RNG states only as CPU byte tensors: hence the `.cpu()` (found resuming on an
+    H200)."""
+    torch.set_rng_state(state["torch"].cpu())
     if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     npy = state["numpy"]
-    keys = npy["keys"].numpy().astype(np.uint32)
+    keys = npy["keys"].cpu().numpy().astype(np.uint32)
     np.random.set_state(("MT19937", keys, npy["pos"], npy["has_gauss"], npy["gauss"]))
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
@@ -374,17 +378,6 @@ def forward_backward(
     return losses, grad_norm
 
 
-def averaged_terms(losses: Mapping[str, torch.Tensor], grad_norm: torch.Tensor) -> dict[str, float]:
-    """The logged loss terms averaged over ranks: with the criterion's global normaliser, the mean over
-    ranks is the loss of the global batch."""
-    stacked = torch.stack([losses[k].float().reshape(()) for k in LOGGED_TERMS] + [grad_norm.float()])
-    world = dist_utils.get_world_size()
-    values = (dist_utils.all_reduce_sum(stacked) / world).tolist()
-    out = dict(zip(LOGGED_TERMS, values[:-1], strict=True))
-    out["grad_norm"] = values[-1] * 1.0
-    return out
-
-
 # ---- checkpoints --------------------------------------------------------------------------------
 
 
@@ -507,16 +500,18 @@ def train(
 
     Returns when done or after SIGINT/SIGTERM (a checkpoint is written either way). Raises
     TrainingDiverged on a non-finite loss or gradient. `channels_last`: the model's 4-d weights (and
-    so its activations) in NHWC memory order; default (None): on CPU, where it takes ~25 % fewer
-    CPU-seconds per step, off on CUDA (not measured there). Its float32 gradients equal NCHW's to
-    rounding (tests/modeling/test_memory_format.py; docs/benchmarks.md, "channels-last and float32").
+    so its activations) in NHWC memory order; default (None): on, on every device. It takes ~25 % fewer
+    CPU-seconds per step on the CPU, and on an H200 it trained ResNet50-FPN-640 x1.19-1.39 and
+    MobileNetV2-FPNLite-320 x1.9-2.4 faster than NCHW (docs/benchmarks.md, "GPU"). Its float32
+    gradients equal NCHW's to rounding (tests/modeling/test_memory_format.py; docs/benchmarks.md,
+    "channels-last and float32").
     """
     info = dist_utils.init_distributed(device)
     model_dir = Path(model_dir)
     seed_everything(seed)
     per_rank_batch(components.batch_size, info.world_size)  # fail before any work
     if channels_last is None:
-        channels_last = info.device.type == "cpu"
+        channels_last = True
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     components.model.to(info.device)
     components.model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's stubs lack it
@@ -565,7 +560,12 @@ class LoopOptions:
 
 def _loop(components: TrainComponents, model: nn.Module, info: dist_utils.DistInfo, logger: TrainLogger,
           pos: Position, opts: LoopOptions) -> TrainResult:
+    """The steps. No host synchronisation inside a step: each step's figures are read (checked for
+    non-finite values, logged) after the next step is queued, and before any checkpoint or evaluation
+    (engine/step_record.py)."""
     terms: dict[str, float] = {}
+    pending: StepRecord | None = None
+    distributed = dist_utils.is_distributed()
     model.train()
     with catch_stop_signals() as stop:
         stream = batch_stream(components, pos.epoch, pos.batch_in_epoch, info, opts.seed)
@@ -578,32 +578,64 @@ def _loop(components: TrainComponents, model: nn.Module, info: dist_utils.DistIn
             on_device["sampling_seeds"] = sampling_seeds(opts.seed, pos.step, info.rank,
                                                          int(on_device["images"].shape[0]))
             losses, grad_norm = forward_backward(components, model, on_device, info.device)
-            terms = averaged_terms(losses, grad_norm)
-            if not all(math.isfinite(v) for v in terms.values()):
-                raise diverged_error(pos.step, terms, pos.last)
             components.optimizer.step()
             if components.ema is not None:
                 components.ema.update(unwrap(model))
             pos.step += 1
-            terms["regularization_loss"] = regularization_loss(components.optimizer)
-            logger.log_step(pos.step, {**losses, **terms}, lr, components.batch_size)
-            stopping = dist_utils.broadcast_flag(stop.signal is not None, info.device)
+            record = StepRecord.launch(pos.step, lr, losses, grad_norm, components.optimizer,
+                                       stop.signal is not None)
+            # One process stops at once; ranks stop together on the flags a record carries (summed over
+            # ranks, so every rank reads the same answer from the same record).
+            stopping = stop.signal is not None and not distributed
+            if pending is not None:
+                terms, any_rank_stops = _finish(pending, components, logger, pos)
+                stopping = stopping or any_rank_stops
+            pending = record
+            if stopping or _saves(components, pos, opts) or _evaluates(pos, opts):
+                terms, any_rank_stops = _finish(pending, components, logger, pos)
+                stopping = stopping or any_rank_stops
+                pending = None
             _after_step(components, model, info, logger, pos, opts, stopping)
             if stopping:
                 logger.message(f"stopped by signal at step {pos.step}; checkpoint {pos.last}")
                 return TrainResult(pos.step, True, pos.last, terms)
+    if pending is not None:
+        terms, _ = _finish(pending, components, logger, pos)
     return TrainResult(pos.step, False, pos.last, terms)
+
+
+def _finish(record: StepRecord, components: TrainComponents, logger: TrainLogger,
+            pos: Position) -> tuple[dict[str, float], bool]:
+    """Read a step's record: raise TrainingDiverged if it is not finite, else log it; returns its terms
+    and whether any rank caught a stop signal by then."""
+    terms, per_class, stop = record.read()
+    if not StepRecord.finite(terms):
+        raise diverged_error(record.step - 1, {k: v for k, v in terms.items() if k != "regularization_loss"},
+                             pos.last)
+    logger.log_step(record.step, {**per_class, **terms}, record.learning_rate, components.batch_size)
+    return terms, stop
+
+
+def _saves(components: TrainComponents, pos: Position, opts: LoopOptions) -> bool:
+    """Whether this step writes a checkpoint (every n steps and at the end; also on a stop)."""
+    every = opts.checkpoint_every_n
+    return (every > 0 and pos.step % every == 0) or pos.step == components.num_steps
+
+
+def _evaluates(pos: Position, opts: LoopOptions) -> bool:
+    """Whether this step evaluates (every `eval_every_n_steps` steps, given an evaluation)."""
+    every = opts.eval_every_n_steps
+    return opts.eval_fn is not None and every > 0 and pos.step % every == 0
 
 
 def _after_step(components: TrainComponents, model: nn.Module, info: dist_utils.DistInfo,
                 logger: TrainLogger, pos: Position, opts: LoopOptions, stopping: bool) -> None:
     """Checkpoint (every n steps, at the end, on a signal) and evaluate (every n steps)."""
-    every = opts.checkpoint_every_n
-    if stopping or (every > 0 and pos.step % every == 0) or pos.step == components.num_steps:
+    if stopping or _saves(components, pos, opts):
         path = save(components, model, opts.model_dir, pos.step, pos.epoch, pos.batch_in_epoch, info)
         pos.last = path or pos.last
-    if opts.eval_fn is not None and opts.eval_every_n_steps > 0 and pos.step % opts.eval_every_n_steps == 0:
-        run_eval(components, model, opts.eval_fn, pos.step, logger, info)
+    if _evaluates(pos, opts):
+        run_eval(components, model, opts.eval_fn, pos.step, logger, info)  # type: ignore[arg-type]
 
 
 def run_eval(components: TrainComponents, model: nn.Module, eval_fn: EvalFn, step: int,
