@@ -70,7 +70,7 @@ def train_from_config(
     Threads and data workers are sized to this process's share of the node (`engine.train.
     configure_threads`, `default_num_workers`); `precision` (see `engine.train.PRECISIONS`) overrides
     the config's `train_config.use_bfloat16`; `channels_last` chooses NHWC memory order
-    (default: on CPU; `engine.train.train`).
+    (default: on; `engine.train.train`).
     """
     loaded = config.load(pipeline_config_path)
     info = dist_utils.init_distributed(device)
