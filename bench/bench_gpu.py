@@ -16,8 +16,10 @@ batch changed:
   pinned to 640), train mode, the same batch size, loss + backward + SGD step, fp32 and bf16 autocast,
   timed the same way (only where torchvision imports against this torch).
 
-Each figure is the median of `--repeats` timed blocks. Run as `python -m bench.bench_gpu [--quick]`
-(`--quick`: tiny sizes, any device, a smoke test). Results: bench/results/gpu.json.
+Each figure is the median of 3 timed blocks of 10 steps. Run as `python -m bench.bench_gpu [--quick]
+[--only NAME_PART] [--variants fp32_nchw bf16_nhwc ...] [--no_torchvision] [--out ROWS.json]`
+(`--quick`: tiny sizes, any device, a smoke test). Results: bench/results/gpu.json for the whole
+table; rows are also written to `--out` as they come, so a call cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -143,19 +145,23 @@ def cli(cfg_path: Path, batch: int, device: str, precision: str, channels_last: 
             "wall_s": time.perf_counter() - start}
 
 
-def run(quick: bool, out: Path) -> dict[str, Any]:
+def run(quick: bool, out: Path, only: str | None = None, variants: tuple[tuple[str, bool], ...] = VARIANTS,
+        torchvision: bool = True) -> dict[str, Any]:
+    """The whole table; `only`: the configs whose name contains it; `variants`: these model-only rows."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     steps, repeats, warmup = (2, 2, 1) if quick else (10, 3, 5)
     rows: list[dict[str, Any]] = []
     for name, size, batch in (QUICK_CASES if quick else CASES):
+        if only and only not in name:
+            continue
         data = RESULTS_DIR / "tmp" / f"bench_gpu_{size}"
         if not (data / "label_map.pbtxt").exists():
             make_synthetic_dataset(data, images=(3 * batch if quick else max(256, 4 * batch)),
                                    image_size=size, num_shards=4, min_val_boxes=1)
         cfg_path = zoo_user_copy(name, data, batch=batch, size=size, absolute_paths=True)
         base = {"config": name, "size": size, "batch": batch}
-        for precision, channels_last in VARIANTS:
+        for precision, channels_last in variants:
             rows.append(base | model_only(cfg_path, batch, device, precision, channels_last, steps, repeats,
                                           warmup))
             print(json.dumps(rows[-1]), flush=True)
@@ -167,7 +173,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                                    steps=6 if quick else 60, skip=2 if quick else 20, work=data / "runs"))
             print(json.dumps(rows[-1]), flush=True)
             atomic_write_json(out, {"machine": machine(), "rows": rows})
-        if name.startswith("ssd_resnet50"):
+        if torchvision and name.startswith("ssd_resnet50"):
             for precision in ("fp32", "bf16"):
                 r = torchvision_retinanet(size, batch, device, precision, steps, repeats, warmup)
                 if r is not None:
@@ -177,16 +183,25 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def _variant_name(variant: tuple[str, bool]) -> str:
+    return f"{variant[0]}_{'nhwc' if variant[1] else 'nchw'}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
     parser.add_argument("--out", type=Path, help="also write the rows here as they come")
+    parser.add_argument("--only", help="only the configs whose file name contains this")
+    parser.add_argument("--variants", nargs="+", choices=[_variant_name(v) for v in VARIANTS],
+                        help="only these model-only rows (default: all four)")
+    parser.add_argument("--no_torchvision", action="store_true", help="leave torchvision's RetinaNet out")
     args = parser.parse_args(argv)
     out = args.out or RESULTS_DIR / "tmp" / "gpu_partial.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = run(args.quick, out)
-    if not args.quick:
+    variants = tuple(v for v in VARIANTS if args.variants is None or _variant_name(v) in args.variants)
+    result = run(args.quick, out, args.only, variants, not args.no_torchvision)
+    if not args.quick and not args.only and args.variants is None and not args.no_torchvision:
         save_result("gpu", result)
     for r in result["rows"]:
         print(f"{r['config'][:30]:30} b{r['batch']:<4} {r['kind']:36} {r['precision']:5} "
