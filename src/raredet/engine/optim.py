@@ -253,7 +253,10 @@ def regularization_loss_tensor(optimizer: torch.optim.Optimizer) -> torch.Tensor
     with torch.no_grad():
         for group in optimizer.param_groups:
             if group.get("weight_decay", 0.0) and group["params"]:
-                squares = torch.stack([p.detach().float().pow(2).sum() for p in group["params"]]).sum()
+                # One multi-tensor norm kernel per group, not two small kernels per parameter (run every
+                # step: hundreds of launches on a GPU).
+                norms = torch._foreach_norm([p.detach().float() for p in group["params"]], 2)
+                squares = torch.stack(norms).double().square().sum().float()
                 terms.append(0.5 * group["weight_decay"] * squares)
     if terms:
         return torch.stack(terms).sum()
