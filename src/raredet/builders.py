@@ -607,7 +607,7 @@ def build_training(
         class_names=label_map.names, ema=ema, evaluate_with_ema=cfg.eval_config.use_moving_averages,
         gradient_clipping_by_norm=cfg.train_config.gradient_clipping_by_norm, num_workers=num_workers,
         sync_batch_norm=uses_sync_batch_norm(model_message(cfg)), class_weights=class_weights,
-        precision="bf16" if cfg.train_config.use_bfloat16 else "auto",
+        use_bfloat16=cfg.train_config.use_bfloat16,
         metadata={"config_text": effective_config_text(cfg), "label_map_text": label_map.to_pbtxt()},
     )
 

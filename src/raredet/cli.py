@@ -151,8 +151,8 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--eval_every_n_steps", type=int, default=0,
                    help="validation loss and metrics on eval_input_reader every N steps (0: never)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                   help="autocast precision; default: bf16 if train_config.use_bfloat16, else auto "
-                        "(bf16 on CUDA, fp32 on CPU)")
+                   help="autocast precision; default auto: bf16 on CUDA; on the CPU fp32, or bf16 where "
+                        "train_config.use_bfloat16 asks for it and the CPU runs bf16 natively (AVX-512, AMX)")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory order; default: on (~25 %% fewer CPU-seconds per step on CPU; "
                         "x1.2-2.4 images/s on an H200; docs/benchmarks.md)")

@@ -1,5 +1,6 @@
 """The precision choice: `train_config.use_bfloat16` and `--precision` pick the autocast; fp32 stays
-fp32 on the CPU; thread and worker sizing."""
+fp32 on the CPU, and `use_bfloat16` is acted on there only where the CPU runs bf16 natively; thread
+and worker sizing."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from raredet import builders, config
-from raredet.engine.train import autocast_for, default_num_workers, eval_workers
+from raredet.engine import train as engine_train
+from raredet.engine.train import autocast_for, default_num_workers, eval_workers, resolve_precision
 from raredet.errors import ConfigError
 
 _spec = importlib.util.spec_from_file_location("tiny_pipeline",
@@ -35,15 +37,53 @@ def test_autocast_follows_the_precision_on_cpu():
         autocast_for(cpu, "fp16")
 
 
-def test_use_bfloat16_chooses_bf16_and_no_longer_warns(tmp_path):
+def test_use_bfloat16_reaches_the_components_and_no_longer_warns(tmp_path):
     tiny.make_data(tmp_path)
     plain = tiny.write_config(tmp_path, "plain.config")
     bf16 = tiny.write_config(tmp_path, "bf16.config", train_extra="use_bfloat16: true")
-    assert builders.build_training(config.load(plain)).precision == "auto"
+    built = builders.build_training(config.load(plain))
+    assert (built.precision, built.use_bfloat16) == ("auto", False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", config.ConfigWarning)  # use_bfloat16 is acted on now
         loaded = config.load(bf16)
-    assert builders.build_training(loaded).precision == "bf16"
+    built = builders.build_training(loaded)
+    assert (built.precision, built.use_bfloat16) == ("auto", True)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_resolve_precision(monkeypatch, native):
+    monkeypatch.setattr(engine_train, "cpu_runs_bf16_natively", lambda: native)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    # Forced precisions are kept; bf16 on a CPU without native bf16 says it will be slow.
+    assert resolve_precision("fp32", cpu, use_bfloat16=True) == ("fp32", "")
+    assert resolve_precision("fp32", cuda) == ("fp32", "")
+    chosen, note = resolve_precision("bf16", cpu)
+    assert chosen == "bf16" and (note == "") == native
+    # auto: bf16 on CUDA whatever the config says; fp32 on the CPU unless use_bfloat16 and native.
+    assert resolve_precision("auto", cuda) == ("bf16", "")
+    assert resolve_precision("auto", cuda, use_bfloat16=True) == ("bf16", "")
+    assert resolve_precision("auto", cpu) == ("fp32", "")
+    chosen, note = resolve_precision("auto", cpu, use_bfloat16=True)
+    assert chosen == ("bf16" if native else "fp32")
+    assert ("is not acted on" in note) == (not native)
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16; got 'fp16'"):
+        resolve_precision("fp16", cpu)
+
+
+def test_use_bfloat16_on_a_cpu_without_native_bf16_trains_in_fp32(tmp_path, monkeypatch, capsys):
+    # A zoo config with use_bfloat16 (21 of the 40) on an AVX2-only CPU: fp32, and the log says why.
+    monkeypatch.setattr(engine_train, "cpu_runs_bf16_natively", lambda: False)
+    tiny.make_data(tmp_path)
+    components = builders.build_training(
+        config.load(tiny.write_config(tmp_path, "bf16.config", train_extra="use_bfloat16: true")),
+        num_train_steps=1)
+    seen = []
+    real = engine_train.autocast_for
+    monkeypatch.setattr(engine_train, "autocast_for",
+                        lambda device, precision: seen.append(precision) or real(device, precision))
+    engine_train.train(components, tmp_path / "run", device="cpu", progress=False)
+    assert seen == ["fp32"] and components.precision == "fp32"
+    assert "train_config.use_bfloat16 is not acted on" in capsys.readouterr().out
 
 
 def test_worker_sizing(monkeypatch):

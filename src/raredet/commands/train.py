@@ -68,8 +68,8 @@ def train_from_config(
     """`raredet train`: load the config, build everything, train (resuming from `model_dir`).
 
     Threads and data workers are sized to this process's share of the node (`engine.train.
-    configure_threads`, `default_num_workers`); `precision` (see `engine.train.PRECISIONS`) overrides
-    the config's `train_config.use_bfloat16`; `channels_last` chooses NHWC memory order
+    configure_threads`, `default_num_workers`); `precision` (see `engine.train.resolve_precision`)
+    overrides the config's `train_config.use_bfloat16`; `channels_last` chooses NHWC memory order
     (default: on; `engine.train.train`).
     """
     loaded = config.load(pipeline_config_path)

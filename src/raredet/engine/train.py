@@ -52,8 +52,9 @@ from raredet.modeling.layers import FrozenBatchNorm2d
 Criterion = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], dict[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
 # "auto": bf16 autocast on CUDA (with the channels-last default, faster than fp32 for both zoo models
-# measured on an H200: docs/benchmarks.md, "GPU"), fp32 on CPU (bf16 changes the numbers, and the CPU
-# default keeps them); "fp32" / "bf16" force one.
+# measured on an H200: docs/benchmarks.md, "GPU"); on the CPU fp32 (bf16 changes the numbers, and the
+# CPU default keeps them), or bf16 where `train_config.use_bfloat16` asks for it and the CPU runs bf16
+# natively (`cpu_runs_bf16_natively`); "fp32" / "bf16" force one (`resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16")
 EVAL_SHOWN = ("DetectionBoxes_Precision/mAP", "DetectionBoxes_Precision/mAP@.50IOU", "Loss/total_loss",
               "PascalBoxes_Precision/mAP@0.5IOU")
@@ -92,7 +93,8 @@ class TrainComponents:
     num_workers: int = 0
     sync_batch_norm: bool = False
     class_weights: list[ClassWeight] = field(default_factory=list)
-    precision: str = "auto"  # one of PRECISIONS; builders: "bf16" when train_config.use_bfloat16
+    precision: str = "auto"  # one of PRECISIONS (raredet train --precision); train() resolves it
+    use_bfloat16: bool = False  # train_config.use_bfloat16: bf16 on the CPU where it is native
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -279,6 +281,45 @@ def to_device(batch: Mapping[str, Any], device: torch.device, channels_last: boo
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         out["images"] = images.contiguous(memory_format=memory_format)
     return out
+
+
+def cpu_runs_bf16_natively() -> bool:
+    """Whether oneDNN runs bf16 convolutions and matmuls on this CPU (x86 with AVX-512 or AMX, Arm with
+    bf16 instructions). Without that torch falls back to generic kernels: on an AVX2-only AMD EPYC a
+    conv block's forward + backward took x17 its fp32 time and a linear layer's x6
+    (docs/benchmarks.md, "Precision")."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the query: AVX-512 is what oneDNN needs
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def resolve_precision(precision: str, device: torch.device, use_bfloat16: bool = False) -> tuple[str, str]:
+    """The precision a run trains in, "fp32" or "bf16", and a note for the log ("" when none).
+
+    "fp32" and "bf16" are kept (a note when bf16 will be slow on this CPU); "auto" is bf16 on CUDA and
+    fp32 on the CPU, unless `use_bfloat16` (the config's `train_config.use_bfloat16`) asks for bf16
+    and the CPU runs it natively. The TF OD API acts on `use_bfloat16` on TPUs only; 21 of the TF2
+    zoo's 40 configs set it, and on a CPU without native bf16 it would make every step many times
+    slower, so there it falls back to fp32 and says so."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    on_cpu = device.type == "cpu"
+    native = not on_cpu or cpu_runs_bf16_natively()
+    if precision == "fp32":
+        return "fp32", ""
+    no_native = "this CPU has no native bf16 (oneDNN needs AVX-512 or AMX)"
+    if precision == "bf16":
+        slow = f"precision bf16: {no_native}, generic kernels run it, several times slower than fp32"
+        return "bf16", "" if native else slow
+    if not on_cpu:
+        return "bf16", ""
+    if use_bfloat16 and native:
+        return "bf16", "train_config.use_bfloat16: training in bf16 autocast (--precision fp32 keeps fp32)"
+    if use_bfloat16:
+        return "fp32", (f"train_config.use_bfloat16 is not acted on: {no_native} and bf16 would be several "
+                        "times slower than fp32; training in fp32 (--precision bf16 forces bf16)")
+    return "fp32", ""
 
 
 def autocast_for(device: torch.device, precision: str) -> AbstractContextManager[Any]:
@@ -529,6 +570,9 @@ def train(
                          write=info.is_main, progress=progress)
     if found is not None:
         logger.message(f"resuming from {last} at step {step}")
+    components.precision, note = resolve_precision(components.precision, info.device, components.use_bfloat16)
+    if note:
+        logger.message(note)
     if components.class_weights:
         logger.text("class_weights", format_class_weight_table(components.class_weights))
     options = LoopOptions(model_dir, seed, checkpoint_every_n, eval_every_n_steps, eval_fn, channels_last)
