@@ -286,8 +286,9 @@ def to_device(batch: Mapping[str, Any], device: torch.device, channels_last: boo
 def cpu_runs_bf16_natively() -> bool:
     """Whether oneDNN runs bf16 convolutions and matmuls on this CPU (x86 with AVX-512 or AMX, Arm with
     bf16 instructions). Without that torch falls back to generic kernels: on an AVX2-only AMD EPYC a
-    conv block's forward + backward took x17 its fp32 time and a linear layer's x6
-    (docs/benchmarks.md, "Precision")."""
+    training forward + backward took x9.0 its fp32 time for the demo's ResNet-18 FPN, x15.9 for the zoo's
+    MobileNetV2-FPNLite and x5.7 for a linear layer (bench/bench_bf16_cpu.py; docs/benchmarks.md,
+    "Precision")."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch without the query: AVX-512 is what oneDNN needs
