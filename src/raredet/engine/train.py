@@ -305,10 +305,10 @@ def resolve_precision(precision: str, device: torch.device, use_bfloat16: bool =
     slower, so there it falls back to fp32 and says so."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    on_cpu = device.type == "cpu"
-    native = not on_cpu or cpu_runs_bf16_natively()
     if precision == "fp32":
         return "fp32", ""
+    on_cpu = device.type == "cpu"
+    native = not on_cpu or cpu_runs_bf16_natively()
     no_native = "this CPU has no native bf16 (oneDNN needs AVX-512 or AMX)"
     if precision == "bf16":
         slow = f"precision bf16: {no_native}, generic kernels run it, several times slower than fp32"
@@ -679,8 +679,8 @@ def _after_step(components: TrainComponents, model: nn.Module, info: dist_utils.
     if stopping or _saves(components, pos, opts):
         path = save(components, model, opts.model_dir, pos.step, pos.epoch, pos.batch_in_epoch, info)
         pos.last = path or pos.last
-    if _evaluates(pos, opts):
-        run_eval(components, model, opts.eval_fn, pos.step, logger, info)  # type: ignore[arg-type]
+    if opts.eval_fn is not None and _evaluates(pos, opts):
+        run_eval(components, model, opts.eval_fn, pos.step, logger, info)
 
 
 def run_eval(components: TrainComponents, model: nn.Module, eval_fn: EvalFn, step: int,
