@@ -246,3 +246,13 @@ def test_agreement_of_a_saved_report_and_a_clear_error_for_anything_else(tmp_pat
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(SystemExit, match="other.json: not a saved imbalance study report"):
         imbalance.main(["--agreement_of", str(tmp_path / "other.json")])
+
+
+def test_the_study_trains_on_the_demos_training_split():
+    # make_synthetic_dataset keeps round(0.2 * images) for val (the default val_fraction): the rest
+    # is the training split, drawn from the same stream as the demo's.
+    from raredet.commands import demo
+
+    assert imbalance.FULL.images - round(0.2 * imbalance.FULL.images) == demo.FULL.train_images
+    study, shown = imbalance.FULL, demo.FULL
+    assert (study.num_steps, study.batch_size) == (shown.num_steps, shown.batch_size)

@@ -105,7 +105,8 @@ def test_prints_the_stats_the_block_and_the_table_read_from_the_runs_evaluations
     rows = [line.split()[0] for line in table.splitlines()[5:-1]]
     assert rows == ["crack", "dent", "scratch"]  # ratios 3 : 20 : 100
     summary = json.loads((out / "data" / "summary.json").read_text())
-    assert summary["test"]["images"] == QUICK.test_images
+    assert [summary[split]["images"] for split in ("train", "val", "test")] == \
+        [QUICK.train_images, QUICK.val_images, QUICK.test_images]
     for run in RUNS:  # thresholds chosen on val, graded on test, the reports of both
         val, test = (json.loads((out / run / d / ops.JSON_NAME).read_text()) for d in ("eval", TEST_EVAL))
         assert "val-" in val["chosen_on"]["description"] and "test-" in test["graded_on"]["description"]

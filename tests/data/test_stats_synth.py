@@ -108,6 +108,16 @@ def test_synth_test_split_is_held_out_and_leaves_train_and_val_unchanged(synth_d
         make_synthetic_dataset(tmp_path / "bad", images=30, test_images=-1)
 
 
+def test_synth_test_split_has_its_own_floor(synth_dir, tmp_path):
+    # 20 test images carry ~36 boxes, ~0.9 of them cracks and ~6 dents at 100:20:3: a floor of 8 (below
+    # a third of the boxes) raises crack and dent to exactly 8, and val keeps its own floor.
+    make_synthetic_dataset(tmp_path / "t", images=30, seed=3, image_size=64, min_val_boxes=3, num_steps=10,
+                           test_images=20, min_test_boxes=8)
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["test"]["boxes"]["crack"] == 8 and summary["test"]["boxes"]["dent"] == 8
+    assert (tmp_path / "t" / "val.json").read_bytes() == (synth_dir / "val.json").read_bytes()
+
+
 def test_synth_records_match_coco_json(synth_dir):
     lm = LabelMap.load(synth_dir / "label_map.pbtxt")
     assert lm.names == ["scratch", "dent", "crack"]

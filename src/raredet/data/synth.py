@@ -322,13 +322,14 @@ def make_synthetic_dataset(
     min_val_boxes: int = 30,
     num_steps: int = 1500,
     test_images: int = 0,
+    min_test_boxes: int | None = None,
 ) -> dict[str, Any]:
     """Write the dataset into ``out_dir``; returns (and saves as ``summary.json``) the box counts.
 
     ``test_images`` > 0 adds a held-out ``test`` split (``test-*.tfrecord``, ``test.json``) drawn like
-    the validation split (the same ``min_val_boxes`` floor) from its own random stream, so that the
-    train and val splits are the same with or without it: thresholds chosen on val can be graded on
-    images that did not choose them (`raredet eval --operating_points_from`).
+    the validation split (with the floor ``min_test_boxes``, by default ``min_val_boxes``) from its own
+    random stream, so that the train and val splits are the same with or without it: thresholds chosen
+    on val can be graded on images that did not choose them (`raredet eval --operating_points_from`).
     """
     if images < 2 or not 0 < val_fraction < 1 or image_size < 32 or test_images < 0:
         raise ConfigError(
@@ -341,7 +342,7 @@ def make_synthetic_dataset(
     summary: dict[str, Any] = {"classes": list(CLASS_NAMES), "seed": seed, "image_size": image_size}
     splits = [("train", images - num_val, 0), ("val", num_val, min_val_boxes)]
     if test_images:
-        splits.append(("test", test_images, min_val_boxes))
+        splits.append(("test", test_images, min_val_boxes if min_test_boxes is None else min_test_boxes))
     for stream, (split, n, floor) in enumerate(splits):
         rng = np.random.default_rng([seed, stream])  # train 0, val 1, test 2: independent streams
         records, coco, files = _split_records(rng, split, n, ratio_arr, image_size, floor)
