@@ -16,7 +16,10 @@ checkpoint is evaluated once (COCO matching at IoU 0.5, `raredet.evaluation.per_
   m images drawn with replacement from the second half (the spread one threshold shows on m images).
 
     python -m bench.threshold_transfer RUN [RUN ...] [--pool_images 2400] [--trials 40]
-        [--val_sizes 200,600] [--test_sizes 200,1000] [--name threshold_transfer]
+        [--val_sizes 200,600] [--test_sizes 200,1000] [--aim P] [--name threshold_transfer] [--note TEXT]
+
+`--aim P` chooses with `target_precision P` (default 0.9) and still counts how often the precision on
+the graded images reaches 0.9: what aiming a few points higher buys, and what it costs in recall.
 
 RUN: a `raredet demo` run folder (`demo_out/raredet`, `demo_out/baseline`: pipeline.config and its
 checkpoints). Results: bench/results/NAME.json.
@@ -44,7 +47,7 @@ from raredet.engine.evaluate import _Collector
 from raredet.evaluation import operating_points as ops
 from raredet.evaluation.per_class import Matches, match_detections
 
-TARGET = 0.9
+TARGET = 0.9  # the precision a user needs; the rule may aim higher (--aim)
 POOL_SEED = 777  # not a demo seed: the pool shares no image with any demo split
 
 
@@ -184,11 +187,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--val_sizes", default="200,600")
     parser.add_argument("--test_sizes", default="200,1000")
     parser.add_argument("--name", default="threshold_transfer")
+    parser.add_argument("--aim", type=float, default=TARGET,
+                        help=f"the rule's target precision (default {TARGET:g}); graded against {TARGET:g}")
+    parser.add_argument("--note", default="", help="where the runs come from (saved with the results)")
     args = parser.parse_args(argv)
     val_sizes = [int(v) for v in args.val_sizes.split(",")]
     test_sizes = [int(v) for v in args.test_sizes.split(",")]
     torch.set_num_threads(1)
-    rule = ops.Rule("target_precision", TARGET)
+    rule = ops.Rule("target_precision", args.aim)
     rng = np.random.default_rng(0)
     runs: dict[str, Any] = {}
     for run in args.runs:
@@ -215,8 +221,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                           f"counted on {m:5d} images: p10-p90 {_f(s['p10'])}-{_f(s['p90'])}, "
                           f"min-max {_f(s['min'])}-{_f(s['max'])}", flush=True)
         runs[str(run)] = per_class
-    save_result(args.name, {"target_precision": TARGET, "pool_images": args.pool_images,
-                            "pool_seed": POOL_SEED, "trials": args.trials, "runs": runs})
+    save_result(args.name, {"note": args.note, "target_precision": TARGET, "aim": args.aim,
+                            "pool_images": args.pool_images, "pool_seed": POOL_SEED, "trials": args.trials,
+                            "runs": runs})
 
 
 def _f(value: float | None) -> str:
