@@ -93,16 +93,24 @@ def test_found_counts_match_the_hand_recount(table):
     # -> 3 of 4, precision 1; AP50: precision 1 up to recall 0.75, then 4/5 = 0.8 at recall 1; COCO's 101
     # recall points: 76 at 1.0 and 25 at 0.8 -> 96/101 = 0.950. (c) 0.45 keeps 0.9, 0.7, 0.62, 0.5 -> 4
     # of 4, precision 1, AP50 1.
-    assert _row(table, "crack") == ["crack", "4", "1 of 4 (p 1.00)", "3 of 4 (p 1.00)", "0.950",
-                                    "4 of 4 (p 1.00)", "1.000"]
+    # Every kept crack detection is a true positive, so every bootstrap resample of the test images
+    # has precision 1: the 90 % interval is 1.00-1.00.
+    assert _row(table, "crack") == ["crack", "4", "1 of 4 (p 1.00, 1.00-1.00)", "3 of 4 (p 1.00, 1.00-1.00)",
+                                    "0.950", "4 of 4 (p 1.00, 1.00-1.00)", "1.000"]
     # dent (5): (a) 0.725 keeps 0.95, 0.85, 0.78 F, 0.74 -> 3 of 5 at precision 3/4; (b) 0.75 keeps
     # 0.95, 0.85, 0.78 F -> 2 of 5 at 2/3 (thresholds chosen on val can miss 0.9 on test); the same
     # model for (c). AP50: the points (recall, precision) are (0.2, 1), (0.4, 1), (0.4, 2/3), (0.6, 3/4),
     # (0.8, 4/5); recall 1 is never reached (4 true positives of 5). Interpolated precision: 1 up to
     # recall 0.4 (41 of COCO's 101 recall points), 0.8 from 0.41 to 0.8 (40 points), 0 above -> (41 +
     # 40 * 0.8) / 101 = 73 / 101 = 0.723.
-    assert _row(table, "dent") == ["dent", "5", "3 of 5 (p 0.75)", "2 of 5 (p 0.67)", "0.723",
-                                   "2 of 5 (p 0.67)", "0.723"]
+    row = _row(table, "dent")
+    assert row[:2] == ["dent", "5"] and row[4] == row[6] == "0.723"
+    for cell, found, p in ((row[2], "3 of 5", 0.75), (row[3], "2 of 5", 2 / 3), (row[5], "2 of 5", 2 / 3)):
+        # "N of M (p P, L-H)": the interval is the test evaluation's (its bootstrap is tested with the
+        # operating points); here it must hold the precision the test images themselves give.
+        assert cell.startswith(f"{found} (p {p:.2f}, ")
+        low, high = (float(v) for v in cell.split(", ")[1].rstrip(")").split("-"))
+        assert low <= p <= high
     # scratch: precision 0.9 was never reached on val; saying so beats any count.
     assert _row(table, "scratch")[2:4] == ["precision 0.9 not reached", "precision 0.9 not reached"]
 
@@ -122,3 +130,5 @@ def test_found_cell():
     assert found_cell(True, counts, 0.9) == "3 of 5 (p 0.75)"
     assert found_cell(False, counts, 0.9) == "precision 0.9 not reached"
     assert found_cell(True, {"TP": 0, "FN": 5, "precision": None}, 0.9) == "0 of 5 (none kept)"
+    interval = {**counts, "precision_interval": [0.5, 0.875]}
+    assert found_cell(True, interval, 0.9) == "3 of 5 (p 0.75, 0.50-0.88)"

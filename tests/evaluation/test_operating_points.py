@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -175,6 +178,74 @@ def test_json_round_trip_and_grading_on_other_images():
     assert (graded.at_threshold.TP, graded.at_threshold.FP, graded.at_threshold.FN) == (1, 1, 1)
     assert graded.reached is False and "val (5 images)" in graded.note
     assert graded.at_threshold.FP_per_image == pytest.approx(1 / 3)
+
+
+def _exact_bootstrap_quantile(per_image: list[tuple[int, int]], q: float) -> float:
+    """The q-quantile of the precision over every bootstrap resample of the images, enumerated: each
+    resample is a count per image summing to the number of images, with its multinomial probability;
+    resamples keeping no detection are left out (the distribution is conditioned on the rest)."""
+    n = len(per_image)
+    values: dict[float, float] = {}
+    for cut in itertools.combinations(range(2 * n - 1), n - 1):  # stars and bars: counts summing to n
+        bounds = (-1, *cut, 2 * n - 1)
+        counts = [bounds[i + 1] - bounds[i] - 1 for i in range(n)]
+        tp = sum(c * t for c, (t, _) in zip(counts, per_image, strict=True))
+        fp = sum(c * f for c, (_, f) in zip(counts, per_image, strict=True))
+        if tp + fp == 0:
+            continue
+        prob = math.factorial(n) / math.prod(math.factorial(c) for c in counts) / n ** n
+        values[tp / (tp + fp)] = values.get(tp / (tp + fp), 0.0) + prob
+    total, running = sum(values.values()), 0.0
+    for value in sorted(values):
+        running += values[value] / total
+        if running >= q:
+            return value
+    return max(values)
+
+
+def test_precision_interval_is_the_bootstrap_over_images():
+    # Five images: image 1 holds two true positives, image 2 one true and one false, image 3 one false,
+    # images 4 and 5 nothing. Not counted: a detection of class 2, one COCO ignores, one at exactly the
+    # threshold (a threshold keeps scores above it).
+    dets = [(1, 0.9, True), (1, 0.8, True), (1, 0.7, True), (1, 0.6, False), (1, 0.55, False),
+            (2, 0.9, True), (1, 0.5, False)]
+    m = _matches(dets, {1: 3, 2: 1}, uncounted=[(1, 0.95)])
+    m.det_image = np.array([1, 1, 2, 2, 3, 1, 2, 3])
+    low, high = ops.precision_interval(m, 1, 0.5, 5)
+    per_image = [(2, 0), (1, 1), (0, 1), (0, 0), (0, 0)]
+    # 2000 resamples estimate the 5th and 95th percentiles of the exact distribution (a few points of
+    # probability either side; the distribution is discrete, so these are often the same value).
+    assert _exact_bootstrap_quantile(per_image, 0.03) <= low <= _exact_bootstrap_quantile(per_image, 0.07)
+    assert _exact_bootstrap_quantile(per_image, 0.93) <= high <= _exact_bootstrap_quantile(per_image, 0.97)
+    assert low < 3 / 5 < high  # the precision of the images themselves lies inside
+    assert ops.precision_interval(m, 1, 0.5, 5) == [low, high]  # seeded: the same every time
+
+
+def test_precision_interval_degenerate_cases():
+    # Every image alike (one true, one false positive each): every resample has precision 1/2.
+    dets = [(1, 0.9, True), (1, 0.8, False)] * 3
+    m = _matches(dets, {1: 3})
+    m.det_image = np.array([1, 1, 2, 2, 3, 3])
+    assert ops.precision_interval(m, 1, 0.5, 3) == [0.5, 0.5]
+    # Nothing above the threshold, or no image ids: no interval.
+    assert ops.precision_interval(m, 1, 0.95, 3) is None
+    m.det_image = None
+    assert ops.precision_interval(m, 1, 0.5, 3) is None
+
+
+def test_graded_thresholds_carry_a_precision_interval():
+    m = _matches(CLASS1, {1: 4})
+    [chosen] = operating_points(m, [{"id": 1, "name": "crack"}], {}, Rule("target_precision", 0.7), 5, 0.5)
+    assert chosen.at_threshold.precision_interval is None  # where it was chosen: none
+    other = _matches([(1, 0.95, True), (1, 0.58, False), (1, 0.52, True)], {1: 2})
+    other.det_image = np.array([1, 2, 2])
+    [graded] = apply_operating_points(other, [chosen], 3, 0.5, "val (5 images)")
+    # Kept above 0.55: image 1's true positive, image 2's false one; 3 images resampled, c1 and c2
+    # copies of images 1 and 2. Precision c1 / (c1 + c2) is 0 when c1 = 0 < c2: probability
+    # (2/3)^3 - (1/3)^3 = 7/27, or 7/26 of the resamples keeping a detection, above 5 %; 1 alike.
+    assert graded.at_threshold.precision_interval == [0.0, 1.0]
+    assert OperatingPoint.from_json(graded.to_json()) == graded
+    assert "| 0.500 (0.000-1.000) |" in ops.to_markdown([graded], 0.5)
 
 
 def test_threshold_map_sends_each_threshold_to_the_common_one():

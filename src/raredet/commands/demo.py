@@ -311,11 +311,15 @@ def _read_json(path: Path) -> Any:
 
 
 def found_cell(reached_on_val: bool, graded: Mapping[str, Any] | None, target: float) -> str:
-    """"N of M (p P)": the test boxes found (TP at IoU 0.5) of all (TP + FN) at a threshold chosen on
-    val, with the precision measured on test; or that the threshold choice never reached `target`."""
+    """"N of M (p P, L-H)": the test boxes found (TP at IoU 0.5) of all (TP + FN) at a threshold chosen
+    on val, with the precision measured on test and its 90 % interval over the test images (files
+    without one: "(p P)"); or that the threshold choice never reached `target`."""
     if not reached_on_val or graded is None:
         return f"precision {target:g} not reached"
     kept = f"p {graded['precision']:.2f}" if graded["precision"] is not None else "none kept"
+    interval = graded.get("precision_interval")
+    if graded["precision"] is not None and interval is not None:
+        kept += f", {interval[0]:.2f}-{interval[1]:.2f}"
     return f"{graded['TP']} of {graded['TP'] + graded['FN']} ({kept})"
 
 
@@ -345,10 +349,7 @@ def found_table(val_dirs: Mapping[str, Path], test_dirs: Mapping[str, Path], ord
         "  (c) raredet's best configuration (raredet run, the block above), per-class thresholds chosen the "
         "same way",
     ]
-    width = max(len(f"precision {target:g} not reached"), 18)
-    header = f"  {'class':<10}{'boxes':>6}  {'(a) one threshold':<{width}}  " \
-             f"{'(b) per class':<{width}}  {'AP50':>5}  {'(c) per class':<{width}}  {'AP50':>5}"
-    rows = [header]
+    table = []
     for name in order:
         cells = []
         for run in RUNS:
@@ -361,12 +362,18 @@ def found_table(val_dirs: Mapping[str, Path], test_dirs: Mapping[str, Path], ord
             ap50 = metrics[run].get(f"{CATEGORY_KEYS['AP50']}/{name}")
             cells.append(f"{ap50:.3f}" if isinstance(ap50, int | float) and ap50 >= 0 else "-")
         boxes = {c["class_name"]: c for c in test["baseline"]["classes"]}[name]["at_global"]
-        m = boxes["TP"] + boxes["FN"]
+        table.append((name, boxes["TP"] + boxes["FN"], cells))
+    width = max([len(f"precision {target:g} not reached"), 18]
+                + [len(cells[i]) for _, _, cells in table for i in (0, 1, 3)])
+    rows = [f"  {'class':<10}{'boxes':>6}  {'(a) one threshold':<{width}}  "
+            f"{'(b) per class':<{width}}  {'AP50':>5}  {'(c) per class':<{width}}  {'AP50':>5}"]
+    for name, m, cells in table:
         rows.append(f"  {name:<10}{m:>6}  {cells[0]:<{width}}  {cells[1]:<{width}}  {cells[2]:>5}  "
                     f"{cells[3]:<{width}}  {cells[4]:>5}")
     lines += rows
-    lines.append(f"  found N of M (p P): N of the M test boxes detected above the threshold, at precision P "
-                 f"on test (chosen on val, it may miss {target:g} here); AP50 on test")
+    lines.append(f"  found N of M (p P, L-H): N of the M test boxes detected above the threshold, at "
+                 f"precision P on test (chosen on val, it may miss {target:g} here), L-H its 90 % interval "
+                 "over the test images; AP50 on test")
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,15 @@ A threshold ``t`` keeps a detection when its score is **above** ``t`` (the stric
 between the lowest score kept and the highest score dropped (or the lowest score the evaluation could
 see, `score_floor`), so the detections that chose it fall on the same side after float32 rounding.
 
+Graded on other images (`apply_operating_points`: thresholds chosen on val, counted on test), each
+class's precision at its threshold comes with a **90 % interval** (`Counts.precision_interval`): the
+5th and 95th percentiles of the precision over 2000 bootstrap resamples of the graded images (images
+drawn with replacement, all their detections with them, so detections that crowd into a few images
+widen it as they should). It says how exactly these images measured the precision the threshold gives
+on new images. Where the thresholds were chosen there is none: the images that chose a threshold
+flatter it, and no resampling of them says by how much (docs/imbalance.md, "How far a threshold
+chosen on val carries").
+
 An optional review band (``review_precision Q``): a second, lower threshold at the highest recall with
 precision ``>= Q``; detections between the two go to a person instead of being dropped.
 """
@@ -44,6 +53,8 @@ from raredet.evaluation.per_class import Matches
 from raredet.fileio import atomic_write_json, atomic_write_text
 
 RULES = ("max_f1", "target_precision", "target_recall")
+INTERVAL_LEVEL = 0.9  # the precision intervals of graded thresholds: 5th to 95th percentile
+BOOTSTRAP_SAMPLES = 2000
 # Precisions at which every class's best recall is recorded (for `raredet compare`): 0.01 .. 1.00.
 PRECISION_LEVELS = tuple(round(0.01 * i, 2) for i in range(1, 101))
 DEFAULT_COMPARE_PRECISION = 0.9
@@ -125,6 +136,8 @@ class Counts:
     FP: int
     FN: int
     FP_per_image: float | None
+    # [low, high]: the precision's 90 % bootstrap interval over the images (None: not computed).
+    precision_interval: list[float] | None = None
 
 
 def counts(tp: int, fp: int, num_gt: int, num_images: int, threshold: float | None) -> Counts:
@@ -300,6 +313,8 @@ def apply_operating_points(matches: Matches, points: Sequence[OperatingPoint], n
                                 recall_at_precision=recall_at_precision(curve))
         if p.threshold is not None:
             graded.at_threshold = counts_above(curve, p.threshold, num_images)
+            graded.at_threshold.precision_interval = precision_interval(matches, p.class_id, p.threshold,
+                                                                        num_images)
             graded.reached = _still_reached(p.rule, graded.at_threshold)
         if p.review_threshold is not None:
             graded.review_threshold = p.review_threshold
@@ -309,6 +324,36 @@ def apply_operating_points(matches: Matches, points: Sequence[OperatingPoint], n
                                       "FP": graded.review.FP - graded.at_threshold.FP}
         out.append(graded)
     return out
+
+
+def precision_interval(matches: Matches, cat_id: int, threshold: float, num_images: int,
+                       level: float = INTERVAL_LEVEL, samples: int = BOOTSTRAP_SAMPLES,
+                       seed: int = 0) -> list[float] | None:
+    """[low, high]: the central `level` interval of the precision of `cat_id`'s counted detections
+    scoring above `threshold`, over `samples` bootstrap resamples of the `num_images` images (each
+    resample draws `num_images` images with replacement; a resample keeping no detection has no
+    precision and is left out). None without image ids, or when no detection is kept.
+
+    Only the images with a kept detection matter to the counts: a resample is a multinomial draw over
+    them plus one lump for all other images, and its TP and FP are the drawn copies times each
+    image's TP and FP. Seeded, so the same evaluation gives the same interval."""
+    if matches.det_image is None or num_images <= 0:
+        return None
+    kept = matches.det_counted & (matches.det_cat == cat_id) & (matches.det_score > threshold)
+    if not kept.any():
+        return None
+    images, index = np.unique(matches.det_image[kept], return_inverse=True)
+    hit = matches.det_gt[kept] >= 0
+    tp = np.bincount(index, weights=hit.astype(np.float64), minlength=len(images))
+    fp = np.bincount(index, weights=(~hit).astype(np.float64), minlength=len(images))
+    k = len(images)
+    pvals = np.r_[np.full(k, 1.0 / num_images), max(0.0, 1.0 - k / num_images)]
+    copies = np.random.default_rng(seed).multinomial(num_images, pvals, size=samples)[:, :k]
+    tp_b, fp_b = copies @ tp, copies @ fp
+    some = tp_b + fp_b > 0
+    precision = tp_b[some] / (tp_b[some] + fp_b[some])
+    low, high = np.percentile(precision, [50 * (1 - level), 50 * (1 + level)])
+    return [float(low), float(high)]
 
 
 def _still_reached(rule: Rule, at: Counts) -> bool | None:
@@ -470,7 +515,10 @@ def _cell(value: Any) -> str:
 def _figures(c: Counts | None) -> list[str]:
     if c is None:
         return ["-"] * 8
-    return [_cell(v) for v in (c.threshold, c.precision, c.recall, c.F1, c.TP, c.FP, c.FN, c.FP_per_image)]
+    cells = [_cell(v) for v in (c.threshold, c.precision, c.recall, c.F1, c.TP, c.FP, c.FN, c.FP_per_image)]
+    if c.precision_interval is not None:  # graded on other images: the precision's 90 % interval
+        cells[1] += " ({:.3f}-{:.3f})".format(*c.precision_interval)
+    return cells
 
 
 def table(points: Sequence[OperatingPoint], min_score_threshold: float) -> tuple[list[str], list[list[str]]]:
@@ -499,7 +547,8 @@ def where_sentence(content: Mapping[str, Any]) -> str:
     chosen, graded = content["chosen_on"], content["graded_on"]
     text = f"Thresholds chosen on {chosen.get('description', 'the evaluated images')}"
     if graded != chosen:
-        text += f"; figures measured on {graded.get('description', 'other images')}"
+        text += (f"; figures measured on {graded.get('description', 'other images')}, each precision at "
+                 f"a threshold with its {INTERVAL_LEVEL:.0%} interval over these images (bootstrap)")
     return text + "."
 
 

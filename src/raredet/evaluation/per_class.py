@@ -34,6 +34,8 @@ class Matches:
     det_cat [D] int category id; det_score [D] float; det_gt [D] int index into the GT annotation
     list or -1; det_counted [D] bool: False for detections matched to a crowd region or ranked past
     100 in their image and class (COCOeval ignores them). gt_cat [G] int; gt_crowd [G] bool.
+    det_image [D]: the image id of each detection (None where not known; the precision intervals of
+    `operating_points` need it).
     """
 
     det_cat: np.ndarray
@@ -42,6 +44,7 @@ class Matches:
     det_counted: np.ndarray
     gt_cat: np.ndarray
     gt_crowd: np.ndarray
+    det_image: np.ndarray | None = None
 
     def is_tp(self, min_score: float) -> np.ndarray:
         """[D] bool: counted, above the threshold and matched to a (non-crowd) box."""
@@ -98,7 +101,7 @@ def match_detections(gt: dict, detections: list, prepared: tuple[COCO, COCO] | N
     to_crowd = (matched >= 0) & gt_crowd[np.maximum(matched, 0)] if len(anns) else matched < -1
     counted = ~to_crowd & (_rank_in_group(det_img, det_cat, det_score) < MAX_DETS)
     det_gt = np.where(to_crowd, -1, matched)
-    return Matches(det_cat, det_score, det_gt, counted, gt_cat, gt_crowd)
+    return Matches(det_cat, det_score, det_gt, counted, gt_cat, gt_crowd, det_img)
 
 
 def _rank_in_group(image: np.ndarray, cat: np.ndarray, score: np.ndarray) -> np.ndarray:

@@ -189,8 +189,14 @@ def _operating_points(matches: per_class.Matches, cats: list[dict], num_images: 
     content["score_threshold"] = chosen["score_threshold"]
     content["review_score_threshold"] = chosen["review_score_threshold"]
     if chosen.get("single_threshold") is not None:  # files written before it have none
-        content["single_threshold"] = ops.single_threshold_json(
-            curves, class_names, 0.0, num_images, chosen=chosen["single_threshold"])
+        single = ops.single_threshold_json(curves, class_names, 0.0, num_images,
+                                           chosen=chosen["single_threshold"])
+        for c in cats:
+            figures = single["classes"][c["name"]]
+            if figures is not None:
+                figures["precision_interval"] = ops.precision_interval(
+                    matches, int(c["id"]), single["threshold"], num_images)
+        content["single_threshold"] = single
     return content
 
 
