@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from google.protobuf import text_format
 
 from bench.common import save_result
 from raredet.commands.evaluate import EvalJob
@@ -53,10 +54,10 @@ POOL_SEED = 777  # not a demo seed: the pool shares no image with any demo split
 
 @dataclass
 class Evaluated:
-    """One run's detections on the pool: the COCO matching, and the image of every detection / box."""
+    """One run's detections on the pool: the COCO matching (with each detection's image) and the image
+    of every ground-truth box."""
 
     matches: Matches
-    det_image: np.ndarray
     gt_image: np.ndarray
     num_images: int
     categories: dict[int, str]
@@ -65,11 +66,14 @@ class Evaluated:
 def subset(ev: Evaluated, images: np.ndarray) -> Matches:
     """The matching on the images `images` (ids, repeats counting as copies of the image: a bootstrap
     sample). Matching is per image, so a subset's is a slice, and a repeated image's rows repeat."""
-    copies = np.bincount(images, minlength=ev.num_images + 1)
-    d, g = copies[ev.det_image], copies[ev.gt_image]
     m = ev.matches
-    return Matches(*(np.repeat(a, d) for a in (m.det_cat, m.det_score, m.det_gt, m.det_counted)),
-                   *(np.repeat(a, g) for a in (m.gt_cat, m.gt_crowd)))
+    assert m.det_image is not None  # match_detections records it
+    copies = np.bincount(images, minlength=ev.num_images + 1)
+    d, g = copies[m.det_image], copies[ev.gt_image]
+    det_cat, det_score, det_gt, det_counted, det_image = (
+        np.repeat(a, d) for a in (m.det_cat, m.det_score, m.det_gt, m.det_counted, m.det_image))
+    return Matches(det_cat, det_score, det_gt, det_counted, np.repeat(m.gt_cat, g), np.repeat(m.gt_crowd, g),
+                   det_image)
 
 
 def chosen_threshold(matches: Matches, cat_id: int, rule: ops.Rule) -> float | None:
@@ -147,6 +151,7 @@ def make_pool(folder: Path, images: int, image_size: int) -> Path:
 
 def evaluate_run(run: Path, pool: Path) -> Evaluated:
     """`run`'s newest checkpoint on the pool (the run's own config, its eval input replaced)."""
+    checkpoints = sorted(run.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
     config_path = run / "pipeline.config"
     cfg = parse_config(config_path.read_text(encoding="utf-8"), config_path)
     reader = cfg.eval_input_reader[0]
@@ -154,13 +159,8 @@ def evaluate_run(run: Path, pool: Path) -> Evaluated:
     reader.tf_record_input_reader.ClearField("input_path")
     reader.tf_record_input_reader.input_path.append(str(pool / "test-?????-of-*.tfrecord"))
     pool_config = pool / f"{run.parent.name}_{run.name}.config"
-    from google.protobuf import text_format
-
     pool_config.write_text(text_format.MessageToString(cfg), encoding="utf-8")
     job = EvalJob(pool_config, pool / "unused", "cpu")
-    checkpoints = sorted(run.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    if not checkpoints:
-        raise SystemExit(f"{run}: no ckpt-*.pt; give a trained run folder (e.g. demo_out/raredet)")
     state = load_checkpoint(checkpoints[-1])
     job.model.load_state_dict(model_weights(state, job.loaded.config.eval_config.use_moving_averages,
                                             checkpoints[-1]))
@@ -173,7 +173,6 @@ def evaluate_run(run: Path, pool: Path) -> Evaluated:
           "categories": [{"id": i, "name": n} for i, n in zip(job.label_map.ids, job.label_map.display_names,
                                                               strict=True)]}
     return Evaluated(match_detections(gt, collector.detections),
-                     np.array([d["image_id"] for d in collector.detections], dtype=np.int64),
                      np.array([a["image_id"] for a in collector.annotations], dtype=np.int64),
                      len(collector.images), {c["id"]: c["name"] for c in gt["categories"]})
 
@@ -197,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     rule = ops.Rule("target_precision", args.aim)
     rng = np.random.default_rng(0)
     runs: dict[str, Any] = {}
+    for run in args.runs:  # every folder checked before the first (minutes-long) evaluation
+        if not (run / "pipeline.config").is_file() or not any(run.glob("ckpt-*.pt")):
+            parser.error(f"{run}: not a trained run folder (no pipeline.config or no ckpt-*.pt); give one "
+                         "that raredet demo wrote, e.g. demo_out/raredet")
     for run in args.runs:
         image_size = int(parse_config((run / "pipeline.config").read_text(encoding="utf-8"), run)
                          .model.ssd.image_resizer.fixed_shape_resizer.height)

@@ -16,8 +16,8 @@ from raredet.evaluation.per_class import Matches
 EV = Evaluated(
     Matches(det_cat=np.array([1, 1, 1, 1]), det_score=np.array([0.9, 0.8, 0.7, 0.6]),
             det_gt=np.array([0, -1, 2, -1]), det_counted=np.ones(4, dtype=bool),
-            gt_cat=np.array([1, 1, 1]), gt_crowd=np.zeros(3, dtype=bool)),
-    det_image=np.array([1, 2, 3, 4]), gt_image=np.array([1, 2, 3]), num_images=4, categories={1: "crack"})
+            gt_cat=np.array([1, 1, 1]), gt_crowd=np.zeros(3, dtype=bool), det_image=np.array([1, 2, 3, 4])),
+    gt_image=np.array([1, 2, 3]), num_images=4, categories={1: "crack"})
 RULE = ops.Rule("target_precision", 0.9)
 
 
