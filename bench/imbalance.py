@@ -87,6 +87,9 @@ class Budget:
     # train and val are the same with or without it) grades every run: each class's threshold is chosen
     # on val and counted on test, as the demo does. 0: val both chooses and grades (the H200 study).
     test_images: int = 0
+    # > 0: train with an exponential moving average of the weights at this decay
+    # (`optimizer.use_moving_average`) and evaluate the averaged weights (`eval_config.use_moving_averages`).
+    moving_average_decay: float = 0.0
 
 
 def _demo_budget() -> Budget:
@@ -184,6 +187,10 @@ def base_config(data: Path, budget: Budget) -> Config:
     path = data / "pipeline.config"
     cfg = parse_config(path.read_text(), path)
     cfg.train_config.batch_size = budget.batch_size
+    if budget.moving_average_decay:
+        cfg.train_config.optimizer.use_moving_average = True
+        cfg.train_config.optimizer.moving_average_decay = budget.moving_average_decay
+        cfg.eval_config.use_moving_averages = True
     return cfg
 
 
@@ -973,6 +980,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test_images", type=int,
                         help="grade on a held-out test split of this many images (thresholds chosen on val)")
     parser.add_argument("--ratios", help="override the box ratio scratch:dent:crack (e.g. 1:1:1)")
+    parser.add_argument("--moving_average", type=float, metavar="DECAY", dest="moving_average_decay",
+                        help="train with a moving average of the weights at this decay and evaluate it "
+                             "(--regrade_from without it grades the same runs' raw weights)")
     parser.add_argument("--strategies", nargs="+", choices=[*STRATEGIES, "combination"],
                         help="run only these strategies (the baseline always runs: deltas need it)")
     parser.add_argument("--work", type=Path, help="work folder (default bench/results/tmp/imbalance[_quick])")
@@ -988,7 +998,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     budget = QUICK if args.quick else FULL
     overrides: dict[str, Any] = {k: getattr(args, k) for k in
-                                 ("num_steps", "image_size", "images", "seeds", "strategies", "test_images")}
+                                 ("num_steps", "image_size", "images", "seeds", "strategies", "test_images",
+                                  "moving_average_decay")}
     if args.ratios:
         from raredet.data.synth import parse_ratios
 

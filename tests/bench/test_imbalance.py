@@ -256,3 +256,17 @@ def test_the_study_trains_on_the_demos_training_split():
     assert imbalance.FULL.images - round(0.2 * imbalance.FULL.images) == demo.FULL.train_images
     study, shown = imbalance.FULL, demo.FULL
     assert (study.num_steps, study.batch_size) == (shown.num_steps, shown.batch_size)
+
+
+def test_a_moving_average_budget_trains_and_evaluates_the_average_and_the_default_does_neither(tmp_path):
+    from raredet.data.synth import pipeline_config_text
+
+    (tmp_path / "pipeline.config").write_text(pipeline_config_text(image_size=64, num_steps=10))
+    plain = imbalance.base_config(tmp_path, imbalance.QUICK)
+    assert not plain.train_config.optimizer.use_moving_average
+    assert not plain.eval_config.use_moving_averages
+    budget = imbalance.Budget(**(asdict(imbalance.QUICK) | {"moving_average_decay": 0.998}))
+    averaged = imbalance.base_config(tmp_path, budget)
+    assert averaged.train_config.optimizer.use_moving_average
+    assert averaged.train_config.optimizer.moving_average_decay == pytest.approx(0.998)
+    assert averaged.eval_config.use_moving_averages
