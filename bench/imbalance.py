@@ -993,6 +993,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="train nothing: evaluate the runs another study trained in WORK (same budget "
                              "but --test_images) again on this budget's test split; results in --work")
     args = parser.parse_args(argv)
+    if args.moving_average_decay is not None and not 0.0 < args.moving_average_decay < 1.0:
+        parser.error(f"--moving_average {args.moving_average_decay:g}: the decay must lie between 0 and 1 "
+                     "(e.g. 0.998, an average over the last ~500 steps)")
     if args.agreement_of:
         print("\n".join(agreement_of(args.agreement_of)))
         return 0

@@ -270,3 +270,10 @@ def test_a_moving_average_budget_trains_and_evaluates_the_average_and_the_defaul
     assert averaged.train_config.optimizer.use_moving_average
     assert averaged.train_config.optimizer.moving_average_decay == pytest.approx(0.998)
     assert averaged.eval_config.use_moving_averages
+
+
+def test_a_moving_average_decay_outside_zero_one_is_refused_before_anything_trains(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        imbalance.main(["--quick", "--moving_average", "1.5", "--work", str(tmp_path / "w")])
+    assert "--moving_average 1.5: the decay must lie between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
