@@ -265,11 +265,29 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
+def _add_inspect_checkpoint(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("inspect-checkpoint", help="list a TensorFlow checkpoint's tensors: key, dtype, "
+                       "shape, object path and variable name (as TF's inspect_checkpoint tool, without TF)")
+    p.add_argument("prefix", metavar="PREFIX", help="checkpoint prefix (e.g. checkpoint/ckpt-0), its "
+                   ".index file, or a folder with a `checkpoint` state file")
+    p.add_argument("--tensor_name", metavar="KEY", help="print this tensor's values (a key, an object path "
+                   "or a variable's full name)")
+    p.add_argument("--all_tensors", action="store_true", help="print every tensor's values")
+
+    def run(a: argparse.Namespace) -> int:
+        from raredet.commands.inspect_checkpoint import inspect_checkpoint
+
+        print(inspect_checkpoint(a.prefix, tensor_name=a.tensor_name, all_tensors=a.all_tensors), end="")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # ---- end of verbs ----------------------------------------------------------------------------------
 
 VERBS: list[AddVerb] = [
     _add_config, _add_evaluate_detections, _add_compare, _add_eval, _add_stats, _add_synth, _add_train,
-    _add_predict, _add_export, _add_demo,
+    _add_predict, _add_export, _add_demo, _add_inspect_checkpoint,
 ]
 
 
