@@ -1,8 +1,8 @@
 """The import graph of src/raredet: no circle, no upward import, config messages read only at the top.
 
 The layers (docs/internals.md "Layout"): `cli` -> `commands/` -> `builders` -> the library (`engine`,
-`losses`, `data`, `modeling`, `evaluation`, `config`) -> `protos`, `fileio`, `errors`. Every import
-counts, including those inside functions: a function-level import is how a circle hides.
+`losses`, `data`, `modeling`, `evaluation`, `config`, `tfcheckpoint`) -> `protos`, `fileio`, `errors`.
+Every import counts, including those inside functions: a function-level import is how a circle hides.
 """
 
 from __future__ import annotations
@@ -14,10 +14,14 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LIBRARY = ("raredet.config", "raredet.data", "raredet.modeling", "raredet.losses", "raredet.engine",
-           "raredet.evaluation")
+           "raredet.evaluation", "raredet.tfcheckpoint")
 UPPER = ("raredet.builders", "raredet.commands", "raredet.cli")
-# Message modules that are data, not configuration: tf.Example records are what a TFRecord holds.
-DATA_MESSAGES = {"raredet.protos.example_pb2"}
+# Message modules that are data, not configuration: tf.Example records are what a TFRecord holds; the
+# tensor bundle and object graph are what a TensorFlow checkpoint holds.
+DATA_MESSAGES = {"raredet.protos.example_pb2", "raredet.protos.tensor_bundle_pb2",
+                 "raredet.protos.trackable_object_graph_pb2"}
+# Bottom-floor readers of foreign formats: they import nothing of raredet but errors, fileio and protos.
+FLOOR_READERS = ("raredet.tfcheckpoint",)
 
 
 def _module_name(path: Path) -> str:
@@ -116,3 +120,12 @@ def test_config_messages_are_read_only_by_builders_config_and_commands(graph: di
                      if dep.endswith("_pb2") and dep not in DATA_MESSAGES
                      and not any(_within(m, a) for a in allowed))
     assert readers == []
+
+
+def test_floor_readers_import_only_errors_fileio_and_protos(graph: dict[str, set[str]]) -> None:
+    allowed = ("raredet.errors", "raredet.fileio", "raredet.protos", *FLOOR_READERS)
+    modules = [m for m in graph if any(_within(m, f) for f in FLOOR_READERS)]
+    assert "raredet.tfcheckpoint.reader" in modules  # not vacuous
+    wrong = sorted(f"{m} -> {dep}" for m in modules for dep in graph[m]
+                   if not any(_within(dep, a) for a in allowed))
+    assert wrong == []
