@@ -75,6 +75,8 @@ LEVEL_TAPS: dict[int, tuple[int, int]] = {1: (1, 0), 2: (2, 1), 3: (3, 1), 4: (5
 # L2 weight of the TF EfficientNet's own conv kernels (keras l2(5e-6) = 0.5 * 1e-5 * ||w||^2, the
 # convention of raredet's l2 maps).
 EFFICIENTNET_L2_WEIGHT = 1e-5
+# The TF EfficientNet's batch norm (bn_epsilon 1e-3, bn_momentum 0.99 in Keras' convention).
+TF_BN_EPSILON, TF_BN_MOMENTUM = 1e-3, 0.01
 # Each conv also records its kernel's L2 weight under this attribute, for scans that read it per conv.
 L2_ATTR = "l2_weight"
 
@@ -171,7 +173,8 @@ class EfficientNet(nn.Module):
             raise ConfigError(f"EfficientNet levels must be among {sorted(LEVEL_TAPS)}, got {list(levels)}")
         width, depth = EFFICIENTNET_VARIANTS[variant]
         late = variant in ("b5", "b6", "b7")
-        norm = {"frozen": freeze_batchnorm, "eps": 1e-3 if late else 1e-5, "momentum": 0.01 if late else 0.1}
+        norm = {"frozen": freeze_batchnorm, "eps": TF_BN_EPSILON if late else 1e-5,
+                "momentum": TF_BN_MOMENTUM if late else 0.1}
         self.variant, self.levels = variant, tuple(sorted(levels))
         last_stage, last_block = LEVEL_TAPS[self.levels[-1]]
         stem = _width(32, width)
@@ -216,6 +219,13 @@ class EfficientNet(nn.Module):
             if len(outputs) == len(self.levels):
                 break
         return outputs
+
+    def use_tf_batch_norm(self) -> None:
+        """Batch norm as the TF EfficientNet's (epsilon 1e-3, momentum 0.01 = Keras' 0.99) for weights
+        TensorFlow trained; b5-b7 already have it, b0-b4 keep torchvision's 1e-5 otherwise."""
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eps, module.momentum = TF_BN_EPSILON, TF_BN_MOMENTUM
 
     def l2_weights(self, prefix: str = "") -> dict[str, float]:
         """``{name: l2 weight}`` as the TF EfficientNet regularises: every conv kernel but the depthwise

@@ -9,7 +9,8 @@ module reads, converts, checks the shapes and copies. Layouts:
 * ``"depthwise"``: a Keras ``DepthwiseConv2D`` kernel ``[kh, kw, in, multiplier]`` -> torch
   ``[in * multiplier, 1, kh, kw]`` (output channel ``c * multiplier + m``, as both order them);
 * ``"dense"``: a Keras ``Dense`` kernel ``[in, out]`` -> torch ``Linear.weight [out, in]``;
-* ``"vector"``: a bias, a batch-norm gamma/beta/moving mean/moving variance: unchanged.
+* ``"vector"``: a bias, a batch-norm gamma/beta/moving mean/moving variance: unchanged;
+* ``"flat"``: any shape -> 1-D (a BiFPN's fusion weights ``[n, 1]`` -> ``[n]``).
 
 A ``TensorMap`` may also select output channels (``out_index``: e.g. a class head that drops TF's
 background column) after the layout change.
@@ -32,6 +33,7 @@ LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "depthwise": lambda a: a.transpose(2, 3, 0, 1).reshape(a.shape[2] * a.shape[3], 1, *a.shape[:2]),
     "dense": lambda a: a.T,
     "vector": lambda a: a,
+    "flat": lambda a: a.reshape(-1),
 }
 
 
