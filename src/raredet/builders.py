@@ -18,7 +18,14 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from torch import nn
 
-from raredet.config import LabelMap, LoadedConfig, check_calibration, class_index, effective_config_text
+from raredet.config import (
+    LabelMap,
+    LoadedConfig,
+    check_calibration,
+    class_index,
+    effective_config_text,
+    parse_config,
+)
 from raredet.data import augment, readers
 from raredet.data.dataset import DetectionDataset, collate
 from raredet.data.sampling import RepeatFactorSampler, image_repeat_factors
@@ -725,3 +732,20 @@ def operating_points_config(loaded: LoadedConfig, content: Mapping[str, Any]) ->
               f"# Each class's threshold maps to score_threshold {content['score_threshold']:g}{band}.",
               "# Classes without a map keep that threshold as it is."]
     return "\n".join(header) + "\n" + text_format.MessageToString(cfg), "written"
+
+
+def tf_od_api_config_text(text: str) -> str:
+    """`text` (a pipeline.config raredet wrote) as the TF OD API's `config_util` loads it: raredet's own
+    fields left out (`config.tf_od_api`), the file's header saying which."""
+    from raredet.config.tf_od_api import tf_od_api_copy
+
+    config = parse_config(text, "<operating points config>")
+    copy, removed = tf_od_api_copy(config)
+    comments = [line for line in text.splitlines() if line.startswith("#")]
+    if removed:
+        comments += ["# For the TF OD API: raredet's own fields, which config_util refuses, are left out:"]
+        comments += [f"#   {path}" for path in removed]
+    else:
+        comments += ["# For the TF OD API: the config has no raredet-only field; nothing is left out."]
+    return "\n".join(comments) + "\n" + text_format.MessageToString(copy)
+

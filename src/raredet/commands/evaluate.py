@@ -32,6 +32,8 @@ from raredet.losses import ClassWeight
 
 POLL_SECONDS = 5.0
 OPERATING_CONFIG = "pipeline.operating_points.config"
+# The same without raredet's own fields, for the TF OD API's config_util (config/tf_od_api.py).
+OPERATING_CONFIG_TF = "pipeline.operating_points.tf.config"
 
 
 def _class_weights(state: Mapping[str, Any]) -> list[ClassWeight] | None:
@@ -101,12 +103,14 @@ class EvalJob:
         """pipeline.operating_points.config next to operating_points.json (or say why not)."""
         content = load_json(self.out_dir / ops.JSON_NAME, "operating points", ops.OPERATING_POINTS_FIX)
         text, note = builders.operating_points_config(self.loaded, content)
-        path = self.out_dir / OPERATING_CONFIG
+        path, tf_path = self.out_dir / OPERATING_CONFIG, self.out_dir / OPERATING_CONFIG_TF
         if text is None:
             print(f"{path.name}: {note}")
-            path.unlink(missing_ok=True)  # an older one would not match these thresholds
+            for stale in (path, tf_path):  # an older one would not match these thresholds
+                stale.unlink(missing_ok=True)
             return
         atomic_write_text(path, text)
+        atomic_write_text(tf_path, builders.tf_od_api_config_text(text))
 
 
 def _report(path: Path, metrics: Mapping[str, float], out_dir: Path) -> None:
