@@ -21,7 +21,8 @@ from typing import cast
 
 from torch import Tensor, nn
 
-from raredet.modeling.layers import batch_norm
+from raredet.modeling.layers import ConvHyperparams, batch_norm
+from raredet.modeling.tf_compat import TFSameConv2d, use_tf_same_padding
 
 
 def scaled_depth(channels: int, depth_multiplier: float = 1.0, min_depth: int = 16, divisor: int = 8) -> int:
@@ -62,16 +63,20 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int, frozen_bn: bool) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int, frozen_bn: bool, outplanes: int | None = None,
+        projection: bool = False,
+    ) -> None:
         super().__init__()
+        outplanes = outplanes or planes * 4
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = batch_norm(planes, frozen_bn)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
         self.bn2 = batch_norm(planes, frozen_bn)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = batch_norm(planes * 4, frozen_bn)
+        self.conv3 = nn.Conv2d(planes, outplanes, 1, bias=False)
+        self.bn3 = batch_norm(outplanes, frozen_bn)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _shortcut(inplanes, planes * 4, stride, frozen_bn)
+        self.downsample = _shortcut(inplanes, outplanes, stride, frozen_bn, projection)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -80,13 +85,25 @@ class Bottleneck(nn.Module):
         return self.relu(self.bn3(self.conv3(out)) + identity)
 
 
-def _shortcut(inplanes: int, outplanes: int, stride: int, frozen_bn: bool) -> nn.Sequential | None:
-    """Projection shortcut (named ``downsample`` as in torchvision) when the shape changes."""
-    if stride == 1 and inplanes == outplanes:
+def _shortcut(inplanes: int, outplanes: int, stride: int, frozen_bn: bool, projection: bool = False
+              ) -> nn.Sequential | None:
+    """Projection shortcut (named ``downsample`` as in torchvision) when the shape changes, or always
+    with ``projection`` (Keras' ResNet projects in the first block of every stage)."""
+    if stride == 1 and inplanes == outplanes and not projection:
         return None
     return nn.Sequential(
         nn.Conv2d(inplanes, outplanes, 1, stride, bias=False), batch_norm(outplanes, frozen_bn)
     )
+
+
+# Batch-norm epsilon of the TF OD API's Keras ResNet layer override when no conv_hyperparams build them.
+KERAS_RESNET_BN_EPSILON = 1e-5
+
+
+class KerasFixedPaddingConv2d(nn.Conv2d):
+    """A strided conv padding ``k // 2`` on both sides, as the TF OD API's Keras ResNet pads its stem
+    (``_fixed_padding``, not TF's 'SAME'): computes as ``nn.Conv2d``; the class tells
+    ``use_tf_same_padding`` to leave it alone."""
 
 
 RESNET_DEPTHS: dict[int, tuple[type[BasicBlock] | type[Bottleneck], list[int]]] = {
@@ -99,7 +116,13 @@ RESNET_DEPTHS: dict[int, tuple[type[BasicBlock] | type[Bottleneck], list[int]]] 
 
 
 class ResNet(nn.Module):
-    """ResNet v1 (torchvision layout, no classifier)."""
+    """ResNet v1 (torchvision layout, no classifier).
+
+    ``keras_widths``: each conv's width is ``max(int(c * depth_multiplier), min_depth)`` on its own,
+    the rule of the TF OD API's Keras ResNet (its layer override scales every conv; a bottleneck's
+    expansion ``4 c`` is scaled, not ``4 x`` the scaled ``c``), instead of ``scaled_depth``, and the
+    first block of every stage has a projection shortcut even where the shape is kept (Keras'
+    ``conv_shortcut``). With ``depth_multiplier`` 1 both give the standard shapes."""
 
     def __init__(
         self,
@@ -107,31 +130,63 @@ class ResNet(nn.Module):
         depth_multiplier: float = 1.0,
         min_depth: int = 16,
         freeze_batchnorm: bool = False,
+        keras_widths: bool = False,
     ) -> None:
         super().__init__()
         block, counts = RESNET_DEPTHS[depth]
-        widths = [scaled_depth(c, depth_multiplier, min_depth) for c in (64, 128, 256, 512)]
-        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
-        self.bn1 = batch_norm(widths[0], freeze_batchnorm)
+
+        def width(channels: int) -> int:
+            if keras_widths:
+                return max(int(channels * depth_multiplier), min_depth)
+            return scaled_depth(channels, depth_multiplier, min_depth)
+
+        nominal = (64, 128, 256, 512)
+        stem = width(64)
+        self.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
+        self.bn1 = batch_norm(stem, freeze_batchnorm)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        inplanes, stages = widths[0], []
-        for i, (planes, count) in enumerate(zip(widths, counts, strict=True)):
-            stride = 1 if i == 0 else 2
+        inplanes, stages, outs = stem, [], []
+        for i, (channels, count) in enumerate(zip(nominal, counts, strict=True)):
+            planes = width(channels)
+            out = width(channels * block.expansion) if keras_widths else planes * block.expansion
             blocks = [
-                block(
-                    inplanes if j == 0 else planes * block.expansion,
-                    planes,
-                    stride if j == 0 else 1,
-                    freeze_batchnorm,
-                )
+                _block(block, inplanes if j == 0 else out, planes, out, 2 if i > 0 and j == 0 else 1,
+                       freeze_batchnorm, keras_widths and j == 0)
                 for j in range(count)
             ]
             stages.append(nn.Sequential(*blocks))
-            inplanes = planes * block.expansion
+            inplanes = out
+            outs.append(out)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.out_channels = {2 + i: w * block.expansion for i, w in enumerate(widths)}
+        self.out_channels = {2 + i: c for i, c in enumerate(outs)}
+        # The hyperparams the TF OD API would build this backbone's batch norms and activations with
+        # (an SSD's conv_hyperparams under override_base_feature_extractor_hyperparams; None: its Keras
+        # ResNet's own). Unused until TF weights are loaded (ResNet.use_tf_conventions).
+        self.keras_hyperparams: ConvHyperparams | None = None
         _init_like_torchvision(self)
+
+    def use_tf_conventions(self) -> None:
+        """Compute as the TF OD API's Keras ResNet v1 (``tf_weights/resnet.py`` says why each): strides
+        on the first 1x1 conv of a bottleneck (v1.0) instead of the 3x3 (v1.5), the stem's symmetric
+        ``k // 2`` padding kept (also if ``use_tf_same_padding`` switched it), the max pool padding
+        'SAME', and the batch norms and activations of ``keras_hyperparams`` (ReLU and epsilon 1e-5
+        when None). No parameter changes shape. Idempotent."""
+        for module in self.modules():
+            if isinstance(module, Bottleneck) and module.conv2.stride != (1, 1):
+                module.conv1.stride, module.conv2.stride = module.conv2.stride, (1, 1)
+        stem = self.conv1
+        if type(stem) in (nn.Conv2d, TFSameConv2d):
+            stem.__class__ = KerasFixedPaddingConv2d
+            stem.padding = (stem.kernel_size[0] // 2, stem.kernel_size[1] // 2)
+        use_tf_same_padding(self.maxpool)
+        hp = self.keras_hyperparams
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eps = hp.bn_epsilon if hp is not None else KERAS_RESNET_BN_EPSILON
+        for parent in list(self.modules()):
+            if isinstance(getattr(parent, "relu", None), nn.Module):
+                parent.relu = hp.act(inplace=True) if hp is not None else nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -139,6 +194,13 @@ class ResNet(nn.Module):
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         return {2: c2, 3: c3, 4: c4, 5: self.layer4(c4)}
+
+
+def _block(block: type[BasicBlock] | type[Bottleneck], inplanes: int, planes: int, out: int, stride: int,
+           frozen: bool, projection: bool) -> nn.Module:
+    if block is Bottleneck:
+        return Bottleneck(inplanes, planes, stride, frozen, out, projection)
+    return block(inplanes, planes, stride, frozen)
 
 
 def _init_like_torchvision(model: nn.Module) -> None:

@@ -192,8 +192,13 @@ def _fpn_extractor(backbone: Backbone, cfg: Config, hp: ConvHyperparams, freeze_
 
 def _resnet_fpn(depth: int, cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
     multiplier, min_depth = float(cfg.get("depth_multiplier", 1.0)), int(cfg.get("min_depth", 16))
-    backbone = ResNet(depth, multiplier, min_depth, freeze_bn)
+    # `_keras`: the TF OD API's Keras ResNet widths (each conv max(int(c * m), min_depth)).
+    backbone = ResNet(depth, multiplier, min_depth, freeze_bn, keras_widths=_is_keras(cfg))
     _initialize_backbone(backbone, _backbone_hyperparams(cfg, hp, "resnet"))
+    # What TF weights need to compute as the TF OD API does (ResNet.use_tf_conventions): the
+    # backbone's batch norms and activations are these hyperparams' under the override.
+    override = bool(cfg.get("override_base_feature_extractor_hyperparams", False))
+    backbone.keras_hyperparams = hp if override else None
     return _fpn_extractor(backbone, cfg, hp, freeze_bn)
 
 
