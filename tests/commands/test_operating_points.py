@@ -206,3 +206,20 @@ def test_onnx_export_with_operating_points_matches_pytorch(run, tmp_path):
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     boxes, scores, classes, num = session.run(None, {"images": images.numpy()})
     assert_exported_equal_pytorch((boxes, scores, classes, num), det, trained.label_map.ids)
+
+
+def test_tf_copy_has_the_same_calibration_and_no_raredet_field(run):
+    """pipeline.operating_points.tf.config: the same calibration_config and NMS threshold, without
+    `eval_config.operating_points` (a raredet field, named in its header)."""
+    from raredet.config import parse_config
+
+    _, _, out, _, _ = run
+    full = parse_config((out / "pipeline.operating_points.config").read_text())
+    text = (out / "pipeline.operating_points.tf.config").read_text()
+    copy = parse_config(text)
+    post, post_copy = full.model.ssd.post_processing, copy.model.ssd.post_processing
+    assert post_copy.calibration_config == post.calibration_config
+    assert post_copy.calibration_config.WhichOneof("calibrator") == "class_id_function_approximations"
+    assert post_copy.batch_non_max_suppression.score_threshold == pytest.approx(0.5)
+    assert full.eval_config.HasField("operating_points") and not copy.eval_config.HasField("operating_points")
+    assert "#   eval_config.operating_points" in text.splitlines()
