@@ -24,23 +24,46 @@ layers that hold weights in Keras' topological order. For a bottleneck stage's f
 ``1_conv, 1_bn, 2_conv, 2_bn, 0_conv, 3_conv, 0_bn, 3_bn`` (``0`` the projection shortcut), for the
 others ``1_conv, 1_bn, 2_conv, 2_bn, 3_conv, 3_bn``; the stem ``conv1_conv, conv1_bn`` comes first.
 ``keras_layer_order`` gives that order (checked against the checkpoints' own full names in the tests).
+The FPN and the box predictor above it are the SSD parts every family shares (``ssd_parts``).
+
+Plugged into ``tf_weights.load_tf_checkpoint`` as the ``resnet`` family: ``tensor_maps`` (detection
+checkpoint, root ``model``) and ``classification_maps`` (root ``feature_extractor``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from raredet.modeling.backbones import RESNET_DEPTHS, Bottleneck
+from torch import nn
+
+from raredet.errors import CheckpointError
+from raredet.modeling.backbones import RESNET_DEPTHS, Bottleneck, ResNet
+from raredet.modeling.fpn import FeaturePyramid
 from raredet.modeling.tf_weights.common import TensorMap
+from raredet.modeling.tf_weights.keras_layers import Shapes, layer_maps
+from raredet.modeling.tf_weights.ssd_parts import fpn_maps, predictor_maps
 
-# Keras batch-norm variable -> torch ``BatchNorm2d`` tensor.
-BATCH_NORM_TENSORS = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
-                      "moving_variance": "running_var"}
+if TYPE_CHECKING:
+    from raredet.modeling.ssd import SSD
+
+BACKBONE_ROOT = "_feature_extractor/classification_backbone"
 # Keras' per-block layer suffix -> raredet's module inside a ``Bottleneck``.
 BLOCK_MODULES = {"0_conv": "downsample.0", "0_bn": "downsample.1", "1_conv": "conv1", "1_bn": "bn1",
                  "2_conv": "conv2", "2_bn": "bn2", "3_conv": "conv3", "3_bn": "bn3"}
 FIRST_BLOCK_ORDER = ("1_conv", "1_bn", "2_conv", "2_bn", "0_conv", "3_conv", "0_bn", "3_bn")
 BLOCK_ORDER = ("1_conv", "1_bn", "2_conv", "2_bn", "3_conv", "3_bn")
+
+
+def resnet_depth(backbone: nn.Module) -> int:
+    """50, 101 or 152 from the number of blocks per stage."""
+    counts = [len(getattr(backbone, f"layer{i}")) for i in range(1, 5)]
+    for depth, (block, expected) in RESNET_DEPTHS.items():
+        if block is Bottleneck and counts == expected:
+            return depth
+    raise CheckpointError(f"no TF OD API Keras ResNet has {counts} blocks per stage (only ResNet-50/101/152)")
+
+
 def keras_layer_order(depth: int, stages: Iterable[int] = (1, 2, 3, 4), stem: bool = True
                       ) -> list[tuple[str, str]]:
     """``(Keras layer name, raredet module path)`` of a Keras ResNet-``depth`` in the order its
@@ -48,7 +71,7 @@ def keras_layer_order(depth: int, stages: Iterable[int] = (1, 2, 3, 4), stem: bo
     ``conv2..conv5``). A Keras submodel that starts at a later stage counts from 0 there."""
     block, counts = RESNET_DEPTHS[depth]
     if block is not Bottleneck:
-        raise ValueError(f"the TF OD API has no Keras ResNet-{depth} (bottleneck ResNets 50/101/152 only)")
+        raise CheckpointError(f"the TF OD API has no Keras ResNet-{depth} (ResNet-50/101/152 only)")
     order = [("conv1_conv", "conv1"), ("conv1_bn", "bn1")] if stem else []
     for stage in stages:
         for index in range(counts[stage - 1]):
@@ -58,28 +81,40 @@ def keras_layer_order(depth: int, stages: Iterable[int] = (1, 2, 3, 4), stem: bo
     return order
 
 
-def layer_maps(source: str, target: str, part: str, is_conv: bool) -> list[TensorMap]:
-    """The maps of one Keras layer saved at ``source`` (object path) onto raredet's module ``target``."""
-    if is_conv:
-        return [TensorMap(f"{target}.weight", f"{source}/kernel", "conv", part)]
-    return [TensorMap(f"{target}.{name}", f"{source}/{tf_name}", "vector", part)
-            for tf_name, name in BATCH_NORM_TENSORS.items()]
-
-
-def backbone_maps(source_root: str, target_root: str, depth: int, part: str = "backbone",
+def backbone_maps(backbone: ResNet, target: str, root: str, shapes: Shapes, part: str = "backbone",
                   stages: Iterable[int] = (1, 2, 3, 4), stem: bool = True) -> list[TensorMap]:
-    """TensorMaps of a Keras ResNet saved at ``source_root`` (its ``layer_with_weights-N`` children)
-    onto the raredet ``ResNet`` at ``target_root`` (a state-dict prefix, e.g. ``feature_extractor.
-    backbone``)."""
-    maps = []
-    for index, (keras_name, module) in enumerate(keras_layer_order(depth, stages, stem)):
-        maps += layer_maps(f"{source_root}/layer_with_weights-{index}", f"{target_root}.{module}", part,
-                           keras_name.endswith("_conv"))
+    """The Keras ResNet (or the part of it from ``stages``) saved at ``root`` (its
+    ``layer_with_weights-N``) onto the raredet ``backbone`` named ``target`` in the state dict."""
+    modules = dict(backbone.named_modules())
+    maps: list[TensorMap] = []
+    for index, (_, module) in enumerate(keras_layer_order(resnet_depth(backbone), stages, stem)):
+        maps += layer_maps(modules[module], f"{target}.{module}", f"{root}/layer_with_weights-{index}", part,
+                           shapes)
     return maps
 
 
-def expected_full_names(depth: int, stages: Iterable[int] = (1, 2, 3, 4), stem: bool = True
-                        ) -> dict[int, str]:
-    """``layer_with_weights`` index -> the Keras layer name its variables carry (``conv2_block1_0_conv``
-    ...), to check a checkpoint against ``keras_layer_order``."""
-    return {i: name for i, (name, _) in enumerate(keras_layer_order(depth, stages, stem))}
+def tensor_maps(model: SSD, shapes: Shapes, root: str = "model") -> list[TensorMap]:
+    """Every map of an SSD ResNet-FPN from a detection checkpoint (``shapes``: ``{object path: shape}``
+    of its variables): parts ``backbone``, ``fpn``, ``box_predictor``."""
+    _require(shapes, f"{root}/{BACKBONE_ROOT}", model.feature_extractor_type)
+    extractor = model.feature_extractor
+    maps = backbone_maps(extractor.backbone, "feature_extractor.backbone", f"{root}/{BACKBONE_ROOT}", shapes)
+    fpn = getattr(extractor, "fpn", None)
+    if not isinstance(fpn, FeaturePyramid):
+        raise CheckpointError(f"{model.feature_extractor_type}: only SSD ResNets with an FPN are mapped")
+    maps += fpn_maps(fpn, "feature_extractor.fpn", root, shapes)
+    return maps + predictor_maps(model.box_predictor, "box_predictor", root, shapes)
+
+
+def classification_maps(model: SSD, shapes: Shapes, root: str = "feature_extractor") -> list[TensorMap]:
+    """The backbone from a classification checkpoint (``tf.train.Checkpoint(feature_extractor=<the Keras
+    ResNet>)``, the zoo's ImageNet checkpoints)."""
+    _require(shapes, root, model.feature_extractor_type)
+    return backbone_maps(model.feature_extractor.backbone, "feature_extractor.backbone", root, shapes)
+
+
+def _require(shapes: Shapes, root: str, what: str) -> None:
+    if f"{root}/layer_with_weights-0/kernel" not in shapes:
+        raise CheckpointError(
+            f"no Keras ResNet at {root} in this checkpoint (looked for {root}/layer_with_weights-0/kernel); "
+            f"is it a TF OD API checkpoint of {what}? `raredet inspect-checkpoint` lists its object paths")
