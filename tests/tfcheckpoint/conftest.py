@@ -37,13 +37,24 @@ def masked(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def block(entries: list[tuple[bytes, bytes]]) -> bytes:
-    body = b"".join(varint(0) + varint(len(k)) + varint(len(v)) + k + v for k, v in entries)
-    return body + struct.pack("<II", 0, 1)  # one restart point, at 0
+def block(entries: list[tuple[bytes, bytes]], restart_interval: int = 1) -> bytes:
+    """One block's contents; keys share their prefix with the previous key except at restart points."""
+    body, restarts, previous = bytearray(), [], b""
+    for i, (key, value) in enumerate(entries):
+        shared = 0
+        if i % restart_interval:
+            while shared < min(len(key), len(previous)) and key[shared] == previous[shared]:
+                shared += 1
+        else:
+            restarts.append(len(body))
+        body += varint(shared) + varint(len(key) - shared) + varint(len(value)) + key[shared:] + value
+        previous = key
+    restarts = restarts or [0]
+    return bytes(body) + struct.pack(f"<{len(restarts)}I", *restarts) + struct.pack("<I", len(restarts))
 
 
-def write_table(entries: dict[bytes, bytes]) -> bytes:
-    """A LevelDB-format table holding `entries` (sorted by key here)."""
+def write_table(entries: dict[bytes, bytes], per_block: int = 1 << 30, restart_interval: int = 1) -> bytes:
+    """A LevelDB-format table holding `entries` (sorted by key here), `per_block` entries a data block."""
     out = bytearray()
 
     def put(contents: bytes) -> bytes:
@@ -52,9 +63,10 @@ def write_table(entries: dict[bytes, bytes]) -> bytes:
         return handle
 
     items = sorted(entries.items())
-    data_handle = put(block(items))
+    chunks = [items[i:i + per_block] for i in range(0, len(items), per_block)]
+    handles = [(chunk[-1][0], put(block(chunk, restart_interval))) for chunk in chunks]
     metaindex = put(block([]))
-    index = put(block([(items[-1][0], data_handle)]))
+    index = put(block(handles))
     out.extend((metaindex + index).ljust(40, b"\0") + struct.pack("<Q", MAGIC))
     return bytes(out)
 

@@ -90,6 +90,17 @@ def test_forger_reproduces_tensorflows_entries(tmp_path, tools, expected):
         sum(expected["keras"]["entries"][KERNEL]["values"]), rel=1e-6)
 
 
+def test_index_of_many_blocks_with_shared_prefixes(tmp_path, tools, expected):
+    # TF puts up to 256 KiB of entries in a block, so only indexes of thousands of keys have several;
+    # the same entries laid out in blocks of 3 with a restart point every 2 keys read the same.
+    prefix = tools.copy("keras", tmp_path)
+    index = tmp_path / "ckpt-1.index"
+    index.write_bytes(tools.write_table(tools.read_entries(index), per_block=3, restart_interval=2))
+    ckpt = open_checkpoint(prefix)
+    assert ckpt.keys() == sorted(k for k in expected["keras"]["entries"] if k != GRAPH_KEY)
+    assert ckpt.info(KERNEL).full_name == "conv/kernel"
+
+
 @pytest.mark.parametrize(("fields", "words"), [
     ({"shape": [3, 3, 3, 5]}, ["needs 540 bytes, the entry says 432"]),
     ({"shape": [2**40, 2**40, 2**40]}, ["needs", "the entry says 432"]),  # no allocation from a forged shape
