@@ -44,8 +44,18 @@ class TFCheckpoint:
             if raw.shape != ():
                 raise CheckpointError(f"{self.index_path}: key {object_graph.OBJECT_GRAPH_KEY!r}: shape "
                                       f"{list(raw.shape)}, expected a scalar string")
-            self.object_graph = object_graph.parse_object_graph(self.index_path, raw[()])
+            self.object_graph = object_graph.parse_object_graph(self.index_path, bytes(raw[()]))
             self._names = object_graph.key_names(self.object_graph)
+
+    def __enter__(self) -> TFCheckpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop this reader's mappings of the data files (arrays already returned keep theirs alive)."""
+        self._maps.clear()
 
     def __repr__(self) -> str:
         return f"TFCheckpoint({str(self.prefix)!r}, {len(self._entries)} keys)"

@@ -19,10 +19,16 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import crc32c
 
 from raredet.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+Bytes = Union[bytes, memoryview, "np.ndarray"]  # anything with the buffer protocol, read as bytes
 
 MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
@@ -36,8 +42,9 @@ def mask_crc(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
-def masked_crc32c(data: bytes | memoryview) -> int:
-    return mask_crc(crc32c.crc32c(data))
+def masked_crc32c(data: Bytes) -> int:
+    # A memory-mapped ndarray is read through the buffer protocol: no copy (stubs predate ndarray Buffer).
+    return mask_crc(crc32c.crc32c(data))  # type: ignore[arg-type]
 
 
 class Malformed(Exception):
