@@ -332,6 +332,14 @@ class MobileNetV2(nn.Module):
         return [cast(nn.Conv2d, expand[0]).out_channels, self.out_channels[5]]
 
 
+def set_batch_norm_hyperparams(module: nn.Module, epsilon: float, momentum: float) -> None:
+    """Every batch norm of ``module`` takes ``epsilon`` and (torch's) ``momentum``: e.g. a MobileNetV2
+    computing with TF weights, whose Keras batch norms use epsilon 1e-3 (torchvision's: 1e-5)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.eps, layer.momentum = epsilon, momentum
+
+
 def _block_out_channels(block: nn.Module) -> int:
     convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
     return convs[-1].out_channels

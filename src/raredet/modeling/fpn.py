@@ -7,6 +7,12 @@ and added; every merged level but the coarsest gets a 3x3 "smoothing" conv -> BN
 Levels past the backbone come from 3x3 stride-2 conv -> BN -> activation on the previous output (the
 TF OD API starts them from the coarsest FPN output, not from C5 as the RetinaNet paper does).
 ``use_depthwise`` makes the smoothing and extra convs depthwise-separable: the zoo's "FPN-lite".
+
+Top-down input. The RetinaNet/FPN papers (and raredet's default, ``tf_top_down = False``) upsample the
+*merged* map (lateral + upsampled, before smoothing) into the next finer level. The TF OD API's
+``KerasFpnTopDownFeatureMaps`` upsamples the *smoothed* output (after conv -> BN -> activation)
+instead. A model computing with TF weights sets ``tf_top_down = True`` (``SSD.use_weights_convention``);
+parameters and shapes are the same either way.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class FeaturePyramid(nn.Module):
             for _ in range(self.top_level, max_level)
         )
         self.out_channels = [depth] * (max_level - min_level + 1)
+        self.tf_top_down = False  # upsample the smoothed map, as the TF OD API (module docstring)
 
     def forward(self, features: dict[int, Tensor]) -> list[Tensor]:
         levels = range(self.min_level, self.top_level + 1)
@@ -62,6 +69,8 @@ class FeaturePyramid(nn.Module):
         for lateral, smooth in zip(laterals[-2::-1], self.smoothing[::-1], strict=True):
             merged = lateral + F.interpolate(merged, size=lateral.shape[-2:], mode="nearest")
             outputs.append(smooth(merged))
+            if self.tf_top_down:
+                merged = outputs[-1]
         outputs.reverse()
         for conv in self.extra:
             outputs.append(conv(outputs[-1]))

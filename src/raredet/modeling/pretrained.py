@@ -1,4 +1,7 @@
-"""``fine_tune_checkpoint`` loading: torchvision ImageNet backbones and raredet detection checkpoints.
+"""``fine_tune_checkpoint`` loading: torchvision ImageNet backbones, raredet detection checkpoints, and
+checkpoints the TF OD API wrote (``PREFIX.index`` + data files: the zoo's ``checkpoint/ckpt-0``, its
+ImageNet backbones, a TF ``model_dir``'s ``ckpt-N``), which ``tf_weights.load_tf_checkpoint`` maps by
+TF object path and which switch the model to TF's conventions.
 
 ``fine_tune_checkpoint_type``:
 
@@ -47,13 +50,31 @@ class LoadReport:
     shape_mismatch: list[str] = field(default_factory=list)
     # name -> (shape in the file, shape in the model), for each entry of shape_mismatch
     mismatched_shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    # part -> (tensors loaded, tensors of that part in the model), for checkpoints mapped part by part
+    parts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # the weights convention the model computes with after the load ("" = unchanged)
+    convention: str = ""
 
     def summary(self) -> str:
         text = (
             f"loaded {len(self.loaded)}, missing {len(self.missing)}, unexpected {len(self.unexpected)}, "
             f"shape mismatch {len(self.shape_mismatch)}"
         )
+        if self.parts:
+            text += "; " + self.parts_summary()
+        if self.convention == "tf":
+            text += "; computing with TF's conventions (TF 'SAME' padding, the TF OD API's input " \
+                    "normalisation)"
         return text + (f"; {self.mismatch_details()}" if self.shape_mismatch else "")
+
+    def parts_summary(self) -> str:
+        """Per part: ``backbone 262/262 loaded, box_predictor 0/60 (left at its initialiser)``."""
+        shown = []
+        for part, (loaded, total) in self.parts.items():
+            kept = "" if loaded == total else " (the rest left at its initialiser)" if loaded else \
+                " (left at its initialiser)"
+            shown.append(f"{part} {loaded}/{total} loaded{kept}")
+        return ", ".join(shown)
 
     def mismatch_details(self, limit: int = 6) -> str:
         """The tensors not loaded for their shape, each with the file's and the model's shape."""
@@ -123,6 +144,12 @@ def load_fine_tune_checkpoint(model: SSD, path: str | Path, checkpoint_type: str
             f"train_config.fine_tune_checkpoint_type: unknown {checkpoint_type!r}; "
             f"valid: {list(CHECKPOINT_TYPES)}"
         )
+    from raredet.tfcheckpoint import is_tf_checkpoint
+
+    if is_tf_checkpoint(path):  # a checkpoint the TF OD API wrote (PREFIX.index + data)
+        from raredet.modeling.tf_weights import load_tf_checkpoint
+
+        return load_tf_checkpoint(model, path, checkpoint_type)
     state = read_state_dict(path)
     target = model.backbone if checkpoint_type == "classification" else model
     report = load_state_dict_by_name(target, state)

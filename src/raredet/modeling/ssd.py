@@ -20,7 +20,8 @@ TF OD API's defaults)::
                                                  # (builders.build_calibration); None = identity
 
 ``forward(images)`` takes ``[B, 3, H, W]`` uint8 or float in 0..255 and normalises inside with the
-ImageNet mean and std (so torchvision ImageNet weights fit, and exported models take raw images);
+ImageNet mean and std (so torchvision ImageNet weights fit, and exported models take raw images), or
+as the TF OD API's extractor does once TF weights are loaded (``use_weights_convention("tf")``);
 it returns ``{"cls_logits" [B, A, K], "box_deltas" [B, A, 4], "anchors" [A, 4]}`` in every mode.
 ``postprocess(outputs, image_sizes)`` decodes, clips, scores (converter and calibration:
 ``model.score_converter``; ``set_operating_points`` adds per-class thresholds) and runs NMS.
@@ -60,14 +61,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from raredet.errors import ConfigError
 from raredet.modeling.anchors import MultiscaleAnchorGenerator, SsdAnchorGenerator
-from raredet.modeling.backbones import MobileNetV1, MobileNetV2, ResNet, mobilenet_v2_last_depth
+from raredet.modeling.backbones import (
+    MobileNetV1,
+    MobileNetV2,
+    ResNet,
+    mobilenet_v2_last_depth,
+    set_batch_norm_hyperparams,
+)
 from raredet.modeling.bifpn import BiFPN
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.calibration import Calibration
@@ -76,6 +83,7 @@ from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
 from raredet.modeling.layers import ConvHyperparams, l2_weights_of, use_fast_relu6
 from raredet.modeling.postprocess import BatchNonMaxSuppression, ScoreConverter, clip_boxes
 from raredet.modeling.predictor import ConvolutionalBoxPredictor, WeightSharedConvolutionalBoxPredictor
+from raredet.modeling.tf_compat import TF_INPUT_NORMALIZATION, WEIGHTS_CONVENTIONS, use_tf_same_padding
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,7 +93,27 @@ SSD_EXTRA_DEPTHS = (512, 256, 256, 128)
 Config = Mapping[str, Any]
 
 
-class FpnFeatureExtractor(nn.Module):
+class _TFConventions:
+    """What a feature extractor changes to compute as the TF OD API's Keras model does with TF weights
+    (``SSD.use_weights_convention``): its backbone's batch norms take ``tf_batch_norm`` (epsilon,
+    torch momentum) when set (torchvision's are kept otherwise), its FPN upsamples the smoothed maps."""
+
+    tf_batch_norm: tuple[float, float] | None = None
+    use_explicit_padding: bool = False
+
+    def use_tf_conventions(self) -> None:
+        backbone = cast(nn.Module, getattr(self, "backbone"))  # noqa: B009  (set by the nn.Module)
+        if self.tf_batch_norm is not None:
+            set_batch_norm_hyperparams(backbone, *self.tf_batch_norm)
+        hook = cast(Callable[[], None] | None, getattr(backbone, "use_tf_conventions", None))
+        if hook is not None:
+            hook()
+        fpn = getattr(self, "fpn", None)
+        if isinstance(fpn, FeaturePyramid):
+            fpn.tf_top_down = True
+
+
+class FpnFeatureExtractor(_TFConventions, nn.Module):
     """A backbone followed by an FPN; ``forward(x) -> [map per level min_level..max_level]``."""
 
     def __init__(self, backbone: Backbone, fpn: FeaturePyramid, hp: ConvHyperparams) -> None:
@@ -98,7 +126,7 @@ class FpnFeatureExtractor(nn.Module):
         return self.fpn(self.backbone(x))
 
 
-class SsdMobileNetV2FeatureExtractor(nn.Module):
+class SsdMobileNetV2FeatureExtractor(_TFConventions, nn.Module):
     """MobileNetV2 maps plus the original SSD's extra layers (see the module docstring)."""
 
     def __init__(self, backbone: MobileNetV2, extra: SsdExtraLayers, depths: list[int], hp: ConvHyperparams):
@@ -135,6 +163,7 @@ class EfficientDetFeatureExtractor(nn.Module):
 
 
 FeatureExtractor = FpnFeatureExtractor | SsdMobileNetV2FeatureExtractor | EfficientDetFeatureExtractor
+_Extractor = TypeVar("_Extractor", FpnFeatureExtractor, SsdMobileNetV2FeatureExtractor)
 Backbone = ResNet | MobileNetV1 | MobileNetV2
 
 # The TF OD API's Keras backbones' own initializer and L2 weight, used without
@@ -176,7 +205,8 @@ def _depth(cfg: Config) -> Callable[[int], int]:
     return lambda d: max(int(d * multiplier), min_depth)
 
 
-def _fpn_extractor(backbone: Backbone, cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
+def _fpn_extractor(backbone: Backbone, cfg: Config, hp: ConvHyperparams, freeze_bn: bool
+                   ) -> FpnFeatureExtractor:
     fpn_cfg = dict(cfg.get("fpn") or {})
     fpn = FeaturePyramid(
         backbone.out_channels,
@@ -216,10 +246,27 @@ def _mobilenet_v2(cfg: Config, freeze_bn: bool, fpn: bool) -> MobileNetV2:
     return MobileNetV2(multiplier, min_depth, freeze_bn, last_depth=last)
 
 
+def _mobilenet_v2_tf_batch_norm(backbone_hp: ConvHyperparams) -> tuple[float, float]:
+    """(epsilon, torch momentum) of the TF OD API's Keras MobileNetV2 batch norms: the conv_hyperparams'
+    under override_base_feature_extractor_hyperparams, else its own (epsilon 1e-3, decay 0.9997)."""
+    if backbone_hp.use_batch_norm:
+        return backbone_hp.bn_epsilon, 1.0 - backbone_hp.bn_decay
+    return 1e-3, 1.0 - 0.9997
+
+
+def _with_tf_settings(extractor: _Extractor, cfg: Config, tf_batch_norm: tuple[float, float] | None
+                      ) -> _Extractor:
+    extractor.tf_batch_norm = tf_batch_norm
+    extractor.use_explicit_padding = bool(cfg.get("use_explicit_padding", False))
+    return extractor
+
+
 def _mobilenet_v2_fpn(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
     backbone = _mobilenet_v2(cfg, freeze_bn, fpn=True)
-    _initialize_backbone(backbone, _backbone_hyperparams(cfg, hp, "mobilenet"))
-    return _fpn_extractor(backbone, cfg, hp, freeze_bn)
+    backbone_hp = _backbone_hyperparams(cfg, hp, "mobilenet")
+    _initialize_backbone(backbone, backbone_hp)
+    extractor = _fpn_extractor(backbone, cfg, hp, freeze_bn)
+    return _with_tf_settings(extractor, cfg, _mobilenet_v2_tf_batch_norm(backbone_hp))
 
 
 def _mobilenet_v1_fpn(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
@@ -239,7 +286,7 @@ def _mobilenet_v1_fpn(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> Feat
         bn_momentum=1.0 - decay,
     )
     _initialize_backbone(backbone, backbone_hp)
-    return _fpn_extractor(backbone, cfg, hp, freeze_bn)
+    return _with_tf_settings(_fpn_extractor(backbone, cfg, hp, freeze_bn), cfg, None)
 
 
 def _mobilenet_v2_ssd(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> FeatureExtractor:
@@ -249,10 +296,12 @@ def _mobilenet_v2_ssd(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> Feat
         raise ConfigError(f"feature_extractor.num_layers must be 2..6 for ssd_mobilenet_v2, got {num_layers}")
     depths = [max(int(d * multiplier), min_depth) for d in SSD_EXTRA_DEPTHS[: num_layers - 2]]
     backbone = _mobilenet_v2(cfg, freeze_bn, fpn=False)
-    _initialize_backbone(backbone, _backbone_hyperparams(cfg, hp, "mobilenet"))
+    backbone_hp = _backbone_hyperparams(cfg, hp, "mobilenet")
+    _initialize_backbone(backbone, backbone_hp)
     use_depthwise = bool(cfg.get("use_depthwise", False))
     extra = SsdExtraLayers(backbone.out_channels[5], depths, hp, use_depthwise, freeze_bn)
-    return SsdMobileNetV2FeatureExtractor(backbone, extra, depths, hp)
+    extractor = SsdMobileNetV2FeatureExtractor(backbone, extra, depths, hp)
+    return _with_tf_settings(extractor, cfg, _mobilenet_v2_tf_batch_norm(backbone_hp))
 
 
 # EfficientDet-D<N>'s BiFPN when the config gives no ``bifpn`` block (the TF OD API's class defaults):
@@ -324,10 +373,28 @@ FEATURE_EXTRACTORS: dict[str, Callable[[Config, ConvHyperparams, bool], FeatureE
 }
 
 
+def feature_extractor_key(feature_extractor: Config) -> str:
+    """The ``FEATURE_EXTRACTORS`` key of ``feature_extractor["type"]`` (its ``_keras`` suffix removed)."""
+    return str(feature_extractor.get("type", "")).removesuffix("_keras")
+
+
+# The TF OD API's input normalisation (tf_compat.TF_INPUT_NORMALIZATION) per extractor name prefix.
+TF_INPUT_FAMILIES = {"ssd_mobilenet": "mobilenet", "ssd_resnet": "resnet_v1",
+                     "ssd_efficientnet": "efficientnet"}
+
+
+def tf_input_family(key: str) -> str:
+    """``TF_INPUT_NORMALIZATION``'s family of the extractor ``key`` (e.g. "mobilenet")."""
+    for prefix, family in TF_INPUT_FAMILIES.items():
+        if key.startswith(prefix):
+            return family
+    raise ConfigError(f"model.ssd.feature_extractor.type {key!r}: no TF input normalisation known")
+
+
 def build_feature_extractor(feature_extractor: Config, freeze_batchnorm: bool = False) -> FeatureExtractor:
     """The feature extractor named by ``feature_extractor["type"]`` (``_keras`` suffix optional)."""
     name = str(feature_extractor.get("type", ""))
-    key = name.removesuffix("_keras")
+    key = feature_extractor_key(feature_extractor)
     if key not in FEATURE_EXTRACTORS:
         valid = ", ".join(sorted(FEATURE_EXTRACTORS))
         raise ConfigError(
@@ -436,6 +503,8 @@ class SSD(nn.Module):
         if num_classes < 1:
             raise ConfigError(f"model.ssd.num_classes must be at least 1, got {num_classes}")
         self.num_classes = num_classes
+        self.feature_extractor_type = feature_extractor_key(feature_extractor)
+        self.weights_convention = "torchvision"  # "tf" once use_weights_convention("tf") has run
         self.feature_extractor = build_feature_extractor(feature_extractor, freeze_batchnorm)
         self.anchor_generator = build_anchor_generator(anchor_generator)
         self._check_levels()
@@ -473,6 +542,31 @@ class SSD(nn.Module):
                 f"{levels[0]}..{levels[-1]}; make them equal (fpn.min_level/max_level, or 4..3+num_layers)"
             )
 
+    def use_weights_convention(self, convention: str) -> None:
+        """Compute as the weights' framework does: ``"tf"`` (weights the TF OD API trained) switches
+        strided convs and pools to TF's 'SAME' padding (unless the config sets
+        ``use_explicit_padding``, which pads symmetrically as torch does), the input normalisation to
+        the TF OD API's for this extractor, the feature extractor's own TF settings (backbone batch
+        norms, FPN top-down input), and ``postprocess`` to TF's order (NMS before clipping).
+        ``"torchvision"`` is the default; a model switched to "tf" stays so. Records the choice as
+        ``weights_convention``."""
+        if convention not in WEIGHTS_CONVENTIONS:
+            raise ValueError(f"weights convention {convention!r}; valid: {list(WEIGHTS_CONVENTIONS)}")
+        if convention == self.weights_convention:
+            return
+        if convention == "torchvision":
+            raise ValueError("a model switched to TF's conventions cannot switch back; build a new one")
+        extractor = self.feature_extractor
+        if not getattr(extractor, "use_explicit_padding", False):
+            use_tf_same_padding(self)
+        mean, std = TF_INPUT_NORMALIZATION[tf_input_family(self.feature_extractor_type)]
+        self.pixel_mean.copy_(torch.tensor(mean).view(1, 3, 1, 1))
+        self.pixel_std.copy_(torch.tensor(std).view(1, 3, 1, 1))
+        hook = getattr(extractor, "use_tf_conventions", None)
+        if hook is not None:
+            hook()
+        self.weights_convention = convention
+
     @property
     def backbone(self) -> Backbone | EfficientNet:
         """The torchvision-named backbone (where classification checkpoints load)."""
@@ -492,14 +586,37 @@ class SSD(nn.Module):
         """Decode, clip to ``image_sizes [B, 2]`` (h, w), score and NMS -> detections padded to
         ``max_total_detections``: boxes ``[B, D, 4]`` xyxy, scores ``[B, D]``, classes ``[B, D]`` int64
         (contiguous index), ``num_detections [B]``."""
+        if self.weights_convention == "tf":
+            return self._postprocess_as_tf(outputs, image_sizes)
         return self.non_max_suppression(*self.scored_boxes(outputs, image_sizes))
 
-    def scored_boxes(self, outputs: Mapping[str, Tensor], image_sizes: Tensor) -> tuple[Tensor, Tensor]:
+    def scored_boxes(self, outputs: Mapping[str, Tensor], image_sizes: Tensor | None
+                     ) -> tuple[Tensor, Tensor]:
         """The candidates NMS chooses from: every anchor's decoded box clipped to ``image_sizes [B, 2]``
-        ``[B, A, 4]`` xyxy, and its scores ``[B, A, K]`` (converted and calibrated)."""
+        (None: not clipped) ``[B, A, 4]`` xyxy, and its scores ``[B, A, K]`` (converted and calibrated)."""
         boxes = self.box_coder.decode(outputs["box_deltas"], outputs["anchors"][None])
-        boxes = clip_boxes(boxes, image_sizes.to(boxes.device))
+        if image_sizes is not None:
+            boxes = clip_boxes(boxes, image_sizes.to(boxes.device))
         return boxes, self.score_converter(outputs["cls_logits"])
+
+    def _postprocess_as_tf(self, outputs: Mapping[str, Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
+        """The TF OD API's order (``multiclass_non_max_suppression``): NMS on the unclipped boxes, then
+        clip to the image, and drop the detections whose clipped box has no area (wholly outside)."""
+        detections = self.non_max_suppression(*self.scored_boxes(outputs, None))
+        boxes = detections["detection_boxes"]
+        boxes = clip_boxes(boxes, image_sizes.to(boxes.device))
+        slots = torch.arange(boxes.shape[1], device=boxes.device)[None]
+        valid = (slots < detections["num_detections"][:, None]) & (boxes[..., 2] > boxes[..., 0]) & (
+            boxes[..., 3] > boxes[..., 1])
+        order = (~valid).to(torch.uint8).argsort(dim=1, stable=True)  # valid first, score order kept
+        kept = valid.gather(1, order)
+        sorted_boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
+        return {
+            "detection_boxes": torch.where(kept[..., None], sorted_boxes, 0.0),
+            "detection_scores": torch.where(kept, detections["detection_scores"].gather(1, order), 0.0),
+            "detection_classes": torch.where(kept, detections["detection_classes"].gather(1, order), 0),
+            "num_detections": kept.sum(dim=1),
+        }
 
     def set_operating_points(self, thresholds: Calibration, score_threshold: float) -> None:
         """Apply per-class operating points: `thresholds` maps the (calibrated) scores so that every

@@ -94,3 +94,16 @@ def use_tf_same_padding(module: nn.Module) -> int:
                 layer.padding = 0
                 changed += 1
     return changed
+
+
+def apply_weights_convention(model: nn.Module, convention: str) -> None:
+    """Make ``model`` compute with ``convention`` ("torchvision" or "tf"): the model's own
+    ``use_weights_convention`` does what its architecture needs (e.g. ``SSD.use_weights_convention``).
+    A model without that method accepts only "torchvision"."""
+    if convention not in WEIGHTS_CONVENTIONS:
+        raise ValueError(f"weights convention {convention!r}; valid: {list(WEIGHTS_CONVENTIONS)}")
+    hook = getattr(model, "use_weights_convention", None)
+    if hook is not None:
+        hook(convention)
+    elif convention != "torchvision":
+        raise ValueError(f"{type(model).__name__} cannot compute with {convention!r} conventions")
