@@ -11,6 +11,7 @@ from google.protobuf import text_format
 
 from raredet import builders, config
 from raredet.config import LabelMap
+from raredet.engine.optim import KerasMomentum
 from raredet.errors import ConfigError
 from raredet.losses import (
     bootstrapped_sigmoid,
@@ -163,7 +164,7 @@ def test_build_training_components(data_dir):
     assert comps.num_steps == 7 and comps.batch_size == 2
     assert comps.class_names == ["scratch", "dent", "crack"]
     assert comps.ema is None and comps.schedule(0) == pytest.approx(0.01)
-    assert isinstance(comps.optimizer, torch.optim.SGD)
+    assert isinstance(comps.optimizer, KerasMomentum)
     decayed = {n for g in comps.optimizer.param_groups if g["weight_decay"] > 0 for n in g["param_names"]}
     assert decayed and all(n.endswith("weight") for n in decayed)
     assert len(comps.dataset) == 7

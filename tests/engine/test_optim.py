@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -86,11 +87,46 @@ def test_momentum_matches_hand_update():
     w = nn.Parameter(torch.tensor([1.0]))
     opt = optim.momentum_optimizer([{"params": [w]}], momentum_optimizer_value=0.9)
     optim.set_learning_rate(opt, 0.1)
-    for _ in range(2):  # loss = w -> gradient 1: v1 = 1, w = 0.9; v2 = 1.9, w = 0.71
+    for _ in range(2):  # loss = w -> gradient 1: v1 = -0.1, w = 0.9; v2 = -0.19, w = 0.71
         opt.zero_grad()
         w.sum().backward()
         opt.step()
     assert w.item() == pytest.approx(0.71)
+
+
+def test_momentum_applies_each_steps_rate_to_its_own_gradient_as_keras_does():
+    """Keras: v = m v - lr g, w += v. Rates 0.1 then 0.3, gradients 1 then 2 (loss = w, then 2 w),
+    m = 0.9: v1 = -0.1; v2 = 0.9 * -0.1 - 0.3 * 2 = -0.69; w = 1 - 0.1 - 0.69 = 0.21. (torch's SGD, TF1's
+    rule, would give b2 = 0.9 + 2 = 2.9 and w = 1 - 0.1 - 0.87 = 0.03.)"""
+    w = nn.Parameter(torch.tensor([1.0]))
+    opt = optim.momentum_optimizer([{"params": [w]}], momentum_optimizer_value=0.9)
+    for lr, scale in ((0.1, 1.0), (0.3, 2.0)):
+        optim.set_learning_rate(opt, lr)
+        opt.zero_grad()
+        (scale * w).sum().backward()
+        opt.step()
+    assert w.item() == pytest.approx(0.21)
+    assert opt.state[w]["velocity"].item() == pytest.approx(-0.69)
+
+
+def test_momentum_weight_decay_is_the_l2_gradient_and_state_resumes_exactly():
+    """weight_decay d adds d w to the gradient (the gradient of 0.5 d w^2): w = 2, d = 0.5, loss = 0:
+    g = 1, v1 = -0.1 * 1, w = 1.9; a copy restored from the state dict takes the same second step."""
+    w = nn.Parameter(torch.tensor([2.0]))
+    opt = optim.momentum_optimizer([{"params": [w], "weight_decay": 0.5}], momentum_optimizer_value=0.9)
+    optim.set_learning_rate(opt, 0.1)
+    (0 * w).sum().backward()
+    opt.step()
+    assert w.item() == pytest.approx(1.9)
+    w2 = nn.Parameter(w.detach().clone())
+    opt2 = optim.momentum_optimizer([{"params": [w2], "weight_decay": 0.5}], momentum_optimizer_value=0.9)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))  # as from a file: no shared tensors
+    for param, optimizer in ((w, opt), (w2, opt2)):
+        optimizer.zero_grad()
+        (0 * param).sum().backward()
+        optimizer.step()
+    # v2 = 0.9 * -0.1 - 0.1 * 0.5 * 1.9 = -0.185; w = 1.9 - 0.185 = 1.715
+    assert w.item() == pytest.approx(1.715) and w2.item() == pytest.approx(1.715)
 
 
 def test_weight_decay_groups_and_regularization_loss():
@@ -143,3 +179,18 @@ def test_ema_hand_values():
     target = nn.Linear(1, 1, bias=False)
     ema.copy_to(target)
     assert target.weight.item() == pytest.approx(0.19)
+
+
+def test_an_sgd_checkpoint_resumes_with_its_velocity():
+    """torch SGD's buffer b = 1 at rate 0.1 is Keras' velocity -0.1: the next step (gradient 1, rate
+    0.1) gives v = 0.9 * -0.1 - 0.1 = -0.19."""
+    w = nn.Parameter(torch.tensor([1.0]))
+    sgd = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    w.sum().backward()
+    sgd.step()  # w = 0.9, b = 1
+    keras = optim.KerasMomentum([w], momentum=0.9)
+    keras.load_state_dict(copy.deepcopy(sgd.state_dict()))
+    keras.zero_grad()
+    w.sum().backward()
+    keras.step()
+    assert w.item() == pytest.approx(0.9 - 0.19)

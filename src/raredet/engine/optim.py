@@ -169,8 +169,63 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def momentum_optimizer(params: ParamGroups, momentum_optimizer_value: float = 0.9) -> torch.optim.Optimizer:
-    """TF's MomentumOptimizer: `v = m v + g; w -= lr v` (torch SGD with momentum and no dampening)."""
-    return torch.optim.SGD(params, lr=0.0, momentum=momentum_optimizer_value)
+    """The TF OD API's TF2 momentum optimizer, `tf.keras.optimizers.SGD(momentum=m)` (`KerasMomentum`)."""
+    return KerasMomentum(params, momentum=momentum_optimizer_value)
+
+
+class KerasMomentum(torch.optim.Optimizer):
+    """SGD with momentum as Keras computes it (the TF OD API's TF2 `momentum_optimizer`):
+    `v = m v - lr g; w += v`, with `g` the gradient plus `weight_decay * w` (the L2 loss's gradient).
+
+    torch's `SGD` keeps `b = m b + g; w -= lr b` instead (TF1's `MomentumOptimizer`). The two agree
+    while the learning rate is constant, but not while it changes: torch applies the current rate to
+    the whole accumulated velocity, Keras the rate of each step to that step's gradient. Under the zoo's
+    warm-up (the rate tripling in a few steps) torch's early steps are up to that much longer.
+    State per parameter: `velocity` (same shape), saved in `state_dict` for an exact resume."""
+
+    def __init__(self, params: ParamGroups | Any, lr: float = 0.0, momentum: float = 0.9,
+                 weight_decay: float = 0.0) -> None:
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"momentum_optimizer_value must be in [0, 1), got {momentum}")
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # noqa: D102 (torch's signature)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            velocities = [self._velocity(p) for p in params]
+            torch._foreach_mul_(velocities, group["momentum"])
+            torch._foreach_add_(velocities, grads, alpha=-group["lr"])
+            torch._foreach_add_(params, velocities)
+        return loss
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch's, and a checkpoint written before this optimizer (torch ``SGD``'s
+        ``momentum_buffer`` b) resumes with ``velocity = -lr b``, lr the rate of its last step: exact
+        where the rate was constant over the last steps, as it nearly is late in a cosine schedule."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for param in group["params"]:
+                state = self.state.get(param, {})
+                if "momentum_buffer" in state and "velocity" not in state:
+                    buffer = state.pop("momentum_buffer")
+                    if buffer is not None:
+                        state["velocity"] = -group["lr"] * buffer
+
+    def _velocity(self, param: torch.Tensor) -> torch.Tensor:
+        state = self.state[param]
+        if "velocity" not in state:
+            state["velocity"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state["velocity"]
 
 
 def adam_optimizer(params: ParamGroups, epsilon: float = 1e-8) -> torch.optim.Optimizer:
