@@ -51,9 +51,10 @@ from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.calibration import Calibration
 from raredet.modeling.fpn import FeaturePyramid
 from raredet.modeling.grid_anchors import GridAnchorGenerator
-from raredet.modeling.layers import INITIALIZERS, ConvHyperparams, l2_weights_of
+from raredet.modeling.layers import INITIALIZERS, ConvHyperparams, ReLU6, l2_weights_of
 from raredet.modeling.postprocess import BatchNonMaxSuppression, clip_boxes
 from raredet.modeling.roi_ops import crop_and_resize
+from raredet.modeling.tf_compat import TF_INPUT_NORMALIZATION, WEIGHTS_CONVENTIONS, use_tf_same_padding
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -329,6 +330,31 @@ class FasterRCNN(nn.Module):
         mean, std = torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
         self.register_buffer("pixel_mean", mean.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", std.view(1, 3, 1, 1), persistent=False)
+        self.weights_convention = "torchvision"  # "tf" once use_weights_convention("tf") has run
+
+    def use_weights_convention(self, convention: str) -> None:
+        """Compute as the weights' framework does: ``"tf"`` (weights the TF OD API trained) makes the
+        ResNet the TF OD API's Keras ResNet v1 (``ResNet.use_tf_conventions``: ReLU, batch-norm
+        epsilon 1e-5, strides on the 1x1 convs, 'SAME' max pool), the RPN conv's activation ReLU6,
+        the FPN's stride-2 convs pad 'SAME', and the input normalisation the Keras ResNet extractor's
+        (channel means subtracted, no scaling). Records the choice as ``weights_convention``; a model
+        switched to "tf" stays so."""
+        if convention not in WEIGHTS_CONVENTIONS:
+            raise ValueError(f"weights convention {convention!r}; valid: {list(WEIGHTS_CONVENTIONS)}")
+        if convention == self.weights_convention:
+            return
+        if convention == "torchvision":
+            raise ValueError("a model switched to TF's conventions cannot switch back; build a new one")
+        self.backbone.use_tf_conventions()
+        # The TF OD API's Keras first stage applies relu6 after the RPN conv whatever its hyperparams say
+        # (faster_rcnn_meta_arch: Lambda(tf.nn.relu6)); raredet's default keeps the hyperparams' one.
+        self.rpn.act = ReLU6()
+        if self.fpn is not None:
+            use_tf_same_padding(self.fpn)
+        mean, std = TF_INPUT_NORMALIZATION["resnet_v1"]
+        self.pixel_mean.copy_(torch.tensor(mean).view(1, 3, 1, 1))
+        self.pixel_std.copy_(torch.tensor(std).view(1, 3, 1, 1))
+        self.weights_convention = convention
 
     def l2_weights(self) -> dict[str, float]:
         """``{parameter name: l2 weight}``: the RPN convs' and the fc layers' regularizers (the
