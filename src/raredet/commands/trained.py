@@ -21,6 +21,7 @@ from raredet.engine.checkpoint import latest_checkpoint
 from raredet.errors import CheckpointError, ConfigError, DataError
 from raredet.evaluation import operating_points as ops
 from raredet.modeling.calibration import Calibration
+from raredet.modeling.tf_compat import apply_weights_convention
 
 
 @dataclass
@@ -83,6 +84,8 @@ def load_trained_model(model_dir: str | os.PathLike[str],
     path, state = found
     cfg, label_map, text = _config_and_label_map(path, state, pipeline_config_path)
     model, _ = builders.build_model(builders.model_message(cfg), label_map.ids)
+    if state.get("weights_convention") == "tf":  # trained from TF OD API weights: compute as TF does
+        apply_weights_convention(model, "tf")
     try:
         model.load_state_dict(model_weights(state, cfg.eval_config.use_moving_averages, path))
     except RuntimeError as err:

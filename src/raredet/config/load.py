@@ -171,6 +171,10 @@ def _reader_paths(reader: InputReader, where: str) -> list[tuple[str, str, str]]
 def _path_ok(path: str, kind: str) -> bool:
     if not path:
         return False
+    if kind == "checkpoint":  # a file (.pt, .pth, .safetensors) or a TF checkpoint's PREFIX
+        from raredet.tfcheckpoint import is_tf_checkpoint
+
+        return _exists(path, "file") or is_tf_checkpoint(path)
     if kind == "glob":
         try:
             return bool(glob.glob(path)) if glob.has_magic(path) else _exists(path, "file")
@@ -185,7 +189,8 @@ def check_input_paths(
     """ConfigError listing every input path that does not exist (globs: that match nothing)."""
     needed = [item for name, reader in _readers(config) for item in _reader_paths(reader, name)]
     if config.train_config.fine_tune_checkpoint:
-        needed.append(("train_config.fine_tune_checkpoint", config.train_config.fine_tune_checkpoint, "file"))
+        needed.append(("train_config.fine_tune_checkpoint", config.train_config.fine_tune_checkpoint,
+                       "checkpoint"))
     missing = [f"{field} = {p or '(empty)'}" for field, p, kind in needed if not _path_ok(p, kind)]
     if missing:
         raise ConfigError(

@@ -48,6 +48,7 @@ from raredet.engine.step_record import LOGGED_TERMS, StepRecord
 from raredet.errors import ConfigError, RaredetError
 from raredet.losses.class_weights import ClassWeight, format_class_weight_table
 from raredet.modeling.layers import FrozenBatchNorm2d
+from raredet.modeling.tf_compat import apply_weights_convention
 
 Criterion = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], dict[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
@@ -432,6 +433,8 @@ def checkpoint_state(
 ) -> dict[str, Any]:
     return {
         "model": unwrap(model).state_dict(),
+        # how the model computes ("tf" after loading TF OD API weights); rebuilt so by eval/predict/export
+        "weights_convention": getattr(unwrap(model), "weights_convention", "torchvision"),
         "optimizer": components.optimizer.state_dict(),
         "scheduler": {"step": step},
         "ema": components.ema.state_dict() if components.ema is not None else None,
@@ -453,6 +456,8 @@ def criterion_state(criterion: Criterion) -> dict[str, Any]:
 
 def restore(components: TrainComponents, model: nn.Module, state: Mapping[str, Any]) -> tuple[int, int, int]:
     """Load a checkpoint's training state; returns (step, epoch, batch_in_epoch)."""
+    if state.get("weights_convention") == "tf":  # trained from TF weights: compute as TF does
+        apply_weights_convention(unwrap(model), "tf")
     unwrap(model).load_state_dict(state["model"])
     components.optimizer.load_state_dict(state["optimizer"])
     if components.ema is not None and state.get("ema") is not None:

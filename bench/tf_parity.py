@@ -1,0 +1,75 @@
+"""Forward parity with the TF OD API on full-size models: raredet builds the folder's pipeline.config, loads
+its TF checkpoint (``load_fine_tune_checkpoint(..., "full")``) and runs TF's resized image; prints the
+max abs difference of the raw outputs (class logits without TF's background column, box encodings) and
+of the detections TF scores above 0.01.
+
+A folder is what ``tests/fixtures/tf_models/write_fixture.py`` writes (TF 2.15.1 + the OD API; never
+run by CI). For a full-size case, give it a zoo config unchanged (random weights, every variable set)::
+
+    PYTHONPATH=/work/peer/src/research /work/peer/venv/bin/python tests/fixtures/tf_models/write_fixture.py \\
+        tests/fixtures/configs/tf2_zoo/ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config \\
+        /tmp/fpnlite320 --image_size 360 480
+    .venv/bin/python bench/tf_parity.py /tmp/fpnlite320 [more folders ...]
+
+SSD families (``model.ssd``): add a family by writing its folder; nothing here is family-specific.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import raredet.config
+from raredet import builders
+from raredet.modeling import load_fine_tune_checkpoint
+
+
+def compare(folder: Path) -> dict[str, float]:
+    """Max abs differences between raredet's and TF's outputs for one written folder."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = raredet.config.load(folder / "pipeline.config")
+    model, _ = builders.build_model(builders.model_message(loaded.config))
+    start = time.perf_counter()
+    load_fine_tune_checkpoint(model, folder / "checkpoint" / "ckpt-0", "full")
+    load_s = time.perf_counter() - start
+    tf = np.load(folder / "tf_outputs.npz")
+    image = torch.from_numpy(tf["resized_image"]).permute(2, 0, 1)[None]
+    height, width = image.shape[-2:]
+    with torch.no_grad():
+        out = model.eval()(image)
+        det = model.postprocess(out, torch.tensor([[height, width]]))
+    tf_logits = tf["predict/class_predictions_with_background"][:, 1:]
+    scores = tf["postprocess/detection_scores"]
+    n = int((scores > 0.01).sum())
+    boxes = det["detection_boxes"][0, :n].numpy()[:, [1, 0, 3, 2]] / np.array([height, width] * 2)
+    return {
+        "anchors": float(tf_logits.shape[0]),
+        "logit_scale": float(np.abs(tf_logits).max()),
+        "cls_logits": float(np.abs(out["cls_logits"][0].numpy() - tf_logits).max()),
+        "box_deltas": float(np.abs(out["box_deltas"][0].numpy() - tf["predict/box_encodings"]).max()),
+        "detections": float(n),
+        "det_boxes": float(np.abs(boxes - tf["postprocess/detection_boxes"][:n]).max()) if n else 0.0,
+        "det_scores": float(np.abs(det["detection_scores"][0, :n].numpy() - scores[:n]).max()) if n else 0.0,
+        "det_classes_differ": float((det["detection_classes"][0, :n].numpy()
+                                     != tf["postprocess/detection_classes"][:n]).sum()),
+        "load_s": load_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", type=Path)
+    args = parser.parse_args()
+    for folder in args.folders:
+        figures = compare(folder)
+        print(folder.name + ": " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()))
+
+
+if __name__ == "__main__":
+    main()
