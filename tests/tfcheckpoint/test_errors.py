@@ -138,6 +138,17 @@ def test_forged_string_lengths_refused(tmp_path, tools):
     _error(lambda: open_checkpoint(prefix).tensor(TEXT), DATA, f"key {TEXT!r}", "do not add up")
 
 
+def test_forged_partitioned_variables(tmp_path, tools):
+    prefix = tools.forge(tools.copy("tf1", tmp_path), tools.edit_entry("split", shape=[2**40, 2**40]))
+    _error(lambda: open_checkpoint(prefix).tensor("split"), "model.ckpt.index", "key 'split'",
+           "needs 4835703278458516698824704 bytes, its 3 slices hold 1200")  # nothing allocated
+    prefix = tools.forge(tools.copy("tf1", tmp_path / "lost"),
+                         lambda entries: entries.pop(next(k for k in entries if k.startswith(b"\0split\0"))))
+    _error(lambda: open_checkpoint(prefix).tensor("split"), "key 'split'", "its 2 slices hold 800")
+    prefix = tools.forge(tools.copy("tf1", tmp_path / "shape"), tools.edit_entry("split", shape=[1, 300]))
+    _error(lambda: open_checkpoint(prefix).tensor("split"), "key 'split'", "lies outside its shape [1, 300]")
+
+
 def _header(**fields):
     def edit(entries):
         header = tensor_bundle_pb2.BundleHeaderProto.FromString(entries[b""])

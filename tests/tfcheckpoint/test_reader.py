@@ -33,9 +33,7 @@ def _as_expected(value: np.ndarray) -> list:
 
 
 def _readable(name: str, expected: dict) -> dict:
-    """TF's entries that the reader returns values for (tf1's partitioned `split` is refused)."""
-    entries = expected[name]["entries"].items()
-    return {k: v for k, v in entries if k != GRAPH_KEY and (name, k) != ("tf1", "split")}
+    return {k: v for k, v in expected[name]["entries"].items() if k != GRAPH_KEY}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -116,13 +114,16 @@ def test_sharded_checkpoint_reads_both_data_files(expected):
     assert ckpt.variables() == {k: k for k in expected["sharded"]["entries"]}  # name-based: key = name
 
 
-def test_name_based_checkpoint_has_no_object_graph_and_refuses_partitioned_variables(expected):
+def test_name_based_checkpoint_assembles_partitioned_variables(expected):
     ckpt = open_checkpoint(FIXTURES / "tf1" / "model.ckpt")
     assert ckpt.object_graph is None and ckpt.full_names() == {}
     assert ckpt.info("plain").object_path is None and ckpt.info("plain").full_name is None
-    assert ckpt.stored_layout("split") == ("DT_FLOAT", (6, 2))
-    with pytest.raises(CheckpointError, match=r"model\.ckpt\.index: key 'split' is a partitioned variable"):
-        ckpt.tensor("split")
+    assert ckpt.keys() == ["plain", "split", "split_columns"]  # not the slices' own keys
+    for key, shape in (("split", (150, 2)), ("split_columns", (2, 9))):
+        value = ckpt.tensor(key)
+        assert value.shape == shape and ckpt.info(key).size == 0  # the bytes are the slices'
+        assert value.reshape(-1).tolist() == expected["tf1"]["entries"][key]["values"]
+        assert len(np.unique(value)) == value.size  # every slice has its own values: order matters
 
 
 def test_object_graph_is_tensorflows_with_its_cycle():

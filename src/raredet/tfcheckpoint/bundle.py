@@ -134,14 +134,15 @@ def parse_entry(index: Path, key: str, value: bytes, sizes: list[int], files: li
 
 def tensor_layout(index: Path, key: str, entry: tensor_bundle_pb2.BundleEntryProto) \
         -> tuple[np.dtype | str, tuple[int, ...]]:
-    """The result dtype and shape of `entry`, checked against its byte size."""
-    if entry.slices:
-        raise CheckpointError(f"{index}: key {key!r} is a partitioned variable ({len(entry.slices)} slices); "
-                              "this reader does not assemble slices: save it unpartitioned")
+    """The result dtype and shape of `entry`, checked against its byte size (a partitioned variable's entry
+    holds no bytes: its slices, under keys of their own, are checked when it is assembled)."""
     shape = tuple(int(d.size) for d in entry.shape.dim)
     if entry.shape.unknown_rank or any(d < 0 for d in shape):
         raise CheckpointError(f"{index}: key {key!r}: shape {list(shape)} is not a concrete shape")
     count = int(np.prod(shape, dtype=object)) if shape else 1
+    if entry.slices and entry.dtype == DT.DT_STRING:
+        raise CheckpointError(f"{index}: key {key!r} is a partitioned string tensor; this reader assembles "
+                              "only numeric partitioned variables")
     if entry.dtype == DT.DT_STRING:
         if count > entry.size or (count and entry.size < count + 4):
             raise CheckpointError(f"{index}: key {key!r}: {count} strings cannot fit in {entry.size} bytes")
@@ -150,10 +151,15 @@ def tensor_layout(index: Path, key: str, entry: tensor_bundle_pb2.BundleEntryPro
     if stored is None:
         raise CheckpointError(f"{index}: key {key!r}: dtype {dtype_name(entry.dtype)} is not one this reader "
                               "knows (numbers, bool and strings are)")
-    if count * stored.itemsize != entry.size:
+    if not entry.slices and count * stored.itemsize != entry.size:
         raise CheckpointError(f"{index}: key {key!r}: shape {list(shape)} of {dtype_name(entry.dtype)} needs "
                               f"{count * stored.itemsize} bytes, the entry says {entry.size}")
     return (np.dtype(np.float32) if entry.dtype == DT.DT_BFLOAT16 else stored), shape
+
+
+def stored_itemsize(dtype: int) -> int:
+    """Bytes per element on disk of a numeric dtype this reader knows."""
+    return _STORED[dtype].itemsize
 
 
 def decode(raw: np.ndarray, dtype: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 
 from raredet.errors import CheckpointError
 from raredet.protos.trackable_object_graph_pb2 import TrackableObjectGraph
-from raredet.tfcheckpoint import bundle, object_graph
+from raredet.tfcheckpoint import bundle, object_graph, slices
 from raredet.tfcheckpoint.bundle import TensorInfo
 from raredet.tfcheckpoint.table import Malformed, read_table
 
@@ -86,7 +86,7 @@ class TFCheckpoint:
 
     def stored_layout(self, key: str) -> tuple[str, tuple[int, ...]]:
         """TensorFlow's dtype name and the shape recorded for `key`, even where `info` refuses the key
-        (a dtype this reader does not know, a partitioned variable): for listings."""
+        (a dtype this reader does not know, a forged shape): for listings."""
         entry = self._entry(key)
         return bundle.dtype_name(entry.dtype), tuple(int(d.size) for d in entry.shape.dim)
 
@@ -98,9 +98,12 @@ class TFCheckpoint:
     def tensor(self, key: str) -> np.ndarray:
         """The value of `key`: a read-only view of the memory-mapped data file, CRC32C-checked on its first
         read. bfloat16 tensors come back as float32 (a converted copy: numpy has no bfloat16); DT_STRING
-        tensors as numpy object arrays of bytes."""
+        tensors as numpy object arrays of bytes; a partitioned variable as a new array assembled from its
+        slices."""
         info = self.info(key)
         entry = self._entries[key]
+        if entry.slices:
+            return self._assemble(info, entry)
         path = self._files[info.shard]
         raw = self._map(info.shard)[info.offset:info.offset + info.size]
         try:
@@ -114,6 +117,17 @@ class TFCheckpoint:
             return bundle.decode(raw, entry.dtype, info.shape)
         except Malformed as err:
             raise CheckpointError(f"{path}: key {key!r}: {err}") from None
+
+    def _assemble(self, info: TensorInfo, entry) -> np.ndarray:  # type: ignore[no-untyped-def]
+        prefix = slices.slice_key_prefix(info.key)
+        keys = [k for k in self._entries if k.startswith(prefix)]
+        stored = sum(self._entries[k].size for k in keys)  # each checked against its data file's size
+        needed = _count(info.shape) * bundle.stored_itemsize(entry.dtype)
+        if stored != needed:  # so the assembled array is never sized by a forged shape
+            raise CheckpointError(f"{self.index_path}: key {info.key!r}: shape {list(info.shape)} needs "
+                                  f"{needed} bytes, its {len(keys)} slices hold {stored}")
+        return slices.assemble(self.index_path, info.key, entry, np.dtype(info.dtype), info.shape, keys,
+                               self.tensor)
 
     def _map(self, shard: int) -> np.ndarray:
         if shard not in self._maps:
