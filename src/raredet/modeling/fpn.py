@@ -85,8 +85,10 @@ def _projection(hp: ConvHyperparams, in_ch: int, depth: int) -> nn.Conv2d:
 
 class SsdExtraLayers(nn.Module):
     """The original SSD's extra maps, as the TF OD API's ``multi_resolution_feature_maps`` builds them:
-    after the backbone maps, each new map is 1x1 conv to ``depth / 2`` -> BN -> act, then 3x3
-    stride-2 conv (depthwise-separable with ``use_depthwise``, the SSDLite form) to ``depth``."""
+    after the backbone maps, each new map is 1x1 conv to ``reduce_depths`` (default ``depth // 2``)
+    -> BN -> act, then 3x3 stride-2 conv (depthwise-separable with ``use_depthwise``, the SSDLite form)
+    to ``depth``. The TF OD API's reduce depth is ``depth_fn(nominal depth // 2)``, which differs from
+    ``depth_fn(nominal) // 2`` where ``min_depth`` applies (give it as ``reduce_depths``)."""
 
     def __init__(
         self,
@@ -95,17 +97,19 @@ class SsdExtraLayers(nn.Module):
         conv_hyperparams: ConvHyperparams,
         use_depthwise: bool = False,
         freeze_batchnorm: bool = False,
+        reduce_depths: list[int] | None = None,
     ) -> None:
         super().__init__()
         hp, blocks = conv_hyperparams, []
-        for depth in depths:
+        reduce_depths = reduce_depths or [depth // 2 for depth in depths]
+        for depth, reduced in zip(depths, reduce_depths, strict=True):
             blocks.append(
                 nn.Sequential(
-                    ConvNormAct(hp, in_channels, depth // 2, 1, 1, False, freeze_batchnorm),
+                    ConvNormAct(hp, in_channels, reduced, 1, 1, False, freeze_batchnorm),
                     # Keras' DepthwiseConv2D gets no remapped hyperparams here, the 1x1 does.
                     ConvNormAct(
                         hp,
-                        depth // 2,
+                        reduced,
                         depth,
                         3,
                         2,

@@ -295,11 +295,12 @@ def _mobilenet_v2_ssd(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> Feat
     if not 2 <= num_layers <= 2 + len(SSD_EXTRA_DEPTHS):
         raise ConfigError(f"feature_extractor.num_layers must be 2..6 for ssd_mobilenet_v2, got {num_layers}")
     depths = [max(int(d * multiplier), min_depth) for d in SSD_EXTRA_DEPTHS[: num_layers - 2]]
+    reduce_depths = [max(int(d // 2 * multiplier), min_depth) for d in SSD_EXTRA_DEPTHS[: num_layers - 2]]
     backbone = _mobilenet_v2(cfg, freeze_bn, fpn=False)
     backbone_hp = _backbone_hyperparams(cfg, hp, "mobilenet")
     _initialize_backbone(backbone, backbone_hp)
     use_depthwise = bool(cfg.get("use_depthwise", False))
-    extra = SsdExtraLayers(backbone.out_channels[5], depths, hp, use_depthwise, freeze_bn)
+    extra = SsdExtraLayers(backbone.out_channels[5], depths, hp, use_depthwise, freeze_bn, reduce_depths)
     extractor = SsdMobileNetV2FeatureExtractor(backbone, extra, depths, hp)
     return _with_tf_settings(extractor, cfg, _mobilenet_v2_tf_batch_norm(backbone_hp))
 
