@@ -77,3 +77,20 @@ def test_classification_checkpoint_loads_the_backbone_only(monkeypatch):
     load_fine_tune_checkpoint(full, FOLDER / "checkpoint" / "ckpt-0", "full")
     for name, tensor in full.backbone.state_dict().items():  # the same Keras ResNet, saved twice
         assert torch.equal(tensor, model.backbone.state_dict()[name]), name
+
+
+def test_detection_checkpoint_loads_both_feature_extractors(monkeypatch):
+    # restore_from_objects('detection'): _feature_extractor_for_{proposal,box_classifier}_features
+    model = build(monkeypatch)
+    rpn_before = model.rpn.conv.weight.detach().clone()
+    head_before = model.box_head.cls.weight.detach().clone()
+    report = load_fine_tune_checkpoint(model, FOLDER / "checkpoint" / "ckpt-0", "detection")
+    assert report.parts["backbone"][0] == report.parts["backbone"][1] > 250
+    assert not report.unexpected
+    assert torch.equal(model.rpn.conv.weight, rpn_before)
+    assert torch.equal(model.box_head.cls.weight, head_before)
+    full = build(monkeypatch)
+    load_fine_tune_checkpoint(full, FOLDER / "checkpoint" / "ckpt-0", "full")
+    layer4 = dict(full.backbone.layer4.named_parameters())
+    for name, tensor in model.backbone.layer4.named_parameters():  # conv5, from the box classifier's
+        assert torch.equal(tensor, layer4[name]), name

@@ -13,7 +13,8 @@ normalisation and the family's own settings), so that it computes what the TF OD
 * ``"classification"``: the backbone (the feature extractor's ``classification_backbone``), from a
   classification checkpoint, or from a detection checkpoint's backbone;
 * ``"detection"``: everything under ``model/_feature_extractor`` (backbone and FPN / BiFPN / extra
-  layers), not the box predictor;
+  layers), not the box predictor; for Faster R-CNN the two feature-extractor models
+  ``model/_feature_extractor_for_{proposal,box_classifier}_features`` (the same prefix matches both);
 * ``"full"``: everything; every raredet tensor must load, except class heads of another width (a
   checkpoint for another ``num_classes``: they keep their initialiser, and the report and a warning say
   so). ``"detection"`` is the TF OD API's way to fine-tune onto another label map.
@@ -46,7 +47,8 @@ from raredet.tfcheckpoint import open_checkpoint
 
 DETECTION_ROOT = "model"
 CLASSIFICATION_ROOT = "feature_extractor"
-FEATURE_EXTRACTOR_PREFIX = f"{DETECTION_ROOT}/_feature_extractor/"
+# SSD's model/_feature_extractor/ and Faster R-CNN's model/_feature_extractor_for_*_features/
+FEATURE_EXTRACTOR_PREFIX = f"{DETECTION_ROOT}/_feature_extractor"
 # SSD feature extractor name prefix -> family module
 SSD_FAMILIES = (("ssd_mobilenet", "mobilenet"), ("ssd_resnet", "resnet"),
                 ("ssd_efficientnet", "efficientdet"))
