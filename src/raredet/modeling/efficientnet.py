@@ -220,9 +220,10 @@ class EfficientNet(nn.Module):
                 break
         return outputs
 
-    def use_tf_batch_norm(self) -> None:
+    def use_tf_conventions(self) -> None:
         """Batch norm as the TF EfficientNet's (epsilon 1e-3, momentum 0.01 = Keras' 0.99) for weights
-        TensorFlow trained; b5-b7 already have it, b0-b4 keep torchvision's 1e-5 otherwise."""
+        TensorFlow trained; b5-b7 already have it, b0-b4 keep torchvision's 1e-5 otherwise. (TF's 'SAME'
+        padding of the strided convs is ``tf_compat.use_tf_same_padding``'s.)"""
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.eps, module.momentum = TF_BN_EPSILON, TF_BN_MOMENTUM

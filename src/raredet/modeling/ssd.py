@@ -140,8 +140,9 @@ class SsdMobileNetV2FeatureExtractor(_TFConventions, nn.Module):
         return maps + self.extra(maps[-1])
 
 
-class EfficientDetFeatureExtractor(nn.Module):
-    """EfficientNet followed by a BiFPN (EfficientDet); ``forward(x) -> [map per level]``."""
+class EfficientDetFeatureExtractor(_TFConventions, nn.Module):
+    """EfficientNet followed by a BiFPN (EfficientDet); ``forward(x) -> [map per level]``. Under TF's
+    conventions its EfficientNet takes the TF EfficientNet's batch norm (its ``use_tf_conventions``)."""
 
     def __init__(self, backbone: EfficientNet, bifpn: BiFPN, hp: ConvHyperparams) -> None:
         super().__init__()
@@ -284,6 +285,7 @@ def _mobilenet_v1_fpn(cfg: Config, hp: ConvHyperparams, freeze_bn: bool) -> Feat
         top_depths=(512, 256) if use_depthwise else (1024, 1024),
         bn_epsilon=epsilon,
         bn_momentum=1.0 - decay,
+        keras=_is_keras(cfg),
     )
     _initialize_backbone(backbone, backbone_hp)
     return _with_tf_settings(_fpn_extractor(backbone, cfg, hp, freeze_bn), cfg, None)

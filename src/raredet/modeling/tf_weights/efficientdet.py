@@ -26,9 +26,12 @@ Object paths (checkpoint key minus ``/.ATTRIBUTES/VARIABLE_VALUE``), as TF 2.15 
   ``_prediction_heads/class_predictions_with_background/_class_predictor_layers/0``. A class head with
   TF's background column (``add_background_class: true``) loses that column on the way in.
 
-Computing as TF does needs two switches on the model (``prepare_model``): TF's 'SAME' padding on the
-EfficientNet's strided convs (its stem and stride-2 depthwise convs) and the TF EfficientNet's batch-norm
-epsilon 1e-3 (raredet's b0-b4 use torchvision's 1e-5). The BiFPN's max pooling already pads as TF's.
+Computing as TF does needs, besides the TF OD API's input normalisation (which the EfficientNet
+extractor shares with torchvision's, to 4e-7), TF's 'SAME' padding on the EfficientNet's strided convs
+(its stem and stride-2 depthwise convs) and the TF EfficientNet's batch-norm epsilon 1e-3 (raredet's
+b0-b4 use torchvision's 1e-5): ``SSD.use_weights_convention("tf")`` switches both (the latter through
+``EfficientNet.use_tf_conventions``), also when a raredet checkpoint of such a model is rebuilt. The
+BiFPN's max pooling already pads as TF's, and its upsampling is nearest-neighbour as TF's.
 """
 
 from __future__ import annotations
@@ -42,7 +45,6 @@ from raredet.errors import CheckpointError
 from raredet.modeling.bifpn import BiFPN, BiFpnNode, Resample
 from raredet.modeling.efficientnet import EfficientNet
 from raredet.modeling.predictor import WeightSharedConvolutionalBoxPredictor, _Tower
-from raredet.modeling.tf_compat import use_tf_same_padding
 from raredet.modeling.tf_weights.common import TensorMap
 
 if TYPE_CHECKING:
@@ -59,13 +61,6 @@ PREDICTOR_ROOT = "_box_predictor"
 
 def _backbone(model: SSD) -> EfficientNet:
     return cast(EfficientNet, model.feature_extractor.backbone)
-
-
-def prepare_model(model: SSD) -> None:
-    """Switch an EfficientDet ``SSD`` to TF's arithmetic (padding and batch-norm epsilon); the parameters
-    keep their names and shapes."""
-    use_tf_same_padding(_backbone(model))
-    _backbone(model).use_tf_batch_norm()
 
 
 def tensor_maps(model: SSD, shapes: Shapes, root: str = "model") -> list[TensorMap]:
@@ -87,7 +82,8 @@ def tensor_maps(model: SSD, shapes: Shapes, root: str = "model") -> list[TensorM
     return maps
 
 
-def classification_maps(model: SSD, root: str = "feature_extractor") -> list[TensorMap]:
+def classification_maps(model: SSD, shapes: Shapes | None = None, root: str = "feature_extractor"
+                        ) -> list[TensorMap]:
     """The backbone's maps from a classification checkpoint (``tf.train.Checkpoint(feature_extractor=
     <the Keras EfficientNet>)``); the layers after the last level the detector taps are not read."""
     return backbone_maps(_backbone(model), root, "feature_extractor.backbone")
