@@ -7,9 +7,10 @@
     kernel = ckpt.tensor(key)                                        # read-only, memory-mapped
 
 `table` reads the index (a LevelDB-format table), `bundle` its header and entries and the tensors'
-bytes, `object_graph` the TF2 object graph that names each key's object path and variable. Every
-problem with the files is a `raredet.errors.CheckpointError` whose one-line message names the file and
-the key. docs/tf_checkpoints.md describes the format and the guarantees.
+bytes, `slices` assembles partitioned variables, `object_graph` reads the TF2 object graph that names
+each key's object path and variable. Every problem with the files is a `raredet.errors.CheckpointError`
+whose one-line message names the file and the key. docs/tf_checkpoints.md describes the format and the
+guarantees.
 """
 
 from raredet.tfcheckpoint.bundle import TensorInfo
