@@ -279,8 +279,11 @@ def test_mobilenet_v1_fpn_depthwise_narrows_the_top_and_scales_the_fpn():
     kwargs = tiny_ssd_kwargs(extractor="ssd_mobilenet_v1_fpn_keras", depth=64)
     kwargs["feature_extractor"].update(depth_multiplier=0.5, min_depth=8, use_depthwise=True)
     model = SSD(**kwargs)
-    # use_depthwise: the last two pointwise convs are 512 and 256 (x 0.5), as the TF OD API's FPN-lite.
-    assert model.backbone.out_channels == {2: 64, 3: 128, 4: 256, 5: 128}
+    # The Keras MobileNetV1 of the TF OD API scales a width twice (int(int(c * 0.5) * 0.5): the Keras
+    # application, then the OD API's layer override; its checkpoints, tests/fixtures/tf_models/
+    # ssd_mobilenet_v1_fpn, have these shapes), except the widths its conv_defs set: with use_depthwise
+    # the last two pointwise convs are 512 and 256, scaled once, as the TF OD API's FPN-lite.
+    assert model.backbone.out_channels == {2: 32, 3: 64, 4: 128, 5: 128}
     # FPN depth: max(int(64 * 0.5), 8) = 32; separable smoothing (depthwise + pointwise).
     assert model.feature_extractor.out_channels == [32] * 5
     smoothing = model.feature_extractor.fpn.smoothing[0]

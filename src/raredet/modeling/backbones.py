@@ -400,10 +400,14 @@ class MobileNetV1(nn.Module):
     ``blocks.{i}.depthwise`` = Keras ``conv_dw_{i+1}`` and ``blocks.{i}.pointwise`` = Keras
     ``conv_pw_{i+1}``; inside each, ``.0`` is the conv, ``.1`` the batch norm (``.2`` the ReLU6).
 
-    Widths are ``max(int(c * depth_multiplier), min_depth)`` for every conv, the TF OD API's rule (no
-    rounding to a multiple of 8, unlike MobileNetV2). ``top_depths`` are the nominal output channels of
-    the last two pointwise convs (blocks 12 and 13, before the multiplier): the paper's (1024, 1024), or
-    (512, 256) for the TF OD API's FPN with ``use_depthwise``, which narrows them. Batch norms use
+    Widths are ``max(int(c * depth_multiplier), min_depth)`` for every conv, the TF OD API's slim rule
+    (no rounding to a multiple of 8, unlike MobileNetV2). ``keras``: the TF OD API's Keras MobileNetV1
+    (the ``*_keras`` extractors) applies the multiplier twice, ``max(int(int(c * m) * m), min_depth)``
+    (the Keras application scales each width, then the OD API's layer override scales it again), except
+    for widths its ``conv_defs`` set (below), scaled once; with ``depth_multiplier`` 1 both rules give
+    the paper's widths. ``top_depths`` are the nominal output channels of the last two pointwise convs
+    (blocks 12 and 13, before the multiplier): the paper's (1024, 1024), or (512, 256) for the TF OD
+    API's FPN with ``use_depthwise``, which narrows them (through ``conv_defs``). Batch norms use
     ``bn_epsilon`` and ``bn_momentum`` (torch's momentum, ``1 - decay``); there are no torchvision
     weights to match, so the defaults are the TF OD API's (epsilon 0.001, decay 0.9997).
 
@@ -418,22 +422,28 @@ class MobileNetV1(nn.Module):
         top_depths: tuple[int, int] = (1024, 1024),
         bn_epsilon: float = 0.001,
         bn_momentum: float = 0.0003,
+        keras: bool = False,
     ) -> None:
         super().__init__()
+        conv_defs = tuple(top_depths) != (1024, 1024)
 
-        def width(channels: int) -> int:
-            return max(int(channels * depth_multiplier), min_depth)
+        def width(channels: int, conv_def: bool = False) -> int:
+            scaled = int(channels * depth_multiplier)
+            if keras and not conv_def:
+                scaled = int(scaled * depth_multiplier)
+            return max(scaled, min_depth)
 
         def norm(channels: int) -> nn.Module:
             return batch_norm(channels, freeze_batchnorm, bn_epsilon, bn_momentum)
 
-        settings = MOBILENET_V1_BLOCKS[:-2] + [(top_depths[0], 2), (top_depths[1], 1)]
+        settings = [(c, s, False) for c, s in MOBILENET_V1_BLOCKS[:-2]]
+        settings += [(top_depths[0], 2, conv_defs), (top_depths[1], 1, conv_defs)]
         in_ch = width(32)
         self.stem = ConvBNAct(3, in_ch, 3, 2, 1, norm)
         blocks = []
-        for channels, stride in settings:
-            blocks.append(DepthwiseSeparable(in_ch, width(channels), stride, norm))
-            in_ch = width(channels)
+        for channels, stride, conv_def in settings:
+            blocks.append(DepthwiseSeparable(in_ch, width(channels, conv_def), stride, norm))
+            in_ch = width(channels, conv_def)
         self.blocks = nn.Sequential(*blocks)
         self.out_channels = {
             lv: _block_out_channels(self.blocks[i]) for lv, i in MOBILENET_V1_LEVEL_ENDS.items()

@@ -23,7 +23,7 @@ from raredet.modeling.tf_weights import mobilenet
 from raredet.tfcheckpoint import open_checkpoint
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "tf_models"
-FAMILIES = ["ssd_mobilenet_v2_fpnlite", "ssd_mobilenet_v2"]
+FAMILIES = ["ssd_mobilenet_v2_fpnlite", "ssd_mobilenet_v2", "ssd_mobilenet_v1_fpn"]
 
 
 def build(folder: Path) -> torch.nn.Module:
