@@ -106,7 +106,7 @@ def test_config_check_shows_the_loss_and_every_parameter_in_effect(tmp_path):
             in summary)
     summary = check(variant(tmp_path, "seesaw_sigmoid_focal { }"))
     assert ("classification seesaw_sigmoid_focal { gamma: 2 alpha: 0.25 mitigation_power: 0.8 "
-            "compensation_power: 2 compensation_score_floor: 0 }") in summary
+            "compensation_power: 2 compensation_score_floor: 0.01 }") in summary
 
 
 def test_built_loss_trains_on_a_batch_with_miner_and_class_weights(tmp_path):

@@ -124,11 +124,25 @@ def bootstrapped_sigmoid(
 
 
 def _focal_terms(logits: Tensor, targets: Tensor, gamma: float) -> Tensor:
-    """`ce * (1 - p_t)^gamma` per entry, computed as weighted_sigmoid_focal computes it."""
+    """`ce * (1 - p_t)^gamma` per entry, computed as weighted_sigmoid_focal computes it (but for the
+    guard of `_modulator` at 0 < gamma < 1)."""
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p = torch.sigmoid(logits)
     p_t = targets * p + (1 - targets) * (1 - p)
-    return ce * (1 - p_t).pow(gamma) if gamma else ce
+    return ce * _modulator(1 - p_t, gamma, gamma) if gamma else ce
+
+
+def _modulator(one_minus_p_t: Tensor, gamma: Tensor | float, smallest_gamma: float) -> Tensor:
+    """`(1 - p_t)^gamma`, with a finite gradient where a saturated logit makes `1 - p_t` exactly 0.
+
+    For gamma < 1 the derivative `gamma x^(gamma - 1)` is infinite at x = 0 and times `dx/dz = 0` gives a
+    NaN gradient (the TF OD API's focal loss has the same NaN: |z| >= 17 saturates fp32). There `x` is
+    raised to the smallest normal number of its dtype first (raredet's guard): values below it change by
+    less than `tiny^gamma` (1e-19 at gamma 0.5), and for gamma >= 1 nothing changes, bit for bit.
+    """
+    if smallest_gamma < 1:
+        one_minus_p_t = one_minus_p_t.clamp(min=torch.finfo(one_minus_p_t.dtype).tiny)
+    return one_minus_p_t.pow(gamma)
 
 
 def _foreground_negatives(targets: Tensor) -> Tensor:
@@ -146,19 +160,21 @@ def seesaw_sigmoid_focal(
     alpha: float | None = 0.25,
     mitigation_power: float = 0.8,
     compensation_power: float = 2.0,
-    compensation_score_floor: float = 0.0,
+    compensation_score_floor: float = 0.01,
 ) -> Tensor:
     """Seesaw (Wang et al. 2021) adapted to a sigmoid focal loss. Returns `[B, A, C]`.
 
     For an anchor matched to class i, the negative term of column j != i is multiplied by
     `M_ij * C_ij`: mitigation `M_ij = (N_j / N_i)^p` when `N_i > N_j`, else 1, with `N = class_counts
-    [C]` (positives seen so far in training); compensation `C_ij = (s_j / s_i)^q` when `s_j > s_i`,
-    else 1, with `s = sigmoid(logits)` detached. Positive terms and background anchors are plain focal
-    loss. The ratios are taken in float64 (counts) and in log space (scores).
+    [C]` (positives seen so far in training); compensation `C_ij = (max(s_j, f) / max(s_i, f))^q` when
+    that ratio exceeds 1, else 1, with `s = sigmoid(logits)` detached and `f =
+    compensation_score_floor`. Positive terms and background anchors are plain focal loss. The ratios
+    are taken in float64 (counts) and in log space (scores).
 
-    `C_ij` has no upper bound: an anchor whose own class scores 1e-4 and column j 0.9 gets 8.1e7.
-    `compensation_score_floor` f > 0 (raredet; MMDetection's softmax Seesaw uses 0.01) takes
-    `max(s_i, f)` in the ratio, so `C_ij <= f^-q`; 0 keeps the formula above.
+    Bounds: `M_ij <= 1`; `C_ij <= f^-q` (1e4 on the defaults f 0.01, q 2), the clamp MMDetection's
+    Seesaw puts on the same ratio (`eps` 1e-2). Only s_i is floored in effect: s_j > s_i >= f. `f = 0`
+    is the paper's formula, unbounded: an anchor whose own class scores 1e-4 and column j 0.9 gets
+    8.1e7, and a tiny SSD at learning rate 0.02 diverged in its first steps.
     """
     targets = _checked_targets(logits, targets, weights, "seesaw_sigmoid_focal")
     num_classes = logits.shape[-1]
@@ -197,6 +213,7 @@ def confusion_gated_focal(
     detached. `gate_sharpness` k > 0 replaces the step by the soft gate `sigmoid(k (s_j - threshold))`.
     Positive terms and background anchors are plain focal loss. The plain-focal warm-up is the
     caller's (`gate_threshold=0` with the hard gate keeps every term: plain focal loss exactly).
+    Bound: the gate is in [0, 1], so no entry exceeds its focal loss.
     """
     targets = _checked_targets(logits, targets, weights, "confusion_gated_focal")
     s = torch.sigmoid(logits.detach())
@@ -220,8 +237,12 @@ def equalized_focal(
     """Equalized focal loss (Li et al. 2022), the one-stage form. Returns `[B, A, C]`.
 
     Column j uses `gamma_j = gamma_base + scale * (1 - g_j)` and the weight `gamma_j / gamma_base` on
-    both its positive and negative terms, `g_j = gradient_ratio [C]` (in [0, 1]: accumulated positive
-    over negative gradient magnitude of column j; 1 = balanced, plain focal loss).
+    both its positive and negative terms, `g_j = gradient_ratio [C]` (accumulated positive over
+    negative gradient magnitude of column j; 1 = balanced, plain focal loss), clamped to [0, 1] as the
+    paper's ratio is (GradientRatioStatistics clamps it too).
+
+    Bounds: `gamma_base <= gamma_j <= gamma_base + scale` and the weight `gamma_j / gamma_base <= 1 +
+    scale / gamma_base` (3 on the defaults 2 and 4); `scale` must be >= 0.
     """
     targets = _checked_targets(logits, targets, weights, "equalized_focal")
     num_classes = logits.shape[-1]
@@ -229,14 +250,16 @@ def equalized_focal(
     if gradient_ratio.shape != (num_classes,):
         raise ValueError(f"equalized_focal: gradient_ratio has shape {tuple(gradient_ratio.shape)}, "
                          f"expected [{num_classes}]")
-    if gamma_base <= 0:
-        raise ValueError(f"equalized_focal: gamma_base must be > 0, got {gamma_base}")
-    g = gradient_ratio.detach().to(logits)
-    gamma = gamma_base + scale * (1 - g)  # [C]
+    if gamma_base <= 0 or scale < 0:
+        raise ValueError(f"equalized_focal: gamma_base must be > 0 and scale >= 0, got {gamma_base} and "
+                         f"{scale}")
+    g = gradient_ratio.detach().to(logits).clamp(0.0, 1.0)
+    gamma = gamma_base + scale * (1 - g)  # [C], in [gamma_base, gamma_base + scale]
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p = torch.sigmoid(logits)
     one_minus_p_t = 1 - (targets * p + (1 - targets) * (1 - p))
     # pow by a tensor exponent rounds differently from pow by the number: a column at g = 1 takes the
     # number, so neutral statistics give weighted_sigmoid_focal bit for bit.
-    modulator = torch.where(g == 1, one_minus_p_t.pow(gamma_base), one_minus_p_t.pow(gamma))
+    modulator = torch.where(g == 1, _modulator(one_minus_p_t, gamma_base, gamma_base),
+                            _modulator(one_minus_p_t, gamma, gamma_base))
     return ce * modulator * (gamma / gamma_base) * _alpha_factor(targets, alpha, None) * weights
