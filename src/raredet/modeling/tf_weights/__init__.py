@@ -23,8 +23,10 @@ Family modules (``mobilenet``, ``resnet``, ``efficientdet``, ``faster_rcnn``), i
 provide ``tensor_maps(model, shapes, root="model")`` and ``classification_maps(model, shapes,
 root="feature_extractor")`` -> ``list[TensorMap]`` (``shapes``: ``{object path: shape}`` of every
 variable of the checkpoint), with parts named ``"backbone"``, ``"fpn"`` / ``"bifpn"`` /
-``"extra_layers"``, ``"box_predictor"`` (Faster R-CNN also ``"rpn"``, ``"second_stage"``), and may
-provide ``prepare_model(model)`` for what their architecture changes under TF's conventions.
+``"extra_layers"``, ``"box_predictor"`` (Faster R-CNN also ``"rpn"``, ``"second_stage"``). What an
+architecture changes under TF's conventions belongs to the model (``use_weights_convention``, and the
+backbones' ``use_tf_conventions``), not to these modules: a model rebuilt from a ``ckpt-N.pt`` trained
+from TF weights gets it through ``tf_compat.apply_weights_convention`` alone.
 """
 
 from __future__ import annotations
@@ -98,7 +100,6 @@ def load_tf_checkpoint(model: nn.Module, path: str | Path, checkpoint_type: str)
     shapes = {p: tuple(ckpt.info(k).shape) for p, k in variables.items()}
     module = family_module(model)
     maps, read_prefix = _selected_maps(module, model, shapes, checkpoint_type, path)
-    _prepare(module, model)
     report = copy_mapped(model, lambda source: np.array(ckpt.tensor(variables[source])), maps, str(path))
     read = {variables[m.source] for m in maps if m.source in variables}
     report.unexpected += sorted({p for p, k in variables.items() if p.startswith(read_prefix)
@@ -134,12 +135,6 @@ def _selected_maps(module: ModuleType, model: nn.Module, shapes: Shapes, checkpo
     if checkpoint_type == "detection":
         return [m for m in maps if m.source.startswith(FEATURE_EXTRACTOR_PREFIX)], FEATURE_EXTRACTOR_PREFIX
     return maps, f"{DETECTION_ROOT}/"
-
-
-def _prepare(module: ModuleType, model: nn.Module) -> None:
-    prepare = getattr(module, "prepare_model", None)
-    if prepare is not None and getattr(model, "weights_convention", "torchvision") != "tf":
-        prepare(model)
 
 
 def _check(report: LoadReport, checkpoint_type: str, path: str | Path) -> None:
