@@ -20,13 +20,14 @@ import argparse
 import time
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
 import raredet.config
 from raredet import builders
-from raredet.modeling import load_fine_tune_checkpoint
+from raredet.modeling import SSD, load_fine_tune_checkpoint
 
 
 def compare(folder: Path) -> dict[str, float]:
@@ -34,7 +35,7 @@ def compare(folder: Path) -> dict[str, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = raredet.config.load(folder / "pipeline.config")
-    model, _ = builders.build_model(builders.model_message(loaded.config))
+    model = cast(SSD, builders.build_model(builders.model_message(loaded.config))[0])
     start = time.perf_counter()
     load_fine_tune_checkpoint(model, folder / "checkpoint" / "ckpt-0", "full")
     load_s = time.perf_counter() - start
@@ -44,7 +45,9 @@ def compare(folder: Path) -> dict[str, float]:
     with torch.no_grad():
         out = model.eval()(image)
         det = model.postprocess(out, torch.tensor([[height, width]]))
-    tf_logits = tf["predict/class_predictions_with_background"][:, 1:]
+    tf_logits = tf["predict/class_predictions_with_background"]
+    if tf_logits.shape[1] == model.num_classes + 1:  # TF's background column (add_background_class)
+        tf_logits = tf_logits[:, 1:]
     scores = tf["postprocess/detection_scores"]
     n = int((scores > 0.01).sum())
     boxes = det["detection_boxes"][0, :n].numpy()[:, [1, 0, 3, 2]] / np.array([height, width] * 2)
