@@ -172,12 +172,20 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
+MODEL_DIR_HELP = ("the training run (its newest ckpt-<step>.pt is used), or a model the TF OD API "
+                  "trained: an extracted TF2 zoo model folder (pipeline.config + checkpoint/) or a TF "
+                  "model_dir (with --pipeline_config_path)")
+LABEL_MAP_HELP = "a label_map.pbtxt naming the classes (default: the checkpoint's, else the config's)"
+
+
 def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("eval", help="evaluate checkpoints on eval_input_reader: COCO/VOC metrics, per-class "
                        "table, plots, report.html (flags as model_main_tf2.py's evaluation mode)")
     p.add_argument("--pipeline_config_path", required=True, help="pipeline.config")
-    p.add_argument("--checkpoint_dir", required=True, help="the training run's model_dir (ckpt-<step>.pt)")
-    p.add_argument("--checkpoint", help="evaluate this checkpoint file (default: the newest)")
+    p.add_argument("--checkpoint_dir", required=True, help="the training run's model_dir (ckpt-<step>.pt), "
+                   "or a TF OD API model: an extracted TF2 zoo model folder or a TF model_dir (ckpt-N.index)")
+    p.add_argument("--checkpoint", help="evaluate this checkpoint file or TF checkpoint prefix (default: "
+                   "the newest)")
     p.add_argument("--wait", action="store_true", help="keep evaluating each new checkpoint as it appears")
     p.add_argument("--eval_timeout", type=float, default=3600.0,
                    help="with --wait: stop after this many seconds without a new checkpoint (default 3600)")
@@ -208,7 +216,7 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("predict", help="detect objects in image files with a trained model: COCO results "
                        "JSON and drawn images")
-    p.add_argument("--model_dir", required=True, help="the training run (its newest ckpt-<step>.pt is used)")
+    p.add_argument("--model_dir", required=True, help=MODEL_DIR_HELP)
     p.add_argument("--images", required=True, nargs="+", metavar="PATH",
                    help="image files, folders of images, or glob patterns (quote them)")
     p.add_argument("--out", required=True, help="output directory: detections.json, images.json, drawn/")
@@ -216,14 +224,16 @@ def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    "(default 0.5)")
     p.add_argument("--operating_points", metavar="FILE", help="operating_points.json of `raredet eval`: keep "
                    "each class's detections above its own threshold; mark the review band")
-    p.add_argument("--pipeline_config_path", help="default: the config saved in the checkpoint")
+    p.add_argument("--pipeline_config_path", help="default: the config saved in the checkpoint (a TF model "
+                   "folder's pipeline.config)")
+    p.add_argument("--label_map", help=LABEL_MAP_HELP)
 
     def run(a: argparse.Namespace) -> int:
         from raredet.commands.predict import predict
 
         print(predict(a.model_dir, a.images, a.out, min_score=a.min_score,
                       pipeline_config_path=a.pipeline_config_path,
-                      operating_points=a.operating_points).summary())
+                      operating_points=a.operating_points, label_map_path=a.label_map).summary())
         return 0
 
     p.set_defaults(func=run)
@@ -231,18 +241,20 @@ def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("export", help="write a trained model with its post-processing as TorchScript or ONNX")
-    p.add_argument("--model_dir", required=True, help="the training run (its newest ckpt-<step>.pt is used)")
+    p.add_argument("--model_dir", required=True, help=MODEL_DIR_HELP)
     p.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="output format")
     p.add_argument("--out", required=True, help="output file (e.g. model.pt or model.onnx)")
-    p.add_argument("--pipeline_config_path", help="default: the config saved in the checkpoint")
+    p.add_argument("--pipeline_config_path", help="default: the config saved in the checkpoint (a TF model "
+                   "folder's pipeline.config)")
     p.add_argument("--operating_points", metavar="FILE", help="operating_points.json of `raredet eval`: "
                    "put each class's threshold into the exported graph")
+    p.add_argument("--label_map", help=LABEL_MAP_HELP)
 
     def run(a: argparse.Namespace) -> int:
         from raredet.commands.export import export_model
 
         print(export_model(a.model_dir, a.format, a.out, pipeline_config_path=a.pipeline_config_path,
-                           operating_points=a.operating_points))
+                           operating_points=a.operating_points, label_map_path=a.label_map))
         return 0
 
     p.set_defaults(func=run)

@@ -3,7 +3,12 @@
 Besides the evaluation outputs, each evaluation writes the per-class operating points
 (`operating_points.json`/`.md`, chosen by `eval_config.operating_points` or `--operating_point`, or
 with `--operating_points_from` those of another evaluation graded here) and
-`pipeline.operating_points.config`: the run's config whose `calibration_config` applies them.
+`pipeline.operating_points.config`: the run's config whose `calibration_config` applies them, and
+`pipeline.operating_points.tf.config`, the same without raredet's own fields, for the TF OD API.
+
+The checkpoints are a raredet run's `ckpt-<step>.pt`, else those of a model the TF OD API trained
+(`commands.trained`): an extracted TF2 zoo model folder's `checkpoint/ckpt-0`, or a TF `model_dir`'s
+`ckpt-N`, loaded whole and computed with TF's conventions.
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from raredet import builders, config
-from raredet.commands.trained import model_weights
+from raredet.commands.trained import (
+    find_tf_checkpoint,
+    list_tf_checkpoints,
+    model_weights,
+    no_checkpoint_message,
+    tf_checkpoint_step,
+    warn_tf_moving_averages,
+)
 from raredet.config import LabelMap
 from raredet.engine.checkpoint import list_checkpoints, load_checkpoint
 from raredet.engine.evaluate import evaluate
@@ -29,6 +41,8 @@ from raredet.evaluation import operating_points as ops
 from raredet.evaluation.coco import load_json
 from raredet.fileio import atomic_write_text
 from raredet.losses import ClassWeight
+from raredet.modeling import load_fine_tune_checkpoint
+from raredet.tfcheckpoint import is_tf_checkpoint
 
 POLL_SECONDS = 5.0
 OPERATING_CONFIG = "pipeline.operating_points.config"
@@ -70,8 +84,16 @@ class EvalJob:
             self.options["apply_operating_points"] = ops.load_operating_points(operating_points_from)
         self.out_dir = out_dir
         self.writer: Any = None
+        self.last_step = -1  # the training step of the checkpoint evaluated last
 
-    def __call__(self, path: Path) -> dict[str, float]:
+    def _load(self, path: Path) -> Mapping[str, Any]:
+        """Load `path` (a raredet checkpoint or a TF checkpoint prefix) into the model; its state (for a
+        TF checkpoint only its step)."""
+        if is_tf_path(path):
+            warn_tf_moving_averages(self.loaded.config, self.loaded.path, path)
+            report = load_fine_tune_checkpoint(self.model, path, "full")  # type: ignore[arg-type]
+            print(f"TF checkpoint {path}: {report.summary()}")
+            return {"step": tf_checkpoint_step(path)}
         state = load_checkpoint(path, map_location=self.device)
         use_ema = self.loaded.config.eval_config.use_moving_averages
         try:
@@ -79,6 +101,11 @@ class EvalJob:
         except RuntimeError as err:
             raise CheckpointError(f"{path} does not fit the model of {self.loaded.path} ({err}); "
                                   "evaluate with the pipeline.config the run was trained with") from None
+        return state
+
+    def __call__(self, path: Path) -> dict[str, float]:
+        state = self._load(path)
+        self.last_step = int(state.get("step", 0))
         weights = _class_weights(state)
         loss_fn = (builders.build_loss(builders.model_message(self.loaded.config), self.label_map, weights)
                    if weights is not None else None)
@@ -94,7 +121,7 @@ class EvalJob:
                                                           f"checkpoint {path}"}
         metrics = evaluate(self.model, self.loader, self.label_map, out_dir=self.out_dir,
                            loss_fn=loss_fn, device=self.device, class_weights=weights,
-                           writer=self.writer, step=int(state.get("step", 0)), **options)
+                           writer=self.writer, step=self.last_step, **options)
         self.writer.flush()
         self._write_operating_points_config()
         return metrics
@@ -111,6 +138,26 @@ class EvalJob:
             return
         atomic_write_text(path, text)
         atomic_write_text(tf_path, builders.tf_od_api_config_text(text))
+
+
+def is_tf_path(path: Path) -> bool:
+    """Whether `path` names a TF checkpoint (PREFIX, PREFIX.index) rather than a raredet ckpt-<step>.pt."""
+    return path.suffix != ".pt" and is_tf_checkpoint(path)
+
+
+def checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """(number, path) of the raredet checkpoints of `ckpt_dir`, else of its TF ones, oldest first."""
+    return list_checkpoints(ckpt_dir) or list_tf_checkpoints(ckpt_dir)
+
+
+def newest_checkpoint(ckpt_dir: Path) -> Path:
+    """The newest raredet checkpoint of `ckpt_dir`, else its TF checkpoint (by the TF state file);
+    CheckpointError saying what was looked for."""
+    found = list_checkpoints(ckpt_dir)
+    newest = found[-1][1] if found else find_tf_checkpoint(ckpt_dir)
+    if newest is None:
+        raise CheckpointError(f"{no_checkpoint_message(ckpt_dir)}; or pass --checkpoint")
+    return newest
 
 
 def _report(path: Path, metrics: Mapping[str, float], out_dir: Path) -> None:
@@ -152,11 +199,7 @@ def eval_from_config(pipeline_config_path: str | Path, checkpoint_dir: str | Pat
     job = EvalJob(pipeline_config_path, out, device, sample_1_of_n_eval_examples, rule, review_precision,
                   operating_points_from)
     if not wait:
-        found = list_checkpoints(ckpt_dir)
-        if checkpoint is None and not found:
-            raise CheckpointError(f"{ckpt_dir}: no ckpt-<step>.pt checkpoint; train first "
-                                  "or pass --checkpoint")
-        path = Path(checkpoint) if checkpoint is not None else found[-1][1]
+        path = Path(checkpoint) if checkpoint is not None else newest_checkpoint(ckpt_dir)
         metrics = job(path)
         _report(path, metrics, out)
         return metrics
@@ -168,7 +211,7 @@ def _wait_loop(job: EvalJob, ckpt_dir: Path, eval_timeout: float, out: Path,
     final_step = job.loaded.config.train_config.num_steps
     done, metrics, last_new = -1, {}, time.monotonic()
     while True:
-        found = list_checkpoints(ckpt_dir)
+        found = checkpoints(ckpt_dir)
         if found and found[-1][0] > done:
             done, path = found[-1]  # the newest: like the TF OD API, skip ones overtaken meanwhile
             try:
@@ -178,7 +221,7 @@ def _wait_loop(job: EvalJob, ckpt_dir: Path, eval_timeout: float, out: Path,
                 continue
             _report(path, metrics, out)
             last_new = time.monotonic()
-            if final_step and done >= final_step:
+            if final_step and job.last_step >= final_step:
                 return metrics
         elif time.monotonic() - last_new > eval_timeout:
             print(f"no new checkpoint in {ckpt_dir} for {eval_timeout:g} s; stopping")

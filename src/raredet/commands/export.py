@@ -328,14 +328,17 @@ def _metadata(trained: TrainedModel, size: tuple[int, int],
 
 def export_model(model_dir: str | os.PathLike[str], format: str, out: str | os.PathLike[str], *,
                  pipeline_config_path: str | os.PathLike[str] | None = None,
-                 operating_points: str | os.PathLike[str] | None = None) -> str:
+                 operating_points: str | os.PathLike[str] | None = None,
+                 label_map_path: str | os.PathLike[str] | None = None) -> str:
     """`raredet export`: write the newest checkpoint of `model_dir` as `format` to `out`, check it
     against PyTorch, and return a one-paragraph description. `operating_points` (an
     operating_points.json of `raredet eval`) puts its per-class thresholds into the graph: scores are
-    mapped so that each class's threshold lands on the file's `score_threshold`, the NMS threshold."""
+    mapped so that each class's threshold lands on the file's `score_threshold`, the NMS threshold.
+    `model_dir` may be a model the TF OD API trained (`commands.trained`); `label_map_path` replaces the
+    label map the file carries."""
     if format not in FORMATS:
         raise ConfigError(f"--format {format!r}: valid formats are {', '.join(FORMATS)}")
-    trained = load_trained_model(model_dir, pipeline_config_path)
+    trained = load_trained_model(model_dir, pipeline_config_path, label_map_path)
     if operating_points is not None:
         apply_operating_points(trained, operating_points, review=False)
     size = input_size(builders.model_message(trained.config))
@@ -355,7 +358,8 @@ def export_model(model_dir: str | os.PathLike[str], format: str, out: str | os.P
         checked = (f"{total} detections on a random batch of 3: {total - ties} as PyTorch's, {ties} "
                    "other candidates of PyTorch's with the same class and score (tied scores: which of "
                    "them fill the slots is down to float rounding)")
-    return (f"wrote {out} ({format}, {Path(out).stat().st_size / 1e6:.1f} MB) from {trained.checkpoint}\n"
+    return "".join(f"{note}\n" for note in trained.notes) + (
+            f"wrote {out} ({format}, {Path(out).stat().st_size / 1e6:.1f} MB) from {trained.checkpoint}\n"
             f"  input:   images uint8 [B, 3, {size[0]}, {size[1]}] RGB (resize first)\n"
             f"  outputs: {', '.join(OUTPUT_NAMES)} (classes are label-map ids)\n"
             f"  checked: {checked}")

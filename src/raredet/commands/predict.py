@@ -2,8 +2,11 @@
 
 The model is the newest checkpoint of a training run (`model_dir/ckpt-<step>.pt`). Its config and label
 map are the ones saved inside that checkpoint, so a run can be used without its data; a
-`pipeline_config_path` given explicitly replaces them. Images go through the config's `image_resizer`
-(as in evaluation) and detections are mapped back to the pixels of the file as stored.
+`pipeline_config_path` given explicitly replaces them. `model_dir` may also be a model the TF OD API
+trained (`commands.trained`): an extracted TF2 zoo model folder as it is, or a TF `model_dir` with
+`pipeline_config_path`; without a label map there, classes are named `class_<id>`. Images go through
+the config's `image_resizer` (as in evaluation) and detections are mapped back to the pixels of the file
+as stored.
 
 Outputs in `out_dir`: `detections.json` (a COCO results list: `image_id`, `category_id` = label-map id,
 `bbox` [x, y, w, h] in pixels, `score`), `images.json` (the COCO `images` entries the ids refer to:
@@ -96,9 +99,10 @@ class PredictResult:
     num_images: int = 0
     num_detections: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    notes: tuple[str, ...] = ()  # how the model was loaded (TrainedModel.notes)
 
     def summary(self) -> str:
-        lines = [f"{self.num_images} images, {self.num_detections} detections -> "
+        lines = [*self.notes, f"{self.num_images} images, {self.num_detections} detections -> "
                  f"{self.out_dir / 'detections.json'} (drawn images in {self.out_dir / 'drawn'})"]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} unreadable: " + ", ".join(p for p, _ in self.skipped))
@@ -190,17 +194,19 @@ class ScoreFilter:
 
 def predict(model_dir: str | os.PathLike[str], images: Sequence[str], out_dir: str | os.PathLike[str], *,
             min_score: float | None = None, pipeline_config_path: str | os.PathLike[str] | None = None,
-            batch_size: int = 8, operating_points: str | os.PathLike[str] | None = None) -> PredictResult:
+            batch_size: int = 8, operating_points: str | os.PathLike[str] | None = None,
+            label_map_path: str | os.PathLike[str] | None = None) -> PredictResult:
     """`raredet predict`: detect objects in `images` (files, folders, globs) with the newest checkpoint
     of `model_dir`; write detections scoring at least `min_score` (default 0.5), or above each class's
-    threshold in `operating_points` (module docstring)."""
+    threshold in `operating_points` (module docstring). `label_map_path` names the classes instead of
+    the checkpoint's or config's label map."""
     if operating_points is not None and min_score is not None:
         raise ConfigError("give --min_score or --operating_points, not both: the operating points set a "
                           "threshold per class")
     min_score = 0.5 if min_score is None else min_score
     if not 0.0 <= min_score <= 1.0:
         raise ConfigError(f"--min_score must be in [0, 1], got {min_score}")
-    trained = load_trained_model(model_dir, pipeline_config_path)
+    trained = load_trained_model(model_dir, pipeline_config_path, label_map_path)
     keep = ScoreFilter(min_score)
     if operating_points is not None:
         content = apply_operating_points(trained, operating_points, review=True)
@@ -208,7 +214,7 @@ def predict(model_dir: str | os.PathLike[str], images: Sequence[str], out_dir: s
     paths, missing = find_images(images)
     for text, reason in missing:
         print(f"raredet predict: skipping {text}: {reason}", file=sys.stderr)
-    result = PredictResult(Path(out_dir), skipped=list(missing))
+    result = PredictResult(Path(out_dir), skipped=list(missing), notes=trained.notes)
     if not paths:
         raise DataError(f"no image files found in {' '.join(images)}; give files, folders or glob patterns")
     resizer = builders.build_resizer(builders.model_message(trained.config))

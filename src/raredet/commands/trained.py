@@ -1,10 +1,17 @@
 """The one loader of a trained model (`raredet eval`, `predict` and `export` share it) and the one rule
 for which weights of a checkpoint to use: the EMA weights when `eval_config.use_moving_averages` asks for
-them and the checkpoint has them, else the raw weights (with a warning when EMA was asked for)."""
+them and the checkpoint has them, else the raw weights (with a warning when EMA was asked for).
+
+A model folder is a raredet run (`ckpt-<step>.pt`, used first) or a model the TF OD API trained: an
+extracted TF2 zoo model folder (`pipeline.config` + `checkpoint/ckpt-0.*`) or a `model_main_tf2.py`
+`model_dir` (`ckpt-N.*` and the `checkpoint` state file, the config given separately). A TF checkpoint
+is loaded whole (`fine_tune_checkpoint_type` "full") and the model computes with TF's conventions.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,8 +27,12 @@ from raredet.config import LabelMap
 from raredet.engine.checkpoint import latest_checkpoint
 from raredet.errors import CheckpointError, ConfigError, DataError
 from raredet.evaluation import operating_points as ops
+from raredet.modeling import load_fine_tune_checkpoint
 from raredet.modeling.calibration import Calibration
 from raredet.modeling.tf_compat import apply_weights_convention
+from raredet.tfcheckpoint import open_checkpoint, resolve_prefix
+
+TF_STEP_NAME = re.compile(r"ckpt-(\d+)$")
 
 
 @dataclass
@@ -34,6 +45,7 @@ class TrainedModel:
     checkpoint: Path
     step: int
     config_text: str  # the pipeline.config text used (saved in the checkpoint, or the given file)
+    notes: tuple[str, ...] = ()  # what the user should know about how it was loaded (printed by commands)
 
 
 def _config_and_label_map(path: Path, state: dict[str, Any],
@@ -71,18 +83,25 @@ def model_weights(state: Mapping[str, Any], use_moving_averages: bool, path: Pat
 
 
 def load_trained_model(model_dir: str | os.PathLike[str],
-                       pipeline_config_path: str | os.PathLike[str] | None = None) -> TrainedModel:
-    """The newest loadable checkpoint of `model_dir` as a model in eval mode on CPU.
+                       pipeline_config_path: str | os.PathLike[str] | None = None,
+                       label_map_path: str | os.PathLike[str] | None = None) -> TrainedModel:
+    """The newest loadable checkpoint of `model_dir` as a model in eval mode on CPU: a raredet
+    `ckpt-<step>.pt`, else a TF checkpoint (`find_tf_checkpoint`, `load_tf_model`).
 
     Uses the EMA weights when the config's `eval_config.use_moving_averages` is set and the checkpoint
-    has them (as `raredet eval` does).
+    has them (as `raredet eval` does). `label_map_path` replaces the label map of the config or checkpoint.
     """
     found = latest_checkpoint(model_dir)
     if found is None:
-        raise CheckpointError(f"{model_dir}: no ckpt-<step>.pt checkpoint; train first with "
-                              f"`raredet train --model_dir {model_dir} ...`")
+        prefix = find_tf_checkpoint(model_dir)
+        if prefix is None:
+            raise CheckpointError(no_checkpoint_message(model_dir))
+        return load_tf_model(Path(model_dir), prefix, pipeline_config_path, label_map_path)
     path, state = found
     cfg, label_map, text = _config_and_label_map(path, state, pipeline_config_path)
+    if label_map_path is not None:
+        label_map = LabelMap.load(label_map_path)
+        config_lib.validate(cfg, label_map, str(label_map_path))
     model, _ = builders.build_model(builders.model_message(cfg), label_map.ids)
     if state.get("weights_convention") == "tf":  # trained from TF OD API weights: compute as TF does
         apply_weights_convention(model, "tf")
@@ -93,6 +112,106 @@ def load_trained_model(model_dir: str | os.PathLike[str],
                               "pipeline.config the run was trained with") from None
     return TrainedModel(model.eval(), cfg, label_map, path, int(state.get("step", 0)), text)
 
+
+# ---- models the TF OD API trained ----------------------------------------------------------------
+
+
+def find_tf_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
+    """The prefix of the TF checkpoint in `folder`: an extracted zoo model folder's `checkpoint/ckpt-0`,
+    or a TF `model_dir`'s newest `ckpt-N` (both by their `checkpoint` state file, else the newest
+    `*.index`); None when neither has one."""
+    folder = Path(folder)
+    for place in (folder / "checkpoint", folder):
+        if place.is_dir():
+            prefix = resolve_prefix(place)
+            if prefix is not None:
+                return prefix
+    return None
+
+
+def no_checkpoint_message(folder: str | os.PathLike[str]) -> str:
+    """What was looked for in `folder`, for the error when nothing was found."""
+    where = "" if Path(folder).is_dir() else " (no such folder)"
+    return (f"{folder}{where}: no ckpt-<step>.pt checkpoint (a raredet run) and no TF checkpoint "
+            f"(ckpt-N.index + ckpt-N.data-*) in {Path(folder) / 'checkpoint'} (an extracted TF2 zoo model) "
+            f"or in the folder itself (a TF model_dir); train first with `raredet train --model_dir "
+            f"{folder} ...`, or give the folder that holds the checkpoint")
+
+
+def list_tf_checkpoints(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """(N, prefix) of every complete `ckpt-N` TF checkpoint (its .index written) in `folder/checkpoint`
+    and `folder`, oldest first (the TF OD API numbers its saves in order)."""
+    found = []
+    for place in (Path(folder) / "checkpoint", Path(folder)):
+        if place.is_dir():
+            for index in place.glob("ckpt-*.index"):
+                match = TF_STEP_NAME.search(index.name[: -len(".index")])
+                if match:
+                    found.append((int(match.group(1)), index.with_name(index.name[: -len(".index")])))
+    return sorted(found)
+
+
+def tf_checkpoint_step(prefix: Path) -> int:
+    """The training step of a TF checkpoint: its `step` variable (a `model_main_tf2.py` model_dir),
+    else the N of `ckpt-N` (the zoo's ckpt-0 has no step)."""
+    with open_checkpoint(prefix) as ckpt:
+        key = ckpt.variables().get("step")
+        if key is not None and ckpt.info(key).shape == ():
+            return int(ckpt.tensor(key))
+    match = TF_STEP_NAME.search(prefix.name)
+    return int(match.group(1)) if match else 0
+
+
+def _tf_config_path(folder: Path, prefix: Path,
+                    pipeline_config_path: str | os.PathLike[str] | None) -> Path:
+    if pipeline_config_path is not None:
+        return Path(pipeline_config_path)
+    for candidate in (folder / "pipeline.config", prefix.parent / "pipeline.config"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{folder}: holds the TF checkpoint {prefix} but no pipeline.config; pass "
+                      "--pipeline_config_path (the config the model was trained with)")
+
+
+def tf_label_map(loaded: config_lib.LoadedConfig,
+                 label_map_path: str | os.PathLike[str] | None) -> tuple[LabelMap, str | None]:
+    """(label map, note): `label_map_path`, else the config's label_map_path where it exists, else
+    classes named `class_<id>` for ids 1..num_classes (an extracted zoo folder's config says
+    PATH_TO_BE_CONFIGURED), with a note saying so."""
+    if label_map_path is not None:
+        return LabelMap.load(label_map_path), None
+    if loaded.label_map is not None:
+        return loaded.label_map, None
+    num_classes = int(builders.model_message(loaded.config).num_classes)
+    names = [f"class_{i}" for i in range(1, num_classes + 1)]
+    note = (f"no label map (the config's label_map_path does not exist): classes named class_1 .. "
+            f"class_{num_classes} by id; pass --label_map LABEL_MAP.pbtxt to name them")
+    return LabelMap(list(range(1, num_classes + 1)), names, names, "<class_<id> names>"), note
+
+
+def warn_tf_moving_averages(cfg: Any, config_path: str | os.PathLike[str], prefix: Path) -> None:
+    """Warn that a TF checkpoint's moving averages (optimizer slots) are not read, when the config asks
+    for them."""
+    if cfg.eval_config.use_moving_averages:
+        warnings.warn(f"{config_path}: eval_config.use_moving_averages is set, but raredet reads a TF "
+                      f"checkpoint's weights, not its optimizer's moving averages; using {prefix}'s raw "
+                      "weights (the zoo's exported ckpt-0 already holds the averaged ones)", stacklevel=3)
+
+
+def load_tf_model(folder: Path, prefix: Path, pipeline_config_path: str | os.PathLike[str] | None = None,
+                  label_map_path: str | os.PathLike[str] | None = None) -> TrainedModel:
+    """The model of a TF checkpoint (`prefix`, found in `folder`), built from the given config or the
+    folder's pipeline.config and loaded whole, computing with TF's conventions."""
+    config_path = _tf_config_path(folder, prefix, pipeline_config_path)
+    loaded = config_lib.load(config_path)
+    label_map, note = tf_label_map(loaded, label_map_path)
+    config_lib.validate(loaded.config, label_map, str(config_path))
+    model, _ = builders.build_model(builders.model_message(loaded.config), label_map.ids)
+    warn_tf_moving_averages(loaded.config, config_path, prefix)
+    report = load_fine_tune_checkpoint(model, prefix, "full")
+    notes = (f"TF checkpoint {prefix} with {config_path}: {report.summary()}",)
+    return TrainedModel(model.eval(), loaded.config, label_map, prefix, tf_checkpoint_step(prefix),
+                        loaded.text, notes + ((note,) if note else ()))
 
 
 def apply_operating_points(trained: TrainedModel, path: str | os.PathLike[str],
