@@ -376,7 +376,7 @@ FASTER_RCNN_MODEL_FIELDS = (
     "first_stage_nms_score_threshold", "first_stage_nms_iou_threshold", "first_stage_max_proposals",
     "initial_crop_size", "maxpool_kernel_size", "maxpool_stride", "second_stage_box_predictor",
     "second_stage_post_processing", "clip_anchors_to_image", "number_of_stages", "second_stage_batch_size",
-    "second_stage_balance_fraction",
+    "second_stage_balance_fraction", "use_matmul_crop_and_resize",
 )
 
 

@@ -219,3 +219,22 @@ def test_sampling_draws_per_image_whatever_the_split():
         want_pos = keys[row, :10].argsort()[:4]
         want_neg = keys[row, 10:].argsort()[:4] + 10
         assert set(sampled[row].nonzero().flatten().tolist()) == set(want_pos.tolist() + want_neg.tolist())
+
+
+def test_matmul_crop_and_resize_blends_the_edge_with_zeros():
+    # the TF OD API's matmul_crop_and_resize (multilevel_roi_align, align_corners): a neighbour outside
+    # the map is 0 and the others keep their weights; tf.image.crop_and_resize zeroes the whole sample
+    fmap = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]])
+    boxes = torch.tensor([[[-0.5, 0.0, 1.0, 1.0]]])  # y = -0.5, 0.25, 1 (H=2, crop 3); x = 0, 0.5, 1
+    crop = crop_and_resize(fmap, boxes, 3, matmul=True)[0, 0]
+    # y = -0.5: half of row 0 (0, 0.5, 1) and half of the zero row above it
+    assert torch.allclose(crop[0], torch.tensor([0.0, 0.25, 0.5]))
+    # y = 0.25: 0.75 row 0 + 0.25 row 1 = (0.5, 1.125, 1.75)
+    assert torch.allclose(crop[1], torch.tensor([0.5, 1.125, 1.75]))
+    assert torch.allclose(crop[2], torch.tensor([2.0, 3.0, 4.0]))
+    assert torch.equal(crop_and_resize(fmap, boxes, 3)[0, 0, 0], torch.zeros(3))
+    # a box ending a rounding error past the last row: its last sample is that row, not 0
+    past = torch.tensor([[[0.0, 0.0, 1.0 + 1e-6, 1.0]]])
+    assert torch.allclose(crop_and_resize(fmap, past, 2, matmul=True)[0, 0, 1], torch.tensor([2.0, 4.0]),
+                          atol=1e-5)
+    assert torch.equal(crop_and_resize(fmap, past, 2)[0, 0, 1], torch.zeros(2))

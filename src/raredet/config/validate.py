@@ -55,7 +55,6 @@ NOT_ACTED_ON: frozenset[str] = frozenset(
         # Faster R-CNN: TF implementation choices (static shapes, matmul variants of the same ops),
         # Mask R-CNN's mask fields (predict_instance_masks itself is refused) and TPU batch-norm details.
         "FasterRcnn.inplace_batchnorm_update",
-        "FasterRcnn.use_matmul_crop_and_resize",
         "FasterRcnn.use_matmul_gather_in_matcher",
         "FasterRcnn.use_static_balanced_label_sampler",
         "FasterRcnn.use_static_shapes",

@@ -44,6 +44,8 @@ class FasterRcnnBoxCoder:
         width_scale: float = 5.0,
     ) -> None:
         self.scales = (float(y_scale), float(x_scale), float(height_scale), float(width_scale))
+        # the cap on decoded log size ratios; math.inf decodes exactly as the TF OD API (no cap)
+        self.max_log_scale = _MAX_LOG_SCALE
 
     def encode(self, boxes: Tensor, anchors: Tensor) -> Tensor:
         """``boxes [..., 4]``, ``anchors [..., 4]`` (xyxy, broadcastable) -> ``[..., 4]`` (ty, tx, th, tw)."""
@@ -62,6 +64,6 @@ class FasterRcnnBoxCoder:
         sy, sx, sh, sw = self.scales
         y = deltas[..., 0] / sy * ha + ya
         x = deltas[..., 1] / sx * wa + xa
-        h = torch.exp((deltas[..., 2] / sh).clamp(max=_MAX_LOG_SCALE)) * ha
-        w = torch.exp((deltas[..., 3] / sw).clamp(max=_MAX_LOG_SCALE)) * wa
+        h = torch.exp((deltas[..., 2] / sh).clamp(max=self.max_log_scale)) * ha
+        w = torch.exp((deltas[..., 3] / sw).clamp(max=self.max_log_scale)) * wa
         return torch.stack([x - 0.5 * w, y - 0.5 * h, x + 0.5 * w, y + 0.5 * h], dim=-1)

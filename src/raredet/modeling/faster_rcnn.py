@@ -36,6 +36,7 @@ converts scores (softmax over the K + 1 logits, background dropped) and runs the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,6 +50,7 @@ from raredet.modeling.anchors import MultiscaleAnchorGenerator
 from raredet.modeling.backbones import ResNet
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.calibration import Calibration
+from raredet.modeling.exact_nms import multiclass_nms_clipped, nms_then_clip
 from raredet.modeling.fpn import FeaturePyramid
 from raredet.modeling.grid_anchors import GridAnchorGenerator
 from raredet.modeling.layers import INITIALIZERS, ConvHyperparams, ReLU6, l2_weights_of
@@ -247,6 +249,7 @@ class FasterRCNN(nn.Module):
         second_stage_box_predictor: Config | None = None,
         second_stage_post_processing: Config | None = None,
         clip_anchors_to_image: bool = False,
+        use_matmul_crop_and_resize: bool = False,
         number_of_stages: int = 2,
         second_stage_batch_size: int = 64,
         second_stage_balance_fraction: float = 0.25,
@@ -298,6 +301,7 @@ class FasterRCNN(nn.Module):
             max_detections_per_class=self.max_proposals, max_total_detections=self.max_proposals,
             pre_nms_top_k=RPN_PRE_NMS_TOP_K)
         self.crop_size = initial_crop_size
+        self.matmul_crops = bool(use_matmul_crop_and_resize)  # roi_ops.crop_and_resize's edge rule
         self.pool_kernel, self.pool_stride = maxpool_kernel_size, maxpool_stride
         predictor = dict(second_stage_box_predictor or {})
         if list(predictor) != ["mask_rcnn_box_predictor"]:
@@ -349,6 +353,7 @@ class FasterRCNN(nn.Module):
         # The TF OD API's Keras first stage applies relu6 after the RPN conv whatever its hyperparams say
         # (faster_rcnn_meta_arch: Lambda(tf.nn.relu6)); raredet's default keeps the hyperparams' one.
         self.rpn.act = ReLU6()
+        self.box_coder.max_log_scale = math.inf  # TF's decode has no cap on the size ratio
         if self.fpn is not None:
             use_tf_same_padding(self.fpn)
         mean, std = TF_INPUT_NORMALIZATION["resnet_v1"]
@@ -384,7 +389,8 @@ class FasterRCNN(nn.Module):
         else:
             anchors = self.anchor_generator(sizes[0], device)
         h, w = image_hw
-        if self.clip_anchors_to_image:
+        # the TF OD API clips anchors at inference whatever clip_anchors_to_image says (prunes in training)
+        if self.clip_anchors_to_image or (self.weights_convention == "tf" and not self.training):
             limits = anchors.new_tensor([w, h, w, h])
             anchors = torch.minimum(anchors.clamp(min=0), limits)
             valid = (anchors[:, 2] > anchors[:, 0]) & (anchors[:, 3] > anchors[:, 1])
@@ -393,28 +399,53 @@ class FasterRCNN(nn.Module):
         return anchors, valid
 
     @torch.no_grad()
-    def _proposals(self, objectness: Tensor, deltas: Tensor, anchors: Tensor, anchor_valid: Tensor,
-                   image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """-> proposals ``[B, P, 4]`` xyxy and ``proposal_valid [B, P]``."""
-        b = objectness.shape[0]
-        scores = torch.softmax(objectness.float(), dim=-1)[..., 1] * anchor_valid  # invalid: 0, never kept
-        boxes = self.box_coder.decode(deltas.float(), anchors[None])
-        sizes = torch.tensor([image_hw], device=boxes.device).expand(b, 2)
-        det = self.proposal_nms(clip_boxes(boxes, sizes), scores[..., None])
+    def _proposals(self, first: Mapping[str, Tensor], image_sizes: Tensor) -> tuple[Tensor, Tensor]:
+        """``first``: the first stage's outputs -> proposals ``[B, P, 4]`` xyxy and ``proposal_valid [B, P]``.
+        TF's conventions: NMS over every anchor's unclipped box, then clip to ``image_sizes`` and drop
+        the boxes left without area (``_postprocess_rpn``); otherwise clip, then NMS over the
+        ``RPN_PRE_NMS_TOP_K`` best."""
+        scores = torch.softmax(first["rpn_objectness"].float(), dim=-1)[..., 1]
+        boxes = self.box_coder.decode(first["rpn_box_deltas"].float(), first["anchors"][None])
+        valid = first["anchor_valid"][None].expand_as(scores)
+        if self.weights_convention == "tf":
+            nms = self.proposal_nms
+            proposals, _, proposal_valid = nms_then_clip(
+                boxes, scores, valid & (scores > nms.score_threshold), image_sizes, nms.iou_threshold,
+                self.max_proposals)
+            return proposals, proposal_valid
+        det = self.proposal_nms(clip_boxes(boxes, image_sizes), (scores * valid)[..., None])  # invalid: 0
         rows = torch.arange(self.max_proposals, device=boxes.device)[None]
         return det["detection_boxes"], rows < det["num_detections"][:, None]
 
-    def forward(self, images: Tensor, targets: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    def forward(self, images: Tensor, targets: Mapping[str, Tensor] | None = None,
+                image_sizes: Tensor | None = None) -> dict[str, Tensor]:
         """``images [B, 3, H, W]`` in 0..255 (and in training the batch's ``boxes``, ``labels``,
-        ``weights``) -> the dict of the module docstring."""
+        ``weights``) -> the dict of the module docstring. ``image_sizes [B, 2]`` (h, w): each image's
+        true size inside the padded input (TF's ``true_image_shapes``; default: the whole input, or
+        ``targets["image_sizes"]``), which the proposals are clipped to."""
         x = (images.float() - self.pixel_mean) / self.pixel_std
         image_hw = (int(x.shape[-2]), int(x.shape[-1]))
         maps = self._feature_maps(x)
         objectness, rpn_deltas = self.rpn(maps)
         sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in maps]
         anchors, anchor_valid = self._anchors(sizes, image_hw, x.device)
-        proposals, proposal_valid = self._proposals(objectness.detach(), rpn_deltas.detach(), anchors,
-                                                    anchor_valid, image_hw)
+        if image_sizes is None and targets is not None:
+            image_sizes = targets.get("image_sizes")
+        if image_sizes is None:
+            image_sizes = torch.tensor([image_hw], device=x.device).expand(x.shape[0], 2)
+        outputs = {"rpn_objectness": objectness, "rpn_box_deltas": rpn_deltas, "anchors": anchors,
+                   "anchor_valid": anchor_valid, "image_sizes": image_sizes.to(x.device, torch.int64),
+                   "input_size": torch.tensor(image_hw, device=x.device)}
+        outputs.update(self._second_stage(maps, outputs, targets))
+        if not self.training:  # for postprocess with other image sizes (with_image_sizes)
+            outputs.update({f"features_to_crop_{i}": m for i, m in enumerate(maps)})
+        return outputs
+
+    def _second_stage(self, maps: list[Tensor], first: Mapping[str, Tensor],
+                      targets: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Proposals from the first stage's outputs, crops of ``maps`` at them, the box classifier."""
+        image_hw = (int(first["input_size"][0]), int(first["input_size"][1]))
+        proposals, proposal_valid = self._proposals(first, first["image_sizes"])
         if self.training and targets is not None:
             with torch.no_grad():
                 proposals, proposal_valid = sample_proposals(
@@ -428,11 +459,23 @@ class FasterRCNN(nn.Module):
             pooled = self.backbone.layer4(crops).mean(dim=(2, 3))  # [B * P, C5]
         cls_logits, box_deltas = self.box_head(pooled)
         b, p = proposals.shape[:2]
-        return {
-            "rpn_objectness": objectness, "rpn_box_deltas": rpn_deltas, "anchors": anchors,
-            "anchor_valid": anchor_valid, "proposals": proposals, "proposal_valid": proposal_valid,
-            "cls_logits": cls_logits.reshape(b, p, -1), "box_deltas": box_deltas.reshape(b, p, -1, 4),
-        }
+        return {"proposals": proposals, "proposal_valid": proposal_valid,
+                "cls_logits": cls_logits.reshape(b, p, -1), "box_deltas": box_deltas.reshape(b, p, -1, 4)}
+
+    @torch.no_grad()
+    def with_image_sizes(self, outputs: Mapping[str, Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
+        """``outputs`` of ``forward`` (in eval mode) for images whose true sizes are ``image_sizes [B, 2]``:
+        the proposals and the second stage computed again from the stored first-stage outputs and
+        feature maps (``forward`` without ``image_sizes`` took the whole input as the image)."""
+        maps = [outputs[f"features_to_crop_{i}"] for i in range(len(self.rpn.objectness))
+                if f"features_to_crop_{i}" in outputs]
+        if len(maps) != len(self.rpn.objectness):
+            raise ValueError("with_image_sizes needs the feature maps forward stores in eval mode; run "
+                             "forward in eval mode, or pass image_sizes to forward")
+        first = dict(outputs)
+        first["image_sizes"] = image_sizes.to(outputs["anchors"].device, torch.int64)
+        first.update(self._second_stage(maps, first))
+        return first
 
     def _crops(self, maps: list[Tensor], proposals: Tensor, image_hw: tuple[int, int]) -> Tensor:
         """``crop_and_resize`` of each proposal on its map (one map, or the FPN level its size picks)
@@ -440,12 +483,13 @@ class FasterRCNN(nn.Module):
         h, w = image_hw
         normalised = proposals[..., [1, 0, 3, 2]] / proposals.new_tensor([h, w, h, w])
         if len(maps) == 1:
-            return crop_and_resize(maps[0], normalised, self.crop_size)
+            return crop_and_resize(maps[0], normalised, self.crop_size, matmul=self.matmul_crops)
         levels = fpn_levels_of_boxes(proposals, image_hw, len(maps)).reshape(-1)  # [B * P]
-        crops = crop_and_resize(maps[0], normalised, self.crop_size)
+        crops = crop_and_resize(maps[0], normalised, self.crop_size, matmul=self.matmul_crops)
         for index in range(1, len(maps)):  # a handful of levels; every box is cropped on each
             crops = torch.where((levels == index)[:, None, None, None],
-                                crop_and_resize(maps[index], normalised, self.crop_size), crops)
+                                crop_and_resize(maps[index], normalised, self.crop_size,
+                                                matmul=self.matmul_crops), crops)
         return crops
 
     def scores(self, cls_logits: Tensor) -> Tensor:
@@ -474,12 +518,37 @@ class FasterRCNN(nn.Module):
     @torch.no_grad()
     def postprocess(self, outputs: Mapping[str, Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
         """Decode each proposal's box(es), clip to ``image_sizes [B, 2]`` (h, w), score, NMS -> padded
-        ``detection_boxes [B, D, 4]``, ``detection_scores``, ``detection_classes`` (contiguous index),
-        ``num_detections [B]`` (as ``SSD.postprocess``)."""
+        ``detection_boxes [B, D, 4]`` xyxy pixels, ``detection_scores``, ``detection_classes``
+        (contiguous index), ``num_detections [B]`` (as ``SSD.postprocess``). Under TF's conventions as
+        the TF OD API's ``postprocess(prediction_dict, true_image_shapes)``: the proposals clipped to
+        ``image_sizes`` (computed again when ``forward`` took other sizes), per-class NMS over every
+        proposal on unclipped boxes, then clipping and dropping boxes without area."""
+        image_sizes = image_sizes.to(outputs["proposals"].device, torch.int64)
+        if self.weights_convention == "tf":
+            if "features_to_crop_0" in outputs and not torch.equal(outputs["image_sizes"], image_sizes):
+                outputs = self.with_image_sizes(outputs, image_sizes)
+            return self._postprocess_as_tf(outputs, image_sizes)
         proposals, deltas = outputs["proposals"], outputs["box_deltas"]
         boxes = self.box_coder.decode(deltas.float(), proposals[:, :, None, :])  # [B, P, 1 or K, 4]
         b, p, kb = boxes.shape[:3]
-        boxes = clip_boxes(boxes.reshape(b, p * kb, 4), image_sizes.to(boxes.device)).reshape(b, p, kb, 4)
+        boxes = clip_boxes(boxes.reshape(b, p * kb, 4), image_sizes).reshape(b, p, kb, 4)
         scores = self.scores(outputs["cls_logits"].float())
         scores = torch.where(outputs["proposal_valid"][..., None], scores, torch.zeros_like(scores))
         return self.non_max_suppression(boxes[:, :, 0] if kb == 1 else boxes, scores)
+
+    def _postprocess_as_tf(self, outputs: Mapping[str, Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
+        """``_postprocess_box_classifier``: ``multiclass_non_max_suppression`` with the true image as the
+        clip window (``exact_nms.multiclass_nms_clipped``; class-agnostic NMS as ``postprocess``'s other
+        path, clipping after it)."""
+        boxes = self.box_coder.decode(outputs["box_deltas"].float(), outputs["proposals"][:, :, None, :])
+        scores = self.scores(outputs["cls_logits"].float())
+        nms = self.non_max_suppression
+        if nms.use_class_agnostic_nms:
+            scores = torch.where(outputs["proposal_valid"][..., None], scores, torch.zeros_like(scores))
+            det = nms(boxes[:, :, 0] if boxes.shape[2] == 1 else boxes, scores)
+            det["detection_boxes"] = clip_boxes(det["detection_boxes"], image_sizes)
+            return det
+        return multiclass_nms_clipped(
+            boxes, scores, outputs["proposal_valid"], image_sizes, score_threshold=nms.score_threshold,
+            iou_threshold=nms.iou_threshold, max_per_class=nms.max_detections_per_class,
+            max_total=nms.max_total_detections)

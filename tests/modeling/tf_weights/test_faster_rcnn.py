@@ -5,9 +5,12 @@ faster_rcnn_resnet50_v1_640x640 config on a 96x128 image padded to 128x128; the 
 multiplier, so the writer narrowed the OD API's own Keras ResNet-50 to 1/64 (its ``depth_multiplier``
 argument) and this test builds raredet's the same way. Expectations are TensorFlow's numbers.
 
-Covered: every tensor loads, the first stage (RPN objectness and box encodings per anchor, anchors)
-equals TF's. Not yet: the proposals and what follows (TF clips proposals to the true image after
-NMS, see the family report), so the second stage is not compared here.
+Covered: every tensor loads; the first stage (RPN objectness and box encodings per anchor, anchors),
+the proposals (NMS on unclipped boxes, then clipped to the true 96x128 image: 29 of 32 kept), the
+second stage's raw outputs (K + 1 logits with TF's background column, the shared box encodings) and
+the detections equal TF's -- through ``model(images)`` + ``postprocess(outputs, image_sizes)`` (the
+proposals computed again for the true size), through ``forward(images, image_sizes=...)``, and on a
+128x128 image that fills the input (``tf_outputs_128x128.npz``, the same weights).
 """
 
 from __future__ import annotations
@@ -39,11 +42,46 @@ def build(monkeypatch: pytest.MonkeyPatch) -> nn.Module:
     return model.eval()
 
 
-def run(model: nn.Module) -> tuple[dict, dict]:
-    tf = dict(np.load(FOLDER / "tf_outputs.npz"))
+def run(model: nn.Module, outputs: str = "tf_outputs.npz") -> tuple[dict, dict]:
+    tf = dict(np.load(FOLDER / outputs))
     image = torch.from_numpy(tf["resized_image"].astype(np.float32)).permute(2, 0, 1)[None]
     with torch.no_grad():
         return model(image), tf
+
+
+def loaded(monkeypatch: pytest.MonkeyPatch) -> nn.Module:
+    model = build(monkeypatch)
+    load_fine_tune_checkpoint(model, FOLDER / "checkpoint" / "ckpt-0", "full")
+    return model
+
+
+def true_size(tf: dict) -> torch.Tensor:
+    return torch.from_numpy(tf["true_image_shape"][:2].astype(np.int64))[None]
+
+
+def assert_second_stage_equals(out: dict, tf: dict) -> None:
+    """Proposals (TF: absolute ymin, xmin, ymax, xmax, zero padded), K + 1 logits, box encodings."""
+    n = int(tf["predict/num_proposals"])
+    assert int(out["proposal_valid"][0].sum()) == n
+    proposals = out["proposals"][0].numpy()[:, [1, 0, 3, 2]]
+    assert np.abs(proposals - tf["predict/proposal_boxes"]).max() < 1e-3  # pixels of a 128 input
+    logits = tf["predict/class_predictions_with_background"][:n]  # background first, as raredet's
+    assert np.abs(out["cls_logits"][0, :n].numpy() - logits).max() < 1e-4 * np.abs(logits).max()
+    encodings = tf["predict/refined_box_encodings"][:n]  # [P, 1, 4]: one box shared by the classes
+    assert out["box_deltas"].shape[2:] == encodings.shape[1:]
+    assert np.abs(out["box_deltas"][0, :n].numpy() - encodings).max() < 1e-4 * np.abs(encodings).max()
+
+
+def assert_detections_equal(det: dict, tf: dict) -> None:
+    """TF's boxes are normalised to the true image (its clip window), raredet's in input pixels."""
+    height, width = (int(v) for v in tf["true_image_shape"][:2])
+    n = int(tf["postprocess/num_detections"])
+    assert int(det["num_detections"][0]) == n
+    boxes = det["detection_boxes"][0, :n].numpy()[:, [1, 0, 3, 2]] / np.array([height, width] * 2)
+    assert np.abs(boxes - tf["postprocess/detection_boxes"][:n]).max() < 1e-5
+    scores = det["detection_scores"][0, :n].numpy()
+    assert np.abs(scores - tf["postprocess/detection_scores"][:n]).max() < 1e-5
+    assert (det["detection_classes"][0, :n].numpy() == tf["postprocess/detection_classes"][:n]).all()
 
 
 def test_full_checkpoint_loads_every_tensor(monkeypatch):
@@ -94,3 +132,39 @@ def test_detection_checkpoint_loads_both_feature_extractors(monkeypatch):
     layer4 = dict(full.backbone.layer4.named_parameters())
     for name, tensor in model.backbone.layer4.named_parameters():  # conv5, from the box classifier's
         assert torch.equal(tensor, layer4[name]), name
+
+
+def test_proposals_are_clipped_to_the_true_image_after_nms(monkeypatch):
+    model = loaded(monkeypatch)
+    out, tf = run(model)
+    assert int(tf["predict/num_proposals"]) == 29  # 3 of NMS's 32 lie in the padding (rows 96..128)
+    refined = model.with_image_sizes(out, true_size(tf))
+    assert_second_stage_equals(refined, tf)
+    assert float(refined["proposals"][0, :, 3].max()) <= 96.0
+
+
+def test_postprocess_with_the_true_size_gives_tensorflows_detections(monkeypatch):
+    model = loaded(monkeypatch)
+    out, tf = run(model)  # forward saw the padded 128x128 input only
+    det = model.postprocess(out, true_size(tf))
+    assert_detections_equal(det, tf)
+    scores = tf["postprocess/detection_scores"]
+    assert scores.max() > 0.99 and scores.min() < 0.01  # not saturated: the score converter counts
+
+
+def test_forward_with_image_sizes_equals_tensorflow(monkeypatch):
+    model = loaded(monkeypatch)
+    tf = dict(np.load(FOLDER / "tf_outputs.npz"))
+    image = torch.from_numpy(tf["resized_image"].astype(np.float32)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        out = model(image, image_sizes=true_size(tf))
+    assert_second_stage_equals(out, tf)
+    assert_detections_equal(model.postprocess(out, true_size(tf)), tf)
+
+
+def test_an_image_filling_the_input_equals_tensorflow(monkeypatch):
+    model = loaded(monkeypatch)
+    out, tf = run(model, "tf_outputs_128x128.npz")
+    assert tf["true_image_shape"][:2].tolist() == [128, 128]
+    assert_second_stage_equals(out, tf)
+    assert_detections_equal(model.postprocess(out, true_size(tf)), tf)
