@@ -122,11 +122,17 @@ def test_drop_connect_drops_whole_samples_and_rescales():
 
 
 def test_drop_connect_rates_follow_the_tf_schedule():
-    # p_i = 0.2 * i / 16 for the i-th block counted over the whole network (16 = b0's block count).
+    # p_i = 0.2 * i / N for the i-th block, N = the variant's block count: 23 for b1 (ceil(1.1 * r) of
+    # b0's repeats 1, 2, 2, 3, 3, 4, 1). TF 2.15's efficientnet-b1 has these Dropout rates:
+    # stack_0/block_1/drop 0.2 / 23 = 0.0087, stack_6/block_1/drop 0.2 * 22 / 23 = 0.1913.
     with torch.device("meta"):
-        blocks = [b for stage in EfficientNet("b1").features[1:] for b in stage]
-    assert [b.drop_prob for b in blocks[:3]] == [0.0, 0.2 / 16, 0.4 / 16]
-    assert blocks[-1].drop_prob == pytest.approx(0.2 * (len(blocks) - 1) / 16)
+        blocks = [b for stage in EfficientNet("b1", full=True).features[1:8] for b in stage]
+    assert len(blocks) == 23
+    assert [b.drop_prob for b in blocks[:3]] == [0.0, 0.2 / 23, 0.4 / 23]
+    assert blocks[-1].drop_prob == pytest.approx(0.19130434782608696)
+    with torch.device("meta"):  # the detection backbone stops at stack_6/block_0 with the same rates
+        detection = [b for stage in EfficientNet("b1").features[1:] for b in stage]
+    assert [b.drop_prob for b in detection] == [b.drop_prob for b in blocks[:22]]
 
 
 def test_bifpn_node_topology_matches_the_tf_od_api_rules():

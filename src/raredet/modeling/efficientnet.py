@@ -29,11 +29,12 @@ detector keeps that choice so a config means the same network in both. A detecti
 nothing and are not built (a torchvision state dict reports them as unexpected, like the classifier).
 
 Drop-connect (stochastic depth) drops a residual branch per sample in training, scaled by
-``1 / (1 - p)``, with ``p = drop_connect_rate * i / 16`` for the i-th block (from 0) as the TF
-EfficientNet the TF OD API builds does (16 = the b0 block count, also for deeper variants, so
-their last blocks drop more than ``drop_connect_rate``); torchvision divides by the variant's own
-block count instead. Initialisation is the TF model's: truncated normal with variance ``2 / fan_out``
-(fan-out per output channel of a group, so a depthwise kxk kernel has fan-out ``k * k``), zero biases.
+``1 / (1 - p)``, with ``p = drop_connect_rate * i / N`` for the i-th block (from 0), ``N`` the
+variant's block count (16 for b0, 23 for b1, ...; the blocks a detection backbone does not build
+count too), as the TF EfficientNet the TF OD API builds and torchvision both do (checked against TF
+2.15's ``efficientnet-b1``: 0.2 / 23 at ``stack_0/block_1``). Initialisation is the TF model's:
+truncated normal with variance ``2 / fan_out`` (fan-out per output channel of a group, so a depthwise
+kxk kernel has fan-out ``k * k``), zero biases.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ B0_STAGES = (
     (6, 5, 2, 112, 192, 4),
     (6, 3, 1, 192, 320, 1),
 )
-B0_BLOCKS = sum(stage[-1] for stage in B0_STAGES)  # 16
 # variant -> (width multiplier, depth multiplier)
 EFFICIENTNET_VARIANTS: dict[str, tuple[float, float]] = {
     "b0": (1.0, 1.0),
@@ -180,6 +180,7 @@ class EfficientNet(nn.Module):
         stem = _width(32, width)
         layers: list[nn.Module] = [ConvNormSiLU(3, stem, 3, 2, 1, norm)]
         index, in_ch = 0, stem
+        total_blocks = sum(int(math.ceil(stage[-1] * depth)) for stage in B0_STAGES)
         for s, (ratio, kernel, stride, _, out, repeats) in enumerate(B0_STAGES, start=1):
             out_ch, count = _width(out, width), int(math.ceil(repeats * depth))
             blocks = []
@@ -193,7 +194,7 @@ class EfficientNet(nn.Module):
                         ratio,
                         kernel,
                         stride if b == 0 else 1,
-                        drop_connect_rate * index / B0_BLOCKS,
+                        drop_connect_rate * index / total_blocks,
                         norm,
                     )
                 )
