@@ -26,6 +26,7 @@ from raredet.modeling import efficientnet, load_fine_tune_checkpoint
 from raredet.modeling.predictor import WeightSharedConvolutionalBoxPredictor
 from raredet.modeling.tf_compat import apply_weights_convention
 from raredet.modeling.tf_weights import efficientdet
+from raredet.modeling.tf_weights.ssd_parts import weight_shared_maps
 from raredet.tfcheckpoint import open_checkpoint
 
 FOLDER = Path(__file__).parents[2] / "fixtures" / "tf_models" / "efficientdet_d0"
@@ -133,7 +134,7 @@ def test_classification_paths_name_the_layers_the_detection_checkpoint_names(nar
     shapes = {p: tuple(ckpt.info(k).shape) for p, k in variables.items()}
     detection = {m.target: m.source for m in efficientdet.tensor_maps(model, shapes) if m.part == "backbone"}
     tf_classification = json.loads((FOLDER / "classification_paths.json").read_text())["variables"]
-    maps = efficientdet.classification_maps(model)
+    maps = efficientdet.classification_maps(model, {})
     assert len(maps) == len(detection) > 200
     for item in maps:
         full_name, shape = tf_classification[item.source]
@@ -142,14 +143,15 @@ def test_classification_paths_name_the_layers_the_detection_checkpoint_names(nar
 
 
 def test_background_column_is_dropped_per_anchor():
-    """A TF class head with a background column (add_background_class: true): 2 anchors x (1 + 2)."""
+    """EfficientDet's depthwise predictor from a TF class head with a background column
+    (add_background_class: true): 2 anchors x (1 + 2 classes) -> raredet's 2 x 2."""
     predictor = WeightSharedConvolutionalBoxPredictor(2, 2, [8], {}, 1, 8, use_depthwise=True)
     source = "m/_box_predictor/_prediction_heads/class_predictions_with_background/_class_predictor_layers/0"
-    maps = efficientdet.predictor_maps(predictor, {f"{source}/bias": (6,)}, "m/_box_predictor", "p")
+    maps = weight_shared_maps(predictor, "p", "m", {f"{source}/bias": (6,)})
     heads = {m.target: m.out_index for m in maps if m.target.startswith("p.class_head")}
     assert heads == {"p.class_head.0.weight": None, "p.class_head.1.weight": (1, 2, 4, 5),
                      "p.class_head.1.bias": (1, 2, 4, 5)}
-    same_width = efficientdet.predictor_maps(predictor, {f"{source}/bias": (4,)}, "m/_box_predictor", "p")
+    same_width = weight_shared_maps(predictor, "p", "m", {f"{source}/bias": (4,)})
     assert all(m.out_index is None for m in same_width)
 
 
