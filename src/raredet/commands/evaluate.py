@@ -221,7 +221,9 @@ def _wait_loop(job: EvalJob, ckpt_dir: Path, eval_timeout: float, out: Path,
                 continue
             _report(path, metrics, out)
             last_new = time.monotonic()
-            if final_step and job.last_step >= final_step:
+            # a TF model_dir numbers its saves ckpt-1, ckpt-2, ...: its step is the checkpoint's `step`
+            reached = job.last_step if is_tf_path(path) else done
+            if final_step and reached >= final_step:
                 return metrics
         elif time.monotonic() - last_new > eval_timeout:
             print(f"no new checkpoint in {ckpt_dir} for {eval_timeout:g} s; stopping")
