@@ -168,3 +168,19 @@ def test_an_image_filling_the_input_equals_tensorflow(monkeypatch):
     assert tf["true_image_shape"][:2].tolist() == [128, 128]
     assert_second_stage_equals(out, tf)
     assert_detections_equal(model.postprocess(out, true_size(tf)), tf)
+
+
+def test_a_batch_of_a_padded_and_a_full_image_equals_tensorflow_per_image(monkeypatch):
+    model = loaded(monkeypatch)
+    padded, full = (dict(np.load(FOLDER / name)) for name in ("tf_outputs.npz", "tf_outputs_128x128.npz"))
+    images = torch.stack([torch.from_numpy(tf["resized_image"].astype(np.float32)).permute(2, 0, 1)
+                          for tf in (padded, full)])
+    sizes = torch.cat([true_size(padded), true_size(full)])
+    with torch.no_grad():
+        out = model(images)
+        det = model.postprocess(out, sizes)
+        refined = model.with_image_sizes(out, sizes)
+    for b, tf in enumerate((padded, full)):
+        keys = ("proposals", "proposal_valid", "cls_logits", "box_deltas")
+        assert_second_stage_equals({k: refined[k][b:b + 1] for k in keys}, tf)
+        assert_detections_equal({k: v[b:b + 1] for k, v in det.items()}, tf)
