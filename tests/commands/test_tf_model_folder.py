@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from raredet.cli import main
+from raredet.commands.evaluate import checkpoints, newest_checkpoint
 from raredet.commands.export import export_model
 from raredet.commands.predict import predict
 from raredet.commands.trained import find_tf_checkpoint, load_trained_model
@@ -193,6 +194,12 @@ def test_a_tf_model_dir_uses_the_checkpoint_its_state_file_names(tmp_path: Path)
     trained = load_trained_model(model_dir, FIXTURES / "ssd_mobilenet_v2" / "pipeline.config")
     assert trained.checkpoint == model_dir / "ckpt-3" and trained.step == 3  # no `step` variable: N
     assert trained.model.weights_convention == "tf"
+
+
+def test_eval_wait_follows_a_tf_model_dir_in_save_order(tmp_path: Path) -> None:
+    model_dir = tf_model_dir(tmp_path, "ssd_mobilenet_v2", (2, 10, 9), state=10)
+    assert checkpoints(model_dir) == [(n, model_dir / f"ckpt-{n}") for n in (2, 9, 10)]  # not "10" < "2"
+    assert newest_checkpoint(model_dir) == model_dir / "ckpt-10"
 
 
 def test_a_raredet_checkpoint_comes_first(zoo: Path, tmp_path: Path) -> None:

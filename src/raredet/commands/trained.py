@@ -231,7 +231,8 @@ def apply_operating_points(trained: TrainedModel, path: str | os.PathLike[str],
         if index < 0 or point.class_name not in (lm.display_names[index], lm.names[index]):
             raise DataError(f"{path}: class {point.class_name!r} (id {point.class_id}) is not in the model's "
                             f"label map (ids {lm.ids}, names {lm.display_names}); use operating points "
-                            "chosen for this model")
+                            "chosen for this model (or pass --label_map, the label map they were chosen "
+                            "with)")
     maps = {lm.index_of_id(class_id): xy for class_id, xy in content["calibration"].items()}
     threshold = content["score_threshold"]
     if review and content["review_score_threshold"] is not None:
