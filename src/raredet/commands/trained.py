@@ -208,7 +208,7 @@ def load_tf_model(folder: Path, prefix: Path, pipeline_config_path: str | os.Pat
     config_lib.validate(loaded.config, label_map, str(config_path))
     model, _ = builders.build_model(builders.model_message(loaded.config), label_map.ids)
     warn_tf_moving_averages(loaded.config, config_path, prefix)
-    report = load_fine_tune_checkpoint(model, prefix, "full")
+    report = load_fine_tune_checkpoint(model, prefix, "full")  # type: ignore[arg-type]
     notes = (f"TF checkpoint {prefix} with {config_path}: {report.summary()}",)
     return TrainedModel(model.eval(), loaded.config, label_map, prefix, tf_checkpoint_step(prefix),
                         loaded.text, notes + ((note,) if note else ()))
