@@ -51,6 +51,7 @@ from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.box_ops import box_iou
 from raredet.modeling.calibration import Calibration
 from raredet.modeling.matcher import ArgMaxMatcher
+from raredet.modeling.tf_compat import apply_weights_convention
 from raredet.protos import (
     calibration_pb2,
     eval_pb2,
@@ -380,14 +381,28 @@ FASTER_RCNN_MODEL_FIELDS = (
 )
 
 
-def build_model(ssd: ModelMessage,
-                class_ids: Sequence[int] | None = None) -> tuple[nn.Module, dict[str, float]]:
+def default_weights_convention(msg: ModelMessage) -> str:
+    """How a model of `msg` computes unless its weights say otherwise: "tf" for the TF OD API's Keras
+    feature extractors (`*_keras`, which every TF2 zoo config names), built and trained as the TF OD API
+    builds and trains them (docs/models.md, "TF's conventions"); "torchvision" for the others."""
+    return "tf" if msg.feature_extractor.type.endswith("_keras") else "torchvision"
+
+
+def build_model(ssd: ModelMessage, class_ids: Sequence[int] | None = None,
+                weights_convention: str | None = None) -> tuple[nn.Module, dict[str, float]]:
     """The model of `model.ssd` (SSD) or `model.faster_rcnn` (FasterRCNN) and its L2 map
     `{parameter name: l2 weight}` for weight decay.
 
     `class_ids`: the label-map ids in index order (default 1..num_classes), which the keys of a
-    per-class `calibration_config` name.
+    per-class `calibration_config` name. `weights_convention`: "tf" or "torchvision" (a checkpoint's
+    record, or what the fine-tune checkpoint's weights expect); None = `default_weights_convention`.
     """
+    model, l2 = _build_model(ssd, class_ids)
+    apply_weights_convention(model, weights_convention or default_weights_convention(ssd))
+    return model, l2
+
+
+def _build_model(ssd: ModelMessage, class_ids: Sequence[int] | None) -> tuple[nn.Module, dict[str, float]]:
     post, where = post_processing_field(ssd)
     calibration = None
     if post.HasField("calibration_config"):
@@ -603,7 +618,7 @@ def build_training(
     reader = build_reader(cfg.train_input_reader, label_map, "train_input_reader")
     stats = compute_stats(reader, label_map)
     class_weights = build_class_weights(model_message(cfg), label_map, stats)
-    model, l2_weights = build_model(model_message(cfg), label_map.ids)
+    model, l2_weights = build_model(model_message(cfg), label_map.ids, fine_tune_convention(cfg.train_config))
     optimizer, schedule, ema = build_optimizer(cfg.train_config, model, l2_weights)
     dataset, sampler = build_train_data(loaded, reader, stats, seed)
     return TrainComponents(
@@ -620,6 +635,16 @@ def build_training(
 
 
 # ---- fine-tuning and evaluation during training ------------------------------------------------
+
+def fine_tune_convention(train_config: train_pb2.TrainConfig) -> str | None:
+    """"torchvision" when `fine_tune_checkpoint` names torch weights (a torchvision backbone or a raredet
+    checkpoint: they expect torchvision's conventions), else None (the model's default; a TF checkpoint
+    switches the model to TF's when it loads)."""
+    from raredet.tfcheckpoint import is_tf_checkpoint
+
+    path = train_config.fine_tune_checkpoint
+    return "torchvision" if path and not is_tf_checkpoint(path) else None
+
 
 def load_fine_tune_checkpoint(model: nn.Module, train_config: train_pb2.TrainConfig) -> str | None:
     """Load `fine_tune_checkpoint` as `fine_tune_checkpoint_type` says (a torchvision-named backbone

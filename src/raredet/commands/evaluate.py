@@ -72,8 +72,7 @@ class EvalJob:
                               "add one (it names the data to evaluate on)")
         self.loader: Iterable[Mapping[str, Any]] = loader
         self.label_map: LabelMap = self.loaded.label_map
-        self.model, _ = builders.build_model(builders.model_message(self.loaded.config), self.label_map.ids)
-        self.model.to(self.device)
+        self.model = self._build_model(None)
         self.options = builders.eval_options(self.loaded, operating_point)
         if review_precision is not None:  # the flag adds (or replaces) every class's review band
             self.options["operating_point_rule"] = dataclasses.replace(
@@ -86,6 +85,11 @@ class EvalJob:
         self.writer: Any = None
         self.last_step = -1  # the training step of the checkpoint evaluated last
 
+    def _build_model(self, weights_convention: str | None) -> Any:
+        model, _ = builders.build_model(builders.model_message(self.loaded.config), self.label_map.ids,
+                                        weights_convention)
+        return model.to(self.device)
+
     def _load(self, path: Path) -> Mapping[str, Any]:
         """Load `path` (a raredet checkpoint or a TF checkpoint prefix) into the model; its state (for a
         TF checkpoint only its step)."""
@@ -95,6 +99,9 @@ class EvalJob:
             print(f"TF checkpoint {path}: {report.summary()}")
             return {"step": tf_checkpoint_step(path)}
         state = load_checkpoint(path, map_location=self.device)
+        recorded = state.get("weights_convention", "torchvision")  # what the run computed with
+        if recorded != getattr(self.model, "weights_convention", "torchvision"):
+            self.model = self._build_model(recorded)
         use_ema = self.loaded.config.eval_config.use_moving_averages
         try:
             self.model.load_state_dict(model_weights(state, use_ema, path))

@@ -29,7 +29,6 @@ from raredet.errors import CheckpointError, ConfigError, DataError
 from raredet.evaluation import operating_points as ops
 from raredet.modeling import load_fine_tune_checkpoint
 from raredet.modeling.calibration import Calibration
-from raredet.modeling.tf_compat import apply_weights_convention
 from raredet.tfcheckpoint import open_checkpoint, resolve_prefix
 
 TF_STEP_NAME = re.compile(r"ckpt-(\d+)$")
@@ -102,9 +101,9 @@ def load_trained_model(model_dir: str | os.PathLike[str],
     if label_map_path is not None:
         label_map = LabelMap.load(label_map_path)
         config_lib.validate(cfg, label_map, str(label_map_path))
-    model, _ = builders.build_model(builders.model_message(cfg), label_map.ids)
-    if state.get("weights_convention") == "tf":  # trained from TF OD API weights: compute as TF does
-        apply_weights_convention(model, "tf")
+    # computing as the run did: TF's conventions for TF weights and the zoo's *_keras extractors
+    model, _ = builders.build_model(builders.model_message(cfg), label_map.ids,
+                                    state.get("weights_convention", "torchvision"))
     try:
         model.load_state_dict(model_weights(state, cfg.eval_config.use_moving_averages, path))
     except RuntimeError as err:

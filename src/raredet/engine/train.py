@@ -45,7 +45,7 @@ from raredet.engine import distributed as dist_utils
 from raredet.engine.logging import TrainLogger
 from raredet.engine.optim import LearningRateSchedule, ModelEma, set_learning_rate
 from raredet.engine.step_record import LOGGED_TERMS, StepRecord
-from raredet.errors import ConfigError, RaredetError
+from raredet.errors import CheckpointError, ConfigError, RaredetError
 from raredet.losses.class_weights import ClassWeight, format_class_weight_table
 from raredet.modeling.layers import FrozenBatchNorm2d
 from raredet.modeling.tf_compat import apply_weights_convention
@@ -456,8 +456,15 @@ def criterion_state(criterion: Criterion) -> dict[str, Any]:
 
 def restore(components: TrainComponents, model: nn.Module, state: Mapping[str, Any]) -> tuple[int, int, int]:
     """Load a checkpoint's training state; returns (step, epoch, batch_in_epoch)."""
-    if state.get("weights_convention") == "tf":  # trained from TF weights: compute as TF does
+    recorded = state.get("weights_convention", "torchvision")
+    current = getattr(unwrap(model), "weights_convention", "torchvision")
+    if recorded == "tf":  # trained from TF weights or a TF zoo config: compute as TF does
         apply_weights_convention(unwrap(model), "tf")
+    elif current == "tf":
+        raise CheckpointError(
+            "this run's checkpoints compute with torchvision's conventions (written before raredet built "
+            "the TF zoo's *_keras feature extractors as the TF OD API does), but the config now builds the "
+            "model with TF's; train into a new model_dir")
     unwrap(model).load_state_dict(state["model"])
     components.optimizer.load_state_dict(state["optimizer"])
     if components.ema is not None and state.get("ema") is not None:

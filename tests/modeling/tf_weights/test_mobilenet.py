@@ -26,11 +26,11 @@ FIXTURES = Path(__file__).parents[2] / "fixtures" / "tf_models"
 FAMILIES = ["ssd_mobilenet_v2_fpnlite", "ssd_mobilenet_v2", "ssd_mobilenet_v1_fpn"]
 
 
-def build(folder: Path) -> torch.nn.Module:
+def build(folder: Path, weights_convention: str | None = None) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fields raredet parses but does not act on
         loaded = raredet.config.load(folder / "pipeline.config")
-    model, _ = builders.build_model(builders.model_message(loaded.config))
+    model, _ = builders.build_model(builders.model_message(loaded.config), None, weights_convention)
     return model
 
 
@@ -98,10 +98,20 @@ def test_tf_conventions_after_loading():
     assert model.feature_extractor.fpn.tf_top_down
 
 
-def test_default_model_keeps_torchvision_conventions():
-    model = build(FIXTURES / "ssd_mobilenet_v2_fpnlite")
+def test_a_torchvision_build_keeps_torchvision_conventions():
+    """What a model given torch weights (a torchvision backbone, a raredet checkpoint) computes with."""
+    model = build(FIXTURES / "ssd_mobilenet_v2_fpnlite", "torchvision")
     assert model.weights_convention == "torchvision"
     assert torch.allclose(model.pixel_mean.flatten(), torch.tensor([0.485, 0.456, 0.406]) * 255)
     assert type(model.feature_extractor.backbone.features[0][0]) is torch.nn.Conv2d
     assert model.feature_extractor.backbone.features[0][1].eps == pytest.approx(1e-5)
     assert not model.feature_extractor.fpn.tf_top_down
+
+
+def test_a_zoo_keras_extractor_is_built_with_tfs_conventions_by_default():
+    """`ssd_mobilenet_v2_fpn_keras` from scratch computes as the TF OD API's model does (issue #32)."""
+    model = build(FIXTURES / "ssd_mobilenet_v2_fpnlite")
+    assert model.weights_convention == "tf"
+    assert torch.allclose(model.pixel_mean.flatten(), torch.full((3,), 127.5))
+    assert model.feature_extractor.backbone.features[0][1].eps == pytest.approx(1e-3)  # the config's
+    assert model.feature_extractor.fpn.tf_top_down

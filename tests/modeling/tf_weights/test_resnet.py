@@ -30,11 +30,11 @@ FIXTURES = Path(__file__).parents[2] / "fixtures" / "tf_models"
 FOLDER = FIXTURES / "ssd_resnet50_v1_fpn"
 
 
-def build(folder: Path) -> nn.Module:
+def build(folder: Path, weights_convention: str | None = None) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fields raredet parses but does not act on
         loaded = raredet.config.load(folder / "pipeline.config")
-    model, _ = builders.build_model(builders.model_message(loaded.config))
+    model, _ = builders.build_model(builders.model_message(loaded.config), None, weights_convention)
     return model
 
 
@@ -119,8 +119,8 @@ def test_tf_conventions_follow_the_keras_resnet():
     assert model.pixel_std.flatten().tolist() == [1.0, 1.0, 1.0]
 
 
-def test_default_build_is_torchvisions():
-    model = build(FOLDER)  # nothing loaded
+def test_a_torchvision_build_is_torchvisions():
+    model = build(FOLDER, "torchvision")  # what a model given torchvision weights computes with
     backbone = model.feature_extractor.backbone
     first = backbone.layer2[0]
     assert first.conv1.stride == (1, 1) and first.conv2.stride == (2, 2)  # v1.5
@@ -147,3 +147,9 @@ def test_keras_widths_scale_each_conv_on_its_own():
     assert backbone.layer1[0].downsample is not None  # Keras projects in every stage's first block
     assert ResNet(50).out_channels == ResNet(50, keras_widths=True).out_channels == {
         2: 256, 3: 512, 4: 1024, 5: 2048}
+
+
+def test_a_zoo_keras_resnet_is_built_as_tfs_by_default():
+    """`ssd_resnet50_v1_fpn_keras` from scratch: the Keras ResNet v1 (stride on the first 1x1)."""
+    first = build(FOLDER).feature_extractor.backbone.layer2[0]
+    assert first.conv1.stride == (2, 2) and first.conv2.stride == (1, 1)
