@@ -42,7 +42,7 @@ import numpy as np
 from torch import nn
 
 from raredet.errors import CheckpointError, ConfigError
-from raredet.modeling.pretrained import CHECKPOINT_TYPES, CheckpointShapeWarning, LoadReport
+from raredet.modeling.load_report import CHECKPOINT_TYPES, CheckpointShapeWarning, LoadReport
 from raredet.modeling.tf_compat import apply_weights_convention
 from raredet.modeling.tf_weights.common import TensorMap, copy_mapped
 from raredet.tfcheckpoint import open_checkpoint

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from raredet.errors import CheckpointError
-from raredet.modeling.pretrained import LoadReport
+from raredet.modeling.load_report import LoadReport
 
 LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "conv": lambda a: a.transpose(3, 2, 0, 1),
