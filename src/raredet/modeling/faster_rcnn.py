@@ -175,9 +175,12 @@ class FpnBoxClassifier(nn.Module):
             self.norm.weight.requires_grad_(hp.bn_scale and not freeze_batchnorm and hp.bn_train)
             self.norm.bias.requires_grad_(hp.bn_center and not freeze_batchnorm and hp.bn_train)
         self.frozen_norm = freeze_batchnorm or not hp.bn_train
+        # Flatten in (y, x, channel) order, as Keras' Flatten of NHWC crops (TF weights' fc1)
+        self.flatten_channels_last = False
 
     def forward(self, crops: Tensor) -> Tensor:
-        x = torch.relu(self.fc1(crops.flatten(1)))
+        x = crops.permute(0, 2, 3, 1) if self.flatten_channels_last else crops
+        x = torch.relu(self.fc1(x.flatten(1)))
         use_running_stats = self.frozen_norm or not self.training or x.shape[0] == 1
         if isinstance(self.norm, nn.BatchNorm1d) and use_running_stats:
             x = F.batch_norm(x, self.norm.running_mean, self.norm.running_var, self.norm.weight,
@@ -276,6 +279,10 @@ class FasterRCNN(nn.Module):
         self.fpn: FeaturePyramid | None = None
         self.fpn_hp = ConvHyperparams.from_dict(feature_extractor.get("conv_hyperparams"),
                                                 f"{WHERE}.feature_extractor.conv_hyperparams")
+        # under TF's conventions the FPN extractor's Keras ResNet takes conv_hyperparams' batch norms and
+        # activations with override_base_feature_extractor_hyperparams (the plain one ignores the field)
+        if use_fpn and feature_extractor.get("override_base_feature_extractor_hyperparams", False):
+            self.backbone.keras_hyperparams = self.fpn_hp
         fpn_levels = None
         if use_fpn:
             fpn_cfg = dict(feature_extractor.get("fpn") or {})
@@ -339,10 +346,12 @@ class FasterRCNN(nn.Module):
     def use_weights_convention(self, convention: str) -> None:
         """Compute as the weights' framework does: ``"tf"`` (weights the TF OD API trained) makes the
         ResNet the TF OD API's Keras ResNet v1 (``ResNet.use_tf_conventions``: ReLU, batch-norm
-        epsilon 1e-5, strides on the 1x1 convs, 'SAME' max pool), the RPN conv's activation ReLU6,
-        the FPN's stride-2 convs pad 'SAME', and the input normalisation the Keras ResNet extractor's
-        (channel means subtracted, no scaling). Records the choice as ``weights_convention``; a model
-        switched to "tf" stays so."""
+        epsilon 1e-5, strides on the 1x1 convs, 'SAME' max pool; conv_hyperparams' batch norm and
+        activation under override_base_feature_extractor_hyperparams), the RPN conv's activation ReLU6,
+        the FPN's stride-2 convs pad 'SAME' and its top-down path upsamples the smoothed maps, the FPN
+        box classifier flattens its crops channels-last, and the input normalisation the Keras ResNet
+        extractor's (channel means subtracted, no scaling). Records the choice as
+        ``weights_convention``; a model switched to "tf" stays so."""
         if convention not in WEIGHTS_CONVENTIONS:
             raise ValueError(f"weights convention {convention!r}; valid: {list(WEIGHTS_CONVENTIONS)}")
         if convention == self.weights_convention:
@@ -356,6 +365,9 @@ class FasterRCNN(nn.Module):
         self.box_coder.max_log_scale = math.inf  # TF's decode has no cap on the size ratio
         if self.fpn is not None:
             use_tf_same_padding(self.fpn)
+            self.fpn.tf_top_down = True  # upsample the smoothed map (KerasFpnTopDownFeatureMaps)
+        if self.box_classifier is not None:
+            self.box_classifier.flatten_channels_last = True
         mean, std = TF_INPUT_NORMALIZATION["resnet_v1"]
         self.pixel_mean.copy_(torch.tensor(mean).view(1, 3, 1, 1))
         self.pixel_std.copy_(torch.tensor(std).view(1, 3, 1, 1))

@@ -184,3 +184,48 @@ def test_a_batch_of_a_padded_and_a_full_image_equals_tensorflow_per_image(monkey
         keys = ("proposals", "proposal_valid", "cls_logits", "box_deltas")
         assert_second_stage_equals({k: refined[k][b:b + 1] for k in keys}, tf)
         assert_detections_equal({k: v[b:b + 1] for k, v in det.items()}, tf)
+
+
+FPN_FOLDER = FOLDER.parent / "faster_rcnn_resnet50_v1_fpn"
+
+
+def test_fpn_variant_equals_tensorflow(monkeypatch):
+    # faster_rcnn_resnet50_fpn_keras (FPN_FOLDER/WRITTEN_BY): ResNet at 1/64, box classifier fc 16 wide
+    monkeypatch.setattr(faster_rcnn, "ResNet", NARROW)
+    monkeypatch.setattr(faster_rcnn, "FPN_FC_DEPTH", 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = raredet.config.load(FPN_FOLDER / "pipeline.config").config
+    model = builders.build_model(builders.model_message(config))[0].eval()
+    report = load_fine_tune_checkpoint(model, FPN_FOLDER / "checkpoint" / "ckpt-0", "full")
+    assert not report.missing and not report.unexpected and not report.shape_mismatch
+    assert report.parts["fpn"][0] == report.parts["fpn"][1] > 0
+    assert report.parts["box_classifier"] == (8, 8)  # fc1, fc2 (weight, bias), the batch norm (4)
+    tf = dict(np.load(FPN_FOLDER / "tf_outputs.npz"))
+    image = torch.from_numpy(tf["resized_image"].astype(np.float32)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        out = model(image)
+        det = model.postprocess(out, true_size(tf))
+        refined = model.with_image_sizes(out, true_size(tf))
+    objectness = tf["predict/rpn_objectness_predictions_with_background"]  # 5 levels, 6 anchors a cell
+    assert np.abs(out["rpn_objectness"][0].numpy() - objectness).max() < 1e-4 * np.abs(objectness).max()
+    assert np.abs(out["anchors"].numpy()[:, [1, 0, 3, 2]] - tf["predict/anchors"]).max() < 1e-4
+    # every proposal here (~25 px) is cropped on level 2 (fpn_feature_levels: 56 px and more go higher);
+    # the choice of level is compared on the full-size model (bench/tf_parity.py, docs/faster_rcnn.md)
+    assert_second_stage_equals(refined, tf)  # box_deltas [P, K, 4]: one box per class
+    assert_detections_equal(det, tf)
+
+
+def test_fpn_detection_checkpoint_loads_backbone_fpn_and_box_classifier(monkeypatch):
+    # restore_from_objects('detection'): both feature-extractor models, i.e. with the FPN variant also the
+    # FPN and the box classifier's fc layers; not the RPN nor the mask_rcnn_box_predictor
+    monkeypatch.setattr(faster_rcnn, "ResNet", NARROW)
+    monkeypatch.setattr(faster_rcnn, "FPN_FC_DEPTH", 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = raredet.config.load(FPN_FOLDER / "pipeline.config").config
+    model = builders.build_model(builders.model_message(config))[0]
+    report = load_fine_tune_checkpoint(model, FPN_FOLDER / "checkpoint" / "ckpt-0", "detection")
+    for part in ("backbone", "fpn", "box_classifier"):
+        assert report.parts[part][0] == report.parts[part][1] > 0, part
+    assert report.parts["rpn"][0] == 0 and report.parts["box_head"][0] == 0  # parts not read: module names

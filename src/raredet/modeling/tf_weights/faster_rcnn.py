@@ -20,23 +20,39 @@ Object paths under the detection model's root (``model`` in the zoo's ``ckpt-0``
   it too) and ``_box_prediction_head/_box_encoder_layers/d`` (Dense, 4 per box, one box shared or one
   per class, class-major), ``d`` 1 after the Flatten, 2 with dropout.
 
+The FPN variant (``faster_rcnn_resnet{50,101,152}_fpn_keras``):
+
+* **Backbone and FPN** (``_feature_extractor_for_proposal_features``, the extractor's ``_ResnetFPN``
+  layer): the whole Keras ResNet at ``classification_backbone/layer_with_weights-N``; the FPN at
+  ``fpn_features_generator`` and the stride-2 levels above it at ``coarse_feature_layers``, laid out as
+  the SSD FPN's (``ssd_parts.fpn_maps``) under those names.
+* **Box classifier** (part ``box_classifier``, ``_feature_extractor_for_box_classifier_features``, a
+  Sequential): ``layer_with_weights-0`` Dense (fc1), ``-1`` batch norm, ``-2`` Dense (fc2). Keras
+  flattens the NHWC crops (y, x, channel), so under TF's conventions raredet flattens channels-last.
+* **RPN**: the shared ``k x k`` conv, then per level ``l`` the 1x1 heads ``.../box_encodings/l/...`` and
+  ``.../class_predictions_with_background/l/...``.
+* **Second stage**: as above; the zoo's FPN config predicts one box per class (``K x 4`` columns).
+
 ``restore_from_objects``: ``classification`` restores the feature extractor's
 ``classification_backbone`` (the whole Keras ResNet, root ``feature_extractor`` in a classification
-checkpoint); ``detection`` the two feature-extractor models above (the backbone, all of ``layer1..4``);
-``full`` everything. What raredet changes to compute as TF does is
-``FasterRCNN.use_weights_convention("tf")``. The FPN variant is not mapped yet.
+checkpoint); ``detection`` the two feature-extractor models above (the backbone, all of ``layer1..4``;
+with the FPN also the FPN and the box classifier's fc layers); ``full`` everything. What raredet
+changes to compute as TF does is ``FasterRCNN.use_weights_convention("tf")``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from torch import nn
 
 from raredet.errors import CheckpointError
+from raredet.modeling.fpn import FeaturePyramid
 from raredet.modeling.tf_weights.common import TensorMap
-from raredet.modeling.tf_weights.keras_layers import Shapes, conv_maps
+from raredet.modeling.tf_weights.keras_layers import Shapes, batch_norm_maps, conv_maps
 from raredet.modeling.tf_weights.resnet import backbone_maps
+from raredet.modeling.tf_weights.ssd_parts import COARSE_ROOT, FPN_ROOT, fpn_maps
 
 if TYPE_CHECKING:
     from raredet.modeling.faster_rcnn import FasterRCNN
@@ -46,6 +62,11 @@ BOX_CLASSIFIER_ROOT = "_feature_extractor_for_box_classifier_features"
 RPN_CONV = "_first_stage_box_predictor_first_conv/layer_with_weights-0"
 RPN_HEADS = "_first_stage_box_predictor/_prediction_heads"
 SECOND_STAGE = "_mask_rcnn_box_predictor"
+BOX_CLASSIFIER = "box_classifier"  # the FPN variant's fc layers (a part of their own)
+# The FPN extractor's _ResnetFPN layer: its attributes' names (the SSD extractor's differ)
+FPN_BACKBONE = f"{PROPOSAL_ROOT}/classification_backbone"
+FPN_NAMES = ((FPN_ROOT, f"{PROPOSAL_ROOT}/fpn_features_generator"),
+             (COARSE_ROOT, f"{PROPOSAL_ROOT}/coarse_feature_layers"))
 
 
 def backbone_tensor_maps(model: FasterRCNN, shapes: Shapes, root: str) -> list[TensorMap]:
@@ -56,15 +77,15 @@ def backbone_tensor_maps(model: FasterRCNN, shapes: Shapes, root: str) -> list[T
 
 
 def rpn_maps(model: FasterRCNN, root: str) -> list[TensorMap]:
-    rpn = model.rpn
-    if len(rpn.objectness) != 1:
-        raise CheckpointError("the FPN variant of Faster R-CNN has no TF mapping yet")
-    heads = f"{root}/{RPN_HEADS}"
-    return (conv_maps(rpn.conv, "rpn.conv", f"{root}/{RPN_CONV}", "rpn")
-            + conv_maps(_conv(rpn.objectness[0]), "rpn.objectness.0",
-                        f"{heads}/class_predictions_with_background/0/_class_predictor_layers/0", "rpn")
-            + conv_maps(_conv(rpn.box[0]), "rpn.box.0", f"{heads}/box_encodings/0/_box_encoder_layers/0",
-                        "rpn"))
+    """The shared RPN conv and each level's 1x1 objectness and box heads."""
+    rpn, heads = model.rpn, f"{root}/{RPN_HEADS}"
+    maps = conv_maps(rpn.conv, "rpn.conv", f"{root}/{RPN_CONV}", "rpn")
+    for level in range(len(rpn.objectness)):
+        objectness = f"{heads}/class_predictions_with_background/{level}/_class_predictor_layers/0"
+        maps += conv_maps(_conv(rpn.objectness[level]), f"rpn.objectness.{level}", objectness, "rpn")
+        maps += conv_maps(_conv(rpn.box[level]), f"rpn.box.{level}",
+                          f"{heads}/box_encodings/{level}/_box_encoder_layers/0", "rpn")
+    return maps
 
 
 def _conv(module: nn.Module) -> nn.Conv2d:
@@ -84,17 +105,35 @@ def second_stage_maps(root: str, shapes: Shapes) -> list[TensorMap]:
     return maps
 
 
+def fpn_extractor_maps(model: FasterRCNN, shapes: Shapes, root: str) -> list[TensorMap]:
+    """The FPN variant's ResNet, FPN and box classifier (module docstring)."""
+    maps = backbone_maps(model.backbone, "backbone", f"{root}/{FPN_BACKBONE}", shapes)
+    assert isinstance(model.fpn, FeaturePyramid)
+    for item in fpn_maps(model.fpn, "fpn", root, shapes):
+        source = item.source
+        for ssd_name, ours in FPN_NAMES:
+            source = source.replace(f"{root}/{ssd_name}/", f"{root}/{ours}/")
+        maps.append(dataclasses.replace(item, source=source))
+    fc = f"{root}/{BOX_CLASSIFIER_ROOT}/layer_with_weights"
+    for index, layer in ((0, "fc1"), (2, "fc2")):
+        maps += [TensorMap(f"box_classifier.{layer}.weight", f"{fc}-{index}/kernel", "dense", BOX_CLASSIFIER),
+                 TensorMap(f"box_classifier.{layer}.bias", f"{fc}-{index}/bias", "vector", BOX_CLASSIFIER)]
+    return maps + batch_norm_maps("box_classifier.norm", f"{fc}-1", BOX_CLASSIFIER, shapes)
+
+
 def tensor_maps(model: FasterRCNN, shapes: Shapes, root: str = "model") -> list[TensorMap]:
-    """Every map of a Faster R-CNN ResNet from a detection checkpoint (parts ``backbone``, ``rpn``,
-    ``second_stage``); ``shapes``: ``{object path: shape}`` of the checkpoint's variables."""
-    if f"{root}/{PROPOSAL_ROOT}/layer_with_weights-0/kernel" not in shapes:
+    """Every map of a Faster R-CNN ResNet (or ResNet-FPN) from a detection checkpoint (parts
+    ``backbone``, ``rpn``, ``second_stage``; the FPN variant also ``fpn`` and ``box_classifier``);
+    ``shapes``: ``{object path: shape}`` of the checkpoint's variables."""
+    first = f"{root}/{FPN_BACKBONE if model.fpn is not None else PROPOSAL_ROOT}/layer_with_weights-0/kernel"
+    if first not in shapes:
+        kind = "ResNet-FPN" if model.fpn is not None else "ResNet"
         raise CheckpointError(
-            f"no Faster R-CNN ResNet under {root} in this checkpoint (looked for {root}/{PROPOSAL_ROOT}/"
-            "layer_with_weights-0/kernel); `raredet inspect-checkpoint` lists its object paths")
-    if model.fpn is not None:
-        raise CheckpointError("faster_rcnn_resnet*_fpn_keras: TF checkpoints of the FPN variant cannot be "
-                              "read yet; use the plain faster_rcnn_resnet*_keras models")
-    return backbone_tensor_maps(model, shapes, root) + rpn_maps(model, root) + second_stage_maps(root, shapes)
+            f"no Faster R-CNN {kind} under {root} in this checkpoint (looked for {first}); is the config's "
+            "feature_extractor.type the checkpoint's? `raredet inspect-checkpoint` lists its object paths")
+    extractor = (fpn_extractor_maps(model, shapes, root) if model.fpn is not None
+                 else backbone_tensor_maps(model, shapes, root))
+    return extractor + rpn_maps(model, root) + second_stage_maps(root, shapes)
 
 
 def classification_maps(model: FasterRCNN, shapes: Shapes, root: str = "feature_extractor"
