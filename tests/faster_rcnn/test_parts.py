@@ -170,6 +170,15 @@ def test_fpn_crop_levels_by_hand():
     assert fpn_levels_of_boxes(boxes, (640, 640), 4).tolist() == [[0, 1, 1, 2, 3, 3, 0]]
 
 
+def test_fpn_levels_equal_tensorflows_at_the_boundaries():
+    # TF 2.15.1's object_detection.utils.ops.fpn_feature_levels(5, 3, sqrt(640 * 480) / 224, boxes) on
+    # square s x s px boxes normalised to a 640 x 480 image (run 2026-12-07): the levels printed below
+    sides = [16, 55.9, 56, 56.1, 100, 111.9, 112, 112.1, 224, 300, 447, 448, 449, 600]
+    tf_levels = [0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4, 4]
+    boxes = torch.tensor([[[0.0, 0.0, s, s] for s in sides]])
+    assert fpn_levels_of_boxes(boxes, (640, 480), 5).tolist() == [tf_levels]
+
+
 def test_second_stage_minibatch_is_sampled_before_the_crops():
     from raredet.losses.faster_rcnn import sample_proposals
 
