@@ -534,11 +534,15 @@ class FasterRCNN(nn.Module):
         (contiguous index), ``num_detections [B]`` (as ``SSD.postprocess``). Under TF's conventions as
         the TF OD API's ``postprocess(prediction_dict, true_image_shapes)``: the proposals clipped to
         ``image_sizes`` (computed again when ``forward`` took other sizes), per-class NMS over every
-        proposal on unclipped boxes, then clipping and dropping boxes without area."""
+        proposal on unclipped boxes, then clipping and dropping boxes without area; a recomputed second
+        stage also replaces the entries of ``outputs`` (a dict) it changes (proposals, logits, codes)."""
         image_sizes = image_sizes.to(outputs["proposals"].device, torch.int64)
         if self.weights_convention == "tf":
             if "features_to_crop_0" in outputs and not torch.equal(outputs["image_sizes"], image_sizes):
-                outputs = self.with_image_sizes(outputs, image_sizes)
+                refined = self.with_image_sizes(outputs, image_sizes)
+                if isinstance(outputs, dict):  # the outputs then hold what the detections came from
+                    outputs.update(refined)
+                outputs = refined
             return self._postprocess_as_tf(outputs, image_sizes)
         proposals, deltas = outputs["proposals"], outputs["box_deltas"]
         boxes = self.box_coder.decode(deltas.float(), proposals[:, :, None, :])  # [B, P, 1 or K, 4]

@@ -148,6 +148,7 @@ def test_postprocess_with_the_true_size_gives_tensorflows_detections(monkeypatch
     out, tf = run(model)  # forward saw the padded 128x128 input only
     det = model.postprocess(out, true_size(tf))
     assert_detections_equal(det, tf)
+    assert_second_stage_equals(out, tf)  # postprocess replaced the entries it computed again
     scores = tf["postprocess/detection_scores"]
     assert scores.max() > 0.99 and scores.min() < 0.01  # not saturated: the score converter counts
 
