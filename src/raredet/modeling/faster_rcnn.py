@@ -56,7 +56,7 @@ from raredet.modeling.grid_anchors import GridAnchorGenerator
 from raredet.modeling.layers import INITIALIZERS, ConvHyperparams, ReLU6, l2_weights_of
 from raredet.modeling.postprocess import BatchNonMaxSuppression, clip_boxes
 from raredet.modeling.roi_ops import crop_and_resize
-from raredet.modeling.tf_compat import TF_INPUT_NORMALIZATION, WEIGHTS_CONVENTIONS, use_tf_same_padding
+from raredet.modeling.tf_compat import TF_INPUT_NORMALIZATION, switching_to_tf, use_tf_same_padding
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -352,12 +352,8 @@ class FasterRCNN(nn.Module):
         box classifier flattens its crops channels-last, and the input normalisation the Keras ResNet
         extractor's (channel means subtracted, no scaling). Records the choice as
         ``weights_convention``; a model switched to "tf" stays so."""
-        if convention not in WEIGHTS_CONVENTIONS:
-            raise ValueError(f"weights convention {convention!r}; valid: {list(WEIGHTS_CONVENTIONS)}")
-        if convention == self.weights_convention:
+        if not switching_to_tf(self.weights_convention, convention):
             return
-        if convention == "torchvision":
-            raise ValueError("a model switched to TF's conventions cannot switch back; build a new one")
         self.backbone.use_tf_conventions()
         # The TF OD API's Keras first stage applies relu6 after the RPN conv whatever its hyperparams say
         # (faster_rcnn_meta_arch: Lambda(tf.nn.relu6)); raredet's default keeps the hyperparams' one.

@@ -83,7 +83,7 @@ from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
 from raredet.modeling.layers import ConvHyperparams, l2_weights_of, use_fast_relu6
 from raredet.modeling.postprocess import BatchNonMaxSuppression, ScoreConverter, clip_boxes
 from raredet.modeling.predictor import ConvolutionalBoxPredictor, WeightSharedConvolutionalBoxPredictor
-from raredet.modeling.tf_compat import TF_INPUT_NORMALIZATION, WEIGHTS_CONVENTIONS, use_tf_same_padding
+from raredet.modeling.tf_compat import TF_INPUT_NORMALIZATION, switching_to_tf, use_tf_same_padding
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -553,12 +553,8 @@ class SSD(nn.Module):
         norms, FPN top-down input), and ``postprocess`` to TF's order (NMS before clipping).
         ``"torchvision"`` is the default; a model switched to "tf" stays so. Records the choice as
         ``weights_convention``."""
-        if convention not in WEIGHTS_CONVENTIONS:
-            raise ValueError(f"weights convention {convention!r}; valid: {list(WEIGHTS_CONVENTIONS)}")
-        if convention == self.weights_convention:
+        if not switching_to_tf(self.weights_convention, convention):
             return
-        if convention == "torchvision":
-            raise ValueError("a model switched to TF's conventions cannot switch back; build a new one")
         extractor = self.feature_extractor
         if not getattr(extractor, "use_explicit_padding", False):
             use_tf_same_padding(self)

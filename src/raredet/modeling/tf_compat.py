@@ -107,3 +107,17 @@ def apply_weights_convention(model: nn.Module, convention: str) -> None:
         hook(convention)
     elif convention != "torchvision":
         raise ValueError(f"{type(model).__name__} cannot compute with {convention!r} conventions")
+
+
+def switching_to_tf(current: str, convention: str) -> bool:
+    """Whether a model computing with `current` must switch to `convention`: False when they are the
+    same; True for "torchvision" -> "tf"; ValueError for an unknown convention or for "tf" ->
+    "torchvision" (a switched model cannot switch back: build a new one)."""
+    if convention not in WEIGHTS_CONVENTIONS:
+        raise ValueError(f"weights convention {convention!r}; valid: {list(WEIGHTS_CONVENTIONS)}")
+    if convention == current:
+        return False
+    if convention == "torchvision":
+        raise ValueError("a model switched to TF's conventions cannot switch back; build a new one")
+    return True
+

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.modeling.tf_weights.detections import assert_detections_equal_tf
 
 import raredet.config
 from raredet import builders
@@ -60,16 +61,7 @@ def test_raw_predictions_equal_tensorflows(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_detections_equal_tensorflows(family):
     model, out, tf = tf_loaded(family)
-    height, width = tf["resized_image"].shape[:2]
-    det = model.postprocess(out, torch.tensor([[height, width]]))
-    tf_scores = tf["postprocess/detection_scores"]
-    n = int((tf_scores > 0.01).sum())
-    assert n > 10 and int(det["num_detections"][0]) >= n
-    # raredet: xyxy pixels; TF: ymin, xmin, ymax, xmax normalised; classes 0-based in both.
-    boxes = det["detection_boxes"][0, :n].numpy()[:, [1, 0, 3, 2]] / np.array([height, width] * 2)
-    assert np.abs(boxes - tf["postprocess/detection_boxes"][:n]).max() < 1e-3
-    assert np.abs(det["detection_scores"][0, :n].numpy() - tf_scores[:n]).max() < 1e-3
-    assert (det["detection_classes"][0, :n].numpy() == tf["postprocess/detection_classes"][:n]).all()
+    assert_detections_equal_tf(model, out, tf)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

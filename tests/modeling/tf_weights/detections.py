@@ -1,0 +1,24 @@
+"""Comparing raredet's post-processed detections with the TF OD API's (a fixture's `tf_outputs.npz`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def assert_detections_equal_tf(model: Any, outputs: Mapping[str, torch.Tensor], tf: Mapping[str, np.ndarray],
+                               tolerance: float = 1e-3) -> None:
+    """Every TF detection above 0.01, in TF's order: the same class, its box (TF: ymin, xmin, ymax, xmax
+    normalised; raredet: x0, y0, x1, y1 pixels) and score within `tolerance`."""
+    height, width = tf["resized_image"].shape[:2]
+    det = model.postprocess(outputs, torch.tensor([[height, width]]))
+    tf_scores = tf["postprocess/detection_scores"]
+    n = int((tf_scores > 0.01).sum())
+    assert n > 10 and int(det["num_detections"][0]) >= n
+    boxes = det["detection_boxes"][0, :n].numpy()[:, [1, 0, 3, 2]] / np.array([height, width] * 2)
+    assert np.abs(boxes - tf["postprocess/detection_boxes"][:n]).max() < tolerance
+    assert np.abs(det["detection_scores"][0, :n].numpy() - tf_scores[:n]).max() < tolerance
+    assert (det["detection_classes"][0, :n].numpy() == tf["postprocess/detection_classes"][:n]).all()
