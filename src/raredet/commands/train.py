@@ -83,6 +83,8 @@ def train_from_config(
     if precision is not None:
         components.precision = precision
     report = builders.load_fine_tune_checkpoint(components.model, loaded.config.train_config)
+    if report and components.ema is not None:
+        components.ema.restart_from(components.model)  # the average starts at the loaded weights
     if report and info.is_main:
         print(report)
     every = checkpoint_every_n or loaded.config.train_config.checkpoint_every_n or 1000

@@ -340,6 +340,10 @@ class ModelEma:
         self.decay = float(moving_average_decay)
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+    def restart_from(self, model: nn.Module) -> None:
+        """Start the average again at `model`'s state (after fine-tune weights load into it)."""
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         for key, value in model.state_dict().items():

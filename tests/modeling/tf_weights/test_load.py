@@ -178,3 +178,30 @@ def test_training_from_a_tf_checkpoint_keeps_tf_conventions_through_ckpt_n(tmp_p
     tf_logits = tf["predict/class_predictions_with_background"][:, 1:]
     assert np.abs(out["cls_logits"][0].numpy() - tf_logits).max() < 1e-4
     assert np.abs(out["box_deltas"][0].numpy() - tf["predict/box_encodings"]).max() < 1e-4
+
+
+def test_the_moving_average_starts_at_the_fine_tune_weights(tmp_path):
+    """With optimizer.use_moving_average, the average of a run fine-tuned from a TF checkpoint starts at
+    the loaded weights (it was built from the initialisers before the load): after one step too small to
+    move a weight, the checkpoint's EMA weights still give TensorFlow's outputs."""
+    data = tmp_path / "data"
+    make_synthetic_dataset(data, images=4, image_size=64, num_shards=1, min_val_boxes=1, val_fraction=0.5)
+    config_path = tmp_path / "pipeline.config"
+    text = _training_config(data).replace(
+        "constant_learning_rate { learning_rate: 1e-20 } } } }",
+        "constant_learning_rate { learning_rate: 1e-20 } } }\n    use_moving_average: true "
+        "moving_average_decay: 0.5 }")
+    assert "use_moving_average: true" in text
+    config_path.write_text(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_from_config(config_path, tmp_path / "run", num_workers=0)
+    state = torch.load(tmp_path / "run" / "ckpt-1.pt", weights_only=True)
+    model = build()
+    model.load_state_dict(state["ema"])
+    tf = np.load(FOLDER / "tf_outputs.npz")
+    with torch.no_grad():
+        out = model.eval()(torch.from_numpy(tf["resized_image"]).permute(2, 0, 1)[None])
+    tf_logits = tf["predict/class_predictions_with_background"][:, 1:]
+    assert np.abs(out["cls_logits"][0].numpy() - tf_logits).max() < 1e-4
+
