@@ -48,7 +48,8 @@ def compare(folder: Path) -> dict[str, float]:
     if type(model).__name__ == "FasterRCNN":
         return {**compare_faster_rcnn(model, dict(tf)), "load_s": load_s}
     image = torch.from_numpy(tf["resized_image"]).permute(2, 0, 1)[None]
-    height, width = image.shape[-2:]
+    # the true image inside TF's padded one: the clip window, and what TF's boxes are normalised to
+    height, width = (int(v) for v in tf["true_image_shape"][:2])
     with torch.no_grad():
         out = model.eval()(image)
         det = model.postprocess(out, torch.tensor([[height, width]]))
@@ -63,7 +64,7 @@ def compare(folder: Path) -> dict[str, float]:
         "logit_scale": float(np.abs(tf_logits).max()),
         "cls_logits": float(np.abs(out["cls_logits"][0].numpy() - tf_logits).max()),
         "box_deltas": float(np.abs(out["box_deltas"][0].numpy() - tf["predict/box_encodings"]).max()),
-        "detections": float(n),
+        "detections": float(n), "num_detections_ours": float(det["num_detections"][0]),
         "det_boxes": float(np.abs(boxes - tf["postprocess/detection_boxes"][:n]).max()) if n else 0.0,
         "det_scores": float(np.abs(det["detection_scores"][0, :n].numpy() - scores[:n]).max()) if n else 0.0,
         "det_classes_differ": float((det["detection_classes"][0, :n].numpy()

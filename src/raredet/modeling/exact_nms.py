@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from raredet.modeling.box_ops import box_iou
-from raredet.modeling.postprocess import clip_boxes, nms_mask
+from raredet.modeling.postprocess import clip_boxes, nms_mask, rank_within_group
 
 # Candidates per NMS round: one [rows, chunk, chunk] IoU matrix at a time.
 NMS_CHUNK = 2000
@@ -119,3 +119,130 @@ def multiclass_nms_clipped(boxes: Tensor, scores: Tensor, valid: Tensor, image_s
         "detection_classes": F.pad(torch.where(kept, classes.gather(1, ranked), 0), (0, pad)),
         "num_detections": kept.sum(dim=1),
     }
+
+
+def _descending_keys(flat_scores: Tensor) -> Tensor:
+    """``flat_scores [B, M]`` float32 -> int64 keys ``[B, M]``, all distinct, whose descending order is
+    the scores' descending order with ties by the lower index (float32 bits made monotone, then the
+    index in the low 32 bits)."""
+    bits = (flat_scores.float() + 0.0).view(torch.int32)  # + 0.0: -0.0 becomes +0.0, a tie with it
+    monotone = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    index = torch.arange(flat_scores.shape[1], device=flat_scores.device, dtype=torch.int64)
+    return monotone * (1 << 32) + (flat_scores.shape[1] - 1 - index)
+
+
+def ranked(flat_scores: Tensor, count: int) -> Tensor:
+    """The positions of the first ``count`` entries of ``flat_scores [B, M]`` by descending score, ties
+    by the lower position (TF's ``top_k`` and NMS order) -> ``[B, min(count, M)]``. While tracing a full
+    stable sort (exportable); otherwise ``topk`` over distinct keys (no sort of all ``M``)."""
+    count = min(count, flat_scores.shape[1])
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return flat_scores.argsort(dim=1, descending=True, stable=True)[:, :count]
+    return _descending_keys(flat_scores).topk(count, dim=1, sorted=True).indices
+
+
+def _suppressed_by_prior(boxes: Tensor, groups: Tensor, prior: tuple[Tensor, Tensor, Tensor],
+                         iou_threshold: float) -> Tensor:
+    """Whether each of ``boxes [B, C, 4]`` (``groups [B, C]``) overlaps (IoU > threshold) a kept box of
+    its group in ``prior`` = (boxes ``[B, P, 4]``, groups ``[B, P]``, kept ``[B, P]``) -> ``[B, C]``."""
+    prior_boxes, prior_groups, prior_kept = prior
+    overlap = box_iou(boxes, prior_boxes) > iou_threshold
+    same = groups[:, :, None] == prior_groups[:, None, :]
+    return (overlap & same & prior_kept[:, None, :]).any(dim=-1)
+
+
+def _compact(parts: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+    """Chunks of ``(values [B, C, ...]..., kept [B, C])`` joined, kept entries first (order kept), cut to
+    the most kept in any row (a host sync: eager mode only)."""
+    joined = [torch.cat(column, dim=1) for column in zip(*parts, strict=True)]
+    size = max(1, int(joined[-1].sum(dim=1).max()))
+    positions, kept = kept_first(joined[-1], size)
+    gathered = [v.gather(1, positions) if v.dim() == 2 else take(v, positions) for v in joined[:-1]]
+    return (*gathered, kept)
+
+
+class _RankedNms:
+    """The state of ``ranked_nms_clipped`` between chunks (its docstring)."""
+
+    def __init__(self, boxes: Tensor, scores: Tensor, image_sizes: Tensor, class_agnostic: bool) -> None:
+        b, n, k = scores.shape
+        self.boxes, self.n, self.image_sizes = boxes, n, image_sizes.to(boxes.device)
+        if class_agnostic:  # each anchor's best class, ties to the lower class (TF's argmax)
+            self.flat, self.best = scores.max(dim=-1)
+        else:  # class-major, the order TF concatenates the classes' NMS results in
+            self.flat, self.best = scores.transpose(1, 2).reshape(b, k * n), None
+        self.counts = torch.zeros(b, 1 if class_agnostic else k, dtype=torch.long, device=scores.device)
+        self.prior: tuple[Tensor, ...] | None = None
+        self.found: list[tuple[Tensor, ...]] = []
+        self.with_area = torch.zeros(b, dtype=torch.long, device=scores.device)  # kept with area so far
+
+    def candidates(self, position: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Ranked ``position [B, C]`` -> boxes ``[B, C, 4]``, scores, classes, NMS groups ``[B, C]``."""
+        anchor = position % self.n
+        if self.best is None:
+            classes = position // self.n
+            groups = classes
+        else:
+            classes = self.best.gather(1, anchor)
+            groups = torch.zeros_like(classes)
+        return take(self.boxes, anchor), self.flat.gather(1, position), classes, groups
+
+    def add_chunk(self, position: Tensor, score_threshold: float, iou_threshold: float, cap: int) -> Tensor:
+        """NMS of the next ranked candidates given the kept ones before them; -> whether each row's
+        chunk ended at a candidate at or below the score threshold (no valid one after it)."""
+        boxes, scores, classes, groups = self.candidates(position)
+        above = scores > score_threshold
+        valid = above if self.prior is None else above & ~_suppressed_by_prior(
+            boxes, groups, self.prior[:3], iou_threshold)  # type: ignore[arg-type]
+        keep = nms_mask(boxes, groups, valid, iou_threshold)
+        keep &= self.counts.gather(1, groups) + rank_within_group(keep, groups) < cap
+        self.counts.scatter_add_(1, groups, keep.long())
+        clipped = clip_boxes(boxes, self.image_sizes)
+        self.found.append((clipped, scores, classes, keep & has_area(clipped)))
+        self.with_area += self.found[-1][-1].sum(dim=1)
+        if not (torch.jit.is_tracing() or torch.jit.is_scripting()):
+            parts = [self.prior] if self.prior is not None else []
+            self.prior = _compact([*parts, (boxes, groups, keep)])
+        return ~above[:, -1]
+
+    def detections(self, max_total: int) -> dict[str, Tensor]:
+        """The first ``max_total`` kept boxes with area, zero padded (``multiclass_nms_clipped``'s dict)."""
+        boxes, scores, classes, kept = (torch.cat(column, dim=1) for column in zip(*self.found, strict=True))
+        positions, kept = kept_first(kept, max_total)
+        pad = max_total - kept.shape[1]
+        chosen = torch.where(kept[..., None], take(boxes, positions), 0.0)
+        return {
+            "detection_boxes": F.pad(chosen, (0, 0, 0, pad)),
+            "detection_scores": F.pad(torch.where(kept, scores.gather(1, positions), 0.0), (0, pad)),
+            "detection_classes": F.pad(torch.where(kept, classes.gather(1, positions), 0), (0, pad)),
+            "num_detections": kept.sum(dim=1),
+        }
+
+
+def ranked_nms_clipped(boxes: Tensor, scores: Tensor, image_sizes: Tensor, *, score_threshold: float,
+                       iou_threshold: float, max_per_class: int, max_total: int, class_agnostic: bool = False,
+                       chunk: int = NMS_CHUNK) -> dict[str, Tensor]:
+    """``multiclass_nms_clipped`` for a box per anchor, over many anchors (SSD): ``boxes [B, N, 4]`` xyxy,
+    ``scores [B, N, K]``, ``image_sizes [B, 2]`` (h, w) -> the same padded detections dict. With
+    ``class_agnostic``, TF's ``class_agnostic_non_max_suppression`` (each anchor's best class, one NMS,
+    at most ``max_total`` kept) instead of per-class NMS (at most ``max_per_class`` per class).
+
+    The (anchor, class) candidates go through in TF's final order (score descending, ties by the lower
+    class, then the lower anchor: ``ranked``), ``chunk`` at a time. A candidate's fate (kept by its
+    class's NMS, under its class's cap, with area once clipped) depends only on the candidates of its
+    class ranked above it, so each chunk is decided exactly given the kept boxes of the chunks before
+    it; once a row has ``max_total`` kept boxes with area, or its candidates fall to the score
+    threshold, no later candidate can enter its first ``max_total``. While tracing (export), one chunk
+    only: exact when it holds ``max_total`` detections or every valid candidate."""
+    state = _RankedNms(boxes, scores, image_sizes, class_agnostic)
+    cap = max_total if class_agnostic else max_per_class
+    total, start = state.flat.shape[1], 0
+    while start < total:
+        stop = min(start + chunk, total)
+        exhausted = state.add_chunk(ranked(state.flat, stop)[:, start:], score_threshold, iou_threshold, cap)
+        if torch.jit.is_tracing() or torch.jit.is_scripting():
+            break
+        if bool((exhausted | (state.with_area >= max_total)).all()):
+            break
+        start = stop
+    return state.detections(max_total)

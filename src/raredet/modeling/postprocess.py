@@ -181,7 +181,7 @@ class BatchNonMaxSuppression:
             cand_boxes, cand_scores, cand_classes, valid)
         groups = torch.zeros_like(cand_classes) if self.use_class_agnostic_nms else cand_classes
         keep = nms_mask(cand_boxes, groups, valid, self.iou_threshold)
-        keep &= _rank_within_group(keep, groups) < self.max_detections_per_class
+        keep &= rank_within_group(keep, groups) < self.max_detections_per_class
         return self._pad(cand_boxes, cand_scores, cand_classes, keep)
 
     def _candidates(self, boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -221,7 +221,7 @@ class BatchNonMaxSuppression:
         }
 
 
-def _rank_within_group(keep: Tensor, groups: Tensor) -> Tensor:
+def rank_within_group(keep: Tensor, groups: Tensor) -> Tensor:
     """Kept entries of the same group ranked above each entry: ``keep, groups [B, N]`` -> ``[B, N]``."""
     n = keep.shape[-1]
     earlier = torch.ones(n, n, dtype=torch.bool, device=keep.device).tril(diagonal=-1)

@@ -79,6 +79,7 @@ from raredet.modeling.bifpn import BiFPN
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.calibration import Calibration
 from raredet.modeling.efficientnet import EFFICIENTNET_VARIANTS, LEVEL_TAPS, EfficientNet
+from raredet.modeling.exact_nms import ranked_nms_clipped
 from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
 from raredet.modeling.layers import ConvHyperparams, l2_weights_of, use_fast_relu6
 from raredet.modeling.postprocess import BatchNonMaxSuppression, ScoreConverter, clip_boxes
@@ -599,23 +600,18 @@ class SSD(nn.Module):
         return boxes, self.score_converter(outputs["cls_logits"])
 
     def _postprocess_as_tf(self, outputs: Mapping[str, Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
-        """The TF OD API's order (``multiclass_non_max_suppression``): NMS on the unclipped boxes, then
-        clip to the image, and drop the detections whose clipped box has no area (wholly outside)."""
-        detections = self.non_max_suppression(*self.scored_boxes(outputs, None))
-        boxes = detections["detection_boxes"]
-        boxes = clip_boxes(boxes, image_sizes.to(boxes.device))
-        slots = torch.arange(boxes.shape[1], device=boxes.device)[None]
-        valid = (slots < detections["num_detections"][:, None]) & (boxes[..., 2] > boxes[..., 0]) & (
-            boxes[..., 3] > boxes[..., 1])
-        order = (~valid).to(torch.uint8).argsort(dim=1, stable=True)  # valid first, score order kept
-        kept = valid.gather(1, order)
-        sorted_boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
-        return {
-            "detection_boxes": torch.where(kept[..., None], sorted_boxes, 0.0),
-            "detection_scores": torch.where(kept, detections["detection_scores"].gather(1, order), 0.0),
-            "detection_classes": torch.where(kept, detections["detection_classes"].gather(1, order), 0),
-            "num_detections": kept.sum(dim=1),
-        }
+        """The TF OD API's ``batch_multiclass_non_max_suppression`` with the true image as the clip
+        window (``exact_nms.ranked_nms_clipped``): per-class NMS over every anchor on the unclipped
+        boxes, the kept boxes sorted by score (ties: lower class, then lower anchor), clipped to
+        ``image_sizes``, those left without area (wholly in the padding) dropped, then the first
+        ``max_total_detections``. Boxes stay in pixels of the resized image: TF's, normalised to the
+        true image, are these divided by ``image_sizes``."""
+        nms = self.non_max_suppression
+        return ranked_nms_clipped(
+            *self.scored_boxes(outputs, None), image_sizes, score_threshold=nms.score_threshold,
+            iou_threshold=nms.iou_threshold, max_per_class=nms.max_detections_per_class,
+            max_total=nms.max_total_detections, class_agnostic=nms.use_class_agnostic_nms,
+            chunk=nms.pre_nms_top_k)
 
     def set_operating_points(self, thresholds: Calibration, score_threshold: float) -> None:
         """Apply per-class operating points: `thresholds` maps the (calibrated) scores so that every

@@ -12,8 +12,9 @@ import torch
 def assert_detections_equal_tf(model: Any, outputs: Mapping[str, torch.Tensor], tf: Mapping[str, np.ndarray],
                                tolerance: float = 1e-3) -> None:
     """Every TF detection above 0.01, in TF's order: the same class, its box (TF: ymin, xmin, ymax, xmax
-    normalised; raredet: x0, y0, x1, y1 pixels) and score within `tolerance`."""
-    height, width = tf["resized_image"].shape[:2]
+    normalised to the true image inside the padded one, `true_image_shape`; raredet: x0, y0, x1, y1
+    pixels, clipped to that image) and score within `tolerance`."""
+    height, width = (int(v) for v in tf["true_image_shape"][:2])
     det = model.postprocess(outputs, torch.tensor([[height, width]]))
     tf_scores = tf["postprocess/detection_scores"]
     n = int((tf_scores > 0.01).sum())

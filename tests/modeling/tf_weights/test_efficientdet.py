@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.modeling.tf_weights.detections import assert_detections_equal_tf
 from torch import nn
 
 import raredet.config
@@ -89,6 +90,25 @@ def test_detections_equal_tensorflows(narrow_b0):
     assert np.abs(boxes - tf["postprocess/detection_boxes"][:n]).max() < 1e-3
     assert np.abs(det["detection_scores"][0, :n].numpy() - tf_scores[:n]).max() < 1e-3
     assert (det["detection_classes"][0, :n].numpy() == tf["postprocess/detection_classes"][:n]).all()
+
+
+def test_detections_on_a_padded_image_equal_tensorflows(narrow_b0):
+    """A 192x256 image in the 256x256 input (``tf_outputs_192x256.npz``; the resizer pads below it). TF
+    clips the kept boxes to the true image, drops those wholly in the padding and only then keeps the
+    best 100 (with the cut first, 99 would be left), its boxes normalised to the true image. TF's SSD
+    normalises the image and then pads it with zeros (``ssd_meta_arch.preprocess``): the padding here is
+    the normalisation's mean, so that the model sees TF's preprocessed input."""
+    model, _ = loaded()
+    tf = dict(np.load(FOLDER / "tf_outputs_192x256.npz"))
+    height = int(tf["true_image_shape"][0])
+    assert height < tf["resized_image"].shape[0]
+    image = torch.from_numpy(tf["resized_image"]).permute(2, 0, 1)[None].float()
+    image[..., height:, :] = model.pixel_mean
+    with torch.no_grad():
+        out = model(image)
+    logits = out["cls_logits"][0, tf["anchor_index"]].numpy()
+    assert np.abs(logits - tf["predict/class_predictions_with_background"]).max() < 1e-4
+    assert_detections_equal_tf(model, out, tf)
 
 
 def test_every_tensor_loads_and_only_the_unused_classifier_is_left(narrow_b0):
