@@ -134,11 +134,16 @@ def _descending_keys(flat_scores: Tensor) -> Tensor:
 def ranked(flat_scores: Tensor, count: int) -> Tensor:
     """The positions of the first ``count`` entries of ``flat_scores [B, M]`` by descending score, ties
     by the lower position (TF's ``top_k`` and NMS order) -> ``[B, min(count, M)]``. While tracing a full
-    stable sort (exportable); otherwise ``topk`` over distinct keys (no sort of all ``M``)."""
+    stable sort (exportable). Otherwise no sort of all ``M``: ``topk``, whose set is the right one
+    unless the ``count``-th score ties with one left out; then ``topk`` over distinct keys."""
     count = min(count, flat_scores.shape[1])
     if torch.jit.is_tracing() or torch.jit.is_scripting():
         return flat_scores.argsort(dim=1, descending=True, stable=True)[:, :count]
-    return _descending_keys(flat_scores).topk(count, dim=1, sorted=True).indices
+    values, positions = flat_scores.topk(count, dim=1, sorted=True)
+    if count and bool(((flat_scores >= values[:, -1:]).sum(dim=1) > count).any()):
+        return _descending_keys(flat_scores).topk(count, dim=1, sorted=True).indices
+    positions = positions.sort(dim=1).values  # the same set, by position: ties then sort stably
+    return positions.gather(1, flat_scores.gather(1, positions).argsort(dim=1, descending=True, stable=True))
 
 
 def _suppressed_by_prior(boxes: Tensor, groups: Tensor, prior: tuple[Tensor, Tensor, Tensor],
