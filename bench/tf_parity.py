@@ -1,7 +1,7 @@
 """Forward parity with the TF OD API on full-size models: raredet builds the folder's pipeline.config, loads
 its TF checkpoint (``load_fine_tune_checkpoint(..., "full")``) and runs TF's resized image; prints the
 max abs difference of the raw outputs (class logits without TF's background column, box encodings) and
-of the detections TF scores above 0.01.
+of the detections TF scores above 0.01 (normalised, as TF's, to the true image inside a padded input).
 
 A folder is what ``tests/fixtures/tf_models/write_fixture.py`` writes (TF 2.15.1 + the OD API; never
 run by CI). For a full-size case, give it a zoo config unchanged (random weights, every variable set)::
