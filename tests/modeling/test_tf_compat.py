@@ -73,3 +73,19 @@ def test_switch_keeps_names_and_scripts():
     assert list(model.state_dict()) == names
     x = torch.randn(1, 3, 8, 8)
     torch.testing.assert_close(torch.jit.script(model)(x), model(x))
+
+
+def test_content_mask_marks_trailing_zero_rows_and_columns_as_padding():
+    from raredet.modeling.tf_compat import content_mask
+
+    images = torch.zeros(3, 3, 4, 5)
+    images[0, :, :3, :4] = 7.0  # a 3x4 image padded to 4x5
+    images[0, 1, 1, 1] = 0.0  # a zero pixel inside the content is content
+    images[1, 2, 3, 4] = 1.0  # content reaches the corner: no padding
+    # images[2]: all zero, kept whole (nothing to tell the image from padding)
+    mask = content_mask(images)
+    expected0 = torch.zeros(4, 5)
+    expected0[:3, :4] = 1.0
+    assert mask.shape == (3, 1, 4, 5)
+    assert torch.equal(mask[0, 0], expected0)
+    assert torch.equal(mask[1, 0], torch.ones(4, 5)) and torch.equal(mask[2, 0], torch.ones(4, 5))

@@ -84,7 +84,12 @@ from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
 from raredet.modeling.layers import ConvHyperparams, l2_weights_of, use_fast_relu6
 from raredet.modeling.postprocess import BatchNonMaxSuppression, ScoreConverter, clip_boxes
 from raredet.modeling.predictor import ConvolutionalBoxPredictor, WeightSharedConvolutionalBoxPredictor
-from raredet.modeling.tf_compat import TF_INPUT_NORMALIZATION, switching_to_tf, use_tf_same_padding
+from raredet.modeling.tf_compat import (
+    TF_INPUT_NORMALIZATION,
+    content_mask,
+    switching_to_tf,
+    use_tf_same_padding,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -573,8 +578,12 @@ class SSD(nn.Module):
         return self.feature_extractor.backbone
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """``images [B, 3, H, W]`` uint8 or float in 0..255 -> cls_logits, box_deltas, anchors."""
+        """``images [B, 3, H, W]`` uint8 or float in 0..255 -> cls_logits, box_deltas, anchors. Under TF's
+        conventions the zero padding below and right of each image is 0 after the normalisation, as in
+        the TF OD API's SSD (``tf_compat.content_mask``)."""
         x = (images.float() - self.pixel_mean) / self.pixel_std
+        if self.weights_convention == "tf":
+            x = x * content_mask(images)
         features = self.feature_extractor(x)
         cls_logits, box_deltas = self.box_predictor(features)
         sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]

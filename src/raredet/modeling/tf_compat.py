@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -120,4 +121,24 @@ def switching_to_tf(current: str, convention: str) -> bool:
     if convention == "torchvision":
         raise ValueError("a model switched to TF's conventions cannot switch back; build a new one")
     return True
+
+
+def content_mask(images: Tensor) -> Tensor:
+    """``images [B, C, H, W]`` -> ``[B, 1, H, W]`` float: 1 inside each image's content, 0 on its padding,
+    the trailing rows and columns (bottom, right) that are exactly 0 in every channel.
+
+    The TF OD API's SSD normalises an image and then pads it (``ssd_meta_arch.preprocess``: the resizer
+    runs on the normalised image), so its padding is 0 after the normalisation; raredet pads raw pixels
+    with 0 (the resizer, the batch collation), which normalise to ``-mean / std``. Multiplying the
+    normalised input by this mask gives TF's input. An image with no non-zero pixel keeps all of it."""
+    nonzero = images.ne(0).any(dim=1)  # [B, H, W]
+    rows = torch.arange(1, images.shape[-2] + 1, device=images.device)
+    cols = torch.arange(1, images.shape[-1] + 1, device=images.device)
+    height = (nonzero.any(dim=2) * rows).amax(dim=1)  # [B]: 1 + the last row with content (0: none)
+    width = (nonzero.any(dim=1) * cols).amax(dim=1)
+    empty = (height == 0) | (width == 0)
+    height = torch.where(empty, images.shape[-2], height)
+    width = torch.where(empty, images.shape[-1], width)
+    inside = (rows[None, :, None] <= height[:, None, None]) & (cols[None, None, :] <= width[:, None, None])
+    return inside[:, None].to(torch.float32)
 

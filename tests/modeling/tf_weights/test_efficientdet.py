@@ -96,14 +96,14 @@ def test_detections_on_a_padded_image_equal_tensorflows(narrow_b0):
     """A 192x256 image in the 256x256 input (``tf_outputs_192x256.npz``; the resizer pads below it). TF
     clips the kept boxes to the true image, drops those wholly in the padding and only then keeps the
     best 100 (with the cut first, 99 would be left), its boxes normalised to the true image. TF's SSD
-    normalises the image and then pads it with zeros (``ssd_meta_arch.preprocess``): the padding here is
-    the normalisation's mean, so that the model sees TF's preprocessed input."""
+    normalises the image and then pads it with zeros (``ssd_meta_arch.preprocess``); the model is given
+    TF's resized image as it is, zero-padded in pixels, and must see TF's preprocessed input."""
     model, _ = loaded()
     tf = dict(np.load(FOLDER / "tf_outputs_192x256.npz"))
     height = int(tf["true_image_shape"][0])
     assert height < tf["resized_image"].shape[0]
     image = torch.from_numpy(tf["resized_image"]).permute(2, 0, 1)[None].float()
-    image[..., height:, :] = model.pixel_mean
+    assert image[..., height:, :].abs().max() == 0  # TF's resizer padded with zeros
     with torch.no_grad():
         out = model(image)
     logits = out["cls_logits"][0, tf["anchor_index"]].numpy()
