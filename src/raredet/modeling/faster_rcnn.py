@@ -56,7 +56,12 @@ from raredet.modeling.grid_anchors import GridAnchorGenerator
 from raredet.modeling.layers import INITIALIZERS, ConvHyperparams, ReLU6, l2_weights_of
 from raredet.modeling.postprocess import BatchNonMaxSuppression, clip_boxes
 from raredet.modeling.roi_ops import crop_and_resize
-from raredet.modeling.tf_compat import TF_INPUT_NORMALIZATION, switching_to_tf, use_tf_same_padding
+from raredet.modeling.tf_compat import (
+    TF_INPUT_NORMALIZATION,
+    content_sizes,
+    switching_to_tf,
+    use_tf_same_padding,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -429,8 +434,10 @@ class FasterRCNN(nn.Module):
                 image_sizes: Tensor | None = None) -> dict[str, Tensor]:
         """``images [B, 3, H, W]`` in 0..255 (and in training the batch's ``boxes``, ``labels``,
         ``weights``) -> the dict of the module docstring. ``image_sizes [B, 2]`` (h, w): each image's
-        true size inside the padded input (TF's ``true_image_shapes``; default: the whole input, or
-        ``targets["image_sizes"]``), which the proposals are clipped to."""
+        true size inside the padded input (TF's ``true_image_shapes``; default: ``targets["image_sizes"]``,
+        else, at inference under TF's conventions, the extent without the trailing all-zero rows and
+        columns a TF resizer pads with (``tf_compat.content_sizes``), else the whole input), which the
+        proposals are clipped to."""
         x = (images.float() - self.pixel_mean) / self.pixel_std
         image_hw = (int(x.shape[-2]), int(x.shape[-1]))
         maps = self._feature_maps(x)
@@ -439,6 +446,8 @@ class FasterRCNN(nn.Module):
         anchors, anchor_valid = self._anchors(sizes, image_hw, x.device)
         if image_sizes is None and targets is not None:
             image_sizes = targets.get("image_sizes")
+        if image_sizes is None and targets is None and self.weights_convention == "tf":
+            image_sizes = content_sizes(images)  # TF's resized image: its zero padding at bottom/right
         if image_sizes is None:
             image_sizes = torch.tensor([image_hw], device=x.device).expand(x.shape[0], 2)
         outputs = {"rpn_objectness": objectness, "rpn_box_deltas": rpn_deltas, "anchors": anchors,

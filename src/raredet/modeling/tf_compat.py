@@ -123,14 +123,10 @@ def switching_to_tf(current: str, convention: str) -> bool:
     return True
 
 
-def content_mask(images: Tensor) -> Tensor:
-    """``images [B, C, H, W]`` -> ``[B, 1, H, W]`` float: 1 inside each image's content, 0 on its padding,
-    the trailing rows and columns (bottom, right) that are exactly 0 in every channel.
-
-    The TF OD API's SSD normalises an image and then pads it (``ssd_meta_arch.preprocess``: the resizer
-    runs on the normalised image), so its padding is 0 after the normalisation; raredet pads raw pixels
-    with 0 (the resizer, the batch collation), which normalise to ``-mean / std``. Multiplying the
-    normalised input by this mask gives TF's input. An image with no non-zero pixel keeps all of it."""
+def content_sizes(images: Tensor) -> Tensor:
+    """``images [B, C, H, W]`` -> ``[B, 2]`` int64 (h, w): each image's extent without its padding, the
+    trailing rows and columns (bottom, right) that are exactly 0 in every channel, as TF's resizers pad.
+    An image with no non-zero pixel keeps its whole size."""
     nonzero = images.ne(0).any(dim=1)  # [B, H, W]
     rows = torch.arange(1, images.shape[-2] + 1, device=images.device)
     cols = torch.arange(1, images.shape[-1] + 1, device=images.device)
@@ -139,6 +135,19 @@ def content_mask(images: Tensor) -> Tensor:
     empty = (height == 0) | (width == 0)
     height = torch.where(empty, images.shape[-2], height)
     width = torch.where(empty, images.shape[-1], width)
-    inside = (rows[None, :, None] <= height[:, None, None]) & (cols[None, None, :] <= width[:, None, None])
-    return inside[:, None].to(torch.float32)
+    return torch.stack([height, width], dim=1).to(torch.int64)
 
+
+def content_mask(images: Tensor) -> Tensor:
+    """``images [B, C, H, W]`` -> ``[B, 1, H, W]`` float: 1 inside each image's content
+    (``content_sizes``), 0 on its padding.
+
+    The TF OD API's SSD normalises an image and then pads it (``ssd_meta_arch.preprocess``: the resizer
+    runs on the normalised image), so its padding is 0 after the normalisation; raredet pads raw pixels
+    with 0 (the resizer, the batch collation), which normalise to ``-mean / std``. Multiplying the
+    normalised input by this mask gives TF's input."""
+    sizes = content_sizes(images)
+    rows = torch.arange(images.shape[-2], device=images.device)
+    cols = torch.arange(images.shape[-1], device=images.device)
+    inside = (rows[None, :, None] < sizes[:, 0, None, None]) & (cols[None, None, :] < sizes[:, 1, None, None])
+    return inside[:, None].to(torch.float32)

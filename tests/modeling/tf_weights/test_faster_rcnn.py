@@ -163,6 +163,20 @@ def test_forward_with_image_sizes_equals_tensorflow(monkeypatch):
     assert_detections_equal(model.postprocess(out, true_size(tf)), tf)
 
 
+def test_forward_alone_finds_the_true_size_in_tfs_zero_padding(monkeypatch):
+    """`model(image)` on TF's resized image as it is (96 rows of content, 32 zero rows below): the
+    proposals, second stage and detections are TF's without being told the true size."""
+    model = loaded(monkeypatch)
+    tf = dict(np.load(FOLDER / "tf_outputs.npz"))
+    image = torch.from_numpy(tf["resized_image"].astype(np.float32)).permute(2, 0, 1)[None]
+    assert image[..., 96:, :].abs().max() == 0 and image[..., 95, :].abs().max() > 0
+    with torch.no_grad():
+        out = model(image)
+    assert out["image_sizes"].tolist() == true_size(tf).tolist()
+    assert_second_stage_equals(out, tf)
+    assert_detections_equal(model.postprocess(out, true_size(tf)), tf)
+
+
 def test_an_image_filling_the_input_equals_tensorflow(monkeypatch):
     model = loaded(monkeypatch)
     out, tf = run(model, "tf_outputs_128x128.npz")
