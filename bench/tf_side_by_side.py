@@ -1,0 +1,178 @@
+"""The TF OD API and raredet side by side on one zoo config and the same TFRecords (issue #32 item 2).
+
+    .venv/bin/python -m bench.tf_side_by_side --tf_python /work/peer/venv/bin/python \\
+        --tf_research /work/peer/src/research [--seeds 0 1 2] [--steps 200] [--out /tmp/side]
+
+The config is the TF2 zoo's `ssd_mobilenet_v2_fpnlite_320x320` with only what the issue's runs changed:
+3 classes, the data paths (raredet's synthetic set written as TFRecords of tf.Example, which both read),
+batch 8, `--steps` steps and 5 warm-up steps (the zoo's learning rate 0.08, its cosine total left at
+50,000 steps, so the rate stays near 0.08), no fine_tune_checkpoint (neither side has the ImageNet
+checkpoint here). Each seed runs the TF OD API's own `model_main_tf2.py` (which logs its losses every
+100 steps) and `raredet train --seed`, one process at a time with the same thread count, runs
+alternating. The TF OD API is a reference here, never a raredet dependency: the script needs its
+install (`../shared/research/tfodapi-reference-install.md`).
+
+Reported per run: whether it finished, the classification, localization and regularization losses at
+steps 100 and 200 (raredet: the mean of steps 91-100 and 191-200 as well as the step itself, since
+TF's logged value is one step's), wall time and peak RSS of the process tree. The verdict: no raredet
+seed diverges, and its losses at steps 100 and 200 fall within the TF seeds' range (widened by
+half that range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+
+from bench.common import ZOO, machine, save_result, zoo_user_copy
+
+CONFIG = "ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config"
+TF_LOSS = re.compile(r"Step (\d+) per-step time ([0-9.]+)s.*?(\{.*?\})", re.S)
+TERMS = ("Loss/classification_loss", "Loss/localization_loss", "Loss/regularization_loss")
+
+
+def make_config(data: Path, steps: int) -> Path:
+    from raredet.data.synth import make_synthetic_dataset
+
+    if not (data / "label_map.pbtxt").exists():
+        make_synthetic_dataset(data, images=600, image_size=320, num_shards=2, seed=0)
+    path = zoo_user_copy(CONFIG, data, batch=8, absolute_paths=True)
+    from raredet.config import parse_text
+    from raredet.protos import pipeline_pb2
+
+    msg = parse_text(path.read_text(), pipeline_pb2.TrainEvalPipelineConfig(), path)
+    msg.train_config.num_steps = steps
+    msg.train_config.optimizer.momentum_optimizer.learning_rate.cosine_decay_learning_rate.warmup_steps = 5
+    path.write_text(text_format.MessageToString(msg))
+    return path
+
+
+def peak_tree_rss_mb(proc: subprocess.Popen) -> float:
+    """Peak of the summed RSS of `proc` and its children, sampled every 0.5 s until it ends."""
+    peak = 0.0
+    while proc.poll() is None:
+        total = 0
+        for pid in [proc.pid, *_children(proc.pid)]:
+            try:
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, ValueError, IndexError):
+                pass
+        peak = max(peak, total / 2**20)
+        time.sleep(0.5)
+    return peak
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        found = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return found + [g for c in found for g in _children(c)]
+
+
+def run(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[int, float, float]:
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        peak = peak_tree_rss_mb(proc)
+    return proc.returncode, time.perf_counter() - start, peak
+
+
+def tf_losses(log: Path) -> dict[int, dict[str, float]]:
+    found = {}
+    for step, _, blob in TF_LOSS.findall(log.read_text(errors="replace")):
+        values = dict(re.findall(r"'(Loss/[a-z_]+)': ([-0-9.e+naif]+)", blob))
+        found[int(step)] = {k: float(v) for k, v in values.items()}
+    return found
+
+
+def raredet_losses(model_dir: Path) -> dict[int, dict[str, float]]:
+    log = model_dir / "train" / "log.jsonl"
+    if not log.exists():
+        return {}
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return {r["step"]: {k: r[k] for k in TERMS if k in r} for r in records}
+
+
+def at(losses: dict[int, dict[str, float]], step: int, window: int = 1) -> dict[str, float] | None:
+    steps = [s for s in range(step - window + 1, step + 1) if s in losses]
+    if len(steps) < window:
+        return None
+    return {k: sum(losses[s][k] for s in steps) / window for k in TERMS if k in losses[steps[0]]}
+
+
+def one_seed(seed: int, config: Path, out: Path, args: argparse.Namespace, env: dict[str, str]) -> dict:
+    tf_dir, rd_dir = out / f"tf_{seed}", out / f"raredet_{seed}"
+    tf_cmd = [args.tf_python, f"{args.tf_research}/object_detection/model_main_tf2.py",
+              f"--pipeline_config_path={config}", f"--model_dir={tf_dir}",
+              f"--checkpoint_every_n={args.steps}", "--alsologtostderr"]
+    tf_env = {**env, "PYTHONPATH": args.tf_research}  # model_main_tf2 takes no seed: repeated runs
+    rd_cmd = [sys.executable, "-m", "raredet.cli", "train", "--pipeline_config_path", str(config),
+              "--model_dir", str(rd_dir), "--seed", str(seed), "--checkpoint_every_n", str(args.steps)]
+    row: dict[str, Any] = {"seed": seed}
+    for name, cmd, cmd_env, directory in (("tf", tf_cmd, tf_env, tf_dir), ("raredet", rd_cmd, env, rd_dir)):
+        code, seconds, peak = run(cmd, out / f"{name}_{seed}.log", cmd_env)
+        losses = tf_losses(out / f"{name}_{seed}.log") if name == "tf" else raredet_losses(directory)
+        row[name] = {"exit": code, "seconds": seconds, "peak_rss_mb": peak,
+                     "last_step": max(losses, default=0),
+                     **{f"step_{s}": at(losses, s) for s in (100, 200)}}
+        if name == "raredet":
+            row[name].update({f"mean_{s - 9}_{s}": at(losses, s, 10) for s in (100, 200)})
+        print(seed, name, json.dumps(row[name]), flush=True)
+    return row
+
+
+def verdict(rows: list[dict]) -> list[str]:
+    lines = []
+    for step in (100, 200):
+        for term in TERMS:
+            tf_values = [r["tf"][f"step_{step}"][term] for r in rows if r["tf"].get(f"step_{step}")]
+            ours = [r["raredet"][f"step_{step}"][term] for r in rows if r["raredet"].get(f"step_{step}")]
+            if not tf_values or not ours:
+                continue
+            low, high = min(tf_values), max(tf_values)
+            margin = 0.5 * (high - low)
+            inside = all(low - margin <= v <= high + margin for v in ours)
+            lines.append(f"| {step} | {term} | {', '.join(f'{v:.3f}' for v in tf_values)} | "
+                         f"{', '.join(f'{v:.3f}' for v in ours)} | {'yes' if inside else 'no'} |")
+    finished = sum(r["raredet"]["exit"] == 0 for r in rows)
+    header = [f"raredet runs that finished: {finished} of {len(rows)}; TF OD API runs: "
+              f"{sum(r['tf']['exit'] == 0 for r in rows)} of {len(rows)}.", "",
+              "| step | loss | TF OD API (seeds) | raredet (seeds) | within TF's range (±half) |",
+              "|---|---|---|---|---|"]
+    return header + lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tf_python", required=True)
+    parser.add_argument("--tf_research", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/side_by_side"))
+    parser.add_argument("--name", default="tf_side_by_side")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    config = make_config(args.out / "data", args.steps)
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1",
+           "TF_NUM_INTRAOP_THREADS": threads}
+    rows = [one_seed(seed, config, args.out, args, env) for seed in args.seeds]
+    lines = verdict(rows)
+    print("\n".join(lines))
+    print(save_result(args.name, {"config": CONFIG, "zoo": str(ZOO), "steps": args.steps, "rows": rows,
+                                  "summary": lines, "machine_extra": machine()}))
+
+
+if __name__ == "__main__":
+    main()
