@@ -382,9 +382,13 @@ FASTER_RCNN_MODEL_FIELDS = (
 
 
 def default_weights_convention(msg: ModelMessage) -> str:
-    """How a model of `msg` computes unless its weights say otherwise: "tf" for the TF OD API's Keras
-    feature extractors (`*_keras`, which every TF2 zoo config names), built and trained as the TF OD API
-    builds and trains them (docs/models.md, "TF's conventions"); "torchvision" for the others."""
+    """How a model of `msg` computes unless its weights say otherwise: "tf" for the TF OD API's Keras SSD
+    feature extractors (`*_keras`, which every TF2 zoo SSD config names), built and trained as the TF OD
+    API builds and trains them (docs/models.md, "Training parity"); "torchvision" for the others.
+    Faster R-CNN takes TF's conventions only with TF weights: its TF-order first stage is checked at
+    inference only (with it, two DDP ranks no longer train as one process on the same batch)."""
+    if isinstance(msg, faster_rcnn_pb2.FasterRcnn):
+        return "torchvision"
     return "tf" if msg.feature_extractor.type.endswith("_keras") else "torchvision"
 
 
