@@ -1,12 +1,27 @@
-"""Comparing raredet's post-processed detections with the TF OD API's (a fixture's `tf_outputs.npz`)."""
+"""Helpers of the TF-weights tests: a model built from a fixture folder's pipeline.config, and raredet's
+post-processed detections compared with the TF OD API's (a fixture's `tf_outputs.npz`)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+import raredet.config
+from raredet import builders
+
+
+def build(folder: Path, weights_convention: str | None = None) -> Any:
+    """The model of `folder`/pipeline.config (`weights_convention` None: the config's default)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fields raredet parses but does not act on
+        loaded = raredet.config.load(folder / "pipeline.config")
+    model, _ = builders.build_model(builders.model_message(loaded.config), None, weights_convention)
+    return model
 
 
 def assert_detections_equal_tf(model: Any, outputs: Mapping[str, torch.Tensor], tf: Mapping[str, np.ndarray],

@@ -8,16 +8,13 @@ saves ``ckpt-0``, every variable drawn at random (batch-norm statistics included
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tests.modeling.tf_weights.detections import assert_detections_equal_tf
+from tests.modeling.tf_weights.detections import assert_detections_equal_tf, build
 
-import raredet.config
-from raredet import builders
 from raredet.modeling import load_fine_tune_checkpoint
 from raredet.modeling.tf_compat import TFSameConv2d
 from raredet.modeling.tf_weights import mobilenet
@@ -25,14 +22,6 @@ from raredet.tfcheckpoint import open_checkpoint
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "tf_models"
 FAMILIES = ["ssd_mobilenet_v2_fpnlite", "ssd_mobilenet_v2", "ssd_mobilenet_v1_fpn"]
-
-
-def build(folder: Path, weights_convention: str | None = None) -> torch.nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fields raredet parses but does not act on
-        loaded = raredet.config.load(folder / "pipeline.config")
-    model, _ = builders.build_model(builders.model_message(loaded.config), None, weights_convention)
-    return model
 
 
 @functools.cache

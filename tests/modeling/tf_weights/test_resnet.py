@@ -9,17 +9,14 @@ expectations here are TensorFlow's numbers.
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tests.modeling.tf_weights.detections import assert_detections_equal_tf
+from tests.modeling.tf_weights.detections import assert_detections_equal_tf, build
 from torch import nn
 
-import raredet.config
-from raredet import builders
 from raredet.modeling import load_fine_tune_checkpoint
 from raredet.modeling.backbones import KerasFixedPaddingConv2d, ResNet
 from raredet.modeling.layers import ReLU6
@@ -29,14 +26,6 @@ from raredet.tfcheckpoint import open_checkpoint
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "tf_models"
 FOLDER = FIXTURES / "ssd_resnet50_v1_fpn"
-
-
-def build(folder: Path, weights_convention: str | None = None) -> nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fields raredet parses but does not act on
-        loaded = raredet.config.load(folder / "pipeline.config")
-    model, _ = builders.build_model(builders.model_message(loaded.config), None, weights_convention)
-    return model
 
 
 @functools.cache
