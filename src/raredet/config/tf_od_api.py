@@ -56,6 +56,7 @@ def _strip(message: Message, where: str, removed: list[str]) -> None:
 
 
 def _strip_messages(field: FieldDescriptor, value: Any, path: str, removed: list[str]) -> None:
+    assert field.message_type is not None  # a message field
     if field.message_type.GetOptions().map_entry:
         for key in value:
             item = value[key]
@@ -69,6 +70,7 @@ def _strip_messages(field: FieldDescriptor, value: Any, path: str, removed: list
 
 
 def _strip_enum(message: Message, field: FieldDescriptor, value: Any, path: str, removed: list[str]) -> None:
+    assert field.enum_type is not None  # an enum field
     allowed = set(tf_schema()["enums"].get(field.enum_type.full_name.removeprefix(PACKAGE), []))
     values = list(value) if _is_repeated(field) else [value]
     names = [field.enum_type.values_by_number[v].name for v in values]

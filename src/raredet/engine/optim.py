@@ -199,9 +199,9 @@ class KerasMomentum(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad for p in params]
+            grads = [p.grad for p in params if p.grad is not None]
             if group["weight_decay"]:
-                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+                grads = list(torch._foreach_add(grads, params, alpha=group["weight_decay"]))
             velocities = [self._velocity(p) for p in params]
             torch._foreach_mul_(velocities, group["momentum"])
             torch._foreach_add_(velocities, grads, alpha=-group["lr"])

@@ -175,10 +175,11 @@ class _RankedNms:
     def __init__(self, boxes: Tensor, scores: Tensor, image_sizes: Tensor, class_agnostic: bool) -> None:
         b, n, k = scores.shape
         self.boxes, self.n, self.image_sizes = boxes, n, image_sizes.to(boxes.device)
+        self.best: Tensor | None = None
         if class_agnostic:  # each anchor's best class, ties to the lower class (TF's argmax)
             self.flat, self.best = scores.max(dim=-1)
         else:  # class-major, the order TF concatenates the classes' NMS results in
-            self.flat, self.best = scores.transpose(1, 2).reshape(b, k * n), None
+            self.flat = scores.transpose(1, 2).reshape(b, k * n)
         self.counts = torch.zeros(b, 1 if class_agnostic else k, dtype=torch.long, device=scores.device)
         self.prior: tuple[Tensor, ...] | None = None
         self.found: list[tuple[Tensor, ...]] = []

@@ -62,7 +62,7 @@ class TFSameMaxPool2d(nn.MaxPool2d):
         top, bottom = tf_same_pads(x.shape[-2], kernel[0], stride[0])
         left, right = tf_same_pads(x.shape[-1], kernel[1], stride[1])
         padded = F.pad(x, (left, right, top, bottom), value=float("-inf"))
-        return F.max_pool2d(padded, kernel, stride, 0, 1, self.ceil_mode, self.return_indices)
+        return F.max_pool2d(padded, kernel, stride, 0, 1, self.ceil_mode)  # never with indices
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
@@ -70,7 +70,7 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
 
 
 def _pads_symmetric_same(
-    kernel: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]
+    kernel: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...]
 ) -> bool:
     return all(p == (k - 1) * d // 2 for k, p, d in zip(kernel, padding, dilation, strict=True))
 
@@ -88,7 +88,7 @@ def use_tf_same_padding(module: nn.Module) -> int:
                 layer.__class__ = TFSameConv2d
                 layer.padding = (0, 0)
                 changed += 1
-        elif type(layer) is nn.MaxPool2d and max(_pair(layer.stride)) > 1:
+        elif type(layer) is nn.MaxPool2d and max(_pair(layer.stride)) > 1 and not layer.return_indices:
             kernel, padding = _pair(layer.kernel_size), _pair(layer.padding)
             if _pads_symmetric_same(kernel, padding, (1, 1)) and max(padding) > 0:
                 layer.__class__ = TFSameMaxPool2d

@@ -98,7 +98,7 @@ def tensor_maps(model: SSD, shapes: Shapes, root: str = "model") -> list[TensorM
     of its variables): parts ``backbone``, ``fpn``, ``box_predictor``."""
     _require(shapes, f"{root}/{BACKBONE_ROOT}", model.feature_extractor_type)
     extractor = model.feature_extractor
-    maps = backbone_maps(extractor.backbone, "feature_extractor.backbone", f"{root}/{BACKBONE_ROOT}", shapes)
+    maps = backbone_maps(_resnet(model), "feature_extractor.backbone", f"{root}/{BACKBONE_ROOT}", shapes)
     fpn = getattr(extractor, "fpn", None)
     if not isinstance(fpn, FeaturePyramid):
         raise CheckpointError(f"{model.feature_extractor_type}: only SSD ResNets with an FPN are mapped")
@@ -110,7 +110,14 @@ def classification_maps(model: SSD, shapes: Shapes, root: str = "feature_extract
     """The backbone from a classification checkpoint (``tf.train.Checkpoint(feature_extractor=<the Keras
     ResNet>)``, the zoo's ImageNet checkpoints)."""
     _require(shapes, root, model.feature_extractor_type)
-    return backbone_maps(model.feature_extractor.backbone, "feature_extractor.backbone", root, shapes)
+    return backbone_maps(_resnet(model), "feature_extractor.backbone", root, shapes)
+
+
+def _resnet(model: SSD) -> ResNet:
+    backbone = model.feature_extractor.backbone
+    if not isinstance(backbone, ResNet):
+        raise CheckpointError(f"{model.feature_extractor_type}: the backbone is not a ResNet")
+    return backbone
 
 
 def _require(shapes: Shapes, root: str, what: str) -> None:
