@@ -48,10 +48,8 @@ else:
     from raredet import builders, config
     from raredet.modeling import load_fine_tune_checkpoint
     folder = Path(path)
-    loaded = config.load(folder / "pipeline.config")
-    ids = list(range(1, builders.model_message(loaded.config).ssd.num_classes + 1)) \
-        if builders.model_message(loaded.config).DESCRIPTOR.name == "Ssd" else None
-    model, _ = builders.build_model(builders.model_message(loaded.config), ids or list(range(1, 91)))
+    message = builders.model_message(config.load(folder / "pipeline.config").config)
+    model, _ = builders.build_model(message, list(range(1, message.num_classes + 1)))
     built = time.perf_counter() - start
     extra = {"build_seconds": built}
     if mode == "model":
