@@ -194,7 +194,8 @@ def test_fine_tune_from_detection_checkpoint(data_dir, tmp_path):
                                fine_tune_checkpoint_type="detection")
     report = builders.load_fine_tune_checkpoint(target, tc)
     n = len(source.state_dict())
-    assert report.endswith(f"loaded {n}, missing 0, unexpected 0, shape mismatch 0")
+    assert report.endswith(f"loaded {n}, missing 0, unexpected 0, shape mismatch 0; computing with "
+                           "torchvision's conventions (what torch weights expect)")
     for key, value in source.state_dict().items():
         assert torch.equal(value, target.state_dict()[key]), key
     tc.fine_tune_checkpoint_type = "everything"

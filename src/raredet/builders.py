@@ -661,7 +661,10 @@ def load_fine_tune_checkpoint(model: nn.Module, train_config: train_pb2.TrainCon
         return None
     kind = train_config.fine_tune_checkpoint_type or "classification"
     report = load_into(model, path, kind)  # type: ignore[arg-type]
-    return f"fine-tuning from {path} ({kind}): {report.summary()}"
+    said = report.summary()
+    if getattr(model, "weights_convention", "torchvision") == "torchvision" and "conventions" not in said:
+        said += "; computing with torchvision's conventions (what torch weights expect)"
+    return f"fine-tuning from {path} ({kind}): {said}"
 
 
 def build_eval_loader(
