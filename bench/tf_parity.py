@@ -40,7 +40,7 @@ def compare(folder: Path) -> dict[str, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = raredet.config.load(folder / "pipeline.config")
-    model = cast(SSD, builders.build_model(builders.model_message(loaded.config))[0])
+    model = cast(SSD, builders.build_model(builders.model_message(loaded.pipeline))[0])
     start = time.perf_counter()
     load_fine_tune_checkpoint(model, folder / "checkpoint" / "ckpt-0", "full")
     load_s = time.perf_counter() - start

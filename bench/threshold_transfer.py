@@ -162,7 +162,7 @@ def evaluate_run(run: Path, pool: Path) -> Evaluated:
     pool_config.write_text(text_format.MessageToString(cfg), encoding="utf-8")
     job = EvalJob(pool_config, pool / "unused", "cpu")
     state = load_checkpoint(checkpoints[-1])
-    job.model.load_state_dict(model_weights(state, job.loaded.config.eval_config.use_moving_averages,
+    job.model.load_state_dict(model_weights(state, job.loaded.pipeline.eval_config.use_moving_averages,
                                             checkpoints[-1]))
     job.model.eval()
     collector = _Collector(job.label_map, 0)

@@ -178,7 +178,7 @@ def test_build_training_components(data_dir):
 def test_num_steps_zero_is_an_error(data_dir):
     cfg = tiny.write_config(data_dir, "zero.config")
     loaded = config.load(cfg)
-    loaded.config.train_config.num_steps = 0
+    loaded.pipeline.train_config.num_steps = 0
     with pytest.raises(ConfigError, match="num_train_steps"):
         builders.build_training(loaded)
 
@@ -186,10 +186,10 @@ def test_num_steps_zero_is_an_error(data_dir):
 def test_fine_tune_from_detection_checkpoint(data_dir, tmp_path):
     loaded = config.load(tiny.write_config(data_dir, "ft.config"))
     torch.manual_seed(1)
-    source, _ = builders.build_model(loaded.config.model.ssd)
+    source, _ = builders.build_model(loaded.pipeline.model.ssd)
     torch.save({"model": source.state_dict()}, tmp_path / "ckpt-9.pt")
     torch.manual_seed(2)
-    target, _ = builders.build_model(loaded.config.model.ssd)
+    target, _ = builders.build_model(loaded.pipeline.model.ssd)
     tc = train_pb2.TrainConfig(fine_tune_checkpoint=str(tmp_path / "ckpt-9.pt"),
                                fine_tune_checkpoint_type="detection")
     report = builders.load_fine_tune_checkpoint(target, tc)

@@ -39,7 +39,7 @@ def build(path: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", cfg.ConfigWarning)
         loaded = cfg.load(path)
-    ssd, lm = loaded.config.model.ssd, loaded.label_map
+    ssd, lm = loaded.pipeline.model.ssd, loaded.label_map
     return builders.build_loss(ssd, lm, builders.build_class_weights(ssd.loss, lm, None))
 
 

@@ -353,7 +353,7 @@ def build_loss(ssd: ModelMessage, label_map: LabelMap, class_weights: Sequence[C
 
 def training_stats(loaded: LoadedConfig) -> DatasetStats | None:
     """Class counts of the training set (annotations only, no image decoded); None without a reader."""
-    reader_msg = loaded.config.train_input_reader
+    reader_msg = loaded.pipeline.train_input_reader
     if reader_msg.WhichOneof("input_reader") is None:
         return None
     label_map = _label_map(loaded)
@@ -364,7 +364,7 @@ def resolve_class_weight_table(loaded: LoadedConfig, stats: DatasetStats | None 
     """The class-weight table training would use (for `raredet config show --resolve_weights`)."""
     if stats is None:
         stats = training_stats(loaded)
-    return build_class_weights(model_message(loaded.config), _label_map(loaded), stats)
+    return build_class_weights(model_message(loaded.pipeline), _label_map(loaded), stats)
 
 
 # ---- the model ----------------------------------------------------------------------------------
@@ -503,7 +503,7 @@ def check_buildable(loaded: LoadedConfig) -> None:
     """Build every part of training that needs no data — resizer, augmentations, model, optimizer and
     schedule, loss (class weights all 1, a custom loss's module imported) — so that `raredet config
     check` refuses what `raredet train` would refuse when it starts. Raises ConfigError."""
-    cfg = loaded.config
+    cfg = loaded.pipeline
     ssd = model_message(cfg)
     build_resizer(ssd)
     build_augmentations(cfg.train_config)
@@ -580,7 +580,7 @@ def build_train_data(
     loaded: LoadedConfig, reader: Any, stats: DatasetStats, seed: int
 ) -> tuple[DetectionDataset, RepeatFactorSampler]:
     """Training dataset (reader -> augmentations -> resizer) and its repeat-factor sampler."""
-    cfg = loaded.config
+    cfg = loaded.pipeline
     dataset = DetectionDataset(reader, augmentations=build_augmentations(cfg.train_config),
                                resizer=build_resizer(model_message(cfg)), training=True, seed=seed)
     sampler = build_sampler(cfg.train_input_reader, stats, seed)
@@ -614,7 +614,7 @@ def build_training(
     num_workers: int = 0,
 ) -> TrainComponents:
     """Model, loss (with resolved class weights), optimizer, schedule, EMA, data: `engine.train`'s input."""
-    cfg = loaded.config
+    cfg = loaded.pipeline
     label_map = _label_map(loaded)
     if cfg.train_input_reader.WhichOneof("input_reader") is None:
         raise ConfigError(f"{loaded.path}: train_input_reader has no input reader; add one")
@@ -672,7 +672,7 @@ def build_eval_loader(
 ) -> torch.utils.data.DataLoader | None:
     """The eval_input_reader's data (no augmentation), every n-th example, decoded by `num_workers`
     processes; None without a reader."""
-    cfg = loaded.config
+    cfg = loaded.pipeline
     if not len(cfg.eval_input_reader) or cfg.eval_input_reader[0].WhichOneof("input_reader") is None:
         return None
     msg = cfg.eval_input_reader[0]
@@ -690,7 +690,7 @@ def eval_options(loaded: LoadedConfig, operating_point: Rule | None = None) -> d
 
     `operating_point`: a rule for every class that replaces `eval_config.operating_points`' rules
     (the `--operating_point` flag)."""
-    ec = loaded.config.eval_config
+    ec = loaded.pipeline.eval_config
     rule, class_rules = build_operating_point_rules(ec, loaded.label_map, operating_point)
     return {
         "metrics_set": list(ec.metrics_set) or "coco_detection_metrics",
@@ -700,7 +700,7 @@ def eval_options(loaded: LoadedConfig, operating_point: Rule | None = None) -> d
         "operating_point_rule": rule,
         "class_rules": class_rules,
         "score_floor":
-            post_processing_of(model_message(loaded.config)).batch_non_max_suppression.score_threshold,
+            post_processing_of(model_message(loaded.pipeline)).batch_non_max_suppression.score_threshold,
         "images_description": _eval_data_description(loaded),
     }
 
@@ -715,9 +715,9 @@ def post_processing_of(msg: ModelMessage) -> post_processing_pb2.PostProcessing:
 
 def _eval_data_description(loaded: LoadedConfig) -> str:
     """`eval_input_reader[0]` in a few words: its kind and paths."""
-    if not len(loaded.config.eval_input_reader):
+    if not len(loaded.pipeline.eval_input_reader):
         return ""
-    reader = loaded.config.eval_input_reader[0]
+    reader = loaded.pipeline.eval_input_reader[0]
     source = reader.WhichOneof("input_reader")
     if source is None:
         return ""
@@ -733,8 +733,8 @@ def operating_points_config(loaded: LoadedConfig, content: Mapping[str, Any]) ->
     thresholds of `content` (operating_points.json) in the TF OD API's own terms: a per-class
     `calibration_config.class_id_function_approximations` map sending each class's threshold to the
     common `batch_non_max_suppression.score_threshold`. None (and why) where that cannot be written."""
-    cfg = type(loaded.config)()
-    cfg.CopyFrom(loaded.config)  # input paths are absolute here: the file works from any folder
+    cfg = type(loaded.pipeline)()
+    cfg.CopyFrom(loaded.pipeline)  # input paths are absolute here: the file works from any folder
     post, where = post_processing_field(model_message(cfg))
     if post.HasField("calibration_config"):
         kind = post.calibration_config.WhichOneof("calibrator")

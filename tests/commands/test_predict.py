@@ -56,12 +56,12 @@ def make_model_dir(root: Path) -> tuple[Path, Path]:
     (data / "pipeline.config").write_text(CONFIG)
     loaded = config.load(data / "pipeline.config")
     torch.manual_seed(0)
-    model, _ = builders.build_model(loaded.config.model.ssd)
+    model, _ = builders.build_model(loaded.pipeline.model.ssd)
     state = model.state_dict()
     bias = next(k for k in state if k.endswith("class_head.bias"))
     state[bias] = torch.zeros_like(state[bias])
     model_dir = root / "run"
-    save_checkpoint(model_dir, 1, {"model": state, "config_text": config.effective_config_text(loaded.config),
+    save_checkpoint(model_dir, 1, {"model": state, "config_text": config.effective_config_text(loaded.pipeline),
                                    "label_map_text": loaded.label_map.to_pbtxt()})
     return model_dir, data
 

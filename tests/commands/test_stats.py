@@ -61,7 +61,7 @@ def test_synth_config_loads_and_stats_cli(synth_dir, tmp_path, capsys):
     from raredet import config
 
     loaded = config.load(synth_dir / "pipeline.config", check_paths=True)
-    assert loaded.config.model.ssd.num_classes == 3
+    assert loaded.pipeline.model.ssd.num_classes == 3
     assert (
         main(["stats", "--pipeline_config_path", str(synth_dir / "pipeline.config"), "--out", str(tmp_path)])
         == 0

@@ -41,7 +41,7 @@ def write_variant(tmp_path, old, new, name="pipeline.config"):
 @pytest.mark.parametrize("path", ZOO_FILES, ids=lambda p: p.name)
 def test_zoo_configs_parse_without_error(path):
     loaded = load_quiet(path)
-    ssd = loaded.config.model.ssd
+    ssd = loaded.pipeline.model.ssd
     assert ssd.num_classes == 90
     assert loaded.label_map is None  # placeholder label map paths: not an error unless asked
     assert ssd.loss.classification_loss.WhichOneof("classification_loss") == "weighted_sigmoid_focal"
@@ -63,11 +63,11 @@ def test_zoo_values_and_one_warning_listing_ignored_fields():
     message = str(record[0].message)
     assert all(field in message for field in expected)
     assert loaded.warnings == (message,)
-    train = loaded.config.train_config
+    train = loaded.pipeline.train_config
     assert train.optimizer.momentum_optimizer.learning_rate.cosine_decay_learning_rate.learning_rate_base == \
         pytest.approx(0.08)
     assert train.data_augmentation_options[1].random_crop_image.max_aspect_ratio == pytest.approx(3.0)
-    assert list(loaded.config.model.ssd.anchor_generator.multiscale_anchor_generator.aspect_ratios) == \
+    assert list(loaded.pipeline.model.ssd.anchor_generator.multiscale_anchor_generator.aspect_ratios) == \
         [1.0, 2.0, 0.5]
 
 
@@ -103,14 +103,14 @@ def test_weighted_fixture_loads_with_label_map_and_no_warning(tmp_path, monkeypa
         loaded = cfg.load(WEIGHTED)
     assert loaded.warnings == ()
     assert loaded.label_map.names == ["scratch", "dent", "crack"]
-    loss = loaded.config.model.ssd.loss
+    loss = loaded.pipeline.model.ssd.loss
     assert loss.HasField("hard_example_miner")  # focal + miner is accepted
     assert [(w.name, w.id, w.value) for w in loss.class_weights.weight] == [("crack", 0, 8.0), ("", 2, 2.0)]
     assert loss.class_weights.apply_to_localization is True  # the default
-    reader = loaded.config.train_input_reader
+    reader = loaded.pipeline.train_input_reader
     assert reader.coco_input_reader.annotations_path == str(FIXTURES.resolve() / "data" / "train.json")
     assert reader.label_map_path == str(FIXTURES.resolve() / "label_map.pbtxt")
-    assert loaded.config.eval_input_reader[0].tf_record_input_reader.input_path[0] == \
+    assert loaded.pipeline.eval_input_reader[0].tf_record_input_reader.input_path[0] == \
         str(FIXTURES.resolve() / "data" / "val-*.tfrecord")
     assert reader.repeat_factor_sampling.threshold == pytest.approx(0.3)
 
@@ -268,7 +268,7 @@ def test_not_acted_on_fields_at_default_values_do_not_warn(tmp_path):
     assert len(record) == 1
     assert "train_config.summarize_gradients" in str(record[0].message)
     assert "sync_replicas" not in str(record[0].message)
-    assert cfg.not_acted_on(loaded.config) == ["train_config.summarize_gradients"]
+    assert cfg.not_acted_on(loaded.pipeline) == ["train_config.summarize_gradients"]
 
 
 # ---- effective config and summary ---------------------------------------------------------------------
@@ -276,14 +276,14 @@ def test_not_acted_on_fields_at_default_values_do_not_warn(tmp_path):
 
 def test_effective_config_fills_defaults_but_keeps_meaning():
     loaded = load_quiet(WEIGHTED)
-    text = cfg.effective_config_text(loaded.config)
+    text = cfg.effective_config_text(loaded.pipeline)
     assert "normalize_loss_by_num_matches: true" in text  # not in the file: the TF OD API default
     assert "apply_to_localization: true" in text
     assert "min_score_threshold: 0.5" in text
     assert "negative_class_weight: 1.0" in text
     again = cfg.parse_config(text)
     assert again.model.ssd.num_classes == 3
-    weights = loaded.config.model.ssd.loss.class_weights.weight
+    weights = loaded.pipeline.model.ssd.loss.class_weights.weight
     assert list(again.model.ssd.loss.class_weights.weight) == list(weights)
     assert again.train_input_reader.WhichOneof("input_reader") == "coco_input_reader"
     assert not again.model.ssd.loss.HasField("random_example_sampler")  # absent blocks stay absent
@@ -374,7 +374,7 @@ def test_second_eval_reader_is_reported_as_unused(tmp_path):
     path = write_variant(tmp_path, "eval_input_reader {", reader + "eval_input_reader {")
     with pytest.warns(cfg.ConfigWarning, match=r"eval_input_reader\[1\] \(only the first"):
         loaded = cfg.load(path)
-    assert len(loaded.config.eval_input_reader) == 2
+    assert len(loaded.pipeline.eval_input_reader) == 2
 
 
 @pytest.mark.parametrize(("name", "pattern"), [

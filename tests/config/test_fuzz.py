@@ -66,7 +66,7 @@ def test_mutated_configs_raise_only_config_error(text, check_paths):
         except ConfigError as err:
             assert str(path) in str(err) or "label_map" in str(err)
             return
-        cfg.effective_config_text(loaded.config)  # a config that loads can also be shown
+        cfg.effective_config_text(loaded.pipeline)  # a config that loads can also be shown
         summary_text(loaded)
 
 

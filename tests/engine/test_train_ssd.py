@@ -61,7 +61,7 @@ def test_each_loss_option_learns_one_batch(data_dir, base, option):
     cls, loc, extra = LOSS_OPTIONS[option]
     block = f"classification_loss {{ {cls} }}\nlocalization_loss {{ {loc} }}\n{extra}"
     loaded = config.load(tiny.write_config(data_dir, f"{option}.config", loss=block))
-    ssd = loaded.config.model.ssd
+    ssd = loaded.pipeline.model.ssd
     criterion = builders.build_loss(ssd, loaded.label_map,
                                     builders.build_class_weights(ssd.loss, loaded.label_map, None))
     model.load_state_dict(initial)

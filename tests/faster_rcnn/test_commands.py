@@ -33,12 +33,12 @@ def scaled_checkpoint(data: Path, images: int) -> tuple[Path, Path]:
     path = small_copy(ZOO_NAME, data)
     loaded = config.load(path)
     torch.manual_seed(0)
-    model, _ = builders.build_model(builders.model_message(loaded.config))
+    model, _ = builders.build_model(builders.model_message(loaded.pipeline))
     state = model.state_dict()
     for key in ("box_head.cls.weight", "box_head.box.weight", "rpn.box.0.weight"):
         state[key] = state[key] * 0.01
     run = data / "run"
-    save_checkpoint(run, 1, {"model": state, "config_text": config.effective_config_text(loaded.config),
+    save_checkpoint(run, 1, {"model": state, "config_text": config.effective_config_text(loaded.pipeline),
                              "label_map_text": loaded.label_map.to_pbtxt()})
     return run, path
 

@@ -62,7 +62,7 @@ def test_eval_writes_the_config_and_config_check_accepts_it(run, chosen, capsys)
     text = path.read_text()
     assert "second_stage_post_processing" in text and "class_id_function_approximations" in text
     loaded = config.load(path)
-    post = loaded.config.model.faster_rcnn.second_stage_post_processing
+    post = loaded.pipeline.model.faster_rcnn.second_stage_post_processing
     assert sorted(post.calibration_config.class_id_function_approximations.class_id_xy_pairs_map) == [1, 2, 3]
     assert post.batch_non_max_suppression.score_threshold == pytest.approx(0.5)
     capsys.readouterr()

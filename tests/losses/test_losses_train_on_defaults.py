@@ -154,7 +154,7 @@ def train_on_defaults(data_dir: Path, tmp: Path, loss: str, class_weights: bool,
         comps = builders.build_training(loaded, seed=seed)
         torch.manual_seed(seed)
         model = TinyDetector()
-        optimizer, schedule, _ = builders.build_optimizer(loaded.config.train_config, model, {})
+        optimizer, schedule, _ = builders.build_optimizer(loaded.pipeline.train_config, model, {})
         comps = dataclasses.replace(comps, model=model, optimizer=optimizer, schedule=schedule,
                                     precision=precision)
         train(comps, tmp / "run", seed=seed, device="cpu", progress=False, checkpoint_every_n=10 * STEPS)

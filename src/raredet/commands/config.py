@@ -35,7 +35,7 @@ def show(path: str | os.PathLike[str], resolve_weights: bool = False) -> str:
     """The effective config text of `path`; with `resolve_weights`, followed by the class-weight table
     training would use (counts from the training set)."""
     loaded = load(path)
-    text = effective_config_text(loaded.config)
+    text = effective_config_text(loaded.pipeline)
     if resolve_weights:
         table = format_class_weight_table(resolve_class_weight_table(loaded))
         text += f"\n# resolved class weights (training set counts)\n{table}\n"
@@ -199,16 +199,16 @@ def _input_lines(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[str]:
 def summary_text(loaded: LoadedConfig) -> str:
     """A one-screen description: model, classes, losses, class weights table, inputs, warnings."""
     lines = [f"{loaded.path}: OK"]
-    if loaded.config.model.WhichOneof("model") == "faster_rcnn":
-        frcnn = loaded.config.model.faster_rcnn
+    if loaded.pipeline.model.WhichOneof("model") == "faster_rcnn":
+        frcnn = loaded.pipeline.model.faster_rcnn
         lines += _faster_rcnn_lines(frcnn) + _class_lines(frcnn, loaded.label_map)
-        lines += _post_processing_lines(loaded.config)
+        lines += _post_processing_lines(loaded.pipeline)
         lines += _class_weight_lines(frcnn.second_stage_class_weights, loaded.label_map)
     else:
-        ssd = loaded.config.model.ssd
+        ssd = loaded.pipeline.model.ssd
         lines += _model_lines(ssd) + _class_lines(ssd, loaded.label_map) + _loss_lines(ssd.loss)
-        lines += _post_processing_lines(loaded.config)
+        lines += _post_processing_lines(loaded.pipeline)
         lines += _class_weight_lines(ssd.loss.class_weights, loaded.label_map)
-    lines += _input_lines(loaded.config)
+    lines += _input_lines(loaded.pipeline)
     lines += [f"warning: {w}" for w in loaded.warnings]
     return "\n".join(lines)

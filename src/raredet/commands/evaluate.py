@@ -86,7 +86,7 @@ class EvalJob:
         self.last_step = -1  # the training step of the checkpoint evaluated last
 
     def _build_model(self, weights_convention: str | None) -> Any:
-        model, _ = builders.build_model(builders.model_message(self.loaded.config), self.label_map.ids,
+        model, _ = builders.build_model(builders.model_message(self.loaded.pipeline), self.label_map.ids,
                                         weights_convention)
         return model.to(self.device)
 
@@ -94,7 +94,7 @@ class EvalJob:
         """Load `path` (a raredet checkpoint or a TF checkpoint prefix) into the model; its state (for a
         TF checkpoint only its step)."""
         if is_tf_path(path):
-            warn_tf_moving_averages(self.loaded.config, self.loaded.path, path)
+            warn_tf_moving_averages(self.loaded.pipeline, self.loaded.path, path)
             report = load_fine_tune_checkpoint(self.model, path, "full")  # type: ignore[arg-type]
             print(f"TF checkpoint {path}: {report.summary()}")
             return {"step": tf_checkpoint_step(path)}
@@ -102,7 +102,7 @@ class EvalJob:
         recorded = state.get("weights_convention", "torchvision")  # what the run computed with
         if recorded != getattr(self.model, "weights_convention", "torchvision"):
             self.model = self._build_model(recorded)
-        use_ema = self.loaded.config.eval_config.use_moving_averages
+        use_ema = self.loaded.pipeline.eval_config.use_moving_averages
         try:
             self.model.load_state_dict(model_weights(state, use_ema, path))
         except RuntimeError as err:
@@ -114,7 +114,7 @@ class EvalJob:
         state = self._load(path)
         self.last_step = int(state.get("step", 0))
         weights = _class_weights(state)
-        loss_fn = (builders.build_loss(builders.model_message(self.loaded.config), self.label_map, weights)
+        loss_fn = (builders.build_loss(builders.model_message(self.loaded.pipeline), self.label_map, weights)
                    if weights is not None else None)
         if loss_fn is not None and state.get("loss"):  # a pair-aware loss: its statistics at this step
             try:
@@ -215,7 +215,7 @@ def eval_from_config(pipeline_config_path: str | Path, checkpoint_dir: str | Pat
 
 def _wait_loop(job: EvalJob, ckpt_dir: Path, eval_timeout: float, out: Path,
                poll_seconds: float) -> dict[str, float]:
-    final_step = job.loaded.config.train_config.num_steps
+    final_step = job.loaded.pipeline.train_config.num_steps
     done, metrics, last_new = -1, {}, time.monotonic()
     while True:
         found = checkpoints(ckpt_dir)

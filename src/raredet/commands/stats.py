@@ -160,7 +160,7 @@ def stats_for_config(
     ``model.ssd.loss.class_weights``, the report ends with the table training will use (resolved by the
     same builder as ``raredet train``, on the same counts)."""
     loaded = config_lib.load(pipeline_config_path)
-    reader_config = loaded.config.train_input_reader
+    reader_config = loaded.pipeline.train_input_reader
     if loaded.label_map is None:
         raise ConfigError(f"{pipeline_config_path}: train_input_reader.label_map_path is not set or missing")
     stats = builders.training_stats(loaded)
@@ -169,7 +169,7 @@ def stats_for_config(
     threshold = 0.001
     if reader_config.HasField("repeat_factor_sampling"):
         threshold = reader_config.repeat_factor_sampling.threshold
-    model = builders.model_message(loaded.config)
+    model = builders.model_message(loaded.pipeline)
     class_weights, weights_field, weights_set = builders.class_weights_field(model)
     auto = class_weights.auto
     beta = auto.beta if auto.HasField("beta") else 0.999  # the config's own beta when it sets one

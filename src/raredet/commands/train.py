@@ -82,12 +82,12 @@ def train_from_config(
                                          num_workers=workers)
     if precision is not None:
         components.precision = precision
-    report = builders.load_fine_tune_checkpoint(components.model, loaded.config.train_config)
+    report = builders.load_fine_tune_checkpoint(components.model, loaded.pipeline.train_config)
     if report and components.ema is not None:
         components.ema.restart_from(components.model)  # the average starts at the loaded weights
     if report and info.is_main:
         print(report)
-    every = checkpoint_every_n or loaded.config.train_config.checkpoint_every_n or 1000
+    every = checkpoint_every_n or loaded.pipeline.train_config.checkpoint_every_n or 1000
     eval_fn = None
     if eval_every_n_steps > 0:
         eval_fn = _eval_fn(loaded, Path(model_dir), components, sample_1_of_n_eval_examples, info.device)

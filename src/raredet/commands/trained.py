@@ -53,7 +53,7 @@ def _config_and_label_map(path: Path, state: dict[str, Any],
     config's label_map_path)."""
     if pipeline_config_path is not None:
         loaded = config_lib.load(pipeline_config_path)
-        cfg, text, where, label_map = loaded.config, loaded.text, str(pipeline_config_path), loaded.label_map
+        cfg, text, where, label_map = loaded.pipeline, loaded.text, str(pipeline_config_path), loaded.label_map
     else:
         text = state.get("config_text") or ""
         if not text:
@@ -181,7 +181,7 @@ def tf_label_map(loaded: config_lib.LoadedConfig,
         return LabelMap.load(label_map_path), None
     if loaded.label_map is not None:
         return loaded.label_map, None
-    num_classes = int(builders.model_message(loaded.config).num_classes)
+    num_classes = int(builders.model_message(loaded.pipeline).num_classes)
     names = [f"class_{i}" for i in range(1, num_classes + 1)]
     note = (f"no label map (the config's label_map_path does not exist): classes named class_1 .. "
             f"class_{num_classes} by id; pass --label_map LABEL_MAP.pbtxt to name them")
@@ -204,12 +204,12 @@ def load_tf_model(folder: Path, prefix: Path, pipeline_config_path: str | os.Pat
     config_path = _tf_config_path(folder, prefix, pipeline_config_path)
     loaded = config_lib.load(config_path)
     label_map, note = tf_label_map(loaded, label_map_path)
-    config_lib.validate(loaded.config, label_map, str(config_path))
-    model, _ = builders.build_model(builders.model_message(loaded.config), label_map.ids)
-    warn_tf_moving_averages(loaded.config, config_path, prefix)
+    config_lib.validate(loaded.pipeline, label_map, str(config_path))
+    model, _ = builders.build_model(builders.model_message(loaded.pipeline), label_map.ids)
+    warn_tf_moving_averages(loaded.pipeline, config_path, prefix)
     report = load_fine_tune_checkpoint(model, prefix, "full")  # type: ignore[arg-type]
     notes = (f"TF checkpoint {prefix} with {config_path}: {report.summary()}",)
-    return TrainedModel(model.eval(), loaded.config, label_map, prefix, tf_checkpoint_step(prefix),
+    return TrainedModel(model.eval(), loaded.pipeline, label_map, prefix, tf_checkpoint_step(prefix),
                         loaded.text, notes + ((note,) if note else ()))
 
 

@@ -39,13 +39,13 @@ from raredet.protos.input_reader_pb2 import InputReader
 class LoadedConfig:
     """What `load` returns.
 
-    config: the parsed message, with relative input paths already resolved against `path`'s folder.
+    pipeline: the parsed message, with relative input paths already resolved against `path`'s folder.
     label_map: the train (else eval) reader's label map, None when no label_map_path is set or the
         file does not exist (only an error with check_paths=True).
     path: the config file.  text: its text as read.  warnings: the messages also issued as warnings.
     """
 
-    config: pipeline_pb2.TrainEvalPipelineConfig
+    pipeline: pipeline_pb2.TrainEvalPipelineConfig
     label_map: LabelMap | None
     path: Path
     text: str

@@ -20,7 +20,7 @@ def build(folder: Path, weights_convention: str | None = None) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fields raredet parses but does not act on
         loaded = raredet.config.load(folder / "pipeline.config")
-    model, _ = builders.build_model(builders.model_message(loaded.config), None, weights_convention)
+    model, _ = builders.build_model(builders.model_message(loaded.pipeline), None, weights_convention)
     return model
 
 

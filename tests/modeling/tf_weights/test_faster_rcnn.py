@@ -38,7 +38,7 @@ def build(monkeypatch: pytest.MonkeyPatch) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fields raredet parses but does not act on
         loaded = raredet.config.load(FOLDER / "pipeline.config")
-    model, _ = builders.build_model(builders.model_message(loaded.config))
+    model, _ = builders.build_model(builders.model_message(loaded.pipeline))
     return model.eval()
 
 
