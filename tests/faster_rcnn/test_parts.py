@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from raredet.losses.faster_rcnn import FasterRcnnLoss, balanced_sample, seesaw_cross_entropy
+from raredet.losses.faster_rcnn import FasterRcnnLoss, seesaw_cross_entropy
 from raredet.modeling.faster_rcnn import fpn_levels_of_boxes
 from raredet.modeling.grid_anchors import GridAnchorGenerator
 from raredet.modeling.roi_ops import crop_and_resize
+from raredet.modeling.sampling import balanced_sample
 
 
 def test_grid_anchors_by_hand():
@@ -180,7 +181,7 @@ def test_fpn_levels_equal_tensorflows_at_the_boundaries():
 
 
 def test_second_stage_minibatch_is_sampled_before_the_crops():
-    from raredet.losses.faster_rcnn import sample_proposals
+    from raredet.modeling.sampling import sample_proposals
 
     torch.manual_seed(0)
     positives = torch.tensor([[0.0, 0.0, 10.0, 12.0]]).repeat(10, 1)  # IoU 1 with the box
@@ -207,7 +208,7 @@ def test_sampling_draws_per_image_whatever_the_split():
     """The engine's per-image seeds (seed, step, index in the global batch) give each image the same
     keys whether one process holds the batch of 4 or two processes 2 images each; the sites differ."""
     from raredet.engine.train import sampling_seeds
-    from raredet.losses.faster_rcnn import FIRST_STAGE, PROPOSALS, random_keys
+    from raredet.modeling.sampling import FIRST_STAGE, PROPOSALS, random_keys
 
     whole = sampling_seeds(7, 3, rank=0, count=4)
     halves = torch.cat([sampling_seeds(7, 3, rank=r, count=2) for r in (0, 1)])

@@ -45,7 +45,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raredet.errors import ConfigError
-from raredet.losses.faster_rcnn import batch_sampling_seeds, ground_truth, sample_proposals
 from raredet.modeling.anchors import MultiscaleAnchorGenerator
 from raredet.modeling.backbones import ResNet
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
@@ -56,6 +55,7 @@ from raredet.modeling.grid_anchors import GridAnchorGenerator
 from raredet.modeling.layers import INITIALIZERS, ConvHyperparams, ReLU6, l2_weights_of
 from raredet.modeling.postprocess import BatchNonMaxSuppression, clip_boxes
 from raredet.modeling.roi_ops import crop_and_resize
+from raredet.modeling.sampling import batch_sampling_seeds, ground_truth, sample_proposals
 from raredet.modeling.tf_compat import (
     TF_INPUT_NORMALIZATION,
     content_sizes,
