@@ -15,10 +15,11 @@ from google.protobuf import text_format
 from raredet import config
 from raredet.fileio import atomic_write_json
 from raredet.protos import pipeline_pb2
+from raredet.zoo import CONFIG_DIR
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # The 40 configs of the TF2 detection model zoo, verbatim.
-ZOO = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "configs" / "tf2_zoo"
+ZOO = CONFIG_DIR
 
 
 def zoo_user_copy(name: str, data_dir: Path, *, batch: int, size: int | None = None,

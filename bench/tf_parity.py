@@ -7,7 +7,7 @@ A folder is what ``tests/fixtures/tf_models/write_fixture.py`` writes (TF 2.15.1
 run by CI). For a full-size case, give it a zoo config unchanged (random weights, every variable set)::
 
     PYTHONPATH=/work/peer/src/research /work/peer/venv/bin/python tests/fixtures/tf_models/write_fixture.py \\
-        tests/fixtures/configs/tf2_zoo/ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config \\
+        src/raredet/zoo/configs/ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config \\
         /tmp/fpnlite320 --image_size 360 480
     .venv/bin/python bench/tf_parity.py /tmp/fpnlite320 [more folders ...]
 

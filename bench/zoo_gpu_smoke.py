@@ -1,6 +1,6 @@
 """Train the TF2 zoo's EfficientDet D5, D6 and D7 configs two steps each from the CLI, on a GPU.
 
-Each zoo config (tests/fixtures/configs/tf2_zoo, verbatim) gets only what a user changes: `num_classes`
+Each zoo config (src/raredet/zoo/configs, verbatim) gets only what a user changes: `num_classes`
 3, the synthetic rare-defects TFRecords and label map, `batch_size` (default 2) and no
 `fine_tune_checkpoint` (a TF checkpoint cannot be loaded). The model runs at the config's native size
 (1280, 1408, 1536: the `keep_aspect_ratio_resizer` and the `random_scale_crop_and_pad_to_square`

@@ -1,4 +1,4 @@
-"""The TF2 zoo's eight EfficientDet configs (verbatim in tests/fixtures/configs/tf2_zoo): they build with
+"""The TF2 zoo's eight EfficientDet configs (verbatim in src/raredet/zoo/configs): they build with
 the TF OD API's anchor counts and BiFPN settings, `config check` acts on `bifpn` and
 `add_background_class`, and D0 trains two steps from the CLI on a small synthetic set."""
 
@@ -22,8 +22,9 @@ from raredet.commands.trained import load_trained_model
 from raredet.data.synth import make_synthetic_dataset
 from raredet.errors import ConfigError
 from raredet.protos import pipeline_pb2
+from raredet.zoo import CONFIG_DIR
 
-ZOO = Path(__file__).resolve().parent / "fixtures" / "configs" / "tf2_zoo"
+ZOO = CONFIG_DIR
 D0 = "ssd_efficientdet_d0_512x512_coco17_tpu-8.config"
 # config -> (native size, EfficientNet variant, BiFPN iterations, filters, combine, predictor layers)
 EFFICIENTDETS = {

@@ -2,7 +2,7 @@
 true here), the TF OD API's regularised variable set and step-0 regularization loss, anchor counts, and
 the new extractors training from the CLI.
 
-The configs are verbatim copies of the TF OD API's `configs/tf2` (tests/fixtures/configs/tf2_zoo,
+The configs are verbatim copies of the TF OD API's `configs/tf2` (src/raredet/zoo/configs,
 provenance in its README.md).
 """
 
@@ -24,9 +24,10 @@ from raredet import config as cfg
 from raredet.commands.config import check as config_check
 from raredet.engine import optim
 from raredet.errors import ConfigError
+from raredet.zoo import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-ZOO = Path(__file__).resolve().parent / "fixtures" / "configs" / "tf2_zoo"
+ZOO = CONFIG_DIR
 ZOO_CONFIGS = sorted(ZOO.glob("*.config"))
 TABLE = re.compile(r"<!-- zoo-table:start -->(.*?)<!-- zoo-table:end -->", re.S)
 TRAINS_LIST = re.compile(r"<!-- zoo-trains:start -->(.*?)<!-- zoo-trains:end -->", re.S)

@@ -8,7 +8,6 @@ so their copies must lose nothing.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
@@ -17,8 +16,9 @@ from raredet import builders
 from raredet.config import load, parse_config
 from raredet.config.tf_od_api import tf_od_api_copy, tf_schema
 from raredet.protos import pipeline_pb2
+from raredet.zoo import CONFIG_DIR
 
-ZOO = Path(__file__).resolve().parents[1] / "fixtures" / "configs" / "tf2_zoo"
+ZOO = CONFIG_DIR
 ZOO_LOADABLE = [p for p in sorted(ZOO.glob("*.config")) if not p.name.startswith(("center", "mask_rcnn"))]
 
 RAREDET_FIELDS = """

@@ -13,9 +13,10 @@ from tests.engine.tiny_pipeline import make_data
 from raredet.commands import config as config_cmd
 from raredet.commands.train import train_from_config
 from raredet.errors import ConfigError
+from raredet.zoo import CONFIG_DIR
 
 # The zoo configs, verbatim (with the EfficientDet ones, tests/test_efficientdet_zoo.py).
-ZOO = Path(__file__).resolve().parents[1] / "fixtures" / "configs" / "tf2_zoo"
+ZOO = CONFIG_DIR
 BUILT = sorted(p.name for p in ZOO.glob("faster_rcnn_*.config"))
 FAST = ["faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config",
         "faster_rcnn_resnet50_v1_fpn_640x640_coco17_tpu-8.config"]
