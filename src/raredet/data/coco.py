@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from raredet.data.example import DraftSize, Example, checked_annotations, decode_image, finish_example
 from raredet.errors import DataError
+
+if TYPE_CHECKING:
+    from raredet.config.label_map import LabelMap
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -39,7 +42,7 @@ class CocoReader:
     def __init__(
         self,
         annotation_file: str | os.PathLike[str],
-        label_map: Any,
+        label_map: LabelMap,
         image_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = Path(annotation_file)

@@ -1,9 +1,10 @@
 """A map-style detection dataset over any reader, and the collate function that pads a batch.
 
-A reader (TFRecordReader, CocoReader, VocReader) has ``__len__``, ``annotations(i)`` (no image decode)
-and ``example(i, draft_size)`` (decoded). The dataset decodes, augments (training only), resizes.
-Augmentations draw from ``numpy.random.default_rng([seed, epoch, index])``, so an example's
-augmentation depends on nothing but those three numbers: the same in any worker, and after a resume.
+A reader (`raredet.data.readers.Reader`: TFRecordReader, CocoReader, VocReader) has ``__len__``,
+``annotations(i)`` (no image decode) and ``example(i, draft_size)`` (decoded). The dataset decodes,
+augments (training only), resizes. Augmentations draw from
+``numpy.random.default_rng([seed, epoch, index])``, so an example's augmentation depends on nothing but
+those three numbers: the same in any worker, and after a resume.
 Call :meth:`DetectionDataset.set_epoch` before each epoch (a persistent DataLoader worker keeps the
 epoch it was started with unless the epoch travels with each index, as `engine.train.batch_stream`
 does).
@@ -15,10 +16,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from raredet.data.augment import IdentityResizer
+from raredet.data.augment import IdentityResizer, _Resizer
 from raredet.data.example import Example
+from raredet.data.readers import Reader
 
 AugmentOp = Callable[[Example, np.random.Generator], Example]
 
@@ -26,10 +29,10 @@ AugmentOp = Callable[[Example, np.random.Generator], Example]
 class DetectionDataset(torch.utils.data.Dataset[Example]):
     def __init__(
         self,
-        reader: Any,
+        reader: Reader,
         *,
         augmentations: Sequence[AugmentOp] = (),
-        resizer: Any = None,
+        resizer: _Resizer | None = None,
         training: bool = False,
         seed: int = 0,
     ) -> None:
@@ -65,7 +68,7 @@ class DetectionDataset(torch.utils.data.Dataset[Example]):
         return example
 
 
-def _pad_stack(arrays: list[np.ndarray], n: int, fill: Any, dtype: Any) -> torch.Tensor:
+def _pad_stack(arrays: list[np.ndarray], n: int, fill: float | bool, dtype: npt.DTypeLike) -> torch.Tensor:
     out = np.full((len(arrays), n, *arrays[0].shape[1:]), fill, dtype=dtype)
     for i, a in enumerate(arrays):  # one copy per image, not per box
         out[i, : len(a)] = a

@@ -4,24 +4,46 @@
 ``coco_input_reader`` (``annotations_path``, ``image_dir``) and ``voc_input_reader`` (``root``,
 ``image_set``): keyword arguments are the proto fields, so a builder passes a message's fields through.
 Paths are used as given: ``config.load`` has already made a config's relative paths absolute.
+
+:class:`Reader` is what the three readers share, and all that `DetectionDataset` and `compute_stats` use
+of one.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from raredet.data.coco import CocoReader
+from raredet.data.example import DraftSize, Example
 from raredet.data.tfrecord import TFRecordReader, expand_input_paths
 from raredet.data.voc import VocReader
 from raredet.errors import ConfigError
 
+if TYPE_CHECKING:
+    from raredet.config.label_map import LabelMap
+
 PathLike = str | os.PathLike[str]
 
 
-def tf_record_input_reader(label_map: Any, input_path: Sequence[str] = ()) -> TFRecordReader:
+class Reader(Protocol):
+    """A detection dataset on disk, by record index: TFRecordReader, CocoReader and VocReader."""
+
+    def __len__(self) -> int: ...
+
+    def annotations(self, index: int) -> dict[str, Any]:
+        """Boxes, labels, weights, flags, ids and size of record ``index`` (see raredet.data.example);
+        the image is not decoded."""
+        ...
+
+    def example(self, index: int, draft_size: DraftSize = None) -> Example:
+        """The decoded example of record ``index``, decoded near ``draft_size`` where the format allows."""
+        ...
+
+
+def tf_record_input_reader(label_map: LabelMap, input_path: Sequence[str] = ()) -> TFRecordReader:
     if not input_path:
         raise ConfigError(
             "tf_record_input_reader.input_path is empty; give the TFRecord files (globs allowed)"
@@ -29,26 +51,26 @@ def tf_record_input_reader(label_map: Any, input_path: Sequence[str] = ()) -> TF
     return TFRecordReader(expand_input_paths(list(input_path)), label_map)
 
 
-def coco_input_reader(label_map: Any, annotations_path: str = "", image_dir: str = "") -> CocoReader:
+def coco_input_reader(label_map: LabelMap, annotations_path: str = "", image_dir: str = "") -> CocoReader:
     if not annotations_path:
         raise ConfigError("coco_input_reader.annotations_path is empty; give the COCO JSON file")
     return CocoReader(Path(annotations_path), label_map, Path(image_dir) if image_dir else None)
 
 
-def voc_input_reader(label_map: Any, root: str = "", image_set: str = "train") -> VocReader:
+def voc_input_reader(label_map: LabelMap, root: str = "", image_set: str = "train") -> VocReader:
     if not root:
         raise ConfigError("voc_input_reader.root is empty; give the Pascal VOC folder")
     return VocReader(Path(root), label_map, split=image_set or None)
 
 
-READERS: dict[str, Any] = {
+READERS: dict[str, Callable[..., Reader]] = {
     "tf_record_input_reader": tf_record_input_reader,
     "coco_input_reader": coco_input_reader,
     "voc_input_reader": voc_input_reader,
 }
 
 
-def build_reader(name: str | None, params: dict[str, Any], label_map: Any) -> Any:
+def build_reader(name: str | None, params: dict[str, Any], label_map: LabelMap) -> Reader:
     """The reader for input reader kind ``name`` with proto fields ``params``."""
     if name not in READERS:
         raise ConfigError(f"input reader {name!r} is not supported; use one of: {', '.join(READERS)}")

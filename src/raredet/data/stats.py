@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from raredet.data.readers import Reader
+
+if TYPE_CHECKING:
+    from raredet.config.label_map import LabelMap
 
 
 @dataclass
@@ -40,7 +45,7 @@ class DatasetStats:
         return float(self.box_counts.max() / self.box_counts.min()) if self.box_counts.min() > 0 else math.inf
 
 
-def compute_stats(reader: Any, label_map: Any) -> DatasetStats:
+def compute_stats(reader: Reader, label_map: LabelMap) -> DatasetStats:
     """Count boxes and images per class over every record of ``reader`` (annotations only)."""
     k = label_map.num_classes
     boxes, images = np.zeros(k, np.int64), np.zeros(k, np.int64)

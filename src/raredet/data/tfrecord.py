@@ -16,9 +16,9 @@ import io
 import os
 import re
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import crc32c
 import numpy as np
@@ -28,6 +28,9 @@ from raredet.data.example import DraftSize, Example, checked_annotations, decode
 from raredet.errors import DataError
 from raredet.fileio import atomic_write
 from raredet.protos import example_pb2
+
+if TYPE_CHECKING:
+    from raredet.config.label_map import LabelMap
 
 _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")
@@ -223,6 +226,9 @@ def detection_example(
     return encode_example(feats)
 
 
+# A record's features by key (``example.features.feature``: a protobuf map).
+Features = Mapping[str, example_pb2.Feature]
+
 _KINDS = {
     "image/encoded": "bytes_list",
     "image/format": "bytes_list",
@@ -243,7 +249,7 @@ _KINDS = {
 }
 
 
-def _check_kinds(features: Any, where: str) -> None:
+def _check_kinds(features: Features, where: str) -> None:
     """Each key the reader uses must hold the list type the TF OD API writes."""
     for key, kind in _KINDS.items():
         if key in features:
@@ -253,7 +259,7 @@ def _check_kinds(features: Any, where: str) -> None:
                 raise DataError(f"{where}: field '{key}' is a {actual}; the TF OD API stores a {kind}")
 
 
-def _values(features: Any, key: str) -> list[Any]:
+def _values(features: Features, key: str) -> list[Any]:
     if key not in features:
         return []
     feature = features[key]
@@ -261,7 +267,7 @@ def _values(features: Any, key: str) -> list[Any]:
     return list(getattr(feature, kind).value) if kind else []
 
 
-def _scalar(features: Any, key: str, default: Any) -> Any:
+def _scalar(features: Features, key: str, default: Any) -> Any:
     values = _values(features, key)
     return values[0] if values else default
 
@@ -273,7 +279,7 @@ class TFRecordReader:
     that maps ``image/object/class/text`` (preferred) or ``image/object/class/label`` to indices.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike[str]], label_map: Any) -> None:
+    def __init__(self, paths: Sequence[str | os.PathLike[str]], label_map: LabelMap) -> None:
         self.files = [TFRecordFile(p) for p in paths]
         self.label_map = label_map
         counts = np.array([len(f) for f in self.files], dtype=np.int64)
@@ -288,7 +294,7 @@ class TFRecordReader:
         file_index = int(np.searchsorted(self._starts, index, side="right")) - 1
         return self.files[file_index], index - int(self._starts[file_index])
 
-    def _parse(self, index: int) -> tuple[dict[str, Any], Any]:
+    def _parse(self, index: int) -> tuple[dict[str, Any], Features]:
         file, local = self._locate(index)
         where = f"{file.path}, record {local}"
         example = example_pb2.Example()
@@ -310,7 +316,7 @@ class TFRecordReader:
         image, full = decode_image(_scalar(features, "image/encoded", b""), annotations["where"], draft_size)
         return finish_example(annotations, image, full)
 
-    def _annotations(self, features: Any, where: str) -> dict[str, Any]:
+    def _annotations(self, features: Features, where: str) -> dict[str, Any]:
         _check_kinds(features, where)
         height, width = self._size(features, where)
         n = len(_values(features, "image/object/bbox/xmin"))
@@ -338,7 +344,7 @@ class TFRecordReader:
             "where": where,
         }
 
-    def _size(self, features: Any, where: str) -> tuple[int, int]:
+    def _size(self, features: Features, where: str) -> tuple[int, int]:
         height = int(_scalar(features, "image/height", 0))
         width = int(_scalar(features, "image/width", 0))
         if height > 0 and width > 0:
@@ -350,7 +356,7 @@ class TFRecordReader:
         except Exception as err:
             raise DataError(f"{where}: field 'image/encoded' cannot be decoded ({err})") from err
 
-    def _boxes(self, features: Any, n: int, height: int, width: int, where: str) -> np.ndarray:
+    def _boxes(self, features: Features, n: int, height: int, width: int, where: str) -> np.ndarray:
         coords = []
         for key in ("xmin", "ymin", "xmax", "ymax"):
             values = _values(features, f"image/object/bbox/{key}")
@@ -363,7 +369,7 @@ class TFRecordReader:
         scale = np.array([width, height, width, height], dtype=np.float32)
         return np.asarray(coords, dtype=np.float32).reshape(4, n).T * scale
 
-    def _labels(self, features: Any, n: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    def _labels(self, features: Features, n: int, where: str) -> tuple[np.ndarray, np.ndarray]:
         texts = [t.decode("utf-8", "replace") for t in _values(features, "image/object/class/text")]
         if texts:
             if len(texts) != n:
@@ -380,7 +386,7 @@ class TFRecordReader:
             )
         return self.label_map.ids_to_indices(ids), ids
 
-    def _weights(self, features: Any, n: int, where: str) -> np.ndarray:
+    def _weights(self, features: Features, n: int, where: str) -> np.ndarray:
         found = {}
         for key in ("image/object/weight", "image/object/class/weight"):
             values = _values(features, key)
@@ -397,7 +403,7 @@ class TFRecordReader:
                 )
         return next(iter(found.values()), np.ones(n, dtype=np.float32))
 
-    def _flags(self, features: Any, key: str, n: int, where: str) -> np.ndarray:
+    def _flags(self, features: Features, key: str, n: int, where: str) -> np.ndarray:
         values = _values(features, key)
         if not values:
             return np.zeros(n, dtype=bool)

@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from raredet.data.example import DraftSize, Example, checked_annotations, decode_image, finish_example
 from raredet.errors import DataError
+
+if TYPE_CHECKING:
+    from raredet.config.label_map import LabelMap
 
 
 def _text(node: ET.Element, path: str, where: str, default: str | None = None) -> str:
@@ -68,7 +71,7 @@ class VocReader:
     def __init__(
         self,
         root: str | os.PathLike[str],
-        label_map: Any,
+        label_map: LabelMap,
         split: str | None = None,
         annotations_dir: str = "Annotations",
         images_dir: str = "JPEGImages",
