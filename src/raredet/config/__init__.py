@@ -6,7 +6,8 @@ nearest valid field name, resolves relative paths against the config file's dire
 values raredet acts on, and warns once about fields it parses but ignores.
 
 One module per concern: `text` (parsing and hints), `label_map` (`LabelMap`), `load` (`load`, paths,
-the config's label map, effective config) and `validate` (value checks, `NOT_ACTED_ON`). The one-screen
+the config's label map, effective config), `validate` (value checks, `NOT_ACTED_ON`) and `extractors`
+(the feature-extractor names raredet builds, as data, for the parser's errors). The one-screen
 summary of `raredet config check` is a verb and lives in `raredet.commands.config`.
 """
 

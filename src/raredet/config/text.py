@@ -13,6 +13,7 @@ from typing import TypeVar
 from google.protobuf import descriptor_pool, text_format
 from google.protobuf.message import Message
 
+from raredet.config.extractors import FASTER_RCNN_FEATURE_EXTRACTORS, SSD_FEATURE_EXTRACTORS
 from raredet.errors import ConfigError
 
 M = TypeVar("M", bound=Message)
@@ -62,17 +63,14 @@ OTHER_META_ARCHITECTURES = {
 def unsupported_model_message(name: str) -> str:
     """What raredet says about `model { <name> { ... } }` when `name` is not `ssd`: the meta-architecture
     it is and what raredet builds instead."""
-    from raredet.modeling.faster_rcnn import FEATURE_EXTRACTORS as FASTER_RCNN_EXTRACTORS
-    from raredet.modeling.ssd import FEATURE_EXTRACTORS  # imported here: only this error needs it
-
     kind = OTHER_META_ARCHITECTURES.get(name)
     what = f"'{name}' is the TF OD API's {kind} meta-architecture, which" if kind else f"'{name}'"
     return (
         f"{what} raredet does not build. raredet trains the SSD family: model {{ ssd {{ ... }} }} "
         "(RetinaNet is an ssd with an FPN and the weight-shared predictor), with feature_extractor.type "
-        f"one of {', '.join(sorted(FEATURE_EXTRACTORS))}, and Faster R-CNN: "
+        f"one of {', '.join(sorted(SSD_FEATURE_EXTRACTORS))}, and Faster R-CNN: "
         "model { faster_rcnn { ... } } "
-        f"with one of {', '.join(sorted(FASTER_RCNN_EXTRACTORS))} (a _keras suffix is accepted); "
+        f"with one of {', '.join(sorted(FASTER_RCNN_FEATURE_EXTRACTORS))} (a _keras suffix is accepted); "
         "docs/migrating.md lists which TF2 model-zoo configs train"
     )
 

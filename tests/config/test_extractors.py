@@ -1,0 +1,34 @@
+"""config.extractors: the names the config parser lists are exactly the ones the model builders build."""
+
+from __future__ import annotations
+
+import pytest
+
+from raredet.config import parse_config
+from raredet.config.extractors import FASTER_RCNN_FEATURE_EXTRACTORS, SSD_FEATURE_EXTRACTORS
+from raredet.errors import ConfigError
+
+# The registries the builders dispatch `feature_extractor.type` on. (The SSD registry is in
+# modeling/ssd.py until it moves to builders/; this import follows it.)
+from raredet.modeling.faster_rcnn import FEATURE_EXTRACTORS as FASTER_RCNN_REGISTRY
+from raredet.modeling.ssd import FEATURE_EXTRACTORS as SSD_REGISTRY
+
+
+def test_names_are_the_registries_keys() -> None:
+    assert sorted(SSD_FEATURE_EXTRACTORS) == sorted(SSD_REGISTRY)
+    assert sorted(FASTER_RCNN_FEATURE_EXTRACTORS) == sorted(FASTER_RCNN_REGISTRY)
+    # b0-b7, five ResNets, three MobileNets; no name twice
+    assert len(set(SSD_FEATURE_EXTRACTORS)) == len(SSD_FEATURE_EXTRACTORS) == 16
+    assert len(set(FASTER_RCNN_FEATURE_EXTRACTORS)) == len(FASTER_RCNN_FEATURE_EXTRACTORS) == 6
+
+
+@pytest.mark.parametrize("model", ["center_net", "yolo"])
+def test_parse_error_lists_every_extractor(model: str, tmp_path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"model {{ {model} {{ }} }}", tmp_path / "p.config")
+    text = str(caught.value)
+    assert text.startswith(f"{tmp_path / 'p.config'}:1:9: model.{model}: '{model}' ")
+    ssd = ", ".join(sorted(SSD_REGISTRY))
+    frcnn = ", ".join(sorted(FASTER_RCNN_REGISTRY))
+    assert (f"feature_extractor.type one of {ssd}, and Faster R-CNN: model {{ faster_rcnn {{ ... }} }} "
+            f"with one of {frcnn} (a _keras suffix is accepted)") in text
