@@ -6,13 +6,14 @@ score converter), config errors with field paths, and tracing into TorchScript /
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
 import torch
 from google.protobuf import text_format
 
-from raredet.builders import build_calibration, build_score_converter
+from raredet.builders import build_calibration
 from raredet.config import LabelMap, parse_config, validate
 from raredet.errors import ConfigError
 from raredet.modeling.calibration import Calibration
@@ -21,6 +22,35 @@ from raredet.protos import calibration_pb2, post_processing_pb2
 
 # torch 2.13 deprecates TorchScript and the TorchScript-based ONNX exporter; both are what is tested here.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def build_score_converter(post_processing: post_processing_pb2.PostProcessing,
+                          num_classes: int | None = None,
+                          class_ids: Sequence[int] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Logits `[B, A, K]` -> calibrated scores `[B, A, K]`, as `post_processing` says (score converter,
+    `logit_scale`, `calibration_config`; TF OD API order): the model's score pipeline without the model.
+    Column k is label-map id k + 1 unless `class_ids` says otherwise. Without `num_classes`, K is read
+    from the logits at each call (and a per-class key beyond K is a ConfigError then)."""
+    converter = post_processing_pb2.PostProcessing.ScoreConverter.Name(post_processing.score_converter)
+    scale = post_processing.logit_scale
+
+    def make(k: int) -> ScoreConverter:
+        calibration = (build_calibration(post_processing.calibration_config, k, class_ids,
+                                         "post_processing.calibration_config")
+                       if post_processing.HasField("calibration_config") else None)
+        return ScoreConverter(converter, scale, calibration, k)
+
+    if num_classes is not None:
+        return make(num_classes)
+    built: dict[int, ScoreConverter] = {}
+
+    def convert(logits: torch.Tensor) -> torch.Tensor:
+        k = int(logits.shape[-1])
+        if k not in built:
+            built[k] = make(k)
+        return built[k](logits)
+
+    return convert
 
 
 def _post(text: str) -> post_processing_pb2.PostProcessing:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from google.protobuf import text_format
 from torch.utils.tensorboard import SummaryWriter
 
 from raredet import builders, config
@@ -42,6 +43,7 @@ from raredet.evaluation.coco import load_json
 from raredet.fileio import atomic_write_text
 from raredet.losses import ClassWeight
 from raredet.modeling import load_fine_tune_checkpoint
+from raredet.protos import calibration_pb2, post_processing_pb2
 from raredet.tfcheckpoint import is_tf_checkpoint
 
 POLL_SECONDS = 5.0
@@ -136,7 +138,7 @@ class EvalJob:
     def _write_operating_points_config(self) -> None:
         """pipeline.operating_points.config next to operating_points.json (or say why not)."""
         content = load_json(self.out_dir / ops.JSON_NAME, "operating points", ops.OPERATING_POINTS_FIX)
-        text, note = builders.operating_points_config(self.loaded, content)
+        text, note = operating_points_config(self.loaded, content)
         path, tf_path = self.out_dir / OPERATING_CONFIG, self.out_dir / OPERATING_CONFIG_TF
         if text is None:
             print(f"{path.name}: {note}")
@@ -237,3 +239,42 @@ def _wait_loop(job: EvalJob, ckpt_dir: Path, eval_timeout: float, out: Path,
             return metrics
         else:
             time.sleep(poll_seconds)
+
+
+def operating_points_config(loaded: config.LoadedConfig,
+                            content: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(pipeline.config text, note): `loaded`'s config whose post-processing applies the per-class
+    thresholds of `content` (operating_points.json) in the TF OD API's own terms: a per-class
+    `calibration_config.class_id_function_approximations` map sending each class's threshold to the
+    common `batch_non_max_suppression.score_threshold`. None (and why) where that cannot be written."""
+    cfg = type(loaded.pipeline)()
+    cfg.CopyFrom(loaded.pipeline)  # input paths are absolute here: the file works from any folder
+    post, where = builders.post_processing_field(builders.model_message(cfg))
+    if post.HasField("calibration_config"):
+        kind = post.calibration_config.WhichOneof("calibrator")
+        owner = where.removesuffix(".calibration_config")
+        return None, (f"not written: {owner} already has calibration_config ({kind}), and "
+                      "the TF OD API takes one calibrator; apply operating_points.json with "
+                      "--operating_points")
+    identity = post.score_converter == post_processing_pb2.PostProcessing.IDENTITY
+    if identity or not content.get("deployable", True):
+        return None, ("not written: score_converter is IDENTITY, so scores are not in [0, 1] where "
+                      "calibration maps work; use SIGMOID or SOFTMAX")
+    post.batch_non_max_suppression.score_threshold = float(content["score_threshold"])
+    maps = post.calibration_config.class_id_function_approximations.class_id_xy_pairs_map
+    for class_id, xy in content["calibration"].items():
+        entry = maps[int(class_id)]
+        entry.training_data_type = calibration_pb2.CLASS_SPECIFIC
+        xs, ys = (xy["x"], xy["y"]) if isinstance(xy, Mapping) else xy
+        for x, y in zip(xs, ys, strict=True):
+            entry.x_y_pair.add(x=x, y=y)
+    if not maps:  # no class has a threshold: an empty map is identity (and the oneof must be set)
+        post.calibration_config.class_id_function_approximations.SetInParent()
+    chosen = content["chosen_on"].get("description", "")
+    review = content.get("review_score_threshold")
+    band = (f"; its review threshold to {review:g} (lower score_threshold to that to see the review band)"
+            if review is not None else "")
+    header = [f"# Written by raredet eval: per-class operating points chosen on {chosen}.",
+              f"# Each class's threshold maps to score_threshold {content['score_threshold']:g}{band}.",
+              "# Classes without a map keep that threshold as it is."]
+    return "\n".join(header) + "\n" + text_format.MessageToString(cfg), "written"

@@ -1,0 +1,105 @@
+"""Readers, augmentations, resizer, repeat-factor sampler, training and eval data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from raredet.builders.messages import ModelMessage, message_kwargs, model_message
+from raredet.config import LabelMap, LoadedConfig
+from raredet.data import augment, readers
+from raredet.data.dataset import DetectionDataset, collate
+from raredet.data.sampling import RepeatFactorSampler, image_repeat_factors
+from raredet.data.stats import DatasetStats, compute_stats
+from raredet.errors import ConfigError
+from raredet.protos import faster_rcnn_pb2, input_reader_pb2, train_pb2
+
+
+def build_reader(msg: input_reader_pb2.InputReader, label_map: LabelMap, where: str) -> Any:
+    """The reader of an input reader message (`tf_record_input_reader`, `coco_input_reader`, ...)."""
+    name = msg.WhichOneof("input_reader")
+    if name is None:
+        raise ConfigError(f"{where}: no input reader is set; valid choices: {', '.join(readers.READERS)}")
+    return readers.build_reader(name, message_kwargs(getattr(msg, name)), label_map)
+
+
+def build_augmentations(train_config: train_pb2.TrainConfig) -> list[Any]:
+    """One op per `data_augmentation_options` entry, its fields passed as keyword arguments."""
+    ops = []
+    for i, step in enumerate(train_config.data_augmentation_options):
+        name = step.WhichOneof("preprocessing_step")
+        if name is None:
+            raise ConfigError(f"train_config.data_augmentation_options[{i}] is empty; name one operation")
+        ops.append(augment.build_augmentation(name, message_kwargs(getattr(step, name))))
+    return ops
+
+
+def build_resizer(ssd: ModelMessage) -> Any:
+    name = ssd.image_resizer.WhichOneof("image_resizer_oneof")
+    if name is None:
+        kind = "faster_rcnn" if isinstance(ssd, faster_rcnn_pb2.FasterRcnn) else "ssd"
+        raise ConfigError(f"model.{kind}.image_resizer is not set; "
+                          f"valid choices: {', '.join(augment.RESIZERS)}")
+    return augment.build_resizer(name, message_kwargs(getattr(ssd.image_resizer, name)))
+
+
+def _label_map(loaded: LoadedConfig) -> LabelMap:
+    if loaded.label_map is None:
+        raise ConfigError(
+            f"{loaded.path}: train_input_reader.label_map_path is not set or does not exist; "
+            "point it at a label_map.pbtxt"
+        )
+    return loaded.label_map
+
+
+def build_sampler(
+    reader_msg: input_reader_pb2.InputReader, stats: DatasetStats, seed: int
+) -> RepeatFactorSampler:
+    """Repeat-factor sampler (all factors 1 without `repeat_factor_sampling`) over the whole epoch:
+    every rank draws the same order and the training loop gives each rank its slice of each batch."""
+    if reader_msg.HasField("repeat_factor_sampling"):
+        factors = image_repeat_factors(stats.image_classes, len(stats.names),
+                                       reader_msg.repeat_factor_sampling.threshold)
+    else:
+        factors = np.ones(stats.num_images)
+    return RepeatFactorSampler(factors, seed=seed, shuffle=reader_msg.shuffle)
+
+
+def training_stats(loaded: LoadedConfig) -> DatasetStats | None:
+    """Class counts of the training set (annotations only, no image decoded); None without a reader."""
+    reader_msg = loaded.pipeline.train_input_reader
+    if reader_msg.WhichOneof("input_reader") is None:
+        return None
+    label_map = _label_map(loaded)
+    return compute_stats(build_reader(reader_msg, label_map, "train_input_reader"), label_map)
+
+
+def build_train_data(
+    loaded: LoadedConfig, reader: Any, stats: DatasetStats, seed: int
+) -> tuple[DetectionDataset, RepeatFactorSampler]:
+    """Training dataset (reader -> augmentations -> resizer) and its repeat-factor sampler."""
+    cfg = loaded.pipeline
+    dataset = DetectionDataset(reader, augmentations=build_augmentations(cfg.train_config),
+                               resizer=build_resizer(model_message(cfg)), training=True, seed=seed)
+    sampler = build_sampler(cfg.train_input_reader, stats, seed)
+    return dataset, sampler
+
+
+def build_eval_loader(
+    loaded: LoadedConfig, sample_1_of_n: int | None = None, num_workers: int = 0
+) -> torch.utils.data.DataLoader | None:
+    """The eval_input_reader's data (no augmentation), every n-th example, decoded by `num_workers`
+    processes; None without a reader."""
+    cfg = loaded.pipeline
+    if not len(cfg.eval_input_reader) or cfg.eval_input_reader[0].WhichOneof("input_reader") is None:
+        return None
+    msg = cfg.eval_input_reader[0]
+    label_map = _label_map(loaded)
+    reader = build_reader(msg, label_map, "eval_input_reader")
+    dataset = DetectionDataset(reader, resizer=build_resizer(model_message(cfg)), training=False)
+    every = sample_1_of_n or msg.sample_1_of_n_examples or 1
+    subset = torch.utils.data.Subset(dataset, range(0, len(dataset), every))
+    return torch.utils.data.DataLoader(subset, batch_size=max(cfg.eval_config.batch_size, 1),
+                                       shuffle=False, collate_fn=collate, num_workers=num_workers)

@@ -1,0 +1,118 @@
+"""Operating-point rules and the evaluation options of `eval_config`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from google.protobuf import text_format
+
+from raredet.builders.messages import model_message, post_processing_of
+from raredet.config import LabelMap, LoadedConfig, parse_config
+from raredet.errors import ConfigError
+from raredet.evaluation.operating_points import Rule
+from raredet.protos import eval_pb2
+
+OPERATING_POINTS_WHERE = "eval_config.operating_points"
+
+
+def _float32(value: float) -> float:
+    """A float field as written in the config (0.9, not 0.8999999761581421)."""
+    return float(str(np.float32(value)))
+
+
+def _rule(msg: Any, where: str, default: Rule | None) -> Rule:
+    """The Rule of an OperatingPoints / ClassOperatingPoint message; unset parts from `default`."""
+    kind = msg.WhichOneof("rule")
+    base = default or Rule()
+    target: float | None = None
+    if kind in ("target_precision", "target_recall"):
+        target = _float32(getattr(msg, kind))
+        if not (0.0 < target <= 1.0):
+            raise ConfigError(f"{where}.{kind}: {target:g} is outside (0, 1]; give a fraction such as 0.9")
+    elif kind is None:
+        kind, target = base.kind, base.target
+    review = _float32(msg.review_precision) if msg.HasField("review_precision") else base.review_precision
+    if review is not None and not (0.0 < review <= 1.0):
+        raise ConfigError(f"{where}.review_precision: {review:g} is outside (0, 1]; "
+                          "give a fraction such as 0.5")
+    return Rule(kind, target, review)
+
+
+def build_operating_point_rules(eval_config: eval_pb2.EvalConfig, label_map: LabelMap | None,
+                                override: Rule | None = None) -> tuple[Rule, dict[str, Rule]]:
+    """(rule for every class, {label-map name: rule}) from `eval_config.operating_points`.
+
+    `override` (the `--operating_point` flag) replaces the rule for every class, per-class rules
+    included. Class names must be label-map names (ConfigError with the field path)."""
+    msg = eval_config.operating_points
+    default = _rule(msg, OPERATING_POINTS_WHERE, None)
+    per_class: dict[str, Rule] = {}
+    for i, entry in enumerate(msg.class_rule):
+        where = f"{OPERATING_POINTS_WHERE}.class_rule[{i}]"
+        if not entry.name:
+            raise ConfigError(f"{where}.name: is empty; give the class's label-map name")
+        name = entry.name
+        if label_map is not None:  # evaluation names classes by display name
+            index = int(label_map.names_to_indices([name])[0])
+            if index < 0:
+                raise ConfigError(f"{where}.name: '{name}' is not a name in the label map {label_map.path}; "
+                                  f"its names are {label_map.names}")
+            name = label_map.display_names[index]
+        if name in per_class:
+            raise ConfigError(f"{where}.name: '{entry.name}' has a rule already; give each class once")
+        per_class[name] = _rule(entry, where, default)
+    if override is not None:
+        return override, {}
+    return default, per_class
+
+
+def eval_options(loaded: LoadedConfig, operating_point: Rule | None = None) -> dict[str, Any]:
+    """The `eval_config` fields `engine.evaluate.evaluate` takes, as keyword arguments.
+
+    `operating_point`: a rule for every class that replaces `eval_config.operating_points`' rules
+    (the `--operating_point` flag)."""
+    ec = loaded.pipeline.eval_config
+    rule, class_rules = build_operating_point_rules(ec, loaded.label_map, operating_point)
+    return {
+        "metrics_set": list(ec.metrics_set) or "coco_detection_metrics",
+        "min_score_threshold": ec.min_score_threshold,
+        "include_metrics_per_category": True,
+        "num_visualizations": ec.num_visualizations,
+        "operating_point_rule": rule,
+        "class_rules": class_rules,
+        "score_floor":
+            post_processing_of(model_message(loaded.pipeline)).batch_non_max_suppression.score_threshold,
+        "images_description": _eval_data_description(loaded),
+    }
+
+
+def _eval_data_description(loaded: LoadedConfig) -> str:
+    """`eval_input_reader[0]` in a few words: its kind and paths."""
+    if not len(loaded.pipeline.eval_input_reader):
+        return ""
+    reader = loaded.pipeline.eval_input_reader[0]
+    source = reader.WhichOneof("input_reader")
+    if source is None:
+        return ""
+    paths = {"tf_record_input_reader": lambda r: list(r.input_path),
+             "coco_input_reader": lambda r: [r.annotations_path],
+             "voc_input_reader": lambda r: [r.root]}.get(source, lambda r: [])(getattr(reader, source))
+    every = f", every {reader.sample_1_of_n_examples}th" if reader.sample_1_of_n_examples > 1 else ""
+    return f"eval_input_reader ({', '.join(paths)}{every}) of {loaded.path}"
+
+
+def tf_od_api_config_text(text: str) -> str:
+    """`text` (a pipeline.config raredet wrote) as the TF OD API's `config_util` loads it: raredet's own
+    fields left out (`config.tf_od_api`), the file's header saying which."""
+    from raredet.config.tf_od_api import tf_od_api_copy
+
+    config = parse_config(text, "<operating points config>")
+    copy, removed = tf_od_api_copy(config)
+    comments = [line for line in text.splitlines() if line.startswith("#")]
+    if removed:
+        comments += ["# For the TF OD API: raredet's own fields, which config_util refuses, are left out:"]
+        comments += [f"#   {path}" for path in removed]
+    else:
+        comments += ["# For the TF OD API: the config has no raredet-only field; nothing is left out."]
+    return "\n".join(comments) + "\n" + text_format.MessageToString(copy)
