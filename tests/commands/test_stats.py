@@ -97,7 +97,8 @@ def test_stats_uses_the_configs_effective_number_beta(synth_dir, tmp_path, capsy
 
 def test_stats_shows_the_class_weight_table_training_will_use(synth_dir, tmp_path, capsys):
     # Explicit crack 8, the rest INVERSE_FREQUENCY on training box counts n_c, rescaled so that the
-    # total weight of the training boxes equals their number (DESIGN.md "Class weighting semantics").
+    # total weight of the training boxes equals their number (docs/architecture.md, "Class weighting
+    # semantics").
     text = (synth_dir / "pipeline.config").read_text().replace(
         "localization_weight: 1.0", "localization_weight: 1.0\n      class_weights { "
         'weight { name: "crack" value: 8.0 } auto { scheme: INVERSE_FREQUENCY } }')

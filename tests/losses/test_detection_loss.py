@@ -1,4 +1,4 @@
-"""DetectionLoss: hand-computed totals and the proofs that the weights do what DESIGN.md says."""
+"""DetectionLoss: hand-computed totals and the proofs that the weights do what docs/architecture.md says."""
 
 import math
 

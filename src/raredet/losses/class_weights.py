@@ -1,6 +1,6 @@
 """Per-class loss weights: explicit, automatic from the training counts, or both.
 
-Order of resolution (DESIGN.md "Class weighting semantics"):
+Order of resolution (docs/architecture.md, "Class weighting semantics"):
 1. Automatic scheme, if any, on counts `n_c` (training boxes, or images with `count="IMAGES"`):
    `INVERSE_FREQUENCY` 1/n, `SQRT_INVERSE_FREQUENCY` 1/sqrt(n), `EFFECTIVE_NUMBER` (1-beta)/(1-beta^n).
 2. Rescale the automatic weights so that the total weight of the training boxes is unchanged:

@@ -1,7 +1,7 @@
 """The SSD detection loss: assignment -> per-anchor weights -> losses -> miner -> normalisation.
 
-Per-anchor weights (DESIGN.md "Class weighting semantics"), `w_c` the class weight, `d` the matched
-box's data weight:
+Per-anchor weights (docs/architecture.md, "Class weighting semantics"), `w_c` the class weight,
+`d` the matched box's data weight:
     matched to a box of class c   classification d * w_c, localization d * w_c (d if not
                                   `apply_to_localization`)
     background                    classification `negative_class_weight`, localization 0

@@ -13,7 +13,7 @@ background), ``second_stage_batch_size`` of them sampled with at most
 (or the Seesaw loss), Huber on the codes of the target class (of the one shared box). Normalised
 the same way, by the number of sampled proposals.
 
-raredet's levers (DESIGN.md "Class weighting semantics"), second stage only, since the first stage
+raredet's levers (docs/architecture.md, "Class weighting semantics"), second stage only, since the first stage
 has no classes: a proposal matched to a box of class ``c`` with data weight ``d`` weighs ``d * w_c``
 in the classification loss and ``d * w_c`` (``d`` without ``apply_to_localization``) in the box
 loss; background proposals weigh 1. A box with ``d = 0`` is ignored in both stages (its anchors and
