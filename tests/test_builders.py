@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 from google.protobuf import text_format
+from tests.helpers import tiny_pipeline as tiny
 
 from raredet import builders, config
 from raredet.config import LabelMap
@@ -22,12 +22,6 @@ from raredet.losses import (
     weighted_softmax,
 )
 from raredet.protos import losses_pb2, optimizer_pb2, pipeline_pb2, ssd_pb2, train_pb2
-
-_spec = importlib.util.spec_from_file_location(
-    "tiny_pipeline", Path(__file__).resolve().parent / "engine" / "tiny_pipeline.py"
-)
-tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tiny)
 
 LABELS = LabelMap.from_names(["scratch", "dent", "crack"])
 

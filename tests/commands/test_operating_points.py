@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.helpers import tiny_pipeline as tiny
 
 from raredet.cli import main
 from raredet.commands.trained import apply_operating_points, load_trained_model
@@ -30,7 +31,6 @@ def _module(name: str, path: Path):
     return module
 
 
-tiny = _module("tiny_pipeline", _HERE.parent / "engine" / "tiny_pipeline.py")
 op_tests = _module("op_tests", _HERE.parent / "evaluation" / "test_operating_points.py")
 
 OPERATING_POINTS = ('eval_config { metrics_set: "coco_detection_metrics" operating_points { max_f1: true '

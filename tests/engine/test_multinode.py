@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers import toy_training
 
-HERE = Path(__file__).resolve().parent
+TOY_SCRIPT = str(Path(toy_training.__file__).resolve())
 STEPS, BATCH = 6, 4
 
 
@@ -37,7 +38,7 @@ def _params(model_dir: Path, rank: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow  # starts four torchrun processes (about ten seconds)
 def test_two_nodes_match_one_node_with_two_processes(tmp_path):
-    script = [str(HERE / "toy_training.py")]
+    script = [TOY_SCRIPT]
     port = _free_port()
     nodes = [
         subprocess.Popen(

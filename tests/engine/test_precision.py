@@ -4,22 +4,16 @@ and worker sizing."""
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers import tiny_pipeline as tiny
 
 from raredet import builders, config
 from raredet.engine import train as engine_train
 from raredet.engine.train import autocast_for, default_num_workers, eval_workers, resolve_precision
 from raredet.errors import ConfigError
-
-_spec = importlib.util.spec_from_file_location("tiny_pipeline",
-                                               Path(__file__).resolve().parent / "tiny_pipeline.py")
-tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tiny)
 
 
 def _matmul_dtype(device: torch.device, precision: str) -> torch.dtype:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,14 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.helpers import toy_training as toy
 
 from raredet.engine import checkpoint as ckpt
 from raredet.engine.train import TrainingDiverged, train
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("toy_training", HERE / "toy_training.py")
-toy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(toy)
+TOY_SCRIPT = str(Path(toy.__file__).resolve())  # also a script: trains a toy run
 
 
 def test_trains_logs_and_checkpoints(tmp_path):
@@ -118,7 +115,7 @@ def _env() -> dict[str, str]:
 # slow-ish: starts subprocesses (a few seconds)
 @pytest.mark.slow
 def test_sigterm_finishes_step_and_checkpoints(tmp_path):
-    proc = subprocess.Popen([sys.executable, str(HERE / "toy_training.py"), str(tmp_path), "100000",
+    proc = subprocess.Popen([sys.executable, TOY_SCRIPT, str(tmp_path), "100000",
                              "--sleep", "0.05"], env=_env())
     log = tmp_path / "train" / "log.jsonl"
     deadline = time.monotonic() + 60
@@ -135,7 +132,7 @@ def test_sigterm_finishes_step_and_checkpoints(tmp_path):
 # slow-ish: starts a subprocess (a few seconds)
 @pytest.mark.slow
 def test_kill_9_leaves_a_loadable_checkpoint(tmp_path):
-    proc = subprocess.Popen([sys.executable, str(HERE / "toy_training.py"), str(tmp_path), "100000",
+    proc = subprocess.Popen([sys.executable, TOY_SCRIPT, str(tmp_path), "100000",
                              "--sleep", "0.01", "--every", "1"], env=_env())
     deadline = time.monotonic() + 60
     while len(ckpt.list_checkpoints(tmp_path)) < 4:
@@ -157,7 +154,7 @@ def test_kill_9_leaves_a_loadable_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_two_process_torchrun_matches_single_process(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           "0", str(HERE / "toy_training.py"), str(tmp_path / "ddp"), "6", "--batch_size", "4"]
+           "0", TOY_SCRIPT, str(tmp_path / "ddp"), "6", "--batch_size", "4"]
     # --master_port 0 is not portable across versions: use the standalone rendezvous instead.
     cmd[3:7] = ["--standalone", "--nproc_per_node", "2"]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers import tiny_pipeline as tiny
 
 from raredet import builders, cli, config
 from raredet.data.dataset import collate
 from raredet.engine import checkpoint as ckpt
 from raredet.engine.train import train
-
-_spec = importlib.util.spec_from_file_location(
-    "tiny_pipeline", Path(__file__).resolve().parent / "tiny_pipeline.py"
-)
-tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tiny)
 
 pytestmark = pytest.mark.slow  # trains and resumes SSDs end to end, through the CLI too
 

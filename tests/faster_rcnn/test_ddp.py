@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.engine.tiny_pipeline import make_data
 from tests.faster_rcnn.test_zoo_configs import small_copy
+from tests.helpers.tiny_pipeline import make_data
 
 from raredet import builders
 from raredet import config as config_lib
