@@ -534,7 +534,7 @@ def build_augmentation(name: str, params: dict[str, Any] | None = None) -> Any:
 # ---- resizers -----------------------------------------------------------------------------------
 
 
-class _Resizer:
+class Resizer:
     """A resizer maps an example to its network input size and records ``image_size`` (h, w of the
     content before padding) and ``scale`` (sy, sx: resized = input * scale).
 
@@ -566,7 +566,7 @@ class _Resizer:
         return out
 
 
-class FixedShapeResizer(_Resizer):
+class FixedShapeResizer(Resizer):
     def __init__(
         self,
         height: int = 300,
@@ -581,7 +581,7 @@ class FixedShapeResizer(_Resizer):
         return self.height, self.width
 
 
-class KeepAspectRatioResizer(_Resizer):
+class KeepAspectRatioResizer(Resizer):
     """Scale so the short side is ``min_dimension`` unless the long side would pass ``max_dimension``;
     with ``pad_to_max_dimension`` pad bottom/right to a ``max_dimension`` square."""
 
@@ -617,19 +617,19 @@ class KeepAspectRatioResizer(_Resizer):
         return out
 
 
-class IdentityResizer(_Resizer):
+class IdentityResizer(Resizer):
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return height, width
 
 
-RESIZERS: dict[str, type[_Resizer]] = {
+RESIZERS: dict[str, type[Resizer]] = {
     "fixed_shape_resizer": FixedShapeResizer,
     "keep_aspect_ratio_resizer": KeepAspectRatioResizer,
     "identity_resizer": IdentityResizer,
 }
 
 
-def build_resizer(name: str, params: dict[str, Any] | None = None) -> _Resizer:
+def build_resizer(name: str, params: dict[str, Any] | None = None) -> Resizer:
     """The resizer for ``image_resizer { <name> { params } }``."""
     if name not in RESIZERS:
         raise ConfigError(

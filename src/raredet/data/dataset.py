@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from raredet.data.augment import IdentityResizer, _Resizer
+from raredet.data.augment import IdentityResizer, Resizer
 from raredet.data.example import Example
 from raredet.data.readers import Reader
 
@@ -32,7 +32,7 @@ class DetectionDataset(torch.utils.data.Dataset[Example]):
         reader: Reader,
         *,
         augmentations: Sequence[AugmentOp] = (),
-        resizer: _Resizer | None = None,
+        resizer: Resizer | None = None,
         training: bool = False,
         seed: int = 0,
     ) -> None:
