@@ -61,7 +61,8 @@ def make_model_dir(root: Path) -> tuple[Path, Path]:
     bias = next(k for k in state if k.endswith("class_head.bias"))
     state[bias] = torch.zeros_like(state[bias])
     model_dir = root / "run"
-    save_checkpoint(model_dir, 1, {"model": state, "config_text": config.effective_config_text(loaded.pipeline),
+    save_checkpoint(model_dir, 1, {"model": state,
+                                   "config_text": config.effective_config_text(loaded.pipeline),
                                    "label_map_text": loaded.label_map.to_pbtxt()})
     return model_dir, data
 
@@ -138,7 +139,7 @@ def test_config_and_label_map_come_from_the_checkpoint(trained, tmp_path):
     model = load_trained_model(moved)
     assert model.label_map.names == ["scratch", "dent", "crack"]
     assert model.step == 1 and model.checkpoint.name == "ckpt-1.pt"
-    assert model.config.model.ssd.image_resizer.fixed_shape_resizer.resize_method == 1  # NEAREST_NEIGHBOR
+    assert model.pipeline.model.ssd.image_resizer.fixed_shape_resizer.resize_method == 1  # NEAREST_NEIGHBOR
 
 
 def test_errors_name_what_to_do(trained, tmp_path):

@@ -341,7 +341,7 @@ def export_model(model_dir: str | os.PathLike[str], format: str, out: str | os.P
     trained = load_trained_model(model_dir, pipeline_config_path, label_map_path)
     if operating_points is not None:
         apply_operating_points(trained, operating_points, review=False)
-    size = input_size(builders.model_message(trained.config))
+    size = input_size(builders.model_message(trained.pipeline))
     module = ExportableDetector(trained.model, size, trained.label_map.ids).eval()
     run_exported = FORMATS[format](module, Path(out), _metadata(trained, size, operating_points))
     check = _example_batch(size, batch=3, seed=1)  # another batch size than traced: the axis is dynamic

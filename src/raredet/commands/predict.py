@@ -30,7 +30,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from raredet import builders
 from raredet.commands.trained import TrainedModel, apply_operating_points, load_trained_model
 from raredet.errors import ConfigError, DataError
 from raredet.fileio import atomic_write, atomic_write_json
+
+if TYPE_CHECKING:
+    from raredet.data.augment import Resizer
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 MIN_DRAWN_WIDTH = 256  # smaller images are enlarged (nearest neighbour) so that labels stay readable
@@ -78,7 +81,7 @@ def find_images(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]
     return list(found.values()), missing
 
 
-def _example(path: Path, resizer: Any) -> dict[str, Any]:
+def _example(path: Path, resizer: Resizer) -> dict[str, Any]:
     """Decode one file (DataError naming it if it cannot be) and resize it as the model expects."""
     from raredet.data.example import decode_image
 
@@ -145,7 +148,7 @@ def draw_detections(image: np.ndarray, det: dict[str, np.ndarray], names: Sequen
     return draw_boxes(big, det["boxes"] * zoom, det["classes"], names, det["scores"])
 
 
-def _batches(paths: list[Path], resizer: Any, size: int, skipped: list[tuple[str, str]]
+def _batches(paths: list[Path], resizer: Resizer, size: int, skipped: list[tuple[str, str]]
              ) -> Iterator[tuple[list[dict[str, Any]], int]]:
     """(decoded and resized examples, files read for them) in batches of `size`; unreadable files go
     to `skipped` and are reported on stderr."""
@@ -217,7 +220,7 @@ def predict(model_dir: str | os.PathLike[str], images: Sequence[str], out_dir: s
     result = PredictResult(Path(out_dir), skipped=list(missing), notes=trained.notes)
     if not paths:
         raise DataError(f"no image files found in {' '.join(images)}; give files, folders or glob patterns")
-    resizer = builders.build_resizer(builders.model_message(trained.config))
+    resizer = builders.build_resizer(builders.model_message(trained.pipeline))
     records, entries = _run(trained, paths, resizer, batch_size, keep, result)
     atomic_write_json(result.out_dir / "detections.json", records, indent=None)
     atomic_write_json(result.out_dir / "images.json", entries)
@@ -250,7 +253,7 @@ def _finish_image(example: dict[str, Any], det: dict[str, np.ndarray], trained: 
     return records
 
 
-def _run(trained: TrainedModel, paths: list[Path], resizer: Any, batch_size: int, keep: ScoreFilter,
+def _run(trained: TrainedModel, paths: list[Path], resizer: Resizer, batch_size: int, keep: ScoreFilter,
          result: PredictResult) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Detect, draw and collect COCO entries batch by batch; returns (results list, images list)."""
     from tqdm import tqdm

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from torch import nn
@@ -29,17 +29,22 @@ from raredet.errors import CheckpointError, ConfigError, DataError
 from raredet.evaluation import operating_points as ops
 from raredet.modeling import load_fine_tune_checkpoint
 from raredet.modeling.calibration import Calibration
+from raredet.modeling.faster_rcnn import FasterRCNN
+from raredet.modeling.ssd import SSD
+from raredet.protos import pipeline_pb2
 from raredet.tfcheckpoint import open_checkpoint, resolve_prefix
 
 TF_STEP_NAME = re.compile(r"ckpt-(\d+)$")
+
+Detector = SSD | FasterRCNN  # the models `builders.build_model` makes
 
 
 @dataclass
 class TrainedModel:
     """A model restored from a training run, ready for inference (eval mode, on CPU)."""
 
-    model: nn.Module  # raredet.modeling.ssd.SSD
-    config: Any  # the TrainEvalPipelineConfig message it was built from
+    model: Detector
+    pipeline: pipeline_pb2.TrainEvalPipelineConfig  # the message it was built from
     label_map: LabelMap
     checkpoint: Path
     step: int
@@ -48,12 +53,14 @@ class TrainedModel:
 
 
 def _config_and_label_map(path: Path, state: dict[str, Any],
-                          pipeline_config_path: str | os.PathLike[str] | None) -> tuple[Any, LabelMap, str]:
+                          pipeline_config_path: str | os.PathLike[str] | None
+                          ) -> tuple[pipeline_pb2.TrainEvalPipelineConfig, LabelMap, str]:
     """The config (given, else saved in the checkpoint) and its label map (the checkpoint's, else the
     config's label_map_path)."""
     if pipeline_config_path is not None:
         loaded = config_lib.load(pipeline_config_path)
-        cfg, text, where, label_map = loaded.pipeline, loaded.text, str(pipeline_config_path), loaded.label_map
+        cfg, text, label_map = loaded.pipeline, loaded.text, loaded.label_map
+        where = str(pipeline_config_path)
     else:
         text = state.get("config_text") or ""
         if not text:
@@ -109,7 +116,11 @@ def load_trained_model(model_dir: str | os.PathLike[str],
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not fit the model of the config ({err}); use the "
                               "pipeline.config the run was trained with") from None
-    return TrainedModel(model.eval(), cfg, label_map, path, int(state.get("step", 0)), text)
+    return TrainedModel(_detector(model.eval()), cfg, label_map, path, int(state.get("step", 0)), text)
+
+
+def _detector(model: nn.Module) -> Detector:
+    return cast(Detector, model)  # `builders.build_model` is typed nn.Module; it builds one of the two
 
 
 # ---- models the TF OD API trained ----------------------------------------------------------------
@@ -188,7 +199,8 @@ def tf_label_map(loaded: config_lib.LoadedConfig,
     return LabelMap(list(range(1, num_classes + 1)), names, names, "<class_<id> names>"), note
 
 
-def warn_tf_moving_averages(cfg: Any, config_path: str | os.PathLike[str], prefix: Path) -> None:
+def warn_tf_moving_averages(cfg: pipeline_pb2.TrainEvalPipelineConfig, config_path: str | os.PathLike[str],
+                            prefix: Path) -> None:
     """Warn that a TF checkpoint's moving averages (optimizer slots) are not read, when the config asks
     for them."""
     if cfg.eval_config.use_moving_averages:
@@ -209,8 +221,8 @@ def load_tf_model(folder: Path, prefix: Path, pipeline_config_path: str | os.Pat
     warn_tf_moving_averages(loaded.pipeline, config_path, prefix)
     report = load_fine_tune_checkpoint(model, prefix, "full")  # type: ignore[arg-type]
     notes = (f"TF checkpoint {prefix} with {config_path}: {report.summary()}",)
-    return TrainedModel(model.eval(), loaded.pipeline, label_map, prefix, tf_checkpoint_step(prefix),
-                        loaded.text, notes + ((note,) if note else ()))
+    return TrainedModel(_detector(model.eval()), loaded.pipeline, label_map, prefix,
+                        tf_checkpoint_step(prefix), loaded.text, notes + ((note,) if note else ()))
 
 
 def apply_operating_points(trained: TrainedModel, path: str | os.PathLike[str],
@@ -236,6 +248,5 @@ def apply_operating_points(trained: TrainedModel, path: str | os.PathLike[str],
     threshold = content["score_threshold"]
     if review and content["review_score_threshold"] is not None:
         threshold = content["review_score_threshold"]
-    trained.model.set_operating_points(  # type: ignore[operator]
-        Calibration.piecewise_linear(lm.num_classes, maps), float(threshold))
+    trained.model.set_operating_points(Calibration.piecewise_linear(lm.num_classes, maps), float(threshold))
     return content
