@@ -1,7 +1,8 @@
 """The import graph of src/raredet: no circle, no upward import, config messages read only at the top.
 
-The layers (docs/internals.md "Layout"): `cli` -> `commands/` -> `builders` -> the library (`engine`,
-`losses`, `data`, `modeling`, `evaluation`, `config`, `tfcheckpoint`) -> `protos`, `fileio`, `errors`.
+The layers (docs/architecture.md, "Who may import whom"): `cli` -> `commands/` -> `builders` -> the
+library (`engine`, `losses`, `data`, `modeling`, `evaluation`, `config`, `tfcheckpoint`) -> `protos`,
+`fileio`, `errors`.
 Every import counts, including those inside functions: a function-level import is how a circle hides.
 """
 
