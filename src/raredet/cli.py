@@ -1,5 +1,4 @@
-"""Command-line front end: argparse only; every verb calls one function of `raredet.commands` (or, for
-the verbs that need no pipeline.config, of the library).
+"""Command-line front end: argparse only; every verb calls one function of `raredet.commands`.
 
 Each verb has an `_add_<verb>` function that declares its arguments and sets `func`, a callable that
 takes the parsed namespace and returns an exit code. Imports of heavy modules happen inside `func`, so
@@ -37,18 +36,13 @@ def _add_evaluate_detections(sub: argparse._SubParsersAction[argparse.ArgumentPa
                    "evaluation's operating_points.json on these detections instead of choosing new ones")
 
     def run(a: argparse.Namespace) -> int:
-        from raredet.errors import ConfigError
-        from raredet.evaluation.operating_points import parse_rule
-        from raredet.evaluation.pipeline import evaluate_detection_files
+        from raredet.commands.evaluate_detections import evaluate_detections_from_files
 
-        try:
-            rule = parse_rule(a.operating_point) if a.operating_point else None
-        except ValueError as err:
-            raise ConfigError(f"--operating_point {err}") from None
-        evaluate_detection_files(a.groundtruth, a.detections, out_dir=a.out,
-                                 metrics_set=a.metrics_set or [], min_score_threshold=a.min_score_threshold,
-                                 image_dir=a.image_dir, operating_point_rule=rule,
-                                 operating_points_from=a.operating_points_from)
+        evaluate_detections_from_files(a.groundtruth, a.detections, out_dir=a.out,
+                                       metrics_set=a.metrics_set or [],
+                                       min_score_threshold=a.min_score_threshold, image_dir=a.image_dir,
+                                       operating_point=a.operating_point,
+                                       operating_points_from=a.operating_points_from)
         return 0
 
     p.set_defaults(func=run)
@@ -64,9 +58,9 @@ def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                         "target_precision rule, else 0.9)")
 
     def run(a: argparse.Namespace) -> int:
-        from raredet.evaluation.compare import compare_runs
+        from raredet.commands.compare import compare
 
-        print(compare_runs(a.runs, a.out, a.precision), end="")
+        print(compare(a.runs, a.out, a.precision), end="")
         return 0
 
     p.set_defaults(func=run)
@@ -130,9 +124,9 @@ def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--num_shards", type=int, default=2, help="TFRecord shards per split (default 2)")
 
     def run(a: argparse.Namespace) -> int:
-        from raredet.data.synth import synth_command
+        from raredet.commands.synth import synth
 
-        print(synth_command(a.out, a.images, a.seed, a.ratios, a.image_size, a.num_shards))
+        print(synth(a.out, a.images, a.seed, a.ratios, a.image_size, a.num_shards))
         return 0
 
     p.set_defaults(func=run)

@@ -477,22 +477,3 @@ eval_input_reader {{
   tf_record_input_reader {{ input_path: "val-?????-of-*.tfrecord" }}
 }}
 """
-
-
-def synth_command(out: str, images: int, seed: int, ratios: str, image_size: int, num_shards: int) -> str:
-    """``raredet synth``: write the dataset and return a one-paragraph summary of its box counts."""
-    summary = make_synthetic_dataset(
-        out,
-        images=images,
-        seed=seed,
-        ratios=parse_ratios(ratios),
-        image_size=image_size,
-        num_shards=num_shards,
-    )
-    lines = [
-        f"wrote {out}: pipeline.config, label_map.pbtxt, train/val TFRecords, train.json/val.json, images/"
-    ]
-    for split in ("train", "val"):
-        counts = ", ".join(f"{n} {c}" for c, n in summary[split]["boxes"].items())
-        lines.append(f"  {split}: {summary[split]['images']} images, boxes: {counts}")
-    return "\n".join(lines)
