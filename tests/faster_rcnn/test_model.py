@@ -87,7 +87,7 @@ def test_operating_points_map_the_softmax_scores_and_set_the_nms_threshold():
 
     model = _model()
     model.set_operating_points(Calibration.piecewise_linear(3, {0: ([0.0, 0.2, 1.0], [0.0, 0.5, 1.0])}), 0.5)
-    scores = model.scores(torch.zeros(1, 4))  # softmax of 4 equal logits: 0.25 per column
+    scores = model.score_converter(torch.zeros(1, 4))  # softmax of 4 equal logits: 0.25 per column
     # class 0: 0.25 in [0.2, 1): a = 0.05 / 0.8, 0.5 + a * 0.5 = 0.53125; classes 1, 2 unchanged
     assert torch.allclose(scores, torch.tensor([[0.53125, 0.25, 0.25]]))
     assert model.non_max_suppression.score_threshold == 0.5
@@ -103,8 +103,8 @@ def test_calibration_config_acts_in_the_tf_od_api_order():
     warm = _model(calibration=Calibration.temperature_scaling(3, 2.0))
     e = [1.0, 2.718281828459045 ** 0.5, 2.718281828459045, 2.718281828459045 ** 1.5]  # exp(logit / 2)
     want = torch.tensor([[x / sum(e) for x in e[1:]]])
-    torch.testing.assert_close(warm.scores(logits), want)
+    torch.testing.assert_close(warm.score_converter(logits), want)
     # id 2 (column 1): 0 -> 0, 1 -> 0.5 on [0, 1]; the others pass through
     mapped = _model(calibration=Calibration.piecewise_linear(3, {1: ([0.0, 1.0], [0.0, 0.5])}))
     plain = torch.softmax(logits, dim=-1)[:, 1:]
-    torch.testing.assert_close(mapped.scores(logits), plain * torch.tensor([1.0, 0.5, 1.0]))
+    torch.testing.assert_close(mapped.score_converter(logits), plain * torch.tensor([1.0, 0.5, 1.0]))

@@ -106,11 +106,11 @@ def test_export_with_the_thresholds_matches_pytorch(run, chosen, tmp_path, fmt, 
     images = images.permute(0, 3, 1, 2).contiguous()
     if source == "config":
         trained = load_trained_model(data / "run", written)
-        assert trained.model.calibration.mapped.all()  # the written maps are in the PyTorch model
+        assert trained.model.score_converter.calibration.mapped.all()  # the written maps, in the model
     else:
         trained = load_trained_model(data / "run")
         apply_operating_points(trained, eval_dir / ops.JSON_NAME, review=False)
-        assert trained.model.thresholds.mapped.all()
+        assert trained.model.score_converter.thresholds.mapped.all()
     with torch.no_grad():
         det = trained.model.postprocess(trained.model(images), torch.tensor([[64, 64]] * len(files)))
     if fmt == "onnx":

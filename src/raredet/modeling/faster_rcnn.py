@@ -53,7 +53,7 @@ from raredet.modeling.exact_nms import multiclass_nms_clipped, nms_then_clip
 from raredet.modeling.fpn import FeaturePyramid
 from raredet.modeling.grid_anchors import GridAnchorGenerator
 from raredet.modeling.layers import INITIALIZERS, ConvHyperparams, ReLU6, l2_weights_of
-from raredet.modeling.postprocess import BatchNonMaxSuppression, clip_boxes
+from raredet.modeling.postprocess import BatchNonMaxSuppression, OperatingPoints, ScoreConverter, clip_boxes
 from raredet.modeling.roi_ops import crop_and_resize
 from raredet.modeling.sampling import batch_sampling_seeds, ground_truth, sample_proposals
 from raredet.modeling.tf_compat import (
@@ -232,7 +232,7 @@ class MaskRcnnBoxHead(nn.Module):
         return self.cls(x), self.box(x).reshape(x.shape[0], self.num_boxes, 4)
 
 
-class FasterRCNN(nn.Module):
+class FasterRCNN(OperatingPoints, nn.Module):
     """Two-stage detector; see the module docstring."""
 
     pixel_mean: Tensor
@@ -329,20 +329,13 @@ class FasterRCNN(nn.Module):
         self.box_head = MaskRcnnBoxHead(head_in, num_classes, box_predictor)
         self.box_coder = FasterRcnnBoxCoder()  # the TF OD API's Faster R-CNN coder: scales 10, 10, 5, 5
         post = dict(second_stage_post_processing or {})
-        self.score_converter = str(post.get("score_converter", "IDENTITY"))
-        if self.score_converter not in ("SOFTMAX", "SIGMOID", "IDENTITY"):
-            raise ConfigError(f"{WHERE}.second_stage_post_processing.score_converter: unknown "
-                              f"{self.score_converter!r}; valid: SOFTMAX, SIGMOID, IDENTITY")
-        self.logit_scale = float(post.get("logit_scale", 1.0))
+        # second_stage_post_processing.calibration_config arrives built (builders.build_calibration); as
+        # in the TF OD API it is part of the score conversion: temperature before the converter, maps
+        # after. Operating points (set_operating_points) map the scores last.
+        self.score_converter = ScoreConverter(str(post.get("score_converter", "IDENTITY")),
+                                              float(post.get("logit_scale", 1.0)), calibration, num_classes,
+                                              background_column=True)
         self.non_max_suppression = BatchNonMaxSuppression(**dict(post.get("batch_non_max_suppression") or {}))
-        # second_stage_post_processing.calibration_config, built (builders.build_calibration); as in the
-        # TF OD API it is part of the score conversion: temperature before the converter, maps after
-        self.calibration = calibration if calibration is not None else Calibration.identity(num_classes)
-        if self.calibration.num_classes != num_classes:
-            raise ValueError(f"calibration for {self.calibration.num_classes} classes, the model has "
-                             f"{num_classes}")
-        # per-class operating points (raredet eval's operating_points.json), identity until set
-        self.thresholds = Calibration.identity(num_classes)
         mean, std = torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
         self.register_buffer("pixel_mean", mean.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", std.view(1, 3, 1, 1), persistent=False)
@@ -509,29 +502,6 @@ class FasterRCNN(nn.Module):
                                                 matmul=self.matmul_crops), crops)
         return crops
 
-    def scores(self, cls_logits: Tensor) -> Tensor:
-        """Second-stage ``[..., K + 1]`` logits -> ``[..., K]`` class scores (background dropped):
-        ``logit_scale``, the calibration's temperature (all K + 1 columns), the converter, the
-        calibration's maps (column k is label-map id k + 1, the TF OD API's class id; its background
-        column 0 is dropped here first, which the maps never read), then the operating points."""
-        logits = self.calibration.temperature(cls_logits / self.logit_scale)
-        if self.score_converter == "SOFTMAX":
-            scores = torch.softmax(logits, dim=-1)[..., 1:]
-        elif self.score_converter == "SIGMOID":
-            scores = torch.sigmoid(logits)[..., 1:]
-        else:
-            scores = logits[..., 1:]
-        return self.thresholds(self.calibration(scores))
-
-    def set_operating_points(self, thresholds: Calibration, score_threshold: float) -> None:
-        """Per-class operating points, as ``SSD.set_operating_points``: ``thresholds`` maps the scores so
-        that every class's threshold lands on ``score_threshold``, which becomes NMS's score threshold."""
-        if thresholds.num_classes != self.num_classes:
-            raise ValueError(f"operating points for {thresholds.num_classes} classes, the model has "
-                             f"{self.num_classes}")
-        self.thresholds = thresholds.to(self.pixel_mean.device)
-        self.non_max_suppression.score_threshold = score_threshold
-
     @torch.no_grad()
     def postprocess(self, outputs: Mapping[str, Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
         """Decode each proposal's box(es), clip to ``image_sizes [B, 2]`` (h, w), score, NMS -> padded
@@ -553,7 +523,7 @@ class FasterRCNN(nn.Module):
         boxes = self.box_coder.decode(deltas.float(), proposals[:, :, None, :])  # [B, P, 1 or K, 4]
         b, p, kb = boxes.shape[:3]
         boxes = clip_boxes(boxes.reshape(b, p * kb, 4), image_sizes).reshape(b, p, kb, 4)
-        scores = self.scores(outputs["cls_logits"].float())
+        scores = self.score_converter(outputs["cls_logits"].float())
         scores = torch.where(outputs["proposal_valid"][..., None], scores, torch.zeros_like(scores))
         return self.non_max_suppression(boxes[:, :, 0] if kb == 1 else boxes, scores)
 
@@ -562,7 +532,7 @@ class FasterRCNN(nn.Module):
         clip window (``exact_nms.multiclass_nms_clipped``; class-agnostic NMS as ``postprocess``'s other
         path, clipping after it)."""
         boxes = self.box_coder.decode(outputs["box_deltas"].float(), outputs["proposals"][:, :, None, :])
-        scores = self.scores(outputs["cls_logits"].float())
+        scores = self.score_converter(outputs["cls_logits"].float())
         nms = self.non_max_suppression
         if nms.use_class_agnostic_nms:
             scores = torch.where(outputs["proposal_valid"][..., None], scores, torch.zeros_like(scores))

@@ -34,16 +34,28 @@ def _identity(logits: Tensor) -> Tensor:
     return logits
 
 
+def _softmax_with_background(logits: Tensor) -> Tensor:
+    return torch.softmax(logits, dim=-1)
+
+
 SCORE_CONVERTERS = {"SIGMOID": _sigmoid, "SOFTMAX": _softmax, "IDENTITY": _identity}
+# With an explicit background column (Faster R-CNN's second stage, ``[..., K + 1]``, background first):
+# the converter sees all K + 1 columns, then the background column is dropped.
+WITH_BACKGROUND_COLUMN = {"SIGMOID": _sigmoid, "SOFTMAX": _softmax_with_background, "IDENTITY": _identity}
 
 
-def convert_scores(logits: Tensor, score_converter: str = "IDENTITY", logit_scale: float = 1.0) -> Tensor:
-    """``logits [..., K]`` -> scores ``[..., K]`` (TF OD API ``score_converter``, ``logit_scale``)."""
+def convert_scores(logits: Tensor, score_converter: str = "IDENTITY", logit_scale: float = 1.0,
+                   background_column: bool = False) -> Tensor:
+    """``logits [..., K]`` -> scores ``[..., K]`` (TF OD API ``score_converter``, ``logit_scale``).
+    With ``background_column``: ``logits [..., K + 1]``, column 0 background, dropped after the
+    converter."""
     if score_converter not in SCORE_CONVERTERS:
         raise ConfigError(
             f"post_processing.score_converter: unknown value {score_converter!r}; "
             f"valid: {sorted(SCORE_CONVERTERS)}"
         )
+    if background_column:
+        return WITH_BACKGROUND_COLUMN[score_converter](logits / logit_scale)[..., 1:]
     return SCORE_CONVERTERS[score_converter](logits / logit_scale)
 
 
@@ -52,19 +64,48 @@ class ScoreConverter(nn.Module):
     scaling (if any) divides the logits, then ``logits / logit_scale`` goes through the score
     converter, then every other calibration kind maps the converted scores (before NMS).
     ``thresholds`` (identity unless set: per-class operating points given apart from the config) maps
-    the calibrated scores once more."""
+    the calibrated scores once more. With ``background_column`` the logits are ``[..., K + 1]``,
+    background first (Faster R-CNN's second stage): temperature and converter see all K + 1 columns,
+    the background column is dropped before the calibration's maps (column k is then label-map id
+    k + 1, as without it)."""
 
     def __init__(self, score_converter: str = "IDENTITY", logit_scale: float = 1.0,
-                 calibration: Calibration | None = None, num_classes: int = 1) -> None:
+                 calibration: Calibration | None = None, num_classes: int = 1,
+                 background_column: bool = False) -> None:
         super().__init__()
         convert_scores(torch.zeros(1, 1), score_converter)  # an unknown converter fails here
         self.score_converter, self.logit_scale = score_converter, float(logit_scale)
+        self.background_column = background_column
         self.calibration = calibration if calibration is not None else Calibration.identity(num_classes)
+        if self.calibration.num_classes != num_classes:
+            raise ValueError(f"calibration for {self.calibration.num_classes} classes, the model has "
+                             f"{num_classes}")
         self.thresholds = Calibration.identity(num_classes)
 
     def forward(self, logits: Tensor) -> Tensor:
-        scores = convert_scores(self.calibration.temperature(logits), self.score_converter, self.logit_scale)
+        scores = convert_scores(self.calibration.temperature(logits), self.score_converter, self.logit_scale,
+                                self.background_column)
         return self.thresholds(self.calibration(scores))
+
+
+class OperatingPoints:
+    """``set_operating_points`` for a detector with ``num_classes``, a ``score_converter``
+    (``ScoreConverter``), a ``non_max_suppression`` (``BatchNonMaxSuppression``) and a ``pixel_mean``
+    buffer on its device: SSD and Faster R-CNN."""
+
+    num_classes: int
+    pixel_mean: Tensor
+    score_converter: ScoreConverter
+    non_max_suppression: BatchNonMaxSuppression
+
+    def set_operating_points(self, thresholds: Calibration, score_threshold: float) -> None:
+        """Apply per-class operating points: ``thresholds`` maps the (calibrated) scores so that every
+        class's threshold lands on ``score_threshold``, which becomes NMS's score threshold."""
+        if thresholds.num_classes != self.num_classes:
+            raise ValueError(f"operating points for {thresholds.num_classes} classes, the model has "
+                             f"{self.num_classes}")
+        self.score_converter.thresholds = thresholds.to(self.pixel_mean.device)
+        self.non_max_suppression.score_threshold = score_threshold
 
 
 def _greedy_keep(suppresses: Tensor) -> Tensor:

@@ -82,7 +82,7 @@ from raredet.modeling.efficientnet import EFFICIENTNET_VARIANTS, LEVEL_TAPS, Eff
 from raredet.modeling.exact_nms import ranked_nms_clipped
 from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
 from raredet.modeling.layers import ConvHyperparams, l2_weights_of, use_fast_relu6
-from raredet.modeling.postprocess import BatchNonMaxSuppression, ScoreConverter, clip_boxes
+from raredet.modeling.postprocess import BatchNonMaxSuppression, OperatingPoints, ScoreConverter, clip_boxes
 from raredet.modeling.predictor import ConvolutionalBoxPredictor, WeightSharedConvolutionalBoxPredictor
 from raredet.modeling.tf_compat import (
     TF_INPUT_NORMALIZATION,
@@ -488,7 +488,7 @@ def build_box_coder(box_coder: Config | None) -> FasterRcnnBoxCoder:
     return FasterRcnnBoxCoder(**fields)
 
 
-class SSD(nn.Module):
+class SSD(OperatingPoints, nn.Module):
     """Single-shot detector; see the module docstring for the constructor's arguments."""
 
     pixel_mean: Tensor
@@ -621,15 +621,6 @@ class SSD(nn.Module):
             iou_threshold=nms.iou_threshold, max_per_class=nms.max_detections_per_class,
             max_total=nms.max_total_detections, class_agnostic=nms.use_class_agnostic_nms,
             chunk=nms.pre_nms_top_k)
-
-    def set_operating_points(self, thresholds: Calibration, score_threshold: float) -> None:
-        """Apply per-class operating points: `thresholds` maps the (calibrated) scores so that every
-        class's threshold lands on `score_threshold`, which becomes NMS's score threshold."""
-        if thresholds.num_classes != self.num_classes:
-            raise ValueError(f"operating points for {thresholds.num_classes} classes, the model has "
-                             f"{self.num_classes}")
-        self.score_converter.thresholds = thresholds.to(self.pixel_mean.device)
-        self.non_max_suppression.score_threshold = score_threshold
 
     def l2_weights(self) -> dict[str, float]:
         """``{parameter name: l2_regularizer.weight}`` for every regularised parameter (conv kernels)."""
