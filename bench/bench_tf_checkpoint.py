@@ -48,7 +48,7 @@ else:
     from raredet import builders, config
     from raredet.modeling import load_fine_tune_checkpoint
     folder = Path(path)
-    message = builders.model_message(config.load(folder / "pipeline.config").config)
+    message = builders.model_message(config.load(folder / "pipeline.config").pipeline)
     model, _ = builders.build_model(message, list(range(1, message.num_classes + 1)))
     built = time.perf_counter() - start
     extra = {"build_seconds": built}

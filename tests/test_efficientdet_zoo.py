@@ -104,7 +104,7 @@ def test_add_background_class_true_is_accepted(tmp_path):
     path = _variant(tmp_path, "add_background_class: false", "add_background_class: true")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", cfg.ConfigWarning)
-        assert cfg.load(path).config.model.ssd.add_background_class
+        assert cfg.load(path).pipeline.model.ssd.add_background_class
 
 
 def _small_d0(data_dir: Path, size: int = 128) -> Path:

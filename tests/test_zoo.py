@@ -133,7 +133,7 @@ def _tf_anchor_count(size: int) -> int:
 def test_anchor_counts_equal_the_tf_od_apis(name, size, expected):
     assert _tf_anchor_count(size) == expected
     with torch.device("meta"):
-        model, _ = builders.build_model(_load_zoo(name).config.model.ssd)
+        model, _ = builders.build_model(_load_zoo(name).pipeline.model.ssd)
         out = model.eval()(torch.zeros(1, 3, size, size))
     assert out["anchors"].shape == (expected, 4) and out["cls_logits"].shape == (1, expected, 90)
 
@@ -174,7 +174,7 @@ def _mobilenet_v1_fpn_regularised() -> tuple[set[str], int]:
 def test_mobilenet_v1_fpn_regularised_set_and_step0_loss():
     torch.manual_seed(0)
     model, l2 = builders.build_model(
-        _load_zoo("ssd_mobilenet_v1_fpn_640x640_coco17_tpu-8.config").config.model.ssd
+        _load_zoo("ssd_mobilenet_v1_fpn_640x640_coco17_tpu-8.config").pipeline.model.ssd
     )
     names, count = _mobilenet_v1_fpn_regularised()
     assert set(l2) == names and set(l2.values()) == {4e-5}
@@ -192,7 +192,7 @@ def test_mobilenet_v1_fpn_regularised_set_and_step0_loss():
 
 def test_fpnlite_regularises_what_the_tf_od_api_does():
     torch.manual_seed(0)
-    ssd = _load_zoo("ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config").config.model.ssd
+    ssd = _load_zoo("ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config").pipeline.model.ssd
     model, l2 = builders.build_model(ssd)
     convs = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
     backbone = {n for n in convs if n.startswith("feature_extractor.backbone.")}
@@ -248,7 +248,7 @@ def test_fpnlite_step0_regularization_loss_is_the_tf_od_apis_expected_value():
     count = _fpnlite_tf_regularised_count()
     assert count == 2_379_200
     torch.manual_seed(0)
-    ssd = _load_zoo("ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config").config.model.ssd
+    ssd = _load_zoo("ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config").pipeline.model.ssd
     model, l2 = builders.build_model(ssd)
     params = dict(model.named_parameters())
     assert params["feature_extractor.backbone.features.18.0.weight"].shape == (1280, 320, 1, 1)
@@ -287,7 +287,7 @@ def test_ssd_mobilenet_v2_step0_regularization_loss_is_the_tf_od_apis_expected_v
     tf_expected = 0.5 * 4e-5 * ((backbone + extra) * truncated + (box_head + tf_class_head) * 0.01**2)
     assert tf_expected == pytest.approx(0.0654, abs=1e-4)
     torch.manual_seed(0)
-    ssd = _load_zoo("ssd_mobilenet_v2_320x320_coco17_tpu-8.config").config.model.ssd
+    ssd = _load_zoo("ssd_mobilenet_v2_320x320_coco17_tpu-8.config").pipeline.model.ssd
     model, l2 = builders.build_model(ssd)
     params = dict(model.named_parameters())
     # raredet has no background column: 90 class columns, the one difference in the regularised set.

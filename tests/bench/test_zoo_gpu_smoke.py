@@ -15,7 +15,7 @@ def test_small_copy_keeps_the_native_size_and_changes_only_what_a_user_does(tmp_
     path = zoo_gpu_smoke.small_copy(zoo_gpu_smoke.CONFIGS["d7"], tmp_path, batch=2, size=None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", cfg.ConfigWarning)
-        loaded = cfg.load(path).config
+        loaded = cfg.load(path).pipeline
     ssd = loaded.model.ssd
     resizer = ssd.image_resizer.keep_aspect_ratio_resizer
     assert (resizer.min_dimension, resizer.max_dimension) == (1536, 1536)

@@ -56,7 +56,7 @@ def _load(path: Path) -> config.LoadedConfig:
 
 def test_configs_are_real_pipeline_configs_differing_only_in_class_weights(quick_demo):
     out, _ = quick_demo
-    base, raredet = (_load(out / run / "pipeline.config").config for run in RUNS)
+    base, raredet = (_load(out / run / "pipeline.config").pipeline for run in RUNS)
     focal = base.model.ssd.loss.classification_loss.weighted_sigmoid_focal
     assert (round(focal.alpha, 6), focal.gamma) == (0.25, 2.0)  # the zoo's RetinaNet recipe
     assert not base.model.ssd.loss.HasField("class_weights")

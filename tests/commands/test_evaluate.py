@@ -30,7 +30,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     make_data(data, images=8)
     cfg = write_config(data)
     torch.manual_seed(0)
-    model, _ = builders.build_model(config.load(cfg).config.model.ssd)
+    model, _ = builders.build_model(config.load(cfg).pipeline.model.ssd)
     model_dir = data / "run"
     weights = [{"index": 0, "id": 1, "name": "scratch", "count": 3, "weight": 2.0, "source": "explicit"}]
     save_checkpoint(model_dir, 4, {"model": model.state_dict(), "class_weights": weights})

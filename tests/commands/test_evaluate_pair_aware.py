@@ -33,7 +33,7 @@ WEIGHTS = [{"index": i, "id": i + 1, "name": n, "count": 3, "weight": 1.0, "sour
 def _eval_loss(tmp_path, name, loss_state):
     cfg = write_config(tmp_path, loss=EFL)
     torch.manual_seed(0)
-    model, _ = builders.build_model(config.load(cfg).config.model.ssd)
+    model, _ = builders.build_model(config.load(cfg).pipeline.model.ssd)
     run = tmp_path / name
     save_checkpoint(run, 4, {"model": model.state_dict(), "class_weights": WEIGHTS, "loss": loss_state})
     eval_from_config(cfg, run, out_dir=run / "eval", device="cpu")

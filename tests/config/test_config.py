@@ -83,12 +83,12 @@ def test_zoo_placeholder_paths_reported_only_when_checking():
 
 
 def test_other_zoo_fields_parse():
-    resnet = load_quiet(FIXTURES / "zoo_ssd_resnet50_v1_fpn_640x640.config").config
+    resnet = load_quiet(FIXTURES / "zoo_ssd_resnet50_v1_fpn_640x640.config").pipeline
     assert resnet.train_config.use_bfloat16 is True
     assert resnet.train_config.max_number_of_boxes == 100
     step = resnet.train_config.data_augmentation_options[2].random_scale_crop_and_pad_to_square
     assert (step.output_size, step.scale_min, step.scale_max) == (1024, pytest.approx(0.1), 2.0)
-    mobilenet = load_quiet(FIXTURES / "zoo_ssd_mobilenet_v2_320x320.config").config
+    mobilenet = load_quiet(FIXTURES / "zoo_ssd_mobilenet_v2_320x320.config").pipeline
     assert mobilenet.model.ssd.anchor_generator.ssd_anchor_generator.num_layers == 6
     assert mobilenet.train_config.data_augmentation_options[1].HasField("ssd_random_crop")
 
@@ -137,7 +137,7 @@ def test_voc_reader_paths(tmp_path):
     with pytest.raises(ConfigError, match=r"image_set = .*ImageSets/Main/trainval\.txt"):
         load_quiet(path, check_paths=True)
     (tmp_path / "voc" / "ImageSets" / "Main" / "trainval.txt").write_text("a\n")
-    assert load_quiet(path, check_paths=True).config.train_input_reader.voc_input_reader.root == \
+    assert load_quiet(path, check_paths=True).pipeline.train_input_reader.voc_input_reader.root == \
         str(tmp_path / "voc")
 
 
@@ -292,7 +292,7 @@ def test_effective_config_fills_defaults_but_keeps_meaning():
 
 def test_effective_config_leaves_focal_alpha_unset_when_unset(tmp_path):
     path = write_variant(tmp_path, "gamma: 2.0 alpha: 0.25", "gamma: 2.0")
-    text = cfg.effective_config_text(load_quiet(path).config)
+    text = cfg.effective_config_text(load_quiet(path).pipeline)
     focal = cfg.parse_config(text).model.ssd.loss.classification_loss.weighted_sigmoid_focal
     assert not focal.HasField("alpha")  # unset alpha means "no alpha term", not alpha = 0
     assert focal.gamma == 2.0

@@ -54,7 +54,7 @@ def test_schema_is_the_tf_od_api_one():
 def test_a_zoo_config_loses_nothing(path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        config = load(path).config
+        config = load(path).pipeline
     copy, removed = tf_od_api_copy(config)
     assert removed == []
     assert copy == config

@@ -210,7 +210,7 @@ def test_fpn_variant_equals_tensorflow(monkeypatch):
     monkeypatch.setattr(faster_rcnn, "FPN_FC_DEPTH", 16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        config = raredet.config.load(FPN_FOLDER / "pipeline.config").config
+        config = raredet.config.load(FPN_FOLDER / "pipeline.config").pipeline
     model = builders.build_model(builders.model_message(config))[0].eval()
     report = load_fine_tune_checkpoint(model, FPN_FOLDER / "checkpoint" / "ckpt-0", "full")
     assert not report.missing and not report.unexpected and not report.shape_mismatch
@@ -238,7 +238,7 @@ def test_fpn_detection_checkpoint_loads_backbone_fpn_and_box_classifier(monkeypa
     monkeypatch.setattr(faster_rcnn, "FPN_FC_DEPTH", 16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        config = raredet.config.load(FPN_FOLDER / "pipeline.config").config
+        config = raredet.config.load(FPN_FOLDER / "pipeline.config").pipeline
     model = builders.build_model(builders.model_message(config))[0]
     report = load_fine_tune_checkpoint(model, FPN_FOLDER / "checkpoint" / "ckpt-0", "detection")
     for part in ("backbone", "fpn", "box_classifier"):
