@@ -7,16 +7,18 @@ The config is the TF2 zoo's `ssd_mobilenet_v2_fpnlite_320x320` with only what th
 3 classes, the data paths (raredet's synthetic set written as TFRecords of tf.Example, which both read),
 batch 8, `--steps` steps and 5 warm-up steps (the zoo's learning rate 0.08, its cosine total left at
 50,000 steps, so the rate stays near 0.08), no fine_tune_checkpoint (neither side has the ImageNet
-checkpoint here). Each seed runs the TF OD API's own `model_main_tf2.py` (which logs its losses every
-100 steps) and `raredet train --seed`, one process at a time with the same thread count, runs
-alternating. The TF OD API is a reference here, never a raredet dependency: the script needs its
-install (`../shared/research/tfodapi-reference-install.md`).
+checkpoint here). Each seed runs the TF OD API's own training loop (`model_lib_v2.train_loop`, the
+function `model_main_tf2.py` calls, through `bench/tf_reference_train.py`, seeded and recording its
+losses at every step) and `raredet train --seed`, with the same thread count; `--parallel` runs the two
+systems' seeds side by side, one process per core. The TF OD API is a reference here, never a raredet
+dependency: the script needs its install (`../shared/research/tfodapi-reference-install.md`).
 
 Reported per run: whether it finished, the classification, localization and regularization losses at
-steps 100 and 200 (raredet: the mean of steps 91-100 and 191-200 as well as the step itself, since
-TF's logged value is one step's), wall time and peak RSS of the process tree. The verdict: no raredet
-seed diverges, and its losses at steps 100 and 200 fall within the TF seeds' range (widened by
-half that range).
+steps 100 and 200 and their means over steps 91-100 and 191-200 (one step's loss moves by 0.03-0.05
+from batch to batch, so the window is the comparison that can tell the two apart), wall time and peak
+RSS of the process tree. The verdict: no raredet seed diverges, and at steps 100 and 200 each of its
+losses falls within the TF seeds' range (widened by half that range), for the single step and for
+the window. `--report_only` recomputes the report from an earlier run's folder.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +90,12 @@ def run(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[int, float, flo
     return proc.returncode, time.perf_counter() - start, peak
 
 
-def tf_losses(log: Path) -> dict[int, dict[str, float]]:
+def tf_losses(path: Path) -> dict[int, dict[str, float]]:
+    """Every step's losses from tf_reference_train.py's JSON, else the every-100-steps lines of a log."""
+    if path.suffix == ".json":
+        return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
     found = {}
-    for step, _, blob in TF_LOSS.findall(log.read_text(errors="replace")):
+    for step, _, blob in TF_LOSS.findall(path.read_text(errors="replace")):
         values = dict(re.findall(r"'(Loss/[a-z_]+)': ([-0-9.e+naif]+)", blob))
         found[int(step)] = {k: float(v) for k, v in values.items()}
     return found
@@ -110,40 +116,53 @@ def at(losses: dict[int, dict[str, float]], step: int, window: int = 1) -> dict[
     return {k: sum(losses[s][k] for s in steps) / window for k in TERMS if k in losses[steps[0]]}
 
 
-def one_seed(seed: int, config: Path, out: Path, args: argparse.Namespace, env: dict[str, str]) -> dict:
+def commands(seed: int, config: Path, out: Path, args: argparse.Namespace) -> dict[str, list[str]]:
     tf_dir, rd_dir = out / f"tf_{seed}", out / f"raredet_{seed}"
-    tf_cmd = [args.tf_python, f"{args.tf_research}/object_detection/model_main_tf2.py",
-              f"--pipeline_config_path={config}", f"--model_dir={tf_dir}",
-              f"--checkpoint_every_n={args.steps}", "--alsologtostderr"]
-    tf_env = {**env, "PYTHONPATH": args.tf_research}  # model_main_tf2 takes no seed: repeated runs
-    rd_cmd = [sys.executable, "-m", "raredet.cli", "train", "--pipeline_config_path", str(config),
-              "--model_dir", str(rd_dir), "--seed", str(seed), "--checkpoint_every_n", str(args.steps)]
+    here = Path(__file__).resolve().parent
+    return {"tf": [args.tf_python, str(here / "tf_reference_train.py"), str(config), str(tf_dir),
+                   "--steps", str(args.steps), "--seed", str(seed), "--losses", str(out / f"tf_{seed}.json")],
+            "raredet": [sys.executable, "-m", "raredet.cli", "train", "--pipeline_config_path", str(config),
+                        "--model_dir", str(rd_dir), "--seed", str(seed),
+                        "--checkpoint_every_n", str(args.steps)]}
+
+
+def run_one(name: str, seed: int, config: Path, out: Path, args: argparse.Namespace,
+            env: dict[str, str]) -> None:
+    cmd_env = {**env, "PYTHONPATH": args.tf_research} if name == "tf" else env
+    code, seconds, peak = run(commands(seed, config, out, args)[name], out / f"{name}_{seed}.log", cmd_env)
+    (out / f"{name}_{seed}.run.json").write_text(json.dumps({"exit": code, "seconds": seconds,
+                                                             "peak_rss_mb": peak}))
+    print(seed, name, "exit", code, f"{seconds:.0f} s", flush=True)
+
+
+def summarise(seed: int, out: Path) -> dict:
     row: dict[str, Any] = {"seed": seed}
-    for name, cmd, cmd_env, directory in (("tf", tf_cmd, tf_env, tf_dir), ("raredet", rd_cmd, env, rd_dir)):
-        code, seconds, peak = run(cmd, out / f"{name}_{seed}.log", cmd_env)
-        losses = tf_losses(out / f"{name}_{seed}.log") if name == "tf" else raredet_losses(directory)
-        row[name] = {"exit": code, "seconds": seconds, "peak_rss_mb": peak,
+    for name in ("tf", "raredet"):
+        ran = out / f"{name}_{seed}.run.json"
+        losses = (tf_losses(out / f"tf_{seed}.json") if name == "tf"
+                  else raredet_losses(out / f"raredet_{seed}"))
+        row[name] = {**(json.loads(ran.read_text()) if ran.exists() else {"exit": None}),
                      "last_step": max(losses, default=0),
-                     **{f"step_{s}": at(losses, s) for s in (100, 200)}}
-        if name == "raredet":
-            row[name].update({f"mean_{s - 9}_{s}": at(losses, s, 10) for s in (100, 200)})
-        print(seed, name, json.dumps(row[name]), flush=True)
+                     **{f"step_{s}": at(losses, s) for s in (100, 200)},
+                     **{f"mean_{s - 9}_{s}": at(losses, s, 10) for s in (100, 200)}}
     return row
 
 
 def verdict(rows: list[dict]) -> list[str]:
     lines = []
     for step in (100, 200):
-        for term in TERMS:
-            tf_values = [r["tf"][f"step_{step}"][term] for r in rows if r["tf"].get(f"step_{step}")]
-            ours = [r["raredet"][f"step_{step}"][term] for r in rows if r["raredet"].get(f"step_{step}")]
-            if not tf_values or not ours:
-                continue
-            low, high = min(tf_values), max(tf_values)
-            margin = 0.5 * (high - low)
-            inside = all(low - margin <= v <= high + margin for v in ours)
-            lines.append(f"| {step} | {term} | {', '.join(f'{v:.3f}' for v in tf_values)} | "
-                         f"{', '.join(f'{v:.3f}' for v in ours)} | {'yes' if inside else 'no'} |")
+        for key in (f"step_{step}", f"mean_{step - 9}_{step}"):
+            for term in TERMS:
+                tf_values = [r["tf"][key][term] for r in rows if r["tf"].get(key)]
+                ours = [r["raredet"][key][term] for r in rows if r["raredet"].get(key)]
+                if not tf_values or not ours:
+                    continue
+                low, high = min(tf_values), max(tf_values)
+                margin = 0.5 * (high - low)
+                inside = all(low - margin <= v <= high + margin for v in ours)
+                what = f"{step}" if key.startswith("step") else f"{step - 9}-{step} (mean)"
+                lines.append(f"| {what} | {term} | {', '.join(f'{v:.3f}' for v in tf_values)} | "
+                             f"{', '.join(f'{v:.3f}' for v in ours)} | {'yes' if inside else 'no'} |")
     finished = sum(r["raredet"]["exit"] == 0 for r in rows)
     header = [f"raredet runs that finished: {finished} of {len(rows)}; TF OD API runs: "
               f"{sum(r['tf']['exit'] == 0 for r in rows)} of {len(rows)}.", "",
@@ -161,13 +180,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("/tmp/side_by_side"))
     parser.add_argument("--name", default="tf_side_by_side")
+    parser.add_argument("--parallel", action="store_true", help="the two systems' runs two at a time")
+    parser.add_argument("--report_only", action="store_true", help="summarise an earlier run's --out")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     config = make_config(args.out / "data", args.steps)
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1",
            "TF_NUM_INTRAOP_THREADS": threads}
-    rows = [one_seed(seed, config, args.out, args, env) for seed in args.seeds]
+    if not args.report_only:
+        jobs = [(name, seed) for seed in args.seeds for name in ("tf", "raredet")]
+        with ThreadPoolExecutor(2 if args.parallel else 1) as pool:
+            list(pool.map(lambda job: run_one(*job, config, args.out, args, env), jobs))
+    rows = [summarise(seed, args.out) for seed in args.seeds]
     lines = verdict(rows)
     print("\n".join(lines))
     print(save_result(args.name, {"config": CONFIG, "zoo": str(ZOO), "steps": args.steps, "rows": rows,
