@@ -1,5 +1,6 @@
 """The Faster R-CNN model: torchvision-named backbones (ResNet-152 too), stride-16 first stage, output
-shapes, shared vs per-class boxes, classification fine-tuning into the backbone, config errors."""
+shapes, shared vs per-class boxes, classification fine-tuning into the backbone, config errors;
+the FPN crop level of a box."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from raredet.errors import ConfigError
 from raredet.modeling.backbones import ResNet
-from raredet.modeling.faster_rcnn import FasterRCNN
+from raredet.modeling.faster_rcnn import FasterRCNN, fpn_levels_of_boxes
 from raredet.modeling.pretrained import load_fine_tune_checkpoint
 
 GRID = {"grid_anchor_generator": {"scales": [0.25, 0.5], "aspect_ratios": [0.5, 1.0, 2.0]}}
@@ -108,3 +109,20 @@ def test_calibration_config_acts_in_the_tf_od_api_order():
     mapped = _model(calibration=Calibration.piecewise_linear(3, {1: ([0.0, 1.0], [0.0, 0.5])}))
     plain = torch.softmax(logits, dim=-1)[:, 1:]
     torch.testing.assert_close(mapped.score_converter(logits), plain * torch.tensor([1.0, 0.5, 1.0]))
+
+
+def test_fpn_crop_levels_by_hand():
+    # floor(log2(side / 224)) + num_levels - 2 with 4 maps: 111 -> -2 + 2 = 0, 113 -> -1 + 2 = 1,
+    # 223 -> 1, 225 -> 0 + 2 = 2, 449 -> 1 + 2 = 3, 2000 -> clamped to 3, 10 -> clamped to 0
+    sides = torch.tensor([111.0, 113.0, 223.0, 225.0, 449.0, 2000.0, 10.0])
+    boxes = torch.stack([torch.zeros(7), torch.zeros(7), sides, sides], dim=-1)[None]
+    assert fpn_levels_of_boxes(boxes, (640, 640), 4).tolist() == [[0, 1, 1, 2, 3, 3, 0]]
+
+
+def test_fpn_levels_equal_tensorflows_at_the_boundaries():
+    # TF 2.15.1's object_detection.utils.ops.fpn_feature_levels(5, 3, sqrt(640 * 480) / 224, boxes) on
+    # square s x s px boxes normalised to a 640 x 480 image (run 2026-12-07): the levels printed below
+    sides = [16, 55.9, 56, 56.1, 100, 111.9, 112, 112.1, 224, 300, 447, 448, 449, 600]
+    tf_levels = [0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4, 4]
+    boxes = torch.tensor([[[0.0, 0.0, s, s] for s in sides]])
+    assert fpn_levels_of_boxes(boxes, (640, 480), 5).tolist() == [tf_levels]
