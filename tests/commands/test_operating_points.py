@@ -15,7 +15,7 @@ import torch
 from tests.helpers import tiny_pipeline as tiny
 
 from raredet.cli import main
-from raredet.commands.trained import apply_operating_points, load_trained_model
+from raredet.commands.trained import load_trained_model, set_operating_points_from_file
 from raredet.evaluation import operating_points as ops
 
 # slow: trains, evaluates, predicts and exports through the CLI (about a minute on 2 CPU cores).
@@ -201,7 +201,7 @@ def test_onnx_export_with_operating_points_matches_pytorch(run, tmp_path):
     images = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
     images = images.permute(0, 3, 1, 2).contiguous()
     trained = load_trained_model(data / "run")
-    apply_operating_points(trained, out / ops.JSON_NAME, review=False)
+    set_operating_points_from_file(trained, out / ops.JSON_NAME, review=False)
     with torch.no_grad():
         det = trained.model.postprocess(trained.model(images), torch.tensor([[64, 64]] * len(files)))
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])

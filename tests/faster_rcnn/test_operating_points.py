@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from tests.commands.test_operating_points import assert_exported_equal_pytorch, detection_key, predict_files
-from tests.faster_rcnn.test_commands import scaled_checkpoint
+from tests.helpers.faster_rcnn import scaled_checkpoint
 
 from raredet import config
 from raredet.cli import main
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationW
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path]:
-    """(data folder, config) with a checkpoint in data/run (tests/faster_rcnn/test_commands.py's)."""
+    """(data folder, config) with a checkpoint in data/run (tests/helpers/faster_rcnn.py's)."""
     data = tmp_path_factory.mktemp("frcnn_op")
     return data, scaled_checkpoint(data, images=8)[1]
 

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from raredet import builders
-from raredet.commands.trained import TrainedModel, apply_operating_points, load_trained_model
+from raredet.commands.trained import TrainedModel, load_trained_model, set_operating_points_from_file
 from raredet.errors import ConfigError, RaredetError
 from raredet.fileio import atomic_write, atomic_write_bytes
 
@@ -340,7 +340,7 @@ def export_model(model_dir: str | os.PathLike[str], format: str, out: str | os.P
         raise ConfigError(f"--format {format!r}: valid formats are {', '.join(FORMATS)}")
     trained = load_trained_model(model_dir, pipeline_config_path, label_map_path)
     if operating_points is not None:
-        apply_operating_points(trained, operating_points, review=False)
+        set_operating_points_from_file(trained, operating_points, review=False)
     size = input_size(builders.model_message(trained.pipeline))
     module = ExportableDetector(trained.model, size, trained.label_map.ids).eval()
     run_exported = FORMATS[format](module, Path(out), _metadata(trained, size, operating_points))

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from raredet import builders
-from raredet.commands.trained import TrainedModel, apply_operating_points, load_trained_model
+from raredet.commands.trained import TrainedModel, load_trained_model, set_operating_points_from_file
 from raredet.errors import ConfigError, DataError
 from raredet.fileio import atomic_write, atomic_write_json
 
@@ -212,7 +212,7 @@ def predict(model_dir: str | os.PathLike[str], images: Sequence[str], out_dir: s
     trained = load_trained_model(model_dir, pipeline_config_path, label_map_path)
     keep = ScoreFilter(min_score)
     if operating_points is not None:
-        content = apply_operating_points(trained, operating_points, review=True)
+        content = set_operating_points_from_file(trained, operating_points, review=True)
         keep = ScoreFilter(accept=content["score_threshold"], review=content["review_score_threshold"])
     paths, missing = find_images(images)
     for text, reason in missing:

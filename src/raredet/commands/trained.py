@@ -225,8 +225,8 @@ def load_tf_model(folder: Path, prefix: Path, pipeline_config_path: str | os.Pat
                         tf_checkpoint_step(prefix), loaded.text, notes + ((note,) if note else ()))
 
 
-def apply_operating_points(trained: TrainedModel, path: str | os.PathLike[str],
-                           review: bool) -> dict[str, Any]:
+def set_operating_points_from_file(trained: TrainedModel, path: str | os.PathLike[str],
+                                   review: bool) -> dict[str, Any]:
     """Give `trained.model` the per-class thresholds of an operating_points.json (`raredet eval`): its
     scores are mapped so that each class's threshold lands on the file's `score_threshold`, which
     becomes NMS's score threshold (the review one with `review` and a review band). Returns the file's
