@@ -17,7 +17,7 @@ from tests.helpers.faster_rcnn import scaled_checkpoint
 
 from raredet import config
 from raredet.cli import main
-from raredet.commands.trained import apply_operating_points, load_trained_model
+from raredet.commands.trained import load_trained_model, set_operating_points_from_file
 from raredet.evaluation import operating_points as ops
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -109,7 +109,7 @@ def test_export_with_the_thresholds_matches_pytorch(run, chosen, tmp_path, fmt, 
         assert trained.model.score_converter.calibration.mapped.all()  # the written maps, in the model
     else:
         trained = load_trained_model(data / "run")
-        apply_operating_points(trained, eval_dir / ops.JSON_NAME, review=False)
+        set_operating_points_from_file(trained, eval_dir / ops.JSON_NAME, review=False)
         assert trained.model.score_converter.thresholds.mapped.all()
     with torch.no_grad():
         det = trained.model.postprocess(trained.model(images), torch.tensor([[64, 64]] * len(files)))
