@@ -12,7 +12,7 @@ Photometric ops follow the TF OD API: they work on the image scaled to [0, 1] an
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,9 @@ from raredet.data.example import Example
 from raredet.errors import ConfigError
 
 PER_BOX_KEYS = ("boxes", "labels", "weights", "is_crowd", "difficult")
+
+# An augmentation: (example, the example's generator) -> the augmented example.
+AugmentOp = Callable[[Example, np.random.Generator], Example]
 
 
 def keep_boxes(example: Example, keep: np.ndarray) -> Example:
@@ -518,7 +521,7 @@ AUGMENTATIONS: dict[str, type] = {
 }
 
 
-def build_augmentation(name: str, params: dict[str, Any] | None = None) -> Any:
+def build_augmentation(name: str, params: dict[str, Any] | None = None) -> AugmentOp:
     """The op for TF OD API preprocessing step ``name`` with proto fields ``params``."""
     if name not in AUGMENTATIONS:
         raise ConfigError(

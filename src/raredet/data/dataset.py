@@ -12,18 +12,16 @@ does).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from raredet.data.augment import IdentityResizer, Resizer
+from raredet.data.augment import AugmentOp, IdentityResizer, Resizer
 from raredet.data.example import Example
 from raredet.data.readers import Reader
-
-AugmentOp = Callable[[Example, np.random.Generator], Example]
 
 
 class DetectionDataset(torch.utils.data.Dataset[Example]):
