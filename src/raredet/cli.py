@@ -132,6 +132,31 @@ def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
+def _add_init(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("init", help="from your VOC folder, COCO JSON or TFRecords and a TF2 zoo model name: "
+                       "a working pipeline.config, label map, train/val/test TFRecords and class statistics")
+    p.add_argument("data", help="a Pascal VOC folder (Annotations/, JPEGImages/), a COCO JSON file, or "
+                   "TFRecords (a file, glob or folder; with --label_map)")
+    p.add_argument("--model", required=True, help="a TF2 zoo model, e.g. ssd_mobilenet_v2_fpnlite_320x320")
+    p.add_argument("--out", required=True, help="folder to write into (must be empty unless --overwrite)")
+    p.add_argument("--images", help="COCO: the folder file_name is relative to (default: beside the JSON)")
+    p.add_argument("--label_map", help="label_map.pbtxt: class names and order (required for TFRecords; "
+                   "VOC/COCO: boxes of other classes are dropped and reported)")
+    p.add_argument("--batch_size", type=int, help="training batch (default 8 on a CPU, 32 with CUDA)")
+    p.add_argument("--num_steps", type=int, help="training steps (default: the zoo config's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+
+    def run(a: argparse.Namespace) -> int:
+        from raredet.commands.init import run_init
+
+        print(run_init(a.data, a.model, a.out, images=a.images, label_map=a.label_map,
+                       batch_size=a.batch_size, num_steps=a.num_steps, seed=a.seed, overwrite=a.overwrite))
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="train the model of a pipeline.config; resumes from the newest "
                        "checkpoint in --model_dir (flags as model_main_tf2.py; works under torchrun)")
@@ -292,8 +317,8 @@ def _add_inspect_checkpoint(sub: argparse._SubParsersAction[argparse.ArgumentPar
 # ---- end of verbs ----------------------------------------------------------------------------------
 
 VERBS: list[AddVerb] = [
-    _add_config, _add_evaluate_detections, _add_compare, _add_eval, _add_stats, _add_synth, _add_train,
-    _add_predict, _add_export, _add_demo, _add_inspect_checkpoint,
+    _add_config, _add_evaluate_detections, _add_compare, _add_eval, _add_stats, _add_synth, _add_init,
+    _add_train, _add_predict, _add_export, _add_demo, _add_inspect_checkpoint,
 ]
 
 
