@@ -437,4 +437,6 @@ def _print_footer(out: Path, total: float, train_seconds: float) -> Path:
         run_dir = out / "raredet"
         print(f"  (not written: see {run_dir / 'run.log'}; {run_dir / 'eval' / ops.JSON_NAME} holds the "
               "thresholds)")
+    print("with your own data (a VOC folder, a COCO JSON or TFRecords): raredet init DATA --model "
+          "ssd_mobilenet_v2_fpnlite_320x320 --out DIR writes the config, TFRecords and class statistics")
     return config_path
