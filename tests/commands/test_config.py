@@ -6,9 +6,13 @@ import math
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from raredet.cli import main
-from raredet.commands.config import check
+from raredet.commands.config import check, summary_text
+from raredet.config import LabelMap, LoadedConfig, parse_config
 from raredet.data.synth import make_synthetic_dataset
+from raredet.errors import ConfigError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "configs"
 WEIGHTED = FIXTURES / "weighted.config"
@@ -67,3 +71,21 @@ def test_show_resolve_weights_prints_the_effective_number_table(tmp_path, capsys
     assert math.isclose(float(rows["crack"][4]), raw["crack"] * scale, rel_tol=1e-3)
     assert rows["dent"][4:] == ["3.5", "explicit"]
     assert rows["crack"][5] == "auto:EFFECTIVE_NUMBER"
+
+
+FASTER_RCNN_WEIGHTS = """model { faster_rcnn { num_classes: 3
+  feature_extractor { type: "faster_rcnn_resnet50_keras" }
+  second_stage_class_weights { weight { name: "crack" value: 8.0 } weight { id: 2 value: 2.5 } } } }"""
+
+
+def test_summary_of_faster_rcnn_weights_names_its_own_field():
+    pipeline = parse_config(FASTER_RCNN_WEIGHTS)
+    names = LabelMap.from_names(["scratch", "dent", "crack"])  # ids 1, 2, 3
+    summary = summary_text(LoadedConfig(pipeline, names, Path("p.config"), FASTER_RCNN_WEIGHTS))
+    rows = [line.split() for line in summary.splitlines() if line.strip()[:1].isdigit()]
+    assert rows == [["1", "scratch", "1"], ["2", "dent", "2.5"], ["3", "crack", "8"]]
+    # A label map without the class named (load refuses it first; the summary names the same field).
+    other = LabelMap.from_names(["scratch", "dent", "crak"])
+    with pytest.raises(ConfigError, match=r"^model\.faster_rcnn\.second_stage_class_weights\.weight\.name: "
+                       r"'crack' is not in the label map"):
+        summary_text(LoadedConfig(pipeline, other, Path("p.config"), FASTER_RCNN_WEIGHTS))

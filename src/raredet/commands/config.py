@@ -11,9 +11,18 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from raredet.builders import check_buildable, model_message, post_processing_of, resolve_class_weight_table
-from raredet.config import ConfigWarning, LabelMap, LoadedConfig, class_index, effective_config_text, load
-from raredet.config.load import _fill_defaults, _reader_paths
-from raredet.config.validate import PAIR_AWARE_RANGES, _readers
+from raredet.config import (
+    PAIR_AWARE_RANGES,
+    ConfigWarning,
+    LabelMap,
+    LoadedConfig,
+    class_index,
+    effective_config_text,
+    fill_defaults,
+    input_readers,
+    load,
+    reader_paths,
+)
 from raredet.losses.class_weights import format_class_weight_table
 from raredet.protos import faster_rcnn_pb2, losses_pb2, pipeline_pb2, post_processing_pb2, ssd_pb2
 
@@ -142,7 +151,7 @@ def _loss_lines(loss: losses_pb2.Loss) -> list[str]:
     if cls.WhichOneof("classification_loss") in PAIR_AWARE_RANGES:  # show every parameter in effect
         cls = type(cls)()
         cls.CopyFrom(loss.classification_loss)
-        _fill_defaults(cls)
+        fill_defaults(cls)
     return [
         f"losses:       classification {_oneof_text(cls, 'classification_loss')}"
         f" x {loss.classification_weight:g}",
@@ -152,7 +161,9 @@ def _loss_lines(loss: losses_pb2.Loss) -> list[str]:
     ]
 
 
-def _class_weight_lines(weights: losses_pb2.ClassWeights, label_map: LabelMap | None) -> list[str]:
+def _class_weight_lines(weights: losses_pb2.ClassWeights, label_map: LabelMap | None,
+                        field: str) -> list[str]:
+    """The class-weight block of the summary; `field` is where `weights` is in the config (for errors)."""
     if not weights.weight and not weights.HasField("auto"):
         return ["class weights: none (every class 1.0)"]
     lines = ["class weights:" + ("" if weights.apply_to_localization else " (classification only)")]
@@ -163,17 +174,18 @@ def _class_weight_lines(weights: losses_pb2.ClassWeights, label_map: LabelMap | 
                      f"count={losses_pb2.AutoClassWeights.Count.Name(auto.count)}{clip} "
                      "(computed from the training data at train time)")
     lines.append(f"  {'id':>4}  {'name':<24} weight")
-    for id_, name, value in _weight_rows(weights, label_map):
+    for id_, name, value in _weight_rows(weights, label_map, f"{field}.weight"):
         lines.append(f"  {id_:>4}  {name:<24} {value}")
     return lines
 
 
-def _weight_rows(weights: losses_pb2.ClassWeights, label_map: LabelMap | None) -> list[tuple[str, str, str]]:
-    """(id, name, weight) per class: every class when a label map is loaded, else the entries given."""
+def _weight_rows(weights: losses_pb2.ClassWeights, label_map: LabelMap | None,
+                 field: str) -> list[tuple[str, str, str]]:
+    """(id, name, weight) per class: every class when a label map is loaded, else the entries given.
+    `field`: the config path of `weights.weight`, which an error names."""
     if label_map is None:
         return [_given_row(w) for w in weights.weight]
-    given = {class_index(w, label_map, "model.ssd.loss.class_weights.weight"): f"{w.value:g}"
-             for w in weights.weight}
+    given = {class_index(w, label_map, field): f"{w.value:g}" for w in weights.weight}
     rest = "auto" if weights.HasField("auto") else "1"
     return [(str(label_map.id_of_index(i)), label_map.name_of_index(i), given.get(i, rest))
             for i in range(label_map.num_classes)]
@@ -186,9 +198,9 @@ def _given_row(weight: losses_pb2.ClassWeight) -> tuple[str, str, str]:
 
 def _input_lines(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[str]:
     lines = ["inputs:"]
-    for name, reader in _readers(config):
+    for name, reader in input_readers(config):
         source = reader.WhichOneof("input_reader")
-        paths = _reader_paths(reader, name)[1 if reader.label_map_path else 0:]
+        paths = reader_paths(reader, name)[1 if reader.label_map_path else 0:]
         shown = ", ".join(p for _, p, _ in paths[:3]) + (", ..." if len(paths) > 3 else "")
         lines.append(f"  {name}: {source} {shown}")
         if reader.HasField("repeat_factor_sampling"):
@@ -203,12 +215,13 @@ def summary_text(loaded: LoadedConfig) -> str:
         frcnn = loaded.pipeline.model.faster_rcnn
         lines += _faster_rcnn_lines(frcnn) + _class_lines(frcnn, loaded.label_map)
         lines += _post_processing_lines(loaded.pipeline)
-        lines += _class_weight_lines(frcnn.second_stage_class_weights, loaded.label_map)
+        lines += _class_weight_lines(frcnn.second_stage_class_weights, loaded.label_map,
+                                     "model.faster_rcnn.second_stage_class_weights")
     else:
         ssd = loaded.pipeline.model.ssd
         lines += _model_lines(ssd) + _class_lines(ssd, loaded.label_map) + _loss_lines(ssd.loss)
         lines += _post_processing_lines(loaded.pipeline)
-        lines += _class_weight_lines(ssd.loss.class_weights, loaded.label_map)
+        lines += _class_weight_lines(ssd.loss.class_weights, loaded.label_map, "model.ssd.loss.class_weights")
     lines += _input_lines(loaded.pipeline)
     lines += [f"warning: {w}" for w in loaded.warnings]
     return "\n".join(lines)

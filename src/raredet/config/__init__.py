@@ -16,22 +16,27 @@ from raredet.config.load import (
     LoadedConfig,
     check_input_paths,
     effective_config_text,
+    fill_defaults,
     load,
     parse_config,
+    reader_paths,
     resolve_paths,
 )
 from raredet.config.text import parse_text
 from raredet.config.validate import (
     NOT_ACTED_ON,
+    PAIR_AWARE_RANGES,
     ConfigWarning,
     check_calibration,
     class_index,
+    input_readers,
     not_acted_on,
     validate,
 )
 
 __all__ = [
     "NOT_ACTED_ON",
+    "PAIR_AWARE_RANGES",
     "ConfigWarning",
     "LabelMap",
     "LoadedConfig",
@@ -39,10 +44,13 @@ __all__ = [
     "check_input_paths",
     "class_index",
     "effective_config_text",
+    "fill_defaults",
+    "input_readers",
     "load",
     "not_acted_on",
     "parse_config",
     "parse_text",
+    "reader_paths",
     "resolve_paths",
     "validate",
 ]

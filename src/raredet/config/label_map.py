@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from raredet.config.text import _did_you_mean, _read_text, parse_text
+from raredet.config.text import did_you_mean, parse_text, read_text
 from raredet.errors import ConfigError
 from raredet.fileio import atomic_write_text
 from raredet.protos import string_int_label_map_pb2
@@ -68,7 +68,7 @@ class LabelMap:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LabelMap:
         """Read and parse a label_map.pbtxt file."""
-        return cls.parse(_read_text(Path(path), "label map"), path)
+        return cls.parse(read_text(Path(path), "label map"), path)
 
     @classmethod
     def from_names(cls, names: Sequence[str]) -> LabelMap:
@@ -106,7 +106,7 @@ class LabelMap:
             return self._index_by_name[name]
         except KeyError:
             raise ConfigError(
-                f"{self.path}: no class named '{name}'{_did_you_mean(name, self._index_by_name)}; "
+                f"{self.path}: no class named '{name}'{did_you_mean(name, self._index_by_name)}; "
                 f"the names are {self.names}"
             ) from None
 

@@ -21,13 +21,13 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from raredet.config.label_map import LabelMap
-from raredet.config.text import _read_text, parse_text
+from raredet.config.text import parse_text, read_text
 from raredet.config.validate import (
     NOT_ACTED_ON,
     ConfigWarning,
-    _not_acted_on_warnings,
-    _readers,
-    _unchecked_classes_warnings,
+    input_readers,
+    not_acted_on_warnings,
+    unchecked_classes_warnings,
     validate,
 )
 from raredet.errors import ConfigError
@@ -69,14 +69,14 @@ def load(path: str | os.PathLike[str], check_paths: bool = False) -> LoadedConfi
     fields raredet parses but does not act on.
     """
     path = Path(path)
-    text = _read_text(path, "pipeline config")
+    text = read_text(path, "pipeline config")
     config = parse_config(text, path)
     resolve_paths(config, path.resolve().parent)
     label_map = _load_label_map(config, path)
     validate(config, label_map, path)
     if check_paths:
         check_input_paths(config, path)
-    notes = _not_acted_on_warnings(config, path) + _unchecked_classes_warnings(config, label_map, path)
+    notes = not_acted_on_warnings(config, path) + unchecked_classes_warnings(config, label_map, path)
     for note in notes:
         warnings.warn(note, ConfigWarning, stacklevel=2)
     return LoadedConfig(config, label_map, path, text, tuple(notes))
@@ -101,7 +101,7 @@ def _resolved(value: str, base: Path) -> str:
 
 def resolve_paths(config: pipeline_pb2.TrainEvalPipelineConfig, base: Path) -> None:
     """Make the input paths of `config` absolute, relative ones taken from `base` (in place)."""
-    for _, reader in _readers(config):
+    for _, reader in input_readers(config):
         reader.label_map_path = _resolved(reader.label_map_path, base)
         source = reader.WhichOneof("input_reader")  # touch only the set member: others would switch it
         if source == "tf_record_input_reader":
@@ -124,7 +124,7 @@ def resolve_paths(config: pipeline_pb2.TrainEvalPipelineConfig, base: Path) -> N
 def _load_label_map(config: pipeline_pb2.TrainEvalPipelineConfig, path: Path) -> LabelMap | None:
     """The readers' label map; all readers that name an existing one must agree."""
     found: list[tuple[str, LabelMap]] = []
-    for name, reader in _readers(config):
+    for name, reader in input_readers(config):
         if reader.label_map_path and _exists(reader.label_map_path):
             found.append((f"{name}.label_map_path", LabelMap.load(reader.label_map_path)))
     if not found:
@@ -142,7 +142,7 @@ def _load_label_map(config: pipeline_pb2.TrainEvalPipelineConfig, path: Path) ->
 # ---- input paths -------------------------------------------------------------------------------------
 
 
-def _reader_paths(reader: InputReader, where: str) -> list[tuple[str, str, str]]:
+def reader_paths(reader: InputReader, where: str) -> list[tuple[str, str, str]]:
     """(field, path, kind) for every input path a reader needs; kind is file, dir or glob."""
     needed = [(f"{where}.label_map_path", reader.label_map_path, "file")] if reader.label_map_path else []
     source = reader.WhichOneof("input_reader")
@@ -187,7 +187,7 @@ def check_input_paths(
     config: pipeline_pb2.TrainEvalPipelineConfig, path: Path | str = "<pipeline.config>"
 ) -> None:
     """ConfigError listing every input path that does not exist (globs: that match nothing)."""
-    needed = [item for name, reader in _readers(config) for item in _reader_paths(reader, name)]
+    needed = [item for name, reader in input_readers(config) for item in reader_paths(reader, name)]
     if config.train_config.fine_tune_checkpoint:
         needed.append(("train_config.fine_tune_checkpoint", config.train_config.fine_tune_checkpoint,
                        "checkpoint"))
@@ -202,7 +202,7 @@ def check_input_paths(
 # ---- effective config --------------------------------------------------------------------------------
 
 
-def _fill_defaults(msg: Message) -> None:
+def fill_defaults(msg: Message) -> None:
     """Set every unset scalar that has an explicit default, in `msg` and its set sub-messages.
     Fields raredet ignores (NOT_ACTED_ON) are not filled in.
 
@@ -216,9 +216,9 @@ def _fill_defaults(msg: Message) -> None:
                 continue
             if fd.is_repeated:
                 for item in getattr(msg, fd.name):
-                    _fill_defaults(item)
+                    fill_defaults(item)
             elif msg.HasField(fd.name):
-                _fill_defaults(getattr(msg, fd.name))
+                fill_defaults(getattr(msg, fd.name))
         elif _fillable(msg, fd):
             setattr(msg, fd.name, fd.default_value)
 
@@ -234,5 +234,5 @@ def effective_config_text(config: Message) -> str:
     """`config` as protobuf text with every default of the blocks present written out."""
     filled = type(config)()
     filled.CopyFrom(config)
-    _fill_defaults(filled)
+    fill_defaults(filled)
     return text_format.MessageToString(filled)

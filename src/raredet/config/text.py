@@ -106,7 +106,9 @@ def parse_text(text: str, message: M, path: str | os.PathLike[str]) -> M:
     return message
 
 
-def _read_text(path: Path, what: str) -> str:
+def read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of `path`; a missing, unreadable or non-UTF-8 file is a ConfigError naming `what`
+    (e.g. "label map") and the path."""
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -117,6 +119,7 @@ def _read_text(path: Path, what: str) -> str:
         raise ConfigError(f"{what} {path} cannot be read: {err}") from None
 
 
-def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` with the candidate nearest `word`, or '' when none is near."""
     best = _nearest(word, candidates)
     return f" (did you mean '{best}'?)" if best else ""

@@ -16,7 +16,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from raredet.config.label_map import LabelMap
-from raredet.config.text import _did_you_mean
+from raredet.config.text import did_you_mean
 from raredet.errors import ConfigError
 from raredet.protos import (
     calibration_pb2,
@@ -145,7 +145,7 @@ class ConfigWarning(UserWarning):
     """A pipeline.config that raredet can use, with something the user should know about."""
 
 
-def _readers(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[tuple[str, InputReader]]:
+def input_readers(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[tuple[str, InputReader]]:
     """(field path, reader) for every input reader present."""
     readers = []
     if config.HasField("train_input_reader"):
@@ -173,7 +173,7 @@ def class_index(ref: losses_pb2.ClassWeight | losses_pb2.ClassAlpha, label_map: 
     if index < 0:
         known = lm.names + lm.display_names
         raise ConfigError(f"{field}.name: '{ref.name}' is not in the label map {lm.path}"
-                          f"{_did_you_mean(ref.name, known)}; its names are {lm.names}")
+                          f"{did_you_mean(ref.name, known)}; its names are {lm.names}")
     return index
 
 
@@ -242,7 +242,7 @@ def validate(config: pipeline_pb2.TrainEvalPipelineConfig, label_map: LabelMap |
         _validate_loss(config.model.ssd.loss, check)
     if config.train_config.HasField("batch_size") and config.train_config.batch_size < 1:
         check.fail("train_config.batch_size", "must be at least 1")
-    for name, reader in _readers(config):
+    for name, reader in input_readers(config):
         _validate_reader(reader, name, check)
 
 
@@ -563,7 +563,9 @@ def not_acted_on(config: Message) -> list[str]:
     return ignored
 
 
-def _not_acted_on_warnings(config: pipeline_pb2.TrainEvalPipelineConfig, path: Path | str) -> list[str]:
+def not_acted_on_warnings(config: pipeline_pb2.TrainEvalPipelineConfig, path: Path | str) -> list[str]:
+    """The one warning `load` gives about the fields of `config` that raredet parses but ignores (none
+    if there are none)."""
     ignored = not_acted_on(config)
     ignored += [f"eval_input_reader[{i}] (only the first eval_input_reader is evaluated)"
                 for i in range(1, len(config.eval_input_reader))]
@@ -573,8 +575,10 @@ def _not_acted_on_warnings(config: pipeline_pb2.TrainEvalPipelineConfig, path: P
             + ", ".join(ignored)]
 
 
-def _unchecked_classes_warnings(config: pipeline_pb2.TrainEvalPipelineConfig, label_map: LabelMap | None,
-                                path: Path | str) -> list[str]:
+def unchecked_classes_warnings(config: pipeline_pb2.TrainEvalPipelineConfig, label_map: LabelMap | None,
+                               path: Path | str) -> list[str]:
+    """The warning `load` gives when classes are named by class weights or alphas but no label map was
+    loaded to check them against (none otherwise)."""
     loss = config.model.ssd.loss
     refs = len(loss.class_weights.weight) + len(loss.classification_loss.weighted_sigmoid_focal.class_alpha)
     refs += len(config.model.faster_rcnn.second_stage_class_weights.weight)
