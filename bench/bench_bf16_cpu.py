@@ -27,7 +27,7 @@ import torch
 
 from bench.bench_model import _build
 from bench.common import save_result
-from raredet.engine.train import cpu_runs_bf16_natively
+from raredet.engine.runtime import cpu_runs_bf16_natively
 
 SIZE, BATCH = 320, 2
 

@@ -40,7 +40,8 @@ from bench.common import RESULTS_DIR, machine, save_result, zoo_user_copy
 from raredet import builders, config
 from raredet.data.synth import make_synthetic_dataset
 from raredet.engine.optim import set_learning_rate
-from raredet.engine.train import forward_backward, to_device
+from raredet.engine.runtime import to_device
+from raredet.engine.train import forward_backward
 from raredet.fileio import atomic_write_json
 
 CASES = (("ssd_resnet50_v1_fpn_640x640_coco17_tpu-8.config", 640, 16),

@@ -35,7 +35,8 @@ from bench.common import RESULTS_DIR, save_result
 from raredet import builders, config
 from raredet.data.synth import make_synthetic_dataset
 from raredet.engine.optim import set_learning_rate
-from raredet.engine.train import autocast_for, default_num_workers, model_inputs, to_device
+from raredet.engine.runtime import autocast_for, default_num_workers, to_device
+from raredet.engine.train import model_inputs
 
 MODELS = ("ssd_resnet18_v1_fpn", "ssd_mobilenet_v2_fpn", "faster_rcnn_resnet50")
 PHASES = ("data_wait", "forward", "loss", "backward", "optimizer")

@@ -1,7 +1,7 @@
 """Each CPU speed change of issue 15's third wave alone and together, on the zoo's
 `ssd_mobilenet_v2_fpnlite_320x320` (bench_zoo's config and data), batch 8, 1 thread.
 
-A variant is `channels_last,allocator,relu6` (each 0/1): NHWC memory order; `engine.train.
+A variant is `channels_last,allocator,relu6` (each 0/1): NHWC memory order; `engine.runtime.
 configure_allocator` (glibc keeps freed activations); `modeling.layers.ReLU6` for the in-place ReLU6
 (0: torch's `nn.ReLU6(inplace=True)`). Each variant runs in a fresh process (the allocator setting is
 process-wide): model + loss + optimizer on fixed batches, no loader; 2 warm-up steps, then user and
@@ -45,7 +45,8 @@ def one_variant(variant: str, steps: int = 3) -> dict[str, Any]:
         layers.ACTIVATIONS["RELU_6"] = nn.ReLU6
         ssd.use_fast_relu6 = lambda model: model  # type: ignore[assignment]
     from raredet import builders, config
-    from raredet.engine.train import configure_allocator, forward_backward, to_device
+    from raredet.engine.runtime import configure_allocator, to_device
+    from raredet.engine.train import forward_backward
 
     if allocator and not configure_allocator():
         raise RuntimeError("configure_allocator did not apply (not glibc?)")

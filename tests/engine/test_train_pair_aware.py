@@ -13,7 +13,8 @@ from torch import nn
 from raredet.data.sampling import RepeatFactorSampler
 from raredet.engine import checkpoint as ckpt
 from raredet.engine import optim
-from raredet.engine.train import TrainComponents, train
+from raredet.engine.components import TrainComponents
+from raredet.engine.train import train
 from raredet.errors import ConfigError
 from raredet.losses import (
     DetectionLoss,

@@ -16,7 +16,8 @@ from torch import nn
 
 from raredet.data.sampling import RepeatFactorSampler
 from raredet.engine import optim
-from raredet.engine.train import TrainComponents, train
+from raredet.engine.components import TrainComponents
+from raredet.engine.train import train
 from raredet.losses import ClassWeight
 
 NUM_CLASSES = 3

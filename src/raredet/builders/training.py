@@ -25,7 +25,7 @@ from raredet.builders.optim import build_optimizer
 from raredet.config import LoadedConfig, effective_config_text
 from raredet.data.dataset import collate
 from raredet.data.stats import compute_stats
-from raredet.engine.train import TrainComponents
+from raredet.engine.components import TrainComponents
 from raredet.errors import ConfigError
 from raredet.losses import resolve_class_weights
 from raredet.protos import train_pb2

@@ -13,17 +13,10 @@ from torch.utils.tensorboard import SummaryWriter
 from raredet import builders, config
 from raredet.config import LoadedConfig
 from raredet.engine import distributed as dist_utils
+from raredet.engine.components import TrainComponents
 from raredet.engine.evaluate import evaluate
-from raredet.engine.train import (
-    EvalFn,
-    TrainComponents,
-    TrainResult,
-    configure_allocator,
-    configure_threads,
-    default_num_workers,
-    eval_workers,
-    train,
-)
+from raredet.engine.runtime import configure_allocator, configure_threads, default_num_workers, eval_workers
+from raredet.engine.train import EvalFn, TrainResult, train
 from raredet.errors import ConfigError
 
 
@@ -46,7 +39,7 @@ def _eval_fn(loaded: LoadedConfig, model_dir: Path, components: TrainComponents,
         return evaluate(model, loader, label_map, out_dir=model_dir / "eval",
                         loss_fn=loss_fn, device=device,
                         class_weights=components.class_weights, writer=writer, step=step,
-                        **builders.eval_options(loaded))
+                        options=builders.eval_options(loaded))
 
     return run
 
@@ -67,8 +60,8 @@ def train_from_config(
 ) -> TrainResult:
     """`raredet train`: load the config, build everything, train (resuming from `model_dir`).
 
-    Threads and data workers are sized to this process's share of the node (`engine.train.
-    configure_threads`, `default_num_workers`); `precision` (see `engine.train.resolve_precision`)
+    Threads and data workers are sized to this process's share of the node (`engine.runtime.
+    configure_threads`, `default_num_workers`); `precision` (see `engine.runtime.resolve_precision`)
     overrides the config's `train_config.use_bfloat16`; `channels_last` chooses NHWC memory order
     (default: on; `engine.train.train`).
     """

@@ -1,4 +1,4 @@
-"""Distributed training helpers: init from torchrun's environment, rank queries, all-reduce.
+"""Distributed training helpers: init from torchrun's environment, rank queries, all-reduce, DDP wrapping.
 
 `torchrun` sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them raredet runs as
 one process and every helper below degrades to the single-process answer. gloo serves CPU tensors,
@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from raredet.errors import ConfigError
+from raredet.modeling.layers import FrozenBatchNorm2d
 
 
 @dataclass(frozen=True)
@@ -85,3 +87,46 @@ def barrier() -> None:
 def shutdown() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+# ---- DDP wrapping -------------------------------------------------------------------------------
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def to_sync_batch_norm(module: nn.Module) -> nn.Module:
+    """Trainable batch norms -> SyncBatchNorm (statistics over all ranks), in place; frozen ones stay."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, FrozenBatchNorm2d):
+            sync = nn.SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats)
+            sync.load_state_dict(child.state_dict())
+            if child.affine:  # keep which of gamma/beta train (`scale`/`center` in the config)
+                sync.weight.requires_grad_(child.weight.requires_grad)
+                sync.bias.requires_grad_(child.bias.requires_grad)
+            setattr(module, name, sync.to(child.running_mean.device if child.running_mean is not None
+                                          else "cpu"))
+        else:
+            to_sync_batch_norm(child)
+    return module
+
+
+def wrap_model(model: nn.Module, info: DistInfo, sync_batch_norm: bool = False) -> nn.Module:
+    model.to(info.device)
+    if info.world_size == 1:
+        return model
+    if sync_batch_norm and info.device.type == "cuda":  # torch's SyncBatchNorm needs GPUs
+        to_sync_batch_norm(model)
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def per_rank_batch(batch_size: int, world_size: int) -> int:
+    if batch_size % world_size:
+        raise ConfigError(
+            f"train_config.batch_size {batch_size} is the global batch and must divide evenly over "
+            f"{world_size} processes; change batch_size or --nproc_per_node"
+        )
+    return batch_size // world_size

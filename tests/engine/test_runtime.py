@@ -1,9 +1,13 @@
-"""The precision choice: `train_config.use_bfloat16` and `--precision` pick the autocast; fp32 stays
-fp32 on the CPU, and `use_bfloat16` is acted on there only where the CPU runs bf16 natively; thread
-and worker sizing."""
+"""engine/runtime.py. The precision choice: `train_config.use_bfloat16` and `--precision` pick the
+autocast; fp32 stays fp32 on the CPU, and `use_bfloat16` is acted on there only where the CPU runs bf16
+natively; thread and worker sizing; `configure_allocator`: freed large blocks are reused instead of
+being unmapped and faulted in again."""
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -11,8 +15,9 @@ import torch
 from tests.helpers import tiny_pipeline as tiny
 
 from raredet import builders, config
+from raredet.engine import runtime
 from raredet.engine import train as engine_train
-from raredet.engine.train import autocast_for, default_num_workers, eval_workers, resolve_precision
+from raredet.engine.runtime import autocast_for, default_num_workers, eval_workers, resolve_precision
 from raredet.errors import ConfigError
 
 
@@ -46,7 +51,7 @@ def test_use_bfloat16_reaches_the_components_and_no_longer_warns(tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_resolve_precision(monkeypatch, native):
-    monkeypatch.setattr(engine_train, "cpu_runs_bf16_natively", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_runs_bf16_natively", lambda: native)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     # Forced precisions are kept; bf16 on a CPU without native bf16 says it will be slow.
     assert resolve_precision("fp32", cpu, use_bfloat16=True) == ("fp32", "")
@@ -66,7 +71,7 @@ def test_resolve_precision(monkeypatch, native):
 
 def test_use_bfloat16_on_a_cpu_without_native_bf16_trains_in_fp32(tmp_path, monkeypatch, capsys):
     # A zoo config with use_bfloat16 (21 of the 40) on an AVX2-only CPU: fp32, and the log says why.
-    monkeypatch.setattr(engine_train, "cpu_runs_bf16_natively", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_runs_bf16_natively", lambda: False)
     tiny.make_data(tmp_path)
     components = builders.build_training(
         config.load(tiny.write_config(tmp_path, "bf16.config", train_extra="use_bfloat16: true")),
@@ -89,3 +94,37 @@ def test_worker_sizing(monkeypatch):
     assert eval_workers(cpu) == 0 and eval_workers(cuda) == 8
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert default_num_workers(cpu) == 1 and default_num_workers(cuda) == 1
+
+
+SCRIPT = """
+import resource, sys
+import torch
+import raredet.engine.train  # as in `raredet train`: in a bare process (torch alone) a small object
+# allocated after the block can land above it at the heap's top, and the block is then not reused
+from raredet.engine.runtime import configure_allocator
+applied = configure_allocator() if sys.argv[1] == "1" else False
+def faults_of_one_step():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB: above glibc's largest mmap threshold (32 MiB)
+    del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+for _ in range(3):  # the first steps pay in any case (an aligned request may not fit the freed block
+    faults_of_one_step()  # until two freed blocks have merged)
+print(applied, faults_of_one_step())
+"""
+
+
+def _faults(configure: bool) -> tuple[bool, int]:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, "1" if configure else "0"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    return out[0] == "True", int(out[1])
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_a_freed_64_mib_block_is_reused_without_faulting_its_pages_in_again():
+    pages = 64 * 1024 * 1024 // 4096
+    applied, faults = _faults(configure=True)
+    assert applied
+    assert faults < pages // 20  # reused: (almost) no page touched for the first time
+    _, default_faults = _faults(configure=False)
+    assert default_faults > pages // 2  # glibc's default: a fresh mmap, every page faulted again
