@@ -163,10 +163,9 @@ def test_build_training_components(data_dir):
     assert decayed and all(n.endswith("weight") for n in decayed)
     assert len(comps.dataset) == 7
     assert len(comps.sampler) > 7  # images with the rarer class repeat
-    assert 'name: "crack"' in comps.metadata["label_map_text"]
-    assert "fixed_shape_resizer" in comps.metadata["config_text"]
+    assert 'name: "crack"' in comps.label_map_text
+    assert "fixed_shape_resizer" in comps.config_text
     assert [w.name for w in comps.class_weights] == ["scratch", "dent", "crack"]
-    assert "class_weights" not in comps.metadata  # one typed value, no dict copy beside it
 
 
 def test_num_steps_zero_is_an_error(data_dir):

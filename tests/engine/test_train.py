@@ -39,6 +39,7 @@ def test_trains_logs_and_checkpoints(tmp_path):
     assert list((tmp_path / "train").glob("events.out.tfevents.*"))
     state = ckpt.load_checkpoint(tmp_path / "ckpt-10.pt")
     assert state["config_text"] == "toy" and state["class_weights"][0]["name"] == "a"
+    assert "label_map_text" not in state  # the toy has none: no key, as before the two were typed fields
     assert state["sampler"] == {"epoch": 1, "batch_in_epoch": 5}  # 10 steps = two epochs of 5
 
 

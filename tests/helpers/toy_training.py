@@ -107,7 +107,7 @@ def make_components(num_steps: int, *, dropout: float = 0.0,
         collate_fn=collate, batch_size=batch_size, num_steps=num_steps,
         class_names=["a", "b", "c"], ema=optim.ModelEma(model, 0.9), gradient_clipping_by_norm=10.0,
         class_weights=[ClassWeight(index=0, id=1, name="a", count=4, weight=1.0, source="default")],
-        metadata={"config_text": "toy"},
+        config_text="toy",
     )
 
 

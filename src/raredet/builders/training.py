@@ -59,7 +59,7 @@ def build_training(
         gradient_clipping_by_norm=cfg.train_config.gradient_clipping_by_norm, num_workers=num_workers,
         sync_batch_norm=uses_sync_batch_norm(model_message(cfg)), class_weights=class_weights,
         use_bfloat16=cfg.train_config.use_bfloat16,
-        metadata={"config_text": effective_config_text(cfg), "label_map_text": label_map.to_pbtxt()},
+        config_text=effective_config_text(cfg), label_map_text=label_map.to_pbtxt(),
     )
 
 

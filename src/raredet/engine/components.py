@@ -25,8 +25,9 @@ class TrainComponents:
     shards each global batch) and has `set_epoch(epoch)`; `dataset` may have `set_epoch` too.
     `batch_size` is the global batch (all ranks together).
     `class_weights` is the resolved table the criterion applies (logged when training starts, and saved
-    in every checkpoint as a list of dicts, the one place it is serialised). `metadata` goes into every
-    checkpoint as is (`config_text`, `label_map_text`).
+    in every checkpoint as a list of dicts, the one place it is serialised). `config_text` (the effective
+    pipeline.config) and `label_map_text` (the label map as .pbtxt) go into every checkpoint under those
+    keys, for `raredet eval`, `predict` and `export` (commands/trained.py); one left None writes no key.
     """
 
     model: nn.Module
@@ -48,4 +49,5 @@ class TrainComponents:
     class_weights: list[ClassWeight] = field(default_factory=list)
     precision: str = "auto"  # one of runtime.PRECISIONS (raredet train --precision); train() resolves it
     use_bfloat16: bool = False  # train_config.use_bfloat16: bf16 on the CPU where it is native
-    metadata: dict[str, Any] = field(default_factory=dict)
+    config_text: str | None = None
+    label_map_text: str | None = None

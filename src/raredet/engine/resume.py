@@ -88,10 +88,16 @@ def checkpoint_state(
         "sampler": {"epoch": epoch, "batch_in_epoch": batch_in_epoch},
         # The criterion's running statistics (pair-aware losses); {} for a stateless one.
         "loss": criterion_state(components.criterion),
-        **components.metadata,
+        **_texts(components),
         **({"class_weights": [dataclasses.asdict(w) for w in components.class_weights]}
            if components.class_weights else {}),
     }
+
+
+def _texts(components: TrainComponents) -> dict[str, str]:
+    """The config and label map texts under their checkpoint keys, those that are set."""
+    texts = {"config_text": components.config_text, "label_map_text": components.label_map_text}
+    return {key: text for key, text in texts.items() if text is not None}
 
 
 def criterion_state(criterion: Criterion) -> dict[str, Any]:
