@@ -33,11 +33,6 @@ METRICS = ("AP", "AP50", "VOC_AP50", "recall", "missed")
 CHART_METRICS = ("AP50", "VOC_AP50", "AP")  # the first one any run has is charted
 
 
-def load_run(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-class rows of one run directory."""
-    return _load_run(run_dir)[0]
-
-
 def _load_run(run_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """(per-class rows, operating_points.json content or None) of one run directory."""
     run = Path(run_dir)
