@@ -2,7 +2,9 @@
 
 The layers (docs/architecture.md, "Who may import whom"): `cli` -> `commands/` -> `builders` -> the
 library (`engine`, `losses`, `data`, `modeling`, `evaluation`, `config`, `tfcheckpoint`) -> `protos`,
-`fileio`, `errors`.
+`fileio`, `errors`; `FLOORS` below is that order for every top-level package, and no import climbs it.
+Circles are checked between modules and between packages (two packages can import each other through
+different modules without any module circle).
 Every import counts, including those inside functions: a function-level import is how a circle hides.
 """
 
@@ -23,15 +25,32 @@ DATA_MESSAGES = {"raredet.protos.example_pb2", "raredet.protos.tensor_bundle_pb2
                  "raredet.protos.trackable_object_graph_pb2"}
 # Bottom-floor readers of foreign formats: they import nothing of raredet but errors, fileio and protos.
 FLOOR_READERS = ("raredet.tfcheckpoint",)
+# Every top-level package and module of raredet (`raredet` is the root __init__), bottom floor first.
+# A module imports only from its own package and from packages on lower floors; packages on the same
+# floor import none of each other. Derived from the code (the edges in `test_package_graph_is_known`),
+# then made as strict as the code allows where the design cares: config/ sits beside modeling/ and
+# evaluation/, so config never imports model code and neither the models nor the metrics read config;
+# data/ needs config/ (label maps), losses/ needs modeling/ (box geometry, Faster R-CNN's sampling).
+FLOORS: tuple[tuple[str, ...], ...] = (
+    ("raredet", "errors", "fileio", "protos", "zoo"),
+    ("tfcheckpoint",),  # a foreign file format, read with errors, fileio and protos only
+    ("config", "evaluation", "modeling"),
+    ("data", "losses"),
+    ("engine",),
+    ("builders",),
+    ("commands",),
+    ("cli",),
+    ("__main__",),
+)
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(SRC).with_suffix("").parts)
+def _module_name(path: Path, src: Path = SRC) -> str:
+    parts = list(path.relative_to(src).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for p in sorted((SRC / "raredet").rglob("*.py")) if "_pb2" not in p.name}
+def _modules(src: Path = SRC) -> dict[str, Path]:
+    return {_module_name(p, src): p for p in sorted((src / "raredet").rglob("*.py")) if "_pb2" not in p.name}
 
 
 def _within(name: str, prefix: str) -> bool:
@@ -57,11 +76,16 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     return {m for m in found if _within(m, "raredet")}
 
 
-@pytest.fixture(scope="module")
-def graph() -> dict[str, set[str]]:
-    modules = _modules()
+def _graph(src: Path = SRC) -> dict[str, set[str]]:
+    """Module -> the raredet modules it imports, for every module under `src`/raredet."""
+    modules = _modules(src)
     known = set(modules)
     return {name: _imports(name, path, known) for name, path in modules.items()}
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    return _graph()
 
 
 def test_the_graph_is_the_whole_package(graph: dict[str, set[str]]) -> None:
@@ -106,6 +130,104 @@ def test_cycle_finder_finds_a_circle() -> None:
 
 def test_no_import_circle(graph: dict[str, set[str]]) -> None:
     assert _cycle(graph) is None
+
+
+def _package(module: str) -> str:
+    """The top-level package or module of raredet that `module` is in (`raredet` for the root)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Package -> the other packages its modules import."""
+    packages: dict[str, set[str]] = {_package(m): set() for m in graph}
+    for module, deps in graph.items():
+        packages[_package(module)].update(_package(d) for d in deps if _package(d) != _package(module))
+    return packages
+
+
+def _not_downward(graph: dict[str, set[str]], floors: tuple[tuple[str, ...], ...]) -> list[str]:
+    """Every import between packages that does not go to a lower floor, as `module -> module (why)`."""
+    floor = {package: i for i, packages in enumerate(floors) for package in packages}
+    wrong = []
+    for module, deps in graph.items():
+        here = _package(module)
+        for dep in deps:
+            there = _package(dep)
+            if here == there:
+                continue
+            if here not in floor or there not in floor:
+                wrong.append(f"{module} -> {dep} ({here if here not in floor else there} has no floor)")
+            elif floor[there] >= floor[here]:
+                way = "up" if floor[there] > floor[here] else "sideways"
+                wrong.append(f"{module} -> {dep} ({way}: {here} on floor {floor[here]}, "
+                             f"{there} on floor {floor[there]})")
+    return sorted(wrong)
+
+
+def test_every_package_has_one_floor(graph: dict[str, set[str]]) -> None:
+    declared = [p for floor in FLOORS for p in floor]
+    assert len(declared) == len(set(declared))
+    assert set(declared) == set(_package_graph(graph))
+
+
+def test_no_package_circle(graph: dict[str, set[str]]) -> None:
+    assert _cycle(_package_graph(graph)) is None
+
+
+def test_no_import_climbs_the_floors(graph: dict[str, set[str]]) -> None:
+    assert _not_downward(graph, FLOORS) == []
+
+
+def test_package_graph_is_known(graph: dict[str, set[str]]) -> None:
+    # Not vacuous: the packages import each other as the floors say they may, and these edges exist.
+    packages = _package_graph(graph)
+    assert {"builders", "engine", "modeling"} <= packages["commands"]
+    assert {"engine", "losses", "modeling", "config", "data"} <= packages["builders"]
+    assert {"losses", "modeling", "evaluation"} <= packages["engine"]
+    assert "modeling" in packages["losses"] and "config" in packages["data"]
+    assert packages["cli"] == {"commands", "errors"}  # cli holds no logic: it calls commands/ only
+    assert packages["__main__"] == {"cli"}
+    assert not packages["config"] & {"modeling", "data", "losses", "engine", "builders"}
+
+
+def _plant(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / "raredet" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+def test_checkers_catch_a_planted_package_circle_and_upward_edges(tmp_path: Path) -> None:
+    # Two packages that import each other through different modules (no module circle), and a
+    # function-local import sideways: the leaks of the 2026-12-06 review (config -> modeling,
+    # modeling <-> losses).
+    src = _plant(tmp_path, {
+        "__init__.py": "",
+        "errors.py": "",
+        "config/__init__.py": "",
+        "config/text.py": "def message():\n    from raredet.modeling.ssd import NAMES\n    return NAMES\n",
+        "modeling/__init__.py": "",
+        "modeling/ssd.py": "from raredet.errors import ConfigError\nNAMES = ()\n",
+        "modeling/faster_rcnn.py": "from raredet.losses.faster_rcnn import sample\n",
+        "losses/__init__.py": "",
+        "losses/faster_rcnn.py": "from raredet.modeling import ssd\n",
+    })
+    planted = _graph(src)
+    assert planted["raredet.config.text"] == {"raredet.modeling.ssd"}
+    assert _cycle(planted) is None
+    assert _cycle(_package_graph(planted)) == ["modeling", "losses", "modeling"]
+    assert _not_downward(planted, FLOORS) == [
+        "raredet.config.text -> raredet.modeling.ssd (sideways: config on floor 2, modeling on floor 2)",
+        "raredet.modeling.faster_rcnn -> raredet.losses.faster_rcnn (up: modeling on floor 2, losses on "
+        "floor 3)",
+    ]
+    assert _not_downward(planted, (("raredet", "errors"), ("modeling",), ("losses",))) == [
+        "raredet.config.text -> raredet.modeling.ssd (config has no floor)",
+        "raredet.modeling.faster_rcnn -> raredet.losses.faster_rcnn (up: modeling on floor 1, losses on "
+        "floor 2)",
+    ]
 
 
 def test_library_never_imports_builders_or_commands(graph: dict[str, set[str]]) -> None:
