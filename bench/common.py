@@ -10,51 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from google.protobuf import text_format
+from tests.helpers.zoo import zoo_user_copy  # noqa: F401  (one definition; the tests use it too)
 
-from raredet import config
 from raredet.fileio import atomic_write_json
-from raredet.protos import pipeline_pb2
 from raredet.zoo import CONFIG_DIR
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # The 40 configs of the TF2 detection model zoo, verbatim.
 ZOO = CONFIG_DIR
 
-
-def zoo_user_copy(name: str, data_dir: Path, *, batch: int, size: int | None = None,
-                  absolute_paths: bool = False) -> Path:
-    """The zoo config `name` with only what a user changes: 3 classes, the synthetic data in `data_dir`
-    (its label map and train-/val- TFRecords; paths relative to the config unless `absolute_paths`),
-    `batch`, and no fine_tune_checkpoint (no TF checkpoint can be loaded here). `size`, if given,
-    replaces the native image size in the resizer and in EfficientDet's square crop. Written to
-    data_dir/name; returns its path."""
-    msg = config.parse_text((ZOO / name).read_text(encoding="utf-8"), pipeline_pb2.TrainEvalPipelineConfig(),
-                            ZOO / name)
-    model = getattr(msg.model, msg.model.WhichOneof("model"))  # ssd or faster_rcnn
-    model.num_classes = 3
-    if size is not None:
-        if model.image_resizer.HasField("keep_aspect_ratio_resizer"):
-            model.image_resizer.keep_aspect_ratio_resizer.min_dimension = size
-            model.image_resizer.keep_aspect_ratio_resizer.max_dimension = size
-        else:
-            model.image_resizer.fixed_shape_resizer.height = size
-            model.image_resizer.fixed_shape_resizer.width = size
-        for step in msg.train_config.data_augmentation_options:
-            if step.HasField("random_scale_crop_and_pad_to_square"):
-                step.random_scale_crop_and_pad_to_square.output_size = size
-    msg.train_config.batch_size = batch
-    msg.train_config.ClearField("fine_tune_checkpoint")
-    msg.train_config.ClearField("fine_tune_checkpoint_type")
-    where = (lambda f: str(data_dir / f)) if absolute_paths else (lambda f: f)
-    for reader, pattern in ((msg.train_input_reader, "train-*.tfrecord"),
-                            (msg.eval_input_reader[0], "val-*.tfrecord")):
-        reader.label_map_path = where("label_map.pbtxt")
-        reader.tf_record_input_reader.ClearField("input_path")
-        reader.tf_record_input_reader.input_path.append(where(pattern))
-    path = data_dir / name
-    path.write_text(text_format.MessageToString(msg), encoding="utf-8")
-    return path
 
 
 def run_times(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.test_zoo import small_copy
+from tests.helpers.zoo import small_copy
 
 from raredet import builders
 from raredet import config as cfg
@@ -108,7 +108,7 @@ def test_add_background_class_true_is_accepted(tmp_path):
 
 
 def _small_d0(data_dir: Path, size: int = 128) -> Path:
-    """The zoo D0 config with only what a user changes (tests/test_zoo.py's `small_copy`)."""
+    """The zoo D0 config with only what a user changes (tests/helpers/zoo.py's `small_copy`)."""
     return small_copy(D0, data_dir, size)
 
 

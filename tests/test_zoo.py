@@ -8,7 +8,6 @@ provenance in its README.md).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -17,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from bench.common import zoo_user_copy
+from tests.helpers import tiny_pipeline as tiny
+from tests.helpers.zoo import small_copy
 
 from raredet import builders, cli
 from raredet import config as cfg
@@ -298,23 +298,11 @@ def test_ssd_mobilenet_v2_step0_regularization_loss_is_the_tf_od_apis_expected_v
 
 # ---- the new extractors train from the CLI ----------------------------------------------------------
 
-_spec = importlib.util.spec_from_file_location(
-    "tiny_pipeline", Path(__file__).resolve().parent / "engine" / "tiny_pipeline.py"
-)
-tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tiny)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("zoo_data")
     tiny.make_data(out, images=6)
     return out
-
-
-def small_copy(name: str, data_dir: Path, size: int = 128) -> Path:
-    """The zoo config as a user edits it (bench.common.zoo_user_copy), batch 2 at `size`."""
-    return zoo_user_copy(name, data_dir, batch=2, size=size)
 
 
 def _trains_in_the_table() -> list[str]:

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers.faster_rcnn import scaled_checkpoint
+from tests.helpers.tiny_pipeline import make_data, write_config
 
 from raredet import builders, config
 from raredet.cli import main
 from raredet.commands.evaluate import eval_from_config
 from raredet.commands.trained import model_weights
 from raredet.engine.checkpoint import save_checkpoint
-
-_spec = importlib.util.spec_from_file_location(
-    "tiny_pipeline", Path(__file__).resolve().parents[1] / "engine" / "tiny_pipeline.py"
-)
-tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tiny)
-make_data, write_config = tiny.make_data, tiny.write_config
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +78,22 @@ def test_wait_gives_up_after_eval_timeout(run_dir: tuple[Path, Path], tmp_path: 
     eval_from_config(cfg, ckpts, wait=True, eval_timeout=0.2, device="cpu", poll_seconds=0.01)
     printed = capsys.readouterr().out
     assert "== ckpt-2.pt" in printed and "no new checkpoint" in printed
+
+
+# The COCO metrics raredet eval reports, named as the TF OD API names them.
+_SIZES = ("", " (small)", " (medium)", " (large)")
+COCO_METRICS = ({f"DetectionBoxes_Precision/mAP{s}" for s in ("@.50IOU", "@.75IOU", *_SIZES)}
+                | {f"DetectionBoxes_Recall/AR@{s}" for s in ("1", "10", *(f"100{s}" for s in _SIZES))})
+
+
+@pytest.mark.slow  # builds a ResNet-50 Faster R-CNN and evaluates it on CPU
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_faster_rcnn_eval_reports_every_coco_metric_and_writes_them(tmp_path):
+    run, path = scaled_checkpoint(tmp_path / "data", images=6)
+    metrics = eval_from_config(path, run, out_dir=tmp_path / "eval", device="cpu")
+    assert COCO_METRICS <= set(metrics)
+    for name in COCO_METRICS:  # COCOeval's -1 means no ground truth in that size range
+        assert metrics[name] == -1.0 or 0.0 <= metrics[name] <= 1.0, (name, metrics[name])
+    assert metrics["Loss/total_loss"] > 0  # the validation loss of both stages
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {k: written[k] for k in COCO_METRICS} == pytest.approx({k: metrics[k] for k in COCO_METRICS})

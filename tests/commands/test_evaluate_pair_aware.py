@@ -3,24 +3,16 @@ statistics, not fresh ones."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers.tiny_pipeline import make_data, write_config
 
 from raredet import builders, config
 from raredet.commands.evaluate import eval_from_config
 from raredet.engine.checkpoint import save_checkpoint
 from raredet.errors import CheckpointError
-
-_spec = importlib.util.spec_from_file_location(
-    "tiny_pipeline", Path(__file__).resolve().parents[1] / "engine" / "tiny_pipeline.py"
-)
-tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tiny)
-make_data, write_config = tiny.make_data, tiny.write_config
 
 EFL = """
       classification_loss { equalized_focal { } }

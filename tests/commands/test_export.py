@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.helpers.faster_rcnn import scaled_checkpoint
+from tests.helpers.predict import make_model_dir
 from torch import Tensor, nn
 
 from raredet import cli
@@ -17,6 +19,7 @@ from raredet.commands.export import (
     ONNX_OPSET,
     Candidates,
     compare_detections,
+    export_model,
     exportable_nms,
     input_size,
     register_onnx_symbolics,
@@ -30,14 +33,9 @@ from raredet.protos import ssd_pb2
 # TorchScript-based ONNX exporter; both are what is tested here.
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
-_spec = importlib.util.spec_from_file_location("predict_tests", Path(__file__).with_name("test_predict.py"))
-predict_tests = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(predict_tests)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    return predict_tests.make_model_dir(tmp_path_factory.mktemp("export"))
+    return make_model_dir(tmp_path_factory.mktemp("export"))
 
 
 def _real_batch(data: Path) -> Tensor:
@@ -203,3 +201,21 @@ def test_compare_detections_accepts_tied_alternatives_only_with_the_candidates()
     nearly = [a.copy() for a in tied]
     nearly[1][0, 1] = 0.30005
     assert "no counterpart" in compare_detections(want, nearly, close)
+
+
+# ---- Faster R-CNN -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faster_rcnn_run(tmp_path_factory) -> tuple[Path, Path]:
+    return scaled_checkpoint(tmp_path_factory.mktemp("frcnn_export"), images=6)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_faster_rcnn_export_reproduces_pytorch_detections(faster_rcnn_run, tmp_path, fmt):
+    run, _ = faster_rcnn_run
+    report = export_model(run, fmt, tmp_path / f"model.{fmt}")
+    found = re.search(r"checked: the same (\d+) detections as PyTorch", report)
+    assert found, report
+    assert int(found.group(1)) > 0  # a comparison of something

@@ -8,63 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from tests.helpers.faster_rcnn import scaled_checkpoint
+from tests.helpers.predict import make_model_dir
 
-from raredet import builders, cli, config
+from raredet import cli
 from raredet.commands.predict import coco_results, find_images, predict
 from raredet.commands.trained import load_trained_model
-from raredet.data.synth import make_synthetic_dataset
-from raredet.engine.checkpoint import save_checkpoint
 from raredet.errors import CheckpointError, ConfigError, DataError
 from raredet.evaluation.report import PALETTE
-
-# A tiny SSD on 64x64 inputs; NEAREST_NEIGHBOR resizing makes a 2x pixel-doubled image resize back to
-# exactly the original, which lets a test check the mapping of boxes to the stored image's pixels.
-CONFIG = """
-model { ssd {
-  num_classes: 3
-  image_resizer { fixed_shape_resizer { height: 64 width: 64 resize_method: NEAREST_NEIGHBOR } }
-  feature_extractor { type: "ssd_resnet18_v1_fpn" depth_multiplier: 0.25 min_depth: 8
-                      fpn { min_level: 3 max_level: 5 additional_layer_depth: 16 } }
-  box_coder { faster_rcnn_box_coder { } }
-  matcher { argmax_matcher { matched_threshold: 0.5 unmatched_threshold: 0.4 } }
-  similarity_calculator { iou_similarity { } }
-  anchor_generator { multiscale_anchor_generator { min_level: 3 max_level: 5 anchor_scale: 2.0
-                     aspect_ratios: [1.0, 2.0, 0.5] scales_per_octave: 1 } }
-  box_predictor { weight_shared_convolutional_box_predictor { depth: 16 num_layers_before_predictor: 1
-                  kernel_size: 3 class_prediction_bias_init: -4.6 } }
-  post_processing { batch_non_max_suppression { score_threshold: 0.05 iou_threshold: 0.5
-                    max_detections_per_class: 20 max_total_detections: 20 } score_converter: SIGMOID }
-  loss { classification_loss { weighted_sigmoid_focal { alpha: 0.25 gamma: 2.0 } }
-         localization_loss { weighted_smooth_l1 { } } }
-} }
-train_config { batch_size: 2 num_steps: 1 optimizer { momentum_optimizer { learning_rate {
-  constant_learning_rate { learning_rate: 0.01 } } } } }
-train_input_reader { label_map_path: "label_map.pbtxt"
-                     tf_record_input_reader { input_path: "train-*.tfrecord" } }
-eval_input_reader { label_map_path: "label_map.pbtxt"
-                    tf_record_input_reader { input_path: "val-*.tfrecord" } }
-"""
-
-
-def make_model_dir(root: Path) -> tuple[Path, Path]:
-    """(model_dir with one checkpoint, data dir with images/). The class head's bias is set to 0 so that
-    the untrained model scores about 0.5 everywhere: plenty of detections to check."""
-    data = root / "data"
-    make_synthetic_dataset(data, images=8, image_size=64, num_shards=1, min_val_boxes=1, val_fraction=0.25)
-    (data / "pipeline.config").write_text(CONFIG)
-    loaded = config.load(data / "pipeline.config")
-    torch.manual_seed(0)
-    model, _ = builders.build_model(loaded.pipeline.model.ssd)
-    state = model.state_dict()
-    bias = next(k for k in state if k.endswith("class_head.bias"))
-    state[bias] = torch.zeros_like(state[bias])
-    model_dir = root / "run"
-    save_checkpoint(model_dir, 1, {"model": state,
-                                   "config_text": config.effective_config_text(loaded.pipeline),
-                                   "label_map_text": loaded.label_map.to_pbtxt()})
-    return model_dir, data
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +112,25 @@ def test_cli_predict(trained, tmp_path, capsys):
     assert "2 images" in capsys.readouterr().out  # val_fraction 0.25 of 8 images
     assert cli.main(["predict", "--model_dir", str(tmp_path / "none"), "--images", "x.jpg", "--out",
                      str(tmp_path)]) == 2
+
+
+@pytest.mark.slow  # builds a ResNet-50 Faster R-CNN and runs it on CPU
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+def test_faster_rcnn_predict_writes_every_image_and_its_detections(tmp_path):
+    run, path = scaled_checkpoint(tmp_path / "data", images=6)
+    files = sorted((path.parent / "images").iterdir())
+    result = predict(run, [str(path.parent / "images")], tmp_path / "pred", min_score=0.0)
+    images = json.loads((tmp_path / "pred" / "images.json").read_text())
+    detections = json.loads((tmp_path / "pred" / "detections.json").read_text())
+    assert sorted(i["file_name"] for i in images) == [f.name for f in files]
+    assert (result.num_images, result.num_detections) == (len(files), len(detections)) and detections
+    assert f"{len(files)} images, {len(detections)} detections" in result.summary()
+    sizes = {i["id"]: (i["width"], i["height"]) for i in images}
+    for d in detections:  # label-map ids, scores in [0, 1], boxes inside the stored image
+        width, height = sizes[d["image_id"]]
+        x, y, w, h = d["bbox"]
+        assert d["category_id"] in (1, 2, 3) and 0.0 <= d["score"] <= 1.0
+        assert -1e-3 <= x and -1e-3 <= y and w >= 0 and h >= 0
+        assert x + w <= width + 1e-3 and y + h <= height + 1e-3
+    per_image = np.bincount([d["image_id"] for d in detections])
+    assert per_image.max() <= 100  # the zoo config's max_total_detections

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.faster_rcnn.test_zoo_configs import small_copy
 from tests.helpers.tiny_pipeline import make_data
+from tests.helpers.zoo import faster_rcnn_small_copy
 
 from raredet import builders
 from raredet import config as config_lib
@@ -37,7 +37,7 @@ def _env() -> dict[str, str]:
 def _config(data: Path) -> Path:
     """The zoo config's small copy, batch 4, with samplers that must choose: 8 of the 192 anchors
     (4 x 4 cells x 12) and 4 of the 16 proposals per image."""
-    path = small_copy(ZOO_NAME, data)
+    path = faster_rcnn_small_copy(ZOO_NAME, data)
     text = path.read_text().replace("train_config: {\n  batch_size: 2", "train_config: {\n  batch_size: 4")
     text = text.replace("batch_norm_trainable: true", "batch_norm_trainable: false")
     text = text.replace("use_bfloat16: true", "use_bfloat16: false")

@@ -3,12 +3,12 @@ small batch and small images (a test copy with sizes, classes and paths overridd
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 import torch
-from tests.engine.tiny_pipeline import make_data
+from tests.helpers.tiny_pipeline import make_data
+from tests.helpers.zoo import faster_rcnn_small_copy
 
 from raredet.commands import config as config_cmd
 from raredet.commands.train import train_from_config
@@ -21,21 +21,6 @@ BUILT = sorted(p.name for p in ZOO.glob("faster_rcnn_*.config"))
 FAST = ["faster_rcnn_resnet50_v1_640x640_coco17_tpu-8.config",
         "faster_rcnn_resnet50_v1_fpn_640x640_coco17_tpu-8.config"]
 
-
-def small_copy(name: str, data_dir: Path) -> Path:
-    """The zoo config with 64-pixel images, 3 classes, batch 2, 16 proposals and the synthetic data."""
-    text = (ZOO / name).read_text()
-    text = re.sub(r"(min_dimension|max_dimension|height|width): \d+", r"\1: 64", text)
-    text = re.sub(r"num_classes: \d+", "num_classes: 3", text)
-    text = re.sub(r"batch_size: \d+", "batch_size: 2", text)
-    text = re.sub(r"first_stage_max_proposals: \d+", "first_stage_max_proposals: 16", text)
-    text = re.sub(r'fine_tune_checkpoint(_type)?: "[^"]*"', "", text)
-    text = text.replace("PATH_TO_BE_CONFIGURED/label_map.txt", "label_map.pbtxt")
-    text = re.sub(r'"PATH_TO_BE_CONFIGURED/train[^"]*"', '"train-*.tfrecord"', text)
-    text = re.sub(r'"PATH_TO_BE_CONFIGURED/val[^"]*"', '"val-*.tfrecord"', text)
-    out = data_dir / name
-    out.write_text(text)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +47,7 @@ def test_mask_rcnn_and_centernet_are_refused_by_name():
 
 def _train_two_steps(name: str, data_dir: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    config = small_copy(name, data_dir)
+    config = faster_rcnn_small_copy(name, data_dir)
     result = train_from_config(config, tmp_path / "run", num_train_steps=2, num_workers=0, device="cpu")
     assert result.step == 2
     assert (tmp_path / "run" / "ckpt-2.pt").exists()
