@@ -212,3 +212,23 @@ def test_written_config_passes_check_and_trains(tmp_path):
     assert cli.main(["train", "--pipeline_config_path", str(out / "pipeline.config"), "--model_dir",
                      str(out / "run")]) == 0
     assert sorted(p.name for p in (out / "run").glob("ckpt-*")), "no checkpoint written"
+
+
+def test_tfrecords_are_split_or_kept_as_split(tmp_path):
+    first = tmp_path / "first"
+    run_init(make_voc(tmp_path / "voc"), MODEL, first)  # train 20, val 5, test 5 (the VOC test above)
+    labels = first / "label_map.pbtxt"
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "all.tfrecord").write_bytes(b"".join((first / f"{s}.tfrecord").read_bytes()
+                                                for s in ("train", "val", "test")))
+    run_init(one, MODEL, tmp_path / "resplit", label_map=labels)  # the same 30 images: the same strata
+    mapped = LabelMap.load(labels)
+    sizes = {s: len(_records(tmp_path / "resplit" / f"{s}.tfrecord", mapped))
+             for s in ("train", "val", "test")}
+    assert sizes == {"train": 20, "val": 5, "test": 5}
+    kept = tmp_path / "kept"
+    run_init(first, MODEL, kept, label_map=labels)  # train*, val*, test* files: their own split
+    assert [(kept / f"{s}.tfrecord").read_bytes() == (first / f"{s}.tfrecord").read_bytes()
+            for s in ("train", "val", "test")] == [True, True, True]
+    assert "the files' own split" in json.loads((kept / "data_report.json").read_text())["split_rule"]

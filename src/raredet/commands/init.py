@@ -213,7 +213,7 @@ def _from_tfrecords(files: list[Path], out: Path, issues: convert.DataIssues, la
                     seed: int) -> Dataset:
     own = {s: [f for f in files if f.name.lower().startswith(prefixes)]
            for s, prefixes in (("train", ("train",)), ("val", ("val", "eval")), ("test", ("test",)))}
-    if own["train"] and own["val"]:  # already split: used where they are
+    if own["train"] and own["val"]:  # already split: each split's readable records copied into out
         splits, sizes = {}, {}
         for s, chosen in own.items():
             if chosen:
