@@ -70,15 +70,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """True on every rank if it is true on any: a signal seen by one rank stops all of them together.
-    One process: `flag` itself, with no device tensor (on CUDA that would be a host synchronisation)."""
-    if not is_distributed():
-        return bool(flag)
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    return bool(all_reduce_sum(value).item() > 0)
-
-
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
