@@ -232,3 +232,18 @@ def test_tfrecords_are_split_or_kept_as_split(tmp_path):
     assert [(kept / f"{s}.tfrecord").read_bytes() == (first / f"{s}.tfrecord").read_bytes()
             for s in ("train", "val", "test")] == [True, True, True]
     assert "the files' own split" in json.loads((kept / "data_report.json").read_text())["split_rule"]
+
+
+def test_a_voc_folders_own_splits_are_used(tmp_path):
+    root = make_voc(tmp_path / "voc")
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    train = [f"s{i:02d}" for i in range(15)] + ["c00"]
+    (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(train) + "\n")
+    (root / "ImageSets" / "Main" / "val.txt").write_text("s15\nc01\ns00\n")  # s00 is in train already
+    run_init(root, MODEL, tmp_path / "out")
+    labels = LabelMap.load(tmp_path / "out" / "label_map.pbtxt")
+    assert [len(_records(tmp_path / "out" / f"{s}.tfrecord", labels)) for s in ("train", "val")] == [16, 2]
+    assert not (tmp_path / "out" / "test.tfrecord").exists()
+    report = json.loads((tmp_path / "out" / "data_report.json").read_text())
+    assert report["split_rule"] == "the folder's own ImageSets/Main lists: train, val"
+    assert report["issues"]["duplicate_image"]["count"] == 1

@@ -158,8 +158,8 @@ def _from_voc(root: Path, out: Path, issues: convert.DataIssues, given: LabelMap
     names = given.names if given else sorted({n for im in checked for n in im.names})
     by_id = {im.source_id: im for im in checked}
     splits, sizes = {}, {}
-    for s in own:
-        chosen = [by_id[a.source_id] for a in per_split[s] if a.source_id in by_id]
+    for s in own:  # an image listed in two splits is in the first only (reported as duplicate_image)
+        chosen = [by_id.pop(a.source_id) for a in per_split[s] if a.source_id in by_id]
         splits[s] = convert.write_images(out / f"{s}.tfrecord", chosen, names)
         sizes[s] = len(chosen)
     return Dataset(names, splits, sizes, "voc", f"the folder's own ImageSets/Main lists: {', '.join(own)}")
