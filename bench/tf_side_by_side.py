@@ -11,7 +11,7 @@ checkpoint here). Each seed runs the TF OD API's own training loop (`model_lib_v
 function `model_main_tf2.py` calls, through `bench/tf_reference_train.py`, seeded and recording its
 losses at every step) and `raredet train --seed`, with the same thread count; `--parallel` runs the two
 systems' seeds side by side, one process per core. The TF OD API is a reference here, never a raredet
-dependency: the script needs its install (`../shared/research/tfodapi-reference-install.md`).
+dependency: the script needs its install (`docs/tf_od_api_reference.md`).
 
 Reported per run: whether it finished, the classification, localization and regularization losses at
 steps 100 and 200 and their means over steps 91-100 and 191-200 (one step's loss moves by 0.03-0.05
