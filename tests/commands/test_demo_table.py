@@ -14,6 +14,7 @@ import pytest
 
 from raredet.commands.demo import found_cell, found_table
 from raredet.evaluation import operating_points as ops
+from raredet.evaluation.options import EvalOptions
 from raredet.evaluation.pipeline import evaluate_detections
 
 CATEGORIES = [{"id": 1, "name": "scratch"}, {"id": 2, "name": "dent"}, {"id": 3, "name": "crack"}]
@@ -65,8 +66,9 @@ TEST_RAREDET = {**TEST, "crack": (4, [(0.9, True), (0.7, True), (0.62, True), (0
 def _evaluate(spec: dict, out: Path, chosen_from: Path | None = None) -> Path:
     gt, dets = _coco(spec)
     chosen = ops.load_operating_points(chosen_from / ops.JSON_NAME) if chosen_from else None
-    evaluate_detections(gt, dets, out_dir=out, operating_point_rule=ops.Rule("target_precision", 0.9),
-                        apply_operating_points=chosen)
+    options = EvalOptions(operating_point_rule=ops.Rule("target_precision", 0.9),
+                          operating_points_to_grade=chosen)
+    evaluate_detections(gt, dets, out_dir=out, options=options)
     return out
 
 

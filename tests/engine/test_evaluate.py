@@ -11,6 +11,7 @@ from torch import nn
 
 from raredet.config import LabelMap
 from raredet.engine.evaluate import evaluate
+from raredet.evaluation.options import EvalOptions
 
 
 class FakeSSD(nn.Module):
@@ -83,10 +84,10 @@ def label_map() -> LabelMap:
 def test_metrics_tables_and_scalars(tmp_path: Path, label_map: LabelMap) -> None:
     model = FakeSSD([make_detections(), make_detections()])
     writer = RecordingWriter()
-    metrics = evaluate(model, [make_batch(), make_batch()], label_map, out_dir=tmp_path,
-                       metrics_set="coco_detection_metrics", min_score_threshold=0.5,
-                       include_metrics_per_category=True, loss_fn=fake_loss, device="cpu",
-                       num_visualizations=2, writer=writer, step=7)
+    options = EvalOptions(metrics_set="coco_detection_metrics", min_score_threshold=0.5,
+                          include_metrics_per_category=True, num_visualizations=2)
+    metrics = evaluate(model, [make_batch(), make_batch()], label_map, out_dir=tmp_path, options=options,
+                       loss_fn=fake_loss, device="cpu", writer=writer, step=7)
     # part, in score order: 0.9 hit, 0.9 hit, (0.8 x2 in the crowd: ignored), 0.7 x2 false alarms:
     # full recall at precision 1 first, so AP 1. crack: both boxes hit (COCO AP has no threshold).
     assert metrics["DetectionBoxes_Precision/mAP"] == pytest.approx(1.0)

@@ -13,8 +13,8 @@ from raredet.evaluation import operating_points as ops
 from raredet.evaluation.operating_points import (
     OperatingPoint,
     Rule,
-    apply_operating_points,
     class_curve,
+    grade_operating_points,
     operating_point,
     operating_points,
     threshold_map,
@@ -173,7 +173,7 @@ def test_json_round_trip_and_grading_on_other_images():
     # Other images, 2 GT: 0.95 TP, 0.58 FP, 0.52 TP. Threshold 0.55 keeps 0.95 and 0.58: precision 0.5
     # < 0.7, so the target no longer holds there.
     other = _matches([(1, 0.95, True), (1, 0.58, False), (1, 0.52, True)], {1: 2})
-    [graded] = apply_operating_points(other, [chosen], 3, 0.5, "val (5 images)")
+    [graded] = grade_operating_points(other, [chosen], 3, 0.5, "val (5 images)")
     assert graded.threshold == chosen.threshold
     assert (graded.at_threshold.TP, graded.at_threshold.FP, graded.at_threshold.FN) == (1, 1, 1)
     assert graded.reached is False and "val (5 images)" in graded.note
@@ -239,7 +239,7 @@ def test_graded_thresholds_carry_a_precision_interval():
     assert chosen.at_threshold.precision_interval is None  # where it was chosen: none
     other = _matches([(1, 0.95, True), (1, 0.58, False), (1, 0.52, True)], {1: 2})
     other.det_image = np.array([1, 2, 2])
-    [graded] = apply_operating_points(other, [chosen], 3, 0.5, "val (5 images)")
+    [graded] = grade_operating_points(other, [chosen], 3, 0.5, "val (5 images)")
     # Kept above 0.55: image 1's true positive, image 2's false one; 3 images resampled, c1 and c2
     # copies of images 1 and 2. Precision c1 / (c1 + c2) is 0 when c1 = 0 < c2: probability
     # (2/3)^3 - (1/3)^3 = 7/27, or 7/26 of the resamples keeping a detection, above 5 %; 1 alike.

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from raredet.evaluation.options import EvalOptions
 from raredet.evaluation.pipeline import evaluate_detections
 from raredet.evaluation.report import Example
 
@@ -35,8 +36,8 @@ def tiny_run(out: Path) -> None:
     examples = [Example(image, np.array([[4, 4, 24, 24]]), np.array([0]), np.array([[5, 4, 25, 24]]),
                         np.array([0.8]), np.array([0]), "image 1")]
     weights = [{"index": 1, "id": 2, "name": "crack", "count": 1, "weight": 8.0, "source": "given"}]
-    evaluate_detections(gt, dets, out_dir=out, min_score_threshold=0.5, class_weights=weights,
-                        examples=examples)
+    evaluate_detections(gt, dets, out_dir=out, options=EvalOptions(min_score_threshold=0.5),
+                        class_weights=weights, examples=examples)
 
 
 def test_report_is_self_contained(tmp_path: Path) -> None:
@@ -90,7 +91,8 @@ def test_examples_from_image_dir_rarest_first(tmp_path: Path) -> None:
 
 def test_no_detections_and_no_ground_truth_still_write_everything(tmp_path: Path) -> None:
     gt = {"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}], "annotations": []}
-    result = evaluate_detections(gt, [], out_dir=tmp_path, metrics_set=["pascal_voc_detection_metrics"])
+    result = evaluate_detections(gt, [], out_dir=tmp_path,
+                                 options=EvalOptions(metrics_set=["pascal_voc_detection_metrics"]))
     assert result["per_class"][0]["VOC_AP50"] is None and result["per_class"][0]["FP"] == 0
     assert "no ground truth" in (tmp_path / "per_class.md").read_text()
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 0 and (tmp_path / "pr_curves.png").exists()

@@ -11,6 +11,7 @@ from raredet.builders.messages import model_message, post_processing_of
 from raredet.config import LabelMap, LoadedConfig, parse_config
 from raredet.errors import ConfigError
 from raredet.evaluation.operating_points import Rule
+from raredet.evaluation.options import COCO_SET, EvalOptions
 from raredet.protos import eval_pb2
 
 OPERATING_POINTS_WHERE = "eval_config.operating_points"
@@ -67,24 +68,23 @@ def build_operating_point_rules(eval_config: eval_pb2.EvalConfig, label_map: Lab
     return default, per_class
 
 
-def eval_options(loaded: LoadedConfig, operating_point: Rule | None = None) -> dict[str, Any]:
-    """The `eval_config` fields `engine.evaluate.evaluate` takes, as keyword arguments.
+def eval_options(loaded: LoadedConfig, operating_point: Rule | None = None) -> EvalOptions:
+    """The evaluation options of `eval_config` (`engine.evaluate.evaluate` takes them).
 
     `operating_point`: a rule for every class that replaces `eval_config.operating_points`' rules
     (the `--operating_point` flag)."""
     ec = loaded.pipeline.eval_config
     rule, class_rules = build_operating_point_rules(ec, loaded.label_map, operating_point)
-    return {
-        "metrics_set": list(ec.metrics_set) or "coco_detection_metrics",
-        "min_score_threshold": ec.min_score_threshold,
-        "include_metrics_per_category": True,
-        "num_visualizations": ec.num_visualizations,
-        "operating_point_rule": rule,
-        "class_rules": class_rules,
-        "score_floor":
-            post_processing_of(model_message(loaded.pipeline)).batch_non_max_suppression.score_threshold,
-        "images_description": _eval_data_description(loaded),
-    }
+    return EvalOptions(
+        metrics_set=tuple(ec.metrics_set) or COCO_SET,
+        min_score_threshold=ec.min_score_threshold,
+        include_metrics_per_category=True,
+        num_visualizations=ec.num_visualizations,
+        operating_point_rule=rule,
+        class_rules=class_rules,
+        score_floor=post_processing_of(model_message(loaded.pipeline)).batch_non_max_suppression.score_threshold,
+        images_description=_eval_data_description(loaded),
+    )
 
 
 def _eval_data_description(loaded: LoadedConfig) -> str:

@@ -36,10 +36,11 @@ from raredet.commands.trained import (
 from raredet.config import LabelMap
 from raredet.engine.checkpoint import list_checkpoints, load_checkpoint
 from raredet.engine.evaluate import evaluate
-from raredet.engine.train import eval_workers
+from raredet.engine.runtime import eval_workers
 from raredet.errors import CheckpointError, ConfigError
 from raredet.evaluation import operating_points as ops
 from raredet.evaluation.coco import load_json
+from raredet.evaluation.options import EvalOptions
 from raredet.fileio import atomic_write_text
 from raredet.losses import ClassWeight
 from raredet.modeling import load_fine_tune_checkpoint
@@ -54,7 +55,7 @@ OPERATING_CONFIG_TF = "pipeline.operating_points.tf.config"
 
 def _class_weights(state: Mapping[str, Any]) -> list[ClassWeight] | None:
     """The class weights training used, as saved in the checkpoint (None if it has none); the one place
-    they are read back (`engine.train.checkpoint_state` is the one place they are written)."""
+    they are read back (`engine.resume.checkpoint_state` is the one place they are written)."""
     saved = state.get("class_weights")
     return [ClassWeight(**w) for w in saved] if saved else None
 
@@ -75,16 +76,10 @@ class EvalJob:
         self.loader: Iterable[Mapping[str, Any]] = loader
         self.label_map: LabelMap = self.loaded.label_map
         self.model = self._build_model(None)
-        self.options = builders.eval_options(self.loaded, operating_point)
-        if review_precision is not None:  # the flag adds (or replaces) every class's review band
-            self.options["operating_point_rule"] = dataclasses.replace(
-                self.options["operating_point_rule"], review_precision=review_precision)
-            self.options["class_rules"] = {k: dataclasses.replace(r, review_precision=review_precision)
-                                           for k, r in self.options["class_rules"].items()}
-        if operating_points_from is not None:
-            self.options["apply_operating_points"] = ops.load_operating_points(operating_points_from)
+        self.options = _with_flags(builders.eval_options(self.loaded, operating_point), review_precision,
+                                   operating_points_from)
         self.out_dir = out_dir
-        self.writer: Any = None
+        self.writer: SummaryWriter | None = None
         self.last_step = -1  # the training step of the checkpoint evaluated last
 
     def _build_model(self, weights_convention: str | None) -> Any:
@@ -126,11 +121,11 @@ class EvalJob:
                                       "trained with") from None
         if self.writer is None:
             self.writer = SummaryWriter(log_dir=str(self.out_dir))
-        options = {**self.options, "images_description": f"{self.options['images_description']}, "
-                                                          f"checkpoint {path}"}
-        metrics = evaluate(self.model, self.loader, self.label_map, out_dir=self.out_dir,
+        described = f"{self.options.images_description}, checkpoint {path}"
+        options = dataclasses.replace(self.options, images_description=described)
+        metrics = evaluate(self.model, self.loader, self.label_map, out_dir=self.out_dir, options=options,
                            loss_fn=loss_fn, device=self.device, class_weights=weights,
-                           writer=self.writer, step=self.last_step, **options)
+                           writer=self.writer, step=self.last_step)
         self.writer.flush()
         self._write_operating_points_config()
         return metrics
@@ -147,6 +142,23 @@ class EvalJob:
             return
         atomic_write_text(path, text)
         atomic_write_text(tf_path, builders.tf_od_api_config_text(text))
+
+
+def _with_flags(options: EvalOptions, review_precision: float | None,
+                operating_points_from: str | Path | None) -> EvalOptions:
+    """`options` with `--review_precision` (added to, or replacing, every class's review band) and
+    `--operating_points_from` (those thresholds graded instead of new ones chosen)."""
+    if review_precision is not None:
+        options = dataclasses.replace(
+            options,
+            operating_point_rule=dataclasses.replace(options.operating_point_rule,
+                                                     review_precision=review_precision),
+            class_rules={k: dataclasses.replace(r, review_precision=review_precision)
+                         for k, r in options.class_rules.items()})
+    if operating_points_from is not None:
+        options = dataclasses.replace(options,
+                                      operating_points_to_grade=ops.load_operating_points(operating_points_from))
+    return options
 
 
 def is_tf_path(path: Path) -> bool:

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from raredet.config import LabelMap
-from raredet.engine.train import to_device
-from raredet.evaluation.pipeline import COCO_SET, evaluate_detections
+from raredet.engine.runtime import to_device
+from raredet.evaluation.options import EvalOptions
+from raredet.evaluation.pipeline import evaluate_detections
 from raredet.evaluation.report import Example
 from raredet.losses import ClassWeight
 
@@ -103,26 +104,22 @@ def _mean_losses(totals: dict[str, float], count: int) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataloader: Iterable[Mapping[str, Any]], label_map: LabelMap, *,
-             out_dir: str | Path, metrics_set: str | Sequence[str] = COCO_SET,
-             min_score_threshold: float = 0.5, include_metrics_per_category: bool = True,
-             loss_fn: LossFn | None = None, device: str | torch.device = "cpu",
-             class_weights: Sequence[ClassWeight] | None = None, num_visualizations: int = 10,
-             writer: ScalarWriter | None = None, step: int | None = None,
-             **operating_points: Any) -> dict[str, float]:
-    """Run `model` over `dataloader`, evaluate, write all outputs into `out_dir`.
+             out_dir: str | Path, options: EvalOptions | None = None, loss_fn: LossFn | None = None,
+             device: str | torch.device = "cpu", class_weights: Sequence[ClassWeight] | None = None,
+             writer: ScalarWriter | None = None, step: int | None = None) -> dict[str, float]:
+    """Run `model` over `dataloader`, evaluate as `options` say (default `EvalOptions()`), write all
+    outputs into `out_dir`.
 
     Returns the metrics that are defined (TF OD API names, floats; a class without ground truth has no
     entry here and shows as "no ground truth" in the table), plus `Loss/<name>` means when `loss_fn`
     (a DetectionLoss: `(outputs, batch) -> dict`) is given. Writes each as a scalar to `writer`.
     `class_weights` (the table training used) is shown in report.html.
-    `operating_points`: the operating-point options of `evaluation.pipeline.evaluate_detections`
-    (`operating_point_rule`, `class_rules`, `apply_operating_points`, `images_description`,
-    `score_floor`).
     """
+    options = options or EvalOptions()
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    collector = _Collector(label_map, num_visualizations)
+    collector = _Collector(label_map, options.num_visualizations)
     totals: dict[str, float] = {}
     batches = 0
     for batch in dataloader:
@@ -135,21 +132,21 @@ def evaluate(model: nn.Module, dataloader: Iterable[Mapping[str, Any]], label_ma
         batches += 1
         collector.add(batch, cast(Any, model).postprocess(outputs, on_device["image_sizes"]))
     model.train(was_training)
-    return _finish(collector, label_map, out_dir=out_dir, metrics_set=metrics_set,
-                   min_score_threshold=min_score_threshold,
-                   include_metrics_per_category=include_metrics_per_category,
+    return _finish(collector, label_map, out_dir=out_dir, options=options,
                    class_weights=[dataclasses.asdict(w) for w in class_weights or []],
-                   extra=_mean_losses(totals, batches), writer=writer, step=step, **operating_points)
+                   extra=_mean_losses(totals, batches), writer=writer, step=step)
 
 
-def _finish(collector: _Collector, label_map: LabelMap, *, extra: dict[str, float],
-            writer: ScalarWriter | None, step: int | None, **options: Any) -> dict[str, float]:
+def _finish(collector: _Collector, label_map: LabelMap, *, out_dir: str | Path, options: EvalOptions,
+            class_weights: list[dict[str, Any]], extra: dict[str, float], writer: ScalarWriter | None,
+            step: int | None) -> dict[str, float]:
     gt = {"images": collector.images, "annotations": collector.annotations,
           "categories": [{"id": i, "name": n} for i, n in zip(label_map.ids, label_map.display_names,
                                                                   strict=True)]}
     title = "raredet evaluation" + (f" at step {step}" if step is not None else "")
-    result = evaluate_detections(gt, collector.detections, examples=collector.examples, title=title,
-                                 extra_metrics=extra, **options)
+    result = evaluate_detections(gt, collector.detections, out_dir=out_dir, options=options,
+                                 class_weights=class_weights, examples=collector.examples, title=title,
+                                 extra_metrics=extra)
     metrics = {k: float(v) for k, v in result["metrics"].items() if isinstance(v, int | float)}
     if writer is not None:
         for tag, value in metrics.items():

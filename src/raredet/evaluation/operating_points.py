@@ -25,7 +25,7 @@ A threshold ``t`` keeps a detection when its score is **above** ``t`` (the stric
 between the lowest score kept and the highest score dropped (or the lowest score the evaluation could
 see, `score_floor`), so the detections that chose it fall on the same side after float32 rounding.
 
-Graded on other images (`apply_operating_points`: thresholds chosen on val, counted on test), each
+Graded on other images (`grade_operating_points`: thresholds chosen on val, counted on test), each
 class's precision at its threshold comes with a **90 % interval** (`Counts.precision_interval`): the
 5th and 95th percentiles of the precision over 2000 bootstrap resamples of the graded images (images
 drawn with replacement, all their detections with them, so detections that crowd into a few images
@@ -300,7 +300,7 @@ def operating_points(matches: Matches, categories: Sequence[Mapping[str, Any]], 
             for c in categories]
 
 
-def apply_operating_points(matches: Matches, points: Sequence[OperatingPoint], num_images: int,
+def grade_operating_points(matches: Matches, points: Sequence[OperatingPoint], num_images: int,
                            min_score_threshold: float, chosen_on: str) -> list[OperatingPoint]:
     """The thresholds of `points` (chosen on other images) graded on `matches`: same thresholds and
     rules, figures recomputed here; `reached` says whether the target still holds on these images."""

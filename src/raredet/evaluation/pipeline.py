@@ -8,6 +8,7 @@ operating_points.{json,md}, pr_curves.png, confusion_matrix.png, score_histogram
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,11 @@ from raredet.evaluation.coco import (
     load_json,
     prepare_coco,
 )
+from raredet.evaluation.options import COCO_SET, METRICS_SETS, VOC_SET, EvalOptions
 from raredet.evaluation.report import Example, write_report
 from raredet.evaluation.voc import voc_ap_per_class
 from raredet.fileio import atomic_write_json
 
-COCO_SET = "coco_detection_metrics"
-VOC_SET = "pascal_voc_detection_metrics"
-METRICS_SETS = (COCO_SET, VOC_SET)
 VOC_MAP = "PascalBoxes_Precision/mAP@0.5IOU"
 VOC_PER_CATEGORY = "PascalBoxes_PerformanceByCategory/AP@0.5IOU"
 
@@ -102,17 +101,27 @@ def _plots(gt: dict, detections: list, matches: per_class.Matches, coco: CocoRes
     return {name: (out / name).read_bytes() for name in figures}
 
 
+@dataclass
+class _Evaluated:
+    """What `evaluate_detections` measured, before anything is written."""
+
+    sets: list[str]
+    cats: list[dict]  # gt's categories (copies, each with a name), by id
+    prepared: tuple[COCO, COCO]
+    coco_all: CocoResult  # with matches, whatever the metric sets
+    matches: per_class.Matches
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]]
+    content: dict[str, Any]  # operating_points.json
+    points: list[ops.OperatingPoint]
+
+
 def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
-                        metrics_set: str | Sequence[str] = COCO_SET, min_score_threshold: float = 0.5,
-                        include_metrics_per_category: bool = True,
-                        class_weights: list[dict[str, Any]] | None = None,
+                        options: EvalOptions | None = None, class_weights: list[dict[str, Any]] | None = None,
                         examples: Sequence[Example] = (), title: str = "raredet evaluation",
-                        extra_metrics: dict[str, Any] | None = None, check: bool = True,
-                        operating_point_rule: ops.Rule | None = None,
-                        class_rules: Mapping[str, ops.Rule] | None = None,
-                        apply_operating_points: Mapping[str, Any] | None = None,
-                        images_description: str = "", score_floor: float = 0.0) -> dict[str, Any]:
-    """Evaluate `detections` (COCO results list) against `gt` (COCO dict); write all outputs.
+                        extra_metrics: dict[str, Any] | None = None, check: bool = True) -> dict[str, Any]:
+    """Evaluate `detections` (COCO results list) against `gt` (COCO dict) as `options` say (default
+    `EvalOptions()`); write all outputs.
 
     Returns {"metrics", "per_class", "operating_points"}: the metrics dict (TF OD API names; None
     where a class has no ground truth, plus `OperatingPoint/...` scalars), which also goes to
@@ -120,67 +129,89 @@ def evaluate_detections(gt: dict, detections: list, *, out_dir: str | Path,
     the content of operating_points.json.
     `check=False` skips `check_coco` for a caller that has already checked (with file names).
 
-    Operating points: chosen per class by `class_rules[name]` or `operating_point_rule` (default
-    max F1) on these detections, or, with `apply_operating_points` (a loaded operating_points.json
-    from other images), those thresholds graded here. `images_description` says which images these
-    are (it goes into the files); `score_floor`: the lowest score a detection could have had here
-    (the model's NMS score_threshold).
+    Operating points: chosen per class by `options.class_rules[name]` or `options.operating_point_rule`
+    on these detections, or, with `options.operating_points_to_grade`, those thresholds graded here.
     """
-    sets = check_metrics_sets(metrics_set)
+    options = options or EvalOptions()
+    sets = check_metrics_sets(options.metrics_set)
     if check:
         check_coco(gt, detections)
-    out = Path(out_dir)
+    done = _evaluate(gt, detections, options, sets, extra_metrics)
+    _write_outputs(Path(out_dir), gt, detections, done, options.min_score_threshold, title, class_weights,
+                   examples)
+    return {"metrics": done.metrics, "per_class": done.rows, "operating_points": done.content}
+
+
+def _evaluate(gt: dict, detections: list, options: EvalOptions, sets: list[str],
+              extra_metrics: dict[str, Any] | None) -> _Evaluated:
     named = ({**c, "name": c.get("name", str(c["id"]))} for c in gt["categories"])  # copies: gt unchanged
     cats = sorted(named, key=lambda c: c["id"])
     prepared = prepare_coco(gt, detections)  # shared by the metrics and the table's matching
     coco_all = evaluate_coco(gt, detections, prepared, keep_matches=True)  # PR curves, table's matches
     coco = coco_all if COCO_SET in sets else None
     voc = voc_ap_per_class(gt, detections) if VOC_SET in sets else None
-    metrics = _metrics(coco, voc, {c["id"]: c["name"] for c in cats}, include_metrics_per_category,
+    metrics = _metrics(coco, voc, {c["id"]: c["name"] for c in cats}, options.include_metrics_per_category,
                        extra_metrics)
     matches = per_class.match_detections(gt, detections, prepared, coco_all)
-    counts = per_class.class_counts(matches, [c["id"] for c in cats], min_score_threshold)
+    counts = per_class.class_counts(matches, [c["id"] for c in cats], options.min_score_threshold)
     rows = per_class.build_table(cats, counts, coco, voc)
-    n_images = len(gt["images"])
-    here = {"description": f"{n_images} images" + (f" of {images_description}" if images_description else ""),
-            "images": n_images}
-    content = _operating_points(matches, cats, len(gt["images"]), min_score_threshold, here,
-                                operating_point_rule, class_rules, apply_operating_points, score_floor)
+    content = _operating_points(matches, cats, len(gt["images"]), options)
     points = [ops.OperatingPoint.from_json(c) for c in content["classes"]]
     _add_operating_columns(rows, points)
     metrics.update(ops.scalars(points))
-    ops.write_operating_points(out, content)
-    per_class.write_table(rows, out, {"metrics_set": sets, "min_score_threshold": min_score_threshold})
-    atomic_write_json(out / "metrics.json", metrics)
-    pngs = _plots(gt, detections, matches, coco_all, cats, min_score_threshold, out, prepared, points)
-    write_report(out / "report.html", title=title, metrics=metrics, rows=rows,
+    return _Evaluated(sets, cats, prepared, coco_all, matches, metrics, rows, content, points)
+
+
+def _write_outputs(out: Path, gt: dict, detections: list, done: _Evaluated, min_score: float, title: str,
+                   class_weights: list[dict[str, Any]] | None, examples: Sequence[Example]) -> None:
+    """operating_points.{json,md}, per_class.{json,csv,md}, metrics.json, the plots and report.html."""
+    ops.write_operating_points(out, done.content)
+    per_class.write_table(done.rows, out, {"metrics_set": done.sets, "min_score_threshold": min_score})
+    atomic_write_json(out / "metrics.json", done.metrics)
+    pngs = _plots(gt, detections, done.matches, done.coco_all, done.cats, min_score, out, done.prepared,
+                  done.points)
+    write_report(out / "report.html", title=title, metrics=done.metrics, rows=done.rows,
                  plots={k.removesuffix(".png").replace("_", " "): v for k, v in pngs.items()},
                  class_weights=class_weights or [], examples=examples,
-                 names=[c["name"] for c in cats], min_score_threshold=min_score_threshold,
-                 operating_points=(ops.where_sentence(content), *ops.table(points, min_score_threshold)))
-    return {"metrics": metrics, "per_class": rows, "operating_points": content}
+                 names=[c["name"] for c in done.cats], min_score_threshold=min_score,
+                 operating_points=(ops.where_sentence(done.content), *ops.table(done.points, min_score)))
 
 
-def _operating_points(matches: per_class.Matches, cats: list[dict], num_images: int, min_score: float,
-                      here: dict[str, Any], rule: ops.Rule | None, class_rules: Mapping[str, ops.Rule] | None,
-                      chosen: Mapping[str, Any] | None, score_floor: float) -> dict[str, Any]:
-    """operating_points.json's content: chosen here, or `chosen` (loaded) graded here; with the one
-    threshold for every class (`single_threshold`) next to the per-class ones."""
-    curves = [ops.class_curve(matches, int(c["id"]), score_floor) for c in cats]
-    class_names = [str(c["name"]) for c in cats]
-    if chosen is None:
-        points = ops.operating_points(matches, cats, class_rules or {}, rule or ops.Rule(), num_images,
-                                      min_score, score_floor)
-        content = ops.operating_points_json(points, min_score_threshold=min_score, chosen_on=here)
-        content["single_threshold"] = ops.single_threshold_json(
-            curves, class_names, ops.single_threshold_target(rule or ops.Rule()), num_images, score_floor)
-        return content
+def _operating_points(matches: per_class.Matches, cats: list[dict], num_images: int,
+                      options: EvalOptions) -> dict[str, Any]:
+    """operating_points.json's content: chosen here, or `options.operating_points_to_grade` graded here;
+    with the one threshold for every class (`single_threshold`) next to the per-class ones."""
+    described = options.images_description
+    here = {"description": f"{num_images} images" + (f" of {described}" if described else ""),
+            "images": num_images}
+    curves = [ops.class_curve(matches, int(c["id"]), options.score_floor) for c in cats]
+    if options.operating_points_to_grade is None:
+        return _chosen_here(matches, cats, num_images, curves, here, options)
+    return _graded_here(matches, cats, num_images, curves, here, options.operating_points_to_grade,
+                        options.min_score_threshold)
+
+
+def _chosen_here(matches: per_class.Matches, cats: list[dict], num_images: int, curves: list[ops.Curve],
+                 here: dict[str, Any], options: EvalOptions) -> dict[str, Any]:
+    rule, min_score = options.operating_point_rule, options.min_score_threshold
+    score_floor = options.score_floor
+    points = ops.operating_points(matches, cats, options.class_rules, rule, num_images, min_score,
+                                  score_floor)
+    content = ops.operating_points_json(points, min_score_threshold=min_score, chosen_on=here)
+    content["single_threshold"] = ops.single_threshold_json(
+        curves, [str(c["name"]) for c in cats], ops.single_threshold_target(rule), num_images, score_floor)
+    return content
+
+
+def _graded_here(matches: per_class.Matches, cats: list[dict], num_images: int, curves: list[ops.Curve],
+                 here: dict[str, Any], chosen: Mapping[str, Any], min_score: float) -> dict[str, Any]:
+    """`chosen` (a loaded operating_points.json) graded on these detections."""
     names = {c["id"]: c["name"] for c in cats}
     for p in chosen["classes"]:
         if names.get(p.class_id) != p.class_name:
             raise DataError(f"operating points: class {p.class_name!r} (id {p.class_id}) is not a class of "
                             f"these images ({names}); apply operating points chosen with the same label map")
-    graded = ops.apply_operating_points(matches, chosen["classes"], num_images, min_score,
+    graded = ops.grade_operating_points(matches, chosen["classes"], num_images, min_score,
                                         chosen["chosen_on"].get("description", "other images"))
     content = ops.operating_points_json(graded, min_score_threshold=min_score,
                                         chosen_on=chosen["chosen_on"], graded_on=here)
@@ -189,7 +220,7 @@ def _operating_points(matches: per_class.Matches, cats: list[dict], num_images: 
     content["score_threshold"] = chosen["score_threshold"]
     content["review_score_threshold"] = chosen["review_score_threshold"]
     if chosen.get("single_threshold") is not None:  # files written before it have none
-        single = ops.single_threshold_json(curves, class_names, 0.0, num_images,
+        single = ops.single_threshold_json(curves, [str(c["name"]) for c in cats], 0.0, num_images,
                                            chosen=chosen["single_threshold"])
         for c in cats:
             figures = single["classes"][c["name"]]
@@ -267,11 +298,12 @@ def evaluate_detection_files(groundtruth: str | Path, detections: str | Path, *,
     check_coco(gt, dets, str(groundtruth), str(detections))
     examples = examples_from_files(gt, dets, image_dir, num_visualizations) if image_dir else []
     chosen = ops.load_operating_points(operating_points_from) if operating_points_from is not None else None
-    result = evaluate_detections(gt, dets, out_dir=out_dir, metrics_set=metrics_set,
-                                 min_score_threshold=min_score_threshold, examples=examples, check=False,
-                                 title=f"raredet evaluation of {Path(detections).name}",
-                                 operating_point_rule=operating_point_rule, apply_operating_points=chosen,
-                                 images_description=f"{groundtruth} with detections {detections}")
+    options = EvalOptions(metrics_set=metrics_set, min_score_threshold=min_score_threshold,
+                          operating_point_rule=operating_point_rule or ops.Rule(),
+                          operating_points_to_grade=chosen,
+                          images_description=f"{groundtruth} with detections {detections}")
+    result = evaluate_detections(gt, dets, out_dir=out_dir, options=options, examples=examples, check=False,
+                                 title=f"raredet evaluation of {Path(detections).name}")
     if echo is not None:
         echo(per_class.to_markdown(result["per_class"]))
         echo(ops.where_sentence(result["operating_points"]) + "\n")
