@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -45,13 +46,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from google.protobuf import text_format
 
 from bench.common import RESULTS_DIR, machine, save_result
 from raredet.config import parse_config
 from raredet.data.synth import CLASS_NAMES, DEFAULT_RATIOS, make_synthetic_dataset
 from raredet.errors import RaredetError
+from raredet.evaluation import operating_points as ops
 from raredet.fileio import atomic_write_json, atomic_write_text
 from raredet.protos import pipeline_pb2
 
@@ -236,10 +237,14 @@ def test_config(path: Path) -> Path:
 
 @dataclass
 class OperatingPoint:
-    """A class's operating point: the lowest score threshold whose precision is >= the target.
+    """A class's operating point by the library's rule (`raredet.evaluation.operating_points`, target
+    precision) and its figures with the detections scoring above `threshold` kept.
 
-    threshold is None when no threshold reaches the target (then recall and fp_per_image are 0: the
-    class is switched off)."""
+    `reached`: whether the target precision was reached where the threshold was chosen (val). Where no
+    threshold reaches it, the library takes the most precise point (reached False), as `raredet eval`
+    does; the study's "recall at precision 0.9" counts such a class as 0. threshold None: no operating
+    point (no correct detection, or no ground truth), so every detection stays, as under the global
+    threshold."""
 
     threshold: float | None
     precision: float | None
@@ -247,60 +252,34 @@ class OperatingPoint:
     tp: int
     fp: int
     fp_per_image: float
+    reached: bool | None = None
 
 
-def operating_point(scores: np.ndarray, is_tp: np.ndarray, num_gt: int, num_images: int,
-                    target_precision: float = TARGET_PRECISION) -> OperatingPoint:
-    """The highest recall with precision >= `target_precision` over every score threshold.
-
-    scores [D], is_tp [D] bool: one class's detections and whether each is matched at IoU 0.5. Keeping
-    the detections with score >= t, a threshold can only fall between distinct scores, so tied scores
-    are kept or dropped together."""
-    order = np.argsort(-scores, kind="stable")
-    s, tp = scores[order], is_tp[order].astype(np.int64)
-    cum_tp, cum_fp = np.cumsum(tp), np.cumsum(1 - tp)
-    last_of_tie = np.r_[s[1:] != s[:-1], True] if s.size else np.zeros(0, dtype=bool)
-    precision = cum_tp / np.maximum(cum_tp + cum_fp, 1)
-    ok = np.flatnonzero(last_of_tie & (precision >= target_precision) & (cum_tp > 0))
-    if ok.size == 0 or num_gt == 0:
-        return OperatingPoint(None, None, 0.0, 0, 0, 0.0)
-    i = ok[np.argmax(cum_tp[ok])]  # most TPs; among equal TPs the first (fewest FPs)
-    return OperatingPoint(float(s[i]), float(precision[i]), float(cum_tp[i]) / num_gt, int(cum_tp[i]),
-                          int(cum_fp[i]), float(cum_fp[i]) / max(num_images, 1))
-
-
-def at_threshold(scores: np.ndarray, is_tp: np.ndarray, threshold: float | None, num_gt: int,
-                 num_images: int) -> OperatingPoint:
-    """One class's detections kept at score >= `threshold` (chosen elsewhere, e.g. on val): the
-    precision and recall they reach here. None (no threshold reached the target) keeps nothing."""
-    if threshold is None:
-        return OperatingPoint(None, None, 0.0, 0, 0, 0.0)
-    kept = scores >= threshold
-    tp, fp = int((kept & is_tp).sum()), int((kept & ~is_tp).sum())
-    precision = tp / (tp + fp) if tp + fp else None
-    return OperatingPoint(float(threshold), precision, tp / num_gt if num_gt else 0.0, tp, fp,
-                          fp / max(num_images, 1))
+def _figures(curve: ops.Curve, threshold: float | None, reached: bool | None,
+             num_images: int) -> OperatingPoint:
+    c = ops.counts_above(curve, -math.inf if threshold is None else threshold, num_images)
+    return OperatingPoint(threshold, c.precision, c.recall or 0.0, c.TP, c.FP, c.FP_per_image or 0.0, reached)
 
 
 def class_operating_points(gt: dict[str, Any], detections: list[dict[str, Any]],
                            target_precision: float = TARGET_PRECISION,
                            thresholds: dict[str, float | None] | None = None) -> dict[str, OperatingPoint]:
-    """Per class name: its operating point on these detections (COCO matching at IoU 0.5); with
-    `thresholds` (class name -> threshold chosen on other images), those thresholds graded here."""
+    """Per class name: its operating point on these detections (COCO matching at IoU 0.5), chosen by
+    `ops.operating_point`; with `thresholds` (class name -> threshold chosen on other images), those
+    thresholds graded here (`reached` left None: it is the choosing split's)."""
     from raredet.evaluation.per_class import match_detections
 
     m = match_detections(gt, detections)
-    tp = m.det_counted & (m.det_gt >= 0)
-    names = {c["id"]: c["name"] for c in gt["categories"]}
+    rule = ops.Rule("target_precision", target_precision)
+    num_images = len(gt["images"])
     out = {}
-    for cat, name in names.items():
-        mine = m.det_counted & (m.det_cat == cat)
-        num_gt = int(((m.gt_cat == cat) & ~m.gt_crowd).sum())
+    for c in gt["categories"]:
+        curve = ops.class_curve(m, int(c["id"]))
         if thresholds is None:
-            out[name] = operating_point(m.det_score[mine], tp[mine], num_gt, len(gt["images"]),
-                                        target_precision)
-        else:
-            out[name] = at_threshold(m.det_score[mine], tp[mine], thresholds[name], num_gt, len(gt["images"]))
+            point = ops.operating_point(curve, rule, c["name"], int(c["id"]), num_images, 0.0)
+            out[c["name"]] = _figures(curve, point.threshold, point.reached, num_images)
+            continue
+        out[c["name"]] = _figures(curve, thresholds[c["name"]], None, num_images)
     return out
 
 
@@ -346,11 +325,15 @@ def read_run(run_dir: Path, strategy: str, seed: int, seconds: float) -> RunResu
 
     With an eval_test/ folder (the budget has a test split) every figure is the test split's, and each
     class's operating point is the threshold chosen on val (eval/) counted on test."""
-    ops = class_operating_points(*_eval_inputs(run_dir / "eval"))
+    points = class_operating_points(*_eval_inputs(run_dir / "eval"))
     ev = run_dir / "eval"
     if (run_dir / TEST_EVAL).exists():
         ev = run_dir / TEST_EVAL
-        ops = class_operating_points(*_eval_inputs(ev), thresholds={c: o.threshold for c, o in ops.items()})
+        graded_points = class_operating_points(*_eval_inputs(ev),
+                                               thresholds={c: o.threshold for c, o in points.items()})
+        for c, graded in graded_points.items():
+            graded.reached = points[c].reached
+        points = graded_points
     rows = {r["class"]: r for r in json.loads((ev / "per_class.json").read_text())["classes"]}
     metrics = json.loads((ev / "metrics.json").read_text())
     metrics = metrics.get("metrics", metrics)
@@ -359,7 +342,8 @@ def read_run(run_dir: Path, strategy: str, seed: int, seconds: float) -> RunResu
         strategy=strategy, seed=seed,
         ap50={c: rows[c]["AP50"] for c in CLASS_NAMES}, recall={c: rows[c]["recall"] for c in CLASS_NAMES},
         precision={c: rows[c]["precision"] for c in CLASS_NAMES},
-        op={c: asdict(ops[c]) for c in CLASS_NAMES}, gt_count={c: rows[c]["gt_count"] for c in CLASS_NAMES},
+        op={c: asdict(points[c]) for c in CLASS_NAMES},
+        gt_count={c: rows[c]["gt_count"] for c in CLASS_NAMES},
         mAP=metrics["DetectionBoxes_Precision/mAP"], mAP50=metrics["DetectionBoxes_Precision/mAP@.50IOU"],
         seconds=seconds, final_losses={k: v for k, v in last.items() if k.startswith("Loss/")},
         machine=run_machine(run_dir),
@@ -534,8 +518,9 @@ def figure(run: RunResult, name: str, cls: str) -> float:
         return 100 * (run.recall[cls] or 0.0)
     if name == "P@0.5":
         return 100 * (run.precision[cls] or 0.0)
-    if name == "R@P0.9":
-        return 100 * float(run.op[cls]["recall"])
+    if name == "R@P0.9":  # 0 where the target was not reached on val (the library keeps its best point)
+        op = run.op[cls]  # results written before `reached`: a threshold was one reaching the target
+        return 100 * float(op["recall"]) if op.get("reached", op["threshold"] is not None) else 0.0
     if name == "P@op":  # the precision the class's threshold reaches (>= 0.9 where it was chosen)
         return 100 * (run.op[cls]["precision"] or 0.0)
     return float(run.op[cls]["fp_per_image"])

@@ -1,4 +1,5 @@
-"""The imbalance study: per-class operating points by hand, and `--quick` end to end (skip, resume)."""
+"""The imbalance study: per-class operating points (the library's rule) by hand, and `--quick` end to end
+(skip, resume), its test-split figures recounted from the matches."""
 
 from __future__ import annotations
 
@@ -7,37 +8,9 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
-from bench.imbalance import OperatingPoint, class_operating_points, operating_point
+from bench.imbalance import OperatingPoint, class_operating_points
 
 from bench import imbalance
-
-# Six detections of one class, already in score order; two share the score 0.8.
-SCORES = np.array([0.9, 0.8, 0.8, 0.7, 0.6, 0.5])
-IS_TP = np.array([True, True, False, True, False, True])
-
-
-def test_operating_point_by_hand():
-    # Cut after each distinct score: kept (TP, FP) = (1,0) (2,1) (3,1) (3,2) (4,2); a cut between the
-    # two 0.8s is not a threshold. Precisions: 1, 2/3, 3/4, 3/5, 4/6. 5 boxes, 4 images.
-    assert operating_point(SCORES, IS_TP, 5, 4, 0.9) == OperatingPoint(0.9, 1.0, 0.2, 1, 0, 0.0)
-    assert operating_point(SCORES, IS_TP, 5, 4, 0.7) == OperatingPoint(0.7, 0.75, 0.6, 3, 1, 0.25)
-    got = operating_point(SCORES, IS_TP, 5, 4, 0.6)
-    assert (got.threshold, got.recall, got.tp, got.fp, got.fp_per_image) == (0.5, 0.8, 4, 2, 0.5)
-    assert got.precision == pytest.approx(4 / 6)
-
-
-def test_operating_point_order_does_not_matter_and_ties_go_together():
-    perm = np.array([3, 0, 5, 2, 1, 4])
-    assert operating_point(SCORES[perm], IS_TP[perm], 5, 4, 0.7) == operating_point(SCORES, IS_TP, 5, 4, 0.7)
-    # The TP at 0.8 alone would give precision 1 at recall 2/5; with its tied FP it is 2/3 < 0.9.
-    assert operating_point(SCORES, IS_TP, 5, 4, 0.9).recall == 0.2
-
-
-def test_unreachable_target_no_detections_or_no_boxes_switch_the_class_off():
-    off = OperatingPoint(None, None, 0.0, 0, 0, 0.0)
-    assert operating_point(np.array([0.9, 0.8]), np.array([False, True]), 3, 2, 0.9) == off
-    assert operating_point(np.zeros(0), np.zeros(0, dtype=bool), 3, 2, 0.9) == off
-    assert operating_point(np.array([0.9]), np.array([False]), 0, 2, 0.9) == off
 
 
 def test_class_operating_points_use_coco_matches_at_iou_half():
@@ -51,24 +24,22 @@ def test_class_operating_points_use_coco_matches_at_iou_half():
         {"image_id": 1, "category_id": 3, "bbox": [20, 10, 20, 20], "score": 0.9},
         {"image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.95},  # scratch: no box at all
     ]
+    # The library's rule (evaluation.operating_points): crack's curve is 0.9 FP, 0.8 TP (precision 0,
+    # 1/2); target 1/2 keeps both, its threshold halfway from 0.8 to the floor 0: 0.4 (in float32, as
+    # the model's scores are).
+    half_way = float(np.float32(0.4))
     at_half = class_operating_points(gt, dets, target_precision=0.5)
-    assert at_half["crack"] == OperatingPoint(0.8, 0.5, 1.0, 1, 1, 0.5)
-    assert at_half["scratch"] == OperatingPoint(None, None, 0.0, 0, 0, 0.0)
-    assert class_operating_points(gt, dets, target_precision=0.9)["crack"].threshold is None
-    # Thresholds chosen elsewhere (on val), counted here: 0.85 keeps only the false positive at 0.9
-    # (precision 0, recall 0, 1 FP over 2 images); no threshold (None) keeps nothing.
+    assert at_half["crack"] == OperatingPoint(half_way, 0.5, 1.0, 1, 1, 0.5, reached=True)
+    # scratch has no box: no operating point, every detection stays (1 FP over 2 images)
+    assert at_half["scratch"] == OperatingPoint(None, 0.0, 0.0, 0, 1, 0.5, reached=None)
+    # An unreachable target: the most precise point (1/2), not reached, as raredet eval chooses it
+    assert class_operating_points(gt, dets, target_precision=0.9)["crack"] == OperatingPoint(
+        half_way, 0.5, 1.0, 1, 1, 0.5, reached=False)
+    # Thresholds chosen elsewhere (on val), counted here: above 0.85 only the false positive at 0.9
+    # (precision 0, recall 0, 1 FP over 2 images); no threshold (None) keeps every detection.
     graded = class_operating_points(gt, dets, thresholds={"crack": 0.85, "scratch": None})
     assert graded["crack"] == OperatingPoint(0.85, 0.0, 0.0, 0, 1, 0.5)
-    assert graded["scratch"] == OperatingPoint(None, None, 0.0, 0, 0, 0.0)
-
-
-def test_a_threshold_chosen_elsewhere_counted_by_hand():
-    # >= 0.8 keeps 0.9 (TP), 0.8 (TP), 0.8 (FP): precision 2/3, recall 2/5, 1 FP over 4 images.
-    got = imbalance.at_threshold(SCORES, IS_TP, 0.8, 5, 4)
-    assert (got.threshold, got.tp, got.fp, got.recall, got.fp_per_image) == (0.8, 2, 1, 0.4, 0.25)
-    assert got.precision == pytest.approx(2 / 3)
-    assert imbalance.at_threshold(SCORES, IS_TP, 0.95, 5, 4) == OperatingPoint(0.95, None, 0.0, 0, 0, 0.0)
-    assert imbalance.at_threshold(SCORES, IS_TP, None, 5, 4) == OperatingPoint(None, None, 0.0, 0, 0, 0.0)
+    assert graded["scratch"] == OperatingPoint(None, 0.0, 0.0, 0, 1, 0.5)
 
 
 def test_quick_study_runs_skips_what_does_not_parse_and_resumes(tmp_path, capsys):
@@ -83,7 +54,7 @@ def test_quick_study_runs_skips_what_does_not_parse_and_resumes(tmp_path, capsys
         for cls in ("scratch", "dent", "crack"):
             op = run["op"][cls]
             assert 0.0 <= op["recall"] <= 1.0 and op["fp_per_image"] >= 0.0
-            assert op["threshold"] is None or op["precision"] >= imbalance.TARGET_PRECISION
+            assert not op["reached"] or op["precision"] >= imbalance.TARGET_PRECISION
     fig = report["figures"]["baseline"]["AP50/crack"]
     assert fig["low"] <= fig["mean"] <= fig["high"]
     assert any("| baseline |" in line for line in report["goal_table"])
@@ -112,8 +83,14 @@ def test_quick_study_with_a_test_split_grades_val_thresholds_on_test(tmp_path):
     run = report["runs"][0]
     for cls, op in run["op"].items():
         assert op["threshold"] == val[cls].threshold  # chosen on val ...
-        assert OperatingPoint(**op) == imbalance.at_threshold(  # ... counted on test
-            *_class_dets(test_gt, test_dets, cls), val[cls].threshold, summary["test"]["boxes"][cls], 6)
+        # ... counted on test, recounted here from the IoU-0.5 matches: kept = scoring above it
+        scores, hit = _class_dets(test_gt, test_dets, cls)
+        kept = scores > val[cls].threshold if val[cls].threshold is not None else np.ones(len(scores), bool)
+        tp, fp = int((kept & hit).sum()), int((kept & ~hit).sum())
+        assert (op["tp"], op["fp"], op["fp_per_image"]) == (tp, fp, fp / 6)
+        assert op["recall"] == tp / summary["test"]["boxes"][cls]
+        assert op["precision"] == (tp / (tp + fp) if tp + fp else None)
+        assert op["reached"] == val[cls].reached
     assert report["class_tables"]["crack"][0].count("|") == report["class_tables"]["crack"][2].count("|")
 
     # Regraded on a larger test split: the same checkpoint (not retrained), the same val thresholds,
@@ -206,8 +183,8 @@ def test_seeds_agree_only_when_every_goal_figure_spans_no_more_than_its_toleranc
 
 def _run(strategy: str, seed: int, ap50: dict[str, float], crack_recall: float) -> imbalance.RunResult:
     """A run with the given AP50 per class and crack recall at precision 0.9 (fractions)."""
-    op = {c: {"recall": crack_recall if c == "crack" else 0.0, "precision": None, "fp_per_image": 0.0}
-          for c in ap50}
+    op = {c: {"threshold": 0.5, "reached": True, "recall": crack_recall if c == "crack" else 0.0,
+              "precision": None, "fp_per_image": 0.0} for c in ap50}
     return imbalance.RunResult(strategy, seed, ap50, dict.fromkeys(ap50), dict.fromkeys(ap50), op,
                                dict.fromkeys(ap50, 1), 0.0, 0.0, 1.0)
 
