@@ -44,7 +44,7 @@ from raredet.commands.trained import model_weights
 from raredet.config import parse_config
 from raredet.data.synth import make_synthetic_dataset
 from raredet.engine.checkpoint import load_checkpoint
-from raredet.engine.evaluate import _Collector
+from raredet.engine.evaluate import Collector
 from raredet.evaluation import operating_points as ops
 from raredet.evaluation.per_class import Matches, match_detections
 
@@ -165,7 +165,7 @@ def evaluate_run(run: Path, pool: Path) -> Evaluated:
     job.model.load_state_dict(model_weights(state, job.loaded.pipeline.eval_config.use_moving_averages,
                                             checkpoints[-1]))
     job.model.eval()
-    collector = _Collector(job.label_map, 0)
+    collector = Collector(job.label_map, 0)
     with torch.no_grad():
         for batch in job.loader:
             collector.add(batch, job.model.postprocess(job.model(batch["images"]), batch["image_sizes"]))

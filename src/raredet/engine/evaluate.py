@@ -34,8 +34,9 @@ class ScalarWriter(Protocol):
 LossFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], Mapping[str, torch.Tensor]]
 
 
-class _Collector:
-    """Accumulates COCO ground truth, detections and example images batch by batch."""
+class Collector:
+    """Accumulates COCO ground truth, detections and example images batch by batch (`evaluate` uses
+    one; bench/threshold_transfer.py too, for the matches without the metrics)."""
 
     def __init__(self, label_map: LabelMap, num_visualizations: int) -> None:
         self.id_of_index = np.asarray(label_map.ids, dtype=np.int64)  # contiguous index -> label-map id
@@ -119,7 +120,7 @@ def evaluate(model: nn.Module, dataloader: Iterable[Mapping[str, Any]], label_ma
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    collector = _Collector(label_map, options.num_visualizations)
+    collector = Collector(label_map, options.num_visualizations)
     totals: dict[str, float] = {}
     batches = 0
     for batch in dataloader:
@@ -137,7 +138,7 @@ def evaluate(model: nn.Module, dataloader: Iterable[Mapping[str, Any]], label_ma
                    extra=_mean_losses(totals, batches), writer=writer, step=step)
 
 
-def _finish(collector: _Collector, label_map: LabelMap, *, out_dir: str | Path, options: EvalOptions,
+def _finish(collector: Collector, label_map: LabelMap, *, out_dir: str | Path, options: EvalOptions,
             class_weights: list[dict[str, Any]], extra: dict[str, float], writer: ScalarWriter | None,
             step: int | None) -> dict[str, float]:
     gt = {"images": collector.images, "annotations": collector.annotations,
