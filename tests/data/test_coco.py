@@ -1,4 +1,5 @@
-"""COCO JSON and Pascal VOC readers: boxes by hand and against pycocotools; bad input named."""
+"""CocoReader: boxes by hand and equal to pycocotools' (every box of every image, no more); bad input
+named by record and field."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ import numpy as np
 import pytest
 
 from raredet.data.coco import CocoReader
-from raredet.data.readers import build_reader
-from raredet.data.voc import VocReader
-from raredet.errors import ConfigError, DataError
+from raredet.errors import DataError
 
 
 def write_coco(tmp_path, encode_image, annotations=None, images=None):
@@ -53,9 +52,15 @@ def test_coco_boxes_match_pycocotools(tmp_path, label_map, encode_image):
     path = write_coco(tmp_path, encode_image)
     reference = COCO(str(path))
     reader = CocoReader(path, label_map, tmp_path / "imgs")
-    for ann in reference.loadAnns(reference.getAnnIds(imgIds=[10])):
-        x, y, w, h = ann["bbox"]
-        assert [x, y, x + w, y + h] in reader.annotations(0)["boxes"].tolist()
+    names = {c["id"]: c["name"] for c in reference.loadCats(reference.getCatIds())}
+    assert len(reader) == len(reference.getImgIds())
+    for index, image_id in enumerate(sorted(reference.getImgIds())):  # 10: two boxes (one crowd); 11: none
+        want = sorted(([x, y, x + w, y + h], names[a["category_id"]], bool(a["iscrowd"]))
+                      for a in reference.loadAnns(reference.getAnnIds(imgIds=[image_id]))
+                      for x, y, w, h in [a["bbox"]])
+        got = reader.annotations(index)
+        got_names = [label_map.names[i] for i in got["labels"].tolist()]
+        assert sorted(zip(got["boxes"].tolist(), got_names, got["is_crowd"].tolist(), strict=True)) == want
 
 
 @pytest.mark.parametrize(
@@ -125,64 +130,3 @@ def test_coco_missing_and_corrupt_images(tmp_path, label_map, encode_image):
         reader.example(0)
     with pytest.raises(DataError, match=r"image id 2: field 'image' cannot be decoded"):
         reader.example(1)
-
-
-def write_voc(root, encode_image, objects_xml: str, name: str = "0001"):
-    (root / "Annotations").mkdir(parents=True, exist_ok=True)
-    (root / "JPEGImages").mkdir(exist_ok=True)
-    (root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
-    (root / "JPEGImages" / f"{name}.png").write_bytes(encode_image(20, 40))
-    (root / "Annotations" / f"{name}.xml").write_text(
-        f"<annotation><filename>{name}.png</filename><size><width>40</width><height>20</height>"
-        f"<depth>3</depth></size>{objects_xml}</annotation>"
-    )
-    (root / "ImageSets" / "Main" / "train.txt").write_text(f"{name}\n")
-
-
-VOC_OBJECTS = (
-    "<object><name>cat</name><difficult>1</difficult><bndbox><xmin>5</xmin><ymin>2</ymin><xmax>15</xmax>"
-    "<ymax>12</ymax></bndbox></object>"
-    "<object><name>dog</name><bndbox><xmin>20</xmin><ymin>0</ymin><xmax>40</xmax><ymax>20</ymax></bndbox>"
-    "<weight>3</weight></object>"
-)
-
-
-def test_voc_by_hand(tmp_path, label_map, encode_image):
-    write_voc(tmp_path, encode_image, VOC_OBJECTS)
-    ex = VocReader(tmp_path, label_map, split="train").example(0)
-    np.testing.assert_allclose(ex["boxes"], [[5, 2, 15, 12], [20, 0, 40, 20]])
-    assert ex["labels"].tolist() == [0, 1] and ex["difficult"].tolist() == [True, False]
-    assert ex["weights"].tolist() == [1.0, 3.0] and ex["source_id"] == "0001"
-
-
-@pytest.mark.parametrize(
-    ("objects", "message"),
-    [
-        (VOC_OBJECTS.replace("<name>cat", "<name>cow"), r"0001\.xml: object 0 has class 'cow'"),
-        (VOC_OBJECTS.replace("<xmax>15", "<xmax>3"), r"0001\.xml: bbox of object 0 has xmin > xmax"),
-        (VOC_OBJECTS.replace("<ymin>2</ymin>", ""), r"0001\.xml, object 0: field 'bndbox/ymin' is missing"),
-        (VOC_OBJECTS + "<object", r"0001\.xml: not valid XML"),
-    ],
-)
-def test_voc_bad_input(tmp_path, label_map, encode_image, objects, message):
-    write_voc(tmp_path, encode_image, objects)
-    with pytest.raises(DataError, match=message):
-        VocReader(tmp_path, label_map).annotations(0)
-
-
-def test_voc_missing_image(tmp_path, label_map, encode_image):
-    write_voc(tmp_path, encode_image, VOC_OBJECTS)
-    (tmp_path / "JPEGImages" / "0001.png").unlink()
-    with pytest.raises(DataError, match=r"0001\.xml: image file .* does not exist"):
-        VocReader(tmp_path, label_map).example(0)
-
-
-def test_build_reader_dispatch(tmp_path, label_map, encode_image):
-    write_voc(tmp_path, encode_image, VOC_OBJECTS)
-    assert (
-        len(build_reader("voc_input_reader", {"root": str(tmp_path), "image_set": "train"}, label_map)) == 1
-    )
-    with pytest.raises(ConfigError, match="use one of: tf_record_input_reader, coco_input_reader"):
-        build_reader("csv_input_reader", {}, label_map)
-    with pytest.raises(ConfigError, match="input_path is empty"):
-        build_reader("tf_record_input_reader", {}, label_map)
