@@ -34,9 +34,7 @@ from raredet.engine.distributed import per_rank_batch, unwrap, wrap_model
 from raredet.engine.logging import TrainLogger
 from raredet.engine.optim import set_learning_rate
 from raredet.engine.resume import restore, sampling_seeds, save, seed_everything
-
-# eval_workers: for commands/evaluate.py until its import from engine.runtime lands (mid-change elsewhere)
-from raredet.engine.runtime import autocast_for, eval_workers, resolve_precision, to_device  # noqa: F401
+from raredet.engine.runtime import autocast_for, resolve_precision, to_device
 from raredet.engine.step_record import LOGGED_TERMS, StepRecord
 from raredet.errors import RaredetError
 from raredet.losses.class_weights import format_class_weight_table
