@@ -1,12 +1,11 @@
-"""FPN levels and the predictors' output layout (which must match the anchor order)."""
+"""The box predictors: the output layout matches the anchor order, the class bias init, the shared
+tower, per-level shapes; a tower without depth is a config error."""
 
 import math
 
 import torch
-from torch import nn
 
 from raredet.modeling.anchors import MultiscaleAnchorGenerator
-from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
 from raredet.modeling.layers import ConvHyperparams
 from raredet.modeling.predictor import (
     ConvolutionalBoxPredictor,
@@ -14,49 +13,6 @@ from raredet.modeling.predictor import (
 )
 
 HP = ConvHyperparams.from_dict({"batch_norm": {"scale": True}, "activation": "RELU_6"})
-
-
-def _backbone_maps(size=64):
-    return {lv: torch.randn(1, 4 * lv, size // 2**lv, size // 2**lv) for lv in (2, 3, 4, 5)}
-
-
-def test_fpn_levels_3_to_7_shapes():
-    fpn = FeaturePyramid({2: 8, 3: 12, 4: 16, 5: 20}, HP, 3, 7, 24)
-    out = fpn.eval()(_backbone_maps(64))
-    assert [tuple(t.shape) for t in out] == [
-        (1, 24, 8, 8),
-        (1, 24, 4, 4),
-        (1, 24, 2, 2),
-        (1, 24, 1, 1),
-        (1, 24, 1, 1),
-    ]
-    assert fpn.out_channels == [24] * 5
-    assert len(fpn.extra) == 2 and len(fpn.smoothing) == 2
-
-
-def test_fpn_top_down_reaches_the_finest_level_and_handles_odd_sizes():
-    fpn = FeaturePyramid({3: 4, 4: 4, 5: 4}, HP, 3, 5, 8).eval()
-    maps = {
-        3: torch.zeros(1, 4, 13, 13),
-        4: torch.zeros(1, 4, 7, 7),
-        5: torch.randn(1, 4, 4, 4, requires_grad=True),
-    }
-    out = fpn(maps)
-    assert [t.shape[-1] for t in out] == [13, 7, 4]
-    out[0].sum().backward()
-    assert maps[5].grad.abs().sum() > 0  # P3 depends on C5 through the top-down path
-
-
-def test_fpn_lite_uses_depthwise_convs():
-    fpn = FeaturePyramid({3: 8, 4: 8, 5: 8}, HP, 3, 6, 16, use_depthwise=True)
-    groups = {m.groups for m in fpn.modules() if isinstance(m, nn.Conv2d)}
-    assert 16 in groups
-
-
-def test_ssd_extra_layers_halve_each_time():
-    extra = SsdExtraLayers(32, [24, 16], HP).eval()
-    out = extra(torch.zeros(1, 32, 10, 10))
-    assert [tuple(t.shape) for t in out] == [(1, 24, 5, 5), (1, 16, 3, 3)]
 
 
 def _position_maps(sizes):
