@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from tests.data.test_stats_synth import BoxesOnly  # the same annotations-only reader
+from tests.helpers.stats import BoxesOnly
 
 from raredet.cli import main
 from raredet.commands.stats import stats_summary

@@ -1,4 +1,4 @@
-"""Statistics by hand; the synthetic dataset: determinism, exact quotas, records == COCO JSON, CLI."""
+"""The synthetic dataset: determinism, exact quotas, the held-out test split, records == COCO JSON, CLI."""
 
 from __future__ import annotations
 
@@ -10,48 +10,9 @@ import pytest
 from raredet.cli import main
 from raredet.config import LabelMap
 from raredet.data.coco import CocoReader
-from raredet.data.stats import compute_stats
 from raredet.data.synth import class_quotas, deal_labels, make_synthetic_dataset, parse_ratios
 from raredet.data.tfrecord import TFRecordReader, expand_input_paths
 from raredet.errors import ConfigError
-
-
-class BoxesOnly:
-    def __init__(self, images):
-        self.images = images  # list of (boxes, labels, is_crowd)
-
-    def __len__(self):
-        return len(self.images)
-
-    def annotations(self, i):
-        boxes, labels, crowd = self.images[i]
-        n = len(labels)
-        return {
-            "boxes": np.asarray(boxes, np.float32).reshape(n, 4),
-            "labels": np.asarray(labels, np.int64),
-            "weights": np.ones(n, np.float32),
-            "is_crowd": np.asarray(crowd, bool),
-            "difficult": np.zeros(n, bool),
-        }
-
-
-def test_stats_by_hand():
-    reader = BoxesOnly(
-        [
-            ([[0, 0, 2, 2], [0, 0, 4, 4]], [0, 0], [False, False]),  # sizes 2 and 4
-            (
-                [[0, 0, 6, 6], [0, 0, 3, 12], [0, 0, 9, 9]],
-                [0, 1, 1],
-                [False, False, True],
-            ),  # 6; 6 (3x12); crowd
-            ([], [], []),
-        ]
-    )
-    lm = LabelMap.from_names(["a", "b"])
-    stats = compute_stats(reader, lm)
-    assert stats.box_counts.tolist() == [3, 1] and stats.image_counts.tolist() == [2, 1]
-    assert stats.ignored_boxes == 1 and stats.num_images == 3 and stats.imbalance_ratio == 3.0
-    np.testing.assert_allclose(stats.median_box_size, [4.0, 6.0])
 
 
 def test_class_quotas_by_hand():
