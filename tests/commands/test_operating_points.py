@@ -5,14 +5,14 @@ reproduces PyTorch's detections."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from tests.helpers import tiny_pipeline as tiny
+from tests.helpers.coco import reference_points
+from tests.helpers.operating_points import assert_exported_equal_pytorch, detection_key, predict_files
 
 from raredet.cli import main
 from raredet.commands.trained import load_trained_model, set_operating_points_from_file
@@ -20,18 +20,6 @@ from raredet.evaluation import operating_points as ops
 
 # slow: trains, evaluates, predicts and exports through the CLI (about a minute on 2 CPU cores).
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
-
-_HERE = Path(__file__).resolve().parent
-
-
-def _module(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-op_tests = _module("op_tests", _HERE.parent / "evaluation" / "test_operating_points.py")
 
 OPERATING_POINTS = ('eval_config { metrics_set: "coco_detection_metrics" operating_points { max_f1: true '
                     'class_rule { name: "crack" target_recall: 0.5 } } }')
@@ -84,7 +72,7 @@ def test_eval_writes_operating_points_that_pycocotools_recounts(run):
     assert [p.rule.describe() for p in points] == ["max F1", "max F1", "target recall 0.5"]
     assert any(p.threshold is not None for p in points)
     for p in points:
-        ref, num_gt = op_tests._reference_points(gt, dets, p.class_id)
+        ref, num_gt = reference_points(gt, dets, p.class_id)
         g_tp = sum(h for s, h in ref if s >= 0.5)
         g_fp = sum(not h for s, h in ref if s >= 0.5)
         assert (p.at_global.TP, p.at_global.FP, p.at_global.FN) == (g_tp, g_fp, num_gt - g_tp)
@@ -114,36 +102,6 @@ def test_written_config_passes_config_check(run, capsys):
     out = capsys.readouterr().out
     assert "OK" in out and "NMS score_threshold 0.5" in out
     assert "calibration: class_id_function_approximations for class ids" in out
-
-
-def predict_files(tmp: Path, data: Path, name: str, *args: str) -> list[dict]:
-    """`raredet predict` of the model in data/run on data's val images, into tmp/name; the detections
-    with their image's file name."""
-    images = sorted(str(p) for p in (data / "images").glob("val_*.jpg"))
-    out = tmp / name
-    argv = ["predict", "--model_dir", str(data / "run"), "--images", *images, "--out", str(out), *args]
-    assert main(argv) == 0
-    files = {e["id"]: e["file_name"] for e in json.loads((out / "images.json").read_text())}
-    return [{**d, "file": files[d["image_id"]]} for d in json.loads((out / "detections.json").read_text())]
-
-
-def assert_exported_equal_pytorch(exported, det, ids) -> None:
-    """The exported model's (boxes, scores, classes as label-map ids, num_detections) equal PyTorch's
-    post-processed `det`, and every kept detection is above the common threshold 0.5 (where the
-    per-class maps put each class's own threshold)."""
-    boxes, scores, classes, num = exported
-    assert num.tolist() == det["num_detections"].tolist() and num.sum() > 0
-    ids = np.asarray(ids)
-    for b, n in enumerate(num):
-        np.testing.assert_array_equal(classes[b, :n], ids[det["detection_classes"][b, :n].numpy()])
-        np.testing.assert_allclose(scores[b, :n], det["detection_scores"][b, :n].numpy(), atol=1e-5)
-        np.testing.assert_allclose(boxes[b, :n], det["detection_boxes"][b, :n].numpy(), atol=1e-3)
-        assert (scores[b, :n] > 0.5).all()
-
-
-def detection_key(d: dict) -> tuple:
-    return d["file"], d["category_id"], tuple(d["bbox"])
-
 
 
 @pytest.fixture(scope="module")

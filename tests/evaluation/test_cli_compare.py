@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+from tests.helpers.coco import make_data, reference
 
 from raredet.cli import main
 from raredet.evaluation.coco import STAT_NAMES
 from raredet.evaluation.compare import compare_runs
-
-from .test_coco import make_data, reference
 
 
 def write(path: Path, data: object) -> Path:

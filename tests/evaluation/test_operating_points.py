@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tests.helpers.coco import make_data, reference_points
 
 from raredet.evaluation import operating_points as ops
 from raredet.evaluation.operating_points import (
@@ -267,54 +268,19 @@ def test_threshold_map_sends_each_threshold_to_the_common_one():
 # ---- against pycocotools' own matching --------------------------------------------------------------
 
 
-def _reference_points(gt: dict, dets: list, cat_id: int) -> list[tuple[float, bool]]:
-    """(score, is TP) of every detection of `cat_id` that pycocotools counts at IoU 0.5 (area all, 100
-    per image), and the number of ground-truth boxes it counts."""
-    import contextlib
-    import copy
-    import io
-
-    from pycocotools.coco import COCO as RefCOCO
-    from pycocotools.cocoeval import COCOeval as RefEval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = RefCOCO()
-        coco_gt.dataset = copy.deepcopy(gt)
-        coco_gt.createIndex()
-        ev = RefEval(coco_gt, coco_gt.loadRes(copy.deepcopy(dets)), "bbox")
-        ev.params.iouThrs = np.array([0.5])
-        ev.params.maxDets = [100]
-        ev.params.areaRng, ev.params.areaRngLbl = [[0, 1e10]], ["all"]
-        ev.evaluate()
-    points, num_gt = [], 0
-    for e in ev.evalImgs:
-        if e is None or e["category_id"] != cat_id:
-            continue
-        num_gt += int((~np.asarray(e["gtIgnore"], dtype=bool)).sum())
-        for score, matched, ignored in zip(e["dtScores"], e["dtMatches"][0], e["dtIgnore"][0], strict=True):
-            if not ignored:
-                points.append((float(score), bool(matched)))
-    return points, num_gt
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_operating_points_match_a_recount_with_pycocotools(seed):
-    import importlib.util
-    from pathlib import Path
 
     from raredet.evaluation.coco import evaluate_coco, prepare_coco
     from raredet.evaluation.per_class import match_detections
 
-    spec = importlib.util.spec_from_file_location("coco_tests", Path(__file__).with_name("test_coco.py"))
-    coco_tests = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(coco_tests)
-    gt, dets = coco_tests.make_data(seed)
+    gt, dets = make_data(seed)
     prepared = prepare_coco(gt, dets)
     matches = match_detections(gt, dets, prepared, evaluate_coco(gt, dets, prepared, keep_matches=True))
     for rule in (Rule(), Rule("target_precision", 0.8), Rule("target_recall", 0.6)):
         points = operating_points(matches, gt["categories"], {}, rule, len(gt["images"]), 0.5)
         for p in points:
-            ref, num_gt = _reference_points(gt, dets, p.class_id)
+            ref, num_gt = reference_points(gt, dets, p.class_id)
             if p.threshold is None:
                 assert num_gt == 0 or not ref or rule.kind == "max_f1"
                 continue

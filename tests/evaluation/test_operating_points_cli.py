@@ -6,12 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.helpers.coco import make_data, reference_points
 
 from raredet.cli import main
 from raredet.evaluation.compare import compare_runs
-
-from .test_coco import make_data
-from .test_operating_points import _reference_points
 
 
 def _evaluate(tmp_path: Path, name: str, gt: dict, dets: list) -> Path:
@@ -53,7 +51,7 @@ def test_evaluate_detections_writes_operating_points_and_compare_shows_recall_at
     assert header[2:5] == ["recall@P0.9 base", "recall@P0.9 other", "Δrecall@P0.9 other"]
     line = next(row for row in md.splitlines() if row.startswith("| rare "))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    want = [_recall_at_precision(*_reference_points(g, d, 2), 0.9) for g, d in ((gt, dets), (gt, worse))]
+    want = [_recall_at_precision(*reference_points(g, d, 2), 0.9) for g, d in ((gt, dets), (gt, worse))]
     assert cells[2:4] == [f"{want[0]:.3f}", f"{want[1]:.3f}"]
     assert cells[4] == f"{want[1] - want[0]:+.3f}"
     assert want[0] != want[1]
@@ -101,7 +99,7 @@ def test_thresholds_chosen_on_one_split_are_graded_on_another(tmp_path, capsys):
         assert t["threshold"] == v["threshold"] and t["rule"] == v["rule"]
         if t["threshold"] is None:
             continue
-        ref, num_gt = _reference_points(test_gt, test_dets, t["class_id"])
+        ref, num_gt = reference_points(test_gt, test_dets, t["class_id"])
         tp = sum(h for s, h in ref if s > t["threshold"])
         fp = sum(not h for s, h in ref if s > t["threshold"])
         assert (t["at_threshold"]["TP"], t["at_threshold"]["FP"]) == (tp, fp)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.commands.test_operating_points import assert_exported_equal_pytorch, detection_key, predict_files
 from tests.helpers.faster_rcnn import scaled_checkpoint
+from tests.helpers.operating_points import assert_exported_equal_pytorch, detection_key, predict_files
 
 from raredet import config
 from raredet.cli import main
