@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from raredet.errors import DataError
+from raredet.evaluation.coco import load_json
 from raredet.evaluation.per_class import Matches
 from raredet.fileio import atomic_write_json, atomic_write_text
 
@@ -578,8 +579,6 @@ def operating_points_json(points: Sequence[OperatingPoint], *, min_score_thresho
 
 def load_operating_points(path: str | os.PathLike[str]) -> dict[str, Any]:
     """operating_points.json with `classes` as OperatingPoint objects; DataError naming the file."""
-    from raredet.evaluation.coco import load_json
-
     data = load_json(Path(path), "operating points", OPERATING_POINTS_FIX)
     try:
         data["classes"] = [OperatingPoint.from_json(c) for c in data["classes"]]
