@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 from pycocotools.coco import COCO as RefCOCO
@@ -77,3 +79,8 @@ def reference_points(gt: dict, dets: list, cat_id: int) -> list[tuple[float, boo
             if not ignored:
                 points.append((float(score), bool(matched)))
     return points, num_gt
+
+
+def write_json(path: Path, data: object) -> Path:
+    path.write_text(json.dumps(data))
+    return path
