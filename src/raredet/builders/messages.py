@@ -4,7 +4,7 @@ sub-message of a model message holds what."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
@@ -26,6 +26,13 @@ def _value(field: FieldDescriptor, value: Any) -> Any:
     if field.type == FieldDescriptor.TYPE_FLOAT:  # float32 in the message: 0.1 -> 0.1, not 0.100000001
         return float(str(np.float32(value)))
     return value
+
+
+def field_value(msg: Message, name: str) -> Any:
+    """`msg.<name>` as `message_kwargs` gives it (enums by name, float32 as written: 0.1, not
+    0.100000001); the message's default when unset."""
+    field = cast(FieldDescriptor, msg.DESCRIPTOR.fields_by_name[name])
+    return _value(field, getattr(msg, name))
 
 
 def message_kwargs(msg: Message, skip: Sequence[str] = ()) -> dict[str, Any]:
