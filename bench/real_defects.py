@@ -15,7 +15,8 @@ What is done, in order:
    the most frequent class, `--ratio` 20: its training images (every image holding one of its boxes) are
    shuffled by `numpy.random.default_rng(split_seed)` and kept in that order until their boxes of the
    class reach the target; the others are dropped with all their boxes. Val and test keep the natural
-   proportions. `--max_images N` keeps at most N images per split (a seeded subset, for a trial run).
+   proportions. `--max_images N` keeps about N images per split (a seeded subset stratified by rarest
+   class, for a trial run).
 2. **Configs**: the zoo's `--model` config edited by `raredet init`'s `edit_zoo_config` (classes, paths,
    batch `--batch`, every learning rate scaled by batch/128, `--steps` with the cosine schedule's total
    and warm-up scaled alike, no fine_tune_checkpoint). (a) and (b) train this very file; (c) adds the
@@ -110,9 +111,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     rare = args.rare or min(names, key=lambda n: sum(im.names.count(n) for im in splits["train"]))
     splits["train"], rarity = make_rare(splits["train"], rare, args.ratio, args.split_seed)
     if args.max_images:
-        rng = np.random.default_rng(args.split_seed)
-        splits = {s: [ims[i] for i in sorted(rng.permutation(len(ims))[:args.max_images])]
-                  for s, ims in splits.items()}
+        splits = {s: subset(ims, names, args.max_images, args.split_seed) for s, ims in splits.items()}
     labels = LabelMap.from_names(names)
     labels.save(out / "label_map.pbtxt")
     paths = {s: convert.write_images(out / f"{s}.tfrecord", ims, names) for s, ims in splits.items()}
@@ -129,6 +128,18 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
             "rarity": rarity, "levers": levers.reason, "class_alpha": levers.class_alpha,
             "data_issues": issues.counts(), "split_seed": args.split_seed, "model": args.model,
             "batch": args.batch, "steps": args.steps}
+
+
+def subset(images: list[convert.CheckedImage], names: list[str], count: int, seed: int
+           ) -> list[convert.CheckedImage]:
+    """About `count` of `images`, stratified by rarest class as the split is (so a rare class keeps
+    its share): the 'train' part of `stratified_split` at train percent round(100 * count / len)."""
+    if count >= len(images):
+        return images
+    keep = max(1, round(100 * count / len(images)))
+    part = convert.stratified_split(convert.image_class_indices(images, names), len(names), seed,
+                                    (keep, 0, 100 - keep))
+    return [im for im, k in zip(images, part, strict=True) if k == 0]
 
 
 def best_config(text: str, threshold: float | None, class_alpha: dict[str, float]) -> str:
@@ -260,9 +271,9 @@ def class_curve(evaluator: Any, category: int) -> tuple[np.ndarray, np.ndarray, 
     for e in evaluator.evalImgs:
         if e is None or e["category_id"] != category or e["aRng"] != evaluator.params.areaRng[0]:
             continue
-        keep = ~np.asarray(e["dtIgnore"], dtype=bool).reshape(-1, len(e["dtScores"]))[0]
-        scores.append(np.asarray(e["dtScores"])[keep])
-        matched.append(np.asarray(e["dtMatches"]).reshape(-1, len(e["dtScores"]))[0][keep] > 0)
+        keep = ~np.asarray(e["dtIgnore"], dtype=bool).reshape(1, -1)[0]  # [T=1, D] -> [D]
+        scores.append(np.asarray(e["dtScores"], dtype=np.float64)[keep])
+        matched.append(np.asarray(e["dtMatches"]).reshape(1, -1)[0][keep] > 0)
         gts += int((~np.asarray(e["gtIgnore"], dtype=bool)).sum())
     s = np.concatenate(scores + [np.zeros(0)])
     order = np.argsort(-s, kind="mergesort")
@@ -329,11 +340,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--split_seed", type=int, default=0)
-    parser.add_argument("--max_images", type=int, help="at most this many images per split (a trial run)")
+    parser.add_argument("--max_images", type=int, help="about this many images per split (a trial run)")
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("/tmp/real_defects"))
     parser.add_argument("--name", default="real_defects")
+    parser.add_argument("--reuse", action="store_true", help="score the runs an earlier call finished in "
+                        "--out (OUT/<run>_<seed>.run.json) instead of training them again")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     setup = prepare(args)
@@ -346,7 +359,12 @@ def main() -> None:
     results: dict[str, dict[int, dict]] = {r: {} for r in args.runs}
     for seed in args.seeds:
         for run in args.runs:
-            ran = train_and_detect(run, seed, args, env)
+            saved = args.out / f"{run}_{seed}.run.json"
+            if args.reuse and saved.exists():
+                ran = json.loads(saved.read_text())
+            else:
+                ran = train_and_detect(run, seed, args, env)
+                saved.write_text(json.dumps(ran))
             files = [args.out / f"{run}_{seed}.{s}.json" for s in ("val", "test")]
             if all(f.exists() for f in files):
                 val, test = (json.loads(f.read_text()) for f in files)

@@ -33,20 +33,24 @@ def test_val_threshold_is_the_highest_recall_at_precision_0_9():
 
 def test_score_run_by_hand():
     labels = LabelMap.from_names(["a", "b"])
-    gt = {"images": [{"id": 1, "height": 100, "width": 100}, {"id": 2, "height": 100, "width": 100}],
+    gt = {"images": [{"id": 1, "height": 100, "width": 100}, {"id": 2, "height": 100, "width": 100},
+                     {"id": 3, "height": 100, "width": 100}],
           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100,
                            "iscrowd": 0},
                           {"id": 2, "image_id": 2, "category_id": 1, "bbox": [50, 50, 10, 10], "area": 100,
-                           "iscrowd": 0}],
+                           "iscrowd": 0},
+                          {"id": 3, "image_id": 3, "category_id": 1, "bbox": [5, 5, 10, 10], "area": 100,
+                           "iscrowd": 0}],  # image 3: a box and no detection
           "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
     dets = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9},  # hit
             {"image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.8},  # miss
             {"image_id": 2, "category_id": 1, "bbox": [50, 50, 10, 10], "score": 0.3}]  # hit
     rows = score_run(gt, dets, gt, dets, labels)
-    # val: precision 1 at 0.9 (recall 1/2), 1/2 at 0.8, 2/3 at 0.3 -> threshold 0.9, test recall 1/2
-    assert rows["a"]["val_threshold"] == 0.9 and rows["a"]["recall_at_p90"] == 0.5
+    # val: precision 1 at 0.9 (recall 1/3), 1/2 at 0.8, 2/3 at 0.3 -> threshold 0.9, test recall 1/3
+    assert rows["a"]["val_threshold"] == 0.9 and rows["a"]["recall_at_p90"] == 1 / 3
     assert rows["a"]["test_precision_at_threshold"] == 1.0
-    # AP50 (101-point COCO interpolation): precision 1 up to recall 0.5, then 2/3 up to recall 1
-    assert abs(rows["a"]["ap50"] - (51 * 1 + 50 * 2 / 3) / 101) < 1e-9
+    # AP50 (101-point COCO interpolation): precision 1 at recall 0 to 0.33 (34 points: 0, 0.01 .. 0.33),
+    # then 2/3 up to recall 2/3 (0.34 .. 0.66: 33 points), 0 beyond (never reached)
+    assert abs(rows["a"]["ap50"] - (34 * 1 + 33 * 2 / 3) / 101) < 1e-9
     assert rows["b"]["val_threshold"] is None and np.isnan(rows["b"]["ap50"])
     assert coco_eval(gt, []).eval["precision"].shape[0] == 1  # no detections at all: still evaluates
