@@ -1,5 +1,6 @@
-"""The pair-aware losses inside DetectionLoss: statistics updated on training calls only, taken from
-the real gradient, logged, saved and restored, and equal across DDP ranks to one process."""
+"""The pair-aware losses' statistics (losses/pair_aware.py) inside DetectionLoss: updated on training
+calls only, taken from the real gradient, logged, saved and restored, and equal across DDP ranks to
+one process."""
 
 import gc
 import os
