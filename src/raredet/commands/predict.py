@@ -42,6 +42,8 @@ from raredet.errors import ConfigError, DataError
 from raredet.fileio import atomic_write, atomic_write_json
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from raredet.data.augment import Resizer
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -138,7 +140,7 @@ def coco_results(image_id: int, det: dict[str, np.ndarray], class_ids: np.ndarra
             for box, c, s in zip(xywh.tolist(), class_ids[det["classes"]], det["scores"], strict=True)]
 
 
-def draw_detections(image: np.ndarray, det: dict[str, np.ndarray], names: Sequence[str]) -> Any:
+def draw_detections(image: np.ndarray, det: dict[str, np.ndarray], names: Sequence[str]) -> Image.Image:
     """The image (uint8 [H, W, 3]) with its detections drawn (evaluation report's drawing), as a PIL
     image; small images are enlarged first so the labels stay readable."""
     from raredet.evaluation.report import draw_boxes
@@ -227,7 +229,7 @@ def predict(model_dir: str | os.PathLike[str], images: Sequence[str], out_dir: s
     return result
 
 
-def _write_png(path: Path, image: Any) -> None:
+def _write_png(path: Path, image: Image.Image) -> None:
     atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
