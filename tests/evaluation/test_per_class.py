@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from raredet.evaluation import per_class
-from raredet.evaluation.coco import evaluate_coco, prepare_coco
-from raredet.evaluation.plots import confusion_counts
+from raredet.evaluation.coco import evaluate_coco
 
 GT = {
     "images": [{"id": 1}, {"id": 2}, {"id": 3}],
@@ -75,27 +74,6 @@ def test_more_than_100_detections_per_image_and_class_are_not_counted() -> None:
             for i in range(130)]
     counts = per_class.class_counts(per_class.match_detections(gt, dets), [1], 0.0)
     assert counts[1]["FP"] == 100  # COCO keeps the 100 best per image and class
-
-
-@pytest.mark.parametrize("share_prepared", [False, True])
-def test_confusion_matrix_by_hand(share_prepared: bool) -> None:
-    gt = {"images": [{"id": 1}, {"id": 2}],
-          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
-          "annotations": [
-              {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
-              {"id": 2, "image_id": 1, "category_id": 2, "bbox": [30, 30, 10, 10]},
-              {"id": 3, "image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10]},
-          ]}
-    dets = [
-        {"image_id": 1, "category_id": 2, "bbox": [0, 0, 10, 10], "score": 0.9},  # an "a" seen as "b"
-        {"image_id": 1, "category_id": 2, "bbox": [30, 30, 10, 10], "score": 0.8},  # TP b
-        {"image_id": 1, "category_id": 1, "bbox": [60, 60, 10, 10], "score": 0.7},  # false alarm a
-        {"image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.1},  # below threshold
-    ]
-    prepared = prepare_coco(gt, dets) if share_prepared else None  # as the pipeline passes it
-    mat = confusion_counts(gt, dets, per_class.match_detections(gt, dets, prepared), [1, 2], 0.5, prepared)
-    # rows: GT a, GT b, background; columns: detected a, detected b, background (missed)
-    np.testing.assert_array_equal(mat, [[0, 1, 1], [0, 1, 0], [1, 0, 0]])
 
 
 def test_counts_from_the_metrics_own_matching_by_hand() -> None:
