@@ -7,25 +7,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from tests.helpers.configs import WEIGHTED, write_variant
 
 from raredet.cli import main
 from raredet.commands.config import check, summary_text
 from raredet.config import LabelMap, LoadedConfig, parse_config
 from raredet.data.synth import make_synthetic_dataset
 from raredet.errors import ConfigError
-
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "configs"
-WEIGHTED = FIXTURES / "weighted.config"
-
-
-def write_variant(tmp_path, old, new, name="pipeline.config"):
-    """A copy of the weighted fixture (with its label map) where `old` is replaced by `new`."""
-    text = WEIGHTED.read_text()
-    assert old in text, old
-    (tmp_path / "label_map.pbtxt").write_text((FIXTURES / "label_map.pbtxt").read_text())
-    path = tmp_path / name
-    path.write_text(text.replace(old, new, 1))
-    return path
 
 
 def test_summary_has_class_weight_table():

@@ -3,36 +3,18 @@
 import math
 import re
 import warnings
-from pathlib import Path
 
 import pytest
+from tests.helpers.configs import FIXTURES, WEIGHTED, load_quiet, write_variant
 
 from raredet import config as cfg
 from raredet.cli import main
 from raredet.config.validate import _Checker
 from raredet.errors import ConfigError
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "configs"
-WEIGHTED = FIXTURES / "weighted.config"
 # A real TF2 model-zoo config, kept verbatim (also in shared/fixtures beside the checkout).
 ZOO = FIXTURES / "ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config"
 ZOO_FILES = [p for p in [ZOO] if p.exists()] + sorted(FIXTURES.glob("zoo_*.config"))
-
-
-def load_quiet(path, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", cfg.ConfigWarning)
-        return cfg.load(path, **kw)
-
-
-def write_variant(tmp_path, old, new, name="pipeline.config"):
-    """A copy of the weighted fixture (with its label map) where `old` is replaced by `new`."""
-    text = WEIGHTED.read_text()
-    assert old in text, old
-    (tmp_path / "label_map.pbtxt").write_text((FIXTURES / "label_map.pbtxt").read_text())
-    path = tmp_path / name
-    path.write_text(text.replace(old, new, 1))
-    return path
 
 
 # ---- the zoo configs -------------------------------------------------------------------------------
