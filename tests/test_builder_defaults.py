@@ -32,14 +32,18 @@ from raredet.losses import (
     GradientRatioStatistics,
     HardExampleMiner,
 )
+from raredet.losses.faster_rcnn import FasterRcnnLoss
 from raredet.modeling import anchors, fpn, postprocess, predictor
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
+from raredet.modeling.faster_rcnn import FasterRCNN, MaskRcnnBoxHead
+from raredet.modeling.grid_anchors import GridAnchorGenerator
 from raredet.modeling.layers import ConvHyperparams
 from raredet.modeling.matcher import ArgMaxMatcher
 from raredet.protos import (
     anchor_generator_pb2,
     box_coder_pb2,
     box_predictor_pb2,
+    faster_rcnn_pb2,
     hyperparams_pb2,
     image_resizer_pb2,
     input_reader_pb2,
@@ -120,6 +124,12 @@ PAIRS: list[tuple[str, Any, Descriptor]] = [
     ("BatchNonMaxSuppression", postprocess.BatchNonMaxSuppression,
      post_processing_pb2.BatchNonMaxSuppression.DESCRIPTOR),
     ("FeaturePyramid", fpn.FeaturePyramid, ssd_pb2.FeaturePyramidNetworks.DESCRIPTOR),
+    # Faster R-CNN: the model and its loss take model.faster_rcnn fields by name (builders.faster_rcnn,
+    # builders.losses), its parts their sub-messages'.
+    ("FasterRCNN", FasterRCNN, faster_rcnn_pb2.FasterRcnn.DESCRIPTOR),
+    ("FasterRcnnLoss", FasterRcnnLoss, faster_rcnn_pb2.FasterRcnn.DESCRIPTOR),
+    ("MaskRcnnBoxHead", MaskRcnnBoxHead, box_predictor_pb2.MaskRCNNBoxPredictor.DESCRIPTOR),
+    ("GridAnchorGenerator", GridAnchorGenerator, anchor_generator_pb2.GridAnchorGenerator.DESCRIPTOR),
 ]
 
 
