@@ -13,8 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from google.protobuf import json_format
 
 from bench.common import median_seconds, save_result
+from raredet.builders.ssd import build_ssd
 from raredet.losses import (
     DetectionLoss,
     HardExampleMiner,
@@ -25,12 +27,13 @@ from raredet.losses import (
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.matcher import ArgMaxMatcher
 from raredet.modeling.ssd import SSD
+from raredet.protos import ssd_pb2
 
 NUM_CLASSES = 3
 
 
 def _model() -> SSD:
-    return SSD(
+    return build_ssd(json_format.ParseDict(dict(
         num_classes=NUM_CLASSES,
         feature_extractor={"type": "ssd_resnet18_v1_fpn", "fpn": {"min_level": 3, "max_level": 7}},
         box_predictor={
@@ -45,7 +48,7 @@ def _model() -> SSD:
                 "scales_per_octave": 2,
             }
         },
-    )
+    ), ssd_pb2.Ssd()))
 
 
 def _batch(batch_size: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:

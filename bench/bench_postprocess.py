@@ -16,9 +16,12 @@ import argparse
 from typing import Any
 
 import torch
+from google.protobuf import json_format
 
 from bench.common import median_seconds, save_result
+from raredet.builders.ssd import build_ssd
 from raredet.modeling.ssd import SSD
+from raredet.protos import ssd_pb2
 
 POST_PROCESSING = {
     "batch_non_max_suppression": {"score_threshold": 1e-8, "iou_threshold": 0.6,
@@ -28,7 +31,7 @@ POST_PROCESSING = {
 
 
 def _model(num_classes: int, score_threshold: float = 1e-8) -> SSD:
-    return SSD(
+    return build_ssd(json_format.ParseDict(dict(
         num_classes=num_classes,
         feature_extractor={"type": "ssd_resnet18_v1_fpn", "depth_multiplier": 0.25, "min_depth": 16,
                            "fpn": {"min_level": 3, "max_level": 7, "additional_layer_depth": 128}},  # 32
@@ -39,7 +42,7 @@ def _model(num_classes: int, score_threshold: float = 1e-8) -> SSD:
             "scales_per_octave": 2}},
         post_processing={**POST_PROCESSING, "batch_non_max_suppression": {
             **POST_PROCESSING["batch_non_max_suppression"], "score_threshold": score_threshold}},
-    ).eval()
+    ), ssd_pb2.Ssd())).eval()
 
 
 def _outputs(model: SSD, size: int, batch: int, num_classes: int,

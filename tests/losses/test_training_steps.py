@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tests.helpers.ssd import ssd_from_dicts
 
 from raredet.losses import (
     CLASSIFICATION_LOSSES,
@@ -12,12 +13,11 @@ from raredet.losses import (
 )
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.matcher import ArgMaxMatcher
-from raredet.modeling.ssd import SSD
 
 
 def _tiny_ssd():
     torch.manual_seed(0)
-    return SSD(
+    return ssd_from_dicts(
         num_classes=3,
         feature_extractor={
             "type": "ssd_resnet18_v1_fpn",

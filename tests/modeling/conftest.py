@@ -1,8 +1,7 @@
-"""Small SSD configurations (plain dicts, as builders pass them) shared by the modeling tests."""
+"""Small SSD configurations (plain dicts shaped like the `ssd` message) shared by the modeling tests."""
 
 import pytest
-
-from raredet.modeling.ssd import SSD
+from tests.helpers.ssd import ssd_from_dicts
 
 TINY_HP = {
     "activation": "RELU_6",
@@ -57,6 +56,6 @@ def tiny_ssd_kwargs(
 @pytest.fixture
 def tiny_ssd():
     def make(**kwargs):
-        return SSD(**tiny_ssd_kwargs(**kwargs))
+        return ssd_from_dicts(**tiny_ssd_kwargs(**kwargs))
 
     return make

@@ -5,13 +5,13 @@ import math
 
 import pytest
 import torch
+from tests.helpers.ssd import ssd_from_dicts
 
 from raredet.errors import ConfigError
 from raredet.modeling.bifpn import BiFPN, Combine, bifpn_nodes, max_pool_same
 from raredet.modeling.efficientnet import EfficientNet, drop_connect
 from raredet.modeling.layers import ConvHyperparams
 from raredet.modeling.pretrained import load_fine_tune_checkpoint
-from raredet.modeling.ssd import SSD
 
 # torchvision.models.EfficientNet_B<N>_Weights.IMAGENET1K_V1.meta["num_params"] (classifier included).
 TORCHVISION_NUM_PARAMS = {
@@ -101,7 +101,7 @@ def test_torchvision_state_dict_loads_into_an_efficientdet_by_name(tmp_path):
     }
     state["classifier.1.weight"], state["classifier.1.bias"] = torch.randn(1000, 1280), torch.randn(1000)
     torch.save(state, tmp_path / "efficientnet_b0.pth")
-    model = SSD(**efficientdet_kwargs())
+    model = ssd_from_dicts(**efficientdet_kwargs())
     report = load_fine_tune_checkpoint(model, tmp_path / "efficientnet_b0.pth", "classification")
     assert report.missing == [] and report.shape_mismatch == []
     assert sorted(report.unexpected) == sorted(
@@ -281,7 +281,7 @@ def efficientdet_kwargs(variant="b0", iterations=1, filters=16, depth=16, layers
 
 def test_efficientdet_forward_anchor_count_by_hand():
     torch.manual_seed(0)
-    model = SSD(**efficientdet_kwargs()).eval()
+    model = ssd_from_dicts(**efficientdet_kwargs()).eval()
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 128, 128))
     # levels 3..7 on 128: 16, 8, 4, 2, 1 cells a side; 3 scales x 3 aspect ratios per cell.
@@ -292,7 +292,7 @@ def test_efficientdet_forward_anchor_count_by_hand():
 
 
 def test_efficientdet_regularised_set_is_the_tf_od_apis():
-    model = SSD(**efficientdet_kwargs())
+    model = ssd_from_dicts(**efficientdet_kwargs())
     l2 = model.l2_weights()
     names = dict(model.named_parameters())
     # EfficientNet: non-depthwise conv kernels and the squeeze-excitation biases at 1e-5 (keras l2(5e-6)).
@@ -318,17 +318,17 @@ def test_bifpn_on_another_extractor_is_a_config_error():
     kwargs = efficientdet_kwargs()
     kwargs["feature_extractor"]["type"] = "ssd_resnet18_v1_fpn"
     with pytest.raises(ConfigError, match="bifpn: only the EfficientDet .* not 'ssd_resnet18_v1_fpn'"):
-        SSD(**kwargs)
+        ssd_from_dicts(**kwargs)
 
 
 def test_efficientdet_unsupported_fields_are_config_errors():
     kwargs = efficientdet_kwargs()
     kwargs["feature_extractor"] = dict(kwargs["feature_extractor"], use_depthwise=True)
     with pytest.raises(ConfigError, match="use_depthwise: not supported by ssd_efficientnet-b0_bifpn"):
-        SSD(**kwargs)
+        ssd_from_dicts(**kwargs)
     kwargs["feature_extractor"] = dict(efficientdet_kwargs()["feature_extractor"], depth_multiplier=0.5)
     with pytest.raises(ConfigError, match="feature_extractor.depth_multiplier"):
-        SSD(**kwargs)
+        ssd_from_dicts(**kwargs)
 
 
 @pytest.mark.parametrize("variant", ["b0", "b3", "b7"])

@@ -7,6 +7,7 @@ import copy
 
 import numpy as np
 import torch
+from tests.helpers.ssd import ssd_from_dicts
 from torch import nn
 
 from raredet.data.dataset import collate
@@ -23,7 +24,7 @@ HP = {
 def fpnlite(depth_multiplier: float = 0.35) -> SSD:
     """The zoo's ssd_mobilenet_v2_fpnlite settings (depthwise FPN and shared depthwise tower), narrower."""
     torch.manual_seed(0)
-    return SSD(
+    return ssd_from_dicts(
         num_classes=3,
         feature_extractor={"type": "ssd_mobilenet_v2_fpn_keras", "depth_multiplier": depth_multiplier,
                            "min_depth": 16, "conv_hyperparams": HP, "use_depthwise": True,

@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 from safetensors.torch import save_file
+from tests.helpers.ssd import ssd_from_dicts
 
 from raredet.errors import CheckpointError, ConfigError
 from raredet.modeling.backbones import MobileNetV2, ResNet
@@ -80,7 +81,7 @@ def test_bad_files_and_types(tmp_path, tiny_ssd):
 def _mobilenet_v2_fpn(extractor: str) -> SSD:
     kwargs = tiny_ssd_kwargs(extractor=extractor, depth=16)
     kwargs["feature_extractor"].update(depth_multiplier=1.0, use_depthwise=True)
-    return SSD(**kwargs)
+    return ssd_from_dicts(**kwargs)
 
 
 def test_a_narrowed_backbone_layer_is_named_with_both_shapes(tmp_path):

@@ -4,15 +4,18 @@ import math
 
 import pytest
 import torch
+from tests.helpers.ssd import ssd_from_dicts
 
+from raredet.builders import build_box_coder
+from raredet.builders.ssd import build_anchor_generator
 from raredet.errors import ConfigError
 from raredet.modeling.anchors import MultiscaleAnchorGenerator
-from raredet.modeling.ssd import SSD
+from raredet.protos import anchor_generator_pb2, box_coder_pb2, ssd_pb2
 
 from .conftest import tiny_ssd_kwargs
 
 # Settings of the TF2 model zoo's ssd_mobilenet_v2_fpnlite_320x320 and ssd_resnet50_v1_fpn_640x640
-# (num_classes changed), written as the builders pass them.
+# (num_classes changed), written as dicts shaped like the ssd message.
 ZOO_ANCHORS = {
     "multiscale_anchor_generator": {
         "min_level": 3,
@@ -114,7 +117,7 @@ def _tf_anchor_count(size, levels=range(3, 8), per_cell=6):
 
 
 def test_mobilenet_fpnlite_320_anchor_count_and_outputs():
-    model = SSD(**mobilenet_fpnlite_320()).eval()
+    model = ssd_from_dicts(**mobilenet_fpnlite_320()).eval()
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 320, 320, dtype=torch.uint8))
     assert _tf_anchor_count(320) == 12804
@@ -129,7 +132,7 @@ def test_mobilenet_fpnlite_320_anchor_count_and_outputs():
 def test_resnet50_fpn_640_builds_and_counts():
     # On the meta device shapes propagate without arithmetic, so the full-size model runs at 640x640.
     with torch.device("meta"):
-        model = SSD(**resnet50_fpn_640()).eval()
+        model = ssd_from_dicts(**resnet50_fpn_640()).eval()
     assert model.backbone.layer4[2].conv3.weight.shape == (2048, 512, 1, 1)
     out = model(torch.zeros(1, 3, 640, 640, device="meta"))
     assert _tf_anchor_count(640) == 51150
@@ -149,7 +152,7 @@ def test_non_fpn_mobilenet_ssd_levels_4_to_9():
     kwargs["anchor_generator"] = {
         "multiscale_anchor_generator": {"min_level": 4, "max_level": 9, "aspect_ratios": [1.0, 2.0, 0.5]}
     }
-    model = SSD(**kwargs).eval()
+    model = ssd_from_dicts(**kwargs).eval()
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 320, 320))
     # Maps 20, 10, 5, 3, 2, 1 (strides 16 .. 512), 6 anchors per cell.
@@ -173,7 +176,7 @@ def test_zoo_ssd_mobilenet_v2_300_has_1917_anchors():
         }
     }
     with torch.device("meta"):  # shapes only: no arithmetic needed
-        model = SSD(**kwargs).eval()
+        model = ssd_from_dicts(**kwargs).eval()
     out = model(torch.zeros(1, 3, 300, 300, device="meta"))
     assert out["cls_logits"].shape == (1, 1917, 5) and out["anchors"].shape == (1917, 4)
 
@@ -195,15 +198,15 @@ def tiny_ssd_kwargs_for_ssd_anchors():
 
 
 def test_unsupported_choices_are_config_errors(tiny_ssd):
-    from raredet.modeling.ssd import build_anchor_generator, build_box_coder
-
     with pytest.raises(ConfigError, match="multiscale_anchor_generator"):
-        build_anchor_generator({"grid_anchor_generator": {}})
+        grid = anchor_generator_pb2.GridAnchorGenerator()
+        build_anchor_generator(anchor_generator_pb2.AnchorGenerator(grid_anchor_generator=grid))
     with pytest.raises(ConfigError, match="same number of anchors per cell"):
         kwargs = tiny_ssd_kwargs_for_ssd_anchors()
-        SSD(**kwargs)
+        ssd_from_dicts(**kwargs)
     with pytest.raises(ConfigError, match="faster_rcnn_box_coder"):
-        build_box_coder({"mean_stddev_box_coder": {}})
+        coder = box_coder_pb2.BoxCoder(mean_stddev_box_coder=box_coder_pb2.MeanStddevBoxCoder())
+        build_box_coder(ssd_pb2.Ssd(box_coder=coder))
 
 
 def test_uint8_and_float_inputs_agree_and_gradients_flow(tiny_ssd):
@@ -247,7 +250,7 @@ def test_l2_weights_name_real_parameters(tiny_ssd):
     assert "feature_extractor.backbone.conv1.weight" in weights
     kwargs = tiny_ssd_kwargs()
     kwargs["feature_extractor"]["override_base_feature_extractor_hyperparams"] = True
-    assert set(SSD(**kwargs).l2_weights().values()) == {4e-5}
+    assert set(ssd_from_dicts(**kwargs).l2_weights().values()) == {4e-5}
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace's own deprecation notice
@@ -266,19 +269,19 @@ def test_backbone_initialisation_follows_the_override():
     torch.manual_seed(0)
     kwargs = tiny_ssd_kwargs(extractor="ssd_resnet50_v1_fpn")
     kwargs["feature_extractor"]["depth_multiplier"] = 1.0
-    layer = SSD(**kwargs).backbone.layer3[0].conv2.weight  # 256 x 256 x 3 x 3
+    layer = ssd_from_dicts(**kwargs).backbone.layer3[0].conv2.weight  # 256 x 256 x 3 x 3
     # No override: the TF OD API Keras ResNet's own variance scaling, factor 1, fan in 256 * 9
     # (truncated normal, rescaled so the std is the target).
     assert layer.std().item() == pytest.approx(math.sqrt(1 / 2304), rel=0.03)
     kwargs["feature_extractor"]["override_base_feature_extractor_hyperparams"] = True
-    layer = SSD(**kwargs).backbone.layer3[0].conv2.weight
+    layer = ssd_from_dicts(**kwargs).backbone.layer3[0].conv2.weight
     assert layer.std().item() == pytest.approx(0.01, rel=0.03)  # the config's random_normal(0.01)
 
 
 def test_mobilenet_v1_fpn_depthwise_narrows_the_top_and_scales_the_fpn():
     kwargs = tiny_ssd_kwargs(extractor="ssd_mobilenet_v1_fpn_keras", depth=64)
     kwargs["feature_extractor"].update(depth_multiplier=0.5, min_depth=8, use_depthwise=True)
-    model = SSD(**kwargs)
+    model = ssd_from_dicts(**kwargs)
     # The Keras MobileNetV1 of the TF OD API scales a width twice (int(int(c * 0.5) * 0.5): the Keras
     # application, then the OD API's layer override; its checkpoints, tests/fixtures/tf_models/
     # ssd_mobilenet_v1_fpn, have these shapes), except the widths its conv_defs set: with use_depthwise

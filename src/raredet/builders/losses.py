@@ -126,8 +126,12 @@ def build_faster_rcnn_loss(msg: faster_rcnn_pb2.FasterRcnn, class_weights: Seque
     )
 
 
-def build_loss(ssd: ModelMessage, label_map: LabelMap, class_weights: Sequence[ClassWeight]) -> Any:
-    """The loss of `model.ssd` (DetectionLoss) or `model.faster_rcnn` with the resolved per-class weights."""
+def build_loss(ssd: ModelMessage, label_map: LabelMap, class_weights: Sequence[ClassWeight],
+               box_coder: FasterRcnnBoxCoder | None = None) -> Any:
+    """The loss of `model.ssd` (DetectionLoss) or `model.faster_rcnn` with the resolved per-class weights.
+
+    `box_coder`: the SSD's own (`SSD.box_coder`), so the loss encodes with the coder the model decodes
+    with; None builds `model.ssd.box_coder`."""
     if isinstance(ssd, faster_rcnn_pb2.FasterRcnn):
         return build_faster_rcnn_loss(ssd, class_weights)
     loss = ssd.loss
@@ -146,8 +150,10 @@ def build_loss(ssd: ModelMessage, label_map: LabelMap, class_weights: Sequence[C
                                  cls_loss_weight=loss.classification_weight,
                                  loc_loss_weight=loss.localization_weight)
     weights = class_weight_tensor(class_weights) if loss.HasField("class_weights") else None
+    if box_coder is None or ssd.box_coder.WhichOneof("box_coder_oneof") is None:
+        box_coder = build_box_coder(ssd)  # ConfigError when unset: training needs the coder named
     return DetectionLoss(
-        matcher=matcher(**message_kwargs(m_sub)), box_coder=build_box_coder(ssd), similarity=similarity(),
+        matcher=matcher(**message_kwargs(m_sub)), box_coder=box_coder, similarity=similarity(),
         classification_loss=cls_fn, classification_loss_params=cls_params,
         localization_loss=loc_fn, localization_loss_params=loc_params,
         class_weights=weights, apply_to_localization=loss.class_weights.apply_to_localization,

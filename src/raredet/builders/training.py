@@ -28,6 +28,7 @@ from raredet.data.stats import compute_stats
 from raredet.engine.components import TrainComponents
 from raredet.errors import ConfigError
 from raredet.losses import resolve_class_weights
+from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.protos import train_pb2
 
 
@@ -51,7 +52,8 @@ def build_training(
     optimizer, schedule, ema = build_optimizer(cfg.train_config, model, l2_weights)
     dataset, sampler = build_train_data(loaded, reader, stats, seed)
     return TrainComponents(
-        model=model, criterion=build_loss(model_message(cfg), label_map, class_weights), optimizer=optimizer,
+        model=model, criterion=build_loss(model_message(cfg), label_map, class_weights, _box_coder(model)),
+        optimizer=optimizer,
         schedule=schedule, dataset=dataset, sampler=sampler, collate_fn=collate,
         batch_size=cfg.train_config.batch_size,
         num_steps=_num_steps(cfg.train_config, num_train_steps, loaded.path),
@@ -73,6 +75,12 @@ def uses_sync_batch_norm(msg: Message) -> bool:
             if any(uses_sync_batch_norm(v) for v in values):
                 return True
     return False
+
+
+def _box_coder(model: nn.Module) -> FasterRcnnBoxCoder | None:
+    """An SSD's box coder, which its loss shares (Faster R-CNN's loss codes its own)."""
+    coder = getattr(model, "box_coder", None)
+    return coder if isinstance(coder, FasterRcnnBoxCoder) else None
 
 
 def _num_steps(train_config: train_pb2.TrainConfig, override: int | None, path: Any) -> int:
@@ -124,4 +132,4 @@ def check_buildable(loaded: LoadedConfig) -> None:
     if loaded.label_map is not None:  # the loss resolves class names (class_alpha) through it
         lm = loaded.label_map
         ones = [1] * lm.num_classes  # counts only matter to auto weights, whose values are not checked
-        build_loss(ssd, lm, resolve_class_weights(lm.names, lm.ids, ones, ones))
+        build_loss(ssd, lm, resolve_class_weights(lm.names, lm.ids, ones, ones), _box_coder(model))

@@ -6,6 +6,6 @@ box_ops.py, box_coder.py, matcher.py, anchors.py and postprocess.py, which the l
 """
 
 from raredet.modeling.pretrained import LoadReport, load_fine_tune_checkpoint
-from raredet.modeling.ssd import FEATURE_EXTRACTORS, SSD
+from raredet.modeling.ssd import SSD
 
-__all__ = ["FEATURE_EXTRACTORS", "SSD", "LoadReport", "load_fine_tune_checkpoint"]
+__all__ = ["SSD", "LoadReport", "load_fine_tune_checkpoint"]

@@ -8,20 +8,13 @@ in the order of ``anchors.MultiscaleAnchorGenerator``: level, row, column, ancho
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from raredet.errors import ConfigError
 from raredet.modeling.layers import ConvHyperparams, keras_default_init, l2_weights_of
-
-
-def _hyperparams(conv_hyperparams: ConvHyperparams | Mapping[str, Any] | None, where: str) -> ConvHyperparams:
-    if isinstance(conv_hyperparams, ConvHyperparams):
-        return conv_hyperparams
-    return ConvHyperparams.from_dict(conv_hyperparams, where)
 
 
 def _head(
@@ -125,7 +118,7 @@ class WeightSharedConvolutionalBoxPredictor(nn.Module):
         num_classes: int,
         num_anchors_per_location: int | list[int],
         in_channels: list[int],
-        conv_hyperparams: ConvHyperparams | Mapping[str, Any] | None = None,
+        conv_hyperparams: ConvHyperparams | None = None,
         num_layers_before_predictor: int = 0,
         depth: int = 0,
         kernel_size: int = 3,
@@ -137,7 +130,7 @@ class WeightSharedConvolutionalBoxPredictor(nn.Module):
         freeze_batchnorm: bool = False,
     ) -> None:
         super().__init__()
-        self.hp = _hyperparams(conv_hyperparams, "weight_shared_convolutional_box_predictor.conv_hyperparams")
+        self.hp = conv_hyperparams or ConvHyperparams()
         if len(set(in_channels)) != 1:
             raise ValueError(
                 f"weight-shared predictor needs equal channels on every level, got {in_channels}"
@@ -194,7 +187,7 @@ class ConvolutionalBoxPredictor(nn.Module):
         num_classes: int,
         num_anchors_per_location: int | list[int],
         in_channels: list[int],
-        conv_hyperparams: ConvHyperparams | Mapping[str, Any] | None = None,
+        conv_hyperparams: ConvHyperparams | None = None,
         min_depth: int = 0,
         max_depth: int = 0,
         num_layers_before_predictor: int = 0,
@@ -207,7 +200,7 @@ class ConvolutionalBoxPredictor(nn.Module):
         freeze_batchnorm: bool = False,
     ) -> None:
         super().__init__()
-        self.hp = _hyperparams(conv_hyperparams, "convolutional_box_predictor.conv_hyperparams")
+        self.hp = conv_hyperparams or ConvHyperparams()
         self.num_classes, self.box_code_size = num_classes, box_code_size
         counts = num_anchors_per_location
         per_level = counts if isinstance(counts, list) else [counts] * len(in_channels)
