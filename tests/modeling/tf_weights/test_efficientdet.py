@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.modeling.tf_weights.detections import assert_detections_equal_tf
+from tests.helpers.tf_weights import assert_detections_equal_tf
 from torch import nn
 
 import raredet.config

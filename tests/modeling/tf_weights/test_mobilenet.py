@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.modeling.tf_weights.detections import assert_detections_equal_tf, build
+from tests.helpers.tf_weights import assert_detections_equal_tf, build
 
 from raredet.modeling import load_fine_tune_checkpoint
 from raredet.modeling.tf_compat import TFSameConv2d

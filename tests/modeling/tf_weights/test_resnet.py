@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.modeling.tf_weights.detections import assert_detections_equal_tf, build
+from tests.helpers.tf_weights import assert_detections_equal_tf, build
 from torch import nn
 
 from raredet.modeling import load_fine_tune_checkpoint
