@@ -29,10 +29,11 @@ from google.protobuf import json_format
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import run_times, save_result
+from raredet.builders.faster_rcnn import build_faster_rcnn
 from raredet.builders.ssd import build_ssd
 from raredet.modeling.faster_rcnn import FasterRCNN
 from raredet.modeling.ssd import SSD
-from raredet.protos import ssd_pb2
+from raredet.protos import faster_rcnn_pb2, ssd_pb2
 
 SIZE = 320
 NUM_CLASSES = 4
@@ -120,7 +121,9 @@ FRCNN_CONFIGS = {
 
 def _build(name: str) -> SSD | FasterRCNN:
     if name in FRCNN_CONFIGS:
-        return FasterRCNN(num_classes=NUM_CLASSES, **FRCNN_CONFIGS[name]())
+        msg = json_format.ParseDict({"num_classes": NUM_CLASSES, **FRCNN_CONFIGS[name]()},
+                                    faster_rcnn_pb2.FasterRcnn())
+        return build_faster_rcnn(msg)
     return build_ssd(json_format.ParseDict({"num_classes": NUM_CLASSES, **CONFIGS[name]()}, ssd_pb2.Ssd()))
 
 # The quick run (a smoke test on 2 shared cores) skips the large ResNets.

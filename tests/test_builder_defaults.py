@@ -27,7 +27,6 @@ from raredet import builders
 from raredet.builders import ssd as builders_ssd
 from raredet.builders.hyperparams import build_conv_hyperparams
 from raredet.data import augment, readers
-from raredet.losses.faster_rcnn import FasterRcnnLoss
 from raredet.losses import (
     CLASSIFICATION_LOSSES,
     LOCALIZATION_LOSSES,
@@ -35,6 +34,7 @@ from raredet.losses import (
     GradientRatioStatistics,
     HardExampleMiner,
 )
+from raredet.losses.faster_rcnn import FasterRcnnLoss
 from raredet.modeling import fpn, postprocess
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.faster_rcnn import FasterRCNN, MaskRcnnBoxHead

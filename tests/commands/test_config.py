@@ -3,29 +3,19 @@ training would use)."""
 
 import json
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from tests.helpers.configs import FIXTURES, WEIGHTED, write_variant
 
+from raredet import config as cfg
 from raredet.cli import main
 from raredet.commands.config import check, summary_text
 from raredet.config import LabelMap, LoadedConfig, parse_config
 from raredet.data.synth import make_synthetic_dataset
 from raredet.errors import ConfigError
-
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "configs"
-WEIGHTED = FIXTURES / "weighted.config"
-
-
-def write_variant(tmp_path, old, new, name="pipeline.config"):
-    """A copy of the weighted fixture (with its label map) where `old` is replaced by `new`."""
-    text = WEIGHTED.read_text()
-    assert old in text, old
-    (tmp_path / "label_map.pbtxt").write_text((FIXTURES / "label_map.pbtxt").read_text())
-    path = tmp_path / name
-    path.write_text(text.replace(old, new, 1))
-    return path
 
 
 def test_summary_has_class_weight_table():
@@ -89,3 +79,49 @@ def test_summary_of_faster_rcnn_weights_names_its_own_field():
     with pytest.raises(ConfigError, match=r"^model\.faster_rcnn\.second_stage_class_weights\.weight\.name: "
                        r"'crack' is not in the label map"):
         summary_text(LoadedConfig(pipeline, other, Path("p.config"), FASTER_RCNN_WEIGHTS))
+
+
+def test_cli_check_ok_and_errors(tmp_path, capsys):
+    assert main(["config", "check", str(WEIGHTED)]) == 0
+    assert "crack" in capsys.readouterr().out
+    bad = write_variant(tmp_path, "num_classes: 3", "num_clases: 3")
+    assert main(["config", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'num_classes'" in err and str(bad) in err
+
+
+@pytest.mark.parametrize(("old", "new", "pattern"), [
+    ('type: "ssd_resnet18_v1_fpn"', 'type: "ssd_resnet19_v1_fpn"',
+     r"feature_extractor\.type: unknown 'ssd_resnet19_v1_fpn'; valid: .*ssd_resnet18_v1_fpn"),
+    ("random_horizontal_flip { }", "random_patch_gaussian { }",
+     r"'random_patch_gaussian' is not supported; supported: .*random_horizontal_flip"),
+    ("localization_loss { weighted_smooth_l1 { } }",
+     'localization_loss { custom { name: "nope" module: "no_such_module_xyz" } }',
+     r"no_such_module_xyz"),
+])
+def test_cli_check_fails_on_what_training_would_refuse(tmp_path, capsys, old, new, pattern):
+    # These parse and validate, but `raredet train` stops on them while building; `config check` must
+    # not call such a config OK.
+    path = write_variant(tmp_path, old, new)
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(pattern, err), err
+
+
+def test_cli_show_prints_parseable_effective_config(capsys):
+    assert main(["config", "show", str(WEIGHTED)]) == 0
+    out = capsys.readouterr().out
+    assert cfg.parse_config(out).model.ssd.loss.hard_example_miner.num_hard_examples == 32
+    assert "normalize_loss_by_num_matches: true" in out
+
+
+@pytest.mark.parametrize(("name", "pattern"), [
+    ("bad_typo.config", r"bad_typo\.config:\d+:\d+: .*did you mean 'encode_background_as_zeros'"),
+    ("bad_weight.config", r"class_weights\.weight\[1\]\.value: -2\.0 is out of range"),
+    ("bad_class_name.config", r"'crak' is not in the label map .*did you mean 'crack'"),
+])
+def test_cli_bad_fixture_configs_exit_2(capsys, name, pattern):
+    assert main(["config", "check", str(FIXTURES / name)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(pattern, err), err
+    assert err.count("\n") == 1  # one line

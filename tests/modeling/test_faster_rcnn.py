@@ -1,26 +1,32 @@
 """The Faster R-CNN model: torchvision-named backbones (ResNet-152 too), stride-16 first stage, output
-shapes, shared vs per-class boxes, classification fine-tuning into the backbone, config errors;
-the FPN crop level of a box."""
+shapes, shared vs per-class boxes, classification fine-tuning into the backbone; the FPN crop level of
+a box. (Its builder's config errors: tests/builders/test_faster_rcnn.py.)"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from google.protobuf import text_format
 
-from raredet.errors import ConfigError
+from raredet.builders.faster_rcnn import build_faster_rcnn
 from raredet.modeling.backbones import ResNet
+from raredet.modeling.calibration import Calibration
 from raredet.modeling.faster_rcnn import FasterRCNN, fpn_levels_of_boxes
 from raredet.modeling.pretrained import load_fine_tune_checkpoint
+from raredet.protos import faster_rcnn_pb2
 
-GRID = {"grid_anchor_generator": {"scales": [0.25, 0.5], "aspect_ratios": [0.5, 1.0, 2.0]}}
+SMALL = """num_classes: 3 first_stage_max_proposals: 8 initial_crop_size: 6 maxpool_kernel_size: 2
+maxpool_stride: 2 feature_extractor {{ type: "faster_rcnn_resnet50_keras" }}
+first_stage_anchor_generator {{ grid_anchor_generator {{ scales: [0.25, 0.5]
+                                                        aspect_ratios: [0.5, 1.0, 2.0] }} }}
+second_stage_box_predictor {{ mask_rcnn_box_predictor {{ share_box_across_classes: {share} }} }}
+second_stage_post_processing {{ score_converter: SOFTMAX }} {extra}"""
 
 
-def _model(extractor: str = "faster_rcnn_resnet50_keras", share: bool = True, **kwargs) -> FasterRCNN:
-    base = dict(num_classes=3, feature_extractor={"type": extractor}, first_stage_anchor_generator=GRID,
-                first_stage_max_proposals=8, initial_crop_size=6, maxpool_kernel_size=2, maxpool_stride=2,
-                second_stage_box_predictor={"mask_rcnn_box_predictor": {"share_box_across_classes": share}},
-                second_stage_post_processing={"score_converter": "SOFTMAX"})
-    return FasterRCNN(**{**base, **kwargs})
+def _model(share: bool = True, extra: str = "", calibration: Calibration | None = None) -> FasterRCNN:
+    """A small ResNet-50 Faster R-CNN: 3 classes, 6 grid anchors per cell, 8 proposals, 6x6 crops."""
+    msg = text_format.Parse(SMALL.format(share=str(share).lower(), extra=extra), faster_rcnn_pb2.FasterRcnn())
+    return build_faster_rcnn(msg, calibration)
 
 
 def test_resnet152_parameter_count_matches_torchvision():
@@ -55,22 +61,9 @@ def test_classification_checkpoint_loads_every_backbone_tensor(tmp_path):
     assert torch.equal(model.backbone.layer4[2].conv3.weight, backbone.layer4[2].conv3.weight)  # conv5 too
 
 
-def test_config_errors_name_the_field():
-    with pytest.raises(ConfigError, match=r"feature_extractor\.type: 'faster_rcnn_inception_v2'"):
-        _model("faster_rcnn_inception_v2")
-    with pytest.raises(ConfigError, match="first_stage_features_stride is 8"):
-        _model(feature_extractor={"type": "faster_rcnn_resnet50", "first_stage_features_stride": 8})
-    with pytest.raises(ConfigError, match="take multiscale_anchor_generator"):
-        _model("faster_rcnn_resnet50_fpn_keras")
-    with pytest.raises(ConfigError, match="predict_instance_masks: Mask R-CNN"):
-        _model(second_stage_box_predictor={"mask_rcnn_box_predictor": {"predict_instance_masks": True}})
-    with pytest.raises(ConfigError, match="initial_crop_size is 0"):
-        _model(initial_crop_size=0)
-
-
 def test_training_forward_with_targets_runs_the_second_stage_on_the_sampled_minibatch():
     torch.manual_seed(0)
-    model = _model(second_stage_batch_size=4).train()
+    model = _model(extra="second_stage_batch_size: 4").train()
     targets = {"boxes": torch.tensor([[[8.0, 8.0, 40.0, 40.0]], [[0.0, 0.0, 0.0, 0.0]]]),
                "labels": torch.tensor([[1], [-1]]), "weights": torch.tensor([[1.0], [0.0]])}
     images = torch.rand(2, 3, 64, 64) * 255
@@ -84,8 +77,6 @@ def test_training_forward_with_targets_runs_the_second_stage_on_the_sampled_mini
 
 
 def test_operating_points_map_the_softmax_scores_and_set_the_nms_threshold():
-    from raredet.modeling.calibration import Calibration
-
     model = _model()
     model.set_operating_points(Calibration.piecewise_linear(3, {0: ([0.0, 0.2, 1.0], [0.0, 0.5, 1.0])}), 0.5)
     scores = model.score_converter(torch.zeros(1, 4))  # softmax of 4 equal logits: 0.25 per column
@@ -98,8 +89,6 @@ def test_calibration_config_acts_in_the_tf_od_api_order():
     """second_stage_post_processing.calibration_config: temperature divides all K + 1 logits before
     the softmax; a per-class map then acts on the foreground score of its class id (column k = id
     k + 1, background dropped); operating points come last."""
-    from raredet.modeling.calibration import Calibration
-
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     warm = _model(calibration=Calibration.temperature_scaling(3, 2.0))
     e = [1.0, 2.718281828459045 ** 0.5, 2.718281828459045, 2.718281828459045 ** 1.5]  # exp(logit / 2)

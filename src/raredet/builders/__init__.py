@@ -47,7 +47,6 @@ from raredet.builders.messages import (
     post_processing_of,
 )
 from raredet.builders.model import (
-    FASTER_RCNN_MODEL_FIELDS,
     build_calibration,
     build_model,
     default_weights_convention,
@@ -62,7 +61,7 @@ from raredet.builders.training import (
 )
 
 __all__ = [
-    "BOX_CODERS", "CALIBRATION_WHERE", "FASTER_RCNN_MODEL_FIELDS", "LEARNING_RATES", "MATCHERS",
+    "BOX_CODERS", "CALIBRATION_WHERE", "LEARNING_RATES", "MATCHERS",
     "OPERATING_POINTS_WHERE", "OPTIMIZERS", "SIMILARITIES", "ModelMessage",
     "build_augmentations", "build_box_coder", "build_calibration", "build_class_weights",
     "build_eval_loader", "build_faster_rcnn_loss", "build_learning_rate", "build_loss", "build_model",

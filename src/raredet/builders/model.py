@@ -14,16 +14,6 @@ from raredet.modeling.calibration import Calibration
 from raredet.modeling.tf_compat import apply_weights_convention
 from raredet.protos import calibration_pb2, faster_rcnn_pb2
 
-FASTER_RCNN_MODEL_FIELDS = (
-    "num_classes", "feature_extractor", "first_stage_anchor_generator",
-    "first_stage_box_predictor_conv_hyperparams",
-    "first_stage_atrous_rate", "first_stage_box_predictor_kernel_size", "first_stage_box_predictor_depth",
-    "first_stage_nms_score_threshold", "first_stage_nms_iou_threshold", "first_stage_max_proposals",
-    "initial_crop_size", "maxpool_kernel_size", "maxpool_stride", "second_stage_box_predictor",
-    "second_stage_post_processing", "clip_anchors_to_image", "number_of_stages", "second_stage_batch_size",
-    "second_stage_balance_fraction", "use_matmul_crop_and_resize",
-)
-
 
 def default_weights_convention(msg: ModelMessage) -> str:
     """How a model of `msg` computes unless its weights say otherwise: "tf" for the TF OD API's Keras SSD
@@ -56,12 +46,9 @@ def _build_model(ssd: ModelMessage, class_ids: Sequence[int] | None) -> tuple[nn
     if post.HasField("calibration_config"):
         calibration = build_calibration(post.calibration_config, ssd.num_classes, class_ids, where)
     if isinstance(ssd, faster_rcnn_pb2.FasterRcnn):
-        from raredet.modeling.faster_rcnn import FasterRCNN
+        from raredet.builders.faster_rcnn import build_faster_rcnn  # model code is heavy
 
-        kwargs = message_kwargs(ssd)
-        kwargs.get("second_stage_post_processing", {}).pop("calibration_config", None)  # arrives built
-        frcnn = FasterRCNN(**{k: kwargs[k] for k in FASTER_RCNN_MODEL_FIELDS if k in kwargs},
-                           calibration=calibration)
+        frcnn = build_faster_rcnn(ssd, calibration)
         return frcnn, dict(frcnn.l2_weights())
     from raredet.builders.ssd import build_ssd  # imported here: model code is heavy and needed only here
 

@@ -1,7 +1,7 @@
 """The Faster R-CNN meta-architecture (Ren et al. 2015) as the TF OD API's ``faster_rcnn`` builds it.
 
-One constructor, which builders call with the fields of the ``faster_rcnn`` message as plain dicts
-(``builders.message_kwargs``; absent keys take the TF OD API's defaults). What it computes:
+The constructor takes built parts and plain values (``builders.faster_rcnn.build_faster_rcnn`` builds
+them from the ``faster_rcnn`` message, the only code that reads it). What it computes:
 
 * **First stage.** A torchvision-named ResNet v1 (``backbone.conv1`` .. ``backbone.layer4``) up to
   ``layer3`` (conv4, output stride 16: the TF OD API's Keras ResNet Faster R-CNN), a ``k x k`` conv
@@ -38,17 +38,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raredet.errors import ConfigError
 from raredet.modeling.anchors import MultiscaleAnchorGenerator
 from raredet.modeling.backbones import ResNet
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
-from raredet.modeling.calibration import Calibration
 from raredet.modeling.exact_nms import multiclass_nms_clipped, nms_then_clip
 from raredet.modeling.fpn import FeaturePyramid
 from raredet.modeling.grid_anchors import GridAnchorGenerator
@@ -69,58 +66,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # exact batched NMS is quadratic in its candidates, so it takes the best-scoring anchors first (as
 # torchvision's RPN does, 2000 in training).
 RPN_PRE_NMS_TOP_K = 2000
-WHERE = "model.faster_rcnn"
-
-Config = Mapping[str, Any]
-
-# type (without `_keras`) -> (ResNet depth, with an FPN)
-FEATURE_EXTRACTORS: dict[str, tuple[int, bool]] = {
-    "faster_rcnn_resnet50": (50, False),
-    "faster_rcnn_resnet101": (101, False),
-    "faster_rcnn_resnet152": (152, False),
-    "faster_rcnn_resnet50_fpn": (50, True),
-    "faster_rcnn_resnet101_fpn": (101, True),
-    "faster_rcnn_resnet152_fpn": (152, True),
-}
 # Width of the FPN variant's two fully connected box-classifier layers (the TF OD API's).
 FPN_FC_DEPTH = 1024
-
-
-def _feature_extractor_kind(cfg: Config) -> tuple[int, bool]:
-    name = str(cfg.get("type", ""))
-    key = name.removesuffix("_keras")
-    if key not in FEATURE_EXTRACTORS:
-        valid = ", ".join(f"{k}_keras" for k in FEATURE_EXTRACTORS)
-        raise ConfigError(f"{WHERE}.feature_extractor.type: {name!r} is not supported; "
-                          f"valid: {valid} (_keras suffix optional)")
-    depth, fpn = FEATURE_EXTRACTORS[key]
-    stride = int(cfg.get("first_stage_features_stride", 16))
-    if stride != 16 and not fpn:
-        raise ConfigError(f"{WHERE}.feature_extractor.first_stage_features_stride is {stride}; the ResNet "
-                          "feature extractors have stride 16 (conv4), as in the TF OD API's Keras models")
-    return depth, fpn
-
-
+# The first stage's anchors: one grid on conv4, or one set per FPN level.
 AnchorGenerator = GridAnchorGenerator | MultiscaleAnchorGenerator
-
-
-def _anchor_generator(cfg: Config | None, fpn_levels: tuple[int, int] | None) -> AnchorGenerator:
-    keys = list(cfg or {})
-    where = f"{WHERE}.first_stage_anchor_generator"
-    want = "multiscale_anchor_generator" if fpn_levels else "grid_anchor_generator"
-    if keys != [want]:
-        kind = "the FPN feature extractors" if fpn_levels else "the single-map ResNet feature extractors"
-        raise ConfigError(f"{where}: {kind} take {want} (got {keys or 'none'})")
-    fields = dict((cfg or {})[want] or {})
-    if fpn_levels is None:
-        return GridAnchorGenerator(**fields)
-    fields.pop("normalize_coordinates", None)  # anchors are always in pixels here
-    anchors = MultiscaleAnchorGenerator(**fields)
-    if (anchors.min_level, anchors.max_level) != fpn_levels:
-        raise ConfigError(f"{where}.multiscale_anchor_generator: levels "
-                          f"{anchors.min_level}..{anchors.max_level} differ from feature_extractor.fpn "
-                          f"levels {fpn_levels[0]}..{fpn_levels[1]}; make them equal")
-    return anchors
 
 
 def fpn_levels_of_boxes(boxes: Tensor, image_hw: tuple[int, int], num_levels: int) -> Tensor:
@@ -170,6 +119,7 @@ class FpnBoxClassifier(nn.Module):
 
     def __init__(self, in_features: int, hp: ConvHyperparams, freeze_batchnorm: bool) -> None:
         super().__init__()
+        self.hp, self.out_features = hp, FPN_FC_DEPTH  # hp: the fc layers' L2 weight (l2_weights)
         self.fc1 = nn.Linear(in_features, FPN_FC_DEPTH)
         self.fc2 = nn.Linear(FPN_FC_DEPTH, FPN_FC_DEPTH)
         eps, momentum = hp.bn_epsilon, 1.0 - hp.bn_decay
@@ -207,22 +157,13 @@ class MaskRcnnBoxHead(nn.Module):
     """The ``mask_rcnn_box_predictor`` box/class head on pooled features ``[N, C]`` -> class logits
     ``[N, K + 1]`` and box codes ``[N, 1 or K, 4]``."""
 
-    def __init__(self, in_features: int, num_classes: int, cfg: Config) -> None:
+    def __init__(self, in_features: int, num_classes: int, hp: ConvHyperparams,
+                 share_box_across_classes: bool = False, use_dropout: bool = False,
+                 dropout_keep_probability: float = 0.5) -> None:
         super().__init__()
-        for field in ("predict_instance_masks", "predict_keypoints"):
-            if cfg.get(field):
-                raise ConfigError(f"{WHERE}.second_stage_box_predictor.mask_rcnn_box_predictor.{field}: "
-                                  "Mask R-CNN (masks, keypoints) is not supported; "
-                                  "raredet builds Faster R-CNN")
-        code = int(cfg.get("box_code_size", 4))
-        if code != 4:
-            raise ConfigError(f"{WHERE}.second_stage_box_predictor.mask_rcnn_box_predictor.box_code_size "
-                              f"is {code}; the faster_rcnn_box_coder has 4")
-        self.hp = ConvHyperparams.from_dict(cfg.get("fc_hyperparams"), f"{WHERE}.second_stage_box_predictor."
-                                            "mask_rcnn_box_predictor.fc_hyperparams")
-        self.share_box = bool(cfg.get("share_box_across_classes", False))
-        keep = float(cfg.get("dropout_keep_probability", 0.5))
-        self.dropout = nn.Dropout(1.0 - keep) if cfg.get("use_dropout", False) else nn.Identity()
+        self.hp = hp  # fc_hyperparams
+        self.share_box = share_box_across_classes
+        self.dropout = nn.Dropout(1.0 - dropout_keep_probability) if use_dropout else nn.Identity()
         self.num_boxes = 1 if self.share_box else num_classes
         self.cls = _fc_init(nn.Linear(in_features, num_classes + 1), self.hp)
         self.box = _fc_init(nn.Linear(in_features, 4 * self.num_boxes), self.hp)
@@ -241,101 +182,57 @@ class FasterRCNN(OperatingPoints, nn.Module):
 
     def __init__(
         self,
+        *,
         num_classes: int,
-        feature_extractor: Config,
-        first_stage_anchor_generator: Config | None = None,
-        first_stage_box_predictor_conv_hyperparams: Config | None = None,
-        first_stage_atrous_rate: int = 1,
-        first_stage_box_predictor_kernel_size: int = 3,
-        first_stage_box_predictor_depth: int = 512,
+        backbone: ResNet,
+        rpn: RpnHead,
+        box_head: MaskRcnnBoxHead,
+        anchor_generator: AnchorGenerator,
+        box_coder: FasterRcnnBoxCoder,
+        score_converter: ScoreConverter,
+        non_max_suppression: BatchNonMaxSuppression,
+        initial_crop_size: int,
+        maxpool_kernel_size: int,
+        maxpool_stride: int,
+        fpn: FeaturePyramid | None = None,
+        box_classifier: FpnBoxClassifier | None = None,
         first_stage_nms_score_threshold: float = 0.0,
         first_stage_nms_iou_threshold: float = 0.7,
         first_stage_max_proposals: int = 300,
-        initial_crop_size: int = 0,
-        maxpool_kernel_size: int = 0,
-        maxpool_stride: int = 0,
-        second_stage_box_predictor: Config | None = None,
-        second_stage_post_processing: Config | None = None,
         clip_anchors_to_image: bool = False,
         use_matmul_crop_and_resize: bool = False,
-        number_of_stages: int = 2,
         second_stage_batch_size: int = 64,
         second_stage_balance_fraction: float = 0.25,
-        calibration: Calibration | None = None,
     ) -> None:
+        """The parts (the module docstring): ``backbone`` (conv5 is the single-map variant's second
+        stage), ``fpn`` and its ``box_classifier`` (both or neither), ``rpn`` with one head per map,
+        ``box_head`` on the pooled crops, ``score_converter`` for the ``[B, P, K + 1]`` logits
+        (``background_column``), ``non_max_suppression`` of the detections. The plain values are the
+        ``faster_rcnn`` fields of the same names."""
         super().__init__()
-        if num_classes < 1:
-            raise ConfigError(f"{WHERE}.num_classes must be at least 1, got {num_classes}")
-        if number_of_stages != 2:
-            raise ConfigError(f"{WHERE}.number_of_stages is {number_of_stages}; raredet builds 2 stages only")
-        for name, value in (("initial_crop_size", initial_crop_size),
-                            ("maxpool_kernel_size", maxpool_kernel_size),
-                            ("maxpool_stride", maxpool_stride),
-                            ("first_stage_max_proposals", first_stage_max_proposals)):
-            if value < 1:
-                raise ConfigError(f"{WHERE}.{name} is {value}; set it to a positive value (the zoo uses "
-                                  "initial_crop_size 14, maxpool_kernel_size 2, maxpool_stride 2)")
         self.num_classes = num_classes
-        self.second_stage_batch_size = int(second_stage_batch_size)
-        self.second_stage_balance_fraction = float(second_stage_balance_fraction)
-        depth, use_fpn = _feature_extractor_kind(feature_extractor)
-        frozen = not bool(feature_extractor.get("batch_norm_trainable", False))
-        self.backbone = ResNet(depth, freeze_batchnorm=frozen)
-        self.fpn: FeaturePyramid | None = None
-        self.fpn_hp = ConvHyperparams.from_dict(feature_extractor.get("conv_hyperparams"),
-                                                f"{WHERE}.feature_extractor.conv_hyperparams")
-        # under TF's conventions the FPN extractor's Keras ResNet takes conv_hyperparams' batch norms and
-        # activations with override_base_feature_extractor_hyperparams (the plain one ignores the field)
-        if use_fpn and feature_extractor.get("override_base_feature_extractor_hyperparams", False):
-            self.backbone.keras_hyperparams = self.fpn_hp
-        fpn_levels = None
-        if use_fpn:
-            fpn_cfg = dict(feature_extractor.get("fpn") or {})
-            self.fpn = FeaturePyramid(self.backbone.out_channels, self.fpn_hp,
-                                      min_level=int(fpn_cfg.get("min_level", 3)),
-                                      max_level=int(fpn_cfg.get("max_level", 7)),
-                                      additional_layer_depth=int(fpn_cfg.get("additional_layer_depth", 256)),
-                                      freeze_batchnorm=frozen)
-            fpn_levels = (self.fpn.min_level, self.fpn.max_level)
-        self.anchor_generator = _anchor_generator(first_stage_anchor_generator, fpn_levels)
-        rpn_hp = ConvHyperparams.from_dict(first_stage_box_predictor_conv_hyperparams,
-                                           f"{WHERE}.first_stage_box_predictor_conv_hyperparams")
-        map_channels = self.fpn.out_channels[0] if self.fpn is not None else self.backbone.out_channels[4]
-        num_maps = len(self.fpn.out_channels) if self.fpn is not None else 1
-        self.rpn = RpnHead(map_channels, self.anchor_generator.num_anchors_per_location,
-                           rpn_hp, first_stage_box_predictor_kernel_size, first_stage_box_predictor_depth,
-                           first_stage_atrous_rate, num_maps)
-        self.rpn_hp = rpn_hp
+        self.second_stage_batch_size = second_stage_batch_size
+        self.second_stage_balance_fraction = second_stage_balance_fraction
+        self.backbone = backbone
+        self.fpn = fpn
+        self.anchor_generator = anchor_generator
+        self.rpn = rpn
         self.clip_anchors_to_image = clip_anchors_to_image
-        self.max_proposals = int(first_stage_max_proposals)
+        self.max_proposals = first_stage_max_proposals
         self.proposal_nms = BatchNonMaxSuppression(
             score_threshold=first_stage_nms_score_threshold, iou_threshold=first_stage_nms_iou_threshold,
             max_detections_per_class=self.max_proposals, max_total_detections=self.max_proposals,
             pre_nms_top_k=RPN_PRE_NMS_TOP_K)
         self.crop_size = initial_crop_size
-        self.matmul_crops = bool(use_matmul_crop_and_resize)  # roi_ops.crop_and_resize's edge rule
+        self.matmul_crops = use_matmul_crop_and_resize  # roi_ops.crop_and_resize's edge rule
         self.pool_kernel, self.pool_stride = maxpool_kernel_size, maxpool_stride
-        predictor = dict(second_stage_box_predictor or {})
-        if list(predictor) != ["mask_rcnn_box_predictor"]:
-            raise ConfigError(f"{WHERE}.second_stage_box_predictor: set mask_rcnn_box_predictor (got "
-                              f"{list(predictor) or 'none'}); rfcn_box_predictor is not supported")
-        self.box_classifier: FpnBoxClassifier | None = None
-        head_in = self.backbone.out_channels[5]
-        if self.fpn is not None:
-            pooled = (initial_crop_size - maxpool_kernel_size) // maxpool_stride + 1
-            self.box_classifier = FpnBoxClassifier(map_channels * pooled * pooled, self.fpn_hp, frozen)
-            head_in = FPN_FC_DEPTH
-        box_predictor = dict(predictor["mask_rcnn_box_predictor"] or {})
-        self.box_head = MaskRcnnBoxHead(head_in, num_classes, box_predictor)
-        self.box_coder = FasterRcnnBoxCoder()  # the TF OD API's Faster R-CNN coder: scales 10, 10, 5, 5
-        post = dict(second_stage_post_processing or {})
-        # second_stage_post_processing.calibration_config arrives built (builders.build_calibration); as
-        # in the TF OD API it is part of the score conversion: temperature before the converter, maps
-        # after. Operating points (set_operating_points) map the scores last.
-        self.score_converter = ScoreConverter(str(post.get("score_converter", "IDENTITY")),
-                                              float(post.get("logit_scale", 1.0)), calibration, num_classes,
-                                              background_column=True)
-        self.non_max_suppression = BatchNonMaxSuppression(**dict(post.get("batch_non_max_suppression") or {}))
+        self.box_classifier = box_classifier
+        self.box_head = box_head
+        self.box_coder = box_coder  # the TF OD API's Faster R-CNN coder: scales 10, 10, 5, 5
+        # second_stage_post_processing: score conversion with the calibration_config (temperature
+        # before the converter, maps after, as in the TF OD API); set_operating_points maps last
+        self.score_converter = score_converter
+        self.non_max_suppression = non_max_suppression
         mean, std = torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
         self.register_buffer("pixel_mean", mean.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", std.view(1, 3, 1, 1), persistent=False)
@@ -374,8 +271,9 @@ class FasterRCNN(OperatingPoints, nn.Module):
         out.update(l2_weights_of(self.rpn, "rpn"))  # the L2 weight each conv was built with
         if self.fpn is not None:
             out.update(l2_weights_of(self.fpn, "fpn"))
-        if self.box_classifier is not None and self.fpn_hp.l2_weight:
-            out.update({f"box_classifier.{n}.weight": self.fpn_hp.l2_weight for n in ("fc1", "fc2")})
+        classifier = self.box_classifier
+        if classifier is not None and classifier.hp.l2_weight:
+            out.update({f"box_classifier.{n}.weight": classifier.hp.l2_weight for n in ("fc1", "fc2")})
         if self.box_head.hp.l2_weight:
             out.update({f"box_head.{n}.weight": self.box_head.hp.l2_weight for n in ("cls", "box")})
         return out

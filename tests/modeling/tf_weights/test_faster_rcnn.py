@@ -26,6 +26,7 @@ from torch import nn
 
 import raredet.config
 from raredet import builders
+from raredet.builders import faster_rcnn as builders_faster_rcnn
 from raredet.modeling import faster_rcnn, load_fine_tune_checkpoint
 from raredet.modeling.backbones import ResNet
 
@@ -34,7 +35,7 @@ NARROW = functools.partial(ResNet, depth_multiplier=1 / 64, min_depth=4, keras_w
 
 
 def build(monkeypatch: pytest.MonkeyPatch) -> nn.Module:
-    monkeypatch.setattr(faster_rcnn, "ResNet", NARROW)  # as the fixture writer narrowed TF's
+    monkeypatch.setattr(builders_faster_rcnn, "ResNet", NARROW)  # as the fixture writer narrowed TF's
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fields raredet parses but does not act on
         loaded = raredet.config.load(FOLDER / "pipeline.config")
@@ -206,7 +207,7 @@ FPN_FOLDER = FOLDER.parent / "faster_rcnn_resnet50_v1_fpn"
 
 def test_fpn_variant_equals_tensorflow(monkeypatch):
     # faster_rcnn_resnet50_fpn_keras (FPN_FOLDER/WRITTEN_BY): ResNet at 1/64, box classifier fc 16 wide
-    monkeypatch.setattr(faster_rcnn, "ResNet", NARROW)
+    monkeypatch.setattr(builders_faster_rcnn, "ResNet", NARROW)
     monkeypatch.setattr(faster_rcnn, "FPN_FC_DEPTH", 16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -234,7 +235,7 @@ def test_fpn_variant_equals_tensorflow(monkeypatch):
 def test_fpn_detection_checkpoint_loads_backbone_fpn_and_box_classifier(monkeypatch):
     # restore_from_objects('detection'): both feature-extractor models, i.e. with the FPN variant also the
     # FPN and the box classifier's fc layers; not the RPN nor the mask_rcnn_box_predictor
-    monkeypatch.setattr(faster_rcnn, "ResNet", NARROW)
+    monkeypatch.setattr(builders_faster_rcnn, "ResNet", NARROW)
     monkeypatch.setattr(faster_rcnn, "FPN_FC_DEPTH", 16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,0 +1,162 @@
+"""`model.faster_rcnn` -> `modeling.faster_rcnn.FasterRCNN`: the backbone, FPN, anchors, RPN, box
+classifier and head, score converter and NMS, each chosen and filled from its message (an unset field
+takes the message's default), and the checks of what raredet cannot build, naming the field."""
+
+from __future__ import annotations
+
+from raredet.builders.hyperparams import build_conv_hyperparams
+from raredet.builders.messages import field_value, message_kwargs
+from raredet.errors import ConfigError
+from raredet.modeling.anchors import MultiscaleAnchorGenerator
+from raredet.modeling.backbones import ResNet
+from raredet.modeling.box_coder import FasterRcnnBoxCoder
+from raredet.modeling.calibration import Calibration
+from raredet.modeling.faster_rcnn import (
+    AnchorGenerator,
+    FasterRCNN,
+    FpnBoxClassifier,
+    MaskRcnnBoxHead,
+    RpnHead,
+)
+from raredet.modeling.fpn import FeaturePyramid
+from raredet.modeling.grid_anchors import GridAnchorGenerator
+from raredet.modeling.layers import ConvHyperparams
+from raredet.modeling.postprocess import BatchNonMaxSuppression, ScoreConverter
+from raredet.protos import anchor_generator_pb2, box_predictor_pb2, faster_rcnn_pb2
+
+WHERE = "model.faster_rcnn"
+
+# feature_extractor.type (without `_keras`) -> (ResNet depth, with an FPN)
+FEATURE_EXTRACTORS: dict[str, tuple[int, bool]] = {
+    "faster_rcnn_resnet50": (50, False),
+    "faster_rcnn_resnet101": (101, False),
+    "faster_rcnn_resnet152": (152, False),
+    "faster_rcnn_resnet50_fpn": (50, True),
+    "faster_rcnn_resnet101_fpn": (101, True),
+    "faster_rcnn_resnet152_fpn": (152, True),
+}
+
+# The faster_rcnn fields FasterRCNN takes as they are.
+MODEL_FIELDS = ("num_classes", "initial_crop_size", "maxpool_kernel_size", "maxpool_stride",
+                "first_stage_nms_score_threshold", "first_stage_nms_iou_threshold",
+                "first_stage_max_proposals", "clip_anchors_to_image", "use_matmul_crop_and_resize",
+                "second_stage_batch_size", "second_stage_balance_fraction")
+
+
+def build_faster_rcnn(msg: faster_rcnn_pb2.FasterRcnn, calibration: Calibration | None = None) -> FasterRCNN:
+    """The model of `model.faster_rcnn`; `calibration`: its second_stage_post_processing.calibration_config,
+    built. Parts are built in the order their weights are initialised (backbone, FPN, RPN, box
+    classifier, box head), so a seed gives the same weights as it always did."""
+    _check_sizes(msg)
+    extractor = msg.feature_extractor
+    depth, use_fpn = _feature_extractor_kind(extractor)
+    frozen = not extractor.batch_norm_trainable
+    backbone = ResNet(depth, freeze_batchnorm=frozen)
+    hp = build_conv_hyperparams(extractor.conv_hyperparams, f"{WHERE}.feature_extractor.conv_hyperparams")
+    # under TF's conventions the FPN extractor's Keras ResNet takes conv_hyperparams' batch norms and
+    # activations with override_base_feature_extractor_hyperparams (the plain one ignores the field)
+    if use_fpn and extractor.override_base_feature_extractor_hyperparams:
+        backbone.keras_hyperparams = hp
+    fpn = _fpn(extractor, backbone, hp, frozen) if use_fpn else None
+    anchors = _anchor_generator(msg.first_stage_anchor_generator, fpn)
+    rpn = _rpn(msg, backbone, fpn, anchors)
+    box_classifier, head_in = None, backbone.out_channels[5]
+    if fpn is not None:
+        pooled = (msg.initial_crop_size - msg.maxpool_kernel_size) // msg.maxpool_stride + 1
+        box_classifier = FpnBoxClassifier(fpn.out_channels[0] * pooled * pooled, hp, frozen)
+        head_in = box_classifier.out_features
+    box_head = _box_head(msg.second_stage_box_predictor, head_in, msg.num_classes)
+    post = msg.second_stage_post_processing
+    converter = ScoreConverter(field_value(post, "score_converter"), field_value(post, "logit_scale"),
+                               calibration, msg.num_classes, background_column=True)
+    nms = BatchNonMaxSuppression(**message_kwargs(post.batch_non_max_suppression))
+    return FasterRCNN(backbone=backbone, fpn=fpn, anchor_generator=anchors, rpn=rpn,
+                      box_classifier=box_classifier, box_head=box_head, box_coder=FasterRcnnBoxCoder(),
+                      score_converter=converter, non_max_suppression=nms,
+                      **{f: field_value(msg, f) for f in MODEL_FIELDS})
+
+
+def _check_sizes(msg: faster_rcnn_pb2.FasterRcnn) -> None:
+    if msg.num_classes < 1:
+        raise ConfigError(f"{WHERE}.num_classes must be at least 1, got {msg.num_classes}")
+    if msg.number_of_stages != 2:
+        raise ConfigError(f"{WHERE}.number_of_stages is {msg.number_of_stages}; raredet builds 2 stages only")
+    for name in ("initial_crop_size", "maxpool_kernel_size", "maxpool_stride", "first_stage_max_proposals"):
+        value = getattr(msg, name)
+        if value < 1:
+            raise ConfigError(f"{WHERE}.{name} is {value}; set it to a positive value (the zoo uses "
+                              "initial_crop_size 14, maxpool_kernel_size 2, maxpool_stride 2)")
+
+
+def _feature_extractor_kind(msg: faster_rcnn_pb2.FasterRcnnFeatureExtractor) -> tuple[int, bool]:
+    """(ResNet depth, with an FPN) of `feature_extractor.type`."""
+    key = msg.type.removesuffix("_keras")
+    if key not in FEATURE_EXTRACTORS:
+        valid = ", ".join(f"{k}_keras" for k in FEATURE_EXTRACTORS)
+        raise ConfigError(f"{WHERE}.feature_extractor.type: {msg.type!r} is not supported; "
+                          f"valid: {valid} (_keras suffix optional)")
+    depth, fpn = FEATURE_EXTRACTORS[key]
+    stride = msg.first_stage_features_stride
+    if stride != 16 and not fpn:
+        raise ConfigError(f"{WHERE}.feature_extractor.first_stage_features_stride is {stride}; the ResNet "
+                          "feature extractors have stride 16 (conv4), as in the TF OD API's Keras models")
+    return depth, fpn
+
+
+def _fpn(msg: faster_rcnn_pb2.FasterRcnnFeatureExtractor, backbone: ResNet, hp: ConvHyperparams,
+         frozen: bool) -> FeaturePyramid:
+    """`feature_extractor.fpn` on the ResNet's C2..C5."""
+    fpn = msg.fpn
+    return FeaturePyramid(backbone.out_channels, hp, min_level=fpn.min_level, max_level=fpn.max_level,
+                          additional_layer_depth=fpn.additional_layer_depth, freeze_batchnorm=frozen)
+
+
+def _anchor_generator(msg: anchor_generator_pb2.AnchorGenerator, fpn: FeaturePyramid | None
+                      ) -> AnchorGenerator:
+    """A grid on conv4, or multiscale anchors on the FPN's levels (which they must equal)."""
+    where = f"{WHERE}.first_stage_anchor_generator"
+    want = "multiscale_anchor_generator" if fpn is not None else "grid_anchor_generator"
+    chosen = msg.WhichOneof("anchor_generator_oneof")
+    if chosen != want:
+        kind = "the FPN feature extractors" if fpn is not None else "the single-map ResNet feature extractors"
+        raise ConfigError(f"{where}: {kind} take {want} (got {[chosen] if chosen else 'none'})")
+    if fpn is None:
+        return GridAnchorGenerator(**message_kwargs(msg.grid_anchor_generator))
+    # anchors are always in pixels here
+    anchors = MultiscaleAnchorGenerator(**message_kwargs(msg.multiscale_anchor_generator,
+                                                         skip=("normalize_coordinates",)))
+    if (anchors.min_level, anchors.max_level) != (fpn.min_level, fpn.max_level):
+        raise ConfigError(f"{where}.multiscale_anchor_generator: levels "
+                          f"{anchors.min_level}..{anchors.max_level} differ from feature_extractor.fpn "
+                          f"levels {fpn.min_level}..{fpn.max_level}; make them equal")
+    return anchors
+
+
+def _rpn(msg: faster_rcnn_pb2.FasterRcnn, backbone: ResNet, fpn: FeaturePyramid | None,
+         anchors: AnchorGenerator) -> RpnHead:
+    """The first stage's box predictor: on conv4, or shared by the FPN levels."""
+    hp = build_conv_hyperparams(msg.first_stage_box_predictor_conv_hyperparams,
+                                f"{WHERE}.first_stage_box_predictor_conv_hyperparams")
+    channels = fpn.out_channels[0] if fpn is not None else backbone.out_channels[4]
+    return RpnHead(channels, anchors.num_anchors_per_location, hp, msg.first_stage_box_predictor_kernel_size,
+                   msg.first_stage_box_predictor_depth, msg.first_stage_atrous_rate,
+                   len(fpn.out_channels) if fpn is not None else 1)
+
+
+def _box_head(msg: box_predictor_pb2.BoxPredictor, in_features: int, num_classes: int) -> MaskRcnnBoxHead:
+    """`second_stage_box_predictor.mask_rcnn_box_predictor` (boxes and classes only)."""
+    chosen = msg.WhichOneof("box_predictor_oneof")
+    if chosen != "mask_rcnn_box_predictor":
+        raise ConfigError(f"{WHERE}.second_stage_box_predictor: set mask_rcnn_box_predictor (got "
+                          f"{[chosen] if chosen else 'none'}); rfcn_box_predictor is not supported")
+    head = msg.mask_rcnn_box_predictor
+    where = f"{WHERE}.second_stage_box_predictor.mask_rcnn_box_predictor"
+    for field in ("predict_instance_masks", "predict_keypoints"):
+        if getattr(head, field):
+            raise ConfigError(f"{where}.{field}: Mask R-CNN (masks, keypoints) is not supported; "
+                              "raredet builds Faster R-CNN")
+    if head.box_code_size != 4:
+        raise ConfigError(f"{where}.box_code_size is {head.box_code_size}; the faster_rcnn_box_coder has 4")
+    hp = build_conv_hyperparams(head.fc_hyperparams, f"{where}.fc_hyperparams")
+    return MaskRcnnBoxHead(in_features, num_classes, hp, head.share_box_across_classes, head.use_dropout,
+                           field_value(head, "dropout_keep_probability"))
