@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from torch import nn
 
-from raredet.builders.messages import CALIBRATION_WHERE, ModelMessage, message_kwargs, post_processing_field
+from raredet.builders.messages import CALIBRATION_WHERE, ModelMessage, post_processing_field
 from raredet.config import check_calibration
 from raredet.errors import ConfigError
 from raredet.modeling.calibration import Calibration
