@@ -96,7 +96,6 @@ def test_faster_rcnn_eval_reports_every_coco_metric_and_writes_them(tmp_path):
     assert COCO_METRICS <= set(metrics)
     for name in COCO_METRICS:  # COCOeval's -1 means no ground truth in that size range
         assert metrics[name] == -1.0 or 0.0 <= metrics[name] <= 1.0, (name, metrics[name])
-    assert metrics["Loss/total_loss"] > 0  # the validation loss of both stages
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {k: written[k] for k in COCO_METRICS} == pytest.approx({k: metrics[k] for k in COCO_METRICS})
 

@@ -122,7 +122,7 @@ def test_faster_rcnn_predict_writes_every_image_and_its_detections(tmp_path):
     result = predict(run, [str(path.parent / "images")], tmp_path / "pred", min_score=0.0)
     images = json.loads((tmp_path / "pred" / "images.json").read_text())
     detections = json.loads((tmp_path / "pred" / "detections.json").read_text())
-    assert sorted(i["file_name"] for i in images) == [f.name for f in files]
+    assert sorted(i["file_name"] for i in images) == [str(f) for f in files]
     assert (result.num_images, result.num_detections) == (len(files), len(detections)) and detections
     assert f"{len(files)} images, {len(detections)} detections" in result.summary()
     sizes = {i["id"]: (i["width"], i["height"]) for i in images}
