@@ -9,11 +9,12 @@ written out next to the data (`study_<strategy>.config`) and run through the sam
 isolated, logged and go in parallel. A run already evaluated in the work folder is kept (`--resume`).
 
 Per class it reports AP50 (COCO, IoU 0.5); recall at the global `min_score_threshold` (0.5, the TF OD
-API's one threshold); and, at each class's own operating point (the lowest score threshold whose
-precision on the validation split is still >= 0.9, i.e. the highest recall at precision 0.9), the recall
-and the false positives per image. The operating points are computed here from the evaluation's own
-IoU-0.5 matches (`raredet.evaluation.per_class.match_detections`) on the detections `raredet eval`
-scored. With `--test_images N` a held-out test split of N images (drawn as val is) grades every run
+API's one threshold); and, at each class's own operating point (the highest recall at precision >= 0.9
+on the validation split, chosen by raredet's own rule, `raredet.evaluation.operating_points`, as
+`raredet eval` chooses it; a class that cannot reach 0.9 counts 0 recall at precision 0.9), the recall
+and the false positives per image. The operating points are computed from the evaluation's own IoU-0.5
+matches (`raredet.evaluation.per_class.match_detections`) on the detections `raredet eval` scored.
+With `--test_images N` a held-out test split of N images (drawn as val is) grades every run
 instead: each class's threshold is still chosen on val, then counted on test, where the precision it
 reaches is reported beside its recall (it may fall below 0.9 there), and AP50 and the recalls are the
 test split's; more images than val's 200 make the figures of one model less a matter of which images
