@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from tests.helpers import tf_checkpoints
 
 from raredet.cli import main
 from raredet.commands import inspect_checkpoint
@@ -14,6 +15,16 @@ from raredet.protos import tensor_bundle_pb2
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tf_checkpoints"
 KERNEL = "model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict:
+    return tf_checkpoints.expected_values()
+
+
+@pytest.fixture
+def tools() -> SimpleNamespace:
+    return tf_checkpoints.tools()
 
 
 def _run(capsys, *args: str) -> tuple[int, list[str], str]:
