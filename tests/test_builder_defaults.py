@@ -165,7 +165,7 @@ def test_constructor_defaults_equal_proto_defaults(name, make, message):
 # The SSD model code and the builders that read its messages: an unset field's value comes from the
 # message (`msg.field`), never from a `.get("field", default)` on a config-shaped dict.
 NO_DICT_DEFAULTS = [SRC / "modeling" / f"{name}.py" for name in (
-    "ssd", "predictor", "anchors", "fpn", "bifpn", "efficientnet", "backbones")] + [
+    "ssd", "predictor", "anchors", "fpn", "bifpn", "efficientnet", "backbones", "layers")] + [
     SRC / "builders" / "ssd.py", SRC / "builders" / "hyperparams.py"]
 
 

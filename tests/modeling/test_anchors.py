@@ -110,5 +110,5 @@ def test_ssd_anchor_generator_zoo_count_1917_at_300():
 def test_ssd_anchor_generator_bad_lengths():
     from raredet.modeling.anchors import SsdAnchorGenerator
 
-    with pytest.raises(ConfigError, match="height_stride"):
+    with pytest.raises(ValueError, match="height_stride"):
         SsdAnchorGenerator(num_layers=3, height_stride=[8, 16])

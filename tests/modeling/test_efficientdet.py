@@ -5,12 +5,11 @@ import math
 
 import pytest
 import torch
-from tests.helpers.ssd import ssd_from_dicts
+from tests.helpers.ssd import conv_hyperparams, ssd_from_dicts
 
 from raredet.errors import ConfigError
 from raredet.modeling.bifpn import BiFPN, Combine, bifpn_nodes, max_pool_same
 from raredet.modeling.efficientnet import EfficientNet, drop_connect
-from raredet.modeling.layers import ConvHyperparams
 from raredet.modeling.pretrained import load_fine_tune_checkpoint
 
 # torchvision.models.EfficientNet_B<N>_Weights.IMAGENET1K_V1.meta["num_params"] (classifier included).
@@ -160,7 +159,7 @@ def test_bifpn_node_topology_matches_the_tf_od_api_rules():
     assert [(name, inputs) for name, _, inputs in bifpn_nodes(3, 7, 5, 2)] == expected
 
 
-HP = ConvHyperparams.from_dict(
+HP = conv_hyperparams(
     {"activation": "SWISH", "force_use_bias": True, "batch_norm": {"scale": True, "decay": 0.99}}
 )
 
@@ -219,7 +218,7 @@ def test_other_combine_methods_by_hand():
     with torch.no_grad():
         weighted.weight.copy_(torch.tensor([-1.0, 0.5]))
     assert weighted([a, b]).item() == pytest.approx(-2 + 5)
-    with pytest.raises(ConfigError, match="combine_method: unknown 'mean'"):
+    with pytest.raises(ValueError, match="combine_method: unknown 'mean'"):
         Combine(2, "mean")
 
 
@@ -231,11 +230,19 @@ def test_max_pool_same_pads_bottom_right_as_tf():
     assert max_pool_same(torch.arange(25.0).view(1, 1, 5, 5), 3, 2).shape[-2:] == (3, 3)
 
 
-def test_bifpn_config_errors():
-    with pytest.raises(ConfigError, match="bifpn: min_level..max_level is 2..7"):
+def test_bifpn_refuses_bad_levels_and_sizes():
+    with pytest.raises(ValueError, match="bifpn: min_level..max_level is 2..7"):
         BiFPN({3: 8, 4: 8, 5: 8}, HP, 2, 7, 1, 8)
-    with pytest.raises(ConfigError, match="num_iterations \\(0\\)"):
+    with pytest.raises(ValueError, match="num_iterations \\(0\\)"):
         BiFPN({3: 8, 4: 8, 5: 8}, HP, 3, 7, 0, 8)
+
+
+def test_bifpn_refusal_is_a_config_error_with_the_field_path():
+    kwargs = efficientdet_kwargs()
+    kwargs["feature_extractor"]["bifpn"]["combine_method"] = "mean"
+    where = r"^model\.ssd\.feature_extractor\.bifpn\.combine_method"
+    with pytest.raises(ConfigError, match=where + ": unknown 'mean'"):
+        ssd_from_dicts(**kwargs)
 
 
 EFFDET_HP = {

@@ -2,12 +2,12 @@
 
 
 import torch
+from tests.helpers.ssd import conv_hyperparams
 from torch import nn
 
 from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
-from raredet.modeling.layers import ConvHyperparams
 
-HP = ConvHyperparams.from_dict({"batch_norm": {"scale": True}, "activation": "RELU_6"})
+HP = conv_hyperparams({"batch_norm": {"scale": True}, "activation": "RELU_6"})
 
 
 def _backbone_maps(size=64):

@@ -7,7 +7,7 @@ import copy
 
 import numpy as np
 import torch
-from tests.helpers.ssd import ssd_from_dicts
+from tests.helpers.ssd import conv_hyperparams, ssd_from_dicts
 from torch import nn
 
 from raredet.data.dataset import collate
@@ -180,10 +180,9 @@ def test_in_place_activations_change_nothing():
 
 
 def test_only_relu_and_relu6_run_in_place():
-    from raredet.modeling.layers import ConvHyperparams
 
     def act(name: str, inplace: bool) -> nn.Module:
-        return ConvHyperparams.from_dict({"activation": name}).act(inplace=inplace)
+        return conv_hyperparams({"activation": name}).act(inplace=inplace)
 
     assert act("RELU_6", True).inplace and act("RELU", True).inplace
     assert not act("RELU_6", False).inplace

@@ -4,15 +4,15 @@ tower, per-level shapes; a tower without depth is a config error."""
 import math
 
 import torch
+from tests.helpers.ssd import conv_hyperparams
 
 from raredet.modeling.anchors import MultiscaleAnchorGenerator
-from raredet.modeling.layers import ConvHyperparams
 from raredet.modeling.predictor import (
     ConvolutionalBoxPredictor,
     WeightSharedConvolutionalBoxPredictor,
 )
 
-HP = ConvHyperparams.from_dict({"batch_norm": {"scale": True}, "activation": "RELU_6"})
+HP = conv_hyperparams({"batch_norm": {"scale": True}, "activation": "RELU_6"})
 
 
 def _position_maps(sizes):
@@ -71,10 +71,8 @@ def test_convolutional_predictor_per_level_shapes():
     assert cls.shape == (2, (16 + 4) * 6, 5) and box.shape == (2, (16 + 4) * 6, 4)
 
 
-def test_tower_without_depth_is_a_config_error():
+def test_tower_without_depth_is_refused():
     import pytest
 
-    from raredet.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="depth must be positive"):
+    with pytest.raises(ValueError, match="depth must be positive"):
         WeightSharedConvolutionalBoxPredictor(2, 6, [8, 8], HP, num_layers_before_predictor=2)

@@ -209,6 +209,14 @@ def test_unsupported_choices_are_config_errors(tiny_ssd):
         build_box_coder(ssd_pb2.Ssd(box_coder=coder))
 
 
+def test_a_part_refusing_its_fields_is_a_config_error_with_the_field_path():
+    kwargs = tiny_ssd_kwargs()
+    del kwargs["box_predictor"]["weight_shared_convolutional_box_predictor"]["depth"]
+    where = r"^model\.ssd\.box_predictor\.weight_shared_convolutional_box_predictor"
+    with pytest.raises(ConfigError, match=where + ": num_layers_before_predictor is 1, so depth must be"):
+        ssd_from_dicts(**kwargs)
+
+
 def test_uint8_and_float_inputs_agree_and_gradients_flow(tiny_ssd):
     model = tiny_ssd().eval()
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)

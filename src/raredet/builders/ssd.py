@@ -4,7 +4,8 @@ message's default). The model's docstring describes the extractors (``FEATURE_EX
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import TypeVar
 
@@ -53,6 +54,18 @@ BACKBONE_DEFAULTS: dict[str, ConvHyperparams] = {
     "mobilenet": ConvHyperparams(l2_weight=4e-5, initializer="truncated_normal_initializer",
                                  initializer_args={"stddev": 0.09}),
 }
+
+
+@contextmanager
+def _refused_as_config_error(where: str) -> Iterator[None]:
+    """A part's constructor refusing its arguments (a ValueError whose text starts with the sub-message
+    it names) as a ConfigError under `where`, the field those arguments came from."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"{where}.{err}") from None
 
 
 def _backbone_hyperparams(msg: Extractor, hp: ConvHyperparams, family: str) -> ConvHyperparams:
@@ -280,7 +293,8 @@ def build_feature_extractor(msg: Extractor, freeze_batchnorm: bool = False) -> F
             f"(ssd_efficientnet-b0..b7_bifpn) build a BiFPN, not {msg.type!r}; remove the bifpn block"
         )
     hp = build_conv_hyperparams(msg.conv_hyperparams, f"{WHERE}.conv_hyperparams")
-    return FEATURE_EXTRACTORS[key](msg, hp, freeze_batchnorm)
+    with _refused_as_config_error(WHERE):
+        return FEATURE_EXTRACTORS[key](msg, hp, freeze_batchnorm)
 
 
 BOX_PREDICTORS: dict[str, type[BoxPredictor]] = {
@@ -303,14 +317,13 @@ def build_box_predictor(msg: box_predictor_pb2.BoxPredictor, num_classes: int, n
     """The predictor chosen in the ``box_predictor`` oneof."""
     where = "model.ssd.box_predictor"
     name, cls, sub = oneof_choice(msg, "box_predictor_oneof", BOX_PREDICTORS, where)
-    return cls(  # type: ignore[no-any-return]
-        num_classes=num_classes,
-        num_anchors_per_location=num_anchors,
-        in_channels=in_channels,
-        freeze_batchnorm=freeze_batchnorm,
-        conv_hyperparams=build_conv_hyperparams(sub.conv_hyperparams, f"{where}.{name}.conv_hyperparams"),
-        **message_kwargs(sub, skip=("conv_hyperparams", *_IGNORED_PREDICTOR_FIELDS[name])),
-    )
+    hp = build_conv_hyperparams(sub.conv_hyperparams, f"{where}.{name}.conv_hyperparams")
+    with _refused_as_config_error(where):
+        return cls(  # type: ignore[no-any-return]
+            num_classes=num_classes, num_anchors_per_location=num_anchors, in_channels=in_channels,
+            freeze_batchnorm=freeze_batchnorm, conv_hyperparams=hp,
+            **message_kwargs(sub, skip=("conv_hyperparams", *_IGNORED_PREDICTOR_FIELDS[name])),
+        )
 
 
 ANCHOR_GENERATORS: dict[str, type[AnchorGenerator]] = {
@@ -322,8 +335,8 @@ ANCHOR_GENERATORS: dict[str, type[AnchorGenerator]] = {
 def build_anchor_generator(msg: anchor_generator_pb2.AnchorGenerator) -> AnchorGenerator:
     where = "model.ssd.anchor_generator"
     _, make, sub = oneof_choice(msg, "anchor_generator_oneof", ANCHOR_GENERATORS, where)
-    # raredet's anchors are always in pixels
-    return make(**message_kwargs(sub, skip=("normalize_coordinates",)))  # type: ignore[no-any-return]
+    with _refused_as_config_error(where):  # raredet's anchors are always in pixels
+        return make(**message_kwargs(sub, skip=("normalize_coordinates",)))  # type: ignore[no-any-return]
 
 
 def build_score_converter(msg: post_processing_pb2.PostProcessing, num_classes: int,

@@ -148,7 +148,7 @@ class SsdAnchorGenerator:
         width_offset: Sequence[int] = (),
     ) -> None:
         if scales and len(scales) != num_layers:
-            raise ConfigError(f"ssd_anchor_generator: {len(scales)} scales given for num_layers {num_layers}")
+            raise ValueError(f"ssd_anchor_generator: {len(scales)} scales given for num_layers {num_layers}")
         for name, values in (
             ("height_stride", height_stride),
             ("width_stride", width_stride),
@@ -156,9 +156,9 @@ class SsdAnchorGenerator:
             ("width_offset", width_offset),
         ):
             if values and len(values) != num_layers:
-                raise ConfigError(f"ssd_anchor_generator.{name}: give one value per layer ({num_layers})")
+                raise ValueError(f"ssd_anchor_generator.{name}: give one value per layer ({num_layers})")
         if num_layers < 2 and not scales:
-            raise ConfigError("ssd_anchor_generator: num_layers must be at least 2 (or give scales)")
+            raise ValueError("ssd_anchor_generator: num_layers must be at least 2 (or give scales)")
         layer_scales = list(scales) or [
             min_scale + (max_scale - min_scale) * i / (num_layers - 1) for i in range(num_layers)
         ]

@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raredet.errors import ConfigError
 from raredet.modeling.layers import ConvHyperparams
 
 COMBINE_METHODS = ("sum", "weighted_sum", "attention", "fast_attention")
@@ -126,7 +125,7 @@ class Combine(nn.Module):
     def __init__(self, num_inputs: int, method: str) -> None:
         super().__init__()
         if method not in COMBINE_METHODS:
-            raise ConfigError(f"bifpn.combine_method: unknown {method!r}; valid: {list(COMBINE_METHODS)}")
+            raise ValueError(f"bifpn.combine_method: unknown {method!r}; valid: {list(COMBINE_METHODS)}")
         self.method = method
         self.weight = None if method == "sum" else nn.Parameter(torch.ones(num_inputs))
 
@@ -203,14 +202,14 @@ class BiFPN(nn.Module):
         self.input_max_level = min(max_level, BACKBONE_MAX_LEVEL)
         wanted = list(range(min_level, self.input_max_level + 1))
         if max_level <= min_level or not set(wanted) <= set(in_channels):
-            raise ConfigError(
-                f"feature_extractor.bifpn: min_level..max_level is {min_level}..{max_level}; max_level "
+            raise ValueError(
+                f"bifpn: min_level..max_level is {min_level}..{max_level}; max_level "
                 f"must exceed min_level and the backbone must give levels {wanted} (it gives "
                 f"{sorted(in_channels)})"
             )
         if num_iterations < 1 or num_filters < 1:
-            raise ConfigError(
-                f"feature_extractor.bifpn: num_iterations ({num_iterations}) and num_filters ({num_filters}) "
+            raise ValueError(
+                f"bifpn: num_iterations ({num_iterations}) and num_filters ({num_filters}) "
                 "must be positive"
             )
         self.min_level, self.max_level = min_level, max_level

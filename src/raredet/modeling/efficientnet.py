@@ -45,7 +45,6 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from raredet.errors import ConfigError
 from raredet.modeling.backbones import scaled_depth
 from raredet.modeling.layers import batch_norm
 
@@ -168,9 +167,9 @@ class EfficientNet(nn.Module):
         super().__init__()
         if variant not in EFFICIENTNET_VARIANTS:
             valid = sorted(EFFICIENTNET_VARIANTS)
-            raise ConfigError(f"EfficientNet variant: unknown {variant!r}; valid: {valid}")
+            raise ValueError(f"EfficientNet variant: unknown {variant!r}; valid: {valid}")
         if not levels or not set(levels) <= set(LEVEL_TAPS):
-            raise ConfigError(f"EfficientNet levels must be among {sorted(LEVEL_TAPS)}, got {list(levels)}")
+            raise ValueError(f"EfficientNet levels must be among {sorted(LEVEL_TAPS)}, got {list(levels)}")
         width, depth = EFFICIENTNET_VARIANTS[variant]
         late = variant in ("b5", "b6", "b7")
         norm = {"frozen": freeze_batchnorm, "eps": TF_BN_EPSILON if late else 1e-5,

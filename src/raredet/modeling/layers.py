@@ -1,25 +1,19 @@
-"""Building blocks shared by the FPN, the extra SSD layers and the box predictors, set by a TF OD API
-``conv_hyperparams`` message given as a plain dict.
-
-The dict is the message as ``builders.message_kwargs(msg)`` gives it (the set fields, enums by name):
-absent keys take the TF OD API's defaults, e.g.
-``{"activation": "RELU_6", "regularizer": {"l2_regularizer": {"weight": 4e-5}},
-"initializer": {"truncated_normal_initializer": {"stddev": 0.03}},
-"batch_norm": {"decay": 0.997, "scale": True, "epsilon": 0.001}}``.
+"""Building blocks shared by the FPN, the extra SSD layers and the box predictors, set by
+``ConvHyperparams``: the parts of a TF OD API ``conv_hyperparams`` message raredet acts on, which
+``builders.hyperparams.build_conv_hyperparams`` reads from the message (its defaults are the message's:
+``tests/test_builder_defaults.py``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from raredet.errors import ConfigError
 
 
 class _ClampInPlace06(torch.autograd.Function):
@@ -124,17 +118,10 @@ def batch_norm(channels: int, frozen: bool, eps: float = 1e-5, momentum: float =
     return cls(channels, eps=eps, momentum=momentum)
 
 
-def _oneof(message: Mapping[str, Any], field_name: str, choices: tuple[str, ...]) -> tuple[str, dict]:
-    """The one key of ``choices`` set in ``message`` -> (name, sub-dict); ("", {}) when none is."""
-    chosen = [c for c in choices if c in message]
-    if len(chosen) > 1:
-        raise ConfigError(f"conv_hyperparams.{field_name}: set only one of {chosen}")
-    return (chosen[0], dict(message[chosen[0]] or {})) if chosen else ("", {})
-
-
 @dataclass
 class ConvHyperparams:
-    """The parts of a TF OD API ``Hyperparams`` message raredet acts on (see the module docstring)."""
+    """The parts of a TF OD API ``Hyperparams`` message raredet acts on (see the module docstring);
+    ``initializer`` is a key of ``INITIALIZERS``, ``activation`` of ``ACTIVATIONS``."""
 
     activation: str = "RELU"
     l2_weight: float = 0.0
@@ -147,36 +134,6 @@ class ConvHyperparams:
     bn_epsilon: float = 0.001
     bn_train: bool = True
     force_use_bias: bool = False
-
-    @classmethod
-    def from_dict(cls, message: Mapping[str, Any] | None, where: str = "conv_hyperparams") -> ConvHyperparams:
-        """Parse a ``conv_hyperparams`` dict; ``where`` names the field in error messages."""
-        message = dict(message or {})
-        activation = str(message.get("activation", "RELU"))
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"{where}.activation: unknown {activation!r}; valid: {sorted(ACTIVATIONS)}")
-        regularizers = ("l1_regularizer", "l2_regularizer")
-        reg_name, reg = _oneof(message.get("regularizer") or {}, "regularizer", regularizers)
-        if reg_name == "l1_regularizer":
-            raise ConfigError(f"{where}.regularizer: l1_regularizer is not supported; use l2_regularizer")
-        init_name, init_args = _oneof(message.get("initializer") or {}, "initializer", tuple(INITIALIZERS))
-        norm = message.get("batch_norm", message.get("sync_batch_norm"))
-        if "group_norm" in message:
-            raise ConfigError(f"{where}.group_norm is not supported; use batch_norm")
-        bn = dict(norm or {})
-        return cls(
-            activation=activation,
-            l2_weight=float(reg.get("weight", 1.0)) if reg_name else 0.0,
-            initializer=init_name,
-            initializer_args=init_args,
-            use_batch_norm=norm is not None,
-            bn_decay=float(bn.get("decay", 0.999)),
-            bn_center=bool(bn.get("center", True)),
-            bn_scale=bool(bn.get("scale", False)),
-            bn_epsilon=float(bn.get("epsilon", 0.001)),
-            bn_train=bool(bn.get("train", True)),
-            force_use_bias=bool(message.get("force_use_bias", False)),
-        )
 
     def act(self, inplace: bool = False) -> nn.Module:
         """The activation; ``inplace`` where the caller's input is not needed afterwards (after a conv or
@@ -282,7 +239,7 @@ def _variance_scaling(
     fan_in, fan_out = fans or nn.init._calculate_fan_in_and_fan_out(weight)
     by_mode = {"FAN_IN": fan_in, "FAN_OUT": fan_out, "FAN_AVG": (fan_in + fan_out) / 2}
     if mode not in by_mode:
-        raise ConfigError(f"variance_scaling_initializer.mode: unknown {mode!r}; valid: {sorted(by_mode)}")
+        raise ValueError(f"variance_scaling_initializer.mode: unknown {mode!r}; valid: {sorted(by_mode)}")
     variance = float(factor) / max(1.0, by_mode[mode])
     if uniform:
         limit = math.sqrt(3.0 * variance)

@@ -13,7 +13,6 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from raredet.errors import ConfigError
 from raredet.modeling.layers import ConvHyperparams, keras_default_init, l2_weights_of
 
 
@@ -48,7 +47,7 @@ def _uniform_count(counts: int | list[int]) -> int:
     if isinstance(counts, int):
         return counts
     if len(set(counts)) != 1:
-        raise ConfigError(
+        raise ValueError(
             f"weight_shared_convolutional_box_predictor needs the same number of anchors per cell on every "
             f"level, the anchor generator gives {counts} (ssd_anchor_generator: set "
             f"reduce_boxes_in_lowest_layer: false, or use convolutional_box_predictor)"
@@ -136,7 +135,7 @@ class WeightSharedConvolutionalBoxPredictor(nn.Module):
                 f"weight-shared predictor needs equal channels on every level, got {in_channels}"
             )
         if num_layers_before_predictor > 0 and depth <= 0:
-            raise ConfigError(
+            raise ValueError(
                 "weight_shared_convolutional_box_predictor: num_layers_before_predictor is "
                 f"{num_layers_before_predictor}, so depth must be positive (got {depth}); set depth"
             )
