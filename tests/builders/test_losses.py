@@ -1,4 +1,5 @@
-"""The pair-aware losses from a pipeline.config: builders, validation errors, `raredet config check`."""
+"""builders/losses.py with the pair-aware losses from a pipeline.config: functions, parameters and
+statistics wired; validation errors; `raredet config check`; the built loss trains a batch."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers.configs import write_variant
 
 from raredet import builders
 from raredet import config as cfg
@@ -21,18 +23,12 @@ from raredet.losses import (
     seesaw_sigmoid_focal,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "configs"
-WEIGHTED = FIXTURES / "weighted.config"
 FOCAL = 'weighted_sigmoid_focal { gamma: 2.0 alpha: 0.25 class_alpha { name: "crack" value: 0.75 } }'
 
 
 def variant(tmp_path: Path, block: str) -> Path:
-    text = WEIGHTED.read_text()
-    assert FOCAL in text
-    (tmp_path / "label_map.pbtxt").write_text((FIXTURES / "label_map.pbtxt").read_text())
-    path = tmp_path / "pipeline.config"
-    path.write_text(text.replace(FOCAL, block, 1))
-    return path
+    """The weighted fixture with its focal loss replaced by `block`."""
+    return write_variant(tmp_path, FOCAL, block)
 
 
 def build(path: Path):
