@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping
-from typing import Any
-
 import pytest
 
+# The registries the builders dispatch `feature_extractor.type` on.
+from raredet.builders.faster_rcnn import FEATURE_EXTRACTORS as FASTER_RCNN_REGISTRY
+from raredet.builders.ssd import FEATURE_EXTRACTORS as SSD_REGISTRY
 from raredet.config import parse_config
 from raredet.config.extractors import FASTER_RCNN_FEATURE_EXTRACTORS, SSD_FEATURE_EXTRACTORS
 from raredet.errors import ConfigError
-
-
-def _registry(*modules: str) -> Mapping[str, Any]:
-    """The `FEATURE_EXTRACTORS` dict the model is built from, in the first of `modules` that has it: the
-    registries move from modeling/ to builders/ (issue #30 item 1), and this test follows them."""
-    for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError:
-            continue
-        if hasattr(module, "FEATURE_EXTRACTORS"):
-            return module.FEATURE_EXTRACTORS
-    raise AssertionError(f"no FEATURE_EXTRACTORS in {modules}")
-
-
-SSD_REGISTRY = _registry("raredet.builders.ssd", "raredet.modeling.ssd")
-FASTER_RCNN_REGISTRY = _registry("raredet.builders.faster_rcnn", "raredet.modeling.faster_rcnn")
 
 
 def test_names_are_the_registries_keys() -> None:
