@@ -5,14 +5,12 @@ import warnings
 import pytest
 import torch
 from safetensors.torch import save_file
-from tests.helpers.ssd import ssd_from_dicts
+from tests.helpers.ssd import ssd_from_dicts, tiny_ssd_kwargs
 
 from raredet.errors import CheckpointError, ConfigError
 from raredet.modeling.backbones import MobileNetV2, ResNet
 from raredet.modeling.pretrained import CheckpointShapeWarning, load_fine_tune_checkpoint
 from raredet.modeling.ssd import SSD
-
-from .conftest import tiny_ssd_kwargs
 
 
 def _torchvision_like_resnet18_state():

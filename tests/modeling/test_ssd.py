@@ -4,15 +4,13 @@ import math
 
 import pytest
 import torch
-from tests.helpers.ssd import ssd_from_dicts
+from tests.helpers.ssd import ssd_from_dicts, tiny_ssd_kwargs
 
 from raredet.builders import build_box_coder
 from raredet.builders.ssd import build_anchor_generator
 from raredet.errors import ConfigError
 from raredet.modeling.anchors import MultiscaleAnchorGenerator
 from raredet.protos import anchor_generator_pb2, box_coder_pb2, ssd_pb2
-
-from .conftest import tiny_ssd_kwargs
 
 # Settings of the TF2 model zoo's ssd_mobilenet_v2_fpnlite_320x320 and ssd_resnet50_v1_fpn_640x640
 # (num_classes changed), written as dicts shaped like the ssd message.
