@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tests.helpers.pair_aware import pair_aware_detection_loss
 from torch import nn
 
 from raredet.data.sampling import RepeatFactorSampler
@@ -21,7 +22,6 @@ from raredet.losses import (
     confusion_gated_focal,
     equalized_focal,
     seesaw_sigmoid_focal,
-    statistics_for,
     weighted_sigmoid_focal,
     weighted_smooth_l1,
 )
@@ -81,12 +81,7 @@ def components(name: str, steps: int) -> TrainComponents:
     fn, params, options = LOSSES[name]
     torch.manual_seed(7)
     model = Head()
-    loss = DetectionLoss(
-        matcher=ArgMaxMatcher(matched_threshold=0.99, unmatched_threshold=0.3),
-        box_coder=FasterRcnnBoxCoder(), classification_loss=fn, classification_loss_params=params,
-        classification_statistics=statistics_for(fn, K, **options), localization_loss=weighted_smooth_l1,
-        class_weights=torch.tensor([1.0, 4.0, 2.0]), normalize_loss_by_num_matches=True,
-    )
+    loss = pair_aware_detection_loss(fn, params, options, torch.tensor([1.0, 4.0, 2.0]))
     dataset = Boxes()
     return TrainComponents(
         model=model, criterion=loss, optimizer=optim.momentum_optimizer(optim.weight_decay_groups(

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tests.helpers.pair_aware import pair_aware_detection_loss
 from torch import nn
 
 from raredet.losses import (
@@ -17,12 +18,9 @@ from raredet.losses import (
     confusion_gated_focal,
     equalized_focal,
     seesaw_sigmoid_focal,
-    statistics_for,
     weighted_sigmoid_focal,
     weighted_smooth_l1,
 )
-from raredet.modeling.box_coder import FasterRcnnBoxCoder
-from raredet.modeling.matcher import ArgMaxMatcher
 
 LOSSES = {
     "seesaw": (seesaw_sigmoid_focal, {"compensation_score_floor": 0.01}, {}),
@@ -54,17 +52,9 @@ BATCH = {
 
 def _loss(name, miner=False):
     fn, params, options = LOSSES[name]
-    return DetectionLoss(
-        matcher=ArgMaxMatcher(matched_threshold=0.99, unmatched_threshold=0.3),
-        box_coder=FasterRcnnBoxCoder(),
-        classification_loss=fn, classification_loss_params=params,
-        classification_statistics=statistics_for(fn, K, **options),
-        localization_loss=weighted_smooth_l1,
-        class_weights=torch.tensor([1.0, 5.0, 2.0]),
-        hard_example_miner=(HardExampleMiner(num_hard_examples=20, max_negatives_per_positive=3)
-                            if miner else None),
-        normalize_loss_by_num_matches=True,
-    )
+    return pair_aware_detection_loss(
+        fn, params, options, torch.tensor([1.0, 5.0, 2.0]),
+        HardExampleMiner(num_hard_examples=20, max_negatives_per_positive=3) if miner else None)
 
 
 class Head(nn.Module):
