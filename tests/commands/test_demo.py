@@ -72,10 +72,9 @@ def test_the_test_config_differs_only_in_the_split_it_evaluates(quick_demo):
     out, _ = quick_demo
     for run in RUNS:
         val, test = (_load(out / run / name) for name in ("pipeline.config", TEST_CONFIG))
-        assert [Path(p).name for p in val.pipeline.eval_input_reader[0].tf_record_input_reader.input_path] == \
-            ["val-?????-of-*.tfrecord"]
-        assert [Path(p).name for p in test.pipeline.eval_input_reader[0].tf_record_input_reader.input_path] == \
-            ["test-?????-of-*.tfrecord"]
+        for loaded, split in ((val, "val"), (test, "test")):
+            paths = loaded.pipeline.eval_input_reader[0].tf_record_input_reader.input_path
+            assert [Path(p).name for p in paths] == [f"{split}-?????-of-*.tfrecord"]
         test.pipeline.eval_input_reader[0].CopyFrom(val.pipeline.eval_input_reader[0])
         assert test.pipeline == val.pipeline
 
