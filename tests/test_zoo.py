@@ -355,5 +355,5 @@ def _table_markdown() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # PYTHONPATH=src python tests/test_zoo.py: the table rows to paste
+if __name__ == "__main__":  # python -m tests.test_zoo (repository root): the table rows to paste
     print(_table_markdown())
