@@ -37,7 +37,7 @@ def seed_everything(seed: int) -> None:
 def sampling_seeds(seed: int, step: int, rank: int, count: int) -> torch.Tensor:
     """``[count]`` int64: a seed for each image of this rank's share of the global batch of ``step``,
     from (seed, step, the image's index in the global batch). Models that draw per image (Faster
-    R-CNN's balanced samplers, ``losses.faster_rcnn.random_keys``) so draw the same however the batch
+    R-CNN's balanced samplers, ``modeling.sampling.random_keys``) so draw the same however the batch
     is split over processes, and a resumed run as an uninterrupted one (the step is in the checkpoint)."""
     first = rank * count  # every rank holds the same number of images (per_rank_batch)
     base = (seed * 1_000_003 + step) * 1_000_003
