@@ -161,14 +161,31 @@ def verdict(rows: list[dict]) -> list[str]:
                 margin = 0.5 * (high - low)
                 inside = all(low - margin <= v <= high + margin for v in ours)
                 what = f"{step}" if key.startswith("step") else f"{step - 9}-{step} (mean)"
-                lines.append(f"| {what} | {term} | {', '.join(f'{v:.3f}' for v in tf_values)} | "
-                             f"{', '.join(f'{v:.3f}' for v in ours)} | {'yes' if inside else 'no'} |")
+                lines.append(f"| {what} | {term} | {', '.join(f'{v:.4g}' for v in tf_values)} | "
+                             f"{', '.join(f'{v:.4g}' for v in ours)} | {'yes' if inside else 'no'} |")
     finished = sum(r["raredet"]["exit"] == 0 for r in rows)
     header = [f"raredet runs that finished: {finished} of {len(rows)}; TF OD API runs: "
               f"{sum(r['tf']['exit'] == 0 for r in rows)} of {len(rows)}.", "",
               "| step | loss | TF OD API (seeds) | raredet (seeds) | within TF's range (±half) |",
               "|---|---|---|---|---|"]
     return header + lines
+
+
+def curve(out: Path, seeds: list[int], steps: int, width: int = 20) -> list[str]:
+    """The loss curves in windows of `width` steps: each system's seeds as min-max of the window means."""
+    runs = {"tf": [tf_losses(out / f"tf_{s}.json") for s in seeds],
+            "raredet": [raredet_losses(out / f"raredet_{s}") for s in seeds]}
+    heads = [f"{name} {term.split('/')[1]}" for term in TERMS[:2] for name in runs]
+    lines = [f"| steps | {' | '.join(heads)} |",
+             "|---|" + "---|" * 4]
+    for end in range(width, steps + 1, width):
+        cells = []
+        for term in TERMS[:2]:
+            for name in runs:
+                means = [w[term] for w in (at(losses, end, width) for losses in runs[name]) if w]
+                cells.append(f"{min(means):.3f}-{max(means):.3f}" if means else "-")
+        lines.append(f"| {end - width + 1}-{end} | {' | '.join(cells)} |")
+    return lines
 
 
 def main() -> None:
@@ -193,7 +210,7 @@ def main() -> None:
         with ThreadPoolExecutor(2 if args.parallel else 1) as pool:
             list(pool.map(lambda job: run_one(*job, config, args.out, args, env), jobs))
     rows = [summarise(seed, args.out) for seed in args.seeds]
-    lines = verdict(rows)
+    lines = verdict(rows) + [""] + curve(args.out, args.seeds, args.steps)
     print("\n".join(lines))
     print(save_result(args.name, {"config": CONFIG, "zoo": str(ZOO), "steps": args.steps, "rows": rows,
                                   "summary": lines, "machine_extra": machine()}))
