@@ -6,13 +6,16 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from google.protobuf import text_format
 from tests.helpers.configs import write_variant
 
 from raredet import builders
 from raredet import config as cfg
 from raredet.commands.config import check
+from raredet.data.stats import DatasetStats
 from raredet.errors import ConfigError
 from raredet.losses import (
     ConfusionGateSchedule,
@@ -22,6 +25,7 @@ from raredet.losses import (
     equalized_focal,
     seesaw_sigmoid_focal,
 )
+from raredet.protos import ssd_pb2
 
 FOCAL = 'weighted_sigmoid_focal { gamma: 2.0 alpha: 0.25 class_alpha { name: "crack" value: 0.75 } }'
 
@@ -115,3 +119,52 @@ def test_built_loss_trains_on_a_batch_with_miner_and_class_weights(tmp_path):
     out["total_loss"].backward()
     assert torch.isfinite(logits.grad).all()
     assert loss.classification_statistics.class_counts.tolist() == [1, 0, 1]
+
+
+def _ssd_loss(loss: str) -> ssd_pb2.Ssd:
+    return text_format.Parse(f"""matcher {{ argmax_matcher {{ }} }}
+        similarity_calculator {{ iou_similarity {{ }} }} box_coder {{ faster_rcnn_box_coder {{ }} }}
+        loss {{ {loss} }}""", ssd_pb2.Ssd())
+
+
+SIGMOID_L1 = "classification_loss { weighted_sigmoid { } } localization_loss { weighted_smooth_l1 { } }"
+
+
+@pytest.mark.parametrize(("loss", "message"), [
+    (f"{SIGMOID_L1} hard_example_miner {{ min_negatives_per_image: -1 }}",
+     "hard_example_miner.min_negatives_per_image must be >= 0, got -1"),
+    ('classification_loss { weighted_sigmoid_focal { class_alpha { name: "crack" value: 1.5 } } } '
+     "localization_loss { weighted_smooth_l1 { } }",
+     "class_alpha for class 'crack' is 1.5; give a value in [0, 1]"),
+    ('classification_loss { custom { name: "my_loss" module: "no_such_pkg.losses" } } '
+     "localization_loss { weighted_smooth_l1 { } }",
+     "classification_loss.custom: cannot import module 'no_such_pkg.losses' for loss 'my_loss' (No module "
+     "named 'no_such_pkg'); make it importable (install it or add its directory to PYTHONPATH)"),
+    ('classification_loss { weighted_sigmoid { } } localization_loss { custom { name: "box_loss" '
+     'module: "raredet.losses" } }',
+     "localization_loss.custom: module 'raredet.losses' registered no localization loss named 'box_loss'; "
+     "registered: none (decorate it with raredet.losses.register_localization_loss)"),
+])
+def test_loss_parts_refusals_name_the_field(loss: str, message: str) -> None:
+    labels = cfg.LabelMap.from_names(["scratch", "dent", "crack"])
+    with pytest.raises(ConfigError) as caught:
+        builders.build_loss(_ssd_loss(loss), labels, [])
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(("class_weights", "message"), [
+    ('weight { name: "dent" value: -2 }',
+     "class_weights.weight for class 'dent' is -2.0; give a finite value >= 0"),
+    ("auto { scheme: EFFECTIVE_NUMBER beta: 1.0 }",
+     "class_weights.auto.beta must be in [0, 1) for EFFECTIVE_NUMBER, got 1.0"),
+    ("auto { scheme: INVERSE_FREQUENCY max_weight: -1 }",
+     "class_weights.auto.max_weight must be > 0 (or unset), got -1.0"),
+])
+def test_class_weight_refusals_name_the_field(class_weights: str, message: str) -> None:
+    labels = cfg.LabelMap.from_names(["scratch", "dent", "crack"])
+    ssd = _ssd_loss(f"{SIGMOID_L1} class_weights {{ {class_weights} }}")
+    counts = np.array([9, 3, 1])
+    stats = DatasetStats(labels.names, labels.ids, counts, counts, np.full(3, 10.0), 9, 0, [])
+    with pytest.raises(ConfigError) as caught:
+        builders.build_class_weights(ssd.loss, labels, stats)
+    assert str(caught.value) == message

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from raredet.errors import ConfigError
 from raredet.losses import (
     class_weight_tensor,
     format_class_weight_table,
@@ -85,14 +84,14 @@ def test_class_without_boxes_warns_and_gets_one():
     assert [weights[0].weight, weights[1].weight] == pytest.approx([500 / 900, 5.0])
 
 
-def test_bad_inputs_raise_config_errors():
-    with pytest.raises(ConfigError, match="INVERSE_FREQUENCY"):
+def test_bad_inputs_raise_value_errors():
+    with pytest.raises(ValueError, match="INVERSE_FREQUENCY"):
         _weights(auto_scheme="INVERSE")
-    with pytest.raises(ConfigError, match="beta"):
+    with pytest.raises(ValueError, match="beta"):
         _weights(auto_scheme="EFFECTIVE_NUMBER", beta=1.0)
-    with pytest.raises(ConfigError, match="'scratch'"):
+    with pytest.raises(ValueError, match="'scratch'"):
         _weights(explicit={1: -2.0})
-    with pytest.raises(ConfigError, match="IMAGES"):
+    with pytest.raises(ValueError, match="IMAGES"):
         _weights(auto_scheme="INVERSE_FREQUENCY", count="ANCHORS")
 
 
@@ -108,5 +107,5 @@ def test_table_lists_every_class():
 def test_class_alpha_resolution():
     alpha = resolve_class_alpha(3, {2: 0.75}, NAMES)
     assert torch.isnan(alpha[:2]).all() and alpha[2] == 0.75
-    with pytest.raises(ConfigError, match="'crack'"):
+    with pytest.raises(ValueError, match="'crack'"):
         resolve_class_alpha(3, {2: 1.5}, NAMES)

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from raredet.errors import ConfigError
 from raredet.losses import DetectionLoss, get_custom_loss, weighted_smooth_l1
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.matcher import ArgMaxMatcher
@@ -44,14 +43,14 @@ def test_custom_class_weighted_sigmoid_by_hand(on_path):
 
 
 def test_wrong_module_names_module_and_loss():
-    with pytest.raises(ConfigError, match=r"'no_such_pkg\.losses'.*'my_loss'"):
+    with pytest.raises(ValueError, match=r"'no_such_pkg\.losses'.*'my_loss'"):
         get_custom_loss("classification", "my_loss", "no_such_pkg.losses")
 
 
 def test_wrong_name_lists_registered(on_path):
-    with pytest.raises(ConfigError, match=r"'nope'.*class_weighted_sigmoid"):
+    with pytest.raises(ValueError, match=r"'nope'.*class_weighted_sigmoid"):
         get_custom_loss("classification", "nope", "custom_loss_module")
-    with pytest.raises(ConfigError, match="localization"):
+    with pytest.raises(ValueError, match="localization"):
         get_custom_loss("localization", "class_weighted_sigmoid", "custom_loss_module")
 
 

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import raredet.losses.hard_example_miner as hem
-from raredet.errors import ConfigError
 from raredet.losses import HardExampleMiner
 
 
@@ -151,5 +150,5 @@ def test_loss_type_is_the_proto_enum_name():
 
 @pytest.mark.parametrize("spelling", ["CLASS", "cls", "classification"])
 def test_bad_loss_type(spelling):
-    with pytest.raises(ConfigError, match="CLASSIFICATION"):
+    with pytest.raises(ValueError, match="CLASSIFICATION"):
         HardExampleMiner(loss_type=spelling)

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from raredet.errors import ConfigError
 from raredet.modeling.anchors import MultiscaleAnchorGenerator
 
 
@@ -64,9 +63,9 @@ def test_cached_per_size():
 
 
 def test_bad_settings_are_config_errors():
-    with pytest.raises(ConfigError, match="max_level"):
+    with pytest.raises(ValueError, match="max_level"):
         MultiscaleAnchorGenerator(5, 4)
-    with pytest.raises(ConfigError, match="aspect_ratios"):
+    with pytest.raises(ValueError, match="aspect_ratios"):
         MultiscaleAnchorGenerator(aspect_ratios=[])
 
 

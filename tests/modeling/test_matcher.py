@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from raredet.errors import ConfigError
 from raredet.modeling.matcher import BACKGROUND, IGNORE, ArgMaxMatcher
 
 # Rows: 2 ground-truth boxes, columns: 5 anchors.
@@ -60,7 +59,7 @@ def test_no_rows_at_all():
 
 
 def test_bad_thresholds_are_config_errors():
-    with pytest.raises(ConfigError, match="unmatched_threshold"):
+    with pytest.raises(ValueError, match="unmatched_threshold"):
         ArgMaxMatcher(matched_threshold=0.4, unmatched_threshold=0.5)
-    with pytest.raises(ConfigError, match="must differ"):
+    with pytest.raises(ValueError, match="must differ"):
         ArgMaxMatcher(0.5, 0.5, negatives_lower_than_unmatched=False)

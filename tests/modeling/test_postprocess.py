@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from raredet.errors import ConfigError
 from raredet.modeling.postprocess import (
     BatchNonMaxSuppression,
     batched_nms,
@@ -69,7 +68,7 @@ def test_score_converters():
     # Implicit background logit 0: exp(0)=1, exp(0)=1, exp(log 3)=3 -> [1/5, 3/5] for the two classes.
     torch.testing.assert_close(convert_scores(logits, "SOFTMAX"), torch.tensor([[0.2, 0.6]]))
     torch.testing.assert_close(convert_scores(logits, "IDENTITY", logit_scale=2.0), logits / 2)
-    with pytest.raises(ConfigError, match="SIGMOID"):
+    with pytest.raises(ValueError, match="SIGMOID"):
         convert_scores(logits, "SIGMOIDS")
 
 

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 from tests.helpers.ssd import ssd_from_dicts, tiny_ssd_kwargs
 
-from raredet.errors import CheckpointError, ConfigError
+from raredet.errors import CheckpointError
 from raredet.modeling.backbones import MobileNetV2, ResNet
 from raredet.modeling.pretrained import CheckpointShapeWarning, load_fine_tune_checkpoint
 from raredet.modeling.ssd import SSD
@@ -72,7 +72,7 @@ def test_bad_files_and_types(tmp_path, tiny_ssd):
     torch.save({"other.weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="other.pth: no entry matched"):
         load_fine_tune_checkpoint(model, tmp_path / "other.pth", "classification")
-    with pytest.raises(ConfigError, match="'classification', 'detection', 'full'"):
+    with pytest.raises(ValueError, match="'classification', 'detection', 'full'"):
         load_fine_tune_checkpoint(model, tmp_path / "other.pth", "fine_tune")
 
 

@@ -6,8 +6,14 @@ from __future__ import annotations
 
 from raredet.builders.hyperparams import build_conv_hyperparams
 from raredet.builders.messages import field_value, message_kwargs
+from raredet.builders.parts import (
+    build_feature_pyramid,
+    build_grid_anchor_generator,
+    build_multiscale_anchor_generator,
+    build_non_max_suppression,
+    build_score_converter,
+)
 from raredet.errors import ConfigError
-from raredet.modeling.anchors import MultiscaleAnchorGenerator
 from raredet.modeling.backbones import ResNet
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.calibration import Calibration
@@ -19,9 +25,7 @@ from raredet.modeling.faster_rcnn import (
     RpnHead,
 )
 from raredet.modeling.fpn import FeaturePyramid
-from raredet.modeling.grid_anchors import GridAnchorGenerator
 from raredet.modeling.layers import ConvHyperparams
-from raredet.modeling.postprocess import BatchNonMaxSuppression, ScoreConverter
 from raredet.protos import anchor_generator_pb2, box_predictor_pb2, faster_rcnn_pb2
 
 WHERE = "model.faster_rcnn"
@@ -67,9 +71,8 @@ def build_faster_rcnn(msg: faster_rcnn_pb2.FasterRcnn, calibration: Calibration 
         head_in = box_classifier.out_features
     box_head = _box_head(msg.second_stage_box_predictor, head_in, msg.num_classes)
     post = msg.second_stage_post_processing
-    converter = ScoreConverter(field_value(post, "score_converter"), field_value(post, "logit_scale"),
-                               calibration, msg.num_classes, background_column=True)
-    nms = BatchNonMaxSuppression(**message_kwargs(post.batch_non_max_suppression))
+    converter = build_score_converter(post, msg.num_classes, calibration, background_column=True)
+    nms = build_non_max_suppression(post)
     return FasterRCNN(backbone=backbone, fpn=fpn, anchor_generator=anchors, rpn=rpn,
                       box_classifier=box_classifier, box_head=box_head, box_coder=FasterRcnnBoxCoder(),
                       score_converter=converter, non_max_suppression=nms,
@@ -107,7 +110,7 @@ def _fpn(msg: faster_rcnn_pb2.FasterRcnnFeatureExtractor, backbone: ResNet, hp: 
          frozen: bool) -> FeaturePyramid:
     """`feature_extractor.fpn` on the ResNet's C2..C5."""
     fpn = msg.fpn
-    return FeaturePyramid(backbone.out_channels, hp, min_level=fpn.min_level, max_level=fpn.max_level,
+    return build_feature_pyramid(backbone.out_channels, hp, min_level=fpn.min_level, max_level=fpn.max_level,
                           additional_layer_depth=fpn.additional_layer_depth, freeze_batchnorm=frozen)
 
 
@@ -121,10 +124,10 @@ def _anchor_generator(msg: anchor_generator_pb2.AnchorGenerator, fpn: FeaturePyr
         kind = "the FPN feature extractors" if fpn is not None else "the single-map ResNet feature extractors"
         raise ConfigError(f"{where}: {kind} take {want} (got {[chosen] if chosen else 'none'})")
     if fpn is None:
-        return GridAnchorGenerator(**message_kwargs(msg.grid_anchor_generator))
+        return build_grid_anchor_generator(**message_kwargs(msg.grid_anchor_generator))
     # anchors are always in pixels here
-    anchors = MultiscaleAnchorGenerator(**message_kwargs(msg.multiscale_anchor_generator,
-                                                         skip=("normalize_coordinates",)))
+    anchors = build_multiscale_anchor_generator(**message_kwargs(msg.multiscale_anchor_generator,
+                                                                 skip=("normalize_coordinates",)))
     if (anchors.min_level, anchors.max_level) != (fpn.min_level, fpn.max_level):
         raise ConfigError(f"{where}.multiscale_anchor_generator: levels "
                           f"{anchors.min_level}..{anchors.max_level} differ from feature_extractor.fpn "

@@ -13,6 +13,7 @@ from raredet.builders.messages import (
     message_kwargs,
     model_message,
     oneof_choice,
+    refused_as_config_error,
 )
 from raredet.config import LabelMap, LoadedConfig, class_index
 from raredet.data.stats import DatasetStats
@@ -65,11 +66,12 @@ def build_class_weights(
     k = label_map.num_classes
     boxes = stats.box_counts.tolist() if stats is not None else [0] * k
     images = stats.image_counts.tolist() if stats is not None else [0] * k
-    return resolve_class_weights(
-        label_map.names, label_map.ids, boxes, images, explicit,
-        auto_scheme=scheme, beta=cw.auto.beta, count=_enum_name(cw.auto, "count"),
-        max_weight=cw.auto.max_weight or None,
-    )
+    with refused_as_config_error("class_weights", fields=("auto", "weight")):
+        return resolve_class_weights(
+            label_map.names, label_map.ids, boxes, images, explicit,
+            auto_scheme=scheme, beta=cw.auto.beta, count=_enum_name(cw.auto, "count"),
+            max_weight=cw.auto.max_weight or None,
+        )
 
 
 def resolve_class_weight_table(loaded: LoadedConfig, stats: DatasetStats | None = None) -> list[ClassWeight]:
@@ -84,11 +86,13 @@ def _classification_loss(loss: losses_pb2.Loss, label_map: LabelMap) -> tuple[Ca
     table = {**CLASSIFICATION_LOSSES, "custom": None}
     name, fn, sub = oneof_choice(loss.classification_loss, "classification_loss", table, where)
     if name == "custom":
-        return get_custom_loss("classification", sub.name, sub.module), dict(sub.params)
+        with refused_as_config_error("classification_loss.custom", fields=()):
+            return get_custom_loss("classification", sub.name, sub.module), dict(sub.params)
     params = message_kwargs(sub, skip=("class_alpha",))
     if name == "weighted_sigmoid_focal" and len(sub.class_alpha):
         values = explicit_class_values(sub.class_alpha, label_map, f"{where}.{name}.class_alpha")
-        params["class_alpha"] = resolve_class_alpha(label_map.num_classes, values, label_map.names)
+        with refused_as_config_error(""):  # its message names the field and the class
+            params["class_alpha"] = resolve_class_alpha(label_map.num_classes, values, label_map.names)
     return fn, params
 
 
@@ -97,7 +101,8 @@ def _localization_loss(loss: losses_pb2.Loss) -> tuple[Callable[..., Any], dict]
     table = {**LOCALIZATION_LOSSES, "custom": None}
     name, fn, sub = oneof_choice(loss.localization_loss, "localization_loss", table, where)
     if name == "custom":
-        return get_custom_loss("localization", sub.name, sub.module), dict(sub.params)
+        with refused_as_config_error("localization_loss.custom", fields=()):
+            return get_custom_loss("localization", sub.name, sub.module), dict(sub.params)
     return fn, message_kwargs(sub)
 
 
@@ -135,7 +140,9 @@ def build_loss(ssd: ModelMessage, label_map: LabelMap, class_weights: Sequence[C
     if isinstance(ssd, faster_rcnn_pb2.FasterRcnn):
         return build_faster_rcnn_loss(ssd, class_weights)
     loss = ssd.loss
-    _, matcher, m_sub = oneof_choice(ssd.matcher, "matcher_oneof", MATCHERS, "model.ssd.matcher")
+    m_name, matcher, m_sub = oneof_choice(ssd.matcher, "matcher_oneof", MATCHERS, "model.ssd.matcher")
+    with refused_as_config_error(m_name, fields=()):
+        built_matcher = matcher(**message_kwargs(m_sub))
     _, similarity, _ = oneof_choice(ssd.similarity_calculator, "region_similarity", SIMILARITIES,
                                     "model.ssd.similarity_calculator")
     cls_fn, cls_params = _classification_loss(loss, label_map)
@@ -146,14 +153,15 @@ def build_loss(ssd: ModelMessage, label_map: LabelMap, class_weights: Sequence[C
     loc_fn, loc_params = _localization_loss(loss)
     miner = None
     if loss.HasField("hard_example_miner"):
-        miner = HardExampleMiner(**message_kwargs(loss.hard_example_miner),
-                                 cls_loss_weight=loss.classification_weight,
-                                 loc_loss_weight=loss.localization_weight)
+        with refused_as_config_error("hard_example_miner"):
+            miner = HardExampleMiner(**message_kwargs(loss.hard_example_miner),
+                                     cls_loss_weight=loss.classification_weight,
+                                     loc_loss_weight=loss.localization_weight)
     weights = class_weight_tensor(class_weights) if loss.HasField("class_weights") else None
     if box_coder is None or ssd.box_coder.WhichOneof("box_coder_oneof") is None:
         box_coder = build_box_coder(ssd)  # ConfigError when unset: training needs the coder named
     return DetectionLoss(
-        matcher=matcher(**message_kwargs(m_sub)), box_coder=box_coder, similarity=similarity(),
+        matcher=built_matcher, box_coder=box_coder, similarity=similarity(),
         classification_loss=cls_fn, classification_loss_params=cls_params,
         localization_loss=loc_fn, localization_loss_params=loc_params,
         class_weights=weights, apply_to_localization=loss.class_weights.apply_to_localization,

@@ -3,7 +3,9 @@ sub-message of a model message holds what."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 import numpy as np
@@ -61,6 +63,25 @@ def oneof_choice(msg: Message, oneof: str, table: Mapping[str, Any], where: str)
         problem = "is not set" if name is None else f"{name!r} is not supported"
         raise ConfigError(f"{where}: {problem}; valid choices: {', '.join(table)}")
     return name, table[name], getattr(msg, name)
+
+
+@contextmanager
+def refused_as_config_error(where: str, fields: Collection[str] | None = None) -> Iterator[None]:
+    """A library part refusing an argument it was given from the config (a ValueError, whose text does
+    not know the config) as the ConfigError users see, under `where`, the field path the argument came
+    from: `<where>.<text>` when the text starts with a field's name (any name if `fields` is None),
+    else `<where>: <text>`; the text alone when `where` is "" (it names its field itself). ConfigErrors
+    pass through unchanged."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as err:
+        text = str(err)
+        head = re.match(r"[A-Za-z_]\w*", text)
+        by_field = fields is None or (head is not None and head.group() in fields)
+        prefix = f"{where}{'.' if by_field else ': '}" if where else ""
+        raise ConfigError(prefix + text) from None
 
 
 def _enum_name(msg: Message, field: str) -> str:

@@ -4,8 +4,7 @@ message's default). The model's docstring describes the extractors (``FEATURE_EX
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
 
@@ -13,7 +12,13 @@ from torch import nn
 
 from raredet.builders.hyperparams import build_conv_hyperparams
 from raredet.builders.losses import build_box_coder
-from raredet.builders.messages import _enum_name, field_value, message_kwargs, oneof_choice
+from raredet.builders.messages import field_value, message_kwargs, oneof_choice, refused_as_config_error
+from raredet.builders.parts import (
+    build_feature_pyramid,
+    build_multiscale_anchor_generator,
+    build_non_max_suppression,
+    build_score_converter,
+)
 from raredet.errors import ConfigError
 from raredet.modeling.anchors import MultiscaleAnchorGenerator, SsdAnchorGenerator
 from raredet.modeling.backbones import MobileNetV1, MobileNetV2, ResNet, mobilenet_v2_last_depth
@@ -21,9 +26,8 @@ from raredet.modeling.bifpn import BiFPN
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.calibration import Calibration
 from raredet.modeling.efficientnet import EFFICIENTNET_VARIANTS, LEVEL_TAPS, EfficientNet
-from raredet.modeling.fpn import FeaturePyramid, SsdExtraLayers
+from raredet.modeling.fpn import SsdExtraLayers
 from raredet.modeling.layers import ConvHyperparams
-from raredet.modeling.postprocess import BatchNonMaxSuppression, ScoreConverter
 from raredet.modeling.predictor import ConvolutionalBoxPredictor, WeightSharedConvolutionalBoxPredictor
 from raredet.modeling.ssd import (
     SSD,
@@ -35,7 +39,7 @@ from raredet.modeling.ssd import (
     FpnFeatureExtractor,
     SsdMobileNetV2FeatureExtractor,
 )
-from raredet.protos import anchor_generator_pb2, box_predictor_pb2, post_processing_pb2, ssd_pb2
+from raredet.protos import anchor_generator_pb2, box_predictor_pb2, ssd_pb2
 
 Extractor = ssd_pb2.SsdFeatureExtractor
 _Extractor = TypeVar("_Extractor", FpnFeatureExtractor, SsdMobileNetV2FeatureExtractor)
@@ -54,18 +58,6 @@ BACKBONE_DEFAULTS: dict[str, ConvHyperparams] = {
     "mobilenet": ConvHyperparams(l2_weight=4e-5, initializer="truncated_normal_initializer",
                                  initializer_args={"stddev": 0.09}),
 }
-
-
-@contextmanager
-def _refused_as_config_error(where: str) -> Iterator[None]:
-    """A part's constructor refusing its arguments (a ValueError whose text starts with the sub-message
-    it names) as a ConfigError under `where`, the field those arguments came from."""
-    try:
-        yield
-    except ConfigError:
-        raise
-    except ValueError as err:
-        raise ConfigError(f"{where}.{err}") from None
 
 
 def _backbone_hyperparams(msg: Extractor, hp: ConvHyperparams, family: str) -> ConvHyperparams:
@@ -96,7 +88,7 @@ def _depth(msg: Extractor) -> Callable[[int], int]:
 
 def _fpn_extractor(backbone: Backbone, msg: Extractor, hp: ConvHyperparams, freeze_bn: bool
                    ) -> FpnFeatureExtractor:
-    fpn = FeaturePyramid(
+    fpn = build_feature_pyramid(
         backbone.out_channels,
         hp,
         min_level=msg.fpn.min_level,
@@ -260,8 +252,6 @@ FEATURE_EXTRACTORS: dict[str, Callable[[Extractor, ConvHyperparams, bool], Featu
     "ssd_mobilenet_v2_fpn": _mobilenet_v2_fpn,
     "ssd_mobilenet_v2": _mobilenet_v2_ssd,
 }
-# The names `model.ssd.feature_extractor.type` may take (each also with a `_keras` suffix).
-SSD_FEATURE_EXTRACTORS: tuple[str, ...] = tuple(FEATURE_EXTRACTORS)
 
 # The TF OD API's input normalisation (tf_compat.TF_INPUT_NORMALIZATION) per extractor name prefix.
 TF_INPUT_FAMILIES = {"ssd_mobilenet": "mobilenet", "ssd_resnet": "resnet_v1",
@@ -293,7 +283,7 @@ def build_feature_extractor(msg: Extractor, freeze_batchnorm: bool = False) -> F
             f"(ssd_efficientnet-b0..b7_bifpn) build a BiFPN, not {msg.type!r}; remove the bifpn block"
         )
     hp = build_conv_hyperparams(msg.conv_hyperparams, f"{WHERE}.conv_hyperparams")
-    with _refused_as_config_error(WHERE):
+    with refused_as_config_error(WHERE):
         return FEATURE_EXTRACTORS[key](msg, hp, freeze_batchnorm)
 
 
@@ -318,7 +308,7 @@ def build_box_predictor(msg: box_predictor_pb2.BoxPredictor, num_classes: int, n
     where = "model.ssd.box_predictor"
     name, cls, sub = oneof_choice(msg, "box_predictor_oneof", BOX_PREDICTORS, where)
     hp = build_conv_hyperparams(sub.conv_hyperparams, f"{where}.{name}.conv_hyperparams")
-    with _refused_as_config_error(where):
+    with refused_as_config_error(where):
         return cls(  # type: ignore[no-any-return]
             num_classes=num_classes, num_anchors_per_location=num_anchors, in_channels=in_channels,
             freeze_batchnorm=freeze_batchnorm, conv_hyperparams=hp,
@@ -335,16 +325,11 @@ ANCHOR_GENERATORS: dict[str, type[AnchorGenerator]] = {
 def build_anchor_generator(msg: anchor_generator_pb2.AnchorGenerator) -> AnchorGenerator:
     where = "model.ssd.anchor_generator"
     _, make, sub = oneof_choice(msg, "anchor_generator_oneof", ANCHOR_GENERATORS, where)
-    with _refused_as_config_error(where):  # raredet's anchors are always in pixels
-        return make(**message_kwargs(sub, skip=("normalize_coordinates",)))  # type: ignore[no-any-return]
-
-
-def build_score_converter(msg: post_processing_pb2.PostProcessing, num_classes: int,
-                          calibration: Calibration | None) -> ScoreConverter:
-    """Logits -> calibrated scores as `post_processing` says (`calibration`: its calibration_config,
-    built)."""
-    return ScoreConverter(_enum_name(msg, "score_converter"), field_value(msg, "logit_scale"), calibration,
-                          num_classes)
+    kwargs = message_kwargs(sub, skip=("normalize_coordinates",))  # raredet's anchors are always in pixels
+    if make is MultiscaleAnchorGenerator:  # shared with Faster R-CNN, its errors worded there
+        return build_multiscale_anchor_generator(**kwargs)
+    with refused_as_config_error(where):
+        return make(**kwargs)  # type: ignore[no-any-return]
 
 
 def _check_levels(anchors: AnchorGenerator, levels: list[int]) -> None:
@@ -381,6 +366,6 @@ def build_ssd(msg: ssd_pb2.Ssd, calibration: Calibration | None = None) -> SSD:
         msg.num_classes, extractor, predictor, anchors,
         box_coder=FasterRcnnBoxCoder() if unset else build_box_coder(msg),
         score_converter=build_score_converter(post, msg.num_classes, calibration),
-        non_max_suppression=BatchNonMaxSuppression(**message_kwargs(post.batch_non_max_suppression)),
+        non_max_suppression=build_non_max_suppression(post),
         feature_extractor_type=key, tf_input_family=tf_input_family(key),
     )

@@ -19,7 +19,7 @@ from raredet.builders.data import (
 )
 from raredet.builders.evaluation import build_operating_point_rules
 from raredet.builders.losses import build_class_weights, build_loss
-from raredet.builders.messages import _is_map, model_message
+from raredet.builders.messages import _is_map, model_message, refused_as_config_error
 from raredet.builders.model import build_model
 from raredet.builders.optim import build_optimizer
 from raredet.config import LoadedConfig, effective_config_text
@@ -104,12 +104,15 @@ def load_fine_tune_checkpoint(model: nn.Module, train_config: train_pb2.TrainCon
     """Load `fine_tune_checkpoint` as `fine_tune_checkpoint_type` says (a torchvision-named backbone
     state dict for "classification", a raredet checkpoint or model state dict for "detection"/"full");
     returns a one-line report, None if unset."""
+    from raredet.modeling.pretrained import check_checkpoint_type
     from raredet.modeling.pretrained import load_fine_tune_checkpoint as load_into
 
     path = train_config.fine_tune_checkpoint
     if not path:
         return None
     kind = train_config.fine_tune_checkpoint_type or "classification"
+    with refused_as_config_error("train_config.fine_tune_checkpoint_type", fields=()):
+        check_checkpoint_type(kind)
     report = load_into(model, path, kind)  # type: ignore[arg-type]
     said = report.summary()
     if getattr(model, "weights_convention", "torchvision") == "torchvision" and "conventions" not in said:

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from raredet.errors import ConfigError
-
 
 @dataclass(frozen=True)
 class ClassWeight:
@@ -61,15 +59,15 @@ def _check_arguments(
     if len(box_counts) != num or len(image_counts) != num:
         raise ValueError(f"class counts have {len(box_counts)}/{len(image_counts)} entries for {num} classes")
     if auto_scheme is not None and auto_scheme not in AUTO_SCHEMES:
-        raise ConfigError(
-            f"class_weights.auto.scheme: unknown scheme {auto_scheme!r}; valid: {', '.join(AUTO_SCHEMES)}"
+        raise ValueError(
+            f"auto.scheme: unknown scheme {auto_scheme!r}; valid: {', '.join(AUTO_SCHEMES)}"
         )
     if count not in COUNT_MODES:
-        raise ConfigError(f"class_weights.auto.count: unknown {count!r}; valid: {', '.join(COUNT_MODES)}")
+        raise ValueError(f"auto.count: unknown {count!r}; valid: {', '.join(COUNT_MODES)}")
     if auto_scheme == "EFFECTIVE_NUMBER" and not 0.0 <= beta < 1.0:
-        raise ConfigError(f"class_weights.auto.beta must be in [0, 1) for EFFECTIVE_NUMBER, got {beta}")
+        raise ValueError(f"auto.beta must be in [0, 1) for EFFECTIVE_NUMBER, got {beta}")
     if max_weight is not None and not max_weight > 0:
-        raise ConfigError(f"class_weights.auto.max_weight must be > 0 (or unset), got {max_weight}")
+        raise ValueError(f"auto.max_weight must be > 0 (or unset), got {max_weight}")
 
 
 def _check_explicit(explicit: Mapping[int, float], names: Sequence[str]) -> None:
@@ -77,8 +75,8 @@ def _check_explicit(explicit: Mapping[int, float], names: Sequence[str]) -> None
         if not 0 <= index < len(names):
             raise ValueError(f"explicit class weight for index {index}, but there are {len(names)} classes")
         if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(
-                f"class_weights.weight for class {names[index]!r} is {value}; give a finite value >= 0"
+            raise ValueError(
+                f"weight for class {names[index]!r} is {value}; give a finite value >= 0"
             )
 
 
@@ -149,7 +147,7 @@ def resolve_class_alpha(num_classes: int, explicit: Mapping[int, float], names: 
     alpha = torch.full((num_classes,), float("nan"))
     for index, value in explicit.items():
         if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"class_alpha for class {names[index]!r} is {value}; give a value in [0, 1]")
+            raise ValueError(f"class_alpha for class {names[index]!r} is {value}; give a value in [0, 1]")
         alpha[index] = float(value)
     return alpha
 

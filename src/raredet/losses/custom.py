@@ -18,8 +18,6 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from raredet.errors import ConfigError
-
 LossFn = Callable[..., Any]
 
 # One plain dict per kind: the names user modules registered.
@@ -57,18 +55,17 @@ def get_custom_loss(kind: str, name: str, module: str) -> LossFn:
     """Import `module` and return the `kind` ("classification"/"localization") loss it registered."""
     if kind not in _CUSTOM_LOSSES:
         raise ValueError(f"kind must be one of {sorted(_CUSTOM_LOSSES)}, got {kind!r}")
-    field = f"{kind}_loss.custom"
     try:
         importlib.import_module(module)
     except ImportError as err:
-        raise ConfigError(
-            f"{field}: cannot import module {module!r} for loss {name!r} ({err}); make it importable "
+        raise ValueError(
+            f"cannot import module {module!r} for loss {name!r} ({err}); make it importable "
             "(install it or add its directory to PYTHONPATH)"
         ) from err
     registered = _CUSTOM_LOSSES[kind]
     if name not in registered:
-        raise ConfigError(
-            f"{field}: module {module!r} registered no {kind} loss named {name!r}; registered: "
+        raise ValueError(
+            f"module {module!r} registered no {kind} loss named {name!r}; registered: "
             f"{sorted(registered) or 'none'} (decorate it with raredet.losses.register_{kind}_loss)"
         )
     return registered[name]

@@ -20,7 +20,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from raredet.errors import ConfigError
 from raredet.modeling.box_ops import box_iou
 from raredet.modeling.matcher import IGNORE
 from raredet.modeling.postprocess import nms_mask
@@ -54,12 +53,12 @@ class HardExampleMiner:
         min_negatives_per_image: int = 0,
     ) -> None:
         if loss_type not in LOSS_TYPES:
-            raise ConfigError(
-                f"hard_example_miner.loss_type: unknown {loss_type!r}; valid: {', '.join(LOSS_TYPES)}"
+            raise ValueError(
+                f"loss_type: unknown {loss_type!r}; valid: {', '.join(LOSS_TYPES)}"
             )
         if min_negatives_per_image < 0:
-            raise ConfigError(
-                f"hard_example_miner.min_negatives_per_image must be >= 0, got {min_negatives_per_image}"
+            raise ValueError(
+                f"min_negatives_per_image must be >= 0, got {min_negatives_per_image}"
             )
         self.num_hard_examples = num_hard_examples or None  # 0 / None: every anchor may be kept
         self.iou_threshold = iou_threshold

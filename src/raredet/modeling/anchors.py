@@ -19,8 +19,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from raredet.errors import ConfigError
-
 
 def _cached(
     cache: dict[tuple, Tensor],
@@ -51,16 +49,11 @@ class MultiscaleAnchorGenerator:
         scales_per_octave: int = 2,
     ) -> None:
         if max_level < min_level:
-            raise ConfigError(
-                f"multiscale_anchor_generator: max_level ({max_level}) < min_level ({min_level})"
-            )
+            raise ValueError(f"max_level ({max_level}) < min_level ({min_level})")
         if not aspect_ratios or any(r <= 0 for r in aspect_ratios):
-            raise ConfigError(
-                f"multiscale_anchor_generator: aspect_ratios must be positive and non-empty, got "
-                f"{list(aspect_ratios)}"
-            )
+            raise ValueError(f"aspect_ratios must be positive and non-empty, got {list(aspect_ratios)}")
         if scales_per_octave < 1:
-            raise ConfigError("multiscale_anchor_generator: scales_per_octave must be at least 1")
+            raise ValueError("scales_per_octave must be at least 1")
         self.min_level, self.max_level = min_level, max_level
         self.anchor_scale = float(anchor_scale)
         self.aspect_ratios = [float(r) for r in aspect_ratios]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raredet.errors import ConfigError
 from raredet.modeling.layers import ConvHyperparams, ConvNormAct
 
 # Coarsest level the backbones produce (stride 32).
@@ -42,8 +41,8 @@ class FeaturePyramid(nn.Module):
     ) -> None:
         super().__init__()
         if min_level not in in_channels or max_level < min_level:
-            raise ConfigError(
-                f"feature_extractor.fpn: min_level must be one of the backbone's levels "
+            raise ValueError(
+                f"min_level must be one of the backbone's levels "
                 f"{sorted(in_channels)} and max_level >= min_level; got {min_level}..{max_level}"
             )
         hp, depth = conv_hyperparams, additional_layer_depth

@@ -14,8 +14,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from raredet.errors import ConfigError
-
 # The TF OD API's GridAnchorGenerator defaults when a config lists no scales / aspect ratios.
 DEFAULT_SCALES = (0.5, 1.0, 2.0)
 DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -38,9 +36,9 @@ class GridAnchorGenerator:
         self.scales = tuple(float(s) for s in scales) or DEFAULT_SCALES
         self.aspect_ratios = tuple(float(a) for a in aspect_ratios) or DEFAULT_ASPECT_RATIOS
         if min(self.scales) <= 0 or min(self.aspect_ratios) <= 0:
-            raise ConfigError("grid_anchor_generator: scales and aspect_ratios must be > 0")
+            raise ValueError("scales and aspect_ratios must be > 0")
         if height_stride <= 0 or width_stride <= 0:
-            raise ConfigError("grid_anchor_generator: height_stride and width_stride must be > 0")
+            raise ValueError("height_stride and width_stride must be > 0")
         self.base = (float(height), float(width))
         self.stride = (int(height_stride), int(width_stride))
         self.offset = (float(height_offset), float(width_offset))

@@ -20,8 +20,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from raredet.errors import ConfigError
-
 BACKGROUND = -1
 IGNORE = -2
 
@@ -38,13 +36,13 @@ class ArgMaxMatcher:
         ignore_thresholds: bool = False,
     ) -> None:
         if unmatched_threshold > matched_threshold:
-            raise ConfigError(
-                f"argmax_matcher: unmatched_threshold ({unmatched_threshold}) must not exceed "
+            raise ValueError(
+                f"unmatched_threshold ({unmatched_threshold}) must not exceed "
                 f"matched_threshold ({matched_threshold}); lower it or raise matched_threshold"
             )
         if unmatched_threshold == matched_threshold and not negatives_lower_than_unmatched:
-            raise ConfigError(
-                "argmax_matcher: with negatives_lower_than_unmatched false the band between "
+            raise ValueError(
+                "with negatives_lower_than_unmatched false the band between "
                 "unmatched_threshold and matched_threshold holds the negatives, so the two thresholds "
                 f"must differ (both are {matched_threshold})"
             )

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raredet.errors import ConfigError
 from raredet.modeling.box_ops import box_iou
 from raredet.modeling.calibration import Calibration
 
@@ -44,16 +43,19 @@ SCORE_CONVERTERS = {"SIGMOID": _sigmoid, "SOFTMAX": _softmax, "IDENTITY": _ident
 WITH_BACKGROUND_COLUMN = {"SIGMOID": _sigmoid, "SOFTMAX": _softmax_with_background, "IDENTITY": _identity}
 
 
+def check_score_converter(score_converter: str) -> None:
+    """ValueError listing the valid converters unless ``score_converter`` is one."""
+    if score_converter not in SCORE_CONVERTERS:
+        raise ValueError(f"score_converter: unknown value {score_converter!r}; "
+                         f"valid: {sorted(SCORE_CONVERTERS)}")
+
+
 def convert_scores(logits: Tensor, score_converter: str = "IDENTITY", logit_scale: float = 1.0,
                    background_column: bool = False) -> Tensor:
     """``logits [..., K]`` -> scores ``[..., K]`` (TF OD API ``score_converter``, ``logit_scale``).
     With ``background_column``: ``logits [..., K + 1]``, column 0 background, dropped after the
     converter."""
-    if score_converter not in SCORE_CONVERTERS:
-        raise ConfigError(
-            f"post_processing.score_converter: unknown value {score_converter!r}; "
-            f"valid: {sorted(SCORE_CONVERTERS)}"
-        )
+    check_score_converter(score_converter)
     if background_column:
         return WITH_BACKGROUND_COLUMN[score_converter](logits / logit_scale)[..., 1:]
     return SCORE_CONVERTERS[score_converter](logits / logit_scale)
@@ -73,7 +75,7 @@ class ScoreConverter(nn.Module):
                  calibration: Calibration | None = None, num_classes: int = 1,
                  background_column: bool = False) -> None:
         super().__init__()
-        convert_scores(torch.zeros(1, 1), score_converter)  # an unknown converter fails here
+        check_score_converter(score_converter)
         self.score_converter, self.logit_scale = score_converter, float(logit_scale)
         self.background_column = background_column
         self.calibration = calibration if calibration is not None else Calibration.identity(num_classes)
@@ -196,16 +198,12 @@ class BatchNonMaxSuppression:
         # use_static_shapes .. use_cpu_nms choose among TF implementations of the same result; outputs
         # here are always padded to max_total_detections, so they change nothing.
         if soft_nms_sigma != 0.0:
-            raise ConfigError("batch_non_max_suppression.soft_nms_sigma: soft NMS is unsupported; remove it")
+            raise ValueError("soft_nms_sigma: soft NMS is unsupported; remove it")
         if not 0.0 <= iou_threshold <= 1.0:
-            raise ConfigError(
-                f"batch_non_max_suppression.iou_threshold must be in [0, 1], got {iou_threshold}"
-            )
+            raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
         if use_class_agnostic_nms and max_classes_per_detection != 1:
-            raise ConfigError(
-                "batch_non_max_suppression: raredet supports max_classes_per_detection: 1 only "
-                f"with use_class_agnostic_nms, got {max_classes_per_detection}"
-            )
+            raise ValueError("raredet supports max_classes_per_detection: 1 only with "
+                             f"use_class_agnostic_nms, got {max_classes_per_detection}")
         self.score_threshold = score_threshold
         self.iou_threshold = iou_threshold
         self.max_detections_per_class = max_detections_per_class

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from raredet.errors import CheckpointError, ConfigError
+from raredet.errors import CheckpointError
 from raredet.modeling.load_report import CHECKPOINT_TYPES, CheckpointShapeWarning, LoadReport
 
 if TYPE_CHECKING:
@@ -87,13 +87,15 @@ def load_state_dict_by_name(module: nn.Module, state: Mapping[str, Tensor]) -> L
     return report
 
 
+def check_checkpoint_type(checkpoint_type: str) -> None:
+    """ValueError listing the valid types unless ``checkpoint_type`` is one."""
+    if checkpoint_type not in CHECKPOINT_TYPES:
+        raise ValueError(f"unknown {checkpoint_type!r}; valid: {list(CHECKPOINT_TYPES)}")
+
+
 def load_fine_tune_checkpoint(model: SSD, path: str | Path, checkpoint_type: str) -> LoadReport:
     """Load ``path`` into ``model`` (an ``SSD``) as ``checkpoint_type`` says (see the module docstring)."""
-    if checkpoint_type not in CHECKPOINT_TYPES:
-        raise ConfigError(
-            f"train_config.fine_tune_checkpoint_type: unknown {checkpoint_type!r}; "
-            f"valid: {list(CHECKPOINT_TYPES)}"
-        )
+    check_checkpoint_type(checkpoint_type)
     from raredet.tfcheckpoint import is_tf_checkpoint
 
     if is_tf_checkpoint(path):  # a checkpoint the TF OD API wrote (PREFIX.index + data)

@@ -41,7 +41,7 @@ from typing import cast
 import numpy as np
 from torch import nn
 
-from raredet.errors import CheckpointError, ConfigError
+from raredet.errors import CheckpointError
 from raredet.modeling.load_report import CHECKPOINT_TYPES, CheckpointShapeWarning, LoadReport
 from raredet.modeling.tf_compat import apply_weights_convention
 from raredet.modeling.tf_weights.common import TensorMap, copy_mapped
@@ -93,8 +93,7 @@ def load_tf_checkpoint(model: nn.Module, path: str | Path, checkpoint_type: str)
     ``checkpoint_type`` says (module docstring) and switch the model to TF's conventions. The report
     says, per part, how many tensors loaded and which stay at their initialiser."""
     if checkpoint_type not in CHECKPOINT_TYPES:
-        raise ConfigError(f"train_config.fine_tune_checkpoint_type: unknown {checkpoint_type!r}; "
-                          f"valid: {list(CHECKPOINT_TYPES)}")
+        raise ValueError(f"unknown {checkpoint_type!r}; valid: {list(CHECKPOINT_TYPES)}")
     ckpt = open_checkpoint(path)
     variables = ckpt.variables()
     shapes = {p: tuple(ckpt.info(k).shape) for p, k in variables.items()}
