@@ -8,7 +8,7 @@ import torch
 from google.protobuf.message import Message
 from torch import nn
 
-from raredet.builders.messages import message_kwargs, oneof_choice
+from raredet.builders.messages import message_kwargs, oneof_choice, refused_as_config_error
 from raredet.engine import optim
 from raredet.protos import train_pb2
 
@@ -32,7 +32,8 @@ def build_learning_rate(msg: Message, where: str) -> optim.LearningRateSchedule:
     kwargs = message_kwargs(sub)
     if name == "manual_step_learning_rate":
         kwargs["schedule"] = list(sub.schedule)  # entries keep their default learning_rate
-    return make(**kwargs)
+    with refused_as_config_error(name):
+        return make(**kwargs)
 
 
 def build_optimizer(
@@ -41,13 +42,18 @@ def build_optimizer(
     """Optimizer over the trainable parameters (weight decay per L2 map), its schedule, and EMA."""
     where = "train_config.optimizer"
     name, make, sub = oneof_choice(train_config.optimizer, "optimizer", OPTIMIZERS, where)
-    params = optim.trainable_parameters(
-        model, list(train_config.freeze_variables), list(train_config.update_trainable_variables)
-    )
+    with refused_as_config_error("train_config"):
+        params = optim.trainable_parameters(
+            model, list(train_config.freeze_variables), list(train_config.update_trainable_variables)
+        )
     # add_regularization_loss: false drops the L2 terms, as the TF OD API leaves them out of the loss.
     groups = optim.weight_decay_groups(params, l2_weights if train_config.add_regularization_loss else {})
-    optimizer = make(groups, **message_kwargs(sub, skip=("learning_rate",)))
+    with refused_as_config_error(""):  # momentum_optimizer_value, named by the optimizer
+        optimizer = make(groups, **message_kwargs(sub, skip=("learning_rate",)))
     schedule = build_learning_rate(sub.learning_rate, f"{where}.{name}.learning_rate")
     opt_msg = train_config.optimizer
-    ema = optim.ModelEma(model, opt_msg.moving_average_decay) if opt_msg.use_moving_average else None
+    ema = None
+    if opt_msg.use_moving_average:
+        with refused_as_config_error("optimizer"):
+            ema = optim.ModelEma(model, opt_msg.moving_average_decay)
     return optimizer, schedule, ema

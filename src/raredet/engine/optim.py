@@ -15,8 +15,6 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from raredet.errors import ConfigError
-
 ParamGroups = list[dict[str, Any]]
 
 
@@ -53,7 +51,7 @@ class ExponentialDecayLearningRate:
         min_learning_rate: float = 0.0,
     ) -> None:
         if decay_steps <= 0:
-            raise ConfigError(f"exponential_decay_learning_rate.decay_steps must be > 0, got {decay_steps}")
+            raise ValueError(f"decay_steps must be > 0, got {decay_steps}")
         self.initial_learning_rate = float(initial_learning_rate)
         self.decay_steps = int(decay_steps)
         self.decay_factor = float(decay_factor)
@@ -88,11 +86,9 @@ class ManualStepLearningRate:
         pairs = [_step_rate_pair(entry) for entry in schedule]
         steps = [s for s, _ in pairs]
         if any(s <= 0 for s in steps) or steps != sorted(set(steps)):
-            raise ConfigError(
-                f"manual_step_learning_rate.schedule steps must be positive and increasing, got {steps}"
-            )
+            raise ValueError(f"schedule steps must be positive and increasing, got {steps}")
         if warmup and not pairs:
-            raise ConfigError("manual_step_learning_rate.warmup needs at least one schedule entry")
+            raise ValueError("warmup needs at least one schedule entry")
         self.initial_learning_rate = float(initial_learning_rate)
         self.boundaries = steps
         self.rates = [self.initial_learning_rate] + [r for _, r in pairs]
@@ -132,13 +128,13 @@ class CosineDecayLearningRate:
         hold_base_rate_steps: int = 0,
     ) -> None:
         if total_steps < warmup_steps + hold_base_rate_steps or total_steps <= 0:
-            raise ConfigError(
-                "cosine_decay_learning_rate.total_steps must be positive and at least warmup_steps + "
+            raise ValueError(
+                "total_steps must be positive and at least warmup_steps + "
                 f"hold_base_rate_steps, got {total_steps} < {warmup_steps} + {hold_base_rate_steps}"
             )
         if learning_rate_base < warmup_learning_rate:
-            raise ConfigError(
-                "cosine_decay_learning_rate.learning_rate_base must be >= warmup_learning_rate, got "
+            raise ValueError(
+                "learning_rate_base must be >= warmup_learning_rate, got "
                 f"{learning_rate_base} < {warmup_learning_rate}"
             )
         self.learning_rate_base = float(learning_rate_base)
@@ -186,7 +182,7 @@ class KerasMomentum(torch.optim.Optimizer):
     def __init__(self, params: ParamGroups | Any, lr: float = 0.0, momentum: float = 0.9,
                  weight_decay: float = 0.0) -> None:
         if not 0.0 <= momentum < 1.0:
-            raise ConfigError(f"momentum_optimizer_value must be in [0, 1), got {momentum}")
+            raise ValueError(f"momentum_optimizer_value must be in [0, 1), got {momentum}")
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     @torch.no_grad()
@@ -253,8 +249,8 @@ def trainable_parameters(
 ) -> dict[str, nn.Parameter]:
     """Parameters to train, by name: `update_trainable_variables` (regexes; empty = all) minus those
     matching `freeze_variables`. Frozen parameters get `requires_grad=False`."""
-    keep = _compile_all(update_trainable_variables, "train_config.update_trainable_variables")
-    freeze = _compile_all(freeze_variables, "train_config.freeze_variables")
+    keep = _compile_all(update_trainable_variables, "update_trainable_variables")
+    freeze = _compile_all(freeze_variables, "freeze_variables")
     chosen: dict[str, nn.Parameter] = {}
     for name, param in model.named_parameters():
         wanted = not keep or any(p.search(name) for p in keep)
@@ -263,8 +259,8 @@ def trainable_parameters(
         else:
             param.requires_grad_(False)
     if not chosen:
-        raise ConfigError(
-            "train_config.freeze_variables / update_trainable_variables leave no parameter to train; "
+        raise ValueError(
+            "freeze_variables / update_trainable_variables leave no parameter to train; "
             f"freeze={list(freeze_variables)}, update={list(update_trainable_variables)}"
         )
     return chosen
@@ -276,7 +272,7 @@ def _compile_all(patterns: Sequence[str], field: str) -> list[re.Pattern[str]]:
         try:
             compiled.append(re.compile(pattern))
         except re.error as err:
-            raise ConfigError(
+            raise ValueError(
                 f"{field}[{i}]: {pattern!r} is not a valid regular expression ({err}); escape special "
                 "characters such as [ ( . with a backslash"
             ) from None
@@ -336,7 +332,7 @@ class ModelEma:
 
     def __init__(self, model: nn.Module, moving_average_decay: float = 0.9999) -> None:
         if not 0.0 <= moving_average_decay <= 1.0:
-            raise ConfigError(f"optimizer.moving_average_decay must be in [0, 1], got {moving_average_decay}")
+            raise ValueError(f"moving_average_decay must be in [0, 1], got {moving_average_decay}")
         self.decay = float(moving_average_decay)
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
