@@ -7,7 +7,6 @@ import pytest
 from tests.helpers.voc import VOC_OBJECTS, write_voc
 
 from raredet.data.readers import build_reader
-from raredet.errors import ConfigError
 
 
 def test_build_reader_dispatch(tmp_path, label_map, encode_image):
@@ -15,7 +14,7 @@ def test_build_reader_dispatch(tmp_path, label_map, encode_image):
     assert (
         len(build_reader("voc_input_reader", {"root": str(tmp_path), "image_set": "train"}, label_map)) == 1
     )
-    with pytest.raises(ConfigError, match="use one of: tf_record_input_reader, coco_input_reader"):
+    with pytest.raises(ValueError, match="use one of: tf_record_input_reader, coco_input_reader"):
         build_reader("csv_input_reader", {}, label_map)
-    with pytest.raises(ConfigError, match="input_path is empty"):
+    with pytest.raises(ValueError, match="input_path is empty"):
         build_reader("tf_record_input_reader", {}, label_map)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from raredet.data.sampling import RepeatFactorSampler, class_repeat_factors, image_repeat_factors
-from raredet.errors import ConfigError
 
 
 def test_repeat_factors_by_hand():
@@ -27,7 +26,7 @@ def test_empty_images_and_absent_classes_get_one():
     r = image_repeat_factors([np.array([], dtype=np.int64), np.array([1])], 3, 2.0)
     # class 1 in 1 of 2 images: sqrt(2 / 0.5) = 2
     np.testing.assert_allclose(r, [1.0, 2.0])
-    with pytest.raises(ConfigError, match="threshold"):
+    with pytest.raises(ValueError, match="threshold"):
         image_repeat_factors([np.array([0])], 1, -1.0)
 
 

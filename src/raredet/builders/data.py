@@ -2,47 +2,68 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
+from google.protobuf.message import Message
 
-from raredet.builders.messages import ModelMessage, message_kwargs, model_message
+from raredet.builders.messages import ModelMessage, message_kwargs, model_message, refused_as_config_error
 from raredet.config import LabelMap, LoadedConfig
 from raredet.data import augment, readers
+from raredet.data.augment import AugmentOp, Resizer
 from raredet.data.dataset import DetectionDataset, collate
+from raredet.data.readers import Reader
 from raredet.data.sampling import RepeatFactorSampler, image_repeat_factors
 from raredet.data.stats import DatasetStats, compute_stats
 from raredet.errors import ConfigError
 from raredet.protos import faster_rcnn_pb2, input_reader_pb2, train_pb2
 
 
-def build_reader(msg: input_reader_pb2.InputReader, label_map: LabelMap, where: str) -> Any:
+def _fields(msg: Message) -> frozenset[str]:
+    return frozenset(msg.DESCRIPTOR.fields_by_name)
+
+
+def build_reader(msg: input_reader_pb2.InputReader, label_map: LabelMap, where: str) -> Reader:
     """The reader of an input reader message (`tf_record_input_reader`, `coco_input_reader`, ...)."""
     name = msg.WhichOneof("input_reader")
     if name is None:
         raise ConfigError(f"{where}: no input reader is set; valid choices: {', '.join(readers.READERS)}")
-    return readers.build_reader(name, message_kwargs(getattr(msg, name)), label_map)
+    sub = getattr(msg, name)
+    with refused_as_config_error(name, _fields(sub)):
+        return readers.build_reader(name, message_kwargs(sub), label_map)
 
 
-def build_augmentations(train_config: train_pb2.TrainConfig) -> list[Any]:
+def _augmentation(name: str, sub: Message) -> AugmentOp:
+    """The op of one `data_augmentation_options` entry: an op or a field raredet does not know is named
+    under data_augmentation_options, a bad value under the op's name."""
+    if name not in augment.AUGMENTATIONS:
+        with refused_as_config_error("data_augmentation_options"):
+            augment.build_augmentation(name)  # refuses, listing the supported ops
+    try:
+        with refused_as_config_error(name, _fields(sub)):
+            return augment.AUGMENTATIONS[name](**message_kwargs(sub))
+    except TypeError as err:
+        raise ConfigError(f"data_augmentation_options.{name}: {err}") from err
+
+
+def build_augmentations(train_config: train_pb2.TrainConfig) -> list[AugmentOp]:
     """One op per `data_augmentation_options` entry, its fields passed as keyword arguments."""
     ops = []
     for i, step in enumerate(train_config.data_augmentation_options):
         name = step.WhichOneof("preprocessing_step")
         if name is None:
             raise ConfigError(f"train_config.data_augmentation_options[{i}] is empty; name one operation")
-        ops.append(augment.build_augmentation(name, message_kwargs(getattr(step, name))))
+        ops.append(_augmentation(name, getattr(step, name)))
     return ops
 
 
-def build_resizer(ssd: ModelMessage) -> Any:
+def build_resizer(ssd: ModelMessage) -> Resizer:
     name = ssd.image_resizer.WhichOneof("image_resizer_oneof")
     if name is None:
         kind = "faster_rcnn" if isinstance(ssd, faster_rcnn_pb2.FasterRcnn) else "ssd"
         raise ConfigError(f"model.{kind}.image_resizer is not set; "
                           f"valid choices: {', '.join(augment.RESIZERS)}")
-    return augment.build_resizer(name, message_kwargs(getattr(ssd.image_resizer, name)))
+    with refused_as_config_error("image_resizer"):
+        return augment.build_resizer(name, message_kwargs(getattr(ssd.image_resizer, name)))
 
 
 def _label_map(loaded: LoadedConfig) -> LabelMap:
@@ -60,8 +81,9 @@ def build_sampler(
     """Repeat-factor sampler (all factors 1 without `repeat_factor_sampling`) over the whole epoch:
     every rank draws the same order and the training loop gives each rank its slice of each batch."""
     if reader_msg.HasField("repeat_factor_sampling"):
-        factors = image_repeat_factors(stats.image_classes, len(stats.names),
-                                       reader_msg.repeat_factor_sampling.threshold)
+        with refused_as_config_error("repeat_factor_sampling"):
+            factors = image_repeat_factors(stats.image_classes, len(stats.names),
+                                           reader_msg.repeat_factor_sampling.threshold)
     else:
         factors = np.ones(stats.num_images)
     return RepeatFactorSampler(factors, seed=seed, shuffle=reader_msg.shuffle)
@@ -77,7 +99,7 @@ def training_stats(loaded: LoadedConfig) -> DatasetStats | None:
 
 
 def build_train_data(
-    loaded: LoadedConfig, reader: Any, stats: DatasetStats, seed: int
+    loaded: LoadedConfig, reader: Reader, stats: DatasetStats, seed: int
 ) -> tuple[DetectionDataset, RepeatFactorSampler]:
     """Training dataset (reader -> augmentations -> resizer) and its repeat-factor sampler."""
     cfg = loaded.pipeline

@@ -12,7 +12,7 @@ import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from raredet.errors import ConfigError
+from raredet.errors import ConfigError, RaredetError
 from raredet.protos import faster_rcnn_pb2, losses_pb2, pipeline_pb2, post_processing_pb2, ssd_pb2
 
 # Fields the TF OD API has but whose effect raredet does not need (graph or TPU details).
@@ -69,17 +69,18 @@ def oneof_choice(msg: Message, oneof: str, table: Mapping[str, Any], where: str)
 def refused_as_config_error(where: str, fields: Collection[str] | None = None) -> Iterator[None]:
     """A library part refusing an argument it was given from the config (a ValueError, whose text does
     not know the config) as the ConfigError users see, under `where`, the field path the argument came
-    from: `<where>.<text>` when the text starts with a field's name (any name if `fields` is None),
-    else `<where>: <text>`; the text alone when `where` is "" (it names its field itself). ConfigErrors
-    pass through unchanged."""
+    from: `<where>.<text>` when the text starts with a field's name (any identifier if `fields` is
+    None), else `<where>: <text>`; the text alone when `where` is "" (it names its field itself).
+    raredet's own errors (a ConfigError already worded, a DataError about a file the part read) pass
+    through."""
     try:
         yield
-    except ConfigError:
+    except RaredetError:
         raise
     except ValueError as err:
         text = str(err)
         head = re.match(r"[A-Za-z_]\w*", text)
-        by_field = fields is None or (head is not None and head.group() in fields)
+        by_field = head is not None and (fields is None or head.group() in fields)
         prefix = f"{where}{'.' if by_field else ': '}" if where else ""
         raise ConfigError(prefix + text) from None
 

@@ -19,7 +19,6 @@ import numpy as np
 from PIL import Image
 
 from raredet.data.example import Example
-from raredet.errors import ConfigError
 
 PER_BOX_KEYS = ("boxes", "labels", "weights", "is_crowd", "difficult")
 
@@ -327,8 +326,7 @@ class RandomSquareCropByScale:
     def __init__(self, max_border: int = 128, scale_min: float = 0.6, scale_max: float = 1.3,
                  num_scales: int = 8) -> None:
         if num_scales < 1 or not 0 < scale_min <= scale_max:
-            raise ConfigError("random_square_crop_by_scale: needs num_scales >= 1 and "
-                              "0 < scale_min <= scale_max")
+            raise ValueError("needs num_scales >= 1 and 0 < scale_min <= scale_max")
         self.max_border, self.scales = int(max_border), np.linspace(scale_min, scale_max, num_scales)
 
     def __call__(self, example: Example, rng: np.random.Generator) -> Example:
@@ -357,7 +355,7 @@ class RandomJitterBoxes:
     def __init__(self, ratio: float = 0.05, jitter_mode: str = "DEFAULT") -> None:
         modes = {"DEFAULT": (-1.0, 1.0), "EXPAND": (0.0, 1.0), "SHRINK": (-1.0, 0.0)}
         if jitter_mode not in modes:
-            raise ConfigError(f"random_jitter_boxes.jitter_mode {jitter_mode!r}: use one of {sorted(modes)}")
+            raise ValueError(f"jitter_mode {jitter_mode!r}: use one of {sorted(modes)}")
         self.ratio = ratio
         self.range = modes[jitter_mode]
 
@@ -485,7 +483,7 @@ class RandomDistortColor(_Photometric):
 
     def __init__(self, color_ordering: int = 0) -> None:
         if color_ordering not in (0, 1):
-            raise ConfigError(f"random_distort_color.color_ordering is {color_ordering}; use 0 or 1")
+            raise ValueError(f"color_ordering is {color_ordering}; use 0 or 1")
         self.color_ordering = color_ordering
 
     def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -524,14 +522,11 @@ AUGMENTATIONS: dict[str, type] = {
 def build_augmentation(name: str, params: dict[str, Any] | None = None) -> AugmentOp:
     """The op for TF OD API preprocessing step ``name`` with proto fields ``params``."""
     if name not in AUGMENTATIONS:
-        raise ConfigError(
-            f"data_augmentation_options: {name!r} is not supported; "
-            f"supported: {', '.join(sorted(AUGMENTATIONS))}"
-        )
+        raise ValueError(f"{name!r} is not supported; supported: {', '.join(sorted(AUGMENTATIONS))}")
     try:
         return AUGMENTATIONS[name](**(params or {}))
     except TypeError as err:
-        raise ConfigError(f"data_augmentation_options.{name}: {err}") from err
+        raise ValueError(f"{name}: {err}") from err
 
 
 # ---- resizers -----------------------------------------------------------------------------------
@@ -549,8 +544,8 @@ class Resizer:
 
     def _set_common(self, resize_method: str, convert_to_grayscale: bool) -> None:
         if resize_method not in RESIZE_METHODS:
-            raise ConfigError(
-                f"image_resizer.resize_method {resize_method!r}: use one of {', '.join(RESIZE_METHODS)}"
+            raise ValueError(
+                f"resize_method {resize_method!r}: use one of {', '.join(RESIZE_METHODS)}"
             )
         self.resize_method, self.convert_to_grayscale = resize_method, convert_to_grayscale
 
@@ -635,10 +630,10 @@ RESIZERS: dict[str, type[Resizer]] = {
 def build_resizer(name: str, params: dict[str, Any] | None = None) -> Resizer:
     """The resizer for ``image_resizer { <name> { params } }``."""
     if name not in RESIZERS:
-        raise ConfigError(
-            f"image_resizer: {name!r} is not supported; supported: {', '.join(sorted(RESIZERS))}"
+        raise ValueError(
+            f"{name!r} is not supported; supported: {', '.join(sorted(RESIZERS))}"
         )
     try:
         return RESIZERS[name](**(params or {}))
     except TypeError as err:
-        raise ConfigError(f"image_resizer.{name}: {err}") from err
+        raise ValueError(f"{name}: {err}") from err

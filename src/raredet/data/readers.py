@@ -20,7 +20,6 @@ from raredet.data.coco import CocoReader
 from raredet.data.example import DraftSize, Example
 from raredet.data.tfrecord import TFRecordReader, expand_input_paths
 from raredet.data.voc import VocReader
-from raredet.errors import ConfigError
 
 if TYPE_CHECKING:
     from raredet.config.label_map import LabelMap
@@ -45,21 +44,19 @@ class Reader(Protocol):
 
 def tf_record_input_reader(label_map: LabelMap, input_path: Sequence[str] = ()) -> TFRecordReader:
     if not input_path:
-        raise ConfigError(
-            "tf_record_input_reader.input_path is empty; give the TFRecord files (globs allowed)"
-        )
+        raise ValueError("input_path is empty; give the TFRecord files (globs allowed)")
     return TFRecordReader(expand_input_paths(list(input_path)), label_map)
 
 
 def coco_input_reader(label_map: LabelMap, annotations_path: str = "", image_dir: str = "") -> CocoReader:
     if not annotations_path:
-        raise ConfigError("coco_input_reader.annotations_path is empty; give the COCO JSON file")
+        raise ValueError("annotations_path is empty; give the COCO JSON file")
     return CocoReader(Path(annotations_path), label_map, Path(image_dir) if image_dir else None)
 
 
 def voc_input_reader(label_map: LabelMap, root: str = "", image_set: str = "train") -> VocReader:
     if not root:
-        raise ConfigError("voc_input_reader.root is empty; give the Pascal VOC folder")
+        raise ValueError("root is empty; give the Pascal VOC folder")
     return VocReader(Path(root), label_map, split=image_set or None)
 
 
@@ -73,8 +70,8 @@ READERS: dict[str, Callable[..., Reader]] = {
 def build_reader(name: str | None, params: dict[str, Any], label_map: LabelMap) -> Reader:
     """The reader for input reader kind ``name`` with proto fields ``params``."""
     if name not in READERS:
-        raise ConfigError(f"input reader {name!r} is not supported; use one of: {', '.join(READERS)}")
+        raise ValueError(f"input reader {name!r} is not supported; use one of: {', '.join(READERS)}")
     try:
         return READERS[name](label_map, **params)
-    except TypeError as err:
-        raise ConfigError(f"{name}: {err}") from err
+    except TypeError as err:  # a field the reader does not take; the text names the reader
+        raise ValueError(str(err)) from err

@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from raredet.errors import ConfigError
-
 
 def class_repeat_factors(image_counts: np.ndarray, num_images: int, threshold: float) -> np.ndarray:
     """r(c) for each class. image_counts: [K] images containing each class. Absent classes get 1."""
@@ -32,7 +30,7 @@ def image_repeat_factors(
 ) -> np.ndarray:
     """Repeat factor per image [num_images]; ``image_classes[i]`` holds the class indices of image i."""
     if threshold < 0:
-        raise ConfigError(f"repeat_factor_sampling.threshold is {threshold}; it must be >= 0")
+        raise ValueError(f"threshold is {threshold}; it must be >= 0")
     n = len(image_classes)
     lengths = np.array([len(c) for c in image_classes], dtype=np.int64)
     flat = (
