@@ -70,6 +70,7 @@ def batch_stream(
     draw from (seed, epoch, index) only.
     """
     if not epoch_batches(components, epoch, components.batch_size, info.rank, info.world_size):
+        # run-time data: the training set as read, against train_config.batch_size
         raise ConfigError(
             f"one epoch of the training set has fewer examples than one batch of "
             f"{components.batch_size}; lower train_config.batch_size or add training data"

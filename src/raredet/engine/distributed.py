@@ -37,7 +37,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     GPU `LOCAL_RANK`.
     """
     kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda" and not torch.cuda.is_available():
+    if kind == "cuda" and not torch.cuda.is_available():  # run time: the --device flag on this machine
         raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -115,7 +115,7 @@ def wrap_model(model: nn.Module, info: DistInfo, sync_batch_norm: bool = False) 
 
 
 def per_rank_batch(batch_size: int, world_size: int) -> int:
-    if batch_size % world_size:
+    if batch_size % world_size:  # run time: train_config.batch_size over the processes torchrun started
         raise ConfigError(
             f"train_config.batch_size {batch_size} is the global batch and must divide evenly over "
             f"{world_size} processes; change batch_size or --nproc_per_node"

@@ -124,7 +124,7 @@ def restore(components: TrainComponents, model: nn.Module, state: Mapping[str, A
     if callable(load_state):
         try:
             load_state(state.get("loss", {}))
-        except ValueError as err:
+        except ValueError as err:  # run-time data: the checkpoint being resumed against this config's loss
             raise ConfigError(f"cannot resume the loss from this checkpoint: {err}; train into a new "
                               "--model_dir or restore the checkpoint's classification loss") from None
     set_rng_state(state["rng"])

@@ -60,7 +60,7 @@ def resolve_precision(precision: str, device: torch.device, use_bfloat16: bool =
     and the CPU runs it natively. The TF OD API acts on `use_bfloat16` on TPUs only; 21 of the TF2
     zoo's 40 configs set it, and on a CPU without native bf16 it would make every step many times
     slower, so there it falls back to fp32 and says so."""
-    if precision not in PRECISIONS:
+    if precision not in PRECISIONS:  # run time: the --precision flag, not a config field
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "fp32":
         return "fp32", ""
@@ -82,7 +82,7 @@ def resolve_precision(precision: str, device: torch.device, use_bfloat16: bool =
 
 def autocast_for(device: torch.device, precision: str) -> AbstractContextManager[Any]:
     """The autocast context of `precision` (see PRECISIONS) on `device`."""
-    if precision not in PRECISIONS:
+    if precision not in PRECISIONS:  # run time: the --precision flag, not a config field
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
