@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import text_format
 
-from raredet.builders.messages import model_message, post_processing_of
+from raredet.builders.messages import model_message, post_processing_of, refused_as_config_error
 from raredet.config import LabelMap, LoadedConfig, parse_config
 from raredet.errors import ConfigError
 from raredet.evaluation.operating_points import Rule
@@ -73,7 +73,11 @@ def eval_options(loaded: LoadedConfig, operating_point: Rule | None = None) -> E
 
     `operating_point`: a rule for every class that replaces `eval_config.operating_points`' rules
     (the `--operating_point` flag)."""
+    from raredet.evaluation.pipeline import check_metrics_sets  # here: the evaluation's import is slow
+
     ec = loaded.pipeline.eval_config
+    with refused_as_config_error("eval_config.metrics_set", fields=()):
+        check_metrics_sets(list(ec.metrics_set))
     rule, class_rules = build_operating_point_rules(ec, loaded.label_map, operating_point)
     return EvalOptions(
         metrics_set=tuple(ec.metrics_set) or COCO_SET,

@@ -16,7 +16,7 @@ import numpy as np
 from faster_coco_eval import COCO
 from PIL import Image
 
-from raredet.errors import ConfigError, DataError
+from raredet.errors import DataError
 from raredet.evaluation import operating_points as ops
 from raredet.evaluation import per_class, plots
 from raredet.evaluation.coco import (
@@ -41,7 +41,7 @@ def check_metrics_sets(metrics_set: str | Sequence[str]) -> list[str]:
     sets = [metrics_set] if isinstance(metrics_set, str) else list(metrics_set)
     for name in sets:
         if name not in METRICS_SETS:
-            raise ConfigError(f"eval_config.metrics_set: unknown '{name}'; valid: {', '.join(METRICS_SETS)}")
+            raise ValueError(f"unknown '{name}'; valid: {', '.join(METRICS_SETS)}")
     return sets or [COCO_SET]
 
 
