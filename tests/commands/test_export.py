@@ -27,7 +27,7 @@ from raredet.commands.export import (
 from raredet.commands.trained import load_trained_model
 from raredet.errors import ConfigError
 from raredet.modeling.postprocess import nms_mask
-from raredet.protos import ssd_pb2
+from raredet.protos import faster_rcnn_pb2, ssd_pb2
 
 # slow: TorchScript and ONNX export, checked with onnxruntime. torch 2.13 deprecates TorchScript and the
 # TorchScript-based ONNX exporter; both are what is tested here.
@@ -136,10 +136,15 @@ def test_input_size_needs_a_fixed_size():
     ssd.image_resizer.fixed_shape_resizer.height, ssd.image_resizer.fixed_shape_resizer.width = 96, 128
     assert input_size(ssd) == (96, 128)
     ssd.image_resizer.keep_aspect_ratio_resizer.max_dimension = 512
-    with pytest.raises(ConfigError, match="pad_to_max_dimension"):
+    with pytest.raises(ConfigError, match="model.ssd.image_resizer is keep_aspect_ratio_resizer: .*"
+                                          "pad_to_max_dimension"):
         input_size(ssd)
     ssd.image_resizer.keep_aspect_ratio_resizer.pad_to_max_dimension = True
     assert input_size(ssd) == (512, 512)
+    frcnn = faster_rcnn_pb2.FasterRcnn()  # a Faster R-CNN error names its own field
+    frcnn.image_resizer.identity_resizer.SetInParent()
+    with pytest.raises(ConfigError, match="model.faster_rcnn.image_resizer is identity_resizer"):
+        input_size(frcnn)
 
 
 def test_compare_detections_reports_what_differs():

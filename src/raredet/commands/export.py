@@ -45,9 +45,11 @@ import torch
 from torch import Tensor, nn
 
 from raredet import builders
+from raredet.builders.messages import ModelMessage
 from raredet.commands.trained import TrainedModel, load_trained_model, set_operating_points_from_file
 from raredet.errors import ConfigError, RaredetError
 from raredet.fileio import atomic_write, atomic_write_bytes
+from raredet.protos import faster_rcnn_pb2
 
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 ONNX_OPSET = 17
@@ -86,17 +88,15 @@ class ExportableDetector(nn.Module):
         return det["detection_boxes"], det["detection_scores"], ids, det["num_detections"]
 
 
-def input_size(ssd: Any) -> tuple[int, int]:
-    """(H, W) the exported model takes, from the `image_resizer` of the model message."""
-    resizer = ssd.image_resizer
-    kind = resizer.WhichOneof("image_resizer_oneof")
-    if kind == "fixed_shape_resizer":
-        return int(resizer.fixed_shape_resizer.height), int(resizer.fixed_shape_resizer.width)
-    if kind == "keep_aspect_ratio_resizer" and resizer.keep_aspect_ratio_resizer.pad_to_max_dimension:
-        side = int(resizer.keep_aspect_ratio_resizer.max_dimension)
-        return side, side
-    raise ConfigError(f"model.ssd.image_resizer is {kind or 'unset'}: export needs a fixed input size; use "
-                      "fixed_shape_resizer, or keep_aspect_ratio_resizer with pad_to_max_dimension: true")
+def input_size(model: ModelMessage) -> tuple[int, int]:
+    """(H, W) the exported model takes: the fixed size of the resizer `model.image_resizer` builds."""
+    size = builders.build_resizer(model).fixed_size
+    if size is None:
+        kind = "faster_rcnn" if isinstance(model, faster_rcnn_pb2.FasterRcnn) else "ssd"
+        chosen = model.image_resizer.WhichOneof("image_resizer_oneof")
+        raise ConfigError(f"model.{kind}.image_resizer is {chosen}: export needs a fixed input size; use "
+                          "fixed_shape_resizer, or keep_aspect_ratio_resizer with pad_to_max_dimension: true")
+    return size
 
 
 # ---- making the NMS loop exportable ---------------------------------------------------------------

@@ -552,6 +552,11 @@ class Resizer:
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         raise NotImplementedError
 
+    @property
+    def fixed_size(self) -> tuple[int, int] | None:
+        """(H, W) of every network input this resizer makes, or None where it follows the image."""
+        return None
+
     def __call__(self, example: Example) -> Example:
         h, w = example["image"].shape[:2]
         oh, ow = self.output_size(h, w)
@@ -578,6 +583,10 @@ class FixedShapeResizer(Resizer):
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return self.height, self.width
 
+    @property
+    def fixed_size(self) -> tuple[int, int] | None:
+        return self.height, self.width
+
 
 class KeepAspectRatioResizer(Resizer):
     """Scale so the short side is ``min_dimension`` unless the long side would pass ``max_dimension``;
@@ -602,6 +611,10 @@ class KeepAspectRatioResizer(Resizer):
         if round(max(height, width) * scale) > self.max_dimension:
             scale = self.max_dimension / max(height, width)
         return max(1, round(height * scale)), max(1, round(width * scale))
+
+    @property
+    def fixed_size(self) -> tuple[int, int] | None:
+        return (self.max_dimension, self.max_dimension) if self.pad_to_max_dimension else None
 
     def __call__(self, example: Example) -> Example:
         out = super().__call__(example)
