@@ -238,7 +238,7 @@ def test_fixed_size_is_the_input_size_whatever_the_image():
     keep = build_resizer("keep_aspect_ratio_resizer", {"min_dimension": 300, "max_dimension": 512})
     padded = build_resizer("keep_aspect_ratio_resizer", {"max_dimension": 512, "pad_to_max_dimension": True})
     assert fixed.fixed_size == (96, 128)
-    assert keep.fixed_size is None  # 300 x 450 for a 200 x 300 image, 341 x 512 for 400 x 600
-    assert keep.output_size(200, 300) == (300, 450) and keep.output_size(400, 600) == (341, 512)
+    assert keep.fixed_size is None  # 300 x 450 for a 200 x 300 image; 171 x 512 for 200 x 600 (512 / 600)
+    assert keep.output_size(200, 300) == (300, 450) and keep.output_size(200, 600) == (171, 512)
     assert padded.fixed_size == (512, 512)
     assert build_resizer("identity_resizer").fixed_size is None
