@@ -990,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
                                  ("num_steps", "image_size", "images", "seeds", "strategies", "test_images",
                                   "moving_average_decay")}
     if args.ratios:
-        from raredet.data.synth import parse_ratios
+        from raredet.commands.synth import parse_ratios
 
         overrides["ratios"] = parse_ratios(args.ratios)
     budget = Budget(**(asdict(budget) | {k: tuple(v) if isinstance(v, list) else v

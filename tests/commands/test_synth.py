@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
+
 from raredet.cli import main
+from raredet.commands.synth import parse_ratios
+from raredet.errors import ConfigError
 
 
 def test_synth_prints_the_box_counts_of_each_split(tmp_path, capsys) -> None:
@@ -25,3 +29,15 @@ def test_synth_prints_the_box_counts_of_each_split(tmp_path, capsys) -> None:
         assert {name: int(n) for name, n in counts.items()} == boxes
     assert len(printed) == 3
     assert (out / "pipeline.config").is_file() and len(list(out.glob("*.tfrecord"))) == 2
+
+
+def test_parse_ratios():
+    assert parse_ratios("100:20:3") == (100.0, 20.0, 3.0)
+    for bad in ("1:2", "a:b:c", "1:0:1"):
+        with pytest.raises(ConfigError, match="--ratios"):
+            parse_ratios(bad)
+
+
+def test_bad_flag_values_are_a_user_error(tmp_path, capsys) -> None:
+    assert main(["synth", "--out", str(tmp_path / "s"), "--images", "1"]) != 0
+    assert "synth: need images >= 2 (got 1)" in capsys.readouterr().err

@@ -28,7 +28,6 @@ import numpy as np
 from PIL import Image
 
 from raredet.data.tfrecord import detection_example, write_tfrecord
-from raredet.errors import ConfigError
 from raredet.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 CLASS_NAMES = ("scratch", "dent", "crack")
@@ -233,20 +232,6 @@ def deal_labels(
 # ---- writing -------------------------------------------------------------------------------------
 
 
-def parse_ratios(text: str) -> tuple[float, ...]:
-    """``"100:20:3"`` → (100.0, 20.0, 3.0); one positive number per class."""
-    try:
-        ratios = tuple(float(p) for p in text.split(":"))
-    except ValueError:
-        ratios = ()
-    if len(ratios) != len(CLASS_NAMES) or min(ratios) <= 0:
-        raise ConfigError(
-            f"--ratios {text!r}: give {len(CLASS_NAMES)} positive numbers a:b:c for "
-            f"{':'.join(CLASS_NAMES)}, e.g. 100:20:3"
-        )
-    return ratios
-
-
 def _encode_jpeg(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=92)
@@ -332,7 +317,7 @@ def make_synthetic_dataset(
     on val can be graded on images that did not choose them (`raredet eval --operating_points_from`).
     """
     if images < 2 or not 0 < val_fraction < 1 or image_size < 32 or test_images < 0:
-        raise ConfigError(
+        raise ValueError(
             f"synth: need images >= 2 (got {images}), 0 < val_fraction < 1 (got {val_fraction}), "
             f"image_size >= 32 (got {image_size}) and test_images >= 0 (got {test_images})"
         )
