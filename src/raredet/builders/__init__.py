@@ -1,4 +1,5 @@
-"""Config messages -> objects. The only code that reads config messages.
+"""Config messages -> objects: with config/ and commands/, the only code that reads config messages
+(docs/architecture.md, "Where configuration is read").
 
 Every choice point in the config (a protobuf `oneof`) is one plain dict from the oneof's field name to
 a constructor; an unset or unsupported choice is a ConfigError that lists the valid keys. Constructors
