@@ -114,7 +114,9 @@ def test_prints_the_stats_the_block_and_the_table_read_from_the_runs_evaluations
         for folder in ("eval", TEST_EVAL):
             assert (out / run / folder / "report.html").is_file()
     config_path = out / "raredet" / "eval" / "pipeline.operating_points.config"
-    assert config_path.is_file() and printed.rstrip().endswith(str(config_path))
+    *_, config_line, closing = printed.rstrip().splitlines()
+    assert config_path.is_file() and config_line.endswith(str(config_path))
+    assert "raredet init DATA --model" in closing  # the way on for a user with real data (issue #29)
 
 
 def test_rerun_starts_fresh_only_in_a_demo_folder(tmp_path):
