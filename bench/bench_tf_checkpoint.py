@@ -7,7 +7,7 @@ Each run is a fresh child process (so its peak RSS is its own): it opens the che
 every tensor (a float32 copy, as a model load needs), then reports its wall time and peak RSS
 (`VmHWM`). With `--model` (a zoo-layout folder: `pipeline.config` + `checkpoint/`) the child
 instead builds raredet's model from the folder's config and loads the checkpoint into it with
-`load_fine_tune_checkpoint(..., "full")`; the time of building the model alone is measured the same way
+`load_checkpoint_weights(..., "full")`; the time of building the model alone is measured the same way
 and reported beside it. The checkpoints are written by the TF OD API (`tests/fixtures/tf_models/
 write_fixture.py --checkpoint_only` on the zoo's EfficientDet-D7 and Faster R-CNN ResNet-152 configs)
 and kept out of the repository. Median and range over `--repeats` runs.
@@ -46,14 +46,14 @@ elif mode == "read":
 else:
     from pathlib import Path
     from raredet import builders, config
-    from raredet.modeling import load_fine_tune_checkpoint
+    from raredet.modeling import load_checkpoint_weights
     folder = Path(path)
     message = builders.model_message(config.load(folder / "pipeline.config").pipeline)
     model, _ = builders.build_model(message, list(range(1, message.num_classes + 1)))
     built = time.perf_counter() - start
     extra = {"build_seconds": built}
     if mode == "model":
-        report = load_fine_tune_checkpoint(model, folder / "checkpoint" / "ckpt-0", "full")
+        report = load_checkpoint_weights(model, folder / "checkpoint" / "ckpt-0", "full")
         extra["loaded"] = len(report.loaded)
 seconds = time.perf_counter() - start
 # VmHWM, not ru_maxrss: ru_maxrss keeps the forking parent's peak (this bench imports torch) across exec.

@@ -1,5 +1,5 @@
 """Forward parity with the TF OD API on full-size models: raredet builds the folder's pipeline.config, loads
-its TF checkpoint (``load_fine_tune_checkpoint(..., "full")``) and runs TF's resized image; prints the
+its TF checkpoint (``load_checkpoint_weights(..., "full")``) and runs TF's resized image; prints the
 max abs difference of the raw outputs (class logits without TF's background column, box encodings) and
 of the detections TF scores above 0.01 (normalised, as TF's, to the true image inside a padded input).
 
@@ -32,7 +32,7 @@ import torch
 
 import raredet.config
 from raredet import builders
-from raredet.modeling import SSD, load_fine_tune_checkpoint
+from raredet.modeling import SSD, load_checkpoint_weights
 
 
 def compare(folder: Path) -> dict[str, float]:
@@ -42,7 +42,7 @@ def compare(folder: Path) -> dict[str, float]:
         loaded = raredet.config.load(folder / "pipeline.config")
     model = cast(SSD, builders.build_model(builders.model_message(loaded.pipeline))[0])
     start = time.perf_counter()
-    load_fine_tune_checkpoint(model, folder / "checkpoint" / "ckpt-0", "full")
+    load_checkpoint_weights(model, folder / "checkpoint" / "ckpt-0", "full")
     load_s = time.perf_counter() - start
     tf = np.load(folder / "tf_outputs.npz")
     if type(model).__name__ == "FasterRCNN":

@@ -28,7 +28,7 @@ import torch
 from raredet import builders
 from raredet.config import LabelMap, parse_config
 from raredet.engine import optim
-from raredet.modeling import load_fine_tune_checkpoint
+from raredet.modeling import load_checkpoint_weights
 
 TERMS = {"classification_loss": "Loss/classification_loss", "localization_loss": "Loss/localization_loss"}
 
@@ -55,7 +55,7 @@ def build(folder: Path) -> tuple[Any, Any, Any, Any, Any]:
     model, l2 = builders.build_model(message, label_map.ids)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        load_fine_tune_checkpoint(model, folder / "checkpoint" / "ckpt-0", "full")
+        load_checkpoint_weights(model, folder / "checkpoint" / "ckpt-0", "full")
     criterion = builders.build_loss(message, label_map, [])
     optimizer, schedule, _ = builders.build_optimizer(cfg.train_config, model, l2)
     return cfg, model, criterion, optimizer, schedule
@@ -84,7 +84,7 @@ def loaded_copy(folder: Path, name: str) -> dict[str, torch.Tensor]:
     _, model, _, _, _ = build(folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        load_fine_tune_checkpoint(model, folder / name / "ckpt-0", "full")
+        load_checkpoint_weights(model, folder / name / "ckpt-0", "full")
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from raredet.data.augment import RandomHorizontalFlip, build_resizer
+from raredet.data.augment import RandomHorizontalFlip, make_resizer
 from raredet.data.dataset import DetectionDataset, collate
 
 
@@ -70,7 +70,7 @@ def test_training_makes_crowd_an_ignore_region():
 
 def test_resizer_scale_is_relative_to_the_original():
     ds = DetectionDataset(
-        FakeReader(), resizer=build_resizer("fixed_shape_resizer", {"height": 40, "width": 15})
+        FakeReader(), resizer=make_resizer("fixed_shape_resizer", {"height": 40, "width": 15})
     )
     ex = ds[0]
     assert ex["image"].shape == (40, 15, 3) and ex["scale"] == (2.0, 0.5)
@@ -110,7 +110,7 @@ def test_draft_decoding_through_the_dataset(tmp_path, label_map, encode_image):
         class_ids=np.array([3]),
     )
     reader = TFRecordReader([write_tfrecord(tmp_path / "d.tfrecord", [record])], label_map)
-    resizer = build_resizer("fixed_shape_resizer", {"height": 16, "width": 24})
+    resizer = make_resizer("fixed_shape_resizer", {"height": 16, "width": 24})
     batch = collate([DetectionDataset(reader, resizer=resizer)[0]])
     assert batch["images"].shape == (1, 3, 16, 24)
     assert batch["original_sizes"].tolist() == [[64, 96]] and batch["scales"].tolist() == [[0.25, 0.25]]

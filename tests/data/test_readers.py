@@ -1,4 +1,4 @@
-"""build_reader: the input reader's oneof name picks the reader; unknown names and empty paths are
+"""make_reader: the input reader's oneof name picks the reader; unknown names and empty paths are
 config errors that say what to use."""
 
 from __future__ import annotations
@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 from tests.helpers.voc import VOC_OBJECTS, write_voc
 
-from raredet.data.readers import build_reader
+from raredet.data.readers import make_reader
 
 
-def test_build_reader_dispatch(tmp_path, label_map, encode_image):
+def test_make_reader_dispatch(tmp_path, label_map, encode_image):
     write_voc(tmp_path, encode_image, VOC_OBJECTS)
     assert (
-        len(build_reader("voc_input_reader", {"root": str(tmp_path), "image_set": "train"}, label_map)) == 1
+        len(make_reader("voc_input_reader", {"root": str(tmp_path), "image_set": "train"}, label_map)) == 1
     )
     with pytest.raises(ValueError, match="use one of: tf_record_input_reader, coco_input_reader"):
-        build_reader("csv_input_reader", {}, label_map)
+        make_reader("csv_input_reader", {}, label_map)
     with pytest.raises(ValueError, match="input_path is empty"):
-        build_reader("tf_record_input_reader", {}, label_map)
+        make_reader("tf_record_input_reader", {}, label_map)

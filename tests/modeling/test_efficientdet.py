@@ -9,7 +9,7 @@ from tests.helpers.ssd import ssd_from_dicts
 
 from raredet.errors import ConfigError
 from raredet.modeling.efficientnet import EfficientNet
-from raredet.modeling.pretrained import load_fine_tune_checkpoint
+from raredet.modeling.pretrained import load_checkpoint_weights
 
 
 def test_torchvision_state_dict_loads_into_an_efficientdet_by_name(tmp_path):
@@ -21,7 +21,7 @@ def test_torchvision_state_dict_loads_into_an_efficientdet_by_name(tmp_path):
     state["classifier.1.weight"], state["classifier.1.bias"] = torch.randn(1000, 1280), torch.randn(1000)
     torch.save(state, tmp_path / "efficientnet_b0.pth")
     model = ssd_from_dicts(**efficientdet_kwargs())
-    report = load_fine_tune_checkpoint(model, tmp_path / "efficientnet_b0.pth", "classification")
+    report = load_checkpoint_weights(model, tmp_path / "efficientnet_b0.pth", "classification")
     assert report.missing == [] and report.shape_mismatch == []
     assert sorted(report.unexpected) == sorted(
         ["classifier.1.weight", "classifier.1.bias"] + [k for k in state if k.startswith("features.8.")]

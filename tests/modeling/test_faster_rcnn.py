@@ -12,7 +12,7 @@ from raredet.builders.faster_rcnn import build_faster_rcnn
 from raredet.modeling.backbones import ResNet
 from raredet.modeling.calibration import Calibration
 from raredet.modeling.faster_rcnn import FasterRCNN, fpn_levels_of_boxes
-from raredet.modeling.pretrained import load_fine_tune_checkpoint
+from raredet.modeling.pretrained import load_checkpoint_weights
 from raredet.protos import faster_rcnn_pb2
 
 SMALL = """num_classes: 3 first_stage_max_proposals: 8 initial_crop_size: 6 maxpool_kernel_size: 2
@@ -56,7 +56,7 @@ def test_classification_checkpoint_loads_every_backbone_tensor(tmp_path):
     path = tmp_path / "resnet50.pth"
     torch.save({**backbone.state_dict(), "fc.weight": torch.zeros(1000, 2048)}, path)
     model = _model()
-    report = load_fine_tune_checkpoint(model, path, "classification")
+    report = load_checkpoint_weights(model, path, "classification")
     assert report.missing == [] and report.unexpected == ["fc.weight"]
     assert torch.equal(model.backbone.layer4[2].conv3.weight, backbone.layer4[2].conv3.weight)  # conv5 too
 

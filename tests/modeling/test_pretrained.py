@@ -9,7 +9,7 @@ from tests.helpers.ssd import ssd_from_dicts, tiny_ssd_kwargs
 
 from raredet.errors import CheckpointError
 from raredet.modeling.backbones import MobileNetV2, ResNet
-from raredet.modeling.pretrained import CheckpointShapeWarning, load_fine_tune_checkpoint
+from raredet.modeling.pretrained import CheckpointShapeWarning, load_checkpoint_weights
 from raredet.modeling.ssd import SSD
 
 
@@ -34,7 +34,7 @@ def test_classification_round_trip_by_name(tmp_path, tiny_ssd, suffix):
     else:
         torch.save(state, path)
     model = tiny_ssd()
-    report = load_fine_tune_checkpoint(model, path, "classification")
+    report = load_checkpoint_weights(model, path, "classification")
     assert sorted(report.unexpected) == ["fc.bias", "fc.weight"]
     assert report.missing == [] and report.shape_mismatch == []
     assert len(report.loaded) == len(state) - 2
@@ -46,34 +46,34 @@ def test_detection_checkpoint_onto_other_num_classes(tmp_path, tiny_ssd):
     source = tiny_ssd(num_classes=3)
     torch.save({"model": source.state_dict(), "step": 7}, tmp_path / "ckpt-7.pt")
     target = tiny_ssd(num_classes=5)
-    report = load_fine_tune_checkpoint(target, tmp_path / "ckpt-7.pt", "detection")
+    report = load_checkpoint_weights(target, tmp_path / "ckpt-7.pt", "detection")
     assert report.shape_mismatch == ["box_predictor.class_head.bias", "box_predictor.class_head.weight"]
     assert report.missing == [] and report.unexpected == []
     for name in report.loaded:
         assert torch.equal(target.state_dict()[name], source.state_dict()[name])
     with pytest.raises(CheckpointError, match="'full' needs every parameter"):
-        load_fine_tune_checkpoint(target, tmp_path / "ckpt-7.pt", "full")
+        load_checkpoint_weights(target, tmp_path / "ckpt-7.pt", "full")
 
 
 def test_bare_state_dict_with_ddp_prefix(tmp_path, tiny_ssd):
     source = tiny_ssd()
     torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, tmp_path / "bare.pt")
-    report = load_fine_tune_checkpoint(tiny_ssd(), tmp_path / "bare.pt", "full")
+    report = load_checkpoint_weights(tiny_ssd(), tmp_path / "bare.pt", "full")
     assert len(report.loaded) == len(source.state_dict())
 
 
 def test_bad_files_and_types(tmp_path, tiny_ssd):
     model = tiny_ssd()
     with pytest.raises(CheckpointError, match="nowhere.pth: fine_tune_checkpoint not found"):
-        load_fine_tune_checkpoint(model, tmp_path / "nowhere.pth", "classification")
+        load_checkpoint_weights(model, tmp_path / "nowhere.pth", "classification")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pth: cannot read"):
-        load_fine_tune_checkpoint(model, tmp_path / "junk.pth", "classification")
+        load_checkpoint_weights(model, tmp_path / "junk.pth", "classification")
     torch.save({"other.weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="other.pth: no entry matched"):
-        load_fine_tune_checkpoint(model, tmp_path / "other.pth", "classification")
+        load_checkpoint_weights(model, tmp_path / "other.pth", "classification")
     with pytest.raises(ValueError, match="'classification', 'detection', 'full'"):
-        load_fine_tune_checkpoint(model, tmp_path / "other.pth", "fine_tune")
+        load_checkpoint_weights(model, tmp_path / "other.pth", "fine_tune")
 
 
 def _mobilenet_v2_fpn(extractor: str) -> SSD:
@@ -91,7 +91,7 @@ def test_a_narrowed_backbone_layer_is_named_with_both_shapes(tmp_path):
     torch.save(state, tmp_path / "mobilenet_v2.pth")
     model = _mobilenet_v2_fpn("ssd_mobilenet_v2_fpn")
     with pytest.warns(CheckpointShapeWarning) as caught:
-        report = load_fine_tune_checkpoint(model, tmp_path / "mobilenet_v2.pth", "classification")
+        report = load_checkpoint_weights(model, tmp_path / "mobilenet_v2.pth", "classification")
     narrowed = ["features.18.0.weight", *(f"features.18.1.{b}" for b in ("bias", "running_mean",
                                                                             "running_var", "weight"))]
     assert report.shape_mismatch == sorted(narrowed)
@@ -106,5 +106,5 @@ def test_a_narrowed_backbone_layer_is_named_with_both_shapes(tmp_path):
     keras = _mobilenet_v2_fpn("ssd_mobilenet_v2_fpn_keras")
     with warnings.catch_warnings():
         warnings.simplefilter("error", CheckpointShapeWarning)
-        report = load_fine_tune_checkpoint(keras, tmp_path / "mobilenet_v2.pth", "classification")
+        report = load_checkpoint_weights(keras, tmp_path / "mobilenet_v2.pth", "classification")
     assert report.shape_mismatch == [] and report.missing == []

@@ -29,7 +29,7 @@ def build_reader(msg: input_reader_pb2.InputReader, label_map: LabelMap, where: 
         raise ConfigError(f"{where}: no input reader is set; valid choices: {', '.join(readers.READERS)}")
     sub = getattr(msg, name)
     with refused_as_config_error(name, _fields(sub)):
-        return readers.build_reader(name, message_kwargs(sub), label_map)
+        return readers.make_reader(name, message_kwargs(sub), label_map)
 
 
 def _augmentation(name: str, sub: Message) -> AugmentOp:
@@ -63,7 +63,7 @@ def build_resizer(ssd: ModelMessage) -> Resizer:
         raise ConfigError(f"model.{kind}.image_resizer is not set; "
                           f"valid choices: {', '.join(augment.RESIZERS)}")
     with refused_as_config_error("image_resizer"):
-        return augment.build_resizer(name, message_kwargs(getattr(ssd.image_resizer, name)))
+        return augment.make_resizer(name, message_kwargs(getattr(ssd.image_resizer, name)))
 
 
 def _label_map(loaded: LoadedConfig) -> LabelMap:

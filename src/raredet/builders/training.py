@@ -105,7 +105,7 @@ def load_fine_tune_checkpoint(model: nn.Module, train_config: train_pb2.TrainCon
     state dict for "classification", a raredet checkpoint or model state dict for "detection"/"full");
     returns a one-line report, None if unset."""
     from raredet.modeling.pretrained import check_checkpoint_type
-    from raredet.modeling.pretrained import load_fine_tune_checkpoint as load_into
+    from raredet.modeling.pretrained import load_checkpoint_weights as load_into
 
     path = train_config.fine_tune_checkpoint
     if not path:

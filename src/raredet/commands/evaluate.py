@@ -43,7 +43,7 @@ from raredet.evaluation.coco import load_json
 from raredet.evaluation.options import EvalOptions
 from raredet.fileio import atomic_write_text
 from raredet.losses import ClassWeight
-from raredet.modeling import load_fine_tune_checkpoint
+from raredet.modeling import load_checkpoint_weights
 from raredet.protos import calibration_pb2, post_processing_pb2
 from raredet.tfcheckpoint import is_tf_checkpoint
 
@@ -92,7 +92,7 @@ class EvalJob:
         TF checkpoint only its step)."""
         if is_tf_path(path):
             warn_tf_moving_averages(self.loaded.pipeline, self.loaded.path, path)
-            report = load_fine_tune_checkpoint(self.model, path, "full")  # type: ignore[arg-type]
+            report = load_checkpoint_weights(self.model, path, "full")  # type: ignore[arg-type]
             print(f"TF checkpoint {path}: {report.summary()}")
             return {"step": tf_checkpoint_step(path)}
         state = load_checkpoint(path, map_location=self.device)

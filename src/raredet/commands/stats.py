@@ -18,9 +18,10 @@ from raredet.data.sampling import class_repeat_factors, image_repeat_factors
 from raredet.data.stats import DatasetStats
 from raredet.errors import ConfigError
 from raredet.fileio import atomic_write, atomic_write_json, atomic_write_text
+from raredet.losses import class_weights as class_weights_lib
 from raredet.losses.class_weights import ClassWeight, format_class_weight_table, resolve_class_weights
 
-AUTO_SCHEMES = ("INVERSE_FREQUENCY", "SQRT_INVERSE_FREQUENCY", "EFFECTIVE_NUMBER")
+AUTO_SCHEMES = tuple(class_weights_lib.AUTO_SCHEMES)  # the schemes the loss knows, in its order
 
 
 def scheme_weights(stats: DatasetStats, beta: float = 0.999) -> dict[str, list[float]]:
@@ -166,13 +167,11 @@ def stats_for_config(
     stats = builders.training_stats(loaded)
     if stats is None:
         raise ConfigError(f"{pipeline_config_path}: train_input_reader has no input reader; add one")
-    threshold = 0.001
-    if reader_config.HasField("repeat_factor_sampling"):
-        threshold = reader_config.repeat_factor_sampling.threshold
+    threshold = reader_config.repeat_factor_sampling.threshold  # unset: the proto's default, 0.001
     model = builders.model_message(loaded.pipeline)
     class_weights, weights_field, weights_set = builders.class_weights_field(model)
     auto = class_weights.auto
-    beta = auto.beta if auto.HasField("beta") else 0.999  # the config's own beta when it sets one
+    beta = auto.beta  # the config's own beta when it sets one, else the proto's default (0.999)
     summary = stats_summary(stats, threshold, beta)
     table = builders.resolve_class_weight_table(loaded, stats) if weights_set else []
     if out_dir is not None:

@@ -27,7 +27,7 @@ from raredet.config import LabelMap
 from raredet.engine.checkpoint import latest_checkpoint
 from raredet.errors import CheckpointError, ConfigError, DataError
 from raredet.evaluation import operating_points as ops
-from raredet.modeling import load_fine_tune_checkpoint
+from raredet.modeling import load_checkpoint_weights
 from raredet.modeling.calibration import Calibration
 from raredet.modeling.faster_rcnn import FasterRCNN
 from raredet.modeling.ssd import SSD
@@ -219,7 +219,7 @@ def load_tf_model(folder: Path, prefix: Path, pipeline_config_path: str | os.Pat
     config_lib.validate(loaded.pipeline, label_map, str(config_path))
     model, _ = builders.build_model(builders.model_message(loaded.pipeline), label_map.ids)
     warn_tf_moving_averages(loaded.pipeline, config_path, prefix)
-    report = load_fine_tune_checkpoint(model, prefix, "full")  # type: ignore[arg-type]
+    report = load_checkpoint_weights(model, prefix, "full")  # type: ignore[arg-type]
     notes = (f"TF checkpoint {prefix} with {config_path}: {report.summary()}",)
     return TrainedModel(_detector(model.eval()), loaded.pipeline, label_map, prefix,
                         tf_checkpoint_step(prefix), loaded.text, notes + ((note,) if note else ()))

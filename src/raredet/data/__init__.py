@@ -3,10 +3,10 @@
 See docs/internals.md "Data" for the example and batch structures and the functions builders call.
 """
 
-from raredet.data.augment import AUGMENTATIONS, RESIZERS, build_augmentation, build_resizer
+from raredet.data.augment import AUGMENTATIONS, RESIZERS, build_augmentation, make_resizer
 from raredet.data.coco import CocoReader
 from raredet.data.dataset import DetectionDataset, collate
-from raredet.data.readers import READERS, build_reader
+from raredet.data.readers import READERS, make_reader
 from raredet.data.sampling import RepeatFactorSampler, class_repeat_factors, image_repeat_factors
 from raredet.data.stats import DatasetStats, compute_stats
 from raredet.data.tfrecord import TFRecordReader, expand_input_paths
@@ -23,8 +23,8 @@ __all__ = [
     "TFRecordReader",
     "VocReader",
     "build_augmentation",
-    "build_reader",
-    "build_resizer",
+    "make_reader",
+    "make_resizer",
     "class_repeat_factors",
     "collate",
     "compute_stats",

@@ -640,7 +640,7 @@ RESIZERS: dict[str, type[Resizer]] = {
 }
 
 
-def build_resizer(name: str, params: dict[str, Any] | None = None) -> Resizer:
+def make_resizer(name: str, params: dict[str, Any] | None = None) -> Resizer:
     """The resizer for ``image_resizer { <name> { params } }``."""
     if name not in RESIZERS:
         raise ValueError(

@@ -1,6 +1,6 @@
 """Choosing a reader by the name of the input reader's oneof, as the TF OD API config spells it.
 
-``build_reader("tf_record_input_reader", {"input_path": [...]}, label_map)`` and likewise for
+``make_reader("tf_record_input_reader", {"input_path": [...]}, label_map)`` and likewise for
 ``coco_input_reader`` (``annotations_path``, ``image_dir``) and ``voc_input_reader`` (``root``,
 ``image_set``): keyword arguments are the proto fields, so a builder passes a message's fields through.
 Paths are used as given: ``config.load`` has already made a config's relative paths absolute.
@@ -67,7 +67,7 @@ READERS: dict[str, Callable[..., Reader]] = {
 }
 
 
-def build_reader(name: str | None, params: dict[str, Any], label_map: LabelMap) -> Reader:
+def make_reader(name: str | None, params: dict[str, Any], label_map: LabelMap) -> Reader:
     """The reader for input reader kind ``name`` with proto fields ``params``."""
     if name not in READERS:
         raise ValueError(f"input reader {name!r} is not supported; use one of: {', '.join(READERS)}")

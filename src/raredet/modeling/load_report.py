@@ -1,6 +1,6 @@
 """What a checkpoint load reports (`LoadReport`), the `fine_tune_checkpoint_type` values, and the
 warning for tensors skipped for their shape: shared by the torch loader (`pretrained.py`) and the TF
-loader (`tf_weights/`), which `pretrained.load_fine_tune_checkpoint` dispatches to."""
+loader (`tf_weights/`), which `pretrained.load_checkpoint_weights` dispatches to."""
 
 from __future__ import annotations
 

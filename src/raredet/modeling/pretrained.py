@@ -93,7 +93,7 @@ def check_checkpoint_type(checkpoint_type: str) -> None:
         raise ValueError(f"unknown {checkpoint_type!r}; valid: {list(CHECKPOINT_TYPES)}")
 
 
-def load_fine_tune_checkpoint(model: SSD, path: str | Path, checkpoint_type: str) -> LoadReport:
+def load_checkpoint_weights(model: SSD, path: str | Path, checkpoint_type: str) -> LoadReport:
     """Load ``path`` into ``model`` (an ``SSD``) as ``checkpoint_type`` says (see the module docstring)."""
     check_checkpoint_type(checkpoint_type)
     from raredet.tfcheckpoint import is_tf_checkpoint

@@ -23,7 +23,7 @@ from torch import nn
 
 import raredet.config
 from raredet import builders
-from raredet.modeling import efficientnet, load_fine_tune_checkpoint
+from raredet.modeling import efficientnet, load_checkpoint_weights
 from raredet.modeling.predictor import WeightSharedConvolutionalBoxPredictor
 from raredet.modeling.tf_compat import apply_weights_convention
 from raredet.modeling.tf_weights import efficientdet
@@ -59,7 +59,7 @@ def run(model: nn.Module, tf: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 def loaded(checkpoint_type: str = "full"):
     model = build()
-    report = load_fine_tune_checkpoint(model, FOLDER / "checkpoint" / "ckpt-0", checkpoint_type)
+    report = load_checkpoint_weights(model, FOLDER / "checkpoint" / "ckpt-0", checkpoint_type)
     return model, report
 
 

@@ -27,7 +27,7 @@ from torch import nn
 import raredet.config
 from raredet import builders
 from raredet.builders import faster_rcnn as builders_faster_rcnn
-from raredet.modeling import faster_rcnn, load_fine_tune_checkpoint
+from raredet.modeling import faster_rcnn, load_checkpoint_weights
 from raredet.modeling.backbones import ResNet
 
 FOLDER = Path(__file__).parents[2] / "fixtures" / "tf_models" / "faster_rcnn_resnet50_v1"
@@ -52,7 +52,7 @@ def run(model: nn.Module, outputs: str = "tf_outputs.npz") -> tuple[dict, dict]:
 
 def loaded(monkeypatch: pytest.MonkeyPatch) -> nn.Module:
     model = build(monkeypatch)
-    load_fine_tune_checkpoint(model, FOLDER / "checkpoint" / "ckpt-0", "full")
+    load_checkpoint_weights(model, FOLDER / "checkpoint" / "ckpt-0", "full")
     return model
 
 
@@ -87,7 +87,7 @@ def assert_detections_equal(det: dict, tf: dict) -> None:
 
 def test_full_checkpoint_loads_every_tensor(monkeypatch):
     model = build(monkeypatch)
-    report = load_fine_tune_checkpoint(model, FOLDER / "checkpoint" / "ckpt-0", "full")
+    report = load_checkpoint_weights(model, FOLDER / "checkpoint" / "ckpt-0", "full")
     assert not report.missing and not report.unexpected and not report.shape_mismatch
     assert report.parts["rpn"] == (6, 6) and report.parts["second_stage"] == (4, 4)
     assert model.weights_convention == "tf"
@@ -95,7 +95,7 @@ def test_full_checkpoint_loads_every_tensor(monkeypatch):
 
 def test_first_stage_equals_tensorflows(monkeypatch):
     model = build(monkeypatch)
-    load_fine_tune_checkpoint(model, FOLDER / "checkpoint" / "ckpt-0", "full")
+    load_checkpoint_weights(model, FOLDER / "checkpoint" / "ckpt-0", "full")
     out, tf = run(model)
     objectness = tf["predict/rpn_objectness_predictions_with_background"]  # [A, 2] background, object
     assert np.abs(out["rpn_objectness"][0].numpy() - objectness).max() < 1e-3 * np.abs(objectness).max()
@@ -109,11 +109,11 @@ def test_first_stage_equals_tensorflows(monkeypatch):
 def test_classification_checkpoint_loads_the_backbone_only(monkeypatch):
     model = build(monkeypatch)
     before = model.rpn.conv.weight.detach().clone()
-    report = load_fine_tune_checkpoint(model, FOLDER / "classification" / "ckpt-0", "classification")
+    report = load_checkpoint_weights(model, FOLDER / "classification" / "ckpt-0", "classification")
     assert report.parts["backbone"][0] == report.parts["backbone"][1] > 250
     assert torch.equal(model.rpn.conv.weight, before)
     full = build(monkeypatch)
-    load_fine_tune_checkpoint(full, FOLDER / "checkpoint" / "ckpt-0", "full")
+    load_checkpoint_weights(full, FOLDER / "checkpoint" / "ckpt-0", "full")
     for name, tensor in full.backbone.state_dict().items():  # the same Keras ResNet, saved twice
         assert torch.equal(tensor, model.backbone.state_dict()[name]), name
 
@@ -123,13 +123,13 @@ def test_detection_checkpoint_loads_both_feature_extractors(monkeypatch):
     model = build(monkeypatch)
     rpn_before = model.rpn.conv.weight.detach().clone()
     head_before = model.box_head.cls.weight.detach().clone()
-    report = load_fine_tune_checkpoint(model, FOLDER / "checkpoint" / "ckpt-0", "detection")
+    report = load_checkpoint_weights(model, FOLDER / "checkpoint" / "ckpt-0", "detection")
     assert report.parts["backbone"][0] == report.parts["backbone"][1] > 250
     assert not report.unexpected
     assert torch.equal(model.rpn.conv.weight, rpn_before)
     assert torch.equal(model.box_head.cls.weight, head_before)
     full = build(monkeypatch)
-    load_fine_tune_checkpoint(full, FOLDER / "checkpoint" / "ckpt-0", "full")
+    load_checkpoint_weights(full, FOLDER / "checkpoint" / "ckpt-0", "full")
     layer4 = dict(full.backbone.layer4.named_parameters())
     for name, tensor in model.backbone.layer4.named_parameters():  # conv5, from the box classifier's
         assert torch.equal(tensor, layer4[name]), name
@@ -213,7 +213,7 @@ def test_fpn_variant_equals_tensorflow(monkeypatch):
         warnings.simplefilter("ignore")
         config = raredet.config.load(FPN_FOLDER / "pipeline.config").pipeline
     model = builders.build_model(builders.model_message(config))[0].eval()
-    report = load_fine_tune_checkpoint(model, FPN_FOLDER / "checkpoint" / "ckpt-0", "full")
+    report = load_checkpoint_weights(model, FPN_FOLDER / "checkpoint" / "ckpt-0", "full")
     assert not report.missing and not report.unexpected and not report.shape_mismatch
     assert report.parts["fpn"][0] == report.parts["fpn"][1] > 0
     assert report.parts["box_classifier"] == (8, 8)  # fc1, fc2 (weight, bias), the batch norm (4)
@@ -241,7 +241,7 @@ def test_fpn_detection_checkpoint_loads_backbone_fpn_and_box_classifier(monkeypa
         warnings.simplefilter("ignore")
         config = raredet.config.load(FPN_FOLDER / "pipeline.config").pipeline
     model = builders.build_model(builders.model_message(config))[0]
-    report = load_fine_tune_checkpoint(model, FPN_FOLDER / "checkpoint" / "ckpt-0", "detection")
+    report = load_checkpoint_weights(model, FPN_FOLDER / "checkpoint" / "ckpt-0", "detection")
     for part in ("backbone", "fpn", "box_classifier"):
         assert report.parts[part][0] == report.parts[part][1] > 0, part
     assert report.parts["rpn"][0] == 0 and report.parts["box_head"][0] == 0  # parts not read: module names

@@ -20,7 +20,7 @@ from raredet.commands.train import train_from_config
 from raredet.commands.trained import load_trained_model
 from raredet.data.synth import make_synthetic_dataset
 from raredet.errors import CheckpointError
-from raredet.modeling import load_fine_tune_checkpoint
+from raredet.modeling import load_checkpoint_weights
 from raredet.modeling.pretrained import CheckpointShapeWarning
 from raredet.modeling.tf_weights import family_module, load_tf_checkpoint
 from raredet.tfcheckpoint import open_checkpoint
@@ -64,7 +64,7 @@ def holds(model: nn.Module, pair: tuple[str, str]) -> bool:
 
 def test_full_loads_every_tensor_and_reports_parts():
     model = build()
-    report = load_fine_tune_checkpoint(model, DETECTION, "full")
+    report = load_checkpoint_weights(model, DETECTION, "full")
     assert not report.missing and not report.unexpected and not report.shape_mismatch
     assert all(holds(model, pair) for pair in (BACKBONE, FPN, BOX_HEAD))
     assert set(report.parts) == {"backbone", "fpn", "box_predictor"}
@@ -75,7 +75,7 @@ def test_full_loads_every_tensor_and_reports_parts():
 def test_detection_loads_the_feature_extractor_not_the_box_predictor():
     model = build()
     before = model.state_dict()[BOX_HEAD[0]].clone()
-    report = load_fine_tune_checkpoint(model, DETECTION, "detection")
+    report = load_checkpoint_weights(model, DETECTION, "detection")
     assert holds(model, BACKBONE) and holds(model, FPN)
     assert torch.equal(model.state_dict()[BOX_HEAD[0]], before)
     assert report.parts["box_predictor"][0] == 0
@@ -88,7 +88,7 @@ def test_detection_loads_the_feature_extractor_not_the_box_predictor():
 def test_classification_loads_the_backbone_only(path):
     model = build()
     before = model.state_dict()[FPN[0]].clone()
-    report = load_fine_tune_checkpoint(model, path, "classification")
+    report = load_checkpoint_weights(model, path, "classification")
     assert holds(model, BACKBONE)  # the classification checkpoint holds the same backbone values
     assert torch.equal(model.state_dict()[FPN[0]], before)
     assert report.parts["backbone"] == (260, 260) and report.parts["fpn"][0] == 0
@@ -96,15 +96,15 @@ def test_classification_loads_the_backbone_only(path):
 
 def test_classification_checkpoint_as_detection_names_the_type_to_use():
     with pytest.raises(CheckpointError, match='set fine_tune_checkpoint_type: "classification"'):
-        load_fine_tune_checkpoint(build(), CLASSIFICATION, "detection")
+        load_checkpoint_weights(build(), CLASSIFICATION, "detection")
 
 
 def test_another_num_classes_fine_tunes():
     model = build(lambda text: text.replace("num_classes: 3", "num_classes: 5"))
-    report = load_fine_tune_checkpoint(model, DETECTION, "detection")
+    report = load_checkpoint_weights(model, DETECTION, "detection")
     assert holds(model, BACKBONE) and not report.shape_mismatch
     with pytest.warns(CheckpointShapeWarning, match="class_head"):
-        report = load_fine_tune_checkpoint(build(lambda t: t.replace("num_classes: 3", "num_classes: 5")),
+        report = load_checkpoint_weights(build(lambda t: t.replace("num_classes: 3", "num_classes: 5")),
                                            DETECTION, "full")
     # The class head's 1x1 kernel and bias follow num_classes (TF: 9 anchors x (3 + 1) channels here);
     # its depthwise kernel and every other tensor load.
@@ -135,7 +135,7 @@ def test_a_torch_checkpoint_still_loads_by_name(tmp_path):
     source = build()
     torch.save({"model": source.state_dict()}, tmp_path / "ckpt-3.pt")
     target = build()
-    report = load_fine_tune_checkpoint(target, tmp_path / "ckpt-3.pt", "full")
+    report = load_checkpoint_weights(target, tmp_path / "ckpt-3.pt", "full")
     # a *_keras zoo extractor is built with TF's conventions (builders.default_weights_convention)
     assert not report.missing and target.weights_convention == source.weights_convention == "tf"
 

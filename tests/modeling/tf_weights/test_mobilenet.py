@@ -15,7 +15,7 @@ import pytest
 import torch
 from tests.helpers.tf_weights import assert_detections_equal_tf, build
 
-from raredet.modeling import load_fine_tune_checkpoint
+from raredet.modeling import load_checkpoint_weights
 from raredet.modeling.tf_compat import TFSameConv2d
 from raredet.modeling.tf_weights import mobilenet
 from raredet.tfcheckpoint import open_checkpoint
@@ -28,7 +28,7 @@ FAMILIES = ["ssd_mobilenet_v2_fpnlite", "ssd_mobilenet_v2", "ssd_mobilenet_v1_fp
 def tf_loaded(family: str) -> tuple[torch.nn.Module, dict, dict]:
     folder = FIXTURES / family
     model = build(folder)
-    load_fine_tune_checkpoint(model, folder / "checkpoint" / "ckpt-0", "full")
+    load_checkpoint_weights(model, folder / "checkpoint" / "ckpt-0", "full")
     tf = dict(np.load(folder / "tf_outputs.npz"))
     image = torch.from_numpy(tf["resized_image"]).permute(2, 0, 1)[None]
     with torch.no_grad():

@@ -17,7 +17,7 @@ import torch
 from tests.helpers.tf_weights import assert_detections_equal_tf, build
 from torch import nn
 
-from raredet.modeling import load_fine_tune_checkpoint
+from raredet.modeling import load_checkpoint_weights
 from raredet.modeling.backbones import KerasFixedPaddingConv2d, ResNet
 from raredet.modeling.layers import ReLU6
 from raredet.modeling.tf_compat import TFSameMaxPool2d, use_tf_same_padding
@@ -31,7 +31,7 @@ FOLDER = FIXTURES / "ssd_resnet50_v1_fpn"
 @functools.cache
 def tf_loaded() -> tuple[nn.Module, dict, dict]:
     model = build(FOLDER)
-    load_fine_tune_checkpoint(model, FOLDER / "checkpoint" / "ckpt-0", "full")
+    load_checkpoint_weights(model, FOLDER / "checkpoint" / "ckpt-0", "full")
     tf = dict(np.load(FOLDER / "tf_outputs.npz"))
     image = torch.from_numpy(tf["resized_image"].astype(np.float32)).permute(2, 0, 1)[None]
     with torch.no_grad():
@@ -72,7 +72,7 @@ def test_keras_order_matches_the_layer_names_tf_wrote():
 
 def test_every_tf_variable_is_read_and_every_tensor_loaded():
     model = build(FOLDER)
-    report = load_fine_tune_checkpoint(model, FOLDER / "checkpoint" / "ckpt-0", "full")
+    report = load_checkpoint_weights(model, FOLDER / "checkpoint" / "ckpt-0", "full")
     assert not report.missing and not report.unexpected and not report.shape_mismatch
     assert report.parts["backbone"][0] == report.parts["backbone"][1] > 250
 
@@ -80,7 +80,7 @@ def test_every_tf_variable_is_read_and_every_tensor_loaded():
 def test_detection_type_loads_backbone_and_fpn_not_the_predictor():
     model = build(FOLDER)
     before = model.box_predictor.class_head.weight.detach().clone()
-    report = load_fine_tune_checkpoint(model, FOLDER / "checkpoint" / "ckpt-0", "detection")
+    report = load_checkpoint_weights(model, FOLDER / "checkpoint" / "ckpt-0", "detection")
     assert torch.equal(model.box_predictor.class_head.weight, before)
     assert report.parts["fpn"][0] == report.parts["fpn"][1] > 0
     assert report.parts["box_predictor"][0] == 0
