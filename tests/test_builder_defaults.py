@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from raredet import builders
 from raredet.builders import ssd as builders_ssd
 from raredet.builders.hyperparams import build_conv_hyperparams
-from raredet.data import augment, readers
+from raredet.data import augment, readers, resize
 from raredet.losses import (
     CLASSIFICATION_LOSSES,
     LOCALIZATION_LOSSES,
@@ -103,7 +103,7 @@ PAIRS: list[tuple[str, Any, Descriptor]] = [
     *oneof_pairs(builders.OPTIMIZERS, optimizer_pb2.Optimizer),
     *oneof_pairs(builders.LEARNING_RATES, optimizer_pb2.LearningRate),
     *oneof_pairs(augment.AUGMENTATIONS, preprocessor_pb2.PreprocessingStep),
-    *oneof_pairs(augment.RESIZERS, image_resizer_pb2.ImageResizer),
+    *oneof_pairs(resize.RESIZERS, image_resizer_pb2.ImageResizer),
     *oneof_pairs(readers.READERS, input_reader_pb2.InputReader),
     *oneof_pairs(CLASSIFICATION_LOSSES, losses_pb2.ClassificationLoss),
     *oneof_pairs(LOCALIZATION_LOSSES, losses_pb2.LocalizationLoss),
@@ -133,7 +133,7 @@ PAIRS: list[tuple[str, Any, Descriptor]] = [
 def test_the_comparison_covers_the_builder_tables():
     # Not vacuous: every table is in, and many parameters are really compared.
     names = {name for name, _, _ in PAIRS}
-    for table in (builders.OPTIMIZERS, builders.LEARNING_RATES, augment.AUGMENTATIONS, augment.RESIZERS,
+    for table in (builders.OPTIMIZERS, builders.LEARNING_RATES, augment.AUGMENTATIONS, resize.RESIZERS,
                   readers.READERS, CLASSIFICATION_LOSSES, LOCALIZATION_LOSSES):
         assert set(table) <= names
     compared = [name for _, make, message in PAIRS for name in inspect.signature(make).parameters

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from raredet.data.augment import RandomHorizontalFlip, make_resizer
+from raredet.data.augment import RandomHorizontalFlip
 from raredet.data.dataset import DetectionDataset, collate
+from raredet.data.resize import make_resizer
 
 
 class FakeReader:

@@ -8,10 +8,11 @@ from google.protobuf.message import Message
 
 from raredet.builders.messages import ModelMessage, message_kwargs, model_message, refused_as_config_error
 from raredet.config import LabelMap, LoadedConfig
-from raredet.data import augment, readers
-from raredet.data.augment import AugmentOp, Resizer
+from raredet.data import augment, readers, resize
+from raredet.data.augment import AugmentOp
 from raredet.data.dataset import DetectionDataset, collate
 from raredet.data.readers import Reader
+from raredet.data.resize import Resizer
 from raredet.data.sampling import RepeatFactorSampler, image_repeat_factors
 from raredet.data.stats import DatasetStats, compute_stats
 from raredet.errors import ConfigError
@@ -61,9 +62,9 @@ def build_resizer(ssd: ModelMessage) -> Resizer:
     if name is None:
         kind = "faster_rcnn" if isinstance(ssd, faster_rcnn_pb2.FasterRcnn) else "ssd"
         raise ConfigError(f"model.{kind}.image_resizer is not set; "
-                          f"valid choices: {', '.join(augment.RESIZERS)}")
+                          f"valid choices: {', '.join(resize.RESIZERS)}")
     with refused_as_config_error("image_resizer"):
-        return augment.make_resizer(name, message_kwargs(getattr(ssd.image_resizer, name)))
+        return resize.make_resizer(name, message_kwargs(getattr(ssd.image_resizer, name)))
 
 
 def _label_map(loaded: LoadedConfig) -> LabelMap:

@@ -44,7 +44,7 @@ from raredet.fileio import atomic_write, atomic_write_json
 if TYPE_CHECKING:
     from PIL import Image
 
-    from raredet.data.augment import Resizer
+    from raredet.data.resize import Resizer
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 MIN_DRAWN_WIDTH = 256  # smaller images are enlarged (nearest neighbour) so that labels stay readable

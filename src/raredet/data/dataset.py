@@ -19,9 +19,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from raredet.data.augment import AugmentOp, IdentityResizer, Resizer
+from raredet.data.augment import AugmentOp
 from raredet.data.example import Example
 from raredet.data.readers import Reader
+from raredet.data.resize import IdentityResizer, Resizer
 
 
 class DetectionDataset(torch.utils.data.Dataset[Example]):
