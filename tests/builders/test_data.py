@@ -1,17 +1,21 @@
 """builders/data.py: a reader's, augmentation's, resizer's or sampler's refusal of a config value reaches
-the user as a ConfigError naming the field, with the whole message as written here."""
+the user as a ConfigError naming the field, with the whole message as written here; the eval loader
+samples one image in n."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 from google.protobuf import text_format
+from tests.helpers import tiny_pipeline as tiny
 
-from raredet import builders
+from raredet import builders, config
 from raredet.config import LabelMap
 from raredet.data.stats import DatasetStats
 from raredet.errors import ConfigError
-from raredet.protos import input_reader_pb2, train_pb2
+from raredet.protos import input_reader_pb2, pipeline_pb2, train_pb2
 
 
 @pytest.mark.parametrize(("reader", "message"), [
@@ -53,3 +57,11 @@ def test_negative_repeat_factor_threshold_names_the_field() -> None:
     with pytest.raises(ConfigError) as caught:
         builders.build_sampler(msg, stats, seed=0)
     assert str(caught.value) == "repeat_factor_sampling.threshold is -1.0; it must be >= 0"
+
+
+def test_eval_loader_samples_one_of_n(data_dir):
+    loaded = config.load(tiny.write_config(data_dir, "eval.config"))
+    assert len(builders.build_eval_loader(loaded).dataset) == 3
+    assert len(builders.build_eval_loader(loaded, sample_1_of_n=2).dataset) == 2
+    empty = pipeline_pb2.TrainEvalPipelineConfig()
+    assert builders.build_eval_loader(config.LoadedConfig(empty, None, Path("x"), "")) is None

@@ -1,5 +1,7 @@
-"""builders/losses.py with the pair-aware losses from a pipeline.config: functions, parameters and
-statistics wired; validation errors; `raredet config check`; the built loss trains a batch."""
+"""builders/losses.py: class weights (explicit, by name or id, and auto from the training counts) and each
+classification loss choice wired with its parameters; with the pair-aware losses from a pipeline.config:
+functions, parameters and statistics wired; validation errors; `raredet config check`; the built loss
+trains a batch."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 from google.protobuf import text_format
+from tests.helpers import tiny_pipeline as tiny
+from tests.helpers.builders import LABELS, parse
 from tests.helpers.configs import write_variant
 
-from raredet import builders
+from raredet import builders, config
 from raredet import config as cfg
 from raredet.commands.config import check
 from raredet.data.stats import DatasetStats
@@ -21,11 +25,17 @@ from raredet.losses import (
     ConfusionGateSchedule,
     GradientRatioStatistics,
     SeesawStatistics,
+    bootstrapped_sigmoid,
     confusion_gated_focal,
     equalized_focal,
+    l1_localization_loss,
     seesaw_sigmoid_focal,
+    weighted_giou,
+    weighted_sigmoid,
+    weighted_sigmoid_focal,
+    weighted_softmax,
 )
-from raredet.protos import ssd_pb2
+from raredet.protos import losses_pb2, ssd_pb2
 
 FOCAL = 'weighted_sigmoid_focal { gamma: 2.0 alpha: 0.25 class_alpha { name: "crack" value: 0.75 } }'
 
@@ -168,3 +178,73 @@ def test_class_weight_refusals_name_the_field(class_weights: str, message: str) 
     with pytest.raises(ConfigError) as caught:
         builders.build_class_weights(ssd.loss, labels, stats)
     assert str(caught.value) == message
+
+
+def test_explicit_class_weights_by_name_and_id():
+    loss = parse('class_weights { weight { name: "crack" value: 8 } weight { id: 2 value: 2 } }',
+                  losses_pb2.Loss())
+    table = builders.build_class_weights(loss, LABELS, None)
+    assert [(w.name, w.weight, w.source) for w in table] == [
+        ("scratch", 1.0, "default"), ("dent", 2.0, "explicit"), ("crack", 8.0, "explicit")]
+
+
+def test_unknown_class_name_is_an_error():
+    loss = parse('class_weights { weight { name: "crak" value: 8 } }', losses_pb2.Loss())
+    with pytest.raises(ConfigError, match=r"class_weights.weight\[0\].*crak"):
+        builders.build_class_weights(loss, LABELS, None)
+
+
+def test_auto_class_weights_from_training_counts(data_dir):
+    # The synthetic training split has 10 scratch, 2 dent and 0 crack boxes (summary.json).
+    cfg = tiny.write_config(data_dir, "auto.config", loss=tiny.LOSS_BLOCK + """
+      class_weights { auto { scheme: INVERSE_FREQUENCY } weight { name: "scratch" value: 0.5 } }""")
+    with pytest.warns(UserWarning, match="crack"):
+        table = builders.resolve_class_weight_table(config.load(cfg))
+    # raw 1/10, 1/2; rescaled so that 10 w_s + 2 w_d = 12: scale 6 -> 0.6, 3.0; scratch pinned at 0.5.
+    assert [w.count for w in table] == [10, 2, 0]
+    assert [w.weight for w in table] == pytest.approx([0.5, 3.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("block", "fn", "params"),
+    [
+        ("weighted_sigmoid { }", weighted_sigmoid, {}),
+        ("weighted_sigmoid_focal { gamma: 1.0 }", weighted_sigmoid_focal, {"gamma": 1.0}),
+        ("weighted_softmax { logit_scale: 2.0 }", weighted_softmax, {"logit_scale": 2.0}),
+        ("bootstrapped_sigmoid { alpha: 0.5 hard_bootstrap: true }", bootstrapped_sigmoid,
+         {"alpha": 0.5, "hard_bootstrap": True}),
+    ],
+)
+def test_classification_loss_choice(block, fn, params):
+    ssd = parse(f"""matcher {{ argmax_matcher {{ }} }} similarity_calculator {{ iou_similarity {{ }} }}
+        box_coder {{ faster_rcnn_box_coder {{ }} }}
+        loss {{ classification_loss {{ {block} }} localization_loss {{ l1_localization_loss {{ }} }} }}""",
+                 ssd_pb2.Ssd())
+    loss = builders.build_loss(ssd, LABELS, [])
+    assert loss.classification_loss is fn and loss.classification_loss_params == params
+    assert loss.localization_loss is l1_localization_loss
+    assert loss.class_weights is None and loss.hard_example_miner is None
+
+
+def test_loss_with_miner_class_alpha_and_weights():
+    ssd = parse("""matcher { argmax_matcher { matched_threshold: 0.6 unmatched_threshold: 0.3 } }
+        similarity_calculator { iou_similarity { } } box_coder { faster_rcnn_box_coder { y_scale: 5 } }
+        negative_class_weight: 0.5
+        loss { classification_loss { weighted_sigmoid_focal { alpha: 0.25
+                   class_alpha { name: "crack" value: 0.75 } } }
+               localization_loss { weighted_giou { } } classification_weight: 2.0
+               hard_example_miner { num_hard_examples: 16 max_negatives_per_positive: 3 }
+               class_weights { weight { name: "dent" value: 4 } apply_to_localization: false } }""",
+                 ssd_pb2.Ssd())
+    table = builders.build_class_weights(ssd.loss, LABELS, None)
+    loss = builders.build_loss(ssd, LABELS, table)
+    assert loss.localization_loss is weighted_giou and loss.classification_weight == 2.0
+    assert torch.equal(loss.class_weights, torch.tensor([1.0, 4.0, 1.0]))
+    assert loss.apply_to_localization is False and loss.negative_class_weight == 0.5
+    alpha = loss.classification_loss_params["class_alpha"]
+    assert torch.isnan(alpha[:2]).all() and alpha[2] == 0.75
+    assert loss.classification_loss_params["alpha"] == 0.25
+    miner = loss.hard_example_miner
+    assert (miner.num_hard_examples, miner.max_negatives_per_positive, miner.cls_loss_weight) == (16, 3, 2.0)
+    assert loss.matcher.matched_threshold == pytest.approx(0.6)
+    assert loss.box_coder.scales == (5.0, 10.0, 5.0, 5.0)
