@@ -14,6 +14,7 @@ import numpy as np
 
 from raredet import builders
 from raredet import config as config_lib
+from raredet.builders.messages import field_value
 from raredet.data.sampling import class_repeat_factors, image_repeat_factors
 from raredet.data.stats import DatasetStats
 from raredet.errors import ConfigError
@@ -167,11 +168,14 @@ def stats_for_config(
     stats = builders.training_stats(loaded)
     if stats is None:
         raise ConfigError(f"{pipeline_config_path}: train_input_reader has no input reader; add one")
-    threshold = reader_config.repeat_factor_sampling.threshold  # unset: the proto's default, 0.001
+    sampling = reader_config.repeat_factor_sampling
+    # Unset: the proto's default as written (0.001, not float32's 0.0010000000475), as before.
+    threshold = sampling.threshold if reader_config.HasField("repeat_factor_sampling") \
+        else field_value(sampling, "threshold")
     model = builders.model_message(loaded.pipeline)
     class_weights, weights_field, weights_set = builders.class_weights_field(model)
     auto = class_weights.auto
-    beta = auto.beta  # the config's own beta when it sets one, else the proto's default (0.999)
+    beta = auto.beta if auto.HasField("beta") else field_value(auto, "beta")  # default as written: 0.999
     summary = stats_summary(stats, threshold, beta)
     table = builders.resolve_class_weight_table(loaded, stats) if weights_set else []
     if out_dir is not None:
