@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from tests.helpers.stats import BoxesOnly
+from tests.helpers.stats import BY_HAND_IMAGES, BoxesOnly
 
 from raredet.cli import main
 from raredet.commands.stats import stats_summary
@@ -24,17 +24,7 @@ def synth_dir(tmp_path_factory):
 
 def by_hand_stats():
     """3 images: class a has boxes of size 2, 4 and 6 in 2 images; b one box (6) and a crowd region."""
-    reader = BoxesOnly(
-        [
-            ([[0, 0, 2, 2], [0, 0, 4, 4]], [0, 0], [False, False]),  # sizes 2 and 4
-            (
-                [[0, 0, 6, 6], [0, 0, 3, 12], [0, 0, 9, 9]],
-                [0, 1, 1],
-                [False, False, True],
-            ),  # 6; 6 (3x12); crowd
-            ([], [], []),
-        ]
-    )
+    reader = BoxesOnly(BY_HAND_IMAGES)
     return compute_stats(reader, LabelMap.from_names(["a", "b"]))
 
 

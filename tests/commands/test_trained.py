@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from tests.helpers import tiny_pipeline as tiny
-from tests.helpers.coco import reference_points
+from tests.helpers.coco import assert_counts_at_threshold, reference_points
 from tests.helpers.faster_rcnn import scaled_checkpoint
 from tests.helpers.operating_points import assert_exported_equal_pytorch, detection_key, predict_files
 
@@ -84,11 +84,7 @@ def test_eval_writes_operating_points_that_pycocotools_recounts(run):
         if p.threshold is None:
             assert sum(h for _, h in ref) == 0 or num_gt == 0  # no TP anywhere (or no GT): no point
             continue
-        tp = sum(h for s, h in ref if s > p.threshold)
-        fp = sum(not h for s, h in ref if s > p.threshold)
-        assert (p.at_threshold.TP, p.at_threshold.FP, p.at_threshold.FN) == (tp, fp, num_gt - tp)
-        assert p.at_threshold.precision == pytest.approx(tp / (tp + fp))
-        assert p.at_threshold.recall == pytest.approx(tp / num_gt)
+        tp, fp = assert_counts_at_threshold(p, ref, num_gt)
         assert p.at_threshold.FP_per_image == pytest.approx(fp / len(gt["images"]))
     # Seen where people look: table columns, markdown, report, TensorBoard-bound metrics.
     rows = json.loads((out / "per_class.json").read_text())["classes"]

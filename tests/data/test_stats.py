@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-from tests.helpers.stats import BoxesOnly
+from tests.helpers.stats import BY_HAND_IMAGES, BoxesOnly
 
 from raredet.config import LabelMap
 from raredet.data.stats import compute_stats
 
 
 def test_stats_by_hand():
-    reader = BoxesOnly(
-        [
-            ([[0, 0, 2, 2], [0, 0, 4, 4]], [0, 0], [False, False]),  # sizes 2 and 4
-            (
-                [[0, 0, 6, 6], [0, 0, 3, 12], [0, 0, 9, 9]],
-                [0, 1, 1],
-                [False, False, True],
-            ),  # 6; 6 (3x12); crowd
-            ([], [], []),
-        ]
-    )
+    reader = BoxesOnly(BY_HAND_IMAGES)
     lm = LabelMap.from_names(["a", "b"])
     stats = compute_stats(reader, lm)
     assert stats.box_counts.tolist() == [3, 1] and stats.image_counts.tolist() == [2, 1]

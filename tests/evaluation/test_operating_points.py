@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from tests.helpers.coco import make_data, reference_points
+from tests.helpers.coco import assert_counts_at_threshold, make_data, reference_points
 
 from raredet.evaluation import operating_points as ops
 from raredet.evaluation.operating_points import (
@@ -284,11 +284,7 @@ def test_operating_points_match_a_recount_with_pycocotools(seed):
             if p.threshold is None:
                 assert num_gt == 0 or not ref or rule.kind == "max_f1"
                 continue
-            tp = sum(hit for s, hit in ref if s > p.threshold)
-            fp = sum(not hit for s, hit in ref if s > p.threshold)
-            assert (p.at_threshold.TP, p.at_threshold.FP, p.at_threshold.FN) == (tp, fp, num_gt - tp)
-            assert p.at_threshold.precision == pytest.approx(tp / (tp + fp))
-            assert p.at_threshold.recall == pytest.approx(tp / num_gt)
+            tp, fp = assert_counts_at_threshold(p, ref, num_gt)
             # The rule's choice is the best over every threshold pycocotools' points allow.
             cuts = sorted({s for s, _ in ref}, reverse=True)
             options = [(sum(h for s, h in ref if s >= c), sum(not h for s, h in ref if s >= c)) for c in cuts]

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pycocotools.coco import COCO as RefCOCO
 from pycocotools.cocoeval import COCOeval as RefEval
 
@@ -79,6 +80,17 @@ def reference_points(gt: dict, dets: list, cat_id: int) -> list[tuple[float, boo
             if not ignored:
                 points.append((float(score), bool(matched)))
     return points, num_gt
+
+
+def assert_counts_at_threshold(point, ref: list[tuple[float, bool]], num_gt: int) -> tuple[int, int]:
+    """`point.at_threshold` (TP, FP, FN, precision, recall) equals the recount of `ref` above its
+    threshold (strictly, as pycocotools' ranking does); returns (TP, FP)."""
+    tp = sum(hit for s, hit in ref if s > point.threshold)
+    fp = sum(not hit for s, hit in ref if s > point.threshold)
+    assert (point.at_threshold.TP, point.at_threshold.FP, point.at_threshold.FN) == (tp, fp, num_gt - tp)
+    assert point.at_threshold.precision == pytest.approx(tp / (tp + fp))
+    assert point.at_threshold.recall == pytest.approx(tp / num_gt)
+    return tp, fp
 
 
 def write_json(path: Path, data: object) -> Path:

@@ -25,3 +25,11 @@ class BoxesOnly:
             "is_crowd": np.asarray(crowd, bool),
             "difficult": np.zeros(n, bool),
         }
+
+
+# 3 images: class a has boxes of size 2, 4 and 6 in 2 images; b one box (6) and a crowd region.
+BY_HAND_IMAGES = [
+    ([[0, 0, 2, 2], [0, 0, 4, 4]], [0, 0], [False, False]),  # sizes 2 and 4
+    ([[0, 0, 6, 6], [0, 0, 3, 12], [0, 0, 9, 9]], [0, 1, 1], [False, False, True]),  # 6; 6 (3x12); crowd
+    ([], [], []),
+]
