@@ -24,6 +24,7 @@ the window. `--report_only` recomputes the report from an earlier run's folder.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -148,6 +149,31 @@ def summarise(seed: int, out: Path) -> dict:
     return row
 
 
+def within(values: list[float], reference: list[float]) -> int:
+    """How many of `values` fall within the range of `reference` widened by half that range."""
+    low, high = min(reference), max(reference)
+    margin = 0.5 * (high - low)
+    return sum(low - margin <= v <= high + margin for v in values)
+
+
+def own_seeds_within(values: list[float]) -> int:
+    """How many of a system's own seeds fall within the others' range (±half): the rate at which the
+    range criterion rejects a seed drawn from the same system, against which raredet's count is read."""
+    return sum(within([v], values[:i] + values[i + 1:]) for i, v in enumerate(values))
+
+
+def permutation_p(a: list[float], b: list[float]) -> float:
+    """Two-sided exact permutation test on the difference of the means: the share of the ways of
+    splitting the pooled values into groups of len(a) and len(b) whose means differ at least as much
+    as a's and b's do. Small: the side-by-side has a few seeds per system (6 + 6: 924 splits)."""
+    pooled, n = [*a, *b], len(a)
+    total = sum(pooled)
+    observed = abs(sum(a) / n - sum(b) / len(b))
+    splits = list(itertools.combinations(pooled, n))
+    extreme = sum(abs(sum(c) / n - (total - sum(c)) / len(b)) >= observed - 1e-12 for c in splits)
+    return extreme / len(splits)
+
+
 def verdict(rows: list[dict]) -> list[str]:
     lines = []
     for step in (100, 200):
@@ -155,19 +181,20 @@ def verdict(rows: list[dict]) -> list[str]:
             for term in TERMS:
                 tf_values = [r["tf"][key][term] for r in rows if r["tf"].get(key)]
                 ours = [r["raredet"][key][term] for r in rows if r["raredet"].get(key)]
-                if not tf_values or not ours:
+                if len(tf_values) < 2 or not ours:
                     continue
-                low, high = min(tf_values), max(tf_values)
-                margin = 0.5 * (high - low)
-                inside = all(low - margin <= v <= high + margin for v in ours)
                 what = f"{step}" if key.startswith("step") else f"{step - 9}-{step} (mean)"
-                lines.append(f"| {what} | {term} | {', '.join(f'{v:.4g}' for v in tf_values)} | "
-                             f"{', '.join(f'{v:.4g}' for v in ours)} | {'yes' if inside else 'no'} |")
+                cells = [what, term.split("/")[1], ", ".join(f"{v:.4g}" for v in tf_values),
+                         ", ".join(f"{v:.4g}" for v in ours), f"{within(ours, tf_values)} of {len(ours)}",
+                         f"{own_seeds_within(tf_values)} of {len(tf_values)}",
+                         f"{permutation_p(ours, tf_values):.2f}"]
+                lines.append(f"| {' | '.join(cells)} |")
     finished = sum(r["raredet"]["exit"] == 0 for r in rows)
     header = [f"raredet runs that finished: {finished} of {len(rows)}; TF OD API runs: "
               f"{sum(r['tf']['exit'] == 0 for r in rows)} of {len(rows)}.", "",
-              "| step | loss | TF OD API (seeds) | raredet (seeds) | within TF's range (±half) |",
-              "|---|---|---|---|---|"]
+              "| step | loss | TF OD API (seeds) | raredet (seeds) | raredet seeds within TF's range (±half) "
+              "| TF seeds within the other TF seeds' range (±half) | permutation p (means) |",
+              "|---|---|---|---|---|---|---|"]
     return header + lines
 
 
