@@ -8,7 +8,11 @@ import pytest
 from raredet.builders.faster_rcnn import FEATURE_EXTRACTORS as FASTER_RCNN_REGISTRY
 from raredet.builders.ssd import FEATURE_EXTRACTORS as SSD_REGISTRY
 from raredet.config import parse_config
-from raredet.config.extractors import FASTER_RCNN_FEATURE_EXTRACTORS, SSD_FEATURE_EXTRACTORS
+from raredet.config.extractors import (
+    CENTER_NET_FEATURE_EXTRACTORS,
+    FASTER_RCNN_FEATURE_EXTRACTORS,
+    SSD_FEATURE_EXTRACTORS,
+)
 from raredet.errors import ConfigError
 
 
@@ -20,7 +24,7 @@ def test_names_are_the_registries_keys() -> None:
     assert len(set(FASTER_RCNN_FEATURE_EXTRACTORS)) == len(FASTER_RCNN_FEATURE_EXTRACTORS) == 6
 
 
-@pytest.mark.parametrize("model", ["center_net", "yolo"])
+@pytest.mark.parametrize("model", ["experimental_model", "yolo"])
 def test_parse_error_lists_every_extractor(model: str, tmp_path) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(f"model {{ {model} {{ }} }}", tmp_path / "p.config")
@@ -28,5 +32,7 @@ def test_parse_error_lists_every_extractor(model: str, tmp_path) -> None:
     assert text.startswith(f"{tmp_path / 'p.config'}:1:9: model.{model}: '{model}' ")
     ssd = ", ".join(sorted(SSD_REGISTRY))
     frcnn = ", ".join(sorted(FASTER_RCNN_REGISTRY))
-    assert (f"feature_extractor.type one of {ssd}, and Faster R-CNN: model {{ faster_rcnn {{ ... }} }} "
+    assert (f"feature_extractor.type one of {ssd}; Faster R-CNN: model {{ faster_rcnn {{ ... }} }} "
             f"with one of {frcnn} (a _keras suffix is accepted)") in text
+    center_net = ", ".join(sorted(CENTER_NET_FEATURE_EXTRACTORS))
+    assert f"and CenterNet: model {{ center_net {{ ... }} }} with one of {center_net}" in text

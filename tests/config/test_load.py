@@ -192,8 +192,9 @@ def test_efficientdet_and_tf1_fields_parse():
 
 
 def test_other_meta_architectures_get_a_clear_error():
-    expected = r"x\.config:1:9: model\.center_net: 'center_net' is the TF OD API's CenterNet"
+    expected = r"x\.config:1:9: model\.experimental_model: 'experimental_model' is the TF OD API's exp"
     with pytest.raises(ConfigError, match=expected) as err:
-        cfg.parse_config("model { center_net { num_classes: 3 } }", "x.config")
+        cfg.parse_config('model { experimental_model { name: "x" } }', "x.config")
     assert "has no field named" not in str(err.value)  # protobuf's wording is replaced, not appended to
     assert "ssd_resnet152_v1_fpn" in str(err.value) and "model { faster_rcnn" in str(err.value)
+    assert "model { center_net" in str(err.value) and "resnet_v1_50_fpn" in str(err.value)

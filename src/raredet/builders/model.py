@@ -12,7 +12,7 @@ from raredet.config import check_calibration
 from raredet.errors import ConfigError
 from raredet.modeling.calibration import Calibration
 from raredet.modeling.tf_compat import apply_weights_convention
-from raredet.protos import calibration_pb2, faster_rcnn_pb2
+from raredet.protos import calibration_pb2, center_net_pb2, faster_rcnn_pb2
 
 
 def default_weights_convention(msg: ModelMessage) -> str:
@@ -41,6 +41,9 @@ def build_model(ssd: ModelMessage, class_ids: Sequence[int] | None = None,
 
 
 def _build_model(ssd: ModelMessage, class_ids: Sequence[int] | None) -> tuple[nn.Module, dict[str, float]]:
+    if isinstance(ssd, center_net_pb2.CenterNet):
+        raise ConfigError("model.center_net: the CenterNet model is being added to raredet (issue 28) and "
+                          "cannot be built yet")
     post, where = post_processing_field(ssd)
     calibration = None
     if post.HasField("calibration_config"):

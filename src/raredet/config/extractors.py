@@ -1,11 +1,12 @@
 """The feature-extractor types raredet builds, by meta-architecture: names only, no model code.
 
 The config parser names them when a config asks for a meta-architecture raredet does not build
-(`text.unsupported_model_message`). That error is raised while the text is parsed: `center_net { }` is
-not a field of raredet's `DetectionModel`, so the message never reaches `validate`, where builders could
-have supplied the names. The names are therefore kept here as data, and config/ imports nothing of the
-model code above it. tests/config/test_extractors.py checks that they are exactly the keys of the model
-builders' registries. Each name may also be written with a `_keras` suffix.
+(`text.unsupported_model_message`). That error is raised while the text is parsed:
+`experimental_model { }` is not a field of raredet's `DetectionModel`, so the message never reaches
+`validate`, where builders could have supplied the names. The names are therefore kept here as data,
+and config/ imports nothing of the model code above it. tests/config/test_extractors.py checks that
+they are exactly the keys of the model builders' registries. SSD and Faster R-CNN names may also be
+written with a `_keras` suffix.
 """
 
 from __future__ import annotations
@@ -38,4 +39,10 @@ FASTER_RCNN_FEATURE_EXTRACTORS: tuple[str, ...] = (
     "faster_rcnn_resnet50_fpn",
     "faster_rcnn_resnet101_fpn",
     "faster_rcnn_resnet152_fpn",
+)
+
+# `model { center_net { feature_extractor { type: ... } } }` (no `_keras` suffix: TF names them so)
+CENTER_NET_FEATURE_EXTRACTORS: tuple[str, ...] = (
+    "resnet_v1_50_fpn",
+    "resnet_v1_101_fpn",
 )

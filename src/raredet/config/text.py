@@ -13,7 +13,11 @@ from typing import TypeVar
 from google.protobuf import descriptor_pool, text_format
 from google.protobuf.message import Message
 
-from raredet.config.extractors import FASTER_RCNN_FEATURE_EXTRACTORS, SSD_FEATURE_EXTRACTORS
+from raredet.config.extractors import (
+    CENTER_NET_FEATURE_EXTRACTORS,
+    FASTER_RCNN_FEATURE_EXTRACTORS,
+    SSD_FEATURE_EXTRACTORS,
+)
 from raredet.errors import ConfigError
 
 M = TypeVar("M", bound=Message)
@@ -55,22 +59,23 @@ def _hint(message: str) -> str:
 
 # TF OD API meta-architectures (the `model` oneof) that raredet does not build, by their config name.
 OTHER_META_ARCHITECTURES = {
-    "center_net": "CenterNet",
     "experimental_model": "experimental",
 }
 
 
 def unsupported_model_message(name: str) -> str:
-    """What raredet says about `model { <name> { ... } }` when `name` is not `ssd`: the meta-architecture
+    """What raredet says about `model { <name> { ... } }` for a meta-architecture it does not know: what
     it is and what raredet builds instead."""
     kind = OTHER_META_ARCHITECTURES.get(name)
     what = f"'{name}' is the TF OD API's {kind} meta-architecture, which" if kind else f"'{name}'"
     return (
         f"{what} raredet does not build. raredet trains the SSD family: model {{ ssd {{ ... }} }} "
         "(RetinaNet is an ssd with an FPN and the weight-shared predictor), with feature_extractor.type "
-        f"one of {', '.join(sorted(SSD_FEATURE_EXTRACTORS))}, and Faster R-CNN: "
+        f"one of {', '.join(sorted(SSD_FEATURE_EXTRACTORS))}; Faster R-CNN: "
         "model { faster_rcnn { ... } } "
         f"with one of {', '.join(sorted(FASTER_RCNN_FEATURE_EXTRACTORS))} (a _keras suffix is accepted); "
+        f"and CenterNet: model {{ center_net {{ ... }} }} with one of "
+        f"{', '.join(sorted(CENTER_NET_FEATURE_EXTRACTORS))}; "
         "docs/migrating.md lists which TF2 model-zoo configs train"
     )
 

@@ -7,7 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EvalConfig(_message.Message):
-    __slots__ = ("batch_size", "num_visualizations", "num_examples", "eval_interval_secs", "max_evals", "save_graph", "visualization_export_dir", "eval_master", "metrics_set", "export_path", "ignore_groundtruth", "use_moving_averages", "eval_instance_masks", "min_score_threshold", "max_num_boxes_to_visualize", "skip_scores", "skip_labels", "visualize_groundtruth_boxes", "groundtruth_box_visualization_color", "keep_image_id_for_visualization_export", "retain_original_images", "include_metrics_per_category", "all_metrics_per_category", "recall_lower_bound", "recall_upper_bound", "retain_original_image_additional_channels", "force_no_resize", "use_dummy_loss_in_eval", "skip_predictions_for_unlabeled_class", "operating_points")
+    __slots__ = ("batch_size", "num_visualizations", "num_examples", "eval_interval_secs", "max_evals", "save_graph", "visualization_export_dir", "eval_master", "metrics_set", "export_path", "ignore_groundtruth", "use_moving_averages", "eval_instance_masks", "min_score_threshold", "max_num_boxes_to_visualize", "skip_scores", "skip_labels", "visualize_groundtruth_boxes", "groundtruth_box_visualization_color", "keep_image_id_for_visualization_export", "retain_original_images", "include_metrics_per_category", "all_metrics_per_category", "super_categories", "parameterized_metric", "keypoint_edge", "recall_lower_bound", "recall_upper_bound", "retain_original_image_additional_channels", "force_no_resize", "use_dummy_loss_in_eval", "skip_predictions_for_unlabeled_class", "operating_points")
+    class SuperCategoriesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_VISUALIZATIONS_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +38,9 @@ class EvalConfig(_message.Message):
     RETAIN_ORIGINAL_IMAGES_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_METRICS_PER_CATEGORY_FIELD_NUMBER: _ClassVar[int]
     ALL_METRICS_PER_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    SUPER_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERIZED_METRIC_FIELD_NUMBER: _ClassVar[int]
+    KEYPOINT_EDGE_FIELD_NUMBER: _ClassVar[int]
     RECALL_LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
     RECALL_UPPER_BOUND_FIELD_NUMBER: _ClassVar[int]
     RETAIN_ORIGINAL_IMAGE_ADDITIONAL_CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +71,9 @@ class EvalConfig(_message.Message):
     retain_original_images: bool
     include_metrics_per_category: bool
     all_metrics_per_category: bool
+    super_categories: _containers.ScalarMap[str, str]
+    parameterized_metric: _containers.RepeatedCompositeFieldContainer[ParameterizedMetric]
+    keypoint_edge: _containers.RepeatedCompositeFieldContainer[KeypointEdge]
     recall_lower_bound: float
     recall_upper_bound: float
     retain_original_image_additional_channels: bool
@@ -68,7 +81,7 @@ class EvalConfig(_message.Message):
     use_dummy_loss_in_eval: bool
     skip_predictions_for_unlabeled_class: bool
     operating_points: OperatingPoints
-    def __init__(self, batch_size: _Optional[int] = ..., num_visualizations: _Optional[int] = ..., num_examples: _Optional[int] = ..., eval_interval_secs: _Optional[int] = ..., max_evals: _Optional[int] = ..., save_graph: _Optional[bool] = ..., visualization_export_dir: _Optional[str] = ..., eval_master: _Optional[str] = ..., metrics_set: _Optional[_Iterable[str]] = ..., export_path: _Optional[str] = ..., ignore_groundtruth: _Optional[bool] = ..., use_moving_averages: _Optional[bool] = ..., eval_instance_masks: _Optional[bool] = ..., min_score_threshold: _Optional[float] = ..., max_num_boxes_to_visualize: _Optional[int] = ..., skip_scores: _Optional[bool] = ..., skip_labels: _Optional[bool] = ..., visualize_groundtruth_boxes: _Optional[bool] = ..., groundtruth_box_visualization_color: _Optional[str] = ..., keep_image_id_for_visualization_export: _Optional[bool] = ..., retain_original_images: _Optional[bool] = ..., include_metrics_per_category: _Optional[bool] = ..., all_metrics_per_category: _Optional[bool] = ..., recall_lower_bound: _Optional[float] = ..., recall_upper_bound: _Optional[float] = ..., retain_original_image_additional_channels: _Optional[bool] = ..., force_no_resize: _Optional[bool] = ..., use_dummy_loss_in_eval: _Optional[bool] = ..., skip_predictions_for_unlabeled_class: _Optional[bool] = ..., operating_points: _Optional[_Union[OperatingPoints, _Mapping]] = ...) -> None: ...
+    def __init__(self, batch_size: _Optional[int] = ..., num_visualizations: _Optional[int] = ..., num_examples: _Optional[int] = ..., eval_interval_secs: _Optional[int] = ..., max_evals: _Optional[int] = ..., save_graph: _Optional[bool] = ..., visualization_export_dir: _Optional[str] = ..., eval_master: _Optional[str] = ..., metrics_set: _Optional[_Iterable[str]] = ..., export_path: _Optional[str] = ..., ignore_groundtruth: _Optional[bool] = ..., use_moving_averages: _Optional[bool] = ..., eval_instance_masks: _Optional[bool] = ..., min_score_threshold: _Optional[float] = ..., max_num_boxes_to_visualize: _Optional[int] = ..., skip_scores: _Optional[bool] = ..., skip_labels: _Optional[bool] = ..., visualize_groundtruth_boxes: _Optional[bool] = ..., groundtruth_box_visualization_color: _Optional[str] = ..., keep_image_id_for_visualization_export: _Optional[bool] = ..., retain_original_images: _Optional[bool] = ..., include_metrics_per_category: _Optional[bool] = ..., all_metrics_per_category: _Optional[bool] = ..., super_categories: _Optional[_Mapping[str, str]] = ..., parameterized_metric: _Optional[_Iterable[_Union[ParameterizedMetric, _Mapping]]] = ..., keypoint_edge: _Optional[_Iterable[_Union[KeypointEdge, _Mapping]]] = ..., recall_lower_bound: _Optional[float] = ..., recall_upper_bound: _Optional[float] = ..., retain_original_image_additional_channels: _Optional[bool] = ..., force_no_resize: _Optional[bool] = ..., use_dummy_loss_in_eval: _Optional[bool] = ..., skip_predictions_for_unlabeled_class: _Optional[bool] = ..., operating_points: _Optional[_Union[OperatingPoints, _Mapping]] = ...) -> None: ...
 
 class OperatingPoints(_message.Message):
     __slots__ = ("max_f1", "target_precision", "target_recall", "review_precision", "class_rule")
@@ -97,3 +110,32 @@ class ClassOperatingPoint(_message.Message):
     target_recall: float
     review_precision: float
     def __init__(self, name: _Optional[str] = ..., max_f1: _Optional[bool] = ..., target_precision: _Optional[float] = ..., target_recall: _Optional[float] = ..., review_precision: _Optional[float] = ...) -> None: ...
+
+class ParameterizedMetric(_message.Message):
+    __slots__ = ("coco_keypoint_metrics",)
+    COCO_KEYPOINT_METRICS_FIELD_NUMBER: _ClassVar[int]
+    coco_keypoint_metrics: CocoKeypointMetrics
+    def __init__(self, coco_keypoint_metrics: _Optional[_Union[CocoKeypointMetrics, _Mapping]] = ...) -> None: ...
+
+class CocoKeypointMetrics(_message.Message):
+    __slots__ = ("class_label", "keypoint_label_to_sigmas")
+    class KeypointLabelToSigmasEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    CLASS_LABEL_FIELD_NUMBER: _ClassVar[int]
+    KEYPOINT_LABEL_TO_SIGMAS_FIELD_NUMBER: _ClassVar[int]
+    class_label: str
+    keypoint_label_to_sigmas: _containers.ScalarMap[str, float]
+    def __init__(self, class_label: _Optional[str] = ..., keypoint_label_to_sigmas: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class KeypointEdge(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...

@@ -147,12 +147,14 @@ class WeightedGIOULocalizationLoss(_message.Message):
     def __init__(self) -> None: ...
 
 class ClassificationLoss(_message.Message):
-    __slots__ = ("weighted_sigmoid", "weighted_softmax", "weighted_logits_softmax", "bootstrapped_sigmoid", "weighted_sigmoid_focal", "custom", "seesaw_sigmoid_focal", "confusion_gated_focal", "equalized_focal")
+    __slots__ = ("weighted_sigmoid", "weighted_softmax", "weighted_logits_softmax", "bootstrapped_sigmoid", "weighted_sigmoid_focal", "penalty_reduced_logistic_focal_loss", "weighted_dice_classification_loss", "custom", "seesaw_sigmoid_focal", "confusion_gated_focal", "equalized_focal")
     WEIGHTED_SIGMOID_FIELD_NUMBER: _ClassVar[int]
     WEIGHTED_SOFTMAX_FIELD_NUMBER: _ClassVar[int]
     WEIGHTED_LOGITS_SOFTMAX_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAPPED_SIGMOID_FIELD_NUMBER: _ClassVar[int]
     WEIGHTED_SIGMOID_FOCAL_FIELD_NUMBER: _ClassVar[int]
+    PENALTY_REDUCED_LOGISTIC_FOCAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTED_DICE_CLASSIFICATION_LOSS_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_FIELD_NUMBER: _ClassVar[int]
     SEESAW_SIGMOID_FOCAL_FIELD_NUMBER: _ClassVar[int]
     CONFUSION_GATED_FOCAL_FIELD_NUMBER: _ClassVar[int]
@@ -162,11 +164,13 @@ class ClassificationLoss(_message.Message):
     weighted_logits_softmax: WeightedSoftmaxClassificationAgainstLogitsLoss
     bootstrapped_sigmoid: BootstrappedSigmoidClassificationLoss
     weighted_sigmoid_focal: SigmoidFocalClassificationLoss
+    penalty_reduced_logistic_focal_loss: PenaltyReducedLogisticFocalLoss
+    weighted_dice_classification_loss: WeightedDiceClassificationLoss
     custom: CustomLoss
     seesaw_sigmoid_focal: SeesawSigmoidFocalLoss
     confusion_gated_focal: ConfusionGatedFocalLoss
     equalized_focal: EqualizedFocalLoss
-    def __init__(self, weighted_sigmoid: _Optional[_Union[WeightedSigmoidClassificationLoss, _Mapping]] = ..., weighted_softmax: _Optional[_Union[WeightedSoftmaxClassificationLoss, _Mapping]] = ..., weighted_logits_softmax: _Optional[_Union[WeightedSoftmaxClassificationAgainstLogitsLoss, _Mapping]] = ..., bootstrapped_sigmoid: _Optional[_Union[BootstrappedSigmoidClassificationLoss, _Mapping]] = ..., weighted_sigmoid_focal: _Optional[_Union[SigmoidFocalClassificationLoss, _Mapping]] = ..., custom: _Optional[_Union[CustomLoss, _Mapping]] = ..., seesaw_sigmoid_focal: _Optional[_Union[SeesawSigmoidFocalLoss, _Mapping]] = ..., confusion_gated_focal: _Optional[_Union[ConfusionGatedFocalLoss, _Mapping]] = ..., equalized_focal: _Optional[_Union[EqualizedFocalLoss, _Mapping]] = ...) -> None: ...
+    def __init__(self, weighted_sigmoid: _Optional[_Union[WeightedSigmoidClassificationLoss, _Mapping]] = ..., weighted_softmax: _Optional[_Union[WeightedSoftmaxClassificationLoss, _Mapping]] = ..., weighted_logits_softmax: _Optional[_Union[WeightedSoftmaxClassificationAgainstLogitsLoss, _Mapping]] = ..., bootstrapped_sigmoid: _Optional[_Union[BootstrappedSigmoidClassificationLoss, _Mapping]] = ..., weighted_sigmoid_focal: _Optional[_Union[SigmoidFocalClassificationLoss, _Mapping]] = ..., penalty_reduced_logistic_focal_loss: _Optional[_Union[PenaltyReducedLogisticFocalLoss, _Mapping]] = ..., weighted_dice_classification_loss: _Optional[_Union[WeightedDiceClassificationLoss, _Mapping]] = ..., custom: _Optional[_Union[CustomLoss, _Mapping]] = ..., seesaw_sigmoid_focal: _Optional[_Union[SeesawSigmoidFocalLoss, _Mapping]] = ..., confusion_gated_focal: _Optional[_Union[ConfusionGatedFocalLoss, _Mapping]] = ..., equalized_focal: _Optional[_Union[EqualizedFocalLoss, _Mapping]] = ...) -> None: ...
 
 class SeesawSigmoidFocalLoss(_message.Message):
     __slots__ = ("gamma", "alpha", "mitigation_power", "compensation_power", "compensation_score_floor")
@@ -225,6 +229,22 @@ class SigmoidFocalClassificationLoss(_message.Message):
     alpha: float
     class_alpha: _containers.RepeatedCompositeFieldContainer[ClassAlpha]
     def __init__(self, anchorwise_output: _Optional[bool] = ..., gamma: _Optional[float] = ..., alpha: _Optional[float] = ..., class_alpha: _Optional[_Iterable[_Union[ClassAlpha, _Mapping]]] = ...) -> None: ...
+
+class PenaltyReducedLogisticFocalLoss(_message.Message):
+    __slots__ = ("alpha", "beta")
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    alpha: float
+    beta: float
+    def __init__(self, alpha: _Optional[float] = ..., beta: _Optional[float] = ...) -> None: ...
+
+class WeightedDiceClassificationLoss(_message.Message):
+    __slots__ = ("squared_normalization", "is_prediction_probability")
+    SQUARED_NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    IS_PREDICTION_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    squared_normalization: bool
+    is_prediction_probability: bool
+    def __init__(self, squared_normalization: _Optional[bool] = ..., is_prediction_probability: _Optional[bool] = ...) -> None: ...
 
 class WeightedSoftmaxClassificationLoss(_message.Message):
     __slots__ = ("anchorwise_output", "logit_scale")

@@ -22,17 +22,18 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from raredet.protos import center_net_pb2 as raredet_dot_protos_dot_center__net__pb2
 from raredet.protos import faster_rcnn_pb2 as raredet_dot_protos_dot_faster__rcnn__pb2
 from raredet.protos import ssd_pb2 as raredet_dot_protos_dot_ssd__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1araredet/protos/model.proto\x12\x0eraredet.protos\x1a raredet/protos/faster_rcnn.proto\x1a\x18raredet/protos/ssd.proto\"p\n\x0e\x44\x65tectionModel\x12\x31\n\x0b\x66\x61ster_rcnn\x18\x01 \x01(\x0b\x32\x1a.raredet.protos.FasterRcnnH\x00\x12\"\n\x03ssd\x18\x02 \x01(\x0b\x32\x13.raredet.protos.SsdH\x00\x42\x07\n\x05model')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1araredet/protos/model.proto\x12\x0eraredet.protos\x1a\x1fraredet/protos/center_net.proto\x1a raredet/protos/faster_rcnn.proto\x1a\x18raredet/protos/ssd.proto\"\xa1\x01\n\x0e\x44\x65tectionModel\x12\x31\n\x0b\x66\x61ster_rcnn\x18\x01 \x01(\x0b\x32\x1a.raredet.protos.FasterRcnnH\x00\x12\"\n\x03ssd\x18\x02 \x01(\x0b\x32\x13.raredet.protos.SsdH\x00\x12/\n\ncenter_net\x18\x04 \x01(\x0b\x32\x19.raredet.protos.CenterNetH\x00\x42\x07\n\x05model')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raredet.protos.model_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DETECTIONMODEL']._serialized_start=106
-  _globals['_DETECTIONMODEL']._serialized_end=218
+  _globals['_DETECTIONMODEL']._serialized_start=140
+  _globals['_DETECTIONMODEL']._serialized_end=301
 # @@protoc_insertion_point(module_scope)
