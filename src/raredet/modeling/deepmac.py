@@ -1,0 +1,317 @@
+"""DeepMAC: CenterNet's box-conditioned mask head (the TF OD API's ``deepmac_mask_estimation``,
+``meta_architectures/deepmac_meta_arch.py``; Birodkar et al. 2021, https://arxiv.org/abs/2104.00613).
+
+Two prediction heads run on every feature output of the extractor: an *instance embedding*
+(``dim`` channels) and a *pixel embedding* (``pixel_embedding_dim`` channels). For each box:
+
+1. the pixel embedding is cropped to ``mask_size x mask_size`` (``tf.image.crop_and_resize``
+   semantics at the map's edges as the TF OD API's ``matmul_crop_and_resize``: ``roi_ops``);
+2. with ``use_xy`` two channels ``(y, x)``, each ``linspace(-1, 1, mask_size)`` over the crop, go in
+   front of it;
+3. with ``use_instance_embedding`` the instance embedding read at the box centre (feature cell
+   ``int((y1 + y2) / 2 * h)``, ``int((x1 + x2) / 2 * w)`` for a box normalised to the image) is tiled over
+   the crop and goes after it;
+4. the mask network (``network_type``: an hourglass ``hourglass{10,20,32,52,100}`` without its input
+   downsampling, ``num_init_channels`` wide) and a 1x1 convolution give ``mask_size x mask_size`` logits.
+
+Training runs the head on the groundtruth boxes and compares with the groundtruth masks cropped by the
+same boxes (sigmoid cross-entropy averaged over the crop's pixels, per instance); instances whose class
+is not in ``allowed_masked_classes_ids`` (when that list is not empty) add nothing and are not
+counted, which is how the zoo's VOC / non-VOC configs train on masks of some classes only. At
+inference the head runs on the detected boxes with the last feature output and returns the
+probabilities, box-relative, ``[B, D, mask_size, mask_size]``.
+
+Boxes are normalised to the padded image that the feature map covers (``stride * h`` by
+``stride * w``), the frame of both the feature maps and the groundtruth masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from raredet.modeling.layers import BatchNorm2d, keras_default_init
+from raredet.modeling.roi_ops import crop_and_resize
+
+# The hourglasses DeepMAC's mask network may be, as the TF OD API's ``hourglass_network.hourglass_N``
+# define them for ``num_init_channels = nc``: (channels per stage in units of nc, blocks per stage).
+HOURGLASS_MASK_NETWORKS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "hourglass10": ((2, 2), (1, 1)),
+    "hourglass20": ((2, 2, 3), (1, 2, 2)),
+    "hourglass32": ((2, 2, 3, 3), (2, 2, 2, 2)),
+    "hourglass52": ((2, 2, 3, 3, 3, 4), (2, 2, 2, 2, 2, 4)),
+    "hourglass100": ((2, 2, 3, 3, 3, 4), (4, 4, 4, 4, 4, 8)),
+}
+
+MASK_LOSS_NAME = "deep_mask_estimation"  # the TF OD API's loss key, ``Loss/deep_mask_estimation``
+
+
+def _conv(in_ch: int, out_ch: int, kernel: int | tuple[int, int], stride: int = 1, bias: bool = False
+          ) -> nn.Conv2d:
+    """A conv with Keras' default initialisation; odd kernels padded symmetrically, as the TF OD API's
+    hourglass pads (``ZeroPadding2D`` then ``valid``) and as ``same`` pads at stride 1."""
+    k = (kernel, kernel) if isinstance(kernel, int) else kernel
+    conv = nn.Conv2d(in_ch, out_ch, k, stride=stride, padding=(k[0] // 2, k[1] // 2), bias=bias)
+    keras_default_init(conv)
+    return conv
+
+
+class _ConvBlock(nn.Sequential):
+    """conv (no bias) -> batch norm (eps 1e-5, Keras momentum 0.1, i.e. torch's 0.9) -> optional ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, relu: bool = True) -> None:
+        norm = BatchNorm2d(out_ch, eps=1e-5, momentum=0.9)
+        layers: list[nn.Module] = [_conv(in_ch, out_ch, kernel, stride), norm]
+        if relu:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class _ResidualBlock(nn.Module):
+    """The hourglass's residual block: 3x3 block (stride) -> 3x3 conv -> BN, plus the input (through a
+    1x1 conv + BN when ``skip_conv``), then ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, skip_conv: bool = False) -> None:
+        super().__init__()
+        self.conv_block = _ConvBlock(in_ch, out_ch, 3, stride)
+        self.conv = _conv(out_ch, out_ch, 3)
+        self.norm = BatchNorm2d(out_ch, eps=1e-5, momentum=0.9)
+        self.skip = _ConvBlock(in_ch, out_ch, 1, stride, relu=False) if skip_conv else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.norm(self.conv(self.conv_block(x))) + self.skip(x))
+
+
+def _residual_blocks(in_ch: int, out_ch: int, num_blocks: int, stride: int = 1,
+                     residual_ch: int | None = None, initial_skip_conv: bool = False) -> nn.Sequential:
+    """The TF OD API's ``_make_repeated_residual_blocks``: ``num_blocks - 1`` blocks of ``residual_ch``
+    channels (the first with ``stride``), then one of ``out_ch``."""
+    residual_ch = out_ch if residual_ch is None else residual_ch
+    blocks: list[nn.Module] = []
+    ch = in_ch
+    for i in range(num_blocks - 1):
+        s = stride if i == 0 else 1
+        blocks.append(_ResidualBlock(ch, residual_ch, s, skip_conv=s > 1 or (i == 0 and initial_skip_conv)))
+        ch = residual_ch
+    if num_blocks == 1:
+        last_stride, skip = stride, stride > 1 or ch != out_ch
+    else:
+        last_stride, skip = 1, residual_ch != out_ch
+    blocks.append(_ResidualBlock(ch, out_ch, last_stride, skip_conv=skip))
+    return nn.Sequential(*blocks)
+
+
+class _EncoderDecoder(nn.Module):
+    """One stage of the hourglass (recursive): a full-resolution branch plus a downsampled branch that
+    holds the inner stages and is upsampled (nearest, x2) back, the two added."""
+
+    def __init__(self, channels: Sequence[int], blocks: Sequence[int]) -> None:
+        super().__init__()
+        out_ch, down_ch = channels[0], channels[1]
+        self.encoder_block1 = _residual_blocks(out_ch, out_ch, blocks[0])
+        self.encoder_block2 = _residual_blocks(out_ch, down_ch, blocks[0], stride=2,
+                                               initial_skip_conv=out_ch != down_ch)
+        self.inner_block: nn.Module = (
+            _EncoderDecoder(channels[1:], blocks[1:]) if len(channels) > 2
+            else _residual_blocks(down_ch, down_ch, blocks[1]))
+        self.decoder_block = _residual_blocks(down_ch, out_ch, blocks[0], residual_ch=down_ch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        inner = self.decoder_block(self.inner_block(self.encoder_block2(x)))
+        return self.encoder_block1(x) + F.interpolate(inner, scale_factor=2.0, mode="nearest")
+
+
+class HourglassMaskNetwork(nn.Module):
+    """A single-stack hourglass without input downsampling (the TF OD API's ``hourglass_N(nc,
+    initial_downsample=False)``): 3x3 block to ``nc``, residual block to ``2 nc``, the encoder-decoder,
+    a 3x3 output block; then the mask head's 1x1 projection to one logit. ``[N, in_ch, S, S]`` ->
+    ``[N, S, S]``; ``S`` divisible by ``2 ** (stages - 1)``."""
+
+    def __init__(self, network_type: str, in_channels: int, num_init_channels: int) -> None:
+        super().__init__()
+        if network_type not in HOURGLASS_MASK_NETWORKS:
+            raise ValueError(f"network_type: {network_type!r} is not supported; valid: "
+                             f"{', '.join(HOURGLASS_MASK_NETWORKS)}")
+        units, blocks = HOURGLASS_MASK_NETWORKS[network_type]
+        nc = num_init_channels
+        channels = [u * nc for u in units]
+        self.downsampling = 2 ** (len(channels) - 1)
+        self.conv_input = nn.Sequential(_ConvBlock(in_channels, nc, 3),
+                                        _ResidualBlock(nc, channels[0], skip_conv=True))
+        self.hourglass = _EncoderDecoder(channels, blocks)
+        self.output_conv = _ConvBlock(channels[0], channels[0], 3)
+        self.project_out = _conv(channels[0], 1, 1, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.output_conv(self.hourglass(self.conv_input(x)))
+        return self.project_out(out)[:, 0]
+
+
+def embedding_head(in_channels: int, out_channels: int, num_filters: int = 256) -> nn.Sequential:
+    """DeepMAC's embedding heads as the TF OD API builds them (``make_prediction_net(dim)`` with its
+    defaults): a ``1 x 3`` conv (``unit_height_conv`` defaults to true there, unlike CenterNet's own
+    heads, which pass false) with ``num_filters`` channels and ReLU, then a 1x1 conv; Keras' default
+    initialisation, zero biases."""
+    return nn.Sequential(_conv(in_channels, num_filters, (1, 3), bias=True), nn.ReLU(inplace=True),
+                         _conv(num_filters, out_channels, 1, bias=True))
+
+
+def normalized_boxes(boxes_xyxy: Tensor, height: float, width: float) -> Tensor:
+    """``[..., 4]`` xyxy pixels -> ``[..., 4]`` (y1, x1, y2, x2) normalised to an image ``height x width``."""
+    x1, y1, x2, y2 = boxes_xyxy.unbind(-1)
+    return torch.stack([y1 / height, x1 / width, y2 / height, x2 / width], dim=-1)
+
+
+def center_embeddings(instance_embedding: Tensor, boxes: Tensor) -> Tensor:
+    """``instance_embedding [B, C, h, w]``, ``boxes [B, N, 4]`` normalised -> ``[B, N, C]``: the cell at
+    the box centre, ``int(centre * size)`` (TF's truncation), clamped to the map."""
+    b, c, h, w = instance_embedding.shape
+    cy = ((boxes[..., 0] + boxes[..., 2]) * (h / 2.0)).long().clamp(0, h - 1)
+    cx = ((boxes[..., 1] + boxes[..., 3]) * (w / 2.0)).long().clamp(0, w - 1)
+    flat = instance_embedding.flatten(2)  # [B, C, h*w]
+    index = (cy * w + cx)[:, None, :].expand(b, c, -1)
+    return flat.gather(2, index).transpose(1, 2)
+
+
+def crop_masks(masks: Tensor, boxes: Tensor, mask_size: int) -> Tensor:
+    """``masks [N, H, W]``, ``boxes [N, 4]`` normalised -> ``[N, mask_size, mask_size]`` float: each mask
+    cropped by its own box, as the TF OD API's ``crop_and_resize_instance_masks``."""
+    n = masks.shape[0]
+    if n == 0:
+        return masks.new_zeros((0, mask_size, mask_size), dtype=torch.float32)
+    crops = crop_and_resize(masks.float()[:, None], boxes[:, None], mask_size, matmul=True)
+    return crops[:, 0]
+
+
+def _padded_targets(targets: Sequence[dict[str, Tensor]], allowed: Tensor | None
+                    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Boxes ``[B, N, 4]`` xyxy (zeros past each image's boxes), the mask weights ``[B, N]`` (box weight,
+    times whether the class may have a mask; 0 past each image's boxes), and the masks per image."""
+    n = max((len(t["boxes"]) for t in targets), default=0)
+    boxes = torch.stack([F.pad(t["boxes"].float(), (0, 0, 0, n - len(t["boxes"]))) for t in targets])
+    weights = []
+    for t in targets:
+        w = t["weights"].float() if "weights" in t else torch.ones(len(t["boxes"]), device=boxes.device)
+        if allowed is not None:
+            w = w * torch.isin(t["labels"], allowed.to(t["labels"].device)).float()
+        weights.append(F.pad(w, (0, n - len(w))))
+    return boxes, torch.stack(weights), [t["masks"] for t in targets]
+
+
+class DeepMACTask(nn.Module):
+    """CenterNet's DeepMAC mask task (module docstring).
+
+    ``mask_loss(logits, targets, weights)`` is an elementwise classification loss (the config's
+    ``classification_loss``, e.g. ``weighted_sigmoid``) called on ``[N, S*S, 1]`` tensors.
+    ``allowed_masked_classes_ids`` are contiguous class indices (0..K-1); empty: every class."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_feature_outputs: int,
+        mask_loss: Callable[[Tensor, Tensor, Tensor], Tensor],
+        dim: int = 256,
+        pixel_embedding_dim: int = 16,
+        mask_size: int = 32,
+        use_xy: bool = True,
+        network_type: str = "hourglass52",
+        use_instance_embedding: bool = True,
+        num_init_channels: int = 64,
+        task_loss_weight: float = 1.0,
+        allowed_masked_classes_ids: Sequence[int] = (),
+        use_only_last_stage: bool = False,
+    ) -> None:
+        super().__init__()
+        outputs = range(num_feature_outputs)
+        self.instance_embedding = nn.ModuleList(embedding_head(in_channels, dim) for _ in outputs)
+        self.pixel_embedding = nn.ModuleList(
+            embedding_head(in_channels, pixel_embedding_dim) for _ in outputs)
+        mask_in = pixel_embedding_dim + (2 if use_xy else 0) + (dim if use_instance_embedding else 0)
+        self.mask_net = HourglassMaskNetwork(network_type, mask_in, num_init_channels)
+        if mask_size % self.mask_net.downsampling:
+            raise ValueError(f"mask_size: {mask_size} must be a multiple of {self.mask_net.downsampling} "
+                             f"for network_type {network_type!r} (it halves the crop that many times)")
+        self.mask_loss = mask_loss
+        self.mask_size = mask_size
+        self.use_xy = use_xy
+        self.use_instance_embedding = use_instance_embedding
+        self.task_loss_weight = float(task_loss_weight)
+        self.use_only_last_stage = use_only_last_stage
+        self.allowed_classes: Tensor
+        allowed = torch.tensor(sorted(set(allowed_masked_classes_ids)), dtype=torch.long)
+        self.register_buffer("allowed_classes", allowed, persistent=False)
+
+    def forward(self, features: list[Tensor]) -> dict[str, list[Tensor]]:
+        """``features``: ``[B, C, h, w]`` per feature output -> ``instance_embedding`` ``[B, dim, h, w]``
+        and ``pixel_embedding`` ``[B, pixel_embedding_dim, h, w]``, one per feature output."""
+        return {
+            "instance_embedding": [h(f) for h, f in zip(self.instance_embedding, features, strict=True)],
+            "pixel_embedding": [h(f) for h, f in zip(self.pixel_embedding, features, strict=True)],
+        }
+
+    def mask_logits(self, instance_embedding: Tensor, pixel_embedding: Tensor, boxes: Tensor) -> Tensor:
+        """Embeddings ``[B, C, h, w]``, ``boxes [B, N, 4]`` normalised (y1, x1, y2, x2) -> mask logits
+        ``[B, N, mask_size, mask_size]``, box-relative."""
+        b, n = boxes.shape[:2]
+        s = self.mask_size
+        inputs = [crop_and_resize(pixel_embedding, boxes, s, matmul=True)]  # [B*N, P, S, S]
+        if self.use_xy:
+            ramp = torch.linspace(-1.0, 1.0, s, device=boxes.device, dtype=inputs[0].dtype)
+            yx = torch.stack(torch.meshgrid(ramp, ramp, indexing="ij"))  # [2, S, S]: y then x
+            inputs.insert(0, yx.expand(b * n, 2, s, s))
+        if self.use_instance_embedding:
+            centre = center_embeddings(instance_embedding, boxes).reshape(b * n, -1)
+            inputs.append(centre[:, :, None, None].expand(-1, -1, s, s))
+        return self.mask_net(torch.cat(inputs, dim=1)).reshape(b, n, s, s)
+
+    def loss(self, predictions: dict[str, list[Tensor]], targets: Sequence[dict[str, Tensor]], stride: int
+             ) -> dict[str, Tensor]:
+        """``{"deep_mask_estimation": task_loss_weight * L}``; ``L``, averaged over the feature outputs
+        used, is the per-instance mean over the crop's pixels of ``mask_loss`` summed over the instances
+        that may have a mask (weighted by their box weights) and divided by their total weight (at
+        least 1), over the whole batch. ``targets`` need ``boxes``, ``labels``, ``masks`` (``[N, H, W]``
+        at the padded image's size) and optionally ``weights``."""
+        inst, pix = predictions["instance_embedding"], predictions["pixel_embedding"]
+        if self.use_only_last_stage:
+            inst, pix = inst[-1:], pix[-1:]
+        h, w = pix[0].shape[-2:]
+        allowed = self.allowed_classes if len(self.allowed_classes) else None
+        boxes_px, valid, masks = _padded_targets(targets, allowed)
+        boxes_px, valid = boxes_px.to(pix[0].device), valid.to(pix[0].device)
+        boxes = normalized_boxes(boxes_px, stride * h, stride * w)
+        if boxes.shape[1] == 0:  # no boxes in the batch: 0, still a function of the heads
+            zero = torch.stack([p.sum() for p in inst + pix]).sum() * 0.0
+            return {MASK_LOSS_NAME: zero}
+        s = self.mask_size
+        target = self._groundtruth(masks, boxes, [len(t["boxes"]) for t in targets]).reshape(-1, s * s, 1)
+        total = boxes.new_zeros(())
+        for ie, pe in zip(inst, pix, strict=True):
+            logits = self.mask_logits(ie, pe, boxes).reshape(-1, s * s, 1)  # [B*N, S*S, 1]
+            per_pixel = self.mask_loss(logits, target, torch.ones_like(target))
+            per_instance = per_pixel.mean(dim=(1, 2)).reshape(valid.shape)  # TF's normalize_auto
+            total = total + (per_instance * valid).sum() / valid.sum().clamp(min=1.0)
+        return {MASK_LOSS_NAME: self.task_loss_weight * total / len(inst)}
+
+    def _groundtruth(self, masks: list[Tensor], boxes: Tensor, counts: list[int]) -> Tensor:
+        """The groundtruth masks cropped by their boxes, ``[B, N, S, S]`` (zeros past each image's boxes)."""
+        s = self.mask_size
+        out = boxes.new_zeros((boxes.shape[0], boxes.shape[1], s, s))
+        flat_masks = torch.cat([m[:c] for m, c in zip(masks, counts, strict=True)]).to(boxes.device)
+        positions = torch.arange(boxes.shape[1], device=boxes.device)
+        keep = positions[None] < torch.tensor(counts, device=boxes.device)[:, None]  # [B, N]
+        out[keep] = crop_masks(flat_masks, boxes[keep], s)
+        return out
+
+    def postprocess(self, predictions: dict[str, list[Tensor]], detections: dict[str, Tensor], stride: int
+                    ) -> dict[str, Tensor]:
+        """``detection_masks [B, D, mask_size, mask_size]``: sigmoid of the mask logits of each detected
+        box (``detections["detection_boxes"] [B, D, 4]`` xyxy pixels), from the last feature output."""
+        ie, pe = predictions["instance_embedding"][-1], predictions["pixel_embedding"][-1]
+        h, w = pe.shape[-2:]
+        boxes = normalized_boxes(detections["detection_boxes"].to(pe.dtype), stride * h, stride * w)
+        if boxes.shape[1] == 0:
+            return {"detection_masks": pe.new_zeros((boxes.shape[0], 0, self.mask_size, self.mask_size))}
+        return {"detection_masks": torch.sigmoid(self.mask_logits(ie, pe, boxes))}

@@ -1,0 +1,200 @@
+"""modeling/deepmac.py: DeepMAC's mask task (the TF OD API's ``deepmac_meta_arch``): the groundtruth
+crop of a box-aligned square mask and the centre embedding by hand, the mask network's input channels,
+the loss by formula with ``allowed_masked_classes_ids`` leaving a class out, post-processing shapes, and
+the mask network's size against the TF OD API's own count."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from raredet.losses import weighted_sigmoid
+from raredet.modeling.deepmac import (
+    MASK_LOSS_NAME,
+    DeepMACTask,
+    HourglassMaskNetwork,
+    center_embeddings,
+    crop_masks,
+    embedding_head,
+    normalized_boxes,
+)
+
+
+def _task(**kwargs) -> DeepMACTask:
+    args = dict(dim=4, pixel_embedding_dim=3, mask_size=4, network_type="hourglass10", num_init_channels=2)
+    args.update(kwargs)
+    return DeepMACTask(8, 2, weighted_sigmoid, **args)
+
+
+def _square_mask(size: int, lo: int, hi: int) -> Tensor:
+    mask = torch.zeros(size, size, dtype=torch.uint8)
+    mask[lo:hi, lo:hi] = 1
+    return mask
+
+
+def test_crop_of_a_box_aligned_square_mask_by_hand():
+    # An 8x8 mask with ones on pixels 2..5 and the box that covers them, xyxy (2, 2, 6, 6): normalised
+    # (0.25, 0.75), the crop samples the mask at 0.25 * 7 = 1.75 ... 0.75 * 7 = 5.25 in steps of 3.5 / 3,
+    # i.e. 1.75, 2.917, 4.083, 5.25: 0.75 (between pixel 1 = 0 and pixel 2 = 1), 1, 1, 0.75; the crop is
+    # that profile's outer product.
+    boxes = normalized_boxes(torch.tensor([[2.0, 2.0, 6.0, 6.0]]), 8, 8)
+    assert boxes.tolist() == [[0.25, 0.25, 0.75, 0.75]]
+    crop = crop_masks(_square_mask(8, 2, 6)[None], boxes, 4)
+    profile = torch.tensor([0.75, 1.0, 1.0, 0.75])
+    torch.testing.assert_close(crop[0], profile[:, None] * profile[None, :])
+
+
+def test_crop_of_no_masks_is_empty():
+    assert crop_masks(torch.zeros(0, 8, 8, dtype=torch.uint8), torch.zeros(0, 4), 4).shape == (0, 4, 4)
+
+
+def test_centre_embedding_is_the_truncated_centre_cell():
+    # map cell (y, x) holds 10 y + x; box y 0.1..0.6, x 0.3..0.95 on a 4x5 map: centre cell
+    # int(0.35 * 4) = 1, int(0.625 * 5) = 3 -> 13; a box at the bottom-right edge is clamped to (3, 4).
+    emb = (10 * torch.arange(4.0)[:, None] + torch.arange(5.0)[None]).expand(1, 2, 4, 5)
+    boxes = torch.tensor([[[0.1, 0.3, 0.6, 0.95], [1.0, 1.0, 1.0, 1.0]]])
+    out = center_embeddings(emb, boxes)
+    assert out.shape == (1, 2, 2)
+    assert out[0, :, 0].tolist() == [13.0, 34.0] and out[0, :, 1].tolist() == [13.0, 34.0]
+
+
+class _Recorder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.seen = x
+        return x.new_zeros(x.shape[0], x.shape[2], x.shape[3])
+
+
+def test_mask_network_input_is_xy_then_pixel_crop_then_instance_embedding():
+    task = _task()
+    recorder = _Recorder()
+    task.mask_net = recorder  # type: ignore[assignment]
+    pixel = torch.tensor([1.0, 2.0, 3.0])[None, :, None, None].expand(1, 3, 6, 6)  # constant per channel
+    inst = torch.arange(4.0 * 36).reshape(1, 4, 6, 6)
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5]]])  # centre cell int(0.25 * 6) = 1 in y and x
+    logits = task.mask_logits(inst, pixel, boxes)
+    assert logits.shape == (1, 1, 4, 4)
+    seen = recorder.seen
+    assert seen is not None and seen.shape == (1, 2 + 3 + 4, 4, 4)
+    ramp = torch.tensor([-1.0, -1.0 / 3, 1.0 / 3, 1.0])
+    torch.testing.assert_close(seen[0, 0], ramp[:, None].expand(4, 4))  # y down the rows
+    torch.testing.assert_close(seen[0, 1], ramp[None, :].expand(4, 4))  # x along the columns
+    for c in range(3):
+        torch.testing.assert_close(seen[0, 2 + c], torch.full((4, 4), c + 1.0))
+    for c in range(4):
+        torch.testing.assert_close(seen[0, 5 + c], torch.full((4, 4), 36.0 * c + 6 + 1))
+
+
+def test_loss_by_formula_with_a_class_left_out():
+    # Logits 1 everywhere: per pixel log(1 + e) - t, per instance log(1 + e) - mean(t). Image 0: a class-0
+    # box over a box-aligned square (mean crop (3.5 / 4)^2, test above) and a class-1 box (left out by
+    # allowed_masked_classes_ids = [0]); image 1: a class-0 box of weight 0.5 with an empty mask. Two
+    # feature outputs, the same logits: L = (1 (log(1+e) - 0.765625) + 0.5 log(1+e)) / 1.5, times 5.
+    task = _task(task_loss_weight=5.0, allowed_masked_classes_ids=[0])
+    seen_boxes = []
+
+    def ones(inst, pix, boxes):
+        seen_boxes.append(boxes)
+        return torch.ones(boxes.shape[0], boxes.shape[1], 4, 4)
+
+    task.mask_logits = ones  # type: ignore[method-assign]
+    box = [2.0, 2.0, 6.0, 6.0]
+    targets = [
+        {"boxes": torch.tensor([box, [0.0, 0.0, 8.0, 8.0]]), "labels": torch.tensor([0, 1]),
+         "masks": torch.stack([_square_mask(8, 2, 6), torch.ones(8, 8, dtype=torch.uint8)])},
+        {"boxes": torch.tensor([box]), "labels": torch.tensor([0]), "weights": torch.tensor([0.5]),
+         "masks": torch.zeros(1, 8, 8, dtype=torch.uint8)},
+    ]
+    features = [torch.zeros(2, 8, 2, 2), torch.zeros(2, 8, 2, 2)]  # stride 4: an 8x8 image
+    loss = task.loss(task(features), targets, stride=4)[MASK_LOSS_NAME]
+    softplus1 = math.log1p(math.e)
+    expected = 5.0 * (softplus1 - 0.765625 + 0.5 * softplus1) / 1.5
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert len(seen_boxes) == 2  # one call per feature output
+    torch.testing.assert_close(seen_boxes[0][1, 1], torch.zeros(4))  # image 1 padded with a zero box
+    torch.testing.assert_close(seen_boxes[0][0, 0], torch.tensor([0.25, 0.25, 0.75, 0.75]))
+
+
+def test_loss_without_allowed_classes_counts_every_box_and_only_last_stage():
+    task = _task(use_only_last_stage=True)
+    calls = []
+
+    def zeros(inst, pix, boxes):
+        calls.append(boxes)
+        return torch.zeros(boxes.shape[0], boxes.shape[1], 4, 4)
+
+    task.mask_logits = zeros  # type: ignore[method-assign]
+    targets = [{"boxes": torch.tensor([[2.0, 2.0, 6.0, 6.0]] * 2), "labels": torch.tensor([0, 1]),
+                "masks": torch.zeros(2, 8, 8, dtype=torch.uint8)}]
+    loss = task.loss(task([torch.zeros(1, 8, 2, 2)] * 2), targets, stride=4)[MASK_LOSS_NAME]
+    assert loss.item() == pytest.approx(math.log(2.0), rel=1e-6)  # logit 0: log 2 per pixel
+    assert len(calls) == 1
+
+
+def test_loss_of_a_batch_without_boxes_is_zero_with_gradients():
+    task = _task()
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+             "masks": torch.zeros(0, 8, 8, dtype=torch.uint8)}
+    loss = task.loss(task([torch.randn(1, 8, 2, 2)] * 2), [empty], stride=4)[MASK_LOSS_NAME]
+    assert loss.item() == 0.0
+    loss.backward()
+
+
+def test_forward_loss_backward_and_postprocess_shapes():
+    torch.manual_seed(0)
+    task = _task(mask_size=8, network_type="hourglass32")  # 3 stages: 8 -> 4 -> 2 -> 1
+    features = [torch.randn(2, 8, 4, 6, requires_grad=True) for _ in range(2)]
+    predictions = task(features)
+    assert [tuple(t.shape) for t in predictions["instance_embedding"]] == [(2, 4, 4, 6)] * 2
+    assert [tuple(t.shape) for t in predictions["pixel_embedding"]] == [(2, 3, 4, 6)] * 2
+    mask = torch.zeros(1, 16, 24, dtype=torch.uint8)  # the padded image: 4 x 6 cells of stride 4
+    mask[0, 3:9, 3:12] = 1
+    targets = [{"boxes": torch.tensor([[1.0, 2.0, 9.0, 12.0]]), "labels": torch.tensor([0]), "masks": mask},
+               {"boxes": torch.tensor([[0.0, 0.0, 24.0, 16.0], [4.0, 4.0, 8.0, 8.0]]),
+                "labels": torch.tensor([1, 0]), "masks": torch.ones(2, 16, 24, dtype=torch.uint8)}]
+    loss = task.loss(predictions, targets, stride=4)[MASK_LOSS_NAME]
+    assert loss.ndim == 0 and loss.item() > 0
+    loss.backward()
+    assert features[0].grad is not None and features[1].grad is not None
+    task.eval()
+    with torch.no_grad():
+        boxes = torch.tensor([[[0.0, 0.0, 8.0, 8.0]] * 5] * 2)
+        out = task.postprocess(task(features), {"detection_boxes": boxes}, 4)
+        masks = out["detection_masks"]
+        assert masks.shape == (2, 5, 8, 8) and bool(((masks > 0) & (masks < 1)).all())
+        none = task.postprocess(task(features), {"detection_boxes": torch.zeros(2, 0, 4)}, 4)
+        assert none["detection_masks"].shape == (2, 0, 8, 8)
+
+
+def test_mask_size_must_survive_the_hourglass_downsampling():
+    with pytest.raises(ValueError, match="mask_size: 12 must be a multiple of 32"):
+        _task(mask_size=12, network_type="hourglass52")
+    with pytest.raises(ValueError, match="network_type: 'resnet4' is not supported"):
+        _task(network_type="resnet4")
+
+
+@pytest.mark.parametrize("network_type,trainable,with_statistics", [
+    ("hourglass10", 1605249, 1608705),
+    ("hourglass52", 23454593, 23483905),
+])
+def test_mask_network_size_equals_the_tf_od_api(network_type, trainable, with_statistics):
+    # The TF OD API's MaskHeadNetwork(network_type, num_init_channels=64) called on 16 pixel-embedding
+    # channels + 2 (x, y) + a 32-dim instance embedding (the zoo configs), its variables counted by TF
+    # 2.15 (trainable; all, i.e. with the batch norms' moving mean and variance).
+    net = HourglassMaskNetwork(network_type, 16 + 2 + 32, 64)
+    params = sum(p.numel() for p in net.parameters())
+    stats = sum(b.numel() for name, b in net.named_buffers() if not name.endswith("num_batches_tracked"))
+    assert (params, params + stats) == (trainable, with_statistics)
+
+
+def test_embedding_heads_are_one_by_three_then_one_by_one():
+    # TF: make_prediction_net(32) on 256 channels has kernels (1, 3, 256, 256) and (1, 1, 256, 32).
+    head = embedding_head(256, 32)
+    assert [tuple(p.shape) for p in head.parameters()] == [(256, 256, 1, 3), (256,), (32, 256, 1, 1), (32,)]
+    assert head(torch.zeros(1, 256, 3, 5)).shape == (1, 32, 3, 5)
