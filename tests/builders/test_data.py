@@ -38,9 +38,9 @@ def test_reader_refusals_name_the_field(reader: str, message: str) -> None:
     ("random_distort_color { color_ordering: 2 }", "random_distort_color.color_ordering is 2; use 0 or 1"),
     ("normalize_image { }",
      "data_augmentation_options: 'normalize_image' is not supported; supported: "
-     "random_adjust_brightness, random_adjust_contrast, random_adjust_hue, random_adjust_saturation, "
-     "random_black_patches, random_crop_image, random_distort_color, random_horizontal_flip, "
-     "random_image_scale, random_jitter_boxes, random_pad_image, random_rotation90, "
+     "random_absolute_pad_image, random_adjust_brightness, random_adjust_contrast, random_adjust_hue, "
+     "random_adjust_saturation, random_black_patches, random_crop_image, random_distort_color, "
+     "random_horizontal_flip, random_image_scale, random_jitter_boxes, random_pad_image, random_rotation90, "
      "random_scale_crop_and_pad_to_square, random_square_crop_by_scale, random_vertical_flip, "
      "ssd_random_crop"),
 ])

@@ -23,14 +23,25 @@ def _fields(msg: Message) -> frozenset[str]:
     return frozenset(msg.DESCRIPTOR.fields_by_name)
 
 
+def instance_fields(msg: input_reader_pb2.InputReader) -> dict[str, object]:
+    """The reader's `load_instance_masks`, `mask_type`, `num_keypoints`, where masks or keypoints are
+    asked for (empty otherwise: the readers then read boxes only, as before)."""
+    if not (msg.load_instance_masks or msg.num_keypoints):
+        return {}
+    mask_type = input_reader_pb2.InstanceMaskType.Name(msg.mask_type)
+    return {"load_instance_masks": msg.load_instance_masks, "mask_type": mask_type,
+            "num_keypoints": int(msg.num_keypoints)}
+
+
 def build_reader(msg: input_reader_pb2.InputReader, label_map: LabelMap, where: str) -> Reader:
-    """The reader of an input reader message (`tf_record_input_reader`, `coco_input_reader`, ...)."""
+    """The reader of an input reader message (`tf_record_input_reader`, `coco_input_reader`, ...),
+    reading instance masks / keypoints where `load_instance_masks` / `num_keypoints` ask for them."""
     name = msg.WhichOneof("input_reader")
     if name is None:
         raise ConfigError(f"{where}: no input reader is set; valid choices: {', '.join(readers.READERS)}")
     sub = getattr(msg, name)
     with refused_as_config_error(name, _fields(sub)):
-        return readers.make_reader(name, message_kwargs(sub), label_map)
+        return readers.make_reader(name, message_kwargs(sub), label_map, instance_fields(msg) or None)
 
 
 def _augmentation(name: str, sub: Message) -> AugmentOp:
@@ -46,15 +57,28 @@ def _augmentation(name: str, sub: Message) -> AugmentOp:
         raise ConfigError(f"data_augmentation_options.{name}: {err}") from err
 
 
-def build_augmentations(train_config: train_pb2.TrainConfig) -> list[AugmentOp]:
-    """One op per `data_augmentation_options` entry, its fields passed as keyword arguments."""
+def build_augmentations(train_config: train_pb2.TrainConfig, num_keypoints: int = 0) -> list[AugmentOp]:
+    """One op per `data_augmentation_options` entry, its fields passed as keyword arguments.
+    `num_keypoints` (the train input reader's): a keypoint permutation must permute that many."""
     ops = []
     for i, step in enumerate(train_config.data_augmentation_options):
         name = step.WhichOneof("preprocessing_step")
         if name is None:
             raise ConfigError(f"train_config.data_augmentation_options[{i}] is empty; name one operation")
-        ops.append(_augmentation(name, getattr(step, name)))
+        sub = getattr(step, name)
+        _check_permutations(sub, name, num_keypoints)
+        ops.append(_augmentation(name, sub))
     return ops
+
+
+def _check_permutations(sub: Message, name: str, num_keypoints: int) -> None:
+    for field in ("keypoint_flip_permutation", "keypoint_rot_permutation"):
+        perm = list(getattr(sub, field, ()))
+        if perm and num_keypoints and sorted(perm) != list(range(num_keypoints)):
+            raise ConfigError(
+                f"data_augmentation_options.{name}.{field}: {perm} is not a permutation of the "
+                f"{num_keypoints} keypoints (train_input_reader.num_keypoints); give each of "
+                f"0..{num_keypoints - 1} once")
 
 
 def build_resizer(ssd: ModelMessage) -> Resizer:
@@ -104,7 +128,8 @@ def build_train_data(
 ) -> tuple[DetectionDataset, RepeatFactorSampler]:
     """Training dataset (reader -> augmentations -> resizer) and its repeat-factor sampler."""
     cfg = loaded.pipeline
-    dataset = DetectionDataset(reader, augmentations=build_augmentations(cfg.train_config),
+    augmentations = build_augmentations(cfg.train_config, cfg.train_input_reader.num_keypoints)
+    dataset = DetectionDataset(reader, augmentations=augmentations,
                                resizer=build_resizer(model_message(cfg)), training=True, seed=seed)
     sampler = build_sampler(cfg.train_input_reader, stats, seed)
     return dataset, sampler

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from raredet.data import instances
 from raredet.data.example import Example
 
 PER_BOX_KEYS = ("boxes", "labels", "weights", "is_crowd", "difficult")
@@ -27,10 +28,12 @@ AugmentOp = Callable[[Example, np.random.Generator], Example]
 
 
 def keep_boxes(example: Example, keep: np.ndarray) -> Example:
-    """Keep the boxes selected by ``keep`` (bool [N] or indices) with their labels, weights, flags."""
+    """Keep the boxes selected by ``keep`` (bool [N] or indices) with their labels, weights, flags,
+    and masks and keypoints where the example has them."""
     out = dict(example)
-    for key in PER_BOX_KEYS:
-        out[key] = example[key][keep]
+    for key in PER_BOX_KEYS + instances.INSTANCE_KEYS:
+        if key in example:
+            out[key] = example[key][keep]
     return out
 
 
@@ -46,8 +49,12 @@ def _uint8(image: np.ndarray) -> np.ndarray:
 
 
 class RandomHorizontalFlip:
+    """Mirror left-right; keypoint j of the result is keypoint ``keypoint_flip_permutation[j]`` of the
+    input, mirrored (the TF OD API's order: gather, then flip)."""
+
     def __init__(self, keypoint_flip_permutation: Sequence[int] = (), probability: float = 0.5) -> None:
         self.probability = probability
+        self.permutation = tuple(keypoint_flip_permutation)
 
     def __call__(self, example: Example, rng: np.random.Generator) -> Example:
         if rng.random() >= self.probability:
@@ -56,12 +63,19 @@ class RandomHorizontalFlip:
         out = dict(example, image=example["image"][:, ::-1].copy())
         b = example["boxes"]
         out["boxes"] = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], axis=1)
+        if "masks" in example:
+            out["masks"] = example["masks"][:, :, ::-1].copy()
+        if "keypoints" in example:
+            kp, out["keypoint_visibilities"] = instances.permuted(example, self.permutation,
+                                                                  "keypoint_flip_permutation")
+            out["keypoints"] = np.stack([w - kp[..., 0], kp[..., 1]], axis=-1).astype(np.float32)
         return out
 
 
 class RandomVerticalFlip:
     def __init__(self, keypoint_flip_permutation: Sequence[int] = (), probability: float = 0.5) -> None:
         self.probability = probability
+        self.permutation = tuple(keypoint_flip_permutation)
 
     def __call__(self, example: Example, rng: np.random.Generator) -> Example:
         if rng.random() >= self.probability:
@@ -70,6 +84,12 @@ class RandomVerticalFlip:
         out = dict(example, image=example["image"][::-1].copy())
         b = example["boxes"]
         out["boxes"] = np.stack([b[:, 0], h - b[:, 3], b[:, 2], h - b[:, 1]], axis=1)
+        if "masks" in example:
+            out["masks"] = example["masks"][:, ::-1].copy()
+        if "keypoints" in example:
+            kp, out["keypoint_visibilities"] = instances.permuted(example, self.permutation,
+                                                                  "keypoint_flip_permutation")
+            out["keypoints"] = np.stack([kp[..., 0], h - kp[..., 1]], axis=-1).astype(np.float32)
         return out
 
 
@@ -78,6 +98,7 @@ class RandomRotation90:
 
     def __init__(self, keypoint_rot_permutation: Sequence[int] = (), probability: float = 0.5) -> None:
         self.probability = probability
+        self.permutation = tuple(keypoint_rot_permutation)
 
     def __call__(self, example: Example, rng: np.random.Generator) -> Example:
         if rng.random() >= self.probability:
@@ -87,6 +108,12 @@ class RandomRotation90:
         b = example["boxes"]
         # A point (x, y) moves to (y, w - x) under a counter-clockwise quarter turn.
         out["boxes"] = np.stack([b[:, 1], w - b[:, 2], b[:, 3], w - b[:, 0]], axis=1)
+        if "masks" in example:
+            out["masks"] = np.rot90(example["masks"], axes=(1, 2)).copy()
+        if "keypoints" in example:
+            kp, out["keypoint_visibilities"] = instances.permuted(example, self.permutation,
+                                                                  "keypoint_rot_permutation")
+            out["keypoints"] = np.stack([kp[..., 1], w - kp[..., 0]], axis=-1).astype(np.float32)
         return out
 
 
@@ -105,7 +132,11 @@ def crop_example(example: Example, window: np.ndarray, overlap_thresh: float, cl
         boxes = np.clip(boxes, 0, np.array([x1 - x0, y1 - y0] * 2, dtype=np.float32))
     out["boxes"] = boxes.astype(np.float32)
     out["image"] = example["image"][y0:y1, x0:x1].copy()
-    return out
+    if "masks" in out:
+        out["masks"] = out["masks"][:, y0:y1, x0:x1].copy()
+    out = instances.shift_instances(out, -x0, -y0)
+    # As the TF OD API: keypoints outside the window are dropped (NaN) only when boxes are clipped.
+    return instances.prune_keypoints(out, y1 - y0, x1 - x0) if clip_boxes else out
 
 
 def sample_crop_window(
@@ -233,11 +264,15 @@ class RandomPadImage:
         self.max_size = (max_image_height, max_image_width)
         self.pad_color = tuple(pad_color)
 
+    def size_range(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The least and the greatest (height, width) of the padded image (both included)."""
+        lo = (max(self.min_size[0], h), max(self.min_size[1], w))
+        return lo, (max(self.max_size[0] or 2 * h, lo[0]), max(self.max_size[1] or 2 * w, lo[1]))
+
     def __call__(self, example: Example, rng: np.random.Generator) -> Example:
         image = example["image"]
         h, w = image.shape[:2]
-        lo = (max(self.min_size[0], h), max(self.min_size[1], w))
-        hi = (max(self.max_size[0] or 2 * h, lo[0]), max(self.max_size[1] or 2 * w, lo[1]))
+        lo, hi = self.size_range(h, w)
         th, tw = int(rng.integers(lo[0], hi[0] + 1)), int(rng.integers(lo[1], hi[1] + 1))
         oy, ox = int(rng.integers(0, th - h + 1)), int(rng.integers(0, tw - w + 1))
         color = np.array(self.pad_color, dtype=np.float32) if self.pad_color else image.mean(axis=(0, 1))
@@ -246,7 +281,26 @@ class RandomPadImage:
         canvas[oy : oy + h, ox : ox + w] = image
         out = dict(example, image=canvas)
         out["boxes"] = example["boxes"] + np.array([ox, oy, ox, oy], dtype=np.float32)
-        return out
+        if "masks" in example:
+            out["masks"] = instances.pad_masks(example["masks"], th, tw, oy, ox)
+        return instances.shift_instances(out, ox, oy)
+
+
+class RandomAbsolutePadImage(RandomPadImage):
+    """Pad by a random amount below ``max_height_padding`` / ``max_width_padding`` pixels, at a random
+    offset (the TF OD API's random_absolute_pad_image: padding uniform in [0, max))."""
+
+    def __init__(self, max_height_padding: int = 0, max_width_padding: int = 0,
+                 pad_color: Sequence[float] = ()) -> None:
+        if max_height_padding < 0 or max_width_padding < 0:
+            raise ValueError(f"max_height_padding and max_width_padding are {max_height_padding} and "
+                             f"{max_width_padding}; give both >= 0 (the padding is drawn from [0, max))")
+        super().__init__(pad_color=pad_color)
+        self.padding = (max_height_padding, max_width_padding)
+
+    def size_range(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        # Padding below max_*_padding; 0 (TF would fail on an empty range) pads nothing.
+        return (h, w), (h + max(self.padding[0] - 1, 0), w + max(self.padding[1] - 1, 0))
 
 
 RESIZE_METHODS = {
@@ -265,11 +319,17 @@ def resize_image(image: np.ndarray, height: int, width: int, method: str = "BILI
 
 
 def scale_example(example: Example, height: int, width: int, method: str = "BILINEAR") -> Example:
+    """The image resized by ``method``, boxes and keypoints scaled, masks resized nearest-neighbour."""
     h, w = example["image"].shape[:2]
     out = dict(example, image=resize_image(example["image"], height, width, method))
     out["boxes"] = (example["boxes"] * np.array([width / w, height / h] * 2, dtype=np.float32)).astype(
         np.float32
     )
+    if "masks" in example:
+        out["masks"] = instances.resize_masks(example["masks"], height, width)
+    if "keypoints" in example:
+        out["keypoints"] = (example["keypoints"] * np.array([width / w, height / h], dtype=np.float32)
+                            ).astype(np.float32)
     return out
 
 
@@ -305,6 +365,8 @@ class RandomScaleCropAndPadToSquare:
         ch, cw = out["image"].shape[:2]
         canvas[:ch, :cw] = out["image"]
         out["image"] = canvas
+        if "masks" in out:
+            out["masks"] = instances.pad_masks(out["masks"], s, s, 0, 0)
         return out
 
 
@@ -346,7 +408,9 @@ class RandomSquareCropByScale:
         out = keep_boxes({**example, "boxes": b}, ~outside)
         out["boxes"] = np.clip(out["boxes"], 0, size).astype(np.float32)
         out["image"] = canvas
-        return out
+        if "masks" in out:
+            out["masks"] = instances.pad_masks(out["masks"], size, size, -y0, -x0)
+        return instances.prune_keypoints(instances.shift_instances(out, -x0, -y0), size, size)
 
 
 class RandomJitterBoxes:
@@ -506,6 +570,7 @@ AUGMENTATIONS: dict[str, type] = {
     "random_crop_image": RandomCropImage,
     "ssd_random_crop": SsdRandomCrop,
     "random_pad_image": RandomPadImage,
+    "random_absolute_pad_image": RandomAbsolutePadImage,
     "random_scale_crop_and_pad_to_square": RandomScaleCropAndPadToSquare,
     "random_square_crop_by_scale": RandomSquareCropByScale,
     "random_adjust_brightness": RandomAdjustBrightness,

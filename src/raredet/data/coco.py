@@ -4,6 +4,8 @@ Categories are matched to the label map by ``name`` (so a label map with differe
 a category whose name is not in the label map is an error when one of its boxes is read. ``bbox`` is
 ``[x, y, width, height]`` in pixels; ``iscrowd`` is honoured; an optional per-annotation ``"weight"``
 gives the box's data weight (default 1.0). Images without annotations are kept as negatives.
+With ``load_instance_masks`` each annotation's ``segmentation`` (polygons or RLE) becomes its mask; with
+``num_keypoints`` > 0 its ``keypoints`` [x, y, v] * J (absent: every keypoint unlabelled).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from raredet.data import instances
 from raredet.data.example import DraftSize, Example, checked_annotations, decode_image, finish_example
 from raredet.errors import DataError
 
@@ -37,15 +40,20 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 class CocoReader:
     """``annotation_file``: COCO JSON; ``image_dir``: where ``file_name`` is relative to (default: the
-    JSON file's directory, then its ``images/`` subfolder); ``label_map``: raredet LabelMap."""
+    JSON file's directory, then its ``images/`` subfolder); ``label_map``: raredet LabelMap;
+    ``load_instance_masks`` / ``num_keypoints``: the input reader's fields of those names."""
 
     def __init__(
         self,
         annotation_file: str | os.PathLike[str],
         label_map: LabelMap,
         image_dir: str | os.PathLike[str] | None = None,
+        *,
+        load_instance_masks: bool = False,
+        num_keypoints: int = 0,
     ) -> None:
         self.path = Path(annotation_file)
+        self.load_instance_masks, self.num_keypoints = load_instance_masks, num_keypoints
         data = _load_json(self.path)
         self.label_map = label_map
         self.image_dir = Path(image_dir) if image_dir is not None else self._default_image_dir(data)
@@ -104,6 +112,8 @@ class CocoReader:
             where=where,
             label_desc=np.array(names, dtype=np.str_),
         )
+        if self.num_keypoints > 0:
+            checked["keypoints"], checked["keypoint_visibilities"] = self._keypoints(anns, where)
         return {
             **checked,
             "source_id": str(info.get("id")),
@@ -113,8 +123,22 @@ class CocoReader:
             "where": where,
         }
 
+    def _keypoints(self, anns: list[dict[str, Any]], where: str) -> tuple[np.ndarray, np.ndarray]:
+        kp, vis = instances.absent_keypoints(len(anns), self.num_keypoints)
+        for k, ann in enumerate(anns):  # per object, J values each
+            if ann.get("keypoints") is not None:
+                values = ann["keypoints"] if isinstance(ann["keypoints"], list) else [ann["keypoints"]]
+                kp[k], vis[k] = instances.coco_keypoints(values, self.num_keypoints,
+                                                         f"{where}: annotation {ann.get('id', k)}")
+        return kp, vis
+
     def example(self, index: int, draft_size: DraftSize = None) -> Example:
         annotations = self.annotations(index)
+        if self.load_instance_masks:
+            anns = self._by_image.get(self.images[index].get("id"), [])
+            annotations["masks"] = instances.coco_segmentation_masks(
+                [a.get("segmentation") for a in anns], annotations["height"], annotations["width"],
+                [f"{annotations['where']}: annotation {a.get('id', k)}" for k, a in enumerate(anns)])
         path = self.image_dir / annotations["filename"]
         image, full = decode_image(path, annotations["where"], draft_size)
         return finish_example(annotations, image, full)

@@ -101,4 +101,22 @@ def collate(examples: Sequence[Example]) -> dict[str, Any]:
         "original_sizes": torch.tensor([e["original_size"] for e in examples], dtype=torch.int64),
         "scales": torch.tensor([e.get("scale", (1.0, 1.0)) for e in examples], dtype=torch.float32),
         "source_ids": [e["source_id"] for e in examples],
+        **_instances(examples, n, images.shape[1:3]),
     }
+
+
+def _instances(examples: Sequence[Example], n: int, size: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """``masks`` [B, N, H, W] uint8 at the batch's (padded) image size, ``keypoints`` [B, N, J, 2]
+    (NaN where absent or padding), ``keypoint_visibilities`` [B, N, J]: where the examples have them."""
+    out: dict[str, torch.Tensor] = {}
+    if all("masks" in e for e in examples):
+        masks = np.zeros((len(examples), n, *size), dtype=np.uint8)
+        for i, e in enumerate(examples):  # one copy per image
+            m = e["masks"]
+            masks[i, : m.shape[0], : m.shape[1], : m.shape[2]] = m
+        out["masks"] = torch.from_numpy(masks)
+    if all("keypoints" in e for e in examples):
+        out["keypoints"] = _pad_stack([e["keypoints"] for e in examples], n, np.nan, np.float32)
+        out["keypoint_visibilities"] = _pad_stack([e["keypoint_visibilities"] for e in examples], n,
+                                                  False, bool)
+    return out

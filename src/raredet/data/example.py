@@ -3,7 +3,9 @@
 An example is a plain dict (see docs/internals.md "Data"):
 ``image`` uint8 [H, W, 3] RGB, ``boxes`` float32 [N, 4] xyxy pixels, ``labels`` int64 [N] contiguous,
 ``weights`` float32 [N], ``is_crowd`` bool [N], ``difficult`` bool [N], ``source_id`` str,
-``filename`` str. Readers also give ``height``/``width`` (from the annotation, before decoding) so
+``filename`` str; with instance masks asked for, ``masks`` uint8 [N, H, W], with keypoints
+``keypoints`` float32 [N, J, 2] and ``keypoint_visibilities`` bool [N, J] (see raredet.data.instances).
+Readers also give ``height``/``width`` (from the annotation, before decoding) so
 that statistics never need to decode an image.
 
 All three readers funnel their boxes through :func:`checked_annotations`, so that a bad box, class or
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from raredet.data.instances import resize_masks
 from raredet.errors import DataError
 
 Example = dict[str, Any]
@@ -140,11 +143,16 @@ def _undecodable(source: bytes | Path, err: Exception) -> str:
 
 
 def finish_example(annotations: dict[str, Any], image: np.ndarray, full_size: tuple[int, int]) -> Example:
-    """Attach a decoded image, rescaling the boxes if it was decoded smaller than ``full_size``."""
+    """Attach a decoded image, rescaling the boxes (and keypoints, masks) if it was decoded smaller
+    than ``full_size``."""
     example = dict(annotations)
     sy, sx = image.shape[0] / full_size[0], image.shape[1] / full_size[1]
     if (sy, sx) != (1.0, 1.0):
         example["boxes"] = annotations["boxes"] * np.array([sx, sy, sx, sy], dtype=np.float32)
+        if "keypoints" in annotations:
+            example["keypoints"] = annotations["keypoints"] * np.array([sx, sy], dtype=np.float32)
+    if "masks" in annotations:
+        example["masks"] = resize_masks(annotations["masks"], *image.shape[:2])
     example["image"] = image
     example["original_size"] = full_size
     return example

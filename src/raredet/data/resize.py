@@ -13,6 +13,7 @@ from PIL import Image
 
 from raredet.data.augment import RESIZE_METHODS, scale_example
 from raredet.data.example import Example
+from raredet.data.instances import pad_masks
 
 
 class Resizer:
@@ -108,6 +109,8 @@ class KeepAspectRatioResizer(Resizer):
             h, w = out["image"].shape[:2]
             canvas[:h, :w] = out["image"]
             out["image"] = canvas
+            if "masks" in out:
+                out["masks"] = pad_masks(out["masks"], m, m, 0, 0)
         return out
 
 

@@ -24,6 +24,7 @@ import crc32c
 import numpy as np
 from PIL import Image
 
+from raredet.data import instances
 from raredet.data.example import DraftSize, Example, checked_annotations, decode_image, finish_example
 from raredet.errors import DataError
 from raredet.fileio import atomic_write
@@ -246,7 +247,11 @@ _KINDS = {
     "image/object/bbox/ymax": "float_list",
     "image/object/weight": "float_list",
     "image/object/class/weight": "float_list",
+    "image/object/keypoint/x": "float_list",
+    "image/object/keypoint/y": "float_list",
+    "image/object/keypoint/visibility": "int64_list",
 }
+MASK_TYPES = {"DEFAULT": "float_list", "NUMERICAL_MASKS": "float_list", "PNG_MASKS": "bytes_list"}
 
 
 def _check_kinds(features: Features, where: str) -> None:
@@ -277,11 +282,19 @@ class TFRecordReader:
 
     ``paths``: files (already expanded, see :func:`expand_input_paths`); ``label_map``: the LabelMap
     that maps ``image/object/class/text`` (preferred) or ``image/object/class/label`` to indices.
+    ``load_instance_masks`` / ``mask_type`` / ``num_keypoints``: the input reader's fields of those
+    names; with them examples carry ``masks`` / ``keypoints`` (see raredet.data.instances).
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike[str]], label_map: LabelMap) -> None:
+    def __init__(self, paths: Sequence[str | os.PathLike[str]], label_map: LabelMap, *,
+                 load_instance_masks: bool = False, mask_type: str = "NUMERICAL_MASKS",
+                 num_keypoints: int = 0) -> None:
+        if mask_type not in MASK_TYPES:
+            raise ValueError(f"mask_type {mask_type!r}: use one of {', '.join(MASK_TYPES)}")
         self.files = [TFRecordFile(p) for p in paths]
         self.label_map = label_map
+        self.load_instance_masks, self.mask_type = load_instance_masks, mask_type
+        self.num_keypoints = num_keypoints
         counts = np.array([len(f) for f in self.files], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
 
@@ -313,8 +326,27 @@ class TFRecordReader:
     def example(self, index: int, draft_size: DraftSize = None) -> Example:
         """The decoded example of record ``index`` (see raredet.data.example)."""
         annotations, features = self._parse(index)
+        if self.load_instance_masks:
+            annotations["masks"] = self._masks(features, annotations)
         image, full = decode_image(_scalar(features, "image/encoded", b""), annotations["where"], draft_size)
         return finish_example(annotations, image, full)
+
+    def _masks(self, features: Features, annotations: dict[str, Any]) -> np.ndarray:
+        """uint8 [N, H, W] from ``image/object/mask`` as ``mask_type`` says it is stored."""
+        n, where = len(annotations["labels"]), annotations["where"]
+        h, w = annotations["height"], annotations["width"]
+        kind = features["image/object/mask"].WhichOneof("kind") if "image/object/mask" in features else None
+        values = _values(features, "image/object/mask")
+        if kind is not None and values and kind != MASK_TYPES[self.mask_type]:
+            other = "PNG_MASKS" if kind == "bytes_list" else "NUMERICAL_MASKS"
+            raise DataError(f"{where}: field 'image/object/mask' is a {kind} but the input reader's "
+                            f"mask_type is {self.mask_type}; set mask_type: {other}")
+        if self.mask_type != "PNG_MASKS":
+            return instances.numerical_masks(values, n, h, w, where)
+        if len(values) != n:
+            raise DataError(f"{where}: field 'image/object/mask' has {len(values)} PNG masks for {n} boxes; "
+                            "every box needs its mask")
+        return instances.decode_png_masks(values, h, w, where)
 
     def _annotations(self, features: Features, where: str) -> dict[str, Any]:
         _check_kinds(features, where)
@@ -335,6 +367,10 @@ class TFRecordReader:
         )
         source_id = _scalar(features, "image/source_id", b"").decode("utf-8", "replace")
         filename = _scalar(features, "image/filename", b"").decode("utf-8", "replace")
+        if self.num_keypoints > 0:
+            x, y, vis = (_values(features, f"image/object/keypoint/{k}") for k in ("x", "y", "visibility"))
+            checked["keypoints"], checked["keypoint_visibilities"] = instances.record_keypoints(
+                x, y, vis, n, self.num_keypoints, height, width, where)
         return {
             **checked,
             "source_id": source_id,
