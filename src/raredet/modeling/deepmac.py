@@ -204,8 +204,9 @@ def _padded_targets(targets: Sequence[dict[str, Tensor]], allowed: Tensor | None
 class DeepMACTask(nn.Module):
     """CenterNet's DeepMAC mask task (module docstring).
 
-    ``mask_loss(logits, targets, weights)`` is an elementwise classification loss (the config's
-    ``classification_loss``, e.g. ``weighted_sigmoid``) called on ``[N, S*S, 1]`` tensors.
+    ``mask_loss(logits, targets, weights)`` is the config's ``classification_loss`` called on
+    ``[N, S*S, 1]`` tensors: elementwise (``weighted_sigmoid``: averaged over the pixels) or reduced
+    over the pixels to ``[N, 1]`` (the dice loss).
     ``allowed_masked_classes_ids`` are contiguous class indices (0..K-1); empty: every class."""
 
     def __init__(
@@ -291,7 +292,9 @@ class DeepMACTask(nn.Module):
         for ie, pe in zip(inst, pix, strict=True):
             logits = self.mask_logits(ie, pe, boxes).reshape(-1, s * s, 1)  # [B*N, S*S, 1]
             per_pixel = self.mask_loss(logits, target, torch.ones_like(target))
-            per_instance = per_pixel.mean(dim=(1, 2)).reshape(valid.shape)  # TF's normalize_auto
+            # TF's normalize_auto: the mean over the pixels; a loss that reduced them (dice): the sum
+            per_instance = (per_pixel.mean(dim=(1, 2)) if per_pixel.ndim == 3 else per_pixel.sum(dim=1))
+            per_instance = per_instance.reshape(valid.shape)
             total = total + (per_instance * valid).sum() / valid.sum().clamp(min=1.0)
         return {MASK_LOSS_NAME: self.task_loss_weight * total / len(inst)}
 
