@@ -20,8 +20,11 @@ TF object path (under the extractor's ``_network``)    raredet state-dict key
 ``intermediate_{conv1,conv2,residual}/<i>/...``        ``intermediate_{conv1,conv2,residual}.<i>....``
 =====================================================  ================================================
 
-TF kernels are ``[kh, kw, in, out]``; torch weights ``[out, in, kh, kw]``. TF's ``IdentityLayer`` (a
-skip without a conv, ReLU off) has no weights and is ``nn.Identity`` / absent here.
+In a TF2 checkpoint the paths sit under ``feature_extractor/_network/`` (as
+``tf.train.Checkpoint(feature_extractor=extractor)`` writes them with TF 2.15.1; a CenterNet model's
+checkpoint puts its own prefix before). TF kernels are ``[kh, kw, in, out]``; torch weights
+``[out, in, kh, kw]``. TF's ``IdentityLayer`` (a skip without a conv, ReLU off) has no weights and is
+``nn.Identity`` / absent here.
 
 Facts kept from the TF code:
 

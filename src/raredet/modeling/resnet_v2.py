@@ -23,6 +23,13 @@ a transposed conv's ``[kh, kw, out, in]`` -> ``[in, out, kh, kw]``):
   ``batch_normalization``, ``conv2d_transpose``, ``batch_normalization_1``, ...) ->
   ``upsample.<i>.{conv, conv_bn, deconv, deconv_bn}``, i = 0, 1, 2.
 
+In a TF2 checkpoint (object paths, as ``tf.train.Checkpoint(feature_extractor=extractor)`` writes them
+with TF 2.15.1) the backbone's weights sit under ``feature_extractor/_base_model/layer_with_weights-<N>/``,
+N counting the layers of ``ResNet50V2`` that have weights in model order (0 ``conv1_conv``, 1
+``conv2_block1_preact_bn``, ..., the last ``post_bn``, unused), and the upsampling ones under
+``feature_extractor/_feature_extractor_model/layer_with_weights-<M>/``, M = 1 + 4 i + (0 conv, 1 conv_bn,
+2 deconv, 3 deconv_bn) (``layer_with_weights-0`` there is the backbone again).
+
 Facts kept: backbone batch norms epsilon 1.001e-5, the upsampling ones Keras' default 1e-3, all with
 Keras' momentum 0.99 (torch 0.01). Every 3x3 / 7x7 conv pads ``k // 2`` zeros each side (Keras'
 ``ZeroPadding2D`` then 'valid'); the stem's 3x3 max pool stride 2 pads with zeros too (its input has no
