@@ -126,3 +126,14 @@ def test_unknown_names_list_the_valid_ones():
         hourglass.center_net_hourglass("hourglass_100")
     with pytest.raises(ValueError, match="hourglass_100"):
         hourglass.single_hourglass("hourglass_7", 4)
+
+
+def test_trains_and_traces():
+    # Train mode (batch statistics, in-place ReLUs after batch norm) back-propagates into every weight;
+    # torch.jit.trace (raredet export) keeps both outputs.
+    network = hourglass.HourglassNetwork(2, 4, [8, 8, 12], [1, 2, 2], 2)
+    outputs = network(torch.rand(2, 3, 32, 32))
+    sum(o.square().mean() for o in outputs).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in network.parameters())
+    traced = torch.jit.trace(network.eval(), torch.rand(1, 3, 32, 32), check_trace=False, strict=False)
+    assert [o.shape for o in traced(torch.rand(1, 3, 48, 32))] == [(1, 8, 12, 8)] * 2

@@ -121,3 +121,13 @@ def test_batch_norm_epsilons_as_keras():
 def test_unknown_shape_refused():
     with pytest.raises(ValueError, match="4 stages"):
         resnet_v2.CenterNetResNetV2(blocks=(3, 4, 6))
+
+
+def test_trains_and_traces():
+    network = resnet_v2.CenterNetResNetV2(blocks=(2, 2, 2, 2), stage_filters=(4, 4, 8, 8),
+                                          upsample_filters=(8, 8, 4))
+    (out,) = network(torch.rand(2, 3, 64, 64) * 255)
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in network.parameters())
+    traced = torch.jit.trace(network.eval(), torch.rand(1, 3, 64, 64), check_trace=False, strict=False)
+    assert traced(torch.rand(1, 3, 96, 64))[0].shape == (1, 4, 24, 16)

@@ -46,6 +46,7 @@ Facts kept from the TF code:
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from raredet.modeling.backbones import KerasFixedPaddingConv2d
@@ -227,7 +228,7 @@ class HourglassNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         height, width = x.shape[-2:]
-        if height % self.size_divisor or width % self.size_divisor:
+        if not torch.jit.is_tracing() and (height % self.size_divisor or width % self.size_divisor):
             raise ValueError(f"the hourglass network takes images whose height and width are multiples of "
                              f"{self.size_divisor}, got {height}x{width}: resize or pad to such a size")
         x = self.downsample_input(x) if self.downsample_input is not None else self._conv_input(x)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -170,7 +171,7 @@ class CenterNetResNetV2(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         height, width = x.shape[-2:]
-        if height % self.size_divisor or width % self.size_divisor:
+        if not torch.jit.is_tracing() and (height % self.size_divisor or width % self.size_divisor):
             raise ValueError(f"the ResNet v2 extractor takes images whose height and width are multiples of "
                              f"{self.size_divisor}, got {height}x{width}: resize or pad to such a size")
         x = self.conv1(x / 127.5 - 1.0)
