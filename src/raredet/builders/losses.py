@@ -34,7 +34,7 @@ from raredet.losses.pair_aware import STATISTICS_OPTIONS
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.box_ops import box_iou
 from raredet.modeling.matcher import ArgMaxMatcher
-from raredet.protos import faster_rcnn_pb2, losses_pb2, ssd_pb2
+from raredet.protos import center_net_pb2, faster_rcnn_pb2, losses_pb2, ssd_pb2
 
 SIMILARITIES: dict[str, Callable[..., Any]] = {"iou_similarity": lambda: box_iou}
 
@@ -132,13 +132,19 @@ def build_faster_rcnn_loss(msg: faster_rcnn_pb2.FasterRcnn, class_weights: Seque
 
 
 def build_loss(ssd: ModelMessage, label_map: LabelMap, class_weights: Sequence[ClassWeight],
-               box_coder: FasterRcnnBoxCoder | None = None) -> Any:
-    """The loss of `model.ssd` (DetectionLoss) or `model.faster_rcnn` with the resolved per-class weights.
+               box_coder: FasterRcnnBoxCoder | None = None, model: Any = None) -> Any:
+    """The loss of `model.ssd` (DetectionLoss), `model.faster_rcnn` or `model.center_net` with the
+    resolved per-class weights.
 
     `box_coder`: the SSD's own (`SSD.box_coder`), so the loss encodes with the coder the model decodes
-    with; None builds `model.ssd.box_coder`."""
+    with; None builds `model.ssd.box_coder`. `model`: the built CenterNet, whose further tasks
+    (keypoints, masks) compute their own losses."""
     if isinstance(ssd, faster_rcnn_pb2.FasterRcnn):
         return build_faster_rcnn_loss(ssd, class_weights)
+    if isinstance(ssd, center_net_pb2.CenterNet):
+        from raredet.builders.center_net import build_center_net_loss  # imports the model code
+
+        return build_center_net_loss(ssd, class_weights, model)
     loss = ssd.loss
     m_name, matcher, m_sub = oneof_choice(ssd.matcher, "matcher_oneof", MATCHERS, "model.ssd.matcher")
     with refused_as_config_error(m_name, fields=()):

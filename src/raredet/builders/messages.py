@@ -13,7 +13,14 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from raredet.errors import ConfigError, RaredetError
-from raredet.protos import faster_rcnn_pb2, losses_pb2, pipeline_pb2, post_processing_pb2, ssd_pb2
+from raredet.protos import (
+    center_net_pb2,
+    faster_rcnn_pb2,
+    losses_pb2,
+    pipeline_pb2,
+    post_processing_pb2,
+    ssd_pb2,
+)
 
 # Fields the TF OD API has but whose effect raredet does not need (graph or TPU details).
 _INERT_FIELDS = frozenset({"anchorwise_output", "use_matmul_gather"})
@@ -91,11 +98,11 @@ def _enum_name(msg: Message, field: str) -> str:
     return enum.values_by_number[getattr(msg, field)].name
 
 
-ModelMessage = ssd_pb2.Ssd | faster_rcnn_pb2.FasterRcnn
+ModelMessage = ssd_pb2.Ssd | faster_rcnn_pb2.FasterRcnn | center_net_pb2.CenterNet
 
 
 def model_message(config: pipeline_pb2.TrainEvalPipelineConfig) -> ModelMessage:
-    """The model the config chose: `model.ssd` or `model.faster_rcnn`."""
+    """The model the config chose: `model.ssd`, `model.faster_rcnn` or `model.center_net`."""
     return getattr(config.model, config.model.WhichOneof("model") or "ssd")  # type: ignore[no-any-return]
 
 
@@ -115,6 +122,8 @@ def post_processing_field(msg: ModelMessage) -> tuple[post_processing_pb2.PostPr
     `calibration_config`)."""
     if isinstance(msg, faster_rcnn_pb2.FasterRcnn):
         return post_processing_of(msg), "model.faster_rcnn.second_stage_post_processing.calibration_config"
+    if isinstance(msg, center_net_pb2.CenterNet):
+        return post_processing_of(msg), "model.center_net.post_processing.calibration_config"
     return post_processing_of(msg), CALIBRATION_WHERE
 
 
@@ -123,4 +132,6 @@ def class_weights_field(msg: ModelMessage) -> tuple[losses_pb2.ClassWeights, str
     if isinstance(msg, faster_rcnn_pb2.FasterRcnn):
         return (msg.second_stage_class_weights, "model.faster_rcnn.second_stage_class_weights",
                 msg.HasField("second_stage_class_weights"))
+    if isinstance(msg, center_net_pb2.CenterNet):
+        return msg.class_weights, "model.center_net.class_weights", msg.HasField("class_weights")
     return msg.loss.class_weights, "model.ssd.loss.class_weights", msg.loss.HasField("class_weights")

@@ -1,4 +1,4 @@
-"""The model (SSD or Faster R-CNN) and its calibration from the model message."""
+"""The model (SSD, Faster R-CNN or CenterNet) and its calibration from the model message."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def default_weights_convention(msg: ModelMessage) -> str:
     API builds and trains them (docs/models.md, "Training parity"); "torchvision" for the others.
     Faster R-CNN takes TF's conventions only with TF weights: its TF-order first stage is checked at
     inference only (with it, two DDP ranks no longer train as one process on the same batch)."""
-    if isinstance(msg, faster_rcnn_pb2.FasterRcnn):
+    if isinstance(msg, faster_rcnn_pb2.FasterRcnn | center_net_pb2.CenterNet):
         return "torchvision"
     return "tf" if msg.feature_extractor.type.endswith("_keras") else "torchvision"
 
@@ -41,13 +41,14 @@ def build_model(ssd: ModelMessage, class_ids: Sequence[int] | None = None,
 
 
 def _build_model(ssd: ModelMessage, class_ids: Sequence[int] | None) -> tuple[nn.Module, dict[str, float]]:
-    if isinstance(ssd, center_net_pb2.CenterNet):
-        raise ConfigError("model.center_net: the CenterNet model is being added to raredet (issue 28) and "
-                          "cannot be built yet")
     post, where = post_processing_field(ssd)
     calibration = None
     if post.HasField("calibration_config"):
         calibration = build_calibration(post.calibration_config, ssd.num_classes, class_ids, where)
+    if isinstance(ssd, center_net_pb2.CenterNet):
+        from raredet.builders.center_net import build_center_net  # model code is heavy
+
+        return build_center_net(ssd, calibration, class_ids), {}
     if isinstance(ssd, faster_rcnn_pb2.FasterRcnn):
         from raredet.builders.faster_rcnn import build_faster_rcnn  # model code is heavy
 

@@ -52,7 +52,8 @@ def build_training(
     optimizer, schedule, ema = build_optimizer(cfg.train_config, model, l2_weights)
     dataset, sampler = build_train_data(loaded, reader, stats, seed)
     return TrainComponents(
-        model=model, criterion=build_loss(model_message(cfg), label_map, class_weights, _box_coder(model)),
+        model=model,
+        criterion=build_loss(model_message(cfg), label_map, class_weights, _box_coder(model), model=model),
         optimizer=optimizer,
         schedule=schedule, dataset=dataset, sampler=sampler, collate_fn=collate,
         batch_size=cfg.train_config.batch_size,
@@ -135,4 +136,4 @@ def check_buildable(loaded: LoadedConfig) -> None:
     if loaded.label_map is not None:  # the loss resolves class names (class_alpha) through it
         lm = loaded.label_map
         ones = [1] * lm.num_classes  # counts only matter to auto weights, whose values are not checked
-        build_loss(ssd, lm, resolve_class_weights(lm.names, lm.ids, ones, ones), _box_coder(model))
+        build_loss(ssd, lm, resolve_class_weights(lm.names, lm.ids, ones, ones), _box_coder(model), model)
