@@ -1,19 +1,24 @@
 """modeling/deepmac.py: DeepMAC's mask task (the TF OD API's ``deepmac_meta_arch``): the groundtruth
 crop of a box-aligned square mask and the centre embedding by hand, the mask network's input channels,
-the loss by formula with ``allowed_masked_classes_ids`` leaving a class out, post-processing shapes, and
-the mask network's size against the TF OD API's own count."""
+the loss by formula with ``allowed_masked_classes_ids`` leaving a class out, post-processing shapes, the
+mask network's size against the TF OD API's own count, and mask logits, loss and masks against the TF OD
+API's own on random embeddings with its mask network's weights loaded (fixtures/deepmac/make_parity.py)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
 
 from raredet.losses import weighted_sigmoid
 from raredet.modeling.deepmac import (
+    INSTANCE_EMBEDDING,
     MASK_LOSS_NAME,
+    PIXEL_EMBEDDING,
     DeepMACTask,
     HourglassMaskNetwork,
     center_embeddings,
@@ -151,8 +156,8 @@ def test_forward_loss_backward_and_postprocess_shapes():
     task = _task(mask_size=8, network_type="hourglass32")  # 3 stages: 8 -> 4 -> 2 -> 1
     features = [torch.randn(2, 8, 4, 6, requires_grad=True) for _ in range(2)]
     predictions = task(features)
-    assert [tuple(t.shape) for t in predictions["instance_embedding"]] == [(2, 4, 4, 6)] * 2
-    assert [tuple(t.shape) for t in predictions["pixel_embedding"]] == [(2, 3, 4, 6)] * 2
+    assert [tuple(t.shape) for t in predictions[INSTANCE_EMBEDDING]] == [(2, 4, 4, 6)] * 2
+    assert [tuple(t.shape) for t in predictions[PIXEL_EMBEDDING]] == [(2, 3, 4, 6)] * 2
     mask = torch.zeros(1, 16, 24, dtype=torch.uint8)  # the padded image: 4 x 6 cells of stride 4
     mask[0, 3:9, 3:12] = 1
     targets = [{"boxes": torch.tensor([[1.0, 2.0, 9.0, 12.0]]), "labels": torch.tensor([0]), "masks": mask},
@@ -198,3 +203,68 @@ def test_embedding_heads_are_one_by_three_then_one_by_one():
     head = embedding_head(256, 32)
     assert [tuple(p.shape) for p in head.parameters()] == [(256, 256, 1, 3), (256,), (32, 256, 1, 1), (32,)]
     assert head(torch.zeros(1, 256, 3, 5)).shape == (1, 32, 3, 5)
+
+
+PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "deepmac" / "deepmac.npz"
+TF_TO_TORCH = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
+               "moving_mean": "running_mean", "moving_variance": "running_var"}
+
+
+def _tf_task() -> tuple[DeepMACTask, dict[str, np.ndarray]]:
+    """The task of make_parity.py's DEEPMAC message with the TF mask network's weights (TF's ``_net/...``
+    is ``net....``, ``project_out`` the same; kernels ``[kh, kw, in, out]`` -> ``[out, in, kh, kw]``)."""
+    arrays = dict(np.load(PARITY))
+    task = DeepMACTask(8, 2, weighted_sigmoid, dim=4, pixel_embedding_dim=3, mask_size=4,
+                       network_type="hourglass10", num_init_channels=4, task_loss_weight=5.0,
+                       allowed_masked_classes_ids=[0, 2])  # label ids 1 and 3
+    state = {}
+    for key, value in arrays.items():
+        if key.startswith("w/"):
+            *path, leaf = key[2:].removeprefix("_net/").split("/")
+            prefix = "project_out" if path == ["project_out"] else "net." + ".".join(path)
+            tensor = torch.from_numpy(value)
+            tensor = tensor.permute(3, 2, 0, 1) if leaf == "kernel" else tensor
+            state[f"{prefix}.{TF_TO_TORCH[leaf]}"] = tensor
+    expected = {k for k in task.mask_net.state_dict() if not k.endswith("num_batches_tracked")}
+    assert set(state) == expected
+    task.mask_net.load_state_dict(state, strict=False)
+    return task.eval(), arrays
+
+
+def _nchw(a: np.ndarray) -> Tensor:
+    return torch.from_numpy(a).permute(0, 3, 1, 2)
+
+
+def _tf_predictions(arrays: dict[str, np.ndarray]) -> dict[str, list[Tensor]]:
+    return {INSTANCE_EMBEDDING: [_nchw(arrays[f"instance_embedding_{s}"]) for s in range(2)],
+            PIXEL_EMBEDDING: [_nchw(arrays[f"pixel_embedding_{s}"]) for s in range(2)]}
+
+
+def test_mask_logits_loss_and_masks_equal_the_tf_od_api():
+    task, arrays = _tf_task()
+    predictions = _tf_predictions(arrays)
+    boxes = torch.from_numpy(arrays["boxes"])
+    with torch.no_grad():
+        pairs = zip(predictions[INSTANCE_EMBEDDING], predictions[PIXEL_EMBEDDING], strict=True)
+        for s, (inst, pix) in enumerate(pairs):
+            expected = torch.from_numpy(arrays[f"mask_logits_{s}"])
+            torch.testing.assert_close(task.mask_logits(inst, pix, boxes), expected, rtol=1e-4, atol=1e-4)
+        # targets as the data gives them: xyxy pixels of the 24 x 32 padded image, the padding box dropped
+        y1, x1, y2, x2 = (boxes * torch.tensor([24.0, 32.0, 24.0, 32.0])).unbind(-1)
+        xyxy = torch.stack([x1, y1, x2, y2], dim=-1)
+        counts = [3, 2]
+        targets = [{"boxes": xyxy[b, :n], "labels": torch.from_numpy(arrays["classes"][b, :n]),
+                    "weights": torch.from_numpy(arrays["weights"][b, :n]),
+                    "masks": torch.from_numpy(arrays["masks"][b, :n])} for b, n in enumerate(counts)]
+        loss = task.loss(predictions, targets, stride=4)[MASK_LOSS_NAME]
+        assert loss.item() == pytest.approx(float(arrays["loss"]), rel=1e-5)
+        ys1, xs1, ys2, xs2 = (torch.from_numpy(arrays["boxes_strided"]) * 4).unbind(-1)
+        detections = {"detection_boxes": torch.stack([xs1, ys1, xs2, ys2], dim=-1)}
+        expected = torch.from_numpy(arrays["detection_masks"])
+        masks = task.postprocess(predictions, detections, stride=4)["detection_masks"]
+        torch.testing.assert_close(masks, expected, rtol=1e-4, atol=1e-5)
+        # TF's own boxes_strided, when the model gives them, win over detection_boxes
+        strided = {"detection_boxes": torch.zeros(2, 3, 4),
+                   "detection_boxes_strided": detections["detection_boxes"] / 4}
+        masks = task.postprocess(predictions, strided, stride=4)["detection_masks"]
+        torch.testing.assert_close(masks, expected, rtol=1e-4, atol=1e-5)

@@ -11,8 +11,11 @@ Two prediction heads run on every feature output of the extractor: an *instance 
 3. with ``use_instance_embedding`` the instance embedding read at the box centre (feature cell
    ``int((y1 + y2) / 2 * h)``, ``int((x1 + x2) / 2 * w)`` for a box normalised to the image) is tiled over
    the crop and goes after it;
-4. the mask network (``network_type``: an hourglass ``hourglass{10,20,32,52,100}`` without its input
-   downsampling, ``num_init_channels`` wide) and a 1x1 convolution give ``mask_size x mask_size`` logits.
+4. the mask network (``network_type``: an hourglass ``hourglass{10,20,32,52,100}``,
+   ``hourglass20_uniform_size`` or ``hourglass20_no_shortcut`` of ``modeling/hourglass.py`` without its
+   input downsampling, ``num_init_channels`` wide) and a 1x1 convolution give ``mask_size x mask_size``
+   logits. The TF OD API's other mask networks (``resnet*``, ``fully_connected``, ``embedding_projection``,
+   ``cond_inst*``) are not built.
 
 Training runs the head on the groundtruth boxes and compares with the groundtruth masks cropped by the
 same boxes (sigmoid cross-entropy averaged over the crop's pixels, per instance); instances whose class
@@ -23,6 +26,12 @@ probabilities, box-relative, ``[B, D, mask_size, mask_size]``.
 
 Boxes are normalised to the padded image that the feature map covers (``stride * h`` by
 ``stride * w``), the frame of both the feature maps and the groundtruth masks.
+
+Not built (refused by the builder): RoI jitter, full-resolution masks, instance subsampling, the
+weakly supervised losses (box and colour consistency, augmented self-supervision, point supervision)
+and ``ignore_per_class_box_overlap``; the zoo's four DeepMAC configs use none of them.
+tests/modeling/test_deepmac.py compares mask logits, loss and masks with the TF OD API's own
+(tests/fixtures/deepmac/make_parity.py).
 """
 
 from __future__ import annotations
@@ -33,121 +42,60 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raredet.modeling.layers import BatchNorm2d, keras_default_init
+from raredet.modeling.hourglass import (
+    HourglassNetwork,
+    hourglass_20_no_shortcut,
+    hourglass_20_uniform_size,
+    single_hourglass,
+)
+from raredet.modeling.layers import keras_default_init
 from raredet.modeling.roi_ops import crop_and_resize
 
-# The hourglasses DeepMAC's mask network may be, as the TF OD API's ``hourglass_network.hourglass_N``
-# define them for ``num_init_channels = nc``: (channels per stage in units of nc, blocks per stage).
-HOURGLASS_MASK_NETWORKS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "hourglass10": ((2, 2), (1, 1)),
-    "hourglass20": ((2, 2, 3), (1, 2, 2)),
-    "hourglass32": ((2, 2, 3, 3), (2, 2, 2, 2)),
-    "hourglass52": ((2, 2, 3, 3, 3, 4), (2, 2, 2, 2, 2, 4)),
-    "hourglass100": ((2, 2, 3, 3, 3, 4), (4, 4, 4, 4, 4, 8)),
+
+def _single_hourglass(depth: int) -> Callable[[int, int], HourglassNetwork]:
+    def build(num_init_channels: int, in_channels: int) -> HourglassNetwork:
+        return single_hourglass(f"hourglass_{depth}", num_init_channels, initial_downsample=False,
+                                in_channels=in_channels)
+    return build
+
+
+# DeepMAC's mask networks: network_type -> (num_init_channels, input channels) -> the hourglass
+# (modeling/hourglass.py) without input downsampling, as the TF OD API's _get_deepmac_network_by_type.
+HOURGLASS_MASK_NETWORKS: dict[str, Callable[[int, int], HourglassNetwork]] = {
+    **{f"hourglass{depth}": _single_hourglass(depth) for depth in (10, 20, 32, 52, 100)},
+    "hourglass20_uniform_size": lambda nc, in_ch: hourglass_20_uniform_size(nc, in_channels=in_ch),
+    "hourglass20_no_shortcut": lambda nc, in_ch: hourglass_20_no_shortcut(nc, in_channels=in_ch),
 }
 
 MASK_LOSS_NAME = "deep_mask_estimation"  # the TF OD API's loss key, ``Loss/deep_mask_estimation``
+INSTANCE_EMBEDDING, PIXEL_EMBEDDING = "deepmac/instance_embedding", "deepmac/pixel_embedding"
 
 
-def _conv(in_ch: int, out_ch: int, kernel: int | tuple[int, int], stride: int = 1, bias: bool = False
-          ) -> nn.Conv2d:
-    """A conv with Keras' default initialisation; odd kernels padded symmetrically, as the TF OD API's
-    hourglass pads (``ZeroPadding2D`` then ``valid``) and as ``same`` pads at stride 1."""
+def _conv(in_ch: int, out_ch: int, kernel: int | tuple[int, int], bias: bool = True) -> nn.Conv2d:
+    """A stride-1 'same' conv with Keras' default initialisation (Glorot uniform, zero bias)."""
     k = (kernel, kernel) if isinstance(kernel, int) else kernel
-    conv = nn.Conv2d(in_ch, out_ch, k, stride=stride, padding=(k[0] // 2, k[1] // 2), bias=bias)
+    conv = nn.Conv2d(in_ch, out_ch, k, padding=(k[0] // 2, k[1] // 2), bias=bias)
     keras_default_init(conv)
     return conv
 
 
-class _ConvBlock(nn.Sequential):
-    """conv (no bias) -> batch norm (eps 1e-5, Keras momentum 0.1, i.e. torch's 0.9) -> optional ReLU."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, relu: bool = True) -> None:
-        norm = BatchNorm2d(out_ch, eps=1e-5, momentum=0.9)
-        layers: list[nn.Module] = [_conv(in_ch, out_ch, kernel, stride), norm]
-        if relu:
-            layers.append(nn.ReLU(inplace=True))
-        super().__init__(*layers)
-
-
-class _ResidualBlock(nn.Module):
-    """The hourglass's residual block: 3x3 block (stride) -> 3x3 conv -> BN, plus the input (through a
-    1x1 conv + BN when ``skip_conv``), then ReLU."""
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, skip_conv: bool = False) -> None:
-        super().__init__()
-        self.conv_block = _ConvBlock(in_ch, out_ch, 3, stride)
-        self.conv = _conv(out_ch, out_ch, 3)
-        self.norm = BatchNorm2d(out_ch, eps=1e-5, momentum=0.9)
-        self.skip = _ConvBlock(in_ch, out_ch, 1, stride, relu=False) if skip_conv else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.norm(self.conv(self.conv_block(x))) + self.skip(x))
-
-
-def _residual_blocks(in_ch: int, out_ch: int, num_blocks: int, stride: int = 1,
-                     residual_ch: int | None = None, initial_skip_conv: bool = False) -> nn.Sequential:
-    """The TF OD API's ``_make_repeated_residual_blocks``: ``num_blocks - 1`` blocks of ``residual_ch``
-    channels (the first with ``stride``), then one of ``out_ch``."""
-    residual_ch = out_ch if residual_ch is None else residual_ch
-    blocks: list[nn.Module] = []
-    ch = in_ch
-    for i in range(num_blocks - 1):
-        s = stride if i == 0 else 1
-        blocks.append(_ResidualBlock(ch, residual_ch, s, skip_conv=s > 1 or (i == 0 and initial_skip_conv)))
-        ch = residual_ch
-    if num_blocks == 1:
-        last_stride, skip = stride, stride > 1 or ch != out_ch
-    else:
-        last_stride, skip = 1, residual_ch != out_ch
-    blocks.append(_ResidualBlock(ch, out_ch, last_stride, skip_conv=skip))
-    return nn.Sequential(*blocks)
-
-
-class _EncoderDecoder(nn.Module):
-    """One stage of the hourglass (recursive): a full-resolution branch plus a downsampled branch that
-    holds the inner stages and is upsampled (nearest, x2) back, the two added."""
-
-    def __init__(self, channels: Sequence[int], blocks: Sequence[int]) -> None:
-        super().__init__()
-        out_ch, down_ch = channels[0], channels[1]
-        self.encoder_block1 = _residual_blocks(out_ch, out_ch, blocks[0])
-        self.encoder_block2 = _residual_blocks(out_ch, down_ch, blocks[0], stride=2,
-                                               initial_skip_conv=out_ch != down_ch)
-        self.inner_block: nn.Module = (
-            _EncoderDecoder(channels[1:], blocks[1:]) if len(channels) > 2
-            else _residual_blocks(down_ch, down_ch, blocks[1]))
-        self.decoder_block = _residual_blocks(down_ch, out_ch, blocks[0], residual_ch=down_ch)
-
-    def forward(self, x: Tensor) -> Tensor:
-        inner = self.decoder_block(self.inner_block(self.encoder_block2(x)))
-        return self.encoder_block1(x) + F.interpolate(inner, scale_factor=2.0, mode="nearest")
-
-
 class HourglassMaskNetwork(nn.Module):
-    """A single-stack hourglass without input downsampling (the TF OD API's ``hourglass_N(nc,
-    initial_downsample=False)``): 3x3 block to ``nc``, residual block to ``2 nc``, the encoder-decoder,
-    a 3x3 output block; then the mask head's 1x1 projection to one logit. ``[N, in_ch, S, S]`` ->
-    ``[N, S, S]``; ``S`` divisible by ``2 ** (stages - 1)``."""
+    """The TF OD API's ``MaskHeadNetwork`` for an hourglass ``network_type``: the hourglass (``net``,
+    TF's ``_net``) on the ``[N, in_channels, S, S]`` mask inputs, its last output through a 1x1 conv
+    with bias to one logit (``project_out``) -> ``[N, S, S]``. ``S`` must be a multiple of
+    ``size_divisor`` (the hourglass halves the crop once per stage)."""
 
     def __init__(self, network_type: str, in_channels: int, num_init_channels: int) -> None:
         super().__init__()
         if network_type not in HOURGLASS_MASK_NETWORKS:
             raise ValueError(f"network_type: {network_type!r} is not supported; valid: "
                              f"{', '.join(HOURGLASS_MASK_NETWORKS)}")
-        units, blocks = HOURGLASS_MASK_NETWORKS[network_type]
-        nc = num_init_channels
-        channels = [u * nc for u in units]
-        self.downsampling = 2 ** (len(channels) - 1)
-        self.conv_input = nn.Sequential(_ConvBlock(in_channels, nc, 3),
-                                        _ResidualBlock(nc, channels[0], skip_conv=True))
-        self.hourglass = _EncoderDecoder(channels, blocks)
-        self.output_conv = _ConvBlock(channels[0], channels[0], 3)
-        self.project_out = _conv(channels[0], 1, 1, bias=True)
+        self.net = HOURGLASS_MASK_NETWORKS[network_type](num_init_channels, in_channels)
+        self.size_divisor = self.net.size_divisor
+        self.project_out = _conv(self.net.out_channels, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.output_conv(self.hourglass(self.conv_input(x)))
-        return self.project_out(out)[:, 0]
+        return self.project_out(self.net(x)[-1])[:, 0]
 
 
 def embedding_head(in_channels: int, out_channels: int, num_filters: int = 256) -> nn.Sequential:
@@ -155,8 +103,8 @@ def embedding_head(in_channels: int, out_channels: int, num_filters: int = 256) 
     defaults): a ``1 x 3`` conv (``unit_height_conv`` defaults to true there, unlike CenterNet's own
     heads, which pass false) with ``num_filters`` channels and ReLU, then a 1x1 conv; Keras' default
     initialisation, zero biases."""
-    return nn.Sequential(_conv(in_channels, num_filters, (1, 3), bias=True), nn.ReLU(inplace=True),
-                         _conv(num_filters, out_channels, 1, bias=True))
+    return nn.Sequential(_conv(in_channels, num_filters, (1, 3)), nn.ReLU(inplace=True),
+                         _conv(num_filters, out_channels, 1))
 
 
 def normalized_boxes(boxes_xyxy: Tensor, height: float, width: float) -> Tensor:
@@ -232,8 +180,8 @@ class DeepMACTask(nn.Module):
             embedding_head(in_channels, pixel_embedding_dim) for _ in outputs)
         mask_in = pixel_embedding_dim + (2 if use_xy else 0) + (dim if use_instance_embedding else 0)
         self.mask_net = HourglassMaskNetwork(network_type, mask_in, num_init_channels)
-        if mask_size % self.mask_net.downsampling:
-            raise ValueError(f"mask_size: {mask_size} must be a multiple of {self.mask_net.downsampling} "
+        if mask_size % self.mask_net.size_divisor:
+            raise ValueError(f"mask_size: {mask_size} must be a multiple of {self.mask_net.size_divisor} "
                              f"for network_type {network_type!r} (it halves the crop that many times)")
         self.mask_loss = mask_loss
         self.mask_size = mask_size
@@ -246,11 +194,11 @@ class DeepMACTask(nn.Module):
         self.register_buffer("allowed_classes", allowed, persistent=False)
 
     def forward(self, features: list[Tensor]) -> dict[str, list[Tensor]]:
-        """``features``: ``[B, C, h, w]`` per feature output -> ``instance_embedding`` ``[B, dim, h, w]``
-        and ``pixel_embedding`` ``[B, pixel_embedding_dim, h, w]``, one per feature output."""
+        """``features``: ``[B, C, h, w]`` per feature output -> ``INSTANCE_EMBEDDING`` ``[B, dim, h, w]``
+        and ``PIXEL_EMBEDDING`` ``[B, pixel_embedding_dim, h, w]``, one per feature output."""
         return {
-            "instance_embedding": [h(f) for h, f in zip(self.instance_embedding, features, strict=True)],
-            "pixel_embedding": [h(f) for h, f in zip(self.pixel_embedding, features, strict=True)],
+            INSTANCE_EMBEDDING: [h(f) for h, f in zip(self.instance_embedding, features, strict=True)],
+            PIXEL_EMBEDDING: [h(f) for h, f in zip(self.pixel_embedding, features, strict=True)],
         }
 
     def mask_logits(self, instance_embedding: Tensor, pixel_embedding: Tensor, boxes: Tensor) -> Tensor:
@@ -275,7 +223,7 @@ class DeepMACTask(nn.Module):
         that may have a mask (weighted by their box weights) and divided by their total weight (at
         least 1), over the whole batch. ``targets`` need ``boxes``, ``labels``, ``masks`` (``[N, H, W]``
         at the padded image's size) and optionally ``weights``."""
-        inst, pix = predictions["instance_embedding"], predictions["pixel_embedding"]
+        inst, pix = predictions[INSTANCE_EMBEDDING], predictions[PIXEL_EMBEDDING]
         if self.use_only_last_stage:
             inst, pix = inst[-1:], pix[-1:]
         h, w = pix[0].shape[-2:]
@@ -311,10 +259,15 @@ class DeepMACTask(nn.Module):
     def postprocess(self, predictions: dict[str, list[Tensor]], detections: dict[str, Tensor], stride: int
                     ) -> dict[str, Tensor]:
         """``detection_masks [B, D, mask_size, mask_size]``: sigmoid of the mask logits of each detected
-        box (``detections["detection_boxes"] [B, D, 4]`` xyxy pixels), from the last feature output."""
-        ie, pe = predictions["instance_embedding"][-1], predictions["pixel_embedding"][-1]
+        box, from the last feature output. The boxes are ``detections["detection_boxes_strided"]`` (xyxy
+        in feature-map cells, the TF OD API's ``detection_boxes_strided``: clipped to the map, not to
+        the image inside the padding) when given, else ``detection_boxes`` (xyxy pixels) / ``stride``."""
+        ie, pe = predictions[INSTANCE_EMBEDDING][-1], predictions[PIXEL_EMBEDDING][-1]
         h, w = pe.shape[-2:]
-        boxes = normalized_boxes(detections["detection_boxes"].to(pe.dtype), stride * h, stride * w)
+        strided = detections.get("detection_boxes_strided")
+        if strided is None:
+            strided = detections["detection_boxes"] / stride
+        boxes = normalized_boxes(strided.to(pe.dtype), h, w)
         if boxes.shape[1] == 0:
             return {"detection_masks": pe.new_zeros((boxes.shape[0], 0, self.mask_size, self.mask_size))}
         return {"detection_masks": torch.sigmoid(self.mask_logits(ie, pe, boxes))}
