@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,8 +12,8 @@ from raredet.builders.messages import model_message, post_processing_of, refused
 from raredet.config import LabelMap, LoadedConfig, parse_config
 from raredet.errors import ConfigError
 from raredet.evaluation.operating_points import Rule
-from raredet.evaluation.options import COCO_SET, EvalOptions
-from raredet.protos import eval_pb2
+from raredet.evaluation.options import COCO_SET, KEYPOINT_SET, MASK_SET, EvalOptions, KeypointMetric
+from raredet.protos import eval_pb2, string_int_label_map_pb2
 
 OPERATING_POINTS_WHERE = "eval_config.operating_points"
 
@@ -79,6 +80,7 @@ def eval_options(loaded: LoadedConfig, operating_point: Rule | None = None) -> E
     with refused_as_config_error("eval_config.metrics_set", fields=()):
         check_metrics_sets(list(ec.metrics_set))
     rule, class_rules = build_operating_point_rules(ec, loaded.label_map, operating_point)
+    _check_masks_loaded(loaded)
     return EvalOptions(
         metrics_set=tuple(ec.metrics_set) or COCO_SET,
         min_score_threshold=ec.min_score_threshold,
@@ -88,7 +90,79 @@ def eval_options(loaded: LoadedConfig, operating_point: Rule | None = None) -> E
         class_rules=class_rules,
         score_floor=post_processing_of(model_message(loaded.pipeline)).batch_non_max_suppression.score_threshold,
         images_description=_eval_data_description(loaded),
+        keypoint_metrics=build_keypoint_metrics(ec, loaded.label_map),
     )
+
+
+def _check_masks_loaded(loaded: LoadedConfig) -> None:
+    ec = loaded.pipeline.eval_config
+    readers = loaded.pipeline.eval_input_reader
+    if MASK_SET in ec.metrics_set and len(readers) and not readers[0].load_instance_masks:
+        raise ConfigError(f"eval_config.metrics_set: '{MASK_SET}' scores instance masks, which "
+                          "eval_input_reader[0] does not read; set its load_instance_masks: true (and "
+                          "mask_type: PNG_MASKS for the TF OD API's COCO records)")
+
+
+# The 17 COCO person keypoints in COCO's order: the order of keypoint sigmas when the label map's
+# class lists no `keypoints { id label }` of its own.
+COCO_KEYPOINT_NAMES = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+    "right_knee", "left_ankle", "right_ankle",
+)
+
+
+def build_keypoint_metrics(eval_config: eval_pb2.EvalConfig,
+                           label_map: LabelMap | None) -> tuple[KeypointMetric, ...]:
+    """One `KeypointMetric` per `parameterized_metric { coco_keypoint_metrics }`, as the TF OD API's
+    `get_evaluators`: the class whose label-map display name is `class_label`, its keypoints ordered by
+    the label map's keypoint ids (or COCO's 17 when it lists none), each with its sigma."""
+    out = []
+    for i, param in enumerate(eval_config.parameterized_metric):
+        where = f"eval_config.parameterized_metric[{i}].coco_keypoint_metrics"
+        if param.WhichOneof("parameterized_metric") != "coco_keypoint_metrics":
+            raise ConfigError(f"eval_config.parameterized_metric[{i}] is empty; give coco_keypoint_metrics")
+        metric = param.coco_keypoint_metrics
+        if label_map is None:
+            raise ConfigError(f"{where}: needs the label map (eval_input_reader.label_map_path)")
+        index = int(label_map.names_to_indices([metric.class_label])[0])
+        if index < 0:
+            raise ConfigError(f"{where}.class_label: '{metric.class_label}' is not a class of the label map "
+                              f"{label_map.path}; its classes are {label_map.display_names}")
+        ids, names = _keypoints(label_map, index, dict(metric.keypoint_label_to_sigmas), where)
+        sigmas = dict(metric.keypoint_label_to_sigmas)
+        missing = [n for n in names if n not in sigmas]
+        if sigmas and missing:
+            raise ConfigError(f"{where}.keypoint_label_to_sigmas: has no sigma for {missing}; give one per "
+                              "keypoint")
+        # No sigmas at all: 0.05 for every keypoint, as the TF OD API.
+        values = tuple(float(str(np.float32(sigmas[n]))) if sigmas else 0.05 for n in names)
+        out.append(KeypointMetric(label_map.ids[index], label_map.display_names[index], values, ids))
+    if KEYPOINT_SET in eval_config.metrics_set and not out:
+        raise ConfigError(f"eval_config.metrics_set: '{KEYPOINT_SET}' needs the class and keypoint sigmas: "
+                          "add parameterized_metric { coco_keypoint_metrics { class_label: \"person\" "
+                          "keypoint_label_to_sigmas { key: \"nose\" value: 0.026 } ... } }")
+    return tuple(out)
+
+
+def _keypoints(label_map: LabelMap, index: int, sigmas: dict[str, float],
+               where: str) -> tuple[tuple[int, ...], list[str]]:
+    """The class's keypoint ids (indices into the keypoint axis), ascending, and their names, from the
+    label map."""
+    items = string_int_label_map_pb2.StringIntLabelMap()
+    try:
+        text_format.Parse(Path(label_map.path).read_text(encoding="utf-8"), items)
+    except (OSError, text_format.ParseError):
+        items.Clear()  # a label map made in code: no keypoints listed
+    item = next((it for it in items.item if it.id == label_map.ids[index]), None)
+    if item is not None and len(item.keypoints):
+        listed = sorted(item.keypoints, key=lambda k: k.id)
+        return tuple(k.id for k in listed), [k.label for k in listed]
+    if not sigmas or set(sigmas) == set(COCO_KEYPOINT_NAMES):
+        return tuple(range(len(COCO_KEYPOINT_NAMES))), list(COCO_KEYPOINT_NAMES)
+    raise ConfigError(f"{where}: the label map {label_map.path} lists no keypoints for class "
+                      f"'{label_map.display_names[index]}', and the sigmas' names are not COCO's 17; add "
+                      "`keypoints { id: 0 label: \"...\" }` (one per keypoint) to its item")
 
 
 def _eval_data_description(loaded: LoadedConfig) -> str:

@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from raredet.config import LabelMap
+from raredet.data.instances import resize_masks
 from raredet.engine.runtime import to_device
+from raredet.evaluation.masks import coco_keypoints, encode_rle, paste_box_masks
 from raredet.evaluation.options import EvalOptions
 from raredet.evaluation.pipeline import evaluate_detections
 from raredet.evaluation.report import Example
@@ -67,10 +69,12 @@ class Collector:
         crowd = batch["is_crowd"][b, :n].cpu().numpy()
         difficult = batch["difficult"][b, :n].cpu().numpy()
         first = len(self.annotations) + 1
-        self.annotations += [
+        anns = [
             {"id": first + i, "image_id": image_id, "category_id": int(c), "bbox": box,
              "area": box[2] * box[3], "iscrowd": int(cr), "difficult": bool(d)}
             for i, (box, c, cr, d) in enumerate(zip(boxes.tolist(), ids, crowd, difficult, strict=True))]
+        _add_instances(anns, _gt_instances(batch, b, n, to_original))
+        self.annotations += anns
 
     def _add_det(self, det: Mapping[str, torch.Tensor], b: int, image_id: int,
                  to_original: np.ndarray) -> None:
@@ -78,8 +82,11 @@ class Collector:
         boxes = _xyxy_to_xywh(det["detection_boxes"][b, :n].detach().cpu().double().numpy() / to_original)
         ids = self.id_of_index[det["detection_classes"][b, :n].cpu().numpy()]
         scores = det["detection_scores"][b, :n].detach().cpu().double().numpy()
-        self.detections += [{"image_id": image_id, "category_id": int(c), "bbox": box, "score": s}
-                            for box, c, s in zip(boxes.tolist(), ids, scores.tolist(), strict=True)]
+        dets = [{"image_id": image_id, "category_id": int(c), "bbox": box, "score": s}
+                for box, c, s in zip(boxes.tolist(), ids, scores.tolist(), strict=True)]
+        size = (int(self.images[-1]["height"]), int(self.images[-1]["width"]))
+        _add_instances(dets, _det_instances(det, b, n, to_original, size))
+        self.detections += dets
 
     @staticmethod
     def _example(batch: Mapping[str, Any], det: Mapping[str, torch.Tensor], b: int) -> Example:
@@ -91,6 +98,45 @@ class Collector:
                        det["detection_boxes"][b, :d].detach().cpu().numpy(),
                        det["detection_scores"][b, :d].detach().cpu().numpy(),
                        det["detection_classes"][b, :d].cpu().numpy(), str(batch["source_ids"][b]))
+
+
+def _gt_instances(batch: Mapping[str, Any], b: int, n: int, to_original: np.ndarray) -> dict[str, list]:
+    """COCO ``segmentation`` (RLE at the original image size, masks resized back nearest-neighbour as
+    the TF OD API's evaluation does) and ``keypoints`` / ``num_keypoints`` of image b's n objects, where
+    the batch has masks / keypoints."""
+    out: dict[str, list] = {}
+    if "masks" in batch:
+        h, w = (int(v) for v in batch["image_sizes"][b])
+        original = tuple(int(v) for v in batch["original_sizes"][b])
+        masks = batch["masks"][b, :n, :h, :w].cpu().numpy()
+        out["segmentation"] = encode_rle(resize_masks(masks, *original))
+    if "keypoints" in batch:
+        kp = batch["keypoints"][b, :n].cpu().double().numpy() / to_original[:2]
+        out["keypoints"], out["num_keypoints"] = coco_keypoints(
+            kp, batch["keypoint_visibilities"][b, :n].cpu().numpy())
+    return out
+
+
+def _det_instances(det: Mapping[str, torch.Tensor], b: int, n: int, to_original: np.ndarray,
+                   size: tuple[int, int]) -> dict[str, list]:
+    """COCO ``segmentation`` (box-relative ``detection_masks`` [B, D, h, w] pasted into the original
+    image, > 0.5) and ``keypoints`` (``detection_keypoints`` [B, D, J, 2] pixels) of image b's n
+    detections, where the model gives them."""
+    out: dict[str, list] = {}
+    if "detection_masks" in det:
+        boxes = det["detection_boxes"][b, :n].detach().cpu().double().numpy() / to_original
+        out["segmentation"] = encode_rle(paste_box_masks(det["detection_masks"][b, :n].detach().float(),
+                                                         boxes, *size))
+    if "detection_keypoints" in det:
+        kp = det["detection_keypoints"][b, :n].detach().cpu().double().numpy() / to_original[:2]
+        out["keypoints"] = coco_keypoints(kp)[0]
+    return out
+
+
+def _add_instances(records: list[dict[str, Any]], fields: Mapping[str, list]) -> None:
+    for key, values in fields.items():
+        for record, value in zip(records, values, strict=True):
+            record[key] = value
 
 
 def _xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:

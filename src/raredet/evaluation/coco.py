@@ -1,4 +1,4 @@
-"""COCO box metrics through faster-coco-eval (the same numbers as pycocotools).
+"""COCO box, mask and keypoint metrics through faster-coco-eval (the same numbers as pycocotools).
 
 Inputs are plain COCO dicts: a ground-truth dataset (`images`, `annotations`, `categories`) and a
 list of detections (`image_id`, `category_id`, `bbox` xywh, `score`). `check_coco` validates both
@@ -40,6 +40,17 @@ CATEGORY_KEYS = {
     "AP75": "DetectionBoxes_PerformanceByCategory/mAP@.75IOU",
     "AR@100": "DetectionBoxes_PerformanceByCategory/AR@100",
 }
+# coco_mask_metrics: the same numbers for masks, under the TF OD API's mask names.
+MASK_STAT_NAMES = tuple(name.replace("DetectionBoxes_", "DetectionMasks_") for name in STAT_NAMES)
+MASK_CATEGORY_KEYS = {k: v.replace("DetectionBoxes_", "DetectionMasks_") for k, v in CATEGORY_KEYS.items()}
+# COCO keypoint metrics of one class, in COCOeval.stats order: the TF OD API's names
+# ("Keypoints_<name> ByCategory/<class>"), whose recall names it keeps from the box metrics although
+# COCOeval's keypoint recalls are AR (maxDets 20), AR@.5 and AR@.75.
+KEYPOINT_STAT_NAMES = (
+    "Precision/mAP", "Precision/mAP@.50IOU", "Precision/mAP@.75IOU", "Precision/mAP (medium)",
+    "Precision/mAP (large)", "Recall/AR@1", "Recall/AR@10", "Recall/AR@100", "Recall/AR@100 (medium)",
+    "Recall/AR@100 (large)",
+)
 
 
 @dataclass
@@ -196,10 +207,60 @@ def evaluate_coco(gt: dict, detections: list, prepared: tuple[COCO, COCO] | None
     coco_gt, coco_dt = prepared or prepare_coco(gt, detections)
     # separate_eval keeps the per-image results, from which `det_gt_50` is read (same numbers).
     ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=silent, separate_eval=True)
+    result = _summarised(ev, STAT_NAMES)
+    if keep_matches:
+        result.det_gt_50 = _matches_at_50(ev, gt, detections)
+    return result
+
+
+def evaluate_coco_masks(gt: dict, detections: list) -> CocoResult:
+    """COCO mask ("segm") evaluation: every GT annotation and detection needs a ``segmentation`` (RLE or
+    polygons, in the pixels of its image). Detections are scored by their masks alone, as the TF OD
+    API's mask evaluator does (its detections carry no box: COCO takes area and box from the mask)."""
+    _check_segmentations(gt["annotations"], "groundtruth annotations")
+    _check_segmentations(detections, "detections")
+    dets = [{k: d[k] for k in ("image_id", "category_id", "segmentation", "score")} for d in detections]
+    coco_gt, coco_dt = prepare_coco(gt, dets)
+    return _summarised(COCOeval_faster(coco_gt, coco_dt, "segm", print_function=silent), MASK_STAT_NAMES)
+
+
+def evaluate_coco_keypoints(gt: dict, detections: list, category_id: int, sigmas: np.ndarray) -> list[float]:
+    """COCO keypoint AP / AR of one class (COCOeval.stats, `KEYPOINT_STAT_NAMES` order), with the
+    per-keypoint OKS ``sigmas`` [J]. GT annotations of the class carry ``keypoints`` [x, y, v] * J and
+    ``num_keypoints`` (0: not scored, as COCO); detections ``keypoints`` [x, y, v] * J."""
+    cats = [c for c in gt["categories"] if c["id"] == category_id]
+    anns = [a for a in gt["annotations"] if a["category_id"] == category_id]
+    dets = [d for d in detections if d["category_id"] == category_id]
+    j = len(sigmas)
+    for what, records in (("groundtruth annotations", anns), ("detections", dets)):
+        for i, rec in enumerate(records):
+            if len(rec.get("keypoints") or ()) != 3 * j:
+                raise DataError(f"{what}: the record {i} of category {category_id} has "
+                                f"{len(rec.get('keypoints') or ())} keypoint values; {j} sigmas need {3 * j}")
+    anns = [{"num_keypoints": int(np.count_nonzero(np.asarray(a["keypoints"][2::3]) > 0)), **a} for a in anns]
+    coco_gt, coco_dt = prepare_coco({**gt, "categories": cats, "annotations": anns}, dets)
+    ev = COCOeval_faster(coco_gt, coco_dt, "keypoints", print_function=silent)
+    ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-    stats = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats[:12], strict=True)}
+    return [float(v) for v in ev.stats[:len(KEYPOINT_STAT_NAMES)]]
+
+
+def _check_segmentations(records: list, what: str) -> None:
+    for i, rec in enumerate(records):
+        if not rec.get("segmentation"):
+            raise DataError(f"{what}[{i}] has no 'segmentation'; coco_mask_metrics needs masks for every "
+                            "ground-truth object (load_instance_masks: true in the eval input reader) and "
+                            "every detection (a model that predicts masks)")
+
+
+def _summarised(ev: COCOeval_faster, names: tuple[str, ...]) -> CocoResult:
+    """Run `ev`; its 12 numbers under `names`, per category AP / AP50 / AP75 / AR@100 and PR curves."""
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    stats = {name: float(v) for name, v in zip(names, ev.stats[:12], strict=True)}
     precision = np.asarray(ev.eval["precision"])  # [T, R, K, A, M]
     recall = np.asarray(ev.eval["recall"])  # [T, K, A, M]
     iou_index = {round(float(t), 2): i for i, t in enumerate(ev.params.iouThrs)}
@@ -216,8 +277,7 @@ def evaluate_coco(gt: dict, detections: list, prepared: tuple[COCO, COCO] | None
         }
         curve = p_k[iou_index[0.5]]
         pr[int(cat_id)] = None if (curve < 0).all() else np.clip(curve, 0, None)
-    return CocoResult(stats, per_cat, np.asarray(ev.params.recThrs, dtype=np.float64), pr,
-                      _matches_at_50(ev, gt, detections) if keep_matches else None)
+    return CocoResult(stats, per_cat, np.asarray(ev.params.recThrs, dtype=np.float64), pr)
 
 
 def _matches_at_50(ev: COCOeval_faster, gt: dict, detections: list) -> np.ndarray:

@@ -15,7 +15,21 @@ from raredet.evaluation.operating_points import Rule
 
 COCO_SET = "coco_detection_metrics"
 VOC_SET = "pascal_voc_detection_metrics"
-METRICS_SETS = (COCO_SET, VOC_SET)
+MASK_SET = "coco_mask_metrics"
+KEYPOINT_SET = "coco_keypoint_metrics"
+METRICS_SETS = (COCO_SET, VOC_SET, MASK_SET, KEYPOINT_SET)
+
+
+@dataclass(frozen=True)
+class KeypointMetric:
+    """COCO keypoint metrics of one class (`parameterized_metric { coco_keypoint_metrics }`): its
+    category id and display name, the keypoints scored (indices into the keypoint axis, the label
+    map's keypoint ids) and the OKS sigma of each of them."""
+
+    category_id: int
+    class_name: str
+    sigmas: tuple[float, ...]
+    keypoint_indices: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,7 @@ class EvalOptions:
     images, whose thresholds are then graded here instead of choosing new ones.
     `images_description` says which images these are (it goes into operating_points.json);
     `score_floor`: the lowest score a detection could have had (the model's NMS score_threshold).
+    `keypoint_metrics`: the classes whose keypoints are scored (COCO keypoint AP with their sigmas).
     """
 
     metrics_set: str | Sequence[str] = COCO_SET
@@ -41,3 +56,4 @@ class EvalOptions:
     operating_points_to_grade: Mapping[str, Any] | None = None
     images_description: str = ""
     score_floor: float = 0.0
+    keypoint_metrics: tuple[KeypointMetric, ...] = ()

@@ -25,6 +25,8 @@ MAX_DETS = 100
 COLUMNS = ("class", "id", "gt_count", "AP", "AP50", "AP75", "AR@100", "VOC_AP50",
            "precision", "recall", "F1", "TP", "missed", "FP",
            "op_threshold", "op_precision", "op_recall")  # at the class's operating point (IoU 0.5)
+# With coco_mask_metrics: the class's mask AP, AP50 and AP75 (rows have them only then).
+MASK_COLUMNS = ("mask_AP", "mask_AP50", "mask_AP75")
 
 
 @dataclass
@@ -135,8 +137,10 @@ def _ratio(num: int, den: int) -> float | None:
 
 
 def build_table(categories: list[dict], counts: dict[int, dict[str, int]], coco: CocoResult | None,
-                voc_ap: dict[int, float | None] | None) -> list[dict[str, Any]]:
-    """Rows of the per-class table (None = not defined: no ground truth, or no detections), rarest first."""
+                voc_ap: dict[int, float | None] | None,
+                masks: CocoResult | None = None) -> list[dict[str, Any]]:
+    """Rows of the per-class table (None = not defined: no ground truth, or no detections), rarest first;
+    with `masks` (the coco_mask_metrics result) also each class's mask AP, AP50, AP75."""
     rows = []
     for cat in categories:
         c = counts[cat["id"]]
@@ -154,6 +158,9 @@ def build_table(categories: list[dict], counts: dict[int, dict[str, int]], coco:
             "TP": c["TP"], "missed": c["missed"], "FP": c["FP"],
             "op_threshold": None, "op_precision": None, "op_recall": None,
         })
+        if masks is not None:
+            per_mask = masks.per_category[cat["id"]]
+            rows[-1].update({f"mask_{k}": per_mask[k] for k in ("AP", "AP50", "AP75")})
     rows.sort(key=lambda r: (r["gt_count"], str(r["class"])))
     return rows
 
@@ -161,15 +168,21 @@ def build_table(categories: list[dict], counts: dict[int, dict[str, int]], coco:
 def format_cell(value: Any, gt_count: int, column: str) -> str:
     """Text for one cell: 'no ground truth' instead of a number that COCO leaves undefined."""
     if value is None:
-        if gt_count == 0 and column in ("AP", "AP50", "AP75", "AR@100", "VOC_AP50", "recall", "F1"):
+        if gt_count == 0 and column in ("AP", "AP50", "AP75", "AR@100", "VOC_AP50", "recall", "F1",
+                                        *MASK_COLUMNS):
             return "no ground truth"
         return "n/a"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def table_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Every column of the rows: `COLUMNS`, then the mask columns where masks were evaluated."""
+    return COLUMNS + (MASK_COLUMNS if any("mask_AP" in r for r in rows) else ())
+
+
 def shown_columns(rows: list[dict[str, Any]]) -> list[str]:
     """Drop metric columns that the chosen metrics set did not compute."""
-    return [c for c in COLUMNS if c in ("class", "id") or any(r.get(c) is not None for r in rows)
+    return [c for c in table_columns(rows) if c in ("class", "id") or any(r.get(c) is not None for r in rows)
             or c in ("gt_count", "TP", "FP", "missed", "precision", "recall", "F1")]
 
 
@@ -184,9 +197,10 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 def to_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(COLUMNS)
+    columns = table_columns(rows)
+    writer.writerow(columns)
     for r in rows:
-        writer.writerow(["" if r[c] is None else r[c] for c in COLUMNS])
+        writer.writerow(["" if r[c] is None else r[c] for c in columns])
     return buf.getvalue()
 
 

@@ -21,13 +21,25 @@ from raredet.evaluation import operating_points as ops
 from raredet.evaluation import per_class, plots
 from raredet.evaluation.coco import (
     CATEGORY_KEYS,
+    KEYPOINT_STAT_NAMES,
+    MASK_CATEGORY_KEYS,
     CocoResult,
     check_coco,
     evaluate_coco,
+    evaluate_coco_keypoints,
+    evaluate_coco_masks,
     load_json,
     prepare_coco,
 )
-from raredet.evaluation.options import COCO_SET, METRICS_SETS, VOC_SET, EvalOptions
+from raredet.evaluation.options import (
+    COCO_SET,
+    KEYPOINT_SET,
+    MASK_SET,
+    METRICS_SETS,
+    VOC_SET,
+    EvalOptions,
+    KeypointMetric,
+)
 from raredet.evaluation.report import Example, write_report
 from raredet.evaluation.voc import voc_ap_per_class
 from raredet.fileio import atomic_write_json
@@ -45,13 +57,45 @@ def check_metrics_sets(metrics_set: str | Sequence[str]) -> list[str]:
     return sets or [COCO_SET]
 
 
-def _coco_metrics(result: CocoResult, names: dict[int, str], per_category: bool) -> dict[str, Any]:
+def _coco_metrics(result: CocoResult, names: dict[int, str], per_category: bool,
+                  keys: Mapping[str, str] = CATEGORY_KEYS) -> dict[str, Any]:
     out: dict[str, Any] = dict(result.stats)
     if per_category:
         for cat, values in result.per_category.items():
-            for key, prefix in CATEGORY_KEYS.items():
+            for key, prefix in keys.items():
                 out[f"{prefix}/{names[cat]}"] = values[key]
     return out
+
+
+def keypoint_metrics(gt: dict, detections: list, metrics: Sequence[KeypointMetric]) -> dict[str, float]:
+    """COCO keypoint AP / AR of each class of `metrics`, under the TF OD API's names
+    (``Keypoints_Precision/mAP ByCategory/<class>``, ...)."""
+    out: dict[str, float] = {}
+    for m in metrics:
+        picked = {**gt, "annotations": _picked_keypoints(gt["annotations"], m)}
+        stats = evaluate_coco_keypoints(picked, _picked_keypoints(detections, m), m.category_id,
+                                        np.asarray(m.sigmas))
+        out.update({f"Keypoints_{name} ByCategory/{m.class_name}": v
+                    for name, v in zip(KEYPOINT_STAT_NAMES, stats, strict=True)})
+    return out
+
+
+def _picked_keypoints(records: list[dict], metric: KeypointMetric) -> list[dict]:
+    """The records of the metric's class with only its keypoints (``keypoints`` [x, y, v] * J, the
+    triples of `metric.keypoint_indices`)."""
+    picked = []
+    for rec in records:
+        if rec["category_id"] != metric.category_id:
+            continue
+        values = rec.get("keypoints") or [0.0] * 3 * (max(metric.keypoint_indices) + 1)  # none: unlabelled
+        triples = [values[3 * j:3 * j + 3] for j in metric.keypoint_indices]
+        if any(len(t) != 3 for t in triples):
+            raise DataError(f"keypoint metrics of '{metric.class_name}': a record of image "
+                            f"{rec.get('image_id')} has {len(values) // 3} keypoints, fewer than keypoint "
+                            f"{max(metric.keypoint_indices)} the metric scores")
+        copy = {k: v for k, v in rec.items() if k != "num_keypoints"}
+        picked.append({**copy, "keypoints": [v for t in triples for v in t]})
+    return picked
 
 
 def _voc_metrics(ap: dict[int, float | None], names: dict[int, str], per_category: bool) -> dict[str, Any]:
@@ -150,11 +194,19 @@ def _evaluate(gt: dict, detections: list, options: EvalOptions, sets: list[str],
     coco_all = evaluate_coco(gt, detections, prepared, keep_matches=True)  # PR curves, table's matches
     coco = coco_all if COCO_SET in sets else None
     voc = voc_ap_per_class(gt, detections) if VOC_SET in sets else None
-    metrics = _metrics(coco, voc, {c["id"]: c["name"] for c in cats}, options.include_metrics_per_category,
-                       extra_metrics)
+    masks = evaluate_coco_masks(gt, detections) if MASK_SET in sets else None
+    names = {c["id"]: c["name"] for c in cats}
+    metrics = _metrics(coco, voc, names, options.include_metrics_per_category, extra_metrics)
+    if masks is not None:
+        metrics.update(_coco_metrics(masks, names, options.include_metrics_per_category, MASK_CATEGORY_KEYS))
+    if KEYPOINT_SET in sets and not options.keypoint_metrics:
+        raise ValueError(f"{KEYPOINT_SET} needs the class and the sigma of each keypoint: give "
+                         "eval_config.parameterized_metric { coco_keypoint_metrics { class_label, "
+                         "keypoint_label_to_sigmas } }")
+    metrics.update(keypoint_metrics(gt, detections, options.keypoint_metrics))
     matches = per_class.match_detections(gt, detections, prepared, coco_all)
     counts = per_class.class_counts(matches, [c["id"] for c in cats], options.min_score_threshold)
-    rows = per_class.build_table(cats, counts, coco, voc)
+    rows = per_class.build_table(cats, counts, coco, voc, masks)
     content = _operating_points(matches, cats, len(gt["images"]), options)
     points = [ops.OperatingPoint.from_json(c) for c in content["classes"]]
     _add_operating_columns(rows, points)
