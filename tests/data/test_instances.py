@@ -292,3 +292,24 @@ def test_builder_passes_the_instance_fields(tmp_path, label_map, encode_image) -
     with pytest.raises(ConfigError, match="voc_input_reader: load_instance_masks / num_keypoints: "
                                           "Pascal VOC"):
         build_reader(voc, label_map, "train_input_reader")
+
+
+def test_absolute_pad_stays_below_the_maximum_padding(tmp_path, label_map, encode_image) -> None:
+    # max_height_padding 3, max_width_padding 1: heights 8..10 (padding 0, 1 or 2), width 8 (padding 0).
+    op = augment.RandomAbsolutePadImage(max_height_padding=3, max_width_padding=1)
+    example = _example(tmp_path, label_map, encode_image)
+    shapes = {op(example, np.random.default_rng(seed))["masks"].shape for seed in range(40)}
+    assert shapes == {(1, 8, 8), (1, 9, 8), (1, 10, 8)}
+
+
+def test_masks_are_decoded_at_full_resolution(tmp_path, label_map, encode_image) -> None:
+    # A JPEG with a draft size of 2x2 decodes at a quarter (Pillow's draft); with masks the reader
+    # decodes the whole image instead, so the masks are resized once, from their stored size.
+    record = _record(encode_image, **{"image/encoded": encode_image(8, 8, "JPEG"), "image/format": "jpeg"})
+    boxes_only = _reader(tmp_path, label_map, record, load_instance_masks=False).example(0, draft_size=(2, 2))
+    assert boxes_only["image"].shape[:2] == (2, 2)
+    # Keypoints follow the reduced decode: (1, 2) and (5, 6) times 1/4.
+    np.testing.assert_array_equal(boxes_only["keypoints"][0, :2], [[0.25, 0.5], [1.25, 1.5]])
+    example = _reader(tmp_path, label_map, record).example(0, draft_size=(2, 2))
+    assert example["image"].shape[:2] == (8, 8)
+    np.testing.assert_array_equal(example["masks"], SQUARE[None])

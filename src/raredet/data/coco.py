@@ -139,6 +139,7 @@ class CocoReader:
             annotations["masks"] = instances.coco_segmentation_masks(
                 [a.get("segmentation") for a in anns], annotations["height"], annotations["width"],
                 [f"{annotations['where']}: annotation {a.get('id', k)}" for k, a in enumerate(anns)])
+            draft_size = None  # full resolution, so that masks are resized once, from the stored size
         path = self.image_dir / annotations["filename"]
         image, full = decode_image(path, annotations["where"], draft_size)
         return finish_example(annotations, image, full)

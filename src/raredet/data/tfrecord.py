@@ -328,6 +328,7 @@ class TFRecordReader:
         annotations, features = self._parse(index)
         if self.load_instance_masks:
             annotations["masks"] = self._masks(features, annotations)
+            draft_size = None  # full resolution, so that masks are resized once, from the stored size
         image, full = decode_image(_scalar(features, "image/encoded", b""), annotations["where"], draft_size)
         return finish_example(annotations, image, full)
 
