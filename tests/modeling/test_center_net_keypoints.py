@@ -7,7 +7,10 @@ CenterNetKeypointTargetAssigner, meta_architectures/center_net_meta_arch.py refi
 from __future__ import annotations
 
 import math
+from functools import partial
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -305,3 +308,54 @@ def test_train_step_gradients_reach_every_head() -> None:
     sum(t.loss(t(features), [one_person()], stride=4).values()).backward()  # type: ignore[union-attr]
     for name, p in t.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+# ----------------------------------------------------------------------------------------------------
+# Against the TF OD API's own CenterNetMetaArch (tests/fixtures/center_net_keypoints/make_reference.py)
+
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "center_net_keypoints" / "reference.npz"
+TF_MODES = ("min_distance", "score_distance_ratio", "score_scaled_distance_ratio", "gaussian_weighted")
+
+
+def tf_task(ref: dict[str, np.ndarray], mode: str = "min_distance") -> CenterNetKeypointTask:
+    p = KeypointTaskParams(task_name="pose", class_id=1, keypoint_indices=(0, 1, 2),
+                           keypoint_std_dev=(0.8, 1.0, 1.3), task_loss_weight=1.5, heatmap_loss_weight=1.0,
+                           offset_loss_weight=0.7, regression_loss_weight=0.2, per_keypoint_offset=True,
+                           offset_peak_radius=1, candidate_ranking_mode=mode, heatmap_head=SMALL_HEAD,
+                           offset_head=SMALL_HEAD, regression_head=SMALL_HEAD)
+    return CenterNetKeypointTask(p, 3, 2, partial(penalty_reduced_logistic_focal, alpha=2.0, beta=4.0),
+                                 l1_elementwise)
+
+
+def tf_predictions(ref: dict[str, np.ndarray]) -> dict[str, list[torch.Tensor]]:
+    return {f"pose/keypoint/{head}": [torch.from_numpy(ref[f"pred_{head}_{s}"]) for s in range(2)]
+            for head in ("heatmap", "offset", "regression")}
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, np.ndarray]:
+    with np.load(REFERENCE) as data:
+        return dict(data)
+
+
+def test_losses_equal_the_tf_od_api(reference: dict[str, np.ndarray]) -> None:
+    keys = ("boxes", "labels", "weights", "keypoints")
+    targets = [{key: torch.from_numpy(reference[f"{key}_{i}"]) for key in keys}
+               | {"image_size": torch.from_numpy(reference["image_sizes"][i])} for i in range(2)]
+    losses = tf_task(reference).loss(tf_predictions(reference), targets, stride=4)
+    for head in ("heatmap", "offset", "regression"):
+        expected = float(reference[f"loss_{head}"])
+        assert losses[f"pose/keypoint/{head}"].item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", TF_MODES)
+def test_postprocessing_equals_the_tf_od_api(reference: dict[str, np.ndarray], mode: str) -> None:
+    detections = {"detection_boxes": torch.from_numpy(reference["det_boxes"]),
+                  CENTER_INDICES: torch.from_numpy(reference["det_centers"]),
+                  "detection_classes": torch.from_numpy(reference["det_classes"]),
+                  "num_detections": torch.from_numpy(reference["num_detections"])}
+    out = tf_task(reference, mode).postprocess(tf_predictions(reference), detections, stride=4)
+    expected_scores = torch.from_numpy(reference[f"kp_scores_{mode}"])
+    torch.testing.assert_close(out["detection_keypoint_scores"], expected_scores)
+    torch.testing.assert_close(out["detection_keypoints"], torch.from_numpy(reference[f"kp_{mode}"]),
+                               atol=1e-4, rtol=1e-5)

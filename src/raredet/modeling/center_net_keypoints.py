@@ -39,9 +39,9 @@ REGRESSION = "keypoint/regression"
 PEAK_EPSILON = 1e-6  # the TF OD API's: a peak equals its neighbourhood's max pool to within this
 MAX_DISTANCE = 1e5  # the distance given to padded candidates, as the TF OD API does
 RANKING_MODES = ("min_distance", "score_distance_ratio", "score_scaled_distance_ratio", "gaussian_weighted")
-# Optional key of the detections dict: the object centers' output-grid pixels `[B, D, 2]` (y, x), where
-# the keypoints are regressed from. Without it, the floored center of each detection box is used.
-CENTER_INDICES = "detection_center_indices"
+# The detections' key of the object centers' output-grid pixels `[B, D, 2]` (y, x) int64, where the
+# keypoints are regressed from (CenterNet.postprocess gives it). Without it, each box's floored center.
+CENTER_INDICES = "detection_centers"
 
 HeadLayers = tuple[tuple[int, int], ...]  # (kernel size, filters) of each hidden conv of a head
 ElementwiseLoss = Callable[[Tensor, Tensor], Tensor]
@@ -455,7 +455,7 @@ class CenterNetKeypointTask(nn.Module):
         `num_detections`; with `rescore_instances`, new `detection_scores` as well.
 
         Reads `detection_boxes [B, D, 4]` (xyxy input pixels), `detection_classes [B, D]` (0-based),
-        `num_detections [B]`, optional `detection_center_indices [B, D, 2]` and `image_sizes [B, 2]`.
+        `num_detections [B]`, optional `detection_centers [B, D, 2]` and `image_sizes [B, 2]`.
         The last feature output's predictions are used, as in the TF OD API."""
         p = self.params
         heat = torch.sigmoid(predictions[self.key(HEATMAP)][-1].float())
