@@ -24,7 +24,14 @@ from raredet.config import (
     reader_paths,
 )
 from raredet.losses.class_weights import format_class_weight_table
-from raredet.protos import faster_rcnn_pb2, losses_pb2, pipeline_pb2, post_processing_pb2, ssd_pb2
+from raredet.protos import (
+    center_net_pb2,
+    faster_rcnn_pb2,
+    losses_pb2,
+    pipeline_pb2,
+    post_processing_pb2,
+    ssd_pb2,
+)
 
 
 def check(path: str | os.PathLike[str], check_paths: bool = False) -> str:
@@ -98,10 +105,17 @@ def _model_lines(ssd: ssd_pb2.Ssd) -> list[str]:
 
 def _post_processing_lines(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[str]:
     """Score converter, NMS threshold, calibration (per-class thresholds) and the operating-point rule."""
-    post = post_processing_of(model_message(config))
+    model = model_message(config)
+    post = post_processing_of(model)
     converter = post_processing_pb2.PostProcessing.ScoreConverter.Name(post.score_converter)
     lines = [f"scores:       {converter}, NMS score_threshold "
              f"{post.batch_non_max_suppression.score_threshold:g}"]
+    if isinstance(model, center_net_pb2.CenterNet):
+        center = model.object_center_params
+        nms = "none" if not post.HasField("batch_non_max_suppression") else (
+            f"iou_threshold {post.batch_non_max_suppression.iou_threshold:g}")
+        lines = [f"scores:       sigmoid of the center heatmap, {center.peak_max_pool_kernel_size}x"
+                 f"{center.peak_max_pool_kernel_size} peaks, top {center.max_box_predictions}, NMS {nms}"]
     if post.HasField("calibration_config"):
         cal = post.calibration_config
         kind = cal.WhichOneof("calibrator") or "none"
@@ -134,7 +148,26 @@ def _faster_rcnn_lines(frcnn: faster_rcnn_pb2.FasterRcnn) -> list[str]:
     ]
 
 
-def _class_lines(ssd: ssd_pb2.Ssd | faster_rcnn_pb2.FasterRcnn, label_map: LabelMap | None) -> list[str]:
+def _center_net_lines(msg: center_net_pb2.CenterNet) -> list[str]:
+    task, center = msg.object_detection_task, msg.object_center_params
+    focal = center.classification_loss.penalty_reduced_logistic_focal_loss
+    tasks = ["object_detection_task"] + [f.name for f, _ in msg.ListFields()
+                                         if f.name.endswith(("_task", "_estimation"))
+                                         and f.name != "object_detection_task"]
+    return [
+        f"model:        center_net, feature extractor {msg.feature_extractor.type or '(unset)'} (stride 4)",
+        f"  resizer:    {_oneof_text(msg.image_resizer, 'image_resizer_oneof')}",
+        f"  tasks:      {', '.join(tasks)}",
+        f"losses:       center heatmap penalty_reduced_logistic_focal_loss alpha {focal.alpha:g} beta "
+        f"{focal.beta:g} x {center.object_center_loss_weight:g}, min_box_overlap_iou "
+        f"{center.min_box_overlap_iou:g}",
+        f"              box scale L1 x {task.scale_loss_weight:g}, offset L1 x {task.offset_loss_weight:g}, "
+        f"task x {task.task_loss_weight:g}",
+    ]
+
+
+def _class_lines(ssd: ssd_pb2.Ssd | faster_rcnn_pb2.FasterRcnn | center_net_pb2.CenterNet,
+                 label_map: LabelMap | None) -> list[str]:
     if label_map is None:
         return [f"classes:      {ssd.num_classes} (no label map loaded: label_map_path unset or not found)"]
     shown = ", ".join(f"{i}:{n}" for i, n in zip(label_map.ids, label_map.names, strict=True))
@@ -211,7 +244,12 @@ def _input_lines(config: pipeline_pb2.TrainEvalPipelineConfig) -> list[str]:
 def summary_text(loaded: LoadedConfig) -> str:
     """A one-screen description: model, classes, losses, class weights table, inputs, warnings."""
     lines = [f"{loaded.path}: OK"]
-    if loaded.pipeline.model.WhichOneof("model") == "faster_rcnn":
+    if loaded.pipeline.model.WhichOneof("model") == "center_net":
+        msg = loaded.pipeline.model.center_net
+        lines += _center_net_lines(msg) + _class_lines(msg, loaded.label_map)
+        lines += _post_processing_lines(loaded.pipeline)
+        lines += _class_weight_lines(msg.class_weights, loaded.label_map, "model.center_net.class_weights")
+    elif loaded.pipeline.model.WhichOneof("model") == "faster_rcnn":
         frcnn = loaded.pipeline.model.faster_rcnn
         lines += _faster_rcnn_lines(frcnn) + _class_lines(frcnn, loaded.label_map)
         lines += _post_processing_lines(loaded.pipeline)

@@ -415,6 +415,9 @@ def _validate_center_net_heads(msg: center_net_pb2.CenterNet, check: _Checker) -
         check.fail(f"{c_where}.peak_max_pool_kernel_size", "must be an odd number >= 1")
     for name in ("task_loss_weight", "offset_loss_weight", "scale_loss_weight"):
         check.number(getattr(task, name), f"{t_where}.{name}")
+    if task.localization_loss.WhichOneof("localization_loss") != "l1_localization_loss":
+        check.fail(f"{t_where}.localization_loss", "must be l1_localization_loss { } (the TF OD API applies "
+                   "it to 2-value scale and offset targets, which only its L1 loss accepts)")
     heads = [(center.center_head_params, f"{c_where}.center_head_params"),
              (task.scale_head_params, f"{t_where}.scale_head_params"),
              (task.offset_head_params, f"{t_where}.offset_head_params")]
