@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,3 +314,18 @@ def test_masks_are_decoded_at_full_resolution(tmp_path, label_map, encode_image)
     example = _reader(tmp_path, label_map, record).example(0, draft_size=(2, 2))
     assert example["image"].shape[:2] == (8, 8)
     np.testing.assert_array_equal(example["masks"], SQUARE[None])
+
+
+def test_records_read_as_the_tf_od_api_decodes_them(label_map) -> None:
+    # tests/fixtures/masks/make_decoded.py: TF 2.15.1's TfExampleDecoder on the same two records.
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "masks"
+    ref = json.loads((fixtures / "decoded.json").read_text())
+    reader = TFRecordReader([fixtures / "decoded.tfrecord"], label_map, load_instance_masks=True,
+                            mask_type="PNG_MASKS", num_keypoints=3)
+    size = np.array([ref["width"], ref["height"]], dtype=np.float32)
+    for i, expected in enumerate(ref["records"]):
+        example = reader.example(i)
+        np.testing.assert_array_equal(example["masks"], np.array(expected["masks"], dtype=np.uint8))
+        yx = np.array(expected["keypoints_yx"], dtype=np.float64)  # None -> NaN
+        np.testing.assert_allclose(example["keypoints"], yx[..., ::-1] * size, rtol=1e-6)
+        np.testing.assert_array_equal(example["keypoint_visibilities"], expected["visibilities"])
