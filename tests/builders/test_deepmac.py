@@ -1,6 +1,7 @@
 """builders/deepmac.py: the zoo's four DeepMAC blocks build the task they describe (sizes, classes, loss
 weight; the mask network's parameter count is the TF OD API's own), `allowed_masked_classes_ids` go
-through the label map, and what raredet does not build is refused naming the field."""
+through the label-map ids, the TASK_BUILDERS entry, and what raredet does not build is refused naming
+the field."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import pytest
 import torch
 from google.protobuf import text_format
 
-from raredet.builders.deepmac import build_deepmac_task
-from raredet.config import LabelMap
+from raredet.builders.deepmac import build_deepmac_task, build_deepmac_tasks
 from raredet.errors import ConfigError
 from raredet.losses import weighted_sigmoid
+from raredet.modeling.center_net import CenterNetTask
 from raredet.protos import center_net_pb2, pipeline_pb2
 from raredet.zoo import CONFIG_DIR
 
@@ -61,13 +62,21 @@ def test_non_voc_block_allows_the_other_sixty_classes():
 
 
 def test_allowed_ids_go_through_the_label_map():
-    labels = LabelMap([1, 3, 44], ["person", "car", "bottle"], ["person", "car", "bottle"], "labels.pbtxt")
     msg = _block(SMALL + "classification_loss { weighted_sigmoid {} } allowed_masked_classes_ids: [44, 3]")
-    assert build_deepmac_task(msg, 8, 1, labels).allowed_classes.tolist() == [1, 2]
+    assert build_deepmac_task(msg, 8, 1, class_ids=[1, 3, 44]).allowed_classes.tolist() == [1, 2]
     msg.allowed_masked_classes_ids.append(9)
-    with pytest.raises(ConfigError, match=r"deepmac_mask_estimation.allowed_masked_classes_ids: \[9\] not in "
-                                          r"the label map labels.pbtxt; its ids are \[1, 3, 44\]"):
-        build_deepmac_task(msg, 8, 1, labels)
+    expected = (r"deepmac_mask_estimation.allowed_masked_classes_ids: \[9\] are not label-map ids; the "
+                r"label map's ids are \[1, 3, 44\]")
+    with pytest.raises(ConfigError, match=expected):
+        build_deepmac_task(msg, 8, 1, class_ids=[1, 3, 44])
+
+
+def test_task_builder_entry_builds_one_task_when_the_block_is_set():
+    center_net = center_net_pb2.CenterNet(num_classes=3)
+    assert build_deepmac_tasks(center_net, 8, 2, [1, 2, 3]) == []
+    center_net.deepmac_mask_estimation.CopyFrom(_block(SMALL + "classification_loss { weighted_sigmoid {} }"))
+    (task,) = build_deepmac_tasks(center_net, 8, 2, [1, 2, 3])
+    assert isinstance(task, CenterNetTask) and len(task.pixel_embedding) == 2
 
 
 @pytest.mark.parametrize("field", [

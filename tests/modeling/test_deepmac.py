@@ -151,6 +151,14 @@ def test_loss_of_a_batch_without_boxes_is_zero_with_gradients():
     loss.backward()
 
 
+def test_loss_without_masks_is_zero_with_a_warning_as_tf():
+    task = _task()
+    target = {"boxes": torch.tensor([[2.0, 2.0, 6.0, 6.0]]), "labels": torch.tensor([0])}
+    with pytest.warns(UserWarning, match="load_instance_masks: true"):
+        loss = task.loss(task([torch.randn(1, 8, 2, 2)] * 2), [target], stride=4)[MASK_LOSS_NAME]
+    assert loss.item() == 0.0
+
+
 def test_forward_loss_backward_and_postprocess_shapes():
     torch.manual_seed(0)
     task = _task(mask_size=8, network_type="hourglass32")  # 3 stages: 8 -> 4 -> 2 -> 1

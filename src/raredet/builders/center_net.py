@@ -14,6 +14,7 @@ from typing import cast
 
 from torch import nn
 
+from raredet.builders.deepmac import build_deepmac_tasks
 from raredet.builders.messages import field_value, refused_as_config_error
 from raredet.builders.parts import build_non_max_suppression
 from raredet.errors import ConfigError
@@ -36,7 +37,9 @@ FEATURE_EXTRACTORS: dict[str, Callable[[Extractor], nn.Module]] = {
 # field -> (CenterNet message, extractor out_channels, num_outputs, label-map ids in index order) ->
 # that field's tasks. Each task's helper adds its own entry.
 TaskBuilder = Callable[[center_net_pb2.CenterNet, int, int, Sequence[int]], list[CenterNetTask]]
-TASK_BUILDERS: dict[str, TaskBuilder] = {}
+TASK_BUILDERS: dict[str, TaskBuilder] = {
+    "deepmac_mask_estimation": build_deepmac_tasks,
+}
 
 DEFAULT_HEAD = ((3,), (256,))  # kernel_sizes, num_filters when a *_head_params is unset (TF's default)
 

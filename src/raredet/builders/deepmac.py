@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-import numpy as np
-
 from raredet.builders.messages import message_kwargs, oneof_choice, refused_as_config_error
-from raredet.config import LabelMap
 from raredet.errors import ConfigError
 from raredet.losses import CLASSIFICATION_LOSSES
 from raredet.losses.deepmac import weighted_dice
+from raredet.modeling.center_net import CenterNetTask
 from raredet.modeling.deepmac import DeepMACTask
 from raredet.protos import center_net_pb2
 
@@ -43,25 +41,26 @@ def _refuse_unbuilt(msg: center_net_pb2.CenterNet.DeepMACMaskEstimation) -> None
                               f"(or set it to its default, {default})")
 
 
-def allowed_class_indices(ids: list[int], label_map: LabelMap | None) -> list[int]:
-    """`allowed_masked_classes_ids` (label-map ids) -> contiguous class indices; without a label map,
-    the TF OD API's own reading (index = id - 1)."""
-    if label_map is None:
+def allowed_class_indices(ids: Sequence[int], class_ids: Sequence[int] | None) -> list[int]:
+    """`allowed_masked_classes_ids` (label-map ids) -> contiguous class indices, given the label-map ids
+    in index order (`class_ids`; None: the TF OD API's own reading, index = id - 1)."""
+    if class_ids is None:
         return [i - 1 for i in ids]
-    indices = label_map.ids_to_indices(np.array(ids, dtype=np.int64)).tolist()
-    missing = [i for i, index in zip(ids, indices, strict=True) if index < 0]
+    index_of = {class_id: index for index, class_id in enumerate(class_ids)}
+    missing = [i for i in ids if i not in index_of]
     if missing:
-        raise ConfigError(f"{WHERE}.allowed_masked_classes_ids: {missing} not in the label map "
-                          f"{label_map.path}; its ids are {label_map.ids}")
-    return [int(i) for i in indices]
+        raise ConfigError(f"{WHERE}.allowed_masked_classes_ids: {missing} are not label-map ids; the label "
+                          f"map's ids are {list(class_ids)}")
+    return [index_of[i] for i in ids]
 
 
 def build_deepmac_task(
     msg: center_net_pb2.CenterNet.DeepMACMaskEstimation, in_channels: int, num_feature_outputs: int,
-    label_map: LabelMap | None = None,
+    class_ids: Sequence[int] | None = None,
 ) -> DeepMACTask:
     """The DeepMAC task for an extractor of `num_feature_outputs` maps of `in_channels` channels.
-    `label_map` resolves `allowed_masked_classes_ids` (TF's id - 1 without one)."""
+    `class_ids`: the label-map ids in index order, for `allowed_masked_classes_ids` (TF's id - 1 when
+    None)."""
     _refuse_unbuilt(msg)
     name, fn, sub = oneof_choice(msg.classification_loss, "classification_loss", MASK_LOSSES,
                                  f"{WHERE}.classification_loss")
@@ -76,5 +75,13 @@ def build_deepmac_task(
     with refused_as_config_error(WHERE):
         return DeepMACTask(
             in_channels, num_feature_outputs, mask_loss, **{f: getattr(msg, f) for f in fields},
-            allowed_masked_classes_ids=allowed_class_indices(list(msg.allowed_masked_classes_ids), label_map),
+            allowed_masked_classes_ids=allowed_class_indices(list(msg.allowed_masked_classes_ids), class_ids),
         )
+
+
+def build_deepmac_tasks(msg: center_net_pb2.CenterNet, in_channels: int, num_outputs: int,
+                        class_ids: Sequence[int]) -> list[CenterNetTask]:
+    """builders/center_net.py's TASK_BUILDERS entry: the DeepMAC task when the block is set."""
+    if not msg.HasField("deepmac_mask_estimation"):
+        return []
+    return [build_deepmac_task(msg.deepmac_mask_estimation, in_channels, num_outputs, class_ids)]

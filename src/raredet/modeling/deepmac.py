@@ -36,12 +36,14 @@ tests/modeling/test_deepmac.py compares mask logits, loss and masks with the TF 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raredet.modeling.center_net import CenterNetTask
 from raredet.modeling.hourglass import (
     HourglassNetwork,
     hourglass_20_no_shortcut,
@@ -134,10 +136,9 @@ def crop_masks(masks: Tensor, boxes: Tensor, mask_size: int) -> Tensor:
     return crops[:, 0]
 
 
-def _padded_targets(targets: Sequence[dict[str, Tensor]], allowed: Tensor | None
-                    ) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """Boxes ``[B, N, 4]`` xyxy (zeros past each image's boxes), the mask weights ``[B, N]`` (box weight,
-    times whether the class may have a mask; 0 past each image's boxes), and the masks per image."""
+def _padded_targets(targets: Sequence[dict[str, Tensor]], allowed: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Boxes ``[B, N, 4]`` xyxy (zeros past each image's boxes) and the mask weights ``[B, N]`` (box
+    weight, times whether the class may have a mask; 0 past each image's boxes)."""
     n = max((len(t["boxes"]) for t in targets), default=0)
     boxes = torch.stack([F.pad(t["boxes"].float(), (0, 0, 0, n - len(t["boxes"]))) for t in targets])
     weights = []
@@ -146,10 +147,10 @@ def _padded_targets(targets: Sequence[dict[str, Tensor]], allowed: Tensor | None
         if allowed is not None:
             w = w * torch.isin(t["labels"], allowed.to(t["labels"].device)).float()
         weights.append(F.pad(w, (0, n - len(w))))
-    return boxes, torch.stack(weights), [t["masks"] for t in targets]
+    return boxes, torch.stack(weights)
 
 
-class DeepMACTask(nn.Module):
+class DeepMACTask(CenterNetTask):
     """CenterNet's DeepMAC mask task (module docstring).
 
     ``mask_loss(logits, targets, weights)`` is the config's ``classification_loss`` called on
@@ -221,21 +222,24 @@ class DeepMACTask(nn.Module):
         """``{"deep_mask_estimation": task_loss_weight * L}``; ``L``, averaged over the feature outputs
         used, is the per-instance mean over the crop's pixels of ``mask_loss`` summed over the instances
         that may have a mask (weighted by their box weights) and divided by their total weight (at
-        least 1), over the whole batch. ``targets`` need ``boxes``, ``labels``, ``masks`` (``[N, H, W]``
-        at the padded image's size) and optionally ``weights``."""
+        least 1), over the whole batch. ``targets`` need ``boxes``, ``labels``, ``masks`` (``[N, H, W]``,
+        the padded image's frame) and optionally ``weights``; without masks the loss is 0, as in the TF
+        OD API (with a warning)."""
         inst, pix = predictions[INSTANCE_EMBEDDING], predictions[PIXEL_EMBEDDING]
         if self.use_only_last_stage:
             inst, pix = inst[-1:], pix[-1:]
         h, w = pix[0].shape[-2:]
         allowed = self.allowed_classes if len(self.allowed_classes) else None
-        boxes_px, valid, masks = _padded_targets(targets, allowed)
-        boxes_px, valid = boxes_px.to(pix[0].device), valid.to(pix[0].device)
-        boxes = normalized_boxes(boxes_px, stride * h, stride * w)
-        if boxes.shape[1] == 0:  # no boxes in the batch: 0, still a function of the heads
-            zero = torch.stack([p.sum() for p in inst + pix]).sum() * 0.0
-            return {MASK_LOSS_NAME: zero}
+        boxes_px, valid = (t.to(pix[0].device) for t in _padded_targets(targets, allowed))
+        has_masks = all("masks" in t for t in targets)
+        if not has_masks:
+            warnings.warn("DeepMAC's mask loss is 0: the batch has no instance masks (set the input "
+                          "reader's load_instance_masks: true)", stacklevel=2)
+        if boxes_px.shape[1] == 0 or not has_masks:  # 0, still a function of the heads
+            return {MASK_LOSS_NAME: torch.stack([p.sum() for p in inst + pix]).sum() * 0.0}
         s = self.mask_size
-        target = self._groundtruth(masks, boxes, [len(t["boxes"]) for t in targets]).reshape(-1, s * s, 1)
+        target = self._groundtruth(targets, boxes_px).reshape(-1, s * s, 1)
+        boxes = normalized_boxes(boxes_px, stride * h, stride * w)
         total = boxes.new_zeros(())
         for ie, pe in zip(inst, pix, strict=True):
             logits = self.mask_logits(ie, pe, boxes).reshape(-1, s * s, 1)  # [B*N, S*S, 1]
@@ -246,14 +250,16 @@ class DeepMACTask(nn.Module):
             total = total + (per_instance * valid).sum() / valid.sum().clamp(min=1.0)
         return {MASK_LOSS_NAME: self.task_loss_weight * total / len(inst)}
 
-    def _groundtruth(self, masks: list[Tensor], boxes: Tensor, counts: list[int]) -> Tensor:
-        """The groundtruth masks cropped by their boxes, ``[B, N, S, S]`` (zeros past each image's boxes)."""
+    def _groundtruth(self, targets: Sequence[dict[str, Tensor]], boxes_px: Tensor) -> Tensor:
+        """The groundtruth masks cropped by their boxes (normalised to the masks' frame), ``[B, N, S, S]``
+        (zeros past each image's boxes)."""
         s = self.mask_size
-        out = boxes.new_zeros((boxes.shape[0], boxes.shape[1], s, s))
-        flat_masks = torch.cat([m[:c] for m, c in zip(masks, counts, strict=True)]).to(boxes.device)
-        positions = torch.arange(boxes.shape[1], device=boxes.device)
-        keep = positions[None] < torch.tensor(counts, device=boxes.device)[:, None]  # [B, N]
-        out[keep] = crop_masks(flat_masks, boxes[keep], s)
+        counts = [len(t["boxes"]) for t in targets]
+        out = boxes_px.new_zeros((boxes_px.shape[0], boxes_px.shape[1], s, s))
+        masks = torch.cat([t["masks"] for t in targets]).to(boxes_px.device)
+        positions = torch.arange(boxes_px.shape[1], device=boxes_px.device)
+        keep = positions[None] < torch.tensor(counts, device=boxes_px.device)[:, None]  # [B, N]
+        out[keep] = crop_masks(masks, normalized_boxes(boxes_px[keep], *masks.shape[-2:]), s)
         return out
 
     def postprocess(self, predictions: dict[str, list[Tensor]], detections: dict[str, Tensor], stride: int
