@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from raredet.losses.center_net_keypoints import l1_elementwise, penalty_reduced_logistic_focal
+from raredet.losses.center_net import penalty_reduced_logistic_focal
+from raredet.losses.center_net_keypoints import l1_elementwise
 from raredet.modeling.center_net_keypoints import (
     CENTER_INDICES,
     HEATMAP,
@@ -31,7 +32,7 @@ from raredet.modeling.center_net_keypoints import (
 )
 
 NAN = float("nan")
-SMALL_HEAD = ((3, 4),)
+SMALL_HEAD = ((3,), (4,))
 
 
 def params(**kw: object) -> KeypointTaskParams:

@@ -17,12 +17,14 @@ from pathlib import Path
 from raredet.builders.messages import field_value, message_kwargs, refused_as_config_error
 from raredet.config.text import parse_text, read_text
 from raredet.errors import ConfigError
-from raredet.losses.center_net_keypoints import l1_elementwise, penalty_reduced_logistic_focal
+from raredet.losses.center_net import penalty_reduced_logistic_focal
+from raredet.losses.center_net_keypoints import l1_elementwise
 from raredet.modeling.center_net_keypoints import (
+    DEFAULT_HEAD,
     RANKING_MODES,
     CenterNetKeypointTask,
     ElementwiseLoss,
-    HeadLayers,
+    HeadShape,
     KeypointTaskParams,
     std_devs_for,
 )
@@ -83,9 +85,6 @@ def build_keypoint_task(msg: KeypointMessage, items: dict[str, LabelMapItem], in
                         where: str = f"{WHERE}.keypoint_estimation_task") -> CenterNetKeypointTask:
     """One task from its message and the keypoint label map's `items` (by name)."""
     _refuse_unbuilt(msg, where)
-    if use_depthwise:
-        raise ConfigError(f"{WHERE}.use_depthwise: raredet's keypoint heads have no separable convolutions "
-                          "yet; remove it")
     item = _item(msg, items, where)
     labels = [kp.label for kp in item.keypoints]
     indices = [kp.id for kp in item.keypoints]
@@ -103,7 +102,7 @@ def build_keypoint_task(msg: KeypointMessage, items: dict[str, LabelMapItem], in
             keypoint_indices=tuple(indices), keypoint_std_dev=std_devs_for(labels, msg.keypoint_label_to_std),
             heatmap_head=_head(msg, "heatmap_head_params", where),
             offset_head=_head(msg, "offset_head_params", where),
-            regression_head=_head(msg, "regress_head_params", where), **kwargs)
+            regression_head=_head(msg, "regress_head_params", where), use_depthwise=use_depthwise, **kwargs)
         heatmap_loss, localization_loss = _losses(msg, where)
         return CenterNetKeypointTask(params, in_channels, num_outputs, heatmap_loss, localization_loss)
 
@@ -127,24 +126,27 @@ def _check_values(kwargs: dict[str, object], where: str) -> None:
     if kwargs["candidate_ranking_mode"] not in RANKING_MODES:
         raise ConfigError(f"{where}.candidate_ranking_mode: {kwargs['candidate_ranking_mode']!r} is not one "
                           f"raredet builds; valid: {', '.join(RANKING_MODES)}")
-    for field in ("num_candidates_per_keypoint", "peak_max_pool_kernel_size"):
-        if int(kwargs[field]) < 1:  # type: ignore[call-overload]
-            raise ConfigError(f"{where}.{field}: must be at least 1, got {kwargs[field]}")
+    if int(kwargs["num_candidates_per_keypoint"]) < 1:  # type: ignore[call-overload]
+        raise ConfigError(f"{where}.num_candidates_per_keypoint: must be at least 1, got "
+                          f"{kwargs['num_candidates_per_keypoint']}")
+    kernel = int(kwargs["peak_max_pool_kernel_size"])  # type: ignore[call-overload]
+    if kernel < 1 or kernel % 2 == 0:
+        raise ConfigError(f"{where}.peak_max_pool_kernel_size: must be an odd number >= 1, got {kernel}")
     if int(kwargs["offset_peak_radius"]) < 0:  # type: ignore[call-overload]
         raise ConfigError(f"{where}.offset_peak_radius: must be >= 0, got {kwargs['offset_peak_radius']}")
 
 
-def _head(msg: KeypointMessage, field: str, where: str) -> HeadLayers:
-    """(kernel size, filters) of each hidden conv of a head: one 3x3 of 256 when unset, as the TF OD API."""
+def _head(msg: KeypointMessage, field: str, where: str) -> HeadShape:
+    """(kernel_sizes, num_filters) of a head's hidden convs: one 3x3 of 256 when unset, as the TF OD API."""
     if not msg.HasField(field):
-        return ((3, 256),)
+        return DEFAULT_HEAD
     params = getattr(msg, field)
     kernels, filters = list(params.kernel_sizes), list(params.num_filters)
     odd = all(k >= 1 and k % 2 == 1 for k in kernels)
     if len(kernels) != len(filters) or not odd or min(filters, default=1) < 1:
         raise ConfigError(f"{where}.{field}: kernel_sizes {kernels} and num_filters {filters} need the same "
                           "length, odd kernel sizes and at least one filter each")
-    return tuple(zip(kernels, filters, strict=True))
+    return tuple(kernels), tuple(filters)
 
 
 def _losses(msg: KeypointMessage, where: str) -> tuple[ElementwiseLoss, ElementwiseLoss]:

@@ -33,17 +33,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raredet.modeling.center_net import CenterNetTask, peak_mask, prediction_head
+from raredet.modeling.center_net_targets import gaussian_sigma
+
 HEATMAP = "keypoint/heatmap"
 OFFSET = "keypoint/offset"
 REGRESSION = "keypoint/regression"
-PEAK_EPSILON = 1e-6  # the TF OD API's: a peak equals its neighbourhood's max pool to within this
 MAX_DISTANCE = 1e5  # the distance given to padded candidates, as the TF OD API does
 RANKING_MODES = ("min_distance", "score_distance_ratio", "score_scaled_distance_ratio", "gaussian_weighted")
 # The detections' key of the object centers' output-grid pixels `[B, D, 2]` (y, x) int64, where the
 # keypoints are regressed from (CenterNet.postprocess gives it). Without it, each box's floored center.
 CENTER_INDICES = "detection_centers"
 
-HeadLayers = tuple[tuple[int, int], ...]  # (kernel size, filters) of each hidden conv of a head
+HeadShape = tuple[tuple[int, ...], tuple[int, ...]]  # (kernel_sizes, num_filters) of a head's hidden convs
+DEFAULT_HEAD: HeadShape = ((3,), (256,))  # the TF OD API's when a *_head_params is unset
 ElementwiseLoss = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -76,9 +79,10 @@ class KeypointTaskParams:
     clip_out_of_frame_keypoints: bool = False
     rescore_instances: bool = False
     rescoring_threshold: float = 0.0
-    heatmap_head: HeadLayers = ((3, 256),)
-    offset_head: HeadLayers = ((3, 256),)
-    regression_head: HeadLayers = ((3, 256),)
+    heatmap_head: HeadShape = DEFAULT_HEAD
+    offset_head: HeadShape = DEFAULT_HEAD
+    regression_head: HeadShape = DEFAULT_HEAD
+    use_depthwise: bool = False  # separable hidden convs (model.center_net.use_depthwise)
 
     def __post_init__(self) -> None:
         if len(self.keypoint_std_dev) != len(self.keypoint_indices):
@@ -97,56 +101,20 @@ class KeypointTaskParams:
         return self.num_total_keypoints or max(self.keypoint_indices) + 1
 
 
-def _prediction_head(in_channels: int, out_channels: int, layers: HeadLayers,
-                     bias_fill: float | None = None) -> nn.Sequential:
-    """TF's `make_prediction_net`: `k x k` convs with ReLU, then a 1x1 conv; Keras' initialisers
-    (Glorot-uniform kernels, zero biases, the last bias `bias_fill` when given)."""
-    modules: list[nn.Module] = []
-    channels = in_channels
-    for kernel, filters in layers:
-        modules += [nn.Conv2d(channels, filters, kernel, padding="same"), nn.ReLU()]
-        channels = filters
-    modules.append(nn.Conv2d(channels, out_channels, 1))
-    for m in modules:
-        if isinstance(m, nn.Conv2d):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)  # type: ignore[arg-type]
-    if bias_fill is not None:
-        nn.init.constant_(modules[-1].bias, bias_fill)  # type: ignore[arg-type]
-    return nn.Sequential(*modules)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Geometry shared by targets and post-processing
 
 
-def gaussian_sigma_from_box(height: Tensor, width: Tensor, min_iou: float = 0.7) -> Tensor:
-    """The TF OD API's `_compute_std_dev_from_box_size`: `(2 max(floor(r), 0) + 1) / 6` with `r` the
-    smallest of CenterNet's three radii for `min_iou` (its `max_distance_for_overlap`)."""
-    h, w = height, width
-    r1 = _root(1.0, -(h + w), w * h * ((1 - min_iou) / (1 + min_iou)))
-    r2 = _root(4.0, -2 * (h + w), (1 - min_iou) * w * h)
-    r3 = _root(4 * min_iou, (2 * min_iou) * (w + h), (min_iou - 1) * w * h)
-    r = torch.minimum(torch.minimum(r1, r2), r3)
-    return (2 * torch.clamp(torch.floor(r), min=0.0) + 1) / 6.0
-
-
-def _root(a: float, b: Tensor, c: Tensor) -> Tensor:
-    # The TF OD API's `_smallest_positive_root`, kept as it is there (and in the original CenterNet):
-    # `a` enters the discriminant but the division is by 2, not 2a.
-    return (-b + torch.sqrt(b * b - 4 * a * c)) / 2.0
+def gaussian_sigma_from_box(height: Tensor, width: Tensor) -> Tensor:
+    """The TF OD API's `_compute_std_dev_from_box_size(height, width, 0.7)`, which the keypoint task uses
+    for every box whatever `min_box_overlap_iou` says."""
+    return gaussian_sigma(height, width, 0.7)
 
 
 def neighbour_offsets(radius: int) -> list[tuple[int, int]]:
     """`(dy, dx)` of the pixels within `radius` of a pixel, in the TF OD API's order (row by row)."""
     return [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
             if dy * dy + dx * dx <= radius * radius]
-
-
-def _max_pool_same(x: Tensor, kernel: int) -> Tensor:
-    """TF's `max_pool(ksize=kernel, strides=1, padding='SAME')` on `[B, C, H, W]`."""
-    lo, hi = (kernel - 1) // 2, kernel // 2
-    return F.max_pool2d(F.pad(x, (lo, hi, lo, hi), value=float("-inf")), kernel, stride=1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -281,8 +249,7 @@ def keypoint_candidates(heatmap: Tensor, offsets: Tensor, threshold: float, kern
     zero-padded when `H W < K`) and `num_candidates [B, J]` (scores >= threshold).
     """
     batch, num_kp, height, width = heatmap.shape
-    if kernel > 1:
-        heatmap = heatmap * ((heatmap - _max_pool_same(heatmap, kernel)).abs() < PEAK_EPSILON)
+    heatmap = heatmap * peak_mask(heatmap, kernel)
     k = min(max_candidates, height * width)
     scores, flat = heatmap.flatten(2).topk(k, dim=-1)  # [B, J, k]
     off = offsets.view(batch, -1, 2, height * width).expand(batch, num_kp, 2, height * width)
@@ -365,7 +332,7 @@ def rescore(scores: Tensor, classes: Tensor, keypoint_scores: Tensor, class_id: 
 # The task
 
 
-class CenterNetKeypointTask(nn.Module):
+class CenterNetKeypointTask(CenterNetTask):
     """One `keypoint_estimation_task`: its heads (one set per feature output), loss and post-processing.
 
     `heatmap_loss(logits, target)` and `localization_loss(pred, target)` are elementwise losses
@@ -381,13 +348,17 @@ class CenterNetKeypointTask(nn.Module):
         self.localization_loss = localization_loss
         j = params.num_keypoints
         offset_channels = 2 * j if params.per_keypoint_offset else 2
-        self.heatmap_heads = nn.ModuleList(
-            _prediction_head(in_channels, j, params.heatmap_head, params.heatmap_bias_init)
-            for _ in range(num_outputs))
-        self.offset_heads = nn.ModuleList(
-            _prediction_head(in_channels, offset_channels, params.offset_head) for _ in range(num_outputs))
-        self.regression_heads = nn.ModuleList(
-            _prediction_head(in_channels, 2 * j, params.regression_head) for _ in range(num_outputs))
+        self.heatmap_heads = self._heads(in_channels, j, params.heatmap_head, num_outputs,
+                                         params.heatmap_bias_init)
+        self.offset_heads = self._heads(in_channels, offset_channels, params.offset_head, num_outputs)
+        self.regression_heads = self._heads(in_channels, 2 * j, params.regression_head, num_outputs)
+
+    def _heads(self, in_channels: int, out_channels: int, shape: HeadShape, num_outputs: int,
+               bias_fill: float | None = None) -> nn.ModuleList:
+        kernel_sizes, num_filters = shape
+        return nn.ModuleList(
+            prediction_head(in_channels, out_channels, bias_fill, kernel_sizes, num_filters,
+                            use_depthwise=self.params.use_depthwise) for _ in range(num_outputs))
 
     def key(self, head: str) -> str:
         """The TF OD API's name of a head's predictions and loss: `<task_name>/keypoint/<head>`."""
