@@ -12,6 +12,7 @@ import torch
 from google.protobuf import text_format
 
 from raredet.builders.deepmac import build_deepmac_task, build_deepmac_tasks
+from raredet.config import ConfigWarning
 from raredet.errors import ConfigError
 from raredet.losses import weighted_sigmoid
 from raredet.modeling.center_net import CenterNetTask
@@ -64,11 +65,14 @@ def test_non_voc_block_allows_the_other_sixty_classes():
 def test_allowed_ids_go_through_the_label_map():
     msg = _block(SMALL + "classification_loss { weighted_sigmoid {} } allowed_masked_classes_ids: [44, 3]")
     assert build_deepmac_task(msg, 8, 1, class_ids=[1, 3, 44]).allowed_classes.tolist() == [1, 2]
+    # an id the label map lacks selects no instance, as in TF (a zoo config on a smaller label map)
     msg.allowed_masked_classes_ids.append(9)
-    expected = (r"deepmac_mask_estimation.allowed_masked_classes_ids: \[9\] are not label-map ids; the "
-                r"label map's ids are \[1, 3, 44\]")
+    with pytest.warns(ConfigWarning, match=r"allowed_masked_classes_ids: \[9\] are not label-map ids"):
+        assert build_deepmac_task(msg, 8, 1, class_ids=[1, 3, 44]).allowed_classes.tolist() == [1, 2]
+    expected = (r"deepmac_mask_estimation.allowed_masked_classes_ids: none of \[44, 3, 9\] is a label-map "
+                r"id, so no instance would train the masks; the label map's ids are \[1, 2\]")
     with pytest.raises(ConfigError, match=expected):
-        build_deepmac_task(msg, 8, 1, class_ids=[1, 3, 44])
+        build_deepmac_task(msg, 8, 1, class_ids=[1, 2])
 
 
 def test_task_builder_entry_builds_one_task_when_the_block_is_set():

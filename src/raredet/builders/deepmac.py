@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 from raredet.builders.messages import message_kwargs, oneof_choice, refused_as_config_error
+from raredet.config import ConfigWarning
 from raredet.errors import ConfigError
 from raredet.losses import CLASSIFICATION_LOSSES
 from raredet.losses.deepmac import weighted_dice
@@ -43,15 +45,21 @@ def _refuse_unbuilt(msg: center_net_pb2.CenterNet.DeepMACMaskEstimation) -> None
 
 def allowed_class_indices(ids: Sequence[int], class_ids: Sequence[int] | None) -> list[int]:
     """`allowed_masked_classes_ids` (label-map ids) -> contiguous class indices, given the label-map ids
-    in index order (`class_ids`; None: the TF OD API's own reading, index = id - 1)."""
+    in index order (`class_ids`; None: the TF OD API's own reading, index = id - 1). Ids the label map
+    lacks select no box, as in the TF OD API (a zoo config's COCO ids on a smaller label map): a warning
+    names them; none of them in the label map is an error (no mask would ever be learnt)."""
     if class_ids is None:
         return [i - 1 for i in ids]
     index_of = {class_id: index for index, class_id in enumerate(class_ids)}
     missing = [i for i in ids if i not in index_of]
+    where = f"{WHERE}.allowed_masked_classes_ids"
+    if ids and len(missing) == len(ids):
+        raise ConfigError(f"{where}: none of {list(ids)} is a label-map id, so no instance would train the "
+                          f"masks; the label map's ids are {list(class_ids)}")
     if missing:
-        raise ConfigError(f"{WHERE}.allowed_masked_classes_ids: {missing} are not label-map ids; the label "
-                          f"map's ids are {list(class_ids)}")
-    return [index_of[i] for i in ids]
+        warnings.warn(f"{where}: {missing} are not label-map ids and select no instance", ConfigWarning,
+                      stacklevel=2)
+    return [index_of[i] for i in ids if i in index_of]
 
 
 def build_deepmac_task(
