@@ -190,7 +190,7 @@ def test_flip_permutation_of_the_wrong_length_is_refused(tmp_path, label_map, en
 
 def test_resize_doubles_masks_and_keypoints(tmp_path, label_map, encode_image) -> None:
     resized = FixedShapeResizer(16, 16)(_example(tmp_path, label_map, encode_image))
-    # Nearest with half-pixel centres: output row i reads input row floor((i + 0.5) / 2) = i // 2.
+    # Nearest as the TF OD API (no half-pixel centres): output row i reads input row floor(i / 2).
     expected = np.zeros((16, 16), dtype=np.uint8)
     expected[4:12, 2:10] = 1
     np.testing.assert_array_equal(resized["masks"], expected[None])
@@ -198,13 +198,53 @@ def test_resize_doubles_masks_and_keypoints(tmp_path, label_map, encode_image) -
 
 
 def test_resize_by_three_quarters_masks_pick_nearest_rows(tmp_path, label_map, encode_image) -> None:
-    # 8 -> 6: output index i reads floor((i + 0.5) * 8 / 6) = 0, 2, 3, 4, 6, 7 for i = 0..5.
-    # Rows 2..5 are in the mask: outputs 1 (row 2), 2 (row 3), 3 (row 4); columns 1..4: outputs 1, 2, 3.
+    # 8 -> 6: output index i reads floor(i * 8 / 6) = 0, 1, 2, 4, 5, 6 for i = 0..5.
+    # Rows 2..5 are in the mask: outputs 2 (row 2), 3 (row 4), 4 (row 5); columns 1..4: outputs 1, 2, 3.
     resized = FixedShapeResizer(6, 6)(_example(tmp_path, label_map, encode_image))
     expected = np.zeros((6, 6), dtype=np.uint8)
-    expected[1:4, 1:4] = 1
+    expected[2:5, 1:4] = 1
     np.testing.assert_array_equal(resized["masks"], expected[None])
     np.testing.assert_allclose(resized["keypoints"][0, :2], [[0.75, 1.5], [3.75, 4.5]])
+
+
+GEOMETRY = Path(__file__).resolve().parents[1] / "fixtures" / "masks" / "geometry.json"
+
+
+def _geometry_example() -> tuple[dict, dict]:
+    """tests/fixtures/masks/make_geometry.py: the TF OD API's preprocessor on a 7 x 9 image."""
+    ref = json.loads(GEOMETRY.read_text())
+    kp_yx = np.array(ref["keypoints_yx"], dtype=np.float64).reshape(2, 3, 2)  # None -> NaN
+    example = {"image": np.zeros((7, 9, 3), dtype=np.uint8), "masks": np.array(ref["masks"], dtype=np.uint8),
+               "boxes": np.zeros((2, 4), dtype=np.float32), "labels": np.zeros(2, dtype=np.int64),
+               "keypoints": (kp_yx[..., ::-1] * [9, 7]).astype(np.float32),
+               "keypoint_visibilities": np.array(ref["visibilities"])}
+    return example, ref
+
+
+@pytest.mark.parametrize("key", ["resized_10x6", "resized_5x13", "resize_to_range_11_20"])
+def test_mask_resizes_equal_the_tf_od_apis(key) -> None:
+    example, ref = _geometry_example()
+    expected = np.array(ref[key], dtype=np.uint8)
+    if key.startswith("resize_to_range"):
+        resized = KeepAspectRatioResizer(11, 20)(example)
+    else:
+        resized = FixedShapeResizer(*expected.shape[1:])(example)
+    np.testing.assert_array_equal(resized["masks"], expected)
+
+
+def test_masks_back_to_the_original_size_as_tf_evaluation() -> None:
+    _, ref = _geometry_example()
+    back = instances.resize_masks(np.array(ref["resized_10x6"], dtype=np.uint8), 7, 9, align_corners=True)
+    np.testing.assert_array_equal(back, np.array(ref["resized_10x6_back_to_7x9_align_corners"]))
+
+
+def test_horizontal_flip_equals_the_tf_od_apis() -> None:
+    example, ref = _geometry_example()
+    flipped = augment.RandomHorizontalFlip([0, 2, 1], probability=1.0)(example, np.random.default_rng(0))
+    np.testing.assert_array_equal(flipped["masks"], np.array(ref["flipped_masks"], dtype=np.uint8))
+    kp_yx = np.array(ref["flipped_keypoints_yx"], dtype=np.float64).reshape(2, 3, 2)
+    np.testing.assert_allclose(flipped["keypoints"], kp_yx[..., ::-1] * [9, 7], rtol=1e-6)
+    np.testing.assert_array_equal(flipped["keypoint_visibilities"], ref["flipped_visibilities"])
 
 
 def test_keep_aspect_ratio_pad_pads_masks(tmp_path, label_map, encode_image) -> None:

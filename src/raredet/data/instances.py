@@ -137,15 +137,24 @@ def _checked_segmentation(seg: Any, name: str) -> Any:
 # ---- geometry ------------------------------------------------------------------------------------
 
 
-def resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of [N, h, w] to [N, height, width] with half-pixel centres (TF2's
-    ``tf.image.resize(..., NEAREST_NEIGHBOR)``, which the TF OD API uses for masks)."""
+def resize_masks(masks: np.ndarray, height: int, width: int, align_corners: bool = False) -> np.ndarray:
+    """Nearest-neighbour resize of [N, h, w] to [N, height, width] as the TF OD API resizes masks
+    (TF1's ``resize_nearest_neighbor``, no half-pixel centres): output pixel i reads input
+    ``floor(i * h / height)``, or with ``align_corners`` (its evaluation's way back to the original
+    size) ``round(i * (h - 1) / (height - 1))``, halves away from zero."""
     n, h, w = masks.shape
     if (h, w) == (height, width):
         return masks
-    ys = np.minimum(((np.arange(height) + 0.5) * (h / height)).astype(np.int64), h - 1)
-    xs = np.minimum(((np.arange(width) + 0.5) * (w / width)).astype(np.int64), w - 1)
-    return masks[:, ys[:, None], xs[None, :]]
+    return masks[:, _nearest(h, height, align_corners)[:, None], _nearest(w, width, align_corners)[None, :]]
+
+
+def _nearest(size_in: int, size_out: int, align_corners: bool) -> np.ndarray:
+    i = np.arange(size_out)
+    if align_corners and size_out > 1:
+        src = np.floor(i * ((size_in - 1) / (size_out - 1)) + 0.5)  # roundf of a value >= 0
+    else:
+        src = (i * size_in) // size_out
+    return np.minimum(src.astype(np.int64), size_in - 1)
 
 
 def pad_masks(masks: np.ndarray, height: int, width: int, top: int, left: int) -> np.ndarray:

@@ -101,15 +101,15 @@ class Collector:
 
 
 def _gt_instances(batch: Mapping[str, Any], b: int, n: int, to_original: np.ndarray) -> dict[str, list]:
-    """COCO ``segmentation`` (RLE at the original image size, masks resized back nearest-neighbour as
-    the TF OD API's evaluation does) and ``keypoints`` / ``num_keypoints`` of image b's n objects, where
-    the batch has masks / keypoints."""
+    """COCO ``segmentation`` (RLE at the original image size, masks resized back nearest-neighbour
+    with aligned corners, as the TF OD API's evaluation does) and ``keypoints`` / ``num_keypoints`` of
+    image b's n objects, where the batch has masks / keypoints."""
     out: dict[str, list] = {}
     if "masks" in batch:
         h, w = (int(v) for v in batch["image_sizes"][b])
-        original = tuple(int(v) for v in batch["original_sizes"][b])
+        oh, ow = (int(v) for v in batch["original_sizes"][b])
         masks = batch["masks"][b, :n, :h, :w].cpu().numpy()
-        out["segmentation"] = encode_rle(resize_masks(masks, *original))
+        out["segmentation"] = encode_rle(resize_masks(masks, oh, ow, align_corners=True))
     if "keypoints" in batch:
         kp = batch["keypoints"][b, :n].cpu().double().numpy() / to_original[:2]
         out["keypoints"], out["num_keypoints"] = coco_keypoints(
