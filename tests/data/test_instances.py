@@ -369,3 +369,16 @@ def test_records_read_as_the_tf_od_api_decodes_them(label_map) -> None:
         yx = np.array(expected["keypoints_yx"], dtype=np.float64)  # None -> NaN
         np.testing.assert_allclose(example["keypoints"], yx[..., ::-1] * size, rtol=1e-6)
         np.testing.assert_array_equal(example["keypoint_visibilities"], expected["visibilities"])
+
+
+def test_areas_are_read_with_instances(tmp_path, label_map, encode_image) -> None:
+    with_area = _reader(tmp_path, label_map, _record(encode_image, **{"image/object/area": [12.5]}))
+    assert with_area.annotations(0)["area"].tolist() == [12.5]
+    assert _reader(tmp_path, label_map, _record(encode_image)).annotations(0)["area"].tolist() == [0.0]
+    bad = _reader(tmp_path, label_map, _record(encode_image, **{"image/object/area": [1.0, 2.0]}))
+    with pytest.raises(DataError, match=r"record 0: field 'image/object/area' has 2 values for 1 objects"):
+        bad.annotations(0)
+    coco = _coco(tmp_path, label_map, [{"area": 7.0}, {}], num_keypoints=3).annotations(0)
+    assert coco["area"].tolist() == [7.0, 0.0]
+    batch = collate([with_area.example(0)])
+    assert batch["areas"].tolist() == [[12.5]]

@@ -121,6 +121,7 @@ def test_mask_metrics_and_per_class_columns(tmp_path) -> None:
     header = (tmp_path / "per_class.csv").read_text().splitlines()[0]
     assert header.endswith("mask_AP,mask_AP50,mask_AP75")
     assert "mask_AP" in (tmp_path / "per_class.md").read_text()
+    assert "<th>mask_AP</th>" in (tmp_path / "report.html").read_text()
 
 
 def test_no_mask_set_no_mask_columns(tmp_path) -> None:
@@ -193,6 +194,7 @@ def test_collector_writes_segmentations_and_keypoints() -> None:
         "masks": torch.from_numpy(big[None, None]),
         "keypoints": torch.tensor([[[[2.0, 4.0], [float("nan"), float("nan")]]]]),
         "keypoint_visibilities": torch.tensor([[[True, False]]]),
+        "areas": torch.tensor([[12.5]]),
     }
     det = {"num_detections": torch.tensor([1]), "detection_boxes": torch.tensor([[[2.0, 4, 10, 12]]]),
            "detection_classes": torch.tensor([[0]]), "detection_scores": torch.tensor([[0.9]]),
@@ -205,4 +207,8 @@ def test_collector_writes_segmentations_and_keypoints() -> None:
         rle = {"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode()}
         np.testing.assert_array_equal(pycoco_mask.decode(rle), _square(1, 2, shape=(8, 8)))
     assert ann["keypoints"] == [1.0, 2.0, 2.0, 0.0, 0.0, 0.0] and ann["num_keypoints"] == 1
+    assert ann["area"] == 12.5  # the annotated area (the box's, 4 x 4 = 16, where it is 0)
+    batch["areas"] = torch.tensor([[0.0]])
+    collector.add(batch, det)
+    assert collector.annotations[1]["area"] == 16.0
     assert dt["keypoints"] == [2.0, 3.0, 2.0, 4.0, 4.0, 2.0]

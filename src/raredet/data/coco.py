@@ -114,6 +114,9 @@ class CocoReader:
         )
         if self.num_keypoints > 0:
             checked["keypoints"], checked["keypoint_visibilities"] = self._keypoints(anns, where)
+        if self.num_keypoints > 0 or self.load_instance_masks:
+            given = [a["area"] if _is_number(a.get("area")) else 0.0 for a in anns]
+            checked["area"] = instances.areas(given, len(anns), where, "area")
         return {
             **checked,
             "source_id": str(info.get("id")),

@@ -107,7 +107,8 @@ def collate(examples: Sequence[Example]) -> dict[str, Any]:
 
 def _instances(examples: Sequence[Example], n: int, size: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """``masks`` [B, N, H, W] uint8 at the batch's (padded) image size, ``keypoints`` [B, N, J, 2]
-    (NaN where absent or padding), ``keypoint_visibilities`` [B, N, J]: where the examples have them."""
+    (NaN where absent or padding), ``keypoint_visibilities`` [B, N, J], ``areas`` [B, N] (annotated
+    areas in original pixels, 0: none given): where the examples have them."""
     out: dict[str, torch.Tensor] = {}
     if all("masks" in e for e in examples):
         masks = np.zeros((len(examples), n, *size), dtype=np.uint8)
@@ -115,6 +116,8 @@ def _instances(examples: Sequence[Example], n: int, size: tuple[int, ...]) -> di
             m = e["masks"]
             masks[i, : m.shape[0], : m.shape[1], : m.shape[2]] = m
         out["masks"] = torch.from_numpy(masks)
+    if all("area" in e for e in examples):
+        out["areas"] = _pad_stack([e["area"] for e in examples], n, 0.0, np.float32)
     if all("keypoints" in e for e in examples):
         out["keypoints"] = _pad_stack([e["keypoints"] for e in examples], n, np.nan, np.float32)
         out["keypoint_visibilities"] = _pad_stack([e["keypoint_visibilities"] for e in examples], n,

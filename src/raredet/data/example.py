@@ -4,7 +4,8 @@ An example is a plain dict (see docs/internals.md "Data"):
 ``image`` uint8 [H, W, 3] RGB, ``boxes`` float32 [N, 4] xyxy pixels, ``labels`` int64 [N] contiguous,
 ``weights`` float32 [N], ``is_crowd`` bool [N], ``difficult`` bool [N], ``source_id`` str,
 ``filename`` str; with instance masks asked for, ``masks`` uint8 [N, H, W], with keypoints
-``keypoints`` float32 [N, J, 2] and ``keypoint_visibilities`` bool [N, J] (see raredet.data.instances).
+``keypoints`` float32 [N, J, 2] and ``keypoint_visibilities`` bool [N, J], with either ``area`` float32
+[N] (see raredet.data.instances).
 Readers also give ``height``/``width`` (from the annotation, before decoding) so
 that statistics never need to decode an image.
 

@@ -1,5 +1,10 @@
 """Instance masks and keypoints: decoding them from records and moving them with the image.
 
+With either, an example also has ``area`` float32 [N]: each object's annotated area in pixels of the
+stored image (TF records' ``image/object/area``, COCO's ``area``), 0 where the data gives none. The
+evaluation uses it as the TF OD API's does (``groundtruth_area``: COCO's size ranges, and the OKS scale
+of keypoints), falling back to the box area where it is 0.
+
 An example read with masks has ``masks`` uint8 [N, H, W] in {0, 1} at the image's size; one read with
 keypoints has ``keypoints`` float32 [N, J, 2] (x, y) in pixels of the image, NaN where a keypoint is
 absent, and ``keypoint_visibilities`` bool [N, J] (True where the keypoint is labelled, visible or not,
@@ -23,7 +28,7 @@ from PIL import Image
 
 from raredet.errors import DataError
 
-INSTANCE_KEYS = ("masks", "keypoints", "keypoint_visibilities")
+INSTANCE_KEYS = ("masks", "keypoints", "keypoint_visibilities", "area")
 
 
 # ---- decoding ------------------------------------------------------------------------------------
@@ -86,6 +91,21 @@ def coco_keypoints(values: list[Any], num_keypoints: int, name: str) -> tuple[np
     triples = np.asarray(values, dtype=np.float32).reshape(num_keypoints, 3)
     xy, vis = _absent_as_nan(triples[None, :, :2], np.isin(triples[None, :, 2], (1, 2)))
     return xy[0], vis[0]
+
+
+def areas(values: Sequence[float], n: int, where: str, field: str) -> np.ndarray:
+    """float32 [n] object areas (none given: zeros, "use the box area")."""
+    if not len(values):
+        return np.zeros(n, dtype=np.float32)
+    area = np.asarray(values, dtype=np.float32)
+    if len(area) != n:
+        raise DataError(f"{where}: field '{field}' has {len(area)} values for {n} objects; give each "
+                        "object's area in pixels (or leave the field out)")
+    if not (np.isfinite(area) & (area >= 0)).all():
+        bad = int(np.flatnonzero(~(np.isfinite(area) & (area >= 0)))[0])
+        raise DataError(f"{where}: field '{field}' of object {bad} is {area[bad]}; an area is a finite "
+                        "number >= 0 of pixels")
+    return area
 
 
 def absent_keypoints(n: int, num_keypoints: int) -> tuple[np.ndarray, np.ndarray]:

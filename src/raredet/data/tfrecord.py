@@ -250,6 +250,7 @@ _KINDS = {
     "image/object/keypoint/x": "float_list",
     "image/object/keypoint/y": "float_list",
     "image/object/keypoint/visibility": "int64_list",
+    "image/object/area": "float_list",
 }
 MASK_TYPES = {"DEFAULT": "float_list", "NUMERICAL_MASKS": "float_list", "PNG_MASKS": "bytes_list"}
 
@@ -368,6 +369,9 @@ class TFRecordReader:
         )
         source_id = _scalar(features, "image/source_id", b"").decode("utf-8", "replace")
         filename = _scalar(features, "image/filename", b"").decode("utf-8", "replace")
+        if self.load_instance_masks or self.num_keypoints > 0:
+            checked["area"] = instances.areas(_values(features, "image/object/area"), n, where,
+                                              "image/object/area")
         if self.num_keypoints > 0:
             x, y, vis = (_values(features, f"image/object/keypoint/{k}") for k in ("x", "y", "visibility"))
             checked["keypoints"], checked["keypoint_visibilities"] = instances.record_keypoints(

@@ -73,7 +73,7 @@ class Collector:
             {"id": first + i, "image_id": image_id, "category_id": int(c), "bbox": box,
              "area": box[2] * box[3], "iscrowd": int(cr), "difficult": bool(d)}
             for i, (box, c, cr, d) in enumerate(zip(boxes.tolist(), ids, crowd, difficult, strict=True))]
-        _add_instances(anns, _gt_instances(batch, b, n, to_original))
+        _add_instances(anns, _gt_instances(batch, b, n, to_original, anns))
         self.annotations += anns
 
     def _add_det(self, det: Mapping[str, torch.Tensor], b: int, image_id: int,
@@ -100,11 +100,16 @@ class Collector:
                        det["detection_classes"][b, :d].cpu().numpy(), str(batch["source_ids"][b]))
 
 
-def _gt_instances(batch: Mapping[str, Any], b: int, n: int, to_original: np.ndarray) -> dict[str, list]:
+def _gt_instances(batch: Mapping[str, Any], b: int, n: int, to_original: np.ndarray,
+                  anns: list[dict[str, Any]]) -> dict[str, list]:
     """COCO ``segmentation`` (RLE at the original image size, masks resized back nearest-neighbour
     with aligned corners, as the TF OD API's evaluation does) and ``keypoints`` / ``num_keypoints`` of
-    image b's n objects, where the batch has masks / keypoints."""
+    image b's n objects (`anns`, their records so far), where the batch has masks / keypoints; and
+    the annotated ``area`` where the batch has it (the box area where it is 0)."""
     out: dict[str, list] = {}
+    if "areas" in batch:  # the annotated areas where the data gives them, as TF's groundtruth_area
+        given = batch["areas"][b, :n].cpu().double().numpy()
+        out["area"] = np.where(given > 0, given, [a["area"] for a in anns]).tolist()
     if "masks" in batch:
         h, w = (int(v) for v in batch["image_sizes"][b])
         oh, ow = (int(v) for v in batch["original_sizes"][b])
