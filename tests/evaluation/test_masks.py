@@ -16,7 +16,7 @@ from pycocotools.cocoeval import COCOeval as PyCOCOeval
 
 from raredet.config import LabelMap
 from raredet.engine.evaluate import Collector
-from raredet.errors import DataError
+from raredet.errors import ConfigError, DataError
 from raredet.evaluation.coco import evaluate_coco_keypoints, evaluate_coco_masks
 from raredet.evaluation.masks import coco_keypoints, encode_rle, paste_box_masks
 from raredet.evaluation.options import EvalOptions, KeypointMetric
@@ -212,3 +212,17 @@ def test_collector_writes_segmentations_and_keypoints() -> None:
     collector.add(batch, det)
     assert collector.annotations[1]["area"] == 16.0
     assert dt["keypoints"] == [2.0, 3.0, 2.0, 4.0, 4.0, 2.0]
+
+
+def test_keypoint_set_without_sigmas_is_refused(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="metrics set coco_keypoint_metrics needs the class and the sigma"):
+        evaluate_detections(KP_GT, KP_DETS, out_dir=tmp_path,
+                            options=EvalOptions(metrics_set=("coco_keypoint_metrics",)))
+
+
+def test_keypoint_metrics_reach_metrics_json(tmp_path) -> None:
+    options = EvalOptions(keypoint_metrics=(KeypointMetric(1, "person", (0.1, 0.05), (0, 1)),))
+    metrics = evaluate_detections(KP_GT, KP_DETS, out_dir=tmp_path, options=options)["metrics"]
+    assert metrics["Keypoints_Precision/mAP ByCategory/person"] == pytest.approx(0.7)
+    assert json.loads((tmp_path / "metrics.json").read_text())["Keypoints_Precision/mAP ByCategory/person"] \
+        == pytest.approx(0.7)

@@ -16,7 +16,7 @@ import numpy as np
 from faster_coco_eval import COCO
 from PIL import Image
 
-from raredet.errors import DataError
+from raredet.errors import ConfigError, DataError
 from raredet.evaluation import operating_points as ops
 from raredet.evaluation import per_class, plots
 from raredet.evaluation.coco import (
@@ -200,9 +200,10 @@ def _evaluate(gt: dict, detections: list, options: EvalOptions, sets: list[str],
     if masks is not None:
         metrics.update(_coco_metrics(masks, names, options.include_metrics_per_category, MASK_CATEGORY_KEYS))
     if KEYPOINT_SET in sets and not options.keypoint_metrics:
-        raise ValueError(f"{KEYPOINT_SET} needs the class and the sigma of each keypoint: give "
-                         "eval_config.parameterized_metric { coco_keypoint_metrics { class_label, "
-                         "keypoint_label_to_sigmas } }")
+        raise ConfigError(f"metrics set {KEYPOINT_SET} needs the class and the sigma of each keypoint, "
+                          "which only a pipeline.config gives (eval_config.parameterized_metric { "
+                          "coco_keypoint_metrics { class_label keypoint_label_to_sigmas } }); "
+                          "leave it out here")
     metrics.update(keypoint_metrics(gt, detections, options.keypoint_metrics))
     matches = per_class.match_detections(gt, detections, prepared, coco_all)
     counts = per_class.class_counts(matches, [c["id"] for c in cats], options.min_score_threshold)
