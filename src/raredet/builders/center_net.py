@@ -14,6 +14,7 @@ from typing import cast
 
 from torch import nn
 
+from raredet.builders.center_net_keypoints import build_keypoint_tasks
 from raredet.builders.deepmac import build_deepmac_tasks
 from raredet.builders.messages import field_value, refused_as_config_error
 from raredet.builders.parts import build_non_max_suppression
@@ -39,6 +40,7 @@ FEATURE_EXTRACTORS: dict[str, Callable[[Extractor], nn.Module]] = {
 TaskBuilder = Callable[[center_net_pb2.CenterNet, int, int, Sequence[int]], list[CenterNetTask]]
 TASK_BUILDERS: dict[str, TaskBuilder] = {
     "deepmac_mask_estimation": build_deepmac_tasks,
+    "keypoint_estimation_task": build_keypoint_tasks,
 }
 
 DEFAULT_HEAD = ((3,), (256,))  # kernel_sizes, num_filters when a *_head_params is unset (TF's default)

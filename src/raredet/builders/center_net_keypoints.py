@@ -19,6 +19,7 @@ from raredet.config.text import parse_text, read_text
 from raredet.errors import ConfigError
 from raredet.losses.center_net import penalty_reduced_logistic_focal
 from raredet.losses.center_net_keypoints import l1_elementwise
+from raredet.modeling.center_net import CenterNetTask
 from raredet.modeling.center_net_keypoints import (
     DEFAULT_HEAD,
     RANKING_MODES,
@@ -55,7 +56,7 @@ COPIED_FIELDS = {
 
 
 def build_keypoint_tasks(msg: center_net_pb2.CenterNet, in_channels: int, num_outputs: int,
-                         class_ids: Sequence[int]) -> list[CenterNetKeypointTask]:
+                         class_ids: Sequence[int]) -> list[CenterNetTask]:
     """The keypoint task of `msg` (none when `keypoint_estimation_task` is unset), for an extractor of
     `num_outputs` maps of `in_channels` channels; `class_ids` are the label-map ids in index order."""
     messages = list(msg.keypoint_estimation_task)

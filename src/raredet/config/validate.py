@@ -350,8 +350,6 @@ def _validate_faster_rcnn(frcnn: faster_rcnn_pb2.FasterRcnn, check: _Checker) ->
 
 # CenterNet tasks raredet does not build: field -> why. The first two are being built (issue 28).
 CENTER_NET_UNBUILT_TASKS: dict[str, str] = {
-    "keypoint_estimation_task": "is not yet supported by raredet (CenterNet keypoints); remove the block "
-                                "to train the object detection task alone",
     "mask_estimation_task": "(CenterNet's semantic-mask task) is not supported; remove it",
     "densepose_estimation_task": "(DensePose) is not supported by raredet; remove it",
     "track_estimation_task": "(tracking) is not supported by raredet; remove it",
