@@ -18,7 +18,7 @@ from raredet.config import LabelMap
 from raredet.engine.evaluate import Collector
 from raredet.errors import ConfigError, DataError
 from raredet.evaluation.coco import evaluate_coco_keypoints, evaluate_coco_masks
-from raredet.evaluation.masks import coco_keypoints, encode_rle, paste_box_masks
+from raredet.evaluation.masks import box_masks_to_rle, coco_keypoints, encode_rle, paste_box_masks
 from raredet.evaluation.options import EvalOptions, KeypointMetric
 from raredet.evaluation.pipeline import evaluate_detections, keypoint_metrics
 
@@ -44,6 +44,22 @@ def test_an_all_ones_mask_fills_its_box() -> None:
     # lie in [2/8, 6/8]) and columns 1..4 (1/7 .. 4/7 lie in [1/8, 5/8]).
     pasted = paste_box_masks(np.ones((1, 3, 3)), np.array([[1.0, 2.0, 5.0, 6.0]]), 8, 8)
     np.testing.assert_array_equal(pasted[0], _square(1, 2, shape=(8, 8)))
+
+
+def test_rle_straight_from_box_masks_equals_the_pasted_arrays_encoded() -> None:
+    # Boxes inside, across the edges, covering the image, thinner than a pixel; masks of ones and random.
+    rng = np.random.default_rng(1)
+    for trial in range(100):
+        d, h, w = int(rng.integers(1, 6)), int(rng.integers(1, 30)), int(rng.integers(1, 30))
+        masks = rng.random((d, int(rng.integers(1, 6)), int(rng.integers(1, 6))))
+        if trial % 3 == 0:
+            masks = np.ones_like(masks)
+        x0, y0 = rng.uniform(-10, w, d), rng.uniform(-10, h, d)
+        boxes = np.stack([x0, y0, x0 + rng.uniform(0, 2 * w, d), y0 + rng.uniform(0, 2 * h, d)], axis=1)
+        expected = paste_box_masks(masks, boxes, h, w)
+        rles = box_masks_to_rle(masks, boxes, h, w)
+        decoded = pycoco_mask.decode([{"size": r["size"], "counts": r["counts"].encode()} for r in rles])
+        np.testing.assert_array_equal(decoded.transpose(2, 0, 1), expected)
 
 
 def test_rle_decodes_with_pycocotools() -> None:

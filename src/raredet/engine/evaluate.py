@@ -20,7 +20,7 @@ from torch import nn
 from raredet.config import LabelMap
 from raredet.data.instances import resize_masks
 from raredet.engine.runtime import to_device
-from raredet.evaluation.masks import coco_keypoints, encode_rle, paste_box_masks
+from raredet.evaluation.masks import box_masks_to_rle, coco_keypoints, encode_rle
 from raredet.evaluation.options import EvalOptions
 from raredet.evaluation.pipeline import evaluate_detections
 from raredet.evaluation.report import Example
@@ -130,8 +130,7 @@ def _det_instances(det: Mapping[str, torch.Tensor], b: int, n: int, to_original:
     out: dict[str, list] = {}
     if "detection_masks" in det:
         boxes = det["detection_boxes"][b, :n].detach().cpu().double().numpy() / to_original
-        out["segmentation"] = encode_rle(paste_box_masks(det["detection_masks"][b, :n].detach().float(),
-                                                         boxes, *size))
+        out["segmentation"] = box_masks_to_rle(det["detection_masks"][b, :n], boxes, *size)
     if "detection_keypoints" in det:
         kp = det["detection_keypoints"][b, :n].detach().cpu().double().numpy() / to_original[:2]
         out["keypoints"] = coco_keypoints(kp)[0]
