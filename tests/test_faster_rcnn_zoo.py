@@ -37,11 +37,6 @@ def test_zoo_config_checks(name):
     assert "faster_rcnn" in report and "OK" in report
 
 
-def test_mask_rcnn_is_refused_by_name():  # CenterNet's configs: tests/test_center_net_zoo.py
-    with pytest.raises(ConfigError, match="Mask R-CNN is not supported"):
-        config_cmd.check(ZOO / "mask_rcnn_inception_resnet_v2_1024x1024_coco17_gpu-8.config")
-
-
 def _train_two_steps(name: str, data_dir: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     config = faster_rcnn_small_copy(name, data_dir)

@@ -51,8 +51,6 @@ def _status(path: Path) -> str:
         other = re.search(r"model\.(\w+): '\w+' is the TF OD API's", text)
         if other:
             return f"refused: {other.group(1)} meta-architecture"
-        if "Mask R-CNN is not supported" in text:
-            return "refused: Mask R-CNN"
         extractor = re.search(r"feature_extractor\.type: unknown '([^']+)'", text)
         if extractor:
             return f"refused: feature extractor {extractor.group(1)}"
@@ -109,9 +107,6 @@ def test_every_refusal_names_what_raredet_supports(tmp_path):
         assert named in message
         assert "ssd_resnet152_v1_fpn" in message and "ssd_mobilenet_v1_fpn" in message
         assert "ssd_efficientnet-b0_bifpn" in message
-    refused = r"predict_instance_masks: Mask R-CNN is not supported.*faster_rcnn_resnet"
-    with pytest.raises(ConfigError, match=refused):
-        config_check(ZOO / "mask_rcnn_inception_resnet_v2_1024x1024_coco17_gpu-8.config")
 
 
 # ---- anchors --------------------------------------------------------------------------------------
@@ -310,8 +305,9 @@ def _trains_in_the_table() -> list[str]:
     return sorted(name for name, status in rows.items() if status == "trains")
 
 
-# Every config the table says trains (checked against `config check` above) trains two steps here.
-@pytest.mark.parametrize("name", _trains_in_the_table())
+# Every config the table says trains (checked against `config check` above) trains two steps here; Mask
+# R-CNN needs records with instance masks, which the synthetic data has not: tests/test_mask_rcnn_zoo.py.
+@pytest.mark.parametrize("name", [n for n in _trains_in_the_table() if not n.startswith("mask_rcnn")])
 @pytest.mark.slow  # end-to-end CLI runs; ResNet-152 takes ~30 s on 2 shared cores
 @pytest.mark.filterwarnings("ignore::raredet.config.validate.ConfigWarning")  # the zoo's TPU fields
 def test_zoo_config_trains_two_steps_from_the_cli(name, data_dir, tmp_path):

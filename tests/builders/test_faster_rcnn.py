@@ -63,6 +63,7 @@ FPN = REQUIRED.replace("faster_rcnn_resnet50_keras", "faster_rcnn_resnet50_fpn_k
 
 
 BOX_PREDICTOR = "second_stage_box_predictor { mask_rcnn_box_predictor { %s } }"
+MASKS = "predict_instance_masks: true conv_hyperparams { op: CONV }"
 # name -> (message text, merged onto it, the error after "model.faster_rcnn.")
 ERRORS = {
     "extractor type": (REQUIRED, 'feature_extractor { type: "faster_rcnn_inception_v2" }',
@@ -75,8 +76,32 @@ ERRORS = {
     "anchor levels": (FPN, "first_stage_anchor_generator { multiscale_anchor_generator { max_level: 7 } }",
                       r"first_stage_anchor_generator\.multiscale_anchor_generator: levels 2\.\.7 differ "
                       r"from feature_extractor\.fpn levels 3\.\.7"),
-    "masks": (REQUIRED, BOX_PREDICTOR % "predict_instance_masks: true",
-              r"second_stage_box_predictor\.mask_rcnn_box_predictor\.predict_instance_masks: Mask R-CNN"),
+    "masks with 2 stages": (REQUIRED, BOX_PREDICTOR % "predict_instance_masks: true",
+                            r"number_of_stages is 2 with mask_rcnn_box_predictor\.predict_instance_masks "
+                            r"true; .* make the two agree"),
+    "3 stages without masks": (REQUIRED, "number_of_stages: 3",
+                               r"number_of_stages is 3 with mask_rcnn_box_predictor\.predict_instance_masks "
+                               r"false"),
+    "keypoints": (REQUIRED, BOX_PREDICTOR % "predict_keypoints: true",
+                  r"second_stage_box_predictor\.mask_rcnn_box_predictor\.predict_keypoints: Mask R-CNN's "
+                  r"keypoint head is not supported"),
+    "masks without conv_hyperparams": (
+        REQUIRED, "number_of_stages: 3 " + BOX_PREDICTOR % "predict_instance_masks: true",
+        r"second_stage_box_predictor\.mask_rcnn_box_predictor\.conv_hyperparams: the mask head's "
+        r"convolutions need it"),
+    "masks on FPN": (
+        FPN, "number_of_stages: 3 " + BOX_PREDICTOR % MASKS,
+        r"second_stage_box_predictor\.mask_rcnn_box_predictor\.predict_instance_masks: masks are built on "
+        r"the single-map feature extractors"),
+    "upsampling factor": (REQUIRED, "number_of_stages: 3 initial_crop_size: 8 " + BOX_PREDICTOR % (
+                              MASKS + " convolve_then_upsample_masks: true mask_height: 5"),
+                          r"second_stage_box_predictor\.mask_rcnn_box_predictor\."
+                          r"convolve_then_upsample_masks: mask_height and mask_width \(5, 15\) must be "
+                          r"multiples of the second stage's feature size 2"),
+    "irv2 stride 8": (REQUIRED, 'feature_extractor { type: "faster_rcnn_inception_resnet_v2_keras" '
+                      "first_stage_features_stride: 8 }",
+                      r"feature_extractor\.first_stage_features_stride is 8; the ResNet and "
+                      r"Inception-ResNet v2 feature extractors have stride 16"),
     "box code size": (REQUIRED, BOX_PREDICTOR % "box_code_size: 5",
                       r"second_stage_box_predictor\.mask_rcnn_box_predictor\.box_code_size is 5"),
     "no box predictor": (REQUIRED.replace(BOX_PREDICTOR % "", ""), "",
@@ -91,3 +116,23 @@ ERRORS = {
 def test_config_errors_name_the_field(text, extra, match):
     with pytest.raises(ConfigError, match=r"^model\.faster_rcnn\." + match):
         _build(text, extra)
+
+
+def test_mask_head_takes_the_proto_defaults_and_the_inception_resnet_v2_features():
+    irv2 = 'feature_extractor { type: "faster_rcnn_inception_resnet_v2_keras" }'
+    model = _build(extra=f"number_of_stages: 3 {irv2} " + BOX_PREDICTOR % MASKS)
+    head = model.mask_head
+    assert head is not None
+    # box_predictor.proto: mask_height / mask_width 15, mask_prediction_num_conv_layers 2,
+    # mask_prediction_conv_depth 256, class-specific masks, resize first
+    assert head.mask_size == (15, 15) and not head.convolve_then_upsample
+    convs = [m for m in head.convs if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1536, 256)]  # conv_7b's 1536 channels
+    assert head.last.out_channels == 2
+    # the Inception-ResNet v2 extractor: 1088-channel first-stage map for the RPN, 1536 for the box head
+    assert model.rpn.conv.in_channels == 1088 and model.box_head.cls.in_features == 1536
+    # its TF preprocess, (2 / 255) x - 1
+    assert model.pixel_mean.flatten().tolist() == [127.5] * 3
+    assert model.pixel_std.flatten().tolist() == [127.5] * 3
+    # batch_norm_trainable false: moving statistics, the betas still train (TF's FreezableBatchNorm)
+    assert model.backbone.conv_7b[1].frozen and model.backbone.conv_7b[1].bias.requires_grad

@@ -21,7 +21,7 @@ def test_names_are_the_registries_keys() -> None:
     assert sorted(FASTER_RCNN_FEATURE_EXTRACTORS) == sorted(FASTER_RCNN_REGISTRY)
     # b0-b7, five ResNets, three MobileNets; no name twice
     assert len(set(SSD_FEATURE_EXTRACTORS)) == len(SSD_FEATURE_EXTRACTORS) == 16
-    assert len(set(FASTER_RCNN_FEATURE_EXTRACTORS)) == len(FASTER_RCNN_FEATURE_EXTRACTORS) == 6
+    assert len(set(FASTER_RCNN_FEATURE_EXTRACTORS)) == len(FASTER_RCNN_FEATURE_EXTRACTORS) == 7
 
 
 @pytest.mark.parametrize("model", ["experimental_model", "yolo"])

@@ -19,7 +19,7 @@ from raredet.protos import pipeline_pb2
 from raredet.zoo import CONFIG_DIR
 
 ZOO = CONFIG_DIR
-ZOO_LOADABLE = [p for p in sorted(ZOO.glob("*.config")) if not p.name.startswith(("center", "mask_rcnn"))]
+ZOO_LOADABLE = [p for p in sorted(ZOO.glob("*.config")) if not p.name.startswith("center")]
 
 RAREDET_FIELDS = """
 model { ssd {

@@ -1,6 +1,7 @@
 """`model.faster_rcnn` -> `modeling.faster_rcnn.FasterRCNN`: the backbone, FPN, anchors, RPN, box
-classifier and head, score converter and NMS, each chosen and filled from its message (an unset field
-takes the message's default), and the checks of what raredet cannot build, naming the field."""
+classifier and head, Mask R-CNN's mask head, score converter and NMS, each chosen and filled from its
+message (an unset field takes the message's default), and the checks of what raredet cannot build,
+naming the field."""
 
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ from raredet.modeling.faster_rcnn import (
     RpnHead,
 )
 from raredet.modeling.fpn import FeaturePyramid
+from raredet.modeling.inception_resnet_v2 import InceptionResnetV2
 from raredet.modeling.layers import ConvHyperparams
+from raredet.modeling.mask_head import MaskHead
 from raredet.protos import anchor_generator_pb2, box_predictor_pb2, faster_rcnn_pb2
 
 WHERE = "model.faster_rcnn"
 
-# feature_extractor.type (without `_keras`) -> (ResNet depth, with an FPN)
+# feature_extractor.type (without `_keras`) -> (ResNet depth, with an FPN); depth 0: Inception-ResNet v2
 FEATURE_EXTRACTORS: dict[str, tuple[int, bool]] = {
     "faster_rcnn_resnet50": (50, False),
     "faster_rcnn_resnet101": (101, False),
@@ -38,7 +41,9 @@ FEATURE_EXTRACTORS: dict[str, tuple[int, bool]] = {
     "faster_rcnn_resnet50_fpn": (50, True),
     "faster_rcnn_resnet101_fpn": (101, True),
     "faster_rcnn_resnet152_fpn": (152, True),
+    "faster_rcnn_inception_resnet_v2": (0, False),
 }
+Backbone = ResNet | InceptionResnetV2
 
 # The faster_rcnn fields FasterRCNN takes as they are.
 MODEL_FIELDS = ("num_classes", "initial_crop_size", "maxpool_kernel_size", "maxpool_stride",
@@ -50,18 +55,25 @@ MODEL_FIELDS = ("num_classes", "initial_crop_size", "maxpool_kernel_size", "maxp
 def build_faster_rcnn(msg: faster_rcnn_pb2.FasterRcnn, calibration: Calibration | None = None) -> FasterRCNN:
     """The model of `model.faster_rcnn`; `calibration`: its second_stage_post_processing.calibration_config,
     built. Parts are built in the order their weights are initialised (backbone, FPN, RPN, box
-    classifier, box head), so a seed gives the same weights as it always did."""
+    classifier, box head, mask head), so a seed gives the same weights as it always did."""
     _check_sizes(msg)
     extractor = msg.feature_extractor
     depth, use_fpn = _feature_extractor_kind(extractor)
+    if use_fpn and msg.number_of_stages == 3:
+        raise ConfigError(f"{WHERE}.second_stage_box_predictor.mask_rcnn_box_predictor."
+                          "predict_instance_masks: masks are built on the single-map feature extractors "
+                          "(ResNet, Inception-ResNet v2), whose second stage gives maps; the FPN variants' "
+                          "box classifier gives vectors")
     frozen = not extractor.batch_norm_trainable
-    backbone = ResNet(depth, freeze_batchnorm=frozen)
+    backbone: Backbone = ResNet(depth, freeze_batchnorm=frozen) if depth else InceptionResnetV2(frozen)
     hp = build_conv_hyperparams(extractor.conv_hyperparams, f"{WHERE}.feature_extractor.conv_hyperparams")
-    # under TF's conventions the FPN extractor's Keras ResNet takes conv_hyperparams' batch norms and
-    # activations with override_base_feature_extractor_hyperparams (the plain one ignores the field)
-    if use_fpn and extractor.override_base_feature_extractor_hyperparams:
-        backbone.keras_hyperparams = hp
-    fpn = _fpn(extractor, backbone, hp, frozen) if use_fpn else None
+    fpn = None
+    if use_fpn and not isinstance(backbone, InceptionResnetV2):  # the FPN variants are ResNets
+        # under TF's conventions the FPN extractor's Keras ResNet takes conv_hyperparams' batch norms and
+        # activations with override_base_feature_extractor_hyperparams (the plain one ignores the field)
+        if extractor.override_base_feature_extractor_hyperparams:
+            backbone.keras_hyperparams = hp
+        fpn = _fpn(extractor, backbone, hp, frozen)
     anchors = _anchor_generator(msg.first_stage_anchor_generator, fpn)
     rpn = _rpn(msg, backbone, fpn, anchors)
     box_classifier, head_in = None, backbone.out_channels[5]
@@ -70,20 +82,25 @@ def build_faster_rcnn(msg: faster_rcnn_pb2.FasterRcnn, calibration: Calibration 
         box_classifier = FpnBoxClassifier(fpn.out_channels[0] * pooled * pooled, hp, frozen)
         head_in = box_classifier.out_features
     box_head = _box_head(msg.second_stage_box_predictor, head_in, msg.num_classes)
+    mask_head = _mask_head(msg, head_in) if msg.number_of_stages == 3 else None
     post = msg.second_stage_post_processing
     converter = build_score_converter(post, msg.num_classes, calibration, background_column=True)
     nms = build_non_max_suppression(post)
     return FasterRCNN(backbone=backbone, fpn=fpn, anchor_generator=anchors, rpn=rpn,
                       box_classifier=box_classifier, box_head=box_head, box_coder=FasterRcnnBoxCoder(),
-                      score_converter=converter, non_max_suppression=nms,
+                      score_converter=converter, non_max_suppression=nms, mask_head=mask_head,
                       **{f: field_value(msg, f) for f in MODEL_FIELDS})
 
 
 def _check_sizes(msg: faster_rcnn_pb2.FasterRcnn) -> None:
     if msg.num_classes < 1:
         raise ConfigError(f"{WHERE}.num_classes must be at least 1, got {msg.num_classes}")
-    if msg.number_of_stages != 2:
-        raise ConfigError(f"{WHERE}.number_of_stages is {msg.number_of_stages}; raredet builds 2 stages only")
+    masks = msg.second_stage_box_predictor.mask_rcnn_box_predictor.predict_instance_masks
+    if msg.number_of_stages not in (2, 3) or (msg.number_of_stages == 3) != masks:
+        raise ConfigError(f"{WHERE}.number_of_stages is {msg.number_of_stages} with "
+                          f"mask_rcnn_box_predictor.predict_instance_masks {str(masks).lower()}; raredet "
+                          "builds Faster R-CNN (2 stages, no masks) and Mask R-CNN (3 stages, "
+                          "predict_instance_masks: true): make the two agree")
     for name in ("initial_crop_size", "maxpool_kernel_size", "maxpool_stride", "first_stage_max_proposals"):
         value = getattr(msg, name)
         if value < 1:
@@ -92,7 +109,7 @@ def _check_sizes(msg: faster_rcnn_pb2.FasterRcnn) -> None:
 
 
 def _feature_extractor_kind(msg: faster_rcnn_pb2.FasterRcnnFeatureExtractor) -> tuple[int, bool]:
-    """(ResNet depth, with an FPN) of `feature_extractor.type`."""
+    """(ResNet depth or 0 for Inception-ResNet v2, with an FPN) of `feature_extractor.type`."""
     key = msg.type.removesuffix("_keras")
     if key not in FEATURE_EXTRACTORS:
         valid = ", ".join(f"{k}_keras" for k in FEATURE_EXTRACTORS)
@@ -102,7 +119,8 @@ def _feature_extractor_kind(msg: faster_rcnn_pb2.FasterRcnnFeatureExtractor) -> 
     stride = msg.first_stage_features_stride
     if stride != 16 and not fpn:
         raise ConfigError(f"{WHERE}.feature_extractor.first_stage_features_stride is {stride}; the ResNet "
-                          "feature extractors have stride 16 (conv4), as in the TF OD API's Keras models")
+                          "and Inception-ResNet v2 feature extractors have stride 16 (conv4, block17), as "
+                          "in the TF OD API's Keras models (its atrous stride 8 is not built)")
     return depth, fpn
 
 
@@ -135,7 +153,7 @@ def _anchor_generator(msg: anchor_generator_pb2.AnchorGenerator, fpn: FeaturePyr
     return anchors
 
 
-def _rpn(msg: faster_rcnn_pb2.FasterRcnn, backbone: ResNet, fpn: FeaturePyramid | None,
+def _rpn(msg: faster_rcnn_pb2.FasterRcnn, backbone: Backbone, fpn: FeaturePyramid | None,
          anchors: AnchorGenerator) -> RpnHead:
     """The first stage's box predictor: on conv4, or shared by the FPN levels."""
     hp = build_conv_hyperparams(msg.first_stage_box_predictor_conv_hyperparams,
@@ -154,12 +172,41 @@ def _box_head(msg: box_predictor_pb2.BoxPredictor, in_features: int, num_classes
                           f"{[chosen] if chosen else 'none'}); rfcn_box_predictor is not supported")
     head = msg.mask_rcnn_box_predictor
     where = f"{WHERE}.second_stage_box_predictor.mask_rcnn_box_predictor"
-    for field in ("predict_instance_masks", "predict_keypoints"):
-        if getattr(head, field):
-            raise ConfigError(f"{where}.{field}: Mask R-CNN (masks, keypoints) is not supported; "
-                              "raredet builds Faster R-CNN")
+    if head.predict_keypoints:
+        raise ConfigError(f"{where}.predict_keypoints: Mask R-CNN's keypoint head is not supported (the "
+                          "TF OD API's Keras box predictor does not build it either); set it false. For "
+                          "keypoints use a CenterNet config with a keypoint_estimation_task")
     if head.box_code_size != 4:
         raise ConfigError(f"{where}.box_code_size is {head.box_code_size}; the faster_rcnn_box_coder has 4")
     hp = build_conv_hyperparams(head.fc_hyperparams, f"{where}.fc_hyperparams")
     return MaskRcnnBoxHead(in_features, num_classes, hp, head.share_box_across_classes, head.use_dropout,
                            field_value(head, "dropout_keep_probability"))
+
+
+def _mask_head(msg: faster_rcnn_pb2.FasterRcnn, in_channels: int) -> MaskHead:
+    """Mask R-CNN's mask head from `mask_rcnn_box_predictor`'s mask fields, on the second stage's
+    features (the single-map extractors: their second half's maps, 1/2 the pooled crop's size)."""
+    head = msg.second_stage_box_predictor.mask_rcnn_box_predictor
+    where = f"{WHERE}.second_stage_box_predictor.mask_rcnn_box_predictor"
+    if not head.HasField("conv_hyperparams"):
+        raise ConfigError(f"{where}.conv_hyperparams: the mask head's convolutions need it (as in the TF "
+                          "OD API); add conv_hyperparams { op: CONV initializer { ... } }")
+    for name in ("mask_height", "mask_width", "mask_prediction_num_conv_layers"):
+        if getattr(head, name) < 1:
+            raise ConfigError(f"{where}.{name} is {getattr(head, name)}; it must be at least 1")
+    if head.mask_prediction_conv_depth < 0:
+        raise ConfigError(f"{where}.mask_prediction_conv_depth is {head.mask_prediction_conv_depth}; set a "
+                          "depth, or 0 for the automatic one")
+    pooled = (msg.initial_crop_size - msg.maxpool_kernel_size) // msg.maxpool_stride + 1
+    features = (pooled + 1) // 2  # the second half's stride-2 'SAME' layers
+    if head.convolve_then_upsample_masks and (head.mask_height % features or head.mask_width % features):
+        raise ConfigError(f"{where}.convolve_then_upsample_masks: mask_height and mask_width "
+                          f"({head.mask_height}, {head.mask_width}) must be multiples of the second stage's "
+                          f"feature size {features} (the features are upsampled by an integer factor)")
+    hp = build_conv_hyperparams(head.conv_hyperparams, f"{where}.conv_hyperparams")
+    return MaskHead(in_channels, msg.num_classes, hp, mask_height=head.mask_height,
+                    mask_width=head.mask_width,
+                    mask_prediction_num_conv_layers=head.mask_prediction_num_conv_layers,
+                    mask_prediction_conv_depth=head.mask_prediction_conv_depth,
+                    masks_are_class_agnostic=head.masks_are_class_agnostic,
+                    convolve_then_upsample_masks=head.convolve_then_upsample_masks)

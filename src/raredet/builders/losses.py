@@ -118,7 +118,8 @@ def build_faster_rcnn_loss(msg: faster_rcnn_pb2.FasterRcnn, class_weights: Seque
     fields = ("first_stage_minibatch_size", "first_stage_positive_balance_fraction",
               "first_stage_localization_loss_weight", "first_stage_objectness_loss_weight",
               "second_stage_batch_size", "second_stage_balance_fraction",
-              "second_stage_localization_loss_weight", "second_stage_classification_loss_weight")
+              "second_stage_localization_loss_weight", "second_stage_classification_loss_weight",
+              "second_stage_mask_prediction_loss_weight")
     set_weights = msg.HasField("second_stage_class_weights")
     softmax = msg.second_stage_classification_loss.weighted_softmax
     return FasterRcnnLoss(

@@ -39,6 +39,7 @@ FASTER_RCNN_FEATURE_EXTRACTORS: tuple[str, ...] = (
     "faster_rcnn_resnet50_fpn",
     "faster_rcnn_resnet101_fpn",
     "faster_rcnn_resnet152_fpn",
+    "faster_rcnn_inception_resnet_v2",
 )
 
 # `model { center_net { feature_extractor { type: ... } } }` (no `_keras` suffix: TF names them so)

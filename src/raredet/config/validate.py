@@ -57,7 +57,7 @@ NOT_ACTED_ON: frozenset[str] = frozenset(
         "CenterNet.compute_heatmap_sparse",
         "CenterNet.output_prediction_dict",
         # Faster R-CNN: TF implementation choices (static shapes, matmul variants of the same ops),
-        # Mask R-CNN's mask fields (predict_instance_masks itself is refused) and TPU batch-norm details.
+        # resize_masks (the data path resizes masks with their image either way) and TPU batch-norm details.
         "FasterRcnn.inplace_batchnorm_update",
         "FasterRcnn.use_matmul_gather_in_matcher",
         "FasterRcnn.use_static_balanced_label_sampler",
@@ -69,17 +69,9 @@ NOT_ACTED_ON: frozenset[str] = frozenset(
         "FasterRcnn.output_final_box_features",
         "FasterRcnn.output_final_box_rpn_features",
         "FasterRcnn.resize_masks",
-        "FasterRcnn.second_stage_mask_prediction_loss_weight",
         "FasterRcnnFeatureExtractor.pad_to_multiple",
         # backbones keep torchvision BN
         "FasterRcnnFeatureExtractor.override_base_feature_extractor_hyperparams",
-        "MaskRCNNBoxPredictor.conv_hyperparams",
-        "MaskRCNNBoxPredictor.mask_prediction_conv_depth",
-        "MaskRCNNBoxPredictor.mask_height",
-        "MaskRCNNBoxPredictor.mask_width",
-        "MaskRCNNBoxPredictor.mask_prediction_num_conv_layers",
-        "MaskRCNNBoxPredictor.masks_are_class_agnostic",
-        "MaskRCNNBoxPredictor.convert_to_grayscale",
         "Ssd.return_raw_detections_during_predict",
         "Ssd.use_confidences_as_targets",
         "SsdFeatureExtractor.replace_preprocessor_with_placeholder",
@@ -312,10 +304,14 @@ def _validate_faster_rcnn(frcnn: faster_rcnn_pb2.FasterRcnn, check: _Checker) ->
     where = "model.faster_rcnn"
     _validate_num_classes(frcnn.num_classes, f"{where}.num_classes", check)
     predictor = frcnn.second_stage_box_predictor.mask_rcnn_box_predictor
-    if predictor.predict_instance_masks or frcnn.feature_extractor.type.startswith("mask_rcnn"):
-        check.fail(f"{where}.second_stage_box_predictor.mask_rcnn_box_predictor.predict_instance_masks",
-                   "Mask R-CNN is not supported; raredet builds Faster R-CNN (set it false, or use a "
-                   "faster_rcnn_resnet{50,101,152}_v1 zoo config) and the SSD family")
+    if predictor.predict_keypoints:
+        check.fail(f"{where}.second_stage_box_predictor.mask_rcnn_box_predictor.predict_keypoints",
+                   "Mask R-CNN's keypoint head is not supported (the TF OD API's Keras box predictor does "
+                   "not build it either); set it false, or use a CenterNet config with a "
+                   "keypoint_estimation_task for keypoints")
+    if predictor.predict_instance_masks:
+        check.number(frcnn.second_stage_mask_prediction_loss_weight,
+                     f"{where}.second_stage_mask_prediction_loss_weight")
     _validate_resizer(frcnn.image_resizer, check, f"{where}.image_resizer")
     for name in ("first_stage_positive_balance_fraction", "second_stage_balance_fraction"):
         check.number(getattr(frcnn, name), f"{where}.{name}", 0.0, 1.0, low_open=True)

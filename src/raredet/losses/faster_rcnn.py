@@ -21,15 +21,21 @@ proposals are not sampled), as in the TF OD API. The normalisers are counts, as 
 Averaging over the images of each rank and DDP's gradient averaging over ranks give the mean over
 the global batch when every rank has the same batch size.
 
+Mask R-CNN (the outputs have ``mask_logits``, the model's training forward with a mask head): the
+mask loss of ``losses.mask`` on the same sampled proposals, against the batch's instance ``masks [B, N,
+H, W]``, times ``second_stage_mask_prediction_loss_weight``. In evaluation mode the model predicts masks
+for its detections only, and no mask loss is computed (the TF OD API computes one on the detections).
+
 Returned terms: ``rpn_objectness_loss``, ``rpn_localization_loss``, ``box_classifier_loss``,
-``box_localization_loss`` (each times its configured weight), ``classification_loss`` (objectness +
-box classifier), ``localization_loss`` (both stages) and ``total_loss``.
+``box_localization_loss`` (each times its configured weight), ``mask_loss`` (Mask R-CNN in training),
+``classification_loss`` (objectness + box classifier), ``localization_loss`` (both stages) and
+``total_loss`` (all of them, the mask loss included).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -38,11 +44,14 @@ from torch import Tensor
 
 from raredet.errors import DataError
 from raredet.losses.localization import weighted_smooth_l1
+from raredet.losses.mask import mask_loss
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.box_ops import box_iou
+from raredet.modeling.mask_head import mask_targets
 from raredet.modeling.matcher import ArgMaxMatcher
 from raredet.modeling.sampling import (
     FIRST_STAGE,
+    PROPOSAL_MATCHER,
     SECOND_STAGE,
     GroundTruth,
     assign_proposals,
@@ -76,6 +85,16 @@ def seesaw_cross_entropy(logits: Tensor, labels: Tensor, class_counts: Tensor, p
     return F.cross_entropy(adjusted, labels, reduction="none")
 
 
+class SecondStageSample(NamedTuple):
+    """The second stage's draw, shared by its box and mask losses; each ``[B, P]``."""
+
+    cls_target: Tensor  # 0..K (0 background), -1 invalid proposal
+    gt_boxes: Tensor  # [B, P, 4] the matched box
+    data_w: Tensor  # the matched box's data weight (1 for background)
+    class_w: Tensor  # w_c of the matched box's class (1 for background)
+    sampled: Tensor  # float 0/1
+
+
 class FasterRcnnLoss:
     """Both stages' losses (module docstring); keyword arguments as the TF OD API fields.
 
@@ -98,6 +117,7 @@ class FasterRcnnLoss:
         apply_to_localization: bool = True,
         logit_scale: float = 1.0,
         seesaw: Mapping[str, float] | None = None,
+        second_stage_mask_prediction_loss_weight: float = 1.0,
     ) -> None:
         for name, value in (("first_stage_positive_balance_fraction", first_stage_positive_balance_fraction),
                             ("second_stage_balance_fraction", second_stage_balance_fraction)):
@@ -113,6 +133,7 @@ class FasterRcnnLoss:
         self.box_batch, self.box_fraction = second_stage_batch_size, second_stage_balance_fraction
         self.box_loc_weight = second_stage_localization_loss_weight
         self.box_cls_weight = second_stage_classification_loss_weight
+        self.mask_weight = second_stage_mask_prediction_loss_weight
         self.class_weights, self.apply_to_localization = class_weights, apply_to_localization
         self.logit_scale, self.seesaw = logit_scale, dict(seesaw) if seesaw is not None else None
         self.box_coder = FasterRcnnBoxCoder()
@@ -146,7 +167,8 @@ class FasterRcnnLoss:
                             f"{self.num_classes} classes; check the label map against the records")
         seeds = batch_sampling_seeds(batch)
         rpn_obj, rpn_loc = self.first_stage(outputs, gt, seeds)
-        box_cls, box_loc = self.second_stage(outputs, gt, seeds)
+        sample = self.second_stage_sample(outputs, gt, seeds)
+        box_cls, box_loc = self.second_stage(outputs, gt, seeds, sample)
         out = {
             "rpn_objectness_loss": self.rpn_obj_weight * rpn_obj,
             "rpn_localization_loss": self.rpn_loc_weight * rpn_loc,
@@ -156,6 +178,9 @@ class FasterRcnnLoss:
         out["classification_loss"] = out["rpn_objectness_loss"] + out["box_classifier_loss"]
         out["localization_loss"] = out["rpn_localization_loss"] + out["box_localization_loss"]
         out["total_loss"] = out["classification_loss"] + out["localization_loss"]
+        if "mask_logits" in outputs:
+            out["mask_loss"] = self.mask_weight * self.mask_stage(outputs, batch, gt, sample)
+            out["total_loss"] = out["total_loss"] + out["mask_loss"]
         return out
 
     def first_stage(self, outputs: Mapping[str, Tensor], gt: GroundTruth, seeds: Tensor | None = None
@@ -186,9 +211,9 @@ class FasterRcnnLoss:
         """``assign_proposals`` (module function)."""
         return assign_proposals(proposals, proposal_valid, gt)
 
-    def second_stage(self, outputs: Mapping[str, Tensor], gt: GroundTruth, seeds: Tensor | None = None
-                     ) -> tuple[Tensor, Tensor]:
-        """-> (classification loss, localization loss), each normalised, before the loss weights.
+    def second_stage_sample(self, outputs: Mapping[str, Tensor], gt: GroundTruth, seeds: Tensor | None = None
+                            ) -> SecondStageSample:
+        """The proposals' targets and the balanced draw of ``second_stage_batch_size`` of them.
         ``seeds [B]``: as ``first_stage``."""
         proposals = outputs["proposals"].to(gt[0])
         cls_target, gt_boxes, data_w = self.assign_proposals(proposals, outputs["proposal_valid"], gt)
@@ -196,12 +221,22 @@ class FasterRcnnLoss:
         eligible = (cls_target >= 0) & (data_w > 0)
         keys = random_keys(eligible, seeds, SECOND_STAGE)
         sampled = balanced_sample(eligible, positive, self.box_batch, self.box_fraction, keys)
-        sampled = sampled.to(proposals.dtype)
-        normaliser = sampled.sum(1).clamp(min=1.0)
         class_w = torch.ones_like(data_w)
         if self.class_weights is not None:
             table = self.class_weights.to(data_w)
             class_w = torch.where(positive, table[(cls_target - 1).clamp(min=0)], 1.0)
+        return SecondStageSample(cls_target, gt_boxes, data_w, class_w, sampled.to(proposals.dtype))
+
+    def second_stage(self, outputs: Mapping[str, Tensor], gt: GroundTruth, seeds: Tensor | None = None,
+                     sample: SecondStageSample | None = None) -> tuple[Tensor, Tensor]:
+        """-> (classification loss, localization loss), each normalised, before the loss weights.
+        ``seeds [B]``: as ``first_stage``; ``sample``: ``second_stage_sample``'s (drawn here if None)."""
+        proposals = outputs["proposals"].to(gt[0])
+        if sample is None:
+            sample = self.second_stage_sample(outputs, gt, seeds)
+        cls_target, gt_boxes, data_w, class_w, sampled = sample
+        positive = cls_target > 0
+        normaliser = sampled.sum(1).clamp(min=1.0)
         cls_w = sampled * data_w * class_w
         loc_w = sampled * positive * data_w * (class_w if self.apply_to_localization else 1.0)
         logits = outputs["cls_logits"].float() / self.logit_scale
@@ -220,6 +255,32 @@ class FasterRcnnLoss:
         codes = self.box_coder.encode(gt_boxes, proposals)
         loc = weighted_smooth_l1(deltas[:, :, 0], codes, loc_w)
         return ((ce * cls_w).sum(1) / normaliser).mean(), (loc.sum(1) / normaliser).mean()
+
+    def mask_stage(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Any], gt: GroundTruth,
+                   sample: SecondStageSample) -> Tensor:
+        """The mask loss (``losses.mask``) of the sampled positive proposals, before its loss weight:
+        targets cropped from ``batch["masks"] [B, N, H, W]`` (the instances of ``boxes``, at the
+        padded input's size)."""
+        masks = batch.get("masks")
+        proposals = outputs["proposals"].to(gt[0])
+        if not isinstance(masks, Tensor):
+            raise DataError("Mask R-CNN trains on instance masks but the batch has none; set "
+                            "load_instance_masks: true in train_input_reader (records with masks)")
+        size = tuple(int(s) for s in outputs["input_size"])
+        if tuple(masks.shape[-2:]) != size or masks.shape[:2] != batch["boxes"].shape[:2]:
+            raise DataError(f"the batch's instance masks are {tuple(masks.shape)}; expected [B, N, H, W] "
+                            f"with the boxes' B, N = {tuple(batch['boxes'].shape[:2])} and the input's "
+                            f"H, W = {size}")
+        if masks.shape[1] == 0:  # no box in the batch: ground_truth's padding row has an empty mask
+            masks = masks.new_zeros(masks.shape[0], 1, *size)
+        boxes, labels, _ = gt
+        match = PROPOSAL_MATCHER(box_iou(boxes, proposals), labels >= 0).clamp(min=0)  # assign_proposals'
+        logits = outputs["mask_logits"]
+        targets = mask_targets(masks.to(proposals.device), match, proposals,
+                               (int(logits.shape[-2]), int(logits.shape[-1])))
+        carries = sample.sampled * (sample.cls_target > 0)
+        return mask_loss(logits, sample.cls_target.clamp(min=0), targets,
+                         carries * sample.data_w * sample.class_w, carries * sample.data_w)
 
     def _count_positives(self, sampled_targets: Tensor) -> None:
         """Add this step's sampled positives per class (over all ranks) to the Seesaw counts."""

@@ -22,6 +22,14 @@ them from the ``faster_rcnn`` message, the only code that reads it). What it com
   RPN conv shared by the levels with 1x1 heads per level, ``multiscale_anchor_generator`` anchors; each
   proposal is cropped on the level ``fpn_levels_of_boxes`` picks (TF's ``fpn_feature_levels``), and
   the box classifier is flatten, fc 1024 + ReLU, batch norm, fc 1024 + ReLU (the TF OD API's).
+* **Inception-ResNet v2** (``faster_rcnn_inception_resnet_v2``, ``modeling.inception_resnet_v2``): its
+  first half (to ``block17_20``, stride 16) is the first stage's map, its second half (``mixed_7a`` to
+  ``conv_7b``) runs on the crops in place of conv5; the input normalised as its TF preprocess.
+* **Mask R-CNN** (``mask_head``, ``modeling.mask_head``; ``number_of_stages: 3``): in training the mask
+  head runs on the box-classifier features of the sampled proposals (``mask_logits [B, P, K or 1, h,
+  w]``); at inference ``postprocess`` crops the feature map again at the detections, runs the second
+  half and the mask head on them and returns ``detection_masks [B, D, h, w]``, the sigmoid of each
+  detection's class channel, relative to its box (the TF OD API's third stage, before reframing).
 
 ``forward(images, targets=None)`` takes ``[B, 3, H, W]`` in 0..255, normalises with the ImageNet
 mean/std and returns ``rpn_objectness [B, A, 2]``, ``rpn_box_deltas [B, A, 4]``, ``anchors [A, 4]``,
@@ -49,7 +57,9 @@ from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.exact_nms import multiclass_nms_clipped, nms_then_clip
 from raredet.modeling.fpn import FeaturePyramid
 from raredet.modeling.grid_anchors import GridAnchorGenerator
+from raredet.modeling.inception_resnet_v2 import InceptionResnetV2
 from raredet.modeling.layers import INITIALIZERS, ConvHyperparams, ReLU6, l2_weights_of
+from raredet.modeling.mask_head import MaskHead
 from raredet.modeling.postprocess import BatchNonMaxSuppression, OperatingPoints, ScoreConverter, clip_boxes
 from raredet.modeling.roi_ops import crop_and_resize
 from raredet.modeling.sampling import batch_sampling_seeds, ground_truth, sample_proposals
@@ -184,7 +194,7 @@ class FasterRCNN(OperatingPoints, nn.Module):
         self,
         *,
         num_classes: int,
-        backbone: ResNet,
+        backbone: ResNet | InceptionResnetV2,
         rpn: RpnHead,
         box_head: MaskRcnnBoxHead,
         anchor_generator: AnchorGenerator,
@@ -203,12 +213,14 @@ class FasterRCNN(OperatingPoints, nn.Module):
         use_matmul_crop_and_resize: bool = False,
         second_stage_batch_size: int = 64,
         second_stage_balance_fraction: float = 0.25,
+        mask_head: MaskHead | None = None,
     ) -> None:
         """The parts (the module docstring): ``backbone`` (conv5 is the single-map variant's second
         stage), ``fpn`` and its ``box_classifier`` (both or neither), ``rpn`` with one head per map,
         ``box_head`` on the pooled crops, ``score_converter`` for the ``[B, P, K + 1]`` logits
-        (``background_column``), ``non_max_suppression`` of the detections. The plain values are the
-        ``faster_rcnn`` fields of the same names."""
+        (``background_column``), ``non_max_suppression`` of the detections, ``mask_head`` (Mask R-CNN)
+        on the box-classifier features. The plain values are the ``faster_rcnn`` fields of the same
+        names."""
         super().__init__()
         self.num_classes = num_classes
         self.second_stage_batch_size = second_stage_batch_size
@@ -228,12 +240,15 @@ class FasterRCNN(OperatingPoints, nn.Module):
         self.pool_kernel, self.pool_stride = maxpool_kernel_size, maxpool_stride
         self.box_classifier = box_classifier
         self.box_head = box_head
+        self.mask_head = mask_head
         self.box_coder = box_coder  # the TF OD API's Faster R-CNN coder: scales 10, 10, 5, 5
         # second_stage_post_processing: score conversion with the calibration_config (temperature
         # before the converter, maps after, as in the TF OD API); set_operating_points maps last
         self.score_converter = score_converter
         self.non_max_suppression = non_max_suppression
         mean, std = torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
+        if isinstance(backbone, InceptionResnetV2):  # its TF preprocess in either convention
+            mean, std = (torch.tensor(v) for v in backbone.input_normalization)
         self.register_buffer("pixel_mean", mean.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", std.view(1, 3, 1, 1), persistent=False)
         self.weights_convention = "torchvision"  # "tf" once use_weights_convention("tf") has run
@@ -259,9 +274,10 @@ class FasterRCNN(OperatingPoints, nn.Module):
             self.fpn.tf_top_down = True  # upsample the smoothed map (KerasFpnTopDownFeatureMaps)
         if self.box_classifier is not None:
             self.box_classifier.flatten_channels_last = True
-        mean, std = TF_INPUT_NORMALIZATION["resnet_v1"]
-        self.pixel_mean.copy_(torch.tensor(mean).view(1, 3, 1, 1))
-        self.pixel_std.copy_(torch.tensor(std).view(1, 3, 1, 1))
+        if isinstance(self.backbone, ResNet):  # Inception-ResNet v2 normalises as TF already
+            mean, std = TF_INPUT_NORMALIZATION["resnet_v1"]
+            self.pixel_mean.copy_(torch.tensor(mean).view(1, 3, 1, 1))
+            self.pixel_std.copy_(torch.tensor(std).view(1, 3, 1, 1))
         self.weights_convention = convention
 
     def l2_weights(self) -> dict[str, float]:
@@ -276,6 +292,8 @@ class FasterRCNN(OperatingPoints, nn.Module):
             out.update({f"box_classifier.{n}.weight": classifier.hp.l2_weight for n in ("fc1", "fc2")})
         if self.box_head.hp.l2_weight:
             out.update({f"box_head.{n}.weight": self.box_head.hp.l2_weight for n in ("cls", "box")})
+        if self.mask_head is not None:
+            out.update(l2_weights_of(self.mask_head, "mask_head"))
         return out
 
     def _feature_maps(self, x: Tensor) -> list[Tensor]:
@@ -283,6 +301,8 @@ class FasterRCNN(OperatingPoints, nn.Module):
         if self.fpn is not None:
             return self.fpn(self.backbone(x))
         b = self.backbone
+        if isinstance(b, InceptionResnetV2):
+            return [b.proposal_features(x)]
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
         return [b.layer3(b.layer2(b.layer1(x)))]
 
@@ -361,14 +381,33 @@ class FasterRCNN(OperatingPoints, nn.Module):
                     self.second_stage_batch_size, self.second_stage_balance_fraction,
                     batch_sampling_seeds(targets))
         crops = F.max_pool2d(self._crops(maps, proposals, image_hw), self.pool_kernel, self.pool_stride)
+        b, p = proposals.shape[:2]
+        features = None
         if self.box_classifier is not None:
             pooled = self.box_classifier(crops)  # [B * P, 1024]
         else:
-            pooled = self.backbone.layer4(crops).mean(dim=(2, 3))  # [B * P, C5]
+            features = self._box_classifier_features(crops)  # [B * P, C5, h, w]
+            pooled = features.mean(dim=(2, 3))
         cls_logits, box_deltas = self.box_head(pooled)
-        b, p = proposals.shape[:2]
-        return {"proposals": proposals, "proposal_valid": proposal_valid,
-                "cls_logits": cls_logits.reshape(b, p, -1), "box_deltas": box_deltas.reshape(b, p, -1, 4)}
+        out = {"proposals": proposals, "proposal_valid": proposal_valid,
+               "cls_logits": cls_logits.reshape(b, p, -1), "box_deltas": box_deltas.reshape(b, p, -1, 4)}
+        if self.mask_head is not None and self.training and features is not None:
+            # training: masks on the sampled proposals' features (TF's third stage in training)
+            out["mask_logits"] = self.mask_head(features).reshape(b, p, *self.mask_head_shape)
+        return out
+
+    @property
+    def mask_head_shape(self) -> tuple[int, int, int]:
+        """(masks per box, mask height, mask width) of the mask head."""
+        assert self.mask_head is not None
+        return (self.mask_head.last.out_channels, *self.mask_head.mask_size)
+
+    def _box_classifier_features(self, crops: Tensor) -> Tensor:
+        """The single-map variants' second stage on the pooled crops: conv5, or Inception-ResNet v2's
+        second half."""
+        if isinstance(self.backbone, InceptionResnetV2):
+            return self.backbone.box_classifier_features(crops)
+        return self.backbone.layer4(crops)
 
     @torch.no_grad()
     def with_image_sizes(self, outputs: Mapping[str, Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
@@ -416,14 +455,39 @@ class FasterRCNN(OperatingPoints, nn.Module):
                 if isinstance(outputs, dict):  # the outputs then hold what the detections came from
                     outputs.update(refined)
                 outputs = refined
-            return self._postprocess_as_tf(outputs, image_sizes)
+            return self._with_masks(outputs, self._postprocess_as_tf(outputs, image_sizes))
         proposals, deltas = outputs["proposals"], outputs["box_deltas"]
         boxes = self.box_coder.decode(deltas.float(), proposals[:, :, None, :])  # [B, P, 1 or K, 4]
         b, p, kb = boxes.shape[:3]
         boxes = clip_boxes(boxes.reshape(b, p * kb, 4), image_sizes).reshape(b, p, kb, 4)
         scores = self.score_converter(outputs["cls_logits"].float())
         scores = torch.where(outputs["proposal_valid"][..., None], scores, torch.zeros_like(scores))
-        return self.non_max_suppression(boxes[:, :, 0] if kb == 1 else boxes, scores)
+        detections = self.non_max_suppression(boxes[:, :, 0] if kb == 1 else boxes, scores)
+        return self._with_masks(outputs, detections)
+
+    def _with_masks(self, outputs: Mapping[str, Tensor], detections: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``detections`` and, with a mask head, ``detection_masks [B, D, h, w]``: the TF OD API's third
+        stage at inference. The feature map cropped again at the detection boxes, max-pooled, the
+        second stage's features, the mask head, the channel of each detection's class, sigmoid;
+        probabilities relative to each box (reframe them into the image to compare with instance
+        masks). Padded detections get masks too (of their zero boxes), as in the TF OD API."""
+        if self.mask_head is None:
+            return detections
+        if "features_to_crop_0" not in outputs:
+            raise ValueError("Mask R-CNN's postprocess needs the feature map forward stores in eval mode; "
+                             "run forward in eval mode")
+        boxes = detections["detection_boxes"]
+        size = (int(outputs["input_size"][0]), int(outputs["input_size"][1]))
+        crops = self._crops([outputs["features_to_crop_0"]], boxes.to(outputs["features_to_crop_0"]), size)
+        crops = F.max_pool2d(crops, self.pool_kernel, self.pool_stride)
+        logits = self.mask_head(self._box_classifier_features(crops))  # [B * D, K or 1, h, w]
+        b, d = boxes.shape[:2]
+        logits = logits.reshape(b, d, *self.mask_head_shape)
+        if logits.shape[2] > 1:
+            pick = detections["detection_classes"].long().clamp(0, logits.shape[2] - 1)
+            logits = logits.gather(2, pick[:, :, None, None, None].expand(-1, -1, 1, *logits.shape[-2:]))
+        detections["detection_masks"] = torch.sigmoid(logits[:, :, 0].float())
+        return detections
 
     def _postprocess_as_tf(self, outputs: Mapping[str, Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
         """``_postprocess_box_classifier``: ``multiclass_non_max_suppression`` with the true image as the

@@ -92,7 +92,7 @@ class WeightSharedConvolutionalBoxPredictor(_message.Message):
     def __init__(self, conv_hyperparams: _Optional[_Union[_hyperparams_pb2.Hyperparams, _Mapping]] = ..., num_layers_before_predictor: _Optional[int] = ..., depth: _Optional[int] = ..., kernel_size: _Optional[int] = ..., box_code_size: _Optional[int] = ..., class_prediction_bias_init: _Optional[float] = ..., use_dropout: _Optional[bool] = ..., dropout_keep_probability: _Optional[float] = ..., share_prediction_tower: _Optional[bool] = ..., use_depthwise: _Optional[bool] = ..., score_converter: _Optional[_Union[WeightSharedConvolutionalBoxPredictor.ScoreConverter, str]] = ..., box_encodings_clip_range: _Optional[_Union[BoxEncodingsClipRange, _Mapping]] = ..., apply_conv_hyperparams_to_heads: _Optional[bool] = ..., apply_conv_hyperparams_pointwise: _Optional[bool] = ...) -> None: ...
 
 class MaskRCNNBoxPredictor(_message.Message):
-    __slots__ = ("fc_hyperparams", "use_dropout", "dropout_keep_probability", "box_code_size", "conv_hyperparams", "predict_instance_masks", "mask_prediction_conv_depth", "predict_keypoints", "mask_height", "mask_width", "mask_prediction_num_conv_layers", "masks_are_class_agnostic", "share_box_across_classes", "convert_to_grayscale")
+    __slots__ = ("fc_hyperparams", "use_dropout", "dropout_keep_probability", "box_code_size", "conv_hyperparams", "predict_instance_masks", "mask_prediction_conv_depth", "predict_keypoints", "mask_height", "mask_width", "mask_prediction_num_conv_layers", "masks_are_class_agnostic", "share_box_across_classes", "convolve_then_upsample_masks")
     FC_HYPERPARAMS_FIELD_NUMBER: _ClassVar[int]
     USE_DROPOUT_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_KEEP_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
@@ -106,7 +106,7 @@ class MaskRCNNBoxPredictor(_message.Message):
     MASK_PREDICTION_NUM_CONV_LAYERS_FIELD_NUMBER: _ClassVar[int]
     MASKS_ARE_CLASS_AGNOSTIC_FIELD_NUMBER: _ClassVar[int]
     SHARE_BOX_ACROSS_CLASSES_FIELD_NUMBER: _ClassVar[int]
-    CONVERT_TO_GRAYSCALE_FIELD_NUMBER: _ClassVar[int]
+    CONVOLVE_THEN_UPSAMPLE_MASKS_FIELD_NUMBER: _ClassVar[int]
     fc_hyperparams: _hyperparams_pb2.Hyperparams
     use_dropout: bool
     dropout_keep_probability: float
@@ -120,5 +120,5 @@ class MaskRCNNBoxPredictor(_message.Message):
     mask_prediction_num_conv_layers: int
     masks_are_class_agnostic: bool
     share_box_across_classes: bool
-    convert_to_grayscale: bool
-    def __init__(self, fc_hyperparams: _Optional[_Union[_hyperparams_pb2.Hyperparams, _Mapping]] = ..., use_dropout: _Optional[bool] = ..., dropout_keep_probability: _Optional[float] = ..., box_code_size: _Optional[int] = ..., conv_hyperparams: _Optional[_Union[_hyperparams_pb2.Hyperparams, _Mapping]] = ..., predict_instance_masks: _Optional[bool] = ..., mask_prediction_conv_depth: _Optional[int] = ..., predict_keypoints: _Optional[bool] = ..., mask_height: _Optional[int] = ..., mask_width: _Optional[int] = ..., mask_prediction_num_conv_layers: _Optional[int] = ..., masks_are_class_agnostic: _Optional[bool] = ..., share_box_across_classes: _Optional[bool] = ..., convert_to_grayscale: _Optional[bool] = ...) -> None: ...
+    convolve_then_upsample_masks: bool
+    def __init__(self, fc_hyperparams: _Optional[_Union[_hyperparams_pb2.Hyperparams, _Mapping]] = ..., use_dropout: _Optional[bool] = ..., dropout_keep_probability: _Optional[float] = ..., box_code_size: _Optional[int] = ..., conv_hyperparams: _Optional[_Union[_hyperparams_pb2.Hyperparams, _Mapping]] = ..., predict_instance_masks: _Optional[bool] = ..., mask_prediction_conv_depth: _Optional[int] = ..., predict_keypoints: _Optional[bool] = ..., mask_height: _Optional[int] = ..., mask_width: _Optional[int] = ..., mask_prediction_num_conv_layers: _Optional[int] = ..., masks_are_class_agnostic: _Optional[bool] = ..., share_box_across_classes: _Optional[bool] = ..., convolve_then_upsample_masks: _Optional[bool] = ...) -> None: ...

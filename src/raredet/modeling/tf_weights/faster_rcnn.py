@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from raredet.errors import CheckpointError
+from raredet.modeling.backbones import ResNet
 from raredet.modeling.fpn import FeaturePyramid
 from raredet.modeling.tf_weights.common import TensorMap
 from raredet.modeling.tf_weights.keras_layers import Shapes, batch_norm_maps, conv_maps
@@ -69,10 +70,19 @@ FPN_NAMES = ((FPN_ROOT, f"{PROPOSAL_ROOT}/fpn_features_generator"),
              (COARSE_ROOT, f"{PROPOSAL_ROOT}/coarse_feature_layers"))
 
 
+def _resnet(model: FasterRCNN) -> ResNet:
+    """The model's ResNet; a CheckpointError for the other extractors, whose TF variables are not mapped."""
+    if not isinstance(model.backbone, ResNet):
+        raise CheckpointError(
+            "reading TF checkpoints into faster_rcnn_inception_resnet_v2 models is not supported yet (no TF "
+            "variable mapping); use a raredet checkpoint, or train from scratch")
+    return model.backbone
+
+
 def backbone_tensor_maps(model: FasterRCNN, shapes: Shapes, root: str) -> list[TensorMap]:
     """The ResNet: stem and ``layer1..3`` from the proposal model, ``layer4`` from the box classifier's."""
-    maps = backbone_maps(model.backbone, "backbone", f"{root}/{PROPOSAL_ROOT}", shapes, stages=(1, 2, 3))
-    return maps + backbone_maps(model.backbone, "backbone", f"{root}/{BOX_CLASSIFIER_ROOT}", shapes,
+    maps = backbone_maps(_resnet(model), "backbone", f"{root}/{PROPOSAL_ROOT}", shapes, stages=(1, 2, 3))
+    return maps + backbone_maps(_resnet(model), "backbone", f"{root}/{BOX_CLASSIFIER_ROOT}", shapes,
                                 stages=(4,), stem=False)
 
 
@@ -107,7 +117,7 @@ def second_stage_maps(root: str, shapes: Shapes) -> list[TensorMap]:
 
 def fpn_extractor_maps(model: FasterRCNN, shapes: Shapes, root: str) -> list[TensorMap]:
     """The FPN variant's ResNet, FPN and box classifier (module docstring)."""
-    maps = backbone_maps(model.backbone, "backbone", f"{root}/{FPN_BACKBONE}", shapes)
+    maps = backbone_maps(_resnet(model), "backbone", f"{root}/{FPN_BACKBONE}", shapes)
     assert isinstance(model.fpn, FeaturePyramid)
     for item in fpn_maps(model.fpn, "fpn", root, shapes):
         source = item.source
@@ -142,4 +152,4 @@ def classification_maps(model: FasterRCNN, shapes: Shapes, root: str = "feature_
     if f"{root}/layer_with_weights-0/kernel" not in shapes:
         raise CheckpointError(f"no Keras ResNet at {root} in this checkpoint; `raredet inspect-checkpoint` "
                               "lists its object paths")
-    return backbone_maps(model.backbone, "backbone", root, shapes)
+    return backbone_maps(_resnet(model), "backbone", root, shapes)
