@@ -24,7 +24,9 @@ from raredet.losses.center_net import CenterNetLoss, ObjectDetectionLoss
 from raredet.modeling.calibration import Calibration
 from raredet.modeling.center_net import CenterNet, CenterNetTask, ObjectDetectionTask
 from raredet.modeling.center_net_resnet_fpn import CenterNetResnetV1Fpn
+from raredet.modeling.hourglass import center_net_hourglass
 from raredet.modeling.postprocess import ScoreConverter
+from raredet.modeling.resnet_v2 import resnet_v2_50, resnet_v2_101
 from raredet.protos import center_net_pb2
 
 WHERE = "model.center_net"
@@ -33,6 +35,14 @@ Extractor = center_net_pb2.CenterNetFeatureExtractor
 FEATURE_EXTRACTORS: dict[str, Callable[[Extractor], nn.Module]] = {
     "resnet_v1_50_fpn": lambda msg: CenterNetResnetV1Fpn(50),
     "resnet_v1_101_fpn": lambda msg: CenterNetResnetV1Fpn(101),
+    # TF's hourglass and ResNet v2 extractors take no setting beyond the means, stds and channel order.
+    "hourglass_10": lambda msg: center_net_hourglass("hourglass_10"),
+    "hourglass_20": lambda msg: center_net_hourglass("hourglass_20"),
+    "hourglass_32": lambda msg: center_net_hourglass("hourglass_32"),
+    "hourglass_52": lambda msg: center_net_hourglass("hourglass_52"),
+    "hourglass_104": lambda msg: center_net_hourglass("hourglass_104"),
+    "resnet_v2_50": lambda msg: resnet_v2_50(),
+    "resnet_v2_101": lambda msg: resnet_v2_101(),
 }
 
 # field -> (CenterNet message, extractor out_channels, num_outputs, label-map ids in index order) ->
