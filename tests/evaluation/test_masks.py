@@ -22,6 +22,9 @@ from raredet.evaluation.masks import box_masks_to_rle, coco_keypoints, encode_rl
 from raredet.evaluation.options import EvalOptions, KeypointMetric
 from raredet.evaluation.pipeline import evaluate_detections, keypoint_metrics
 
+# pycocotools' decode warns about numpy 2's copy keyword on every call; its output is what is checked.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "masks" / "reframe.json"
 
 
