@@ -360,3 +360,46 @@ def test_postprocessing_equals_the_tf_od_api(reference: dict[str, np.ndarray], m
     torch.testing.assert_close(out["detection_keypoint_scores"], expected_scores)
     torch.testing.assert_close(out["detection_keypoints"], torch.from_numpy(reference[f"kp_{mode}"]),
                                atol=1e-4, rtol=1e-5)
+
+
+def test_a_batch_without_keypoints_warns_and_trains_the_heatmap_only() -> None:
+    target = {key: value for key, value in one_person().items() if not key.startswith("keypoint")}
+    with pytest.warns(UserWarning, match="num_keypoints"):
+        losses = task().loss(predictions_with(0.0), [target], stride=4)
+    assert losses[f"pose/{OFFSET}"].item() == 0 and losses[f"pose/{HEATMAP}"].item() > 0
+
+
+class _Postprocess(torch.nn.Module):
+    """The keypoint post-processing as an exportable module of plain tensors."""
+
+    def __init__(self, t: CenterNetKeypointTask) -> None:
+        super().__init__()
+        self.task = t
+
+    def forward(self, heatmap: torch.Tensor, offset: torch.Tensor, regression: torch.Tensor,
+                boxes: torch.Tensor, centers: torch.Tensor, classes: torch.Tensor,
+                num: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        predictions = {f"pose/{HEATMAP}": [heatmap], f"pose/{OFFSET}": [offset],
+                       f"pose/{REGRESSION}": [regression]}
+        detections = {"detection_boxes": boxes, CENTER_INDICES: centers, "detection_classes": classes,
+                      "num_detections": num}
+        out = self.task.postprocess(predictions, detections, 4)
+        return out["detection_keypoints"], out["detection_keypoint_scores"]
+
+
+@pytest.mark.slow  # ONNX
+def test_postprocessing_exports_to_onnx_and_still_equals_the_tf_od_api(reference: dict[str, np.ndarray],
+                                                                     tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    names = ["heatmap", "offset", "regression", "boxes", "centers", "classes", "num"]
+    inputs = [reference[f"pred_{head}_1"] for head in names[:3]] + [
+        reference[key] for key in ("det_boxes", "det_centers", "det_classes", "num_detections")]
+    path = tmp_path / "keypoints.onnx"
+    module = _Postprocess(tf_task(reference, "gaussian_weighted")).eval()
+    torch.onnx.export(module, tuple(torch.from_numpy(a) for a in inputs), str(path), opset_version=17,
+                      input_names=names, dynamo=False)
+    session = ort.InferenceSession(str(path))
+    feed = dict(zip(names, inputs, strict=True))
+    keypoints, scores = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+    np.testing.assert_allclose(keypoints, reference["kp_gaussian_weighted"], atol=1e-4)
+    np.testing.assert_allclose(scores, reference["kp_scores_gaussian_weighted"], atol=1e-5)

@@ -26,6 +26,7 @@ NaN where absent; outputs `detection_keypoints [B, D, J, 2]` are `(x, y)` absolu
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -146,7 +147,9 @@ def pack_targets(targets: Sequence[Mapping[str, Tensor]], params: KeypointTaskPa
     for t in targets:  # one step per image: the padding, not the maths
         n = int(t["boxes"].shape[0])
         kp = t.get("keypoints")
-        if kp is None:
+        if kp is None:  # the TF OD API raises; the loss of absent keypoints is the heatmap's negatives
+            warnings.warn(f"keypoint task '{params.task_name}': the batch has no keypoints (set the input "
+                          "reader's num_keypoints); its keypoints count as absent", stacklevel=3)
             kp = torch.full((n, params.output_keypoints, 2), float("nan"))
         if kp.shape[1] <= int(idx.max()):
             raise ValueError(f"keypoint task '{params.task_name}' reads keypoint {int(idx.max())} but the "
