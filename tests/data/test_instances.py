@@ -232,6 +232,18 @@ def test_mask_resizes_equal_the_tf_od_apis(key) -> None:
     np.testing.assert_array_equal(resized["masks"], expected)
 
 
+@pytest.mark.parametrize(("prefix", "op", "size"), [
+    ("vflipped", augment.RandomVerticalFlip([1, 0, 2], probability=1.0), (9, 7)),
+    ("rotated", augment.RandomRotation90([2, 0, 1], probability=1.0), (7, 9)),  # 9 x 7 after the turn
+])
+def test_vertical_flip_and_rotation_equal_the_tf_od_apis(prefix, op, size) -> None:
+    example, ref = _geometry_example()
+    out = op(example, np.random.default_rng(0))
+    np.testing.assert_array_equal(out["masks"], np.array(ref[f"{prefix}_masks"], dtype=np.uint8))
+    kp_yx = np.array(ref[f"{prefix}_keypoints_yx"], dtype=np.float64).reshape(2, 3, 2)
+    np.testing.assert_allclose(out["keypoints"], kp_yx[..., ::-1] * size, rtol=1e-6, atol=1e-6)
+
+
 def test_masks_back_to_the_original_size_as_tf_evaluation() -> None:
     _, ref = _geometry_example()
     back = instances.resize_masks(np.array(ref["resized_10x6"], dtype=np.uint8), 7, 9, align_corners=True)
