@@ -68,3 +68,9 @@ def test_keypoint_metrics_refusals_name_the_field(tmp_path) -> None:
     loaded = load_quiet(write_variant(tmp_path, METRICS, f"{METRICS} {bad_class}"))
     with pytest.raises(ConfigError, match=r"class_label: 'person' is not a class of the label map"):
         builders.eval_options(loaded)
+
+
+def test_super_categories_name_classes_by_display_name(tmp_path) -> None:
+    entry = 'super_categories { key: "surface" value: "scratch, dent,unknown" }'
+    options = builders.eval_options(load_quiet(write_variant(tmp_path, METRICS, f"{METRICS} {entry}")))
+    assert options.super_categories == {"surface": ("Scratch", "dent", "unknown")}

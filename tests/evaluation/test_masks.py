@@ -245,3 +245,14 @@ def test_keypoint_metrics_reach_metrics_json(tmp_path) -> None:
     assert metrics["Keypoints_Precision/mAP ByCategory/person"] == pytest.approx(0.7)
     assert json.loads((tmp_path / "metrics.json").read_text())["Keypoints_Precision/mAP ByCategory/person"] \
         == pytest.approx(0.7)
+
+
+def test_super_categories_average_their_classes(tmp_path) -> None:
+    # Boxes and masks alike: class a AP 0.3 (IoU 0.6), class b AP 1 (see _mask_case); "zzz" is no class.
+    gt, dets = _mask_case()
+    options = EvalOptions(metrics_set=("coco_detection_metrics", "coco_mask_metrics"),
+                          super_categories={"both": ("a", "b"), "only_a": ("a", "zzz")})
+    metrics = evaluate_detections(gt, dets, out_dir=tmp_path, options=options)["metrics"]
+    for prefix in ("DetectionBoxes", "DetectionMasks"):
+        assert metrics[f"{prefix}_PerformanceBySuperCategory/both"] == pytest.approx(0.65)
+        assert metrics[f"{prefix}_PerformanceBySuperCategory/only_a"] == pytest.approx(0.3)

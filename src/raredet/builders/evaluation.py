@@ -91,7 +91,23 @@ def eval_options(loaded: LoadedConfig, operating_point: Rule | None = None) -> E
         score_floor=post_processing_of(model_message(loaded.pipeline)).batch_non_max_suppression.score_threshold,
         images_description=_eval_data_description(loaded),
         keypoint_metrics=build_keypoint_metrics(ec, loaded.label_map),
+        super_categories=_super_categories(ec, loaded.label_map),
     )
+
+
+def _super_categories(eval_config: eval_pb2.EvalConfig,
+                      label_map: LabelMap | None) -> dict[str, tuple[str, ...]]:
+    """`super_categories` (name -> comma-separated classes) with each class as the evaluation names it
+    (its label-map display name; a name the label map lacks is kept, and counts for nothing)."""
+    out = {}
+    for key, value in sorted(eval_config.super_categories.items()):
+        members = [n.strip() for n in value.split(",") if n.strip()]
+        if label_map is not None:
+            index = label_map.names_to_indices(members)
+            members = [label_map.display_names[i] if i >= 0 else m
+                       for m, i in zip(members, index, strict=True)]
+        out[key] = tuple(members)
+    return out
 
 
 def _check_masks_loaded(loaded: LoadedConfig) -> None:

@@ -45,6 +45,8 @@ class EvalOptions:
     `images_description` says which images these are (it goes into operating_points.json);
     `score_floor`: the lowest score a detection could have had (the model's NMS score_threshold).
     `keypoint_metrics`: the classes whose keypoints are scored (COCO keypoint AP with their sigmas).
+    `super_categories`: name -> class display names (`eval_config.super_categories`), each reported as
+    the mean AP of its classes (`...PerformanceBySuperCategory/<name>`).
     """
 
     metrics_set: str | Sequence[str] = COCO_SET
@@ -57,3 +59,4 @@ class EvalOptions:
     images_description: str = ""
     score_floor: float = 0.0
     keypoint_metrics: tuple[KeypointMetric, ...] = ()
+    super_categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

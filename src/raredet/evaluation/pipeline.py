@@ -67,6 +67,22 @@ def _coco_metrics(result: CocoResult, names: dict[int, str], per_category: bool,
     return out
 
 
+def super_category_metrics(result: CocoResult, names: dict[int, str],
+                           super_categories: Mapping[str, Sequence[str]],
+                           prefix: str) -> dict[str, float | None]:
+    """``<prefix>_PerformanceBySuperCategory/<name>``: the mean AP of the super category's classes, as the
+    TF OD API's `ComputeMetrics` reports it; raredet averages over the listed classes that have ground
+    truth (None if none has), where TF divides the sum over the classes present (-1 for no ground truth)
+    by the number of names listed: the same number when every listed class is there with ground truth."""
+    by_name = {name: cat for cat, name in names.items()}
+    out: dict[str, float | None] = {}
+    for key, members in super_categories.items():
+        aps = [result.per_category[by_name[m]]["AP"] for m in members if m in by_name]
+        valid = [ap for ap in aps if ap is not None]
+        out[f"{prefix}_PerformanceBySuperCategory/{key}"] = float(np.mean(valid)) if valid else None
+    return out
+
+
 def keypoint_metrics(gt: dict, detections: list, metrics: Sequence[KeypointMetric]) -> dict[str, float]:
     """COCO keypoint AP / AR of each class of `metrics`, under the TF OD API's names
     (``Keypoints_Precision/mAP ByCategory/<class>``, ...)."""
@@ -199,6 +215,9 @@ def _evaluate(gt: dict, detections: list, options: EvalOptions, sets: list[str],
     metrics = _metrics(coco, voc, names, options.include_metrics_per_category, extra_metrics)
     if masks is not None:
         metrics.update(_coco_metrics(masks, names, options.include_metrics_per_category, MASK_CATEGORY_KEYS))
+    for result, prefix in ((coco, "DetectionBoxes"), (masks, "DetectionMasks")):
+        if result is not None:
+            metrics.update(super_category_metrics(result, names, options.super_categories, prefix))
     if KEYPOINT_SET in sets and not options.keypoint_metrics:
         raise ConfigError(f"metrics set {KEYPOINT_SET} needs the class and the sigma of each keypoint, "
                           "which only a pipeline.config gives (eval_config.parameterized_metric { "
