@@ -19,6 +19,7 @@ from PIL import Image
 from raredet import config
 from raredet.builders.model import build_model
 from raredet.commands import config as config_cmd
+from raredet.commands.evaluate import eval_from_config
 from raredet.commands.train import train_from_config
 from raredet.data.tfrecord import encode_example, write_tfrecord
 from raredet.zoo import CONFIG_DIR
@@ -98,8 +99,8 @@ def test_the_kpts_config_checks(config_path: Path) -> None:
     assert "center_net" in report and "OK" in report
 
 
-@pytest.mark.slow  # about 30 s on 2 cores: ResNet-50 FPN for two steps
-def test_the_kpts_config_trains_two_steps_with_keypoint_losses(config_path: Path, tmp_path: Path) -> None:
+@pytest.mark.slow  # about 45 s on 2 cores: ResNet-50 FPN for two steps, then one evaluation
+def test_the_kpts_config_trains_two_steps_and_evaluates_keypoints(config_path: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     result = train_from_config(config_path, tmp_path / "run", num_train_steps=2, num_workers=0, device="cpu")
     assert result.step == 2 and (tmp_path / "run" / "ckpt-2.pt").exists()
@@ -108,6 +109,10 @@ def test_the_kpts_config_trains_two_steps_with_keypoint_losses(config_path: Path
     keypoint_terms = losses["total_loss"] - losses["classification_loss"] - losses["localization_loss"] \
         - losses.get("regularization_loss", 0.0)
     assert np.isfinite(losses["total_loss"]) and keypoint_terms > 0.1
+    # eval_config's coco_keypoint_metrics for "person" score the predicted keypoints (COCO's 17 sigmas)
+    metrics = eval_from_config(config_path, tmp_path / "run", device="cpu")
+    assert "Keypoints_Precision/mAP ByCategory/person" in metrics
+    assert 0.0 <= metrics["Keypoints_Precision/mAP ByCategory/person"] <= 1.0
 
 
 def test_the_built_model_predicts_17_keypoints_per_detection(config_path: Path) -> None:
