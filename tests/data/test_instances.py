@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 from PIL import Image
+from pycocotools import mask as pycoco_mask
 
 from raredet.builders.data import build_augmentations, build_reader
 from raredet.data import augment, instances
@@ -129,11 +130,14 @@ def test_coco_polygon_rle_and_crowd_rle(tmp_path, label_map) -> None:
     # 6..7 of one column and 0..1 of the next are 4 zeros, 4 ones, ... up to column 4; the rest, rows
     # 6..7 of column 4 and columns 5..7, is 2 + 24 = 26 zeros (10 + 4*4 + 3*4 + 26 = 64 pixels).
     counts = [10, 4, 4, 4, 4, 4, 4, 4, 26]
+    # The compressed form of the same runs, as COCO writes it (pycocotools' encoding, an independent one).
+    compressed = pycoco_mask.encode(np.asfortranarray(SQUARE))["counts"].decode()
     anns = [{"segmentation": [[1, 2, 5, 2, 5, 6, 1, 6]]},
-            {"segmentation": {"size": [8, 8], "counts": counts}, "iscrowd": 1}]
+            {"segmentation": {"size": [8, 8], "counts": counts}, "iscrowd": 1},
+            {"segmentation": {"size": [8, 8], "counts": compressed}}]
     example = _coco(tmp_path, label_map, anns, load_instance_masks=True).example(0)
-    np.testing.assert_array_equal(example["masks"], np.stack([SQUARE, SQUARE]))
-    assert example["is_crowd"].tolist() == [False, True]
+    np.testing.assert_array_equal(example["masks"], np.stack([SQUARE, SQUARE, SQUARE]))
+    assert example["is_crowd"].tolist() == [False, True, False]
 
 
 def test_coco_keypoints(tmp_path, label_map) -> None:

@@ -130,8 +130,13 @@ def coco_segmentation_masks(segmentations: Sequence[Any], height: int, width: in
     masks = np.zeros((len(segmentations), height, width), dtype=np.uint8)
     for i, seg in enumerate(segmentations):  # one decode per instance
         try:
-            rles = mask_utils.frPyObjects(_checked_segmentation(seg, names[i]), height, width)
-            rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
+            seg = _checked_segmentation(seg, names[i])
+            if isinstance(seg, dict) and isinstance(seg["counts"], (str, bytes)):  # compressed RLE: as is
+                counts = seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"]
+                rle = {"size": list(seg["size"]), "counts": counts}
+            else:  # polygons, or the uncompressed RLE of crowds
+                rles = mask_utils.frPyObjects(seg, height, width)
+                rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
             decoded = mask_utils.decode(rle)
         except DataError:
             raise
