@@ -1,10 +1,5 @@
 """Instance masks and keypoints: decoding them from records and moving them with the image.
 
-With either, an example also has ``area`` float32 [N]: each object's annotated area in pixels of the
-stored image (TF records' ``image/object/area``, COCO's ``area``), 0 where the data gives none. The
-evaluation uses it as the TF OD API's does (``groundtruth_area``: COCO's size ranges, and the OKS scale
-of keypoints), falling back to the box area where it is 0.
-
 An example read with masks has ``masks`` uint8 [N, H, W] in {0, 1} at the image's size; one read with
 keypoints has ``keypoints`` float32 [N, J, 2] (x, y) in pixels of the image, NaN where a keypoint is
 absent, and ``keypoint_visibilities`` bool [N, J] (True where the keypoint is labelled, visible or not,
@@ -15,6 +10,11 @@ is in the mask when it is > 0; numerical masks are a float list of N*H*W values,
 keypoint x / y are normalised, N*J of each; a keypoint's visibility 0 means unlabelled (the keypoint
 becomes NaN), 1 or 2 labelled. COCO JSON: ``segmentation`` polygons or RLE (iscrowd's uncompressed
 RLE too), decoded with faster-coco-eval's mask utilities; ``keypoints`` [x, y, v] * J in pixels.
+
+With either, an example also has ``area`` float32 [N]: each object's annotated area in pixels of the
+stored image (TF records' ``image/object/area``, COCO's ``area``), 0 where the data gives none. The
+evaluation uses it as the TF OD API's does (``groundtruth_area``: COCO's size ranges, and the OKS scale
+of keypoints), falling back to the box area where it is 0.
 """
 
 from __future__ import annotations
