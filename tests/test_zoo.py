@@ -95,8 +95,10 @@ def test_every_refusal_names_what_raredet_supports(tmp_path):
     other = tmp_path / "ssd_inception_v2.config"
     text = (ZOO / "ssd_resnet50_v1_fpn_640x640_coco17_tpu-8.config").read_text(encoding="utf-8")
     other.write_text(text.replace("ssd_resnet50_v1_fpn_keras", "ssd_inception_v2_keras"), encoding="utf-8")
+    experimental = tmp_path / "experimental.config"
+    experimental.write_text('model { experimental_model { name: "x" } }', encoding="utf-8")
     for path, named in (
-        (ZOO / "centernet_hourglass104_512x512_coco17_tpu-8.config", "model.center_net"),
+        (experimental, "model.experimental_model"),
         (other, "'ssd_inception_v2_keras'"),
     ):
         with pytest.raises(ConfigError) as err:

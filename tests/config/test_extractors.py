@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 # The registries the builders dispatch `feature_extractor.type` on.
+from raredet.builders.center_net import FEATURE_EXTRACTORS as CENTER_NET_REGISTRY
 from raredet.builders.faster_rcnn import FEATURE_EXTRACTORS as FASTER_RCNN_REGISTRY
 from raredet.builders.ssd import FEATURE_EXTRACTORS as SSD_REGISTRY
 from raredet.config import parse_config
@@ -19,6 +20,7 @@ from raredet.errors import ConfigError
 def test_names_are_the_registries_keys() -> None:
     assert sorted(SSD_FEATURE_EXTRACTORS) == sorted(SSD_REGISTRY)
     assert sorted(FASTER_RCNN_FEATURE_EXTRACTORS) == sorted(FASTER_RCNN_REGISTRY)
+    assert sorted(CENTER_NET_FEATURE_EXTRACTORS) == sorted(CENTER_NET_REGISTRY)
     # b0-b7, five ResNets, three MobileNets; no name twice
     assert len(set(SSD_FEATURE_EXTRACTORS)) == len(SSD_FEATURE_EXTRACTORS) == 16
     assert len(set(FASTER_RCNN_FEATURE_EXTRACTORS)) == len(FASTER_RCNN_FEATURE_EXTRACTORS) == 7

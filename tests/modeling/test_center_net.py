@@ -158,3 +158,14 @@ def test_resnet_fpn_extractor_is_stride_4_with_64_channels():
     assert [m.out_channels for m in extractor.lateral] == [256, 128, 64]
     assert [s[0].out_channels for s in extractor.smooth] == [128, 64, 64]
     assert CenterNetResnetV1Fpn(101, depth_multiplier=0.25).backbone.layer3.__len__() == 23
+
+
+def test_scored_boxes_are_the_candidates_of_the_top_k():
+    model = _model(max_box_predictions=2)
+    boxes, scores = model.scored_boxes(_outputs(), torch.tensor([[32, 30]]))
+    assert boxes.shape == (1, 64, 4) and scores.shape == (1, 64, 2)
+    det = model.postprocess(_outputs(), torch.tensor([[32, 30]]))
+    pixel = 2 * 8 + 3  # the class-1 peak at (2, 3)
+    assert float(scores[0, pixel, 1]) == pytest.approx(float(det["detection_scores"][0, 0]))
+    assert boxes[0, pixel].tolist() == pytest.approx(det["detection_boxes"][0, 0].tolist())
+    assert float(scores[0, 5 * 8 + 6, 0]) == 0.0  # not a peak

@@ -49,7 +49,7 @@ from raredet.builders.messages import ModelMessage
 from raredet.commands.trained import TrainedModel, load_trained_model, set_operating_points_from_file
 from raredet.errors import ConfigError, RaredetError
 from raredet.fileio import atomic_write, atomic_write_bytes
-from raredet.protos import faster_rcnn_pb2
+from raredet.protos import center_net_pb2, faster_rcnn_pb2
 
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 ONNX_OPSET = 17
@@ -64,8 +64,8 @@ class ExportError(RaredetError):
 
 
 class ExportableDetector(nn.Module):
-    """An SSD plus its post-processing for a fixed input size, returning plain tensors (see module
-    docstring) with label-map ids as classes."""
+    """A detector (SSD, Faster R-CNN, CenterNet) plus its post-processing for a fixed input size,
+    returning plain tensors (see module docstring) with label-map ids as classes."""
 
     image_sizes: Tensor
     class_ids: Tensor
@@ -92,7 +92,8 @@ def input_size(model: ModelMessage) -> tuple[int, int]:
     """(H, W) the exported model takes: the fixed size of the resizer `model.image_resizer` builds."""
     size = builders.build_resizer(model).fixed_size
     if size is None:
-        kind = "faster_rcnn" if isinstance(model, faster_rcnn_pb2.FasterRcnn) else "ssd"
+        kind = "faster_rcnn" if isinstance(model, faster_rcnn_pb2.FasterRcnn) else (
+            "center_net" if isinstance(model, center_net_pb2.CenterNet) else "ssd")
         chosen = model.image_resizer.WhichOneof("image_resizer_oneof")
         raise ConfigError(f"model.{kind}.image_resizer is {chosen}: export needs a fixed input size; use "
                           "fixed_shape_resizer, or keep_aspect_ratio_resizer with pad_to_max_dimension: true")

@@ -29,6 +29,7 @@ from raredet.errors import CheckpointError, ConfigError, DataError
 from raredet.evaluation import operating_points as ops
 from raredet.modeling import load_checkpoint_weights
 from raredet.modeling.calibration import Calibration
+from raredet.modeling.center_net import CenterNet
 from raredet.modeling.faster_rcnn import FasterRCNN
 from raredet.modeling.ssd import SSD
 from raredet.protos import pipeline_pb2
@@ -36,7 +37,7 @@ from raredet.tfcheckpoint import open_checkpoint, resolve_prefix
 
 TF_STEP_NAME = re.compile(r"ckpt-(\d+)$")
 
-Detector = SSD | FasterRCNN  # the models `builders.build_model` makes
+Detector = SSD | FasterRCNN | CenterNet  # the models `builders.build_model` makes
 
 
 @dataclass
@@ -120,7 +121,7 @@ def load_trained_model(model_dir: str | os.PathLike[str],
 
 
 def _detector(model: nn.Module) -> Detector:
-    return cast(Detector, model)  # `builders.build_model` is typed nn.Module; it builds one of the two
+    return cast(Detector, model)  # `builders.build_model` is typed nn.Module; it builds one of these
 
 
 # ---- models the TF OD API trained ----------------------------------------------------------------

@@ -46,4 +46,11 @@ FASTER_RCNN_FEATURE_EXTRACTORS: tuple[str, ...] = (
 CENTER_NET_FEATURE_EXTRACTORS: tuple[str, ...] = (
     "resnet_v1_50_fpn",
     "resnet_v1_101_fpn",
+    "resnet_v2_50",
+    "resnet_v2_101",
+    "hourglass_10",
+    "hourglass_20",
+    "hourglass_32",
+    "hourglass_52",
+    "hourglass_104",
 )

@@ -274,13 +274,8 @@ class CenterNet(nn.Module):
         clipped to ``image_sizes [B, 2]`` (h, w), scores ``[B, D]``, classes ``[B, D]`` int64, and
         ``num_detections [B]``; kept detections first, the rest zero; plus each task's entries."""
         predictions = {name: [value[-1]] for name, value in outputs.items()}
-        logits = predictions[OBJECT_CENTER][0]
-        peaks = peak_mask(torch.sigmoid(logits), self.peak_max_pool_kernel_size)
-        scores = self.score_converter(logits.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        top, y, x, classes = top_k_peaks(scores * peaks, self.max_box_predictions)
-        boxes = boxes_from_peaks(y, x, predictions[BOX_SCALE][0], predictions[BOX_OFFSET][0]) * self.stride
-        limits = image_sizes.to(boxes).flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, (w, h, w, h)]
-        boxes = torch.minimum(boxes, limits)
+        top, y, x, classes = top_k_peaks(self.peak_scores(outputs), self.max_box_predictions)
+        boxes = self._boxes(predictions, y, x, image_sizes)
         keep = top > self.score_threshold
         if self.non_max_suppression is not None:
             nms = self.non_max_suppression
@@ -292,6 +287,29 @@ class CenterNet(nn.Module):
             detections.update(task.postprocess(predictions, detections, self.stride))  # type: ignore[operator]
         del detections["detection_centers"]  # for the tasks only: not a TF OD API detection field
         return detections
+
+    def peak_scores(self, outputs: Mapping[str, Tensor]) -> Tensor:
+        """The last feature output's calibrated scores at its peaks, 0 elsewhere: ``[B, K, h, w]``."""
+        logits = outputs[OBJECT_CENTER][-1]
+        peaks = peak_mask(torch.sigmoid(logits), self.peak_max_pool_kernel_size)
+        return self.score_converter(logits.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) * peaks
+
+    def _boxes(self, predictions: Mapping[str, list[Tensor]], y: Tensor, x: Tensor, image_sizes: Tensor
+               ) -> Tensor:
+        """Boxes ``[B, D, 4]`` xyxy pixels at the peaks ``y, x [B, D]``, clipped to ``image_sizes``."""
+        boxes = boxes_from_peaks(y, x, predictions[BOX_SCALE][-1], predictions[BOX_OFFSET][-1]) * self.stride
+        limits = image_sizes.to(boxes).flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, (w, h, w, h)]
+        return torch.minimum(boxes, limits)
+
+    def scored_boxes(self, outputs: Mapping[str, Tensor], image_sizes: Tensor) -> tuple[Tensor, Tensor]:
+        """What the top-k chooses from, as SSD's ``scored_boxes`` (export checks ties with it): a box per
+        pixel ``[B, h * w, 4]`` and its peak scores ``[B, h * w, K]``."""
+        scores = self.peak_scores(outputs)
+        b, k, h, w = scores.shape
+        pixel = torch.arange(h * w, device=scores.device).expand(b, -1)
+        predictions = {name: [value[-1]] for name, value in outputs.items()}
+        boxes = self._boxes(predictions, pixel // w, pixel % w, image_sizes)
+        return boxes, scores.permute(0, 2, 3, 1).reshape(b, h * w, k)
 
     def l2_weights(self) -> dict[str, float]:
         """None: the TF OD API's CenterNet regularises no weight."""
