@@ -1,12 +1,16 @@
 """Inception-ResNet v2 as the TF OD API's faster_rcnn_inception_resnet_v2_keras extractor: parameter
-counts and output shapes equal to TF's, its scale-less batch norm and its 'SAME' paddings by hand."""
+counts, output shapes and outputs (with the same weights) equal to TF's, its scale-less batch norm and
+its 'SAME' paddings by hand."""
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
+from tests.helpers.inception_resnet_v2 import PARITY, set_tf_fixture_weights
 
 from raredet.modeling.inception_resnet_v2 import BatchNormNoScale, ConvBN, InceptionResnetV2
 
@@ -99,3 +103,42 @@ def test_average_pool_branch_averages_inside_the_map_only(network):
     out = pool(x)[0, 0]
     assert out[0, 0].item() == pytest.approx((0 + 1 + 3 + 4) / 4)
     assert out[1, 1].item() == pytest.approx(sum(range(9)) / 9)
+
+
+@pytest.fixture(scope="module")
+def parity() -> dict:
+    return json.loads(PARITY.read_text())["extractor"]
+
+
+@pytest.fixture(scope="module")
+def tf_weighted(parity) -> InceptionResnetV2:
+    network = InceptionResnetV2().eval()
+    assert set_tf_fixture_weights(network) == parity["layers"]  # 448 layers, the same count as Keras'
+    return network
+
+
+def _every_8th_channel(out: torch.Tensor) -> np.ndarray:
+    return out[0, ::8].permute(1, 2, 0).numpy()  # NCHW -> [H, W, C / 8], as the fixture stores NHWC
+
+
+@pytest.mark.parametrize("case", [0, 1], ids=["64px", "100px"])
+def test_first_stage_equals_tensorflow(tf_weighted, parity, case):
+    expected = parity["first_stage"][case]
+    size = expected["size"]
+    x = np.random.default_rng(expected["seed"]).uniform(-1.0, 1.0, (1, size, size, 3)).astype(np.float32)
+    with torch.no_grad():
+        out = tf_weighted.proposal_features(torch.from_numpy(x).permute(0, 3, 1, 2))
+    assert list(out.permute(0, 2, 3, 1).shape) == expected["shape"]
+    np.testing.assert_allclose(_every_8th_channel(out), np.array(expected["every_8th_channel"]), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [0, 1], ids=["5px", "17px"])
+def test_second_stage_equals_tensorflow(tf_weighted, parity, case):
+    expected = parity["second_stage"][case]
+    crop = expected["crop"]
+    x = 0.5 * np.random.default_rng(expected["seed"]).standard_normal((1, crop, crop, 1088))
+    x = x.astype(np.float32)
+    with torch.no_grad():
+        out = tf_weighted.box_classifier_features(torch.from_numpy(x).permute(0, 3, 1, 2))
+    assert list(out.permute(0, 2, 3, 1).shape) == expected["shape"]
+    np.testing.assert_allclose(_every_8th_channel(out), np.array(expected["every_8th_channel"]), atol=1e-5)

@@ -1,13 +1,17 @@
-"""Mask R-CNN's mask head (the TF OD API's Keras MaskRCNNMaskHead): depth, shapes, parameter count;
-the mask targets cropped from instance masks, by hand; detection_masks from a small Mask R-CNN."""
+"""Mask R-CNN's mask head (the TF OD API's Keras MaskRCNNMaskHead): depth, shapes, parameter count,
+outputs equal to TF's with the same weights; the mask targets cropped from instance masks, by hand;
+detection_masks from a small Mask R-CNN."""
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from google.protobuf import text_format
+from tests.helpers.inception_resnet_v2 import PARITY, set_tf_fixture_weights
 
 from raredet.builders.faster_rcnn import build_faster_rcnn
 from raredet.modeling.layers import ConvHyperparams
@@ -54,6 +58,21 @@ def test_resize_first_is_bilinear_with_aligned_corners():
     features = torch.tensor([[0.0, 2.0], [4.0, 6.0]]).reshape(1, 1, 2, 2)
     # align_corners: corners kept, the middle samples halfway (TF's resize_bilinear(align_corners=True))
     assert head(features)[0, 0].tolist() == [[0.0, 1.0, 2.0], [2.0, 3.0, 4.0], [4.0, 5.0, 6.0]]
+
+
+@pytest.mark.parametrize("upsample", [False, True], ids=["resize_first", "convolve_then_upsample"])
+def test_outputs_equal_tensorflow(upsample):
+    # tests/fixtures/inception_resnet_v2/make_parity.py: TF's MaskRCNNMaskHead(num_classes=3, 6x6 masks,
+    # 3 conv layers of depth 8) on [2, 3, 3, 16] features, every conv given the fixture's weights
+    expected = json.loads(PARITY.read_text())["mask_head"][int(upsample)]
+    assert expected["convolve_then_upsample"] == upsample
+    head = MaskHead(16, 3, HP, mask_height=6, mask_width=6, mask_prediction_num_conv_layers=3,
+                    mask_prediction_conv_depth=8, convolve_then_upsample_masks=upsample)
+    assert set_tf_fixture_weights(head) == (4 if upsample else 3)
+    x = np.random.default_rng(expected["seed"]).standard_normal((2, 3, 3, 16)).astype(np.float32)
+    with torch.no_grad():
+        out = head(torch.from_numpy(x).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(out.numpy(), np.array(expected["logits"]), atol=1e-5)
 
 
 def test_mask_target_of_a_box_aligned_square_by_hand():
