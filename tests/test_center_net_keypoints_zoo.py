@@ -1,8 +1,8 @@
-"""The zoo's CenterNet keypoint config trains two steps on TF records with keypoints, and predicts them.
+"""The zoo's 4 CenterNet keypoint configs pass `config check`; the ResNet-50 FPN one trains two steps on
+TF records with keypoints, predicts them and evaluates them.
 
-centernet_resnet50_v1_fpn_512x512_kpts_coco17_tpu-8 as a user edits it: 3 classes, 64-pixel images,
-batch 2, the data paths and a keypoint label map (the person item with COCO's 17 keypoints); every
-other field verbatim, the keypoint task's included.
+Each config as a user edits it: 3 classes, 64-pixel images, batch 2, the data paths and a keypoint label
+map (the person item with COCO's 17 keypoints); every other field verbatim, the keypoint task's included.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from raredet.data.tfrecord import encode_example, write_tfrecord
 from raredet.zoo import CONFIG_DIR
 
 NAME = "centernet_resnet50_v1_fpn_512x512_kpts_coco17_tpu-8.config"
+KPTS = sorted(p.name for p in CONFIG_DIR.glob("centernet_*kpts*.config"))
 COCO_KEYPOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
                   "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
                   "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle")
@@ -69,9 +70,9 @@ def write_data(out: Path) -> None:
     (out / "keypoints.pbtxt").write_text(person, encoding="utf-8")
 
 
-def small_kpts_copy(out: Path) -> Path:
-    """The zoo config with 3 classes, 64-pixel images, batch 2 and the data in `out`."""
-    text = (CONFIG_DIR / NAME).read_text(encoding="utf-8")
+def small_kpts_copy(out: Path, name: str = NAME) -> Path:
+    """The zoo config `name` with 3 classes, 64-pixel images, batch 2 and the data in `out`."""
+    text = (CONFIG_DIR / name).read_text(encoding="utf-8")
     text = re.sub(r"(min_dimension|max_dimension): \d+", r"\1: 64", text)
     text = re.sub(r"num_classes: \d+", "num_classes: 3", text)
     text = re.sub(r"batch_size: \d+", "batch_size: 2", text, count=1)
@@ -82,21 +83,28 @@ def small_kpts_copy(out: Path) -> Path:
     text = text.replace("PATH_TO_BE_CONFIGURED/label_map.txt", "label_map.pbtxt")
     text = re.sub(r'"PATH_TO_BE_CONFIGURED/train[^"]*"', '"train-*.tfrecord"', text)
     text = re.sub(r'"PATH_TO_BE_CONFIGURED/val[^"]*"', '"val-*.tfrecord"', text)
-    path = out / NAME
+    path = out / name
     path.write_text(text, encoding="utf-8")
     return path
 
 
 @pytest.fixture(scope="module")
-def config_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("kpts")
     write_data(out)
-    return small_kpts_copy(out)
+    return out
 
 
-def test_the_kpts_config_checks(config_path: Path) -> None:
-    report = config_cmd.check(config_path)
-    assert "center_net" in report and "OK" in report
+@pytest.fixture(scope="module")
+def config_path(data_dir: Path) -> Path:
+    return small_kpts_copy(data_dir)
+
+
+@pytest.mark.parametrize("name", KPTS)
+def test_every_kpts_config_checks(data_dir: Path, name: str) -> None:
+    assert len(KPTS) == 4
+    report = config_cmd.check(small_kpts_copy(data_dir, name))
+    assert "keypoint_estimation_task" in report and "OK" in report
 
 
 @pytest.mark.slow  # about 45 s on 2 cores: ResNet-50 FPN for two steps, then one evaluation
