@@ -27,6 +27,11 @@ probabilities, box-relative, ``[B, D, mask_size, mask_size]``.
 Boxes are normalised to the padded image that the feature map covers (``stride * h`` by
 ``stride * w``), the frame of both the feature maps and the groundtruth masks.
 
+In training the mask network runs on every image's boxes padded to the batch's largest count (padding
+boxes are zeros, weight 0), so its batch-norm statistics see those padding instances too; the TF OD API
+pads to ``train_config.max_number_of_boxes`` instead (100 in the zoo), so its statistics see more of
+them. The loss itself does not depend on the padding.
+
 Not built (refused by the builder): RoI jitter, full-resolution masks, instance subsampling, the
 weakly supervised losses (box and colour consistency, augmented self-supervision, point supervision)
 and ``ignore_per_class_box_overlap``; the zoo's four DeepMAC configs use none of them.
