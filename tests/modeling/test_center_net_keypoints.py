@@ -403,3 +403,16 @@ def test_postprocessing_exports_to_onnx_and_still_equals_the_tf_od_api(reference
     keypoints, scores = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
     np.testing.assert_allclose(keypoints, reference["kp_gaussian_weighted"], atol=1e-4)
     np.testing.assert_allclose(scores, reference["kp_scores_gaussian_weighted"], atol=1e-5)
+
+
+def test_strided_boxes_are_used_when_given(reference: dict[str, np.ndarray]) -> None:
+    """The TF OD API snaps within `detection_boxes_strided` (output pixels): given, they win over
+    `detection_boxes` (here zeros) and give TF's keypoints."""
+    boxes = torch.from_numpy(reference["det_boxes"])
+    detections = {"detection_boxes": torch.zeros_like(boxes), "detection_boxes_strided": boxes / 4,
+                  CENTER_INDICES: torch.from_numpy(reference["det_centers"]),
+                  "detection_classes": torch.from_numpy(reference["det_classes"]),
+                  "num_detections": torch.from_numpy(reference["num_detections"])}
+    out = tf_task(reference).postprocess(tf_predictions(reference), detections, stride=4)
+    torch.testing.assert_close(out["detection_keypoints"], torch.from_numpy(reference["kp_min_distance"]),
+                               atol=1e-4, rtol=1e-5)

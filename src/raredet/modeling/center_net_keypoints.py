@@ -428,15 +428,17 @@ class CenterNetKeypointTask(CenterNetTask):
         `detection_keypoint_scores [B, D, J]`, zero for detections of other classes and past
         `num_detections`; with `rescore_instances`, new `detection_scores` as well.
 
-        Reads `detection_boxes [B, D, 4]` (xyxy input pixels), `detection_classes [B, D]` (0-based),
-        `num_detections [B]`, optional `detection_centers [B, D, 2]` and `image_sizes [B, 2]`.
+        Reads `detection_boxes [B, D, 4]` (xyxy input pixels; `detection_boxes_strided`, xyxy output
+        pixels, instead when given, as the TF OD API snaps within those), `detection_classes [B, D]`
+        (0-based), `num_detections [B]`, optional `detection_centers [B, D, 2]` and `image_sizes [B, 2]`.
         The last feature output's predictions are used, as in the TF OD API."""
         p = self.params
         heat = torch.sigmoid(predictions[self.key(HEATMAP)][-1].float())
         offsets = predictions[self.key(OFFSET)][-1].float()
         regression = predictions[self.key(REGRESSION)][-1].float()
         batch, _, height, width = heat.shape
-        boxes_xyxy = detections["detection_boxes"].float() / stride
+        strided = detections.get("detection_boxes_strided")  # TF's: clipped to the map, not the image
+        boxes_xyxy = detections["detection_boxes"].float() / stride if strided is None else strided.float()
         boxes = boxes_xyxy[..., [1, 0, 3, 2]]  # ymin, xmin, ymax, xmax output pixels
         centers = detections.get(CENTER_INDICES)
         if centers is None:
