@@ -367,14 +367,18 @@ class CenterNetKeypointTask(CenterNetTask):
         """The TF OD API's name of a head's predictions and loss: `<task_name>/keypoint/<head>`."""
         return f"{self.params.task_name}/{head}"
 
+    def prediction_heads(self) -> dict[str, nn.ModuleList]:
+        """`{prediction name: its heads, one per feature output}`. A TF OD API checkpoint holds head `s`
+        of prediction `name` at `model/_prediction_head_dict/<name, "/" written ".S">/<s>/
+        layer_with_weights-<i>/{kernel,bias}`, `i` counting the head's convs."""
+        return {self.key(HEATMAP): self.heatmap_heads, self.key(OFFSET): self.offset_heads,
+                self.key(REGRESSION): self.regression_heads}
+
     def forward(self, features: list[Tensor]) -> dict[str, list[Tensor]]:
         """`features`: `[B, C, H, W]` per feature output -> heatmap logits `[B, J, H, W]`, offsets
         `[B, 2 or 2J, H, W]` and regressions `[B, 2J, H, W]` per output, under `key(...)`."""
-        return {
-            self.key(HEATMAP): [h(f) for h, f in zip(self.heatmap_heads, features, strict=True)],
-            self.key(OFFSET): [h(f) for h, f in zip(self.offset_heads, features, strict=True)],
-            self.key(REGRESSION): [h(f) for h, f in zip(self.regression_heads, features, strict=True)],
-        }
+        return {name: [head(f) for head, f in zip(heads, features, strict=True)]
+                for name, heads in self.prediction_heads().items()}
 
     # -- loss --
     def loss(self, predictions: Mapping[str, list[Tensor]], targets: Sequence[Mapping[str, Tensor]],
