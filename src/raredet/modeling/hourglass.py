@@ -42,6 +42,11 @@ Facts kept from the TF code:
   ``x_in`` is the stacked hourglass's input and ``out`` its output (after ``output_conv``).
 * ``forward`` returns every hourglass's ``output_conv`` output (2 for hourglass_104), each used by the
   CenterNet loss; with ``initial_downsample`` (the default) they are at stride 4.
+
+Small images: the deepest stage is ``H / size_divisor`` pixels high. Where it is 1x1 and the batch is 2,
+its batch norms see two values per channel; their training-mode gradient is then rounding noise divided
+by a vanishing deviation (hourglass_104 at 128 px, batch 2: an infinite gradient norm, as in TF). Train
+at 256 px or more (the zoo's 512 gives 4x4), or on larger batches.
 """
 
 from __future__ import annotations
