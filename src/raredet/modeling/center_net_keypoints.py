@@ -192,12 +192,15 @@ def keypoint_heatmap_targets(packed: PackedTargets, std_dev: Sequence[float], he
     b, n, j = torch.nonzero(kw > 0, as_tuple=True)  # only used keypoints can raise the max above 0
     ys = torch.arange(height, device=kw.device, dtype=torch.float32)
     xs = torch.arange(width, device=kw.device, dtype=torch.float32)
-    dy = ys[None, :, None] - kp[b, n, j, 1].floor()[:, None, None]
-    dx = xs[None, None, :] - kp[b, n, j, 0].floor()[:, None, None]
-    s = sigma[b, n, j][:, None, None]
-    gauss = torch.exp(-(dx * dx + dy * dy) / (2 * s * s)) * kw[b, n, j][:, None, None]
+    dy = ys[None, :] - kp[b, n, j, 1].floor()[:, None]  # [P, H]
+    dx = xs[None, :] - kp[b, n, j, 0].floor()[:, None]  # [P, W]
+    two_var = 2 * sigma[b, n, j][:, None] ** 2
+    # exp(-(dx² + dy²) / 2σ²) as the product of its row and column factors: P (H + W) exponentials, not
+    # P H W (1 exactly at the keypoint's pixel all the same, as the focal loss's positives need)
+    rows = torch.exp(-dy * dy / two_var)
+    cols = torch.exp(-dx * dx / two_var) * kw[b, n, j][:, None]
+    flat = (rows[:, :, None] * cols[:, None, :]).reshape(len(b), height * width)
     heatmap = torch.zeros(batch * num_kp, height * width, device=kw.device)
-    flat = gauss.reshape(len(b), height * width)
     heatmap.scatter_reduce_(0, (b * num_kp + j)[:, None].expand_as(flat), flat, "amax")
     x0, y0, x1, y1 = (packed.boxes[..., k, None, None] for k in range(4))  # [B, N, 1, 1]
     row, col = ys[:, None], xs[None, :]
