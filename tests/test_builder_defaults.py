@@ -40,6 +40,7 @@ from raredet.modeling.box_coder import FasterRcnnBoxCoder
 from raredet.modeling.faster_rcnn import FasterRCNN, MaskRcnnBoxHead
 from raredet.modeling.grid_anchors import GridAnchorGenerator
 from raredet.modeling.layers import ConvHyperparams
+from raredet.modeling.mask_head import MaskHead
 from raredet.modeling.matcher import ArgMaxMatcher
 from raredet.protos import (
     anchor_generator_pb2,
@@ -126,6 +127,7 @@ PAIRS: list[tuple[str, Any, Descriptor]] = [
     ("FasterRCNN", FasterRCNN, faster_rcnn_pb2.FasterRcnn.DESCRIPTOR),
     ("FasterRcnnLoss", FasterRcnnLoss, faster_rcnn_pb2.FasterRcnn.DESCRIPTOR),
     ("MaskRcnnBoxHead", MaskRcnnBoxHead, box_predictor_pb2.MaskRCNNBoxPredictor.DESCRIPTOR),
+    ("MaskHead", MaskHead, box_predictor_pb2.MaskRCNNBoxPredictor.DESCRIPTOR),
     ("GridAnchorGenerator", GridAnchorGenerator, anchor_generator_pb2.GridAnchorGenerator.DESCRIPTOR),
 ]
 
