@@ -478,7 +478,7 @@ class FasterRCNN(OperatingPoints, nn.Module):
                              "run forward in eval mode")
         boxes = detections["detection_boxes"]
         size = (int(outputs["input_size"][0]), int(outputs["input_size"][1]))
-        crops = self._crops([outputs["features_to_crop_0"]], boxes.to(outputs["features_to_crop_0"]), size)
+        crops = self._crops([outputs["features_to_crop_0"]], boxes.float(), size)  # float32 boxes
         crops = F.max_pool2d(crops, self.pool_kernel, self.pool_stride)
         logits = self.mask_head(self._box_classifier_features(crops))  # [B * D, K or 1, h, w]
         b, d = boxes.shape[:2]
