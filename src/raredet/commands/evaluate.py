@@ -268,6 +268,10 @@ def operating_points_config(loaded: config.LoadedConfig,
         return None, (f"not written: {owner} already has calibration_config ({kind}), and "
                       "the TF OD API takes one calibrator; apply operating_points.json with "
                       "--operating_points")
+    if where.startswith("model.center_net."):
+        return None, ("not written: the TF OD API builds a CenterNet's post_processing for NMS only and "
+                      "ignores its calibration_config; apply operating_points.json with --operating_points "
+                      "(raredet predict and export apply it to the heatmap scores)")
     identity = post.score_converter == post_processing_pb2.PostProcessing.IDENTITY
     if identity or not content.get("deployable", True):
         return None, ("not written: score_converter is IDENTITY, so scores are not in [0, 1] where "
