@@ -206,6 +206,12 @@ def test_compare_detections_accepts_tied_alternatives_only_with_the_candidates()
     nearly = [a.copy() for a in tied]
     nearly[1][0, 1] = 0.30005
     assert "no counterpart" in compare_detections(want, nearly, close)
+    # CenterNet's near-peaks (rounding_decides): any candidate of PyTorch's passes without a tie, as long
+    # as the image's sorted scores agree; a box or score no candidate has still does not
+    near_peaks = close._replace(rounding_decides=True)
+    assert compare_detections(want, nearly, near_peaks) is None
+    assert "no counterpart" in compare_detections(want, made_up, near_peaks)
+    assert "no counterpart" in compare_detections(want, other, unique._replace(rounding_decides=True))
 
 
 # ---- Faster R-CNN -------------------------------------------------------------------------------------

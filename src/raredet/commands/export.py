@@ -49,6 +49,7 @@ from raredet.builders.messages import ModelMessage
 from raredet.commands.trained import TrainedModel, load_trained_model, set_operating_points_from_file
 from raredet.errors import ConfigError, RaredetError
 from raredet.fileio import atomic_write, atomic_write_bytes
+from raredet.modeling.center_net import CenterNet
 from raredet.protos import center_net_pb2, faster_rcnn_pb2
 
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
@@ -57,6 +58,7 @@ BOX_TOLERANCE_PX = 1e-2  # exported vs PyTorch boxes (float reordering only)
 SCORE_TOLERANCE = 1e-4
 # Scores this close are ties: ONNX Runtime's and PyTorch's sigmoids differ by up to ~5e-8 (measured).
 TIE_TOLERANCE = 1e-6
+NEAR_PEAK = 1e-5  # CenterNet: a pixel this close to its neighbourhood's maximum may be a peak after export
 
 
 class ExportError(RaredetError):
@@ -233,11 +235,13 @@ def _unmatched_rows(want: Sequence[np.ndarray], got: Sequence[np.ndarray], b: in
 
 class Candidates(NamedTuple):
     """What PyTorch's NMS chose from: boxes ``[B, A, 4]`` xyxy, scores ``[B, A, K]`` (column k is the
-    label-map id ``class_ids[k]``)."""
+    label-map id ``class_ids[k]``). ``rounding_decides``: every candidate is one whose selection is
+    down to float rounding (CenterNet's near-peaks), so none needs a tied score to pass."""
 
     boxes: np.ndarray
     scores: np.ndarray
     class_ids: np.ndarray
+    rounding_decides: bool = False
 
 
 def _tie_alternatives(got: Sequence[np.ndarray], b: int, rows: np.ndarray, candidates: Candidates) -> int:
@@ -252,7 +256,7 @@ def _tie_alternatives(got: Sequence[np.ndarray], b: int, rows: np.ndarray, candi
         near = np.searchsorted(flat, score + TIE_TOLERANCE, "right") - np.searchsorted(
             flat, score - TIE_TOLERANCE, "left")
         column = np.flatnonzero(candidates.class_ids == label)
-        if near < 2 or not column.size:
+        if (near < 2 and not candidates.rounding_decides) or not column.size:
             continue
         same = (np.abs(candidates.scores[b, :, column[0]] - score) <= TIE_TOLERANCE) & (
             np.abs(candidates.boxes[b] - box).max(axis=-1) <= BOX_TOLERANCE_PX)
@@ -306,13 +310,19 @@ def _differences(want: Sequence[np.ndarray], got: Sequence[np.ndarray],
 
 
 def model_candidates(module: ExportableDetector, images: Tensor) -> Candidates | None:
-    """PyTorch's candidates for `compare_detections` (SSD models; None for others)."""
+    """PyTorch's candidates for `compare_detections` (SSD and CenterNet models; None for others). For
+    CenterNet, the pixels within NEAR_PEAK of their neighbourhood's maximum: which of two pixels a hair
+    apart is the peak (TF's 1e-6 rule) differs between PyTorch's and ONNX Runtime's float rounding."""
     scored_boxes = getattr(module.model, "scored_boxes", None)
     if scored_boxes is None:
         return None
+    sizes = module.image_sizes.expand(images.shape[0], 2)
+    center_net = isinstance(module.model, CenterNet)
     with torch.no_grad():
-        boxes, scores = scored_boxes(module.model(images), module.image_sizes.expand(images.shape[0], 2))
-    return Candidates(boxes.numpy(), scores.numpy(), module.class_ids.numpy())
+        outputs = module.model(images)
+        extra = (NEAR_PEAK,) if center_net else ()
+        boxes, scores = scored_boxes(outputs, sizes, *extra)
+    return Candidates(boxes.numpy(), scores.numpy(), module.class_ids.numpy(), rounding_decides=center_net)
 
 
 def _metadata(trained: TrainedModel, size: tuple[int, int],

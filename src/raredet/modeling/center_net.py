@@ -147,13 +147,13 @@ def unstack(outputs: Mapping[str, Tensor]) -> dict[str, list[Tensor]]:
     return {name: list(value.unbind(0)) for name, value in outputs.items()}
 
 
-def peak_mask(probs: Tensor, kernel_size: int) -> Tensor:
-    """``probs [B, K, h, w]`` -> bool, True where a pixel is within ``PEAK_EPSILON`` of the maximum of
-    its ``kernel_size`` neighbourhood in its own channel (TF: a 'SAME' max-pool, stride 1)."""
+def peak_mask(probs: Tensor, kernel_size: int, epsilon: float = PEAK_EPSILON) -> Tensor:
+    """``probs [B, K, h, w]`` -> bool, True where a pixel is within ``epsilon`` of the maximum of its
+    ``kernel_size`` neighbourhood in its own channel (TF: a 'SAME' max-pool, stride 1)."""
     if kernel_size <= 1:
         return torch.ones_like(probs, dtype=torch.bool)
     pooled = F.max_pool2d(probs, kernel_size, stride=1, padding=kernel_size // 2)
-    return (probs - pooled).abs() < PEAK_EPSILON
+    return (probs - pooled).abs() < epsilon
 
 
 def top_k_peaks(scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -288,10 +288,11 @@ class CenterNet(nn.Module):
         del detections["detection_centers"]  # for the tasks only: not a TF OD API detection field
         return detections
 
-    def peak_scores(self, outputs: Mapping[str, Tensor]) -> Tensor:
-        """The last feature output's calibrated scores at its peaks, 0 elsewhere: ``[B, K, h, w]``."""
+    def peak_scores(self, outputs: Mapping[str, Tensor], epsilon: float = PEAK_EPSILON) -> Tensor:
+        """The last feature output's calibrated scores at its peaks (``peak_mask`` with ``epsilon``), 0
+        elsewhere: ``[B, K, h, w]``."""
         logits = outputs[OBJECT_CENTER][-1]
-        peaks = peak_mask(torch.sigmoid(logits), self.peak_max_pool_kernel_size)
+        peaks = peak_mask(torch.sigmoid(logits), self.peak_max_pool_kernel_size, epsilon)
         return self.score_converter(logits.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) * peaks
 
     def _boxes(self, predictions: Mapping[str, list[Tensor]], y: Tensor, x: Tensor, image_sizes: Tensor
@@ -301,10 +302,12 @@ class CenterNet(nn.Module):
         limits = image_sizes.to(boxes).flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, (w, h, w, h)]
         return torch.minimum(boxes, limits)
 
-    def scored_boxes(self, outputs: Mapping[str, Tensor], image_sizes: Tensor) -> tuple[Tensor, Tensor]:
-        """What the top-k chooses from, as SSD's ``scored_boxes`` (export checks ties with it): a box per
-        pixel ``[B, h * w, 4]`` and its peak scores ``[B, h * w, K]``."""
-        scores = self.peak_scores(outputs)
+    def scored_boxes(self, outputs: Mapping[str, Tensor], image_sizes: Tensor,
+                     peak_epsilon: float = PEAK_EPSILON) -> tuple[Tensor, Tensor]:
+        """What the top-k chooses from, as SSD's ``scored_boxes``: a box per pixel ``[B, h * w, 4]`` and
+        its peak scores ``[B, h * w, K]`` (peaks within ``peak_epsilon``: export's check widens it, since
+        whether a pixel a hair below its neighbour is a peak is down to float rounding)."""
+        scores = self.peak_scores(outputs, peak_epsilon)
         b, k, h, w = scores.shape
         pixel = torch.arange(h * w, device=scores.device).expand(b, -1)
         predictions = {name: [value[-1]] for name, value in outputs.items()}
