@@ -21,6 +21,7 @@ from raredet.commands.train import train_from_config
 from raredet.config import ConfigWarning
 from raredet.data.tfrecord import encode_example, write_tfrecord
 from raredet.losses import weighted_sigmoid
+from raredet.losses.deepmac import weighted_dice
 from raredet.modeling.deepmac import (
     INSTANCE_EMBEDDING,
     MASK_LOSS_NAME,
@@ -147,6 +148,18 @@ def test_loss_without_allowed_classes_counts_every_box_and_only_last_stage():
     loss = task.loss(task([torch.zeros(1, 8, 2, 2)] * 2), targets, stride=4)[MASK_LOSS_NAME]
     assert loss.item() == pytest.approx(math.log(2.0), rel=1e-6)  # logit 0: log 2 per pixel
     assert len(calls) == 1
+
+
+def test_dice_loss_is_taken_per_instance_as_tf_aggregates_it():
+    # weighted_dice returns [N, 1] (pixels reduced): TF's normalize_auto sums it per instance. Logits 0
+    # (p = 1/2) on the square's crop (16 pixels, sum t = 12.25): 1 - 2 (12.25 / 2) / (8 + 12.25).
+    task = DeepMACTask(8, 1, weighted_dice, dim=4, pixel_embedding_dim=3, mask_size=4,
+                       network_type="hourglass10", num_init_channels=2)
+    task.mask_logits = lambda inst, pix, boxes: torch.zeros(boxes.shape[0], boxes.shape[1], 4, 4)  # type: ignore[method-assign]
+    targets = [{"boxes": torch.tensor([[2.0, 2.0, 6.0, 6.0]]), "labels": torch.tensor([0]),
+                "masks": _square_mask(8, 2, 6)[None]}]
+    loss = task.loss(task([torch.zeros(1, 8, 2, 2)]), targets, stride=4)[MASK_LOSS_NAME]
+    assert loss.item() == pytest.approx(1.0 - 12.25 / 20.25, rel=1e-6)
 
 
 def test_loss_of_a_batch_without_boxes_is_zero_with_gradients():

@@ -32,6 +32,21 @@ boxes are zeros, weight 0), so its batch-norm statistics see those padding insta
 pads to ``train_config.max_number_of_boxes`` instead (100 in the zoo), so its statistics see more of
 them. The loss itself does not depend on the padding.
 
+Where a TF2 checkpoint of the TF OD API's DeepMAC keeps these weights (object paths under ``model/``, as
+TF 2.15.1 writes them for a model built by its ``model_builder``; kernels ``[kh, kw, in, out]`` ->
+``[out, in, kh, kw]``) and their state-dict keys under the task:
+
+=========================================================================  =============================
+``_prediction_head_dict/INSTANCE_EMBEDDING/<s>/layer_with_weights-0/*``    ``instance_embedding.<s>.0.*``
+``_prediction_head_dict/INSTANCE_EMBEDDING/<s>/layer_with_weights-1/*``    ``instance_embedding.<s>.2.*``
+``_prediction_head_dict/PIXEL_EMBEDDING/<s>/layer_with_weights-{0,1}/*``   ``pixel_embedding.<s>.{0,2}.*``
+``_mask_net/_net/<hourglass path>``                                        ``mask_net.net.<hourglass key>``
+``_mask_net/project_out/{kernel,bias}``                                    ``mask_net.project_out.*``
+=========================================================================  =============================
+
+(``kernel``/``bias`` -> ``weight``/``bias``; the hourglass's own mapping: modeling/hourglass.py.) The
+embedding kernels are ``[1, 3, in, 256]`` there, the object-detection heads' ``[3, 3, in, 256]``.
+
 Not built (refused by the builder): RoI jitter, full-resolution masks, instance subsampling, the
 weakly supervised losses (box and colour consistency, augmented self-supervision, point supervision)
 and ``ignore_per_class_box_overlap``; the zoo's four DeepMAC configs use none of them.
