@@ -22,6 +22,7 @@ from raredet.commands import config as config_cmd
 from raredet.commands.evaluate import eval_from_config
 from raredet.commands.train import train_from_config
 from raredet.data.tfrecord import encode_example, write_tfrecord
+from raredet.errors import ConfigError
 from raredet.zoo import CONFIG_DIR
 
 NAME = "centernet_resnet50_v1_fpn_512x512_kpts_coco17_tpu-8.config"
@@ -137,3 +138,28 @@ def test_the_built_model_predicts_17_keypoints_per_detection(config_path: Path) 
     assert person.any()  # an untrained heatmap peaks in every class
     assert torch.isfinite(keypoints).all() and (scores[person] > 0).all()
     assert (keypoints[~person] == 0).all() and (scores[~person] == 0).all()
+
+
+def test_a_relative_keypoint_label_map_path_is_read_from_the_configs_folder(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = small_kpts_copy(data_dir)
+    relative = path.with_name("relative_" + path.name)
+    relative.write_text(path.read_text(encoding="utf-8").replace(str(data_dir / "keypoints.pbtxt"),
+                                                                 "keypoints.pbtxt"), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    resolved = config.load(relative).pipeline.model.center_net.keypoint_label_map_path
+    assert resolved == str(data_dir / "keypoints.pbtxt")
+    report = config_cmd.check(relative)
+    assert "keypoint_estimation_task" in report and "keypoint_label_map_path" not in report
+
+
+@pytest.mark.parametrize("name", KPTS)
+def test_the_verbatim_kpts_config_checks_with_a_note_and_train_refuses_it(name: str) -> None:
+    # as the zoo ships it: keypoint_label_map_path "PATH_TO_BE_CONFIGURED", like its data paths
+    report = config_cmd.check(CONFIG_DIR / name)
+    assert report.splitlines()[0].endswith(": OK")
+    assert ("model.center_net.keypoint_label_map_path: " + str(CONFIG_DIR / "PATH_TO_BE_CONFIGURED")
+            + " not found, so the keypoint task was not checked") in report
+    loaded = config.load(CONFIG_DIR / name)
+    with pytest.raises(ConfigError, match="keypoint_label_map_path: .*PATH_TO_BE_CONFIGURED does not exist"):
+        build_model(loaded.pipeline.model.center_net)

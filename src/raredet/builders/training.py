@@ -23,13 +23,14 @@ from raredet.builders.messages import _is_map, model_message, refused_as_config_
 from raredet.builders.model import build_model
 from raredet.builders.optim import build_optimizer
 from raredet.config import LoadedConfig, effective_config_text
+from raredet.config.load import keypoint_label_map_missing
 from raredet.data.dataset import collate
 from raredet.data.stats import compute_stats
 from raredet.engine.components import TrainComponents
 from raredet.errors import ConfigError
 from raredet.losses import resolve_class_weights
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
-from raredet.protos import train_pb2
+from raredet.protos import center_net_pb2, train_pb2
 
 
 def build_training(
@@ -127,6 +128,11 @@ def check_buildable(loaded: LoadedConfig) -> None:
     check` refuses what `raredet train` would refuse when it starts. Raises ConfigError."""
     cfg = loaded.pipeline
     ssd = model_message(cfg)
+    if keypoint_label_map_missing(cfg):  # checked without the keypoint task, as load's note says
+        unchecked = center_net_pb2.CenterNet()
+        unchecked.CopyFrom(cfg.model.center_net)
+        del unchecked.keypoint_estimation_task[:]
+        ssd = unchecked
     build_resizer(ssd)
     build_augmentations(cfg.train_config)
     model, l2_weights = build_model(ssd, loaded.label_map.ids if loaded.label_map is not None else None)

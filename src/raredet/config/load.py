@@ -76,7 +76,8 @@ def load(path: str | os.PathLike[str], check_paths: bool = False) -> LoadedConfi
     validate(config, label_map, path)
     if check_paths:
         check_input_paths(config, path)
-    notes = not_acted_on_warnings(config, path) + unchecked_classes_warnings(config, label_map, path)
+    notes = (not_acted_on_warnings(config, path) + unchecked_classes_warnings(config, label_map, path)
+             + unchecked_keypoint_warnings(config, path))
     for note in notes:
         warnings.warn(note, ConfigWarning, stacklevel=2)
     return LoadedConfig(config, label_map, path, text, tuple(notes))
@@ -116,6 +117,30 @@ def resolve_paths(config: pipeline_pb2.TrainEvalPipelineConfig, base: Path) -> N
     train = config.train_config
     if train.fine_tune_checkpoint:
         train.fine_tune_checkpoint = _resolved(train.fine_tune_checkpoint, base)
+    if config.model.WhichOneof("model") == "center_net":
+        center_net = config.model.center_net
+        center_net.keypoint_label_map_path = _resolved(center_net.keypoint_label_map_path, base)
+
+
+def keypoint_label_map_missing(config: pipeline_pb2.TrainEvalPipelineConfig) -> bool:
+    """Whether the config has a CenterNet keypoint task whose `keypoint_label_map_path` is not found (the
+    zoo's kpts configs ship with PATH_TO_BE_CONFIGURED there, as they do for the data): `config check`
+    then checks the model without the task, with a note; `raredet train` refuses it."""
+    if config.model.WhichOneof("model") != "center_net":
+        return False
+    center_net = config.model.center_net
+    return bool(center_net.keypoint_estimation_task) and not _exists(center_net.keypoint_label_map_path,
+                                                                     "file")
+
+
+def unchecked_keypoint_warnings(config: pipeline_pb2.TrainEvalPipelineConfig, path: Path) -> list[str]:
+    """The note of `keypoint_label_map_missing`."""
+    if not keypoint_label_map_missing(config):
+        return []
+    given = config.model.center_net.keypoint_label_map_path or "(unset)"
+    return [f"{path}: model.center_net.keypoint_label_map_path: {given} not found, so the keypoint task "
+            "was not checked; set it to the label map whose item for keypoint_class_name lists the "
+            "keypoints (raredet train needs it)"]
 
 
 # ---- label map of a config ---------------------------------------------------------------------------
