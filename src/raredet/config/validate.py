@@ -90,11 +90,10 @@ NOT_ACTED_ON: frozenset[str] = frozenset(
         "WeightedSoftmaxClassificationLoss.anchorwise_output",
         "WeightedSoftmaxClassificationAgainstLogitsLoss.anchorwise_output",
         "BootstrappedSigmoidClassificationLoss.anchorwise_output",
-        # Parsed, with no effect in raredet (the boxes per image are not capped; no masks; one FPN kind).
+        # Parsed, with no effect in raredet (the boxes per image are not capped; one FPN kind).
         "TrainConfig.max_number_of_boxes",
         "InputReader.max_number_of_boxes",
         "InputReader.use_display_name",
-        "InputReader.load_instance_masks",
         "InputReader.include_source_id",
         "Loss.expected_loss_weights",
         "Loss.equalization_loss",
