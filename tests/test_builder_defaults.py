@@ -34,9 +34,11 @@ from raredet.losses import (
     GradientRatioStatistics,
     HardExampleMiner,
 )
+from raredet.losses.center_net import ObjectDetectionLoss
 from raredet.losses.faster_rcnn import FasterRcnnLoss
 from raredet.modeling import fpn, postprocess
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
+from raredet.modeling.center_net import CenterNet, ObjectDetectionTask
 from raredet.modeling.faster_rcnn import FasterRCNN, MaskRcnnBoxHead
 from raredet.modeling.grid_anchors import GridAnchorGenerator
 from raredet.modeling.layers import ConvHyperparams
@@ -46,6 +48,7 @@ from raredet.protos import (
     anchor_generator_pb2,
     box_coder_pb2,
     box_predictor_pb2,
+    center_net_pb2,
     faster_rcnn_pb2,
     hyperparams_pb2,
     image_resizer_pb2,
@@ -100,6 +103,8 @@ def oneof_pairs(table: Mapping[str, Any], container: type[Message]) -> list[tupl
     return pairs
 
 
+CENTER_PARAMS = center_net_pb2.CenterNet.ObjectCenterParams.DESCRIPTOR
+
 PAIRS: list[tuple[str, Any, Descriptor]] = [
     *oneof_pairs(builders.OPTIMIZERS, optimizer_pb2.Optimizer),
     *oneof_pairs(builders.LEARNING_RATES, optimizer_pb2.LearningRate),
@@ -129,6 +134,12 @@ PAIRS: list[tuple[str, Any, Descriptor]] = [
     ("MaskRcnnBoxHead", MaskRcnnBoxHead, box_predictor_pb2.MaskRCNNBoxPredictor.DESCRIPTOR),
     ("MaskHead", MaskHead, box_predictor_pb2.MaskRCNNBoxPredictor.DESCRIPTOR),
     ("GridAnchorGenerator", GridAnchorGenerator, anchor_generator_pb2.GridAnchorGenerator.DESCRIPTOR),
+    # CenterNet: the model, its object-detection task and its loss take the fields of object_center_params
+    # and object_detection_task by name (builders.center_net).
+    ("CenterNet", CenterNet, CENTER_PARAMS),
+    ("ObjectDetectionTask", ObjectDetectionTask, CENTER_PARAMS),
+    ("ObjectDetectionLoss/center", ObjectDetectionLoss, CENTER_PARAMS),
+    ("ObjectDetectionLoss/task", ObjectDetectionLoss, center_net_pb2.CenterNet.ObjectDetection.DESCRIPTOR),
 ]
 
 
