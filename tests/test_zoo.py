@@ -312,8 +312,9 @@ def _trains_in_the_table() -> list[str]:
 # Every config the table says trains (checked against `config check` above) trains two steps here; Mask
 # R-CNN needs records with instance masks, which the synthetic data has not: tests/test_mask_rcnn_zoo.py.
 # Hourglass-104's bottom is 1x1 at 128 px, where its batch norms overflow the gradient at step 1 (batch
-# 2); its configs train where a GPU is lent at their size, here tests/test_center_net_zoo.py runs it
-# forward, and DeepMAC's zoo config trains on a small hourglass (tests/modeling/test_deepmac.py).
+# 2; seen in e557e7d); its configs train where a GPU is lent at their size, here
+# tests/test_center_net_zoo.py runs it forward, and DeepMAC's zoo config trains on a small hourglass
+# (tests/modeling/test_deepmac.py).
 HOURGLASS_104 = ("centernet_hourglass104", "center_net_deepmac")
 
 
