@@ -51,8 +51,6 @@ def _status(path: Path) -> str:
         other = re.search(r"model\.(\w+): '\w+' is the TF OD API's", text)
         if other:
             return f"refused: {other.group(1)} meta-architecture"
-        if "model.center_net.keypoint_label_map_path: PATH_TO_BE_CONFIGURED" in text:
-            return "trains once keypoint_label_map_path is set"  # the keypoint task's label map
         extractor = re.search(r"feature_extractor\.type: unknown '([^']+)'", text)
         if extractor:
             return f"refused: feature extractor {extractor.group(1)}"
