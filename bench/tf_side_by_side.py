@@ -16,9 +16,11 @@ dependency: the script needs its install (`docs/tf_od_api_reference.md`).
 Reported per run: whether it finished, the classification, localization and regularization losses at
 steps 100 and 200 and their means over steps 91-100 and 191-200 (one step's loss moves by 0.03-0.05
 from batch to batch, so the window is the comparison that can tell the two apart), wall time and peak
-RSS of the process tree. The verdict: no raredet seed diverges, and at steps 100 and 200 each of its
-losses falls within the TF seeds' range (widened by half that range), for the single step and for
-the window. `--report_only` recomputes the report from an earlier run's folder.
+RSS of the process tree. The verdict: no raredet seed diverges, and at steps 100 and 200, for the
+single step and for the window, how many of its seeds' losses fall within the TF seeds' range (widened
+by half that range), how many of TF's own seeds pass the same test against the other TF seeds (the
+criterion's own rejection rate), and an exact permutation test of the difference of the means.
+`--report_only` recomputes the report from an earlier run's folder.
 """
 
 from __future__ import annotations
