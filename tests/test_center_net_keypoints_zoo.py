@@ -163,3 +163,11 @@ def test_the_verbatim_kpts_config_checks_with_a_note_and_train_refuses_it(name: 
     loaded = config.load(CONFIG_DIR / name)
     with pytest.raises(ConfigError, match="keypoint_label_map_path: .*PATH_TO_BE_CONFIGURED does not exist"):
         build_model(loaded.pipeline.model.center_net)
+
+
+@pytest.mark.slow  # ResNet-50 V2 for two steps at 64 px
+def test_the_resnet_v2_kpts_config_trains_two_steps(data_dir: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    path = small_kpts_copy(data_dir, "centernet_resnet50_v2_512x512_kpts_coco17_tpu-8.config")
+    result = train_from_config(path, tmp_path / "run", num_train_steps=2, num_workers=0, device="cpu")
+    assert result.step == 2 and np.isfinite(result.last_losses["total_loss"])

@@ -79,8 +79,9 @@ def test_resnet101_trains_two_steps_evaluates_and_exports(data_dir, tmp_path):
     points = json.loads((tmp_path / "eval" / "operating_points.json").read_text())
     assert {c["class_name"] for c in points["classes"]} <= {"scratch", "dent", "crack"}
     fmt = "onnx" if _has_onnxruntime() else "torchscript"
-    said = export_model(run, fmt, tmp_path / f"model.{fmt}")
-    assert "checked: the same" in said
+    said = export_model(run, fmt, tmp_path / f"model.{fmt}")  # raises ExportError unless it reproduces
+    # PyTorch's detections; a two-step model's tied peaks may be named as such ("tied scores")
+    assert "checked: the same" in said or "tied scores" in said
 
 
 @pytest.mark.slow  # Hourglass-104 (two stacks, ~190M parameters) forward on the CPU at 128 px

@@ -393,12 +393,12 @@ class FasterRCNN(OperatingPoints, nn.Module):
                "cls_logits": cls_logits.reshape(b, p, -1), "box_deltas": box_deltas.reshape(b, p, -1, 4)}
         if self.mask_head is not None and self.training and features is not None:
             # training: masks on the sampled proposals' features (TF's third stage in training)
-            out["mask_logits"] = self.mask_head(features).reshape(b, p, *self.mask_head_shape)
+            out["mask_logits"] = self.mask_head(features).reshape(b, p, *self.mask_head_shape())
         return out
 
-    @property
     def mask_head_shape(self) -> tuple[int, int, int]:
-        """(masks per box, mask height, mask width) of the mask head."""
+        """(masks per box, mask height, mask width) of the mask head (a method, not a property: tracing
+        reads every property of the module, and a model without masks has none to give)."""
         assert self.mask_head is not None
         return (self.mask_head.last.out_channels, *self.mask_head.mask_size)
 
@@ -482,7 +482,7 @@ class FasterRCNN(OperatingPoints, nn.Module):
         crops = F.max_pool2d(crops, self.pool_kernel, self.pool_stride)
         logits = self.mask_head(self._box_classifier_features(crops))  # [B * D, K or 1, h, w]
         b, d = boxes.shape[:2]
-        logits = logits.reshape(b, d, *self.mask_head_shape)
+        logits = logits.reshape(b, d, *self.mask_head_shape())
         if logits.shape[2] > 1:
             pick = detections["detection_classes"].long().clamp(0, logits.shape[2] - 1)
             logits = logits.gather(2, pick[:, :, None, None, None].expand(-1, -1, 1, *logits.shape[-2:]))
