@@ -33,7 +33,9 @@ What is done, in order:
 
 Writes OUT/real_defects.json and OUT/real_defects.md, and bench/results/<--name>.json. Seconds per
 training step: raredet from its log's timestamps, the TF OD API from its per-step events' wall times.
-`--reuse` rescores finished runs.
+`--reuse` rescores finished runs. OUT/data is written once per set of data arguments (OUT/data/setup.json
+records them), so several calls with the same arguments and different `--runs`/`--seeds` may share OUT
+and train side by side (one `--threads 1` call per core), then one `--reuse` call scores them all.
 
 Tried end to end (7 Dec 2026, `--seeds 0 --steps 20 --max_images 40`, NEU-DET from
 github.com/siddhartamukherjee/NEU-DET-Steel-Surface-Defect-Detection at 351bee2, pitted_surface made rare)
@@ -112,6 +114,11 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     """OUT/data: label map, train/val/test TFRecords and the configs (module docstring, steps 1-2)."""
     out = args.out / "data"
     out.mkdir(parents=True, exist_ok=True)
+    wanted = {k: getattr(args, k) for k in ("model", "rare", "ratio", "steps", "batch", "split_seed",
+                                            "max_images")} | {"data": str(args.data)}
+    saved = out / "setup.json"
+    if saved.exists() and json.loads(saved.read_text()).get("args") == wanted:
+        return json.loads(saved.read_text())["setup"]  # the same data and configs: leave them be
     issues = convert.DataIssues()
     checked = convert.check_images(convert.voc_annotations(args.data, issues), None, issues)
     names = sorted({n for im in checked for n in im.names})
@@ -135,10 +142,12 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     (out / "pipeline.best.config").write_text(best_config(text, levers.repeat_factor_threshold,
                                                           levers.class_alpha))
     (out / "data_report.json").write_text(json.dumps(issues.to_json(), indent=1))
-    return {"names": names, "images": {s: len(ims) for s, ims in splits.items()}, "boxes": counts,
+    setup = {"names": names, "images": {s: len(ims) for s, ims in splits.items()}, "boxes": counts,
             "rarity": rarity, "levers": levers.reason, "class_alpha": levers.class_alpha,
             "data_issues": issues.counts(), "split_seed": args.split_seed, "model": args.model,
             "batch": args.batch, "steps": args.steps}
+    saved.write_text(json.dumps({"args": wanted, "setup": setup}, indent=1))
+    return setup
 
 
 def subset(images: list[convert.CheckedImage], names: list[str], count: int, seed: int
