@@ -24,6 +24,8 @@ Module names follow Keras' (``mixed_5b``, ``block35[i]`` for ``block35_{i+1}``, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,6 +39,7 @@ BN_EPSILON = 1e-3
 BN_DECAY = 0.9997
 PROPOSAL_CHANNELS = 1088  # block17_20_ac
 BOX_CLASSIFIER_CHANNELS = 1536  # conv_7b_ac
+REPEATS = (10, 20, 10)  # block35, block17, block8 blocks
 
 
 class BatchNormNoScale(nn.Module):
@@ -101,58 +104,83 @@ class InceptionResnetBlock(nn.Module):
         return torch.relu(x) if self.activation else x
 
 
-def block35(frozen: bool) -> InceptionResnetBlock:
-    mixed = Mixed(ConvBN(320, 32, 1, frozen),
-                  nn.Sequential(ConvBN(320, 32, 1, frozen), ConvBN(32, 32, 3, frozen)),
-                  nn.Sequential(ConvBN(320, 32, 1, frozen), ConvBN(32, 48, 3, frozen),
-                                ConvBN(48, 64, 3, frozen)))
-    return InceptionResnetBlock(mixed, 128, 320, scale=0.17)
+Width = Callable[[int], int]  # a layer's Keras filter count -> the narrowed count
 
 
-def block17(frozen: bool) -> InceptionResnetBlock:
-    mixed = Mixed(ConvBN(1088, 192, 1, frozen),
-                  nn.Sequential(ConvBN(1088, 128, 1, frozen), ConvBN(128, 160, (1, 7), frozen),
-                                ConvBN(160, 192, (7, 1), frozen)))
-    return InceptionResnetBlock(mixed, 384, 1088, scale=0.1)
+def block35(channels: int, d: Width, frozen: bool) -> InceptionResnetBlock:
+    mixed = Mixed(ConvBN(channels, d(32), 1, frozen),
+                  nn.Sequential(ConvBN(channels, d(32), 1, frozen), ConvBN(d(32), d(32), 3, frozen)),
+                  nn.Sequential(ConvBN(channels, d(32), 1, frozen), ConvBN(d(32), d(48), 3, frozen),
+                                ConvBN(d(48), d(64), 3, frozen)))
+    return InceptionResnetBlock(mixed, 2 * d(32) + d(64), channels, scale=0.17)
 
 
-def block8(frozen: bool, scale: float = 0.2, activation: bool = True) -> InceptionResnetBlock:
-    mixed = Mixed(ConvBN(2080, 192, 1, frozen),
-                  nn.Sequential(ConvBN(2080, 192, 1, frozen), ConvBN(192, 224, (1, 3), frozen),
-                                ConvBN(224, 256, (3, 1), frozen)))
-    return InceptionResnetBlock(mixed, 448, 2080, scale=scale, activation=activation)
+def block17(channels: int, d: Width, frozen: bool) -> InceptionResnetBlock:
+    mixed = Mixed(ConvBN(channels, d(192), 1, frozen),
+                  nn.Sequential(ConvBN(channels, d(128), 1, frozen), ConvBN(d(128), d(160), (1, 7), frozen),
+                                ConvBN(d(160), d(192), (7, 1), frozen)))
+    return InceptionResnetBlock(mixed, 2 * d(192), channels, scale=0.1)
+
+
+def block8(channels: int, d: Width, frozen: bool, scale: float = 0.2, activation: bool = True
+           ) -> InceptionResnetBlock:
+    mixed = Mixed(ConvBN(channels, d(192), 1, frozen),
+                  nn.Sequential(ConvBN(channels, d(192), 1, frozen), ConvBN(d(192), d(224), (1, 3), frozen),
+                                ConvBN(d(224), d(256), (3, 1), frozen)))
+    return InceptionResnetBlock(mixed, d(192) + d(256), channels, scale=scale, activation=activation)
 
 
 class InceptionResnetV2(nn.Module):
     """The two halves of the module docstring. ``out_channels``: ``{4: 1088, 5: 1536}``, the first
-    stage's map (stride 16) and the second stage's features (the levels' names as ``ResNet``'s)."""
+    stage's map (stride 16) and the second stage's features (the levels' names as ``ResNet``'s).
 
-    def __init__(self, freeze_batchnorm: bool = True) -> None:
+    ``depth_multiplier``, ``min_depth`` and ``repeats`` build a narrow, shallow variant for small test
+    models (no config field sets them; the TF OD API's extractor has none): each ``conv2d_bn`` gets
+    ``max(int(filters * depth_multiplier), min_depth)`` filters (the residual blocks' closing 1x1 conv
+    keeps its input's width, as Keras takes it), and ``repeats`` block35 / block17 / block8 blocks (the
+    last block8 the un-activated one). The defaults are the zoo's network."""
+
+    def __init__(self, freeze_batchnorm: bool = True, *, depth_multiplier: float = 1.0, min_depth: int = 8,
+                 repeats: tuple[int, int, int] = REPEATS) -> None:
         super().__init__()
         f = freeze_batchnorm
-        self.out_channels = {4: PROPOSAL_CHANNELS, 5: BOX_CLASSIFIER_CHANNELS}
+
+        def d(filters: int) -> int:
+            return max(int(filters * depth_multiplier), min_depth)
+
+        if min(repeats) < 1:
+            raise ValueError(f"repeats must be at least 1 each, got {repeats}")
         self.input_normalization = INPUT_NORMALIZATION
         self.stem = nn.Sequential(
-            ConvBN(3, 32, 3, f, stride=2), ConvBN(32, 32, 3, f), ConvBN(32, 64, 3, f),
-            TFSameMaxPool2d(3, 2), ConvBN(64, 80, 1, f), ConvBN(80, 192, 3, f), TFSameMaxPool2d(3, 2))
+            ConvBN(3, d(32), 3, f, stride=2), ConvBN(d(32), d(32), 3, f), ConvBN(d(32), d(64), 3, f),
+            TFSameMaxPool2d(3, 2), ConvBN(d(64), d(80), 1, f), ConvBN(d(80), d(192), 3, f),
+            TFSameMaxPool2d(3, 2))
+        c = d(192)
         self.mixed_5b = Mixed(
-            ConvBN(192, 96, 1, f),
-            nn.Sequential(ConvBN(192, 48, 1, f), ConvBN(48, 64, 5, f)),
-            nn.Sequential(ConvBN(192, 64, 1, f), ConvBN(64, 96, 3, f), ConvBN(96, 96, 3, f)),
-            nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False), ConvBN(192, 64, 1, f)))
-        self.block35 = nn.Sequential(*[block35(f) for _ in range(10)])
+            ConvBN(c, d(96), 1, f),
+            nn.Sequential(ConvBN(c, d(48), 1, f), ConvBN(d(48), d(64), 5, f)),
+            nn.Sequential(ConvBN(c, d(64), 1, f), ConvBN(d(64), d(96), 3, f), ConvBN(d(96), d(96), 3, f)),
+            nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False), ConvBN(c, d(64), 1, f)))
+        c = 2 * d(96) + 2 * d(64)  # 320
+        self.block35 = nn.Sequential(*[block35(c, d, f) for _ in range(repeats[0])])
         self.mixed_6a = Mixed(
-            ConvBN(320, 384, 3, f, stride=2),
-            nn.Sequential(ConvBN(320, 256, 1, f), ConvBN(256, 256, 3, f), ConvBN(256, 384, 3, f, stride=2)),
+            ConvBN(c, d(384), 3, f, stride=2),
+            nn.Sequential(ConvBN(c, d(256), 1, f), ConvBN(d(256), d(256), 3, f),
+                          ConvBN(d(256), d(384), 3, f, stride=2)),
             TFSameMaxPool2d(3, 2))
-        self.block17 = nn.Sequential(*[block17(f) for _ in range(20)])
+        c = 2 * d(384) + c  # 1088
+        self.block17 = nn.Sequential(*[block17(c, d, f) for _ in range(repeats[1])])
         self.mixed_7a = Mixed(
-            nn.Sequential(ConvBN(1088, 256, 1, f), ConvBN(256, 384, 3, f, stride=2)),
-            nn.Sequential(ConvBN(1088, 256, 1, f), ConvBN(256, 288, 3, f, stride=2)),
-            nn.Sequential(ConvBN(1088, 256, 1, f), ConvBN(256, 288, 3, f), ConvBN(288, 320, 3, f, stride=2)),
+            nn.Sequential(ConvBN(c, d(256), 1, f), ConvBN(d(256), d(384), 3, f, stride=2)),
+            nn.Sequential(ConvBN(c, d(256), 1, f), ConvBN(d(256), d(288), 3, f, stride=2)),
+            nn.Sequential(ConvBN(c, d(256), 1, f), ConvBN(d(256), d(288), 3, f),
+                          ConvBN(d(288), d(320), 3, f, stride=2)),
             TFSameMaxPool2d(3, 2))
-        self.block8 = nn.Sequential(*[block8(f) for _ in range(9)], block8(f, scale=1.0, activation=False))
-        self.conv_7b = ConvBN(2080, BOX_CLASSIFIER_CHANNELS, 1, f)
+        proposal_channels, c = c, d(384) + d(288) + d(320) + c  # 2080
+        self.block8 = nn.Sequential(*[block8(c, d, f) for _ in range(repeats[2] - 1)],
+                                    block8(c, d, f, scale=1.0, activation=False))
+        self.conv_7b = ConvBN(c, d(BOX_CLASSIFIER_CHANNELS), 1, f)
+        self.out_channels = {4: proposal_channels, 5: d(BOX_CLASSIFIER_CHANNELS)}
         for module in self.modules():
             if isinstance(module, nn.Conv2d):  # Keras' default: glorot_uniform kernels, zero biases
                 nn.init.xavier_uniform_(module.weight)

@@ -50,6 +50,9 @@ from torch import nn
 from raredet.errors import CheckpointError
 from raredet.modeling.backbones import ResNet
 from raredet.modeling.fpn import FeaturePyramid
+from raredet.modeling.inception_resnet_v2 import InceptionResnetV2
+from raredet.modeling.mask_head import MaskHead
+from raredet.modeling.tf_weights import inception_resnet_v2
 from raredet.modeling.tf_weights.common import TensorMap
 from raredet.modeling.tf_weights.keras_layers import Shapes, batch_norm_maps, conv_maps
 from raredet.modeling.tf_weights.resnet import backbone_maps
@@ -63,6 +66,8 @@ BOX_CLASSIFIER_ROOT = "_feature_extractor_for_box_classifier_features"
 RPN_CONV = "_first_stage_box_predictor_first_conv/layer_with_weights-0"
 RPN_HEADS = "_first_stage_box_predictor/_prediction_heads"
 SECOND_STAGE = "_mask_rcnn_box_predictor"
+MASK_HEAD = "_third_stage_heads/mask_predictions/_mask_predictor_layers"
+MASK_PART = "mask_head"
 BOX_CLASSIFIER = "box_classifier"  # the FPN variant's fc layers (a part of their own)
 # The FPN extractor's _ResnetFPN layer: its attributes' names (the SSD extractor's differ)
 FPN_BACKBONE = f"{PROPOSAL_ROOT}/classification_backbone"
@@ -71,16 +76,19 @@ FPN_NAMES = ((FPN_ROOT, f"{PROPOSAL_ROOT}/fpn_features_generator"),
 
 
 def _resnet(model: FasterRCNN) -> ResNet:
-    """The model's ResNet; a CheckpointError for the other extractors, whose TF variables are not mapped."""
+    """The model's ResNet; a CheckpointError for a backbone whose TF variables are not mapped."""
     if not isinstance(model.backbone, ResNet):
-        raise CheckpointError(
-            "reading TF checkpoints into faster_rcnn_inception_resnet_v2 models is not supported yet (no TF "
-            "variable mapping); use a raredet checkpoint, or train from scratch")
+        raise CheckpointError(f"no TF variable mapping for a Faster R-CNN {type(model.backbone).__name__}; "
+                              "use a raredet checkpoint, or train from scratch")
     return model.backbone
 
 
 def backbone_tensor_maps(model: FasterRCNN, shapes: Shapes, root: str) -> list[TensorMap]:
-    """The ResNet: stem and ``layer1..3`` from the proposal model, ``layer4`` from the box classifier's."""
+    """The ResNet: stem and ``layer1..3`` from the proposal model, ``layer4`` from the box classifier's;
+    Inception-ResNet v2: its two halves (``tf_weights.inception_resnet_v2``)."""
+    if isinstance(model.backbone, InceptionResnetV2):
+        return inception_resnet_v2.detection_backbone_maps(model.backbone, "backbone", root, PROPOSAL_ROOT,
+                                                           BOX_CLASSIFIER_ROOT)
     maps = backbone_maps(_resnet(model), "backbone", f"{root}/{PROPOSAL_ROOT}", shapes, stages=(1, 2, 3))
     return maps + backbone_maps(_resnet(model), "backbone", f"{root}/{BOX_CLASSIFIER_ROOT}", shapes,
                                 stages=(4,), stem=False)
@@ -115,6 +123,29 @@ def second_stage_maps(root: str, shapes: Shapes) -> list[TensorMap]:
     return maps
 
 
+def mask_head_maps(head: MaskHead, root: str, shapes: Shapes) -> list[TensorMap]:
+    """The Keras ``MaskRCNNMaskHead`` at ``{root}/_mask_rcnn_box_predictor/_third_stage_heads/
+    mask_predictions``: its ``_mask_predictor_layers`` are, per conv before the last, the conv, its batch
+    norm (a layer without variables when ``conv_hyperparams`` has none) and the activation; with
+    ``convolve_then_upsample`` then the upsampling Lambda and one more conv, batch norm, activation;
+    then the last conv (with a bias). raredet's ``convs``, ``upsample_conv`` and ``last`` in that order."""
+    base = f"{root}/{SECOND_STAGE}/{MASK_HEAD}"
+    maps: list[TensorMap] = []
+    index = 0
+    for name, block in (("convs", head.convs), ("upsample_conv", head.upsample_conv)):
+        if name == "upsample_conv" and head.convolve_then_upsample:
+            index += 1  # the Lambda upsampling
+        for position in range(0, len(block), 3):  # conv, norm, activation
+            conv, norm = block[position], block[position + 1]
+            assert isinstance(conv, nn.Conv2d)
+            maps += conv_maps(conv, f"mask_head.{name}.{position}", f"{base}/{index}", MASK_PART)
+            if isinstance(norm, nn.BatchNorm2d):
+                maps += batch_norm_maps(f"mask_head.{name}.{position + 1}", f"{base}/{index + 1}", MASK_PART,
+                                        shapes)
+            index += 3
+    return maps + conv_maps(head.last, "mask_head.last", f"{base}/{index}", MASK_PART)
+
+
 def fpn_extractor_maps(model: FasterRCNN, shapes: Shapes, root: str) -> list[TensorMap]:
     """The FPN variant's ResNet, FPN and box classifier (module docstring)."""
     maps = backbone_maps(_resnet(model), "backbone", f"{root}/{FPN_BACKBONE}", shapes)
@@ -132,23 +163,29 @@ def fpn_extractor_maps(model: FasterRCNN, shapes: Shapes, root: str) -> list[Ten
 
 
 def tensor_maps(model: FasterRCNN, shapes: Shapes, root: str = "model") -> list[TensorMap]:
-    """Every map of a Faster R-CNN ResNet (or ResNet-FPN) from a detection checkpoint (parts
-    ``backbone``, ``rpn``, ``second_stage``; the FPN variant also ``fpn`` and ``box_classifier``);
+    """Every map of a Faster R-CNN ResNet, ResNet-FPN or Inception-ResNet v2 from a detection checkpoint
+    (parts ``backbone``, ``rpn``, ``second_stage``; the FPN variant also ``fpn`` and ``box_classifier``;
+    Mask R-CNN also ``mask_head``);
     ``shapes``: ``{object path: shape}`` of the checkpoint's variables."""
     first = f"{root}/{FPN_BACKBONE if model.fpn is not None else PROPOSAL_ROOT}/layer_with_weights-0/kernel"
     if first not in shapes:
-        kind = "ResNet-FPN" if model.fpn is not None else "ResNet"
+        kind = ("ResNet-FPN" if model.fpn is not None else
+                "Inception-ResNet v2" if isinstance(model.backbone, InceptionResnetV2) else "ResNet")
         raise CheckpointError(
             f"no Faster R-CNN {kind} under {root} in this checkpoint (looked for {first}); is the config's "
             "feature_extractor.type the checkpoint's? `raredet inspect-checkpoint` lists its object paths")
     extractor = (fpn_extractor_maps(model, shapes, root) if model.fpn is not None
                  else backbone_tensor_maps(model, shapes, root))
-    return extractor + rpn_maps(model, root) + second_stage_maps(root, shapes)
+    maps = extractor + rpn_maps(model, root) + second_stage_maps(root, shapes)
+    return maps + (mask_head_maps(model.mask_head, root, shapes) if model.mask_head is not None else [])
 
 
 def classification_maps(model: FasterRCNN, shapes: Shapes, root: str = "feature_extractor"
                         ) -> list[TensorMap]:
-    """The whole ResNet from a classification checkpoint (the Keras ResNet's ``layer_with_weights``)."""
+    """The whole ResNet (Inception-ResNet v2) from a classification checkpoint (the Keras application's
+    ``layer_with_weights``)."""
+    if isinstance(model.backbone, InceptionResnetV2):
+        return inception_resnet_v2.classification_backbone_maps(model.backbone, "backbone", root, shapes)
     if f"{root}/layer_with_weights-0/kernel" not in shapes:
         raise CheckpointError(f"no Keras ResNet at {root} in this checkpoint; `raredet inspect-checkpoint` "
                               "lists its object paths")
