@@ -88,7 +88,12 @@ def load_state_dict_by_name(module: nn.Module, state: Mapping[str, Tensor]) -> L
 
 
 def check_checkpoint_type(checkpoint_type: str) -> None:
-    """ValueError listing the valid types unless ``checkpoint_type`` is one."""
+    """ValueError listing the valid types unless ``checkpoint_type`` is one. TF1's ``"fine_tune"``
+    gets the TF OD API's own advice (CenterNet's ``restore_from_objects`` refuses it the same way)."""
+    if checkpoint_type == "fine_tune":
+        raise ValueError("'fine_tune' is no longer supported for CenterNet (nor by raredet); set "
+                         "fine_tune_checkpoint_type to 'detection', which has the same functionality (the "
+                         "TF OD API's advice), or 'full' to load every tensor")
     if checkpoint_type not in CHECKPOINT_TYPES:
         raise ValueError(f"unknown {checkpoint_type!r}; valid: {list(CHECKPOINT_TYPES)}")
 

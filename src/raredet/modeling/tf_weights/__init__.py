@@ -64,6 +64,8 @@ def family_name(model: nn.Module) -> str:
     """The ``tf_weights`` module that maps ``model``'s family."""
     if type(model).__name__ == "FasterRCNN":
         return "faster_rcnn"
+    if type(model).__name__ == "CenterNet":
+        return "center_net"
     key = str(getattr(model, "feature_extractor_type", ""))
     for prefix, name in SSD_FAMILIES:
         if key.startswith(prefix):

@@ -1,0 +1,158 @@
+"""CenterNet loaded from checkpoints the TF OD API wrote, against TensorFlow's own outputs.
+
+Fixtures (tests/fixtures/tf_models/center_net_*, each folder's WRITTEN_BY says how
+write_center_net_fixture.py wrote it): narrow versions of the zoo's CenterNet configs on a 48x64 image
+padded to 64x64 (a 16x16 output map), with every TF variable drawn at random, so a missed, transposed
+or mis-assigned tensor changes the outputs by O(1). raredet builds the same narrow models (the widths
+the writer narrowed TF's to) and must give TF's heatmaps, box maps, detections (and keypoints / masks)
+after loading. Expectations are TensorFlow's numbers; restore_from_objects' choices are TF's code
+(meta_architectures/center_net_meta_arch.py).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import raredet.config
+from raredet import builders
+from raredet.errors import CheckpointError
+from raredet.modeling import center_net_resnet_fpn, load_checkpoint_weights
+from raredet.modeling.backbones import ResNet
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "tf_models"
+RESNET_V1 = FIXTURES / "center_net_resnet50_v1_fpn"
+
+
+def narrow_resnet_v1_fpn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the writer narrowed TF's: the Keras ResNet-50 at 1/32 (min 4), top-down 256/128/64 -> 16/8/8."""
+    def narrow(depth: int, **_: object) -> ResNet:
+        return ResNet(depth, depth_multiplier=1 / 32, min_depth=4, keras_widths=True)
+
+    monkeypatch.setattr(center_net_resnet_fpn, "ResNet", narrow)
+    monkeypatch.setattr(center_net_resnet_fpn, "TOP_DOWN_FILTERS", (16, 8, 8))
+    monkeypatch.setattr(center_net_resnet_fpn, "TOP_DOWN_OUTPUTS", (8, 8, 8))
+
+
+def build(folder: Path) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fields raredet parses but does not act on
+        loaded = raredet.config.load(folder / "pipeline.config")
+    model, _ = builders.build_model(builders.model_message(loaded.pipeline))
+    return model.eval()
+
+
+def tf_outputs(folder: Path) -> dict[str, np.ndarray]:
+    return dict(np.load(folder / "tf_outputs.npz"))
+
+
+def run(model: nn.Module, tf: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    image = torch.from_numpy(tf["resized_image"].astype(np.float32)).permute(2, 0, 1)[None]
+    size = torch.from_numpy(tf["true_image_shape"][:2].astype(np.int64))[None]
+    with torch.no_grad():
+        out = model(image)
+        return out, model.postprocess(out, size)
+
+
+def nchw(array: np.ndarray) -> np.ndarray:
+    return array.transpose(2, 0, 1)
+
+
+def assert_close(ours: torch.Tensor, theirs: np.ndarray, tolerance: float = 1e-4) -> None:
+    scale = max(float(np.abs(theirs).max()), 1.0)
+    assert ours.shape == theirs.shape
+    assert float(np.abs(ours.detach().numpy() - theirs).max()) < tolerance * scale
+
+
+def assert_detections_equal(det: dict, tf: dict) -> None:
+    """TF's boxes are normalised (ymin, xmin, ymax, xmax) to the true image, raredet's xyxy pixels."""
+    height, width = (int(v) for v in tf["true_image_shape"][:2])
+    n = int(tf["postprocess/num_detections"])
+    assert int(det["num_detections"][0]) == n > 0
+    boxes = det["detection_boxes"][0, :n].numpy()[:, [1, 0, 3, 2]] / np.array([height, width] * 2)
+    assert np.abs(boxes - tf["postprocess/detection_boxes"][:n]).max() < 1e-5
+    scores = det["detection_scores"][0, :n].numpy()
+    assert np.abs(scores - tf["postprocess/detection_scores"][:n]).max() < 1e-5
+    assert (det["detection_classes"][0, :n].numpy() == tf["postprocess/detection_classes"][:n]).all()
+
+
+def assert_detection_task_equals(out: dict, det: dict, tf: dict) -> None:
+    for ours, theirs in (("object_center", "object_center"), ("box/scale", "box/scale"),
+                         ("box/offset", "box/offset")):
+        assert_close(out[ours][-1, 0], nchw(tf[f"predict/{theirs}_0"]))
+    assert np.abs(tf["predict/object_center_0"]).max() > 1.0  # not a flat map: the weights count
+    assert_detections_equal(det, tf)
+
+
+def test_resnet_v1_fpn_full_checkpoint_gives_tensorflows_outputs(monkeypatch):
+    narrow_resnet_v1_fpn(monkeypatch)
+    model = build(RESNET_V1)
+    report = load_checkpoint_weights(model, RESNET_V1 / "checkpoint" / "ckpt-0", "full")
+    assert not report.missing and not report.unexpected and not report.shape_mismatch
+    # 53 convs (each with Keras' bias) and 53 batch norms (4 tensors each) of the Keras ResNet-50
+    assert report.parts["backbone"] == (53 * 2 + 53 * 4, 53 * 2 + 53 * 4)
+    assert report.parts["fpn"] == (4 * 2 + 3 * 2 + 3 * 4,) * 2
+    assert report.parts["object_detection"] == (12, 12)
+    assert model.weights_convention == "tf"
+    tf = tf_outputs(RESNET_V1)
+    out, det = run(model, tf)
+    assert_close(model.feature_extractor(  # the features TF's extractor returns
+        (torch.from_numpy(tf["resized_image"]).permute(2, 0, 1)[None].float() - model.pixel_mean)
+        / model.pixel_std)[0][0], nchw(tf["predict/extracted_features_0"]))
+    assert_detection_task_equals(out, det, tf)
+
+
+def test_resnet_v1_fpn_detection_checkpoint_loads_the_extractor_only(monkeypatch):
+    # restore_from_objects('detection'): model/_feature_extractor (ResNet and top-down path), no heads
+    narrow_resnet_v1_fpn(monkeypatch)
+    model = build(RESNET_V1)
+    heads = {k: v.clone() for k, v in model.object_detection.state_dict().items()}
+    report = load_checkpoint_weights(model, RESNET_V1 / "checkpoint" / "ckpt-0", "detection")
+    assert report.parts["backbone"][0] == report.parts["backbone"][1] > 300
+    assert report.parts["fpn"][0] == report.parts["fpn"][1] > 0
+    assert report.parts["object_detection"][0] == 0 and not report.unexpected
+    for name, tensor in model.object_detection.state_dict().items():
+        assert torch.equal(tensor, heads[name]), name
+    full = build(RESNET_V1)
+    load_checkpoint_weights(full, RESNET_V1 / "checkpoint" / "ckpt-0", "full")
+    for name, tensor in full.feature_extractor.state_dict().items():
+        assert torch.equal(tensor, model.feature_extractor.state_dict()[name]), name
+
+
+def test_resnet_v1_fpn_classification_checkpoint_loads_the_keras_resnet_only(monkeypatch):
+    # restore_from_objects('classification'): {'feature_extractor': classification_backbone} (_base_model)
+    narrow_resnet_v1_fpn(monkeypatch)
+    model = build(RESNET_V1)
+    top = model.feature_extractor.top.weight.detach().clone()
+    report = load_checkpoint_weights(model, RESNET_V1 / "classification" / "ckpt-0", "classification")
+    assert report.parts["backbone"][0] == report.parts["backbone"][1] == 53 * 6
+    assert not report.unexpected
+    assert all(done == 0 for part, (done, _) in report.parts.items() if part != "backbone")
+    assert torch.equal(model.feature_extractor.top.weight, top)
+    full = build(RESNET_V1)
+    load_checkpoint_weights(full, RESNET_V1 / "checkpoint" / "ckpt-0", "full")
+    for name, tensor in full.feature_extractor.backbone.state_dict().items():  # the same Keras ResNet
+        assert torch.equal(tensor, model.feature_extractor.backbone.state_dict()[name]), name
+    # the backbone of a detection checkpoint, as classification: the same tensors, nothing else
+    again = build(RESNET_V1)
+    report = load_checkpoint_weights(again, RESNET_V1 / "checkpoint" / "ckpt-0", "classification")
+    assert report.parts["backbone"][0] == 53 * 6
+    assert all(done == 0 for part, (done, _) in report.parts.items() if part != "backbone")
+
+
+def test_fine_tune_checkpoint_type_is_refused_with_tfs_advice(monkeypatch):
+    narrow_resnet_v1_fpn(monkeypatch)
+    model = build(RESNET_V1)
+    with pytest.raises(ValueError, match="'fine_tune' is no longer supported for CenterNet.*'detection'"):
+        load_checkpoint_weights(model, RESNET_V1 / "checkpoint" / "ckpt-0", "fine_tune")
+
+
+def test_a_checkpoint_of_another_extractor_is_refused_by_name(monkeypatch):
+    model = build(RESNET_V1)  # full width: the checkpoint's ResNet is the narrow one
+    with pytest.raises(CheckpointError):
+        load_checkpoint_weights(model, FIXTURES / "faster_rcnn_resnet50_v1" / "checkpoint" / "ckpt-0", "full")
