@@ -231,26 +231,26 @@ def last_sample(boxes: np.ndarray, axis: int) -> np.ndarray:
 
 def test_detection_masks_equal_tensorflows():
     """The third stage (the map cropped at each detection, the second half of the network, the mask
-    head, the detection's class, sigmoid) gives TF's ``detection_masks``. Where a box reaches the image's
-    far edge TF's native ``crop_and_resize`` lands the crop's last sample either on the map's last cell
-    or a rounding error past it -- then the whole last row / column of the crop is 0 (its extrapolation
-    value): TF's box, decoded and normalised in another order of float32 operations, may differ from
-    raredet's by one unit in the last place and fall on the other side. Such a detection is compared
-    below through TF's own box (``test_masks_of_tfs_boxes_equal_tensorflows``)."""
+    head, the detection's class, sigmoid) gives TF's ``detection_masks``, every one of the 8. Where a box
+    reaches the image's far edge, TF's native ``crop_and_resize`` lands the crop's last sample on the
+    map's last cell or a rounding error past it -- then the crop's whole last row / column is 0 (the
+    extrapolation value), and the mask differs by O(0.01). TF's box, decoded and normalised in another
+    order of float32 operations, may differ from raredet's by one unit in the last place and fall on the
+    other side (a fixture written with kernel_gain 1.1 had one such detection: TF's last sample at
+    7.0000005 on an 8-cell map). None of this fixture's boxes does, which is checked here; such a box is
+    compared through TF's own box in ``test_masks_of_tfs_boxes_equal_tensorflows``."""
     _, _, det = loaded_outputs()
     tf_masks = tf_outputs()["postprocess/detection_masks"]  # [D, 33, 33] probabilities in the box
     assert det["detection_masks"].shape == (1, *tf_masks.shape)
     assert tf_masks.min() < 0.2 and tf_masks.max() > 0.99 and tf_masks.std() > 0.1
     ours = det["detection_boxes"][0].numpy()[:, [1, 0, 3, 2]] / np.array([HEIGHT, WIDTH] * 2)
     theirs = tf_outputs()["postprocess/detection_boxes"]
-    past_edge = np.zeros(len(theirs), dtype=bool)
     for axis in (0, 1):
         limit = FEATURE_HW[axis] - 1
         ours_past = last_sample(ours.astype(np.float32), axis) > limit
-        past_edge |= (last_sample(theirs, axis) > limit) != ours_past
-    same = ~past_edge
-    assert same.sum() >= 6
-    close(det["detection_masks"][0].numpy()[same], tf_masks[same], 1e-5)
+        assert ((last_sample(theirs, axis) > limit) == ours_past).all()
+    assert (theirs[:, 2:] == 1.0).any()  # boxes reaching the far edges are among them
+    close(det["detection_masks"][0].numpy(), tf_masks, 1e-5)
 
 
 def test_masks_of_tfs_boxes_equal_tensorflows():
