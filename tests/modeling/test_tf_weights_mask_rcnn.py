@@ -32,6 +32,7 @@ from raredet.builders import faster_rcnn as builders_faster_rcnn
 from raredet.commands.train import train_from_config
 from raredet.config.label_map import LabelMap
 from raredet.data.tfrecord import encode_example, write_tfrecord
+from raredet.errors import CheckpointError
 from raredet.modeling import load_checkpoint_weights
 from raredet.modeling.inception_resnet_v2 import ConvBN, InceptionResnetBlock, InceptionResnetV2
 from raredet.modeling.tf_weights.inception_resnet_v2 import (
@@ -176,6 +177,17 @@ def test_detection_checkpoint_loads_both_feature_extractor_models():
     load_checkpoint_weights(full, DETECTION, "full")
     for name, tensor in full.backbone.block8.state_dict().items():  # from the box classifier's model
         assert torch.equal(tensor, model.backbone.block8.state_dict()[name]), name
+
+
+def test_full_for_another_number_of_classes_is_refused_and_detection_loads(tmp_path):
+    config = tmp_path / "pipeline.config"
+    text = (FOLDER / "pipeline.config").read_text()
+    assert text.count("num_classes: 3") == 1
+    config.write_text(text.replace("num_classes: 3", "num_classes: 5"))
+    with pytest.raises(CheckpointError, match="'full' needs every tensor.*use 'detection'"):
+        load_checkpoint_weights(build(config), DETECTION, "full")
+    report = load_checkpoint_weights(build(config), DETECTION, "detection")
+    assert report.parts["backbone"] == (220, 220) and not report.shape_mismatch
 
 
 # ---- what it computes --------------------------------------------------------------------------------

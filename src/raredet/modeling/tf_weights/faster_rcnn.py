@@ -33,6 +33,12 @@ The FPN variant (``faster_rcnn_resnet{50,101,152}_fpn_keras``):
   ``.../class_predictions_with_background/l/...``.
 * **Second stage**: as above; the zoo's FPN config predicts one box per class (``K x 4`` columns).
 
+Inception-ResNet v2 (``faster_rcnn_inception_resnet_v2_keras``, Mask R-CNN's zoo extractor): the Keras
+application's two functional models at the same two roots (``tf_weights.inception_resnet_v2``: their
+layer order), the RPN and the second stage as above. Mask R-CNN's mask head (part ``mask_head``):
+``_mask_rcnn_box_predictor/_third_stage_heads/mask_predictions/_mask_predictor_layers/i``
+(``mask_head_maps``).
+
 ``restore_from_objects``: ``classification`` restores the feature extractor's
 ``classification_backbone`` (the whole Keras ResNet, root ``feature_extractor`` in a classification
 checkpoint); ``detection`` the two feature-extractor models above (the backbone, all of ``layer1..4``;
