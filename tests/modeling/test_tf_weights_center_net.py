@@ -21,9 +21,11 @@ from torch import nn
 
 import raredet.config
 from raredet import builders
+from raredet.builders import center_net as builders_center_net
 from raredet.errors import CheckpointError
-from raredet.modeling import center_net_resnet_fpn, load_checkpoint_weights
+from raredet.modeling import center_net_resnet_fpn, hourglass, load_checkpoint_weights, resnet_v2
 from raredet.modeling.backbones import ResNet
+from raredet.modeling.resnet_v2 import CenterNetResNetV2
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "tf_models"
 RESNET_V1 = FIXTURES / "center_net_resnet50_v1_fpn"
@@ -85,7 +87,7 @@ def assert_detection_task_equals(out: dict, det: dict, tf: dict) -> None:
     for ours, theirs in (("object_center", "object_center"), ("box/scale", "box/scale"),
                          ("box/offset", "box/offset")):
         assert_close(out[ours][-1, 0], nchw(tf[f"predict/{theirs}_0"]))
-    assert np.abs(tf["predict/object_center_0"]).max() > 1.0  # not a flat map: the weights count
+    assert np.ptp(tf["predict/object_center_0"]) > 0.3  # not a flat map: the weights count
     assert_detections_equal(det, tf)
 
 
@@ -156,3 +158,128 @@ def test_a_checkpoint_of_another_extractor_is_refused_by_name(monkeypatch):
     model = build(RESNET_V1)  # full width: the checkpoint's ResNet is the narrow one
     with pytest.raises(CheckpointError):
         load_checkpoint_weights(model, FIXTURES / "faster_rcnn_resnet50_v1" / "checkpoint" / "ckpt-0", "full")
+
+
+RESNET_V2_KPTS = FIXTURES / "center_net_resnet50_v2_kpts"
+
+
+def narrow_resnet_v2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the writer narrowed TF's: Keras' ResNet50V2 at 1/16 (stem 4, bottlenecks 4/8/16/32 wide, 4x
+    out), the upsampling stages 256/128/64 -> 16/8/8."""
+    monkeypatch.setattr(resnet_v2, "STEM_FILTERS", 4)
+    monkeypatch.setitem(builders_center_net.FEATURE_EXTRACTORS, "resnet_v2_50", lambda msg: CenterNetResNetV2(
+        resnet_v2.RESNET_V2_BLOCKS[50], stage_filters=(4, 8, 16, 32), upsample_filters=(16, 8, 8)))
+
+
+def test_resnet_v2_with_keypoints_full_checkpoint_gives_tensorflows_outputs(monkeypatch):
+    narrow_resnet_v2(monkeypatch)
+    model = build(RESNET_V2_KPTS)
+    report = load_checkpoint_weights(model, RESNET_V2_KPTS / "checkpoint" / "ckpt-0", "full")
+    assert not report.missing and not report.shape_mismatch
+    # Keras' post_bn (after conv5, which the extractor never runs) is all the checkpoint has besides
+    post_bn = {"gamma", "beta", "moving_mean", "moving_variance"}
+    assert {p.rsplit("/", 1)[-1] for p in report.unexpected} == post_bn and len(report.unexpected) == 4
+    assert report.parts["keypoints"] == (12, 12)  # heatmap, offset, regression: 2 convs each
+    assert report.parts["upsample"][0] == report.parts["upsample"][1] == 3 * (2 * 2 + 2 * 4)
+    tf = tf_outputs(RESNET_V2_KPTS)
+    out, det = run(model, tf)
+    assert_detection_task_equals(out, det, tf)
+    for head in ("heatmap", "offset", "regression"):
+        name = f"human_pose/keypoint/{head}"
+        assert_close(out[name][-1, 0], nchw(tf[f"predict/{name}_0"]))
+    # TF: (y, x) normalised to the true image; raredet: (x, y) input pixels
+    n = int(tf["postprocess/num_detections"])
+    height, width = (int(v) for v in tf["true_image_shape"][:2])
+    keypoints = det["detection_keypoints"][0, :n].numpy()[..., ::-1] / np.array([height, width])
+    assert np.abs(keypoints - tf["postprocess/detection_keypoints"][:n]).max() < 1e-5
+    scores = det["detection_keypoint_scores"][0, :n].numpy()
+    assert np.abs(scores - tf["postprocess/detection_keypoint_scores"][:n]).max() < 1e-5
+
+
+def test_resnet_v2_classification_and_detection_select_tfs_objects(monkeypatch):
+    narrow_resnet_v2(monkeypatch)
+    model = build(RESNET_V2_KPTS)
+    heads = {k: v.clone() for k, v in model.tasks.state_dict().items()}
+    report = load_checkpoint_weights(model, RESNET_V2_KPTS / "checkpoint" / "ckpt-0", "detection")
+    assert report.parts["backbone"][0] == report.parts["backbone"][1] > 200
+    assert report.parts["upsample"][0] == report.parts["upsample"][1]
+    assert all(done == 0 for part, (done, _) in report.parts.items() if part not in ("backbone", "upsample"))
+    for name, tensor in model.tasks.state_dict().items():
+        assert torch.equal(tensor, heads[name]), name
+    backbone_only = build(RESNET_V2_KPTS)
+    path = RESNET_V2_KPTS / "checkpoint" / "ckpt-0"
+    report = load_checkpoint_weights(backbone_only, path, "classification")
+    assert report.parts["backbone"][0] == report.parts["backbone"][1]
+    assert all(done == 0 for part, (done, _) in report.parts.items() if part != "backbone")
+
+
+HOURGLASS_DEEPMAC = FIXTURES / "center_net_hourglass10_deepmac"
+
+
+def test_hourglass_with_deepmac_full_checkpoint_gives_tensorflows_outputs(monkeypatch):
+    monkeypatch.setitem(hourglass.CENTER_NET_NUM_CHANNELS, "hourglass_10", 4)  # as the writer's TF model
+    model = build(HOURGLASS_DEEPMAC)
+    report = load_checkpoint_weights(model, HOURGLASS_DEEPMAC / "checkpoint" / "ckpt-0", "full")
+    assert not report.missing and not report.shape_mismatch
+    # DeepMAC's random generator for its self-supervised augmentation (training only): no raredet tensor
+    assert report.unexpected == ["model/_self_supervised_rng/_state_var"]
+    assert report.parts["hourglass"][0] == report.parts["hourglass"][1] > 50
+    assert report.parts["deepmac"][0] == report.parts["deepmac"][1] > 50
+    tf = tf_outputs(HOURGLASS_DEEPMAC)
+    out, det = run(model, tf)
+    assert_detection_task_equals(out, det, tf)
+    for ours, theirs in (("deepmac/instance_embedding", "INSTANCE_EMBEDDING"),
+                         ("deepmac/pixel_embedding", "PIXEL_EMBEDDING")):
+        assert_close(out[ours][-1, 0], nchw(tf[f"predict/{theirs}_0"]))
+    # TF crops the mask inputs with the boxes before they are clipped to the true image (boxes_strided);
+    # raredet with the detection boxes, clipped: the same boxes unless a box reaches into the padding
+    # (here: centres in rows 48..64, 4 of the 20). Those differ (docs/center_net.md, "TF checkpoints").
+    n = int(tf["postprocess/num_detections"])
+    height, width = (int(v) // 4 for v in tf["true_image_shape"][:2])
+    strided = tf["postprocess/detection_boxes_strided"][:n]  # ymin, xmin, ymax, xmax on the 16x16 map
+    inside = (strided[:, 2] <= height) & (strided[:, 3] <= width)
+    assert inside.sum() == 16
+    masks = tf["postprocess/detection_masks"][:n][inside]
+    assert np.abs(det["detection_masks"][0, :n].numpy()[inside] - masks).max() < 1e-4
+    assert np.ptp(masks) > 0.05
+
+
+def test_hourglass_detection_checkpoint_loads_the_extractor_and_classification_none(monkeypatch):
+    # TF: 'detection' = model/_feature_extractor (the hourglass), not the heads nor DeepMAC's _mask_net;
+    # the hourglass extractors have no classification_backbone (TF raises NotImplementedError)
+    monkeypatch.setitem(hourglass.CENTER_NET_NUM_CHANNELS, "hourglass_10", 4)
+    model = build(HOURGLASS_DEEPMAC)
+    report = load_checkpoint_weights(model, HOURGLASS_DEEPMAC / "checkpoint" / "ckpt-0", "detection")
+    assert report.parts["hourglass"][0] == report.parts["hourglass"][1]
+    assert all(done == 0 for part, (done, _) in report.parts.items() if part != "hourglass")
+    with pytest.raises(CheckpointError, match="no TF variable matched"):
+        load_checkpoint_weights(build(HOURGLASS_DEEPMAC), HOURGLASS_DEEPMAC / "checkpoint" / "ckpt-0",
+                                "classification")
+
+
+def keras_v2_module(layer: str) -> str:
+    """A Keras ResNetV2 layer name -> raredet's module: ``conv3_block2_1_bn`` -> ``conv3.1.bn1``."""
+    if layer == "conv1_conv":
+        return "conv1"
+    stage, block, rest = layer.split("_", 2)
+    if rest != "preact_bn":
+        number, kind = rest.split("_")
+        rest = f"{kind}{number}"
+    return f"{stage}.{int(block.removeprefix('block')) - 1}.{rest}"
+
+
+def test_resnet_v2_layer_order_is_the_checkpoints_own(monkeypatch):
+    # layer_with_weights-N is an index: the checkpoint's full names (Keras' layer names) say which layer
+    from raredet.modeling.tf_weights import center_net as tf_center_net
+    from raredet.tfcheckpoint import open_checkpoint
+
+    narrow_resnet_v2(monkeypatch)
+    model = build(RESNET_V2_KPTS)
+    ckpt = open_checkpoint(RESNET_V2_KPTS / "checkpoint" / "ckpt-0")
+    variables, full_names = ckpt.variables(), ckpt.full_names()
+    shapes = {p: tuple(ckpt.info(k).shape) for p, k in variables.items()}
+    maps = [m for m in tf_center_net.tensor_maps(model, shapes) if m.part == "backbone"]
+    assert len(maps) > 200
+    for item in maps:
+        layer = full_names[variables[item.source]].rsplit("/", 1)[0]
+        assert item.target.rsplit(".", 1)[0] == f"feature_extractor.{keras_v2_module(layer)}", item

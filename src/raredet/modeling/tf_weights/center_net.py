@@ -15,8 +15,9 @@ Object paths under the detection root (``model``), as TF 2.15 writes them:
   part ``fpn``.
 * **ResNet v2** (``resnet_v2_{50,101}``, ``CenterNetResnetFeatureExtractor``): ``_base_model/
   layer_with_weights-N``: ``tf.keras.applications.ResNet50V2/101V2``: the stem conv, then per block the
-  pre-activation batch norm, the projection shortcut (a stage's first block), the 1x1 conv and batch
-  norm, the 3x3 conv and batch norm, the last 1x1 conv; last ``post_bn``, which the extractor never
+  pre-activation batch norm, the 1x1 conv and batch norm, the 3x3 conv and batch norm, the projection
+  shortcut (a stage's first block), the last 1x1 conv (checked against the checkpoint's own full names
+  in the tests); last ``post_bn``, which the extractor never
   runs (raredet has none: it stays in the checkpoint, listed as unexpected). The upsampling stages in
   ``_feature_extractor_model/layer_with_weights-M``, ``M = 1 + 4 i + (conv, its batch norm, the
   transposed conv, its batch norm)``; raredet's ``upsample.i.{conv, conv_bn, deconv, deconv_bn}``,
@@ -32,7 +33,8 @@ Object paths under the detection root (``model``), as TF 2.15 writes them:
   ``object_detection``); a keypoint task's ``<task_name>/keypoint/{heatmap, offset, regression}``
   (part ``keypoints``); DeepMAC's ``INSTANCE_EMBEDDING`` and ``PIXEL_EMBEDDING`` (part ``deepmac``).
 * **DeepMAC's mask network**: ``_mask_net/_net/<hourglass attribute path>`` and
-  ``_mask_net/project_out`` (part ``deepmac``).
+  ``_mask_net/project_out`` (part ``deepmac``). DeepMAC's ``_self_supervised_rng/_state_var`` (the
+  random generator of its training-only augmentation) feeds nothing: a load reports it unexpected.
 
 ``restore_from_objects`` (``CenterNetMetaArch``): ``detection`` restores ``model/_feature_extractor``
 (the whole extractor: backbone and the FPN / upsampling layers, not the heads nor DeepMAC's mask
@@ -139,10 +141,10 @@ def resnet_v2_layer_order(extractor: CenterNetResNetV2) -> list[str]:
         for index, block in enumerate(cast(nn.Sequential, getattr(extractor, stage))):
             block = cast(PreactBottleneck, block)
             prefix = f"{stage}.{index}"
-            order.append(f"{prefix}.preact_bn")
-            if block.conv0 is not None:
+            order += [f"{prefix}.{name}" for name in ("preact_bn", "conv1", "bn1", "conv2", "bn2")]
+            if block.conv0 is not None:  # Keras' topological order puts the shortcut here
                 order.append(f"{prefix}.conv0")
-            order += [f"{prefix}.{name}" for name in ("conv1", "bn1", "conv2", "bn2", "conv3")]
+            order.append(f"{prefix}.conv3")
     return order
 
 
