@@ -99,7 +99,7 @@ def build_center_net(msg: center_net_pb2.CenterNet, calibration: Calibration | N
     post = msg.post_processing
     nms = build_non_max_suppression(post) if post.HasField("batch_non_max_suppression") else None
     with refused_as_config_error(WHERE):
-        return CenterNet(
+        model = CenterNet(
             msg.num_classes, extractor, detection,
             ScoreConverter("SIGMOID", 1.0, calibration, msg.num_classes), tasks,
             channel_means=list(extractor_msg.channel_means) or (0.0, 0.0, 0.0),
@@ -108,6 +108,9 @@ def build_center_net(msg: center_net_pb2.CenterNet, calibration: Calibration | N
             max_box_predictions=msg.object_center_params.max_box_predictions,
             peak_max_pool_kernel_size=msg.object_center_params.peak_max_pool_kernel_size,
             non_max_suppression=nms, feature_extractor_type=extractor_msg.type)
+    if nms is not None:  # as TF's NMS: scores at or below its score_threshold are dropped
+        model.score_threshold = nms.score_threshold
+    return model
 
 
 def build_center_net_loss(msg: center_net_pb2.CenterNet, class_weights: Sequence[ClassWeight],

@@ -5,6 +5,8 @@ Besides the evaluation outputs, each evaluation writes the per-class operating p
 with `--operating_points_from` those of another evaluation graded here) and
 `pipeline.operating_points.config`: the run's config whose `calibration_config` applies them, and
 `pipeline.operating_points.tf.config`, the same without raredet's own fields, for the TF OD API.
+For CenterNet only the first is written: raredet applies its calibration_config to the heatmap peaks'
+scores, but the TF OD API ignores calibration_config for CenterNet (the file's comment says so).
 
 The checkpoints are a raredet run's `ckpt-<step>.pt`, else those of a model the TF OD API trained
 (`commands.trained`): an extracted TF2 zoo model folder's `checkpoint/ckpt-0`, or a TF `model_dir`'s
@@ -44,7 +46,7 @@ from raredet.evaluation.options import EvalOptions
 from raredet.fileio import atomic_write_text
 from raredet.losses import ClassWeight
 from raredet.modeling import load_checkpoint_weights
-from raredet.protos import calibration_pb2, post_processing_pb2
+from raredet.protos import calibration_pb2, center_net_pb2, post_processing_pb2
 from raredet.tfcheckpoint import is_tf_checkpoint
 
 POLL_SECONDS = 5.0
@@ -141,6 +143,11 @@ class EvalJob:
                 stale.unlink(missing_ok=True)
             return
         atomic_write_text(path, text)
+        if is_center_net(self.loaded):  # TF ignores the calibration: no file "for the TF OD API"
+            tf_path.unlink(missing_ok=True)
+            print(f"{path.name}: for raredet only (the TF OD API ignores calibration_config for CenterNet); "
+                  f"no {tf_path.name} written")
+            return
         atomic_write_text(tf_path, builders.tf_od_api_config_text(text))
 
 
@@ -268,14 +275,13 @@ def operating_points_config(loaded: config.LoadedConfig,
         return None, (f"not written: {owner} already has calibration_config ({kind}), and "
                       "the TF OD API takes one calibrator; apply operating_points.json with "
                       "--operating_points")
-    if where.startswith("model.center_net."):
-        return None, ("not written: the TF OD API builds a CenterNet's post_processing for NMS only and "
-                      "ignores its calibration_config; apply operating_points.json with --operating_points "
-                      "(raredet predict and export apply it to the heatmap scores)")
-    identity = post.score_converter == post_processing_pb2.PostProcessing.IDENTITY
+    center_net = is_center_net(loaded)
+    # CenterNet's peak scores are always sigmoids (its post_processing has no say in them)
+    identity = not center_net and post.score_converter == post_processing_pb2.PostProcessing.IDENTITY
     if identity or not content.get("deployable", True):
         return None, ("not written: score_converter is IDENTITY, so scores are not in [0, 1] where "
                       "calibration maps work; use SIGMOID or SOFTMAX")
+    header = _center_net_header(cfg.model.center_net) if center_net else []
     post.batch_non_max_suppression.score_threshold = float(content["score_threshold"])
     maps = post.calibration_config.class_id_function_approximations.class_id_xy_pairs_map
     for class_id, xy in content["calibration"].items():
@@ -292,5 +298,27 @@ def operating_points_config(loaded: config.LoadedConfig,
             if review is not None else "")
     header = [f"# Written by raredet eval: per-class operating points chosen on {chosen}.",
               f"# Each class's threshold maps to score_threshold {content['score_threshold']:g}{band}.",
-              "# Classes without a map keep that threshold as it is."]
+              "# Classes without a map keep that threshold as it is.", *header]
     return "\n".join(header) + "\n" + text_format.MessageToString(cfg), "written"
+
+
+def is_center_net(loaded: config.LoadedConfig) -> bool:
+    return isinstance(builders.model_message(loaded.pipeline), center_net_pb2.CenterNet)
+
+
+def _center_net_header(msg: center_net_pb2.CenterNet) -> list[str]:
+    """CenterNet: the TF OD API ignores the calibration (comment lines saying so); and, where the
+    config has no NMS, one that suppresses nothing is added to `msg` to carry the score_threshold."""
+    lines = ["# CenterNet: raredet's predict and export apply this calibration_config to the scores of the",
+             "# heatmap peaks. The TF OD API itself IGNORES calibration_config for CenterNet (it builds only",
+             "# the NMS of post_processing), so TF would apply score_threshold alike to every class's",
+             "# uncalibrated score: deploy this file with raredet, not with the TF OD API."]
+    post = msg.post_processing
+    if not post.HasField("batch_non_max_suppression"):
+        limit = msg.object_center_params.max_box_predictions
+        nms = post.batch_non_max_suppression
+        nms.iou_threshold = 1.0  # no two boxes overlap by more than IoU 1: nothing is suppressed
+        nms.max_detections_per_class = nms.max_total_detections = limit
+        lines += ["# batch_non_max_suppression is added only to carry score_threshold: with iou_threshold",
+                  "# 1.0 and max_box_predictions detections per class it suppresses nothing."]
+    return lines

@@ -10,6 +10,15 @@ size: ``fixed_shape_resizer`` height x width, or the ``max_dimension`` square of
 - ``num_detections [B]`` int64, the valid rows,
 
 padded to ``D = max_total_detections``. Any batch size works. Normalisation is inside the model.
+Models whose detections carry instances add, after those four (``INSTANCE_OUTPUTS``, in this order):
+
+- ``detection_masks [B, D, h, w]`` float32 (Mask R-CNN, CenterNet with ``deepmac_mask_estimation``):
+  each detection's mask probabilities *in its box's frame* (row 0 at the box's top edge, column 0 at its
+  left; the TF OD API's masks before ``reframe_box_masks_to_image_masks``); paste into the image and
+  threshold at 0.5 (``evaluation.masks.paste_box_masks`` does both);
+- ``detection_keypoints [B, D, J, 2]`` float32 (CenterNet with ``keypoint_estimation_task``): (x, y) in
+  pixels of the input (the TF OD API's are (y, x) normalised), zero for detections of classes without
+  keypoints; ``detection_keypoint_scores [B, D, J]`` float32.
 
 How it is exported, and why:
 
@@ -25,7 +34,8 @@ How it is exported, and why:
 - The label map and the pipeline.config travel inside the file (TorchScript extra files
   ``label_map.pbtxt``/``pipeline.config``; ONNX ``metadata_props``), so the ids can be named.
 - After writing, the file is loaded back and run on a random batch; the export fails if its detections
-  differ from the PyTorch model's (so a broken export is never left behind silently).
+  (and their masks and keypoints) differ from the PyTorch model's (so a broken export is never left
+  behind silently).
 """
 
 from __future__ import annotations
@@ -53,6 +63,11 @@ from raredet.modeling.center_net import CenterNet
 from raredet.protos import center_net_pb2, faster_rcnn_pb2
 
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+# Per-detection instance outputs a model may add after OUTPUT_NAMES (module docstring), in this order.
+INSTANCE_OUTPUTS = ("detection_masks", "detection_keypoints", "detection_keypoint_scores")
+# exported vs PyTorch: mask probabilities, keypoint (x, y) pixels, keypoint scores
+INSTANCE_TOLERANCES = {"detection_masks": 1e-3, "detection_keypoints": 1e-2,
+                       "detection_keypoint_scores": 1e-4}
 ONNX_OPSET = 17
 BOX_TOLERANCE_PX = 1e-2  # exported vs PyTorch boxes (float reordering only)
 SCORE_TOLERANCE = 1e-4
@@ -67,27 +82,44 @@ class ExportError(RaredetError):
 
 class ExportableDetector(nn.Module):
     """A detector (SSD, Faster R-CNN, CenterNet) plus its post-processing for a fixed input size,
-    returning plain tensors (see module docstring) with label-map ids as classes."""
+    returning plain tensors (see module docstring) with label-map ids as classes; `instance_outputs`
+    (names of INSTANCE_OUTPUTS the model's post-processing gives) follow the four detection outputs."""
 
     image_sizes: Tensor
     class_ids: Tensor
 
-    def __init__(self, model: nn.Module, input_size: tuple[int, int], class_ids: Sequence[int]) -> None:
+    def __init__(self, model: nn.Module, input_size: tuple[int, int], class_ids: Sequence[int],
+                 instance_outputs: Sequence[str] = ()) -> None:
         super().__init__()
         self.model = model
         self.input_size = input_size
+        self.instance_outputs = tuple(instance_outputs)
         self.register_buffer("image_sizes", torch.tensor([input_size], dtype=torch.int64))
         self.register_buffer("class_ids", torch.tensor(list(class_ids), dtype=torch.int64))
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``images [B, 3, H, W]`` uint8 -> boxes [B, D, 4], scores [B, D], classes [B, D], num [B]."""
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return OUTPUT_NAMES + self.instance_outputs
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        """``images [B, 3, H, W]`` uint8 -> boxes [B, D, 4], scores [B, D], classes [B, D], num [B], then
+        the instance outputs."""
         outputs = self.model(images)
         det = self.model.postprocess(outputs, self.image_sizes.expand(images.shape[0], 2))  # type: ignore
         classes = det["detection_classes"]
         rows = torch.arange(classes.shape[1], device=classes.device)[None, :]
         valid = rows < det["num_detections"][:, None]
         ids = torch.where(valid, self.class_ids[classes], torch.zeros_like(classes))
-        return det["detection_boxes"], det["detection_scores"], ids, det["num_detections"]
+        instances = tuple(det[name] for name in self.instance_outputs)
+        return (det["detection_boxes"], det["detection_scores"], ids, det["num_detections"], *instances)
+
+
+def instance_outputs(model: nn.Module, size: tuple[int, int]) -> tuple[str, ...]:
+    """The INSTANCE_OUTPUTS `model`'s post-processing gives (run once on a blank image of `size`)."""
+    images = torch.zeros((1, 3, *size), dtype=torch.uint8)
+    with torch.no_grad():
+        det = model.postprocess(model(images), torch.tensor([size], dtype=torch.int64))  # type: ignore
+    return tuple(name for name in INSTANCE_OUTPUTS if name in det)
 
 
 def input_size(model: ModelMessage) -> tuple[int, int]:
@@ -191,9 +223,10 @@ def _onnx_bytes(module: ExportableDetector, extra: dict[str, str]) -> bytes:
     with tempfile.TemporaryDirectory() as tmp, exportable_nms(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings and the exporter's own deprecation notice
         path = Path(tmp) / "model.onnx"
+        names = module.output_names
         torch.onnx.export(module, (_example_batch(module.input_size),), str(path), dynamo=False,
-                          opset_version=ONNX_OPSET, input_names=["images"], output_names=list(OUTPUT_NAMES),
-                          dynamic_axes={name: {0: "batch"} for name in ("images", *OUTPUT_NAMES)})
+                          opset_version=ONNX_OPSET, input_names=["images"], output_names=list(names),
+                          dynamic_axes={name: {0: "batch"} for name in ("images", *names)})
         proto = onnx.load(str(path))
     for key, value in extra.items():
         proto.metadata_props.add(key=key, value=value)
@@ -210,7 +243,7 @@ def save_onnx(module: ExportableDetector, out: Path, extra: dict[str, str]) -> C
                           "pip install 'raredet[export]'") from None
     atomic_write_bytes(out, _onnx_bytes(module, extra))
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    return lambda images: session.run(list(OUTPUT_NAMES), {"images": images.numpy()})
+    return lambda images: session.run(list(module.output_names), {"images": images.numpy()})
 
 
 FORMATS: dict[str, Callable[[ExportableDetector, Path, dict[str, str]], Callable[[Tensor], Any]]] = {
@@ -222,15 +255,45 @@ FORMATS: dict[str, Callable[[ExportableDetector, Path, dict[str, str]], Callable
 # ---- checking and the command ---------------------------------------------------------------------
 
 
-def _unmatched_rows(want: Sequence[np.ndarray], got: Sequence[np.ndarray], b: int) -> np.ndarray:
-    """Rows of image `b`'s valid detections in `got` with no detection in `want` of the same class, a
-    box within BOX_TOLERANCE_PX and a score within SCORE_TOLERANCE (order-free: near-equal scores may
-    swap)."""
+def _counterparts(want: Sequence[np.ndarray], got: Sequence[np.ndarray], b: int) -> np.ndarray:
+    """[n, n] bool for image `b`'s n valid detections: row j of `got` and row i of `want` have the same
+    class, boxes within BOX_TOLERANCE_PX and scores within SCORE_TOLERANCE (order-free: near-equal
+    scores may swap)."""
     n = int(want[3][b])
     box_close = np.abs(got[0][b, :n, None, :] - want[0][b, None, :n, :]).max(axis=-1) <= BOX_TOLERANCE_PX
     score_close = np.abs(got[1][b, :n, None] - want[1][b, None, :n]) <= SCORE_TOLERANCE
     same_class = got[2][b, :n, None] == want[2][b, None, :n]
-    return np.flatnonzero(~(box_close & score_close & same_class).any(axis=1))
+    return box_close & score_close & same_class
+
+
+def _unmatched_rows(want: Sequence[np.ndarray], got: Sequence[np.ndarray], b: int) -> np.ndarray:
+    """Rows of image `b`'s valid detections in `got` without a counterpart in `want` (`_counterparts`)."""
+    return np.flatnonzero(~_counterparts(want, got, b).any(axis=1))
+
+
+def instance_differences(expected: Sequence[Tensor | np.ndarray], got: Sequence[np.ndarray],
+                         names: Sequence[str]) -> str | None:
+    """None when every exported detection with a PyTorch counterpart (`_counterparts`) has instance
+    outputs (`names`, the outputs after the four detection ones) within INSTANCE_TOLERANCES of that
+    counterpart's, else what differs. NaN matches NaN. Tied alternatives (no counterpart) are not
+    compared: they are other detections, with their own masks and keypoints."""
+    want = [t.numpy() if isinstance(t, Tensor) else t for t in expected]
+    worst: dict[str, tuple[int, float]] = {}
+    for b, n in enumerate(want[3].tolist()):
+        match = _counterparts(want, got, b)
+        for k, name in enumerate(names, start=len(OUTPUT_NAMES)):
+            g, w = got[k][b, :n].reshape(n, 1, -1), want[k][b, :n].reshape(1, n, -1)
+            diff = np.where(np.isnan(g) & np.isnan(w), 0.0, np.abs(g - w)).max(axis=-1, initial=0.0)  # [n, n]
+            close = diff <= INSTANCE_TOLERANCES[name]  # NaN against a number: not close
+            bad = match.any(axis=1) & ~(match & close).any(axis=1)
+            if bad.any():
+                count, largest = worst.get(name, (0, 0.0))
+                nearest = np.where(match, np.nan_to_num(diff, nan=np.inf), np.inf).min(axis=1)[bad].max()
+                worst[name] = (count + int(bad.sum()), max(largest, float(nearest)))
+    if not worst:
+        return None
+    return "; ".join(f"{name} of {count} detections differ by up to {largest:.3g} (tolerance "
+                     f"{INSTANCE_TOLERANCES[name]:g})" for name, (count, largest) in worst.items())
 
 
 class Candidates(NamedTuple):
@@ -326,8 +389,9 @@ def model_candidates(module: ExportableDetector, images: Tensor) -> Candidates |
 
 
 def _metadata(trained: TrainedModel, size: tuple[int, int],
-              operating_points: str | os.PathLike[str] | None = None) -> dict[str, str]:
-    info = {"input": f"images uint8 [B, 3, {size[0]}, {size[1]}] RGB", "outputs": list(OUTPUT_NAMES),
+              operating_points: str | os.PathLike[str] | None = None,
+              outputs: Sequence[str] = OUTPUT_NAMES) -> dict[str, str]:
+    info = {"input": f"images uint8 [B, 3, {size[0]}, {size[1]}] RGB", "outputs": list(outputs),
             "classes": "label-map ids (0 on padding rows)", "checkpoint": str(trained.checkpoint),
             "step": trained.step}
     extra = {"label_map.pbtxt": trained.label_map.to_pbtxt(), "pipeline.config": trained.config_text}
@@ -353,18 +417,25 @@ def export_model(model_dir: str | os.PathLike[str], format: str, out: str | os.P
     if operating_points is not None:
         set_operating_points_from_file(trained, operating_points, review=False)
     size = input_size(builders.model_message(trained.pipeline))
-    module = ExportableDetector(trained.model, size, trained.label_map.ids).eval()
-    run_exported = FORMATS[format](module, Path(out), _metadata(trained, size, operating_points))
+    trained.model.eval()
+    module = ExportableDetector(trained.model, size, trained.label_map.ids,
+                                instance_outputs(trained.model, size)).eval()
+    metadata = _metadata(trained, size, operating_points, module.output_names)
+    run_exported = FORMATS[format](module, Path(out), metadata)
     check = _example_batch(size, batch=3, seed=1)  # another batch size than traced: the axis is dynamic
     with torch.no_grad():
         expected = module(check)
     got, candidates = run_exported(check), model_candidates(module, check)
     problem, ties = checked_detections(expected, got, candidates)
+    if problem is None:
+        problem = instance_differences(expected, got, module.instance_outputs)
     if problem is not None:
         raise ExportError(f"{out}: the exported model does not reproduce the PyTorch detections ({problem}); "
                           "please report this with the pipeline.config")
     total = int(expected[3].sum())
     checked = f"the same {total} detections as PyTorch on a random batch of 3"
+    if module.instance_outputs:
+        checked += f", with their {', '.join(module.instance_outputs)}"
     if ties:  # a barely trained model: many anchors share the best scores
         checked = (f"{total} detections on a random batch of 3: {total - ties} as PyTorch's, {ties} "
                    "other candidates of PyTorch's with the same class and score (tied scores: which of "
@@ -372,6 +443,6 @@ def export_model(model_dir: str | os.PathLike[str], format: str, out: str | os.P
     return "".join(f"{note}\n" for note in trained.notes) + (
             f"wrote {out} ({format}, {Path(out).stat().st_size / 1e6:.1f} MB) from {trained.checkpoint}\n"
             f"  input:   images uint8 [B, 3, {size[0]}, {size[1]}] RGB (resize first)\n"
-            f"  outputs: {', '.join(OUTPUT_NAMES)} (classes are label-map ids)\n"
+            f"  outputs: {', '.join(module.output_names)} (classes are label-map ids)\n"
             f"  checked: {checked}")
 

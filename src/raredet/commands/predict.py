@@ -14,6 +14,20 @@ Outputs in `out_dir`: `detections.json` (a COCO results list: `image_id`, `categ
 reported by name and skipped, and the skipped ones are counted at the end: in a folder of thousands of
 photos one broken file should not cost the other results.
 
+Models whose detections carry instances add to each detections.json entry (the COCO results formats
+for segmentation and keypoints):
+
+- `segmentation` (Mask R-CNN; CenterNet with `deepmac_mask_estimation`): the detection's mask as a
+  COCO RLE (`{"size": [height, width], "counts": str}`) at the stored image's size: the model's
+  box-relative mask pasted into its box as the TF OD API's evaluation does and thresholded at 0.5
+  (`evaluation.masks.box_masks_to_rle`; decode with pycocotools' `mask.decode`);
+- `keypoints` (CenterNet with `keypoint_estimation_task`): `[x1, y1, v1, x2, y2, v2, ...]` in pixels
+  of the stored image, one triple per keypoint of the keypoint label map's order (`v` is 2; a keypoint
+  the model did not place is `0, 0, 0`), and `keypoint_scores` `[s1, s2, ...]`, the model's score of
+  each. Detections of classes without a keypoint task carry neither.
+
+The drawn images show masks blended in the class colour and keypoints as dots.
+
 With `operating_points` (an operating_points.json of `raredet eval`), each class keeps the detections
 above its own threshold instead of `min_score`: the model's scores are mapped so that every class's
 threshold lands on the file's common `score_threshold` (the map `pipeline.operating_points.config`
@@ -117,7 +131,9 @@ class PredictResult:
 @torch.no_grad()
 def detect(model: nn.Module, examples: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
     """Detections of resized examples, in the pixels of each original image: per example `boxes`
-    [D, 4] xyxy, `scores` [D], `classes` [D] (contiguous index), best first."""
+    [D, 4] xyxy, `scores` [D], `classes` [D] (contiguous index), best first; where the model gives
+    them, `masks` [D, h, w] (box-relative probabilities), `keypoints` [D, J, 2] (x, y) and
+    `keypoint_scores` [D, J]."""
     from raredet.data.dataset import collate
 
     batch = collate(examples)
@@ -126,27 +142,89 @@ def detect(model: nn.Module, examples: list[dict[str, Any]]) -> list[dict[str, n
     out = []
     for b, n in enumerate(det["num_detections"].tolist()):
         to_original = np.array([scales[b, 1], scales[b, 0]] * 2)
-        out.append({"boxes": det["detection_boxes"][b, :n].double().numpy() / to_original,
-                    "scores": det["detection_scores"][b, :n].double().numpy(),
-                    "classes": det["detection_classes"][b, :n].numpy()})
+        found = {"boxes": det["detection_boxes"][b, :n].double().numpy() / to_original,
+                 "scores": det["detection_scores"][b, :n].double().numpy(),
+                 "classes": det["detection_classes"][b, :n].numpy()}
+        if "detection_masks" in det:
+            found["masks"] = det["detection_masks"][b, :n].float().numpy()
+        if "detection_keypoints" in det:
+            found["keypoints"] = det["detection_keypoints"][b, :n].double().numpy() / to_original[:2]
+            found["keypoint_scores"] = det["detection_keypoint_scores"][b, :n].double().numpy()
+        out.append(found)
     return out
 
 
-def coco_results(image_id: int, det: dict[str, np.ndarray], class_ids: np.ndarray) -> list[dict[str, Any]]:
-    """COCO results entries of one image; `class_ids` [K] maps contiguous index -> label-map id."""
+def _instance_fields(det: dict[str, np.ndarray], size: tuple[int, int]) -> list[dict[str, Any]]:
+    """Per detection the COCO `segmentation` (RLE at the image's `size` (h, w)) and `keypoints` /
+    `keypoint_scores` (module docstring) that `det` has masks / keypoints for."""
+    from raredet.evaluation.masks import box_masks_to_rle, coco_keypoints
+
+    fields: list[dict[str, Any]] = [{} for _ in det["scores"]]
+    if "masks" in det:
+        for entry, rle in zip(fields, box_masks_to_rle(det["masks"], det["boxes"], *size), strict=True):
+            entry["segmentation"] = rle
+    if "keypoints" in det:
+        kp, scores = det["keypoints"], det["keypoint_scores"]
+        # the model's padding for classes without keypoints: every coordinate and score exactly 0
+        has = ~((np.nan_to_num(kp, nan=1.0) == 0).all(axis=(1, 2)) & (scores == 0).all(axis=1))
+        triples = coco_keypoints(kp)[0]
+        for entry, keep, triple, score in zip(fields, has.tolist(), triples, scores.tolist(), strict=True):
+            if keep:
+                entry["keypoints"] = [round(v, 2) for v in triple]
+                entry["keypoint_scores"] = [round(float(v), 5) for v in np.nan_to_num(score)]
+    return fields
+
+
+def coco_results(image_id: int, det: dict[str, np.ndarray], class_ids: np.ndarray,
+                 size: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """COCO results entries of one image; `class_ids` [K] maps contiguous index -> label-map id; `size`
+    (h, w of the stored image) is needed where `det` has masks (their RLEs are at that size)."""
     xywh = np.concatenate([det["boxes"][:, :2], det["boxes"][:, 2:] - det["boxes"][:, :2]], axis=1)
-    return [{"image_id": image_id, "category_id": int(c), "bbox": [round(v, 2) for v in box],
-             "score": round(float(s), 5)}
-            for box, c, s in zip(xywh.tolist(), class_ids[det["classes"]], det["scores"], strict=True)]
+    records = [{"image_id": image_id, "category_id": int(c), "bbox": [round(v, 2) for v in box],
+                "score": round(float(s), 5)}
+               for box, c, s in zip(xywh.tolist(), class_ids[det["classes"]], det["scores"], strict=True)]
+    if "masks" in det and size is None:
+        raise ValueError("coco_results: detections with masks need the image size")
+    if "masks" in det or "keypoints" in det:
+        for record, extra in zip(records, _instance_fields(det, size or (0, 0)), strict=True):
+            record.update(extra)
+    return records
+
+
+def _overlay(image: np.ndarray, det: dict[str, np.ndarray], zoom: int) -> np.ndarray:
+    """`image` (already enlarged `zoom` times) with each detection's pasted mask blended half-and-half
+    in its class colour and each placed keypoint as a dot."""
+    from raredet.evaluation.masks import paste_box_masks
+    from raredet.evaluation.report import PALETTE
+
+    out = image.astype(np.float32)
+    colours = np.asarray(PALETTE, dtype=np.float32)[det["classes"] % len(PALETTE)]  # [D, 3]
+    if "masks" in det and len(det["masks"]):
+        pasted = paste_box_masks(det["masks"], det["boxes"] * zoom, image.shape[0], image.shape[1])
+        for mask, colour in zip(pasted.astype(bool), colours, strict=True):
+            out[mask] = 0.5 * out[mask] + 0.5 * colour
+    if "keypoints" in det and len(det["keypoints"]):
+        xy = np.nan_to_num(det["keypoints"] * zoom, nan=-1.0)
+        placed = (det["keypoint_scores"] > 0) & (xy >= 0).all(axis=-1)  # [D, J]
+        d, j = np.nonzero(placed)
+        cols = np.clip(xy[d, j, 0].astype(np.int64), 1, image.shape[1] - 2)
+        rows = np.clip(xy[d, j, 1].astype(np.int64), 1, image.shape[0] - 2)
+        for dy in (-1, 0, 1):  # 3x3 dots
+            for dx in (-1, 0, 1):
+                out[rows + dy, cols + dx] = colours[d]
+    return out.round().astype(np.uint8)
 
 
 def draw_detections(image: np.ndarray, det: dict[str, np.ndarray], names: Sequence[str]) -> Image.Image:
-    """The image (uint8 [H, W, 3]) with its detections drawn (evaluation report's drawing), as a PIL
-    image; small images are enlarged first so the labels stay readable."""
+    """The image (uint8 [H, W, 3]) with its detections drawn (evaluation report's drawing; masks and
+    keypoints where `det` has them), as a PIL image; small images are enlarged first so the labels stay
+    readable."""
     from raredet.evaluation.report import draw_boxes
 
     zoom = int(min(4, max(1, MIN_DRAWN_WIDTH // max(1, image.shape[1]))))
     big = np.repeat(np.repeat(image, zoom, axis=0), zoom, axis=1)
+    if "masks" in det or "keypoints" in det:
+        big = _overlay(big, det, zoom)
     return draw_boxes(big, det["boxes"] * zoom, det["classes"], names, det["scores"])
 
 
@@ -248,7 +326,7 @@ def _finish_image(example: dict[str, Any], det: dict[str, np.ndarray], trained: 
     shown = {**det, "classes": np.where(band, det["classes"] + len(names), det["classes"])}
     drawn = draw_detections(example["original_image"], shown, names + [f"{n}?" for n in names])
     _write_png(out_dir / "drawn" / _drawn_name(Path(example["source_id"]), used), drawn)
-    records = coco_results(len(entries), det, np.asarray(trained.label_map.ids, dtype=np.int64))
+    records = coco_results(len(entries), det, np.asarray(trained.label_map.ids, dtype=np.int64), (h, w))
     if keep.review is not None:
         for record, in_band in zip(records, band.tolist(), strict=True):
             record["review"] = in_band
