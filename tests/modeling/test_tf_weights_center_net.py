@@ -154,6 +154,17 @@ def test_fine_tune_checkpoint_type_is_refused_with_tfs_advice(monkeypatch):
         load_checkpoint_weights(model, RESNET_V1 / "checkpoint" / "ckpt-0", "fine_tune")
 
 
+def test_fine_tune_in_a_train_config_is_a_config_error_naming_the_field(monkeypatch):
+    from raredet.errors import ConfigError
+    from raredet.protos import train_pb2
+
+    narrow_resnet_v1_fpn(monkeypatch)
+    train_config = train_pb2.TrainConfig(fine_tune_checkpoint=str(RESNET_V1 / "checkpoint" / "ckpt-0"),
+                                         fine_tune_checkpoint_type="fine_tune")
+    with pytest.raises(ConfigError, match="train_config.fine_tune_checkpoint_type.*'detection'"):
+        builders.load_fine_tune_checkpoint(build(RESNET_V1), train_config)
+
+
 def test_a_checkpoint_of_another_extractor_is_refused_by_name(monkeypatch):
     model = build(RESNET_V1)  # full width: the checkpoint's ResNet is the narrow one
     with pytest.raises(CheckpointError):
@@ -283,3 +294,61 @@ def test_resnet_v2_layer_order_is_the_checkpoints_own(monkeypatch):
     for item in maps:
         layer = full_names[variables[item.source]].rsplit("/", 1)[0]
         assert item.target.rsplit(".", 1)[0] == f"feature_extractor.{keras_v2_module(layer)}", item
+
+
+TRAIN = """
+train_config {{
+  batch_size: 2
+  num_steps: 1
+  optimizer {{ adam_optimizer {{ learning_rate {{ constant_learning_rate {{ learning_rate: 1e-4 }} }} }}
+               use_moving_average: false }}
+  fine_tune_checkpoint: "{checkpoint}"
+  fine_tune_checkpoint_type: "{kind}"
+}}
+train_input_reader {{
+  label_map_path: "label_map.pbtxt"
+  tf_record_input_reader {{ input_path: "train-*.tfrecord" }}
+}}
+eval_config {{ metrics_set: "coco_detection_metrics" }}
+eval_input_reader {{
+  label_map_path: "label_map.pbtxt"
+  shuffle: false
+  tf_record_input_reader {{ input_path: "val-*.tfrecord" }}
+}}
+"""
+
+
+@pytest.mark.slow  # a whole `raredet train` run (statistics, data, a step, checkpoint): ~40 s, 2 busy cores
+def test_raredet_train_starts_from_the_tf_checkpoint(monkeypatch, tmp_path, capsys):
+    """`raredet train` on the fixture's CenterNet config (3 classes, the synthetic data) with
+    fine_tune_checkpoint at the TF OD API's ckpt-0: the load report says what loaded, the model computes
+    with TF's conventions, and the run's checkpoint holds TF's tensors (the conv biases, which training
+    leaves alone: batch norm follows each) and rebuilds as it trained."""
+    from tests.helpers.tiny_pipeline import make_data
+
+    from raredet.commands.train import train_from_config
+
+    narrow_resnet_v1_fpn(monkeypatch)
+    make_data(tmp_path, images=4)
+    text = (RESNET_V1 / "pipeline.config").read_text()
+    model_block = text[text.index("model {"):text.index("train_config")]
+    checkpoint = RESNET_V1 / "checkpoint" / "ckpt-0"
+    config = tmp_path / "pipeline.config"
+    config.write_text(model_block + TRAIN.format(checkpoint=checkpoint, kind="detection"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train_from_config(config, tmp_path / "run", num_train_steps=1, num_workers=0, device="cpu")
+    assert result.step == 1
+    said = capsys.readouterr().out
+    assert f"fine-tuning from {checkpoint} (detection)" in said
+    assert "backbone 318/318 loaded" in said and "fpn 26/26 loaded" in said, said
+    state = torch.load(tmp_path / "run" / "ckpt-1.pt", map_location="cpu", weights_only=False)
+    assert state["weights_convention"] == "tf"
+    from raredet.tfcheckpoint import open_checkpoint
+
+    ckpt = open_checkpoint(checkpoint)
+    bias = ckpt.tensor(ckpt.variables()["model/_feature_extractor/_base_model/layer_with_weights-0/bias"])
+    assert np.array_equal(state["model"]["feature_extractor.backbone.conv1.bias"].numpy(), bias)
+    rebuilt = build(RESNET_V1)
+    rebuilt.use_weights_convention("tf")
+    rebuilt.load_state_dict(state["model"])  # strict: the bias buffers exist under TF's conventions
