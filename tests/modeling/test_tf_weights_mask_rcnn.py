@@ -277,6 +277,27 @@ def test_masks_of_tfs_boxes_equal_tensorflows():
     close(masks.numpy(), tf["postprocess/detection_masks"], 1e-5)
 
 
+def test_a_mask_head_with_batch_norms_that_upsamples_equals_tensorflows():
+    """The same model with the mask head in its other mode (``..._upsample``, WRITTEN_BY: 3 convs, the
+    upsampling by 2, a conv, each conv with ``conv_hyperparams``' batch norm, then the last conv; one
+    class-agnostic 18x18 mask): the mask head's Keras layers 0, 1, 3, 4, 6, 7, 10, 11, 13 map."""
+    folder = FOLDER.with_name(f"{FOLDER.name}_upsample")
+    model = build(folder / "pipeline.config")
+    report = load_checkpoint_weights(model, folder / "checkpoint" / "ckpt-0", "full")
+    assert not report.missing and not report.unexpected and not report.shape_mismatch
+    # 4 convs without bias, each with a batch norm (gamma, beta, moving statistics); the last conv and bias
+    assert report.parts["mask_head"] == (4 * (1 + 4) + 2, 22)
+    assert model.mask_head.convolve_then_upsample and model.mask_head.last.out_channels == 1
+    tf = dict(np.load(folder / "tf_outputs.npz"))
+    pixels = torch.from_numpy(tf["resized_image"].astype(np.float32)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        det = model.postprocess(model(pixels), true_size())
+    close(det["detection_scores"][0], tf["postprocess/detection_scores"], 1e-5)
+    masks = tf["postprocess/detection_masks"]  # [8, 18, 18]
+    assert masks.shape == (8, 18, 18) and masks.std() > 0.05
+    close(det["detection_masks"][0], masks, 1e-5)
+
+
 # ---- raredet train from the fixture ------------------------------------------------------------------
 
 
