@@ -325,6 +325,7 @@ def _records(path: Path, count: int) -> None:
     write_tfrecord(path, examples)
 
 
+@pytest.mark.slow  # about 30 s on a loaded 2-core CPU
 def test_raredet_train_starts_from_the_tf_classification_checkpoint(tmp_path, capsys):
     """The fixture's config as the zoo ships it (fine_tune_checkpoint_type "classification"), pointed at
     the fixture's classification checkpoint: the load report names the whole backbone loaded, and with a
@@ -349,11 +350,15 @@ eval_input_reader {{ label_map_path: "{tmp_path}/label_map.pbtxt"
                     tf_record_input_reader {{ input_path: "{tmp_path}/val.tfrecord" }} }}
 """
     (tmp_path / "pipeline.config").write_text(text)
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = train_from_config(tmp_path / "pipeline.config", tmp_path / "run", num_workers=0,
-                                   device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread beats two contending for a busy machine
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = train_from_config(tmp_path / "pipeline.config", tmp_path / "run", num_workers=0,
+                                       device="cpu")
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     assert "backbone 220/220 loaded" in printed and "computing with TF's conventions" in printed
     assert result.step == 1 and np.isfinite(list(result.last_losses.values())).all()
