@@ -352,3 +352,61 @@ def test_raredet_train_starts_from_the_tf_checkpoint(monkeypatch, tmp_path, caps
     rebuilt = build(RESNET_V1)
     rebuilt.use_weights_convention("tf")
     rebuilt.load_state_dict(state["model"])  # strict: the bias buffers exist under TF's conventions
+
+
+LAYOUTS = FIXTURES / "center_net_layouts"
+BASE_MODEL = "model/_feature_extractor/_base_model/layer_with_weights-"
+
+
+def converted_shape(layout: str, shape: list[int]) -> tuple[int, ...]:
+    """The torch shape `common.LAYOUTS[layout]` gives a TF array of `shape` (written out, not run)."""
+    if layout == "conv":
+        return (shape[3], shape[2], shape[0], shape[1])
+    if layout == "depthwise":
+        return (shape[2] * shape[3], 1, shape[0], shape[1])
+    if layout == "dense":
+        return (shape[1], shape[0])
+    return (int(np.prod(shape)),) if layout == "flat" else tuple(shape)
+
+
+@pytest.mark.parametrize("name", ["centernet_hourglass104_512x512_kpts_coco17_tpu-32.config",
+                                  "centernet_resnet50_v1_fpn_512x512_kpts_coco17_tpu-8.config",
+                                  "centernet_resnet50_v2_512x512_kpts_coco17_tpu-8.config",
+                                  "centernet_resnet101_v1_fpn_512x512_coco17_tpu-8.config",
+                                  "center_net_deepmac_512x512_voc_only_tpu-32.config"])
+def test_zoo_layouts_map_every_tensor_with_its_shape(name, tmp_path):
+    """The full-size zoo models (90 classes, hourglass-104, 17 keypoints, DeepMAC's hourglass-52 mask
+    network): every raredet tensor has a TF variable of the checkpoint's layout (center_net_layouts/,
+    written by the TF OD API: WRITTEN_BY) and its shape, and every TF variable feeds one."""
+    import gzip
+    import json
+
+    from raredet.modeling.tf_weights import center_net as tf_center_net
+    from raredet.zoo import CONFIG_DIR
+
+    with gzip.open(LAYOUTS / "layouts.json.gz", "rt", encoding="utf-8") as f:
+        shapes = json.load(f)["layouts"][name]
+    text = (CONFIG_DIR / name).read_text(encoding="utf-8")
+    labels = LAYOUTS / "keypoint_label_map.pbtxt"
+    config = tmp_path / "pipeline.config"
+    config.write_text(text.replace('keypoint_label_map_path: "PATH_TO_BE_CONFIGURED"',
+                                   f'keypoint_label_map_path: "{labels}"'), encoding="utf-8")
+    with warnings.catch_warnings(), torch.device("meta"):  # shapes only: hourglass-104 is big
+        warnings.simplefilter("ignore")
+        model = build(tmp_path)
+        maps = tf_center_net.tensor_maps(model, {p: tuple(s) for p, s in shapes.items()})
+        own = {k: tuple(v.shape) for k, v in model.state_dict().items()
+               if not k.endswith("num_batches_tracked")}
+    assert sorted(m.target for m in maps) == sorted(own)  # every tensor, once
+    for item in maps:
+        assert item.source in shapes, item
+        assert converted_shape(item.layout, shapes[item.source]) == own[item.target], item
+    # In the checkpoints but read by no raredet tensor: ResNetV2's post_bn (the Keras model's last layer,
+    # after conv5, which the extractor never runs) and DeepMAC's random generator for its augmentation.
+    unread = {p for p in shapes if p not in {m.source for m in maps}} - {"save_counter"}
+    if "v2" in name or "resnet101" in name:
+        last = max(int(p[len(BASE_MODEL):].split("/")[0]) for p in shapes if p.startswith(BASE_MODEL))
+        post_bn = {f"{BASE_MODEL}{last}/{v}" for v in ("gamma", "beta", "moving_mean", "moving_variance")}
+        assert post_bn <= unread
+        unread -= post_bn
+    assert unread <= {"model/_self_supervised_rng/_state_var"}
