@@ -18,11 +18,13 @@ layer through which all paths pass (its ``Concatenate``, or the residual ``_ac``
 order is block by block; inside a block, with ``conv2d_bn`` three layers (conv, batch norm,
 activation) and a pool one, a layer's depth is its distance to the block's ``Concatenate``, and ties
 go to the earlier branch (the walk enters the concatenation's inputs in order). So ``mixed_5b``
-gives its third branch's first conv and batch norm first, then the second conv of branch 2 and the
-first of branch 3 (distance 6), their batch norms, and so on; a residual block then adds its closing
-1x1 ``blockNN_i_conv`` (kernel and bias, no batch norm). ``keras_order`` computes this order; the
-tests check it against the variables' own names in checkpoints the TF OD API wrote (``conv2d_N`` and
-``freezable_batch_norm_N`` count the layers in creation order, raredet's registration order).
+gives its third branch's first conv and batch norm first (distance 9 and 8), then the second branch's
+first conv and the third branch's second conv (distance 6), their batch norms, then the last conv of
+each of the four branches (distance 3; the pool branch's pool is at 4), their batch norms; a residual
+block then adds its closing 1x1 ``blockNN_i_conv`` (kernel and bias, no batch norm). ``keras_order``
+computes this order; the tests check it against the variables' own names in checkpoints the TF OD API
+wrote (``conv2d_N`` and ``freezable_batch_norm_N`` count the layers in creation order, raredet's
+registration order).
 
 Batch norms have no ``gamma`` (``batchnorm_scale=False``): ``beta``, ``moving_mean``,
 ``moving_variance`` -> ``bias``, ``running_mean``, ``running_var`` of ``BatchNormNoScale``.
