@@ -98,8 +98,9 @@ class CenterNetTask(nn.Module):
     outputs as the TF OD API does.
     ``postprocess(predictions, detections, stride)``: ``detections`` holds the kept boxes
     (``detection_boxes [B, D, 4]`` xyxy pixels, ``detection_classes``, ``detection_scores``,
-    ``num_detections``, and ``detection_centers [B, D, 2]`` int64 (y, x) on the feature map) -> the
-    extra ``detection_*`` entries of this task.
+    ``num_detections``, ``detection_centers [B, D, 2]`` int64 (y, x) on the feature map, and
+    ``detection_boxes_strided [B, D, 4]`` xyxy feature-map cells clipped to the map only, TF's
+    ``boxes_strided``) -> the extra ``detection_*`` entries of this task.
     """
 
     def loss(self, predictions: dict[str, list[Tensor]], targets: Sequence[dict[str, Tensor]], stride: int
@@ -275,17 +276,20 @@ class CenterNet(nn.Module):
         ``num_detections [B]``; kept detections first, the rest zero; plus each task's entries."""
         predictions = {name: [value[-1]] for name, value in outputs.items()}
         top, y, x, classes = top_k_peaks(self.peak_scores(outputs), self.max_box_predictions)
-        boxes = self._boxes(predictions, y, x, image_sizes)
+        strided = boxes_from_peaks(y, x, predictions[BOX_SCALE][-1], predictions[BOX_OFFSET][-1])
+        boxes = self._clipped(strided * self.stride, image_sizes)
         keep = top > self.score_threshold
         if self.non_max_suppression is not None:
             nms = self.non_max_suppression
             groups = torch.zeros_like(classes) if nms.use_class_agnostic_nms else classes
             keep = nms_mask(boxes, groups, keep, nms.iou_threshold)
             keep &= rank_within_group(keep, groups) < nms.max_detections_per_class
-        detections = _kept_first(keep, boxes, top, classes, torch.stack([y, x], dim=-1))
+        detections = _kept_first(keep, boxes, top, classes, torch.stack([y, x], dim=-1), strided)
         for task in self.tasks:
             detections.update(task.postprocess(predictions, detections, self.stride))  # type: ignore[operator]
-        del detections["detection_centers"]  # for the tasks only: not a TF OD API detection field
+        # for the tasks only, as TF's keypoints and DeepMAC masks read its boxes_strided (clipped to the map,
+        # not to the image inside the padding); not detection fields raredet returns
+        del detections["detection_centers"], detections["detection_boxes_strided"]
         return detections
 
     def peak_scores(self, outputs: Mapping[str, Tensor], epsilon: float = PEAK_EPSILON) -> Tensor:
@@ -299,6 +303,11 @@ class CenterNet(nn.Module):
                ) -> Tensor:
         """Boxes ``[B, D, 4]`` xyxy pixels at the peaks ``y, x [B, D]``, clipped to ``image_sizes``."""
         boxes = boxes_from_peaks(y, x, predictions[BOX_SCALE][-1], predictions[BOX_OFFSET][-1]) * self.stride
+        return self._clipped(boxes, image_sizes)
+
+    @staticmethod
+    def _clipped(boxes: Tensor, image_sizes: Tensor) -> Tensor:
+        """Boxes ``[B, D, 4]`` xyxy pixels clipped to ``image_sizes [B, 2]`` (h, w)."""
         limits = image_sizes.to(boxes).flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, (w, h, w, h)]
         return torch.minimum(boxes, limits)
 
@@ -319,8 +328,8 @@ class CenterNet(nn.Module):
         return {}
 
 
-def _kept_first(keep: Tensor, boxes: Tensor, scores: Tensor, classes: Tensor, centers: Tensor
-                ) -> dict[str, Tensor]:
+def _kept_first(keep: Tensor, boxes: Tensor, scores: Tensor, classes: Tensor, centers: Tensor,
+                strided: Tensor) -> dict[str, Tensor]:
     """The kept entries first in their (score) order, the others zeroed; ``keep [B, D]`` bool."""
     order = (~keep).to(torch.uint8).argsort(dim=1, stable=True)
     kept = keep.gather(1, order)
@@ -333,4 +342,4 @@ def _kept_first(keep: Tensor, boxes: Tensor, scores: Tensor, classes: Tensor, ce
 
     return {"detection_boxes": take(boxes), "detection_scores": take(scores),
             "detection_classes": take(classes), "num_detections": kept.sum(dim=1),
-            "detection_centers": take(centers)}
+            "detection_centers": take(centers), "detection_boxes_strided": take(strided)}
