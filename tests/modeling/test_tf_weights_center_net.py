@@ -407,3 +407,31 @@ def test_zoo_layouts_map_every_tensor_with_its_shape(name, tmp_path):
         assert post_bn <= unread
         unread -= post_bn
     assert unread <= {"model/_self_supervised_rng/_state_var"}
+
+
+@pytest.mark.filterwarnings("ignore::raredet.config.validate.ConfigWarning")  # the zoo's TPU-only fields
+def test_predict_on_the_tf_model_folder_gives_tensorflows_detections(monkeypatch, tmp_path):
+    """`raredet predict --model_dir` on the folder the TF OD API wrote (pipeline.config, checkpoint/), on
+    its 48x64 image (raredet's keep-aspect resizer leaves it as it is, and pads it to 64x64 as TF)."""
+    import json
+
+    from PIL import Image
+
+    from raredet.commands.predict import predict
+
+    narrow_resnet_v1_fpn(monkeypatch)
+    tf = tf_outputs(RESNET_V1)
+    image = tmp_path / "fixed.png"
+    Image.fromarray(tf["image"].astype(np.uint8)).save(image)
+    result = predict(RESNET_V1, [str(image)], tmp_path / "out", min_score=0.01)
+    assert "computing with TF's conventions" in result.summary()
+    records = json.loads((tmp_path / "out" / "detections.json").read_text())
+    scores = tf["postprocess/detection_scores"]
+    n = int((scores > 0.01).sum())
+    assert len(records) == n > 10
+    height, width = tf["image"].shape[:2]
+    x, y, w, h = np.array([r["bbox"] for r in records]).T  # COCO xywh pixels, rounded to 0.01
+    boxes = np.stack([y / height, x / width, (y + h) / height, (x + w) / width], axis=1)
+    assert np.abs(boxes - tf["postprocess/detection_boxes"][:n]).max() < 1e-3
+    assert np.abs(np.array([r["score"] for r in records]) - scores[:n]).max() < 1e-4
+    assert [r["category_id"] for r in records] == (tf["postprocess/detection_classes"][:n] + 1).tolist()
