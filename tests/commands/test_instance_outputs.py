@@ -112,9 +112,11 @@ def _run_export(run: Path, fmt: str, out: Path, images: torch.Tensor) -> dict[st
         session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(None, {"images": images.numpy()}), strict=True))
+    extra = {"raredet.json": ""}
+    module = torch.jit.load(str(out), _extra_files=extra)
     with torch.no_grad():
-        got = torch.jit.load(str(out))(images)
-    return dict(zip(OUTPUT_NAMES + INSTANCE_OUTPUTS, [t.numpy() for t in got], strict=True))
+        got = module(images)
+    return dict(zip(json.loads(extra["raredet.json"])["outputs"], [t.numpy() for t in got], strict=True))
 
 
 def _assert_exported_equals_eager(got: dict[str, np.ndarray], want: dict[str, np.ndarray],
