@@ -79,9 +79,9 @@ def center_net_model_dir(root: Path, tasks: bool = True) -> tuple[Path, Path]:
     model, _ = builders.build_model(builders.model_message(loaded.pipeline), loaded.label_map.ids)
     state = model.state_dict()
     for key in ("object_detection.center.0.2.weight", "tasks.1.heatmap_heads.0.2.weight"):
-        if key in state:
+        if key in state:  # untrained: scores spread instead of all saturating at 1
             state[key] = state[key] * 0.01
-    state["object_detection.center.0.2.bias"][0] += 0.45  # cracks (the keypoint class) among the best  # untrained: scores spread instead of all saturating at 1
+    state["object_detection.center.0.2.bias"][0] += 0.45  # cracks (the keypoint class) among the best
     return _save(loaded, state, root / "center_net_run"), data
 
 
