@@ -14,6 +14,20 @@ depthwise). ``ssd_resnet18_v1_fpn@0.25`` is the narrow CPU-demo variant (``depth
 The Faster R-CNN rows (``faster_rcnn_resnet50``, ``faster_rcnn_resnet50_fpn``: the zoo's settings, 300
 proposals; timed without targets, so the second stage runs on every proposal, as at inference) are in
 the full run.
+
+The CenterNet and Mask R-CNN rows (``ZOO_ROWS``) are the TF2 zoo configs' model blocks as shipped, with
+``NUM_CLASSES`` classes: ``centernet_resnet50_v1_fpn`` (the zoo's 512x512 ResNet-50 v1 FPN config, its
+keypoint task left out: boxes only), ``centernet_hourglass104`` (512x512) and
+``mask_rcnn_inception_resnet_v2`` (1024x1024, 300 proposals, 33x33 masks). They have no anchors (CenterNet:
+"-" in the table; Mask R-CNN: its first stage's). Their post-processing is timed too (``fwd+post``): Mask
+R-CNN's masks come from a third pass over the detections' crops there. They are not in the default
+run (Hourglass-104 takes multiples of 128 px, not 320): name them with ``--only``, at ``--native`` size
+or a small ``--size``. ``--proposals N`` runs the two-stage rows with N proposals (tiny test settings;
+the rows are then named so)::
+
+    python -m bench.bench_model --only centernet_resnet50_v1_fpn centernet_hourglass104 \
+        mask_rcnn_inception_resnet_v2 --size 128 --proposals 4 --batch 1 --repeats 1 --warmup 0
+    python -m bench.bench_model --native --only centernet_resnet50_v1_fpn ...   # 512 / 1024 (GPU)
 """
 
 from __future__ import annotations
@@ -22,18 +36,20 @@ import argparse
 import os
 import statistics
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from google.protobuf import json_format
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import run_times, save_result
+from raredet import builders
 from raredet.builders.faster_rcnn import build_faster_rcnn
 from raredet.builders.ssd import build_ssd
-from raredet.modeling.faster_rcnn import FasterRCNN
-from raredet.modeling.ssd import SSD
-from raredet.protos import faster_rcnn_pb2, ssd_pb2
+from raredet.config.load import parse_config
+from raredet.protos import center_net_pb2, faster_rcnn_pb2, ssd_pb2
+from raredet.zoo import CONFIG_DIR
 
 SIZE = 320
 NUM_CLASSES = 4
@@ -119,10 +135,44 @@ FRCNN_CONFIGS = {
 }
 
 
-def _build(name: str) -> SSD | FasterRCNN:
+# row -> (zoo config, its image size): the model blocks as shipped (module docstring)
+ZOO_ROWS = {
+    "centernet_resnet50_v1_fpn": ("centernet_resnet50_v1_fpn_512x512_kpts_coco17_tpu-8", 512),
+    "centernet_hourglass104": ("centernet_hourglass104_512x512_coco17_tpu-8", 512),
+    "mask_rcnn_inception_resnet_v2": ("mask_rcnn_inception_resnet_v2_1024x1024_coco17_gpu-8", 1024),
+}
+
+
+def _zoo_model(name: str, proposals: int | None = None) -> nn.Module:
+    """A ZOO_ROWS model with NUM_CLASSES classes; CenterNet without its keypoint task (which needs a
+    keypoint label map); `proposals`: a two-stage model's first_stage_max_proposals (and second-stage
+    batch, if larger)."""
+    cfg = parse_config((CONFIG_DIR / f"{ZOO_ROWS[name][0]}.config").read_text(encoding="utf-8"))
+    msg = builders.model_message(cfg)
+    msg.num_classes = NUM_CLASSES
+    if isinstance(msg, center_net_pb2.CenterNet):
+        del msg.keypoint_estimation_task[:]
+        msg.ClearField("keypoint_label_map_path")
+    elif isinstance(msg, faster_rcnn_pb2.FasterRcnn) and proposals is not None:
+        msg.first_stage_max_proposals = proposals
+        msg.second_stage_batch_size = min(msg.second_stage_batch_size, proposals)
+    return builders.build_model(msg)[0]
+
+
+def row_name(name: str, proposals: int | None) -> str:
+    """The result's row name: a two-stage row with `proposals` says how many it ran."""
+    two_stage = name in FRCNN_CONFIGS or name.startswith("mask_rcnn")
+    return f"{name} ({proposals} proposals)" if proposals is not None and two_stage else name
+
+
+def _build(name: str, proposals: int | None = None) -> nn.Module:
+    if name in ZOO_ROWS:
+        return _zoo_model(name, proposals)
     if name in FRCNN_CONFIGS:
         msg = json_format.ParseDict({"num_classes": NUM_CLASSES, **FRCNN_CONFIGS[name]()},
                                     faster_rcnn_pb2.FasterRcnn())
+        if proposals is not None:
+            msg.first_stage_max_proposals = proposals
         return build_faster_rcnn(msg)
     return build_ssd(json_format.ParseDict({"num_classes": NUM_CLASSES, **CONFIGS[name]()}, ssd_pb2.Ssd()))
 
@@ -192,7 +242,7 @@ def _seconds(fn: Callable[[], None], repeats: int, warmup: int) -> tuple[float, 
     return statistics.median(times), min(times)
 
 
-def _forward_flops(model: SSD | FasterRCNN, image: torch.Tensor) -> int:
+def _forward_flops(model: nn.Module, image: torch.Tensor) -> int:
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(image)
@@ -205,17 +255,34 @@ def native_size(name: str) -> int:
     for d, spec in EFFICIENTDETS.items():
         if name.startswith(f"ssd_efficientdet_{d} "):
             return spec[0]
+    if name in ZOO_ROWS:
+        return ZOO_ROWS[name][1]
     return 640 if name in ("ssd_resnet152_v1_fpn", "ssd_mobilenet_v1_fpn") else SIZE
+
+
+def _training_sum(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A scalar of every trained output, to time the backward pass: SSD's and the two-stage models'
+    logits and box codes (and Mask R-CNN's mask logits), else (CenterNet) every map that has a gradient."""
+    if "cls_logits" not in out:
+        return sum((v.float().sum() for v in out.values() if v.requires_grad), torch.zeros(()))
+    loss = out["cls_logits"].sum() + out["box_deltas"].sum()
+    if "rpn_objectness" in out:  # two-stage: the first stage's outputs too
+        loss = loss + out["rpn_objectness"].sum() + out["rpn_box_deltas"].sum()
+    if "mask_logits" in out:
+        loss = loss + out["mask_logits"].sum()
+    return loss
 
 
 def measure(
     name: str, batch: int, repeats: int, device: str, warmup: int = 1, size: int = SIZE,
-    max_train_gflops: float | None = None,
+    max_train_gflops: float | None = None, proposals: int | None = None,
 ) -> dict[str, Any]:
     """One row. ``max_train_gflops``: skip forward+backward (None in the row) for models whose forward
-    needs more GFLOPs per image than this (the large EfficientDets at native size on a CPU)."""
-    model = _build(name).to(device)
+    needs more GFLOPs per image than this (the large EfficientDets at native size on a CPU).
+    ``proposals``: two-stage rows' first_stage_max_proposals instead of the config's."""
+    model = _build(name, proposals).to(device)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
+    sizes = torch.tensor([[size, size]] * batch, device=device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def forward() -> None:
@@ -223,20 +290,23 @@ def measure(
             model(images)
         sync()
 
+    def forward_postprocess() -> None:
+        with torch.no_grad():
+            model.postprocess(model(images), sizes)  # type: ignore[operator]
+        sync()
+
     def forward_backward() -> None:
-        out = model(images)
-        loss = out["cls_logits"].sum() + out["box_deltas"].sum()
-        if "rpn_objectness" in out:  # two-stage: the first stage's outputs too
-            loss = loss + out["rpn_objectness"].sum() + out["rpn_box_deltas"].sum()
-        loss.backward()
+        _training_sum(model(images)).backward()
         model.zero_grad(set_to_none=True)
         sync()
 
     model.eval()
     gflops = _forward_flops(model, images[:1]) / 1e9
     with torch.no_grad():
-        anchors = int(model(images[:1])["anchors"].shape[0])
+        found = model(images[:1]).get("anchors")
+    anchors = int(found.shape[0]) if found is not None else None
     t_fwd, t_fwd_min = _seconds(forward, repeats, warmup)
+    t_post, t_post_min = _seconds(forward_postprocess, repeats, warmup)
     train = max_train_gflops is None or gflops <= max_train_gflops
     if train:
         model.train()
@@ -244,10 +314,12 @@ def measure(
     return {
         "image_size": size,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "backbone_parameters": sum(p.numel() for p in model.backbone.parameters()),
+        "backbone_parameters": sum(p.numel() for p in cast(nn.Module, model.backbone).parameters()),
         "anchors": anchors,
         "gflops_forward_per_image": gflops,
         "forward_ms_per_image": 1000 * t_fwd / batch,
+        "forward_postprocess_ms_per_image": 1000 * t_post / batch,
+        "forward_postprocess_ms_per_image_min": 1000 * t_post_min / batch,
         "forward_backward_ms_per_image": 1000 * t_fwd_bwd / batch if train else None,
         "forward_ms_per_image_min": 1000 * t_fwd_min / batch,
         "forward_backward_ms_per_image_min": 1000 * t_fwd_bwd_min / batch if train else None,
@@ -264,8 +336,10 @@ def run(
     native: bool = False,
     max_train_gflops: float | None = None,
     warmup: int | None = None,
+    proposals: int | None = None,
 ) -> dict[str, Any]:
-    """``native``: each row at its zoo config's size (``native_size``) instead of ``size``."""
+    """``native``: each row at its zoo config's size (``native_size``) instead of ``size``;
+    ``proposals``: two-stage rows with that many proposals (named so)."""
     default_batch, default_repeats, default_warmup = (1, 1, 0) if quick else (2, 3, 1)
     batch, repeats = batch or default_batch, repeats or default_repeats
     warmup = default_warmup if warmup is None else warmup
@@ -274,9 +348,10 @@ def run(
     load_before = os.getloadavg()[0]
     results = {}
     for name in names:
-        results[name] = measure(name, batch, repeats, device, warmup, native_size(name) if native else size,
-                                max_train_gflops)
-        results[name]["load_average_after"] = os.getloadavg()[0]
+        row = row_name(name, proposals)
+        results[row] = measure(name, batch, repeats, device, warmup, native_size(name) if native else size,
+                               max_train_gflops, proposals)
+        results[row]["load_average_after"] = os.getloadavg()[0]
     load_after = os.getloadavg()[0]
     where = "native sizes" if native else f"{size}x{size}"
     summary = [
@@ -285,17 +360,18 @@ def run(
         f"{load_after:.1f} after (a shared CPU inflates times; the minimum is the steadier figure):",
         "",
         "| feature extractor | size | params (M) | backbone (M) | anchors | GFLOPs fwd | fwd ms/img "
-        "| fwd+bwd ms/img |",
-        "|---|---|---|---|---|---|---|---|",
+        "| fwd+post ms/img | fwd+bwd ms/img |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         train = (f"{r['forward_backward_ms_per_image']:.0f} ({r['forward_backward_ms_per_image_min']:.0f})"
                  if r["forward_backward_ms_per_image"] is not None else "not timed")
         summary.append(
             f"| {name} | {r['image_size']} | {r['parameters'] / 1e6:.2f} "
-            f"| {r['backbone_parameters'] / 1e6:.2f} | {r['anchors']} | "
+            f"| {r['backbone_parameters'] / 1e6:.2f} | {'-' if r['anchors'] is None else r['anchors']} | "
             f"{r['gflops_forward_per_image']:.2f} | {r['forward_ms_per_image']:.0f} "
-            f"({r['forward_ms_per_image_min']:.0f}) | {train} |"
+            f"({r['forward_ms_per_image_min']:.0f}) | {r['forward_postprocess_ms_per_image']:.0f} "
+            f"({r['forward_postprocess_ms_per_image_min']:.0f}) | {train} |"
         )
     return {
         "native_sizes": native,
@@ -316,8 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small extractors only, batch 1, one timed run")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--only", nargs="+", choices=list(CONFIGS) + list(FRCNN_CONFIGS),
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS) + list(FRCNN_CONFIGS) + list(ZOO_ROWS),
                         help="these extractors only")
+    parser.add_argument("--proposals", type=int,
+                        help="two-stage rows with this many proposals (tiny test settings; rows named so)")
     parser.add_argument("--size", type=int, default=SIZE, help=f"square image size (default {SIZE})")
     parser.add_argument("--batch", type=int, help="images per timed call (default 2; 1 with --quick)")
     parser.add_argument("--repeats", type=int, help="timed runs (default 3; 1 with --quick)")
@@ -331,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "or model_native)")
     args = parser.parse_args(argv)
     result = run(args.quick, args.device, args.only, args.size, args.batch, args.repeats, args.native,
-                 args.max_train_gflops, args.warmup)
+                 args.max_train_gflops, args.warmup, args.proposals)
     name = args.name or ("model_native" if args.native else
                          "model" if args.size == SIZE and not args.only else f"model_{args.size}")
     print(f"wrote {save_result(name, result)}")
