@@ -21,9 +21,10 @@ from tests.helpers.instance_models import (
 
 from raredet import cli
 from raredet.commands.export import INSTANCE_OUTPUTS, OUTPUT_NAMES, instance_differences
-from raredet.commands.predict import coco_results, predict
+from raredet.commands.predict import coco_results, draw_detections, predict
 from raredet.commands.trained import load_trained_model
 from raredet.evaluation.masks import paste_box_masks
+from raredet.evaluation.report import PALETTE
 
 # torch 2.13 deprecates TorchScript and the TorchScript-based ONNX exporter; both are what is tested here.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -56,6 +57,20 @@ def test_coco_results_carry_the_pasted_mask_and_the_keypoints():
     assert first["keypoints"] == [1.5, 2.25, 2, 0, 0, 0] and first["keypoint_scores"] == [0.875, 0.0]
     assert "keypoints" not in second and "keypoint_scores" not in second
     assert (first["category_id"], first["bbox"], second["category_id"]) == (5, [2.0, 3.0, 4.0, 4.0], 9)
+
+
+def test_drawn_image_blends_the_mask_and_dots_the_keypoints():
+    """A black 64 px image is drawn 4x (256 px): the mask (ones in box 16..48) blended half-and-half with
+    class 1's colour inside the box, a keypoint at (20, 40) a 3x3 dot of that colour at (80, 160)."""
+    det = {"boxes": np.array([[16.0, 16.0, 48.0, 48.0]]), "scores": np.array([0.9]), "classes": np.array([1]),
+           "masks": np.ones((1, 4, 4)), "keypoints": np.array([[[20.0, 40.0]]]),
+           "keypoint_scores": np.array([[0.5]])}
+    drawn = np.asarray(draw_detections(np.zeros((64, 64, 3), np.uint8), det, ["crack", "scratch"]))
+    colour = np.asarray(PALETTE[1])
+    assert drawn.shape == (256, 256, 3)
+    np.testing.assert_array_equal(drawn[128, 128], np.round(0.5 * colour))
+    np.testing.assert_array_equal(drawn[159:162, 79:82], np.broadcast_to(colour, (3, 3, 3)))
+    assert not drawn[20, 200].any()  # outside the box: untouched
 
 
 def _outputs(n: int, masks: np.ndarray, keypoints: np.ndarray) -> list[np.ndarray]:
