@@ -370,11 +370,13 @@ def converted_shape(layout: str, shape: list[int]) -> tuple[int, ...]:
                                   "centernet_resnet50_v1_fpn_512x512_kpts_coco17_tpu-8.config",
                                   "centernet_resnet50_v2_512x512_kpts_coco17_tpu-8.config",
                                   "centernet_resnet101_v1_fpn_512x512_coco17_tpu-8.config",
-                                  "center_net_deepmac_512x512_voc_only_tpu-32.config"])
+                                  "center_net_deepmac_512x512_voc_only_tpu-32.config",
+                                  "centernet_resnet50_v1_fpn_512x512_kpts_coco17_tpu-8.config@resnet_v1_101_fpn"])
 def test_zoo_layouts_map_every_tensor_with_its_shape(name, tmp_path):
     """The full-size zoo models (90 classes, hourglass-104, 17 keypoints, DeepMAC's hourglass-52 mask
-    network): every raredet tensor has a TF variable of the checkpoint's layout (center_net_layouts/,
-    written by the TF OD API: WRITTEN_BY) and its shape, and every TF variable feeds one."""
+    network; and ResNet-101 v1 FPN, which no zoo config names): every raredet tensor has a TF variable
+    of the checkpoint's layout (center_net_layouts/, written by the TF OD API: WRITTEN_BY) and its
+    shape, and every TF variable feeds one."""
     import gzip
     import json
 
@@ -383,7 +385,10 @@ def test_zoo_layouts_map_every_tensor_with_its_shape(name, tmp_path):
 
     with gzip.open(LAYOUTS / "layouts.json.gz", "rt", encoding="utf-8") as f:
         shapes = json.load(f)["layouts"][name]
-    text = (CONFIG_DIR / name).read_text(encoding="utf-8")
+    file_name, _, extractor = name.partition("@")  # NAME@TYPE: that config with extractor TYPE
+    text = (CONFIG_DIR / file_name).read_text(encoding="utf-8")
+    if extractor:
+        text = text.replace('type: "resnet_v1_50_fpn"', f'type: "{extractor}"')
     labels = LAYOUTS / "keypoint_label_map.pbtxt"
     config = tmp_path / "pipeline.config"
     config.write_text(text.replace('keypoint_label_map_path: "PATH_TO_BE_CONFIGURED"',
