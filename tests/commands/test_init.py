@@ -183,8 +183,8 @@ def test_refusals_say_what_to_do(tmp_path):
     voc = make_voc(tmp_path / "voc")
     with pytest.raises(ConfigError, match=f"unknown zoo model 'ssd_nonsense'.*{MODEL}"):
         run_init(voc, "ssd_nonsense", tmp_path / "o1")
-    with pytest.raises(ConfigError, match="does not train CenterNet"):
-        run_init(voc, "centernet_hourglass104_512x512", tmp_path / "o2")
+    with pytest.raises(ConfigError, match="trains keypoints.*use --model centernet_hourglass104_512x512"):
+        run_init(voc, "centernet_hourglass104_512x512_kpts", tmp_path / "o2")  # more: test_init_center_net
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
     with pytest.raises(ConfigError, match="not empty.*--overwrite"):

@@ -8,7 +8,12 @@ linearly to it (``lr * batch / zoo batch``, Goyal et al. 2017: the zoo's rates a
 to 512, and at batch 8 the unscaled 0.08 of ssd_mobilenet_v2_fpnlite makes the TF OD API's losses NaN),
 ``num_steps`` (with the schedule's step counts scaled by the same factor), ``fine_tune_checkpoint``
 commented out with where a zoo checkpoint goes, and the imbalance levers that the measured imbalance
-calls for as commented options (raredet fields, which the TF OD API would reject).
+calls for as commented options (raredet fields, which the TF OD API would reject), as far as they act on
+the model (a CenterNet's heatmap loss has no per-class alpha: it gets repeat factors, and class weights on
+its center pixels as the alternative).
+
+init writes boxes: the keypoint models (``*_kpts_*``) and the instance-mask models (DeepMAC, Mask R-CNN)
+are refused before anything is written, with what they need and the zoo's box-only model to use instead.
 
 The data are checked and converted by :mod:`raredet.data.convert` (every inconsistency reported with its
 file and handled by a stated rule); the statistics are `raredet stats`' (:func:`compute_stats`,
@@ -39,6 +44,8 @@ LEARNING_RATE = re.compile(
     r"(\b(?:learning_rate_base|warmup_learning_rate|initial_learning_rate|learning_rate)\s*:\s*)"
     r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
 STEP_COUNT = re.compile(r"(\b(?:total_steps|warmup_steps|step)\s*:\s*)(\d+)")
+KEYPOINT_TASK = re.compile(r"^\s*keypoint_estimation_task\s*:?\s*{", re.M)
+INSTANCE_MASKS = re.compile(r"^\s*(?:deepmac_mask_estimation\s*:?\s*{|load_instance_masks\s*:\s*true)", re.M)
 # The imbalance study's best configuration (docs/imbalance.md; `RAREDET_STRATEGY` in commands/demo.py):
 # images of rare classes repeated (threshold 1.0), focal alpha 0.75 on the rarest class's column and 0.5
 # on the middle one's, at box ratios 3 : 20 : 100. Applied here by each class's share of the most
@@ -85,7 +92,7 @@ def run_init(data: str | Path, model: str, out: str | Path, *, images: str | Pat
     edited = edit_zoo_config(text, num_classes=len(dataset.names), batch_size=batch, num_steps=num_steps,
                              label_map=out / "label_map.pbtxt", train=dataset.splits["train"],
                              evaluate=dataset.splits["val"])
-    levers = recommend_levers(summary)
+    levers = recommend_levers(summary, meta_architecture(text))
     header = config_header(zoo_path, Path(data), dataset, text, edited, batch, split_stats, levers)
     config_text = insert_lever_comments(header + edited, levers)
     config_path = atomic_write_text(out / "pipeline.config", config_text)
@@ -103,16 +110,46 @@ def run_init(data: str | Path, model: str, out: str | Path, *, images: str | Pat
 
 
 def zoo_config(model: str) -> Path:
-    """The zoo config of `model`; refuses unknown names and the meta-architectures raredet cannot train."""
+    """The zoo config of `model`; refuses unknown names and the models whose data init cannot write:
+    keypoint models (``*_kpts_*``) and instance-mask models (DeepMAC, Mask R-CNN), each with the zoo's
+    box-only model to use instead."""
     try:
         path = zoo.config_path(model)
     except ValueError as err:
         raise ConfigError(f"--model: {err}") from err
-    if path.name.startswith(("center", "mask_rcnn")):
-        trainable = [n for n in zoo.model_names() if not n.startswith(("center", "mask_rcnn"))]
-        raise ConfigError(f"--model {model}: raredet does not train CenterNet or Mask R-CNN "
-                          "(docs/migrating.md); the zoo models it trains are: " + ", ".join(trainable))
+    text = path.read_text(encoding="utf-8")
+    if KEYPOINT_TASK.search(text):
+        raise ConfigError(
+            f"--model {model}: {path.name} trains keypoints: it needs keypoint annotations in the records "
+            "(image/object/keypoint/x, y, visibility; the input readers' num_keypoints) and a label map "
+            "whose keypoint class lists its keypoints (keypoints { id label }), and its keypoint task's "
+            "per-keypoint settings (keypoint_std_dev, flip permutation, edges) are set for COCO's 17 person "
+            "keypoints. raredet init writes boxes only; for boxes use --model "
+            f"{_box_only_instead(path)}, or edit the keypoint config by hand (docs/migrating.md)")
+    if INSTANCE_MASKS.search(text):
+        raise ConfigError(
+            f"--model {model}: {path.name} trains instance masks: it needs a mask per box in the records "
+            "(image/object/mask, PNG; load_instance_masks: true, mask_type: PNG_MASKS). raredet init "
+            "writes boxes only (VOC has no masks, and it does not convert COCO's segmentation); for boxes "
+            f"use --model {_box_only_instead(path)}, or write TFRecords with masks yourself and edit this "
+            "config by hand (docs/data.md)")
     return path
+
+
+def _box_only_instead(path: Path) -> str:
+    """The zoo's box-only model nearest to the keypoint or mask model of `path` (same extractor and
+    resolution where the zoo has one)."""
+    name = zoo.model_name(path.stem)
+    names = zoo.model_names()
+    if name.startswith("mask_rcnn"):
+        return "faster_rcnn_resnet101_v1_1024x1024 (Faster R-CNN at the same resolution)"
+    size = "1024x1024" if "1024x1024" in name else "512x512"
+    if "hourglass104" in name or name.startswith("center_net_deepmac"):
+        return f"centernet_hourglass104_{size} (CenterNet, the same Hourglass-104)"
+    box_only = name.replace("_kpts", "")
+    if box_only in names:
+        return box_only
+    return "centernet_resnet101_v1_fpn_512x512 (CenterNet, ResNet-101 v2)"
 
 
 def default_batch() -> int:
@@ -278,24 +315,48 @@ def edit_zoo_config(text: str, *, num_classes: int, batch_size: int, num_steps: 
     text = _sub_in_block(text, "train_config", r"^(\s*)use_bfloat16\s*:\s*true.*$",
                          r"\g<1>use_bfloat16: false  # raredet init: bfloat16 is for TPUs")
     text = re.sub(r"^(\s*)(fine_tune_checkpoint(?:_type)?\s*:.*)$", r"\g<1># \g<2>", text, flags=re.M)
-    text = _sub_in_block(text, "train_config", r"^(\s*)# fine_tune_checkpoint:", _checkpoint_comment,
-                         count=1)
+    lines = _checkpoint_lines(text)
+    text = _sub_in_block(text, "train_config", r"^(\s*)# fine_tune_checkpoint:",
+                         lambda m: "".join(f"{m.group(1)}# {line}\n" for line in lines)
+                         + f"{m.group(1)}# fine_tune_checkpoint:", count=1)
     text = re.sub(r'(\blabel_map_path\s*:\s*)"[^"]*"', rf'\g<1>"{label_map}"', text)
     text = _sub_in_block(text, "train_input_reader", r'(\binput_path\s*:\s*)"[^"]*"', rf'\g<1>"{train}"')
     return _sub_in_block(text, "eval_input_reader", r'(\binput_path\s*:\s*)"[^"]*"', rf'\g<1>"{evaluate}"')
 
 
-def _checkpoint_comment(match: re.Match[str]) -> str:
-    pad = match.group(1)
+def _checkpoint_lines(text: str) -> list[str]:
+    """The comment on the commented-out fine_tune_checkpoint: what to download and which type to set."""
     lines = [
         "raredet init: no checkpoint is set, so training starts from random weights. To fine-tune,",
         "download the zoo's tarball of this model (TF2 Detection Model Zoo), and uncomment with:",
         '  fine_tune_checkpoint: "<the unpacked tarball>/checkpoint/ckpt-0"',
-        '  fine_tune_checkpoint_type: "detection"   (the whole detector, COCO weights)',
-        'or, as the zoo config below does, an ImageNet classification checkpoint of the backbone with',
+    ]
+    if meta_architecture(text) != "center_net":
+        return lines + [
+            '  fine_tune_checkpoint_type: "detection"   (the whole detector, COCO weights)',
+            'or, as the zoo config below does, an ImageNet classification checkpoint of the backbone with',
+            '  fine_tune_checkpoint_type: "classification". raredet and the TF OD API both load either.',
+        ]
+    lines += [
+        '  fine_tune_checkpoint_type: "detection"   (a CenterNet restores its feature extractor only, not',
+        "  the heads, so your classes start fresh; docs/center_net.md \"TF checkpoints\")",
+    ]
+    if re.search(r'\btype\s*:\s*"hourglass', text):
+        return lines + ['An hourglass has no classification backbone: "classification" is not available for '
+                        "it (in the TF OD API as in raredet).", "raredet and the TF OD API both load it."]
+    return lines + [
+        'or, as the zoo config below does, an ImageNet classification checkpoint of the ResNet with',
         '  fine_tune_checkpoint_type: "classification". raredet and the TF OD API both load either.',
     ]
-    return "".join(f"{pad}# {line}\n" for line in lines) + f"{pad}# fine_tune_checkpoint:"
+
+
+def meta_architecture(text: str) -> str:
+    """The zoo config's meta-architecture: 'ssd', 'faster_rcnn' or 'center_net'."""
+    start, end = _block(text, "model")
+    found = re.search(r"^\s*(ssd|faster_rcnn|center_net)\s*:?\s*{", text[start:end], re.M)
+    if found is None:
+        raise ConfigError("zoo config: model { } holds none of ssd, faster_rcnn, center_net")
+    return found.group(1)
 
 
 def _float(value: float) -> str:
@@ -318,11 +379,18 @@ class Levers:
     repeat_factor_threshold: float | None
     class_alpha: dict[str, float]
     alternative: str
+    class_weights: str = ""  # a class_weights block for the model (CenterNet's alternative), commented
 
 
-def recommend_levers(summary: dict[str, Any]) -> Levers:
+CENTER_NET_WEIGHTS = "class_weights { auto { scheme: SQRT_INVERSE_FREQUENCY } }"
+
+
+def recommend_levers(summary: dict[str, Any], meta: str = "ssd") -> Levers:
     """The imbalance study's best configuration (docs/imbalance.md, docs/class_weighting.md "When to use
-    which") for the training split's box counts in `summary` (stats_summary)."""
+    which") for the training split's box counts in `summary` (stats_summary), as far as it acts on the
+    meta-architecture `meta`: a CenterNet's heatmap loss has no per-class alpha (its `alpha` is the
+    focusing exponent), so it gets repeat factors, and class weights on its center pixels as the
+    alternative (docs/center_net.md "Class weights on a heatmap")."""
     boxes = {r["name"]: r["boxes"] for r in summary["classes"]}
     most = max(boxes.values())
     ratio = summary["imbalance_ratio"]
@@ -333,6 +401,18 @@ def recommend_levers(summary: dict[str, Any]) -> Levers:
     alpha = {n: RARE_ALPHA if b <= RARE_SHARE * most else MIDDLE_ALPHA
              for n, b in sorted(boxes.items()) if b <= MIDDLE_SHARE * most}
     ratio_text = "inf (a class has no training box)" if ratio is None else f"{ratio:.1f}"
+    if meta == "center_net":
+        return Levers(
+            f"imbalance ratio {ratio_text} (most/least boxes): for a CenterNet, repeat factors at threshold "
+            "1.0: raredet's documented best configuration (docs/imbalance.md) less its per-class focal "
+            "alpha, which CenterNet's heatmap loss does not have (its alpha is the focusing exponent; "
+            "docs/center_net.md)",
+            1.0, {},
+            f"if the common classes may give a little for more of the rare ones: repeat factors 1.0 plus "
+            f"{CENTER_NET_WEIGHTS} in model.center_net (weights on the heatmap's center pixels, "
+            "docs/center_net.md; the imbalance study measured this pair on SSD, not on CenterNet)",
+            CENTER_NET_WEIGHTS,
+        )
     return Levers(
         f"imbalance ratio {ratio_text} (most/least boxes): raredet's documented best configuration "
         f"(docs/imbalance.md): repeat factors at threshold 1.0, focal alpha {RARE_ALPHA} on classes with "
@@ -353,6 +433,8 @@ def insert_lever_comments(text: str, levers: Levers) -> str:
     start, _ = _block(text, "train_input_reader")
     line_end = text.index("\n", start) + 1
     text = text[:line_end] + note + rfs + text[line_end:]
+    if levers.class_weights:
+        text = _insert_class_weights(text, levers.class_weights)
     focal = re.search(r"^(\s*)weighted_sigmoid_focal\s*:?\s*{[^}]*?\balpha\s*:[^\n]*\n", text, re.M)
     if focal is None or not levers.class_alpha:
         return text
@@ -360,6 +442,29 @@ def insert_lever_comments(text: str, levers: Levers) -> str:
     lines = [f"{pad}# raredet (uncomment to use): per-class focal alpha, the imbalance study's best\n"]
     lines += [f'{pad}# class_alpha {{ name: "{n}" value: {a:g} }}\n' for n, a in levers.class_alpha.items()]
     return text[:focal.end()] + "".join(lines) + text[focal.end():]
+
+
+def _insert_class_weights(text: str, block: str) -> str:
+    """`block` commented after the model's num_classes line, and a note at CenterNet's heatmap loss that
+    its alpha is no class balance."""
+    start, end = _block(text, "model")
+    line = re.compile(r"^(\s*)num_classes\s*:[^\n]*\n", re.M).search(text, start, end)
+    if line is None:
+        raise ConfigError("zoo config: model has no num_classes")
+    pad = line.group(1)
+    lines = [
+        "raredet (uncomment for the alternative, with the repeat factors; the TF OD API rejects this",
+        "field): class weights on the heatmap's center pixels (docs/center_net.md)",
+        block,
+    ]
+    text = text[:line.end()] + "".join(f"{pad}# {x}\n" for x in lines) + text[line.end():]
+    focal = re.search(r"^(\s*)penalty_reduced_logistic_focal_loss\s*:?\s*{[^\n]*\n", text, re.M)
+    if focal is None:
+        return text
+    pad = focal.group(1) + "  "
+    note = (f"{pad}# raredet: alpha here is the focusing exponent, no class balance (no class_alpha);\n"
+            f"{pad}# class_weights above is CenterNet's per-class lever\n")
+    return text[:focal.end()] + note + text[focal.end():]
 
 
 # ---- reports -----------------------------------------------------------------------------------------
