@@ -19,7 +19,8 @@ normalisation and the family's own settings), so that it computes what the TF OD
   checkpoint for another ``num_classes``: they keep their initialiser, and the report and a warning say
   so). ``"detection"`` is the TF OD API's way to fine-tune onto another label map.
 
-Family modules (``mobilenet``, ``resnet``, ``efficientdet``, ``faster_rcnn``), imported when needed,
+Family modules (``mobilenet``, ``resnet``, ``efficientdet``, ``faster_rcnn`` -- with
+``inception_resnet_v2`` for Mask R-CNN --, ``center_net``), imported when needed,
 provide ``tensor_maps(model, shapes, root="model")`` and ``classification_maps(model, shapes,
 root="feature_extractor")`` -> ``list[TensorMap]`` (``shapes``: ``{object path: shape}`` of every
 variable of the checkpoint), with parts named ``"backbone"``, ``"fpn"`` / ``"bifpn"`` /
