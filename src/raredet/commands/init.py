@@ -33,9 +33,10 @@ from raredet.commands.stats import format_stats, stats_summary, write_stats
 from raredet.config.label_map import LabelMap
 from raredet.data import convert
 from raredet.data.stats import DatasetStats, compute_stats
-from raredet.data.tfrecord import TFRecordReader, expand_input_paths, write_tfrecord
+from raredet.data.tfrecord import TFRecordFile, TFRecordReader, expand_input_paths, write_tfrecord
 from raredet.errors import ConfigError, DataError
 from raredet.fileio import atomic_write_json, atomic_write_text
+from raredet.protos import example_pb2
 
 CPU_BATCH = 8
 GPU_BATCH = 32
@@ -45,6 +46,8 @@ LEARNING_RATE = re.compile(
     r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
 STEP_COUNT = re.compile(r"(\b(?:total_steps|warmup_steps|step)\s*:\s*)(\d+)")
 KEYPOINT_TASK = re.compile(r"^\s*keypoint_estimation_task\s*:?\s*{", re.M)
+ALLOWED_MASKED_IDS = re.compile(r"^([ \t]*)allowed_masked_classes_ids\s*:\s*\[[^\]]*\][^\n]*", re.M)
+SUPER_CATEGORIES = re.compile(r"^([ \t]*)super_categories\s*:?\s*{[^}]*}[^\n]*", re.M)
 INSTANCE_MASKS = re.compile(r"^\s*(?:deepmac_mask_estimation\s*:?\s*{|load_instance_masks\s*:\s*true)", re.M)
 # The imbalance study's best configuration (docs/imbalance.md; `RAREDET_STRATEGY` in commands/demo.py):
 # images of rare classes repeated (threshold 1.0), focal alpha 0.75 on the rarest class's column and 0.5
@@ -75,6 +78,8 @@ def run_init(data: str | Path, model: str, out: str | Path, *, images: str | Pat
     """``raredet init``: write DIR/pipeline.config (+ pipeline.test.config), label_map.pbtxt, the
     TFRecords, stats/ and data_report.{txt,json}; returns the printable summary."""
     zoo_path = zoo_config(model)
+    text = zoo_path.read_text(encoding="utf-8")
+    mask_type = check_mask_records(model, zoo_path, Path(data)) if INSTANCE_MASKS.search(text) else None
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out}: the output folder is not empty; give an empty or new --out, or add "
@@ -88,12 +93,14 @@ def run_init(data: str | Path, model: str, out: str | Path, *, images: str | Pat
     summary = stats_summary(split_stats["train"])
     write_stats(summary, out / "stats")
     batch = batch_size or default_batch()
-    text = zoo_path.read_text(encoding="utf-8")
     edited = edit_zoo_config(text, num_classes=len(dataset.names), batch_size=batch, num_steps=num_steps,
                              label_map=out / "label_map.pbtxt", train=dataset.splits["train"],
                              evaluate=dataset.splits["val"])
+    if mask_type is not None:
+        edited = set_mask_type(edited, mask_type)
     levers = recommend_levers(summary, meta_architecture(text))
-    header = config_header(zoo_path, Path(data), dataset, text, edited, batch, split_stats, levers)
+    header = config_header(zoo_path, Path(data), dataset, text, edited, batch, split_stats, levers,
+                           mask_type)
     config_text = insert_lever_comments(header + edited, levers)
     config_path = atomic_write_text(out / "pipeline.config", config_text)
     if "test" in dataset.splits:
@@ -110,9 +117,9 @@ def run_init(data: str | Path, model: str, out: str | Path, *, images: str | Pat
 
 
 def zoo_config(model: str) -> Path:
-    """The zoo config of `model`; refuses unknown names and the models whose data init cannot write:
-    keypoint models (``*_kpts_*``) and instance-mask models (DeepMAC, Mask R-CNN), each with the zoo's
-    box-only model to use instead."""
+    """The zoo config of `model`; refuses unknown names and the keypoint models (``*_kpts_*``), whose
+    data and keypoint settings init cannot write, with the zoo's box-only model to use instead. (The
+    instance-mask models are checked against the data: :func:`check_mask_records`.)"""
     try:
         path = zoo.config_path(model)
     except ValueError as err:
@@ -126,13 +133,6 @@ def zoo_config(model: str) -> Path:
             "per-keypoint settings (keypoint_std_dev, flip permutation, edges) are set for COCO's 17 person "
             "keypoints. raredet init writes boxes only; for boxes use --model "
             f"{_box_only_instead(path)}, or edit the keypoint config by hand (docs/migrating.md)")
-    if INSTANCE_MASKS.search(text):
-        raise ConfigError(
-            f"--model {model}: {path.name} trains instance masks: it needs a mask per box in the records "
-            "(image/object/mask, PNG; load_instance_masks: true, mask_type: PNG_MASKS). raredet init "
-            "writes boxes only (VOC has no masks, and it does not convert COCO's segmentation); for boxes "
-            f"use --model {_box_only_instead(path)}, or write TFRecords with masks yourself and edit this "
-            "config by hand (docs/data.md)")
     return path
 
 
@@ -150,6 +150,68 @@ def _box_only_instead(path: Path) -> str:
     if box_only in names:
         return box_only
     return "centernet_resnet101_v1_fpn_512x512 (CenterNet, ResNet-101 v2)"
+
+
+def check_mask_records(model: str, zoo_path: Path, data: Path) -> str:
+    """For an instance-mask model (DeepMAC, Mask R-CNN): the ``mask_type`` of the TFRecords `data`, whose
+    every record must carry one mask per box in ``image/object/mask`` (init copies TFRecords as they are;
+    it writes no masks from VOC, which has none, or from COCO's ``segmentation``). Refuses other data
+    and a record without its masks, before anything is written."""
+    voc_or_coco = (data.is_dir() and (data / "Annotations").is_dir()) or (
+        data.is_file() and data.suffix.lower() == ".json")
+    records = [] if voc_or_coco else _tfrecord_files(data)
+    if not records:
+        raise ConfigError(
+            f"--model {model}: {zoo_path.name} trains instance masks: it needs a mask per box in the "
+            "records (image/object/mask). raredet init writes masks only by copying TFRecords that carry "
+            f"them; {data} is not such TFRecords (a VOC folder has no masks, and init does not convert a "
+            "COCO JSON's 'segmentation'). Give TFRecords with image/object/mask (one PNG per box, as the "
+            "TF OD API's create_coco_tf_record.py --include_masks writes them) and --label_map, or for "
+            f"boxes use --model {_box_only_instead(zoo_path)}")
+    kinds: dict[str, str] = {}
+    for path in records:
+        for local, payload in enumerate(_payloads(path)):
+            kind = _record_mask_kind(payload, f"{path}, record {local}", model)
+            if kind is not None:
+                kinds.setdefault(kind, f"{path}, record {local}")
+    if len(kinds) > 1:
+        raise DataError(f"{kinds['bytes_list']} stores PNG masks and {kinds['float_list']} numerical masks "
+                        "(float lists); one mask_type reads a data set: write every record's masks alike")
+    return "NUMERICAL_MASKS" if "float_list" in kinds else "PNG_MASKS"
+
+
+def _payloads(path: Path) -> list[bytes]:
+    """The records of `path` that can be read (one that cannot is reported by the conversion)."""
+    file = TFRecordFile(path)
+    out = []
+    for local in range(len(file)):
+        try:
+            out.append(file.read(local))
+        except DataError:
+            out.append(b"")
+    return out
+
+
+def _record_mask_kind(payload: bytes, where: str, model: str) -> str | None:
+    """'bytes_list' (PNG) or 'float_list' (numerical) for a record whose boxes each have a mask; None for
+    a record without boxes or one that does not parse (the conversion reports it); DataError otherwise."""
+    example = example_pb2.Example()
+    try:
+        example.ParseFromString(payload)
+    except Exception:  # protobuf's DecodeError: reported as unreadable_record by the conversion
+        return None
+    features = example.features.feature
+    boxes = len(features["image/object/bbox/xmin"].float_list.value) if "image/object/bbox/xmin" in \
+        features else 0
+    if boxes == 0:
+        return None
+    mask = features["image/object/mask"] if "image/object/mask" in features else example_pb2.Feature()
+    kind = mask.WhichOneof("kind")
+    count = len(getattr(mask, kind).value) if kind else 0
+    if (kind == "bytes_list" and count == boxes) or (kind == "float_list" and count > 0):
+        return kind  # a float list's N*H*W values are checked against the size by the reader
+    raise DataError(f"{where}: {boxes} boxes and {count} masks in 'image/object/mask'; --model {model} "
+                    "trains instance masks and needs one per box (a PNG each, or N*H*W floats)")
 
 
 def default_batch() -> int:
@@ -319,6 +381,12 @@ def edit_zoo_config(text: str, *, num_classes: int, batch_size: int, num_steps: 
     text = _sub_in_block(text, "train_config", r"^(\s*)# fine_tune_checkpoint:",
                          lambda m: "".join(f"{m.group(1)}# {line}\n" for line in lines)
                          + f"{m.group(1)}# fine_tune_checkpoint:", count=1)
+    text = _comment_out(text, ALLOWED_MASKED_IDS, [
+        "raredet init: the zoo's COCO class ids (masks trained for those classes only), commented out:",
+        "every class gets masks. To train masks of some classes only, list their label_map.pbtxt ids."])
+    text = _comment_out(text, SUPER_CATEGORIES, [
+        "raredet init: COCO's super-categories (groups of COCO class names), commented out; group your",
+        "own classes' display names this way to have them reported together."], first_only=True)
     text = re.sub(r'(\blabel_map_path\s*:\s*)"[^"]*"', rf'\g<1>"{label_map}"', text)
     text = _sub_in_block(text, "train_input_reader", r'(\binput_path\s*:\s*)"[^"]*"', rf'\g<1>"{train}"')
     return _sub_in_block(text, "eval_input_reader", r'(\binput_path\s*:\s*)"[^"]*"', rf'\g<1>"{evaluate}"')
@@ -359,6 +427,28 @@ def meta_architecture(text: str) -> str:
     return found.group(1)
 
 
+def _comment_out(text: str, pattern: re.Pattern[str], note: list[str], first_only: bool = False) -> str:
+    """Every match of `pattern` (whole lines) commented out, `note` above the first (or each) match."""
+    pieces, last = [], 0
+    for k, match in enumerate(pattern.finditer(text)):
+        pad = match.group(1)
+        lines = [] if first_only and k else [f"{pad}# {line}" for line in note]
+        lines += [f"{pad}# {line[len(pad):] if line.startswith(pad) else line.lstrip()}"
+                  for line in match.group(0).split("\n")]
+        pieces += [text[last:match.start()], "\n".join(lines)]
+        last = match.end()
+    return "".join(pieces) + text[last:]
+
+
+def set_mask_type(text: str, mask_type: str) -> str:
+    """The input readers' mask_type set to how the records store their masks (the zoo's PNG_MASKS)."""
+    if mask_type == "PNG_MASKS":
+        return text
+    return re.sub(r"^(\s*)mask_type\s*:\s*PNG_MASKS\b.*$",
+                  rf"\g<1>mask_type: {mask_type}  # raredet init: the records store masks as float lists",
+                  text, flags=re.M)
+
+
 def _float(value: float) -> str:
     """Shortest text of `value` to 12 significant digits (no float noise like 0.005000000000000001)."""
     return repr(float(f"{value:.12g}"))
@@ -379,18 +469,37 @@ class Levers:
     repeat_factor_threshold: float | None
     class_alpha: dict[str, float]
     alternative: str
-    class_weights: str = ""  # a class_weights block for the model (CenterNet's alternative), commented
+    class_weights: str = ""  # the alternative's class-weights block for the model, commented
+    class_weights_note: str = ""  # what those weights act on, and where that is documented
 
 
-CENTER_NET_WEIGHTS = "class_weights { auto { scheme: SQRT_INVERSE_FREQUENCY } }"
+@dataclass
+class NoAlpha:
+    """A meta-architecture whose classification loss has no per-class focal alpha: what stands in."""
+
+    name: str  # "a CenterNet"
+    why: str  # why the alpha does not apply
+    field: str  # its class-weights field, directly in model.<meta>
+    acts_on: str  # what the weights multiply
+    doc: str
+
+
+NO_ALPHA = {
+    "center_net": NoAlpha("a CenterNet", "CenterNet's heatmap loss does not have (its alpha is the focusing "
+                          "exponent)", "class_weights", "the heatmap's center pixels", "docs/center_net.md"),
+    "faster_rcnn": NoAlpha("a Faster R-CNN", "its second stage's softmax loss does not have",
+                           "second_stage_class_weights", "the second stage's proposals of each class",
+                           "docs/faster_rcnn.md"),
+}
 
 
 def recommend_levers(summary: dict[str, Any], meta: str = "ssd") -> Levers:
     """The imbalance study's best configuration (docs/imbalance.md, docs/class_weighting.md "When to use
     which") for the training split's box counts in `summary` (stats_summary), as far as it acts on the
-    meta-architecture `meta`: a CenterNet's heatmap loss has no per-class alpha (its `alpha` is the
-    focusing exponent), so it gets repeat factors, and class weights on its center pixels as the
-    alternative (docs/center_net.md "Class weights on a heatmap")."""
+    meta-architecture `meta`: a CenterNet's heatmap loss and a Faster R-CNN's second-stage softmax have
+    no per-class alpha (a CenterNet's `alpha` is the focusing exponent), so they get repeat factors, and
+    class weights (on a CenterNet's center pixels, on a Faster R-CNN's second-stage proposals) as the
+    alternative (docs/center_net.md "Class weights on a heatmap", docs/faster_rcnn.md)."""
     boxes = {r["name"]: r["boxes"] for r in summary["classes"]}
     most = max(boxes.values())
     ratio = summary["imbalance_ratio"]
@@ -401,17 +510,18 @@ def recommend_levers(summary: dict[str, Any], meta: str = "ssd") -> Levers:
     alpha = {n: RARE_ALPHA if b <= RARE_SHARE * most else MIDDLE_ALPHA
              for n, b in sorted(boxes.items()) if b <= MIDDLE_SHARE * most}
     ratio_text = "inf (a class has no training box)" if ratio is None else f"{ratio:.1f}"
-    if meta == "center_net":
+    if meta in NO_ALPHA:
+        arch = NO_ALPHA[meta]
+        block = f"{arch.field} {{ auto {{ scheme: SQRT_INVERSE_FREQUENCY }} }}"
         return Levers(
-            f"imbalance ratio {ratio_text} (most/least boxes): for a CenterNet, repeat factors at threshold "
-            "1.0: raredet's documented best configuration (docs/imbalance.md) less its per-class focal "
-            "alpha, which CenterNet's heatmap loss does not have (its alpha is the focusing exponent; "
-            "docs/center_net.md)",
+            f"imbalance ratio {ratio_text} (most/least boxes): for {arch.name}, repeat factors at threshold "
+            f"1.0: raredet's documented best configuration (docs/imbalance.md) less its per-class focal "
+            f"alpha, which {arch.why}",
             1.0, {},
             f"if the common classes may give a little for more of the rare ones: repeat factors 1.0 plus "
-            f"{CENTER_NET_WEIGHTS} in model.center_net (weights on the heatmap's center pixels, "
-            "docs/center_net.md; the imbalance study measured this pair on SSD, not on CenterNet)",
-            CENTER_NET_WEIGHTS,
+            f"{block} in model.{meta} (weights on {arch.acts_on}, {arch.doc}; the imbalance study measured "
+            f"this pair on SSD, not on {arch.name.split(' ', 1)[1]})",
+            block, f"class weights on {arch.acts_on} ({arch.doc})",
         )
     return Levers(
         f"imbalance ratio {ratio_text} (most/least boxes): raredet's documented best configuration "
@@ -434,7 +544,7 @@ def insert_lever_comments(text: str, levers: Levers) -> str:
     line_end = text.index("\n", start) + 1
     text = text[:line_end] + note + rfs + text[line_end:]
     if levers.class_weights:
-        text = _insert_class_weights(text, levers.class_weights)
+        text = _insert_class_weights(text, levers.class_weights, levers.class_weights_note)
     focal = re.search(r"^(\s*)weighted_sigmoid_focal\s*:?\s*{[^}]*?\balpha\s*:[^\n]*\n", text, re.M)
     if focal is None or not levers.class_alpha:
         return text
@@ -444,7 +554,7 @@ def insert_lever_comments(text: str, levers: Levers) -> str:
     return text[:focal.end()] + "".join(lines) + text[focal.end():]
 
 
-def _insert_class_weights(text: str, block: str) -> str:
+def _insert_class_weights(text: str, block: str, note: str) -> str:
     """`block` commented after the model's num_classes line, and a note at CenterNet's heatmap loss that
     its alpha is no class balance."""
     start, end = _block(text, "model")
@@ -454,7 +564,7 @@ def _insert_class_weights(text: str, block: str) -> str:
     pad = line.group(1)
     lines = [
         "raredet (uncomment for the alternative, with the repeat factors; the TF OD API rejects this",
-        "field): class weights on the heatmap's center pixels (docs/center_net.md)",
+        f"field): {note}",
         block,
     ]
     text = text[:line.end()] + "".join(f"{pad}# {x}\n" for x in lines) + text[line.end():]
@@ -463,7 +573,7 @@ def _insert_class_weights(text: str, block: str) -> str:
         return text
     pad = focal.group(1) + "  "
     note = (f"{pad}# raredet: alpha here is the focusing exponent, no class balance (no class_alpha);\n"
-            f"{pad}# class_weights above is CenterNet's per-class lever\n")
+            f"{pad}# the class_weights above are CenterNet's per-class lever\n")
     return text[:focal.end()] + note + text[focal.end():]
 
 
@@ -471,7 +581,7 @@ def _insert_class_weights(text: str, block: str) -> str:
 
 
 def config_header(zoo_path: Path, data: Path, dataset: Dataset, zoo_text: str, edited: str, batch: int,
-                  split_stats: dict[str, DatasetStats], levers: Levers) -> str:
+                  split_stats: dict[str, DatasetStats], levers: Levers, mask_type: str | None = None) -> str:
     zoo_batch = _number(zoo_text, "train_config", "batch_size")
     rates = [(m.group(1).split(":")[0].strip(), m.group(2)) for m in LEARNING_RATE.finditer(
         zoo_text[slice(*_block(zoo_text, "train_config"))])]
@@ -488,6 +598,8 @@ def config_header(zoo_path: Path, data: Path, dataset: Dataset, zoo_text: str, e
         *[f"    {name} {old} -> {new}" for (name, old), new in zip(rates, new_rates, strict=True)],
         f"  num_steps {steps} (~{epochs:.0f} epochs of the {dataset.sizes['train']} training images)",
         "  fine_tune_checkpoint: commented out (see there)",
+        *([f"  instance masks: the records' image/object/mask, mask_type {mask_type}; the zoo's COCO-only "
+           "allowed_masked_classes_ids and super_categories (where set) commented out"] if mask_type else []),
         f"Splits: {dataset.split_rule}:",
         *[f"  {s}: {dataset.sizes[s]} images, {split_stats[s].num_boxes} boxes" for s in dataset.splits],
         "Training boxes (images) per class: " + ", ".join(
