@@ -50,3 +50,5 @@ def test_the_rows_run_at_tiny_settings():
                for r in rows.values())
     assert rows["centernet_resnet50_v1_fpn"]["forward_backward_ms_per_image"] > 0
     assert rows["centernet_hourglass104"]["forward_backward_ms_per_image"] is None  # 36.5 GFLOPs > 5
+    # the TF OD API's trainable variables of the same block (bench/tf_center_net_param_count.py)
+    assert rows["centernet_hourglass104"]["parameters"] == 191_244_944
