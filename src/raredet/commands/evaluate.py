@@ -281,7 +281,7 @@ def operating_points_config(loaded: config.LoadedConfig,
     if identity or not content.get("deployable", True):
         return None, ("not written: score_converter is IDENTITY, so scores are not in [0, 1] where "
                       "calibration maps work; use SIGMOID or SOFTMAX")
-    header = _center_net_header(cfg.model.center_net) if center_net else []
+    notes = _center_net_notes(cfg.model.center_net) if center_net else []
     post.batch_non_max_suppression.score_threshold = float(content["score_threshold"])
     maps = post.calibration_config.class_id_function_approximations.class_id_xy_pairs_map
     for class_id, xy in content["calibration"].items():
@@ -298,15 +298,16 @@ def operating_points_config(loaded: config.LoadedConfig,
             if review is not None else "")
     header = [f"# Written by raredet eval: per-class operating points chosen on {chosen}.",
               f"# Each class's threshold maps to score_threshold {content['score_threshold']:g}{band}.",
-              "# Classes without a map keep that threshold as it is.", *header]
+              "# Classes without a map keep that threshold as it is.", *notes]
     return "\n".join(header) + "\n" + text_format.MessageToString(cfg), "written"
 
 
 def is_center_net(loaded: config.LoadedConfig) -> bool:
+    """Whether `loaded` is a CenterNet config (its operating points are for raredet only)."""
     return isinstance(builders.model_message(loaded.pipeline), center_net_pb2.CenterNet)
 
 
-def _center_net_header(msg: center_net_pb2.CenterNet) -> list[str]:
+def _center_net_notes(msg: center_net_pb2.CenterNet) -> list[str]:
     """CenterNet: the TF OD API ignores the calibration (comment lines saying so); and, where the
     config has no NMS, one that suppresses nothing is added to `msg` to carry the score_threshold."""
     lines = ["# CenterNet: raredet's predict and export apply this calibration_config to the scores of the",
