@@ -12,8 +12,10 @@ calls for as commented options (raredet fields, which the TF OD API would reject
 the model (a CenterNet's heatmap loss has no per-class alpha: it gets repeat factors, and class weights on
 its center pixels as the alternative).
 
-init writes boxes: the keypoint models (``*_kpts_*``) and the instance-mask models (DeepMAC, Mask R-CNN)
-are refused before anything is written, with what they need and the zoo's box-only model to use instead.
+init writes boxes from every source, and instance masks by copying TFRecords that carry them: the
+instance-mask models (DeepMAC, Mask R-CNN) are taken from such TFRecords only (every record's masks
+checked first), and the keypoint models (``*_kpts_*``) not at all; what is refused is refused before
+anything is written, with what the model needs and the zoo's box-only model to use instead.
 
 The data are checked and converted by :mod:`raredet.data.convert` (every inconsistency reported with its
 file and handled by a stated rule); the statistics are `raredet stats`' (:func:`compute_stats`,
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,16 +183,14 @@ def check_mask_records(model: str, zoo_path: Path, data: Path) -> str:
     return "NUMERICAL_MASKS" if "float_list" in kinds else "PNG_MASKS"
 
 
-def _payloads(path: Path) -> list[bytes]:
-    """The records of `path` that can be read (one that cannot is reported by the conversion)."""
+def _payloads(path: Path) -> Iterator[bytes]:
+    """The records of `path`, one at a time; b"" for one that cannot be read (the conversion reports it)."""
     file = TFRecordFile(path)
-    out = []
     for local in range(len(file)):
         try:
-            out.append(file.read(local))
+            yield file.read(local)
         except DataError:
-            out.append(b"")
-    return out
+            yield b""
 
 
 def _record_mask_kind(payload: bytes, where: str, model: str) -> str | None:
