@@ -134,7 +134,7 @@ def zoo_config(model: str) -> Path:
             "(image/object/keypoint/x, y, visibility; the input readers' num_keypoints) and a label map "
             "whose keypoint class lists its keypoints (keypoints { id label }), and its keypoint task's "
             "per-keypoint settings (keypoint_std_dev, flip permutation, edges) are set for COCO's 17 person "
-            "keypoints. raredet init writes boxes only; for boxes use --model "
+            "keypoints. raredet init writes no keypoints and no keypoint label map; for boxes use --model "
             f"{_box_only_instead(path)}, or edit the keypoint config by hand (docs/migrating.md)")
     return path
 
