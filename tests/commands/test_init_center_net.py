@@ -110,6 +110,14 @@ def test_manual_step_schedule_scaled_by_batch_and_steps():
     assert "PATH_TO_BE_CONFIGURED" not in re.sub(r"#.*", "", text)
 
 
+def test_few_steps_keep_the_manual_boundaries_increasing():
+    text = _edit(HOURGLASS, batch_size=8, num_steps=1)
+    # 90000 / 140000 = 0.64 -> 1; 120000 / 140000 = 0.86 -> 1, which must exceed the previous: 2
+    assert re.findall(r"^\s*step: (\d+)$", text, re.M) == ["1", "2"]
+    text = _edit(HOURGLASS, batch_size=8, num_steps=14)
+    assert re.findall(r"^\s*step: (\d+)$", text, re.M) == ["9", "12"]  # scaled, already increasing
+
+
 def test_cosine_schedule_of_the_1024_hourglass_scaled():
     text = _edit(HOURGLASS_1024, batch_size=32, num_steps=None)
     # * 32 / 128: 1e-3 -> 2.5e-4, warm-up 2.5e-4 -> 6.25e-5; steps as the zoo's (no --num_steps)

@@ -375,6 +375,7 @@ def edit_zoo_config(text: str, *, num_classes: int, batch_size: int, num_steps: 
         text = _sub_in_block(text, "train_config", r"(\bnum_steps\s*:\s*)\d+", rf"\g<1>{num_steps}")
         text = _sub_in_block(text, "train_config", STEP_COUNT.pattern,
                              lambda m: f"{m.group(1)}{max(0, round(int(m.group(2)) * factor))}")
+        text = _increasing_boundaries(text)
     text = _sub_in_block(text, "train_config", r"^(\s*)use_bfloat16\s*:\s*true.*$",
                          r"\g<1>use_bfloat16: false  # raredet init: bfloat16 is for TPUs")
     text = re.sub(r"^(\s*)(fine_tune_checkpoint(?:_type)?\s*:.*)$", r"\g<1># \g<2>", text, flags=re.M)
@@ -391,6 +392,20 @@ def edit_zoo_config(text: str, *, num_classes: int, batch_size: int, num_steps: 
     text = re.sub(r'(\blabel_map_path\s*:\s*)"[^"]*"', rf'\g<1>"{label_map}"', text)
     text = _sub_in_block(text, "train_input_reader", r'(\binput_path\s*:\s*)"[^"]*"', rf'\g<1>"{train}"')
     return _sub_in_block(text, "eval_input_reader", r'(\binput_path\s*:\s*)"[^"]*"', rf'\g<1>"{evaluate}"')
+
+
+def _increasing_boundaries(text: str) -> str:
+    """A manual schedule's `step` boundaries kept positive and strictly increasing after scaling (both
+    the TF OD API and raredet refuse others): each at least 1 and at least the previous one + 1."""
+    start, end = _block(text, "train_config")
+    previous = 0
+
+    def bump(match: re.Match[str]) -> str:
+        nonlocal previous
+        previous = max(int(match.group(2)), previous + 1)
+        return f"{match.group(1)}{previous}"
+
+    return text[:start] + re.sub(r"(\bstep\s*:\s*)(\d+)", bump, text[start:end]) + text[end:]
 
 
 def _checkpoint_lines(text: str) -> list[str]:
