@@ -214,6 +214,18 @@ def test_written_config_passes_check_and_trains(tmp_path):
     assert sorted(p.name for p in (out / "run").glob("ckpt-*")), "no checkpoint written"
 
 
+def test_a_relative_out_writes_paths_that_resolve_from_anywhere(tmp_path, monkeypatch):
+    # `--out cn` from the data's folder once wrote "cn/train.tfrecord" into cn/pipeline.config, which
+    # raredet reads from the config's folder (cn/cn/train.tfrecord): init refused its own config.
+    voc = make_voc(tmp_path / "voc")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["init", "voc", "--model", MODEL, "--out", "rel", "--batch_size", "2"]) == 0
+    text = (tmp_path / "rel" / "pipeline.config").read_text()
+    assert f'input_path: "{tmp_path / "rel" / "train.tfrecord"}"' in text
+    assert f'label_map_path: "{tmp_path / "rel" / "label_map.pbtxt"}"' in text
+    assert voc.is_dir()
+
+
 def test_tfrecords_are_split_or_kept_as_split(tmp_path):
     first = tmp_path / "first"
     run_init(make_voc(tmp_path / "voc"), MODEL, first)  # train 20, val 5, test 5 (the VOC test above)

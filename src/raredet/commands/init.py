@@ -83,7 +83,9 @@ def run_init(data: str | Path, model: str, out: str | Path, *, images: str | Pat
     zoo_path = zoo_config(model)
     text = zoo_path.read_text(encoding="utf-8")
     mask_type = check_mask_records(model, zoo_path, Path(data)) if INSTANCE_MASKS.search(text) else None
-    out = Path(out)
+    # Absolute: the config's paths must not depend on the folder init ran in (raredet reads a relative
+    # path from the config's folder, the TF OD API from its working directory; absolute suits both).
+    out = Path(out).resolve()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out}: the output folder is not empty; give an empty or new --out, or add "
                           "--overwrite to replace what init writes there")
