@@ -42,10 +42,11 @@ github.com/siddhartamukherjee/NEU-DET-Steel-Surface-Defect-Detection at 351bee2,
 on this project's 2-core VM shared with 8 other jobs (load average ~10): every run finished and was
 scored; the TF OD API 8.3 s/step (475 s for its 20-step training with start-up), raredet 14.1 s/step
 (320 s), raredet's best 12.8 s/step (354 s); after 20 steps from random weights every score is the focal
-prior's 0.01 and every AP50 ~0. For the budget: on a quiet 2-core VM of the kind both train this model at
-batch 8 in ~0.55-0.6 s/step (docs/benchmarks.md), so 3 seeds x 3 runs x 3000 steps take ~4.5 h plus
-about a minute of detection per run and split; on a GPU raredet runs far faster, but the TF OD API here is
-TensorFlow's CPU build.
+prior's 0.01 and every AP50 ~0. For the budget (docs/imbalance.md, "Real defect images"): at 800 and
+1500 steps from random weights (seed 0; one thread per run, two at a time, under load: the TF OD API
+2.95 s/step, raredet ~2.1) both systems' detections are image-independent and every AP50 ~0, because the
+batch norms' moving statistics (decay 0.997) have not forgotten their initial values
+(bench/real_defects_bn.py re-estimates them); the study needs >= ~3000 steps, 7 h or more of this CPU.
 """
 
 from __future__ import annotations
