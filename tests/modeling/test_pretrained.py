@@ -73,6 +73,9 @@ def test_bad_files_and_types(tmp_path, tiny_ssd):
     with pytest.raises(CheckpointError, match="other.pth: no entry matched"):
         load_checkpoint_weights(model, tmp_path / "other.pth", "classification")
     with pytest.raises(ValueError, match="'classification', 'detection', 'full'"):
+        load_checkpoint_weights(model, tmp_path / "other.pth", "segmentation")
+    # TF1's 'fine_tune' gets the TF OD API's own advice (CenterNet's restore_from_objects refuses it)
+    with pytest.raises(ValueError, match="'fine_tune' is no longer supported.*'detection'"):
         load_checkpoint_weights(model, tmp_path / "other.pth", "fine_tune")
 
 
