@@ -5,15 +5,13 @@ two steps on CPU through `raredet train`'s path, the mask loss included."""
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from tests.helpers.mask_records import write_ellipse_records
 
 from raredet import config
 from raredet.builders.losses import build_faster_rcnn_loss
@@ -21,7 +19,6 @@ from raredet.builders.model import build_model
 from raredet.commands import config as config_cmd
 from raredet.commands.train import train_from_config
 from raredet.config.label_map import LabelMap
-from raredet.data.tfrecord import encode_example, write_tfrecord
 from raredet.protos import pipeline_pb2
 from raredet.zoo import CONFIG_DIR
 
@@ -46,35 +43,9 @@ def small_copy_text() -> str:
     return text
 
 
-def _png(mask: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(mask).save(out, format="PNG")
-    return out.getvalue()
-
-
-def _jpeg(image: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(image).save(out, format="JPEG")
-    return out.getvalue()
-
-
 def write_records(path: Path, images: int) -> None:
     """`images` 64x64 records, each with one object: an ellipse of class (i % 3) + 1, its box and PNG mask."""
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    records = []
-    for i in range(images):
-        x1, y1, x2, y2 = 4 + 2 * i, 6, 58, 60 - 2 * i
-        cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
-        mask = ((((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2) <= 1).astype(np.uint8)
-        image = np.full((SIZE, SIZE, 3), 40, np.uint8)
-        image[mask.astype(bool)] = (200, 60 * (i % 3), 30)
-        records.append(encode_example({
-            "image/encoded": _jpeg(image), "image/format": "jpeg", "image/height": SIZE, "image/width": SIZE,
-            "image/source_id": str(i),
-            "image/object/bbox/xmin": [x1 / SIZE], "image/object/bbox/ymin": [y1 / SIZE],
-            "image/object/bbox/xmax": [x2 / SIZE], "image/object/bbox/ymax": [y2 / SIZE],
-            "image/object/class/label": [i % 3 + 1], "image/object/mask": [_png(mask)]}))
-    write_tfrecord(path, records)
+    write_ellipse_records(path, images, SIZE, SIZE, lambda i: (4 + 2 * i, 6, 58, 60 - 2 * i), "jpeg")
 
 
 def test_verbatim_zoo_config_passes_check():

@@ -15,7 +15,6 @@ detections and ``detection_masks`` equal TF's; ``raredet train`` of the config s
 from __future__ import annotations
 
 import functools
-import io
 import re
 import warnings
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from tests.helpers.mask_records import write_ellipse_records
 from torch import nn
 
 import raredet.config
@@ -31,7 +30,6 @@ from raredet import builders
 from raredet.builders import faster_rcnn as builders_faster_rcnn
 from raredet.commands.train import train_from_config
 from raredet.config.label_map import LabelMap
-from raredet.data.tfrecord import encode_example, write_tfrecord
 from raredet.errors import CheckpointError
 from raredet.modeling import load_checkpoint_weights
 from raredet.modeling.inception_resnet_v2 import ConvBN, InceptionResnetBlock, InceptionResnetV2
@@ -303,26 +301,7 @@ def test_a_mask_head_with_batch_norms_that_upsamples_equals_tensorflows():
 
 def _records(path: Path, count: int) -> None:
     """``count`` 96x128 records with one ellipse each: its class, box and PNG instance mask."""
-    yy, xx = np.mgrid[:HEIGHT, :WIDTH]
-    examples = []
-    for i in range(count):
-        x1, y1, x2, y2 = 10 + 4 * i, 8, 110, 80 - 4 * i
-        cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
-        mask = ((((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2) <= 1).astype(np.uint8)
-        pixels = np.full((HEIGHT, WIDTH, 3), 40, np.uint8)
-        pixels[mask.astype(bool)] = (200, 60 * (i % 3), 30)
-        encoded = []
-        for array, kind in ((pixels, "PNG"), (mask, "PNG")):
-            buffer = io.BytesIO()
-            Image.fromarray(array).save(buffer, format=kind)
-            encoded.append(buffer.getvalue())
-        examples.append(encode_example({
-            "image/encoded": encoded[0], "image/format": "png", "image/height": HEIGHT, "image/width": WIDTH,
-            "image/source_id": str(i),
-            "image/object/bbox/xmin": [x1 / WIDTH], "image/object/bbox/ymin": [y1 / HEIGHT],
-            "image/object/bbox/xmax": [x2 / WIDTH], "image/object/bbox/ymax": [y2 / HEIGHT],
-            "image/object/class/label": [i % 3 + 1], "image/object/mask": [encoded[1]]}))
-    write_tfrecord(path, examples)
+    write_ellipse_records(path, count, HEIGHT, WIDTH, lambda i: (10 + 4 * i, 8, 110, 80 - 4 * i), "png")
 
 
 @pytest.mark.slow  # about 30 s on a loaded 2-core CPU
