@@ -16,6 +16,7 @@ from raredet.config import ConfigWarning
 from raredet.errors import ConfigError
 from raredet.losses import weighted_sigmoid
 from raredet.modeling.center_net import CenterNetTask
+from raredet.modeling.deepmac import _padded_targets
 from raredet.protos import center_net_pb2, pipeline_pb2
 from raredet.zoo import CONFIG_DIR
 
@@ -69,10 +70,18 @@ def test_allowed_ids_go_through_the_label_map():
     msg.allowed_masked_classes_ids.append(9)
     with pytest.warns(ConfigWarning, match=r"allowed_masked_classes_ids: \[9\] are not label-map ids"):
         assert build_deepmac_task(msg, 8, 1, class_ids=[1, 3, 44]).allowed_classes.tolist() == [1, 2]
+    # none of them in the label map (the zoo's non_voc_only ids on a 2-class map): TF trains the mask head
+    # on no instance (mask loss 0); so does raredet, with a warning saying what to set
     expected = (r"deepmac_mask_estimation.allowed_masked_classes_ids: none of \[44, 3, 9\] is a label-map "
-                r"id, so no instance would train the masks; the label map's ids are \[1, 2\]")
-    with pytest.raises(ConfigError, match=expected):
-        build_deepmac_task(msg, 8, 1, class_ids=[1, 2])
+                r"id \(the label map's ids are \[1, 2\]\), so no instance trains the mask head.*set it to "
+                r"the ids whose masks should train, or remove it")
+    with pytest.warns(ConfigWarning, match=expected):
+        task = build_deepmac_task(msg, 8, 1, class_ids=[1, 2])
+    boxes, weights = _padded_targets([{"boxes": torch.tensor([[0.0, 0, 4, 4], [1, 1, 3, 3]]),
+                                       "labels": torch.tensor([0, 1])}], task.allowed_classes)
+    assert weights.tolist() == [[0.0, 0.0]]  # both instances out of the mask loss; an empty list: both in
+    _, weights = _padded_targets([{"boxes": boxes[0], "labels": torch.tensor([0, 1])}], None)
+    assert weights.tolist() == [[1.0, 1.0]]
 
 
 def test_task_builder_entry_builds_one_task_when_the_block_is_set():

@@ -47,15 +47,22 @@ def allowed_class_indices(ids: Sequence[int], class_ids: Sequence[int] | None) -
     """`allowed_masked_classes_ids` (label-map ids) -> contiguous class indices, given the label-map ids
     in index order (`class_ids`; None: the TF OD API's own reading, index = id - 1). Ids the label map
     lacks select no box, as in the TF OD API (a zoo config's COCO ids on a smaller label map): a warning
-    names them; none of them in the label map is an error (no mask would ever be learnt)."""
+    names them. When none of them is in the label map (the zoo's non_voc_only config on a small label
+    map) the TF OD API trains the mask head on no instance (mask loss 0) without a word; raredet trains
+    the same way, returning [-1] (an index no class has, so it selects nothing; an empty list would mean
+    every class), and warns that the masks will not train and what to set."""
     if class_ids is None:
         return [i - 1 for i in ids]
     index_of = {class_id: index for index, class_id in enumerate(class_ids)}
     missing = [i for i in ids if i not in index_of]
     where = f"{WHERE}.allowed_masked_classes_ids"
     if ids and len(missing) == len(ids):
-        raise ConfigError(f"{where}: none of {list(ids)} is a label-map id, so no instance would train the "
-                          f"masks; the label map's ids are {list(class_ids)}")
+        warnings.warn(f"{where}: none of {list(ids)} is a label-map id (the label map's ids are "
+                      f"{list(class_ids)}), so no instance trains the mask head and the masks it predicts "
+                      "stay untrained (the TF OD API trains this config the same way); set it to the ids "
+                      "whose masks should train, or remove it to train masks for every class",
+                      ConfigWarning, stacklevel=2)
+        return [-1]
     if missing:
         warnings.warn(f"{where}: {missing} are not label-map ids and select no instance", ConfigWarning,
                       stacklevel=2)
