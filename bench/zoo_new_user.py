@@ -1,0 +1,124 @@
+"""All 40 TF2 zoo configs as a new user runs them: `raredet config check`, then `raredet train` two
+steps, on TF-written records, each config at its own native image size, from the command line.
+
+The records come from bench/tf_write_user_records.py, run with the TF OD API's venv (every byte written
+by TensorFlow and the TF OD API's dataset_util: JPEG images, PNG instance masks, COCO's 17 person
+keypoints). Each zoo config (src/raredet/zoo/configs, the zoo's text) is edited as its own comments tell
+a user to, by text substitution: `num_classes` 3, the `PATH_TO_BE_CONFIGURED` paths (label map, train
+and val records, and the keypoint configs' `keypoint_label_map_path`) pointed at DATA, the training
+`batch_size` set to BATCH (default 1: what a 2-core CPU holds at 1024-1536 pixels), and the
+`fine_tune_checkpoint` lines removed (no zoo checkpoint can be downloaded here). Nothing else changes:
+image sizes, augmentation, losses, the keypoint and mask tasks are the zoo's.
+
+Each command runs as its own process (`raredet` from this venv) under GNU time, so a line per config
+gives: config check's verdict, train's exit code, the two logged total losses (train/log.jsonl), the
+wall seconds of `raredet train` (model build, data, two steps, checkpoint) and its peak RSS.
+
+    PYTHONPATH=<models>/research <tf-venv>/bin/python bench/tf_write_user_records.py WORK/data
+    python -m bench.zoo_new_user WORK [--only SUBSTRING] [--batch 1]
+
+Writes WORK/configs/*.config, WORK/runs/<config>/, and WORK/zoo_new_user.json (one entry per config,
+rewritten after each, so a long run can be read while it goes). Exit code 0 when all 40 checked and
+trained with finite losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from raredet.zoo import CONFIG_DIR
+
+RAREDET = [sys.executable, "-m", "raredet"]
+
+
+def user_copy(name: str, data: Path, out: Path, batch: int) -> Path:
+    """The zoo config `name` edited as its comments ask, by text substitution (see the module doc)."""
+    text = (CONFIG_DIR / name).read_text(encoding="utf-8")
+    text, classes = re.subn(r"num_classes: \d+", "num_classes: 3", text, count=1)
+    train = text.index("train_config")
+    head, tail = text[:train], text[train:]
+    tail, batches = re.subn(r"batch_size: \d+", f"batch_size: {batch}", tail, count=1)
+    text = head + tail
+    text = re.sub(r'\n\s*fine_tune_checkpoint(_type|_version)?: [^\n]*', "", text)
+    text = text.replace('keypoint_label_map_path: "PATH_TO_BE_CONFIGURED"',
+                        f'keypoint_label_map_path: "{data / "label_map.pbtxt"}"')
+    text = re.sub(r'"PATH_TO_BE_CONFIGURED/[^"]*label_map[^"]*"', f'"{data / "label_map.pbtxt"}"', text)
+    text = re.sub(r'"PATH_TO_BE_CONFIGURED/train[^"]*"', f'"{data / "train-00000-of-00001.tfrecord"}"', text)
+    text = re.sub(r'"PATH_TO_BE_CONFIGURED/val[^"]*"', f'"{data / "val-00000-of-00001.tfrecord"}"', text)
+    if classes != 1 or batches != 1 or "PATH_TO_BE_CONFIGURED" in text:
+        raise SystemExit(f"{name}: the user edits did not apply (num_classes {classes}, batch_size "
+                         f"{batches}, PATH_TO_BE_CONFIGURED left: {'PATH_TO_BE_CONFIGURED' in text})")
+    path = out / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def timed(command: list[str], log: Path) -> tuple[int, float, int]:
+    """Run `command` under GNU time; (exit code, wall seconds, peak RSS in MB); output to `log`."""
+    stats = log.with_suffix(".time")
+    with log.open("w") as handle:
+        rc = subprocess.call(["/usr/bin/time", "-f", "%e %M", "-o", str(stats), *command],
+                             stdout=handle, stderr=subprocess.STDOUT)
+    wall, rss_kb = stats.read_text().split()[-2:]
+    return rc, float(wall), int(rss_kb) // 1024
+
+
+def run_one(name: str, data: Path, work: Path, batch: int) -> dict:
+    cfg = user_copy(name, data, work / "configs", batch)
+    run_dir = work / "runs" / name.removesuffix(".config")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check = subprocess.run([*RAREDET, "config", "check", str(cfg)], capture_output=True, text=True)
+    (run_dir / "check.log").write_text(check.stdout + check.stderr)
+    first = (check.stdout.splitlines() or [""])[0]
+    entry: dict = {"config": name, "check_rc": check.returncode, "check": first}
+    if check.returncode != 0:
+        return entry
+    rc, wall, rss = timed([*RAREDET, "train", "--pipeline_config_path", str(cfg), "--model_dir",
+                           str(run_dir / "model"), "--num_train_steps", "2", "--device", "cpu"],
+                          run_dir / "train.log")
+    log = run_dir / "model" / "train" / "log.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    losses = [row["Loss/total_loss"] for row in rows]
+    entry.update(train_rc=rc, train_seconds=wall, peak_rss_mb=rss, total_losses=losses,
+                 loss_terms=sorted(k for k in (rows[-1] if rows else {}) if k.startswith("Loss/")),
+                 ok=rc == 0 and len(losses) == 2 and all(math.isfinite(v) for v in losses))
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("work", type=Path, help="folder holding data/ (the TF-written records)")
+    parser.add_argument("--only", default="", help="only configs whose name contains this")
+    parser.add_argument("--batch", type=int, default=1)
+    args = parser.parse_args(argv)
+    data, work = (args.work / "data").resolve(), args.work.resolve()
+    (work / "configs").mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in CONFIG_DIR.glob("*.config") if args.only in p.name)
+    results_path = work / "zoo_new_user.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for name in names:
+        start = time.time()
+        results[name] = run_one(name, data, work, args.batch)
+        results[name]["load_1min_after"] = os.getloadavg()[0]
+        tmp = results_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(results_path)
+        r = results[name]
+        print(f"{name}: check rc {r['check_rc']}, train rc {r.get('train_rc')}, losses "
+              f"{r.get('total_losses')}, {r.get('train_seconds')} s, {r.get('peak_rss_mb')} MB "
+              f"({time.time() - start:.0f} s)", flush=True)
+    ok = [n for n in names if results[n].get("ok")]
+    print(f"{len(ok)} of {len(names)} configs checked and trained 2 steps with finite losses")
+    return 0 if len(ok) == len(names) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
