@@ -1,6 +1,7 @@
 """The TF2 zoo's `ssd_mobilenet_v2_fpnlite_320x320` trained on the CPU through `raredet train`'s own path
-(`train_from_config`: loader with its workers, threads, channels-last, logging), next to issue 15's
-reference figures for this 2-core machine kind.
+(`train_from_config`: loader with its workers, threads, channels-last, logging), next to the TF OD
+API's step time on the same CPU kind (`TF_REFERENCE`, by the CPU's flags: AVX2, AVX-512, AVX-512 with
+AMX), with the ratio and the precision the run trained in (`--precision`, default auto).
 
 The config is the zoo file (tests/fixtures/configs/ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config)
 with only what a local run must change: `num_classes` 3 and the synthetic rare-defects TFRecords
@@ -39,12 +40,31 @@ from bench.common import RESULTS_DIR, save_result
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO_CONFIG = ROOT / "tests" / "fixtures" / "configs" / "ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config"
-# Issue 15, measured side by side on this machine kind (2 cores), batch 8, 200 steps per run.
-REFERENCE = {
-    "tf_od_api_s_per_step": 0.541,
-    "tf_od_api_cpu_s_per_step": 250 / 200,  # 250 CPU-seconds per 200-step run (start-up included)
-    "raredet_before_s_per_step": 1.045,
+# The TF OD API 2.15.1 on this zoo config (batch 8, fp32, its own "per-step time" over steps 101-200,
+# the machine idle), per CPU kind of this project's 2-core VMs: the ratio `make bench` prints is against
+# the figure for the CPU it runs on (`cpu_kind`). docs/benchmarks.md, "CPU training step", has each.
+TF_REFERENCE: dict[str, dict[str, Any]] = {
+    "avx512_amx": {"tf_od_api_s_per_step": 0.717, "cpu": "Intel Xeon, AVX-512 + AVX512-BF16 + AMX",
+                   "source": "issue #31: 3 runs, 0.710 / 0.725 / 0.717 s/step"},
+    "avx512": {"tf_od_api_s_per_step": 0.541, "cpu": "AMD EPYC with AVX-512",
+               "source": "issue 15 (250 CPU-s per 200-step run)"},
 }
+
+
+def cpu_kind(flags: set[str] | None = None) -> str:
+    """This CPU's kind for TF_REFERENCE, from /proc/cpuinfo's flags: "avx512_amx", "avx512", "avx2" or
+    "other"."""
+    if flags is None:
+        text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+        flags = set(line.partition(":")[2].split())
+    if "amx_bf16" in flags:
+        return "avx512_amx"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2" if "avx2" in flags else "other"
+
+
 SIZE, BATCH = 320, 8
 
 
@@ -152,8 +172,23 @@ def one_run(config_path: Path, steps: int, warmup: int, out: Path, precision: st
         "interop_threads": torch.get_num_interop_threads(),
         "first_loss": log[0]["Loss/total_loss"],
         "peak_rss_mb": _peak_rss_mb(),
+        "precision": _resolved_precision(config_path, precision),
     }
     out.write_text(json.dumps(result))
+
+
+def _resolved_precision(config_path: Path, precision: str) -> str:
+    """What `raredet train --precision` (default auto) trains in on this CPU, as the trainer resolves it."""
+    import torch
+
+    from raredet import config
+
+    try:
+        from raredet.engine.runtime import resolve_precision
+    except ImportError:  # a checkout from before --precision: fp32
+        return "fp32"
+    use_bf16 = config.load(config_path).pipeline.train_config.use_bfloat16
+    return resolve_precision(precision or "auto", torch.device("cpu"), use_bf16)[0]
 
 
 def _peak_rss_mb() -> float:
@@ -202,34 +237,38 @@ def _summary(variants: dict[str, list[dict[str, Any]]], gflop: float) -> dict[st
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
             "load": [(r["load_before"], r["load_after"]) for r in runs],
             "threads": runs[0]["threads"],
+            "precision": "/".join(sorted({r.get("precision", "not recorded") for r in runs})),
         }
     return out
 
 
-def _table(summary: dict[str, Any], gflop: float, steps: int, warmup: int) -> list[str]:
-    ref = REFERENCE
+def _table(summary: dict[str, Any], gflop: float, steps: int, warmup: int,
+           kind: str | None = None) -> list[str]:
+    kind = kind or cpu_kind()
+    tf = TF_REFERENCE.get(kind)
     lines = [
-        f"ssd_mobilenet_v2_fpnlite_320x320 (zoo config, 3 classes), batch {BATCH}, CPU, "
+        f"ssd_mobilenet_v2_fpnlite_320x320 (zoo config, 3 classes), batch {BATCH}, CPU ({kind}), "
         f"{gflop:.1f} GFLOP per step (3x the forward's convs and matmuls); median step over steps "
         f"{warmup + 1}-{steps} of each run",
         "",
-        "| what | s/step | CPU-s/step | GFLOP/s | vs TF OD API 0.541 s/step |",
-        "|---|---|---|---|---|",
-        f"| TF OD API 2.15.1 (issue 15, same machine kind) | {ref['tf_od_api_s_per_step']:.3f} | "
-        f"{ref['tf_od_api_cpu_s_per_step']:.2f} (incl. start-up) | {gflop / ref['tf_od_api_s_per_step']:.1f} "
-        "(at raredet's FLOP count) | 1.00x |",
-        f"| raredet before (issue 15) | {ref['raredet_before_s_per_step']:.3f} | 2.2-2.4 (incl. start-up) | "
-        f"{gflop / ref['raredet_before_s_per_step']:.1f} | "
-        f"{ref['raredet_before_s_per_step'] / ref['tf_od_api_s_per_step']:.2f}x |",
+        "| what | precision | s/step | CPU-s/step | GFLOP/s | vs the TF OD API on this CPU kind |",
+        "|---|---|---|---|---|---|",
     ]
+    if tf:
+        t = tf["tf_od_api_s_per_step"]
+        lines.append(f"| TF OD API 2.15.1 ({tf['cpu']}; {tf['source']}) | fp32 | {t:.3f} | - | "
+                     f"{gflop / t:.1f} (at raredet's FLOP count) | 1.00x |")
     for name, s in summary.items():
         loads = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in s["load"])
+        ratio = f"{s['step_s_median'] / tf['tf_od_api_s_per_step']:.2f}x" if tf else "-"
         lines.append(
             f"| raredet {name}, measured now (runs: {', '.join(f'{t:.3f}' for t in s['step_s_runs'])}; "
-            f"1-min load before/after: {loads}) | {s['step_s_median']:.3f} | "
-            f"{s['cpu_s_per_step_median']:.2f} | {s['gflop_per_s']:.1f} | "
-            f"{s['step_s_median'] / ref['tf_od_api_s_per_step']:.2f}x |"
+            f"1-min load before/after: {loads}) | {s['precision']} | {s['step_s_median']:.3f} | "
+            f"{s['cpu_s_per_step_median']:.2f} | {s['gflop_per_s']:.1f} | {ratio} |"
         )
+    if not tf:
+        lines += ["", f"No TF OD API figure for this CPU kind ({kind}) in bench.bench_zoo.TF_REFERENCE: "
+                      "measure one with bench/tf_speed.py (docs/benchmarks.md)."]
     if len(summary) == 2:
         (a, sa), (b, sb) = summary.items()
         step_ratio = sa["step_s_median"] / sb["step_s_median"]
@@ -263,7 +302,8 @@ def run(quick: bool, steps: int | None = None, runs: int | None = None,
     summary = _summary(variants, gflop)
     return {"steps": steps, "warmup": warmup, "omp_num_threads": threads,
             "precision": precision or "default", "env": extra_env or {}, "gflop_per_step": gflop,
-            "reference": REFERENCE, "variants": summary, "runs": variants,
+            "cpu_kind": cpu_kind(), "tf_reference": TF_REFERENCE.get(cpu_kind()),
+            "variants": summary, "runs": variants,
             "summary": _table(summary, gflop, steps, warmup)}
 
 

@@ -45,10 +45,13 @@ def example(rng: np.random.Generator, index: int) -> bytes:
         boxes.append((x0, y0, x1, y1))
         labels.append(label)
         if label == 1:  # the person: 17 keypoints inside its box, some not labelled (visibility 0)
-            kx += list(rng.uniform(x0, x1, 17)); ky += list(rng.uniform(y0, y1, 17))
+            kx += list(rng.uniform(x0, x1, 17))
+            ky += list(rng.uniform(y0, y1, 17))
             kv += list(rng.choice([0, 1, 2], 17))
         else:
-            kx += [0.0] * 17; ky += [0.0] * 17; kv += [0] * 17
+            kx += [0.0] * 17
+            ky += [0.0] * 17
+            kv += [0] * 17
     b = np.array(boxes)
     features = {
         "image/height": dataset_util.int64_feature(H), "image/width": dataset_util.int64_feature(W),
