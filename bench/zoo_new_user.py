@@ -5,7 +5,9 @@ The records come from bench/tf_write_user_records.py, run with the TF OD API's v
 by TensorFlow and the TF OD API's dataset_util: JPEG images, PNG instance masks, COCO's 17 person
 keypoints). Each zoo config (src/raredet/zoo/configs, the zoo's text) is edited as its own comments tell
 a user to, by text substitution: `num_classes` 3, the `PATH_TO_BE_CONFIGURED` paths (label map, train
-and val records, and the keypoint configs' `keypoint_label_map_path`) pointed at DATA, the training
+and val records, and the keypoint configs' `keypoint_label_map_path`) pointed at DATA (the eval reader
+at the val records even where the zoo's points at train2017, as in centernet_hourglass104_512x512_kpts,
+or misspells the placeholder, as in ssd_efficientdet_d7), the training
 `batch_size` set to BATCH (default 1: what a 2-core CPU holds at 1024-1536 pixels), and the
 `fine_tune_checkpoint` lines removed (no zoo checkpoint can be downloaded here). Nothing else changes:
 image sizes, augmentation, losses, the keypoint and mask tasks are the zoo's.
@@ -47,15 +49,18 @@ def user_copy(name: str, data: Path, out: Path, batch: int) -> Path:
     head, tail = text[:train], text[train:]
     tail, batches = re.subn(r"batch_size: \d+", f"batch_size: {batch}", tail, count=1)
     text = head + tail
-    text = re.sub(r'\n\s*fine_tune_checkpoint(_type|_version)?: [^\n]*', "", text)
+    text = re.sub(r'\n[ \t]*fine_tune_checkpoint(_type|_version)?: [^\n]*', "", text)
     text = text.replace('keypoint_label_map_path: "PATH_TO_BE_CONFIGURED"',
                         f'keypoint_label_map_path: "{data / "label_map.pbtxt"}"')
-    text = re.sub(r'"PATH_TO_BE_CONFIGURED/[^"]*label_map[^"]*"', f'"{data / "label_map.pbtxt"}"', text)
-    text = re.sub(r'"PATH_TO_BE_CONFIGURED/train[^"]*"', f'"{data / "train-00000-of-00001.tfrecord"}"', text)
-    text = re.sub(r'"PATH_TO_BE_CONFIGURED/val[^"]*"', f'"{data / "val-00000-of-00001.tfrecord"}"', text)
-    if classes != 1 or batches != 1 or "PATH_TO_BE_CONFIGURED" in text:
+    # the zoo's placeholder, and its one misspelling (ssd_efficientdet_d7's eval reader: PATH_TO_BEE_...)
+    placeholder = r'"PATH_TO_BEE?_CONFIGURED/'
+    text = re.sub(placeholder + r'[^"]*label_map[^"]*"', f'"{data / "label_map.pbtxt"}"', text)
+    evaluation = text.index("eval_input_reader")  # its records are the val split, whatever the zoo named
+    text = (re.sub(placeholder + r'[^"]*"', f'"{data / "train-00000-of-00001.tfrecord"}"', text[:evaluation])
+            + re.sub(placeholder + r'[^"]*"', f'"{data / "val-00000-of-00001.tfrecord"}"', text[evaluation:]))
+    if classes != 1 or batches != 1 or "_CONFIGURED" in text:
         raise SystemExit(f"{name}: the user edits did not apply (num_classes {classes}, batch_size "
-                         f"{batches}, PATH_TO_BE_CONFIGURED left: {'PATH_TO_BE_CONFIGURED' in text})")
+                         f"{batches}, a PATH_TO_BE_CONFIGURED left: {'_CONFIGURED' in text})")
     path = out / name
     path.write_text(text, encoding="utf-8")
     return path
