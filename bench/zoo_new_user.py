@@ -98,11 +98,34 @@ def run_one(name: str, data: Path, work: Path, batch: int) -> dict:
     return entry
 
 
+def follow_up(name: str, work: Path) -> dict:
+    """What a user does next with a trained run of `name`: `raredet eval` with a per-class operating
+    point (precision 0.9), then `raredet export --format onnx` with those operating points (export runs
+    the written file in onnxruntime and compares its detections with PyTorch's; a difference is an
+    error, so exit code 0 means the ONNX model ran and agreed)."""
+    cfg = work / "configs" / name
+    model = work / "runs" / name.removesuffix(".config") / "model"
+    out: dict = {"config": name}
+    rc, wall, _ = timed([*RAREDET, "eval", "--pipeline_config_path", str(cfg), "--checkpoint_dir", str(model),
+                         "--operating_point", "target_precision=0.9"], model.parent / "eval.log")
+    out["eval"] = {"rc": rc, "seconds": wall, "outputs": sorted(p.name for p in (model / "eval").glob("*"))}
+    onnx = model.parent / "export" / "model.onnx"
+    rc, wall, _ = timed([*RAREDET, "export", "--model_dir", str(model), "--format", "onnx", "--out",
+                         str(onnx), "--operating_points", str(model / "eval" / "operating_points.json")],
+                        model.parent / "export.log")
+    size = round(onnx.stat().st_size / 2**20, 1) if onnx.exists() else None
+    out["export"] = {"rc": rc, "seconds": wall, "mb": size,
+                     "log_tail": (model.parent / "export.log").read_text().splitlines()[-3:]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work", type=Path, help="folder holding data/ (the TF-written records)")
     parser.add_argument("--only", default="", help="only configs whose name contains this")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--follow_up", default="centernet_resnet101_v1_fpn_512x512_coco17_tpu-8.config",
+                        help="the config whose run is then evaluated (operating points) and exported to ONNX")
     args = parser.parse_args(argv)
     data, work = (args.work / "data").resolve(), args.work.resolve()
     (work / "configs").mkdir(parents=True, exist_ok=True)
@@ -120,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: check rc {r['check_rc']}, train rc {r.get('train_rc')}, losses "
               f"{r.get('total_losses')}, {r.get('train_seconds')} s, {r.get('peak_rss_mb')} MB "
               f"({time.time() - start:.0f} s)", flush=True)
+    if args.follow_up and results.get(args.follow_up, {}).get("ok"):
+        results["follow_up"] = follow_up(args.follow_up, work)
+        print(json.dumps(results["follow_up"], indent=1))
+        results_path.write_text(json.dumps(results, indent=1))
     ok = [n for n in names if results[n].get("ok")]
     print(f"{len(ok)} of {len(names)} configs checked and trained 2 steps with finite losses")
     return 0 if len(ok) == len(names) else 1
