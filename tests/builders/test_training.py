@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from tests.helpers import tiny_pipeline as tiny
 from tests.helpers.builders import parse
 
 from raredet import builders, config
+from raredet.builders.training import warn_frozen_batch_norm_from_scratch
+from raredet.config import ConfigWarning
 from raredet.engine.optim import KerasMomentum
 from raredet.errors import ConfigError
-from raredet.protos import ssd_pb2, train_pb2
+from raredet.protos import pipeline_pb2, ssd_pb2, train_pb2
+from raredet.zoo import CONFIG_DIR
 
 
 def test_build_training_components(data_dir):
@@ -64,3 +69,25 @@ def test_uses_sync_batch_norm():
                     "conv_hyperparams { sync_batch_norm { } } } }", ssd_pb2.Ssd())
     assert not builders.uses_sync_batch_norm(plain) and builders.uses_sync_batch_norm(synced)
 
+
+
+
+def _zoo(name: str, checkpoint: str = "") -> pipeline_pb2.TrainEvalPipelineConfig:
+    path = CONFIG_DIR / name
+    msg = config.parse_text(path.read_text(), pipeline_pb2.TrainEvalPipelineConfig(), path)
+    msg.train_config.fine_tune_checkpoint = checkpoint
+    return msg
+
+
+def test_frozen_batch_norms_without_a_checkpoint_are_warned_about():
+    frozen = "faster_rcnn_resnet152_v1_800x1333_coco17_gpu-8.config"  # no batch_norm_trainable: frozen
+    expected = (r"batch_norm_trainable is false and train_config.fine_tune_checkpoint is not set: the "
+                r"frozen batch norms keep their initial statistics")
+    with pytest.warns(ConfigWarning, match=expected):
+        warn_frozen_batch_norm_from_scratch(_zoo(frozen))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none of these warns
+        warn_frozen_batch_norm_from_scratch(_zoo(frozen, checkpoint="ckpt-0"))
+        trainable = "faster_rcnn_resnet152_v1_640x640_coco17_tpu-8.config"  # batch_norm_trainable: true
+        warn_frozen_batch_norm_from_scratch(_zoo(trainable))
+        warn_frozen_batch_norm_from_scratch(_zoo("ssd_resnet50_v1_fpn_640x640_coco17_tpu-8.config"))

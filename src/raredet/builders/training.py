@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from raredet.builders.losses import build_class_weights, build_loss
 from raredet.builders.messages import _is_map, model_message, refused_as_config_error
 from raredet.builders.model import build_model
 from raredet.builders.optim import build_optimizer
-from raredet.config import LoadedConfig, effective_config_text
+from raredet.config import ConfigWarning, LoadedConfig, effective_config_text
 from raredet.config.load import keypoint_label_map_missing
 from raredet.data.dataset import collate
 from raredet.data.stats import compute_stats
@@ -30,7 +31,7 @@ from raredet.engine.components import TrainComponents
 from raredet.errors import ConfigError
 from raredet.losses import resolve_class_weights
 from raredet.modeling.box_coder import FasterRcnnBoxCoder
-from raredet.protos import center_net_pb2, train_pb2
+from raredet.protos import center_net_pb2, pipeline_pb2, train_pb2
 
 
 def build_training(
@@ -50,6 +51,7 @@ def build_training(
     stats = compute_stats(reader, label_map)
     class_weights = build_class_weights(model_message(cfg), label_map, stats)
     model, l2_weights = build_model(model_message(cfg), label_map.ids, fine_tune_convention(cfg.train_config))
+    warn_frozen_batch_norm_from_scratch(cfg)
     optimizer, schedule, ema = build_optimizer(cfg.train_config, model, l2_weights)
     dataset, sampler = build_train_data(loaded, reader, stats, seed)
     return TrainComponents(
@@ -65,6 +67,25 @@ def build_training(
         use_bfloat16=cfg.train_config.use_bfloat16,
         config_text=effective_config_text(cfg), label_map_text=label_map.to_pbtxt(),
     )
+
+
+def warn_frozen_batch_norm_from_scratch(cfg: pipeline_pb2.TrainEvalPipelineConfig) -> None:
+    """A ConfigWarning when a Faster R-CNN / Mask R-CNN config keeps its feature extractor's batch norms
+    frozen (`batch_norm_trainable` false, as in the zoo's GPU configs) and sets no fine_tune_checkpoint:
+    frozen batch norms use their stored statistics, which from random weights are the initial ones
+    (mean 0, variance 1), so nothing normalises the activations and they can grow layer by layer. The
+    TF OD API trains such a config the same way, without a word."""
+    if cfg.model.WhichOneof("model") != "faster_rcnn" or cfg.train_config.fine_tune_checkpoint:
+        return
+    if cfg.model.faster_rcnn.feature_extractor.batch_norm_trainable:
+        return
+    warnings.warn(
+        "model.faster_rcnn.feature_extractor.batch_norm_trainable is false and "
+        "train_config.fine_tune_checkpoint is not set: the frozen batch norms keep their initial statistics "
+        "(mean 0, variance 1), so from random weights nothing normalises the feature extractor's activations "
+        "(the zoo's 800x1333 ResNet-101 and ResNet-152 configs start at losses of about 3e4 and 1e7); set "
+        "fine_tune_checkpoint to the zoo's checkpoint, or batch_norm_trainable: true to train from scratch",
+        ConfigWarning, stacklevel=2)
 
 
 def uses_sync_batch_norm(msg: Message) -> bool:
@@ -137,6 +158,7 @@ def check_buildable(loaded: LoadedConfig) -> None:
     build_augmentations(cfg.train_config)
     model, l2_weights = build_model(ssd, loaded.label_map.ids if loaded.label_map is not None else None)
     build_operating_point_rules(cfg.eval_config, loaded.label_map)
+    warn_frozen_batch_norm_from_scratch(cfg)
     if cfg.train_config.HasField("optimizer"):
         build_optimizer(cfg.train_config, model, l2_weights)
     if loaded.label_map is not None:  # the loss resolves class names (class_alpha) through it
