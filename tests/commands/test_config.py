@@ -125,3 +125,20 @@ def test_cli_bad_fixture_configs_exit_2(capsys, name, pattern):
     err = capsys.readouterr().err
     assert re.search(pattern, err), err
     assert err.count("\n") == 1  # one line
+
+
+def test_check_puts_what_building_warns_into_the_summary(tmp_path: Path) -> None:
+    import warnings
+
+    from raredet.config import ConfigWarning
+    from raredet.zoo import CONFIG_DIR
+
+    # the zoo's 800x1333 Faster R-CNN keeps its batch norms frozen; without its checkpoint: a warning
+    text = (CONFIG_DIR / "faster_rcnn_resnet152_v1_800x1333_coco17_gpu-8.config").read_text()
+    path = tmp_path / "frozen.config"
+    path.write_text(re.sub(r'\n[ \t]*fine_tune_checkpoint(_type)?: [^\n]*', "", text))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)  # in the summary, not raised as a Python warning
+        summary = check(path)
+    assert ("\nwarning: model.faster_rcnn.feature_extractor.batch_norm_trainable is false and "
+            "train_config.fine_tune_checkpoint is not set") in summary

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Any
@@ -38,13 +39,20 @@ def check(path: str | os.PathLike[str], check_paths: bool = False) -> str:
     """Load and validate `path` (ConfigError if unusable, including what only building the model,
     loss, augmentations and optimizer finds); return a one-screen summary of it.
 
-    The not-acted-on warning goes into the summary instead of Python's warning output.
+    The not-acted-on warning, and the warnings building the parts gives (e.g. frozen batch norms without
+    a fine_tune_checkpoint), go into the summary instead of Python's warning output.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConfigWarning)
         loaded = load(path, check_paths=check_paths)
-    check_buildable(loaded)
-    return summary_text(loaded)
+    with warnings.catch_warnings(record=True) as caught:  # what building finds goes into the summary too
+        warnings.simplefilter("always", ConfigWarning)
+        check_buildable(loaded)
+    for w in caught:
+        if not issubclass(w.category, ConfigWarning):  # not ours: as Python would have shown it
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    built = tuple(str(w.message) for w in caught if issubclass(w.category, ConfigWarning))
+    return summary_text(dataclasses.replace(loaded, warnings=loaded.warnings + built))
 
 
 def show(path: str | os.PathLike[str], resolve_weights: bool = False) -> str:
