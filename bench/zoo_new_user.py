@@ -174,11 +174,35 @@ def follow_up(name: str, work: Path) -> dict:
     return out
 
 
+def report(results: dict) -> list[str]:
+    """The markdown table of a run's results (docs/migrating.md quotes it)."""
+    lines = ["| config | config check | 2 steps at native size: s, peak RSS, total loss step 1 -> 2 |",
+             "|---|---|---|"]
+    for name, r in sorted(results.items()):
+        if name == "follow_up":
+            continue
+        check = "OK" if r["check_rc"] == 0 else f"exit {r['check_rc']}"
+        if r.get("ok"):
+            a, b = r["total_losses"]
+            cell = f"{r['train_seconds']:.0f} s, {r['peak_rss_mb'] / 1024:.1f} GB, {a:.4g} -> {b:.4g}"
+        elif r.get("ok_forward_native_train_small"):
+            f, t = r["native_forward"], r["train_at_1024"]
+            cell = (f"out of memory at {r['peak_rss_mb'] / 1024:.1f} GB (exit {r['train_rc']}); forward at "
+                    f"{f['input'][-1]} px: {f['forward_seconds']:.0f} s, {f['peak_rss_mb'] / 1024:.1f} GB; "
+                    f"trained at 1024 px: {t['seconds']:.0f} s, {t['peak_rss_mb'] / 1024:.1f} GB, "
+                    f"{t['total_losses'][0]:.4g} -> {t['total_losses'][1]:.4g}")
+        else:
+            cell = f"failed (train exit {r.get('train_rc')})"
+        lines.append(f"| `{name.removesuffix('.config')}` | {check} | {cell} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work", type=Path, help="folder holding data/ (the TF-written records)")
     parser.add_argument("--only", default="", help="only configs whose name contains this")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--report", action="store_true", help="print the table of WORK's results and stop")
     parser.add_argument("--follow_up", default="centernet_resnet101_v1_fpn_512x512_coco17_tpu-8.config",
                         help="the config whose run is then evaluated (operating points) and exported to ONNX")
     args = parser.parse_args(argv)
@@ -187,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(p.name for p in CONFIG_DIR.glob("*.config") if args.only in p.name)
     results_path = work / "zoo_new_user.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if args.report:
+        print("\n".join(report(results)))
+        return 0
     for name in names:
         start = time.time()
         results[name] = run_one(name, data, work, args.batch)
