@@ -172,12 +172,12 @@ def one_run(config_path: Path, steps: int, warmup: int, out: Path, precision: st
         "interop_threads": torch.get_num_interop_threads(),
         "first_loss": log[0]["Loss/total_loss"],
         "peak_rss_mb": _peak_rss_mb(),
-        "precision": _resolved_precision(config_path, precision),
+        "precision": resolved_precision(config_path, precision),
     }
     out.write_text(json.dumps(result))
 
 
-def _resolved_precision(config_path: Path, precision: str) -> str:
+def resolved_precision(config_path: Path, precision: str) -> str:
     """What `raredet train --precision` (default auto) trains in on this CPU, as the trainer resolves it."""
     import torch
 

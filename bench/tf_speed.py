@@ -10,11 +10,11 @@ data is raredet's synthetic set (600 images, 320x320) re-written record by recor
 `tf.io.TFRecordWriter` (each tf.train.Example parsed and serialised again by TensorFlow), so both
 systems read TF-written records. The TF OD API side is its stock `model_main_tf2.py` (it logs "Step 200
 per-step time" = the mean over steps 101-200); raredet's is `raredet train` with its defaults
-(`--precision auto`, which the log names), its step 101-200 time read from the timestamps in
-train/log.jsonl ((time at 200 - time at 100) / 100). Both run with every core (no thread variables
-set), one run at a time, TF first, alternating `--runs` times. Reported per run: s/step over steps
-101-200, wall seconds of the whole run, peak RSS of the process tree (sampled every 0.5 s), the
-1-minute load average before it; the medians and raredet / TF ratios.
+(`--precision auto`; the row names what it resolves to on this CPU), its step 101-200 time read from
+the timestamps in train/log.jsonl ((time at 200 - time at 100) / 100). Both run with every core (no
+thread variables set), one run at a time, TF first, alternating `--runs` times. Reported per run:
+s/step over steps 101-200, wall seconds of the whole run, peak RSS of the process tree (sampled every
+0.5 s), the 1-minute load average before it; the medians and raredet / TF ratios.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.bench_zoo import cpu_kind
+from bench.bench_zoo import cpu_kind, resolved_precision
 from bench.common import machine, save_result
 from bench.tf_side_by_side import make_config, run
 
@@ -83,8 +83,7 @@ def one_run(name: str, index: int, config: Path, out: Path, args: argparse.Names
         precision = "fp32"
     else:
         step = raredet_step(model_dir)
-        said = re.search(r"precision[^\n]*", text)
-        precision = said.group(0) if said else "not logged"
+        precision = resolved_precision(config, "")  # what --precision auto trains in on this CPU
     row = {"run": name, "index": index, "exit": code, "step_101_200_s": step, "wall_s": seconds,
            "peak_tree_rss_mb": peak, "load_1min_before": load, "precision": precision}
     print(json.dumps(row), flush=True)
