@@ -48,6 +48,8 @@ TF_REFERENCE: dict[str, dict[str, Any]] = {
                    "source": "issue #31: 3 runs, 0.710 / 0.725 / 0.717 s/step"},
     "avx512": {"tf_od_api_s_per_step": 0.541, "cpu": "AMD EPYC with AVX-512",
                "source": "issue 15 (250 CPU-s per 200-step run)"},
+    "avx2": {"tf_od_api_s_per_step": 2.124, "cpu": "AMD EPYC, AVX2 only",
+             "source": "bench/tf_speed.py, 7 Dec 2026: 3 runs, 2.094 / 2.662 / 2.124 s/step"},
 }
 
 

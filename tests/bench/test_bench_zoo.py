@@ -25,6 +25,19 @@ def test_the_table_gives_the_ratio_to_the_tf_figure_for_the_cpu_kind_and_the_pre
     assert any(line.startswith("| TF OD API 2.15.1 (Intel Xeon") and "| 0.717 |" in line for line in lines)
 
 
+def test_the_avx2_figure_is_the_median_of_the_three_tf_runs_tf_speed_recorded():
+    import json
+    from pathlib import Path
+
+    result = json.loads((Path(__file__).parents[2] / "bench/results/tf_speed_avx2.json").read_text())
+    tf_runs = sorted(r["step_101_200_s"] for r in result["rows"] if r["run"] == "tf")
+    assert tf_runs == [2.094, 2.124, 2.662]  # the TF OD API's own "Step 200 per-step time" lines
+    assert TF_REFERENCE["avx2"]["tf_od_api_s_per_step"] == tf_runs[1]
+    lines = _table(_summary(1.0), 40.0, 13, 3, kind="avx2")
+    row = next(line for line in lines if line.startswith("| raredet this tree"))
+    assert row.endswith("| 0.47x |")  # 1.0 / 2.124 = 0.471
+
+
 def test_a_cpu_kind_without_a_tf_figure_prints_no_ratio_and_says_how_to_measure_one():
     lines = _table(_summary(0.5), 40.0, 13, 3, kind="other")
     row = next(line for line in lines if line.startswith("| raredet this tree"))
